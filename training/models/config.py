@@ -1,0 +1,128 @@
+"""Model configuration as data: one dataclass describes every variant the library builds."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+# Block type and blocks per stage of each backbone (torchvision's ResNet layouts).
+BACKBONES: dict[str, tuple[str, tuple[int, int, int, int]]] = {
+    "resnet18": ("basic", (2, 2, 2, 2)),
+    "resnet34": ("basic", (3, 4, 6, 3)),
+    "resnet50": ("bottleneck", (3, 4, 6, 3)),
+}
+ARCH_PREFIX = "groupnet_"
+
+CHOICES: dict[str, tuple[Any, ...]] = {
+    "task": ("seg", "cls"),
+    "decomposition": ("group", "layer"),
+    "precision": ("binary", "full"),
+    "aggregation": ("learned", "mean"),
+    "output_stride": (8, 16, 32),
+    "head": ("aspp", "fcn", "psp"),
+    "mode": ("sign", "tanh"),
+}
+
+
+@dataclass
+class ModelConfig:
+    """Everything that defines a Group-Net model. Field docs are in docs/architecture.md.
+
+    arch: "groupnet_resnet18" | "groupnet_resnet34" | "groupnet_resnet50".
+    k: number of binary branches (bases) per group; for layer-wise decomposition, binary convs per conv.
+    decomposition: "group" (Group-Net) or "layer" (each conv rebuilt by K binary convs; baseline).
+    precision: "binary", or "full" for the full-precision network on the same code.
+    aggregation: "learned" per-branch scales (conference version) or plain "mean" (journal version).
+    gates: soft gates between groups (one learnt scalar per block).
+    output_stride: 32, 16 or 8 (layer4, then layer3, dilated instead of strided).
+    bpac: at output stride 8, one dilation rate per branch in layer3 and layer4.
+    bpac_rates: explicit (layer3 rates, layer4 rates), K each; None derives them from K.
+    head: segmentation head, "aspp", "fcn" or "psp". Ignored for task "cls".
+    width: channel multiplier on (64, 128, 256, 512); reduced-width models for CPU budgets.
+    mode: "sign" (binary) or "tanh" (stage 1 of the two-stage recipe).
+    """
+
+    arch: str = "groupnet_resnet18"
+    task: str = "seg"
+    num_classes: int = 21
+    k: int = 5
+    decomposition: str = "group"
+    precision: str = "binary"
+    aggregation: str = "learned"
+    gates: bool = True
+    output_stride: int = 8
+    bpac: bool = True
+    bpac_rates: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+    head: str = "aspp"
+    head_channels: int = 256
+    aspp_rates: tuple[int, int, int] = (12, 24, 36)
+    psp_bins: tuple[int, ...] = (1, 2, 3, 6)
+    dropout: float = 0.1
+    width: float = 1.0
+    mode: str = "sign"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, allowed in CHOICES.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(f"model.{name} must be one of {list(allowed)}, got {value!r}")
+        if self.backbone not in BACKBONES:
+            raise ValueError(
+                f"model.arch must be one of {[ARCH_PREFIX + b for b in BACKBONES]}, got {self.arch!r}"
+            )
+        if self.k < 1:
+            raise ValueError(f"model.k must be >= 1, got {self.k}")
+        if self.num_classes < 1:
+            raise ValueError(f"model.num_classes must be >= 1, got {self.num_classes}")
+        if not 0 < self.width <= 4:
+            raise ValueError(f"model.width must be in (0, 4], got {self.width}")
+        if self.bpac_rates is not None:
+            l3, l4 = (tuple(int(r) for r in rates) for rates in self.bpac_rates)
+            if len(l3) != self.k or len(l4) != self.k:
+                raise ValueError(f"model.bpac_rates needs {self.k} rates per layer, got {self.bpac_rates}")
+            self.bpac_rates = (l3, l4)
+        self.aspp_rates = tuple(int(r) for r in self.aspp_rates)  # type: ignore[assignment]
+        self.psp_bins = tuple(int(b) for b in self.psp_bins)
+
+    @property
+    def backbone(self) -> str:
+        return self.arch.removeprefix(ARCH_PREFIX)
+
+    @property
+    def branches(self) -> int:
+        """Parallel branches per block: K for Group-Net, 1 for layer-wise decomposition."""
+        return self.k if self.decomposition == "group" else 1
+
+    def stage_widths(self) -> tuple[int, int, int, int]:
+        return tuple(max(8, int(round(c * self.width))) for c in (64, 128, 256, 512))  # type: ignore[return-value]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["aspp_rates"] = list(self.aspp_rates)
+        d["psp_bins"] = list(self.psp_bins)
+        if self.bpac_rates is not None:
+            d["bpac_rates"] = [list(r) for r in self.bpac_rates]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown model config key(s) {unknown}; known keys: {sorted(known)}")
+        return cls(**d)
+
+
+def bpac_rates(k: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Default BPAC dilation rates for K branches.
+
+    K = 5 gives the paper's [2, 3, 4, 5, 6] in layer3 and [6, 7, 8, 9, 10] in layer4; other K keep
+    the rule: layer3 counts up from 2, layer4 counts up from max(4, K + 1), so K = 1 is plain
+    output-stride-8 dilation (2, 4).
+    """
+    layer3 = tuple(2 + i for i in range(k))
+    start4 = max(4, k + 1)
+    layer4 = tuple(start4 + i for i in range(k))
+    return layer3, layer4

@@ -1,0 +1,107 @@
+"""Segmentation heads on Group-Net features.
+
+Every context conv is K binary convs averaged (the official binary ASPP); projection and classifier
+layers stay full precision.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+from .layers import ConvFactory
+
+
+class ConvBNReLU(nn.Sequential):
+    """A head conv (binary ensemble, or float for full precision) -> BN -> ReLU."""
+
+    def __init__(self, convs: ConvFactory, cin: int, cout: int, kernel: int, dilation: int = 1) -> None:
+        super().__init__(convs.head_conv(cin, cout, kernel, dilation), nn.BatchNorm2d(cout), nn.ReLU())
+
+
+class Classifier(nn.Sequential):
+    """Dropout and the full-precision 1x1 classifier."""
+
+    def __init__(self, cin: int, num_classes: int, dropout: float) -> None:
+        super().__init__(nn.Dropout(dropout), nn.Conv2d(cin, num_classes, 1))
+
+
+class FCNHead(nn.Module):
+    def __init__(self, cfg: ModelConfig, in_channels: int) -> None:
+        super().__init__()
+        mid = max(8, in_channels // 4)
+        self.block = ConvBNReLU(ConvFactory(cfg), in_channels, mid, 3)
+        self.classifier = Classifier(mid, cfg.num_classes, cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.block(x))
+
+
+class ASPPPooling(nn.Module):
+    """Image-level branch: global average pool -> head conv -> BN -> ReLU -> broadcast."""
+
+    def __init__(self, convs: ConvFactory, cin: int, cout: int) -> None:
+        super().__init__()
+        self.block = ConvBNReLU(convs, cin, cout, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.block(F.adaptive_avg_pool2d(x, 1))
+        return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def aspp_rates_for(cfg: ModelConfig) -> tuple[int, ...]:
+    """The configured rates are for output stride 8; coarser strides scale them down (16: 6, 12, 18)."""
+    return tuple(max(1, r * 8 // cfg.output_stride) for r in cfg.aspp_rates)
+
+
+class ASPPHead(nn.Module):
+    """Binary DeepLabv3 ASPP: 1x1 + three atrous 3x3 + image pooling, float projection and classifier."""
+
+    def __init__(self, cfg: ModelConfig, in_channels: int) -> None:
+        super().__init__()
+        convs = ConvFactory(cfg)
+        c = cfg.head_channels
+        self.rates = aspp_rates_for(cfg)
+        self.branches = nn.ModuleList(
+            [ConvBNReLU(convs, in_channels, c, 1)]
+            + [ConvBNReLU(convs, in_channels, c, 3, r) for r in self.rates]
+        )
+        self.pooling = ASPPPooling(convs, in_channels, c)
+        n = len(self.branches) + 1
+        self.project = nn.Sequential(nn.Conv2d(n * c, c, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU())
+        self.classifier = Classifier(c, cfg.num_classes, cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = [b(x) for b in self.branches] + [self.pooling(x)]
+        return self.classifier(self.project(torch.cat(parts, dim=1)))
+
+
+class PSPHead(nn.Module):
+    """Binary pyramid pooling: pooled bins -> head conv each -> upsample, concat with the input,
+    a binary 3x3 bottleneck, float classifier."""
+
+    def __init__(self, cfg: ModelConfig, in_channels: int) -> None:
+        super().__init__()
+        convs = ConvFactory(cfg)
+        self.bins = cfg.psp_bins
+        reduced = max(8, in_channels // len(self.bins))
+        self.stages = nn.ModuleList(ConvBNReLU(convs, in_channels, reduced, 1) for _ in self.bins)
+        self.bottleneck = ConvBNReLU(convs, in_channels + reduced * len(self.bins), cfg.head_channels, 3)
+        self.classifier = Classifier(cfg.head_channels, cfg.num_classes, cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
+        pyramid = [x] + [
+            F.interpolate(stage(F.adaptive_avg_pool2d(x, b)), size=size, mode="bilinear", align_corners=False)
+            for b, stage in zip(self.bins, self.stages)
+        ]
+        return self.classifier(self.bottleneck(torch.cat(pyramid, dim=1)))
+
+
+HEADS: dict[str, type[nn.Module]] = {"aspp": ASPPHead, "fcn": FCNHead, "psp": PSPHead}
+
+
+def create_head(cfg: ModelConfig, in_channels: int) -> nn.Module:
+    return HEADS[cfg.head](cfg, in_channels)
