@@ -1,0 +1,106 @@
+"""Quick speed check of the packed-bit binary convolution kernels (not a test, not the benchmark).
+
+Prints G binary MACs/s (out_h * out_w * out_c * k * k * in_channels per call / seconds, best of
+several runs) for each ISA path at 1 and 2 threads on ResNet-18-like 3x3 shapes, and optionally
+torch's fp32 conv (G multiply-adds/s) on the same shapes for scale.
+
+    .venv/bin/python scripts/kernel_speed.py [--torch] [--isa avx512] [--op float] [--repeats 20]
+
+--op picks the entry point: int (bconv2d_int, default), float (bconv2d with the float epilogue and a
+residual) or fused (bconv2d_float: float input binarised and packed inside the call).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import time
+
+import numpy as np
+
+from seg_service import kernels
+
+# (name, H, W, C_in, C_out, kernel, stride, padding, dilation)
+SHAPES = [
+    ("28x28x128->128", 28, 28, 128, 128, 3, 1, 1, 1),
+    ("14x14x256->256", 14, 14, 256, 256, 3, 1, 1, 1),
+    ("56x56x64->64", 56, 56, 64, 64, 3, 1, 1, 1),
+    ("7x7x512->512", 7, 7, 512, 512, 3, 1, 1, 1),
+    ("64x64x256 dil2", 64, 64, 256, 256, 3, 1, 2, 2),
+]
+
+
+def best_seconds(setups_and_calls: list[tuple], repeats: int) -> list[float]:
+    """Best time of each (setup, call) pair, with the pairs interleaved round by round so that a
+    burst of load from other processes hits every variant alike (the machine may be shared)."""
+    best = [float("inf")] * len(setups_and_calls)
+    for setup, call in setups_and_calls:  # warm-up
+        setup()
+        call()
+    for _ in range(repeats):
+        for i, (setup, call) in enumerate(setups_and_calls):
+            setup()
+            start = time.perf_counter()
+            call()
+            best[i] = min(best[i], time.perf_counter() - start)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--isa", action="append", help="ISA path(s) to time (default: all available)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--op", choices=["int", "float", "fused"], default="int")
+    parser.add_argument("--torch", action="store_true", help="also time torch fp32 conv2d")
+    args = parser.parse_args()
+    isas = args.isa or kernels.available_isas()
+    rng = np.random.default_rng(0)
+
+    header = f"{'shape':<18}" + "".join(f"{isa + ' t' + str(t):>14}" for isa in isas for t in args.threads)
+    if args.torch:
+        header += "".join(f"{'torch t' + str(t):>14}" for t in args.threads)
+    print(f"G binary MACs/s, op={args.op} (torch: G fp32 MACs/s)")
+    print(header)
+    for name, h, w, c, o, k, stride, pad, dil in SHAPES:
+        x = rng.standard_normal((h, w, c)).astype(np.float32)
+        a = kernels.pack_bits(x)
+        wt = kernels.pack_bits(rng.standard_normal((o, k * k, c)).astype(np.float32)).reshape(o, k, k, -1)
+        ho = (h + 2 * pad - dil * (k - 1) - 1) // stride + 1
+        wo = (w + 2 * pad - dil * (k - 1) - 1) // stride + 1
+        macs = ho * wo * o * k * k * c
+        mul = rng.uniform(0.5, 1.5, o).astype(np.float32)
+        bias = rng.standard_normal(o).astype(np.float32)
+        residual = rng.standard_normal((ho, wo, o)).astype(np.float32)
+        epilogue = (mul, bias, False, True, residual)
+        calls = {
+            "int": functools.partial(kernels.bconv2d_int, a, wt, c, stride, pad, dil),
+            "float": functools.partial(kernels.bconv2d, a, wt, c, stride, pad, dil, *epilogue),
+            "fused": functools.partial(kernels.bconv2d_float, x, wt, stride, pad, dil, *epilogue),
+        }
+        variants = []
+        for isa in isas:
+            for t in args.threads:
+
+                def setup(isa: str = isa, t: int = t) -> None:
+                    kernels.set_isa(isa)
+                    kernels.set_num_threads(t)
+
+                variants.append((setup, calls[args.op]))
+        if args.torch:
+            import torch
+
+            xt = torch.from_numpy(x).permute(2, 0, 1)[None].contiguous()
+            wf = torch.randn(o, c, k, k)
+            conv = functools.partial(
+                torch.nn.functional.conv2d, xt, wf, stride=stride, padding=pad, dilation=dil
+            )
+            for t in args.threads:
+                variants.append((functools.partial(torch.set_num_threads, t), torch.inference_mode()(conv)))
+        seconds = best_seconds(variants, args.repeats)
+        row = f"{name:<18}" + "".join(f"{macs / sec / 1e9:>14.1f}" for sec in seconds)
+        print(row, flush=True)
+
+
+if __name__ == "__main__":
+    main()

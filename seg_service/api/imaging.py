@@ -1,0 +1,130 @@
+"""Image decoding for untrusted uploads, and mask/overlay encoding.
+
+Decoding checks the pixel count from the header before any pixel is decoded (decompression bombs),
+accepts only a short list of raster formats, and normalises every mode Pillow can hand back
+(grayscale, palette, RGBA, 16-bit, CMYK, animated) to RGB uint8 with the EXIF orientation applied.
+"""
+
+from __future__ import annotations
+
+import io
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Formats a camera or browser produces. Keeping the list short keeps Pillow's rarely used parsers
+# (and EPS, which would call Ghostscript) away from untrusted bytes.
+# decode_image checks the pixel count itself (with the configured limit and a clear message) before
+# anything is decoded, so Pillow's own process-wide bomb check is switched off.
+Image.MAX_IMAGE_PIXELS = None
+Image.init()  # register every plugin now, so the list below can be checked against what is installed
+ALLOWED_FORMATS = tuple(f for f in ("JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF") if f in Image.OPEN)
+
+# Uploads with transparency are composited over this colour before inference.
+ALPHA_BACKGROUND = (255, 255, 255)
+
+
+class ImageInputError(ValueError):
+    """Bad image input; `status` is the HTTP status to answer with (400, 413 or 415)."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
+    """Decode an uploaded image to RGB uint8 [H, W, 3] (EXIF orientation applied).
+
+    Raises ImageInputError: 400 empty or truncated/corrupt, 415 not a supported image,
+    413 more than `max_pixels` pixels (checked from the header, before decoding).
+    """
+    if not data:
+        raise ImageInputError(400, "empty upload: the file has 0 bytes")
+    try:
+        im = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    except UnidentifiedImageError:
+        kind = sniff_format(data)
+        if kind is not None:  # the right signature but a header Pillow cannot parse
+            raise ImageInputError(400, f"corrupt {kind} header") from None
+        raise ImageInputError(
+            415, "not a supported image (expected JPEG, PNG, WebP, BMP or GIF)") from None
+    except Exception as e:  # any parser failure on untrusted bytes is the upload's fault
+        raise ImageInputError(400, f"corrupt image header: {_one_line(e)}") from None
+    width, height = im.size
+    if width <= 0 or height <= 0:
+        raise ImageInputError(400, f"image has invalid size {width}x{height}")
+    if width * height > max_pixels:
+        raise ImageInputError(
+            413, f"image is {width}x{height} = {width * height} pixels, the limit is {max_pixels}")
+    try:
+        im.seek(0)  # animated GIF/WebP/APNG: segment the first frame
+        im.load()
+        im = ImageOps.exif_transpose(im)
+        return _to_rgb(im)
+    except Exception as e:  # Pillow raises OSError, SyntaxError, struct.error, ... on bad data
+        raise ImageInputError(400, f"truncated or corrupt image: {_one_line(e)}") from None
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The accepted format whose file signature `data` starts with, if any."""
+    if data.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if data.startswith((b"GIF87a", b"GIF89a")):
+        return "GIF"
+    if data.startswith(b"BM"):
+        return "BMP"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    return None
+
+
+def _to_rgb(im: Image.Image) -> np.ndarray:
+    mode = im.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16-bit grayscale (Pillow opens 16-bit PNGs as I;16 or I): keep the top 8 bits.
+        gray = (np.clip(np.asarray(im).astype(np.int64), 0, 65535) >> 8).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
+    if mode == "F":
+        gray = np.clip(np.nan_to_num(np.asarray(im)), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, ALPHA_BACKGROUND + (255,))
+        im = Image.alpha_composite(background, rgba)
+    return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8))
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text[:200]
+
+
+def encode_mask_png(mask: np.ndarray) -> bytes:
+    """8-bit single-channel PNG of a label mask (pixel value = class index)."""
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(mask, dtype=np.uint8),
+                           [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def overlay(rgb: np.ndarray, mask: np.ndarray, palette: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """The image blended with each pixel's class colour. Classes coloured black in the palette (the
+    usual "background") are left untouched."""
+    palette = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
+    colours = palette[np.minimum(mask, len(palette) - 1)]
+    painted = colours.any(axis=2, keepdims=True)
+    blended = rgb.astype(np.float32) * (1 - alpha) + colours.astype(np.float32) * alpha
+    return np.where(painted, np.clip(blended + 0.5, 0, 255).astype(np.uint8), rgb)
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
+                           [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    return buf.tobytes()

@@ -1,0 +1,94 @@
+"""POST /segment: one uploaded image -> label mask PNG, overlay JPEG, or JSON statistics."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import numpy as np
+from fastapi import APIRouter, Depends, File, HTTPException, Query, Request, UploadFile
+from fastapi.responses import JSONResponse, Response
+
+from seg_service.api import imaging
+from seg_service.api.deps import ModelDep, ServiceDep, require_api_key
+from seg_service.api.inference import Busy, timed_predict
+from seg_service.api.masks import class_counts, coco_rle
+from seg_service.api.schemas import ClassStats, ErrorResponse, SegmentResponse
+from seg_service.runtime import PackedModel
+
+router = APIRouter(tags=["segment"], dependencies=[Depends(require_api_key)])
+
+OutputFormat = Literal["png", "overlay", "json"]
+
+ERROR_RESPONSES: dict[int | str, dict] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in (
+        (400, "Empty, truncated or corrupt image."),
+        (401, "Missing or wrong API key (only when the server has one)."),
+        (404, "Unknown model."),
+        (413, "Upload too large, or too many pixels."),
+        (415, "Not a supported image."),
+        (422, "Bad parameters."),
+        (503, "Over the in-flight limit, or the default model is not loaded."),
+    )
+}
+
+
+def class_stats(mask: np.ndarray, model: PackedModel, with_rle: bool) -> list[ClassStats]:
+    counts = class_counts(mask, len(model.classes))
+    total = max(int(mask.size), 1)
+    return [
+        ClassStats(index=i, name=name, pixels=int(counts[i]), fraction=round(int(counts[i]) / total, 6),
+                   rle=coco_rle(mask == i) if with_rle else None)
+        for i, name in enumerate(model.classes)
+    ]
+
+
+def _segment_job(data: bytes, model: PackedModel, max_pixels: int, output: str,
+                 with_rle: bool) -> tuple[bytes | SegmentResponse, float]:
+    rgb = imaging.decode_image(data, max_pixels)
+    mask, ms = timed_predict(model, rgb)
+    if output == "png":
+        return imaging.encode_mask_png(mask), ms
+    if output == "overlay":
+        return imaging.encode_jpeg(imaging.overlay(rgb, mask, np.asarray(model.palette))), ms
+    h, w = mask.shape
+    return SegmentResponse(width=w, height=h, model=model.name, inference_ms=round(ms, 3),
+                           classes=class_stats(mask, model, with_rle)), ms
+
+
+@router.post(
+    "/segment",
+    response_model=SegmentResponse,
+    responses={
+        200: {"content": {"image/png": {}, "image/jpeg": {}},
+              "description": "format=png: 8-bit label mask (pixel = class index) at the original size; "
+                             "format=overlay: JPEG of the image blended with the class colours; "
+                             "format=json: the statistics below. Header X-Inference-Time-Ms."},
+        **ERROR_RESPONSES,
+    },
+)
+async def segment(
+    request: Request,
+    service: ServiceDep,
+    model: ModelDep,
+    file: Annotated[UploadFile, File(description="JPEG, PNG, WebP, BMP or GIF image.")],
+    output: Annotated[OutputFormat, Query(alias="format", description="png, overlay or json.")] = "png",
+    rle: Annotated[bool, Query(description="format=json: add COCO RLE per class.")] = False,
+) -> Response:
+    """Segment one image. Grayscale, RGBA, 16-bit, CMYK, animated (first frame) and EXIF-rotated
+    images are accepted; the mask always matches the upright image's size."""
+    data = await file.read()
+    try:
+        result, ms = await service.gate.run_now(
+            _segment_job, data, model, service.settings.max_image_pixels, output, rle)
+    except Busy as e:
+        raise HTTPException(503, str(e), headers={"Retry-After": "1"}) from None
+    except imaging.ImageInputError as e:
+        raise HTTPException(e.status, e.detail) from None
+    service.metrics.observe_inference(model.name, ms / 1e3)
+    request.state.log_extra = {"model": model.name, "inference_ms": round(ms, 2), "format": output}
+    headers = {"X-Inference-Time-Ms": f"{ms:.3f}", "X-Model": model.name}
+    if isinstance(result, SegmentResponse):
+        return JSONResponse(result.model_dump(exclude_none=True), headers=headers)
+    media_type = "image/png" if output == "png" else "image/jpeg"
+    return Response(result, media_type=media_type, headers=headers)

@@ -1,0 +1,99 @@
+"""Pydantic models of every JSON body the service sends."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class ErrorResponse(BaseModel):
+    detail: str = Field(description="One-line reason.")
+
+
+class HealthResponse(BaseModel):
+    status: str = "ok"
+
+
+class ReadyResponse(BaseModel):
+    ready: bool
+    default_model: str
+    models: list[str]
+    refused: list[str] = Field(description="Model files refused at start-up, with the reason.")
+
+
+class ModelInfo(BaseModel):
+    name: str
+    arch: str | None = None
+    classes: list[str]
+    input: dict = Field(description="Preprocessing: mean, std, size_divisor, max_side, channel_order.")
+    file_size: int = Field(description="Bytes.")
+    checksum: str = Field(description="SHA-256 over the tensors, as stored in the file.")
+    default: bool
+
+
+class ModelsResponse(BaseModel):
+    default_model: str
+    models: list[ModelInfo]
+
+
+class ClassInfo(BaseModel):
+    index: int
+    name: str
+    color: list[int] = Field(description="RGB palette colour used in overlays.")
+
+
+class ClassesResponse(BaseModel):
+    model: str
+    classes: list[ClassInfo]
+
+
+class RLE(BaseModel):
+    size: list[int] = Field(description="[height, width].")
+    counts: list[int] = Field(description="Uncompressed COCO RLE: column-major runs, starting with 0s.")
+
+
+class ClassStats(BaseModel):
+    index: int
+    name: str
+    pixels: int
+    fraction: float
+    rle: RLE | None = None
+
+
+class SegmentResponse(BaseModel):
+    width: int
+    height: int
+    model: str
+    inference_ms: float
+    classes: list[ClassStats]
+
+
+class FrameStats(BaseModel):
+    frame: int
+    inference_ms: float
+    classes: list[ClassStats]
+
+
+class VideoResponse(BaseModel):
+    model: str
+    width: int
+    height: int
+    fps: float
+    frames: list[FrameStats]
+    inference_ms_total: float
+
+
+class WsResult(BaseModel):
+    """Text message sent before each binary mask on /ws/segment."""
+
+    type: str = "result"
+    frame: int
+    width: int
+    height: int
+    model: str
+    inference_ms: float
+    dropped: int
+
+
+class WsError(BaseModel):
+    type: str = "error"
+    detail: str

@@ -1,0 +1,55 @@
+"""Packed-bit XNOR-popcount binary convolution kernels (C++ extension ``seg_service.kernels._core``).
+
+Layout: NHWC, batch 1, bits packed along channels into uint64 words (bit ``i`` of word ``j`` is
+channel ``64*j + i``; bit = 1 means -1, i.e. ``x < 0``; zero, -0.0 and NaN pack as +1). Padding is
++1: padded taps are zero words and count, so ``n = k*k*in_channels`` for every output pixel and
+``dot = n - 2*popcount(a XOR w)``. See docs/architecture.md (Kernel API) and docs/format.md.
+
+The ISA path (AVX-512 VPOPCNTDQ, AVX2, scalar) is chosen at run time; ``SEG_ISA`` forces one at
+import and ``SEG_THREADS`` sets the thread count. ``reference.py`` is a plain numpy version of the
+same API that defines the expected results.
+"""
+
+from __future__ import annotations
+
+import os
+
+from seg_service.kernels._core import (
+    available_isas,
+    bconv2d,
+    bconv2d_float,
+    bconv2d_int,
+    get_num_threads,
+    isa,
+    pack_bits,
+    set_isa,
+    set_num_threads,
+)
+
+__all__ = [
+    "available_isas",
+    "bconv2d",
+    "bconv2d_float",
+    "bconv2d_int",
+    "get_num_threads",
+    "isa",
+    "pack_bits",
+    "set_isa",
+    "set_num_threads",
+]
+
+
+def _apply_environment() -> None:
+    forced_isa = os.environ.get("SEG_ISA", "").strip().lower()
+    if forced_isa:
+        set_isa(forced_isa)  # ValueError names the supported paths
+    threads = os.environ.get("SEG_THREADS", "").strip()
+    if threads:
+        try:
+            count = int(threads)
+        except ValueError:
+            raise ValueError(f"SEG_THREADS must be a positive integer, got {threads!r}") from None
+        set_num_threads(count)
+
+
+_apply_environment()

@@ -1,0 +1,159 @@
+// AVX2 path: no vector popcount instruction, so popcount each byte with a nibble lookup (VPSHUFB).
+// popcount(a ^ w) per byte = lut[(a ^ w) & 0xf] + lut[((a ^ w) >> 4) & 0xf], and the nibbles of
+// a ^ w are the XOR of the nibbles of a and w: weights come pre-split into low/high nibbles, and
+// each broadcast activation word is split once per step for all 16 channels. Byte counts add up for
+// up to 31 steps (<= 8 per byte per step, so at most 248), then VPSADBW folds them into 64-bit lane
+// totals. Tile: 2 pixels x 16 channels (4 ymm): 8 byte accumulators, weights read from L1.
+#if defined(__x86_64__) || defined(_M_X64)
+
+#include <immintrin.h>
+
+#include "bitpack.h"
+#include "conv_job.h"
+
+#define SEGK_AVX2 __attribute__((target("avx2,fma,popcnt")))
+
+namespace segk {
+namespace {
+
+constexpr int64_t kBlock = 16;  // output channels per weight block (4 ymm of 4 x u64)
+constexpr int kVecs = 4;
+constexpr int kPixels = 2;
+constexpr int64_t kFlushSteps = 31;  // 31 * 8 = 248 <= 255
+
+// Epilogue of one pixel's full block of 16 channels straight from registers (the generic
+// store_dots handles the partial last block).
+SEGK_AVX2 inline void store_full_block(const ConvJob& job, int64_t p, int64_t c0, const __m256i* dots) {
+    const int64_t at = p * job.out_c + c0;
+    if (job.out_int != nullptr) {
+        for (int h = 0; h < kVecs / 2; ++h)
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(job.out_int + at + 8 * h), dots[h]);
+        return;
+    }
+    const __m256 zero = _mm256_setzero_ps();
+    for (int h = 0; h < kVecs / 2; ++h) {
+        __m256 y = _mm256_cvtepi32_ps(dots[h]);
+        if (job.relu_before) y = _mm256_max_ps(y, zero);
+        y = _mm256_fmadd_ps(_mm256_loadu_ps(job.mul + c0 + 8 * h), y, _mm256_loadu_ps(job.bias + c0 + 8 * h));
+        if (job.residual != nullptr) y = _mm256_add_ps(y, _mm256_loadu_ps(job.residual + at + 8 * h));
+        if (job.relu_after) y = _mm256_max_ps(y, zero);
+        _mm256_storeu_ps(job.out_f + at + 8 * h, y);
+    }
+}
+
+template <int P>
+SEGK_AVX2 inline void tile_avx2(const ConvJob& job, int64_t cb, int64_t p0, PixelWalker& pixels) {
+    const uint64_t* a[P];
+#pragma GCC unroll 8
+    for (int j = 0; j < P; ++j) {
+        a[j] = job.in + pixels.base();
+        pixels.next();
+    }
+    const int64_t wstep = 2 * kBlock;  // low nibbles, then high nibbles
+    const uint64_t* w = job.wblk + cb * job.steps * wstep;
+    const int64_t* offs = job.step_offset;
+    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i low = _mm256_set1_epi8(0x0f);
+    const __m256i zero = _mm256_setzero_si256();
+
+    __m256i total[P][kVecs];  // 64-bit lane totals (one lane per output channel)
+#pragma GCC unroll 8
+    for (int j = 0; j < P; ++j)
+#pragma GCC unroll 4
+        for (int v = 0; v < kVecs; ++v) total[j][v] = zero;
+    for (int64_t s0 = 0; s0 < job.steps; s0 += kFlushSteps) {
+        const int64_t s1 = std::min(job.steps, s0 + kFlushSteps);
+        __m256i acc[P][kVecs];
+#pragma GCC unroll 8
+        for (int j = 0; j < P; ++j)
+#pragma GCC unroll 4
+            for (int v = 0; v < kVecs; ++v) acc[j][v] = zero;
+        for (int64_t s = s0; s < s1; ++s) {
+            const int64_t off = offs[s];
+            const __m256i* ws = reinterpret_cast<const __m256i*>(w + s * wstep);
+#pragma GCC unroll 8
+            for (int j = 0; j < P; ++j) {
+                const __m256i av = _mm256_set1_epi64x(static_cast<long long>(a[j][off]));
+                const __m256i a_lo = _mm256_and_si256(av, low);
+                const __m256i a_hi = _mm256_and_si256(_mm256_srli_epi16(av, 4), low);
+#pragma GCC unroll 4
+                for (int v = 0; v < kVecs; ++v) {
+                    const __m256i lo = _mm256_xor_si256(a_lo, _mm256_load_si256(ws + v));
+                    const __m256i hi = _mm256_xor_si256(a_hi, _mm256_load_si256(ws + kVecs + v));
+                    acc[j][v] = _mm256_add_epi8(acc[j][v], _mm256_shuffle_epi8(lut, lo));
+                    acc[j][v] = _mm256_add_epi8(acc[j][v], _mm256_shuffle_epi8(lut, hi));
+                }
+            }
+        }
+#pragma GCC unroll 8
+        for (int j = 0; j < P; ++j)
+#pragma GCC unroll 4
+            for (int v = 0; v < kVecs; ++v)
+                total[j][v] = _mm256_add_epi64(total[j][v], _mm256_sad_epu8(acc[j][v], zero));
+    }
+
+    // dot = n - 2 * popcount; the low 32 bits of each 64-bit lane hold the whole count.
+    const int64_t c0 = cb * kBlock;
+    const int64_t count = std::min(kBlock, job.out_c - c0);
+    const __m256i n = _mm256_set1_epi32(job.n);
+    const __m256i even_lanes = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+#pragma GCC unroll 8
+    for (int j = 0; j < P; ++j) {
+        __m256i dots[kVecs / 2];  // 8 channels each
+#pragma GCC unroll 2
+        for (int h = 0; h < kVecs / 2; ++h) {
+            const __m256i lo = _mm256_permutevar8x32_epi32(total[j][2 * h], even_lanes);
+            const __m256i hi = _mm256_permutevar8x32_epi32(total[j][2 * h + 1], even_lanes);
+            const __m256i counts = _mm256_permute2x128_si256(lo, hi, 0x20);
+            dots[h] = _mm256_sub_epi32(n, _mm256_slli_epi32(counts, 1));
+        }
+        if (count == kBlock) {
+            store_full_block(job, p0 + j, c0, dots);
+        } else {
+            alignas(32) int32_t tmp[kBlock];
+#pragma GCC unroll 2
+            for (int h = 0; h < kVecs / 2; ++h) _mm256_store_si256(reinterpret_cast<__m256i*>(tmp + 8 * h), dots[h]);
+            store_dots(job, p0 + j, c0, count, tmp);
+        }
+    }
+}
+
+SEGK_AVX2 void conv_tile_avx2(const ConvJob& job, int64_t cb, int64_t p_begin, int64_t p_end) {
+    int64_t p = p_begin;
+    PixelWalker pixels(job, p_begin);
+    for (; p + kPixels <= p_end; p += kPixels) tile_avx2<kPixels>(job, cb, p, pixels);
+    switch (p_end - p) {
+        case 1: tile_avx2<1>(job, cb, p, pixels); break;
+        default: break;
+    }
+}
+
+// 8 floats per compare + VMOVMSKPS; the tail of a pixel's channels goes through the scalar packer.
+SEGK_AVX2 void pack_pixels_avx2(const float* src, int64_t count, int64_t channels, int64_t src_stride,
+                                uint64_t* dst, int64_t dst_stride) {
+    const __m256 zero = _mm256_setzero_ps();
+    const int64_t full = channels / 64 * 64;
+    for (int64_t i = 0; i < count; ++i) {
+        const float* x = src + i * src_stride;
+        uint64_t* out = dst + i * dst_stride;
+        for (int64_t base = 0; base < full; base += 64) {
+            uint64_t word = 0;
+            for (int g = 0; g < 8; ++g) {
+                const __m256 v = _mm256_loadu_ps(x + base + 8 * g);
+                const int neg = _mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_LT_OQ));
+                word |= static_cast<uint64_t>(neg) << (8 * g);
+            }
+            out[base / 64] = word;
+        }
+        pack_pixel_scalar(x, full, channels, out);
+    }
+}
+
+}  // namespace
+
+const IsaKernels kAvx2Kernels = {"avx2", kBlock, true, conv_tile_avx2, pack_pixels_avx2};
+
+}  // namespace segk
+
+#endif  // x86-64

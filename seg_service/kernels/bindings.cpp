@@ -1,0 +1,247 @@
+// pybind11 bindings of the packed-bit kernels: module seg_service.kernels._core.
+// Every argument is validated here (shape, dtype, ranges) and bad input raises ValueError; the
+// compute runs with the GIL released.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <limits>
+#include <string>
+
+#include "bitpack.h"
+#include "kernels.h"
+
+namespace py = pybind11;
+
+namespace {
+
+template <typename T>
+const char* dtype_name();
+template <>
+const char* dtype_name<float>() { return "float32"; }
+template <>
+const char* dtype_name<uint64_t>() { return "uint64"; }
+
+std::string shape_str(const py::array& a) {
+    std::string s = "(";
+    for (py::ssize_t i = 0; i < a.ndim(); ++i) {
+        if (i) s += ", ";
+        s += std::to_string(a.shape(i));
+    }
+    return s + (a.ndim() == 1 ? ",)" : ")");
+}
+
+// Checks dtype and rank strictly (no silent casts of packed bits or features) and returns a
+// C-contiguous view (a copy only when the input is not C-contiguous).
+template <typename T>
+py::array_t<T, py::array::c_style> checked(const py::handle& obj, const char* name, py::ssize_t ndim) {
+    if (!py::isinstance<py::array>(obj))
+        throw py::value_error(std::string(name) + " must be a numpy array, got " +
+                              std::string(py::str(py::type::of(obj).attr("__name__"))));
+    auto arr = py::reinterpret_borrow<py::array>(obj);
+    if (!arr.dtype().is(py::dtype::of<T>()))
+        throw py::value_error(std::string(name) + " must have dtype " + dtype_name<T>() + ", got " +
+                              std::string(py::str(arr.dtype())));
+    if (arr.ndim() != ndim)
+        throw py::value_error(std::string(name) + " must have " + std::to_string(ndim) + " dimensions, got shape " +
+                              shape_str(arr));
+    return py::array_t<T, py::array::c_style | py::array::forcecast>::ensure(arr);
+}
+
+void require(bool ok, const std::string& message) {
+    if (!ok) throw py::value_error(message);
+}
+
+// Validates the convolution arguments shared by every conv entry point and returns the shape.
+segk::ConvShape conv_shape(int64_t in_h, int64_t in_w, int64_t in_words, const py::array_t<uint64_t>& w,
+                           int64_t in_channels, int64_t stride, int64_t padding, int64_t dilation) {
+    require(in_h >= 1 && in_w >= 1, "input must have a non-empty spatial size");
+    require(in_channels >= 1, "in_channels must be >= 1, got " + std::to_string(in_channels));
+    const int64_t words = segk::words_for(in_channels);
+    require(in_words == words, "input has " + std::to_string(in_words) + " words per pixel but in_channels=" +
+                                   std::to_string(in_channels) + " needs " + std::to_string(words));
+    require(w.shape(0) >= 1, "weights must have at least one output channel");
+    require(w.shape(1) == w.shape(2) && w.shape(1) >= 1,
+            "weights must be [out_channels, k, k, words] with a square kernel, got " + shape_str(w));
+    require(w.shape(3) == words, "weights have " + std::to_string(w.shape(3)) +
+                                     " words per tap but in_channels=" + std::to_string(in_channels) + " needs " +
+                                     std::to_string(words));
+    require(stride >= 1, "stride must be >= 1, got " + std::to_string(stride));
+    require(padding >= 0, "padding must be >= 0, got " + std::to_string(padding));
+    require(dilation >= 1, "dilation must be >= 1, got " + std::to_string(dilation));
+    const int64_t k = w.shape(1);
+    require(k * k * in_channels <= std::numeric_limits<int32_t>::max() / 2, "kernel too large for int32 dots");
+    segk::ConvShape s;
+    s.in_h = in_h;
+    s.in_w = in_w;
+    s.words = words;
+    s.out_c = w.shape(0);
+    s.kernel = k;
+    s.in_channels = in_channels;
+    s.stride = stride;
+    s.padding = padding;
+    s.dilation = dilation;
+    s.out_h = segk::conv_out_size(in_h, k, stride, padding, dilation);
+    s.out_w = segk::conv_out_size(in_w, k, stride, padding, dilation);
+    require(s.out_h >= 1 && s.out_w >= 1,
+            "kernel " + std::to_string(k) + " (dilation " + std::to_string(dilation) + ") does not fit input " +
+                std::to_string(in_h) + "x" + std::to_string(in_w) + " with padding " + std::to_string(padding));
+    return s;
+}
+
+// Bits past in_channels in the last word of every pixel / tap must be 0 (pack_bits guarantees it);
+// otherwise the caller's in_channels does not match how the data was packed and the dots would be
+// silently wrong. Scanning one word per pixel costs far less than the convolution.
+void require_clean_tail(const uint64_t* data, int64_t vectors, int64_t words, int64_t in_channels, const char* name) {
+    const int64_t used = in_channels % 64;
+    if (used == 0) return;
+    const uint64_t unused_mask = ~((uint64_t{1} << used) - 1);
+    uint64_t stray = 0;
+    for (int64_t i = 0; i < vectors; ++i) stray |= data[i * words + words - 1] & unused_mask;
+    require(stray == 0, std::string(name) + " has bits set past in_channels=" + std::to_string(in_channels) +
+                            " in its last word (packed with a different channel count?)");
+}
+
+// Epilogue arrays: mul/bias [O] float32, residual [Ho, Wo, O] float32 or None. Keeps the arrays alive.
+struct EpilogueArgs {
+    py::array_t<float, py::array::c_style> mul, bias, residual;
+    segk::Epilogue ep;
+};
+
+EpilogueArgs epilogue_args(const segk::ConvShape& s, const py::handle& mul, const py::handle& bias,
+                           bool relu_before, bool relu_after, const py::handle& residual) {
+    EpilogueArgs e;
+    e.mul = checked<float>(mul, "mul", 1);
+    e.bias = checked<float>(bias, "bias", 1);
+    const std::string per_channel = " entries (one per output channel), got ";
+    require(e.mul.shape(0) == s.out_c,
+            "mul must have " + std::to_string(s.out_c) + per_channel + std::to_string(e.mul.shape(0)));
+    require(e.bias.shape(0) == s.out_c,
+            "bias must have " + std::to_string(s.out_c) + per_channel + std::to_string(e.bias.shape(0)));
+    e.ep.mul = e.mul.data();
+    e.ep.bias = e.bias.data();
+    e.ep.relu_before = relu_before;
+    e.ep.relu_after = relu_after;
+    if (!residual.is_none()) {
+        e.residual = checked<float>(residual, "residual", 3);
+        require(e.residual.shape(0) == s.out_h && e.residual.shape(1) == s.out_w && e.residual.shape(2) == s.out_c,
+                "residual must have shape (" + std::to_string(s.out_h) + ", " + std::to_string(s.out_w) + ", " +
+                    std::to_string(s.out_c) + "), got " + shape_str(e.residual));
+        e.ep.residual = e.residual.data();
+    }
+    return e;
+}
+
+py::array_t<uint64_t> pack_bits(const py::handle& x_obj) {
+    auto x = checked<float>(x_obj, "x", 3);
+    const int64_t h = x.shape(0), w = x.shape(1), c = x.shape(2);
+    require(c >= 1, "x must have at least one channel");
+    const int64_t words = segk::words_for(c);
+    py::array_t<uint64_t> out({h, w, words});
+    const float* src = x.data();
+    uint64_t* dst = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        segk::pack_bits(src, h * w, c, dst);
+    }
+    return out;
+}
+
+py::array_t<int32_t> bconv2d_int(const py::handle& a_obj, const py::handle& w_obj, int64_t in_channels,
+                                 int64_t stride, int64_t padding, int64_t dilation) {
+    auto a = checked<uint64_t>(a_obj, "a", 3);
+    auto w = checked<uint64_t>(w_obj, "w", 4);
+    const segk::ConvShape s = conv_shape(a.shape(0), a.shape(1), a.shape(2), w, in_channels, stride, padding, dilation);
+    require_clean_tail(a.data(), s.in_h * s.in_w, s.words, in_channels, "a");
+    require_clean_tail(w.data(), s.out_c * s.kernel * s.kernel, s.words, in_channels, "w");
+    py::array_t<int32_t> out({s.out_h, s.out_w, s.out_c});
+    const uint64_t* ap = a.data();
+    const uint64_t* wp = w.data();
+    int32_t* op = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        segk::bconv_int(ap, wp, s, op);
+    }
+    return out;
+}
+
+py::array_t<float> bconv2d(const py::handle& a_obj, const py::handle& w_obj, int64_t in_channels, int64_t stride,
+                           int64_t padding, int64_t dilation, const py::handle& mul, const py::handle& bias,
+                           bool relu_before, bool relu_after, const py::handle& residual) {
+    auto a = checked<uint64_t>(a_obj, "a", 3);
+    auto w = checked<uint64_t>(w_obj, "w", 4);
+    const segk::ConvShape s = conv_shape(a.shape(0), a.shape(1), a.shape(2), w, in_channels, stride, padding, dilation);
+    require_clean_tail(a.data(), s.in_h * s.in_w, s.words, in_channels, "a");
+    require_clean_tail(w.data(), s.out_c * s.kernel * s.kernel, s.words, in_channels, "w");
+    EpilogueArgs e = epilogue_args(s, mul, bias, relu_before, relu_after, residual);
+    py::array_t<float> out({s.out_h, s.out_w, s.out_c});
+    const uint64_t* ap = a.data();
+    const uint64_t* wp = w.data();
+    float* op = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        segk::bconv(ap, wp, s, e.ep, op);
+    }
+    return out;
+}
+
+py::array_t<float> bconv2d_float(const py::handle& x_obj, const py::handle& w_obj, int64_t stride,
+                                 int64_t padding, int64_t dilation, const py::handle& mul, const py::handle& bias,
+                                 bool relu_before, bool relu_after, const py::handle& residual) {
+    auto x = checked<float>(x_obj, "x", 3);
+    auto w = checked<uint64_t>(w_obj, "w", 4);
+    const int64_t in_channels = x.shape(2);
+    require(in_channels >= 1, "x must have at least one channel");
+    const segk::ConvShape s =
+        conv_shape(x.shape(0), x.shape(1), segk::words_for(in_channels), w, in_channels, stride, padding, dilation);
+    require_clean_tail(w.data(), s.out_c * s.kernel * s.kernel, s.words, in_channels, "w");
+    EpilogueArgs e = epilogue_args(s, mul, bias, relu_before, relu_after, residual);
+    py::array_t<float> out({s.out_h, s.out_w, s.out_c});
+    const float* xp = x.data();
+    const uint64_t* wp = w.data();
+    float* op = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        segk::bconv_float(xp, wp, s, e.ep, op);
+    }
+    return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+    m.doc() = "Packed-bit XNOR-popcount convolution kernels (see docs/architecture.md, Kernel API).";
+    m.def("isa", &segk::isa, "The ISA path in use: 'avx512', 'avx2' or 'scalar'.");
+    m.def("available_isas", &segk::available_isas, "ISA paths this CPU supports, best first.");
+    m.def(
+        "set_isa",
+        [](const std::string& name) {
+            if (!segk::set_isa(name)) {
+                std::string avail;
+                for (const auto& n : segk::available_isas()) avail += (avail.empty() ? "" : ", ") + n;
+                throw py::value_error("ISA '" + name + "' is not supported here; available: " + avail);
+            }
+        },
+        py::arg("name"), "Force an ISA path; ValueError if this CPU does not support it.");
+    m.def(
+        "set_num_threads",
+        [](int n) {
+            require(n >= 1, "number of threads must be >= 1, got " + std::to_string(n));
+            segk::set_num_threads(n);
+        },
+        py::arg("n"));
+    m.def("get_num_threads", &segk::get_num_threads);
+    m.def("pack_bits", &pack_bits, py::arg("x"),
+          "Sign-pack float32 [H, W, C] along channels into uint64 [H, W, ceil(C/64)]; bit = 1 where x < 0.");
+    m.def("bconv2d_int", &bconv2d_int, py::arg("a"), py::arg("w"), py::arg("in_channels"), py::arg("stride") = 1,
+          py::arg("padding") = 0, py::arg("dilation") = 1,
+          "Binary convolution with +1 padding: int32 [Ho, Wo, O] dot products n - 2 * popcount(a ^ w).");
+    m.def("bconv2d", &bconv2d, py::arg("a"), py::arg("w"), py::arg("in_channels"), py::arg("stride"),
+          py::arg("padding"), py::arg("dilation"), py::arg("mul"), py::arg("bias"), py::arg("relu_before"),
+          py::arg("relu_after"), py::arg("residual") = py::none(),
+          "Binary convolution + fused epilogue mul * pre(dot) + bias (+ residual), optional ReLUs; float32.");
+    m.def("bconv2d_float", &bconv2d_float, py::arg("x"), py::arg("w"), py::arg("stride"), py::arg("padding"),
+          py::arg("dilation"), py::arg("mul"), py::arg("bias"), py::arg("relu_before"), py::arg("relu_after"),
+          py::arg("residual") = py::none(),
+          "bconv2d on a float32 [H, W, C] input, binarised (x < 0 -> -1) and packed inside the call.");
+}

@@ -1,0 +1,120 @@
+// Shared description of one binary convolution call, as seen by the per-ISA microkernels.
+//
+// The driver (dispatch.cpp) turns every call into a *valid* convolution over a copy of the input
+// that already carries the +1 padding (zero bit words), so microkernels never test borders.
+// Weights are re-arranged into channel blocks of `block` output channels:
+//   wblk[cb][step][lane], step = tap * words + word, lane = output channel within the block,
+// so one vector load fetches the same (tap, word) of `block` consecutive output channels.
+// ISAs that popcount by nibble lookup ask for split weights instead: wblk[cb][step][half][lane],
+// half 0 = low nibble of every byte (w & 0x0f..), half 1 = high nibble ((w >> 4) & 0x0f..).
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+
+namespace segk {
+
+struct ConvJob {
+    // Padded input bits, [in_h, in_w, words], row-major (already includes padding).
+    const uint64_t* in = nullptr;
+    int64_t in_w = 0;
+    int64_t words = 0;
+
+    int64_t out_h = 0, out_w = 0, out_c = 0;
+    int64_t stride = 1;
+
+    // steps = taps * words; step_offset[s] = word offset of step s relative to the pixel's first tap.
+    const int64_t* step_offset = nullptr;
+    int64_t steps = 0;
+
+    // Blocked weights (see above), zero-filled for channels >= out_c; `wblk_step` words per step.
+    const uint64_t* wblk = nullptr;
+    int64_t block = 0;
+    int64_t wblk_step = 0;
+
+    // n = k * k * in_channels: every tap counts, padded ones included.
+    int32_t n = 0;
+
+    // Exactly one of out_int / out_f is set.
+    int32_t* out_int = nullptr;
+    float* out_f = nullptr;
+    const float* mul = nullptr;
+    const float* bias = nullptr;
+    const float* residual = nullptr;  // [out_h, out_w, out_c] or nullptr
+    bool relu_before = false;
+    bool relu_after = false;
+
+};
+
+// Walks output pixels in row-major order and yields the word offset of each one's first tap in
+// the padded input, without a division per pixel.
+class PixelWalker {
+public:
+    PixelWalker(const ConvJob& job, int64_t p)
+        : out_w_(job.out_w), col_step_(job.stride * job.words), row_step_(job.stride * job.in_w * job.words) {
+        const int64_t oy = p / out_w_;
+        ox_ = p - oy * out_w_;
+        row_base_ = oy * row_step_;
+    }
+    int64_t base() const { return row_base_ + ox_ * col_step_; }
+    void next() {
+        if (++ox_ == out_w_) {
+            ox_ = 0;
+            row_base_ += row_step_;
+        }
+    }
+
+private:
+    int64_t out_w_, col_step_, row_step_;
+    int64_t ox_ = 0, row_base_ = 0;
+};
+
+// Writes `count` finished dot products of pixel p, channels [c0, c0 + count), through the epilogue.
+// Header-inline on purpose: it is inlined into each ISA's target-attributed tile function and so is
+// vectorised with that ISA.
+inline void store_dots(const ConvJob& job, int64_t p, int64_t c0, int64_t count, const int32_t* dots) {
+    const int64_t at = p * job.out_c + c0;
+    if (job.out_int != nullptr) {
+        int32_t* o = job.out_int + at;
+        for (int64_t i = 0; i < count; ++i) o[i] = dots[i];
+        return;
+    }
+    float* o = job.out_f + at;
+    const float* m = job.mul + c0;
+    const float* b = job.bias + c0;
+    float pre[64];  // block <= 64
+    for (int64_t i = 0; i < count; ++i) {
+        const float v = static_cast<float>(dots[i]);
+        pre[i] = job.relu_before ? std::max(v, 0.0f) : v;
+    }
+    if (job.residual != nullptr) {
+        const float* r = job.residual + at;
+        for (int64_t i = 0; i < count; ++i) o[i] = m[i] * pre[i] + b[i] + r[i];
+    } else {
+        for (int64_t i = 0; i < count; ++i) o[i] = m[i] * pre[i] + b[i];
+    }
+    if (job.relu_after) {
+        for (int64_t i = 0; i < count; ++i) o[i] = std::max(o[i], 0.0f);
+    }
+}
+
+// One ISA's entry points.
+struct IsaKernels {
+    const char* name;
+    int64_t block;        // output channels per weight block
+    bool nibble_weights;  // weights split into low/high nibbles (see the layout note above)
+    // Computes pixels [p_begin, p_end) of channel block cb and stores them through the epilogue.
+    void (*conv_tile)(const ConvJob& job, int64_t cb, int64_t p_begin, int64_t p_end);
+    // Packs `count` pixels of `channels` floats each (pixel stride `src_stride` floats) into words;
+    // pixel i's words go to dst + i * dst_stride. bit = 1 where x < 0.
+    void (*pack_pixels)(const float* src, int64_t count, int64_t channels, int64_t src_stride,
+                        uint64_t* dst, int64_t dst_stride);
+};
+
+extern const IsaKernels kScalarKernels;
+#if defined(__x86_64__) || defined(_M_X64)
+extern const IsaKernels kAvx2Kernels;
+extern const IsaKernels kAvx512Kernels;
+#endif
+
+}  // namespace segk

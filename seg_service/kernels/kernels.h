@@ -1,0 +1,49 @@
+// C++ API of the packed-bit kernels (bound to Python in bindings.cpp). Arguments are trusted here:
+// shape and dtype validation happens in the bindings.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace segk {
+
+// ISA selection ("avx512" | "avx2" | "scalar").
+std::string isa();
+std::vector<std::string> available_isas();
+bool set_isa(const std::string& name);  // false when this CPU (or build) does not support it
+
+// Threads used by each call (>= 1). Default: all processors available to the process.
+void set_num_threads(int n);
+int get_num_threads();
+
+// x: [pixels, channels] floats -> out: [pixels, ceil(channels / 64)] words, bit = 1 where x < 0.
+void pack_bits(const float* x, int64_t pixels, int64_t channels, uint64_t* out);
+
+struct ConvShape {
+    int64_t in_h = 0, in_w = 0, words = 0;  // input [in_h, in_w, words]
+    int64_t out_c = 0, kernel = 0;          // weights [out_c, kernel, kernel, words]
+    int64_t in_channels = 0;
+    int64_t stride = 1, padding = 0, dilation = 1;
+    int64_t out_h = 0, out_w = 0;
+};
+
+struct Epilogue {
+    const float* mul = nullptr;       // [out_c]
+    const float* bias = nullptr;      // [out_c]
+    const float* residual = nullptr;  // [out_h, out_w, out_c] or nullptr
+    bool relu_before = false;
+    bool relu_after = false;
+};
+
+// Output spatial size (PyTorch's formula); <= 0 when the kernel does not fit.
+int64_t conv_out_size(int64_t in, int64_t kernel, int64_t stride, int64_t padding, int64_t dilation);
+
+// Raw dot products: out_int [out_h, out_w, out_c].
+void bconv_int(const uint64_t* a, const uint64_t* w, const ConvShape& shape, int32_t* out_int);
+// Fused float epilogue: out [out_h, out_w, out_c].
+void bconv(const uint64_t* a, const uint64_t* w, const ConvShape& shape, const Epilogue& ep, float* out);
+// Same, from a float input [in_h, in_w, in_channels] that is binarised and packed on the fly.
+void bconv_float(const float* x, const uint64_t* w, const ConvShape& shape, const Epilogue& ep, float* out);
+
+}  // namespace segk

@@ -1,0 +1,113 @@
+"""Plain numpy reference of the kernel API (``seg_service.kernels``): slow, obviously correct.
+
+It defines the results the C++ kernels must reproduce exactly (integers) or within float rounding
+(epilogue). Same signatures as the extension, minus the ISA and thread controls.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+_BYTE_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
+def popcount(words: np.ndarray) -> np.ndarray:
+    """Per-element popcount of a uint64 array (int64 result)."""
+    words = np.ascontiguousarray(words, dtype=np.uint64)
+    if hasattr(np, "bitwise_count"):  # numpy >= 2.0
+        return np.bitwise_count(words).astype(np.int64)
+    as_bytes = words.view(np.uint8).reshape(*words.shape, 8)
+    return _BYTE_POPCOUNT[as_bytes].sum(axis=-1, dtype=np.int64)
+
+
+def pack_bits(x: np.ndarray) -> np.ndarray:
+    """float32 [H, W, C] -> uint64 [H, W, ceil(C/64)], bit = 1 where x < 0 (zero and NaN -> 0)."""
+    x = np.asarray(x)
+    h, w, c = x.shape
+    words = (c + 63) // 64
+    bits = np.zeros((h, w, words * 64), dtype=np.uint64)
+    bits[:, :, :c] = x < 0
+    weights = np.left_shift(np.uint64(1), np.arange(64, dtype=np.uint64))
+    return (bits.reshape(h, w, words, 64) * weights).sum(axis=-1, dtype=np.uint64)
+
+
+def output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+    """PyTorch's convolution output size."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def bconv2d_int(
+    a: np.ndarray, w: np.ndarray, in_channels: int, stride: int = 1, padding: int = 0, dilation: int = 1
+) -> np.ndarray:
+    """Raw dot products int32 [Ho, Wo, O]; padded taps are +1 (zero words) and count."""
+    h, wid, words = a.shape
+    out_c, k, _, _ = w.shape
+    ho = output_size(h, k, stride, padding, dilation)
+    wo = output_size(wid, k, stride, padding, dilation)
+    padded = np.zeros((h + 2 * padding, wid + 2 * padding, words), dtype=np.uint64)
+    padded[padding : padding + h, padding : padding + wid] = a
+    mismatches = np.zeros((ho, wo, out_c), dtype=np.int64)
+    for ky in range(k):
+        for kx in range(k):
+            y0, x0 = ky * dilation, kx * dilation
+            taps = padded[y0 : y0 + stride * (ho - 1) + 1 : stride, x0 : x0 + stride * (wo - 1) + 1 : stride]
+            xor = taps[:, :, None, :] ^ w[None, None, :, ky, kx, :]
+            mismatches += popcount(xor).sum(axis=-1)
+    n = k * k * in_channels
+    return (n - 2 * mismatches).astype(np.int32)
+
+
+def epilogue(
+    dots: np.ndarray,
+    mul: np.ndarray,
+    bias: np.ndarray,
+    relu_before: bool,
+    relu_after: bool,
+    residual: np.ndarray | None = None,
+) -> np.ndarray:
+    """y = mul * pre(dot) + bias (+ residual), pre = ReLU if relu_before; ReLU after if relu_after."""
+    y = dots.astype(np.float32)
+    if relu_before:
+        y = np.maximum(y, 0)
+    y = mul.astype(np.float32) * y + bias.astype(np.float32)
+    if residual is not None:
+        y = y + residual
+    if relu_after:
+        y = np.maximum(y, 0)
+    return y.astype(np.float32)
+
+
+def bconv2d(
+    a: np.ndarray,
+    w: np.ndarray,
+    in_channels: int,
+    stride: int,
+    padding: int,
+    dilation: int,
+    mul: np.ndarray,
+    bias: np.ndarray,
+    relu_before: bool,
+    relu_after: bool,
+    residual: np.ndarray | None = None,
+) -> np.ndarray:
+    """Binary convolution with the fused float epilogue, float32 [Ho, Wo, O]."""
+    dots = bconv2d_int(a, w, in_channels, stride, padding, dilation)
+    return epilogue(dots, mul, bias, relu_before, relu_after, residual)
+
+
+def bconv2d_float(
+    x: np.ndarray,
+    w: np.ndarray,
+    stride: int,
+    padding: int,
+    dilation: int,
+    mul: np.ndarray,
+    bias: np.ndarray,
+    relu_before: bool,
+    relu_after: bool,
+    residual: np.ndarray | None = None,
+) -> np.ndarray:
+    """bconv2d on a float input, binarised with x < 0 -> -1 and packed first."""
+    return bconv2d(
+        pack_bits(x), w, x.shape[2], stride, padding, dilation, mul, bias, relu_before, relu_after, residual
+    )

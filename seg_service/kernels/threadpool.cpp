@@ -1,0 +1,160 @@
+#include "threadpool.h"
+
+#include <atomic>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#if defined(__linux__)
+#include <sched.h>
+#endif
+#if defined(__unix__) || defined(__APPLE__)
+#include <unistd.h>
+#endif
+
+namespace segk {
+namespace {
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    asm volatile("yield");
+#endif
+}
+
+// Helpers spin this many rounds after a call before sleeping, so back-to-back layer calls do
+// not pay a futex wake-up each (a few tens of microseconds).
+constexpr int kSpinRounds = 20000;
+
+struct Task {
+    ItemFn fn;
+    void* ctx;
+    int64_t items;
+    int helpers_wanted;
+    std::atomic<int64_t> next{0};
+    std::atomic<int64_t> done{0};
+    std::atomic<int> helpers_joined{0};
+};
+
+class Pool {
+public:
+    void run(int threads, int64_t items, ItemFn fn, void* ctx) {
+        std::unique_lock<std::mutex> serving(serving_, std::try_to_lock);
+        if (!serving.owns_lock()) {  // another call holds the pool: run this one alone
+            for (int64_t i = 0; i < items; ++i) fn(ctx, i);
+            return;
+        }
+        grow(threads - 1);
+        auto task = std::make_shared<Task>();
+        task->fn = fn;
+        task->ctx = ctx;
+        task->items = items;
+        task->helpers_wanted = threads - 1;
+        {
+            std::lock_guard<std::mutex> lock(mu_);
+            task_ = task;
+            generation_.fetch_add(1, std::memory_order_release);
+        }
+        wake_.notify_all();
+        work(*task);
+        for (int spin = 0; spin < kSpinRounds && task->done.load(std::memory_order_acquire) != items; ++spin)
+            cpu_relax();
+        std::unique_lock<std::mutex> lock(mu_);
+        finished_.wait(lock, [&] { return task->done.load(std::memory_order_acquire) == items; });
+        task_.reset();  // late helpers keep their own reference and find no items left
+    }
+
+private:
+    void grow(int helpers) {
+        while (static_cast<int>(workers_.size()) < helpers) {
+            workers_.emplace_back([this] { helper_loop(); });
+            workers_.back().detach();  // the pool lives for the whole process
+        }
+    }
+
+    void work(Task& task) {
+        for (;;) {
+            const int64_t i = task.next.fetch_add(1, std::memory_order_relaxed);
+            if (i >= task.items) return;
+            task.fn(task.ctx, i);
+            // The caller cannot return before this item is counted, so fn/ctx stay valid above.
+            if (task.done.fetch_add(1, std::memory_order_acq_rel) + 1 == task.items) {
+                std::lock_guard<std::mutex> lock(mu_);
+                finished_.notify_all();
+            }
+        }
+    }
+
+    void helper_loop() {
+        uint64_t seen = generation_.load(std::memory_order_acquire);
+        for (;;) {
+            for (int spin = 0; spin < kSpinRounds && generation_.load(std::memory_order_acquire) == seen; ++spin)
+                cpu_relax();
+            std::shared_ptr<Task> task;
+            {
+                std::unique_lock<std::mutex> lock(mu_);
+                wake_.wait(lock, [&] { return generation_.load(std::memory_order_relaxed) != seen; });
+                seen = generation_.load(std::memory_order_relaxed);
+                task = task_;
+            }
+            if (task && task->helpers_joined.fetch_add(1) < task->helpers_wanted) work(*task);
+        }
+    }
+
+    std::mutex serving_;  // one call at a time uses the helpers
+    std::mutex mu_;
+    std::condition_variable wake_, finished_;
+    std::shared_ptr<Task> task_;
+    std::atomic<uint64_t> generation_{0};
+    std::vector<std::thread> workers_;
+};
+
+long current_pid() {
+#if defined(__unix__) || defined(__APPLE__)
+    return static_cast<long>(getpid());
+#else
+    return 0;
+#endif
+}
+
+// One pool per process; intentionally leaked (helpers sleep until exit). After fork() the child
+// gets a fresh pool: the parent's helper threads do not exist there.
+Pool& pool() {
+    static std::mutex guard;
+    static Pool* instance = nullptr;
+    static long owner = 0;
+    std::lock_guard<std::mutex> lock(guard);
+    const long pid = current_pid();
+    if (instance == nullptr || owner != pid) {
+        instance = new Pool();
+        owner = pid;
+    }
+    return *instance;
+}
+
+}  // namespace
+
+void parallel_for(int threads, int64_t items, ItemFn fn, void* ctx) {
+    if (threads <= 1 || items <= 1) {
+        for (int64_t i = 0; i < items; ++i) fn(ctx, i);
+        return;
+    }
+    pool().run(static_cast<int>(std::min<int64_t>(threads, items)), items, fn, ctx);
+}
+
+int available_processors() {
+#if defined(__linux__)
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+        const int n = CPU_COUNT(&set);
+        if (n > 0) return n;
+    }
+#endif
+    const unsigned n = std::thread::hardware_concurrency();
+    return n > 0 ? static_cast<int>(n) : 1;
+}
+
+}  // namespace segk

@@ -1,0 +1,32 @@
+// A small persistent thread pool for the kernels' parallel loops.
+//
+// Why not OpenMP: an OpenMP region waits at its end for every team thread, even one that has not
+// been scheduled yet, so on a busy or shared CPU a two-thread call can stall for a whole scheduler
+// time slice. Here items are claimed from an atomic counter and a call returns as soon as all items
+// are *done*; a helper that wakes late finds nothing left and goes back to sleep. It also needs no
+// compiler flag and survives fork() (a child process just runs its items on the calling thread).
+#pragma once
+
+#include <cstdint>
+#include <type_traits>
+
+namespace segk {
+
+using ItemFn = void (*)(void* ctx, int64_t item);
+
+// Runs fn(ctx, i) for every i in [0, items), on the calling thread plus up to threads - 1 helpers.
+// Concurrent callers are safe: while the pool serves one call, others run on their own thread.
+void parallel_for(int threads, int64_t items, ItemFn fn, void* ctx);
+
+// Convenience wrapper for a lambda / functor.
+template <typename F>
+void parallel_for(int threads, int64_t items, F&& body) {
+    parallel_for(
+        threads, items, [](void* ctx, int64_t i) { (*static_cast<std::remove_reference_t<F>*>(ctx))(i); },
+        const_cast<void*>(static_cast<const void*>(&body)));
+}
+
+// Number of processors this process may run on (sched affinity where available), >= 1.
+int available_processors();
+
+}  // namespace segk

@@ -1,0 +1,179 @@
+"""PackedModel: a loaded packed model with image pre- and post-processing (no torch)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from seg_service.runtime.executor import GraphExecutor
+from seg_service.runtime.format import ModelFormatError, PackedFile, read_model
+
+
+def _area_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Area (box) resampling along one axis for downscaling: each output pixel averages the input
+    interval [o * s, (o + 1) * s), s = in_size / out_size, weighting partly covered pixels by their
+    covered fraction. Returns source indices and weights, both [out_size, taps]."""
+    scale = in_size / out_size
+    lo = np.arange(out_size) * scale
+    hi = lo + scale
+    first = np.floor(lo).astype(np.int64)
+    taps = int(np.ceil(scale)) + 1
+    idx = first[:, None] + np.arange(taps)[None, :]
+    overlap = np.minimum(idx + 1, hi[:, None]) - np.maximum(idx, lo[:, None])
+    weights = np.clip(overlap, 0.0, None) / scale
+    weights[idx >= in_size] = 0.0
+    return np.minimum(idx, in_size - 1), weights.astype(np.float32)
+
+
+def _resize_axis(x: np.ndarray, idx: np.ndarray, weights: np.ndarray, axis: int) -> np.ndarray:
+    out = None
+    for k in range(idx.shape[1]):
+        shape = [1] * x.ndim
+        shape[axis] = -1
+        term = np.take(x, idx[:, k], axis=axis) * weights[:, k].reshape(shape)
+        out = term if out is None else out + term
+    return out
+
+
+def resize_area(rgb: np.ndarray, out_h: int, out_w: int, chunk_rows: int = 256) -> np.ndarray:
+    """Downscale an image [H, W, C] (any dtype) to float32 [out_h, out_w, C] with area averaging.
+
+    The width pass runs over row chunks so a very large uint8 image is never converted to float
+    all at once.
+    """
+    h, w = rgb.shape[:2]
+    col_idx, col_w = _area_taps(w, out_w)
+    narrow = np.empty((h, out_w, rgb.shape[2]), dtype=np.float32)
+    for r0 in range(0, h, chunk_rows):
+        narrow[r0:r0 + chunk_rows] = _resize_axis(rgb[r0:r0 + chunk_rows].astype(np.float32), col_idx, col_w, 1)
+    row_idx, row_w = _area_taps(h, out_h)
+    return _resize_axis(narrow, row_idx, row_w, 0)
+
+
+def resize_nearest(mask: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """Nearest-neighbour resize sampling at pixel centres: source index floor((i + 0.5) * in / out)."""
+    h, w = mask.shape[:2]
+    rows = np.minimum(((np.arange(out_h) + 0.5) * (h / out_h)).astype(np.int64), h - 1)
+    cols = np.minimum(((np.arange(out_w) + 0.5) * (w / out_w)).astype(np.int64), w - 1)
+    return mask[rows[:, None], cols[None, :]]
+
+
+class PackedModel:
+    """A packed Group-Net segmentation model ready to run on the CPU.
+
+    ``forward`` runs the raw graph on a normalised float image; ``predict`` / ``predict_logits``
+    take an RGB uint8 image of any size and apply the model's input rules (docs/format.md).
+    """
+
+    def __init__(self, packed: PackedFile):
+        self._packed = packed
+        model = packed.model
+        self.name: str = model["name"]
+        self.arch: str = model["arch"]
+        self.classes: list[str] = list(model["classes"])
+        self.palette: np.ndarray = np.asarray(model["palette"], dtype=np.uint8).reshape(-1, 3)
+        self.input_spec: dict[str, Any] = dict(model["input"])
+        self.config: dict[str, Any] = dict(model.get("config", {}))
+        self.checksum: str = packed.checksum
+        self.file_size: int = packed.file_size
+        self.path: str | None = packed.path
+        self._mean = np.asarray(self.input_spec["mean"], dtype=np.float32)
+        self._std = np.asarray(self.input_spec["std"], dtype=np.float32)
+        self._executor = GraphExecutor(packed.graph, packed.tensors)
+        if len(self._executor.inputs) != 1 or len(self._executor.outputs) != 1:
+            raise ModelFormatError(f"{self.name}: a segmentation graph needs exactly one input and one output")
+        channels = self._output_channels()
+        if channels is not None and channels != self.num_classes:
+            raise ModelFormatError(f"{self.name}: the graph outputs {channels} channels but the model lists "
+                                   f"{self.num_classes} classes")
+
+    def _output_channels(self) -> int | None:
+        """Channels of the graph output, traced back through shape-preserving ops to the last conv."""
+        producers = {op["out"]: op for op in self._executor.ops}
+        op = producers.get(self._executor.outputs[0])
+        while op is not None and op["op"] in ("upsample_bilinear", "relu", "maxpool2d"):
+            op = producers.get(op["in"])
+        if op is not None and op["op"] in ("conv2d", "bconv2d"):
+            return int(self._packed.tensors[op["weight"]].shape[0])
+        if op is not None and op["op"] == "affine":
+            return int(self._packed.tensors[op["mul"]].shape[0])
+        return None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def max_side(self) -> int:
+        return int(self.input_spec["max_side"])
+
+    @property
+    def size_divisor(self) -> int:
+        return int(self.input_spec["size_divisor"])
+
+    def __repr__(self) -> str:
+        return (f"PackedModel(name={self.name!r}, arch={self.arch!r}, classes={self.num_classes}, "
+                f"size={self.file_size} bytes)")
+
+    # ---- raw graph -------------------------------------------------------------------------
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """Run the graph on a normalised image f32 [H, W, 3]; returns logits f32 [H, W, classes]."""
+        x = np.asarray(x)
+        if x.ndim != 3 or x.shape[2] != 3:
+            raise ValueError(f"forward expects a normalised image of shape [H, W, 3], got {x.shape}")
+        out = self._executor.run({self._executor.inputs[0]: x})
+        return out[self._executor.outputs[0]]
+
+    # ---- images ----------------------------------------------------------------------------
+
+    def processed_size(self, height: int, width: int) -> tuple[int, int]:
+        """Size the image is resized to before padding (long side at most max_side)."""
+        long_side = max(height, width)
+        if long_side <= self.max_side:
+            return height, width
+        scale = self.max_side / long_side
+        return max(1, round(height * scale)), max(1, round(width * scale))
+
+    def preprocess(self, rgb: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+        """RGB uint8 [H, W, 3] -> (normalised, padded float image, (h, w) before padding)."""
+        rgb = np.asarray(rgb)
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+            raise ValueError(f"expected an RGB uint8 image of shape [H, W, 3], got {rgb.dtype} {rgb.shape}")
+        if rgb.shape[0] < 1 or rgb.shape[1] < 1:
+            raise ValueError(f"image is empty: shape {rgb.shape}")
+        h, w = self.processed_size(rgb.shape[0], rgb.shape[1])
+        img = rgb.astype(np.float32) if (h, w) == rgb.shape[:2] else resize_area(rgb, h, w)
+        div = self.size_divisor
+        ph, pw = -(-h // div) * div, -(-w // div) * div
+        x = np.zeros((ph, pw, 3), dtype=np.float32)  # padding is 0 after normalisation
+        x[:h, :w] = (img * np.float32(1.0 / 255.0) - self._mean) / self._std
+        return x, (h, w)
+
+    def _logits_processed(self, rgb: np.ndarray) -> np.ndarray:
+        x, (h, w) = self.preprocess(rgb)
+        return self.forward(x)[:h, :w]
+
+    def predict_logits(self, rgb: np.ndarray) -> np.ndarray:
+        """Logits f32 [H, W, classes] at the original image size (bilinear if the image was resized)."""
+        from seg_service.runtime.ops import upsample_bilinear
+
+        logits = self._logits_processed(rgb)
+        if logits.shape[:2] != rgb.shape[:2]:
+            logits = upsample_bilinear(np.ascontiguousarray(logits), rgb.shape[0], rgb.shape[1])
+        return logits
+
+    def predict(self, rgb: np.ndarray) -> np.ndarray:
+        """Label mask u8 [H, W] at the original image size (nearest-neighbour if the image was resized)."""
+        logits = self._logits_processed(rgb)
+        mask = np.argmax(logits, axis=2).astype(np.uint8)
+        if mask.shape != rgb.shape[:2]:
+            mask = resize_nearest(mask, rgb.shape[0], rgb.shape[1])
+        return mask
+
+
+def load_model(path: str | os.PathLike[str]) -> PackedModel:
+    """Load and verify a packed model file (format, version, checksum, graph)."""
+    return PackedModel(read_model(path))

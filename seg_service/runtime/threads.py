@@ -1,0 +1,47 @@
+"""One thread-count setting for everything the runtime computes with: the binary kernels (OpenMP)
+and the BLAS behind numpy's matmul (the float stem, projection and classifier convs)."""
+
+from __future__ import annotations
+
+import ctypes
+
+from seg_service import kernels
+
+# Thread-count setters of the OpenBLAS builds numpy ships or links (64-bit-integer and plain).
+_BLAS_SETTERS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+                 "openblas_set_num_threads64_", "openblas_set_num_threads")
+
+
+def _loaded_blas_libraries() -> list[str]:
+    try:
+        with open("/proc/self/maps") as maps:
+            return sorted({line.split()[-1] for line in maps if "blas" in line.lower() and ".so" in line})
+    except OSError:  # not Linux
+        return []
+
+
+def set_blas_threads(n: int) -> bool:
+    """Best effort: set numpy's OpenBLAS thread count; returns False where it cannot be found."""
+    import numpy  # noqa: F401  (make sure numpy's BLAS is loaded)
+
+    done = False
+    for path in _loaded_blas_libraries():
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for symbol in _BLAS_SETTERS:
+            setter = getattr(lib, symbol, None)
+            if setter is not None:
+                setter(ctypes.c_int(n))
+                done = True
+                break
+    return done
+
+
+def set_num_threads(n: int) -> None:
+    """Threads for the binary kernels and (best effort) for numpy's BLAS."""
+    if n < 1:
+        raise ValueError(f"number of threads must be >= 1, got {n}")
+    kernels.set_num_threads(n)
+    set_blas_threads(n)

@@ -1,0 +1,105 @@
+"""The layer benchmark's plumbing: rows, derived figures, table, target summary and CLI (tiny runs)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("torch")
+
+from seg_service import kernels  # noqa: E402
+from training import bench_layers  # noqa: E402
+
+TINY = bench_layers.LayerShape("8x8x64->64 d2", "seg512", 8, 8, 64, 64, dilation=2)
+
+
+def test_default_shapes_are_the_issue_shapes():
+    described = [(s.height, s.in_channels, s.out_channels, s.dilation, s.group) for s in bench_layers.DEFAULT_SHAPES]
+    assert described == [
+        (56, 64, 64, 1, "resnet18"), (28, 128, 128, 1, "resnet18"), (14, 256, 256, 1, "resnet18"),
+        (7, 512, 512, 1, "resnet18"), (128, 64, 64, 1, "seg512"), (64, 128, 128, 1, "seg512"),
+        (64, 256, 256, 2, "seg512"), (64, 512, 512, 4, "seg512"),
+    ]
+    assert bench_layers.DEFAULT_SHAPES[1].binary_macs == 28 * 28 * 128 * 128 * 9
+
+
+def test_run_layer_benchmark_rows_and_derived_figures():
+    rows = bench_layers.run_layer_benchmark(shapes=[TINY], threads=(1, 2), repeats=1, warmup=0)
+    isas = kernels.available_isas()
+    assert [(r["threads"], r["isa"]) for r in rows] == [(t, isa) for t in (1, 2) for isa in isas]
+    for row in rows:
+        # The benchmark's own check that every engine computed the same output.
+        assert row["max_abs_diff_torch"] < 1e-3
+        assert row["max_abs_diff_vs_first_isa"] < 1e-3
+        if bench_layers.openvino_available():
+            assert row["max_abs_diff_openvino"] < 1e-3
+            assert row["speedup_vs_openvino"] == pytest.approx(row["openvino_core_ms"] / row["ours_ms"])
+            assert row["openvino_core_ms"] <= row["openvino_ms"]
+        assert row["speedup_vs_torch"] == pytest.approx(row["torch_ms"] / row["ours_ms"])
+        assert row["ours_dots_only_ms"] > 0 and row["pack_bits_ms"] > 0
+        expected_gmacs = TINY.binary_macs / (row["ours_ms"] * 1e-3) / row["threads"] / 1e9
+        assert row["gmacs_per_core"] == pytest.approx(expected_gmacs)
+    one = {r["isa"]: r["ours_ms"] for r in rows if r["threads"] == 1}
+    for row in (r for r in rows if r["threads"] == 2):
+        assert row["scaling_vs_1_thread"] == pytest.approx(one[row["isa"]] / row["ours_ms"])
+
+    table = bench_layers.format_layer_table(rows).splitlines()
+    assert len(table) == 2 + len(rows)
+    assert "ours ms" in table[0] and "x ov" in table[0]
+    assert all(line.startswith("| 8x8x64->64 d2") for line in table[2:])
+
+
+def test_settings_are_restored_after_a_run():
+    torch = pytest.importorskip("torch")
+    before = (kernels.isa(), kernels.get_num_threads(), torch.get_num_threads())
+    bench_layers.run_layer_benchmark(shapes=[TINY], threads=(2,), repeats=1, warmup=0, isa=kernels.available_isas()[-1])
+    assert (kernels.isa(), kernels.get_num_threads(), torch.get_num_threads()) == before
+
+
+def test_bad_arguments_fail_with_a_clear_error():
+    with pytest.raises(ValueError, match="not available"):
+        bench_layers.run_layer_benchmark(shapes=[TINY], isa="neon")
+    with pytest.raises(ValueError, match="thread counts"):
+        bench_layers.run_layer_benchmark(shapes=[TINY], threads=(0,))
+    with pytest.raises(SystemExit):
+        bench_layers.main(["--threads", "x"])
+
+
+def _row(name, group, height, threads, isa, ours_ms, torch_ms, ov_ms, gmacs, scaling=None):
+    return {"name": name, "group": group, "height": height, "threads": threads, "isa": isa, "ours_ms": ours_ms,
+            "speedup_vs_torch": torch_ms / ours_ms, "speedup_vs_openvino": ov_ms / ours_ms,
+            "gmacs_per_core": gmacs, "scaling_vs_1_thread": scaling}
+
+
+def test_target_summary_names_the_missing_shape():
+    rows = [
+        _row("a", "seg512", 64, 1, "avx512", 1.0, 20.0, 1.5, 700),
+        _row("b", "seg512", 64, 1, "avx512", 1.0, 8.0, 1.0, 500),  # misses torch, OpenVINO and MAC/s
+        _row("a", "seg512", 64, 2, "avx512", 0.55, 10.0, 0.8, 640, scaling=1.82),
+        _row("b", "seg512", 64, 2, "avx512", 0.8, 5.0, 0.6, 310, scaling=1.25),
+        _row("a", "seg512", 64, 1, "avx2", 4.0, 20.0, 1.5, 175),  # 4x slower than avx512
+    ]
+    lines = bench_layers.summarize_targets(rows)
+    assert len(lines) == 5
+    torch_line, ov_line, macs_line, scaling_line, isa_line = lines
+    assert "MISSED on b 8.00x" in torch_line
+    assert "MISSED on b 1.00x" in ov_line
+    assert "MISSED on b 500.00" in macs_line
+    assert "MISSED on b 1.25x" in scaling_line and "a 1.82" not in scaling_line
+    assert "MISSED: avx2 is 4.00x slower on a t1" in isa_line
+    met = bench_layers.summarize_targets(rows[:1] + rows[2:3])
+    assert all(line.endswith("met") for line in met)
+
+
+def test_main_writes_table_and_json(tmp_path, capsys):
+    out = tmp_path / "layers.json"
+    isa = kernels.available_isas()[0]
+    code = bench_layers.main(["--group", "resnet18", "--threads", "1", "--isa", isa, "--repeats", "1", "--warmup", "0",
+                              "--json", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "CPU:" in printed and "| 28x28x128->128" in printed
+    data = json.loads(out.read_text())
+    assert [row["name"] for row in data["rows"]] == [s.name for s in bench_layers.RESNET18_SHAPES]
+    assert data["command"].endswith(f"--json {out}")

@@ -1,0 +1,215 @@
+"""Real components for the client tests: a seg-service subprocess, a TCP proxy that adds latency,
+and helpers that run seg-client as its own process, as a user would."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+VIDEO = ROOT / "tests" / "data" / "video" / "camvid_0016E5.mp4"
+API_KEY = "client-test-key"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["NO_ALBUMENTATIONS_UPDATE"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def _console_script(name: str, module: str) -> list[str]:
+    """The installed console script when there is one, else `python -m module` (same entry point)."""
+    script = Path(sys.executable).parent / name
+    return [str(script)] if script.exists() else [sys.executable, "-m", module]
+
+
+class ServerProcess:
+    """`seg-service` on a loopback port; can be killed and started again on the same port."""
+
+    def __init__(self, model_dir: Path, log_dir: Path, api_key: str | None = API_KEY) -> None:
+        self.model_dir = model_dir
+        self.port = free_port()
+        self.api_key = api_key
+        self.log_path = log_dir / f"seg-service-{self.port}.log"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 90.0) -> ServerProcess:
+        env = _env()
+        env.update({"SEG_MODEL_DIR": str(self.model_dir), "SEG_THREADS": "1", "SEG_LOG_LEVEL": "warning"})
+        if self.api_key:
+            env["SEG_API_KEY"] = self.api_key
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [*_console_script("seg-service", "seg_service.api.cli"), "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"seg-service exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                if httpx.get(self.url + "/ready", timeout=1.0).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"seg-service not ready after {timeout:.0f} s:\n{self.log_tail()}")
+
+    def kill(self) -> None:
+        """SIGKILL: the server vanishes without closing its connections, as in a crash."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
+
+
+def client_command(*args: str | Path) -> list[str]:
+    return [*_console_script("seg-client", "client"), *map(str, args)]
+
+
+def run_client(*args: str | Path, timeout: float = 120.0) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        client_command(*args), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout
+    )
+
+
+class ClientProcess:
+    """seg-client running in the background, its stderr lines collected as they come."""
+
+    def __init__(self, *args: str | Path) -> None:
+        self.proc = subprocess.Popen(
+            client_command(*args), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, text=True,
+        )
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+            self._queue.put(line)
+
+    def wait_for_line(self, text: str, timeout: float = 60.0) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or (self.proc.poll() is not None and self._queue.empty() and not self._reader.is_alive()):
+                raise AssertionError(f"no stderr line containing {text!r}; got:\n" + "\n".join(self.lines))
+            try:
+                line = self._queue.get(timeout=min(remaining, 0.2))
+            except queue.Empty:
+                continue
+            if text in line:
+                return line
+
+    def wait(self, timeout: float = 120.0) -> int:
+        code = self.proc.wait(timeout=timeout)
+        self._reader.join(timeout=5)
+        return code
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+class DelayProxy:
+    """A loopback TCP proxy that delivers every chunk, in both directions, `delay` seconds late.
+
+    The added latency is a hard lower bound on the client's round trip, so a server behind it is
+    slower than any video frame rate we feed, whatever the machine's speed.
+    """
+
+    def __init__(self, target_port: int, delay: float) -> None:
+        self.target_port = target_port
+        self.delay = delay
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._closed = threading.Event()
+        self._sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept_loop, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _accept_loop(self) -> None:
+        while not self._closed.is_set():
+            try:
+                downstream, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            self._sockets += [downstream, upstream]
+            for src, dst in ((downstream, upstream), (upstream, downstream)):
+                chunks: queue.Queue[tuple[float, bytes]] = queue.Queue()
+                threading.Thread(target=self._read, args=(src, chunks), daemon=True).start()
+                threading.Thread(target=self._write, args=(dst, chunks), daemon=True).start()
+
+    def _read(self, src: socket.socket, chunks: queue.Queue) -> None:
+        while True:
+            try:
+                data = src.recv(65536)
+            except OSError:
+                data = b""
+            chunks.put((time.monotonic() + self.delay, data))
+            if not data:
+                return
+
+    def _write(self, dst: socket.socket, chunks: queue.Queue) -> None:
+        while True:
+            due, data = chunks.get()
+            wait = due - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            try:
+                if not data:
+                    dst.shutdown(socket.SHUT_WR)
+                    return
+                dst.sendall(data)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self._closed.set()
+        self._listener.close()
+        for sock in self._sockets:
+            try:
+                sock.close()
+            except OSError:
+                pass

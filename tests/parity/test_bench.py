@@ -1,0 +1,42 @@
+"""seg-bench runs end to end on a tiny network and reports both engines on the same input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from seg_service import kernels  # noqa: E402
+from training.bench import main, parse_size  # noqa: E402
+
+
+def test_seg_bench_tiny_run(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    argv = ["--k", "2", "--width", "0.25", "--head", "psp", "--sizes", "64x48", "80x72", "--repeats", "1",
+            "--threads", "1", "--no-reference", "--json", str(out)]
+    threads, torch_threads = kernels.get_num_threads(), torch.get_num_threads()
+    try:
+        assert main(argv) == 0
+    finally:
+        kernels.set_num_threads(threads)
+        torch.set_num_threads(torch_threads)
+    printed = capsys.readouterr().out
+    assert "ISA path: " + kernels.isa() in printed and "CPU: " in printed
+    report = json.loads(out.read_text())
+    assert report["environment"]["threads"] == 1 and report["environment"]["kernel_threads"] == 1
+    sizes = report["model"]["sizes"]
+    assert [(s["width"], s["height"]) for s in sizes] == [(64, 48), (80, 72)]
+    for entry in sizes:
+        assert [r["engine"] for r in entry["rows"]] == ["runtime", "pytorch"]
+        assert all(r["median_ms"] > 0 and r["repeats"] == 1 for r in entry["rows"])
+        assert entry["mask_agreement"] >= 0.999
+        assert "bconv2d" in entry["runtime_profile_ms"]
+    assert report["model"]["packed_file_mb"] < report["model"]["float_weights_mb"]
+
+
+def test_parse_size_errors():
+    assert parse_size("320x240") == (240, 320)
+    with pytest.raises(Exception, match="WIDTHxHEIGHT"):
+        parse_size("320")

@@ -1,0 +1,57 @@
+"""export-model: a training checkpoint becomes a packed file with the checkpoint's metadata."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("cv2")
+
+from seg_service.runtime import load_model  # noqa: E402
+from training.engine.checkpoint import FORMAT, VERSION  # noqa: E402
+from training.export import main  # noqa: E402
+
+from .helpers import SMALL, assert_parity, load_rgb, normalise, small_model, torch_logits  # noqa: E402
+
+
+def write_checkpoint(path, model, **extra):
+    state = {"format": FORMAT, "version": VERSION, "task": "seg", "model": model.state_dict(),
+             "model_config": model.cfg.to_dict(), "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], **extra}
+    torch.save(state, path)
+
+
+def test_checkpoint_to_packed_model(tmp_path, capsys):
+    model = small_model(seed=4, k=2, output_stride=16, head="fcn")
+    classes = ["background", "person", "car", "tree", "sky"]
+    write_checkpoint(tmp_path / "ckpt.pt", model, classes=classes, palette=[[i, 2 * i, 3 * i] for i in range(5)])
+    out = tmp_path / "m.gnpk"
+    assert main(["--checkpoint", str(tmp_path / "ckpt.pt"), "--out", str(out), "--name", "street"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    runtime = load_model(out)
+    assert runtime.name == "street" and runtime.classes == classes
+    np.testing.assert_array_equal(runtime.palette[2], [2, 4, 6])
+    assert runtime.input_spec["mean"] == [0.5, 0.5, 0.5] and runtime.input_spec["std"] == [0.25, 0.25, 0.25]
+    assert runtime.arch == "groupnet_resnet18" and runtime.config["k"] == 2
+    x = normalise(load_rgb("camvid/images/0001TP_006690.jpg", (64, 96)))
+    assert_parity(runtime.forward(x), torch_logits(model, x), what="from checkpoint")
+
+
+def test_overrides_and_errors(tmp_path, capsys):
+    model = small_model(seed=4, k=1, output_stride=32, head="fcn", num_classes=2)
+    write_checkpoint(tmp_path / "ckpt.pt", model, classes=["a", "b"], palette=None)
+    out = tmp_path / "m.gnpk"
+    argv = ["--checkpoint", str(tmp_path / "ckpt.pt"), "--out", str(out)]
+    assert main(argv + ["--classes", "background,person", "--palette", "0,0,0;220,20,60"]) == 0
+    runtime = load_model(out)
+    assert runtime.classes == ["background", "person"] and runtime.palette.tolist() == [[0, 0, 0], [220, 20, 60]]
+    assert runtime.name.startswith("groupnet_resnet18_k1")
+
+    assert main(argv + ["--classes", "only-one"]) == 2
+    assert "1 class names given but the model predicts 2 classes" in capsys.readouterr().err
+    assert main(["--checkpoint", str(tmp_path / "missing.pt"), "--out", str(out)]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    torch.save({"format": FORMAT, "version": VERSION, "task": "seg", "model": model.state_dict(),
+                "model_config": {**SMALL, "num_classes": 2, "k": 3}}, tmp_path / "bad.pt")
+    assert main(["--checkpoint", str(tmp_path / "bad.pt"), "--out", str(out)]) == 2
+    assert "does not match the model config" in capsys.readouterr().err

@@ -1,0 +1,116 @@
+"""PackedModel: loading, pre/post-processing and the graph executor, on a hand-written graph (no torch)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from seg_service.kernels import reference
+from seg_service.runtime import PackedModel, load_model, ops
+from seg_service.runtime import format as gnpk
+from seg_service.runtime.model import resize_area, resize_nearest
+
+from .test_format import tiny_model
+
+cv2 = pytest.importorskip("cv2")
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    assert bgr is not None, path
+    return np.ascontiguousarray(bgr[:, :, ::-1])
+
+
+@pytest.fixture()
+def tiny(tmp_path) -> PackedModel:
+    path = tmp_path / "tiny.gnpk"
+    gnpk.write_model(path, *tiny_model())
+    return load_model(path)
+
+
+def expected_forward(x: np.ndarray) -> np.ndarray:
+    """The tiny graph computed by hand with the numpy kernel reference."""
+    _, _, t = tiny_model()
+    dots = reference.bconv2d_int(reference.pack_bits(x), t["b.weight"], 3, 2, 1, 1).astype(np.float32)
+    b = t["b.mul"] * np.maximum(dots, 0) + t["b.bias"]
+    c = ops.conv2d(b, t["cls.weight"], t["cls.bias"])
+    return ops.upsample_bilinear(c, x.shape[0], x.shape[1])
+
+
+def test_attributes(tiny):
+    assert tiny.name == "tiny" and tiny.arch == "handmade"
+    assert tiny.classes == ["background", "thing"] and tiny.num_classes == 2
+    assert tiny.palette.dtype == np.uint8 and tiny.palette.shape == (2, 3)
+    assert tiny.input_spec["size_divisor"] == 8 and tiny.input_spec["max_side"] == 64
+    assert tiny.file_size == Path(tiny.path).stat().st_size and len(tiny.checksum) == 64
+
+
+@pytest.mark.parametrize("h, w", [(16, 24), (13, 21)])
+def test_forward_matches_hand_computation(tiny, h, w):
+    x = np.random.default_rng(h).standard_normal((h, w, 3)).astype(np.float32)
+    np.testing.assert_allclose(tiny.forward(x), expected_forward(x), rtol=1e-5, atol=1e-5)
+
+
+def test_preprocess_normalises_and_pads(tiny):
+    rgb = read_rgb(DATA / "camvid/images/0016E5_01470.jpg")[:37, :50]  # smaller than max_side, odd size
+    x, (h, w) = tiny.preprocess(rgb)
+    assert (h, w) == (37, 50) and x.shape == (40, 56, 3)
+    np.testing.assert_allclose(x[:37, :50], (rgb / 255.0 - 0.5) / 0.25, rtol=1e-5, atol=1e-5)
+    assert not x[37:].any() and not x[:, 50:].any()
+
+
+def test_predict_small_image(tiny):
+    rgb = read_rgb(DATA / "ccp/images/0001.jpg")[:45, :30]
+    mask = tiny.predict(rgb)
+    assert mask.shape == (45, 30) and mask.dtype == np.uint8
+    x, _ = tiny.preprocess(rgb)
+    np.testing.assert_array_equal(mask, expected_forward(x)[:45, :30].argmax(axis=2))
+    assert set(np.unique(mask)) <= {0, 1}
+
+
+def test_predict_resizes_large_images_and_restores_size(tiny):
+    rgb = read_rgb(DATA / "ccp/images/0002.jpg")  # long side > max_side (64)
+    h, w = rgb.shape[:2]
+    ph, pw = tiny.processed_size(h, w)
+    assert max(ph, pw) == 64
+    mask = tiny.predict(rgb)
+    assert mask.shape == (h, w)
+    x, _ = tiny.preprocess(rgb)
+    small = expected_forward(x)[:ph, :pw].argmax(axis=2).astype(np.uint8)
+    np.testing.assert_array_equal(mask, resize_nearest(small, h, w))
+    logits = tiny.predict_logits(rgb)
+    assert logits.shape == (h, w, 2) and logits.dtype == np.float32
+
+
+def test_predict_rejects_bad_images(tiny):
+    with pytest.raises(ValueError, match="RGB uint8"):
+        tiny.predict(np.zeros((8, 8, 3), np.float32))
+    with pytest.raises(ValueError, match="RGB uint8"):
+        tiny.predict(np.zeros((8, 8), np.uint8))
+    with pytest.raises(ValueError, match=r"\[H, W, 3\]"):
+        tiny.forward(np.zeros((8, 8, 4), np.float32))
+
+
+@pytest.mark.parametrize("src, dst", [((480, 640), (192, 256)), ((101, 333), (37, 100)), ((50, 50), (7, 7))])
+def test_resize_area_matches_opencv(src, dst):
+    img = np.random.default_rng(0).integers(0, 256, size=(*src, 3), dtype=np.uint8)
+    ours = resize_area(img, *dst, chunk_rows=64)
+    theirs = cv2.resize(img.astype(np.float32), (dst[1], dst[0]), interpolation=cv2.INTER_AREA)
+    np.testing.assert_allclose(ours, theirs, atol=1e-2)
+
+
+@pytest.mark.parametrize("src, dst", [((24, 32), (240, 320)), ((37, 50), (100, 133)), ((64, 48), (17, 13))])
+def test_resize_nearest_samples_pixel_centres(src, dst):
+    mask = np.random.default_rng(1).integers(0, 255, size=src, dtype=np.uint8)
+    theirs = cv2.resize(mask, (dst[1], dst[0]), interpolation=cv2.INTER_NEAREST_EXACT)
+    np.testing.assert_array_equal(resize_nearest(mask, *dst), theirs)
+
+
+def test_class_count_must_match_graph(tmp_path):
+    model, graph, tensors = tiny_model()
+    model["classes"].append("extra")
+    model["palette"].append([1, 2, 3])
+    gnpk.write_model(tmp_path / "bad.gnpk", model, graph, tensors)
+    with pytest.raises(gnpk.ModelFormatError, match="outputs 2 channels but the model lists 3 classes"):
+        load_model(tmp_path / "bad.gnpk")

@@ -1,0 +1,86 @@
+"""The service's own helpers on their own: image normalisation, RLE, overlay, metrics text."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from seg_service.api import imaging
+from seg_service.api.masks import class_counts, coco_rle
+from seg_service.api.metrics import Metrics
+
+
+def encode(image: Image.Image, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, fmt)
+    return buf.getvalue()
+
+
+def test_sixteen_bit_keeps_the_top_byte():
+    values = np.array([[0, 255, 256, 65535]], dtype=np.uint16)
+    rgb = imaging.decode_image(encode(Image.fromarray(values)), 100)
+    assert rgb.shape == (1, 4, 3)
+    assert rgb[0, :, 0].tolist() == [0, 0, 1, 255]
+
+
+def test_transparency_is_composited_over_white():
+    rgba = np.zeros((2, 2, 4), np.uint8)
+    rgba[0, 0] = [10, 20, 30, 255]  # opaque
+    rgba[1, 1] = [200, 0, 0, 0]     # fully transparent: becomes white
+    rgb = imaging.decode_image(encode(Image.fromarray(rgba, "RGBA")), 100)
+    assert rgb[0, 0].tolist() == [10, 20, 30]
+    assert rgb[1, 1].tolist() == [255, 255, 255]
+
+
+def test_pixel_limit_is_checked_before_decoding():
+    data = encode(Image.new("L", (100, 50)))
+    assert imaging.decode_image(data, 5000).shape == (50, 100, 3)
+    with pytest.raises(imaging.ImageInputError) as e:
+        imaging.decode_image(data, 4999)
+    assert e.value.status == 413 and "100x50" in e.value.detail
+
+
+@pytest.mark.parametrize("data,status", [(b"", 400), (b"plain text", 415), (b"\x89PNG\r\n\x1a\nbroken", 400)])
+def test_error_statuses(data, status):
+    with pytest.raises(imaging.ImageInputError) as e:
+        imaging.decode_image(data, 10**6)
+    assert e.value.status == status
+
+
+def test_coco_rle_is_column_major_and_starts_with_zeros():
+    mask = np.array([[1, 0, 0],
+                     [1, 1, 0]], dtype=bool)
+    # column-major: 1 1 | 0 1 | 0 0  ->  runs: 0 zeros, 2 ones, 1 zero, 1 one, 2 zeros
+    assert coco_rle(mask) == {"size": [2, 3], "counts": [0, 2, 1, 1, 2]}
+    assert coco_rle(np.zeros((2, 2), bool)) == {"size": [2, 2], "counts": [4]}
+    assert coco_rle(np.zeros((0, 3), bool)) == {"size": [0, 3], "counts": []}
+
+
+def test_class_counts_ignores_nothing_and_pads():
+    mask = np.array([[0, 2], [2, 2]], np.uint8)
+    assert class_counts(mask, 4).tolist() == [1, 0, 3, 0]
+
+
+def test_overlay_leaves_black_palette_classes_untouched():
+    rgb = np.full((1, 2, 3), 100, np.uint8)
+    mask = np.array([[0, 1]], np.uint8)
+    palette = np.array([[0, 0, 0], [200, 0, 50]], np.uint8)
+    out = imaging.overlay(rgb, mask, palette)
+    assert out[0, 0].tolist() == [100, 100, 100]
+    assert out[0, 1].tolist() == [150, 50, 75]
+
+
+def test_metrics_histogram_is_cumulative():
+    m = Metrics()
+    for seconds in (0.004, 0.02, 0.02, 100.0):
+        m.observe_request("POST", "/segment", 200, seconds)
+    m.observe_request("POST", "/segment", 413, 0.001)
+    text = m.render()
+    assert 'seg_http_request_duration_seconds_bucket{route="/segment",le="0.005"} 2' in text
+    assert 'seg_http_request_duration_seconds_bucket{route="/segment",le="0.025"} 4' in text
+    assert 'seg_http_request_duration_seconds_bucket{route="/segment",le="60.0"} 4' in text
+    assert 'seg_http_request_duration_seconds_bucket{route="/segment",le="+Inf"} 5' in text
+    assert 'seg_http_errors_total{status="413"} 1' in text

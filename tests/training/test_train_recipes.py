@@ -1,0 +1,77 @@
+"""Two-stage recipe (tanh stage 1 -> sign stage 2) and classification -> segmentation initialisation."""
+
+from __future__ import annotations
+
+import torch
+from train_helpers import quiet
+
+from training.binary import get_mode
+from training.cli import train_cls_main, train_seg_main
+from training.engine.checkpoint import init_weights, load_checkpoint
+from training.engine.config import load_config
+from training.engine.trainer import model_config_for
+from training.models import create_model
+
+
+def seg_model(config_name: str, *overrides: tuple[str, object]):
+    config = load_config("seg", f"training/configs/{config_name}.yaml", list(overrides))
+    return create_model(model_config_for(config, len(config["data"]["classes"])))
+
+
+def test_two_stage_recipe_loads_stage1_into_stage2(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    assert train_seg_main(["--config", "smoke_seg", "--model.mode", "tanh", "--train.epochs", "1",
+                           "--output.name", "stage1", *quiet(runs)]) == 0
+    stage1 = runs / "stage1" / "last.pt"
+    assert load_checkpoint(stage1)["model_config"]["mode"] == "tanh"
+
+    # The weights a stage-2 model starts from are exactly stage 1's, and it runs binary (sign).
+    model = seg_model("smoke_seg", ("model.mode", "sign"))
+    message = init_weights(model, stage1, task="seg", scope="auto")
+    assert "(all)" in message
+    stage1_weights = load_checkpoint(stage1)["model"]
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, stage1_weights[key]), key
+    assert get_mode(model) == "sign"
+
+    # And through the CLI: stage 2 with init_from trains on from stage 1.
+    capsys.readouterr()
+    assert train_seg_main(["--config", "smoke_seg", "--model.mode", "sign", "--train.epochs", "1",
+                           "--train.init_from", str(stage1), "--output.name", "stage2", *quiet(runs)]) == 0
+    assert f"from {stage1}" in capsys.readouterr().out
+    stage2 = load_checkpoint(runs / "stage2" / "last.pt")
+    assert stage2["model_config"]["mode"] == "sign"
+    changed = [k for k, v in stage2["model"].items() if v.dtype.is_floating_point and not torch.equal(v, stage1_weights[k])]
+    assert changed, "stage 2 did not train"
+
+
+def test_classification_checkpoint_initialises_segmentation_encoder(tmp_path):
+    runs = tmp_path / "runs"
+    assert train_cls_main(["--config", "smoke_cls", "--train.epochs", "1", *quiet(runs)]) == 0
+    cls_ckpt = runs / "smoke_cls" / "last.pt"
+    cls_weights = load_checkpoint(cls_ckpt)["model"]
+
+    torch.manual_seed(123)
+    model = seg_model("smoke_seg")
+    head_before = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("encoder.")}
+    message = init_weights(model, cls_ckpt, task="seg", scope="auto")
+    assert "(encoder)" in message
+    state = model.state_dict()
+    encoder_keys = [k for k in state if k.startswith("encoder.")]
+    assert encoder_keys
+    for key in encoder_keys:
+        assert torch.equal(state[key], cls_weights[key]), key
+    for key, value in head_before.items():  # the head keeps its own initialisation
+        assert torch.equal(state[key], value), key
+
+
+def test_init_from_mismatched_model_is_a_clear_error(tmp_path):
+    runs = tmp_path / "runs"
+    assert train_cls_main(["--config", "smoke_cls", "--train.epochs", "1", *quiet(runs)]) == 0
+    wider = seg_model("smoke_seg", ("model.width", 0.5))
+    try:
+        init_weights(wider, runs / "smoke_cls" / "last.pt", task="seg")
+    except Exception as exc:  # noqa: BLE001
+        assert "has shape" in str(exc) and "model.width" in str(exc)
+    else:
+        raise AssertionError("loading a narrower encoder into a wider model did not fail")

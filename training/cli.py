@@ -1,0 +1,193 @@
+"""Console entry points: train-cls, train-seg (and train-seg eval), export-model.
+
+Any config key can be overridden: ``--set train.epochs=3`` or ``--train.epochs 3``; values are read
+as YAML (3, 1e-4, [0.5, 2.0], null). Bad input ends with one line ``error: ...`` and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+EXIT_INPUT_ERROR = 2
+
+
+def find_config(name: str | None) -> Path | None:
+    """A config path, or the name of a shipped config (``smoke_seg`` -> training/configs/smoke_seg.yaml)."""
+    if name is None:
+        return None
+    path = Path(name)
+    if path.exists():
+        return path
+    shipped = CONFIG_DIR / (name if name.endswith(".yaml") else f"{name}.yaml")
+    if shipped.is_file():
+        return shipped
+    from .data.errors import InputError
+
+    names = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+    raise InputError(f"config file not found: {name} (shipped configs: {names})")
+
+
+def parse_overrides(tokens: Sequence[str], sets: Sequence[str] | None) -> list[tuple[str, Any]]:
+    """(dotted key, value) pairs from ``--set a.b=v`` options and leftover ``--a.b v`` / ``--a.b=v`` tokens."""
+    from .data.errors import InputError
+    from .engine.config import parse_value
+
+    pairs: list[tuple[str, Any]] = []
+    for item in sets or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InputError(f"--set expects KEY=VALUE, got {item!r}")
+        pairs.append((key.strip(), parse_value(value)))
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        key = token[2:].split("=", 1)[0] if token.startswith("--") else ""
+        if "." not in key:
+            raise InputError(f"unrecognised argument {token!r}; config overrides look like --train.epochs 3")
+        if "=" in token:
+            pairs.append((key, parse_value(token.split("=", 1)[1])))
+            i += 1
+        else:
+            if i + 1 >= len(tokens):
+                raise InputError(f"override {token} needs a value")
+            pairs.append((key, parse_value(tokens[i + 1])))
+            i += 2
+    return pairs
+
+
+def _common_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML config file, or the name of a shipped config (e.g. smoke_seg)")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="shorthand for --set device=...")
+    parser.add_argument("--seed", type=int, help="shorthand for --set seed=...")
+
+
+def _train_parser(task: str) -> argparse.ArgumentParser:
+    what = "segmentation network" if task == "seg" else "classification network (encoder pretraining)"
+    parser = argparse.ArgumentParser(
+        prog=f"train-{task}",
+        allow_abbrev=False,
+        description=f"Train a Group-Net {what} from a YAML config. Runs on one CPU or GPU, or under "
+        f"torchrun (DDP) on many. Any config key can be overridden with --set key=value or --key value, "
+        f"e.g. --train.epochs 3 --data.root /data/VOC2012.",
+        epilog=("Evaluate a checkpoint: train-seg eval --checkpoint runs/x/best.pt. " if task == "seg" else "")
+        + f"Shipped configs: {', '.join(sorted(p.stem for p in CONFIG_DIR.glob('*.yaml')))}.",
+    )
+    _common_args(parser)
+    parser.add_argument(
+        "--resume", nargs="?", const="last", metavar="CHECKPOINT",
+        help="continue a run: from CHECKPOINT, or from the run's last.pt when no path is given; "
+        "without --config the checkpoint's own config is used",
+    )
+    return parser
+
+
+def _eval_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="train-seg eval",
+        allow_abbrev=False,
+        description="Evaluate a segmentation checkpoint on its validation split: mIoU, per-class IoU, "
+        "pixel accuracy and the confusion matrix. Uses the checkpoint's config unless --config is given; "
+        "e.g. --eval.scales '[0.75, 1.0, 1.25]' --eval.flip true for multi-scale + flip testing.",
+    )
+    parser.add_argument("--checkpoint", required=True, help="checkpoint file (best.pt or last.pt)")
+    parser.add_argument("--output", help="also write the scores as JSON to this file")
+    _common_args(parser)
+    return parser
+
+
+def _overrides(args: argparse.Namespace, rest: Sequence[str]) -> list[tuple[str, Any]]:
+    pairs = parse_overrides(rest, args.set)
+    if args.device is not None:
+        pairs.append(("device", args.device))
+    if args.seed is not None:
+        pairs.append(("seed", args.seed))
+    return pairs
+
+
+def _train(task: str, argv: Sequence[str]) -> int:
+    from .data.errors import InputError
+    from .engine.checkpoint import load_checkpoint
+    from .engine.config import from_json, load_config
+    from .engine.trainer import train
+
+    args, rest = _train_parser(task).parse_known_args(argv)
+    overrides = _overrides(args, rest)
+    config_path = find_config(args.config)
+    if config_path is None:
+        if args.resume in (None, "last"):
+            raise InputError("--config is required (or --resume CHECKPOINT to continue a run)")
+        config = load_config(task, None, overrides, base_config=from_json(load_checkpoint(args.resume)["config"]))
+    else:
+        config = load_config(task, config_path, overrides)
+    train(config, resume=args.resume)
+    return 0
+
+
+def _evaluate(argv: Sequence[str]) -> int:
+    from .engine.trainer import evaluate_checkpoint
+
+    args, rest = _eval_parser().parse_known_args(argv)
+    evaluate_checkpoint(args.checkpoint, find_config(args.config), _overrides(args, rest), args.output)
+    return 0
+
+
+def _run(entry: Callable[[], int]) -> int:
+    """Run an entry point; bad input becomes ``error: <one line>`` and exit status 2."""
+    from .data.errors import InputError, one_line
+
+    try:
+        return entry()
+    except InputError as exc:
+        rank = os.environ.get("RANK")
+        prefix = f"[rank {rank}] " if rank not in (None, "0") else ""
+        print(f"{prefix}error: {one_line(exc)}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    except KeyboardInterrupt:
+        print("interrupted; continue with --resume", file=sys.stderr)
+        return 130
+
+
+def train_cls_main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return _run(lambda: _train("cls", argv))
+
+
+def train_seg_main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "eval":
+        return _run(lambda: _evaluate(argv[1:]))
+    if argv and argv[0] == "train":
+        argv = argv[1:]
+    return _run(lambda: _train("seg", argv))
+
+
+def export_main(argv: Sequence[str] | None = None) -> int | None:
+    """export-model: implemented in training.export (imported only when called)."""
+    from .export import main
+
+    return main(list(sys.argv[1:] if argv is None else argv))
+
+
+COMMANDS = {"train-cls": train_cls_main, "train-seg": train_seg_main, "export-model": export_main}
+
+
+def main(argv: Sequence[str] | None = None) -> int | None:
+    """``python -m training.cli <train-cls|train-seg|export-model> ...`` (handy under torchrun)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        print(f"usage: python -m training.cli {{{','.join(COMMANDS)}}} [args...]", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    return COMMANDS[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Data sets and augmentation pipelines for classification and segmentation training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .classification import ImageFolderDataset, scan_image_folder
+from .errors import InputError, one_line
+from .io import read_image, read_mask
+from .labels import apply_label_map, build_label_map
+from .sampling import SeededSampler, ShardSampler, pad_collate, sample_seed, seed_worker
+from .segmentation import LAYOUTS, SegmentationDataset, find_pairs
+from .transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    cls_eval_transform,
+    cls_train_transform,
+    seg_eval_transform,
+    seg_train_transform,
+)
+
+
+def build_seg_dataset(data: dict[str, Any], split: str) -> SegmentationDataset:
+    """The "train" or "val" split described by a config's ``data`` section."""
+    root = Path(data["root"])
+    split_value = data[f"{split}_split"]
+    pairs = find_pairs(data["layout"], root, split_value, data.get("image_dir"), data.get("mask_dir"))
+    classes = list(data["classes"])
+    table = build_label_map(len(classes), int(data["ignore_index"]), data.get("remap"), data.get("void_labels") or ())
+    if split == "train":
+        transform = seg_train_transform(
+            int(data["crop_size"]),
+            data.get("base_size"),
+            data["scale_range"],
+            bool(data["hflip"]),
+            int(data["ignore_index"]),
+            data["mean"],
+            data["std"],
+        )
+    else:
+        transform = seg_eval_transform(data["mean"], data["std"])
+    what = f"{split} split {split_value!r} of {data['layout']} data at {root}"
+    return SegmentationDataset(pairs, table, len(classes), transform, description=what)
+
+
+def build_cls_dataset(data: dict[str, Any], split: str, classes: list[str] | None = None) -> ImageFolderDataset:
+    """The "train" or "val" ImageFolder split described by a config's ``data`` section."""
+    root = Path(data["root"]) / data[f"{split}_dir"]
+    if split == "train":
+        transform = cls_train_transform(
+            int(data["crop_size"]), data["scale"], bool(data["hflip"]), data["mean"], data["std"]
+        )
+    else:
+        transform = cls_eval_transform(int(data["crop_size"]), int(data["resize"]), data["mean"], data["std"])
+    return ImageFolderDataset(root, transform, classes)
+
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "LAYOUTS",
+    "ImageFolderDataset",
+    "InputError",
+    "SeededSampler",
+    "SegmentationDataset",
+    "ShardSampler",
+    "apply_label_map",
+    "build_cls_dataset",
+    "build_label_map",
+    "build_seg_dataset",
+    "cls_eval_transform",
+    "cls_train_transform",
+    "find_pairs",
+    "one_line",
+    "pad_collate",
+    "read_image",
+    "read_mask",
+    "sample_seed",
+    "scan_image_folder",
+    "seed_worker",
+    "seg_eval_transform",
+    "seg_train_transform",
+]

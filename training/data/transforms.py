@@ -1,0 +1,97 @@
+"""albumentations pipelines for training and evaluation.
+
+Each training pipeline is re-seeded per sample (see SeededSampler), so augmentation is reproducible
+across workers, processes and resumed runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import albumentations as A
+import cv2
+import numpy as np
+from albumentations.pytorch import ToTensorV2
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def jitter_sizes(base_size: int, scale_range: Sequence[float], step: float = 0.125) -> list[int]:
+    """Short-side sizes for scale jitter: base_size * s for s in [lo, hi] in steps of ``step``."""
+    lo, hi = float(scale_range[0]), float(scale_range[1])
+    scales = np.arange(lo, hi + 1e-9, step) if hi > lo else np.array([lo])
+    return sorted({max(8, int(round(base_size * s))) for s in scales})
+
+
+def seg_train_transform(
+    crop_size: int,
+    base_size: int | None,
+    scale_range: Sequence[float] = (0.5, 2.0),
+    hflip: bool = True,
+    ignore_index: int = 255,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> A.Compose:
+    """Scale jitter (short side to base_size * s, or the original size * s without a base size),
+    pad to the crop with the ignore label in the mask, random crop, flip, normalize."""
+    if base_size:
+        rescale = A.SmallestMaxSize(max_size=jitter_sizes(base_size, scale_range), p=1.0)
+    else:
+        rescale = A.RandomScale(scale_limit=(scale_range[0] - 1.0, scale_range[1] - 1.0), p=1.0)
+    steps = [
+        rescale,
+        A.PadIfNeeded(
+            min_height=crop_size,
+            min_width=crop_size,
+            border_mode=cv2.BORDER_CONSTANT,
+            fill=0,
+            fill_mask=ignore_index,
+        ),
+        A.RandomCrop(height=crop_size, width=crop_size),
+    ]
+    if hflip:
+        steps.append(A.HorizontalFlip(p=0.5))
+    steps += [A.Normalize(mean=tuple(mean), std=tuple(std)), ToTensorV2()]
+    return A.Compose(steps, seed=0)
+
+
+def seg_eval_transform(
+    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, short_side: int | None = None
+) -> A.Compose:
+    """Evaluation at the original resolution (or with the short side resized, when given)."""
+    steps = [A.SmallestMaxSize(max_size=short_side)] if short_side else []
+    steps += [A.Normalize(mean=tuple(mean), std=tuple(std)), ToTensorV2()]
+    return A.Compose(steps)
+
+
+def cls_train_transform(
+    crop_size: int,
+    scale: Sequence[float] = (0.08, 1.0),
+    hflip: bool = True,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> A.Compose:
+    """Inception-style random resized crop, flip, normalize (the standard ImageNet recipe)."""
+    steps = [A.RandomResizedCrop(size=(crop_size, crop_size), scale=tuple(scale))]
+    if hflip:
+        steps.append(A.HorizontalFlip(p=0.5))
+    steps += [A.Normalize(mean=tuple(mean), std=tuple(std)), ToTensorV2()]
+    return A.Compose(steps, seed=0)
+
+
+def cls_eval_transform(
+    crop_size: int,
+    resize: int,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> A.Compose:
+    """Short side to ``resize``, centre crop, normalize (e.g. 256 -> 224 on ImageNet)."""
+    return A.Compose(
+        [
+            A.SmallestMaxSize(max_size=resize),
+            A.CenterCrop(height=crop_size, width=crop_size),
+            A.Normalize(mean=tuple(mean), std=tuple(std)),
+            ToTensorV2(),
+        ]
+    )

@@ -1,0 +1,117 @@
+"""Training checkpoints: atomic writes, safe loading, RNG state, weight initialisation.
+
+A checkpoint is a dict of tensors and plain Python values only (the run config travels as a JSON
+string), so it loads with ``torch.load(weights_only=True)``, which never unpickles arbitrary objects.
+
+Keys: format, version, task, model (state dict), model_config (ModelConfig fields), config (JSON),
+classes, palette, mean, std, epoch (completed epochs), step, best_metric, metric_name, metrics,
+history, optimizer, scheduler, scaler, rng.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data.errors import InputError
+
+FORMAT = "groupnet-training-checkpoint"
+VERSION = 1
+
+
+def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
+    """Write to a temporary file in the same folder, flush it to disk, then rename over ``path``:
+    a reader (or a run killed mid-write) sees the old file or the new one, never half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A training checkpoint, loaded without unpickling code; InputError naming the file otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure here means "not a usable checkpoint"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"cannot read checkpoint {path}: {first}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise InputError(f"{path} is not a training checkpoint of this project (no '{FORMAT}' marker)")
+    if int(ckpt.get("version", 0)) > VERSION:
+        raise InputError(f"checkpoint {path} has version {ckpt['version']}; this code reads up to {VERSION}")
+    return ckpt
+
+
+# --------------------------------------------------------------------------- RNG state
+
+def rng_state() -> dict[str, Any]:
+    """Every random number generator the loop touches, as tensors and plain values."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, py_state, gauss = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": {"version": int(version), "state": list(py_state), "gauss": gauss},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+# --------------------------------------------------------------------------- weight initialisation
+
+def init_weights(model: nn.Module, path: str | Path, task: str, scope: str = "auto") -> str:
+    """Load weights from a checkpoint (two-stage recipe, or classification -> segmentation).
+
+    scope "all": every key must match (stage 1 -> stage 2 of the same task).
+    scope "encoder": only "encoder.*" keys, all of the model's encoder keys required.
+    scope "auto": "all" when the checkpoint's task equals ``task``, else "encoder".
+    Returns a one-line description of what was loaded.
+    """
+    ckpt = load_checkpoint(path)
+    state = ckpt["model"]
+    if scope == "auto":
+        scope = "all" if ckpt.get("task") == task else "encoder"
+    own = model.state_dict()
+    if scope == "encoder":
+        state = {k: v for k, v in state.items() if k.startswith("encoder.")}
+        wanted = [k for k in own if k.startswith("encoder.")]
+    else:
+        wanted = list(own)
+    missing = [k for k in wanted if k not in state]
+    if missing:
+        raise InputError(
+            f"checkpoint {path} lacks {len(missing)} weight(s) the model needs (first: {missing[0]}); "
+            "was it trained with the same model settings?"
+        )
+    for key in wanted:
+        if state[key].shape != own[key].shape:
+            raise InputError(
+                f"checkpoint {path}: {key} has shape {tuple(state[key].shape)}, the model expects "
+                f"{tuple(own[key].shape)}; check model.arch, model.k and model.width"
+            )
+    model.load_state_dict({k: state[k] for k in wanted}, strict=(scope == "all"))
+    return f"initialised {len(wanted)} tensors ({scope}) from {path} (epoch {ckpt.get('epoch')})"

@@ -1,0 +1,94 @@
+"""Losses and metrics: segmentation (CE, Dice, Lovasz; confusion matrix, IoU) and classification (top-k)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import segmentation_models_pytorch as smp
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class SegmentationLoss(nn.Module):
+    """Weighted sum of cross-entropy, Dice and Lovasz-softmax, all ignoring ``ignore_index`` pixels."""
+
+    def __init__(self, ce: float = 1.0, dice: float = 0.0, lovasz: float = 0.0, ignore_index: int = 255,
+                 label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        if ce <= 0 and dice <= 0 and lovasz <= 0:
+            raise ValueError("at least one of loss.ce, loss.dice, loss.lovasz must be positive")
+        self.weights = {"ce": ce, "dice": dice, "lovasz": lovasz}
+        self.ce = nn.CrossEntropyLoss(ignore_index=ignore_index, label_smoothing=label_smoothing)
+        self.dice = smp.losses.DiceLoss("multiclass", ignore_index=ignore_index) if dice > 0 else None
+        self.lovasz = smp.losses.LovaszLoss("multiclass", ignore_index=ignore_index) if lovasz > 0 else None
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        total = logits.new_zeros(())
+        if self.weights["ce"] > 0:
+            total = total + self.weights["ce"] * self.ce(logits, target)
+        if self.dice is not None:
+            total = total + self.weights["dice"] * self.dice(logits, target)
+        if self.lovasz is not None:
+            total = total + self.weights["lovasz"] * self.lovasz(logits, target)
+        return total
+
+
+def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:
+    """int64 [num_classes, num_classes], rows = ground truth, columns = prediction; ignored pixels skipped."""
+    keep = target != ignore_index
+    index = target[keep] * num_classes + pred[keep]
+    return torch.bincount(index, minlength=num_classes * num_classes).view(num_classes, num_classes)
+
+
+def segmentation_scores(confusion: torch.Tensor, classes: list[str]) -> dict[str, Any]:
+    """mIoU, per-class IoU, pixel accuracy and mean class accuracy from a confusion matrix.
+
+    A class with no pixels in either ground truth or prediction has IoU NaN and is left out of the mean.
+    """
+    cm = confusion.double().cpu()
+    tp = cm.diag()
+    gt = cm.sum(1)
+    pred = cm.sum(0)
+    union = gt + pred - tp
+    iou = torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
+    acc = torch.where(gt > 0, tp / gt.clamp(min=1), torch.full_like(tp, float("nan")))
+    total = cm.sum()
+    return {
+        "miou": float(iou.nanmean()) if (union > 0).any() else 0.0,
+        "pixel_acc": float(tp.sum() / total) if total > 0 else 0.0,
+        "mean_acc": float(acc.nanmean()) if (gt > 0).any() else 0.0,
+        "iou": {name: float(v) for name, v in zip(classes, iou.tolist(), strict=True)},
+        "confusion": confusion.cpu().tolist(),
+    }
+
+
+def topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...]) -> list[int]:
+    """Number of samples whose target is among the top-k predictions, for each k (capped at #classes)."""
+    kmax = min(max(ks), logits.shape[1])
+    top = logits.topk(kmax, dim=1).indices
+    hit = top == target[:, None]
+    return [int(hit[:, : min(k, kmax)].any(1).sum()) for k in ks]
+
+
+@torch.no_grad()
+def predict_probs(model: nn.Module, images: torch.Tensor, scales: list[float], flip: bool) -> torch.Tensor:
+    """Softmax averaged over test scales (and horizontal flips), at the input resolution."""
+    size = images.shape[-2:]
+    total = None
+    for scale in scales:
+        x = images if scale == 1.0 else F.interpolate(
+            images, scale_factor=scale, mode="bilinear", align_corners=False, recompute_scale_factor=False
+        )
+        views = [x, x.flip(-1)] if flip else [x]
+        for i, view in enumerate(views):
+            logits = model(view).float()
+            if i == 1:
+                logits = logits.flip(-1)
+            if logits.shape[-2:] != size:
+                logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+            probs = logits.softmax(1)
+            total = probs if total is None else total + probs
+    assert total is not None
+    return total
