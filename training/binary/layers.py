@@ -67,9 +67,9 @@ class BinaryConv2d(nn.Module):
         return xq
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(
-            self.quantized_input(x), self.weight_quantizer(self.weight), None, self.stride, 0, self.dilation
-        )
+        weight, scale = self.weight_quantizer.factorize(self.weight)
+        y = F.conv2d(self.quantized_input(x), weight, None, self.stride, 0, self.dilation)
+        return y if scale is None else y * scale.view(1, -1, 1, 1)
 
     def extra_repr(self) -> str:
         return (

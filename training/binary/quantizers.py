@@ -77,6 +77,10 @@ class WeightQuantizer(nn.Module):
     name = "base"
     binary = False
 
+    def factorize(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(weight to convolve with, per-output-channel scale to apply to the output or None)."""
+        return self(weight), None
+
 
 class ScaledSign(WeightQuantizer):
     """sign(W) * mean|W| per output channel; straight-through gradient to the latent weight.
@@ -92,9 +96,19 @@ class ScaledSign(WeightQuantizer):
     def scale(weight: torch.Tensor) -> torch.Tensor:
         return weight.detach().abs().mean(dim=tuple(range(1, weight.dim())), keepdim=True)
 
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+    def factorize(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(sign weights with a straight-through gradient, per-output-channel scale).
+
+        Convolving with the +-1 weights and scaling the output afterwards keeps the dot products
+        exact integers in float32, so a zero dot stays exactly zero (and binarizes to +1 in the next
+        layer, as in the packed backend) instead of becoming +-1e-8 from rounding.
+        """
         signs = weight + (binary_sign(weight) - weight).detach()
-        return self.scale(weight) * signs
+        return signs, self.scale(weight).flatten()
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        signs, scale = self.factorize(weight)
+        return scale.view(-1, *([1] * (weight.dim() - 1))) * signs
 
 
 class IdentityWeight(WeightQuantizer):
