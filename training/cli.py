@@ -96,9 +96,14 @@ def _eval_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
         description="Evaluate a segmentation checkpoint on its validation split: mIoU, per-class IoU, "
         "pixel accuracy and the confusion matrix. Uses the checkpoint's config unless --config is given; "
-        "e.g. --eval.scales '[0.75, 1.0, 1.25]' --eval.flip true for multi-scale + flip testing.",
+        "e.g. --eval.scales '[0.75, 1.0, 1.25]' --eval.flip true for multi-scale + flip testing. "
+        "With --packed, scores an exported .gnpk through the torch-free runtime instead, at full image size "
+        "(as seg-service runs it); --config then names the data.",
     )
-    parser.add_argument("--checkpoint", required=True, help="checkpoint file (best.pt or last.pt)")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--checkpoint", help="checkpoint file (best.pt or last.pt)")
+    what.add_argument("--packed", metavar="GNPK", help="packed model file (export-model's output)")
+    parser.add_argument("--threads", type=int, help="runtime threads for --packed (default: all cores)")
     parser.add_argument("--output", help="also write the scores as JSON to this file")
     _common_args(parser)
     return parser
@@ -136,6 +141,11 @@ def _evaluate(argv: Sequence[str]) -> int:
     from .engine.trainer import evaluate_checkpoint
 
     args, rest = _eval_parser().parse_known_args(argv)
+    if args.packed:
+        from .engine.packed_eval import evaluate_packed
+
+        evaluate_packed(args.packed, find_config(args.config), _overrides(args, rest), args.output, args.threads)
+        return 0
     evaluate_checkpoint(args.checkpoint, find_config(args.config), _overrides(args, rest), args.output)
     return 0
 

@@ -420,6 +420,37 @@ def export_model(model: nn.Module, out: str | Path, *, name: str | None = None,
         raise ExportError(str(exc)) from None
 
 
+def repack_model(src: str | Path, out: str | Path, *, name: str | None = None,
+                 classes: Sequence[str] | None = None, palette: Sequence[Sequence[int]] | None = None,
+                 size_divisor: int | None = None, max_side: int | None = None) -> str:
+    """Rewrite a packed file's description (name, class names, palette, input rules); the graph and
+    tensors are copied bit for bit. Trades speed for accuracy (``max_side``) without the checkpoint."""
+    try:
+        packed = gnpk.read_model(src)
+    except (gnpk.ModelFormatError, OSError) as exc:
+        raise ExportError(str(exc)) from None
+    description = json.loads(json.dumps(packed.model))
+    count = len(description["classes"])
+    if name:
+        description["name"] = name
+    if classes is not None:
+        if len(classes) != count:
+            raise ExportError(f"{len(classes)} class names given but the model predicts {count} classes")
+        description["classes"] = list(classes)
+    if palette is not None:
+        if len(palette) != count:
+            raise ExportError(f"{len(palette)} palette colours given but the model predicts {count} classes")
+        description["palette"] = [list(map(int, p)) for p in palette]
+    if size_divisor is not None:
+        description["input"]["size_divisor"] = int(size_divisor)
+    if max_side is not None:
+        description["input"]["max_side"] = int(max_side)
+    try:
+        return gnpk.write_model(out, description, packed.graph, packed.tensors)
+    except gnpk.ModelFormatError as exc:
+        raise ExportError(str(exc)) from None
+
+
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a segmentation model from a training checkpoint (training.engine.checkpoint layout:
     "model" state dict, "model_config", "classes", "palette", "mean", "std"); returns
@@ -466,22 +497,36 @@ def _parse_palette(text: str) -> list[list[int]]:
 def main(argv: Sequence[str] | None = None) -> int:
     """``export-model``: checkpoint -> packed .gnpk file."""
     parser = argparse.ArgumentParser(prog="export-model", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="training checkpoint (.pt)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="training checkpoint (.pt)")
+    source.add_argument("--repack", metavar="GNPK", help="an existing packed model: change only its name, "
+                        "classes, palette or input rules (--max-side, --size-divisor); weights are copied")
     parser.add_argument("--out", required=True, help="output packed model (.gnpk)")
     parser.add_argument("--name", help="model name served by the API (default: from the config)")
     parser.add_argument("--classes", help="comma-separated class names (default: from the checkpoint)")
     parser.add_argument("--palette", type=_parse_palette, help="'r,g,b;r,g,b;...' (default: checkpoint or VOC)")
-    parser.add_argument("--max-side", type=int, default=512, help="long side images are resized down to")
-    parser.add_argument("--size-divisor", type=int, default=32, help="inputs are padded to a multiple of this")
+    parser.add_argument("--max-side", type=int, help="long side images are resized down to (default 512)")
+    parser.add_argument("--size-divisor", type=int, help="inputs are padded to a multiple of this (default 32)")
     args = parser.parse_args(argv)
+    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    if args.repack:
+        try:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            checksum = repack_model(args.repack, args.out, name=args.name, classes=classes, palette=args.palette,
+                                    size_divisor=args.size_divisor, max_side=args.max_side)
+        except (ExportError, OSError) as exc:
+            print(f"export-model: error: {exc}", file=sys.stderr)
+            return 2
+        print(f"wrote {args.out} ({Path(args.out).stat().st_size / 1e6:.2f} MB, sha256 {checksum[:16]}...)")
+        return 0
     try:
         model, ckpt = load_checkpoint(args.checkpoint)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        classes = [c.strip() for c in args.classes.split(",")] if args.classes else ckpt.get("classes")
         palette = args.palette or ckpt.get("palette")
-        checksum = export_model(model, args.out, name=args.name, classes=classes, palette=palette,
-                                mean=ckpt.get("mean") or IMAGENET_MEAN, std=ckpt.get("std") or IMAGENET_STD,
-                                size_divisor=args.size_divisor, max_side=args.max_side)
+        checksum = export_model(model, args.out, name=args.name, classes=classes or ckpt.get("classes"),
+                                palette=palette, mean=ckpt.get("mean") or IMAGENET_MEAN,
+                                std=ckpt.get("std") or IMAGENET_STD, size_divisor=args.size_divisor or 32,
+                                max_side=args.max_side or 512)
     except (ExportError, OSError) as exc:
         print(f"export-model: error: {exc}", file=sys.stderr)
         return 2

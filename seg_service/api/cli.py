@@ -55,7 +55,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 def threads_per_worker(total: int, workers: int) -> int:
     """Split the machine's (or the requested) thread count evenly among worker processes."""
-    total = total if total > 0 else (os.cpu_count() or 1)
+    if total <= 0:  # the cores this process may run on (a container's CPU set), as the kernels count
+        total = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, total // workers)
 
 

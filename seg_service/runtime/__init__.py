@@ -4,8 +4,11 @@
     model = load_model("weights/person.gnpk")
     mask = model.predict(rgb)          # u8 [H, W] label mask at the original size
 
-``load_model`` and ``PackedModel`` are imported lazily so that ``seg_service.runtime.format`` (used
-by the exporter) does not need the compiled kernels.
+``set_num_threads(n)`` sets the thread count of the binary kernels and (best effort) numpy's BLAS
+(``seg_service.runtime.threads``). The public API is listed in docs/architecture.md (Runtime API).
+
+``load_model``, ``PackedModel`` and ``set_num_threads`` are imported lazily so that
+``seg_service.runtime.format`` (used by the exporter) does not need the compiled kernels.
 """
 
 from __future__ import annotations

@@ -1,5 +1,10 @@
-"""One thread-count setting for everything the runtime computes with: the binary kernels (OpenMP)
-and the BLAS behind numpy's matmul (the float stem, projection and classifier convs)."""
+"""One thread-count setting for everything the runtime computes with: the binary kernels (their own
+persistent ``std::thread`` pool, seg_service/kernels/threadpool.cpp; no OpenMP) and the BLAS behind
+numpy's matmul (the float stem, projection and classifier convs).
+
+Defaults, when ``set_num_threads`` is never called: the kernels use every processor this process
+may run on (its CPU affinity), or ``SEG_THREADS`` when set at the import of ``seg_service.kernels``
+(kernels only); numpy's BLAS keeps its own default (usually all cores, or ``OPENBLAS_NUM_THREADS``)."""
 
 from __future__ import annotations
 
@@ -40,7 +45,7 @@ def set_blas_threads(n: int) -> bool:
 
 
 def set_num_threads(n: int) -> None:
-    """Threads for the binary kernels and (best effort) for numpy's BLAS."""
+    """Threads for the binary kernels' pool and (best effort) for numpy's BLAS; n >= 1."""
     if n < 1:
         raise ValueError(f"number of threads must be >= 1, got {n}")
     kernels.set_num_threads(n)

@@ -55,3 +55,23 @@ def test_overrides_and_errors(tmp_path, capsys):
                 "model_config": {**SMALL, "num_classes": 2, "k": 3}}, tmp_path / "bad.pt")
     assert main(["--checkpoint", str(tmp_path / "bad.pt"), "--out", str(out)]) == 2
     assert "does not match the model config" in capsys.readouterr().err
+
+
+def test_repack_changes_only_the_description(tmp_path, capsys):
+    model = small_model(seed=5, k=2, output_stride=16, head="fcn", num_classes=2)
+    write_checkpoint(tmp_path / "ckpt.pt", model, classes=["background", "person"], palette=None)
+    first = tmp_path / "first.gnpk"
+    assert main(["--checkpoint", str(tmp_path / "ckpt.pt"), "--out", str(first), "--max-side", "64"]) == 0
+    second = tmp_path / "second.gnpk"
+    assert main(["--repack", str(first), "--out", str(second), "--max-side", "96", "--name", "people"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    a, b = load_model(first), load_model(second)
+    assert (a.max_side, b.max_side) == (64, 96) and b.name == "people" and b.classes == a.classes
+    assert a.checksum != b.checksum  # the description is covered by the checksum
+    rgb = load_rgb("camvid/images/0001TP_006690.jpg", (72, 96))
+    np.testing.assert_array_equal(a.forward(normalise(rgb)), b.forward(normalise(rgb)))  # same weights, same graph
+    assert b.predict(rgb).shape == (72, 96)
+    assert main(["--repack", str(first), "--out", str(second), "--classes", "a,b,c"]) == 2
+    assert "3 class names given but the model predicts 2" in capsys.readouterr().err
+    assert main(["--repack", str(tmp_path / "missing.gnpk"), "--out", str(second)]) == 2
+    assert "missing.gnpk" in capsys.readouterr().err

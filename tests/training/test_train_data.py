@@ -123,9 +123,12 @@ def test_augmented_batches_depend_only_on_seed_and_epoch():
 def test_pad_collate_mixed_sizes():
     batch = [(torch.ones(3, 4, 5), torch.zeros(4, 5, dtype=torch.int64)),
              (torch.ones(3, 6, 3), torch.ones(6, 3, dtype=torch.int64))]
-    images, masks = pad_collate(batch, ignore_index=255)
+    images, masks = pad_collate(batch, ignore_index=255, size_divisor=1)
     assert images.shape == (2, 3, 6, 5) and masks.shape == (2, 6, 5)
     assert int(masks[0, 4:, :].eq(255).sum()) == 2 * 5 and float(images[0, :, 4:, :].abs().sum()) == 0.0
+    images, masks = pad_collate(batch, ignore_index=255)  # default: multiples of 32, as the runtime pads
+    assert images.shape == (2, 3, 32, 32) and masks.shape == (2, 32, 32)
+    assert int(masks[1].ne(255).sum()) == 6 * 3 and float(images[1, :, 6:, :].abs().sum()) == 0.0
 
 
 def test_iou_from_confusion_matrix():

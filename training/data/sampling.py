@@ -54,11 +54,15 @@ def seed_worker(worker_id: int) -> None:
 
 
 def pad_collate(
-    batch: list[tuple[torch.Tensor, torch.Tensor]], ignore_index: int = 255
+    batch: list[tuple[torch.Tensor, torch.Tensor]], ignore_index: int = 255, size_divisor: int = 32
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack (image, mask) pairs of different sizes, padding bottom/right (image 0, mask ignore)."""
-    height = max(image.shape[-2] for image, _ in batch)
-    width = max(image.shape[-1] for image, _ in batch)
+    """Stack (image, mask) pairs of different sizes, padding bottom/right (image 0, mask ignore).
+
+    The padded size is a multiple of ``size_divisor``, as the packed runtime pads its inputs, and
+    as networks with fixed strides (smp's DeepLabV3 wants multiples of 8) require.
+    """
+    height = -(-max(image.shape[-2] for image, _ in batch) // size_divisor) * size_divisor
+    width = -(-max(image.shape[-1] for image, _ in batch) // size_divisor) * size_divisor
     images = batch[0][0].new_zeros((len(batch), batch[0][0].shape[0], height, width))
     masks = torch.full((len(batch), height, width), ignore_index, dtype=torch.int64)
     for i, (image, mask) in enumerate(batch):

@@ -85,6 +85,9 @@ SEG_DEFAULTS: dict[str, Any] = {
         "sync_bn": False,  # SyncBatchNorm under torchrun
         "init_from": None,  # checkpoint to initialise weights from (stage 1, or a classification run)
         "init_scope": "auto",  # auto | all | encoder: auto = all keys, or encoder.* when tasks differ
+        # Wall-clock budget: after the second epoch the run shortens train.epochs (and its schedule)
+        # to what fits, so a poly schedule still ends at zero; null trains train.epochs.
+        "time_budget_minutes": None,
     },
     "loss": {"ce": 1.0, "dice": 0.0, "lovasz": 0.0, "label_smoothing": 0.0},
     "eval": {

@@ -30,7 +30,7 @@ from .checkpoint import FORMAT, VERSION, init_weights, load_checkpoint, rng_stat
 from .config import dump_yaml, from_json, load_config, to_json
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum
 from .metrics import SegmentationLoss, confusion_matrix, predict_probs, segmentation_scores, topk_correct
-from .optim import build_optimizer, build_scheduler
+from .optim import build_optimizer, build_scheduler, lr_factor_fn
 from .runlog import format_duration, format_seg_report, write_csv
 
 METRIC = {"seg": "miou", "cls": "top1"}
@@ -60,15 +60,33 @@ def build_datasets(config: dict[str, Any]) -> tuple[Any, Any, list[str]]:
     return train_set, val_set, train_set.classes
 
 
+def fit_epochs_to_budget(seconds_left: float, epochs_done: int, epochs: int, epoch_seconds: float,
+                         val_to_train: float, eval_every: int) -> int:
+    """Total epochs that fit in ``seconds_left`` more, from the last epoch's training time.
+
+    Validation is a forward pass over the val set every ``eval_every`` epochs; a forward pass costs
+    about a third of a training step, so it adds ``val_to_train / 3 / eval_every`` per epoch.
+    Never fewer than the epochs done, never more than asked for.
+    """
+    per_epoch = epoch_seconds * (1.0 + val_to_train / 3.0 / max(1, eval_every))
+    fit = epochs_done + int(max(0.0, seconds_left) // max(per_epoch, 1e-9))
+    return max(epochs_done, min(epochs, fit))
+
+
 def model_config_for(config: dict[str, Any], num_classes: int) -> dict[str, Any]:
     """The config's ``model`` section with task and num_classes filled in from the data."""
-    from ..models import ModelConfig
+    from ..models import REFERENCE_MODELS, ModelConfig
 
     fields = dict(config["model"])
     given = fields.get("num_classes")
     if given is not None and int(given) != num_classes:
         raise InputError(f"model.num_classes is {given} but the data has {num_classes} classes")
     fields.update(task=config["task"], num_classes=num_classes)
+    if fields.get("arch") in REFERENCE_MODELS:
+        # A full-precision comparison network: only its name and class count define it.
+        if config["task"] != "seg":
+            raise InputError(f"model.arch {fields['arch']!r} is a segmentation network; use train-seg")
+        return {"arch": fields["arch"], "task": "seg", "num_classes": num_classes}
     try:
         return ModelConfig.from_dict(fields).to_dict()
     except (TypeError, ValueError) as exc:
@@ -82,6 +100,12 @@ def make_loader(dataset: Any, sampler: Any, batch_size: int, workers: int, info:
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,
+        # Workers live across epochs: augmentation seeds come from the sampler, not worker state.
+        persistent_workers=workers > 0,
+        # Worker base seeds come from a private generator, not the global one: persistent workers
+        # draw once per run instead of once per epoch, and a resumed run must consume the global
+        # RNG (dropout) exactly as an uninterrupted one does.
+        generator=torch.Generator().manual_seed(0),
         pin_memory=info.device.type == "cuda",
         drop_last=drop_last,
         worker_init_fn=datasets.seed_worker,
@@ -172,6 +196,8 @@ def _train(config: dict[str, Any], info: DistInfo, resume: str | None) -> dict[s
         ckpt = load_checkpoint(out_dir / "last.pt" if resume == "last" else resume)
         if ckpt.get("task") != task:
             raise InputError(f"cannot resume a {ckpt.get('task')} checkpoint with train-{task}")
+        if ckpt.get("budget_applied"):  # the time budget already fixed the epoch count: keep it
+            train_cfg["epochs"] = int(ckpt["epochs"])
     progress = bool(config["output"]["progress"]) and info.is_main
     log = tqdm.write if info.is_main else (lambda *_a, **_k: None)
 
@@ -227,6 +253,8 @@ def _train(config: dict[str, Any], info: DistInfo, resume: str | None) -> dict[s
         criterion = nn.CrossEntropyLoss(label_smoothing=float(loss_cfg["label_smoothing"]))
 
     epochs = int(train_cfg["epochs"])
+    budget_seconds = 60.0 * float(train_cfg["time_budget_minutes"] or 0)
+    budget_applied = ckpt is not None and bool(ckpt.get("budget_applied"))
     metric_name = METRIC[task]
     start_epoch, step, best, best_epoch = 0, 0, None, None
     history: list[dict[str, Any]] = []
@@ -253,7 +281,8 @@ def _train(config: dict[str, Any], info: DistInfo, resume: str | None) -> dict[s
     steps_this_rank = 0
     seconds_per_iter = None
     last_scores: dict[str, Any] = {}
-    for epoch in range(start_epoch, epochs):
+    epoch = start_epoch
+    while epoch < epochs:  # not range(): a time budget may lower `epochs` during the run
         sampler.set_epoch(epoch)
         ddp_model.train()
         sums = torch.zeros(4, dtype=torch.float64)  # loss sum, correct, counted (pixels/images), images
@@ -311,6 +340,20 @@ def _train(config: dict[str, Any], info: DistInfo, resume: str | None) -> dict[s
             "img_per_s": float(sums[3]) / max(train_seconds, 1e-9),
         }
 
+        if budget_seconds and not budget_applied and (epoch + 1 - start_epoch >= 2 or epoch + 1 == epochs):
+            fitted = fit_epochs_to_budget(budget_seconds - (time.perf_counter() - run_start), epoch + 1,
+                                          epochs, train_seconds, len(val_set) / len(train_set),
+                                          int(config["eval"]["every"]))
+            epochs = all_gather_objects(fitted, info)[0]  # rank 0 decides, so every rank stops together
+            budget_applied = True
+            if epochs != int(train_cfg["epochs"]):
+                log(f"time budget {budget_seconds / 60:g} min: {epochs} epochs instead of {train_cfg['epochs']}")
+                train_cfg["epochs"] = epochs
+                factor = lr_factor_fn(train_cfg, iters)
+                scheduler.lr_lambdas = [factor] * len(scheduler.lr_lambdas)
+                if info.is_main:
+                    (out_dir / "config.yaml").write_text(dump_yaml(config))
+
         is_last = epoch + 1 == epochs
         improved = False
         if is_last or (epoch + 1) % int(config["eval"]["every"]) == 0:
@@ -342,6 +385,8 @@ def _train(config: dict[str, Any], info: DistInfo, resume: str | None) -> dict[s
                 "mean": list(data_cfg["mean"]),
                 "std": list(data_cfg["std"]),
                 "epoch": epoch + 1,
+                "epochs": epochs,
+                "budget_applied": budget_applied,
                 "step": step,
                 "metric_name": metric_name,
                 "metrics": {k: v for k, v in last_scores.items() if k != "confusion"} if last_scores else {},
@@ -361,6 +406,7 @@ def _train(config: dict[str, Any], info: DistInfo, resume: str | None) -> dict[s
             write_csv(out_dir / "log.csv", history)
         shown = f"  val {METRIC_LABEL[metric_name]} {100 * row[metric_name]:.2f}" if metric_name in row else ""
         log(f"epoch {epoch + 1}/{epochs}  loss {row['train_loss']:.4f}{shown}  {row['img_per_s']:.1f} img/s")
+        epoch += 1
 
     steps_per_rank = all_gather_objects(steps_this_rank, info)
     summary = {
@@ -393,8 +439,10 @@ def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def format_summary(summary: dict[str, Any], model_cfg: dict[str, Any], history: list[dict[str, Any]],
                    seg_scores: dict[str, Any] | None) -> str:
-    from ..models import ModelConfig, model_name
+    from ..models import REFERENCE_MODELS, ModelConfig, model_name
 
+    name = (model_cfg["arch"] if model_cfg["arch"] in REFERENCE_MODELS
+            else model_name(ModelConfig.from_dict(model_cfg)))
     out = Path(summary["output_dir"])
     metric = summary["metric"]
     images = sum(r["images"] for r in history)
@@ -403,7 +451,7 @@ def format_summary(summary: dict[str, Any], model_cfg: dict[str, Any], history: 
     lines = [
         "",
         f"== {summary['task']} run finished in {format_duration(summary['seconds'])} ==",
-        f"model   {model_name(ModelConfig.from_dict(model_cfg))}  ({summary['parameters'] / 1e6:.2f} M parameters)",
+        f"model   {name}  ({summary['parameters'] / 1e6:.2f} M parameters)",
         f"data    {summary['train_images']} train / {summary['val_images']} val images, "
         f"{model_cfg['num_classes']} classes",
         f"run     {summary['epochs']} epochs, {summary['steps']} steps, world size {summary['world_size']} "

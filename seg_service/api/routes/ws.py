@@ -1,4 +1,4 @@
-"""WS /ws/segment: live frames in, label masks out; the protocol is in docs/architecture.md.
+"""WS /ws/segment: live frames in, label masks out; the protocol is in docs/service.md.
 
 The receiver keeps only the newest unprocessed frame (a one-slot mailbox): a frame that arrives while
 another is still waiting replaces it and counts as dropped, so a slow server never builds a backlog

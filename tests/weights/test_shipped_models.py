@@ -1,0 +1,94 @@
+"""The packed models shipped in weights/: they load, they segment real photos, the server serves them,
+and their model cards describe the very files shipped."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+from service.helpers import start_server
+
+from seg_service.runtime import load_model
+
+REPO = Path(__file__).resolve().parents[2]
+WEIGHTS = REPO / "weights"
+DATA = REPO / "tests" / "data"
+CAMVID_CLASSES = ["sky", "building", "pole", "road", "pavement", "tree", "signsymbol", "fence", "car",
+                  "pedestrian", "bicyclist"]
+
+
+def rgb(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def test_shipped_files_load_with_the_expected_classes():
+    person = load_model(WEIGHTS / "person.gnpk")
+    camvid = load_model(WEIGHTS / "camvid.gnpk")
+    assert person.name == "person" and person.classes == ["background", "person"]
+    assert camvid.name == "camvid" and camvid.classes == CAMVID_CLASSES
+    for model in (person, camvid):
+        assert model.arch == "groupnet_resnet18" and model.config["k"] == 4 and model.config["bpac"]
+
+
+def test_person_model_finds_the_people_in_real_photos():
+    """CCP photos in tests/data (6 training, 4 validation images): pooled person IoU."""
+    model = load_model(WEIGHTS / "person.gnpk")
+    inter = union = 0
+    for image in sorted((DATA / "ccp" / "images").glob("*.jpg")):
+        truth = np.asarray(Image.open(DATA / "ccp" / "masks" / f"{image.stem}.png")) > 0
+        pred = model.predict(rgb(image)) == 1
+        inter += int((pred & truth).sum())
+        union += int((pred | truth).sum())
+    assert inter / union > 0.7
+
+
+def test_camvid_model_labels_real_street_scenes():
+    model = load_model(WEIGHTS / "camvid.gnpk")
+    correct = counted = 0
+    seen = set()
+    for image in sorted((DATA / "camvid" / "images").glob("*.jpg")):
+        truth = np.asarray(Image.open(DATA / "camvid" / "masks" / f"{image.stem}.png"))
+        pred = model.predict(rgb(image))
+        valid = truth != 11  # void
+        correct += int((pred[valid] == truth[valid]).sum())
+        counted += int(valid.sum())
+        seen |= set(np.unique(pred).tolist())
+    assert correct / counted > 0.8
+    assert {0, 1, 3, 5, 8} <= seen  # sky, building, road, tree and car all show up
+
+
+def test_model_cards_name_the_shipped_files():
+    card = (WEIGHTS / "README.md").read_text()
+    for path in sorted(WEIGHTS.glob("*.gnpk")):
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        assert digest in card, f"weights/README.md does not give the sha256 of {path.name}"
+        size_mb = f"{path.stat().st_size / 1e6:.2f} MB"
+        assert re.search(re.escape(size_mb), card), f"weights/README.md does not give {path.name}'s size ({size_mb})"
+
+
+@pytest.fixture(scope="module")
+def shipped_server(tmp_path_factory):
+    srv = start_server(WEIGHTS, tmp_path_factory.mktemp("shipped") / "server.log")
+    yield srv
+    srv.stop()
+
+
+def test_server_serves_the_shipped_default_model(shipped_server):
+    models = httpx.get(f"{shipped_server.url}/models", timeout=30).json()
+    assert models["default_model"] == "person"
+    assert {m["name"] for m in models["models"]} == {"person", "camvid"}
+    photo = DATA / "ccp" / "images" / "0960.jpg"
+    with photo.open("rb") as f:
+        r = httpx.post(f"{shipped_server.url}/segment", params={"format": "json"},
+                       files={"file": ("0960.jpg", f, "image/jpeg")}, timeout=60)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == "person"  # the default
+    fractions = {c["name"]: c["fraction"] for c in body["classes"]}
+    truth = (np.asarray(Image.open(DATA / "ccp" / "masks" / "0960.png")) > 0).mean()
+    assert abs(fractions["person"] - truth) < 0.05

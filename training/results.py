@@ -1,0 +1,325 @@
+"""Figures and tables for docs/results.md and the model cards (weights/README.md).
+
+Everything is measured here, in one run, from files in the repository and the real data:
+
+- accuracy of the shipped packed models through the torch-free runtime, on the full-size validation
+  images (``train-seg eval --packed`` does the same for one model);
+- latency of every table row on this machine, side by side in one run (median of repeats, same
+  thread count): packed rows through ``seg_service.runtime``, full-precision rows through PyTorch;
+- training curves from the runs' ``log.csv`` files, per-class IoU, validation examples, and the
+  accuracy-against-latency chart.
+
+    python -m training.results --data ../shared/data --ablation-gnpk DIR --threads 2
+
+Writes ``docs/img/*.png`` and ``docs/results/results.json`` and prints the Markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+RUNS = REPO / "docs" / "results" / "runs"
+SIZES = ((320, 240), (512, 512))  # width x height
+
+# Ablation rows: (run folder, label, engine). Binary rows run packed; full-precision rows in PyTorch.
+ABLATION_ROWS = [
+    ("full_precision", "full precision ResNet-18 (same code, width, head)", "torch"),
+    ("binary_k1", "binary, K = 1 (plain binary ResNet-18)", "packed"),
+    ("layerwise_k4", "layer-wise decomposition, K = 4", "packed"),
+    ("groupnet_k4_nogates", "Group-Net K = 4, no soft gates", "packed"),
+    ("groupnet_k4_bpac", "Group-Net K = 4, soft gates, BPAC", "packed"),
+    ("groupnet_k4_single_rate", "Group-Net K = 4, soft gates, one dilation rate", "packed"),
+    ("smp_deeplabv3_resnet18", "smp DeepLabV3-ResNet18 fp32", "torch"),
+    ("lraspp_mobilenet_v3_large", "torchvision LRASPP-MobileNetV3 fp32", "torch"),
+]
+SHIPPED = [("person", "ccp_person_w05k4"), ("camvid", "camvid_w05k4")]
+
+
+def median_ms(fn: Callable[[], Any], repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def test_image(width: int, height: int) -> np.ndarray:
+    """A real photo (from tests/data) resized to width x height, so timings see real activations."""
+    import cv2
+
+    bgr = cv2.imread(str(REPO / "tests/data/ccp/images/0001.jpg"), cv2.IMREAD_COLOR)
+    return np.ascontiguousarray(cv2.resize(bgr, (width, height), interpolation=cv2.INTER_AREA)[:, :, ::-1])
+
+
+def packed_latency(path: Path, repeats: int) -> dict[str, float]:
+    from seg_service.runtime import load_model
+
+    model = load_model(path)
+    out = {}
+    for w, h in SIZES:
+        image = test_image(w, h)
+        out[f"{w}x{h}"] = median_ms(lambda image=image: model.predict(image), repeats)
+    return out
+
+
+def torch_latency(config_path: Path, num_classes: int, repeats: int) -> tuple[dict[str, float], int]:
+    """PyTorch fp32 eval latency of a run's model (random weights: the time does not depend on them)."""
+    import torch
+
+    from .engine.config import load_config
+    from .engine.trainer import model_config_for
+    from .models import create_model
+
+    config = load_config("seg", config_path, [])
+    model = create_model(model_config_for(config, num_classes)).eval()
+    out = {}
+    with torch.inference_mode():
+        for w, h in SIZES:
+            # Inputs padded to a multiple of 32, as the packed runtime pads (smp requires it).
+            x = torch.randn(1, 3, -(-h // 32) * 32, -(-w // 32) * 32)
+            out[f"{w}x{h}"] = median_ms(lambda x=x: model(x), repeats)
+    return out, 4 * sum(p.numel() for p in model.parameters())
+
+
+def read_run(folder: Path) -> dict[str, Any]:
+    import csv
+
+    summary = json.loads((folder / "summary.json").read_text())
+    rows = list(csv.DictReader((folder / "log.csv").open()))
+    return {"summary": summary, "history": rows}
+
+
+# --------------------------------------------------------------------------------------------- figures
+
+
+def plot_curves(runs: dict[str, list[dict[str, str]]], metric: str, title: str, out: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 3.6))
+    offset = 0
+    for label, rows in runs.items():
+        epochs = [offset + int(r["epoch"]) for r in rows]
+        ax_loss.plot(epochs, [float(r["train_loss"]) for r in rows], label=label)
+        scored = [(offset + int(r["epoch"]), 100 * float(r[metric])) for r in rows if r.get(metric)]
+        if scored:
+            ax_metric.plot(*zip(*scored, strict=True), marker="o", label=label)
+        offset = epochs[-1]
+    ax_loss.set(xlabel="epoch", ylabel="training loss", title=f"{title}: loss")
+    ax_metric.set(xlabel="epoch", ylabel={"miou": "val mIoU (%)", "top1": "val top-1 (%)"}[metric],
+                  title=f"{title}: validation")
+    for ax in (ax_loss, ax_metric):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def plot_per_class(scores: dict[str, dict[str, Any]], out: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(scores), figsize=(4 + 3.5 * len(scores), 3.6),
+                             gridspec_kw={"width_ratios": [max(2, len(s["iou"])) for s in scores.values()]})
+    for ax, (name, s) in zip(np.atleast_1d(axes), scores.items(), strict=True):
+        classes = list(s["iou"])
+        values = [100 * (s["iou"][c] if s["iou"][c] == s["iou"][c] else 0.0) for c in classes]
+        ax.bar(classes, values, color="tab:blue")
+        ax.set(ylim=(0, 100), ylabel="IoU (%)", title=f"{name}: per-class IoU, mIoU {100 * s['miou']:.1f}")
+        ax.tick_params(axis="x", rotation=45)
+        for i, v in enumerate(values):
+            ax.text(i, v + 1, f"{v:.0f}", ha="center", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def plot_examples(model_path: Path, pairs: list[tuple[np.ndarray, np.ndarray]], out: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from seg_service.runtime import load_model
+
+    model = load_model(model_path)
+    fig, axes = plt.subplots(len(pairs), 3, figsize=(9, 3 * len(pairs)))
+    for row, (rgb, truth) in zip(np.atleast_2d(axes), pairs, strict=True):
+        pred = model.predict(rgb)
+        palette = model.palette
+        truth_rgb = np.where((truth == 255)[..., None], 0, palette[np.minimum(truth, len(palette) - 1)])
+        for ax, img, title in zip(row, (rgb, truth_rgb, (0.5 * rgb + 0.5 * palette[pred]).astype(np.uint8)),
+                                  ("image", "ground truth", "prediction (packed runtime)"), strict=True):
+            ax.imshow(img)
+            ax.set_title(title, fontsize=9)
+            ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def plot_tradeoff(rows: list[dict[str, Any]], size: str, out: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for r in rows:
+        colour = "tab:red" if r["engine"] == "torch" else "tab:blue"
+        ax.scatter(r["latency_ms"][size], 100 * r["metric"], color=colour, s=30 + r["size_mb"] * 4)
+        ax.annotate(r["key"], (r["latency_ms"][size], 100 * r["metric"]), fontsize=7, xytext=(4, 3),
+                    textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set(xlabel=f"CPU latency at {size} (ms, 2 threads, log scale)", ylabel="val mIoU (%)",
+           title="Accuracy against CPU latency (blue: packed binary runtime, red: PyTorch fp32; "
+                 "marker area ~ file size)")
+    ax.title.set_fontsize(8)
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.results", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"), help="folder with ccp/ and camvid/")
+    parser.add_argument("--weights", default=str(REPO / "weights"), help="folder with the shipped .gnpk files")
+    parser.add_argument("--ablation-gnpk", help="folder with the ablation runs' exported .gnpk files "
+                        "(<row>.gnpk); binary rows without one are timed from a random-weight export")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--out", default=str(REPO / "docs"), help="writes <out>/img/*.png and <out>/results/results.json")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from seg_service.runtime import set_num_threads
+
+    from .engine.packed_eval import evaluate_packed
+
+    torch.set_num_threads(args.threads)
+    set_num_threads(args.threads)
+    data, weights, out = Path(args.data), Path(args.weights), Path(args.out)
+    (out / "img").mkdir(parents=True, exist_ok=True)
+    (out / "results").mkdir(parents=True, exist_ok=True)
+    configs = REPO / "training" / "configs"
+    results: dict[str, Any] = {"threads": args.threads, "cpu": _cpu(), "shipped": {}, "ablation": []}
+
+    # Shipped models: accuracy through the packed runtime on the real, full-size validation images.
+    scores = {}
+    for name, config in SHIPPED:
+        path = weights / f"{name}.gnpk"
+        s = evaluate_packed(path, configs / f"{config}.yaml", [("data.root", str(data / config.split("_")[0]))],
+                            progress=False)
+        scores[name] = s
+        results["shipped"][name] = {
+            "miou": s["miou"], "iou": s["iou"], "pixel_acc": s["pixel_acc"],
+            "latency_ms": packed_latency(path, args.repeats), "file_mb": path.stat().st_size / 1e6,
+        }
+    plot_per_class(scores, out / "img" / "per_class_iou.png")
+
+    # Training curves.
+    plot_curves({"imagenette_w05k4": read_run(RUNS / "imagenette_w05k4")["history"]}, "top1",
+                "encoder pretraining (Imagenette 64 px)", out / "img" / "curves_pretrain.png")
+    plot_curves({"ccp_person_w05k4": read_run(RUNS / "ccp_person_w05k4")["history"],
+                 "continued": read_run(RUNS / "ccp_person_w05k4_continued")["history"]}, "miou",
+                "person", out / "img" / "curves_person.png")
+    plot_curves({"camvid_w05k4": read_run(RUNS / "camvid_w05k4")["history"]}, "miou", "camvid",
+                out / "img" / "curves_camvid.png")
+
+    # Validation examples.
+    from .data import build_seg_dataset
+    from .engine.config import load_config
+
+    for name, config, picks in (("person", "ccp_person_w05k4", (3, 41, 77)), ("camvid", "camvid_w05k4", (5, 50, 90))):
+        cfg = load_config("seg", configs / f"{config}.yaml", [("data.root", str(data / config.split("_")[0]))])
+        val = build_seg_dataset(cfg["data"], "val")
+        plot_examples(weights / f"{name}.gnpk", [val.load(i) for i in picks], out / "img" / f"examples_{name}.png")
+
+    # Ablation and the full-precision alternatives: accuracy from the runs, latency measured here.
+    abl_gnpk = Path(args.ablation_gnpk) if args.ablation_gnpk else None
+    rows = []
+    for key, label, engine in ABLATION_ROWS:
+        run = read_run(RUNS / "ablation" / key)
+        summary = run["summary"]
+        row: dict[str, Any] = {"key": key, "label": label, "engine": engine, "epochs": summary["epochs"],
+                               "metric": summary["best_metric"],
+                               "train_seconds": summary["seconds"], "parameters": summary["parameters"]}
+        if engine == "packed":
+            path = abl_gnpk / f"{key}.gnpk" if abl_gnpk else None
+            if path is None or not path.is_file():
+                path = _random_export(RUNS / "ablation" / key / "config.yaml", out / "results" / f"{key}.gnpk")
+            row["latency_ms"] = packed_latency(path, args.repeats)
+            row["size_mb"] = path.stat().st_size / 1e6
+            if abl_gnpk and (abl_gnpk / f"{key}.gnpk").is_file():
+                s = evaluate_packed(path, configs / "ablation" / f"{key}.yaml", [("data.root", str(data / "ccp"))],
+                                    progress=False)
+                row["packed_full_size"] = {"miou": s["miou"], "iou": s["iou"]}
+        else:
+            row["latency_ms"], size = torch_latency(configs / "ablation" / f"{key}.yaml", 2, args.repeats)
+            row["size_mb"] = size / 1e6
+        rows.append(row)
+        print(f"{key}: {row['latency_ms']}", file=sys.stderr)
+    results["ablation"] = rows
+    plot_tradeoff(rows, "512x512", out / "img" / "accuracy_vs_latency.png")
+
+    (out / "results" / "results.json").write_text(json.dumps(results, indent=2, default=float))
+    print(markdown_tables(results))
+    return 0
+
+
+def _random_export(config_path: Path, out: Path) -> Path:
+    """Export the row's network with random weights: its packed latency and size equal the trained one's."""
+    import torch
+
+    from .engine.config import load_config
+    from .engine.trainer import model_config_for
+    from .export import export_model
+    from .models import create_model
+
+    torch.manual_seed(0)
+    config = load_config("seg", config_path, [])
+    model = create_model(model_config_for(config, 2)).eval()
+    export_model(model, out, classes=["background", "person"])
+    return out
+
+
+def markdown_tables(results: dict[str, Any]) -> str:
+    lines = ["| model | val mIoU | per-class IoU | 320x240 ms | 512x512 ms | file MB |", "|---|---:|---|---:|---:|---:|"]
+    for name, r in results["shipped"].items():
+        ious = ", ".join(f"{c} {100 * v:.1f}" for c, v in r["iou"].items())
+        lines.append(f"| {name} | {100 * r['miou']:.2f} | {ious} | {r['latency_ms']['320x240']:.1f} | "
+                     f"{r['latency_ms']['512x512']:.1f} | {r['file_mb']:.2f} |")
+    lines += ["", "| row | engine | epochs | val mIoU | packed, full size: mIoU / person IoU | "
+              "320x240 ms | 512x512 ms | size MB |", "|---|---|---:|---:|---|---:|---:|---:|"]
+    for r in results["ablation"]:
+        packed = r.get("packed_full_size")
+        packed_txt = f"{100 * packed['miou']:.1f} / {100 * packed['iou']['person']:.1f}" if packed else "-"
+        lines.append(f"| {r['label']} | {r['engine']} | {r['epochs']} | {100 * r['metric']:.2f} | "
+                     f"{packed_txt} | {r['latency_ms']['320x240']:.1f} | {r['latency_ms']['512x512']:.1f} | "
+                     f"{r['size_mb']:.2f} |")
+    return "\n".join(lines)
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
