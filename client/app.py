@@ -163,6 +163,15 @@ class DemoClient:
         latest = self.latest
         classes = latest.classes if latest else ClassInfo.unknown()
         image = compose(self.view, frame, latest.mask if latest else None, classes, self.cfg.alpha)
+        lines, warning = self.hud_text(streamer)
+        return draw_hud(image, lines, warning)
+
+    def hud_text(self, streamer: Streamer) -> tuple[list[str], str | None]:
+        """The HUD's status lines and its red warning line (None: no warning).
+
+        The model named is the one that made the mask shown, as the server reported it.
+        """
+        latest = self.latest
         stats = streamer.stats
         lines = [f"{latest.model if latest else '-'}  {self.display_rate.rate:4.1f} fps"]
         if latest is not None:
@@ -174,12 +183,14 @@ class DemoClient:
             lines.append("waiting for the first mask")
         if not self.cfg.headless:
             lines.append(KEY_HELP)
-        warning = None
+        warning: str | None
         if streamer.state == "reconnecting":
             warning = f"server connection lost: reconnecting (attempt {streamer.retry_attempt})"
         elif streamer.last_error:
             warning = f"server: {streamer.last_error[:100]}"
-        return draw_hud(image, lines, warning)
+        else:
+            warning = streamer.current_notice()
+        return lines, warning
 
     def _handle_key(self, key: int, image: np.ndarray, streamer: Streamer) -> bool:
         """Acts on a key press; False means quit."""

@@ -34,6 +34,7 @@ TransportName = Literal["ws", "rest"]
 API_KEY_HEADER = "X-API-Key"
 WS_PATH = "/ws/segment"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+NOTICE_SECONDS = 8.0  # how long the HUD shows a refused model switch
 
 
 class ServerError(RuntimeError):
@@ -42,6 +43,14 @@ class ServerError(RuntimeError):
 
 class Unauthorized(ServerError):
     """The server refused the API key."""
+
+
+class UnknownModel(ServerError):
+    """HTTP 404 on POST /segment: the server has no such model (or, behind a proxy, no such route)."""
+
+    def __init__(self, message: str, detail: str) -> None:
+        super().__init__(message)
+        self.detail = detail  # the server's own words, for reporting a refused switch
 
 
 class ConnectionLost(Exception):
@@ -64,14 +73,23 @@ class Backoff:
         return min(self.maximum, self.initial * 2 ** max(0, attempt - 1))
 
 
+@dataclass(frozen=True)
+class ModelRefusal:
+    """A model switch the server refused; the frame was segmented by the model it kept."""
+
+    model: str  # the model asked for
+    detail: str  # the server's reason
+
+
 @dataclass
 class FrameAnswer:
     """What the server returned for one frame."""
 
     mask: np.ndarray
-    model: str
+    model: str  # the model that made this mask, as the server says
     inference_ms: float
     server_dropped: int = 0
+    refused_switch: ModelRefusal | None = None  # a switch asked for with this frame and refused
 
 
 @dataclass
@@ -139,12 +157,16 @@ def decode_mask(png: bytes) -> np.ndarray:
     return mask
 
 
-def _error_detail(response: httpx.Response) -> str:
+def _server_detail(response: httpx.Response) -> str:
     try:
         detail = response.json().get("detail", response.text)
     except (ValueError, AttributeError):
         detail = response.text
-    return f"HTTP {response.status_code}: {str(detail)[:200]}"
+    return str(detail)[:200]
+
+
+def _error_detail(response: httpx.Response) -> str:
+    return f"HTTP {response.status_code}: {_server_detail(response)}"
 
 
 class ServerAPI:
@@ -196,6 +218,8 @@ class ServerAPI:
             raise ConnectionLost(f"POST /segment: {exc}") from exc
         if response.status_code == 401:
             raise Unauthorized(f"server refused the API key ({_error_detail(response)}); check --api-key")
+        if response.status_code == 404:
+            raise UnknownModel(f"POST /segment refused: {_error_detail(response)}", _server_detail(response))
         if response.status_code >= 400:
             raise FrameRejected(f"POST /segment: {_error_detail(response)}")
         headers = response.headers
@@ -211,6 +235,7 @@ class ServerAPI:
 
 class Session(Protocol):
     name: TransportName
+    model: str | None  # the model the server last answered with (before that: the one connected with)
 
     def set_model(self, model: str | None) -> None: ...
     def segment(self, jpeg: bytes, stop: threading.Event) -> FrameAnswer: ...
@@ -241,6 +266,10 @@ class WebSocketSession:
 
     The server numbers the frames it receives on a connection from 0 and echoes that number in each
     result, which lets the session skip a stale answer instead of pairing it with the wrong frame.
+
+    The server does not acknowledge a model switch: it answers a refused one with an error message
+    without a frame number (and keeps its model), an accepted one silently. So `model` follows the
+    `model` field of the results, never the request.
     """
 
     name: TransportName = "ws"
@@ -248,7 +277,8 @@ class WebSocketSession:
     def __init__(self, server: str, api_key: str | None, timeout: float, model: str | None = None) -> None:
         self.url = ws_url(server, model)
         self.timeout = timeout
-        self.model = model
+        self.model = model  # a model the server does not have closes the connection with 1008
+        self._switch: str | None = None  # asked for, neither confirmed by a result nor refused yet
         self.frames_sent = 0
         self.notices: list[str] = []  # session-level errors (e.g. a refused model switch)
         headers = {API_KEY_HEADER: api_key} if api_key else None
@@ -269,9 +299,10 @@ class WebSocketSession:
             raise ConnectionLost(f"{self.url}: {exc}") from exc
 
     def set_model(self, model: str | None) -> None:
+        """Asks for a switch; the answer to the next frame confirms it or carries the refusal."""
         if model and model != self.model:
             self._send(json.dumps({"model": model}))
-            self.model = model
+            self._switch = model
 
     def _send(self, message: str | bytes) -> None:
         try:
@@ -312,6 +343,7 @@ class WebSocketSession:
         expected = self.frames_sent
         self.frames_sent += 1
         deadline = time.monotonic() + self.timeout
+        refused: ModelRefusal | None = None
         while True:
             message = self._recv(deadline, stop)
             if isinstance(message, bytes):
@@ -326,7 +358,11 @@ class WebSocketSession:
                 detail = str(header.get("detail", "unknown error"))
                 if frame is None:  # about the session (a settings message, or the reason for a close)
                     self.notices.append(detail)
-                    log.warning("server: %s", detail)
+                    if self._switch is not None:  # the only settings we send: this is its refusal
+                        refused = ModelRefusal(self._switch, detail)
+                        self._switch = None
+                    else:
+                        log.warning("server: %s", detail)
                     continue
                 if int(frame) < expected:
                     continue
@@ -338,11 +374,16 @@ class WebSocketSession:
                 raise ServerError("server sent text where the binary mask should be")
             if frame is not None and int(frame) < expected:
                 continue  # the answer to an earlier frame
+            # This frame went after the switch, so its model is the server's answer to it.
+            if header.get("model"):
+                self.model = str(header["model"])
+            self._switch = None
             return FrameAnswer(
                 mask=decode_mask(png),
-                model=str(header.get("model", self.model or "")),
+                model=self.model or "",
                 inference_ms=float(header.get("inference_ms", float("nan"))),
                 server_dropped=int(header.get("dropped", 0)),
+                refused_switch=refused,
             )
 
     def close(self) -> None:
@@ -355,15 +396,31 @@ class RestSession:
 
     name: TransportName = "rest"
 
-    def __init__(self, api: ServerAPI) -> None:
+    def __init__(self, api: ServerAPI, model: str | None = None) -> None:
         self.api = api
-        self.model: str | None = None
+        self.model = model
+        self._switch: str | None = None
 
     def set_model(self, model: str | None) -> None:
-        self.model = model or self.model
+        self._switch = model if model and model != self.model else None
 
     def segment(self, jpeg: bytes, stop: threading.Event) -> FrameAnswer:
-        return self.api.segment(jpeg, self.model)
+        refused: ModelRefusal | None = None
+        if self._switch is not None:
+            switch, self._switch = self._switch, None
+            try:
+                answer = self.api.segment(jpeg, switch)
+            except UnknownModel as exc:
+                # As over WebSocket: the switch is refused, the frame goes to the model in use.
+                refused = ModelRefusal(switch, exc.detail)
+            else:
+                self.model = answer.model or switch
+                return answer
+        # A 404 here is the model in use (--model, or one the server dropped): fatal.
+        answer = self.api.segment(jpeg, self.model)
+        self.model = answer.model or self.model
+        answer.refused_switch = refused
+        return answer
 
     def close(self) -> None:
         pass
@@ -394,6 +451,11 @@ class Streamer:
         self.retry_attempt = 0
         self.fatal: str | None = None
         self.last_error: str | None = None
+        self.notice: str | None = None  # the last refused model switch, see current_notice()
+        self._notice_until = 0.0
+        # What the server last answered with (--model until then): a reconnect asks for this one,
+        # then sends _wanted_model as a switch, so a refused model never ends up in the URL.
+        self.active_model = model
         self._wanted_model = model
         self._classes: dict[str, ClassInfo] = {}
         self._cond = threading.Condition()
@@ -446,6 +508,11 @@ class Streamer:
     def request_model(self, model: str) -> None:
         with self._cond:
             self._wanted_model = model
+            self.notice = None
+
+    def current_notice(self) -> str | None:
+        """The last refused model switch, for NOTICE_SECONDS after it happened."""
+        return self.notice if time.monotonic() < self._notice_until else None
 
     def classes_for(self, model: str | None) -> ClassInfo:
         """Class names and colours for a model, fetched once from GET /classes."""
@@ -476,7 +543,7 @@ class Streamer:
     def _open_session(self) -> Session:
         if self.transport == "ws":
             try:
-                return WebSocketSession(self.server, self.api_key, self.timeout, self._wanted_model)
+                return WebSocketSession(self.server, self.api_key, self.timeout, self.active_model)
             except InvalidStatus as exc:
                 status = exc.response.status_code
                 if status == 401:
@@ -492,7 +559,7 @@ class Streamer:
                 raise ConnectionLost(str(exc)) from exc
         else:
             self.api.models()  # REST has no connection to open: check that the server answers
-        return RestSession(self.api)
+        return RestSession(self.api, self.active_model)
 
     def _run(self) -> None:
         attempt = 0
@@ -567,6 +634,9 @@ class Streamer:
                 log.warning("server error: %s", exc)
                 continue
             round_trip_ms = (time.monotonic() - sent_at) * 1000.0
+            self.active_model = answer.model or self.active_model
+            if answer.refused_switch is not None:
+                self._switch_refused(answer.refused_switch, answer.model)
             if not got_result:
                 log.info("first mask on this connection after %.0f ms", round_trip_ms)
             got_result = True
@@ -587,6 +657,16 @@ class Streamer:
                 self._result = result
                 self._cond.notify_all()
         return got_result
+
+    def _switch_refused(self, refusal: ModelRefusal, model_in_use: str) -> None:
+        message = f"server refused model {refusal.model!r} ({refusal.detail}); still using {model_in_use!r}"
+        log.warning("%s", message)
+        with self._cond:
+            # Stop asking (the user may ask again); unless a newer request came in meanwhile.
+            if self._wanted_model == refusal.model:
+                self._wanted_model = model_in_use or None
+            self.notice = message
+            self._notice_until = time.monotonic() + NOTICE_SECONDS
 
     def _fail(self, message: str) -> None:
         self.fatal = message

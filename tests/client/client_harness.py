@@ -1,8 +1,9 @@
-"""Real components for the client tests: a seg-service subprocess, a TCP proxy that adds latency,
-and helpers that run seg-client as its own process, as a user would."""
+"""Real components for the client tests: a seg-service subprocess, TCP proxies that add latency or
+refuse WebSocket upgrades, and helpers that run seg-client as its own process, as a user would."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import signal
@@ -174,12 +175,19 @@ class DelayProxy:
                 downstream, _ = self._listener.accept()
             except OSError:
                 return
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            self._sockets += [downstream, upstream]
-            for src, dst in ((downstream, upstream), (upstream, downstream)):
-                chunks: queue.Queue[tuple[float, bytes]] = queue.Queue()
-                threading.Thread(target=self._read, args=(src, chunks), daemon=True).start()
-                threading.Thread(target=self._write, args=(dst, chunks), daemon=True).start()
+            self._sockets.append(downstream)
+            threading.Thread(target=self._serve_connection, args=(downstream,), daemon=True).start()
+
+    def _serve_connection(self, downstream: socket.socket, head: bytes = b"") -> None:
+        """Pumps one connection; `head`: bytes already read from the client, sent on first."""
+        upstream = socket.create_connection(("127.0.0.1", self.target_port))
+        self._sockets.append(upstream)
+        for src, dst in ((downstream, upstream), (upstream, downstream)):
+            chunks: queue.Queue[tuple[float, bytes]] = queue.Queue()
+            if head and src is downstream:
+                chunks.put((time.monotonic() + self.delay, head))
+            threading.Thread(target=self._read, args=(src, chunks), daemon=True).start()
+            threading.Thread(target=self._write, args=(dst, chunks), daemon=True).start()
 
     def _read(self, src: socket.socket, chunks: queue.Queue) -> None:
         while True:
@@ -213,3 +221,33 @@ class DelayProxy:
                 sock.close()
             except OSError:
                 pass
+
+
+class WebSocketRefusingProxy(DelayProxy):
+    """A loopback proxy that forwards plain HTTP to the server but answers every WebSocket upgrade
+    with `status`, like a reverse proxy without upgrade support."""
+
+    def __init__(self, target_port: int, status: int = 403) -> None:
+        self.status = status  # before the accept thread starts
+        self.upgrades_refused = 0
+        super().__init__(target_port, delay=0.0)
+
+    def _serve_connection(self, downstream: socket.socket, head: bytes = b"") -> None:
+        while b"\r\n\r\n" not in head:
+            try:
+                chunk = downstream.recv(65536)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                downstream.close()
+                return
+            head += chunk
+        if b"upgrade: websocket" not in head.lower():
+            super()._serve_connection(downstream, head)
+            return
+        self.upgrades_refused += 1
+        with contextlib.suppress(OSError):
+            downstream.sendall(
+                f"HTTP/1.1 {self.status} Refused\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode()
+            )
+        downstream.close()

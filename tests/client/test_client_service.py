@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import cv2
 import httpx
 import numpy as np
 import pytest
-from client_harness import API_KEY, VIDEO, ClientProcess, DelayProxy, ServerProcess, free_port, run_client
+from client_harness import (
+    API_KEY,
+    VIDEO,
+    ClientProcess,
+    DelayProxy,
+    ServerProcess,
+    WebSocketRefusingProxy,
+    free_port,
+    run_client,
+)
+
+from client.app import ClientConfig, DemoClient
+from client.capture import video_spec
+from client.transport import Backoff, SegResult, Streamer
 
 JPEG_QUALITY = 80  # the client's default: the test sends the server the very same bytes
 HUD_ROWS = 60  # status text lives in the top rows of the picture; compare below them
@@ -123,6 +137,83 @@ def test_rest_transport_gives_the_same_kind_of_run(server, tmp_path):
     assert stats["frames_written"] == 10 and stats["results"] > 0
 
 
+def test_refused_websocket_upgrade_falls_back_to_rest(server, tmp_path):
+    # HTTP reaches the server, the WebSocket handshake gets 403: the rule for falling back to REST.
+    proxy = WebSocketRefusingProxy(server.port, status=403)
+    stats_path = tmp_path / "stats.json"
+    try:
+        result = run_client(
+            "--video", VIDEO, "--headless", "--out", tmp_path / "fallback.mp4", "--stats-json", stats_path,
+            "--server", proxy.url, "--api-key", API_KEY, "--max-frames", "10", "--model", "street",
+        )
+    finally:
+        proxy.close()
+    assert result.returncode == 0, result.stderr
+    assert proxy.upgrades_refused >= 1
+    assert "falling back to REST" in result.stderr
+    stats = json.loads(stats_path.read_text())
+    assert stats["transport"] == "rest" and stats["connections"] == 1
+    assert stats["frames_written"] == 10 and stats["results"] > 0 and stats["frame_errors"] == 0
+    assert stats["last_model"] == "street"
+
+
+def _segment_frame(streamer: Streamer, seq: int, frame: np.ndarray, timeout: float = 30.0) -> SegResult:
+    streamer.submit(seq, frame)
+    streamer.wait_result(seq, timeout)
+    result = streamer.take_result()
+    assert streamer.fatal is None, streamer.fatal
+    assert result is not None and result.seq == seq, f"no mask for frame {seq} ({streamer.last_error})"
+    return result
+
+
+@pytest.mark.parametrize("transport", ["ws", "rest"])
+def test_refused_model_switch_keeps_the_model_the_server_uses(transport, packed_model_dir, tmp_path, caplog):
+    server = ServerProcess(packed_model_dir, tmp_path).start()
+    streamer = Streamer(server.url, API_KEY, transport, "person", backoff=Backoff(0.1, 0.5, 100), timeout=20)
+    client = DemoClient(ClientConfig(source=video_spec(str(VIDEO)), headless=True))
+    frame = read_video(VIDEO)[0]
+    caplog.set_level(logging.INFO, logger="seg-client")
+    try:
+        streamer.start()
+        assert streamer.wait_connected(60), streamer.fatal
+        assert _segment_frame(streamer, 1, frame).model == "person"
+
+        streamer.request_model("no-such-model")
+        client.latest = _segment_frame(streamer, 2, frame)
+        # The frame was still segmented, by the model the server kept, and the HUD says so.
+        assert client.latest.model == "person"
+        lines, warning = client.hud_text(streamer)
+        assert lines[0].startswith("person ") and "no-such-model" not in lines[0]
+        assert warning is not None and "no-such-model" in warning and "refused" in warning, warning
+        refusals = [r.getMessage() for r in caplog.records if "no-such-model" in r.getMessage()]
+        assert len(refusals) == 1 and "refused" in refusals[0] and "'person'" in refusals[0], refusals
+
+        # Asking again sends the switch again (and it is refused again), frames keep coming.
+        streamer.request_model("no-such-model")
+        assert _segment_frame(streamer, 3, frame).model == "person"
+        assert len([r for r in caplog.records if "no-such-model" in r.getMessage()]) == 2
+
+        # A reconnect asks for the model the server was using, not the refused one.
+        server.kill()
+        server.start()
+        seq = 4
+        while True:
+            streamer.submit(seq, frame)
+            streamer.wait_result(seq, 2.0)
+            result = streamer.take_result()
+            assert streamer.fatal is None, streamer.fatal
+            if result is not None and result.seq == seq:
+                break
+            assert seq < 60, f"no mask after the restart ({streamer.last_error})"
+            seq += 1
+        assert result.model == "person"
+        if transport == "ws":  # REST has no connection to lose: httpx just opens a new one
+            assert streamer.stats.connections >= 2
+    finally:
+        streamer.stop()
+        server.stop()
+
+
 def test_slow_server_drops_frames_instead_of_queueing_them(server, tmp_path):
     # 0.25 s added each way: one answer takes over 0.5 s, the video delivers a frame every 67 ms.
     proxy = DelayProxy(server.port, delay=0.25)
@@ -191,10 +282,17 @@ def test_wrong_api_key_is_a_clear_error(server):
     _assert_one_line_error(result, "API key")
 
 
-def test_unknown_model_is_a_clear_error(server):
+@pytest.mark.parametrize("transport", ["ws", "rest"])
+def test_unknown_model_is_a_clear_error(server, transport):
     result = run_client("--video", VIDEO, "--headless", "--server", server.url, "--api-key", API_KEY,
-                        "--model", "no-such-model")
+                        "--model", "no-such-model", "--transport", transport)
     _assert_one_line_error(result, "unknown model 'no-such-model'")
+
+
+def test_wrong_api_key_over_rest_is_a_clear_error(server):
+    result = run_client("--video", VIDEO, "--headless", "--server", server.url, "--api-key", "wrong",
+                        "--transport", "rest")
+    _assert_one_line_error(result, "API key")
 
 
 @pytest.mark.parametrize("source", [["--camera", "99"], ["--camera", "/dev/no-such-camera"]])
