@@ -274,8 +274,21 @@ def main(argv: list[str] | None = None) -> int:
     plot_tradeoff(rows, "512x512", out / "img" / "accuracy_vs_latency.png")
 
     (out / "results" / "results.json").write_text(json.dumps(results, indent=2, default=float))
-    print(markdown_tables(results))
+    shipped, ablation = markdown_tables(results)
+    doc = out / "results.md"
+    if doc.is_file():  # refresh the tables between their markers, keep the prose
+        doc.write_text(replace_marked(replace_marked(doc.read_text(), "shipped", shipped), "ablation", ablation))
+    print(shipped + "\n\n" + ablation)
     return 0
+
+
+def replace_marked(text: str, name: str, table: str) -> str:
+    """Swap what lies between <!-- results:NAME --> and <!-- /results:NAME --> for ``table``."""
+    start, end = f"<!-- results:{name} -->", f"<!-- /results:{name} -->"
+    if start not in text or end not in text:
+        return text
+    head, rest = text.split(start, 1)
+    return f"{head}{start}\n{table}\n{end}{rest.split(end, 1)[1]}"
 
 
 def _random_export(config_path: Path, out: Path) -> Path:
@@ -294,21 +307,23 @@ def _random_export(config_path: Path, out: Path) -> Path:
     return out
 
 
-def markdown_tables(results: dict[str, Any]) -> str:
+def markdown_tables(results: dict[str, Any]) -> tuple[str, str]:
+    """(shipped models table, ablation table) in Markdown."""
     lines = ["| model | val mIoU | per-class IoU | 320x240 ms | 512x512 ms | file MB |", "|---|---:|---|---:|---:|---:|"]
     for name, r in results["shipped"].items():
         ious = ", ".join(f"{c} {100 * v:.1f}" for c, v in r["iou"].items())
         lines.append(f"| {name} | {100 * r['miou']:.2f} | {ious} | {r['latency_ms']['320x240']:.1f} | "
                      f"{r['latency_ms']['512x512']:.1f} | {r['file_mb']:.2f} |")
-    lines += ["", "| row | engine | epochs | val mIoU | packed, full size: mIoU / person IoU | "
-              "320x240 ms | 512x512 ms | size MB |", "|---|---|---:|---:|---|---:|---:|---:|"]
+    shipped = "\n".join(lines)
+    lines = ["| row | engine | epochs | val mIoU | packed, full size: mIoU / person IoU | "
+             "320x240 ms | 512x512 ms | size MB |", "|---|---|---:|---:|---|---:|---:|---:|"]
     for r in results["ablation"]:
         packed = r.get("packed_full_size")
         packed_txt = f"{100 * packed['miou']:.1f} / {100 * packed['iou']['person']:.1f}" if packed else "-"
         lines.append(f"| {r['label']} | {r['engine']} | {r['epochs']} | {100 * r['metric']:.2f} | "
                      f"{packed_txt} | {r['latency_ms']['320x240']:.1f} | {r['latency_ms']['512x512']:.1f} | "
                      f"{r['size_mb']:.2f} |")
-    return "\n".join(lines)
+    return shipped, "\n".join(lines)
 
 
 def _cpu() -> str:
