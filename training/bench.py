@@ -1,31 +1,44 @@
-"""seg-bench: whole-network latency of the packed-bit runtime against PyTorch, side by side.
+"""seg-bench: the backend benchmark, in two parts measured side by side on the same inputs and threads.
 
-In one run, on the same input and the same thread count, it times
+    seg-bench layers [--threads 1 2] [--repeats 30] [--isa avx512 ...] [--group all] [--json FILE]
+    seg-bench model  [--threads 2] [--sizes 512x512 320x240] [--repeats 10] [--json FILE] ...
+    seg-bench all    [--quick] [--json FILE]          (both parts with their defaults; also: no subcommand)
 
-- **runtime**: the Group-Net exported to a packed file and run by ``seg_service.runtime`` (numpy +
-  the XNOR-popcount kernels; no torch);
-- **pytorch**: the very same network (same weights) run by PyTorch in eval mode, i.e. the float
-  simulation of the binary network the training code uses;
-- optionally the full-precision networks a user would otherwise deploy (smp DeepLabV3-ResNet18,
-  torchvision LRASPP-MobileNetV3), random weights, fp32.
+**layers** (``training.bench_layers``): one binary 3x3 convolution at ResNet-18 and segmentation
+shapes, float in to float out: our kernels (every ISA path) against PyTorch fp32 ``conv2d`` and
+OpenVINO's ``BinaryConvolution``, at 1 and 2 threads.
 
-The engines are timed round-robin (one call of each per repeat, so load from other processes hits
-all alike) and each figure is the median over repeats. The runtime's and PyTorch's outputs are
-compared (mask agreement) so the two rows provably ran the same network. The CPU model, the
-kernels' ISA path and the thread counts are printed; ``--json FILE`` writes everything.
+**model**: whole networks, in one process, timed in blocks of consecutive runs per engine over
+several rounds (medians):
 
-    seg-bench [--quick] [--threads 2] [--repeats 10] [--sizes 320x240 512x512] [--json FILE]
+- **runtime**: a Group-Net (default ResNet-18, K=5, BPAC, output stride 8, binary ASPP) exported
+  to a packed file and run by ``seg_service.runtime`` (numpy + the XNOR-popcount kernels; no torch);
+- **pytorch**: the very same network (same weights) in PyTorch eval mode, i.e. the float simulation
+  the training code uses; the two engines' masks are compared, so they provably ran one network;
+- **smp DeepLabV3-ResNet18** and **torchvision LRASPP-MobileNetV3** in fp32 (random weights);
+- **shipped models**: packed files given with ``--packed`` (default: ``weights/person.gnpk`` and
+  ``weights/camvid.gnpk`` where present; a note says when they are absent).
+
+For every engine it also reports the model file size (the packed file, or the float state dict
+saved as safetensors) and the **peak memory** of running it: each engine is loaded and run in its
+own fresh subprocess (the runtime one never imports torch), which reads its peak resident set size
+(``VmHWM``, reset after the imports) so that engines' peaks do not mix. A per-op profile of the
+runtime (``seg_service.runtime.executor.RunProfile``) says where the time goes.
+
+The CPU model, the kernels' ISA path, thread counts and the load average (start and end) are
+printed; ``--json FILE`` writes everything.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,14 +49,23 @@ from torch import nn
 
 from seg_service import kernels
 from seg_service.runtime import load_model, set_num_threads
+from seg_service.runtime.executor import RunProfile
 
+from . import bench_layers
 from .export import export_model
 from .models import ModelConfig, create_model, model_name
 
-DEFAULT_SIZES = ("320x240", "512x512")  # width x height
+DEFAULT_SIZES = ("512x512", "320x240")  # width x height
 QUICK_SIZES = ("320x240",)
 REFERENCE_ARCHS = {"smp_deeplabv3_resnet18": "smp DeepLabV3-ResNet18 fp32",
                    "lraspp_mobilenet_v3_large": "torchvision LRASPP-MobileNetV3 fp32"}
+SHIPPED_MODELS = ("weights/person.gnpk", "weights/camvid.gnpk")
+MODEL_TIMING_ROUNDS = 3  # repeats are split over this many rounds of per-engine blocks
+PROFILE_TOP_OPS = 12
+
+# Targets of issue 5 for the model part.
+TARGET_SPEEDUP_VS_SMP = 3.0  # at 512x512, 2 threads
+TARGET_FILE_RATIO = 8.0  # packed file vs the same network's float state dict
 
 
 # --------------------------------------------------------------------------------------------
@@ -52,32 +74,25 @@ REFERENCE_ARCHS = {"smp_deeplabv3_resnet18": "smp DeepLabV3-ResNet18 fp32",
 
 
 def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return bench_layers.cpu_model()
 
 
 def cpu_flags(wanted: Sequence[str] = ("avx2", "avx512f", "avx512_vpopcntdq")) -> list[str]:
+    return bench_layers.cpu_flags(wanted)
+
+
+def load_average() -> list[float]:
     try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return [w for w in wanted if w in flags]
-    except OSError:
-        pass
-    return []
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:  # not available on this platform
+        return []
 
 
 def environment(threads: int) -> dict[str, Any]:
     return {
         "cpu": cpu_model(),
         "cpu_flags": cpu_flags(),
+        "logical_cores": os.cpu_count(),
         "isa": kernels.isa(),
         "available_isas": kernels.available_isas(),
         "threads": threads,
@@ -86,26 +101,89 @@ def environment(threads: int) -> dict[str, Any]:
         "torch": torch.__version__,
         "numpy": np.__version__,
         "python": platform.python_version(),
+        "load_average_start": load_average(),
     }
 
 
 # --------------------------------------------------------------------------------------------
-# Timing
+# Peak memory: one fresh subprocess per engine
 # --------------------------------------------------------------------------------------------
 
+# Run as `python -c PROBE_CODE SPEC_JSON`. Imports only what the engine needs (the runtime probe
+# never imports torch), resets the peak RSS after the imports where Linux allows it
+# (/proc/self/clear_refs), loads the model, runs it `runs` times and prints one JSON line.
+PROBE_CODE = r"""
+import json, sys
+spec = json.loads(sys.argv[1])
 
-def time_round_robin(calls: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
-    """Seconds per call of each engine; one call of each per round."""
-    for _ in range(warmup):
-        for call in calls.values():
-            call()
-    samples: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, call in calls.items():
-            start = time.perf_counter()
-            call()
-            samples[name].append(time.perf_counter() - start)
-    return samples
+def status_mb(field):
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+import numpy as np
+h, w = spec["size"]
+x = np.random.default_rng(0).standard_normal((h, w, 3)).astype(np.float32)
+if spec["engine"] == "runtime":
+    from seg_service.runtime import load_model, set_num_threads
+    set_num_threads(spec["threads"])
+else:
+    import torch
+    torch.set_num_threads(spec["threads"])
+    from training.models import create_model
+    xt = torch.from_numpy(x).permute(2, 0, 1)[None].contiguous()
+peak_reset = True
+try:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+except OSError:
+    peak_reset = False
+base = status_mb("VmRSS")
+if spec["engine"] == "runtime":
+    model = load_model(spec["path"])
+    run = lambda: model.forward(x)
+else:
+    model = create_model(spec["config"]).eval()
+    def run():
+        with torch.inference_mode():
+            return model(xt)
+for _ in range(spec["runs"]):
+    run()
+print(json.dumps({"base_rss_mb": base, "peak_rss_mb": status_mb("VmHWM"), "peak_reset": peak_reset,
+                  "torch_imported": "torch" in sys.modules}))
+"""
+
+
+def measure_peak_memory(spec: dict[str, Any], timeout: float = 600.0) -> dict[str, Any]:
+    """Peak memory of one engine, run in a fresh Python process.
+
+    ``spec``: ``engine`` ("runtime" with ``path`` to a packed file, or "torch" with ``config`` for
+    ``training.models.create_model``), ``size`` [h, w], ``threads``, ``runs``. Returns
+    ``base_rss_mb`` (resident after the imports, before the model), ``peak_rss_mb`` (peak resident
+    set of the process, reset after the imports where Linux allows it), ``peak_over_base_mb``
+    (model + activations + workspace), ``peak_reset`` and ``torch_imported``.
+    """
+    repo_root = str(Path(__file__).resolve().parent.parent)
+    python_path = os.pathsep.join(p for p in (repo_root, os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONPATH": python_path}
+    done = subprocess.run([sys.executable, "-c", PROBE_CODE, json.dumps(spec)], capture_output=True,
+                          text=True, timeout=timeout, env=env, cwd=repo_root)
+    if done.returncode != 0:
+        raise RuntimeError(f"memory probe for {spec['engine']} failed: {done.stderr.strip()[-2000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["peak_over_base_mb"] = result["peak_rss_mb"] - result["base_rss_mb"]
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -135,135 +213,317 @@ def float_megabytes(model: nn.Module) -> float:
     return sum(t.numel() * 4 for t in model.state_dict().values() if t.is_floating_point()) / 1e6
 
 
+def state_dict_file_mb(model: nn.Module) -> float:
+    """Size of the model's state dict saved as a safetensors file (how a float model ships)."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "float.safetensors"
+        save_file(tensors, str(path))
+        return path.stat().st_size / 1e6
+
+
+def _packed_label(path: Path) -> str:
+    return f"shipped {path.name} (packed runtime)"
+
+
 # --------------------------------------------------------------------------------------------
-# The benchmark
+# The model benchmark
 # --------------------------------------------------------------------------------------------
 
 
 def run_model_benchmark(cfg: ModelConfig, sizes: Sequence[tuple[int, int]], repeats: int, threads: int,
-                        references: bool = True, profile: bool = True, seed: int = 0) -> dict[str, Any]:
+                        references: bool = True, profile: bool = True, memory: bool = True,
+                        packed_files: Sequence[str | Path] = (), seed: int = 0,
+                        log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Latency, file size and peak memory of every engine at every size (see the module docstring).
+
+    ``packed_files``: extra packed models (the shipped defaults) timed on the runtime; missing files
+    are listed under ``notes`` and skipped.
+    """
+    log = log or (lambda message: None)
     torch.set_num_threads(threads)
     set_num_threads(threads)
     torch.manual_seed(seed)
     model = calibrate_batchnorm(create_model(cfg))
     name = model_name(cfg)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "bench.gnpk"
-        export_model(model, path)
-        runtime = load_model(path)
-    refs: dict[str, nn.Module] = {}
-    if references:
-        for arch in REFERENCE_ARCHS:
-            try:
-                refs[arch] = create_model(arch=arch, num_classes=cfg.num_classes).eval()
-            except ImportError as exc:  # a bench extra is missing: report, keep going
-                print(f"note: skipping {arch}: {exc}", file=sys.stderr)
+    tmp = tempfile.TemporaryDirectory()
+    try:
+        packed_path = Path(tmp.name) / f"{name}.gnpk"
+        export_model(model, packed_path)
+        runtime = load_model(packed_path)
+        refs: dict[str, nn.Module] = {}
+        notes: list[str] = []
+        if references:
+            for arch in REFERENCE_ARCHS:
+                try:
+                    refs[arch] = create_model(arch=arch, num_classes=cfg.num_classes).eval()
+                except ImportError as exc:  # a bench extra is missing: report, keep going
+                    notes.append(f"skipped {arch}: {exc}")
+        shipped = {}
+        for path in map(Path, packed_files):
+            if path.is_file():
+                shipped[f"packed:{path.name}"] = (path, load_model(path))
+            else:
+                notes.append(f"no shipped model at {path}: row skipped")
 
-    result: dict[str, Any] = {
-        "model": name, "config": cfg.to_dict(), "packed_file_mb": runtime.file_size / 1e6,
-        "float_weights_mb": float_megabytes(model), "sizes": [],
+        labels = {"runtime": f"{name} packed runtime", "pytorch": f"{name} PyTorch (float simulation)",
+                  **REFERENCE_ARCHS, **{key: _packed_label(path) for key, (path, _) in shipped.items()}}
+        file_mb = {"runtime": runtime.file_size / 1e6, "pytorch": state_dict_file_mb(model),
+                   **{arch: state_dict_file_mb(ref) for arch, ref in refs.items()},
+                   **{key: m.file_size / 1e6 for key, (_, m) in shipped.items()}}
+        result: dict[str, Any] = {
+            "model": name, "config": cfg.to_dict(), "packed_file_mb": file_mb["runtime"],
+            "float_weights_mb": float_megabytes(model), "float_file_mb": file_mb["pytorch"],
+            "labels": labels, "file_mb": file_mb, "notes": notes, "sizes": [],
+        }
+        rng = np.random.default_rng(seed)
+        for h, w in sizes:
+            log(f"model: timing {w}x{h}")
+            x = rng.standard_normal((h, w, 3)).astype(np.float32)
+            xt = torch.from_numpy(x).permute(2, 0, 1)[None].contiguous()
+
+            def torch_call(m: nn.Module = model, xt: torch.Tensor = xt) -> torch.Tensor:
+                with torch.inference_mode():
+                    return m(xt)
+
+            calls: dict[str, Callable[[], object]] = {"runtime": lambda x=x: runtime.forward(x),
+                                                      "pytorch": torch_call}
+            for arch, ref in refs.items():
+                calls[arch] = lambda ref=ref: torch_call(ref)
+            for key, (_, packed_model) in shipped.items():
+                calls[key] = lambda m=packed_model, x=x: m.forward(x)
+            samples = bench_layers.time_in_blocks(calls, repeats, warmup=1, rounds=MODEL_TIMING_ROUNDS,
+                                                  settle=bench_layers.SETTLE_SECONDS if threads > 1 else 0.0)
+
+            ours, theirs = runtime.forward(x), torch_call()[0].permute(1, 2, 0).numpy()
+            agreement = float((ours.argmax(axis=2) == theirs.argmax(axis=2)).mean())
+            rel_err = float(np.abs(ours - theirs).max() / max(np.abs(theirs).max(), 1e-12))
+            base = statistics.median(samples["runtime"])
+            rows = []
+            for engine, times in samples.items():
+                med = statistics.median(times)
+                rows.append({
+                    "engine": engine, "label": labels[engine],
+                    "median_ms": med * 1e3, "min_ms": min(times) * 1e3, "repeats": len(times),
+                    "vs_runtime": med / base, "file_mb": file_mb[engine],
+                })
+            entry: dict[str, Any] = {"height": h, "width": w, "rows": rows, "mask_agreement": agreement,
+                                     "max_rel_logit_err": rel_err}
+            if profile:
+                entry.update(profile_runtime(runtime, x))
+            if memory:
+                for row in rows:
+                    log(f"model: peak memory of {row['engine']} at {w}x{h}")
+                    row["memory"] = measure_peak_memory(_probe_spec(row["engine"], cfg, packed_path, shipped,
+                                                                    (h, w), threads))
+            result["sizes"].append(entry)
+        return result
+    finally:
+        tmp.cleanup()
+
+
+def _probe_spec(engine: str, cfg: ModelConfig, packed_path: Path, shipped: dict[str, tuple[Path, Any]],
+                size: tuple[int, int], threads: int) -> dict[str, Any]:
+    base = {"size": list(size), "threads": threads, "runs": 2}
+    if engine == "runtime":
+        return {**base, "engine": "runtime", "path": str(packed_path)}
+    if engine in shipped:
+        return {**base, "engine": "runtime", "path": str(shipped[engine][0].resolve())}
+    config = cfg.to_dict() if engine == "pytorch" else {"arch": engine, "num_classes": cfg.num_classes}
+    return {**base, "engine": "torch", "config": config}
+
+
+def profile_runtime(runtime: Any, x: np.ndarray, runs: int = 3) -> dict[str, Any]:
+    """Per-op profile of the runtime on ``x``: the least disturbed (fastest) of ``runs`` runs."""
+    best: RunProfile | None = None
+    for _ in range(runs):
+        prof = RunProfile()
+        runtime.forward(x, profile=prof)
+        if best is None or prof.total_seconds < best.total_seconds:
+            best = prof
+    assert best is not None
+    return {
+        "runtime_profile_total_ms": best.total_seconds * 1e3,
+        "runtime_profile_ms": {kind: s * 1e3 for kind, s in best.by_kind().items()},
+        "runtime_profile_top_ops": [
+            {"index": t.index, "op": t.kind, "out": t.out, "detail": t.detail, "ms": t.seconds * 1e3,
+             "gmacs_per_s": t.gmacs_per_s}
+            for t in sorted(best.ops, key=lambda t: -t.seconds)[:PROFILE_TOP_OPS]
+        ],
+        "runtime_profile_text": best.format(top=PROFILE_TOP_OPS),
     }
-    rng = np.random.default_rng(seed)
-    for h, w in sizes:
-        x = rng.standard_normal((h, w, 3)).astype(np.float32)
-        xt = torch.from_numpy(x).permute(2, 0, 1)[None].contiguous()
 
-        def torch_call(m: nn.Module = model, xt: torch.Tensor = xt) -> torch.Tensor:
-            with torch.inference_mode():
-                return m(xt)
 
-        calls: dict[str, Callable[[], object]] = {"runtime": lambda x=x: runtime.forward(x), "pytorch": torch_call}
-        for arch, ref in refs.items():
-            calls[arch] = lambda ref=ref: torch_call(ref)
-        samples = time_round_robin(calls, repeats)
-
-        ours, theirs = runtime.forward(x), torch_call()[0].permute(1, 2, 0).numpy()
-        agreement = float((ours.argmax(axis=2) == theirs.argmax(axis=2)).mean())
-        rel_err = float(np.abs(ours - theirs).max() / max(np.abs(theirs).max(), 1e-12))
-        base = statistics.median(samples["runtime"])
-        rows = []
-        for engine, times in samples.items():
-            med = statistics.median(times)
-            rows.append({
-                "engine": engine,
-                "label": {"runtime": f"{name} packed runtime", "pytorch": f"{name} PyTorch (float simulation)",
-                          **REFERENCE_ARCHS}[engine],
-                "median_ms": med * 1e3, "min_ms": min(times) * 1e3, "repeats": len(times),
-                "vs_runtime": med / base,
-                "file_mb": result["packed_file_mb"] if engine == "runtime"
-                else float_megabytes(refs[engine]) if engine in refs else result["float_weights_mb"],
-            })
-        entry: dict[str, Any] = {"height": h, "width": w, "rows": rows, "mask_agreement": agreement,
-                                 "max_rel_logit_err": rel_err}
-        if profile:  # time per op kind; the fastest of three runs (least disturbed by other load)
-            best: tuple[float, dict[str, float]] | None = None
-            for _ in range(3):
-                spent: dict[str, float] = {}
-                start = time.perf_counter()
-                runtime._executor.run({"input": x}, profile=spent)
-                total = time.perf_counter() - start
-                if best is None or total < best[0]:
-                    best = (total, spent)
-            total, spent = best
-            entry["runtime_profile_ms"] = {k: v * 1e3 for k, v in sorted(spent.items(), key=lambda kv: -kv[1])}
-            entry["runtime_profile_total_ms"] = total * 1e3
-        result["sizes"].append(entry)
-    return result
+def summarize_model_targets(result: dict[str, Any], threads: int) -> list[str]:
+    """The model part's targets: met or missed, with the figures."""
+    lines = []
+    ratio = result["float_file_mb"] / result["packed_file_mb"]
+    verdict = "met" if ratio >= TARGET_FILE_RATIO else "MISSED"
+    lines.append(f"packed file {result['packed_file_mb']:.2f} MB vs float state dict "
+                 f"{result['float_file_mb']:.2f} MB: {ratio:.1f}x smaller (goal >= {TARGET_FILE_RATIO:g}x): {verdict}")
+    for entry in result["sizes"]:
+        rows = {r["engine"]: r for r in entry["rows"]}
+        if "smp_deeplabv3_resnet18" not in rows:
+            continue
+        speedup = rows["smp_deeplabv3_resnet18"]["median_ms"] / rows["runtime"]["median_ms"]
+        size = f"{entry['width']}x{entry['height']}"
+        if (entry["height"], entry["width"]) == (512, 512) and threads == 2:
+            verdict = "met" if speedup >= TARGET_SPEEDUP_VS_SMP else "MISSED"
+            lines.append(f"{size}, 2 threads: runtime {speedup:.2f}x faster than smp DeepLabV3-r18 fp32 "
+                         f"(goal >= {TARGET_SPEEDUP_VS_SMP:g}x): {verdict}")
+        else:
+            lines.append(f"{size}, {threads} thread(s): runtime {speedup:.2f}x faster than smp "
+                         "DeepLabV3-r18 fp32")
+    return lines
 
 
 def format_report(env: dict[str, Any], result: dict[str, Any]) -> str:
     lines = [
-        f"CPU: {env['cpu']} ({', '.join(env['cpu_flags']) or 'no AVX flags'})",
+        f"CPU: {env['cpu']} ({', '.join(env['cpu_flags']) or 'no AVX flags'}; "
+        f"{env['logical_cores']} logical cores)",
         f"ISA path: {env['isa']} (available: {', '.join(env['available_isas'])}); threads: kernels "
         f"{env['kernel_threads']}, torch {env['torch_threads']}",
+        "load average (1, 5, 15 min) at start: " + ", ".join(f"{v:.2f}" for v in env["load_average_start"]),
         f"model: {result['model']}  packed file {result['packed_file_mb']:.2f} MB, "
-        f"float weights {result['float_weights_mb']:.2f} MB",
+        f"float state dict {result['float_file_mb']:.2f} MB",
+        *(f"note: {n}" for n in result["notes"]),
         "",
-        f"{'input':>9}  {'engine':<62} {'median ms':>10} {'min ms':>9} {'x runtime':>10} {'weights MB':>11}",
+        f"| {'input':<7} | {'engine':<58} | {'median ms':>9} | {'min ms':>8} | {'x runtime':>9} "
+        f"| {'file MB':>8} | {'peak RSS MB':>11} | {'peak-base MB':>12} |",
+        f"|:{'-' * 8}|:{'-' * 59}|{'-' * 10}:|{'-' * 9}:|{'-' * 10}:|{'-' * 9}:|{'-' * 12}:|{'-' * 13}:|",
     ]
     for entry in result["sizes"]:
         size = f"{entry['width']}x{entry['height']}"
         for row in entry["rows"]:
-            lines.append(f"{size:>9}  {row['label']:<62} {row['median_ms']:>10.1f} {row['min_ms']:>9.1f} "
-                         f"{row['vs_runtime']:>10.2f} {row['file_mb']:>11.2f}")
-        lines.append(f"{'':>9}  runtime vs PyTorch: masks agree on {entry['mask_agreement'] * 100:.2f} % of "
+            mem = row.get("memory")
+            peak = f"{mem['peak_rss_mb']:.0f}" if mem else "-"
+            over = f"{mem['peak_over_base_mb']:.0f}" if mem else "-"
+            lines.append(f"| {size:<7} | {row['label']:<58} | {row['median_ms']:>9.1f} "
+                         f"| {row['min_ms']:>8.1f} | {row['vs_runtime']:>9.2f} | {row['file_mb']:>8.2f} "
+                         f"| {peak:>11} | {over:>12} |")
+    for entry in result["sizes"]:
+        size = f"{entry['width']}x{entry['height']}"
+        lines.append("")
+        lines.append(f"{size}: runtime vs PyTorch: masks agree on {entry['mask_agreement'] * 100:.2f} % of "
                      f"pixels, max logit error {entry['max_rel_logit_err']:.1e} of the logit scale")
-        if "runtime_profile_ms" in entry:
-            total = entry["runtime_profile_total_ms"]
-            parts = ", ".join(f"{op} {ms / total * 100:.0f}%" for op, ms in entry["runtime_profile_ms"].items()
-                              if ms / total >= 0.01)
-            lines.append(f"{'':>9}  runtime profile ({total:.0f} ms): {parts}")
+        if "runtime_profile_text" in entry:
+            lines.append(f"{size}: runtime {entry['runtime_profile_text']}")
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="seg-bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="320x240 only, 3 repeats, no reference models")
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=2, help="threads for every engine (default 2)")
     parser.add_argument("--repeats", type=int, help="timed runs per engine (default 10, 3 with --quick)")
-    parser.add_argument("--sizes", nargs="+", type=parse_size, help="inputs as WIDTHxHEIGHT (default 320x240 512x512)")
-    parser.add_argument("--no-reference", action="store_true", help="skip the full-precision reference models")
+    parser.add_argument("--sizes", nargs="+", type=parse_size,
+                        help="inputs as WIDTHxHEIGHT (default 512x512 320x240; 320x240 with --quick)")
+    parser.add_argument("--quick", action="store_true",
+                        help="320x240 only, 3 repeats, no reference models, no memory probes "
+                             "(a set-up check)")
+    parser.add_argument("--no-reference", action="store_true",
+                        help="skip the full-precision reference models")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument("--no-profile", action="store_true", help="skip the runtime's per-op profile")
+    parser.add_argument("--packed", nargs="*", metavar="FILE",
+                        help="shipped packed models to time as extra rows (default: "
+                             f"{' '.join(SHIPPED_MODELS)} where present; --packed with no file: none)")
     parser.add_argument("--k", type=int, default=5, help="branches per group (default 5)")
     parser.add_argument("--width", type=float, default=1.0, help="channel width multiplier (default 1.0)")
     parser.add_argument("--head", default="aspp", choices=("aspp", "fcn", "psp"))
     parser.add_argument("--output-stride", type=int, default=8, choices=(8, 16, 32))
     parser.add_argument("--num-classes", type=int, default=21)
-    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    args = parser.parse_args(argv)
+    parser.add_argument("--verbose", action="store_true", help="print progress")
+
+
+def _model_part(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any]:
     if args.threads < 1:
         parser.error("--threads must be >= 1")
     sizes = args.sizes or [parse_size(s) for s in (QUICK_SIZES if args.quick else DEFAULT_SIZES)]
     repeats = args.repeats or (3 if args.quick else 10)
     if repeats < 1:
         parser.error("--repeats must be >= 1")
+    repo_root = Path(__file__).resolve().parent.parent
+    packed = args.packed if args.packed is not None else [str(repo_root / p) for p in SHIPPED_MODELS]
     cfg = ModelConfig(arch="groupnet_resnet18", task="seg", num_classes=args.num_classes, k=args.k,
                       output_stride=args.output_stride, bpac=True, head=args.head, width=args.width)
+    log = (lambda message: print(message, file=sys.stderr, flush=True)) if args.verbose else None
+    load_start = load_average()
     result = run_model_benchmark(cfg, sizes, repeats, args.threads,
-                                 references=not (args.quick or args.no_reference))
+                                 references=not (args.quick or args.no_reference),
+                                 profile=not args.no_profile, memory=not (args.quick or args.no_memory),
+                                 packed_files=packed, log=log)
     env = environment(args.threads)
+    env["load_average_start"] = load_start
+    env["load_average_end"] = load_average()
+    result["targets"] = summarize_model_targets(result, args.threads)
     print(format_report(env, result))
+    print()
+    print("\n".join(result["targets"]))
+    print("load average (1, 5, 15 min) at end: " + ", ".join(f"{v:.2f}" for v in env["load_average_end"]))
+    return {"environment": env, "repeats": repeats, "model": result}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="seg-bench",
+        description="Backend benchmark: binary conv layers (ours vs PyTorch fp32 vs OpenVINO) and whole\n"
+                    "networks (packed runtime vs PyTorch and fp32 segmentation models: latency, file size,\n"
+                    "peak memory, per-op profile). Every figure of a part is measured side by side in one run.",
+        epilog="examples:\n"
+               "  seg-bench layers --threads 1 2 --json layers.json   # binary conv layers only\n"
+               "  seg-bench model --sizes 512x512 --json model.json   # whole networks only\n"
+               "  seg-bench all --json bench.json                      # both (also: plain seg-bench)\n"
+               "Each subcommand has its own --help; every one takes --json FILE. See docs/benchmarks.md\n"
+               "for what each column means.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="part", metavar="{layers,model,all}")
+    layers = sub.add_parser("layers", help="one binary 3x3 conv at ResNet-18 and segmentation shapes",
+                            description=bench_layers.__doc__.split("\n\n")[0])
+    bench_layers.add_arguments(layers)
+    layers.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    model = sub.add_parser("model", help="whole networks: latency, file size, peak memory, runtime profile",
+                           description="Whole-network benchmark at each input size (see seg-bench --help).")
+    _add_model_arguments(model)
+    model.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    both = sub.add_parser("all", help="both parts with their default settings",
+                          description="Runs `seg-bench layers` then `seg-bench model`, with their defaults.")
+    both.add_argument("--quick", action="store_true",
+                      help="a quick set-up check of both parts, not for figures")
+    both.add_argument("--json", metavar="FILE", help="also write both parts' results as one JSON file")
+    both.add_argument("--verbose", action="store_true", help="print progress")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0] not in ("layers", "model", "all", "-h", "--help"):
+        argv = ["all", *argv]
+    args = parser.parse_args(argv)
+    command = " ".join(["seg-bench", *argv])
+    output: dict[str, Any] = {"command": command}
+    if args.part in ("layers", "all"):
+        layer_args = args if args.part == "layers" else parser.parse_args(
+            ["layers", *(["--quick"] if args.quick else []), *(["--verbose"] if args.verbose else [])])
+        try:
+            output["layers"] = bench_layers.run_from_args(layer_args, command)
+        except ValueError as error:
+            parser.error(str(error))
+        print()
+    if args.part in ("model", "all"):
+        model_args = args if args.part == "model" else parser.parse_args(
+            ["model", *(["--quick"] if args.quick else []), *(["--verbose"] if args.verbose else [])])
+        model_result = _model_part(model_args, parser)
+        output.update(model_result)
     if args.json:
-        Path(args.json).write_text(json.dumps({"environment": env, "model": result}, indent=2))
+        Path(args.json).write_text(json.dumps(output, indent=2))
         print(f"wrote {args.json}")
     return 0
 

@@ -5,8 +5,8 @@ is binarised (sign, zero -> +1), convolved with +-1 weights (3x3, padding = dila
 values) and turned back into float32 by a per-channel ``mul * dot + bias`` epilogue (the folded
 weight scale and BatchNorm).
 
-- **ours**: ``seg_service.kernels.bconv2d_float`` (binarise + pack + conv + epilogue in one call;
-  ``pack_bits`` + ``bconv2d`` where the fused call is missing), once per available ISA path.
+- **ours**: ``seg_service.kernels.bconv2d_float`` (binarise + pack + conv + epilogue in one call),
+  once per available ISA path, with the weights arranged once beforehand (``prepare_weights``).
 - **torch**: ``F.conv2d`` in fp32 (oneDNN) with the scale folded into the weights and the bias.
   It gets the already binarised input, so its output equals ours up to float rounding.
 - **openvino**: the graph OpenVINO runs for binary models: FakeQuantize(levels=2) ->
@@ -41,6 +41,7 @@ from seg_service import kernels
 
 KERNEL = 3
 TIMING_ROUNDS = 5  # repeats are split over this many rounds of per-engine blocks
+SETTLE_SECONDS = 0.05  # pause before each block with several threads (see time_in_blocks)
 
 
 @dataclass(frozen=True)
@@ -126,33 +127,27 @@ def make_layer_inputs(shape: LayerShape, seed: int = 0) -> LayerInputs:
 
 
 def ours_call(inputs: LayerInputs) -> Callable[[], np.ndarray]:
-    """Float in -> float out through the project's kernels (the ISA and threads set globally)."""
+    """Float in -> float out through the project's kernels (the ISA and threads set globally).
+
+    The weights are arranged for the kernels once, beforehand (``kernels.prepare_weights``), as a
+    loaded model does at load time and as OpenVINO does when it compiles the layer.
+    """
     s = inputs.shape
-    fused = getattr(kernels, "bconv2d_float", None)
-    if fused is not None:
-        return lambda: fused(
-            inputs.x, inputs.weight_packed, 1, s.padding, s.dilation, inputs.mul, inputs.bias, False, False
-        )
-
-    def pack_then_conv() -> np.ndarray:
-        packed = kernels.pack_bits(inputs.x)
-        return kernels.bconv2d(
-            packed, inputs.weight_packed, s.in_channels, 1, s.padding, s.dilation,
-            inputs.mul, inputs.bias, False, False,
-        )
-
-    return pack_then_conv
+    weights = kernels.prepare_weights(inputs.weight_packed, s.in_channels)
+    return partial(kernels.bconv2d_float, inputs.x, weights, 1, s.padding, s.dilation, inputs.mul, inputs.bias,
+                   False, False)
 
 
 def dots_only_call(inputs: LayerInputs) -> Callable[[], np.ndarray]:
     """The binary dot products alone: input packed beforehand, int32 out, no float epilogue."""
     s = inputs.shape
     packed = kernels.pack_bits(inputs.x)
-    return partial(kernels.bconv2d_int, packed, inputs.weight_packed, s.in_channels, 1, s.padding, s.dilation)
+    weights = kernels.prepare_weights(inputs.weight_packed, s.in_channels)
+    return partial(kernels.bconv2d_int, packed, weights, s.in_channels, 1, s.padding, s.dilation)
 
 
 def ours_api_name() -> str:
-    return "bconv2d_float" if hasattr(kernels, "bconv2d_float") else "pack_bits+bconv2d"
+    return "bconv2d_float"
 
 
 # --- PyTorch ----------------------------------------------------------------------------------
@@ -332,8 +327,17 @@ def _median_ms(samples: list[float]) -> float:
 
 def _time_in_blocks(calls: dict[str, Callable[[], object]], before: dict[str, Callable[[], None]],
                     after: dict[str, Callable[[], None]], repeats: int, warmup: int,
-                    rounds: int = TIMING_ROUNDS) -> dict[str, float]:
-    """Median milliseconds per named call over ``repeats`` timed runs each.
+                    rounds: int = TIMING_ROUNDS, settle: float = 0.0) -> dict[str, float]:
+    """Median milliseconds per named call over ``repeats`` timed runs each (see ``time_in_blocks``)."""
+    samples = time_in_blocks(calls, repeats, warmup, rounds, before, after, settle)
+    return {name: _median_ms(values) for name, values in samples.items()}
+
+
+def time_in_blocks(calls: dict[str, Callable[[], object]], repeats: int, warmup: int,
+                   rounds: int = TIMING_ROUNDS, before: dict[str, Callable[[], None]] | None = None,
+                   after: dict[str, Callable[[], None]] | None = None,
+                   settle: float = 0.0) -> dict[str, list[float]]:
+    """Seconds of each of ``repeats`` timed runs per named call.
 
     Each engine runs in blocks of consecutive calls, not round-robin call by call: the engines
     have their own thread pools (our pool, torch's bundled OpenMP, OpenVINO's TBB) whose workers
@@ -342,24 +346,34 @@ def _time_in_blocks(calls: dict[str, Callable[[], object]], before: dict[str, Ca
     C, ...) so that a burst of load from another process does not land on one engine only; each
     block starts with ``warmup`` untimed calls that absorb the hand-over. ``before`` (once per
     block, e.g. switching the ISA) and ``after`` (after each timed call, e.g. reading a profile)
-    are untimed.
+    are untimed. ``settle`` seconds of sleep before each block let the previous engine's pool
+    threads stop spinning and go to sleep (with as many threads as cores, a spinning pool of another
+    engine takes a core away from the block that follows it); the block's warm-up then also lasts
+    at least ``settle`` seconds, because a pool thread woken from sleep may first be placed on the
+    caller's core, until the OS's load balancer moves it (a few milliseconds).
     """
+    before, after = before or {}, after or {}
     rounds = max(1, min(rounds, repeats))
     samples: dict[str, list[float]] = {name: [] for name in calls}
     for round_index in range(rounds):
         per_round = repeats // rounds + (1 if round_index < repeats % rounds else 0)
         for name, call in calls.items():
+            if settle > 0:
+                time.sleep(settle)
             if name in before:
                 before[name]()
-            for _ in range(warmup):
+            warm_start = time.perf_counter()
+            done = 0
+            while done < warmup or (settle > 0 and time.perf_counter() - warm_start < settle):
                 call()
+                done += 1
             for _ in range(per_round):
                 start = time.perf_counter()
                 call()
                 samples[name].append(time.perf_counter() - start)
                 if name in after:
                     after[name]()
-    return {name: _median_ms(values) for name, values in samples.items()}
+    return samples
 
 
 def _max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
@@ -442,7 +456,8 @@ def run_layer_benchmark(
                     kernels.set_isa(path)
                     diffs[path] = _max_abs_diff(calls[f"ours:{path}"](), reference)
 
-                medians = _time_in_blocks(calls, before, after, repeats, warmup)
+                medians = _time_in_blocks(calls, before, after, repeats, warmup,
+                                          settle=SETTLE_SECONDS if thread_count > 1 else 0.0)
                 openvino_core_ms = _median_ms(openvino_layer.core_seconds) if openvino_layer else None
                 for path in isas:
                     ours_ms = medians[f"ours:{path}"]
@@ -571,11 +586,8 @@ def environment_lines() -> list[str]:
     return lines
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m training.bench_layers",
-        description="Per-layer binary 3x3 conv benchmark: ours vs PyTorch fp32 vs OpenVINO binary conv.",
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The layer benchmark's options (shared by ``python -m training.bench_layers`` and ``seg-bench layers``)."""
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts (default: 1 2)")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per engine (default 30; 3 with --quick)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed warm-up runs per block (default 2; 1 with --quick)")
@@ -584,34 +596,53 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--group", choices=["all", "resnet18", "seg512"], default="all",
                         help="shape set: ResNet-18 (224 input), segmentation (512 input, OS8), or both")
     parser.add_argument("--quick", action="store_true", help="few repeats, to check the set-up, not for figures")
-    parser.add_argument("--json", metavar="FILE", help="also write environment and rows as JSON")
     parser.add_argument("--verbose", action="store_true", help="print each row and OpenVINO's exec graph as measured")
-    args = parser.parse_args(argv)
+
+
+def run_from_args(args: argparse.Namespace, command: str) -> dict:
+    """Runs the layer benchmark for parsed ``add_arguments`` options, prints its report and returns
+    the JSON-ready result (environment, command, rows, target summary). ValueError on bad options."""
     repeats = args.repeats if args.repeats is not None else (3 if args.quick else 30)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
-
+    if repeats < 1 or warmup < 0:
+        raise ValueError("--repeats must be >= 1 and --warmup >= 0")
     environment = environment_lines()
     print("\n".join(environment), flush=True)
     log = (lambda message: print(message, flush=True)) if args.verbose else None
-    try:
-        shapes = [shape for shape in DEFAULT_SHAPES if args.group in ("all", shape.group)]
-        rows = run_layer_benchmark(
-            shapes=shapes, threads=args.threads, repeats=repeats, warmup=warmup, isa=args.isa, log=log
-        )
-    except ValueError as error:
-        parser.error(str(error))
+    shapes = [shape for shape in DEFAULT_SHAPES if args.group in ("all", shape.group)]
+    rows = run_layer_benchmark(shapes=shapes, threads=args.threads, repeats=repeats, warmup=warmup, isa=args.isa,
+                               log=log)
     impls = sorted({r["openvino_impl"] for r in rows if r["openvino_impl"]})
     print(f"OpenVINO BinaryConvolution implementation(s) executed: {', '.join(impls) or 'n/a'}")
     print(f"medians of {repeats} timed runs per engine, in {min(TIMING_ROUNDS, repeats)} rounds of blocks "
           f"({warmup} warm-up runs per block)\n")
     print(format_layer_table(rows))
     print()
-    print("\n".join(summarize_targets(rows)))
+    targets = summarize_targets(rows)
+    print("\n".join(targets))
+    load_end = "load average (1, 5, 15 min) at end: " + ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    print(load_end, flush=True)
+    return {"environment": [*environment, load_end], "command": command, "repeats": repeats, "warmup": warmup,
+            "rows": rows, "targets": targets}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m training.bench_layers",
+        description="Per-layer binary 3x3 conv benchmark: ours vs PyTorch fp32 vs OpenVINO binary conv "
+                    "(the `layers` part of seg-bench).",
+    )
+    add_arguments(parser)
+    parser.add_argument("--json", metavar="FILE", help="also write environment and rows as JSON")
+    args = parser.parse_args(argv)
+    command = " ".join(["python -m training.bench_layers", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        result = run_from_args(args, command)
+    except ValueError as error:
+        parser.error(str(error))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
-            command = ["python -m training.bench_layers", *(sys.argv[1:] if argv is None else argv)]
-            json.dump({"environment": environment, "command": " ".join(command),
-                       "repeats": repeats, "warmup": warmup, "rows": rows}, f, indent=2)
+            json.dump(result, f, indent=2)
         print(f"wrote {args.json}")
     return 0
 

@@ -6,7 +6,9 @@ channel ``64*j + i``; bit = 1 means -1, i.e. ``x < 0``; zero, -0.0 and NaN pack 
 ``dot = n - 2*popcount(a XOR w)``. See docs/architecture.md (Kernel API) and docs/format.md.
 
 The ISA path (AVX-512 VPOPCNTDQ, AVX2, scalar) is chosen at run time; ``SEG_ISA`` forces one at
-import and ``SEG_THREADS`` sets the thread count. ``reference.py`` is a plain numpy version of the
+import and ``SEG_THREADS`` sets the thread count. ``prepare_weights`` arranges a layer's weights
+for the kernels once (a model does it at load time); the conv functions take the result in place of
+the weight array. ``reference.py`` is a plain numpy version of the
 same API that defines the expected results.
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 import os
 
 from seg_service.kernels._core import (
+    PreparedWeights,
     available_isas,
     bconv2d,
     bconv2d_float,
@@ -22,11 +25,13 @@ from seg_service.kernels._core import (
     get_num_threads,
     isa,
     pack_bits,
+    prepare_weights,
     set_isa,
     set_num_threads,
 )
 
 __all__ = [
+    "PreparedWeights",
     "available_isas",
     "bconv2d",
     "bconv2d_float",
@@ -34,6 +39,7 @@ __all__ = [
     "get_num_threads",
     "isa",
     "pack_bits",
+    "prepare_weights",
     "set_isa",
     "set_num_threads",
 ]

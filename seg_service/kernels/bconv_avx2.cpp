@@ -1,7 +1,7 @@
 // AVX2 path: no vector popcount instruction, so popcount each byte with a nibble lookup (VPSHUFB).
 // popcount(a ^ w) per byte = lut[(a ^ w) & 0xf] + lut[((a ^ w) >> 4) & 0xf], and the nibbles of
-// a ^ w are the XOR of the nibbles of a and w: weights come pre-split into low/high nibbles, and
-// each broadcast activation word is split once per step for all 16 channels. Byte counts add up for
+// a ^ w are the XOR of the nibbles of a and w: weights and input words come pre-split into
+// low/high nibbles (the driver splits the input once per call), so a step broadcasts two words. Byte counts add up for
 // up to 31 steps (<= 8 per byte per step, so at most 248), then VPSADBW folds them into 64-bit lane
 // totals. Tile: 2 pixels x 16 channels (4 ymm): 8 byte accumulators, weights read from L1.
 #if defined(__x86_64__) || defined(_M_X64)
@@ -54,7 +54,6 @@ SEGK_AVX2 inline void tile_avx2(const ConvJob& job, int64_t cb, int64_t p0, Pixe
     const int64_t* offs = job.step_offset;
     const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
                                          0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
-    const __m256i low = _mm256_set1_epi8(0x0f);
     const __m256i zero = _mm256_setzero_si256();
 
     __m256i total[P][kVecs];  // 64-bit lane totals (one lane per output channel)
@@ -74,9 +73,8 @@ SEGK_AVX2 inline void tile_avx2(const ConvJob& job, int64_t cb, int64_t p0, Pixe
             const __m256i* ws = reinterpret_cast<const __m256i*>(w + s * wstep);
 #pragma GCC unroll 8
             for (int j = 0; j < P; ++j) {
-                const __m256i av = _mm256_set1_epi64x(static_cast<long long>(a[j][off]));
-                const __m256i a_lo = _mm256_and_si256(av, low);
-                const __m256i a_hi = _mm256_and_si256(_mm256_srli_epi16(av, 4), low);
+                const __m256i a_lo = _mm256_set1_epi64x(static_cast<long long>(a[j][off]));
+                const __m256i a_hi = _mm256_set1_epi64x(static_cast<long long>(a[j][off + 1]));
 #pragma GCC unroll 4
                 for (int v = 0; v < kVecs; ++v) {
                     const __m256i lo = _mm256_xor_si256(a_lo, _mm256_load_si256(ws + v));
@@ -152,7 +150,7 @@ SEGK_AVX2 void pack_pixels_avx2(const float* src, int64_t count, int64_t channel
 
 }  // namespace
 
-const IsaKernels kAvx2Kernels = {"avx2", kBlock, true, conv_tile_avx2, pack_pixels_avx2};
+const IsaKernels kAvx2Kernels = {"avx2", kBlock, true, false, conv_tile_avx2, pack_pixels_avx2};
 
 }  // namespace segk
 

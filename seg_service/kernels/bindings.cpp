@@ -10,6 +10,7 @@
 
 #include "bitpack.h"
 #include "kernels.h"
+#include "weight_layout.h"
 
 namespace py = pybind11;
 
@@ -53,7 +54,7 @@ void require(bool ok, const std::string& message) {
 }
 
 // Validates the convolution arguments shared by every conv entry point and returns the shape.
-segk::ConvShape conv_shape(int64_t in_h, int64_t in_w, int64_t in_words, const py::array_t<uint64_t>& w,
+segk::ConvShape conv_shape(int64_t in_h, int64_t in_w, int64_t in_words, const py::array& w,
                            int64_t in_channels, int64_t stride, int64_t padding, int64_t dilation) {
     require(in_h >= 1 && in_w >= 1, "input must have a non-empty spatial size");
     require(in_channels >= 1, "in_channels must be >= 1, got " + std::to_string(in_channels));
@@ -100,6 +101,62 @@ void require_clean_tail(const uint64_t* data, int64_t vectors, int64_t words, in
     for (int64_t i = 0; i < vectors; ++i) stray |= data[i * words + words - 1] & unused_mask;
     require(stray == 0, std::string(name) + " has bits set past in_channels=" + std::to_string(in_channels) +
                             " in its last word (packed with a different channel count?)");
+}
+
+// Weights once arranged for the kernels (kernels.prepare_weights); calls reuse the arrangement.
+struct PyPreparedWeights {
+    py::array_t<uint64_t, py::array::c_style> array;  // [out_c, k, k, words], owned copy
+    int64_t in_channels = 0;
+    std::shared_ptr<segk::PreparedWeights> prepared;
+};
+
+// Weights of a conv call: a PyPreparedWeights, or a uint64 array arranged just for this call.
+struct WeightsArg {
+    py::array_t<uint64_t, py::array::c_style> array;
+    std::shared_ptr<segk::PreparedWeights> prepared;
+};
+
+WeightsArg weights_arg(const py::handle& w_obj, int64_t in_channels) {
+    WeightsArg out;
+    if (py::isinstance<PyPreparedWeights>(w_obj)) {
+        const auto& pw = w_obj.cast<const PyPreparedWeights&>();
+        require(pw.in_channels == in_channels, "prepared weights are for in_channels=" +
+                                                   std::to_string(pw.in_channels) + ", got in_channels=" +
+                                                   std::to_string(in_channels));
+        out.array = pw.array;
+        out.prepared = pw.prepared;
+        return out;
+    }
+    out.array = checked<uint64_t>(w_obj, "w", 4);
+    return out;
+}
+
+// Validates the tail bits of array weights and wraps them without a copy (prepared ones are checked once).
+void finish_weights(WeightsArg& w, const segk::ConvShape& s, int64_t in_channels) {
+    if (w.prepared) return;
+    require_clean_tail(w.array.data(), s.out_c * s.kernel * s.kernel, s.words, in_channels, "w");
+    w.prepared = std::make_shared<segk::PreparedWeights>(w.array.data(), s.out_c, s.kernel, s.words, false);
+}
+
+PyPreparedWeights prepare_weights(const py::handle& w_obj, int64_t in_channels) {
+    auto w = checked<uint64_t>(w_obj, "w", 4);
+    require(in_channels >= 1, "in_channels must be >= 1, got " + std::to_string(in_channels));
+    const int64_t words = segk::words_for(in_channels);
+    require(w.shape(0) >= 1, "weights must have at least one output channel");
+    require(w.shape(1) == w.shape(2) && w.shape(1) >= 1,
+            "weights must be [out_channels, k, k, words] with a square kernel, got " + shape_str(w));
+    require(w.shape(3) == words, "weights have " + std::to_string(w.shape(3)) + " words per tap but in_channels=" +
+                                     std::to_string(in_channels) + " needs " + std::to_string(words));
+    require(w.shape(1) * w.shape(1) * in_channels <= std::numeric_limits<int32_t>::max() / 2,
+            "kernel too large for int32 dots");
+    require_clean_tail(w.data(), w.shape(0) * w.shape(1) * w.shape(1), words, in_channels, "w");
+    PyPreparedWeights out;
+    out.array = py::array_t<uint64_t, py::array::c_style>(std::vector<py::ssize_t>(w.shape(), w.shape() + 4));
+    std::copy(w.data(), w.data() + w.size(), out.array.mutable_data());
+    out.array.attr("setflags")(py::arg("write") = false);
+    out.in_channels = in_channels;
+    out.prepared = std::make_shared<segk::PreparedWeights>(out.array.data(), w.shape(0), w.shape(1), words, false);
+    return out;
 }
 
 // Epilogue arrays: mul/bias [O] float32, residual [Ho, Wo, O] float32 or None. Keeps the arrays alive.
@@ -150,13 +207,14 @@ py::array_t<uint64_t> pack_bits(const py::handle& x_obj) {
 py::array_t<int32_t> bconv2d_int(const py::handle& a_obj, const py::handle& w_obj, int64_t in_channels,
                                  int64_t stride, int64_t padding, int64_t dilation) {
     auto a = checked<uint64_t>(a_obj, "a", 3);
-    auto w = checked<uint64_t>(w_obj, "w", 4);
-    const segk::ConvShape s = conv_shape(a.shape(0), a.shape(1), a.shape(2), w, in_channels, stride, padding, dilation);
+    WeightsArg w = weights_arg(w_obj, in_channels);
+    const segk::ConvShape s =
+        conv_shape(a.shape(0), a.shape(1), a.shape(2), w.array, in_channels, stride, padding, dilation);
     require_clean_tail(a.data(), s.in_h * s.in_w, s.words, in_channels, "a");
-    require_clean_tail(w.data(), s.out_c * s.kernel * s.kernel, s.words, in_channels, "w");
+    finish_weights(w, s, in_channels);
     py::array_t<int32_t> out({s.out_h, s.out_w, s.out_c});
     const uint64_t* ap = a.data();
-    const uint64_t* wp = w.data();
+    const segk::PreparedWeights& wp = *w.prepared;
     int32_t* op = out.mutable_data();
     {
         py::gil_scoped_release release;
@@ -169,14 +227,15 @@ py::array_t<float> bconv2d(const py::handle& a_obj, const py::handle& w_obj, int
                            int64_t padding, int64_t dilation, const py::handle& mul, const py::handle& bias,
                            bool relu_before, bool relu_after, const py::handle& residual) {
     auto a = checked<uint64_t>(a_obj, "a", 3);
-    auto w = checked<uint64_t>(w_obj, "w", 4);
-    const segk::ConvShape s = conv_shape(a.shape(0), a.shape(1), a.shape(2), w, in_channels, stride, padding, dilation);
+    WeightsArg w = weights_arg(w_obj, in_channels);
+    const segk::ConvShape s =
+        conv_shape(a.shape(0), a.shape(1), a.shape(2), w.array, in_channels, stride, padding, dilation);
     require_clean_tail(a.data(), s.in_h * s.in_w, s.words, in_channels, "a");
-    require_clean_tail(w.data(), s.out_c * s.kernel * s.kernel, s.words, in_channels, "w");
+    finish_weights(w, s, in_channels);
     EpilogueArgs e = epilogue_args(s, mul, bias, relu_before, relu_after, residual);
     py::array_t<float> out({s.out_h, s.out_w, s.out_c});
     const uint64_t* ap = a.data();
-    const uint64_t* wp = w.data();
+    const segk::PreparedWeights& wp = *w.prepared;
     float* op = out.mutable_data();
     {
         py::gil_scoped_release release;
@@ -189,16 +248,16 @@ py::array_t<float> bconv2d_float(const py::handle& x_obj, const py::handle& w_ob
                                  int64_t padding, int64_t dilation, const py::handle& mul, const py::handle& bias,
                                  bool relu_before, bool relu_after, const py::handle& residual) {
     auto x = checked<float>(x_obj, "x", 3);
-    auto w = checked<uint64_t>(w_obj, "w", 4);
     const int64_t in_channels = x.shape(2);
     require(in_channels >= 1, "x must have at least one channel");
-    const segk::ConvShape s =
-        conv_shape(x.shape(0), x.shape(1), segk::words_for(in_channels), w, in_channels, stride, padding, dilation);
-    require_clean_tail(w.data(), s.out_c * s.kernel * s.kernel, s.words, in_channels, "w");
+    WeightsArg w = weights_arg(w_obj, in_channels);
+    const segk::ConvShape s = conv_shape(x.shape(0), x.shape(1), segk::words_for(in_channels), w.array, in_channels,
+                                         stride, padding, dilation);
+    finish_weights(w, s, in_channels);
     EpilogueArgs e = epilogue_args(s, mul, bias, relu_before, relu_after, residual);
     py::array_t<float> out({s.out_h, s.out_w, s.out_c});
     const float* xp = x.data();
-    const uint64_t* wp = w.data();
+    const segk::PreparedWeights& wp = *w.prepared;
     float* op = out.mutable_data();
     {
         py::gil_scoped_release release;
@@ -231,6 +290,22 @@ PYBIND11_MODULE(_core, m) {
         },
         py::arg("n"));
     m.def("get_num_threads", &segk::get_num_threads);
+    py::class_<PyPreparedWeights>(
+        m, "PreparedWeights",
+        "Binary conv weights arranged once for the kernels (kernels.prepare_weights); pass it as `w` to the "
+        "bconv2d functions in place of the uint64 array. The arrangement for each ISA path is made on first use "
+        "and kept.")
+        .def_property_readonly("array", [](const PyPreparedWeights& p) { return p.array; },
+                               "The packed weights, uint64 [out_channels, k, k, words] (read-only).")
+        .def_property_readonly("in_channels", [](const PyPreparedWeights& p) { return p.in_channels; })
+        .def_property_readonly("shape", [](const PyPreparedWeights& p) { return p.array.attr("shape"); })
+        .def("__repr__", [](const PyPreparedWeights& p) {
+            return "PreparedWeights(shape=" + shape_str(p.array) + ", in_channels=" + std::to_string(p.in_channels) +
+                   ")";
+        });
+    m.def("prepare_weights", &prepare_weights, py::arg("w"), py::arg("in_channels"),
+          "Validate and copy packed weights uint64 [O, k, k, ceil(in_channels/64)] into a PreparedWeights, whose "
+          "kernel layout is built once per ISA path instead of on every call.");
     m.def("pack_bits", &pack_bits, py::arg("x"),
           "Sign-pack float32 [H, W, C] along channels into uint64 [H, W, ceil(C/64)]; bit = 1 where x < 0.");
     m.def("bconv2d_int", &bconv2d_int, py::arg("a"), py::arg("w"), py::arg("in_channels"), py::arg("stride") = 1,

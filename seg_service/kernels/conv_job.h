@@ -7,6 +7,10 @@
 // so one vector load fetches the same (tap, word) of `block` consecutive output channels.
 // ISAs that popcount by nibble lookup ask for split weights instead: wblk[cb][step][half][lane],
 // half 0 = low nibble of every byte (w & 0x0f..), half 1 = high nibble ((w >> 4) & 0x0f..).
+// ISAs with `pair_interleaved_lanes` put, in each group of 16 lanes (two 8-lane vectors), the even
+// channels of the group in the first vector and the odd ones in the second: the two vectors' 64-bit
+// counts then merge into one vector of 32-bit counts in channel order with a shift and an OR.
+// The arrangement is done once per layer and ISA (weight_layout.h).
 #pragma once
 
 #include <algorithm>
@@ -15,7 +19,9 @@
 namespace segk {
 
 struct ConvJob {
-    // Padded input bits, [in_h, in_w, words], row-major (already includes padding).
+    // Padded input bits, [in_h, in_w, words], row-major (already includes padding). For ISAs with
+    // nibble-split weights each input word is split the same way: `words` is then twice the packed
+    // word count, word 2i holding the low nibbles of packed word i and word 2i + 1 the high ones.
     const uint64_t* in = nullptr;
     int64_t in_w = 0;
     int64_t words = 0;
@@ -102,7 +108,8 @@ inline void store_dots(const ConvJob& job, int64_t p, int64_t c0, int64_t count,
 struct IsaKernels {
     const char* name;
     int64_t block;        // output channels per weight block
-    bool nibble_weights;  // weights split into low/high nibbles (see the layout note above)
+    bool nibble_weights;  // weights (and input words) split into low/high nibbles (see the layout note above)
+    bool pair_interleaved_lanes;  // even/odd channel split per 16 lanes (see the layout note above)
     // Computes pixels [p_begin, p_end) of channel block cb and stores them through the epilogue.
     void (*conv_tile)(const ConvJob& job, int64_t cb, int64_t p_begin, int64_t p_end);
     // Packs `count` pixels of `channels` floats each (pixel stride `src_stride` floats) into words;

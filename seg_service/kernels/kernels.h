@@ -39,11 +39,14 @@ struct Epilogue {
 // Output spatial size (PyTorch's formula); <= 0 when the kernel does not fit.
 int64_t conv_out_size(int64_t in, int64_t kernel, int64_t stride, int64_t padding, int64_t dilation);
 
+class PreparedWeights;  // weight_layout.h: weights [out_c, kernel, kernel, words] + per-ISA arrangements
+
 // Raw dot products: out_int [out_h, out_w, out_c].
-void bconv_int(const uint64_t* a, const uint64_t* w, const ConvShape& shape, int32_t* out_int);
+void bconv_int(const uint64_t* a, const PreparedWeights& w, const ConvShape& shape, int32_t* out_int);
 // Fused float epilogue: out [out_h, out_w, out_c].
-void bconv(const uint64_t* a, const uint64_t* w, const ConvShape& shape, const Epilogue& ep, float* out);
+void bconv(const uint64_t* a, const PreparedWeights& w, const ConvShape& shape, const Epilogue& ep, float* out);
 // Same, from a float input [in_h, in_w, in_channels] that is binarised and packed on the fly.
-void bconv_float(const float* x, const uint64_t* w, const ConvShape& shape, const Epilogue& ep, float* out);
+void bconv_float(const float* x, const PreparedWeights& w, const ConvShape& shape, const Epilogue& ep,
+                 float* out);
 
 }  // namespace segk

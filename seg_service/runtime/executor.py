@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import sys
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -11,6 +15,9 @@ import numpy as np
 from seg_service import kernels
 from seg_service.runtime import ops
 from seg_service.runtime.format import ModelFormatError, validate_graph
+
+PROFILE_ENV = "SEG_PROFILE"
+"""Set to 1 to profile every run of every executor and print the profile to stderr at exit."""
 
 
 def _reads(op: Mapping[str, Any]) -> list[str]:
@@ -22,12 +29,94 @@ def _reads(op: Mapping[str, Any]) -> list[str]:
     return names
 
 
+@dataclass
+class OpTiming:
+    """Accumulated time of one op of the graph (or of the sign-packing of a shared binary input)."""
+
+    index: int  # position in the op list
+    kind: str  # op kind, or "pack_bits" for packing a value that several binary convs read
+    out: str  # the value it writes (for pack_bits: the value it packs)
+    detail: str  # shape and parameters, e.g. "64x64x256 -> 256 k3 d2"
+    macs: int  # multiply-adds per run (binary ones for bconv2d); 0 where it does not apply
+    seconds: float = 0.0
+    runs: int = 0
+
+    @property
+    def ms_per_run(self) -> float:
+        return self.seconds / max(1, self.runs) * 1e3
+
+    @property
+    def gmacs_per_s(self) -> float:
+        return self.macs * self.runs / self.seconds / 1e9 if self.seconds > 0 else 0.0
+
+
+class RunProfile:
+    """Time per op over one or more ``GraphExecutor.run`` calls (wall clock, all threads together).
+
+    ``by_kind()`` sums per op kind; ``ops`` holds one ``OpTiming`` per op (and per sign-packing of a
+    value read by several binary convs, kind ``pack_bits``); ``format()`` renders both.
+    """
+
+    def __init__(self) -> None:
+        self.runs = 0
+        self.total_seconds = 0.0
+        self._timings: dict[tuple[int, str], OpTiming] = {}
+
+    @property
+    def ops(self) -> list[OpTiming]:
+        return sorted(self._timings.values(), key=lambda t: (t.index, t.kind != "pack_bits"))
+
+    def add(self, index: int, kind: str, out: str, detail: str, macs: int, seconds: float) -> None:
+        timing = self._timings.get((index, kind))
+        if timing is None:
+            timing = self._timings[(index, kind)] = OpTiming(index, kind, out, detail, macs)
+        timing.seconds += seconds
+        timing.runs += 1
+
+    def by_kind(self) -> dict[str, float]:
+        """Seconds per op kind, largest first, summed over all runs."""
+        totals: dict[str, float] = {}
+        for t in self._timings.values():
+            totals[t.kind] = totals.get(t.kind, 0.0) + t.seconds
+        return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
+
+    def format(self, top: int = 15) -> str:
+        """Per-kind shares and the ``top`` most expensive ops, as plain text."""
+        runs = max(1, self.runs)
+        total_ms = self.total_seconds / runs * 1e3
+        lines = [f"profile: {self.runs} run(s), {total_ms:.2f} ms per run"]
+        lines.append(f"{'op kind':<20} {'ms/run':>9} {'share':>6}")
+        for kind, seconds in self.by_kind().items():
+            ms = seconds / runs * 1e3
+            lines.append(f"{kind:<20} {ms:>9.2f} {ms / total_ms * 100 if total_ms else 0:>5.1f}%")
+        lines.append(f"{'#':>4} {'op':<18} {'output':<28} {'detail':<36} {'ms/run':>8} {'G MAC/s':>8}")
+        for t in sorted(self._timings.values(), key=lambda t: -t.seconds)[:top]:
+            rate = f"{t.gmacs_per_s:8.0f}" if t.macs else f"{'-':>8}"
+            lines.append(f"{t.index:>4} {t.kind:<18} {t.out[:28]:<28} {t.detail[:36]:<36} {t.ms_per_run:>8.3f} {rate}")
+        return "\n".join(lines)
+
+
+_ENV_PROFILES: list[RunProfile] = []
+
+
+def _print_env_profiles() -> None:
+    for i, profile in enumerate(_ENV_PROFILES):
+        if profile.runs:
+            print(f"[{PROFILE_ENV}] executor {i}\n{profile.format()}", file=sys.stderr)
+
+
+def _shape_str(shape: tuple[int, ...]) -> str:
+    return "x".join(str(v) for v in shape)
+
+
 class GraphExecutor:
     """Executes a validated graph on one input at a time.
 
-    Values are freed after their last use. A value binarised by several binary convolutions (the K
+    Values are freed after their last use. Binary conv weights are arranged for the kernels once,
+    here (``kernels.prepare_weights``). A value binarised by several binary convolutions (the K
     branches of a group, an ASPP head's parallel convs) is sign-packed once and the packed bits are
-    shared.
+    shared; a value read by one binary convolution only is packed inside that call
+    (``kernels.bconv2d_float``).
     """
 
     def __init__(self, graph: Mapping[str, Any], tensors: Mapping[str, np.ndarray]):
@@ -40,19 +129,35 @@ class GraphExecutor:
         keep = set(self.outputs)
         self._last_use: dict[str, int] = {}
         self._last_binary_use: dict[str, int] = {}
+        binary_readers: dict[str, int] = {}
+        self._prepared: dict[tuple[str, int], kernels.PreparedWeights] = {}
         for index, op in enumerate(self.ops):
             for name in _reads(op):
                 if name not in keep:
                     self._last_use[name] = index
             if op["op"] == "bconv2d":
                 self._last_binary_use[op["in"]] = index
+                binary_readers[op["in"]] = binary_readers.get(op["in"], 0) + 1
+                key = (op["weight"], op["in_channels"])
+                if key not in self._prepared:
+                    self._prepared[key] = kernels.prepare_weights(tensors[op["weight"]], op["in_channels"])
+        self._shared_binary_inputs = {name for name, count in binary_readers.items() if count > 1}
+        # Filled by the environment switch SEG_PROFILE=1 (see run()).
+        self.profile: RunProfile | None = None
+        if os.environ.get(PROFILE_ENV, "").strip() not in ("", "0"):
+            self.profile = RunProfile()
+            if not _ENV_PROFILES:
+                atexit.register(_print_env_profiles)
+            _ENV_PROFILES.append(self.profile)
 
     def run(self, feeds: Mapping[str, np.ndarray], keep_all: bool = False,
-            profile: dict[str, float] | None = None) -> dict[str, np.ndarray]:
+            profile: RunProfile | dict[str, float] | None = None) -> dict[str, np.ndarray]:
         """Run the graph; returns the graph outputs, or every value when keep_all (for debugging).
 
-        With a ``profile`` dict, adds the seconds spent in each op kind to it (``bconv2d`` includes
-        the sign-packing of its input).
+        ``profile``: a ``RunProfile`` to add this run's time per op to, or (older form) a dict that
+        receives the seconds per op kind. Sign-packing of a value shared by several binary convs is
+        reported as its own kind, ``pack_bits``; ``bconv2d`` includes packing its input otherwise.
+        With ``SEG_PROFILE=1`` in the environment every run is also added to ``self.profile``.
         """
         missing = [name for name in self.inputs if name not in feeds]
         if missing:
@@ -63,21 +168,63 @@ class GraphExecutor:
             if x.ndim != 3:
                 raise ValueError(f"graph input '{name}' must be [H, W, C], got shape {x.shape}")
             values[name] = x
+        recorders = [p for p in (profile if isinstance(profile, RunProfile) else None, self.profile) if p is not None]
+        if isinstance(profile, dict):
+            recorders.append(RunProfile())
+        run_start = time.perf_counter()
         packed: dict[str, np.ndarray] = {}
         for index, op in enumerate(self.ops):
-            start = time.perf_counter() if profile is not None else 0.0
             try:
-                values[op["out"]] = self._run_op(op, values, packed)
+                if recorders:
+                    self._run_op_timed(index, op, values, packed, recorders)
+                else:
+                    values[op["out"]] = self._run_op(op, values, packed)
             except (ValueError, RuntimeError) as exc:
                 raise RuntimeError(f"op #{index} ({op['op']} -> {op['out']!r}) failed: {exc}") from exc
-            if profile is not None:
-                profile[op["op"]] = profile.get(op["op"], 0.0) + time.perf_counter() - start
             for name in _reads(op):
                 if self._last_use.get(name) == index and not keep_all:
                     values.pop(name, None)
                 if self._last_binary_use.get(name) == index:
                     packed.pop(name, None)
+        elapsed = time.perf_counter() - run_start
+        for recorder in recorders:
+            recorder.runs += 1
+            recorder.total_seconds += elapsed
+        if isinstance(profile, dict):
+            for kind, seconds in recorders[-1].by_kind().items():
+                profile[kind] = profile.get(kind, 0.0) + seconds
         return values if keep_all else {name: values[name] for name in self.outputs}
+
+    def _run_op_timed(self, index: int, op: dict[str, Any], values: dict[str, np.ndarray],
+                      packed: dict[str, np.ndarray], recorders: list[RunProfile]) -> None:
+        if op["op"] == "bconv2d" and op["in"] in self._shared_binary_inputs and op["in"] not in packed:
+            start = time.perf_counter()
+            packed[op["in"]] = kernels.pack_bits(values[op["in"]])
+            seconds = time.perf_counter() - start
+            x = values[op["in"]]
+            for recorder in recorders:
+                recorder.add(index, "pack_bits", op["in"], _shape_str(x.shape), 0, seconds)
+        start = time.perf_counter()
+        out = values[op["out"]] = self._run_op(op, values, packed)
+        seconds = time.perf_counter() - start
+        detail, macs = self._describe(op, values, out)
+        for recorder in recorders:
+            recorder.add(index, op["op"], op["out"], detail, macs, seconds)
+
+    def _describe(self, op: dict[str, Any], values: dict[str, np.ndarray], out: np.ndarray) -> tuple[str, int]:
+        """A short description of an op's shapes and its multiply-adds per run."""
+        kind = op["op"]
+        if kind in ("bconv2d", "conv2d"):
+            weight = self.tensors[op["weight"]]
+            k = weight.shape[1]
+            in_channels = op["in_channels"] if kind == "bconv2d" else weight.shape[3]
+            macs = out.shape[0] * out.shape[1] * out.shape[2] * k * k * in_channels
+            params = f"k{k}" + (f" s{op['stride']}" if op["stride"] != 1 else "") + \
+                (f" d{op['dilation']}" if op["dilation"] != 1 else "")
+            src = values.get(op["in"])
+            src_shape = _shape_str(src.shape) if src is not None else f"?x?x{in_channels}"
+            return f"{src_shape} -> {out.shape[2]} {params}", int(macs)
+        return _shape_str(out.shape), 0
 
     def _run_op(self, op: dict[str, Any], values: dict[str, np.ndarray],
                 packed: dict[str, np.ndarray]) -> np.ndarray:
@@ -85,10 +232,15 @@ class GraphExecutor:
         t = self.tensors
         if kind == "bconv2d":
             src = op["in"]
+            weight = self._prepared[(op["weight"], op["in_channels"])]
+            residual = values[op["residual"]] if op.get("residual") is not None else None
+            if src not in self._shared_binary_inputs:
+                return kernels.bconv2d_float(values[src], weight, op["stride"], op["padding"], op["dilation"],
+                                             t[op["mul"]], t[op["bias"]], op["relu_before"], op["relu_after"],
+                                             residual)
             if src not in packed:
                 packed[src] = kernels.pack_bits(values[src])
-            residual = values[op["residual"]] if op.get("residual") is not None else None
-            return kernels.bconv2d(packed[src], t[op["weight"]], op["in_channels"], op["stride"],
+            return kernels.bconv2d(packed[src], weight, op["in_channels"], op["stride"],
                                    op["padding"], op["dilation"], t[op["mul"]], t[op["bias"]],
                                    op["relu_before"], op["relu_after"], residual)
         if kind == "conv2d":

@@ -7,8 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from seg_service.runtime.executor import GraphExecutor
+from seg_service.runtime.executor import GraphExecutor, RunProfile
 from seg_service.runtime.format import ModelFormatError, PackedFile, read_model
+from seg_service.runtime.threads import quiet_blas
 
 
 def _area_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -119,12 +120,15 @@ class PackedModel:
 
     # ---- raw graph -------------------------------------------------------------------------
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        """Run the graph on a normalised image f32 [H, W, 3]; returns logits f32 [H, W, classes]."""
+    def forward(self, x: np.ndarray, profile: RunProfile | None = None) -> np.ndarray:
+        """Run the graph on a normalised image f32 [H, W, 3]; returns logits f32 [H, W, classes].
+
+        With a ``RunProfile`` (``seg_service.runtime.executor``), adds this run's time per op to it.
+        """
         x = np.asarray(x)
         if x.ndim != 3 or x.shape[2] != 3:
             raise ValueError(f"forward expects a normalised image of shape [H, W, 3], got {x.shape}")
-        out = self._executor.run({self._executor.inputs[0]: x})
+        out = self._executor.run({self._executor.inputs[0]: x}, profile=profile)
         return out[self._executor.outputs[0]]
 
     # ---- images ----------------------------------------------------------------------------
@@ -175,5 +179,10 @@ class PackedModel:
 
 
 def load_model(path: str | os.PathLike[str]) -> PackedModel:
-    """Load and verify a packed model file (format, version, checksum, graph)."""
+    """Load and verify a packed model file (format, version, checksum, graph).
+
+    Also gives numpy's BLAS one thread (``threads.quiet_blas``): the runtime's few float convs are
+    small, and OpenBLAS's idle workers spin after each call on the cores the binary kernels need.
+    """
+    quiet_blas()
     return PackedModel(read_model(path))

@@ -1,0 +1,56 @@
+#include "weight_layout.h"
+
+#include <algorithm>
+
+#include "threadpool.h"
+
+namespace segk {
+
+void arrange_weights(const IsaKernels& kern, const uint64_t* w, int64_t out_c, int64_t steps, int threads,
+                     BlockedWeights& out) {
+    const int64_t block = kern.block;
+    out.block = block;
+    out.blocks = (out_c + block - 1) / block;
+    out.wblk_step = kern.nibble_weights ? 2 * block : block;
+    out.words = AlignedWords(static_cast<size_t>(out.blocks * steps * out.wblk_step));  // zero lanes past out_c
+    uint64_t* base = out.words.data();
+    const int64_t wstep = out.wblk_step;
+    constexpr uint64_t kLowNibbles = 0x0F0F0F0F0F0F0F0FULL;
+    auto arrange_block = [&](int64_t cb) {
+        const int64_t o_end = std::min(out_c, (cb + 1) * block);
+        for (int64_t o = cb * block; o < o_end; ++o) {
+            uint64_t* dst = base + cb * steps * wstep + lane_of_channel(kern, o - cb * block);
+            const uint64_t* src = w + o * steps;
+            for (int64_t st = 0; st < steps; ++st) {
+                if (kern.nibble_weights) {
+                    dst[st * wstep] = src[st] & kLowNibbles;
+                    dst[st * wstep + block] = (src[st] >> 4) & kLowNibbles;
+                } else {
+                    dst[st * wstep] = src[st];
+                }
+            }
+        }
+    };
+    // Large weight sets (deep layers) are arranged in parallel; small ones are not worth a wake-up.
+    parallel_for(out_c * steps >= (1 << 16) ? threads : 1, out.blocks, arrange_block);
+}
+
+PreparedWeights::PreparedWeights(const uint64_t* w, int64_t out_c, int64_t kernel, int64_t words, bool copy)
+    : out_c_(out_c), kernel_(kernel), words_(words), raw_(w) {
+    if (copy) {
+        owned_.assign(w, w + out_c * kernel * kernel * words);
+        raw_ = owned_.data();
+    }
+}
+
+const BlockedWeights& PreparedWeights::for_isa(const IsaKernels& kern, int threads) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& entry : arranged_)
+        if (entry.first == &kern) return *entry.second;
+    auto blocked = std::make_unique<BlockedWeights>();
+    arrange_weights(kern, raw_, out_c_, kernel_ * kernel_ * words_, threads, *blocked);
+    arranged_.emplace_back(&kern, std::move(blocked));
+    return *arranged_.back().second;
+}
+
+}  // namespace segk

@@ -1,0 +1,79 @@
+// Binary weights re-arranged into the layout an ISA path's microkernel reads (see conv_job.h).
+//
+// The layout depends only on the weights and the ISA path, so a model arranges each layer's weights
+// once (PreparedWeights, kept for the model's lifetime) instead of on every call; calls that pass
+// plain weight arrays arrange them into a temporary on the fly.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <utility>
+#include <vector>
+
+#include "conv_job.h"
+
+namespace segk {
+
+// A buffer of u64 words whose data() is 64-byte aligned (whole-line vector loads). Zero-filled unless
+// asked not to (buffers that the caller overwrites completely skip the fill).
+class AlignedWords {
+public:
+    AlignedWords() = default;
+    explicit AlignedWords(size_t count, bool zero = true) : storage_(new uint64_t[count + 8]) {
+        const auto addr = reinterpret_cast<uintptr_t>(storage_.get());
+        data_ = storage_.get() + ((64 - addr % 64) % 64) / sizeof(uint64_t);
+        if (zero) std::fill(data_, data_ + count, uint64_t{0});
+    }
+    uint64_t* data() { return data_; }
+    const uint64_t* data() const { return data_; }
+
+private:
+    std::unique_ptr<uint64_t[]> storage_;
+    uint64_t* data_ = nullptr;
+};
+
+// One ISA path's arrangement of a layer's weights: wblk[cb][step][...] as described in conv_job.h.
+struct BlockedWeights {
+    int64_t block = 0;      // output channels per block
+    int64_t blocks = 0;     // ceil(out_c / block)
+    int64_t wblk_step = 0;  // words per (block, step)
+    AlignedWords words;
+};
+
+// Position of output channel `c` (0 <= c < kern.block) inside its block's lanes.
+inline int64_t lane_of_channel(const IsaKernels& kern, int64_t c) {
+    if (!kern.pair_interleaved_lanes) return c;
+    // Groups of 16 channels over two 8-lane vectors: even channels in the first, odd in the second.
+    return c / 16 * 16 + (c % 2) * 8 + (c % 16) / 2;
+}
+
+// Arranges raw weights [out_c, steps] (steps = k * k * words) for `kern`, on up to `threads` threads.
+void arrange_weights(const IsaKernels& kern, const uint64_t* w, int64_t out_c, int64_t steps, int threads,
+                     BlockedWeights& out);
+
+// A layer's packed weights [out_c, k, k, words] plus their arrangement for each ISA path used so far.
+// Thread-safe: concurrent calls may share one PreparedWeights.
+class PreparedWeights {
+public:
+    // Copies the weights when `copy` is true; otherwise `w` must outlive this object.
+    PreparedWeights(const uint64_t* w, int64_t out_c, int64_t kernel, int64_t words, bool copy);
+
+    int64_t out_c() const { return out_c_; }
+    int64_t kernel() const { return kernel_; }
+    int64_t words() const { return words_; }
+    const uint64_t* raw() const { return raw_; }
+
+    // The arrangement for `kern`, built on first use (with up to `threads` threads) and cached.
+    const BlockedWeights& for_isa(const IsaKernels& kern, int threads) const;
+
+private:
+    int64_t out_c_, kernel_, words_;
+    std::vector<uint64_t> owned_;
+    const uint64_t* raw_;
+    mutable std::mutex mu_;
+    mutable std::vector<std::pair<const IsaKernels*, std::unique_ptr<BlockedWeights>>> arranged_;
+};
+
+}  // namespace segk
