@@ -64,34 +64,60 @@ def test_image(width: int, height: int) -> np.ndarray:
     return np.ascontiguousarray(cv2.resize(bgr, (width, height), interpolation=cv2.INTER_AREA)[:, :, ::-1])
 
 
-def packed_latency(path: Path, repeats: int) -> dict[str, float]:
+def packed_latency(path: Path, repeats: int, raw: bool = False) -> dict[str, float]:
+    """``predict`` on an RGB photo of each size (the file's input rules included), or with ``raw``
+    the network alone at that size padded to a multiple of 32, as the PyTorch rows are timed."""
     from seg_service.runtime import load_model
 
     model = load_model(path)
     out = {}
     for w, h in SIZES:
         image = test_image(w, h)
-        out[f"{w}x{h}"] = median_ms(lambda image=image: model.predict(image), repeats)
+        if raw:
+            x = np.zeros((-(-h // 32) * 32, -(-w // 32) * 32, 3), np.float32)
+            x[:h, :w] = (image / 255.0 - np.float32(model.input_spec["mean"])) / np.float32(model.input_spec["std"])
+            out[f"{w}x{h}"] = median_ms(lambda x=x: model.forward(x), repeats)
+        else:
+            out[f"{w}x{h}"] = median_ms(lambda image=image: model.predict(image), repeats)
     return out
 
 
-def torch_latency(config_path: Path, num_classes: int, repeats: int) -> tuple[dict[str, float], int]:
-    """PyTorch fp32 eval latency of a run's model (random weights: the time does not depend on them)."""
-    import torch
-
+def torch_model(config_path: Path, num_classes: int):
+    """The PyTorch network of a run's config in eval mode (random weights: time and size do not
+    depend on them)."""
     from .engine.config import load_config
     from .engine.trainer import model_config_for
     from .models import create_model
 
-    config = load_config("seg", config_path, [])
-    model = create_model(model_config_for(config, num_classes)).eval()
+    return create_model(model_config_for(load_config("seg", config_path, []), num_classes)).eval()
+
+
+def torch_latency(config_path: Path, num_classes: int, repeats: int) -> dict[str, float]:
+    """PyTorch fp32 eval latency of a run's network at each size."""
+    import torch
+
+    model = torch_model(config_path, num_classes)
     out = {}
     with torch.inference_mode():
         for w, h in SIZES:
             # Inputs padded to a multiple of 32, as the packed runtime pads (smp requires it).
             x = torch.randn(1, 3, -(-h // 32) * 32, -(-w // 32) * 32)
             out[f"{w}x{h}"] = median_ms(lambda x=x: model(x), repeats)
-    return out, 4 * sum(p.numel() for p in model.parameters())
+    return out
+
+
+def isolated_latency(kind: str, target: Path, repeats: int, threads: int, raw: bool = False) -> dict[str, float]:
+    """Latency measured in a fresh process: the kernels' thread pool and PyTorch's OpenMP pool both
+    spin after their work, so timing them in one process makes each slow the other down."""
+    import subprocess
+
+    code = (f"import json, torch; torch.set_num_threads({threads});"
+            f"from seg_service.runtime import set_num_threads; set_num_threads({threads});"
+            f"from training.results import packed_latency, torch_latency; from pathlib import Path;"
+            + (f"print(json.dumps(packed_latency(Path({str(target)!r}), {repeats}, raw={raw})))" if kind == "packed"
+               else f"print(json.dumps(torch_latency(Path({str(target)!r}), 2, {repeats})))"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def read_run(folder: Path) -> dict[str, Any]:
@@ -224,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
         scores[name] = s
         results["shipped"][name] = {
             "miou": s["miou"], "iou": s["iou"], "pixel_acc": s["pixel_acc"],
-            "latency_ms": packed_latency(path, args.repeats), "file_mb": path.stat().st_size / 1e6,
+            "latency_ms": isolated_latency("packed", path, args.repeats, args.threads),
+            "file_mb": path.stat().st_size / 1e6,
         }
     plot_per_class(scores, out / "img" / "per_class_iou.png")
 
@@ -259,15 +286,16 @@ def main(argv: list[str] | None = None) -> int:
             path = abl_gnpk / f"{key}.gnpk" if abl_gnpk else None
             if path is None or not path.is_file():
                 path = _random_export(RUNS / "ablation" / key / "config.yaml", out / "results" / f"{key}.gnpk")
-            row["latency_ms"] = packed_latency(path, args.repeats)
+            row["latency_ms"] = isolated_latency("packed", path, args.repeats, args.threads, raw=True)
             row["size_mb"] = path.stat().st_size / 1e6
             if abl_gnpk and (abl_gnpk / f"{key}.gnpk").is_file():
                 s = evaluate_packed(path, configs / "ablation" / f"{key}.yaml", [("data.root", str(data / "ccp"))],
                                     progress=False)
                 row["packed_full_size"] = {"miou": s["miou"], "iou": s["iou"]}
         else:
-            row["latency_ms"], size = torch_latency(configs / "ablation" / f"{key}.yaml", 2, args.repeats)
-            row["size_mb"] = size / 1e6
+            config_path = configs / "ablation" / f"{key}.yaml"
+            row["latency_ms"] = isolated_latency("torch", config_path, args.repeats, args.threads)
+            row["size_mb"] = 4 * sum(p.numel() for p in torch_model(config_path, 2).parameters()) / 1e6
         rows.append(row)
         print(f"{key}: {row['latency_ms']}", file=sys.stderr)
     results["ablation"] = rows
