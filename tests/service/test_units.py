@@ -84,3 +84,12 @@ def test_metrics_histogram_is_cumulative():
     assert 'seg_http_request_duration_seconds_bucket{route="/segment",le="60.0"} 4' in text
     assert 'seg_http_request_duration_seconds_bucket{route="/segment",le="+Inf"} 5' in text
     assert 'seg_http_errors_total{status="413"} 1' in text
+
+
+def test_close_reason_fits_a_close_frame_in_utf8_bytes():
+    from seg_service.api.routes.ws import close_reason
+
+    text = "unknown model " + "é" * 100  # 2 bytes per character
+    reason = close_reason(text)
+    assert len(reason.encode()) <= 123 and text.startswith(reason)
+    assert close_reason("short") == "short"

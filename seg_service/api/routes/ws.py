@@ -28,6 +28,11 @@ CLOSE_POLICY_VIOLATION = 1008  # missing/wrong API key, unknown model at connect
 CLOSE_INTERNAL_ERROR = 1011
 
 
+def close_reason(text: str, limit: int = 123) -> str:
+    """A close frame's reason is at most 123 bytes of UTF-8: cut there, never inside a character."""
+    return text.encode()[:limit].decode(errors="ignore")
+
+
 def _frame_job(data: bytes, model: PackedModel, max_pixels: int) -> tuple[bytes, int, int, float]:
     rgb = imaging.decode_image(data, max_pixels)
     mask, ms = timed_predict(model, rgb)
@@ -125,14 +130,14 @@ async def ws_segment(websocket: WebSocket, model: str | None = None, api_key: st
     if not key_matches(service.settings.api_key, given_key):
         detail = "missing API key" if given_key is None else "wrong API key"
         await websocket.send_text(WsError(detail=detail).model_dump_json())
-        await websocket.close(CLOSE_POLICY_VIOLATION, detail)
+        await websocket.close(CLOSE_POLICY_VIOLATION, close_reason(detail))
         return
     chosen = service.registry.get(model)
     if chosen is None:
         detail = (f"unknown model {model!r}" if model is not None
                   else f"default model {service.registry.default_name!r} is not loaded")
         await websocket.send_text(WsError(detail=detail).model_dump_json())
-        await websocket.close(CLOSE_POLICY_VIOLATION, detail[:120])
+        await websocket.close(CLOSE_POLICY_VIOLATION, close_reason(detail))
         return
 
     session = _Session(websocket, service, chosen)
