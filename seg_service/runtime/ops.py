@@ -2,15 +2,104 @@
 
 Each op reproduces the corresponding PyTorch op (same output sizes, same sampling rules) so the
 runtime matches the training code to float rounding. Binary convolutions are not here: they go
-through the C++ kernels (``seg_service.kernels``).
+through the C++ kernels (``seg_service.kernels``). The large ops split their output rows over the
+kernels' thread count (see "Row-parallel float ops" below).
 """
 
 from __future__ import annotations
 
+import itertools
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
-# im2col buffers are built in row chunks of at most this many float32 elements (~64 MB).
-_IM2COL_CHUNK_ELEMS = 16 * 1024 * 1024
+from seg_service import kernels
+
+# im2col buffers are built in row chunks of at most this many float32 elements (4 MiB): small
+# enough to stay in cache between being written and being read by the matmul (the 512x512 stem,
+# 2 threads: 20 ms with 64 MiB chunks, 13 ms with 4 MiB ones).
+_IM2COL_CHUNK_ELEMS = 1024 * 1024
+
+# --- Row-parallel float ops -------------------------------------------------------------------
+# The large float ops (stem and projection convs, branch sums, upsampling, pooling, concat) are
+# split by output rows over ``kernels.get_num_threads()`` threads: the calling thread plus a
+# persistent pool of Python threads. numpy's matmul and ufuncs release the GIL on large arrays, so
+# the parts run truly in parallel, each on numpy's single BLAS thread (``threads.quiet_blas``:
+# OpenBLAS's own threads busy-wait between calls and take the cores the binary kernels need; these
+# pool threads sleep on a queue instead). Each output element is computed by the same numpy calls
+# as in one piece, so results do not depend on the thread count (matmul: to float rounding).
+
+# Below this much work per thread (output elements; MACs for convs) an op stays on the calling
+# thread. Handing work to another thread costs tens of microseconds, more right after a binary
+# conv, whose pool threads spin a little while on the other core before sleeping: in the 320x240
+# model, lincombs of 150-600 K elements were up to 2x slower split, those of 1 M and more faster.
+_MIN_ELEMS_PER_THREAD = 1 << 19
+_MIN_MACS_PER_THREAD = 1 << 24
+
+_pool_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+_pool_workers = 0
+
+
+def _helper_pool(helpers: int) -> ThreadPoolExecutor:
+    """The pool of ``helpers`` threads, (re)created when the configured thread count changed."""
+    global _pool, _pool_workers
+    with _pool_lock:
+        if _pool is None or _pool_workers != helpers:
+            # The old pool is dropped, not shut down: another thread may be about to submit to
+            # it; its workers exit once it is garbage collected.
+            _pool = ThreadPoolExecutor(max_workers=helpers, thread_name_prefix="seg-float-op")
+            _pool_workers = helpers
+        return _pool
+
+
+def _thread_count(n_rows: int, work: int, min_work_per_thread: int) -> int:
+    """Threads to split ``work`` over: the configured count, fewer for small work or few rows."""
+    return max(1, min(kernels.get_num_threads(), n_rows, work // min_work_per_thread))
+
+
+def _run_row_parts(part: Callable[[int, int], None], n_rows: int, threads: int, unit_rows: int) -> None:
+    """Call ``part(r0, r1)`` on consecutive units of ``unit_rows`` rows covering 0..n_rows.
+
+    The calling thread and ``threads - 1`` pool threads claim units one at a time until none is
+    left, so a helper that starts late (its core still busy, e.g. with the binary kernels' spinning
+    pool) costs at most the unit it holds, never a fixed half of the op.
+    """
+    unit_rows = max(1, unit_rows)
+    n_units = -(-n_rows // unit_rows)
+    if threads <= 1 or n_units <= 1:
+        part(0, n_rows)
+        return
+    claims = itertools.count()  # next() on it is atomic under the GIL
+    failed = threading.Event()
+
+    def claim_units() -> None:
+        try:
+            while not failed.is_set():
+                unit = next(claims)
+                if unit >= n_units:
+                    return
+                part(unit * unit_rows, min(n_rows, (unit + 1) * unit_rows))
+        except BaseException:
+            failed.set()  # the others stop claiming
+            raise
+
+    pool = _helper_pool(threads - 1)
+    futures = [pool.submit(claim_units) for _ in range(min(threads, n_units) - 1)]
+    try:
+        claim_units()
+    finally:
+        # A helper that has not started yet (its pool thread busy with another caller's op) is
+        # cancelled: the units are all claimed. Wait for the others even if ours failed, so none
+        # still writes the output afterwards; then re-raise the first helper error, if any.
+        for future in futures:
+            if not future.cancel():
+                future.exception()
+    for future in futures:
+        if not future.cancelled():
+            future.result()
 
 
 def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
@@ -18,11 +107,25 @@ def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
+def _blocks(r0: int, r1: int, block: int) -> Iterator[tuple[int, int]]:
+    """Consecutive (b0, b1) ranges of at most ``block`` rows covering r0..r1."""
+    for b0 in range(r0, r1, block):
+        yield b0, min(r1, b0 + block)
+
+
+def _add_bias_relu(out: np.ndarray, bias: np.ndarray | None, relu: bool) -> None:
+    if bias is not None:
+        out += bias
+    if relu:
+        np.maximum(out, 0, out=out)
+
+
 def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride: int = 1, padding: int = 0,
            dilation: int = 1, relu: bool = False) -> np.ndarray:
     """Float convolution with zero padding: x [H, W, I], weight [O, kh, kw, I] -> [Ho, Wo, O].
 
-    im2col + one matmul per chunk of output rows; the chunking bounds the column buffer's size.
+    im2col + one matmul per chunk of output rows, written in place into the output; the chunking
+    bounds the column buffer's size. Output rows are split over the configured threads.
     """
     h, w, c_in = x.shape
     c_out, kh, kw, wc = weight.shape
@@ -33,51 +136,94 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride: i
     if ho < 1 or wo < 1:
         raise ValueError(f"conv2d: input {h}x{w} is too small for kernel {kh}x{kw} (dilation {dilation})")
     w_mat = weight.reshape(c_out, kh * kw * c_in).T
+    out = np.empty((ho, wo, c_out), dtype=np.result_type(x.dtype, weight.dtype))
+    threads = _thread_count(ho, ho * wo * c_out * kh * kw * c_in, _MIN_MACS_PER_THREAD)
     if kh == kw == 1 and stride == 1 and padding == 0:
-        out = (x.reshape(h * w, c_in) @ w_mat).reshape(h, w, c_out)
+        def pointwise_part(r0: int, r1: int) -> None:
+            np.matmul(x[r0:r1].reshape(-1, c_in), w_mat, out=out[r0:r1].reshape(-1, c_out))
+            _add_bias_relu(out[r0:r1], bias, relu)
+
+        # A few large units: each matmul call re-packs the whole weight matrix.
+        _run_row_parts(pointwise_part, ho, threads, -(-ho // (4 * threads)))
+        return out
+
+    # Few input channels (the RGB stem): channel-major columns, so each tap copy is a run of
+    # pixels rather than 3 floats at a stride; BLAS reads them transposed at no cost. The padded
+    # input is made channel-major (contiguous) once, so the taps read 4-byte elements at the
+    # conv's stride instead of gathering across interleaved channels.
+    channel_major = c_in < 16
+    if channel_major:
+        xp = np.zeros((c_in, h + 2 * padding, w + 2 * padding), dtype=x.dtype)
+        xp[:, padding: padding + h, padding: padding + w] = x.transpose(2, 0, 1)
     else:
         xp = np.pad(x, ((padding, padding), (padding, padding), (0, 0))) if padding else x
-        # Few input channels (the RGB stem): channel-major columns, so each tap copy is a run of
-        # pixels rather than 3 floats at a stride; BLAS reads them transposed at no cost.
-        channel_major = c_in < 16
-        if channel_major:
-            xp = xp.transpose(2, 0, 1)
-        out = np.empty((ho, wo, c_out), dtype=np.float32)
-        rows = max(1, _IM2COL_CHUNK_ELEMS // max(1, wo * kh * kw * c_in))
-        for r0 in range(0, ho, rows):
-            r1 = min(ho, r0 + rows)
-            shape = (kh, kw, c_in, r1 - r0, wo) if channel_major else (r1 - r0, wo, kh, kw, c_in)
-            cols = np.empty(shape, dtype=np.float32)
+    chunk_rows = max(1, _IM2COL_CHUNK_ELEMS // max(1, wo * kh * kw * c_in))
+
+    def im2col_part(r0: int, r1: int) -> None:
+        for c0, c1 in _blocks(r0, r1, chunk_rows):
+            shape = (kh, kw, c_in, c1 - c0, wo) if channel_major else (c1 - c0, wo, kh, kw, c_in)
+            cols = np.empty(shape, dtype=xp.dtype)
             for i in range(kh):
-                top = r0 * stride + i * dilation
+                top = c0 * stride + i * dilation
+                rows_sl = slice(top, top + (c1 - c0 - 1) * stride + 1, stride)
                 for j in range(kw):
                     left = j * dilation
-                    rows_sl = slice(top, top + (r1 - r0 - 1) * stride + 1, stride)
                     cols_sl = slice(left, left + (wo - 1) * stride + 1, stride)
                     if channel_major:
                         cols[i, j] = xp[:, rows_sl, cols_sl]
                     else:
                         cols[:, :, i, j, :] = xp[rows_sl, cols_sl]
             mat = cols.reshape(kh * kw * c_in, -1).T if channel_major else cols.reshape(-1, kh * kw * c_in)
-            out[r0:r1] = (mat @ w_mat).reshape(r1 - r0, wo, c_out)
-    if bias is not None:
-        out += bias
-    if relu:
-        np.maximum(out, 0, out=out)
+            np.matmul(mat, w_mat, out=out[c0:c1].reshape(-1, c_out))
+        _add_bias_relu(out[r0:r1], bias, relu)
+
+    _run_row_parts(im2col_part, ho, threads, chunk_rows)
     return out
 
 
+# maxpool2d, upsample_bilinear and lincomb work on blocks of about this many output elements
+# (512 KiB of float32) at a time, so a block's temporaries stay in the core's L2 cache. Measured at
+# 2 threads on the 512x512 model's maps: 4x smaller blocks are 1.2-1.5x slower (more numpy calls,
+# each taking the GIL), 2x larger ones no faster.
+_BLOCK_ELEMS = 1 << 17
+
+
 def maxpool2d(x: np.ndarray, kernel: int, stride: int, padding: int = 0) -> np.ndarray:
-    """Like torch.nn.MaxPool2d (floor mode): padded positions never win."""
-    h, w, _ = x.shape
+    """Like torch.nn.MaxPool2d (floor mode): padded positions never win.
+
+    Output rows are split over the configured threads; each block of them pads only the input rows
+    it reads (with -inf), and takes the taps' maximum in the same order as in one piece.
+    """
+    h, w, c = x.shape
     ho = conv_output_size(h, kernel, stride, padding, 1)
     wo = conv_output_size(w, kernel, stride, padding, 1)
-    xp = np.pad(x, ((padding, padding), (padding, padding), (0, 0)), constant_values=-np.inf) if padding else x
-    out = None
-    for i in range(kernel):
-        for j in range(kernel):
-            tap = xp[i: i + (ho - 1) * stride + 1: stride, j: j + (wo - 1) * stride + 1: stride]
-            out = tap.copy() if out is None else np.maximum(out, tap, out=out)
+    out = np.empty((ho, wo, c), dtype=x.dtype)
+    block_rows = max(1, _BLOCK_ELEMS // max(1, wo * c))
+
+    def part(r0: int, r1: int) -> None:
+        for b0, b1 in _blocks(r0, r1, block_rows):
+            top = b0 * stride  # first padded input row this block reads
+            n_rows = (b1 - b0 - 1) * stride + kernel
+            if padding:
+                src = np.empty((n_rows, w + 2 * padding, c), dtype=x.dtype)
+                src[:, :padding] = -np.inf
+                src[:, padding + w:] = -np.inf
+                in0, in1 = max(0, top - padding), min(h, top + n_rows - padding)
+                src[: in0 + padding - top] = -np.inf
+                src[in1 + padding - top:] = -np.inf
+                src[in0 + padding - top: in1 + padding - top, padding: padding + w] = x[in0:in1]
+            else:
+                src = x[top: top + n_rows]
+            dst = out[b0:b1]
+            for i in range(kernel):
+                for j in range(kernel):
+                    tap = src[i: i + (b1 - b0 - 1) * stride + 1: stride, j: j + (wo - 1) * stride + 1: stride]
+                    if i == 0 and j == 0:
+                        np.copyto(dst, tap)
+                    else:
+                        np.maximum(dst, tap, out=dst)
+
+    _run_row_parts(part, ho, _thread_count(ho, ho * wo * c, _MIN_ELEMS_PER_THREAD), block_rows)
     return out
 
 
@@ -114,22 +260,67 @@ def _linear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, n
 
 
 def upsample_bilinear(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
-    """Like F.interpolate(x, size=(out_h, out_w), mode="bilinear", align_corners=False)."""
-    h, w, _ = x.shape
+    """Like F.interpolate(x, size=(out_h, out_w), mode="bilinear", align_corners=False).
+
+    Rows first, then columns, on blocks of output rows split over the configured threads.
+    """
+    h, w, c = x.shape
     if (h, w) == (out_h, out_w):
         return x.copy()
     i0, i1, fy = _linear_taps(h, out_h)
-    rows = x[i0] * (1.0 - fy)[:, None, None] + x[i1] * fy[:, None, None]
     j0, j1, fx = _linear_taps(w, out_w)
-    out = rows[:, j0] * (1.0 - fx)[None, :, None] + rows[:, j1] * fx[None, :, None]
-    return out.astype(np.float32, copy=False)
+    top_weight, bottom_weight = (1.0 - fy)[:, None, None], fy[:, None, None]
+    left_weight, right_weight = (1.0 - fx)[None, :, None], fx[None, :, None]
+    out = np.empty((out_h, out_w, c), dtype=np.float32)
+    block_rows = max(1, _BLOCK_ELEMS // max(1, out_w * c))
+
+    def part(r0: int, r1: int) -> None:
+        for b0, b1 in _blocks(r0, r1, block_rows):
+            rows = x[i0[b0:b1]] * top_weight[b0:b1] + x[i1[b0:b1]] * bottom_weight[b0:b1]
+            left = rows[:, j0]
+            left *= left_weight
+            right = rows[:, j1]
+            right *= right_weight
+            np.add(left, right, out=out[b0:b1])
+
+    _run_row_parts(part, out_h, _thread_count(out_h, out_h * out_w * c, _MIN_ELEMS_PER_THREAD), block_rows)
+    return out
 
 
 def lincomb(inputs: list[np.ndarray], coeffs: list[float]) -> np.ndarray:
-    """sum_i coeffs[i] * inputs[i]."""
-    out = inputs[0] * np.float32(coeffs[0])
-    for x, c in zip(inputs[1:], coeffs[1:], strict=True):
-        out += np.float32(c) * x
+    """sum_i coeffs[i] * inputs[i].
+
+    Large float32 maps are summed block by block (the partial sum and one product stay in L2
+    while the K inputs stream through), the blocks split over the configured threads; each element
+    gets the same float32 operations in the same order as summing the whole maps one by one.
+    """
+    if len(inputs) != len(coeffs):
+        raise ValueError(f"lincomb: {len(inputs)} inputs but {len(coeffs)} coefficients")
+    shape = inputs[0].shape
+    size = inputs[0].size
+    threads = _thread_count(size, size, _MIN_ELEMS_PER_THREAD)
+    # On one thread blocking gains nothing measurable (in the 512x512 model it lost ~10% on
+    # 64x64x128 maps), so small maps keep the whole-map sum.
+    if threads == 1 or any(x.dtype != np.float32 or x.shape != shape or not x.flags.c_contiguous for x in inputs):
+        out = inputs[0] * np.float32(coeffs[0])
+        for x, c in zip(inputs[1:], coeffs[1:], strict=True):
+            out += np.float32(c) * x
+        return out
+    flats = [x.reshape(-1) for x in inputs]
+    weights = [np.float32(c) for c in coeffs]
+    out = np.empty(shape, dtype=np.float32)
+    out_flat = out.reshape(-1)
+
+    def part(e0: int, e1: int) -> None:
+        product = np.empty(min(_BLOCK_ELEMS, e1 - e0), dtype=np.float32)
+        for b0, b1 in _blocks(e0, e1, _BLOCK_ELEMS):
+            acc, tmp = out_flat[b0:b1], product[: b1 - b0]
+            np.multiply(flats[0][b0:b1], weights[0], out=acc)
+            for flat, weight in zip(flats[1:], weights[1:]):
+                np.multiply(weight, flat[b0:b1], out=tmp)
+                acc += tmp
+
+    _run_row_parts(part, size, threads, _BLOCK_ELEMS)
     return out
 
 
@@ -151,4 +342,6 @@ def relu(x: np.ndarray) -> np.ndarray:
 
 def concat(inputs: list[np.ndarray]) -> np.ndarray:
     """Concatenate along channels; 1x1 maps are not broadcast (the graph upsamples them first)."""
+    # Not split over threads: in the 512x512 model (64x64x1280 output, right after the ASPP's
+    # binary convs) a row-parallel copy was no faster (2.6 -> 3.1 ms, within noise).
     return np.concatenate(inputs, axis=2)

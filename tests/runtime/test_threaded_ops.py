@@ -1,0 +1,196 @@
+"""The row-parallel float ops give the same results on any thread count.
+
+The size thresholds are lowered so that even tiny inputs are split; odd shapes put rows not
+divisible by the thread count, single-row outputs and more threads than rows through the split.
+Element-wise ops must be bit-identical; conv2d goes through BLAS, whose summation order may depend
+on the matrix's row count, so it is compared to float rounding.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from seg_service import kernels
+from seg_service.runtime import ops
+
+RNG = np.random.default_rng(4321)
+
+
+def rand(*shape: int) -> np.ndarray:
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+@pytest.fixture
+def split_everything(monkeypatch):
+    """Split every op however small; yields a function running ``fn`` on ``n`` threads."""
+    monkeypatch.setattr(ops, "_MIN_ELEMS_PER_THREAD", 1)
+    monkeypatch.setattr(ops, "_MIN_MACS_PER_THREAD", 1)
+    monkeypatch.setattr(ops, "_BLOCK_ELEMS", 8)        # units of one or a few rows
+    monkeypatch.setattr(ops, "_IM2COL_CHUNK_ELEMS", 1)  # im2col units of one output row
+    before = kernels.get_num_threads()
+
+    def on_threads(n, fn, *args, **kwargs):
+        kernels.set_num_threads(n)
+        return fn(*args, **kwargs)
+
+    yield on_threads
+    kernels.set_num_threads(before)
+
+
+THREADS = [2, 3]  # 3 > the 2 cores here: a split that is never even on these shapes
+
+
+@pytest.mark.parametrize("threads", THREADS)
+@pytest.mark.parametrize(
+    "h, w, cin, cout, k, stride, padding, dilation",
+    [
+        (13, 17, 3, 8, 7, 2, 3, 1),   # stem-like, channel-major columns, 7 output rows
+        (1, 9, 3, 4, 1, 1, 0, 1),     # 1x1 conv on a single row
+        (7, 5, 20, 6, 1, 1, 0, 1),    # 1x1 projection, 7 rows
+        (9, 11, 20, 7, 3, 1, 2, 2),   # channel-last columns
+        (3, 8, 5, 4, 3, 2, 1, 1),     # 2 output rows
+        (1, 6, 17, 3, 1, 2, 0, 1),    # strided 1x1, 1 output row
+    ],
+)
+@pytest.mark.parametrize("relu", [False, True])
+def test_conv2d_threads_agree(split_everything, threads, h, w, cin, cout, k, stride, padding, dilation, relu):
+    x, weight, bias = rand(h, w, cin), rand(cout, k, k, cin), rand(cout)
+    one = split_everything(1, ops.conv2d, x, weight, bias, stride, padding, dilation, relu)
+    many = split_everything(threads, ops.conv2d, x, weight, bias, stride, padding, dilation, relu)
+    assert many.shape == one.shape and many.dtype == np.float32
+    np.testing.assert_allclose(many, one, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("threads", THREADS)
+def test_conv2d_small_im2col_chunks_with_threads(split_everything, monkeypatch, threads):
+    x, weight = rand(23, 19, 8), rand(5, 3, 3, 8)
+    one = split_everything(1, ops.conv2d, x, weight, None, 1, 1, 1)
+    monkeypatch.setattr(ops, "_IM2COL_CHUNK_ELEMS", 19 * 9 * 8 * 2)  # two output rows per chunk
+    np.testing.assert_allclose(split_everything(threads, ops.conv2d, x, weight, None, 1, 1, 1), one,
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("threads", THREADS)
+@pytest.mark.parametrize("h, w, c, k, stride, padding",
+                         [(9, 11, 5, 3, 2, 1), (1, 7, 3, 1, 1, 0), (2, 5, 4, 2, 2, 1), (7, 7, 3, 3, 1, 1),
+                          (10, 6, 2, 3, 3, 0)])
+def test_maxpool2d_threads_bit_identical(split_everything, monkeypatch, threads, h, w, c, k, stride, padding):
+    x = rand(h, w, c)
+    one = split_everything(1, ops.maxpool2d, x, k, stride, padding)
+    np.testing.assert_array_equal(split_everything(threads, ops.maxpool2d, x, k, stride, padding), one)
+    monkeypatch.setattr(ops, "_BLOCK_ELEMS", 1)  # one output row per block: every block boundary
+    np.testing.assert_array_equal(split_everything(threads, ops.maxpool2d, x, k, stride, padding), one)
+
+
+@pytest.mark.parametrize("threads", THREADS)
+@pytest.mark.parametrize("h, w, c, oh, ow", [(4, 5, 3, 13, 17), (3, 3, 2, 1, 7), (5, 4, 21, 7, 9)])
+def test_upsample_bilinear_threads_bit_identical(split_everything, monkeypatch, threads, h, w, c, oh, ow):
+    x = rand(h, w, c)
+    one = split_everything(1, ops.upsample_bilinear, x, oh, ow)
+    np.testing.assert_array_equal(split_everything(threads, ops.upsample_bilinear, x, oh, ow), one)
+    monkeypatch.setattr(ops, "_BLOCK_ELEMS", 1)
+    np.testing.assert_array_equal(split_everything(threads, ops.upsample_bilinear, x, oh, ow), one)
+
+
+def _lincomb_one_by_one(inputs, coeffs):
+    """The sum the runtime computed before it was blocked and threaded."""
+    out = inputs[0] * np.float32(coeffs[0])
+    for x, c in zip(inputs[1:], coeffs[1:], strict=True):
+        out += np.float32(c) * x
+    return out
+
+
+@pytest.mark.parametrize("threads", [1, *THREADS])
+@pytest.mark.parametrize("shape, count", [((7, 5, 3), 5), ((1, 1, 9), 2), ((1, 3, 1), 1), ((5, 1, 11), 3)])
+def test_lincomb_threads_bit_identical(split_everything, monkeypatch, threads, shape, count):
+    inputs, coeffs = [rand(*shape) for _ in range(count)], [float(c) for c in RNG.standard_normal(count)]
+    monkeypatch.setattr(ops, "_BLOCK_ELEMS", 4)  # blocks that do not divide the parts
+    got = split_everything(threads, ops.lincomb, inputs, coeffs)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, _lincomb_one_by_one(inputs, coeffs))
+
+
+def test_lincomb_large_map_bit_identical():
+    # Default thresholds and blocks: 1.07 M elements, split over 2 threads, a partial last block.
+    inputs, coeffs = [rand(65, 33, 497) for _ in range(5)], [0.3, -1.7, 2.5, 0.01, -0.6]
+    before = kernels.get_num_threads()
+    try:
+        kernels.set_num_threads(2)
+        assert ops._thread_count(inputs[0].size, inputs[0].size, ops._MIN_ELEMS_PER_THREAD) == 2
+        got = ops.lincomb(inputs, coeffs)
+    finally:
+        kernels.set_num_threads(before)
+    np.testing.assert_array_equal(got, _lincomb_one_by_one(inputs, coeffs))
+
+
+def test_lincomb_non_contiguous_inputs(split_everything):
+    inputs = [rand(6, 8, 4)[:, ::2], rand(6, 4, 4)]
+    got = split_everything(2, ops.lincomb, inputs, [1.5, -0.5])
+    np.testing.assert_array_equal(got, _lincomb_one_by_one(inputs, [1.5, -0.5]))
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("n_rows, unit_rows", [(1, 1), (7, 2), (7, 3), (64, 5), (5, 10), (6, 0)])
+def test_row_units_cover_every_row_once(threads, n_rows, unit_rows):
+    lock, seen = threading.Lock(), []
+
+    def part(r0, r1):
+        with lock:
+            seen.append((r0, r1))
+
+    ops._run_row_parts(part, n_rows, threads, unit_rows)
+    covered = sorted(seen)
+    assert covered[0][0] == 0 and covered[-1][1] == n_rows
+    assert all(a[1] == b[0] and a[0] < a[1] for a, b in zip(covered, covered[1:]))
+
+
+def test_thread_count_follows_the_setting_and_the_work():
+    before = kernels.get_num_threads()
+    try:
+        kernels.set_num_threads(2)
+        assert ops._thread_count(100, 10**9, 1) == 2
+        assert ops._thread_count(1, 10**9, 1) == 1           # one row: nothing to split
+        assert ops._thread_count(100, 10, 1000) == 1         # small work stays on the caller
+        kernels.set_num_threads(1)
+        assert ops._thread_count(100, 10**9, 1) == 1
+    finally:
+        kernels.set_num_threads(before)
+
+
+def test_pool_follows_thread_count_changes(split_everything):
+    x = rand(9, 4, 2)  # 9 output rows, units of one row
+    split_everything(3, ops.maxpool2d, x, 3, 1, 1)
+    assert ops._pool_workers == 2
+    split_everything(2, ops.maxpool2d, x, 3, 1, 1)
+    assert ops._pool_workers == 1
+
+
+def test_helper_errors_reach_the_caller(split_everything):
+    kernels.set_num_threads(2)
+    ran = []
+
+    def part(r0, r1):
+        ran.append((r0, r1))
+        if r0 > 0:
+            raise RuntimeError("helper failed")
+
+    with pytest.raises(RuntimeError, match="helper failed"):
+        ops._run_row_parts(part, 4, 2, 1)
+    assert (0, 1) in ran  # the first unit always runs; later ones stop once one has failed
+
+
+def test_concurrent_callers_share_the_pool(split_everything):
+    # Several application threads running ops at once (a server): each still gets its own result.
+    from concurrent.futures import ThreadPoolExecutor
+
+    kernels.set_num_threads(2)
+    inputs = [rand(9, 7, 5) for _ in range(6)]
+    expected = [split_everything(1, ops.maxpool2d, x, 3, 2, 1) for x in inputs]
+    kernels.set_num_threads(2)
+    with ThreadPoolExecutor(max_workers=3) as callers:
+        got = list(callers.map(lambda x: ops.maxpool2d(x, 3, 2, 1), inputs * 5))
+    for i, out in enumerate(got):
+        np.testing.assert_array_equal(out, expected[i % len(inputs)])
