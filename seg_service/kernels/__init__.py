@@ -8,7 +8,9 @@ channel ``64*j + i``; bit = 1 means -1, i.e. ``x < 0``; zero, -0.0 and NaN pack 
 The ISA path (AVX-512 VPOPCNTDQ, AVX2, scalar) is chosen at run time; ``SEG_ISA`` forces one at
 import and ``SEG_THREADS`` sets the thread count. ``prepare_weights`` arranges a layer's weights
 for the kernels once (a model does it at load time); the conv functions take the result in place of
-the weight array. ``reference.py`` is a plain numpy version of the
+the weight array. ``lincomb_group`` runs the float linear combinations between binary convs (a
+Group-Net block's branch sum and soft gates) in one pass; ``upsample_bilinear`` is the graph's
+bilinear resampling. ``reference.py`` is a plain numpy version of the
 same API that defines the expected results.
 """
 
@@ -24,10 +26,12 @@ from seg_service.kernels._core import (
     bconv2d_int,
     get_num_threads,
     isa,
+    lincomb_group,
     pack_bits,
     prepare_weights,
     set_isa,
     set_num_threads,
+    upsample_bilinear,
 )
 
 __all__ = [
@@ -38,10 +42,12 @@ __all__ = [
     "bconv2d_int",
     "get_num_threads",
     "isa",
+    "lincomb_group",
     "pack_bits",
     "prepare_weights",
     "set_isa",
     "set_num_threads",
+    "upsample_bilinear",
 ]
 
 

@@ -5,6 +5,9 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <utility>
+#include <vector>
+
 #include <limits>
 #include <string>
 
@@ -266,6 +269,74 @@ py::array_t<float> bconv2d_float(const py::handle& x_obj, const py::handle& w_ob
     return out;
 }
 
+// Inputs: float32 arrays of one shape; program[m] = [(source, coeff), ...] for output m, where
+// sources [0, len(inputs)) are the inputs and len(inputs) + j is output j < m of the group.
+py::list lincomb_group(const py::sequence& inputs_obj, const std::vector<std::vector<std::pair<int64_t, float>>>& program) {
+    require(py::len(inputs_obj) >= 1, "lincomb_group needs at least one input");
+    require(!program.empty(), "lincomb_group needs at least one output");
+    std::vector<py::array_t<float, py::array::c_style>> inputs;
+    for (const auto& item : inputs_obj) {
+        const std::string name = "inputs[" + std::to_string(inputs.size()) + "]";
+        require(py::isinstance<py::array>(item), name + " must be a numpy array");
+        const auto ndim = py::reinterpret_borrow<py::array>(item).ndim();
+        inputs.push_back(checked<float>(item, name.c_str(), ndim));
+        const auto& first = inputs.front();
+        const auto& last = inputs.back();
+        bool same = last.ndim() == first.ndim();
+        for (py::ssize_t d = 0; same && d < first.ndim(); ++d) same = last.shape(d) == first.shape(d);
+        require(same, name + " has shape " + shape_str(last) + " but inputs[0] has " + shape_str(first));
+    }
+    const auto n_inputs = static_cast<int64_t>(inputs.size());
+    std::vector<int64_t> term_begin{0};
+    std::vector<segk::LincombTerm> terms;
+    for (size_t m = 0; m < program.size(); ++m) {
+        require(!program[m].empty(), "output " + std::to_string(m) + " of lincomb_group has no terms");
+        for (const auto& [source, coeff] : program[m]) {
+            require(source >= 0 && source < n_inputs + static_cast<int64_t>(m),
+                    "output " + std::to_string(m) + " reads source " + std::to_string(source) +
+                        ": sources are the " + std::to_string(n_inputs) + " inputs, then earlier outputs only");
+            terms.push_back({source, coeff});
+        }
+        term_begin.push_back(static_cast<int64_t>(terms.size()));
+    }
+    const auto& first = inputs.front();
+    const std::vector<py::ssize_t> shape(first.shape(), first.shape() + first.ndim());
+    std::vector<py::array_t<float>> outputs;
+    std::vector<const float*> in_ptrs;
+    std::vector<float*> out_ptrs;
+    for (const auto& x : inputs) in_ptrs.push_back(x.data());
+    for (size_t m = 0; m < program.size(); ++m) {
+        outputs.emplace_back(shape);
+        out_ptrs.push_back(outputs.back().mutable_data());
+    }
+    const int64_t n = first.size();
+    {
+        py::gil_scoped_release release;
+        segk::lincomb_group(in_ptrs.data(), n_inputs, out_ptrs.data(), static_cast<int64_t>(out_ptrs.size()),
+                            term_begin.data(), terms.data(), n);
+    }
+    py::list result;
+    for (auto& out : outputs) result.append(out);
+    return result;
+}
+
+py::array_t<float> upsample_bilinear(const py::handle& x_obj, int64_t out_h, int64_t out_w) {
+    auto x = checked<float>(x_obj, "x", 3);
+    require(x.shape(0) >= 1 && x.shape(1) >= 1 && x.shape(2) >= 1, "x must be a non-empty [H, W, C] map, got " +
+                                                                       shape_str(x));
+    require(out_h >= 1 && out_w >= 1,
+            "output size must be positive, got " + std::to_string(out_h) + "x" + std::to_string(out_w));
+    py::array_t<float> out({out_h, out_w, static_cast<int64_t>(x.shape(2))});
+    const float* xp = x.data();
+    float* op = out.mutable_data();
+    const int64_t h = x.shape(0), w = x.shape(1), c = x.shape(2);
+    {
+        py::gil_scoped_release release;
+        segk::upsample_bilinear(xp, h, w, c, op, out_h, out_w);
+    }
+    return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -319,4 +390,11 @@ PYBIND11_MODULE(_core, m) {
           py::arg("dilation"), py::arg("mul"), py::arg("bias"), py::arg("relu_before"), py::arg("relu_after"),
           py::arg("residual") = py::none(),
           "bconv2d on a float32 [H, W, C] input, binarised (x < 0 -> -1) and packed inside the call.");
+    m.def("upsample_bilinear", &upsample_bilinear, py::arg("x"), py::arg("out_h"), py::arg("out_w"),
+          "Bilinear resampling of float32 [H, W, C] to [out_h, out_w, C], as F.interpolate(mode='bilinear', "
+          "align_corners=False): rows first, then columns.");
+    m.def("lincomb_group", &lincomb_group, py::arg("inputs"), py::arg("program"),
+          "Linear combinations of float32 maps of one shape, in one pass: program[m] lists output m's terms as "
+          "(source, coeff); sources 0 .. len(inputs) - 1 are the inputs, len(inputs) + j is output j < m. Output "
+          "m = coeff0 * src0, then += coeff * src per term, each step rounded to float32 (as numpy would).");
 }

@@ -49,4 +49,24 @@ void bconv(const uint64_t* a, const PreparedWeights& w, const ConvShape& shape, 
 void bconv_float(const float* x, const PreparedWeights& w, const ConvShape& shape, const Epilogue& ep,
                  float* out);
 
+// --- Float ops between the binary convolutions (float_ops.cpp) ---
+
+// One term of a linear combination: coeff * source, where sources [0, n_inputs) are the inputs and
+// source n_inputs + m is output m of the same group (m must be smaller than the output using it).
+struct LincombTerm {
+    int64_t source = 0;
+    float coeff = 0.0f;
+};
+
+// A group of linear combinations over maps of n floats each, computed in one pass over the elements:
+// outputs[m][i] = sum of the terms term_begin[m] .. term_begin[m + 1] - 1, evaluated left to right
+// (first = coeff * x, then += coeff * x, each step rounded to float32). Group-Net's branch sum and
+// the soft gates that read it run as one group, so each map is read from memory once.
+void lincomb_group(const float* const* inputs, int64_t n_inputs, float* const* outputs, int64_t n_outputs,
+                   const int64_t* term_begin, const LincombTerm* terms, int64_t n);
+
+// Bilinear resampling of x [h, w, c] to out [out_h, out_w, c], as PyTorch's F.interpolate with
+// align_corners=False: rows first, then columns, each product and sum rounded to float32.
+void upsample_bilinear(const float* x, int64_t h, int64_t w, int64_t c, float* out, int64_t out_h, int64_t out_w);
+
 }  // namespace segk

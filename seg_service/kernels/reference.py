@@ -111,3 +111,38 @@ def bconv2d_float(
     return bconv2d(
         pack_bits(x), w, x.shape[2], stride, padding, dilation, mul, bias, relu_before, relu_after, residual
     )
+
+
+def _linear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices and weights of bilinear resampling along one axis (align_corners=False)."""
+    scale = in_size / out_size
+    src = (np.arange(out_size, dtype=np.float64) + 0.5) * scale - 0.5
+    src = np.maximum(src, 0.0)  # PyTorch clamps negative source coordinates to 0
+    i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+    i1 = np.minimum(i0 + 1, in_size - 1)
+    frac = (src - i0).astype(np.float32)
+    return i0, i1, frac
+
+
+def upsample_bilinear(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """F.interpolate(mode="bilinear", align_corners=False) on float32 [H, W, C]: rows, then columns."""
+    i0, i1, fy = _linear_taps(x.shape[0], out_h)
+    j0, j1, fx = _linear_taps(x.shape[1], out_w)
+    rows = x[i0] * (1.0 - fy)[:, None, None] + x[i1] * fy[:, None, None]
+    return rows[:, j0] * (1.0 - fx)[None, :, None] + rows[:, j1] * fx[None, :, None]
+
+
+def lincomb_group(inputs: list[np.ndarray], program: list[list[tuple[int, float]]]) -> list[np.ndarray]:
+    """Output m = coeff0 * src0, then += coeff * src for each further term (float32 at each step).
+
+    Sources 0 .. len(inputs) - 1 are the inputs; len(inputs) + j is output j (j < m).
+    """
+    outputs: list[np.ndarray] = []
+    for terms in program:
+        out = None
+        for source, coeff in terms:
+            x = inputs[source] if source < len(inputs) else outputs[source - len(inputs)]
+            term = np.float32(coeff) * np.asarray(x, dtype=np.float32)
+            out = term if out is None else out + term
+        outputs.append(out)
+    return outputs

@@ -109,6 +109,51 @@ def _shape_str(shape: tuple[int, ...]) -> str:
     return "x".join(str(v) for v in shape)
 
 
+@dataclass(frozen=True)
+class LincombGroup:
+    """A run of consecutive ``lincomb`` ops computed by one ``kernels.lincomb_group`` call.
+
+    A Group-Net block ends in such a run: the gated sum of its K branches, then the K soft-gate
+    mixes that read that sum. Computing them together reads each branch map once instead of twice.
+    """
+
+    indices: tuple[int, ...]  # op indices of the members, in order
+    inputs: tuple[str, ...]  # values read from outside the group
+    outputs: tuple[str, ...]  # one per member
+    program: tuple[tuple[tuple[int, float], ...], ...]  # per member: (source, coeff), see lincomb_group
+
+
+def lincomb_groups(ops_list: list[dict[str, Any]]) -> list[LincombGroup]:
+    """Every maximal run of consecutive lincomb ops (runs of one op included) as a LincombGroup."""
+    groups: list[LincombGroup] = []
+    index = 0
+    while index < len(ops_list):
+        if ops_list[index]["op"] != "lincomb":
+            index += 1
+            continue
+        end = index
+        while end < len(ops_list) and ops_list[end]["op"] == "lincomb":
+            end += 1
+        members = ops_list[index:end]
+        produced = {op["out"]: j for j, op in enumerate(members)}
+        inputs: list[str] = []
+        for j, op in enumerate(members):
+            for name in op["ins"]:
+                if produced.get(name, j) >= j and name not in inputs:
+                    inputs.append(name)
+        program = []
+        for j, op in enumerate(members):
+            terms = []
+            for name, coeff in zip(op["ins"], op["coeffs"], strict=True):
+                source = len(inputs) + produced[name] if produced.get(name, j) < j else inputs.index(name)
+                terms.append((source, float(coeff)))
+            program.append(tuple(terms))
+        groups.append(LincombGroup(tuple(range(index, end)), tuple(inputs),
+                                   tuple(op["out"] for op in members), tuple(program)))
+        index = end
+    return groups
+
+
 class GraphExecutor:
     """Executes a validated graph on one input at a time.
 
@@ -116,7 +161,9 @@ class GraphExecutor:
     here (``kernels.prepare_weights``). A value binarised by several binary convolutions (the K
     branches of a group, an ASPP head's parallel convs) is sign-packed once and the packed bits are
     shared; a value read by one binary convolution only is packed inside that call
-    (``kernels.bconv2d_float``).
+    (``kernels.bconv2d_float``). Each run of consecutive ``lincomb`` ops is one
+    ``kernels.lincomb_group`` call (``LincombGroup``), with the numpy ops as the fallback for
+    inputs the kernel does not take (maps of different shapes or dtypes).
     """
 
     def __init__(self, graph: Mapping[str, Any], tensors: Mapping[str, np.ndarray]):
@@ -142,6 +189,8 @@ class GraphExecutor:
                 if key not in self._prepared:
                     self._prepared[key] = kernels.prepare_weights(tensors[op["weight"]], op["in_channels"])
         self._shared_binary_inputs = {name for name, count in binary_readers.items() if count > 1}
+        self._lincomb_groups = {group.indices[0]: group for group in lincomb_groups(self.ops)}
+        self._grouped = {i for group in self._lincomb_groups.values() for i in group.indices[1:]}
         # Filled by the environment switch SEG_PROFILE=1 (see run()).
         self.profile: RunProfile | None = None
         if os.environ.get(PROFILE_ENV, "").strip() not in ("", "0"):
@@ -175,7 +224,11 @@ class GraphExecutor:
         packed: dict[str, np.ndarray] = {}
         for index, op in enumerate(self.ops):
             try:
-                if recorders:
+                if index in self._grouped:
+                    pass  # computed with the first op of its lincomb group
+                elif index in self._lincomb_groups:
+                    self._run_lincomb_group(self._lincomb_groups[index], values, recorders)
+                elif recorders:
                     self._run_op_timed(index, op, values, packed, recorders)
                 else:
                     values[op["out"]] = self._run_op(op, values, packed)
@@ -194,6 +247,25 @@ class GraphExecutor:
             for kind, seconds in recorders[-1].by_kind().items():
                 profile[kind] = profile.get(kind, 0.0) + seconds
         return values if keep_all else {name: values[name] for name in self.outputs}
+
+    def _run_lincomb_group(self, group: LincombGroup, values: dict[str, np.ndarray],
+                           recorders: list[RunProfile]) -> None:
+        start = time.perf_counter()
+        inputs = [values[name] for name in group.inputs]
+        first = inputs[0]
+        if all(x.dtype == np.float32 and x.shape == first.shape for x in inputs):
+            outs = kernels.lincomb_group(inputs, [list(terms) for terms in group.program])
+            values.update(zip(group.outputs, outs, strict=True))
+        else:
+            for index in group.indices:
+                op = self.ops[index]
+                values[op["out"]] = ops.lincomb([values[n] for n in op["ins"]], op["coeffs"])
+        seconds = time.perf_counter() - start
+        if recorders:
+            out = values[group.outputs[0]]
+            detail = f"{_shape_str(out.shape)} x{len(group.outputs)} from {len(group.inputs)}"
+            for recorder in recorders:
+                recorder.add(group.indices[0], "lincomb", group.outputs[0], detail, 0, seconds)
 
     def _run_op_timed(self, index: int, op: dict[str, Any], values: dict[str, np.ndarray],
                       packed: dict[str, np.ndarray], recorders: list[RunProfile]) -> None:

@@ -181,7 +181,7 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride: i
     return out
 
 
-# maxpool2d, upsample_bilinear and lincomb work on blocks of about this many output elements
+# maxpool2d works on blocks of about this many output elements
 # (512 KiB of float32) at a time, so a block's temporaries stay in the core's L2 cache. Measured at
 # 2 threads on the 512x512 model's maps: 4x smaller blocks are 1.2-1.5x slower (more numpy calls,
 # each taking the GIL), 2x larger ones no faster.
@@ -248,80 +248,32 @@ def adaptive_avgpool(x: np.ndarray, size: int | tuple[int, int] | list[int]) -> 
     return out
 
 
-def _linear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Source indices and weights of bilinear resampling along one axis (align_corners=False)."""
-    scale = in_size / out_size
-    src = (np.arange(out_size, dtype=np.float64) + 0.5) * scale - 0.5
-    src = np.maximum(src, 0.0)  # PyTorch clamps negative source coordinates to 0
-    i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
-    i1 = np.minimum(i0 + 1, in_size - 1)
-    frac = (src - i0).astype(np.float32)
-    return i0, i1, frac
-
-
 def upsample_bilinear(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     """Like F.interpolate(x, size=(out_h, out_w), mode="bilinear", align_corners=False).
 
-    Rows first, then columns, on blocks of output rows split over the configured threads.
+    Runs in the C++ kernels (rows first, then columns, output rows split over the kernels' threads);
+    ``kernels.reference.upsample_bilinear`` is the numpy definition it matches bit for bit.
     """
-    h, w, c = x.shape
-    if (h, w) == (out_h, out_w):
-        return x.copy()
-    i0, i1, fy = _linear_taps(h, out_h)
-    j0, j1, fx = _linear_taps(w, out_w)
-    top_weight, bottom_weight = (1.0 - fy)[:, None, None], fy[:, None, None]
-    left_weight, right_weight = (1.0 - fx)[None, :, None], fx[None, :, None]
-    out = np.empty((out_h, out_w, c), dtype=np.float32)
-    block_rows = max(1, _BLOCK_ELEMS // max(1, out_w * c))
-
-    def part(r0: int, r1: int) -> None:
-        for b0, b1 in _blocks(r0, r1, block_rows):
-            rows = x[i0[b0:b1]] * top_weight[b0:b1] + x[i1[b0:b1]] * bottom_weight[b0:b1]
-            left = rows[:, j0]
-            left *= left_weight
-            right = rows[:, j1]
-            right *= right_weight
-            np.add(left, right, out=out[b0:b1])
-
-    _run_row_parts(part, out_h, _thread_count(out_h, out_h * out_w * c, _MIN_ELEMS_PER_THREAD), block_rows)
-    return out
+    if x.shape[:2] == (out_h, out_w):
+        return np.array(x, dtype=np.float32)
+    return kernels.upsample_bilinear(np.ascontiguousarray(x, dtype=np.float32), out_h, out_w)
 
 
 def lincomb(inputs: list[np.ndarray], coeffs: list[float]) -> np.ndarray:
-    """sum_i coeffs[i] * inputs[i].
+    """sum_i coeffs[i] * inputs[i], each product and sum rounded to float32 in that order.
 
-    Large float32 maps are summed block by block (the partial sum and one product stay in L2
-    while the K inputs stream through), the blocks split over the configured threads; each element
-    gets the same float32 operations in the same order as summing the whole maps one by one.
+    Maps of one shape go through ``kernels.lincomb_group`` (one pass, split over the kernels'
+    threads); anything else (a broadcast [1, 1, C] map, another dtype) through numpy.
     """
     if len(inputs) != len(coeffs):
         raise ValueError(f"lincomb: {len(inputs)} inputs but {len(coeffs)} coefficients")
     shape = inputs[0].shape
-    size = inputs[0].size
-    threads = _thread_count(size, size, _MIN_ELEMS_PER_THREAD)
-    # On one thread blocking gains nothing measurable (in the 512x512 model it lost ~10% on
-    # 64x64x128 maps), so small maps keep the whole-map sum.
-    if threads == 1 or any(x.dtype != np.float32 or x.shape != shape or not x.flags.c_contiguous for x in inputs):
-        out = inputs[0] * np.float32(coeffs[0])
-        for x, c in zip(inputs[1:], coeffs[1:], strict=True):
-            out += np.float32(c) * x
-        return out
-    flats = [x.reshape(-1) for x in inputs]
-    weights = [np.float32(c) for c in coeffs]
-    out = np.empty(shape, dtype=np.float32)
-    out_flat = out.reshape(-1)
-
-    def part(e0: int, e1: int) -> None:
-        product = np.empty(min(_BLOCK_ELEMS, e1 - e0), dtype=np.float32)
-        for b0, b1 in _blocks(e0, e1, _BLOCK_ELEMS):
-            acc, tmp = out_flat[b0:b1], product[: b1 - b0]
-            np.multiply(flats[0][b0:b1], weights[0], out=acc)
-            for flat, weight in zip(flats[1:], weights[1:]):
-                np.multiply(weight, flat[b0:b1], out=tmp)
-                acc += tmp
-
-    _run_row_parts(part, size, threads, _BLOCK_ELEMS)
-    return out
+    if all(x.dtype == np.float32 and x.shape == shape for x in inputs):
+        return kernels.lincomb_group(inputs, [[(i, float(c)) for i, c in enumerate(coeffs)]])[0]
+    out = inputs[0] * np.float32(coeffs[0])
+    for x, c in zip(inputs[1:], coeffs[1:], strict=True):
+        out += np.float32(c) * x
+    return out.astype(np.float32, copy=False)
 
 
 def affine(x: np.ndarray, mul: np.ndarray, bias: np.ndarray, relu_before: bool = False,

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from seg_service import kernels
+from seg_service.kernels import reference
 from seg_service.runtime import ops
 
 RNG = np.random.default_rng(4321)
@@ -86,13 +87,13 @@ def test_maxpool2d_threads_bit_identical(split_everything, monkeypatch, threads,
 
 
 @pytest.mark.parametrize("threads", THREADS)
-@pytest.mark.parametrize("h, w, c, oh, ow", [(4, 5, 3, 13, 17), (3, 3, 2, 1, 7), (5, 4, 21, 7, 9)])
-def test_upsample_bilinear_threads_bit_identical(split_everything, monkeypatch, threads, h, w, c, oh, ow):
+@pytest.mark.parametrize("h, w, c, oh, ow", [(4, 5, 3, 13, 17), (3, 3, 2, 1, 7), (5, 4, 21, 7, 9),
+                                             (64, 64, 21, 512, 512), (37, 41, 5, 300, 11)])
+def test_upsample_bilinear_threads_bit_identical(split_everything, threads, h, w, c, oh, ow):
     x = rand(h, w, c)
     one = split_everything(1, ops.upsample_bilinear, x, oh, ow)
     np.testing.assert_array_equal(split_everything(threads, ops.upsample_bilinear, x, oh, ow), one)
-    monkeypatch.setattr(ops, "_BLOCK_ELEMS", 1)
-    np.testing.assert_array_equal(split_everything(threads, ops.upsample_bilinear, x, oh, ow), one)
+    np.testing.assert_array_equal(one, reference.upsample_bilinear(x, oh, ow))
 
 
 def _lincomb_one_by_one(inputs, coeffs):
@@ -104,25 +105,12 @@ def _lincomb_one_by_one(inputs, coeffs):
 
 
 @pytest.mark.parametrize("threads", [1, *THREADS])
-@pytest.mark.parametrize("shape, count", [((7, 5, 3), 5), ((1, 1, 9), 2), ((1, 3, 1), 1), ((5, 1, 11), 3)])
-def test_lincomb_threads_bit_identical(split_everything, monkeypatch, threads, shape, count):
+@pytest.mark.parametrize("shape, count", [((7, 5, 3), 5), ((1, 1, 9), 2), ((1, 3, 1), 1), ((5, 1, 11), 3),
+                                          ((65, 33, 497), 5)])
+def test_lincomb_threads_bit_identical(split_everything, threads, shape, count):
     inputs, coeffs = [rand(*shape) for _ in range(count)], [float(c) for c in RNG.standard_normal(count)]
-    monkeypatch.setattr(ops, "_BLOCK_ELEMS", 4)  # blocks that do not divide the parts
     got = split_everything(threads, ops.lincomb, inputs, coeffs)
     assert got.dtype == np.float32
-    np.testing.assert_array_equal(got, _lincomb_one_by_one(inputs, coeffs))
-
-
-def test_lincomb_large_map_bit_identical():
-    # Default thresholds and blocks: 1.07 M elements, split over 2 threads, a partial last block.
-    inputs, coeffs = [rand(65, 33, 497) for _ in range(5)], [0.3, -1.7, 2.5, 0.01, -0.6]
-    before = kernels.get_num_threads()
-    try:
-        kernels.set_num_threads(2)
-        assert ops._thread_count(inputs[0].size, inputs[0].size, ops._MIN_ELEMS_PER_THREAD) == 2
-        got = ops.lincomb(inputs, coeffs)
-    finally:
-        kernels.set_num_threads(before)
     np.testing.assert_array_equal(got, _lincomb_one_by_one(inputs, coeffs))
 
 
@@ -130,6 +118,11 @@ def test_lincomb_non_contiguous_inputs(split_everything):
     inputs = [rand(6, 8, 4)[:, ::2], rand(6, 4, 4)]
     got = split_everything(2, ops.lincomb, inputs, [1.5, -0.5])
     np.testing.assert_array_equal(got, _lincomb_one_by_one(inputs, [1.5, -0.5]))
+
+
+def test_lincomb_broadcast_map_goes_through_numpy():
+    inputs = [rand(6, 4, 4), rand(1, 1, 4)]
+    np.testing.assert_array_equal(ops.lincomb(inputs, [0.5, 2.0]), _lincomb_one_by_one(inputs, [0.5, 2.0]))
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])

@@ -1,0 +1,176 @@
+// Float ops of the packed graph that run between the binary convolutions, where numpy's
+// one-ufunc-at-a-time passes over memory cost more than the arithmetic (see kernels.h).
+//
+// Rounding: every product and every sum is rounded to float32 on its own, in the same order as the
+// numpy fallback (seg_service/runtime/ops.py), so both give bit-identical results. That is why
+// contraction of a * b + c into an FMA is switched off below for this file's functions.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "kernels.h"
+#include "threadpool.h"
+
+#pragma GCC optimize("fp-contract=off")
+
+namespace segk {
+namespace {
+
+// Elements per work item: one chunk of every map of a group (up to ~12 maps for K = 5) stays in
+// the L1/L2 cache while the group's combinations read back the outputs they just wrote.
+constexpr int64_t kLincombChunk = 2048;
+// Below this many float operations a call stays on the calling thread.
+constexpr int64_t kMinParallelFlops = int64_t{1} << 19;
+
+struct LincombCall {
+    const float* const* inputs;
+    int64_t n_inputs;
+    float* const* outputs;
+    int64_t n_outputs;
+    const int64_t* term_begin;
+    const LincombTerm* terms;
+    int64_t n;
+};
+
+// The body is inlined into each ISA's target-attributed wrapper below and vectorised with it.
+inline void lincomb_chunk_body(const LincombCall& c, int64_t e0, int64_t e1) {
+    const int64_t len = e1 - e0;
+    for (int64_t m = 0; m < c.n_outputs; ++m) {
+        float* __restrict dst = c.outputs[m] + e0;
+        for (int64_t t = c.term_begin[m]; t < c.term_begin[m + 1]; ++t) {
+            const int64_t s = c.terms[t].source;
+            const float* __restrict src = (s < c.n_inputs ? c.inputs[s] : c.outputs[s - c.n_inputs]) + e0;
+            const float w = c.terms[t].coeff;
+            if (t == c.term_begin[m]) {
+                for (int64_t i = 0; i < len; ++i) dst[i] = w * src[i];
+            } else {
+                for (int64_t i = 0; i < len; ++i) dst[i] = dst[i] + w * src[i];
+            }
+        }
+    }
+}
+
+#if defined(__x86_64__) || defined(_M_X64)
+__attribute__((target("avx512f"))) void lincomb_chunk_avx512(const LincombCall& c, int64_t e0, int64_t e1) {
+    lincomb_chunk_body(c, e0, e1);
+}
+__attribute__((target("avx2"))) void lincomb_chunk_avx2(const LincombCall& c, int64_t e0, int64_t e1) {
+    lincomb_chunk_body(c, e0, e1);
+}
+#endif
+void lincomb_chunk_scalar(const LincombCall& c, int64_t e0, int64_t e1) { lincomb_chunk_body(c, e0, e1); }
+
+using ChunkFn = void (*)(const LincombCall&, int64_t, int64_t);
+
+ChunkFn chunk_fn_for_isa() {
+#if defined(__x86_64__) || defined(_M_X64)
+    const std::string name = isa();
+    if (name == "avx512") return lincomb_chunk_avx512;
+    if (name == "avx2") return lincomb_chunk_avx2;
+#endif
+    return lincomb_chunk_scalar;
+}
+
+// --- Bilinear resampling -----------------------------------------------------------------------
+
+// Source taps of one output coordinate along one axis, as PyTorch computes them for
+// align_corners=False: src = (i + 0.5) * in / out - 0.5 in double, clamped at 0.
+struct Tap {
+    int64_t i0, i1;
+    float frac;
+};
+
+std::vector<Tap> linear_taps(int64_t in_size, int64_t out_size) {
+    std::vector<Tap> taps(static_cast<size_t>(out_size));
+    const double scale = static_cast<double>(in_size) / static_cast<double>(out_size);
+    for (int64_t i = 0; i < out_size; ++i) {
+        const double src = std::max(0.0, (static_cast<double>(i) + 0.5) * scale - 0.5);
+        const int64_t i0 = std::min(static_cast<int64_t>(std::floor(src)), in_size - 1);
+        taps[static_cast<size_t>(i)] = {i0, std::min(i0 + 1, in_size - 1), static_cast<float>(src - static_cast<double>(i0))};
+    }
+    return taps;
+}
+
+struct UpsampleCall {
+    const float* x;
+    int64_t w, c;
+    float* out;
+    int64_t out_w;
+    const Tap* row_taps;
+    const Tap* col_taps;
+};
+
+// Output rows [r0, r1): each is the two source rows mixed (top * (1 - fy) + bottom * fy) into
+// `row`, then each output pixel mixes two pixels of `row` the same way along x.
+inline void upsample_rows_body(const UpsampleCall& u, int64_t r0, int64_t r1, float* __restrict row) {
+    const int64_t row_len = u.w * u.c;
+    for (int64_t y = r0; y < r1; ++y) {
+        const Tap ty = u.row_taps[y];
+        const float top_w = 1.0f - ty.frac, bottom_w = ty.frac;
+        const float* __restrict top = u.x + ty.i0 * row_len;
+        const float* __restrict bottom = u.x + ty.i1 * row_len;
+        for (int64_t i = 0; i < row_len; ++i) row[i] = top[i] * top_w + bottom[i] * bottom_w;
+        float* __restrict dst = u.out + y * u.out_w * u.c;
+        for (int64_t xo = 0; xo < u.out_w; ++xo) {
+            const Tap tx = u.col_taps[xo];
+            const float left_w = 1.0f - tx.frac, right_w = tx.frac;
+            const float* __restrict left = row + tx.i0 * u.c;
+            const float* __restrict right = row + tx.i1 * u.c;
+            float* __restrict o = dst + xo * u.c;
+            for (int64_t k = 0; k < u.c; ++k) o[k] = left[k] * left_w + right[k] * right_w;
+        }
+    }
+}
+
+#if defined(__x86_64__) || defined(_M_X64)
+__attribute__((target("avx512f"))) void upsample_rows_avx512(const UpsampleCall& u, int64_t r0, int64_t r1,
+                                                             float* row) {
+    upsample_rows_body(u, r0, r1, row);
+}
+__attribute__((target("avx2"))) void upsample_rows_avx2(const UpsampleCall& u, int64_t r0, int64_t r1, float* row) {
+    upsample_rows_body(u, r0, r1, row);
+}
+#endif
+void upsample_rows_scalar(const UpsampleCall& u, int64_t r0, int64_t r1, float* row) {
+    upsample_rows_body(u, r0, r1, row);
+}
+
+}  // namespace
+
+void upsample_bilinear(const float* x, int64_t h, int64_t w, int64_t c, float* out, int64_t out_h, int64_t out_w) {
+    const std::vector<Tap> row_taps = linear_taps(h, out_h), col_taps = linear_taps(w, out_w);
+    const UpsampleCall call{x, w, c, out, out_w, row_taps.data(), col_taps.data()};
+    auto fn = upsample_rows_scalar;
+#if defined(__x86_64__) || defined(_M_X64)
+    const std::string name = isa();
+    if (name == "avx512") fn = upsample_rows_avx512;
+    if (name == "avx2") fn = upsample_rows_avx2;
+#endif
+    // Items of a few output rows (at least ~64 K output values each); small maps stay on one thread.
+    const int64_t row_values = std::max<int64_t>(1, out_w * c);
+    const int64_t rows_per_item = std::max<int64_t>(1, (int64_t{1} << 16) / row_values);
+    const int64_t items = (out_h + rows_per_item - 1) / rows_per_item;
+    const int threads = out_h * row_values < kMinParallelFlops ? 1 : get_num_threads();
+    parallel_for(threads, items, [&](int64_t item) {
+        std::vector<float> row(static_cast<size_t>(w * c));
+        const int64_t r0 = item * rows_per_item;
+        fn(call, r0, std::min(out_h, r0 + rows_per_item), row.data());
+    });
+}
+
+void lincomb_group(const float* const* inputs, int64_t n_inputs, float* const* outputs, int64_t n_outputs,
+                   const int64_t* term_begin, const LincombTerm* terms, int64_t n) {
+    const LincombCall call{inputs, n_inputs, outputs, n_outputs, term_begin, terms, n};
+    const ChunkFn fn = chunk_fn_for_isa();
+    const int64_t flops = 2 * n * term_begin[n_outputs];
+    const int threads = flops < kMinParallelFlops ? 1 : get_num_threads();
+    const int64_t chunks = (n + kLincombChunk - 1) / kLincombChunk;
+    parallel_for(threads, chunks, [&](int64_t item) {
+        const int64_t e0 = item * kLincombChunk;
+        fn(call, e0, std::min(n, e0 + kLincombChunk));
+    });
+}
+
+}  // namespace segk
