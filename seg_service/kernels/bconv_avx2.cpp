@@ -38,6 +38,8 @@ SEGK_AVX2 inline void store_full_block(const ConvJob& job, int64_t p, int64_t c0
         if (job.residual != nullptr) y = _mm256_add_ps(y, _mm256_loadu_ps(job.residual + at + 8 * h));
         if (job.relu_after) y = _mm256_max_ps(y, zero);
         _mm256_storeu_ps(job.out_f + at + 8 * h, y);
+        if (job.out_bits != nullptr)
+            *sign_byte(job, p, c0 + 8 * h) = static_cast<uint8_t>(_mm256_movemask_ps(_mm256_cmp_ps(y, zero, _CMP_LT_OQ)));
     }
 }
 

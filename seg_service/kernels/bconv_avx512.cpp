@@ -11,6 +11,8 @@
 #endif
 #include <immintrin.h>
 
+#include <cstring>
+
 #include "bitpack.h"
 #include "conv_job.h"
 
@@ -75,6 +77,11 @@ SEGK_AVX512 inline void store_tile(const ConvJob& job, int64_t cb, int64_t p0, c
             if (residual != nullptr) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask[g], residual + at + 16 * g));
             if (relu_after) y = _mm512_max_ps(y, zero);
             _mm512_mask_storeu_ps(out + at + 16 * g, mask[g], y);
+            if (job.out_bits != nullptr) {
+                const __mmask16 sign = _mm512_mask_cmp_ps_mask(mask[g], y, zero, _CMP_LT_OQ);
+                const uint16_t bits = static_cast<uint16_t>(sign);
+                std::memcpy(sign_byte(job, p0 + j, c0 + 16 * g), &bits, sizeof bits);
+            }
         }
     }
 }

@@ -8,6 +8,7 @@
 #include <utility>
 #include <vector>
 
+#include <algorithm>
 #include <limits>
 #include <string>
 
@@ -226,9 +227,23 @@ py::array_t<int32_t> bconv2d_int(const py::handle& a_obj, const py::handle& w_ob
     return out;
 }
 
-py::array_t<float> bconv2d(const py::handle& a_obj, const py::handle& w_obj, int64_t in_channels, int64_t stride,
-                           int64_t padding, int64_t dilation, const py::handle& mul, const py::handle& bias,
-                           bool relu_before, bool relu_after, const py::handle& residual) {
+// The float output, or (output, its sign bits) when pack_output.
+py::object conv_result(py::array_t<float>& out, py::array_t<uint64_t>& bits, bool pack_output) {
+    if (!pack_output) return std::move(out);
+    return py::make_tuple(out, bits);
+}
+
+// Zeroed [h, w, ceil(c / 64)] words for an output's sign bits (an empty array when not wanted).
+py::array_t<uint64_t> sign_bits_buffer(bool wanted, int64_t h, int64_t w, int64_t c) {
+    if (!wanted) return py::array_t<uint64_t>(std::vector<py::ssize_t>{0});
+    py::array_t<uint64_t> bits({h, w, segk::words_for(c)});
+    std::fill(bits.mutable_data(), bits.mutable_data() + bits.size(), uint64_t{0});
+    return bits;
+}
+
+py::object bconv2d(const py::handle& a_obj, const py::handle& w_obj, int64_t in_channels, int64_t stride,
+                   int64_t padding, int64_t dilation, const py::handle& mul, const py::handle& bias,
+                   bool relu_before, bool relu_after, const py::handle& residual, bool pack_output) {
     auto a = checked<uint64_t>(a_obj, "a", 3);
     WeightsArg w = weights_arg(w_obj, in_channels);
     const segk::ConvShape s =
@@ -237,6 +252,8 @@ py::array_t<float> bconv2d(const py::handle& a_obj, const py::handle& w_obj, int
     finish_weights(w, s, in_channels);
     EpilogueArgs e = epilogue_args(s, mul, bias, relu_before, relu_after, residual);
     py::array_t<float> out({s.out_h, s.out_w, s.out_c});
+    py::array_t<uint64_t> bits = sign_bits_buffer(pack_output, s.out_h, s.out_w, s.out_c);
+    if (pack_output) e.ep.out_bits = bits.mutable_data();
     const uint64_t* ap = a.data();
     const segk::PreparedWeights& wp = *w.prepared;
     float* op = out.mutable_data();
@@ -244,12 +261,12 @@ py::array_t<float> bconv2d(const py::handle& a_obj, const py::handle& w_obj, int
         py::gil_scoped_release release;
         segk::bconv(ap, wp, s, e.ep, op);
     }
-    return out;
+    return conv_result(out, bits, pack_output);
 }
 
-py::array_t<float> bconv2d_float(const py::handle& x_obj, const py::handle& w_obj, int64_t stride,
-                                 int64_t padding, int64_t dilation, const py::handle& mul, const py::handle& bias,
-                                 bool relu_before, bool relu_after, const py::handle& residual) {
+py::object bconv2d_float(const py::handle& x_obj, const py::handle& w_obj, int64_t stride, int64_t padding,
+                         int64_t dilation, const py::handle& mul, const py::handle& bias, bool relu_before,
+                         bool relu_after, const py::handle& residual, bool pack_output) {
     auto x = checked<float>(x_obj, "x", 3);
     const int64_t in_channels = x.shape(2);
     require(in_channels >= 1, "x must have at least one channel");
@@ -259,6 +276,8 @@ py::array_t<float> bconv2d_float(const py::handle& x_obj, const py::handle& w_ob
     finish_weights(w, s, in_channels);
     EpilogueArgs e = epilogue_args(s, mul, bias, relu_before, relu_after, residual);
     py::array_t<float> out({s.out_h, s.out_w, s.out_c});
+    py::array_t<uint64_t> bits = sign_bits_buffer(pack_output, s.out_h, s.out_w, s.out_c);
+    if (pack_output) e.ep.out_bits = bits.mutable_data();
     const float* xp = x.data();
     const segk::PreparedWeights& wp = *w.prepared;
     float* op = out.mutable_data();
@@ -266,12 +285,15 @@ py::array_t<float> bconv2d_float(const py::handle& x_obj, const py::handle& w_ob
         py::gil_scoped_release release;
         segk::bconv_float(xp, wp, s, e.ep, op);
     }
-    return out;
+    return conv_result(out, bits, pack_output);
 }
 
 // Inputs: float32 arrays of one shape; program[m] = [(source, coeff), ...] for output m, where
 // sources [0, len(inputs)) are the inputs and len(inputs) + j is output j < m of the group.
-py::list lincomb_group(const py::sequence& inputs_obj, const std::vector<std::vector<std::pair<int64_t, float>>>& program) {
+// Returns (outputs, bits): bits[m] = pack_bits(outputs[m]) for m in pack_outputs, else None.
+py::tuple lincomb_group(const py::sequence& inputs_obj,
+                        const std::vector<std::vector<std::pair<int64_t, float>>>& program,
+                        const std::vector<int64_t>& pack_outputs) {
     require(py::len(inputs_obj) >= 1, "lincomb_group needs at least one input");
     require(!program.empty(), "lincomb_group needs at least one output");
     std::vector<py::array_t<float, py::array::c_style>> inputs;
@@ -301,23 +323,43 @@ py::list lincomb_group(const py::sequence& inputs_obj, const std::vector<std::ve
     }
     const auto& first = inputs.front();
     const std::vector<py::ssize_t> shape(first.shape(), first.shape() + first.ndim());
+    int64_t channels = first.size() > 0 ? 1 : 0, pixels = first.size();
+    if (!pack_outputs.empty()) {
+        require(first.ndim() == 3 && first.shape(2) >= 1,
+                "pack_outputs needs [H, W, C] maps, got shape " + shape_str(first));
+        channels = first.shape(2);
+        pixels = first.shape(0) * first.shape(1);
+    }
     std::vector<py::array_t<float>> outputs;
+    std::vector<py::array_t<uint64_t>> bits(program.size(), py::array_t<uint64_t>(std::vector<py::ssize_t>{0}));
     std::vector<const float*> in_ptrs;
     std::vector<float*> out_ptrs;
+    std::vector<uint64_t*> bit_ptrs(program.size(), nullptr);
     for (const auto& x : inputs) in_ptrs.push_back(x.data());
     for (size_t m = 0; m < program.size(); ++m) {
         outputs.emplace_back(shape);
         out_ptrs.push_back(outputs.back().mutable_data());
     }
-    const int64_t n = first.size();
-    {
+    for (const int64_t m : pack_outputs) {
+        require(m >= 0 && m < static_cast<int64_t>(program.size()),
+                "pack_outputs names output " + std::to_string(m) + " of " + std::to_string(program.size()));
+        bits[m] = py::array_t<uint64_t>({first.shape(0), first.shape(1), segk::words_for(channels)});
+        bit_ptrs[m] = bits[m].mutable_data();
+    }
+    if (pixels > 0) {
         py::gil_scoped_release release;
         segk::lincomb_group(in_ptrs.data(), n_inputs, out_ptrs.data(), static_cast<int64_t>(out_ptrs.size()),
-                            term_begin.data(), terms.data(), n);
+                            term_begin.data(), terms.data(), pixels, channels, bit_ptrs.data());
     }
-    py::list result;
-    for (auto& out : outputs) result.append(out);
-    return result;
+    py::list out_list, bit_list;
+    for (auto& out : outputs) out_list.append(out);
+    for (size_t m = 0; m < program.size(); ++m) {
+        if (bit_ptrs[m] != nullptr)
+            bit_list.append(bits[m]);
+        else
+            bit_list.append(py::none());
+    }
+    return py::make_tuple(out_list, bit_list);
 }
 
 py::array_t<float> upsample_bilinear(const py::handle& x_obj, int64_t out_h, int64_t out_w) {
@@ -384,17 +426,21 @@ PYBIND11_MODULE(_core, m) {
           "Binary convolution with +1 padding: int32 [Ho, Wo, O] dot products n - 2 * popcount(a ^ w).");
     m.def("bconv2d", &bconv2d, py::arg("a"), py::arg("w"), py::arg("in_channels"), py::arg("stride"),
           py::arg("padding"), py::arg("dilation"), py::arg("mul"), py::arg("bias"), py::arg("relu_before"),
-          py::arg("relu_after"), py::arg("residual") = py::none(),
-          "Binary convolution + fused epilogue mul * pre(dot) + bias (+ residual), optional ReLUs; float32.");
+          py::arg("relu_after"), py::arg("residual") = py::none(), py::arg("pack_output") = false,
+          "Binary convolution + fused epilogue mul * pre(dot) + bias (+ residual), optional ReLUs; float32. With "
+          "pack_output, returns (output, pack_bits(output)), the bits written by the epilogue.");
     m.def("bconv2d_float", &bconv2d_float, py::arg("x"), py::arg("w"), py::arg("stride"), py::arg("padding"),
           py::arg("dilation"), py::arg("mul"), py::arg("bias"), py::arg("relu_before"), py::arg("relu_after"),
-          py::arg("residual") = py::none(),
+          py::arg("residual") = py::none(), py::arg("pack_output") = false,
           "bconv2d on a float32 [H, W, C] input, binarised (x < 0 -> -1) and packed inside the call.");
     m.def("upsample_bilinear", &upsample_bilinear, py::arg("x"), py::arg("out_h"), py::arg("out_w"),
           "Bilinear resampling of float32 [H, W, C] to [out_h, out_w, C], as F.interpolate(mode='bilinear', "
           "align_corners=False): rows first, then columns.");
     m.def("lincomb_group", &lincomb_group, py::arg("inputs"), py::arg("program"),
+          py::arg("pack_outputs") = std::vector<int64_t>{},
           "Linear combinations of float32 maps of one shape, in one pass: program[m] lists output m's terms as "
           "(source, coeff); sources 0 .. len(inputs) - 1 are the inputs, len(inputs) + j is output j < m. Output "
-          "m = coeff0 * src0, then += coeff * src per term, each step rounded to float32 (as numpy would).");
+          "m = coeff0 * src0, then += coeff * src per term, each step rounded to float32 (as numpy would). Returns "
+          "(outputs, bits): bits[m] = pack_bits(outputs[m]) for the outputs named in pack_outputs ([H, W, C] maps "
+          "only), None for the others.");
 }

@@ -50,7 +50,19 @@ struct ConvJob {
     bool relu_before = false;
     bool relu_after = false;
 
+    // With out_f only: also the sign bits of the finished outputs, packed as pack_bits packs them
+    // ([out_h * out_w, out_words] words, bit = 1 where the output < 0), for a binary conv that reads
+    // this output next. Channel blocks are multiples of 8 channels, so each block writes whole bytes
+    // of its own and threads never share one; bytes past the last block are left as the caller
+    // zeroed them.
+    uint64_t* out_bits = nullptr;
+    int64_t out_words = 0;
 };
+
+// The byte of out_bits holding channels c .. c + 7 (c a multiple of 8) of pixel p.
+inline uint8_t* sign_byte(const ConvJob& job, int64_t p, int64_t c) {
+    return reinterpret_cast<uint8_t*>(job.out_bits + p * job.out_words) + c / 8;
+}
 
 // Walks output pixels in row-major order and yields the word offset of each one's first tap in
 // the padded input, without a division per pixel.
@@ -101,6 +113,15 @@ inline void store_dots(const ConvJob& job, int64_t p, int64_t c0, int64_t count,
     }
     if (job.relu_after) {
         for (int64_t i = 0; i < count; ++i) o[i] = std::max(o[i], 0.0f);
+    }
+    if (job.out_bits != nullptr) {
+        uint8_t* bytes = sign_byte(job, p, c0);
+        for (int64_t b = 0; b * 8 < count; ++b) {
+            uint8_t byte = 0;
+            for (int64_t i = b * 8; i < std::min(count, b * 8 + 8); ++i)
+                byte = static_cast<uint8_t>(byte | (o[i] < 0.0f ? 1u << (i - b * 8) : 0u));
+            bytes[b] = byte;
+        }
     }
 }
 

@@ -165,6 +165,8 @@ void run_conv(const uint64_t* a, const float* x, const PreparedWeights& pw, cons
         job.residual = ep->residual;
         job.relu_before = ep->relu_before;
         job.relu_after = ep->relu_after;
+        job.out_bits = ep->out_bits;
+        job.out_words = words_for(s.out_c);
     }
 
     // 4. Work items: (channel block, pixel chunk).
@@ -213,6 +215,10 @@ void pack_bits(const float* x, int64_t pixels, int64_t channels, uint64_t* out) 
         const int64_t p0 = c * chunk, count = std::min(chunk, pixels - p0);
         kern.pack_pixels(x + p0 * channels, count, channels, channels, out + p0 * words, words);
     });
+}
+
+void pack_pixels(const float* x, int64_t pixels, int64_t channels, uint64_t* out) {
+    g_kernels.load()->pack_pixels(x, pixels, channels, channels, out, words_for(channels));
 }
 
 int64_t conv_out_size(int64_t in, int64_t kernel, int64_t stride, int64_t padding, int64_t dilation) {

@@ -31,7 +31,8 @@ struct LincombCall {
     int64_t n_outputs;
     const int64_t* term_begin;
     const LincombTerm* terms;
-    int64_t n;
+    int64_t channels;             // floats per pixel; chunks hold whole pixels
+    uint64_t* const* bits;        // per output: its sign bits, or nullptr
 };
 
 // The body is inlined into each ISA's target-attributed wrapper below and vectorised with it.
@@ -49,6 +50,18 @@ inline void lincomb_chunk_body(const LincombCall& c, int64_t e0, int64_t e1) {
                 for (int64_t i = 0; i < len; ++i) dst[i] = dst[i] + w * src[i];
             }
         }
+    }
+}
+
+// A chunk of every output, then the sign bits of those that feed binary convolutions, packed while
+// the chunk is still in cache.
+void lincomb_chunk(void (*body)(const LincombCall&, int64_t, int64_t), const LincombCall& c, int64_t e0,
+                   int64_t e1) {
+    body(c, e0, e1);
+    const int64_t words = (c.channels + 63) / 64;
+    for (int64_t m = 0; m < c.n_outputs; ++m) {
+        if (c.bits[m] != nullptr)
+            pack_pixels(c.outputs[m] + e0, (e1 - e0) / c.channels, c.channels, c.bits[m] + e0 / c.channels * words);
     }
 }
 
@@ -161,15 +174,18 @@ void upsample_bilinear(const float* x, int64_t h, int64_t w, int64_t c, float* o
 }
 
 void lincomb_group(const float* const* inputs, int64_t n_inputs, float* const* outputs, int64_t n_outputs,
-                   const int64_t* term_begin, const LincombTerm* terms, int64_t n) {
-    const LincombCall call{inputs, n_inputs, outputs, n_outputs, term_begin, terms, n};
+                   const int64_t* term_begin, const LincombTerm* terms, int64_t pixels, int64_t channels,
+                   uint64_t* const* bits) {
+    const LincombCall call{inputs, n_inputs, outputs, n_outputs, term_begin, terms, channels, bits};
     const ChunkFn fn = chunk_fn_for_isa();
+    const int64_t n = pixels * channels;
     const int64_t flops = 2 * n * term_begin[n_outputs];
     const int threads = flops < kMinParallelFlops ? 1 : get_num_threads();
-    const int64_t chunks = (n + kLincombChunk - 1) / kLincombChunk;
+    const int64_t chunk = std::max<int64_t>(1, kLincombChunk / channels) * channels;
+    const int64_t chunks = (n + chunk - 1) / chunk;
     parallel_for(threads, chunks, [&](int64_t item) {
-        const int64_t e0 = item * kLincombChunk;
-        fn(call, e0, std::min(n, e0 + kLincombChunk));
+        const int64_t e0 = item * chunk;
+        lincomb_chunk(fn, call, e0, std::min(n, e0 + chunk));
     });
 }
 

@@ -19,6 +19,8 @@ int get_num_threads();
 
 // x: [pixels, channels] floats -> out: [pixels, ceil(channels / 64)] words, bit = 1 where x < 0.
 void pack_bits(const float* x, int64_t pixels, int64_t channels, uint64_t* out);
+// The same on the calling thread only (for callers that already split the work).
+void pack_pixels(const float* x, int64_t pixels, int64_t channels, uint64_t* out);
 
 struct ConvShape {
     int64_t in_h = 0, in_w = 0, words = 0;  // input [in_h, in_w, words]
@@ -34,6 +36,10 @@ struct Epilogue {
     const float* residual = nullptr;  // [out_h, out_w, out_c] or nullptr
     bool relu_before = false;
     bool relu_after = false;
+    // Optional: also the output's sign bits, [out_h, out_w, ceil(out_c / 64)] words as pack_bits
+    // writes them. The caller zeroes the buffer first (the kernels write only the bytes of whole
+    // 8-channel groups they compute).
+    uint64_t* out_bits = nullptr;
 };
 
 // Output spatial size (PyTorch's formula); <= 0 when the kernel does not fit.
@@ -61,9 +67,11 @@ struct LincombTerm {
 // A group of linear combinations over maps of n floats each, computed in one pass over the elements:
 // outputs[m][i] = sum of the terms term_begin[m] .. term_begin[m + 1] - 1, evaluated left to right
 // (first = coeff * x, then += coeff * x, each step rounded to float32). Group-Net's branch sum and
-// the soft gates that read it run as one group, so each map is read from memory once.
+// the soft gates that read it run as one group, so each map is read from memory once. The maps are
+// [pixels, channels]; bits[m], when not nullptr, receives pack_bits of output m ([pixels, words]).
 void lincomb_group(const float* const* inputs, int64_t n_inputs, float* const* outputs, int64_t n_outputs,
-                   const int64_t* term_begin, const LincombTerm* terms, int64_t n);
+                   const int64_t* term_begin, const LincombTerm* terms, int64_t pixels, int64_t channels,
+                   uint64_t* const* bits);
 
 // Bilinear resampling of x [h, w, c] to out [out_h, out_w, c], as PyTorch's F.interpolate with
 // align_corners=False: rows first, then columns, each product and sum rounded to float32.

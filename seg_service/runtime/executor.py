@@ -158,10 +158,11 @@ class GraphExecutor:
     """Executes a validated graph on one input at a time.
 
     Values are freed after their last use. Binary conv weights are arranged for the kernels once,
-    here (``kernels.prepare_weights``). A value binarised by several binary convolutions (the K
-    branches of a group, an ASPP head's parallel convs) is sign-packed once and the packed bits are
-    shared; a value read by one binary convolution only is packed inside that call
-    (``kernels.bconv2d_float``). Each run of consecutive ``lincomb`` ops is one
+    here (``kernels.prepare_weights``). A value binarised by binary convolutions is sign-packed once
+    and the packed bits are shared: by its producer's epilogue where that is a binary conv or a
+    lincomb group (``pack_output``), else by ``kernels.pack_bits`` when several binary convs read it
+    (the K branches of a group, an ASPP head's parallel convs), else inside the one conv that reads
+    it (``kernels.bconv2d_float``). Each run of consecutive ``lincomb`` ops is one
     ``kernels.lincomb_group`` call (``LincombGroup``), with the numpy ops as the fallback for
     inputs the kernel does not take (maps of different shapes or dtypes).
     """
@@ -189,6 +190,9 @@ class GraphExecutor:
                 if key not in self._prepared:
                     self._prepared[key] = kernels.prepare_weights(tensors[op["weight"]], op["in_channels"])
         self._shared_binary_inputs = {name for name, count in binary_readers.items() if count > 1}
+        # Values read by binary convs: their producer, if a binary conv or a lincomb group, also
+        # writes their sign bits in its epilogue, so no conv re-reads the floats to pack them.
+        self._binary_inputs = set(binary_readers)
         self._lincomb_groups = {group.indices[0]: group for group in lincomb_groups(self.ops)}
         self._grouped = {i for group in self._lincomb_groups.values() for i in group.indices[1:]}
         # Filled by the environment switch SEG_PROFILE=1 (see run()).
@@ -227,7 +231,7 @@ class GraphExecutor:
                 if index in self._grouped:
                     pass  # computed with the first op of its lincomb group
                 elif index in self._lincomb_groups:
-                    self._run_lincomb_group(self._lincomb_groups[index], values, recorders)
+                    self._run_lincomb_group(self._lincomb_groups[index], values, packed, recorders)
                 elif recorders:
                     self._run_op_timed(index, op, values, packed, recorders)
                 else:
@@ -249,13 +253,15 @@ class GraphExecutor:
         return values if keep_all else {name: values[name] for name in self.outputs}
 
     def _run_lincomb_group(self, group: LincombGroup, values: dict[str, np.ndarray],
-                           recorders: list[RunProfile]) -> None:
+                           packed: dict[str, np.ndarray], recorders: list[RunProfile]) -> None:
         start = time.perf_counter()
         inputs = [values[name] for name in group.inputs]
         first = inputs[0]
         if all(x.dtype == np.float32 and x.shape == first.shape for x in inputs):
-            outs = kernels.lincomb_group(inputs, [list(terms) for terms in group.program])
+            pack = [m for m, name in enumerate(group.outputs) if name in self._binary_inputs] if first.ndim == 3 else []
+            outs, bits = kernels.lincomb_group(inputs, group.program, pack_outputs=pack)
             values.update(zip(group.outputs, outs, strict=True))
+            packed.update((group.outputs[m], bits[m]) for m in pack)
         else:
             for index in group.indices:
                 op = self.ops[index]
@@ -306,15 +312,21 @@ class GraphExecutor:
             src = op["in"]
             weight = self._prepared[(op["weight"], op["in_channels"])]
             residual = values[op["residual"]] if op.get("residual") is not None else None
-            if src not in self._shared_binary_inputs:
-                return kernels.bconv2d_float(values[src], weight, op["stride"], op["padding"], op["dilation"],
-                                             t[op["mul"]], t[op["bias"]], op["relu_before"], op["relu_after"],
-                                             residual)
-            if src not in packed:
-                packed[src] = kernels.pack_bits(values[src])
-            return kernels.bconv2d(packed[src], weight, op["in_channels"], op["stride"],
-                                   op["padding"], op["dilation"], t[op["mul"]], t[op["bias"]],
-                                   op["relu_before"], op["relu_after"], residual)
+            pack_output = op["out"] in self._binary_inputs
+            if src not in packed and src not in self._shared_binary_inputs:
+                result = kernels.bconv2d_float(values[src], weight, op["stride"], op["padding"], op["dilation"],
+                                               t[op["mul"]], t[op["bias"]], op["relu_before"], op["relu_after"],
+                                               residual, pack_output=pack_output)
+            else:
+                if src not in packed:
+                    packed[src] = kernels.pack_bits(values[src])
+                result = kernels.bconv2d(packed[src], weight, op["in_channels"], op["stride"],
+                                         op["padding"], op["dilation"], t[op["mul"]], t[op["bias"]],
+                                         op["relu_before"], op["relu_after"], residual, pack_output=pack_output)
+            if not pack_output:
+                return result
+            out, packed[op["out"]] = result
+            return out
         if kind == "conv2d":
             return ops.conv2d(values[op["in"]], t[op["weight"]], t[op["bias"]], op["stride"], op["padding"],
                               op["dilation"], op["relu"])

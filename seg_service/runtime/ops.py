@@ -269,7 +269,7 @@ def lincomb(inputs: list[np.ndarray], coeffs: list[float]) -> np.ndarray:
         raise ValueError(f"lincomb: {len(inputs)} inputs but {len(coeffs)} coefficients")
     shape = inputs[0].shape
     if all(x.dtype == np.float32 and x.shape == shape for x in inputs):
-        return kernels.lincomb_group(inputs, [[(i, float(c)) for i, c in enumerate(coeffs)]])[0]
+        return kernels.lincomb_group(inputs, [[(i, float(c)) for i, c in enumerate(coeffs)]])[0][0]
     out = inputs[0] * np.float32(coeffs[0])
     for x, c in zip(inputs[1:], coeffs[1:], strict=True):
         out += np.float32(c) * x

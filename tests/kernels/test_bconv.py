@@ -136,6 +136,31 @@ def test_float_epilogue(isa: str, relu_before: bool, relu_after: bool, with_resi
     np.testing.assert_allclose(fused, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.usefixtures("threads")
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c)))
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_packed_output_bits_equal_pack_bits(isa: str, case: tuple[int, ...], n_threads: int) -> None:
+    """pack_output: the epilogue's sign bits equal pack_bits of the float output, on every channel count
+    (partial channel blocks and words included) and with the ReLU variants."""
+    kernels.set_num_threads(n_threads)
+    h, w, c, o, k, stride, pad, dil = case
+    rng = np.random.default_rng(sum(case))
+    x = rng.standard_normal((h, w, c)).astype(np.float32)
+    wt = kernels.prepare_weights(random_weights(rng, o, k, c), c)
+    mul = rng.uniform(-0.05, 0.05, o).astype(np.float32)
+    bias = rng.standard_normal(o).astype(np.float32) * 0.1
+    for relu_before, relu_after in [(False, False), (True, False), (False, True)]:
+        args = (stride, pad, dil, mul, bias, relu_before, relu_after)
+        out, bits = kernels.bconv2d_float(x, wt, *args, pack_output=True)
+        np.testing.assert_array_equal(out, kernels.bconv2d_float(x, wt, *args))
+        assert bits.dtype == np.uint64 and bits.shape == (*out.shape[:2], -(-o // 64))
+        np.testing.assert_array_equal(bits, reference.pack_bits(out))
+        if relu_after:
+            assert not bits.any()
+        out2, bits2 = kernels.bconv2d(kernels.pack_bits(x), wt, c, *args, residual=out, pack_output=True)
+        np.testing.assert_array_equal(bits2, reference.pack_bits(out2))
+
+
 def test_relu_before_clamps_negative_dots(isa: str) -> None:
     """relu_before zeroes negative dots, so those outputs are exactly the bias."""
     rng = np.random.default_rng(5)

@@ -29,7 +29,8 @@ def test_group_net_block_matches_numpy(isa: str, threads, shape, n_threads: int)
     kernels.set_num_threads(n_threads)
     inputs = [RNG.standard_normal(shape).astype(np.float32) * 10 for _ in range(5)]
     program = group_net_block_program(5, gate=float(RNG.random()))
-    got = kernels.lincomb_group(inputs, program)
+    got, bits = kernels.lincomb_group(inputs, program)
+    assert bits == [None] * len(program)
     want = reference.lincomb_group(inputs, program)
     assert len(got) == len(want)
     for g, w in zip(got, want, strict=True):
@@ -41,7 +42,7 @@ def test_chained_outputs_and_repeated_sources(isa: str) -> None:
     """Outputs may read any earlier output, and a source may appear in several terms."""
     inputs = [RNG.standard_normal(4099).astype(np.float32) for _ in range(3)]
     program = [[(0, 0.3), (1, -1.7)], [(3, 2.0), (2, 0.25), (0, 1.0)], [(4, 1.0), (3, -1.0), (4, 0.5)], [(1, 1.0)]]
-    for g, w in zip(kernels.lincomb_group(inputs, program), reference.lincomb_group(inputs, program), strict=True):
+    for g, w in zip(kernels.lincomb_group(inputs, program)[0], reference.lincomb_group(inputs, program), strict=True):
         np.testing.assert_array_equal(g, w)
 
 
@@ -49,7 +50,7 @@ def test_non_contiguous_input_is_read_correctly(isa: str) -> None:
     base = RNG.standard_normal((9, 20, 8)).astype(np.float32)
     view = base[:, ::2]
     other = RNG.standard_normal(view.shape).astype(np.float32)
-    got = kernels.lincomb_group([view, other], [[(0, 1.5), (1, -0.5)]])[0]
+    got = kernels.lincomb_group([view, other], [[(0, 1.5), (1, -0.5)]])[0][0]
     np.testing.assert_array_equal(got, reference.lincomb_group([np.ascontiguousarray(view), other],
                                                                [[(0, 1.5), (1, -0.5)]])[0])
 
@@ -92,3 +93,29 @@ def test_upsample_bilinear_matches_reference(isa: str, threads, h, w, c, oh, ow,
 def test_upsample_bilinear_bad_arguments(x, size, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         kernels.upsample_bilinear(x, *size)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (5, 7, 3), (9, 11, 64), (6, 5, 100), (4, 3, 2100), (33, 31, 512)])
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_packed_outputs_equal_pack_bits(isa: str, threads, shape, n_threads: int) -> None:
+    """Sign bits of the outputs feeding binary convs, packed in the same pass, equal pack_bits."""
+    kernels.set_num_threads(n_threads)
+    inputs = [RNG.standard_normal(shape).astype(np.float32) for _ in range(3)]
+    inputs[0][..., 0] = 0.0  # zero packs as +1 (bit 0)
+    program = group_net_block_program(3)
+    outs, bits = kernels.lincomb_group(inputs, program, pack_outputs=[0, 2])
+    assert bits[1] is None and bits[3] is None
+    for m in (0, 2):
+        assert bits[m].dtype == np.uint64 and bits[m].shape == (*shape[:2], -(-shape[2] // 64))
+        np.testing.assert_array_equal(bits[m], reference.pack_bits(outs[m]))
+    for g, w in zip(outs, reference.lincomb_group(inputs, program), strict=True):
+        np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.parametrize("pack, message", [([3], "names output 3"), ([-1], "names output -1")])
+def test_bad_pack_outputs(pack, message: str) -> None:
+    inputs = [np.zeros((2, 2, 4), np.float32)]
+    with pytest.raises(ValueError, match=message):
+        kernels.lincomb_group(inputs, [[(0, 1.0)]] * 3, pack_outputs=pack)
+    with pytest.raises(ValueError, match=r"\[H, W, C\] maps"):
+        kernels.lincomb_group([np.zeros(4, np.float32)], [[(0, 1.0)]], pack_outputs=[0])
