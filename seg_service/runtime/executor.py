@@ -154,6 +154,48 @@ def lincomb_groups(ops_list: list[dict[str, Any]]) -> list[LincombGroup]:
     return groups
 
 
+@dataclass(frozen=True)
+class ConcatProjection:
+    """A ``concat`` read only by a 1x1 float ``conv2d``: the conv runs on the parts, no concat is built.
+
+    An ASPP head ends so: its branches and its image-pooling branch (a 1x1 map upsampled to the
+    feature size) are concatenated and projected. The upsampling ops in ``broadcasts`` feed only
+    the concat; they pass their 1x1 input on, and the projection adds its part as a constant.
+    """
+
+    concat: int  # op index of the concat (not run on its own)
+    conv: int  # op index of the 1x1 conv2d that reads it
+    broadcasts: frozenset[int]  # upsample_bilinear ops whose 1x1 input is passed on as it is
+
+
+def concat_projections(ops_list: list[dict[str, Any]], tensors: Mapping[str, np.ndarray],
+                       outputs: list[str]) -> list[ConcatProjection]:
+    """Every concat whose only reader is a 1x1, stride-1, unpadded float conv2d."""
+    readers: dict[str, list[int]] = {}
+    for index, op in enumerate(ops_list):
+        for name in _reads(op):
+            readers.setdefault(name, []).append(index)
+    producers = {op["out"]: index for index, op in enumerate(ops_list)}
+    found = []
+    for index, op in enumerate(ops_list):
+        if op["op"] != "concat" or op["out"] in outputs or len(readers.get(op["out"], [])) != 1:
+            continue
+        conv = ops_list[readers[op["out"]][0]]
+        weight = tensors[conv["weight"]] if conv["op"] == "conv2d" else None
+        if weight is None or weight.shape[1:3] != (1, 1) or conv["stride"] != 1 or conv["padding"] != 0:
+            continue
+        broadcasts = set()
+        for name in op["ins"]:
+            producer = producers.get(name)
+            if (producer is not None and ops_list[producer]["op"] == "upsample_bilinear"
+                    and name not in outputs and readers.get(name) == [index]):
+                broadcasts.add(producer)
+        if len(broadcasts) == len(op["ins"]):
+            broadcasts = set()  # some part must give the output its spatial size
+        found.append(ConcatProjection(index, readers[op["out"]][0], frozenset(broadcasts)))
+    return found
+
+
 class GraphExecutor:
     """Executes a validated graph on one input at a time.
 
@@ -164,7 +206,8 @@ class GraphExecutor:
     (the K branches of a group, an ASPP head's parallel convs), else inside the one conv that reads
     it (``kernels.bconv2d_float``). Each run of consecutive ``lincomb`` ops is one
     ``kernels.lincomb_group`` call (``LincombGroup``), with the numpy ops as the fallback for
-    inputs the kernel does not take (maps of different shapes or dtypes).
+    inputs the kernel does not take (maps of different shapes or dtypes). A concat read only by a
+    1x1 float conv is never built (``ConcatProjection``).
     """
 
     def __init__(self, graph: Mapping[str, Any], tensors: Mapping[str, np.ndarray]):
@@ -175,6 +218,12 @@ class GraphExecutor:
         self.ops: list[dict[str, Any]] = [dict(op) for op in graph["ops"]]
         self.tensors = tensors
         keep = set(self.outputs)
+        self._projections = {p.conv: p for p in concat_projections(self.ops, tensors, self.outputs)}
+        concat_reader = {p.concat: p.conv for p in self._projections.values()}
+        # conv2d output -> the names of its concat's parts; upsample outputs passed on at 1x1.
+        self._projection_parts = {self.ops[p.conv]["out"]: list(self.ops[p.concat]["ins"])
+                                  for p in self._projections.values()}
+        self._broadcast_outputs = {self.ops[i]["out"] for p in self._projections.values() for i in p.broadcasts}
         self._last_use: dict[str, int] = {}
         self._last_binary_use: dict[str, int] = {}
         binary_readers: dict[str, int] = {}
@@ -182,7 +231,8 @@ class GraphExecutor:
         for index, op in enumerate(self.ops):
             for name in _reads(op):
                 if name not in keep:
-                    self._last_use[name] = index
+                    # A fused concat's parts are read when its projection runs.
+                    self._last_use[name] = concat_reader.get(index, index)
             if op["op"] == "bconv2d":
                 self._last_binary_use[op["in"]] = index
                 binary_readers[op["in"]] = binary_readers.get(op["in"], 0) + 1
@@ -195,6 +245,8 @@ class GraphExecutor:
         self._binary_inputs = set(binary_readers)
         self._lincomb_groups = {group.indices[0]: group for group in lincomb_groups(self.ops)}
         self._grouped = {i for group in self._lincomb_groups.values() for i in group.indices[1:]}
+        # Ops that run inside another op: lincomb group members after the first, fused concats.
+        self.computed_elsewhere = frozenset(self._grouped | set(concat_reader))
         # Filled by the environment switch SEG_PROFILE=1 (see run()).
         self.profile: RunProfile | None = None
         if os.environ.get(PROFILE_ENV, "").strip() not in ("", "0"):
@@ -228,8 +280,8 @@ class GraphExecutor:
         packed: dict[str, np.ndarray] = {}
         for index, op in enumerate(self.ops):
             try:
-                if index in self._grouped:
-                    pass  # computed with the first op of its lincomb group
+                if index in self.computed_elsewhere:
+                    pass  # computed with the first op of its lincomb group, or by its projection
                 elif index in self._lincomb_groups:
                     self._run_lincomb_group(self._lincomb_groups[index], values, packed, recorders)
                 elif recorders:
@@ -327,6 +379,9 @@ class GraphExecutor:
                 return result
             out, packed[op["out"]] = result
             return out
+        if kind == "conv2d" and op["out"] in self._projection_parts:
+            parts = [values[n] for n in self._projection_parts[op["out"]]]
+            return ops.conv1x1_of_concat(parts, t[op["weight"]], t[op["bias"]], op["relu"])
         if kind == "conv2d":
             return ops.conv2d(values[op["in"]], t[op["weight"]], t[op["bias"]], op["stride"], op["padding"],
                               op["dilation"], op["relu"])
@@ -345,6 +400,9 @@ class GraphExecutor:
         if kind == "adaptive_avgpool":
             return ops.adaptive_avgpool(values[op["in"]], op["size"])
         if kind == "upsample_bilinear":
+            src = values[op["in"]]
+            if op["out"] in self._broadcast_outputs and src.shape[:2] == (1, 1):
+                return src  # a constant map: its concat's projection adds it as a bias
             like = values[op["like"]]
             return ops.upsample_bilinear(values[op["in"]], like.shape[0], like.shape[1])
         if kind == "concat":

@@ -105,3 +105,4 @@ def test_lincomb_concat_relu():
     np.testing.assert_array_equal(ops.concat([a, c]), np.concatenate([a, c], axis=2))
     np.testing.assert_array_equal(ops.relu(a), np.maximum(a, 0))
     assert ops.lincomb([a], [1.0]) is not a  # never aliases an input that may be freed or reused
+

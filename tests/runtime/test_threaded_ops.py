@@ -187,3 +187,38 @@ def test_concurrent_callers_share_the_pool(split_everything):
         got = list(callers.map(lambda x: ops.maxpool2d(x, 3, 2, 1), inputs * 5))
     for i, out in enumerate(got):
         np.testing.assert_array_equal(out, expected[i % len(inputs)])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("with_constant", [False, True])
+def test_conv1x1_of_concat_equals_conv_of_the_concat(threads, with_constant):
+    """The projection of an ASPP head's parts equals the 1x1 conv of their concat (1x1 parts broadcast)."""
+    rng = np.random.default_rng(11)
+    h, w = 19, 23
+    parts = [rng.standard_normal((h, w, c)).astype(np.float32) for c in (16, 7, 32)]
+    if with_constant:
+        parts.insert(1, rng.standard_normal((1, 1, 9)).astype(np.float32))
+    c_in = sum(p.shape[2] for p in parts)
+    weight = rng.standard_normal((12, 1, 1, c_in)).astype(np.float32)
+    bias = rng.standard_normal(12).astype(np.float32)
+    full = np.concatenate([np.broadcast_to(p, (h, w, p.shape[2])) for p in parts], axis=2)
+    before = kernels.get_num_threads()
+    try:
+        kernels.set_num_threads(threads)
+        for relu in (False, True):
+            got = ops.conv1x1_of_concat(parts, weight, bias, relu)
+            want = ops.conv2d(full, weight, bias, relu=relu)
+            assert got.shape == want.shape and got.dtype == np.float32
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+    finally:
+        kernels.set_num_threads(before)
+
+
+def test_conv1x1_of_concat_rejects_bad_parts():
+    x = np.zeros((4, 4, 3), np.float32)
+    with pytest.raises(ValueError, match="channels"):
+        ops.conv1x1_of_concat([x], np.zeros((2, 1, 1, 4), np.float32), None)
+    with pytest.raises(ValueError, match="every part is 1x1"):
+        ops.conv1x1_of_concat([x[:1, :1]], np.zeros((2, 1, 1, 3), np.float32), None)
+    with pytest.raises(ValueError, match="different sizes"):
+        ops.conv1x1_of_concat([x, x[:2]], np.zeros((2, 1, 1, 6), np.float32), None)
