@@ -379,6 +379,37 @@ py::array_t<float> upsample_bilinear(const py::handle& x_obj, int64_t out_h, int
     return out;
 }
 
+py::array_t<float> conv2d_direct(const py::handle& x_obj, const py::handle& w_obj, const py::handle& bias_obj,
+                                 int64_t stride, int64_t padding, int64_t dilation, bool relu) {
+    auto x = checked<float>(x_obj, "x", 3);
+    auto w = checked<float>(w_obj, "weight", 4);
+    const int64_t c = x.shape(2), out_c = w.shape(0), k = w.shape(1);
+    require(x.shape(0) >= 1 && x.shape(1) >= 1 && c >= 1, "x must be a non-empty [H, W, C] map, got " + shape_str(x));
+    require(out_c >= 1 && k >= 1 && w.shape(2) == k && w.shape(3) == c,
+            "weight must be [out_channels, k, k, " + std::to_string(c) + "], got " + shape_str(w));
+    require(stride >= 1 && padding >= 0 && dilation >= 1, "stride and dilation must be >= 1 and padding >= 0");
+    const int64_t out_h = segk::conv_out_size(x.shape(0), k, stride, padding, dilation);
+    const int64_t out_w = segk::conv_out_size(x.shape(1), k, stride, padding, dilation);
+    require(out_h >= 1 && out_w >= 1, "kernel " + std::to_string(k) + " does not fit input " + shape_str(x));
+    py::array_t<float, py::array::c_style> bias;
+    if (!bias_obj.is_none()) {
+        bias = checked<float>(bias_obj, "bias", 1);
+        require(bias.shape(0) == out_c, "bias must have " + std::to_string(out_c) + " entries, got " +
+                                            std::to_string(bias.shape(0)));
+    }
+    py::array_t<float> out({out_h, out_w, out_c});
+    const float* xp = x.data();
+    const float* wp = w.data();
+    const float* bp = bias_obj.is_none() ? nullptr : bias.data();
+    float* op = out.mutable_data();
+    const int64_t h = x.shape(0), width = x.shape(1);
+    {
+        py::gil_scoped_release release;
+        segk::conv2d_direct(xp, h, width, c, wp, out_c, k, bp, stride, padding, dilation, relu, op);
+    }
+    return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -436,6 +467,10 @@ PYBIND11_MODULE(_core, m) {
     m.def("upsample_bilinear", &upsample_bilinear, py::arg("x"), py::arg("out_h"), py::arg("out_w"),
           "Bilinear resampling of float32 [H, W, C] to [out_h, out_w, C], as F.interpolate(mode='bilinear', "
           "align_corners=False): rows first, then columns.");
+    m.def("conv2d_direct", &conv2d_direct, py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("stride"),
+          py::arg("padding"), py::arg("dilation"), py::arg("relu"),
+          "Float convolution with zero padding, computed directly: x float32 [H, W, C], weight [O, k, k, C], bias "
+          "[O] or None -> [Ho, Wo, O]. For few input channels (the RGB stem).");
     m.def("lincomb_group", &lincomb_group, py::arg("inputs"), py::arg("program"),
           py::arg("pack_outputs") = std::vector<int64_t>{},
           "Linear combinations of float32 maps of one shape, in one pass: program[m] lists output m's terms as "

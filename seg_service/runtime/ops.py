@@ -102,6 +102,12 @@ def _run_row_parts(part: Callable[[int, int], None], n_rows: int, threads: int, 
             future.result()
 
 
+# Convs with at most this many input channels (the RGB stem) run in the C++ direct convolution on
+# the AVX-512 path: an im2col GEMM with K = k*k*C this small is a poor shape for BLAS (512x512 stem,
+# 2 threads: ~14 ms im2col, ~9 ms direct). Elsewhere its portable loops are slower than BLAS.
+_DIRECT_CONV_MAX_CHANNELS = 4
+
+
 def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
     """PyTorch's convolution / pooling output size (floor mode)."""
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
@@ -125,7 +131,8 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride: i
     """Float convolution with zero padding: x [H, W, I], weight [O, kh, kw, I] -> [Ho, Wo, O].
 
     im2col + one matmul per chunk of output rows, written in place into the output; the chunking
-    bounds the column buffer's size. Output rows are split over the configured threads.
+    bounds the column buffer's size. Output rows are split over the configured threads. The RGB
+    stem goes to ``kernels.conv2d_direct`` on the AVX-512 path.
     """
     h, w, c_in = x.shape
     c_out, kh, kw, wc = weight.shape
@@ -135,6 +142,11 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride: i
     wo = conv_output_size(w, kw, stride, padding, dilation)
     if ho < 1 or wo < 1:
         raise ValueError(f"conv2d: input {h}x{w} is too small for kernel {kh}x{kw} (dilation {dilation})")
+    if c_in <= _DIRECT_CONV_MAX_CHANNELS and kernels.isa() == "avx512":
+        return kernels.conv2d_direct(np.ascontiguousarray(x, dtype=np.float32),
+                                     np.ascontiguousarray(weight, dtype=np.float32),
+                                     None if bias is None else np.ascontiguousarray(bias, dtype=np.float32),
+                                     stride, padding, dilation, relu)
     w_mat = weight.reshape(c_out, kh * kw * c_in).T
     out = np.empty((ho, wo, c_out), dtype=np.result_type(x.dtype, weight.dtype))
     threads = _thread_count(ho, ho * wo * c_out * kh * kw * c_in, _MIN_MACS_PER_THREAD)

@@ -1,8 +1,9 @@
-"""kernels.lincomb_group: a run of linear combinations in one pass, bit-identical to numpy's ops.
+"""The float kernels around the binary convs: lincomb_group, upsample_bilinear, conv2d_direct.
 
-The numpy reference (``kernels.reference.lincomb_group``) evaluates each combination term by term
-(first term a product, then ``+`` of each product, every step rounded to float32), so the kernel must match it
-bit for bit on every ISA path and thread count, at sizes that are not multiples of its chunk.
+lincomb_group and upsample_bilinear must equal their numpy definitions in ``kernels.reference``
+bit for bit (each product and sum rounded to float32 in the same order) on every ISA path and
+thread count, at sizes that are not multiples of their chunks; conv2d_direct sums in another order
+than numpy and is compared to float rounding.
 """
 
 from __future__ import annotations
@@ -119,3 +120,52 @@ def test_bad_pack_outputs(pack, message: str) -> None:
         kernels.lincomb_group(inputs, [[(0, 1.0)]] * 3, pack_outputs=pack)
     with pytest.raises(ValueError, match=r"\[H, W, C\] maps"):
         kernels.lincomb_group([np.zeros(4, np.float32)], [[(0, 1.0)]], pack_outputs=[0])
+
+
+def conv2d_numpy(x, weight, bias, stride, padding, dilation, relu):
+    """Plain numpy definition of a zero-padded float convolution (float64 sums)."""
+    c_out, k, _, c_in = weight.shape
+    h, w, _ = x.shape
+    ho = (h + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+    wo = (w + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+    xp = np.pad(x.astype(np.float64), ((padding, padding), (padding, padding), (0, 0)))
+    out = np.zeros((ho, wo, c_out))
+    for ky in range(k):
+        for kx in range(k):
+            tap = xp[ky * dilation: ky * dilation + (ho - 1) * stride + 1: stride,
+                     kx * dilation: kx * dilation + (wo - 1) * stride + 1: stride]
+            out += tap @ weight[:, ky, kx, :].T.astype(np.float64)
+    if bias is not None:
+        out += bias
+    return np.maximum(out, 0) if relu else out
+
+
+@pytest.mark.parametrize("h, w, c, o, k, stride, padding, dilation", [
+    (37, 29, 3, 64, 7, 2, 3, 1),   # the stem, odd image
+    (16, 16, 3, 32, 7, 2, 3, 1),   # the width-0.5 stem
+    (9, 13, 1, 40, 3, 1, 1, 1),    # a partial channel block
+    (11, 7, 4, 5, 3, 2, 2, 2),
+    (5, 5, 2, 70, 5, 1, 0, 1),
+    (1, 1, 3, 8, 7, 2, 3, 1),      # one output pixel, mostly padding
+])
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_conv2d_direct_matches_numpy(isa: str, threads, h, w, c, o, k, stride, padding, dilation, n_threads):
+    kernels.set_num_threads(n_threads)
+    x = RNG.standard_normal((h, w, c)).astype(np.float32)
+    weight = (RNG.standard_normal((o, k, k, c)) * 0.2).astype(np.float32)
+    bias = RNG.standard_normal(o).astype(np.float32)
+    for b, relu in ((bias, False), (None, True)):
+        got = kernels.conv2d_direct(x, weight, b, stride, padding, dilation, relu)
+        want = conv2d_numpy(x, weight, b, stride, padding, dilation, relu)
+        assert got.shape == want.shape and got.dtype == np.float32
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_conv2d_direct_bad_arguments() -> None:
+    x = np.zeros((4, 4, 3), np.float32)
+    with pytest.raises(ValueError, match="weight must be"):
+        kernels.conv2d_direct(x, np.zeros((2, 3, 3, 4), np.float32), None, 1, 1, 1, False)
+    with pytest.raises(ValueError, match="bias must have 2"):
+        kernels.conv2d_direct(x, np.zeros((2, 3, 3, 3), np.float32), np.zeros(3, np.float32), 1, 1, 1, False)
+    with pytest.raises(ValueError, match="does not fit"):
+        kernels.conv2d_direct(x, np.zeros((2, 7, 7, 3), np.float32), None, 1, 0, 1, False)
