@@ -52,7 +52,7 @@ SEGK_AVX2 inline void tile_avx2(const ConvJob& job, int64_t cb, int64_t p0, Pixe
         pixels.next();
     }
     const int64_t wstep = 2 * kBlock;  // low nibbles, then high nibbles
-    const uint64_t* w = job.wblk + cb * job.steps * wstep;
+    const uint64_t* w = job.wblk + cb * job.wblk_steps * wstep;
     const int64_t* offs = job.step_offset;
     const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
                                          0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
@@ -72,7 +72,7 @@ SEGK_AVX2 inline void tile_avx2(const ConvJob& job, int64_t cb, int64_t p0, Pixe
             for (int v = 0; v < kVecs; ++v) acc[j][v] = zero;
         for (int64_t s = s0; s < s1; ++s) {
             const int64_t off = offs[s];
-            const __m256i* ws = reinterpret_cast<const __m256i*>(w + s * wstep);
+            const __m256i* ws = reinterpret_cast<const __m256i*>(w + job.step_weight[s] * wstep);
 #pragma GCC unroll 8
             for (int j = 0; j < P; ++j) {
                 const __m256i a_lo = _mm256_set1_epi64x(static_cast<long long>(a[j][off]));
@@ -96,7 +96,8 @@ SEGK_AVX2 inline void tile_avx2(const ConvJob& job, int64_t cb, int64_t p0, Pixe
     // dot = n - 2 * popcount; the low 32 bits of each 64-bit lane hold the whole count.
     const int64_t c0 = cb * kBlock;
     const int64_t count = std::min(kBlock, job.out_c - c0);
-    const __m256i n = _mm256_set1_epi32(job.n);
+    const __m256i n[2] = {_mm256_loadu_si256(reinterpret_cast<const __m256i*>(job.n_channel + c0)),
+                          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(job.n_channel + c0 + 8))};
     const __m256i even_lanes = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
 #pragma GCC unroll 8
     for (int j = 0; j < P; ++j) {
@@ -106,7 +107,7 @@ SEGK_AVX2 inline void tile_avx2(const ConvJob& job, int64_t cb, int64_t p0, Pixe
             const __m256i lo = _mm256_permutevar8x32_epi32(total[j][2 * h], even_lanes);
             const __m256i hi = _mm256_permutevar8x32_epi32(total[j][2 * h + 1], even_lanes);
             const __m256i counts = _mm256_permute2x128_si256(lo, hi, 0x20);
-            dots[h] = _mm256_sub_epi32(n, _mm256_slli_epi32(counts, 1));
+            dots[h] = _mm256_sub_epi32(n[h], _mm256_slli_epi32(counts, 1));
         }
         if (count == kBlock) {
             store_full_block(job, p0 + j, c0, dots);

@@ -41,7 +41,9 @@ SEGK_AVX512 inline void store_tile(const ConvJob& job, int64_t cb, int64_t p0, c
         const int64_t left = std::max<int64_t>(0, std::min<int64_t>(16, count - 16 * g));
         mask[g] = static_cast<__mmask16>((1u << left) - 1u);
     }
-    const __m512i n = _mm512_set1_epi32(job.n);
+    __m512i n[kGroups];
+#pragma GCC unroll 2
+    for (int g = 0; g < kGroups; ++g) n[g] = _mm512_loadu_si512(job.n_channel + c0 + 16 * g);
     if (job.out_int != nullptr) {
 #pragma GCC unroll 8
         for (int j = 0; j < P; ++j) {
@@ -49,7 +51,7 @@ SEGK_AVX512 inline void store_tile(const ConvJob& job, int64_t cb, int64_t p0, c
 #pragma GCC unroll 2
             for (int g = 0; g < kGroups; ++g) {
                 const __m512i counts = _mm512_or_si512(acc[j][2 * g], _mm512_slli_epi64(acc[j][2 * g + 1], 32));
-                const __m512i dots = _mm512_sub_epi32(n, _mm512_add_epi32(counts, counts));
+                const __m512i dots = _mm512_sub_epi32(n[g], _mm512_add_epi32(counts, counts));
                 _mm512_mask_storeu_epi32(o + 16 * g, mask[g], dots);
             }
         }
@@ -71,7 +73,7 @@ SEGK_AVX512 inline void store_tile(const ConvJob& job, int64_t cb, int64_t p0, c
 #pragma GCC unroll 2
         for (int g = 0; g < kGroups; ++g) {
             const __m512i counts = _mm512_or_si512(acc[j][2 * g], _mm512_slli_epi64(acc[j][2 * g + 1], 32));
-            __m512 y = _mm512_cvtepi32_ps(_mm512_sub_epi32(n, _mm512_add_epi32(counts, counts)));
+            __m512 y = _mm512_cvtepi32_ps(_mm512_sub_epi32(n[g], _mm512_add_epi32(counts, counts)));
             if (relu_before) y = _mm512_max_ps(y, zero);
             y = _mm512_fmadd_ps(mul[g], y, bias[g]);
             if (residual != nullptr) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask[g], residual + at + 16 * g));
@@ -94,7 +96,8 @@ SEGK_AVX512 inline void tile_avx512(const ConvJob& job, int64_t cb, int64_t p0, 
         a[j] = job.in + pixels.base();
         pixels.next();
     }
-    const uint64_t* w = job.wblk + cb * job.steps * kBlock;
+    const uint64_t* w = job.wblk + cb * job.wblk_steps * kBlock;
+    const int64_t* step_weight = job.step_weight;
     const int64_t* offs = job.step_offset;
 
     __m512i acc[P][kVecs];
@@ -105,7 +108,7 @@ SEGK_AVX512 inline void tile_avx512(const ConvJob& job, int64_t cb, int64_t p0, 
 
     for (int64_t s = 0; s < job.steps; ++s) {
         const int64_t off = offs[s];
-        const uint64_t* ws = w + s * kBlock;
+        const uint64_t* ws = w + step_weight[s] * kBlock;
         __m512i wv[kVecs];
 #pragma GCC unroll 4
         for (int v = 0; v < kVecs; ++v) wv[v] = _mm512_load_si512(ws + 8 * v);

@@ -17,11 +17,11 @@ __attribute__((always_inline)) inline void tile_scalar(const ConvJob& job, int64
         a[j] = job.in + pixels.base();
         pixels.next();
     }
-    const uint64_t* w = job.wblk + cb * job.steps * kBlock;
+    const uint64_t* w = job.wblk + cb * job.wblk_steps * kBlock;
     uint64_t acc[P][kBlock] = {};
     for (int64_t s = 0; s < job.steps; ++s) {
         const int64_t off = job.step_offset[s];
-        const uint64_t* ws = w + s * kBlock;
+        const uint64_t* ws = w + job.step_weight[s] * kBlock;
         for (int j = 0; j < P; ++j) {
             const uint64_t av = a[j][off];
             for (int64_t c = 0; c < kBlock; ++c) acc[j][c] += __builtin_popcountll(av ^ ws[c]);
@@ -31,7 +31,7 @@ __attribute__((always_inline)) inline void tile_scalar(const ConvJob& job, int64
     const int64_t count = std::min(kBlock, job.out_c - c0);
     for (int j = 0; j < P; ++j) {
         int32_t dots[kBlock];
-        for (int64_t c = 0; c < kBlock; ++c) dots[c] = job.n - 2 * static_cast<int32_t>(acc[j][c]);
+        for (int64_t c = 0; c < kBlock; ++c) dots[c] = job.n_channel[c0 + c] - 2 * static_cast<int32_t>(acc[j][c]);
         store_dots(job, p0 + j, c0, count, dots);
     }
 }

@@ -29,17 +29,25 @@ struct ConvJob {
     int64_t out_h = 0, out_w = 0, out_c = 0;
     int64_t stride = 1;
 
-    // steps = taps * words; step_offset[s] = word offset of step s relative to the pixel's first tap.
+    // The (tap, word) steps this job's pixels compute: taps that fall on the padding for all of them
+    // are left out (the driver splits the output into regions that share their valid taps).
+    // step_offset[s] = word offset of step s relative to the pixel's first tap; step_weight[s] = its
+    // index among the layer's k * k * words weight steps.
     const int64_t* step_offset = nullptr;
+    const int64_t* step_weight = nullptr;
     int64_t steps = 0;
 
-    // Blocked weights (see above), zero-filled for channels >= out_c; `wblk_step` words per step.
+    // Blocked weights (see above), zero-filled for channels >= out_c; `wblk_step` words per step,
+    // `wblk_steps` (= k * k * words) steps per channel block.
     const uint64_t* wblk = nullptr;
     int64_t block = 0;
     int64_t wblk_step = 0;
+    int64_t wblk_steps = 0;
 
-    // n = k * k * in_channels: every tap counts, padded ones included.
-    int32_t n = 0;
+    // dot = n_channel[c] - 2 * count, where n_channel[c] = k * k * in_channels - 2 * (the +1 padding's
+    // mismatches with channel c's weights on the left-out taps: the ones of those weight words). Every
+    // tap counts, padded ones included. Padded with entries up to a whole number of 64 channels.
+    const int32_t* n_channel = nullptr;
 
     // Exactly one of out_int / out_f is set.
     int32_t* out_int = nullptr;
@@ -97,7 +105,7 @@ inline void store_dots(const ConvJob& job, int64_t p, int64_t c0, int64_t count,
         for (int64_t i = 0; i < count; ++i) o[i] = dots[i];
         return;
     }
-    float* o = job.out_f + at;
+    float* o = job.out_f + at;  // dots already include n_channel
     const float* m = job.mul + c0;
     const float* b = job.bias + c0;
     float pre[64];  // block <= 64

@@ -64,6 +64,68 @@ int64_t pixel_chunk_length(int64_t blocks, int64_t pixels, double macs_per_pixel
     return std::min(len, pixels);
 }
 
+// Output coordinates [o0, o1) along one axis whose valid taps (those not on the padding) are
+// exactly k0 .. k1 - 1 (k1 <= k0: all taps are padding).
+struct TapRun {
+    int64_t o0, o1, k0, k1;
+};
+
+std::vector<TapRun> tap_runs(int64_t out, int64_t in, int64_t k, int64_t stride, int64_t pad, int64_t dilation) {
+    std::vector<TapRun> runs;
+    for (int64_t o = 0; o < out; ++o) {
+        int64_t k0 = 0, k1 = 0;
+        // Taps at o * stride - pad + t * dilation; the valid ones form one interval of t.
+        while (k0 < k && o * stride - pad + k0 * dilation < 0) ++k0;
+        k1 = k0;
+        while (k1 < k && o * stride - pad + k1 * dilation < in) ++k1;
+        if (!runs.empty() && runs.back().k0 == k0 && runs.back().k1 == k1)
+            runs.back().o1 = o + 1;
+        else
+            runs.push_back({o, o + 1, k0, k1});
+    }
+    return runs;
+}
+
+// Merges adjacent runs where splitting saves less than it costs. A merged run computes the union of
+// its runs' valid taps: taps on the padding for some of its pixels then read the zero words, which
+// is still exact. Cost of a run: length x computed taps + `run_cost` (the price of one more region:
+// partial register tiles, smaller work items), in units of one pixel's tap along this axis. Exact
+// by dynamic programming over the <= 2k + 1 runs.
+std::vector<TapRun> merge_runs(const std::vector<TapRun>& runs, int64_t run_cost) {
+    const size_t n = runs.size();
+    std::vector<int64_t> best(n + 1, 0);
+    std::vector<size_t> cut(n + 1, 0);
+    for (size_t j = 1; j <= n; ++j) {
+        best[j] = -1;
+        int64_t k0 = runs[j - 1].k0, k1 = runs[j - 1].k1;
+        for (size_t i = j; i-- > 0;) {  // group runs[i .. j)
+            k0 = std::min(k0, runs[i].k0);
+            k1 = std::max(k1, runs[i].k1);
+            const int64_t cost = best[i] + (runs[j - 1].o1 - runs[i].o0) * std::max<int64_t>(0, k1 - k0) + run_cost;
+            if (best[j] < 0 || cost < best[j]) {
+                best[j] = cost;
+                cut[j] = i;
+            }
+        }
+    }
+    std::vector<TapRun> merged;
+    for (size_t j = n; j > 0; j = cut[j]) {
+        TapRun r{runs[cut[j]].o0, runs[j - 1].o1, runs[j - 1].k0, runs[j - 1].k1};
+        for (size_t i = cut[j]; i < j; ++i) {
+            r.k0 = std::min(r.k0, runs[i].k0);
+            r.k1 = std::max(r.k1, runs[i].k1);
+        }
+        merged.insert(merged.begin(), r);
+    }
+    return merged;
+}
+
+// Prices of one more region along each axis for merge_runs (pixel-taps), tuned on the 512x512
+// Group-Net's shapes (2 threads, AVX-512): at 64x64 dilation 1-4 keep one region (+-3%), 6 and 10
+// split 9 ways (1.10x, 1.20x), the ASPP's 12, 24, 36 (1.25x, 1.6x, 2.1x).
+constexpr int64_t kRowRunCost = 2;
+constexpr int64_t kColumnRunCost = 4;
+
 // Below this many binary MACs (~15 us on one AVX-512 core) a call runs on the calling thread only.
 constexpr double kMinParallelMacs = 16e6;
 // Inputs of at least this many bytes are packed / padded on all threads.
@@ -131,53 +193,120 @@ void run_conv(const uint64_t* a, const float* x, const PreparedWeights& pw, cons
         word_stride = 2;
     }
 
-    // 2. Word offset of each (tap, word) step relative to a pixel's top-left tap.
-    const int64_t steps = k * k * words;
-    std::vector<int64_t> step_offset(static_cast<size_t>(steps));
-    for (int64_t ky = 0; ky < k; ++ky)
-        for (int64_t kx = 0; kx < k; ++kx)
-            for (int64_t wd = 0; wd < words; ++wd)
-                step_offset[(ky * k + kx) * words + wd] =
-                    (ky * s.dilation * padded_w + kx * s.dilation) * in_words + wd * word_stride;
+    // 2. Regions of the output whose pixels share the same valid taps. With large dilations much of
+    //    a map's taps fall on the padding (ASPP's rate 36 on a 64x64 map: 61% of them), and a padded
+    //    tap contributes the same to every pixel of a region, a per-channel constant: the ones of its
+    //    weight words (+1 padding against a weight bit 1 is a mismatch). So each region computes
+    //    only its valid taps and starts from that constant (ConvJob::n_channel).
+    //    A region narrower than the map is walked row by row, so splitting columns costs more than
+    //    splitting rows.
+    const std::vector<TapRun> row_runs = merge_runs(tap_runs(s.out_h, s.in_h, k, s.stride, pad, s.dilation),
+                                                    kRowRunCost);
+    const std::vector<TapRun> col_runs = merge_runs(tap_runs(s.out_w, s.in_w, k, s.stride, pad, s.dilation),
+                                                    kColumnRunCost);
+    const BlockedWeights& wb = pw.for_isa(kern, threads);  // 3. weights in this ISA's channel blocks
+    const int64_t n_padded = wb.blocks * wb.block + 64;
+    const int64_t n_all = k * k * s.in_channels;
+    // Ones of each (channel, tap)'s weight words, for the padded taps' constant.
+    std::vector<int32_t> tap_ones(static_cast<size_t>(s.out_c * k * k), 0);
+    const uint64_t* raw = pw.raw();
+    for (int64_t c = 0; c < s.out_c; ++c)
+        for (int64_t t = 0; t < k * k; ++t) {
+            int32_t ones = 0;
+            for (int64_t wd = 0; wd < words; ++wd) ones += __builtin_popcountll(raw[(c * k * k + t) * words + wd]);
+            tap_ones[static_cast<size_t>(c * k * k + t)] = ones;
+        }
 
-    // 3. Weights in this ISA's channel blocks (arranged once per PreparedWeights and ISA).
-    const BlockedWeights& wb = pw.for_isa(kern, threads);
-
-    ConvJob job;
-    job.in = in;
-    job.in_w = padded_w;
-    job.words = in_words;
-    job.out_h = s.out_h;
-    job.out_w = s.out_w;
-    job.out_c = s.out_c;
-    job.stride = s.stride;
-    job.step_offset = step_offset.data();
-    job.steps = steps;
-    job.wblk = wb.words.data();
-    job.block = wb.block;
-    job.wblk_step = wb.wblk_step;
-    job.n = static_cast<int32_t>(k * k * s.in_channels);
-    job.out_int = out_int;
-    job.out_f = out_f;
-    if (ep != nullptr) {
-        job.mul = ep->mul;
-        job.bias = ep->bias;
-        job.residual = ep->residual;
-        job.relu_before = ep->relu_before;
-        job.relu_after = ep->relu_after;
-        job.out_bits = ep->out_bits;
-        job.out_words = words_for(s.out_c);
+    struct Region {
+        int64_t y0, y1, x0, x1;
+        std::vector<int64_t> step_offset, step_weight;
+        std::vector<int32_t> n_channel;
+        ConvJob job;
+    };
+    std::vector<Region> regions;
+    regions.reserve(row_runs.size() * col_runs.size());
+    for (const TapRun& ry : row_runs) {
+        for (const TapRun& rx : col_runs) {
+            Region r;
+            r.y0 = ry.o0;
+            r.y1 = ry.o1;
+            r.x0 = rx.o0;
+            r.x1 = rx.o1;
+            for (int64_t ky = ry.k0; ky < ry.k1; ++ky)
+                for (int64_t kx = rx.k0; kx < rx.k1; ++kx)
+                    for (int64_t wd = 0; wd < words; ++wd) {
+                        r.step_offset.push_back((ky * s.dilation * padded_w + kx * s.dilation) * in_words +
+                                                wd * word_stride);
+                        r.step_weight.push_back((ky * k + kx) * words + wd);
+                    }
+            r.n_channel.assign(static_cast<size_t>(n_padded), static_cast<int32_t>(n_all));
+            for (int64_t c = 0; c < s.out_c; ++c) {
+                int32_t padded_ones = 0;
+                for (int64_t ky = 0; ky < k; ++ky)
+                    for (int64_t kx = 0; kx < k; ++kx)
+                        if (ky < ry.k0 || ky >= ry.k1 || kx < rx.k0 || kx >= rx.k1)
+                            padded_ones += tap_ones[static_cast<size_t>(c * k * k + ky * k + kx)];
+                r.n_channel[static_cast<size_t>(c)] -= 2 * padded_ones;
+            }
+            regions.push_back(std::move(r));
+        }
     }
 
-    // 4. Work items: (channel block, pixel chunk).
+    ConvJob base;
+    base.in = in;
+    base.in_w = padded_w;
+    base.words = in_words;
+    base.out_h = s.out_h;
+    base.out_w = s.out_w;
+    base.out_c = s.out_c;
+    base.stride = s.stride;
+    base.wblk = wb.words.data();
+    base.block = wb.block;
+    base.wblk_step = wb.wblk_step;
+    base.wblk_steps = k * k * words;
+    base.out_int = out_int;
+    base.out_f = out_f;
+    if (ep != nullptr) {
+        base.mul = ep->mul;
+        base.bias = ep->bias;
+        base.residual = ep->residual;
+        base.relu_before = ep->relu_before;
+        base.relu_after = ep->relu_after;
+        base.out_bits = ep->out_bits;
+        base.out_words = words_for(s.out_c);
+    }
+    for (Region& r : regions) {
+        r.job = base;
+        r.job.step_offset = r.step_offset.data();
+        r.job.step_weight = r.step_weight.data();
+        r.job.steps = static_cast<int64_t>(r.step_offset.size());
+        r.job.n_channel = r.n_channel.data();
+    }
+
+    // 4. Work items: (region, channel block, rows of the region). A region as wide as the map is one
+    //    run of pixels; a narrower one is walked row by row within its columns.
+    struct Item {
+        int64_t region, cb, y0, y1;
+    };
+    std::vector<Item> items;
     const int64_t blocks = wb.blocks;
-    const double macs_per_pixel_block = static_cast<double>(wb.block * k * k * s.in_channels);
-    const int64_t chunk_len = pixel_chunk_length(blocks, pixels, macs_per_pixel_block, threads);
-    const int64_t chunks = (pixels + chunk_len - 1) / chunk_len;
-    parallel_for(threads, blocks * chunks, [&](int64_t item) {
-        const int64_t cb = item / chunks, ch = item % chunks;
-        const int64_t p0 = ch * chunk_len, p1 = std::min(pixels, p0 + chunk_len);
-        if (p0 < p1) kern.conv_tile(job, cb, p0, p1);
+    for (int64_t ri = 0; ri < static_cast<int64_t>(regions.size()); ++ri) {
+        const Region& r = regions[static_cast<size_t>(ri)];
+        const int64_t width = r.x1 - r.x0, rows = r.y1 - r.y0;
+        const double macs_per_pixel_block = static_cast<double>(wb.block * std::max<int64_t>(1, r.job.steps) * 64);
+        const int64_t chunk_pixels = pixel_chunk_length(blocks, rows * width, macs_per_pixel_block, threads);
+        const int64_t chunk_rows = std::max<int64_t>(1, chunk_pixels / width);
+        for (int64_t cb = 0; cb < blocks; ++cb)
+            for (int64_t y = r.y0; y < r.y1; y += chunk_rows) items.push_back({ri, cb, y, std::min(r.y1, y + chunk_rows)});
+    }
+    parallel_for(threads, static_cast<int64_t>(items.size()), [&](int64_t i) {
+        const Item& it = items[static_cast<size_t>(i)];
+        const Region& r = regions[static_cast<size_t>(it.region)];
+        if (r.x0 == 0 && r.x1 == s.out_w) {
+            kern.conv_tile(r.job, it.cb, it.y0 * s.out_w, it.y1 * s.out_w);
+            return;
+        }
+        for (int64_t y = it.y0; y < it.y1; ++y) kern.conv_tile(r.job, it.cb, y * s.out_w + r.x0, y * s.out_w + r.x1);
     });
 }
 
