@@ -290,10 +290,11 @@ py::object bconv2d_float(const py::handle& x_obj, const py::handle& w_obj, int64
 
 // Inputs: float32 arrays of one shape; program[m] = [(source, coeff), ...] for output m, where
 // sources [0, len(inputs)) are the inputs and len(inputs) + j is output j < m of the group.
-// Returns (outputs, bits): bits[m] = pack_bits(outputs[m]) for m in pack_outputs, else None.
+// Returns (outputs, bits): bits[m] = pack_bits(outputs[m]) for m in pack_outputs, else None;
+// outputs[m] is None for m in drop_outputs (computed for the group and the bits only).
 py::tuple lincomb_group(const py::sequence& inputs_obj,
                         const std::vector<std::vector<std::pair<int64_t, float>>>& program,
-                        const std::vector<int64_t>& pack_outputs) {
+                        const std::vector<int64_t>& pack_outputs, const std::vector<int64_t>& drop_outputs) {
     require(py::len(inputs_obj) >= 1, "lincomb_group needs at least one input");
     require(!program.empty(), "lincomb_group needs at least one output");
     std::vector<py::array_t<float, py::array::c_style>> inputs;
@@ -336,9 +337,15 @@ py::tuple lincomb_group(const py::sequence& inputs_obj,
     std::vector<float*> out_ptrs;
     std::vector<uint64_t*> bit_ptrs(program.size(), nullptr);
     for (const auto& x : inputs) in_ptrs.push_back(x.data());
+    std::vector<bool> dropped(program.size(), false);
+    for (const int64_t m : drop_outputs) {
+        require(m >= 0 && m < static_cast<int64_t>(program.size()),
+                "drop_outputs names output " + std::to_string(m) + " of " + std::to_string(program.size()));
+        dropped[static_cast<size_t>(m)] = true;
+    }
     for (size_t m = 0; m < program.size(); ++m) {
-        outputs.emplace_back(shape);
-        out_ptrs.push_back(outputs.back().mutable_data());
+        outputs.emplace_back(dropped[m] ? std::vector<py::ssize_t>{0} : shape);
+        out_ptrs.push_back(dropped[m] ? nullptr : outputs.back().mutable_data());
     }
     for (const int64_t m : pack_outputs) {
         require(m >= 0 && m < static_cast<int64_t>(program.size()),
@@ -352,7 +359,12 @@ py::tuple lincomb_group(const py::sequence& inputs_obj,
                             term_begin.data(), terms.data(), pixels, channels, bit_ptrs.data());
     }
     py::list out_list, bit_list;
-    for (auto& out : outputs) out_list.append(out);
+    for (size_t m = 0; m < program.size(); ++m) {
+        if (dropped[m])
+            out_list.append(py::none());
+        else
+            out_list.append(outputs[m]);
+    }
     for (size_t m = 0; m < program.size(); ++m) {
         if (bit_ptrs[m] != nullptr)
             bit_list.append(bits[m]);
@@ -472,10 +484,11 @@ PYBIND11_MODULE(_core, m) {
           "Float convolution with zero padding, computed directly: x float32 [H, W, C], weight [O, k, k, C], bias "
           "[O] or None -> [Ho, Wo, O]. For few input channels (the RGB stem).");
     m.def("lincomb_group", &lincomb_group, py::arg("inputs"), py::arg("program"),
-          py::arg("pack_outputs") = std::vector<int64_t>{},
+          py::arg("pack_outputs") = std::vector<int64_t>{}, py::arg("drop_outputs") = std::vector<int64_t>{},
           "Linear combinations of float32 maps of one shape, in one pass: program[m] lists output m's terms as "
           "(source, coeff); sources 0 .. len(inputs) - 1 are the inputs, len(inputs) + j is output j < m. Output "
           "m = coeff0 * src0, then += coeff * src per term, each step rounded to float32 (as numpy would). Returns "
           "(outputs, bits): bits[m] = pack_bits(outputs[m]) for the outputs named in pack_outputs ([H, W, C] maps "
-          "only), None for the others.");
+          "only), None for the others; outputs[m] is None for those in drop_outputs (used by later outputs of the "
+          "group or as bits only, never written to memory).");
 }

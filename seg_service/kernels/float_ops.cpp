@@ -27,7 +27,7 @@ constexpr int64_t kMinParallelFlops = int64_t{1} << 19;
 struct LincombCall {
     const float* const* inputs;
     int64_t n_inputs;
-    float* const* outputs;
+    float* const* outputs;  // per output: its map, or nullptr for one only the group (or its bits) needs
     int64_t n_outputs;
     const int64_t* term_begin;
     const LincombTerm* terms;
@@ -36,13 +36,13 @@ struct LincombCall {
 };
 
 // The body is inlined into each ISA's target-attributed wrapper below and vectorised with it.
-inline void lincomb_chunk_body(const LincombCall& c, int64_t e0, int64_t e1) {
-    const int64_t len = e1 - e0;
+// dst[m] is where output m's elements e0 .. e0 + len go: into its map, or into scratch.
+inline void lincomb_chunk_body(const LincombCall& c, float* const* dst_chunks, int64_t e0, int64_t len) {
     for (int64_t m = 0; m < c.n_outputs; ++m) {
-        float* __restrict dst = c.outputs[m] + e0;
+        float* __restrict dst = dst_chunks[m];
         for (int64_t t = c.term_begin[m]; t < c.term_begin[m + 1]; ++t) {
             const int64_t s = c.terms[t].source;
-            const float* __restrict src = (s < c.n_inputs ? c.inputs[s] : c.outputs[s - c.n_inputs]) + e0;
+            const float* __restrict src = s < c.n_inputs ? c.inputs[s] + e0 : dst_chunks[s - c.n_inputs];
             const float w = c.terms[t].coeff;
             if (t == c.term_begin[m]) {
                 for (int64_t i = 0; i < len; ++i) dst[i] = w * src[i];
@@ -53,29 +53,39 @@ inline void lincomb_chunk_body(const LincombCall& c, int64_t e0, int64_t e1) {
     }
 }
 
-// A chunk of every output, then the sign bits of those that feed binary convolutions, packed while
-// the chunk is still in cache.
-void lincomb_chunk(void (*body)(const LincombCall&, int64_t, int64_t), const LincombCall& c, int64_t e0,
-                   int64_t e1) {
-    body(c, e0, e1);
+using ChunkFn = void (*)(const LincombCall&, float* const*, int64_t, int64_t);
+
+// A chunk of every output (outputs nobody reads as floats go to this thread's scratch), then the
+// sign bits of those that feed binary convolutions, packed while the chunk is still in cache.
+void lincomb_chunk(ChunkFn body, const LincombCall& c, int64_t e0, int64_t e1) {
+    thread_local std::vector<float> scratch;
+    thread_local std::vector<float*> dst;
+    const int64_t len = e1 - e0;
+    scratch.resize(static_cast<size_t>(c.n_outputs * len));
+    dst.resize(static_cast<size_t>(c.n_outputs));
+    for (int64_t m = 0; m < c.n_outputs; ++m)
+        dst[static_cast<size_t>(m)] = c.outputs[m] != nullptr ? c.outputs[m] + e0 : scratch.data() + m * len;
+    body(c, dst.data(), e0, len);
     const int64_t words = (c.channels + 63) / 64;
     for (int64_t m = 0; m < c.n_outputs; ++m) {
         if (c.bits[m] != nullptr)
-            pack_pixels(c.outputs[m] + e0, (e1 - e0) / c.channels, c.channels, c.bits[m] + e0 / c.channels * words);
+            pack_pixels(dst[static_cast<size_t>(m)], len / c.channels, c.channels, c.bits[m] + e0 / c.channels * words);
     }
 }
 
 #if defined(__x86_64__) || defined(_M_X64)
-__attribute__((target("avx512f"))) void lincomb_chunk_avx512(const LincombCall& c, int64_t e0, int64_t e1) {
-    lincomb_chunk_body(c, e0, e1);
+__attribute__((target("avx512f"))) void lincomb_chunk_avx512(const LincombCall& c, float* const* dst, int64_t e0,
+                                                             int64_t len) {
+    lincomb_chunk_body(c, dst, e0, len);
 }
-__attribute__((target("avx2"))) void lincomb_chunk_avx2(const LincombCall& c, int64_t e0, int64_t e1) {
-    lincomb_chunk_body(c, e0, e1);
+__attribute__((target("avx2"))) void lincomb_chunk_avx2(const LincombCall& c, float* const* dst, int64_t e0,
+                                                        int64_t len) {
+    lincomb_chunk_body(c, dst, e0, len);
 }
 #endif
-void lincomb_chunk_scalar(const LincombCall& c, int64_t e0, int64_t e1) { lincomb_chunk_body(c, e0, e1); }
-
-using ChunkFn = void (*)(const LincombCall&, int64_t, int64_t);
+void lincomb_chunk_scalar(const LincombCall& c, float* const* dst, int64_t e0, int64_t len) {
+    lincomb_chunk_body(c, dst, e0, len);
+}
 
 ChunkFn chunk_fn_for_isa() {
 #if defined(__x86_64__) || defined(_M_X64)

@@ -69,6 +69,8 @@ struct LincombTerm {
 // (first = coeff * x, then += coeff * x, each step rounded to float32). Group-Net's branch sum and
 // the soft gates that read it run as one group, so each map is read from memory once. The maps are
 // [pixels, channels]; bits[m], when not nullptr, receives pack_bits of output m ([pixels, words]).
+// outputs[m] may be nullptr for an output needed only inside the group or as bits: it is never
+// written to memory.
 void lincomb_group(const float* const* inputs, int64_t n_inputs, float* const* outputs, int64_t n_outputs,
                    const int64_t* term_begin, const LincombTerm* terms, int64_t pixels, int64_t channels,
                    uint64_t* const* bits);

@@ -244,6 +244,19 @@ class GraphExecutor:
         # writes their sign bits in its epilogue, so no conv re-reads the floats to pack them.
         self._binary_inputs = set(binary_readers)
         self._lincomb_groups = {group.indices[0]: group for group in lincomb_groups(self.ops)}
+        # Group outputs that no op outside the group reads as floats (only as a binary conv's input,
+        # or not at all) are never written to memory: a block's branch sum, the gated inputs of a
+        # block whose residual comes from its downsampling conv.
+        float_readers: dict[str, set[int]] = {}
+        for index, op in enumerate(self.ops):
+            for name in _reads(op):
+                if op["op"] == "bconv2d" and name == op["in"] and name != op.get("residual"):
+                    continue
+                float_readers.setdefault(name, set()).add(index)
+        self._dropped_outputs = {
+            start: [m for m, name in enumerate(group.outputs)
+                    if name not in keep and float_readers.get(name, set()) <= set(group.indices)]
+            for start, group in self._lincomb_groups.items()}
         self._grouped = {i for group in self._lincomb_groups.values() for i in group.indices[1:]}
         # Ops that run inside another op: lincomb group members after the first, fused concats.
         self.computed_elsewhere = frozenset(self._grouped | set(concat_reader))
@@ -283,7 +296,8 @@ class GraphExecutor:
                 if index in self.computed_elsewhere:
                     pass  # computed with the first op of its lincomb group, or by its projection
                 elif index in self._lincomb_groups:
-                    self._run_lincomb_group(self._lincomb_groups[index], values, packed, recorders)
+                    self._run_lincomb_group(self._lincomb_groups[index], values, packed, recorders,
+                                            [] if keep_all else self._dropped_outputs[index])
                 elif recorders:
                     self._run_op_timed(index, op, values, packed, recorders)
                 else:
@@ -305,14 +319,14 @@ class GraphExecutor:
         return values if keep_all else {name: values[name] for name in self.outputs}
 
     def _run_lincomb_group(self, group: LincombGroup, values: dict[str, np.ndarray],
-                           packed: dict[str, np.ndarray], recorders: list[RunProfile]) -> None:
+                           packed: dict[str, np.ndarray], recorders: list[RunProfile], drop: list[int]) -> None:
         start = time.perf_counter()
         inputs = [values[name] for name in group.inputs]
         first = inputs[0]
         if all(x.dtype == np.float32 and x.shape == first.shape for x in inputs):
             pack = [m for m, name in enumerate(group.outputs) if name in self._binary_inputs] if first.ndim == 3 else []
-            outs, bits = kernels.lincomb_group(inputs, group.program, pack_outputs=pack)
-            values.update(zip(group.outputs, outs, strict=True))
+            outs, bits = kernels.lincomb_group(inputs, group.program, pack_outputs=pack, drop_outputs=drop)
+            values.update((name, out) for name, out in zip(group.outputs, outs, strict=True) if out is not None)
             packed.update((group.outputs[m], bits[m]) for m in pack)
         else:
             for index in group.indices:
@@ -320,8 +334,7 @@ class GraphExecutor:
                 values[op["out"]] = ops.lincomb([values[n] for n in op["ins"]], op["coeffs"])
         seconds = time.perf_counter() - start
         if recorders:
-            out = values[group.outputs[0]]
-            detail = f"{_shape_str(out.shape)} x{len(group.outputs)} from {len(group.inputs)}"
+            detail = f"{_shape_str(first.shape)} x{len(group.outputs)} from {len(group.inputs)}"
             for recorder in recorders:
                 recorder.add(group.indices[0], "lincomb", group.outputs[0], detail, 0, seconds)
 

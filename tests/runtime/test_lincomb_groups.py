@@ -78,3 +78,25 @@ def test_maps_of_different_shapes_fall_back_to_numpy() -> None:
     small = np.random.default_rng(3).standard_normal((1, 1, 4)).astype(np.float32)
     got = GraphExecutor(graph, tensors).run({"input": x, "small": small})["mix"]
     np.testing.assert_array_equal(got, ops.lincomb([x * 2.0, small], [0.5, 2.0]))
+
+
+def test_outputs_read_only_as_binary_inputs_are_not_kept() -> None:
+    """A gate read only as a binary conv's input, and a sum read only by its gates, exist as bits only;
+    results equal a run that keeps every value (keep_all)."""
+    graph, tensors = block_end_graph(3)
+    rng = np.random.default_rng(5)
+    tensors.update({"bw": rng.integers(0, 2**6, size=(4, 3, 3, 1), dtype=np.uint64),
+                    "bm": rng.random(4).astype(np.float32), "bb": rng.standard_normal(4).astype(np.float32)})
+    graph["ops"] = [op for op in graph["ops"] if op["op"] != "relu"]
+    graph["ops"].append({"op": "bconv2d", "in": "gate0", "out": "conv", "weight": "bw", "in_channels": 6,
+                         "kernel": 3, "stride": 1, "padding": 1, "dilation": 1, "mul": "bm", "bias": "bb",
+                         "relu_before": False, "relu_after": False})
+    graph["outputs"] = ["conv", "gate1", "gate2"]
+    executor = GraphExecutor(graph, tensors)
+    # Output 0 (the sum) is read only inside the group, output 1 (gate0) only as binary input.
+    assert executor._dropped_outputs[3] == [0, 1]
+    x = np.random.default_rng(6).standard_normal((15, 17, 6)).astype(np.float32)
+    everything = executor.run({"input": x}, keep_all=True)
+    got = executor.run({"input": x})
+    for name in graph["outputs"]:
+        np.testing.assert_array_equal(got[name], everything[name])
