@@ -391,6 +391,26 @@ py::array_t<float> upsample_bilinear(const py::handle& x_obj, int64_t out_h, int
     return out;
 }
 
+py::array_t<float> maxpool2d(const py::handle& x_obj, int64_t kernel, int64_t stride, int64_t padding) {
+    auto x = checked<float>(x_obj, "x", 3);
+    require(x.shape(0) >= 1 && x.shape(1) >= 1 && x.shape(2) >= 1, "x must be a non-empty [H, W, C] map, got " +
+                                                                       shape_str(x));
+    require(kernel >= 1 && stride >= 1 && padding >= 0 && 2 * padding <= kernel,
+            "maxpool needs kernel >= 1, stride >= 1 and 0 <= padding <= kernel / 2");
+    const int64_t out_h = segk::conv_out_size(x.shape(0), kernel, stride, padding, 1);
+    const int64_t out_w = segk::conv_out_size(x.shape(1), kernel, stride, padding, 1);
+    require(out_h >= 1 && out_w >= 1, "pooling window " + std::to_string(kernel) + " does not fit input " + shape_str(x));
+    py::array_t<float> out({out_h, out_w, static_cast<int64_t>(x.shape(2))});
+    const float* xp = x.data();
+    float* op = out.mutable_data();
+    const int64_t h = x.shape(0), w = x.shape(1), c = x.shape(2);
+    {
+        py::gil_scoped_release release;
+        segk::maxpool2d(xp, h, w, c, kernel, stride, padding, op, out_h, out_w);
+    }
+    return out;
+}
+
 py::array_t<float> conv2d_direct(const py::handle& x_obj, const py::handle& w_obj, const py::handle& bias_obj,
                                  int64_t stride, int64_t padding, int64_t dilation, bool relu) {
     auto x = checked<float>(x_obj, "x", 3);
@@ -479,6 +499,8 @@ PYBIND11_MODULE(_core, m) {
     m.def("upsample_bilinear", &upsample_bilinear, py::arg("x"), py::arg("out_h"), py::arg("out_w"),
           "Bilinear resampling of float32 [H, W, C] to [out_h, out_w, C], as F.interpolate(mode='bilinear', "
           "align_corners=False): rows first, then columns.");
+    m.def("maxpool2d", &maxpool2d, py::arg("x"), py::arg("kernel"), py::arg("stride"), py::arg("padding"),
+          "Max pooling of float32 [H, W, C], as torch.nn.MaxPool2d (floor mode; padding never wins).");
     m.def("conv2d_direct", &conv2d_direct, py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("stride"),
           py::arg("padding"), py::arg("dilation"), py::arg("relu"),
           "Float convolution with zero padding, computed directly: x float32 [H, W, C], weight [O, k, k, C], bias "

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -160,7 +161,73 @@ void upsample_rows_scalar(const UpsampleCall& u, int64_t r0, int64_t r1, float* 
     upsample_rows_body(u, r0, r1, row);
 }
 
+// --- Max pooling -----------------------------------------------------------------------------
+
+struct MaxPoolCall {
+    const float* x;
+    int64_t h, w, c;
+    float* out;
+    int64_t out_w, kernel, stride, padding;
+};
+
+// Output rows [r0, r1): the maximum over each window's taps inside the map (padding never wins,
+// as in PyTorch), taken in row-major tap order.
+inline void maxpool_rows_body(const MaxPoolCall& m, int64_t r0, int64_t r1) {
+    for (int64_t y = r0; y < r1; ++y) {
+        const int64_t iy0 = std::max<int64_t>(0, y * m.stride - m.padding);
+        const int64_t iy1 = std::min(m.h, y * m.stride - m.padding + m.kernel);
+        for (int64_t xo = 0; xo < m.out_w; ++xo) {
+            const int64_t ix0 = std::max<int64_t>(0, xo * m.stride - m.padding);
+            const int64_t ix1 = std::min(m.w, xo * m.stride - m.padding + m.kernel);
+            float* __restrict o = m.out + (y * m.out_w + xo) * m.c;
+            bool first = true;
+            for (int64_t iy = iy0; iy < iy1; ++iy)
+                for (int64_t ix = ix0; ix < ix1; ++ix) {
+                    const float* __restrict src = m.x + (iy * m.w + ix) * m.c;
+                    if (first) {
+                        std::memcpy(o, src, static_cast<size_t>(m.c) * sizeof(float));
+                        first = false;
+                    } else {
+                        // NaN propagates, as in numpy's maximum and PyTorch.
+                        for (int64_t k = 0; k < m.c; ++k) o[k] = (src[k] > o[k] || src[k] != src[k]) ? src[k] : o[k];
+                    }
+                }
+            if (first)  // a window entirely on the padding (only with padding >= kernel)
+                std::fill(o, o + m.c, -std::numeric_limits<float>::infinity());
+        }
+    }
+}
+
+#if defined(__x86_64__) || defined(_M_X64)
+__attribute__((target("avx512f"))) void maxpool_rows_avx512(const MaxPoolCall& m, int64_t r0, int64_t r1) {
+    maxpool_rows_body(m, r0, r1);
+}
+__attribute__((target("avx2"))) void maxpool_rows_avx2(const MaxPoolCall& m, int64_t r0, int64_t r1) {
+    maxpool_rows_body(m, r0, r1);
+}
+#endif
+void maxpool_rows_scalar(const MaxPoolCall& m, int64_t r0, int64_t r1) { maxpool_rows_body(m, r0, r1); }
+
 }  // namespace
+
+void maxpool2d(const float* x, int64_t h, int64_t w, int64_t c, int64_t kernel, int64_t stride, int64_t padding,
+               float* out, int64_t out_h, int64_t out_w) {
+    const MaxPoolCall call{x, h, w, c, out, out_w, kernel, stride, padding};
+    auto fn = maxpool_rows_scalar;
+#if defined(__x86_64__) || defined(_M_X64)
+    const std::string name = isa();
+    if (name == "avx512") fn = maxpool_rows_avx512;
+    if (name == "avx2") fn = maxpool_rows_avx2;
+#endif
+    const int64_t row_values = std::max<int64_t>(1, out_w * c);
+    const int64_t rows_per_item = std::max<int64_t>(1, (int64_t{1} << 15) / row_values);
+    const int64_t items = (out_h + rows_per_item - 1) / rows_per_item;
+    const int threads = out_h * row_values * kernel * kernel < kMinParallelFlops ? 1 : get_num_threads();
+    parallel_for(threads, items, [&](int64_t item) {
+        const int64_t r0 = item * rows_per_item;
+        fn(call, r0, std::min(out_h, r0 + rows_per_item));
+    });
+}
 
 void upsample_bilinear(const float* x, int64_t h, int64_t w, int64_t c, float* out, int64_t out_h, int64_t out_w) {
     const std::vector<Tap> row_taps = linear_taps(h, out_h), col_taps = linear_taps(w, out_w);

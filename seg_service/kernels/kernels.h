@@ -79,6 +79,11 @@ void lincomb_group(const float* const* inputs, int64_t n_inputs, float* const* o
 // align_corners=False: rows first, then columns, each product and sum rounded to float32.
 void upsample_bilinear(const float* x, int64_t h, int64_t w, int64_t c, float* out, int64_t out_h, int64_t out_w);
 
+// Max pooling of x [h, w, c] -> out [out_h, out_w, c] (sizes as PyTorch's floor mode): padded
+// positions never win, as in torch.nn.MaxPool2d.
+void maxpool2d(const float* x, int64_t h, int64_t w, int64_t c, int64_t kernel, int64_t stride, int64_t padding,
+               float* out, int64_t out_h, int64_t out_w);
+
 // Float convolution with zero padding, computed directly (float_conv.cpp): x [h, w, c], weight
 // [out_c, k, k, c], bias [out_c] or nullptr, optional ReLU -> out [out_h, out_w, out_c]. Meant for
 // few input channels (the RGB stem), where an im2col GEMM is a poor shape for BLAS.

@@ -146,3 +146,18 @@ def lincomb_group(inputs: list[np.ndarray], program: list[list[tuple[int, float]
             out = term if out is None else out + term
         outputs.append(out)
     return outputs
+
+
+def maxpool2d(x: np.ndarray, kernel: int, stride: int, padding: int = 0) -> np.ndarray:
+    """torch.nn.MaxPool2d (floor mode) on float32 [H, W, C]: -inf padding, taps in row-major order."""
+    h, w, c = x.shape
+    ho = (h + 2 * padding - kernel) // stride + 1
+    wo = (w + 2 * padding - kernel) // stride + 1
+    xp = np.full((h + 2 * padding, w + 2 * padding, c), -np.inf, dtype=np.float32)
+    xp[padding: padding + h, padding: padding + w] = x
+    out = None
+    for i in range(kernel):
+        for j in range(kernel):
+            tap = xp[i: i + (ho - 1) * stride + 1: stride, j: j + (wo - 1) * stride + 1: stride]
+            out = tap.copy() if out is None else np.maximum(out, tap)
+    return out

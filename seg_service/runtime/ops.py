@@ -1,9 +1,11 @@
-"""Float ops of the packed graph, in numpy, NHWC with batch 1 (arrays of shape [H, W, C]).
+"""Float ops of the packed graph, NHWC with batch 1 (arrays of shape [H, W, C]).
 
 Each op reproduces the corresponding PyTorch op (same output sizes, same sampling rules) so the
 runtime matches the training code to float rounding. Binary convolutions are not here: they go
-through the C++ kernels (``seg_service.kernels``). The large ops split their output rows over the
-kernels' thread count (see "Row-parallel float ops" below).
+through the C++ kernels (``seg_service.kernels``), and so do the memory-bound float ops (linear
+combinations, bilinear upsampling, max pooling) and the RGB stem on AVX-512, each matching its numpy
+definition in ``kernels.reference``. The other float convs are numpy matmuls whose output rows are
+split over the kernels' thread count (see "Row-parallel float convs" below).
 """
 
 from __future__ import annotations
@@ -22,20 +24,17 @@ from seg_service import kernels
 # 2 threads: 20 ms with 64 MiB chunks, 13 ms with 4 MiB ones).
 _IM2COL_CHUNK_ELEMS = 1024 * 1024
 
-# --- Row-parallel float ops -------------------------------------------------------------------
-# The large float ops (stem and projection convs, branch sums, upsampling, pooling, concat) are
-# split by output rows over ``kernels.get_num_threads()`` threads: the calling thread plus a
+# --- Row-parallel float convs -----------------------------------------------------------------
+# The float convs (the projections and classifier; the stem off AVX-512) are split by output rows over ``kernels.get_num_threads()`` threads: the calling thread plus a
 # persistent pool of Python threads. numpy's matmul and ufuncs release the GIL on large arrays, so
 # the parts run truly in parallel, each on numpy's single BLAS thread (``threads.quiet_blas``:
 # OpenBLAS's own threads busy-wait between calls and take the cores the binary kernels need; these
 # pool threads sleep on a queue instead). Each output element is computed by the same numpy calls
 # as in one piece, so results do not depend on the thread count (matmul: to float rounding).
 
-# Below this much work per thread (output elements; MACs for convs) an op stays on the calling
-# thread. Handing work to another thread costs tens of microseconds, more right after a binary
-# conv, whose pool threads spin a little while on the other core before sleeping: in the 320x240
-# model, lincombs of 150-600 K elements were up to 2x slower split, those of 1 M and more faster.
-_MIN_ELEMS_PER_THREAD = 1 << 19
+# Below this many MACs per thread a conv stays on the calling thread. Handing work to another
+# thread costs tens of microseconds, more right after a binary conv, whose pool threads spin a
+# little while on the other core before sleeping.
 _MIN_MACS_PER_THREAD = 1 << 24
 
 _pool_lock = threading.Lock()
@@ -244,50 +243,13 @@ def conv1x1_of_concat(parts: list[np.ndarray], weight: np.ndarray, bias: np.ndar
     return out
 
 
-# maxpool2d works on blocks of about this many output elements
-# (512 KiB of float32) at a time, so a block's temporaries stay in the core's L2 cache. Measured at
-# 2 threads on the 512x512 model's maps: 4x smaller blocks are 1.2-1.5x slower (more numpy calls,
-# each taking the GIL), 2x larger ones no faster.
-_BLOCK_ELEMS = 1 << 17
-
-
 def maxpool2d(x: np.ndarray, kernel: int, stride: int, padding: int = 0) -> np.ndarray:
     """Like torch.nn.MaxPool2d (floor mode): padded positions never win.
 
-    Output rows are split over the configured threads; each block of them pads only the input rows
-    it reads (with -inf), and takes the taps' maximum in the same order as in one piece.
+    Runs in the C++ kernels (output rows split over their threads); ``kernels.reference.maxpool2d``
+    is the numpy definition it matches bit for bit.
     """
-    h, w, c = x.shape
-    ho = conv_output_size(h, kernel, stride, padding, 1)
-    wo = conv_output_size(w, kernel, stride, padding, 1)
-    out = np.empty((ho, wo, c), dtype=x.dtype)
-    block_rows = max(1, _BLOCK_ELEMS // max(1, wo * c))
-
-    def part(r0: int, r1: int) -> None:
-        for b0, b1 in _blocks(r0, r1, block_rows):
-            top = b0 * stride  # first padded input row this block reads
-            n_rows = (b1 - b0 - 1) * stride + kernel
-            if padding:
-                src = np.empty((n_rows, w + 2 * padding, c), dtype=x.dtype)
-                src[:, :padding] = -np.inf
-                src[:, padding + w:] = -np.inf
-                in0, in1 = max(0, top - padding), min(h, top + n_rows - padding)
-                src[: in0 + padding - top] = -np.inf
-                src[in1 + padding - top:] = -np.inf
-                src[in0 + padding - top: in1 + padding - top, padding: padding + w] = x[in0:in1]
-            else:
-                src = x[top: top + n_rows]
-            dst = out[b0:b1]
-            for i in range(kernel):
-                for j in range(kernel):
-                    tap = src[i: i + (b1 - b0 - 1) * stride + 1: stride, j: j + (wo - 1) * stride + 1: stride]
-                    if i == 0 and j == 0:
-                        np.copyto(dst, tap)
-                    else:
-                        np.maximum(dst, tap, out=dst)
-
-    _run_row_parts(part, ho, _thread_count(ho, ho * wo * c, _MIN_ELEMS_PER_THREAD), block_rows)
-    return out
+    return kernels.maxpool2d(np.ascontiguousarray(x, dtype=np.float32), kernel, stride, padding)
 
 
 def global_avgpool(x: np.ndarray) -> np.ndarray:

@@ -169,3 +169,22 @@ def test_conv2d_direct_bad_arguments() -> None:
         kernels.conv2d_direct(x, np.zeros((2, 3, 3, 3), np.float32), np.zeros(3, np.float32), 1, 1, 1, False)
     with pytest.raises(ValueError, match="does not fit"):
         kernels.conv2d_direct(x, np.zeros((2, 7, 7, 3), np.float32), None, 1, 0, 1, False)
+
+
+@pytest.mark.parametrize("h, w, c, k, stride, padding", [(256, 256, 64, 3, 2, 1), (9, 11, 5, 3, 2, 1),
+                                                         (1, 7, 3, 1, 1, 0), (7, 7, 3, 3, 1, 1), (10, 6, 2, 3, 3, 0),
+                                                         (5, 5, 17, 2, 2, 1)])
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_maxpool2d_matches_reference(isa: str, threads, h, w, c, k, stride, padding, n_threads: int) -> None:
+    kernels.set_num_threads(n_threads)
+    x = RNG.standard_normal((h, w, c)).astype(np.float32)
+    x[0, 0, 0] = np.nan  # propagates like numpy's maximum
+    got = kernels.maxpool2d(x, k, stride, padding)
+    np.testing.assert_array_equal(got, reference.maxpool2d(x, k, stride, padding))
+
+
+def test_maxpool2d_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="padding"):
+        kernels.maxpool2d(np.zeros((4, 4, 1), np.float32), 3, 2, 2)
+    with pytest.raises(ValueError, match="does not fit"):
+        kernels.maxpool2d(np.zeros((2, 2, 1), np.float32), 3, 1, 0)

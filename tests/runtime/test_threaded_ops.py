@@ -27,9 +27,7 @@ def rand(*shape: int) -> np.ndarray:
 @pytest.fixture
 def split_everything(monkeypatch):
     """Split every op however small; yields a function running ``fn`` on ``n`` threads."""
-    monkeypatch.setattr(ops, "_MIN_ELEMS_PER_THREAD", 1)
     monkeypatch.setattr(ops, "_MIN_MACS_PER_THREAD", 1)
-    monkeypatch.setattr(ops, "_BLOCK_ELEMS", 8)        # units of one or a few rows
     monkeypatch.setattr(ops, "_IM2COL_CHUNK_ELEMS", 1)  # im2col units of one output row
     before = kernels.get_num_threads()
 
@@ -78,12 +76,11 @@ def test_conv2d_small_im2col_chunks_with_threads(split_everything, monkeypatch, 
 @pytest.mark.parametrize("h, w, c, k, stride, padding",
                          [(9, 11, 5, 3, 2, 1), (1, 7, 3, 1, 1, 0), (2, 5, 4, 2, 2, 1), (7, 7, 3, 3, 1, 1),
                           (10, 6, 2, 3, 3, 0)])
-def test_maxpool2d_threads_bit_identical(split_everything, monkeypatch, threads, h, w, c, k, stride, padding):
+def test_maxpool2d_threads_bit_identical(split_everything, threads, h, w, c, k, stride, padding):
     x = rand(h, w, c)
     one = split_everything(1, ops.maxpool2d, x, k, stride, padding)
     np.testing.assert_array_equal(split_everything(threads, ops.maxpool2d, x, k, stride, padding), one)
-    monkeypatch.setattr(ops, "_BLOCK_ELEMS", 1)  # one output row per block: every block boundary
-    np.testing.assert_array_equal(split_everything(threads, ops.maxpool2d, x, k, stride, padding), one)
+    np.testing.assert_array_equal(one, reference.maxpool2d(x, k, stride, padding))
 
 
 @pytest.mark.parametrize("threads", THREADS)
@@ -154,10 +151,10 @@ def test_thread_count_follows_the_setting_and_the_work():
 
 
 def test_pool_follows_thread_count_changes(split_everything):
-    x = rand(9, 4, 2)  # 9 output rows, units of one row
-    split_everything(3, ops.maxpool2d, x, 3, 1, 1)
+    x, weight = rand(9, 4, 20), rand(3, 3, 3, 20)  # 9 output rows, units of one row
+    split_everything(3, ops.conv2d, x, weight, None, 1, 1)
     assert ops._pool_workers == 2
-    split_everything(2, ops.maxpool2d, x, 3, 1, 1)
+    split_everything(2, ops.conv2d, x, weight, None, 1, 1)
     assert ops._pool_workers == 1
 
 
@@ -180,11 +177,11 @@ def test_concurrent_callers_share_the_pool(split_everything):
     from concurrent.futures import ThreadPoolExecutor
 
     kernels.set_num_threads(2)
-    inputs = [rand(9, 7, 5) for _ in range(6)]
-    expected = [split_everything(1, ops.maxpool2d, x, 3, 2, 1) for x in inputs]
+    inputs, weight = [rand(9, 7, 20) for _ in range(6)], rand(4, 3, 3, 20)
+    expected = [split_everything(2, ops.conv2d, x, weight, None, 2, 1) for x in inputs]
     kernels.set_num_threads(2)
     with ThreadPoolExecutor(max_workers=3) as callers:
-        got = list(callers.map(lambda x: ops.maxpool2d(x, 3, 2, 1), inputs * 5))
+        got = list(callers.map(lambda x: ops.conv2d(x, weight, None, 2, 1), inputs * 5))
     for i, out in enumerate(got):
         np.testing.assert_array_equal(out, expected[i % len(inputs)])
 
