@@ -288,6 +288,46 @@ py::object bconv2d_float(const py::handle& x_obj, const py::handle& w_obj, int64
     return conv_result(out, bits, pack_output);
 }
 
+// bases: [(w, mul, bias, relu_before, relu_after), ...], all of one shape and in_channels.
+py::object bconv2d_chain(const py::handle& a_obj, const py::sequence& bases, int64_t in_channels, int64_t stride,
+                         int64_t padding, int64_t dilation, const py::handle& residual, bool pack_output) {
+    auto a = checked<uint64_t>(a_obj, "a", 3);
+    require(py::len(bases) >= 1, "bconv2d_chain needs at least one base");
+    std::vector<WeightsArg> weights;
+    std::vector<EpilogueArgs> epilogues;
+    segk::ConvShape s;
+    for (const auto& item : bases) {
+        const auto base = item.cast<py::tuple>();
+        require(base.size() == 5, "each base is (w, mul, bias, relu_before, relu_after)");
+        weights.push_back(weights_arg(base[0], in_channels));
+        const segk::ConvShape sj = conv_shape(a.shape(0), a.shape(1), a.shape(2), weights.back().array, in_channels,
+                                              stride, padding, dilation);
+        require(weights.size() == 1 || (sj.out_c == s.out_c && sj.kernel == s.kernel),
+                "every base of a chain needs the same output channels and kernel size");
+        s = sj;
+        finish_weights(weights.back(), s, in_channels);
+        epilogues.push_back(epilogue_args(s, base[1], base[2], base[3].cast<bool>(), base[4].cast<bool>(),
+                                          epilogues.empty() ? residual : py::none()));
+    }
+    require_clean_tail(a.data(), s.in_h * s.in_w, s.words, in_channels, "a");
+    py::array_t<float> out({s.out_h, s.out_w, s.out_c});
+    py::array_t<uint64_t> bits = sign_bits_buffer(pack_output, s.out_h, s.out_w, s.out_c);
+    if (pack_output) epilogues.back().ep.out_bits = bits.mutable_data();
+    std::vector<const segk::PreparedWeights*> ws;
+    std::vector<segk::Epilogue> eps;
+    for (size_t j = 0; j < weights.size(); ++j) {
+        ws.push_back(weights[j].prepared.get());
+        eps.push_back(epilogues[j].ep);
+    }
+    const uint64_t* ap = a.data();
+    float* op = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        segk::bconv_chain(ap, ws.data(), eps.data(), static_cast<int64_t>(ws.size()), s, op);
+    }
+    return conv_result(out, bits, pack_output);
+}
+
 // Inputs: float32 arrays of one shape; program[m] = [(source, coeff), ...] for output m, where
 // sources [0, len(inputs)) are the inputs and len(inputs) + j is output j < m of the group.
 // Returns (outputs, bits): bits[m] = pack_bits(outputs[m]) for m in pack_outputs, else None;
@@ -496,6 +536,12 @@ PYBIND11_MODULE(_core, m) {
           py::arg("dilation"), py::arg("mul"), py::arg("bias"), py::arg("relu_before"), py::arg("relu_after"),
           py::arg("residual") = py::none(), py::arg("pack_output") = false,
           "bconv2d on a float32 [H, W, C] input, binarised (x < 0 -> -1) and packed inside the call.");
+    m.def("bconv2d_chain", &bconv2d_chain, py::arg("a"), py::arg("bases"), py::arg("in_channels"), py::arg("stride"),
+          py::arg("padding"), py::arg("dilation"), py::arg("residual") = py::none(), py::arg("pack_output") = false,
+          "A chain of binary convs of one packed input whose outputs add up (a layer-wise decomposition's bases): "
+          "bases = [(w, mul, bias, relu_before, relu_after), ...]; base j's epilogue takes base j - 1's output as "
+          "its residual (base 0 takes `residual`). Returns the last output (and its sign bits with pack_output), "
+          "equal bit for bit to running the bases one by one.");
     m.def("upsample_bilinear", &upsample_bilinear, py::arg("x"), py::arg("out_h"), py::arg("out_w"),
           "Bilinear resampling of float32 [H, W, C] to [out_h, out_w, C], as F.interpolate(mode='bilinear', "
           "align_corners=False): rows first, then columns.");

@@ -131,14 +131,23 @@ constexpr double kMinParallelMacs = 16e6;
 // Inputs of at least this many bytes are packed / padded on all threads.
 constexpr int64_t kMinParallelInputBytes = int64_t{1} << 20;
 
-void run_conv(const uint64_t* a, const float* x, const PreparedWeights& pw, const ConvShape& s, int32_t* out_int,
-              float* out_f, const Epilogue* ep) {
+// Pixels per sub-range of a chain: each base's tiles of the same output pixels follow each other
+// while those outputs (48 x 32 floats per channel block) are still in the L1 cache.
+constexpr int64_t kChainPixels = 48;
+
+// A convolution, or a chain of `bases` convolutions of one input and shape whose epilogues add up:
+// base j's epilogue takes base j - 1's output as its residual (base 0 takes eps[0].residual), and
+// only the last one's output is stored (intermediate ones live in cache only). ep == nullptr: raw
+// dots (one base).
+void run_conv(const uint64_t* a, const float* x, const PreparedWeights* const* pws, int64_t bases, const ConvShape& s,
+              int32_t* out_int, float* out_f, const Epilogue* eps) {
     const IsaKernels& kern = *g_kernels.load();
     const int requested_threads = g_threads.load();
     const int64_t words = s.words, k = s.kernel, pad = s.padding;
     const int64_t padded_h = s.in_h + 2 * pad, padded_w = s.in_w + 2 * pad;
     const int64_t pixels = s.out_h * s.out_w;
-    const double binary_macs = static_cast<double>(pixels) * static_cast<double>(s.out_c * k * k * s.in_channels);
+    const double binary_macs =
+        static_cast<double>(pixels) * static_cast<double>(bases * s.out_c * k * k * s.in_channels);
     // Tiny calls stay on one thread: waking a helper costs more than it saves.
     const int threads = binary_macs < kMinParallelMacs ? 1 : requested_threads;
 
@@ -204,24 +213,13 @@ void run_conv(const uint64_t* a, const float* x, const PreparedWeights& pw, cons
                                                     kRowRunCost);
     const std::vector<TapRun> col_runs = merge_runs(tap_runs(s.out_w, s.in_w, k, s.stride, pad, s.dilation),
                                                     kColumnRunCost);
-    const BlockedWeights& wb = pw.for_isa(kern, threads);  // 3. weights in this ISA's channel blocks
-    const int64_t n_padded = wb.blocks * wb.block + 64;
     const int64_t n_all = k * k * s.in_channels;
-    // Ones of each (channel, tap)'s weight words, for the padded taps' constant.
-    std::vector<int32_t> tap_ones(static_cast<size_t>(s.out_c * k * k), 0);
-    const uint64_t* raw = pw.raw();
-    for (int64_t c = 0; c < s.out_c; ++c)
-        for (int64_t t = 0; t < k * k; ++t) {
-            int32_t ones = 0;
-            for (int64_t wd = 0; wd < words; ++wd) ones += __builtin_popcountll(raw[(c * k * k + t) * words + wd]);
-            tap_ones[static_cast<size_t>(c * k * k + t)] = ones;
-        }
 
     struct Region {
         int64_t y0, y1, x0, x1;
         std::vector<int64_t> step_offset, step_weight;
-        std::vector<int32_t> n_channel;
-        ConvJob job;
+        std::vector<std::vector<int32_t>> n_channel;  // per base
+        std::vector<ConvJob> jobs;                    // per base
     };
     std::vector<Region> regions;
     regions.reserve(row_runs.size() * col_runs.size());
@@ -239,74 +237,109 @@ void run_conv(const uint64_t* a, const float* x, const PreparedWeights& pw, cons
                                                 wd * word_stride);
                         r.step_weight.push_back((ky * k + kx) * words + wd);
                     }
-            r.n_channel.assign(static_cast<size_t>(n_padded), static_cast<int32_t>(n_all));
+            regions.push_back(std::move(r));
+        }
+    }
+
+    int64_t blocks = 0, block = 1;
+    for (int64_t j = 0; j < bases; ++j) {
+        const BlockedWeights& wb = pws[j]->for_isa(kern, threads);  // 3. weights in this ISA's channel blocks
+        blocks = wb.blocks;
+        block = wb.block;
+        const int64_t n_padded = wb.blocks * wb.block + 64;
+        // Ones of each (channel, tap)'s weight words, for the padded taps' constant.
+        std::vector<int32_t> tap_ones(static_cast<size_t>(s.out_c * k * k), 0);
+        const uint64_t* raw = pws[j]->raw();
+        for (int64_t c = 0; c < s.out_c; ++c)
+            for (int64_t t = 0; t < k * k; ++t) {
+                int32_t ones = 0;
+                for (int64_t wd = 0; wd < words; ++wd) ones += __builtin_popcountll(raw[(c * k * k + t) * words + wd]);
+                tap_ones[static_cast<size_t>(c * k * k + t)] = ones;
+            }
+        ConvJob base;
+        base.in = in;
+        base.in_w = padded_w;
+        base.words = in_words;
+        base.out_h = s.out_h;
+        base.out_w = s.out_w;
+        base.out_c = s.out_c;
+        base.stride = s.stride;
+        base.wblk = wb.words.data();
+        base.block = wb.block;
+        base.wblk_step = wb.wblk_step;
+        base.wblk_steps = k * k * words;
+        base.out_int = out_int;
+        base.out_f = out_f;
+        if (eps != nullptr) {
+            const Epilogue& ep = eps[j];
+            base.mul = ep.mul;
+            base.bias = ep.bias;
+            base.residual = j == 0 ? ep.residual : out_f;  // a chain adds up in the output
+            base.relu_before = ep.relu_before;
+            base.relu_after = ep.relu_after;
+            base.out_bits = j == bases - 1 ? ep.out_bits : nullptr;
+            base.out_words = words_for(s.out_c);
+        }
+        for (size_t ri = 0; ri < regions.size(); ++ri) {
+            Region& r = regions[ri];
+            const TapRun& ry = row_runs[ri / col_runs.size()];
+            const TapRun& rx = col_runs[ri % col_runs.size()];
+            std::vector<int32_t> n_channel(static_cast<size_t>(n_padded), static_cast<int32_t>(n_all));
             for (int64_t c = 0; c < s.out_c; ++c) {
                 int32_t padded_ones = 0;
                 for (int64_t ky = 0; ky < k; ++ky)
                     for (int64_t kx = 0; kx < k; ++kx)
                         if (ky < ry.k0 || ky >= ry.k1 || kx < rx.k0 || kx >= rx.k1)
                             padded_ones += tap_ones[static_cast<size_t>(c * k * k + ky * k + kx)];
-                r.n_channel[static_cast<size_t>(c)] -= 2 * padded_ones;
+                n_channel[static_cast<size_t>(c)] -= 2 * padded_ones;
             }
-            regions.push_back(std::move(r));
+            r.n_channel.push_back(std::move(n_channel));
+            r.jobs.push_back(base);
         }
     }
-
-    ConvJob base;
-    base.in = in;
-    base.in_w = padded_w;
-    base.words = in_words;
-    base.out_h = s.out_h;
-    base.out_w = s.out_w;
-    base.out_c = s.out_c;
-    base.stride = s.stride;
-    base.wblk = wb.words.data();
-    base.block = wb.block;
-    base.wblk_step = wb.wblk_step;
-    base.wblk_steps = k * k * words;
-    base.out_int = out_int;
-    base.out_f = out_f;
-    if (ep != nullptr) {
-        base.mul = ep->mul;
-        base.bias = ep->bias;
-        base.residual = ep->residual;
-        base.relu_before = ep->relu_before;
-        base.relu_after = ep->relu_after;
-        base.out_bits = ep->out_bits;
-        base.out_words = words_for(s.out_c);
-    }
-    for (Region& r : regions) {
-        r.job = base;
-        r.job.step_offset = r.step_offset.data();
-        r.job.step_weight = r.step_weight.data();
-        r.job.steps = static_cast<int64_t>(r.step_offset.size());
-        r.job.n_channel = r.n_channel.data();
-    }
+    for (Region& r : regions)
+        for (int64_t j = 0; j < bases; ++j) {
+            ConvJob& job = r.jobs[static_cast<size_t>(j)];
+            job.step_offset = r.step_offset.data();
+            job.step_weight = r.step_weight.data();
+            job.steps = static_cast<int64_t>(r.step_offset.size());
+            job.n_channel = r.n_channel[static_cast<size_t>(j)].data();
+        }
 
     // 4. Work items: (region, channel block, rows of the region). A region as wide as the map is one
-    //    run of pixels; a narrower one is walked row by row within its columns.
+    //    run of pixels; a narrower one is walked row by row within its columns. A chain runs its
+    //    bases one after another on each short run of pixels.
     struct Item {
         int64_t region, cb, y0, y1;
     };
     std::vector<Item> items;
-    const int64_t blocks = wb.blocks;
     for (int64_t ri = 0; ri < static_cast<int64_t>(regions.size()); ++ri) {
         const Region& r = regions[static_cast<size_t>(ri)];
         const int64_t width = r.x1 - r.x0, rows = r.y1 - r.y0;
-        const double macs_per_pixel_block = static_cast<double>(wb.block * std::max<int64_t>(1, r.job.steps) * 64);
+        const double macs_per_pixel_block =
+            static_cast<double>(bases * block * std::max<int64_t>(1, r.jobs[0].steps) * 64);
         const int64_t chunk_pixels = pixel_chunk_length(blocks, rows * width, macs_per_pixel_block, threads);
         const int64_t chunk_rows = std::max<int64_t>(1, chunk_pixels / width);
         for (int64_t cb = 0; cb < blocks; ++cb)
             for (int64_t y = r.y0; y < r.y1; y += chunk_rows) items.push_back({ri, cb, y, std::min(r.y1, y + chunk_rows)});
     }
+    auto run_range = [&](const Region& r, int64_t cb, int64_t p0, int64_t p1) {
+        if (bases == 1) {
+            kern.conv_tile(r.jobs[0], cb, p0, p1);
+            return;
+        }
+        for (int64_t q0 = p0; q0 < p1; q0 += kChainPixels)
+            for (int64_t j = 0; j < bases; ++j)
+                kern.conv_tile(r.jobs[static_cast<size_t>(j)], cb, q0, std::min(p1, q0 + kChainPixels));
+    };
     parallel_for(threads, static_cast<int64_t>(items.size()), [&](int64_t i) {
         const Item& it = items[static_cast<size_t>(i)];
         const Region& r = regions[static_cast<size_t>(it.region)];
         if (r.x0 == 0 && r.x1 == s.out_w) {
-            kern.conv_tile(r.job, it.cb, it.y0 * s.out_w, it.y1 * s.out_w);
+            run_range(r, it.cb, it.y0 * s.out_w, it.y1 * s.out_w);
             return;
         }
-        for (int64_t y = it.y0; y < it.y1; ++y) kern.conv_tile(r.job, it.cb, y * s.out_w + r.x0, y * s.out_w + r.x1);
+        for (int64_t y = it.y0; y < it.y1; ++y) run_range(r, it.cb, y * s.out_w + r.x0, y * s.out_w + r.x1);
     });
 }
 
@@ -356,16 +389,24 @@ int64_t conv_out_size(int64_t in, int64_t kernel, int64_t stride, int64_t paddin
 }
 
 void bconv_int(const uint64_t* a, const PreparedWeights& w, const ConvShape& shape, int32_t* out_int) {
-    run_conv(a, nullptr, w, shape, out_int, nullptr, nullptr);
+    const PreparedWeights* ws[1] = {&w};
+    run_conv(a, nullptr, ws, 1, shape, out_int, nullptr, nullptr);
 }
 
 void bconv(const uint64_t* a, const PreparedWeights& w, const ConvShape& shape, const Epilogue& ep, float* out) {
-    run_conv(a, nullptr, w, shape, nullptr, out, &ep);
+    const PreparedWeights* ws[1] = {&w};
+    run_conv(a, nullptr, ws, 1, shape, nullptr, out, &ep);
 }
 
 void bconv_float(const float* x, const PreparedWeights& w, const ConvShape& shape, const Epilogue& ep,
                  float* out) {
-    run_conv(nullptr, x, w, shape, nullptr, out, &ep);
+    const PreparedWeights* ws[1] = {&w};
+    run_conv(nullptr, x, ws, 1, shape, nullptr, out, &ep);
+}
+
+void bconv_chain(const uint64_t* a, const PreparedWeights* const* ws, const Epilogue* eps, int64_t bases,
+                 const ConvShape& shape, float* out) {
+    run_conv(a, nullptr, ws, bases, shape, nullptr, out, eps);
 }
 
 }  // namespace segk

@@ -55,6 +55,14 @@ void bconv(const uint64_t* a, const PreparedWeights& w, const ConvShape& shape, 
 void bconv_float(const float* x, const PreparedWeights& w, const ConvShape& shape, const Epilogue& ep,
                  float* out);
 
+// A chain of `bases` binary convs of the same input and shape whose outputs add up, as a layer-wise
+// binary decomposition (a binary ASPP branch's K bases) runs: base j's epilogue eps[j] takes base
+// j - 1's output as its residual (eps[0].residual is the chain's own), and only the last output
+// is written to `out` (eps[bases - 1].out_bits for its sign bits). Equal, bit for bit, to running
+// the bases one by one with those residuals, without writing and re-reading bases - 1 maps.
+void bconv_chain(const uint64_t* a, const PreparedWeights* const* ws, const Epilogue* eps, int64_t bases,
+                 const ConvShape& shape, float* out);
+
 // --- Float ops between the binary convolutions (float_ops.cpp) ---
 
 // One term of a linear combination: coeff * source, where sources [0, n_inputs) are the inputs and

@@ -196,6 +196,41 @@ def concat_projections(ops_list: list[dict[str, Any]], tensors: Mapping[str, np.
     return found
 
 
+def bconv_chains(ops_list: list[dict[str, Any]], tensors: Mapping[str, np.ndarray],
+                 outputs: list[str]) -> list[tuple[int, ...]]:
+    """Runs of consecutive bconv2d ops that ``kernels.bconv2d_chain`` computes in one call.
+
+    Each op after the first reads the same input with the same geometry, takes the previous op's
+    output as its residual, and that output has no other reader: the bases of a layer-wise binary
+    decomposition (a binary ASPP branch) adding up.
+    """
+    readers: dict[str, list[int]] = {}
+    for index, op in enumerate(ops_list):
+        for name in _reads(op):
+            readers.setdefault(name, []).append(index)
+
+    def geometry(op: dict[str, Any]) -> tuple[Any, ...]:
+        return (op["in"], op["in_channels"], tensors[op["weight"]].shape[:3], op["stride"], op["padding"],
+                op["dilation"])
+
+    chains = []
+    index = 0
+    while index < len(ops_list):
+        chain = [index]
+        if ops_list[index]["op"] == "bconv2d":
+            while chain[-1] + 1 < len(ops_list):
+                prev, nxt = ops_list[chain[-1]], ops_list[chain[-1] + 1]
+                if not (nxt["op"] == "bconv2d" and geometry(nxt) == geometry(prev)
+                        and nxt.get("residual") == prev["out"] and prev["out"] not in outputs
+                        and readers.get(prev["out"]) == [chain[-1] + 1]):
+                    break
+                chain.append(chain[-1] + 1)
+        if len(chain) > 1:
+            chains.append(tuple(chain))
+        index = chain[-1] + 1
+    return chains
+
+
 class GraphExecutor:
     """Executes a validated graph on one input at a time.
 
@@ -207,7 +242,8 @@ class GraphExecutor:
     it (``kernels.bconv2d_float``). Each run of consecutive ``lincomb`` ops is one
     ``kernels.lincomb_group`` call (``LincombGroup``), with the numpy ops as the fallback for
     inputs the kernel does not take (maps of different shapes or dtypes). A concat read only by a
-    1x1 float conv is never built (``ConcatProjection``).
+    1x1 float conv is never built (``ConcatProjection``), and the bases of a binary ASPP branch add
+    up in cache in one ``kernels.bconv2d_chain`` call (``bconv_chains``).
     """
 
     def __init__(self, graph: Mapping[str, Any], tensors: Mapping[str, np.ndarray]):
@@ -258,8 +294,10 @@ class GraphExecutor:
                     if name not in keep and float_readers.get(name, set()) <= set(group.indices)]
             for start, group in self._lincomb_groups.items()}
         self._grouped = {i for group in self._lincomb_groups.values() for i in group.indices[1:]}
-        # Ops that run inside another op: lincomb group members after the first, fused concats.
-        self.computed_elsewhere = frozenset(self._grouped | set(concat_reader))
+        self._chains = {chain[0]: chain for chain in bconv_chains(self.ops, tensors, self.outputs)}
+        # Ops that run inside another op: lincomb group and chain members after the first, fused concats.
+        self.computed_elsewhere = frozenset(self._grouped | set(concat_reader)
+                                            | {i for chain in self._chains.values() for i in chain[1:]})
         # Filled by the environment switch SEG_PROFILE=1 (see run()).
         self.profile: RunProfile | None = None
         if os.environ.get(PROFILE_ENV, "").strip() not in ("", "0"):
@@ -295,6 +333,8 @@ class GraphExecutor:
             try:
                 if index in self.computed_elsewhere:
                     pass  # computed with the first op of its lincomb group, or by its projection
+                elif index in self._chains:
+                    self._run_chain(index, values, packed, recorders)
                 elif index in self._lincomb_groups:
                     self._run_lincomb_group(self._lincomb_groups[index], values, packed, recorders,
                                             [] if keep_all else self._dropped_outputs[index])
@@ -317,6 +357,32 @@ class GraphExecutor:
             for kind, seconds in recorders[-1].by_kind().items():
                 profile[kind] = profile.get(kind, 0.0) + seconds
         return values if keep_all else {name: values[name] for name in self.outputs}
+
+    def _run_chain(self, index: int, values: dict[str, np.ndarray], packed: dict[str, np.ndarray],
+                   recorders: list[RunProfile]) -> None:
+        start = time.perf_counter()
+        members = [self.ops[i] for i in self._chains[index]]
+        first, last = members[0], members[-1]
+        src = first["in"]
+        if src not in packed:
+            packed[src] = kernels.pack_bits(values[src])
+        t = self.tensors
+        bases = [(self._prepared[(op["weight"], op["in_channels"])], t[op["mul"]], t[op["bias"]],
+                  op["relu_before"], op["relu_after"]) for op in members]
+        residual = values[first["residual"]] if first.get("residual") is not None else None
+        pack_output = last["out"] in self._binary_inputs
+        result = kernels.bconv2d_chain(packed[src], bases, first["in_channels"], first["stride"], first["padding"],
+                                       first["dilation"], residual=residual, pack_output=pack_output)
+        if pack_output:
+            values[last["out"]], packed[last["out"]] = result
+        else:
+            values[last["out"]] = result
+        seconds = time.perf_counter() - start
+        if recorders:
+            detail, macs = self._describe(first, values, packed, values[last["out"]])
+            for recorder in recorders:
+                recorder.add(index, "bconv2d", last["out"], f"{detail} x{len(members)}", macs * len(members),
+                             seconds)
 
     def _run_lincomb_group(self, group: LincombGroup, values: dict[str, np.ndarray],
                            packed: dict[str, np.ndarray], recorders: list[RunProfile], drop: list[int]) -> None:
@@ -350,11 +416,12 @@ class GraphExecutor:
         start = time.perf_counter()
         out = values[op["out"]] = self._run_op(op, values, packed)
         seconds = time.perf_counter() - start
-        detail, macs = self._describe(op, values, out)
+        detail, macs = self._describe(op, values, packed, out)
         for recorder in recorders:
             recorder.add(index, op["op"], op["out"], detail, macs, seconds)
 
-    def _describe(self, op: dict[str, Any], values: dict[str, np.ndarray], out: np.ndarray) -> tuple[str, int]:
+    def _describe(self, op: dict[str, Any], values: dict[str, np.ndarray], packed: dict[str, np.ndarray],
+                  out: np.ndarray) -> tuple[str, int]:
         """A short description of an op's shapes and its multiply-adds per run."""
         kind = op["op"]
         if kind in ("bconv2d", "conv2d"):
@@ -364,8 +431,9 @@ class GraphExecutor:
             macs = out.shape[0] * out.shape[1] * out.shape[2] * k * k * in_channels
             params = f"k{k}" + (f" s{op['stride']}" if op["stride"] != 1 else "") + \
                 (f" d{op['dilation']}" if op["dilation"] != 1 else "")
-            src = values.get(op["in"])
-            src_shape = _shape_str(src.shape) if src is not None else f"?x?x{in_channels}"
+            # The input may exist as packed bits only (its producer never wrote the floats).
+            src = values.get(op["in"], packed.get(op["in"]))
+            src_shape = f"{src.shape[0]}x{src.shape[1]}x{in_channels}" if src is not None else f"?x?x{in_channels}"
             return f"{src_shape} -> {out.shape[2]} {params}", int(macs)
         return _shape_str(out.shape), 0
 

@@ -161,6 +161,47 @@ def test_packed_output_bits_equal_pack_bits(isa: str, case: tuple[int, ...], n_t
         np.testing.assert_array_equal(bits2, reference.pack_bits(out2))
 
 
+@pytest.mark.usefixtures("threads")
+@pytest.mark.parametrize("case", [c for c in CASES if c[4] > 1 or c[0] > 8], ids=lambda c: "x".join(map(str, c)))
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_chain_equals_bases_one_by_one(isa: str, case: tuple[int, ...], n_threads: int) -> None:
+    """bconv2d_chain (a layer-wise decomposition's bases adding up in cache) equals running the bases
+    one after another with the previous output as residual, bit for bit, bits included."""
+    kernels.set_num_threads(n_threads)
+    h, w, c, o, k, stride, pad, dil = case
+    rng = np.random.default_rng(sum(case) + 1)
+    a = kernels.pack_bits(rng.standard_normal((h, w, c)).astype(np.float32))
+    bases = []
+    for j in range(4):
+        weights = kernels.prepare_weights(random_weights(rng, o, k, c), c)
+        mul = rng.uniform(-0.05, 0.05, o).astype(np.float32)
+        bias = rng.standard_normal(o).astype(np.float32) * 0.1
+        bases.append((weights, mul, bias, j == 1, j == 3))  # some ReLUs before and after
+    out_h = (h + 2 * pad - dil * (k - 1) - 1) // stride + 1
+    out_w = (w + 2 * pad - dil * (k - 1) - 1) // stride + 1
+    for residual in (None, rng.standard_normal((out_h, out_w, o)).astype(np.float32)):
+        want = residual
+        for weights, mul, bias, relu_before, relu_after in bases:
+            want = kernels.bconv2d(a, weights, c, stride, pad, dil, mul, bias, relu_before, relu_after, want)
+        got, bits = kernels.bconv2d_chain(a, bases, c, stride, pad, dil, residual=residual, pack_output=True)
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(bits, reference.pack_bits(want))
+    one = kernels.bconv2d_chain(a, bases[:1], c, stride, pad, dil)
+    np.testing.assert_array_equal(one, kernels.bconv2d(a, bases[0][0], c, stride, pad, dil, *bases[0][1:]))
+
+
+def test_chain_rejects_mismatched_bases() -> None:
+    rng = np.random.default_rng(0)
+    a = kernels.pack_bits(rng.standard_normal((5, 5, 64)).astype(np.float32))
+    ones = np.ones(8, np.float32)
+    base = (random_weights(rng, 8, 3, 64), ones, ones, False, False)
+    other = (random_weights(rng, 4, 3, 64), ones[:4], ones[:4], False, False)
+    with pytest.raises(ValueError, match="same output channels"):
+        kernels.bconv2d_chain(a, [base, other], 64, 1, 1, 1)
+    with pytest.raises(ValueError, match="at least one base"):
+        kernels.bconv2d_chain(a, [], 64, 1, 1, 1)
+
+
 def test_relu_before_clamps_negative_dots(isa: str) -> None:
     """relu_before zeroes negative dots, so those outputs are exactly the bias."""
     rng = np.random.default_rng(5)

@@ -42,7 +42,8 @@ def shared_input_model() -> tuple[dict, dict, dict]:
             op["residual"] = residual
         return op
 
-    graph = {"inputs": ["input"], "outputs": ["logits"], "ops": [
+    # "ya" is also a graph output, so a and b are two convs, not one chain (bconv2d_chain).
+    graph = {"inputs": ["input"], "outputs": ["logits", "ya"], "ops": [
         bconv("a", "input", "ya", 3), bconv("b", "input", "yb", 3, residual="ya"), bconv("c", "yb", "logits", 8),
     ]}
     model, _, _ = tiny_model()
@@ -140,3 +141,16 @@ def test_real_model_profile_covers_the_run(exported_model_path) -> None:
     assert {t.index for t in timed}.isdisjoint(executor.computed_elsewhere)
     assert sum(t.kind == "lincomb" for t in profile.ops) == len(groups)
     assert sum(by_kind.values()) <= profile.total_seconds
+
+
+def test_chain_is_one_timed_op_with_every_base() -> None:
+    """Without the second output, a and b form a chain: one bconv2d entry whose MACs cover both bases,
+    and the same results."""
+    _, graph, tensors = shared_input_model()
+    chained = {**graph, "outputs": ["logits"]}
+    x = np.random.default_rng(3).standard_normal((11, 13, 3)).astype(np.float32)
+    profile = RunProfile()
+    got = GraphExecutor(chained, tensors).run({"input": x}, profile=profile)["logits"]
+    np.testing.assert_array_equal(got, GraphExecutor(graph, tensors).run({"input": x})["logits"])
+    assert [(t.index, t.kind) for t in profile.ops] == [(0, "bconv2d"), (2, "bconv2d")]
+    assert profile.ops[0].macs == 2 * 11 * 13 * 8 * 9 * 3 and profile.ops[0].detail.endswith("x2")
