@@ -43,7 +43,8 @@ SEGK_AVX2 inline void store_full_block(const ConvJob& job, int64_t p, int64_t c0
     }
 }
 
-template <int P>
+// kIndexed: the job leaves out taps on the padding (step_weight maps its steps to weight steps).
+template <int P, bool kIndexed>
 SEGK_AVX2 inline void tile_avx2(const ConvJob& job, int64_t cb, int64_t p0, PixelWalker& pixels) {
     const uint64_t* a[P];
 #pragma GCC unroll 8
@@ -53,6 +54,7 @@ SEGK_AVX2 inline void tile_avx2(const ConvJob& job, int64_t cb, int64_t p0, Pixe
     }
     const int64_t wstep = 2 * kBlock;  // low nibbles, then high nibbles
     const uint64_t* w = job.wblk + cb * job.wblk_steps * wstep;
+    const int64_t* step_weight = job.step_weight;
     const int64_t* offs = job.step_offset;
     const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
                                          0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
@@ -72,7 +74,8 @@ SEGK_AVX2 inline void tile_avx2(const ConvJob& job, int64_t cb, int64_t p0, Pixe
             for (int v = 0; v < kVecs; ++v) acc[j][v] = zero;
         for (int64_t s = s0; s < s1; ++s) {
             const int64_t off = offs[s];
-            const __m256i* ws = reinterpret_cast<const __m256i*>(w + job.step_weight[s] * wstep);
+            const __m256i* ws =
+                reinterpret_cast<const __m256i*>(w + (kIndexed ? step_weight[s] : s) * wstep);
 #pragma GCC unroll 8
             for (int j = 0; j < P; ++j) {
                 const __m256i a_lo = _mm256_set1_epi64x(static_cast<long long>(a[j][off]));
@@ -120,14 +123,22 @@ SEGK_AVX2 inline void tile_avx2(const ConvJob& job, int64_t cb, int64_t p0, Pixe
     }
 }
 
-SEGK_AVX2 void conv_tile_avx2(const ConvJob& job, int64_t cb, int64_t p_begin, int64_t p_end) {
+template <bool kIndexed>
+SEGK_AVX2 void tile_range_avx2(const ConvJob& job, int64_t cb, int64_t p_begin, int64_t p_end) {
     int64_t p = p_begin;
     PixelWalker pixels(job, p_begin);
-    for (; p + kPixels <= p_end; p += kPixels) tile_avx2<kPixels>(job, cb, p, pixels);
+    for (; p + kPixels <= p_end; p += kPixels) tile_avx2<kPixels, kIndexed>(job, cb, p, pixels);
     switch (p_end - p) {
-        case 1: tile_avx2<1>(job, cb, p, pixels); break;
+        case 1: tile_avx2<1, kIndexed>(job, cb, p, pixels); break;
         default: break;
     }
+}
+
+SEGK_AVX2 void conv_tile_avx2(const ConvJob& job, int64_t cb, int64_t p_begin, int64_t p_end) {
+    if (job.step_weight != nullptr)
+        tile_range_avx2<true>(job, cb, p_begin, p_end);
+    else
+        tile_range_avx2<false>(job, cb, p_begin, p_end);
 }
 
 // 8 floats per compare + VMOVMSKPS; the tail of a pixel's channels goes through the scalar packer.

@@ -88,7 +88,8 @@ SEGK_AVX512 inline void store_tile(const ConvJob& job, int64_t cb, int64_t p0, c
     }
 }
 
-template <int P>
+// kIndexed: the job leaves out taps on the padding (step_weight maps its steps to weight steps).
+template <int P, bool kIndexed>
 SEGK_AVX512 inline void tile_avx512(const ConvJob& job, int64_t cb, int64_t p0, PixelWalker& pixels) {
     const uint64_t* a[P];
 #pragma GCC unroll 8
@@ -108,7 +109,7 @@ SEGK_AVX512 inline void tile_avx512(const ConvJob& job, int64_t cb, int64_t p0, 
 
     for (int64_t s = 0; s < job.steps; ++s) {
         const int64_t off = offs[s];
-        const uint64_t* ws = w + step_weight[s] * kBlock;
+        const uint64_t* ws = w + (kIndexed ? step_weight[s] : s) * kBlock;
         __m512i wv[kVecs];
 #pragma GCC unroll 4
         for (int v = 0; v < kVecs; ++v) wv[v] = _mm512_load_si512(ws + 8 * v);
@@ -124,18 +125,26 @@ SEGK_AVX512 inline void tile_avx512(const ConvJob& job, int64_t cb, int64_t p0, 
     store_tile<P>(job, cb, p0, acc);
 }
 
-SEGK_AVX512 void conv_tile_avx512(const ConvJob& job, int64_t cb, int64_t p_begin, int64_t p_end) {
+template <bool kIndexed>
+SEGK_AVX512 void tile_range_avx512(const ConvJob& job, int64_t cb, int64_t p_begin, int64_t p_end) {
     int64_t p = p_begin;
     PixelWalker pixels(job, p_begin);
-    for (; p + kPixels <= p_end; p += kPixels) tile_avx512<kPixels>(job, cb, p, pixels);
+    for (; p + kPixels <= p_end; p += kPixels) tile_avx512<kPixels, kIndexed>(job, cb, p, pixels);
     switch (p_end - p) {
-        case 5: tile_avx512<5>(job, cb, p, pixels); break;
-        case 4: tile_avx512<4>(job, cb, p, pixels); break;
-        case 3: tile_avx512<3>(job, cb, p, pixels); break;
-        case 2: tile_avx512<2>(job, cb, p, pixels); break;
-        case 1: tile_avx512<1>(job, cb, p, pixels); break;
+        case 5: tile_avx512<5, kIndexed>(job, cb, p, pixels); break;
+        case 4: tile_avx512<4, kIndexed>(job, cb, p, pixels); break;
+        case 3: tile_avx512<3, kIndexed>(job, cb, p, pixels); break;
+        case 2: tile_avx512<2, kIndexed>(job, cb, p, pixels); break;
+        case 1: tile_avx512<1, kIndexed>(job, cb, p, pixels); break;
         default: break;
     }
+}
+
+SEGK_AVX512 void conv_tile_avx512(const ConvJob& job, int64_t cb, int64_t p_begin, int64_t p_end) {
+    if (job.step_weight != nullptr)
+        tile_range_avx512<true>(job, cb, p_begin, p_end);
+    else
+        tile_range_avx512<false>(job, cb, p_begin, p_end);
 }
 
 // 16 floats per compare. Full words: four compares whose masks are concatenated (KUNPCK) into the

@@ -21,7 +21,7 @@ __attribute__((always_inline)) inline void tile_scalar(const ConvJob& job, int64
     uint64_t acc[P][kBlock] = {};
     for (int64_t s = 0; s < job.steps; ++s) {
         const int64_t off = job.step_offset[s];
-        const uint64_t* ws = w + job.step_weight[s] * kBlock;
+        const uint64_t* ws = w + (job.step_weight != nullptr ? job.step_weight[s] : s) * kBlock;
         for (int j = 0; j < P; ++j) {
             const uint64_t av = a[j][off];
             for (int64_t c = 0; c < kBlock; ++c) acc[j][c] += __builtin_popcountll(av ^ ws[c]);

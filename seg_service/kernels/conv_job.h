@@ -32,7 +32,7 @@ struct ConvJob {
     // The (tap, word) steps this job's pixels compute: taps that fall on the padding for all of them
     // are left out (the driver splits the output into regions that share their valid taps).
     // step_offset[s] = word offset of step s relative to the pixel's first tap; step_weight[s] = its
-    // index among the layer's k * k * words weight steps.
+    // index among the layer's k * k * words weight steps (nullptr: every step, step_weight[s] = s).
     const int64_t* step_offset = nullptr;
     const int64_t* step_weight = nullptr;
     int64_t steps = 0;

@@ -86,6 +86,10 @@ std::vector<TapRun> tap_runs(int64_t out, int64_t in, int64_t k, int64_t stride,
     return runs;
 }
 
+bool covers_all_taps(const TapRun& rows, const TapRun& cols, int64_t k) {
+    return rows.k0 == 0 && rows.k1 == k && cols.k0 == 0 && cols.k1 == k;
+}
+
 // Merges adjacent runs where splitting saves less than it costs. A merged run computes the union of
 // its runs' valid taps: taps on the padding for some of its pixels then read the zero words, which
 // is still exact. Cost of a run: length x computed taps + `run_cost` (the price of one more region:
@@ -247,15 +251,6 @@ void run_conv(const uint64_t* a, const float* x, const PreparedWeights* const* p
         blocks = wb.blocks;
         block = wb.block;
         const int64_t n_padded = wb.blocks * wb.block + 64;
-        // Ones of each (channel, tap)'s weight words, for the padded taps' constant.
-        std::vector<int32_t> tap_ones(static_cast<size_t>(s.out_c * k * k), 0);
-        const uint64_t* raw = pws[j]->raw();
-        for (int64_t c = 0; c < s.out_c; ++c)
-            for (int64_t t = 0; t < k * k; ++t) {
-                int32_t ones = 0;
-                for (int64_t wd = 0; wd < words; ++wd) ones += __builtin_popcountll(raw[(c * k * k + t) * words + wd]);
-                tap_ones[static_cast<size_t>(c * k * k + t)] = ones;
-            }
         ConvJob base;
         base.in = in;
         base.in_w = padded_w;
@@ -285,23 +280,30 @@ void run_conv(const uint64_t* a, const float* x, const PreparedWeights* const* p
             const TapRun& ry = row_runs[ri / col_runs.size()];
             const TapRun& rx = col_runs[ri % col_runs.size()];
             std::vector<int32_t> n_channel(static_cast<size_t>(n_padded), static_cast<int32_t>(n_all));
-            for (int64_t c = 0; c < s.out_c; ++c) {
-                int32_t padded_ones = 0;
-                for (int64_t ky = 0; ky < k; ++ky)
-                    for (int64_t kx = 0; kx < k; ++kx)
-                        if (ky < ry.k0 || ky >= ry.k1 || kx < rx.k0 || kx >= rx.k1)
-                            padded_ones += tap_ones[static_cast<size_t>(c * k * k + ky * k + kx)];
-                n_channel[static_cast<size_t>(c)] -= 2 * padded_ones;
+            if (!covers_all_taps(ry, rx, k)) {
+                const std::vector<int32_t>& tap_ones = pws[j]->tap_ones();
+                for (int64_t c = 0; c < s.out_c; ++c) {
+                    int32_t padded_ones = 0;
+                    for (int64_t ky = 0; ky < k; ++ky)
+                        for (int64_t kx = 0; kx < k; ++kx)
+                            if (ky < ry.k0 || ky >= ry.k1 || kx < rx.k0 || kx >= rx.k1)
+                                padded_ones += tap_ones[static_cast<size_t>(c * k * k + ky * k + kx)];
+                    n_channel[static_cast<size_t>(c)] -= 2 * padded_ones;
+                }
             }
             r.n_channel.push_back(std::move(n_channel));
             r.jobs.push_back(base);
         }
     }
-    for (Region& r : regions)
+    for (size_t ri = 0; ri < regions.size(); ++ri)
         for (int64_t j = 0; j < bases; ++j) {
+            Region& r = regions[ri];
+            const TapRun& ry = row_runs[ri / col_runs.size()];
+            const TapRun& rx = col_runs[ri % col_runs.size()];
             ConvJob& job = r.jobs[static_cast<size_t>(j)];
             job.step_offset = r.step_offset.data();
-            job.step_weight = r.step_weight.data();
+            // Every tap: the weight steps run in order (no index table in the inner loop).
+            job.step_weight = covers_all_taps(ry, rx, k) ? nullptr : r.step_weight.data();
             job.steps = static_cast<int64_t>(r.step_offset.size());
             job.n_channel = r.n_channel[static_cast<size_t>(j)].data();
         }

@@ -53,4 +53,18 @@ const BlockedWeights& PreparedWeights::for_isa(const IsaKernels& kern, int threa
     return *arranged_.back().second;
 }
 
+const std::vector<int32_t>& PreparedWeights::tap_ones() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (tap_ones_.empty()) {
+        const int64_t taps = kernel_ * kernel_;
+        tap_ones_.assign(static_cast<size_t>(out_c_ * taps), 0);
+        for (int64_t i = 0; i < out_c_ * taps; ++i) {
+            int32_t ones = 0;
+            for (int64_t wd = 0; wd < words_; ++wd) ones += __builtin_popcountll(raw_[i * words_ + wd]);
+            tap_ones_[static_cast<size_t>(i)] = ones;
+        }
+    }
+    return tap_ones_;
+}
+
 }  // namespace segk

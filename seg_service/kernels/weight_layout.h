@@ -68,12 +68,17 @@ public:
     // The arrangement for `kern`, built on first use (with up to `threads` threads) and cached.
     const BlockedWeights& for_isa(const IsaKernels& kern, int threads) const;
 
+    // Ones in each (output channel, tap)'s weight words, [out_c * k * k], computed on first use:
+    // what a tap on the +1 padding adds to a pixel's mismatch count.
+    const std::vector<int32_t>& tap_ones() const;
+
 private:
     int64_t out_c_, kernel_, words_;
     std::vector<uint64_t> owned_;
     const uint64_t* raw_;
     mutable std::mutex mu_;
     mutable std::vector<std::pair<const IsaKernels*, std::unique_ptr<BlockedWeights>>> arranged_;
+    mutable std::vector<int32_t> tap_ones_;
 };
 
 }  // namespace segk
