@@ -106,7 +106,7 @@ std::vector<TapRun> merge_runs(const std::vector<TapRun>& runs, int64_t run_cost
             k0 = std::min(k0, runs[i].k0);
             k1 = std::max(k1, runs[i].k1);
             const int64_t cost = best[i] + (runs[j - 1].o1 - runs[i].o0) * std::max<int64_t>(0, k1 - k0) + run_cost;
-            if (best[j] < 0 || cost < best[j]) {
+            if (best[j] < 0 || cost <= best[j]) {  // ties: the longer group (fewer regions)
                 best[j] = cost;
                 cut[j] = i;
             }
