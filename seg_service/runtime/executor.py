@@ -431,6 +431,13 @@ class GraphExecutor:
             macs = out.shape[0] * out.shape[1] * out.shape[2] * k * k * in_channels
             params = f"k{k}" + (f" s{op['stride']}" if op["stride"] != 1 else "") + \
                 (f" d{op['dilation']}" if op["dilation"] != 1 else "")
+            if op["out"] in self._projection_parts:
+                # A concat that was never built: count the MACs of its full-size parts only (a 1x1
+                # part went into the bias).
+                full = [values[n].shape[2] for n in self._projection_parts[op["out"]] if values[n].shape[:2] != (1, 1)]
+                macs = out.shape[0] * out.shape[1] * out.shape[2] * sum(full)
+                return (f"{out.shape[0]}x{out.shape[1]}x{sum(full)} (+{in_channels - sum(full)} as bias) "
+                        f"-> {out.shape[2]} {params}"), int(macs)
             # The input may exist as packed bits only (its producer never wrote the floats).
             src = values.get(op["in"], packed.get(op["in"]))
             src_shape = f"{src.shape[0]}x{src.shape[1]}x{in_channels}" if src is not None else f"?x?x{in_channels}"
