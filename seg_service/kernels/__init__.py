@@ -20,6 +20,7 @@ import os
 
 from seg_service.kernels._core import (
     PreparedWeights,
+    argmax_channels,
     available_isas,
     bconv2d,
     bconv2d_chain,
@@ -39,6 +40,7 @@ from seg_service.kernels._core import (
 
 __all__ = [
     "PreparedWeights",
+    "argmax_channels",
     "available_isas",
     "bconv2d",
     "bconv2d_chain",

@@ -431,6 +431,20 @@ py::array_t<float> upsample_bilinear(const py::handle& x_obj, int64_t out_h, int
     return out;
 }
 
+py::array_t<uint8_t> argmax_channels(const py::handle& x_obj) {
+    auto x = checked<float>(x_obj, "x", 3);
+    const int64_t h = x.shape(0), w = x.shape(1), c = x.shape(2);
+    require(c >= 1 && c <= 256, "argmax_channels needs 1 to 256 channels, got " + std::to_string(c));
+    py::array_t<uint8_t> out({h, w});
+    const float* xp = x.data();
+    uint8_t* op = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        segk::argmax_channels(xp, h * w, c, op);
+    }
+    return out;
+}
+
 py::array_t<float> maxpool2d(const py::handle& x_obj, int64_t kernel, int64_t stride, int64_t padding) {
     auto x = checked<float>(x_obj, "x", 3);
     require(x.shape(0) >= 1 && x.shape(1) >= 1 && x.shape(2) >= 1, "x must be a non-empty [H, W, C] map, got " +
@@ -545,6 +559,9 @@ PYBIND11_MODULE(_core, m) {
     m.def("upsample_bilinear", &upsample_bilinear, py::arg("x"), py::arg("out_h"), py::arg("out_w"),
           "Bilinear resampling of float32 [H, W, C] to [out_h, out_w, C], as F.interpolate(mode='bilinear', "
           "align_corners=False): rows first, then columns.");
+    m.def("argmax_channels", &argmax_channels, py::arg("x"),
+          "Label map uint8 [H, W] of float32 [H, W, C] (C <= 256): np.argmax(x, axis=2), split over the kernels' "
+          "threads (first maximum wins, NaN counts as the maximum).");
     m.def("maxpool2d", &maxpool2d, py::arg("x"), py::arg("kernel"), py::arg("stride"), py::arg("padding"),
           "Max pooling of float32 [H, W, C], as torch.nn.MaxPool2d (floor mode; padding never wins).");
     m.def("conv2d_direct", &conv2d_direct, py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("stride"),

@@ -210,6 +210,52 @@ void maxpool_rows_scalar(const MaxPoolCall& m, int64_t r0, int64_t r1) { maxpool
 
 }  // namespace
 
+namespace {
+
+// numpy's argmax rules for one candidate: the first maximum wins, and the first NaN counts as the
+// maximum (once the best is NaN nothing replaces it). Selects, not branches.
+inline void argmax_step(float value, int32_t k, float& best, int32_t& best_index) {
+    const bool take = value > best || (value != value && best == best);
+    best = take ? value : best;
+    best_index = take ? k : best_index;
+}
+
+// Pixels [p0, p1). L pixels advance together (their compare-and-select chains overlap, the L
+// running maxima stay in registers); locals only, so the uint8 stores, which may alias anything,
+// do not force reloads.
+template <int L>
+void argmax_range(const float* __restrict x, int64_t p0, int64_t p1, int64_t channels, uint8_t* __restrict out) {
+    int64_t q = p0;
+    for (; q + L <= p1; q += L) {
+        float best[L];
+        int32_t best_index[L];
+        for (int j = 0; j < L; ++j) {
+            best[j] = x[(q + j) * channels];
+            best_index[j] = 0;
+        }
+        for (int64_t k = 1; k < channels; ++k)
+            for (int j = 0; j < L; ++j)
+                argmax_step(x[(q + j) * channels + k], static_cast<int32_t>(k), best[j], best_index[j]);
+        for (int j = 0; j < L; ++j) out[q + j] = static_cast<uint8_t>(best_index[j]);
+    }
+    for (; q < p1; ++q) {
+        float best = x[q * channels];
+        int32_t best_index = 0;
+        for (int64_t k = 1; k < channels; ++k) argmax_step(x[q * channels + k], static_cast<int32_t>(k), best, best_index);
+        out[q] = static_cast<uint8_t>(best_index);
+    }
+}
+
+}  // namespace
+
+void argmax_channels(const float* x, int64_t pixels, int64_t channels, uint8_t* out) {
+    const int threads = pixels * channels < kMinParallelFlops ? 1 : get_num_threads();
+    constexpr int64_t kPixelsPerItem = 4096;
+    parallel_for(threads, (pixels + kPixelsPerItem - 1) / kPixelsPerItem, [&](int64_t item) {
+        argmax_range<8>(x, item * kPixelsPerItem, std::min(pixels, (item + 1) * kPixelsPerItem), channels, out);
+    });
+}
+
 void maxpool2d(const float* x, int64_t h, int64_t w, int64_t c, int64_t kernel, int64_t stride, int64_t padding,
                float* out, int64_t out_h, int64_t out_w) {
     const MaxPoolCall call{x, h, w, c, out, out_w, kernel, stride, padding};

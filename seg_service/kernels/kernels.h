@@ -87,6 +87,10 @@ void lincomb_group(const float* const* inputs, int64_t n_inputs, float* const* o
 // align_corners=False: rows first, then columns, each product and sum rounded to float32.
 void upsample_bilinear(const float* x, int64_t h, int64_t w, int64_t c, float* out, int64_t out_h, int64_t out_w);
 
+// Index of the largest of each pixel's `channels` values (channels <= 256), as numpy's argmax:
+// the first maximum wins and a NaN counts as the maximum.
+void argmax_channels(const float* x, int64_t pixels, int64_t channels, uint8_t* out);
+
 // Max pooling of x [h, w, c] -> out [out_h, out_w, c] (sizes as PyTorch's floor mode): padded
 // positions never win, as in torch.nn.MaxPool2d.
 void maxpool2d(const float* x, int64_t h, int64_t w, int64_t c, int64_t kernel, int64_t stride, int64_t padding,

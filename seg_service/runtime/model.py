@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from seg_service import kernels
 from seg_service.runtime.executor import GraphExecutor, RunProfile
 from seg_service.runtime.format import ModelFormatError, PackedFile, read_model
 from seg_service.runtime.threads import quiet_blas
@@ -172,7 +173,7 @@ class PackedModel:
     def predict(self, rgb: np.ndarray) -> np.ndarray:
         """Label mask u8 [H, W] at the original image size (nearest-neighbour if the image was resized)."""
         logits = self._logits_processed(rgb)
-        mask = np.argmax(logits, axis=2).astype(np.uint8)
+        mask = kernels.argmax_channels(logits)
         if mask.shape != rgb.shape[:2]:
             mask = resize_nearest(mask, rgb.shape[0], rgb.shape[1])
         return mask

@@ -188,3 +188,22 @@ def test_maxpool2d_bad_arguments() -> None:
         kernels.maxpool2d(np.zeros((4, 4, 1), np.float32), 3, 2, 2)
     with pytest.raises(ValueError, match="does not fit"):
         kernels.maxpool2d(np.zeros((2, 2, 1), np.float32), 3, 1, 0)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (5, 7, 2), (64, 48, 21), (512, 512, 11), (3, 2, 256)])
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_argmax_channels_matches_numpy(threads, shape, n_threads: int) -> None:
+    kernels.set_num_threads(n_threads)
+    x = RNG.standard_normal(shape).astype(np.float32)
+    x[0, 0] = 1.0  # a tie: the first maximum wins
+    if shape[2] > 2:
+        x[-1, -1, 1] = np.nan  # a NaN counts as the maximum
+    got = kernels.argmax_channels(x)
+    assert got.dtype == np.uint8 and got.shape == shape[:2]
+    np.testing.assert_array_equal(got, np.argmax(x, axis=2))
+    np.testing.assert_array_equal(kernels.argmax_channels(x[:, ::-1]), np.argmax(x[:, ::-1], axis=2))
+
+
+def test_argmax_channels_rejects_too_many_channels() -> None:
+    with pytest.raises(ValueError, match="1 to 256 channels"):
+        kernels.argmax_channels(np.zeros((2, 2, 257), np.float32))
