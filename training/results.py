@@ -9,7 +9,7 @@ Everything is measured here, in one run, from files in the repository and the re
 - training curves from the runs' ``log.csv`` files, per-class IoU, validation examples, and the
   accuracy-against-latency chart.
 
-    python -m training.results --data ../shared/data --ablation-gnpk DIR --threads 2
+    python -m training.results --data ../shared/data --ablation-gnpk DIR --threads 2 [--rounds 3]
 
 Writes ``docs/img/*.png`` and ``docs/results/results.json`` and prints the Markdown tables.
 """
@@ -223,7 +223,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ablation-gnpk", help="folder with the ablation runs' exported .gnpk files "
                         "(<row>.gnpk); binary rows without one are timed from a random-weight export")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=10, help="timed runs per row and round (median)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="every row is timed once per round, in its own process, rounds one after another; "
+                             "a row's latency is the median over rounds, so a burst of outside load lands on "
+                             "one round of every row rather than on every round of one row (default 3)")
     parser.add_argument("--out", default=str(REPO / "docs"), help="writes <out>/img/*.png and <out>/results/results.json")
     args = parser.parse_args(argv)
 
@@ -239,7 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     (out / "img").mkdir(parents=True, exist_ok=True)
     (out / "results").mkdir(parents=True, exist_ok=True)
     configs = REPO / "training" / "configs"
-    results: dict[str, Any] = {"threads": args.threads, "cpu": _cpu(), "shipped": {}, "ablation": []}
+    results: dict[str, Any] = {"threads": args.threads, "rounds": args.rounds, "cpu": _cpu(), "shipped": {},
+                               "ablation": []}
+    # (row, (kind, target, raw)): every row's latency is measured at the end, in rounds.
+    latency_jobs: list[tuple[dict[str, Any], tuple[str, Path, bool]]] = []
 
     # Shipped models: accuracy through the packed runtime on the real, full-size validation images.
     scores = {}
@@ -250,9 +257,9 @@ def main(argv: list[str] | None = None) -> int:
         scores[name] = s
         results["shipped"][name] = {
             "miou": s["miou"], "iou": s["iou"], "pixel_acc": s["pixel_acc"],
-            "latency_ms": isolated_latency("packed", path, args.repeats, args.threads),
             "file_mb": path.stat().st_size / 1e6,
         }
+        latency_jobs.append((results["shipped"][name], ("packed", path, False)))
     plot_per_class(scores, out / "img" / "per_class_iou.png")
 
     # Training curves.
@@ -286,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
             path = abl_gnpk / f"{key}.gnpk" if abl_gnpk else None
             if path is None or not path.is_file():
                 path = _random_export(RUNS / "ablation" / key / "config.yaml", out / "results" / f"{key}.gnpk")
-            row["latency_ms"] = isolated_latency("packed", path, args.repeats, args.threads, raw=True)
+            latency_jobs.append((row, ("packed", path, True)))
             row["size_mb"] = path.stat().st_size / 1e6
             if abl_gnpk and (abl_gnpk / f"{key}.gnpk").is_file():
                 s = evaluate_packed(path, configs / "ablation" / f"{key}.yaml", [("data.root", str(data / "ccp"))],
@@ -294,11 +301,20 @@ def main(argv: list[str] | None = None) -> int:
                 row["packed_full_size"] = {"miou": s["miou"], "iou": s["iou"]}
         else:
             config_path = configs / "ablation" / f"{key}.yaml"
-            row["latency_ms"] = isolated_latency("torch", config_path, args.repeats, args.threads)
+            latency_jobs.append((row, ("torch", config_path, False)))
             row["size_mb"] = 4 * sum(p.numel() for p in torch_model(config_path, 2).parameters()) / 1e6
         rows.append(row)
-        print(f"{key}: {row['latency_ms']}", file=sys.stderr)
     results["ablation"] = rows
+
+    rounds: list[list[dict[str, float]]] = [[] for _ in latency_jobs]
+    for round_index in range(max(1, args.rounds)):
+        for samples, (_row, (kind, target, raw)) in zip(rounds, latency_jobs, strict=True):
+            samples.append(isolated_latency(kind, target, args.repeats, args.threads, raw=raw))
+        print(f"latency round {round_index + 1}/{max(1, args.rounds)} done", file=sys.stderr)
+    for samples, (row, _) in zip(rounds, latency_jobs, strict=True):
+        row["latency_ms"] = {size: statistics.median(s[size] for s in samples) for size in samples[0]}
+        row["latency_rounds_ms"] = samples
+        print(f"{row.get('key', 'shipped')}: {row['latency_ms']}", file=sys.stderr)
     plot_tradeoff(rows, "512x512", out / "img" / "accuracy_vs_latency.png")
 
     (out / "results" / "results.json").write_text(json.dumps(results, indent=2, default=float))
