@@ -16,6 +16,14 @@
 
 #pragma GCC optimize("fp-contract=off")
 
+// Each op's body is compiled once per ISA path through these wrappers (plain functions off x86-64,
+// where the scalar path is the only one chosen).
+#if defined(__x86_64__) || defined(_M_X64)
+#define SEGK_TARGET(isa) __attribute__((target(isa)))
+#else
+#define SEGK_TARGET(isa)
+#endif
+
 namespace segk {
 namespace {
 
@@ -74,27 +82,39 @@ void lincomb_chunk(ChunkFn body, const LincombCall& c, int64_t e0, int64_t e1) {
     }
 }
 
-#if defined(__x86_64__) || defined(_M_X64)
-__attribute__((target("avx512f"))) void lincomb_chunk_avx512(const LincombCall& c, float* const* dst, int64_t e0,
+SEGK_TARGET("avx512f") void lincomb_chunk_avx512(const LincombCall& c, float* const* dst, int64_t e0,
                                                              int64_t len) {
     lincomb_chunk_body(c, dst, e0, len);
 }
-__attribute__((target("avx2"))) void lincomb_chunk_avx2(const LincombCall& c, float* const* dst, int64_t e0,
+SEGK_TARGET("avx2") void lincomb_chunk_avx2(const LincombCall& c, float* const* dst, int64_t e0,
                                                         int64_t len) {
     lincomb_chunk_body(c, dst, e0, len);
 }
-#endif
 void lincomb_chunk_scalar(const LincombCall& c, float* const* dst, int64_t e0, int64_t len) {
     lincomb_chunk_body(c, dst, e0, len);
 }
 
-ChunkFn chunk_fn_for_isa() {
+// The variant compiled for the ISA path in use (the scalar one off x86-64).
+template <typename Fn>
+Fn for_current_isa([[maybe_unused]] Fn avx512, [[maybe_unused]] Fn avx2, Fn scalar) {
 #if defined(__x86_64__) || defined(_M_X64)
     const std::string name = isa();
-    if (name == "avx512") return lincomb_chunk_avx512;
-    if (name == "avx2") return lincomb_chunk_avx2;
+    if (name == "avx512") return avx512;
+    if (name == "avx2") return avx2;
 #endif
-    return lincomb_chunk_scalar;
+    return scalar;
+}
+
+// Calls body(r0, r1) on consecutive ranges of output rows holding about `values_per_item` output
+// values each, over the kernels' threads unless the op is small (`work` under kMinParallelFlops).
+template <typename Body>
+void for_row_ranges(int64_t rows, int64_t row_values, int64_t values_per_item, int64_t work, Body&& body) {
+    const int64_t rows_per_item = std::max<int64_t>(1, values_per_item / std::max<int64_t>(1, row_values));
+    const int threads = work < kMinParallelFlops ? 1 : get_num_threads();
+    parallel_for(threads, (rows + rows_per_item - 1) / rows_per_item, [&](int64_t item) {
+        const int64_t r0 = item * rows_per_item;
+        body(r0, std::min(rows, r0 + rows_per_item));
+    });
 }
 
 // --- Bilinear resampling -----------------------------------------------------------------------
@@ -148,15 +168,13 @@ inline void upsample_rows_body(const UpsampleCall& u, int64_t r0, int64_t r1, fl
     }
 }
 
-#if defined(__x86_64__) || defined(_M_X64)
-__attribute__((target("avx512f"))) void upsample_rows_avx512(const UpsampleCall& u, int64_t r0, int64_t r1,
+SEGK_TARGET("avx512f") void upsample_rows_avx512(const UpsampleCall& u, int64_t r0, int64_t r1,
                                                              float* row) {
     upsample_rows_body(u, r0, r1, row);
 }
-__attribute__((target("avx2"))) void upsample_rows_avx2(const UpsampleCall& u, int64_t r0, int64_t r1, float* row) {
+SEGK_TARGET("avx2") void upsample_rows_avx2(const UpsampleCall& u, int64_t r0, int64_t r1, float* row) {
     upsample_rows_body(u, r0, r1, row);
 }
-#endif
 void upsample_rows_scalar(const UpsampleCall& u, int64_t r0, int64_t r1, float* row) {
     upsample_rows_body(u, r0, r1, row);
 }
@@ -198,52 +216,52 @@ inline void maxpool_rows_body(const MaxPoolCall& m, int64_t r0, int64_t r1) {
     }
 }
 
-#if defined(__x86_64__) || defined(_M_X64)
-__attribute__((target("avx512f"))) void maxpool_rows_avx512(const MaxPoolCall& m, int64_t r0, int64_t r1) {
+SEGK_TARGET("avx512f") void maxpool_rows_avx512(const MaxPoolCall& m, int64_t r0, int64_t r1) {
     maxpool_rows_body(m, r0, r1);
 }
-__attribute__((target("avx2"))) void maxpool_rows_avx2(const MaxPoolCall& m, int64_t r0, int64_t r1) {
+SEGK_TARGET("avx2") void maxpool_rows_avx2(const MaxPoolCall& m, int64_t r0, int64_t r1) {
     maxpool_rows_body(m, r0, r1);
 }
-#endif
 void maxpool_rows_scalar(const MaxPoolCall& m, int64_t r0, int64_t r1) { maxpool_rows_body(m, r0, r1); }
 
 }  // namespace
 
 namespace {
 
-// numpy's argmax rules for one candidate: the first maximum wins, and the first NaN counts as the
-// maximum (once the best is NaN nothing replaces it). Selects, not branches.
-inline void argmax_step(float value, int32_t k, float& best, int32_t& best_index) {
-    const bool take = value > best || (value != value && best == best);
-    best = take ? value : best;
-    best_index = take ? k : best_index;
+// One pixel's index of its largest value by numpy's rules: the first maximum wins, and the first
+// NaN counts as the maximum. Two passes, because with random values a running "new maximum?"
+// branch mispredicts a few times per pixel: a branch-free max (and NaN flag), then the first index
+// that holds it, which branches out once.
+inline uint8_t argmax_pixel(const float* __restrict v, int64_t channels) {
+    float best = v[0];
+    bool nan = v[0] != v[0];
+    for (int64_t k = 1; k < channels; ++k) {
+        best = v[k] > best ? v[k] : best;
+        nan = nan || v[k] != v[k];
+    }
+    int64_t k = 0;
+    if (nan) {
+        while (v[k] == v[k]) ++k;
+    } else {
+        while (v[k] != best) ++k;
+    }
+    return static_cast<uint8_t>(k);
 }
 
-// Pixels [p0, p1). L pixels advance together (their compare-and-select chains overlap, the L
-// running maxima stay in registers); locals only, so the uint8 stores, which may alias anything,
-// do not force reloads.
-template <int L>
-void argmax_range(const float* __restrict x, int64_t p0, int64_t p1, int64_t channels, uint8_t* __restrict out) {
-    int64_t q = p0;
-    for (; q + L <= p1; q += L) {
-        float best[L];
-        int32_t best_index[L];
-        for (int j = 0; j < L; ++j) {
-            best[j] = x[(q + j) * channels];
-            best_index[j] = 0;
-        }
-        for (int64_t k = 1; k < channels; ++k)
-            for (int j = 0; j < L; ++j)
-                argmax_step(x[(q + j) * channels + k], static_cast<int32_t>(k), best[j], best_index[j]);
-        for (int j = 0; j < L; ++j) out[q + j] = static_cast<uint8_t>(best_index[j]);
-    }
-    for (; q < p1; ++q) {
-        float best = x[q * channels];
-        int32_t best_index = 0;
-        for (int64_t k = 1; k < channels; ++k) argmax_step(x[q * channels + k], static_cast<int32_t>(k), best, best_index);
-        out[q] = static_cast<uint8_t>(best_index);
-    }
+inline void argmax_range(const float* __restrict x, int64_t p0, int64_t p1, int64_t channels,
+                         uint8_t* __restrict out) {
+    for (int64_t p = p0; p < p1; ++p) out[p] = argmax_pixel(x + p * channels, channels);
+}
+
+using ArgmaxFn = void (*)(const float*, int64_t, int64_t, int64_t, uint8_t*);
+SEGK_TARGET("avx512f") void argmax_avx512(const float* x, int64_t p0, int64_t p1, int64_t c, uint8_t* out) {
+    argmax_range(x, p0, p1, c, out);
+}
+SEGK_TARGET("avx2") void argmax_avx2(const float* x, int64_t p0, int64_t p1, int64_t c, uint8_t* out) {
+    argmax_range(x, p0, p1, c, out);
+}
+void argmax_scalar(const float* x, int64_t p0, int64_t p1, int64_t c, uint8_t* out) {
+    argmax_range(x, p0, p1, c, out);
 }
 
 }  // namespace
@@ -251,48 +269,27 @@ void argmax_range(const float* __restrict x, int64_t p0, int64_t p1, int64_t cha
 void argmax_channels(const float* x, int64_t pixels, int64_t channels, uint8_t* out) {
     const int threads = pixels * channels < kMinParallelFlops ? 1 : get_num_threads();
     constexpr int64_t kPixelsPerItem = 4096;
+    const ArgmaxFn fn = for_current_isa<ArgmaxFn>(argmax_avx512, argmax_avx2, argmax_scalar);
     parallel_for(threads, (pixels + kPixelsPerItem - 1) / kPixelsPerItem, [&](int64_t item) {
-        argmax_range<8>(x, item * kPixelsPerItem, std::min(pixels, (item + 1) * kPixelsPerItem), channels, out);
+        fn(x, item * kPixelsPerItem, std::min(pixels, (item + 1) * kPixelsPerItem), channels, out);
     });
 }
 
 void maxpool2d(const float* x, int64_t h, int64_t w, int64_t c, int64_t kernel, int64_t stride, int64_t padding,
                float* out, int64_t out_h, int64_t out_w) {
     const MaxPoolCall call{x, h, w, c, out, out_w, kernel, stride, padding};
-    auto fn = maxpool_rows_scalar;
-#if defined(__x86_64__) || defined(_M_X64)
-    const std::string name = isa();
-    if (name == "avx512") fn = maxpool_rows_avx512;
-    if (name == "avx2") fn = maxpool_rows_avx2;
-#endif
-    const int64_t row_values = std::max<int64_t>(1, out_w * c);
-    const int64_t rows_per_item = std::max<int64_t>(1, (int64_t{1} << 15) / row_values);
-    const int64_t items = (out_h + rows_per_item - 1) / rows_per_item;
-    const int threads = out_h * row_values * kernel * kernel < kMinParallelFlops ? 1 : get_num_threads();
-    parallel_for(threads, items, [&](int64_t item) {
-        const int64_t r0 = item * rows_per_item;
-        fn(call, r0, std::min(out_h, r0 + rows_per_item));
-    });
+    const auto fn = for_current_isa(maxpool_rows_avx512, maxpool_rows_avx2, maxpool_rows_scalar);
+    for_row_ranges(out_h, out_w * c, int64_t{1} << 15, out_h * out_w * c * kernel * kernel,
+                   [&](int64_t r0, int64_t r1) { fn(call, r0, r1); });
 }
 
 void upsample_bilinear(const float* x, int64_t h, int64_t w, int64_t c, float* out, int64_t out_h, int64_t out_w) {
     const std::vector<Tap> row_taps = linear_taps(h, out_h), col_taps = linear_taps(w, out_w);
     const UpsampleCall call{x, w, c, out, out_w, row_taps.data(), col_taps.data()};
-    auto fn = upsample_rows_scalar;
-#if defined(__x86_64__) || defined(_M_X64)
-    const std::string name = isa();
-    if (name == "avx512") fn = upsample_rows_avx512;
-    if (name == "avx2") fn = upsample_rows_avx2;
-#endif
-    // Items of a few output rows (at least ~64 K output values each); small maps stay on one thread.
-    const int64_t row_values = std::max<int64_t>(1, out_w * c);
-    const int64_t rows_per_item = std::max<int64_t>(1, (int64_t{1} << 16) / row_values);
-    const int64_t items = (out_h + rows_per_item - 1) / rows_per_item;
-    const int threads = out_h * row_values < kMinParallelFlops ? 1 : get_num_threads();
-    parallel_for(threads, items, [&](int64_t item) {
+    const auto fn = for_current_isa(upsample_rows_avx512, upsample_rows_avx2, upsample_rows_scalar);
+    for_row_ranges(out_h, out_w * c, int64_t{1} << 16, out_h * out_w * c, [&](int64_t r0, int64_t r1) {
         std::vector<float> row(static_cast<size_t>(w * c));
-        const int64_t r0 = item * rows_per_item;
-        fn(call, r0, std::min(out_h, r0 + rows_per_item), row.data());
+        fn(call, r0, r1, row.data());
     });
 }
 
@@ -300,7 +297,7 @@ void lincomb_group(const float* const* inputs, int64_t n_inputs, float* const* o
                    const int64_t* term_begin, const LincombTerm* terms, int64_t pixels, int64_t channels,
                    uint64_t* const* bits) {
     const LincombCall call{inputs, n_inputs, outputs, n_outputs, term_begin, terms, channels, bits};
-    const ChunkFn fn = chunk_fn_for_isa();
+    const ChunkFn fn = for_current_isa(lincomb_chunk_avx512, lincomb_chunk_avx2, lincomb_chunk_scalar);
     const int64_t n = pixels * channels;
     const int64_t flops = 2 * n * term_begin[n_outputs];
     const int threads = flops < kMinParallelFlops ? 1 : get_num_threads();
