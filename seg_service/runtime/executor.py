@@ -310,6 +310,10 @@ class GraphExecutor:
             profile: RunProfile | dict[str, float] | None = None) -> dict[str, np.ndarray]:
         """Run the graph; returns the graph outputs, or every value when keep_all (for debugging).
 
+        With keep_all, lincomb groups write every output; values that only ever exist inside a
+        fused op (a chain's intermediate bases, a concat read by its projection, which gets its
+        1x1 image-pooling part un-upsampled) are not in the result.
+
         ``profile``: a ``RunProfile`` to add this run's time per op to, or (older form) a dict that
         receives the seconds per op kind. Sign-packing of a value shared by several binary convs is
         reported as its own kind, ``pack_bits``; ``bconv2d`` includes packing its input otherwise.
