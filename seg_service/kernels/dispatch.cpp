@@ -125,9 +125,11 @@ std::vector<TapRun> merge_runs(const std::vector<TapRun>& runs, int64_t run_cost
 }
 
 // Prices of one more region along each axis for merge_runs (pixel-taps), tuned on the 512x512
-// Group-Net's shapes (2 threads, AVX-512): at 64x64 dilation 1-4 keep one region (+-3%), 6 and 10
-// split 9 ways (1.10x, 1.20x), the ASPP's 12, 24, 36 (1.25x, 1.6x, 2.1x).
-constexpr int64_t kRowRunCost = 2;
+// Group-Net's and the ResNet-18 layer shapes (AVX-512). A row region is still one run of pixels,
+// so rows split whenever a tap lies on the padding (1 thread: 7x7 1.07x, 14x14 1.03x, larger maps
+// +-3%); a column region is walked row by row, so columns split only at larger dilations (64x64
+// maps, 2 threads: dilation 6 1.10x, 10 1.20x, the ASPP's 12, 24, 36 1.25x, 1.6x, 2.1x).
+constexpr int64_t kRowRunCost = 0;
 constexpr int64_t kColumnRunCost = 4;
 
 // Below this many binary MACs (~15 us on one AVX-512 core) a call runs on the calling thread only.
@@ -281,15 +283,8 @@ void run_conv(const uint64_t* a, const float* x, const PreparedWeights* const* p
             const TapRun& rx = col_runs[ri % col_runs.size()];
             std::vector<int32_t> n_channel(static_cast<size_t>(n_padded), static_cast<int32_t>(n_all));
             if (!covers_all_taps(ry, rx, k)) {
-                const std::vector<int32_t>& tap_ones = pws[j]->tap_ones();
-                for (int64_t c = 0; c < s.out_c; ++c) {
-                    int32_t padded_ones = 0;
-                    for (int64_t ky = 0; ky < k; ++ky)
-                        for (int64_t kx = 0; kx < k; ++kx)
-                            if (ky < ry.k0 || ky >= ry.k1 || kx < rx.k0 || kx >= rx.k1)
-                                padded_ones += tap_ones[static_cast<size_t>(c * k * k + ky * k + kx)];
-                    n_channel[static_cast<size_t>(c)] -= 2 * padded_ones;
-                }
+                const std::vector<int32_t>& padded = pws[j]->padded_tap_ones(ry.k0, ry.k1, rx.k0, rx.k1);
+                for (int64_t c = 0; c < s.out_c; ++c) n_channel[static_cast<size_t>(c)] -= 2 * padded[static_cast<size_t>(c)];
             }
             r.n_channel.push_back(std::move(n_channel));
             r.jobs.push_back(base);

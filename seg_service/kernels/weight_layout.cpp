@@ -53,10 +53,11 @@ const BlockedWeights& PreparedWeights::for_isa(const IsaKernels& kern, int threa
     return *arranged_.back().second;
 }
 
-const std::vector<int32_t>& PreparedWeights::tap_ones() const {
+const std::vector<int32_t>& PreparedWeights::padded_tap_ones(int64_t ky0, int64_t ky1, int64_t kx0,
+                                                              int64_t kx1) const {
     std::lock_guard<std::mutex> lock(mu_);
+    const int64_t k = kernel_, taps = k * k;
     if (tap_ones_.empty()) {
-        const int64_t taps = kernel_ * kernel_;
         tap_ones_.assign(static_cast<size_t>(out_c_ * taps), 0);
         for (int64_t i = 0; i < out_c_ * taps; ++i) {
             int32_t ones = 0;
@@ -64,7 +65,17 @@ const std::vector<int32_t>& PreparedWeights::tap_ones() const {
             tap_ones_[static_cast<size_t>(i)] = ones;
         }
     }
-    return tap_ones_;
+    auto [it, added] = padded_tap_ones_.try_emplace({ky0, ky1, kx0, kx1});
+    if (added) {
+        std::vector<int32_t>& ones = it->second;
+        ones.assign(static_cast<size_t>(out_c_), 0);
+        for (int64_t c = 0; c < out_c_; ++c)
+            for (int64_t ky = 0; ky < k; ++ky)
+                for (int64_t kx = 0; kx < k; ++kx)
+                    if (ky < ky0 || ky >= ky1 || kx < kx0 || kx >= kx1)
+                        ones[static_cast<size_t>(c)] += tap_ones_[static_cast<size_t>(c * taps + ky * k + kx)];
+    }
+    return it->second;  // std::map nodes stay put when others are added
 }
 
 }  // namespace segk

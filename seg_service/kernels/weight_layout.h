@@ -6,7 +6,9 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <utility>
@@ -68,9 +70,10 @@ public:
     // The arrangement for `kern`, built on first use (with up to `threads` threads) and cached.
     const BlockedWeights& for_isa(const IsaKernels& kern, int threads) const;
 
-    // Ones in each (output channel, tap)'s weight words, [out_c * k * k], computed on first use:
-    // what a tap on the +1 padding adds to a pixel's mismatch count.
-    const std::vector<int32_t>& tap_ones() const;
+    // Per output channel, the mismatches of the +1 padding with the weights of every tap outside
+    // rows [ky0, ky1) x columns [kx0, kx1) (the ones of those taps' weight words): what those taps
+    // add to the count of a pixel for which they all lie on the padding. Cached per tap window.
+    const std::vector<int32_t>& padded_tap_ones(int64_t ky0, int64_t ky1, int64_t kx0, int64_t kx1) const;
 
 private:
     int64_t out_c_, kernel_, words_;
@@ -78,7 +81,8 @@ private:
     const uint64_t* raw_;
     mutable std::mutex mu_;
     mutable std::vector<std::pair<const IsaKernels*, std::unique_ptr<BlockedWeights>>> arranged_;
-    mutable std::vector<int32_t> tap_ones_;
+    mutable std::vector<int32_t> tap_ones_;  // [out_c * k * k]: ones of each (channel, tap)'s words
+    mutable std::map<std::array<int64_t, 4>, std::vector<int32_t>> padded_tap_ones_;
 };
 
 }  // namespace segk
