@@ -280,6 +280,7 @@ def _train(config: dict[str, Any], info: DistInfo, resume: str | None) -> dict[s
     run_start = time.perf_counter()
     steps_this_rank = 0
     seconds_per_iter = None
+    save_seconds = 0.0  # the last checkpoint write: an epoch costs its training time plus this
     last_scores: dict[str, Any] = {}
     epoch = start_epoch
     while epoch < epochs:  # not range(): a time budget may lower `epochs` during the run
@@ -342,7 +343,7 @@ def _train(config: dict[str, Any], info: DistInfo, resume: str | None) -> dict[s
 
         if budget_seconds and not budget_applied and (epoch + 1 - start_epoch >= 2 or epoch + 1 == epochs):
             fitted = fit_epochs_to_budget(budget_seconds - (time.perf_counter() - run_start), epoch + 1,
-                                          epochs, train_seconds, len(val_set) / len(train_set),
+                                          epochs, train_seconds + save_seconds, len(val_set) / len(train_set),
                                           int(config["eval"]["every"]))
             epochs = all_gather_objects(fitted, info)[0]  # rank 0 decides, so every rank stops together
             budget_applied = True
@@ -398,12 +399,14 @@ def _train(config: dict[str, Any], info: DistInfo, resume: str | None) -> dict[s
                 "scaler": scaler.state_dict(),
                 "rng": rng,
             }
+            save_started = time.perf_counter()
             save_atomic(state, out_dir / "last.pt")
             if improved:
                 tmp = out_dir / ".best.pt.tmp"
                 shutil.copyfile(out_dir / "last.pt", tmp)
                 tmp.replace(out_dir / "best.pt")
             write_csv(out_dir / "log.csv", history)
+            save_seconds = time.perf_counter() - save_started
         shown = f"  val {METRIC_LABEL[metric_name]} {100 * row[metric_name]:.2f}" if metric_name in row else ""
         log(f"epoch {epoch + 1}/{epochs}  loss {row['train_loss']:.4f}{shown}  {row['img_per_s']:.1f} img/s")
         epoch += 1
