@@ -1,4 +1,5 @@
-"""Console entry points: train-cls, train-seg (and train-seg eval), export-model.
+"""Console entry points: train-cls, train-seg (and train-seg eval), export-model; both trainers also
+take ``recalibrate-bn`` (BatchNorm statistics re-estimated for a checkpoint's final weights).
 
 Any config key can be overridden: ``--set train.epochs=3`` or ``--train.epochs 3``; values are read
 as YAML (3, 1e-4, [0.5, 2.0], null). Bad input ends with one line ``error: ...`` and exit status 2.
@@ -79,6 +80,7 @@ def _train_parser(task: str) -> argparse.ArgumentParser:
         f"torchrun (DDP) on many. Any config key can be overridden with --set key=value or --key value, "
         f"e.g. --train.epochs 3 --data.root /data/VOC2012.",
         epilog=("Evaluate a checkpoint: train-seg eval --checkpoint runs/x/best.pt. " if task == "seg" else "")
+        + f"Re-estimate BatchNorm statistics: train-{task} recalibrate-bn --checkpoint runs/x/best.pt --out y.pt. "
         + f"Shipped configs: {', '.join(sorted(p.stem for p in CONFIG_DIR.glob('*.yaml')))}.",
     )
     _common_args(parser)
@@ -107,6 +109,30 @@ def _eval_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", help="also write the scores as JSON to this file")
     _common_args(parser)
     return parser
+
+
+def _recalibrate_parser(task: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"train-{task} recalibrate-bn",
+        allow_abbrev=False,
+        description="Re-estimate a checkpoint's BatchNorm running statistics for its final weights: a plain "
+        "average over training batches (augmented as in training) replaces the exponential average kept "
+        "during training, which lags a binary network's weights. Validates before and after and writes a "
+        "new checkpoint that export-model, eval and --train.init_from read.",
+    )
+    parser.add_argument("--checkpoint", required=True, help="checkpoint to start from (best.pt or last.pt)")
+    parser.add_argument("--out", required=True, help="checkpoint to write (never the input)")
+    parser.add_argument("--batches", type=int, help="training batches to average over (default: one epoch)")
+    _common_args(parser)
+    return parser
+
+
+def _recalibrate(task: str, argv: Sequence[str]) -> int:
+    from .engine.bn_recalibration import recalibrate_checkpoint
+
+    args, rest = _recalibrate_parser(task).parse_known_args(argv)
+    recalibrate_checkpoint(args.checkpoint, args.out, args.batches, find_config(args.config), _overrides(args, rest))
+    return 0
 
 
 def _overrides(args: argparse.Namespace, rest: Sequence[str]) -> list[tuple[str, Any]]:
@@ -168,6 +194,8 @@ def _run(entry: Callable[[], int]) -> int:
 
 def train_cls_main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "recalibrate-bn":
+        return _run(lambda: _recalibrate("cls", argv[1:]))
     return _run(lambda: _train("cls", argv))
 
 
@@ -175,6 +203,8 @@ def train_seg_main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "eval":
         return _run(lambda: _evaluate(argv[1:]))
+    if argv and argv[0] == "recalibrate-bn":
+        return _run(lambda: _recalibrate("seg", argv[1:]))
     if argv and argv[0] == "train":
         argv = argv[1:]
     return _run(lambda: _train("seg", argv))
