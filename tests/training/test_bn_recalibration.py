@@ -93,3 +93,17 @@ def test_cli_refuses_to_overwrite_its_input(tmp_path, capsys):
     assert "would overwrite" in capsys.readouterr().err
     assert train_seg_main(["recalibrate-bn", "--checkpoint", str(best), "--out", str(tmp_path / "x.pt"),
                            "--batches", "0"]) == 2
+
+
+def test_cls_checkpoints_recalibrate_too(tmp_path, capsys):
+    from training.cli import train_cls_main
+
+    runs = tmp_path / "runs"
+    assert train_cls_main(["--config", "smoke_cls", "--train.epochs", "1", "--train.steps_per_epoch", "1",
+                           *quiet(runs)]) == 0
+    out = tmp_path / "enc_bn.pt"
+    capsys.readouterr()
+    assert train_cls_main(["recalibrate-bn", "--checkpoint", str(runs / "smoke_cls" / "best.pt"), "--out", str(out),
+                           "--batches", "1", "--output.progress", "false"]) == 0
+    assert "val top-1" in capsys.readouterr().out
+    assert recalibration_record(load_checkpoint(out))["metric"] == "top1"
