@@ -131,7 +131,10 @@ def read_run(folder: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------- figures
 
 
-def plot_curves(runs: dict[str, list[dict[str, str]]], metric: str, title: str, out: Path) -> None:
+def plot_curves(runs: dict[str, list[dict[str, str]]], metric: str, title: str, out: Path,
+                chained: bool = True) -> None:
+    """Loss and validation curves; ``chained``: each run continues the previous one (epochs add up),
+    else the runs are alternatives drawn over the same epochs."""
     import matplotlib.pyplot as plt
 
     fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -142,7 +145,7 @@ def plot_curves(runs: dict[str, list[dict[str, str]]], metric: str, title: str, 
         scored = [(offset + int(r["epoch"]), 100 * float(r[metric])) for r in rows if r.get(metric)]
         if scored:
             ax_metric.plot(*zip(*scored, strict=True), marker="o", label=label)
-        offset = epochs[-1]
+        offset = epochs[-1] if chained else 0
     ax_loss.set(xlabel="epoch", ylabel="training loss", title=f"{title}: loss")
     ax_metric.set(xlabel="epoch", ylabel={"miou": "val mIoU (%)", "top1": "val top-1 (%)"}[metric],
                   title=f"{title}: validation")
@@ -263,8 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     plot_per_class(scores, out / "img" / "per_class_iou.png")
 
     # Training curves.
-    plot_curves({"imagenette_w05k4": read_run(RUNS / "imagenette_w05k4")["history"]}, "top1",
-                "encoder pretraining (Imagenette 64 px)", out / "img" / "curves_pretrain.png")
+    plot_curves({"GPU run (camvid's encoder)": read_run(RUNS / "imagenette_w05k4")["history"],
+                 "CPU run (person's encoder)": read_run(RUNS / "imagenette_w05k4_cpu")["history"]}, "top1",
+                "encoder pretraining (Imagenette 64 px)", out / "img" / "curves_pretrain.png", chained=False)
     plot_curves({"ccp_person_w05k4": read_run(RUNS / "ccp_person_w05k4")["history"],
                  "continued": read_run(RUNS / "ccp_person_w05k4_continued")["history"]}, "miou",
                 "person", out / "img" / "curves_person.png")
