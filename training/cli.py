@@ -100,7 +100,8 @@ def _eval_parser() -> argparse.ArgumentParser:
         "pixel accuracy and the confusion matrix. Uses the checkpoint's config unless --config is given; "
         "e.g. --eval.scales '[0.75, 1.0, 1.25]' --eval.flip true for multi-scale + flip testing. "
         "With --packed, scores an exported .gnpk through the torch-free runtime instead, at full image size "
-        "(as seg-service runs it); --config then names the data.",
+        "(as seg-service runs it); --config then names the data, and --eval.flip true adds the runtime's "
+        "mirrored second pass (seg-service's flip=true).",
     )
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--checkpoint", help="checkpoint file (best.pt or last.pt)")

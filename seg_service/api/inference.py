@@ -62,8 +62,8 @@ class InferenceGate:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def timed_predict(model: PackedModel, rgb: np.ndarray) -> tuple[np.ndarray, float]:
-    """The model's label mask and the inference time in milliseconds."""
+def timed_predict(model: PackedModel, rgb: np.ndarray, flip: bool = False) -> tuple[np.ndarray, float]:
+    """The model's label mask and the inference time in milliseconds (``flip``: mirrored second pass)."""
     start = time.perf_counter()
-    mask = model.predict(rgb)
+    mask = model.predict(rgb, flip=flip)
     return mask, (time.perf_counter() - start) * 1e3

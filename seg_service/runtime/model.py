@@ -157,22 +157,33 @@ class PackedModel:
         x[:h, :w] = (img * np.float32(1.0 / 255.0) - self._mean) / self._std
         return x, (h, w)
 
-    def _logits_processed(self, rgb: np.ndarray) -> np.ndarray:
+    def _logits_processed(self, rgb: np.ndarray, flip: bool = False) -> np.ndarray:
         x, (h, w) = self.preprocess(rgb)
-        return self.forward(x)[:h, :w]
+        logits = self.forward(x)[:h, :w]
+        if flip:
+            # Test-time augmentation: the mirrored image's logits, mirrored back, averaged in. The
+            # mirror is taken after preprocessing so both passes see the same resized pixels.
+            mirrored = np.zeros_like(x)  # padding stays at the right and bottom, as for x
+            mirrored[:h, :w] = x[:h, :w][:, ::-1]
+            logits = (logits + self.forward(mirrored)[:h, :w][:, ::-1]) * np.float32(0.5)
+            logits = np.ascontiguousarray(logits)
+        return logits
 
-    def predict_logits(self, rgb: np.ndarray) -> np.ndarray:
-        """Logits f32 [H, W, classes] at the original image size (bilinear if the image was resized)."""
+    def predict_logits(self, rgb: np.ndarray, flip: bool = False) -> np.ndarray:
+        """Logits f32 [H, W, classes] at the original image size (bilinear if the image was resized).
+        ``flip``: average with the horizontally mirrored image's logits (two network passes)."""
         from seg_service.runtime.ops import upsample_bilinear
 
-        logits = self._logits_processed(rgb)
+        logits = self._logits_processed(rgb, flip)
         if logits.shape[:2] != rgb.shape[:2]:
             logits = upsample_bilinear(np.ascontiguousarray(logits), rgb.shape[0], rgb.shape[1])
         return logits
 
-    def predict(self, rgb: np.ndarray) -> np.ndarray:
-        """Label mask u8 [H, W] at the original image size (nearest-neighbour if the image was resized)."""
-        logits = self._logits_processed(rgb)
+    def predict(self, rgb: np.ndarray, flip: bool = False) -> np.ndarray:
+        """Label mask u8 [H, W] at the original image size (nearest-neighbour if the image was resized).
+        ``flip``: test-time augmentation with the mirrored image (twice the time, usually a little
+        more accurate; see predict_logits)."""
+        logits = self._logits_processed(rgb, flip)
         mask = kernels.argmax_channels(logits)
         if mask.shape != rgb.shape[:2]:
             mask = resize_nearest(mask, rgb.shape[0], rgb.shape[1])

@@ -114,3 +114,26 @@ def test_class_count_must_match_graph(tmp_path):
     gnpk.write_model(tmp_path / "bad.gnpk", model, graph, tensors)
     with pytest.raises(gnpk.ModelFormatError, match="outputs 2 channels but the model lists 3 classes"):
         load_model(tmp_path / "bad.gnpk")
+
+
+
+def test_flip_averages_the_mirrored_pass(tiny):
+    """predict(flip=True): the logits of the image and of its mirror (mirrored back), averaged; the
+    mask is their argmax, also when the image is resized and padded first."""
+    rgb = read_rgb(DATA / "camvid/images/0016E5_01470.jpg")
+    small = np.ascontiguousarray(rgb[:37, :50])  # below max_side: no resize
+    mirrored_back = tiny.predict_logits(np.ascontiguousarray(small[:, ::-1]))[:, ::-1]
+    np.testing.assert_allclose(tiny.predict_logits(small, flip=True),
+                               (tiny.predict_logits(small) + mirrored_back) * 0.5, rtol=1e-6, atol=1e-6)
+    # A large photo: resized to max_side, padded, then both passes on the same resized pixels.
+    x, (h, w) = tiny.preprocess(rgb)
+    mirror = np.zeros_like(x)
+    mirror[:h, :w] = x[:h, :w][:, ::-1]
+    averaged = (tiny.forward(x)[:h, :w] + tiny.forward(mirror)[:h, :w][:, ::-1]) * np.float32(0.5)
+    expected_mask = resize_nearest(np.argmax(averaged, axis=2).astype(np.uint8), *rgb.shape[:2])
+    mask = tiny.predict(rgb, flip=True)
+    assert np.array_equal(mask, expected_mask)
+    assert not np.array_equal(mask, tiny.predict(rgb))
+    logits = tiny.predict_logits(rgb, flip=True)
+    np.testing.assert_allclose(logits, ops.upsample_bilinear(np.ascontiguousarray(averaged), *rgb.shape[:2]),
+                               rtol=1e-5, atol=1e-5)

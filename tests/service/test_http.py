@@ -238,3 +238,21 @@ def test_access_log_has_one_line_per_request_with_latency(server):
     record = json.loads(lines[-1].split(" seg_service.access ", 1)[1].split("] ", 1)[1])
     assert record["status"] == 200 and record["ms"] > 0 and record["inference_ms"] > 0
     assert record["format"] == "json" and record["model"] == "person"
+
+
+def test_segment_flip_runs_the_mirrored_pass(server, packed_model_dir):
+    """flip=true returns exactly the in-process runtime's flip prediction, which differs from the plain one."""
+    from seg_service.runtime import load_model
+
+    path = STREET_IMAGES[0]
+    data = path.read_bytes()
+    plain = decode_png(post_image(server.url, data, model="street").content)
+    r = post_image(server.url, data, model="street", flip="true")
+    assert r.status_code == 200, r.text
+    flipped = decode_png(r.content)
+    rgb = np.asarray(Image.open(path).convert("RGB"))
+    model = load_model(packed_model_dir / "street.gnpk")
+    assert np.array_equal(flipped, model.predict(rgb, flip=True))
+    assert np.array_equal(plain, model.predict(rgb))
+    assert not np.array_equal(flipped, plain)
+    assert post_image(server.url, data, flip="sideways").status_code == 422

@@ -97,15 +97,22 @@ def test_packed_model_scored_through_the_runtime(packed_model_path, tmp_path, ca
     names = [p.stem for p in sorted((REPO / "tests/data/ccp/masks").glob("*.png"))
              if "0905" <= p.stem <= "1004"]
     assert scores["images"] == len(names) > 0
+    flipped = tmp_path / "scores_flip.json"
+    assert train_seg_main(["eval", "--packed", str(packed_model_path), "--config", "smoke_seg",
+                           "--output", str(flipped), "--threads", "1", "--eval.flip", "true"]) == 0
+    assert "with flip test-time augmentation" in capsys.readouterr().out
     model = load_model(packed_model_path)
-    inter = union = 0
-    for name in names:
-        rgb = np.asarray(Image.open(REPO / f"tests/data/ccp/images/{name}.jpg").convert("RGB"))
-        person = np.asarray(Image.open(REPO / f"tests/data/ccp/masks/{name}.png")) > 0
-        pred = model.predict(rgb) == 1
-        inter += int((pred & person).sum())
-        union += int((pred | person).sum())
-    assert scores["iou"]["person"] == pytest.approx(inter / union, abs=1e-9)
+    for path, flip in ((out, False), (flipped, True)):
+        inter = union = 0
+        for name in names:
+            rgb = np.asarray(Image.open(REPO / f"tests/data/ccp/images/{name}.jpg").convert("RGB"))
+            person = np.asarray(Image.open(REPO / f"tests/data/ccp/masks/{name}.png")) > 0
+            pred = model.predict(rgb, flip=flip) == 1
+            inter += int((pred & person).sum())
+            union += int((pred | person).sum())
+        scores = json.loads(path.read_text())
+        assert scores["flip"] is flip
+        assert scores["iou"]["person"] == pytest.approx(inter / union, abs=1e-9)
     assert config["data"]["classes"] == ["background", "person"]
 
 

@@ -42,11 +42,12 @@ def evaluate_packed(model_path: str | Path, config_path: str | Path | None, over
     val_set = datasets.build_seg_dataset(config["data"], "val")
     ignore = int(config["data"]["ignore_index"])
     cm = torch.zeros(len(classes), len(classes), dtype=torch.int64)
+    flip = bool(config["eval"]["flip"])  # --eval.flip true: the runtime's mirrored second pass
     seconds = []
     for index in tqdm(range(len(val_set)), desc="packed eval", disable=not progress, dynamic_ncols=True):
         rgb, mask = val_set.load(index)
         start = time.perf_counter()
-        pred = model.predict(rgb)
+        pred = model.predict(rgb, flip=flip)
         seconds.append(time.perf_counter() - start)
         cm += confusion_matrix(torch.from_numpy(pred.astype(np.int64)), torch.from_numpy(mask.astype(np.int64)),
                                len(classes), ignore)
@@ -54,8 +55,9 @@ def evaluate_packed(model_path: str | Path, config_path: str | Path | None, over
     scores["model"] = str(model_path)
     scores["images"] = len(val_set)
     scores["median_ms_per_image"] = 1000 * statistics.median(seconds)
-    print(f"{model_path}: {len(val_set)} val images at full size through the packed runtime, "
-          f"median {scores['median_ms_per_image']:.1f} ms per image")
+    scores["flip"] = flip
+    print(f"{model_path}: {len(val_set)} val images at full size through the packed runtime"
+          f"{' with flip test-time augmentation' if flip else ''}, median {scores['median_ms_per_image']:.1f} ms per image")
     print(format_seg_report(scores))
     if output:
         Path(output).write_text(json.dumps(scores, indent=2, default=_plain))
