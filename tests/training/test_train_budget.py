@@ -99,8 +99,11 @@ def test_packed_model_scored_through_the_runtime(packed_model_path, tmp_path, ca
     assert scores["images"] == len(names) > 0
     flipped = tmp_path / "scores_flip.json"
     assert train_seg_main(["eval", "--packed", str(packed_model_path), "--config", "smoke_seg",
-                           "--output", str(flipped), "--threads", "1", "--eval.flip", "true"]) == 0
-    assert "with flip test-time augmentation" in capsys.readouterr().out
+                           "--output", str(flipped), "--threads", "1", "--eval.flip", "true",
+                           "--output.progress", "false"]) == 0
+    captured = capsys.readouterr()
+    assert "with flip test-time augmentation" in captured.out
+    assert "packed eval" not in captured.err  # --output.progress false silences the progress bar
     model = load_model(packed_model_path)
     for path, flip in ((out, False), (flipped, True)):
         inter = union = 0

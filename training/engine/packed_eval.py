@@ -26,13 +26,15 @@ from .runlog import format_seg_report
 
 def evaluate_packed(model_path: str | Path, config_path: str | Path | None, overrides: list[tuple[str, Any]] = (),
                     output: str | Path | None = None, threads: int | None = None,
-                    progress: bool = True) -> dict[str, Any]:
+                    progress: bool | None = None) -> dict[str, Any]:
     """mIoU, per-class IoU, pixel accuracy and per-image latency of a packed model on a config's val split."""
     from seg_service.runtime import load_model, set_num_threads
 
     if config_path is None:
         raise InputError("--config is required with --packed (the packed file holds no data settings)")
     config = load_config("seg", config_path, overrides)
+    if progress is None:  # the config's output.progress, so --output.progress false silences the bar
+        progress = bool(config["output"]["progress"])
     if threads:
         set_num_threads(int(threads))
     model = load_model(model_path)
