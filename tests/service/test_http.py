@@ -178,6 +178,28 @@ def test_video_json(server):
         assert sum(c["pixels"] for c in f["classes"]) == 320 * 240
 
 
+def test_video_flip_matches_the_runtime_frame_by_frame(server, packed_model_dir):
+    """flip=true: each frame's class counts are those of the in-process runtime's flip prediction."""
+    from seg_service.runtime import load_model
+
+    r = httpx.post(server.url + "/segment/video", params={"format": "json", "model": "street", "flip": "true"},
+                   files={"file": ("v.mp4", VIDEO.read_bytes())}, timeout=300)
+    assert r.status_code == 200, r.text
+    frames = r.json()["frames"]
+    model = load_model(packed_model_dir / "street.gnpk")
+    cap = cv2.VideoCapture(str(VIDEO))
+    differs = False
+    for f in frames[:5]:
+        ok, bgr = cap.read()
+        assert ok
+        rgb = np.ascontiguousarray(bgr[:, :, ::-1])
+        flipped = model.predict(rgb, flip=True)
+        assert [c["pixels"] for c in f["classes"]] == np.bincount(flipped.ravel(), minlength=11).tolist()
+        differs |= not np.array_equal(flipped, model.predict(rgb))
+    cap.release()
+    assert differs
+
+
 def test_video_over_the_frame_limit_is_413(server, looped_video):
     """This server takes at most 30 frames; the looped video has 120."""
     r = httpx.post(server.url + "/segment/video", files={"file": ("v.mp4", looped_video.read_bytes())},

@@ -129,3 +129,24 @@ def test_message_over_the_upload_limit_closes_with_1009(server):
             ws.recv(timeout=30)
     assert closed.value.rcvd.code == 1009
     assert httpx.get(server.url + "/health").status_code == 200
+
+
+def test_flip_setting_switches_the_mirrored_pass(server, packed_model_dir, video_frames):
+    """{"flip": true} makes later frames equal the in-process runtime's flip prediction; false turns it off."""
+    from seg_service.runtime import load_model
+
+    model = load_model(packed_model_dir / "street.gnpk")
+    frame = video_frames[3]
+    rgb = np.ascontiguousarray(cv2.imdecode(np.frombuffer(frame, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1])
+    expected = {False: model.predict(rgb), True: model.predict(rgb, flip=True)}
+    assert not np.array_equal(expected[False], expected[True])
+    with connect(server.ws_url + "/ws/segment?model=street") as ws:
+        ws.send(json.dumps({"flip": "yes"}))
+        assert "flip must be true or false" in receive_result(ws)[0]["detail"]
+        for flip in (True, False):
+            ws.send(json.dumps({"flip": flip}))
+            ws.send(frame)
+            result, png = receive_result(ws)
+            assert png is not None, result
+            mask = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
+            assert np.array_equal(mask, expected[flip]), flip

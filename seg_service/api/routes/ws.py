@@ -33,9 +33,9 @@ def close_reason(text: str, limit: int = 123) -> str:
     return text.encode()[:limit].decode(errors="ignore")
 
 
-def _frame_job(data: bytes, model: PackedModel, max_pixels: int) -> tuple[bytes, int, int, float]:
+def _frame_job(data: bytes, model: PackedModel, max_pixels: int, flip: bool) -> tuple[bytes, int, int, float]:
     rgb = imaging.decode_image(data, max_pixels)
-    mask, ms = timed_predict(model, rgb)
+    mask, ms = timed_predict(model, rgb, flip)
     return imaging.encode_mask_png(mask), mask.shape[1], mask.shape[0], ms
 
 
@@ -44,6 +44,7 @@ class _Session:
         self.ws = websocket
         self.service = service
         self.model = model
+        self.flip = False  # test-time augmentation, off by default: it doubles each frame's time
         self.pending: tuple[int, bytes] | None = None
         self.wakeup = asyncio.Event()
         self.closed = False
@@ -80,12 +81,15 @@ class _Session:
         if not isinstance(request, dict):
             await self.send_error("settings message must be a JSON object")
             return
-        unknown = sorted(set(request) - {"model", "format"})
+        unknown = sorted(set(request) - {"model", "format", "flip"})
         if unknown:
             await self.send_error(f"unknown settings key(s): {', '.join(map(str, unknown))}")
             return
         if "format" in request and request["format"] != "png":
             await self.send_error(f"unsupported format {request['format']!r}: only \"png\" is available")
+            return
+        if "flip" in request and not isinstance(request["flip"], bool):
+            await self.send_error(f"flip must be true or false, got {request['flip']!r}")
             return
         if "model" in request:
             model = self.service.registry.get(request["model"]) if isinstance(request["model"], str) else None
@@ -93,6 +97,8 @@ class _Session:
                 await self.send_error(f"unknown model {request['model']!r}; keeping {self.model.name!r}")
                 return
             self.model = model
+        if "flip" in request:
+            self.flip = request["flip"]
 
     async def process_loop(self) -> None:
         settings = self.service.settings
@@ -106,7 +112,7 @@ class _Session:
             model = self.model
             try:
                 png, width, height, ms = await self.service.gate.run_when_free(
-                    _frame_job, data, model, settings.max_image_pixels)
+                    _frame_job, data, model, settings.max_image_pixels, self.flip)
             except imaging.ImageInputError as e:
                 await self.send_error(e.detail, frame=index)
                 continue
