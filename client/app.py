@@ -21,7 +21,15 @@ import numpy as np
 from client.capture import FrameSource, SourceError, SourceSpec
 from client.display import DisplayError, VideoFileSink, WindowSink, gui_support
 from client.overlay import VIEWS, ClassInfo, View, compose, draw_hud
-from client.transport import Backoff, ConnectionLost, FrameRejected, SegResult, ServerError, Streamer
+from client.transport import (
+    Backoff,
+    ConnectionLost,
+    FrameRejected,
+    SegResult,
+    ServerError,
+    Streamer,
+    inference_options,
+)
 
 log = logging.getLogger("seg-client")
 
@@ -36,6 +44,8 @@ class ClientConfig:
     api_key: str | None = None
     transport: str = "ws"
     model: str | None = None
+    flip: bool = False  # the server's mirrored second pass (twice the time per frame)
+    refine: bool = True  # the model's stored post-processing
     width: int | None = None
     height: int | None = None
     jpeg_quality: int = 80
@@ -93,7 +103,8 @@ class DemoClient:
             if not ok:
                 raise DisplayError(why)
         streamer = Streamer(  # connects only once started
-            cfg.server, cfg.api_key, cfg.transport, cfg.model, cfg.jpeg_quality, cfg.backoff, cfg.timeout
+            cfg.server, cfg.api_key, cfg.transport, cfg.model, cfg.jpeg_quality, cfg.backoff, cfg.timeout,
+            inference_options(cfg.flip, cfg.refine),
         )
         try:
             source = FrameSource(cfg.source, cfg.width, cfg.height, cfg.fps, cfg.loop).open()

@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--transport", choices=("ws", "rest"), default="ws",
         help="WebSocket /ws/segment (falls back to REST when refused) or REST POST /segment",
     )
+    srv.add_argument("--flip", action="store_true",
+                     help="the server also segments each mirrored frame and averages (more accurate, twice the time)")
+    srv.add_argument("--no-refine", dest="refine", action="store_false",
+                     help="skip the model's stored post-processing (edge-aware filter), as refine=false")
     srv.add_argument("--jpeg-quality", type=_quality, default=80, help="JPEG quality of sent frames (1-100)")
     srv.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for one answer")
     srv.add_argument("--retries", type=int, default=8, help="reconnect attempts before giving up")
@@ -97,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         api_key=args.api_key,
         transport=args.transport,
         model=args.model,
+        flip=args.flip,
+        refine=args.refine,
         width=args.width,
         height=args.height,
         jpeg_quality=args.jpeg_quality,

@@ -137,12 +137,18 @@ def http_base(server: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
 
 
-def ws_url(server: str, model: str | None = None) -> str:
-    """ws(s)://host:port/ws/segment[?model=...] for an http(s) base URL. The API key travels in the
-    X-API-Key header rather than the query string, which ends up in access logs."""
+def inference_options(flip: bool = False, refine: bool = True) -> dict[str, str]:
+    """Query parameters for the server's inference switches; the defaults are left out."""
+    return ({"flip": "true"} if flip else {}) | ({} if refine else {"refine": "false"})
+
+
+def ws_url(server: str, model: str | None = None, options: dict[str, str] | None = None) -> str:
+    """ws(s)://host:port/ws/segment[?model=...&flip=...] for an http(s) base URL. The API key travels
+    in the X-API-Key header rather than the query string, which ends up in access logs. ``options``:
+    inference switches (``flip``, ``refine``), as for POST /segment."""
     parts = urlsplit(http_base(server))
     scheme = "wss" if parts.scheme == "https" else "ws"
-    query = urlencode({"model": model}) if model else ""
+    query = urlencode(({"model": model} if model else {}) | (options or {}))
     return urlunsplit((scheme, parts.netloc, parts.path + WS_PATH, query, ""))
 
 
@@ -206,8 +212,8 @@ class ServerAPI:
             palette[int(item["index"])] = np.asarray(item.get("color", (0, 0, 0)), dtype=np.uint8)[:3]
         return ClassInfo(names, palette)
 
-    def segment(self, jpeg: bytes, model: str | None) -> FrameAnswer:
-        params = {"format": "png"}  # the 8-bit label mask
+    def segment(self, jpeg: bytes, model: str | None, options: dict[str, str] | None = None) -> FrameAnswer:
+        params = {"format": "png", **(options or {})}  # the 8-bit label mask
         if model:
             params["model"] = model
         try:
@@ -274,8 +280,9 @@ class WebSocketSession:
 
     name: TransportName = "ws"
 
-    def __init__(self, server: str, api_key: str | None, timeout: float, model: str | None = None) -> None:
-        self.url = ws_url(server, model)
+    def __init__(self, server: str, api_key: str | None, timeout: float, model: str | None = None,
+                 options: dict[str, str] | None = None) -> None:
+        self.url = ws_url(server, model, options)
         self.timeout = timeout
         self.model = model  # a model the server does not have closes the connection with 1008
         self._switch: str | None = None  # asked for, neither confirmed by a result nor refused yet
@@ -396,9 +403,10 @@ class RestSession:
 
     name: TransportName = "rest"
 
-    def __init__(self, api: ServerAPI, model: str | None = None) -> None:
+    def __init__(self, api: ServerAPI, model: str | None = None, options: dict[str, str] | None = None) -> None:
         self.api = api
         self.model = model
+        self.options = options
         self._switch: str | None = None
 
     def set_model(self, model: str | None) -> None:
@@ -409,7 +417,7 @@ class RestSession:
         if self._switch is not None:
             switch, self._switch = self._switch, None
             try:
-                answer = self.api.segment(jpeg, switch)
+                answer = self.api.segment(jpeg, switch, self.options)
             except UnknownModel as exc:
                 # As over WebSocket: the switch is refused, the frame goes to the model in use.
                 refused = ModelRefusal(switch, exc.detail)
@@ -417,7 +425,7 @@ class RestSession:
                 self.model = answer.model or switch
                 return answer
         # A 404 here is the model in use (--model, or one the server dropped): fatal.
-        answer = self.api.segment(jpeg, self.model)
+        answer = self.api.segment(jpeg, self.model, self.options)
         self.model = answer.model or self.model
         answer.refused_switch = refused
         return answer
@@ -438,8 +446,10 @@ class Streamer:
         jpeg_quality: int = 80,
         backoff: Backoff | None = None,
         timeout: float = 30.0,
+        options: dict[str, str] | None = None,
     ) -> None:
         self.server = server
+        self.options = options  # inference switches sent with every connection or request
         self.api_key = api_key
         self.transport: TransportName = transport
         self.jpeg_quality = jpeg_quality
@@ -543,7 +553,7 @@ class Streamer:
     def _open_session(self) -> Session:
         if self.transport == "ws":
             try:
-                return WebSocketSession(self.server, self.api_key, self.timeout, self.active_model)
+                return WebSocketSession(self.server, self.api_key, self.timeout, self.active_model, self.options)
             except InvalidStatus as exc:
                 status = exc.response.status_code
                 if status == 401:
@@ -559,7 +569,7 @@ class Streamer:
                 raise ConnectionLost(str(exc)) from exc
         else:
             self.api.models()  # REST has no connection to open: check that the server answers
-        return RestSession(self.api, self.active_model)
+        return RestSession(self.api, self.active_model, self.options)
 
     def _run(self) -> None:
         attempt = 0

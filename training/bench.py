@@ -3,6 +3,7 @@
     seg-bench layers [--threads 1 2] [--repeats 30] [--isa avx512 ...] [--group all] [--json FILE]
     seg-bench model  [--threads 2] [--sizes 512x512 320x240] [--repeats 10] [--json FILE] ...
     seg-bench all    [--quick] [--json FILE]          (both parts with their defaults; also: no subcommand)
+    seg-bench postprocess [--packed weights/person.gnpk] [--sizes ...] [--repeats 40] [--json FILE]
 
 **layers** (``training.bench_layers``): one binary 3x3 convolution at ResNet-18 and segmentation
 shapes, float in to float out: our kernels (every ISA path) against PyTorch fp32 ``conv2d`` and
@@ -25,6 +26,10 @@ own fresh subprocess (the runtime one never imports torch), which reads its peak
 (``VmHWM``, reset after the imports) so that engines' peaks do not mix. A per-op profile of the
 runtime (``seg_service.runtime.executor.RunProfile``) says where the time goes.
 
+**postprocess**: the cost of a packed model's stored post-processing (guided filter, decision
+bias; docs/format.md): ``PackedModel.predict`` on a real photo with and without it, the two calls
+interleaved so that load bursts hit both, medians and the median paired difference.
+
 The CPU model, the kernels' ISA path, thread counts and the load average (start and end) are
 printed; ``--json FILE`` writes everything.
 """
@@ -39,6 +44,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -469,6 +475,60 @@ def _model_part(args: argparse.Namespace, parser: argparse.ArgumentParser) -> di
     return {"environment": env, "repeats": repeats, "model": result}
 
 
+def run_postprocess_benchmark(path: str | Path, sizes: Sequence[tuple[int, int]], repeats: int,
+                              threads: int) -> dict[str, Any]:
+    """predict() with and without the model's stored post-processing, interleaved call by call."""
+    from .results import test_image
+
+    set_num_threads(threads)
+    model = load_model(path)
+    if not model.postprocess:
+        raise ValueError(f"{path} stores no post-processing (see train-seg tune-postprocess)")
+    rows = []
+    for h, w in sizes:
+        image = test_image(w, h)
+        for _ in range(3):  # warm-up: first calls allocate and fault in the weights
+            model.predict(image)
+            model.predict(image, refine=False)
+        refined, plain = [], []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model.predict(image)
+            middle = time.perf_counter()
+            model.predict(image, refine=False)
+            refined.append(middle - start)
+            plain.append(time.perf_counter() - middle)
+        rows.append({"size": f"{w}x{h}", "refined_ms": 1e3 * statistics.median(refined),
+                     "plain_ms": 1e3 * statistics.median(plain),
+                     "paired_difference_ms": 1e3 * statistics.median(a - b for a, b in zip(refined, plain))})
+    return {"model": str(path), "postprocess": model.postprocess, "threads": threads, "repeats": repeats,
+            "rows": rows}
+
+
+def _postprocess_part(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    if args.threads < 1 or args.repeats < 1:
+        parser.error("--threads and --repeats must be >= 1")
+    sizes = args.sizes or [parse_size(s) for s in ("320x240", "338x512", "512x512")]
+    load_start = load_average()
+    try:
+        result = run_postprocess_benchmark(args.packed, sizes, args.repeats, args.threads)
+    except (ValueError, OSError) as error:
+        parser.error(str(error))
+    env = environment(args.threads)
+    env["load_average_start"], env["load_average_end"] = load_start, load_average()
+    print(f"post-processing cost of {result['model']}: {json.dumps(result['postprocess'])}")
+    print(f"PackedModel.predict on a photo, {args.threads} thread(s), {args.repeats} interleaved pairs, medians; "
+          f"CPU {env['cpu']}, ISA {env['isa']}")
+    print("| size | with it ms | without ms | ratio | paired difference ms |")
+    print("|---|---:|---:|---:|---:|")
+    for row in result["rows"]:
+        print(f"| {row['size']} | {row['refined_ms']:.1f} | {row['plain_ms']:.1f} | "
+              f"{row['refined_ms'] / row['plain_ms']:.2f} | {row['paired_difference_ms']:.1f} |")
+    print("load average (1, 5, 15 min) at start / end: " + ", ".join(f"{v:.2f}" for v in load_start)
+          + " / " + ", ".join(f"{v:.2f}" for v in env["load_average_end"]))
+    return {"environment": env, "postprocess": result}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="seg-bench",
@@ -483,7 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
                "for what each column means.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="part", metavar="{layers,model,all}")
+    sub = parser.add_subparsers(dest="part", metavar="{layers,model,all,postprocess}")
     layers = sub.add_parser("layers", help="one binary 3x3 conv at ResNet-18 and segmentation shapes",
                             description=bench_layers.__doc__.split("\n\n")[0])
     bench_layers.add_arguments(layers)
@@ -498,13 +558,23 @@ def build_parser() -> argparse.ArgumentParser:
                       help="a quick set-up check of both parts, not for figures")
     both.add_argument("--json", metavar="FILE", help="also write both parts' results as one JSON file")
     both.add_argument("--verbose", action="store_true", help="print progress")
+    post = sub.add_parser("postprocess", help="the cost of a packed model's stored post-processing",
+                          description="predict() with and without a packed model's stored post-processing "
+                                      "(guided filter, decision bias), interleaved call by call on a real photo.")
+    post.add_argument("--packed", default=str(Path(__file__).resolve().parent.parent / "weights" / "person.gnpk"),
+                      help="packed model with a postprocess (default: the shipped person model)")
+    post.add_argument("--sizes", nargs="+", type=parse_size, metavar="WxH",
+                      help="image sizes (default: 320x240 338x512 512x512; 338x512 is the CCP photo size)")
+    post.add_argument("--repeats", type=int, default=40, help="interleaved pairs per size (default 40)")
+    post.add_argument("--threads", type=int, default=2)
+    post.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    if not argv or argv[0] not in ("layers", "model", "all", "-h", "--help"):
+    if not argv or argv[0] not in ("layers", "model", "all", "postprocess", "-h", "--help"):
         argv = ["all", *argv]
     args = parser.parse_args(argv)
     command = " ".join(["seg-bench", *argv])
@@ -517,6 +587,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as error:
             parser.error(str(error))
         print()
+    if args.part == "postprocess":
+        output.update(_postprocess_part(args, parser))
     if args.part in ("model", "all"):
         model_args = args if args.part == "model" else parser.parse_args(
             ["model", *(["--quick"] if args.quick else []), *(["--verbose"] if args.verbose else [])])

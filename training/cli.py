@@ -1,5 +1,6 @@
 """Console entry points: train-cls, train-seg (and train-seg eval), export-model; both trainers also
-take ``recalibrate-bn`` (BatchNorm statistics re-estimated for a checkpoint's final weights).
+take ``recalibrate-bn`` (BatchNorm statistics re-estimated for a checkpoint's final weights), and
+train-seg ``tune-postprocess`` (a packed model's guided filter and decision bias, fitted on training images).
 
 Any config key can be overridden: ``--set train.epochs=3`` or ``--train.epochs 3``; values are read
 as YAML (3, 1e-4, [0.5, 2.0], null). Bad input ends with one line ``error: ...`` and exit status 2.
@@ -79,7 +80,9 @@ def _train_parser(task: str) -> argparse.ArgumentParser:
         description=f"Train a Group-Net {what} from a YAML config. Runs on one CPU or GPU, or under "
         f"torchrun (DDP) on many. Any config key can be overridden with --set key=value or --key value, "
         f"e.g. --train.epochs 3 --data.root /data/VOC2012.",
-        epilog=("Evaluate a checkpoint: train-seg eval --checkpoint runs/x/best.pt. " if task == "seg" else "")
+        epilog=("Evaluate a checkpoint: train-seg eval --checkpoint runs/x/best.pt. Fit a packed model's "
+                "post-processing: train-seg tune-postprocess --packed m.gnpk --config c --out m2.gnpk. "
+                if task == "seg" else "")
         + f"Re-estimate BatchNorm statistics: train-{task} recalibrate-bn --checkpoint runs/x/best.pt --out y.pt. "
         + f"Shipped configs: {', '.join(sorted(p.stem for p in CONFIG_DIR.glob('*.yaml')))}.",
     )
@@ -133,6 +136,34 @@ def _recalibrate(task: str, argv: Sequence[str]) -> int:
 
     args, rest = _recalibrate_parser(task).parse_known_args(argv)
     recalibrate_checkpoint(args.checkpoint, args.out, args.batches, find_config(args.config), _overrides(args, rest))
+    return 0
+
+
+def _tune_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="train-seg tune-postprocess",
+        allow_abbrev=False,
+        description="Fit a packed model's post-processing on the config's training images: an edge-aware "
+        "guided filter on the logits (radius, eps, clip from a small grid) and, for two-class models, a "
+        "decision bias, chosen by mIoU through the packed runtime. Writes a copy of the model with the best "
+        "one stored in it (graph and weights unchanged); the validation images are not used, so "
+        "'train-seg eval --packed' on the result stays an honest score.",
+    )
+    parser.add_argument("--packed", required=True, metavar="GNPK", help="packed model file (export-model's output)")
+    parser.add_argument("--out", required=True, metavar="GNPK", help="packed model to write (never the input)")
+    parser.add_argument("--threads", type=int, help="runtime threads (default: all cores)")
+    parser.add_argument("--limit", type=int, help="use only the first N training images (default: all)")
+    parser.add_argument("--report", help="also write every candidate's scores as JSON to this file")
+    _common_args(parser)
+    return parser
+
+
+def _tune(argv: Sequence[str]) -> int:
+    from .engine.postprocess_tuning import tune_postprocess
+
+    args, rest = _tune_parser().parse_known_args(argv)
+    tune_postprocess(args.packed, find_config(args.config), _overrides(args, rest), args.out, args.threads,
+                     args.limit, args.report)
     return 0
 
 
@@ -206,6 +237,8 @@ def train_seg_main(argv: Sequence[str] | None = None) -> int:
         return _run(lambda: _evaluate(argv[1:]))
     if argv and argv[0] == "recalibrate-bn":
         return _run(lambda: _recalibrate("seg", argv[1:]))
+    if argv and argv[0] == "tune-postprocess":
+        return _run(lambda: _tune(argv[1:]))
     if argv and argv[0] == "train":
         argv = argv[1:]
     return _run(lambda: _train("seg", argv))

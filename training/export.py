@@ -422,9 +422,11 @@ def export_model(model: nn.Module, out: str | Path, *, name: str | None = None,
 
 def repack_model(src: str | Path, out: str | Path, *, name: str | None = None,
                  classes: Sequence[str] | None = None, palette: Sequence[Sequence[int]] | None = None,
-                 size_divisor: int | None = None, max_side: int | None = None) -> str:
-    """Rewrite a packed file's description (name, class names, palette, input rules); the graph and
-    tensors are copied bit for bit. Trades speed for accuracy (``max_side``) without the checkpoint."""
+                 size_divisor: int | None = None, max_side: int | None = None,
+                 postprocess: dict[str, Any] | None | bool = False) -> str:
+    """Rewrite a packed file's description (name, class names, palette, input rules, post-processing);
+    the graph and tensors are copied bit for bit. Trades speed for accuracy (``max_side``) without the
+    checkpoint. ``postprocess``: a new post-processing object, None to remove it, False to keep it."""
     try:
         packed = gnpk.read_model(src)
     except (gnpk.ModelFormatError, OSError) as exc:
@@ -445,6 +447,10 @@ def repack_model(src: str | Path, out: str | Path, *, name: str | None = None,
         description["input"]["size_divisor"] = int(size_divisor)
     if max_side is not None:
         description["input"]["max_side"] = int(max_side)
+    if postprocess is None:
+        description.pop("postprocess", None)
+    elif postprocess is not False:
+        description["postprocess"] = postprocess
     try:
         return gnpk.write_model(out, description, packed.graph, packed.tensors)
     except gnpk.ModelFormatError as exc:
@@ -494,6 +500,19 @@ def _parse_palette(text: str) -> list[list[int]]:
     return value
 
 
+def _parse_postprocess(text: str) -> dict[str, Any] | None:
+    """'none' or a JSON object (checked against the model's classes when the file is written)."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc.msg}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object or 'none'")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``export-model``: checkpoint -> packed .gnpk file."""
     parser = argparse.ArgumentParser(prog="export-model", description=__doc__.split("\n\n")[0])
@@ -507,13 +526,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--palette", type=_parse_palette, help="'r,g,b;r,g,b;...' (default: checkpoint or VOC)")
     parser.add_argument("--max-side", type=int, help="long side images are resized down to (default 512)")
     parser.add_argument("--size-divisor", type=int, help="inputs are padded to a multiple of this (default 32)")
+    parser.add_argument("--postprocess", type=_parse_postprocess, default=False, metavar="JSON|none",
+                        help="with --repack: the post-processing to store (docs/format.md), e.g. "
+                        "'{\"logit_bias\": [0, -0.25]}', or 'none' to remove it; train-seg tune-postprocess "
+                        "fits one on training images")
     args = parser.parse_args(argv)
+    if args.postprocess is not False and not args.repack:
+        parser.error("--postprocess needs --repack (fit it with train-seg tune-postprocess on an exported file)")
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
     if args.repack:
         try:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             checksum = repack_model(args.repack, args.out, name=args.name, classes=classes, palette=args.palette,
-                                    size_divisor=args.size_divisor, max_side=args.max_side)
+                                    size_divisor=args.size_divisor, max_side=args.max_side,
+                                    postprocess=args.postprocess)
         except (ExportError, OSError) as exc:
             print(f"export-model: error: {exc}", file=sys.stderr)
             return 2

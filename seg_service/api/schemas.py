@@ -27,6 +27,9 @@ class ModelInfo(BaseModel):
     input: dict = Field(description="Preprocessing: mean, std, size_divisor, max_side, channel_order.")
     file_size: int = Field(description="Bytes.")
     checksum: str = Field(description="SHA-256 over the tensors, as stored in the file.")
+    postprocess: dict | None = Field(None, description="Post-processing stored with the model and applied "
+                                     "unless refine=false: guided_filter (radius, eps, subsample, clip) and/or "
+                                     "logit_bias; null when the model has none.")
     default: bool
 
 

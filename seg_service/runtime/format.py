@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from seg_service.runtime.refine import validate_postprocess
+
 FORMAT_NAME = "groupnet-packed"
 FORMAT_VERSION = 1
 FILE_EXTENSION = ".gnpk"
@@ -284,6 +286,11 @@ def validate_model_description(model: Any, source: str = "model") -> None:
             raise ModelFormatError(f"{source}: input '{key}' must be a positive integer")
     if spec.get("channel_order", "RGB") != "RGB":
         raise ModelFormatError(f"{source}: unsupported input channel_order {spec.get('channel_order')!r}")
+    if model.get("postprocess") is not None:
+        try:
+            validate_postprocess(model["postprocess"], len(classes), source)
+        except ValueError as exc:
+            raise ModelFormatError(str(exc)) from None
 
 
 def _check_tensor(name: Any, dtype: str, tensors: Mapping[str, np.ndarray], where: str) -> np.ndarray:

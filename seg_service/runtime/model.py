@@ -10,6 +10,7 @@ import numpy as np
 from seg_service import kernels
 from seg_service.runtime.executor import GraphExecutor, RunProfile
 from seg_service.runtime.format import ModelFormatError, PackedFile, read_model
+from seg_service.runtime.refine import apply_postprocess
 from seg_service.runtime.threads import quiet_blas
 
 
@@ -78,6 +79,8 @@ class PackedModel:
         self.palette: np.ndarray = np.asarray(model["palette"], dtype=np.uint8).reshape(-1, 3)
         self.input_spec: dict[str, Any] = dict(model["input"])
         self.config: dict[str, Any] = dict(model.get("config", {}))
+        # optional post-processing fitted for this model (refine.py); {} when the file has none
+        self.postprocess: dict[str, Any] = dict(model.get("postprocess") or {})
         self.checksum: str = packed.checksum
         self.file_size: int = packed.file_size
         self.path: str | None = packed.path
@@ -157,7 +160,10 @@ class PackedModel:
         x[:h, :w] = (img * np.float32(1.0 / 255.0) - self._mean) / self._std
         return x, (h, w)
 
-    def _logits_processed(self, rgb: np.ndarray, flip: bool = False) -> np.ndarray:
+    def processed_logits(self, rgb: np.ndarray, flip: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Raw logits f32 [h, w, classes] at the processed size (after the input resize, before any
+        post-processing) and the resized image itself, f32 [h, w, 3] in [0, 1] (the guide of the
+        model's guided filter). ``train-seg tune-postprocess`` fits the post-processing on these."""
         x, (h, w) = self.preprocess(rgb)
         logits = self.forward(x)[:h, :w]
         if flip:
@@ -166,24 +172,33 @@ class PackedModel:
             mirrored = np.zeros_like(x)  # padding stays at the right and bottom, as for x
             mirrored[:h, :w] = x[:h, :w][:, ::-1]
             logits = (logits + self.forward(mirrored)[:h, :w][:, ::-1]) * np.float32(0.5)
-            logits = np.ascontiguousarray(logits)
+        image = np.clip(x[:h, :w] * self._std + self._mean, 0.0, 1.0)  # undo the normalisation
+        return np.ascontiguousarray(logits), image
+
+    def _logits_processed(self, rgb: np.ndarray, flip: bool, refine: bool) -> np.ndarray:
+        logits, image = self.processed_logits(rgb, flip)
+        if refine and self.postprocess:
+            logits = apply_postprocess(logits, image, self.postprocess)
         return logits
 
-    def predict_logits(self, rgb: np.ndarray, flip: bool = False) -> np.ndarray:
-        """Logits f32 [H, W, classes] at the original image size (bilinear if the image was resized).
-        ``flip``: average with the horizontally mirrored image's logits (two network passes)."""
+    def predict_logits(self, rgb: np.ndarray, flip: bool = False, refine: bool = True) -> np.ndarray:
+        """Scores f32 [H, W, classes] at the original image size (bilinear if the image was resized);
+        their argmax is ``predict``'s mask. ``flip``: average with the horizontally mirrored image's
+        logits (two network passes). ``refine``: apply the model's stored post-processing, if it has
+        any (``postprocess``); the scores are then the filtered, biased logits, not the raw ones."""
         from seg_service.runtime.ops import upsample_bilinear
 
-        logits = self._logits_processed(rgb, flip)
+        logits = self._logits_processed(rgb, flip, refine)
         if logits.shape[:2] != rgb.shape[:2]:
             logits = upsample_bilinear(np.ascontiguousarray(logits), rgb.shape[0], rgb.shape[1])
         return logits
 
-    def predict(self, rgb: np.ndarray, flip: bool = False) -> np.ndarray:
+    def predict(self, rgb: np.ndarray, flip: bool = False, refine: bool = True) -> np.ndarray:
         """Label mask u8 [H, W] at the original image size (nearest-neighbour if the image was resized).
         ``flip``: test-time augmentation with the mirrored image (twice the time, usually a little
-        more accurate; see predict_logits)."""
-        logits = self._logits_processed(rgb, flip)
+        more accurate; see predict_logits). ``refine=False`` skips the model's stored post-processing
+        (edge-aware guided filter, decision bias) and returns the plain argmax of the logits."""
+        logits = self._logits_processed(rgb, flip, refine)
         mask = kernels.argmax_channels(logits)
         if mask.shape != rgb.shape[:2]:
             mask = resize_nearest(mask, rgb.shape[0], rgb.shape[1])

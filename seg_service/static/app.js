@@ -106,7 +106,11 @@ function openSocket() {
   state.answered = -1;
   state.sendTimes.clear();
   state.pendingResult = null;
-  ws.onopen = () => { setStatus("status", "Streaming."); pump(); };
+  ws.onopen = () => {
+    ws.send(JSON.stringify(inferenceSettings()));  // applies to every frame sent after it
+    setStatus("status", "Streaming.");
+    pump();
+  };
   ws.onmessage = (event) => onMessage(event.data);
   ws.onclose = (event) => {
     if (state.ws === ws && state.stream) {
@@ -206,15 +210,21 @@ async function drawMask(blob) {
 
 // ---- still image upload ----
 
+// The switches shared by the live stream (WebSocket settings) and the upload (query parameters).
+function inferenceSettings() {
+  return { flip: $("flip").checked, refine: $("refine").checked };
+}
+
 async function uploadStill(event) {
   event.preventDefault();
   const file = $("upload-file").files[0];
   if (!file) return;
-  const model = encodeURIComponent($("model").value);
+  const { flip, refine } = inferenceSettings();
   const post = (format) => {
     const form = new FormData();
     form.append("file", file);
-    return fetch(`/segment?format=${format}&model=${model}`, { method: "POST", body: form, headers: apiHeaders() });
+    const query = new URLSearchParams({ format, model: $("model").value, flip, refine });
+    return fetch(`/segment?${query}`, { method: "POST", body: form, headers: apiHeaders() });
   };
   setStatus("upload-status", "Segmenting…");
   try {
@@ -248,5 +258,10 @@ $("model").addEventListener("change", () => {
     state.ws.send(JSON.stringify({ model: $("model").value }));
   }
 });
+for (const id of ["flip", "refine"]) {
+  $(id).addEventListener("change", () => {
+    if (state.ws && state.ws.readyState === WebSocket.OPEN) state.ws.send(JSON.stringify(inferenceSettings()));
+  });
+}
 $("upload-form").addEventListener("submit", uploadStill);
 loadModels().catch((err) => setStatus("status", `Cannot list models: ${err.message}`, true));

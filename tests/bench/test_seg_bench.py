@@ -98,3 +98,23 @@ def test_model_targets_summary():
     assert "5.00x faster" in lines[2]
     result["float_file_mb"] = 4.0
     assert bench.summarize_model_targets(result, threads=2)[0].endswith("MISSED")
+
+
+def test_postprocess_part_times_the_shipped_person_model_both_ways(tmp_path, capsys, restore_threads):
+    out = tmp_path / "post.json"
+    assert bench.main(["postprocess", "--repeats", "1", "--sizes", "64x48", "96x64", "--threads", "1",
+                       "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| 64x48 |" in text and "paired difference" in text
+    result = json.loads(out.read_text())
+    assert result["command"].startswith("seg-bench postprocess")
+    post = result["postprocess"]
+    assert "guided_filter" in post["postprocess"] and [r["size"] for r in post["rows"]] == ["64x48", "96x64"]
+    assert all(r["refined_ms"] > 0 and r["plain_ms"] > 0 for r in post["rows"])
+
+
+def test_postprocess_part_refuses_a_model_without_one(packed_model_path, capsys, restore_threads):
+    with pytest.raises(SystemExit) as done:
+        bench.main(["postprocess", "--packed", str(packed_model_path), "--repeats", "1"])
+    assert done.value.code == 2
+    assert "stores no post-processing" in capsys.readouterr().err

@@ -23,7 +23,7 @@ from client_harness import (
 
 from client.app import ClientConfig, DemoClient
 from client.capture import video_spec
-from client.transport import Backoff, SegResult, Streamer
+from client.transport import Backoff, SegResult, Streamer, inference_options
 
 JPEG_QUALITY = 80  # the client's default: the test sends the server the very same bytes
 HUD_ROWS = 60  # status text lives in the top rows of the picture; compare below them
@@ -41,13 +41,14 @@ def read_video(path: Path) -> list[np.ndarray]:
     return frames
 
 
-def server_masks(server: ServerProcess, frames: list[np.ndarray], model: str) -> list[np.ndarray]:
+def server_masks(server: ServerProcess, frames: list[np.ndarray], model: str, **options: str) -> list[np.ndarray]:
     """The label masks the server computes for these frames, asked over REST."""
     masks = []
     with httpx.Client(base_url=server.url, headers={"X-API-Key": API_KEY}, timeout=60) as http:
         for frame in frames:
             jpeg = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])[1].tobytes()
-            response = http.post("/segment", params={"model": model}, files={"file": ("f.jpg", jpeg, "image/jpeg")})
+            response = http.post("/segment", params={"model": model, **options},
+                                 files={"file": ("f.jpg", jpeg, "image/jpeg")})
             response.raise_for_status()
             masks.append(cv2.imdecode(np.frombuffer(response.content, np.uint8), cv2.IMREAD_UNCHANGED))
     return masks
@@ -164,6 +165,24 @@ def _segment_frame(streamer: Streamer, seq: int, frame: np.ndarray, timeout: flo
     assert streamer.fatal is None, streamer.fatal
     assert result is not None and result.seq == seq, f"no mask for frame {seq} ({streamer.last_error})"
     return result
+
+
+@pytest.mark.parametrize("transport", ["ws", "rest"])
+def test_flip_option_reaches_the_server_over_both_transports(transport, server):
+    """seg-client --flip: the masks are the server's flip=true masks, which differ from the plain ones."""
+    frames = read_video(VIDEO)[:3]
+    flipped = server_masks(server, frames, "street", flip="true")
+    plain = server_masks(server, frames, "street")
+    assert any(not np.array_equal(a, b) for a, b in zip(flipped, plain))
+    streamer = Streamer(server.url, API_KEY, transport, "street", timeout=30,
+                        options=inference_options(flip=True))
+    try:
+        streamer.start()
+        assert streamer.wait_connected(60), streamer.fatal
+        for seq, (frame, expected) in enumerate(zip(frames, flipped)):
+            assert np.array_equal(_segment_frame(streamer, seq, frame).mask, expected), seq
+    finally:
+        streamer.stop()
 
 
 @pytest.mark.parametrize("transport", ["ws", "rest"])

@@ -14,7 +14,7 @@ from client.capture import FrameSource, SourceError, camera_spec, output_size, v
 from client.cli import build_parser
 from client.display import DisplayError, VideoFileSink
 from client.overlay import ClassInfo, blend, colorize, compose
-from client.transport import Backoff, ServerError, Streamer, decode_mask, http_base, ws_url
+from client.transport import Backoff, ServerError, Streamer, decode_mask, http_base, inference_options, ws_url
 
 PERSON = ClassInfo(["background", "person"], np.array([[0, 0, 0], [220, 20, 60]], np.uint8))
 
@@ -70,10 +70,22 @@ def test_backoff_doubles_up_to_its_cap():
     assert [backoff.delay(n) for n in range(1, 7)] == [0.5, 1.0, 2.0, 3.0, 3.0, 3.0]
 
 
+def test_inference_switches_parse():
+    from client.cli import build_parser
+
+    args = build_parser().parse_args(["--flip", "--no-refine"])
+    assert (args.flip, args.refine) == (True, False)
+    args = build_parser().parse_args([])
+    assert (args.flip, args.refine) == (False, True)
+
+
 def test_server_urls():
     assert http_base("127.0.0.1:8000/") == "http://127.0.0.1:8000"
     assert ws_url("http://127.0.0.1:8000") == "ws://127.0.0.1:8000/ws/segment"
     assert ws_url("https://seg.example/api", "street") == "wss://seg.example/api/ws/segment?model=street"
+    assert (ws_url("http://h:1", "street", inference_options(flip=True, refine=False))
+            == "ws://h:1/ws/segment?model=street&flip=true&refine=false")
+    assert inference_options() == {} and ws_url("http://h:1", None, inference_options(flip=True)).endswith("?flip=true")
     with pytest.raises(ServerError, match="bad --server"):
         http_base("ftp://seg.example")
 

@@ -3,9 +3,12 @@ plays the test video, frames go over the WebSocket and the live overlay is drawn
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
 import cv2
+import httpx
 import pytest
 
 from .helpers import PERSON_IMAGES, ROOT, VIDEO
@@ -68,8 +71,15 @@ def test_demo_page_live_overlay_and_upload(server, browser):
             route.abort()
 
     page.route("**/*", guard)
+    # What the page sends: WebSocket text messages (settings) and the upload's request URLs.
+    ws_settings: list[dict] = []
+    page.on("websocket", lambda ws: ws.on(
+        "framesent", lambda payload: ws_settings.append(json.loads(payload)) if isinstance(payload, str) else None))
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
     page.goto(server.url + "/")
     page.wait_for_function("document.querySelectorAll('#model option').length === 2")
+    page.check("#flip")  # the mirrored pass for the stream, sent as the first settings message
     page.click("#start")
     page.wait_for_function("Number(document.getElementById('stats').dataset.frames) >= 5", timeout=120_000)
 
@@ -88,6 +98,12 @@ def test_demo_page_live_overlay_and_upload(server, browser):
     assert (state["width"], state["height"]) == (320, 240), state
     assert state["visible"] == state["painted"] and state["painted"] > 0, state
     assert state["latency"].endswith(" ms") and state["status"] == "Streaming.", state
+    assert ws_settings[0] == {"flip": True, "refine": True}, ws_settings
+    page.uncheck("#refine")  # while streaming: sent at once
+    deadline = time.monotonic() + 30
+    while {"flip": True, "refine": False} not in ws_settings and time.monotonic() < deadline:
+        page.wait_for_timeout(100)
+    assert ws_settings[-1] == {"flip": True, "refine": False}, ws_settings
 
     page.set_input_files("#upload-file", str(PERSON_IMAGES[0]))
     page.click("#upload-form button[type=submit]")
@@ -96,6 +112,17 @@ def test_demo_page_live_overlay_and_upload(server, browser):
                            timeout=120_000)
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "browser_demo.png"), full_page=True)
+    # The upload used the switches: its JSON equals the API's answer for the same settings.
+    uploads = [u for u in requests if "/segment?" in u]
+    assert uploads and all("flip=true" in u and "refine=false" in u for u in uploads), uploads
+    shown = page.evaluate("""() => [...document.querySelectorAll('#upload-classes tr')]
+        .map((row) => [row.cells[0].textContent, row.cells[1].textContent])""")
+    model = page.evaluate("document.getElementById('model').value")
+    r = httpx.post(server.url + "/segment", params={"format": "json", "model": model, "flip": "true",
+                                                     "refine": "false"},
+                   files={"file": (PERSON_IMAGES[0].name, PERSON_IMAGES[0].read_bytes())}, timeout=120)
+    expected = [[c["name"], f"{100 * c['fraction']:.1f} %"] for c in r.json()["classes"] if c["pixels"] > 0]
+    assert shown == expected, (shown, expected)
     page.click("#stop")
     assert not outside, outside
     assert not console_errors, console_errors

@@ -4,6 +4,8 @@ and their model cards describe the very files shipped."""
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import re
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from service.helpers import start_server
+from websockets.sync.client import connect
 
 from seg_service.runtime import load_model
 
@@ -92,3 +95,34 @@ def test_server_serves_the_shipped_default_model(shipped_server):
     fractions = {c["name"]: c["fraction"] for c in body["classes"]}
     truth = (np.asarray(Image.open(DATA / "ccp" / "masks" / "0960.png")) > 0).mean()
     assert abs(fractions["person"] - truth) < 0.05
+
+
+def test_person_model_refines_its_masks_by_default_over_http_and_websocket(shipped_server):
+    """The shipped person model carries a fitted guided filter and bias: POST /segment applies it,
+    refine=false returns the plain argmax; both are the in-process runtime's masks; the WebSocket
+    setting {"refine": false} switches it per connection."""
+    model = load_model(WEIGHTS / "person.gnpk")
+    info = {m["name"]: m for m in httpx.get(f"{shipped_server.url}/models", timeout=30).json()["models"]}
+    assert info["person"]["postprocess"] == model.postprocess and "guided_filter" in model.postprocess
+    photo = DATA / "ccp" / "images" / "0931.jpg"
+    image = rgb(photo)
+    expected = {True: model.predict(image), False: model.predict(image, refine=False)}
+    assert (expected[True] != expected[False]).sum() > 500
+    for refine in (True, False):
+        r = httpx.post(f"{shipped_server.url}/segment", params={"refine": str(refine).lower()},
+                       files={"file": (photo.name, photo.read_bytes(), "image/jpeg")}, timeout=60)
+        assert r.status_code == 200, r.text
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(r.content))), expected[refine]), refine
+    r = httpx.post(f"{shipped_server.url}/segment", params={"refine": "maybe"},
+                   files={"file": (photo.name, photo.read_bytes(), "image/jpeg")}, timeout=60)
+    assert r.status_code == 422
+    with connect(shipped_server.ws_url + "/ws/segment") as ws:
+        ws.send(json.dumps({"refine": "no"}))
+        assert "refine must be true or false" in json.loads(ws.recv(timeout=60))["detail"]
+        for refine in (False, True):
+            ws.send(json.dumps({"refine": refine}))
+            ws.send(photo.read_bytes())
+            result = json.loads(ws.recv(timeout=120))
+            assert result["type"] == "result", result
+            mask = np.asarray(Image.open(io.BytesIO(ws.recv(timeout=120))))
+            assert np.array_equal(mask, expected[refine]), refine

@@ -48,6 +48,7 @@ async def models(service: ServiceDep) -> ModelsResponse:
         default_model=registry.default_name,
         models=[ModelInfo(name=m.name, arch=getattr(m, "arch", None), classes=list(m.classes),
                           input=dict(m.input_spec), file_size=int(m.file_size), checksum=m.checksum,
+                          postprocess=dict(m.postprocess) or None,
                           default=name == registry.default_name)
                 for name, m in sorted(registry.models.items())],
     )

@@ -44,9 +44,9 @@ def class_stats(mask: np.ndarray, model: PackedModel, with_rle: bool) -> list[Cl
 
 
 def _segment_job(data: bytes, model: PackedModel, max_pixels: int, output: str,
-                 with_rle: bool, flip: bool) -> tuple[bytes | SegmentResponse, float]:
+                 with_rle: bool, flip: bool, refine: bool) -> tuple[bytes | SegmentResponse, float]:
     rgb = imaging.decode_image(data, max_pixels)
-    mask, ms = timed_predict(model, rgb, flip)
+    mask, ms = timed_predict(model, rgb, flip, refine)
     if output == "png":
         return imaging.encode_mask_png(mask), ms
     if output == "overlay":
@@ -77,19 +77,23 @@ async def segment(
     flip: Annotated[bool, Query(description="Test-time augmentation: also run the mirrored image and "
                                             "average the two (twice the time, usually a little more "
                                             "accurate).")] = False,
+    refine: Annotated[bool, Query(description="Apply the model's stored post-processing (edge-aware guided "
+                                              "filter, decision bias; see /models). false: the plain "
+                                              "argmax of the network's logits.")] = True,
 ) -> Response:
     """Segment one image. Grayscale, RGBA, 16-bit, CMYK, animated (first frame) and EXIF-rotated
     images are accepted; the mask always matches the upright image's size."""
     data = await file.read()
     try:
         result, ms = await service.gate.run_now(
-            _segment_job, data, model, service.settings.max_image_pixels, output, rle, flip)
+            _segment_job, data, model, service.settings.max_image_pixels, output, rle, flip, refine)
     except Busy as e:
         raise HTTPException(503, str(e), headers={"Retry-After": "1"}) from None
     except imaging.ImageInputError as e:
         raise HTTPException(e.status, e.detail) from None
     service.metrics.observe_inference(model.name, ms / 1e3)
-    request.state.log_extra = {"model": model.name, "inference_ms": round(ms, 2), "format": output, "flip": flip}
+    request.state.log_extra = {"model": model.name, "inference_ms": round(ms, 2), "format": output, "flip": flip,
+                               "refine": refine}
     headers = {"X-Inference-Time-Ms": f"{ms:.3f}", "X-Model": model.name}
     if isinstance(result, SegmentResponse):
         return JSONResponse(result.model_dump(exclude_none=True), headers=headers)

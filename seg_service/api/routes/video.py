@@ -29,7 +29,7 @@ FALLBACK_FPS = 25.0
 
 
 def _video_job(upload: IO[bytes], model: PackedModel, settings: Settings, output: str,
-               metrics: Metrics, flip: bool = False) -> tuple[bytes | VideoResponse, int, float]:
+               metrics: Metrics, flip: bool = False, refine: bool = True) -> tuple[bytes | VideoResponse, int, float]:
     with tempfile.TemporaryDirectory(prefix="seg-video-") as tmp:
         src = Path(tmp) / "input"
         with open(src, "wb") as f:
@@ -39,13 +39,13 @@ def _video_job(upload: IO[bytes], model: PackedModel, settings: Settings, output
             raise imaging.ImageInputError(400, "empty upload: the file has 0 bytes")
         cap = cv2.VideoCapture(str(src), cv2.CAP_FFMPEG)
         try:
-            return _process(cap, Path(tmp) / "overlay.mp4", model, settings, output, metrics, flip)
+            return _process(cap, Path(tmp) / "overlay.mp4", model, settings, output, metrics, flip, refine)
         finally:
             cap.release()
 
 
 def _process(cap: cv2.VideoCapture, dst: Path, model: PackedModel, settings: Settings, output: str,
-             metrics: Metrics, flip: bool = False) -> tuple[bytes | VideoResponse, int, float]:
+             metrics: Metrics, flip: bool = False, refine: bool = True) -> tuple[bytes | VideoResponse, int, float]:
     if not cap.isOpened():
         raise imaging.ImageInputError(415, "not a readable video file")
     fps = cap.get(cv2.CAP_PROP_FPS)
@@ -76,7 +76,7 @@ def _process(cap: cv2.VideoCapture, dst: Path, model: PackedModel, settings: Set
                     413, f"video is longer than the limit of {max_frames} frames")
             rgb = np.ascontiguousarray(bgr[:, :, ::-1])
             start = time.perf_counter()
-            mask = model.predict(rgb, flip=flip)
+            mask = model.predict(rgb, flip=flip, refine=refine)
             ms = (time.perf_counter() - start) * 1e3
             total_ms += ms
             metrics.observe_inference(model.name, ms / 1e3)
@@ -122,12 +122,15 @@ async def segment_video(
     output: Annotated[Literal["mp4", "json"], Query(alias="format", description="mp4 or json.")] = "mp4",
     flip: Annotated[bool, Query(description="Test-time augmentation on every frame: also run the mirrored "
                                             "frame and average the two (twice the time).")] = False,
+    refine: Annotated[bool, Query(description="Apply the model's stored post-processing (edge-aware guided "
+                                              "filter, decision bias; see /models). false: the plain "
+                                              "argmax of the network's logits.")] = True,
 ) -> Response:
     """Segment every frame of an uploaded video. Limits: SEG_MAX_VIDEO_BYTES, SEG_MAX_VIDEO_FRAMES,
     SEG_MAX_VIDEO_SECONDS, and SEG_MAX_IMAGE_PIXELS per frame."""
     try:
         result, n_frames, total_ms = await service.gate.run_now(
-            _video_job, file.file, model, service.settings, output, service.metrics, flip)
+            _video_job, file.file, model, service.settings, output, service.metrics, flip, refine)
     except Busy as e:
         raise HTTPException(503, str(e), headers={"Retry-After": "1"}) from None
     except imaging.ImageInputError as e:

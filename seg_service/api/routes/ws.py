@@ -33,9 +33,10 @@ def close_reason(text: str, limit: int = 123) -> str:
     return text.encode()[:limit].decode(errors="ignore")
 
 
-def _frame_job(data: bytes, model: PackedModel, max_pixels: int, flip: bool) -> tuple[bytes, int, int, float]:
+def _frame_job(data: bytes, model: PackedModel, max_pixels: int, flip: bool,
+               refine: bool) -> tuple[bytes, int, int, float]:
     rgb = imaging.decode_image(data, max_pixels)
-    mask, ms = timed_predict(model, rgb, flip)
+    mask, ms = timed_predict(model, rgb, flip, refine)
     return imaging.encode_mask_png(mask), mask.shape[1], mask.shape[0], ms
 
 
@@ -45,6 +46,7 @@ class _Session:
         self.service = service
         self.model = model
         self.flip = False  # test-time augmentation, off by default: it doubles each frame's time
+        self.refine = True  # the model's stored post-processing, as in POST /segment
         self.pending: tuple[int, bytes] | None = None
         self.wakeup = asyncio.Event()
         self.closed = False
@@ -81,16 +83,17 @@ class _Session:
         if not isinstance(request, dict):
             await self.send_error("settings message must be a JSON object")
             return
-        unknown = sorted(set(request) - {"model", "format", "flip"})
+        unknown = sorted(set(request) - {"model", "format", "flip", "refine"})
         if unknown:
             await self.send_error(f"unknown settings key(s): {', '.join(map(str, unknown))}")
             return
         if "format" in request and request["format"] != "png":
             await self.send_error(f"unsupported format {request['format']!r}: only \"png\" is available")
             return
-        if "flip" in request and not isinstance(request["flip"], bool):
-            await self.send_error(f"flip must be true or false, got {request['flip']!r}")
-            return
+        for key in ("flip", "refine"):
+            if key in request and not isinstance(request[key], bool):
+                await self.send_error(f"{key} must be true or false, got {request[key]!r}")
+                return
         if "model" in request:
             model = self.service.registry.get(request["model"]) if isinstance(request["model"], str) else None
             if model is None:
@@ -99,6 +102,8 @@ class _Session:
             self.model = model
         if "flip" in request:
             self.flip = request["flip"]
+        if "refine" in request:
+            self.refine = request["refine"]
 
     async def process_loop(self) -> None:
         settings = self.service.settings
@@ -112,7 +117,7 @@ class _Session:
             model = self.model
             try:
                 png, width, height, ms = await self.service.gate.run_when_free(
-                    _frame_job, data, model, settings.max_image_pixels, self.flip)
+                    _frame_job, data, model, settings.max_image_pixels, self.flip, self.refine)
             except imaging.ImageInputError as e:
                 await self.send_error(e.detail, frame=index)
                 continue
@@ -127,9 +132,10 @@ class _Session:
 
 
 @router.websocket("/ws/segment")
-async def ws_segment(websocket: WebSocket, model: str | None = None, api_key: str | None = None) -> None:
+async def ws_segment(websocket: WebSocket, model: str | None = None, api_key: str | None = None,
+                     flip: bool = False, refine: bool = True) -> None:
     """Query: `model` (default: the server's), `api_key` (browsers cannot set headers on a WebSocket;
-    the X-API-Key header works too)."""
+    the X-API-Key header works too), `flip` and `refine` (the starting values of those settings)."""
     service: Service = websocket.app.state.service
     await websocket.accept()
     given_key = api_key if api_key is not None else websocket.headers.get("x-api-key")
@@ -147,6 +153,7 @@ async def ws_segment(websocket: WebSocket, model: str | None = None, api_key: st
         return
 
     session = _Session(websocket, service, chosen)
+    session.flip, session.refine = flip, refine
     service.metrics.add("ws_connections")
     processor = asyncio.create_task(session.process_loop())
     receiver = asyncio.create_task(session.receive_loop())
