@@ -24,14 +24,12 @@ from .metrics import confusion_matrix, segmentation_scores
 from .runlog import format_seg_report
 
 
-def evaluate_packed(model_path: str | Path, config_path: str | Path | None, overrides: list[tuple[str, Any]] = (),
-                    output: str | Path | None = None, threads: int | None = None,
-                    progress: bool | None = None) -> dict[str, Any]:
-    """mIoU, per-class IoU, pixel accuracy and per-image latency of a packed model on a config's val split."""
+def load_packed_with_config(model_path: str | Path, config_path: str | Path, overrides: list[tuple[str, Any]],
+                            threads: int | None, progress: bool | None) -> tuple[dict[str, Any], Any, bool]:
+    """(config, loaded PackedModel, progress flag) for a packed model scored on a config's data; the
+    model's classes must match the config's. ``progress`` None: the config's output.progress."""
     from seg_service.runtime import load_model, set_num_threads
 
-    if config_path is None:
-        raise InputError("--config is required with --packed (the packed file holds no data settings)")
     config = load_config("seg", config_path, overrides)
     if progress is None:  # the config's output.progress, so --output.progress false silences the bar
         progress = bool(config["output"]["progress"])
@@ -41,6 +39,17 @@ def evaluate_packed(model_path: str | Path, config_path: str | Path | None, over
     classes = list(config["data"]["classes"])
     if model.num_classes != len(classes):
         raise InputError(f"{model_path} predicts {model.num_classes} classes but the config lists {len(classes)}")
+    return config, model, progress
+
+
+def evaluate_packed(model_path: str | Path, config_path: str | Path | None, overrides: list[tuple[str, Any]] = (),
+                    output: str | Path | None = None, threads: int | None = None,
+                    progress: bool | None = None) -> dict[str, Any]:
+    """mIoU, per-class IoU, pixel accuracy and per-image latency of a packed model on a config's val split."""
+    if config_path is None:
+        raise InputError("--config is required with --packed (the packed file holds no data settings)")
+    config, model, progress = load_packed_with_config(model_path, config_path, overrides, threads, progress)
+    classes = list(config["data"]["classes"])
     val_set = datasets.build_seg_dataset(config["data"], "val")
     ignore = int(config["data"]["ignore_index"])
     cm = torch.zeros(len(classes), len(classes), dtype=torch.int64)

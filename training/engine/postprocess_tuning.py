@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from .. import data as datasets
 from ..data.errors import InputError
-from .config import load_config
+from .packed_eval import load_packed_with_config
 
 # The grid: radius in pixels of the resized image, eps on colours in [0, 1], clip on centred logits.
 RADII = (8, 12, 16)
@@ -69,7 +69,6 @@ def tune_postprocess(model_path: str | Path, config_path: str | Path | None, ove
 
     Returns the report: every candidate's mIoU on the images used, the chosen spec and the baseline.
     """
-    from seg_service.runtime import load_model, set_num_threads
     from seg_service.runtime.model import resize_nearest
     from seg_service.runtime.refine import apply_postprocess
 
@@ -79,15 +78,8 @@ def tune_postprocess(model_path: str | Path, config_path: str | Path | None, ove
         raise InputError("--config is required (it names the data the post-processing is fitted on)")
     if Path(out).resolve() == Path(model_path).resolve():
         raise InputError("--out must differ from --packed (the input file is never overwritten)")
-    config = load_config("seg", config_path, overrides)
-    if progress is None:
-        progress = bool(config["output"]["progress"])
-    if threads:
-        set_num_threads(int(threads))
-    model = load_model(model_path)
+    config, model, progress = load_packed_with_config(model_path, config_path, overrides, threads, progress)
     classes = list(config["data"]["classes"])
-    if model.num_classes != len(classes):
-        raise InputError(f"{model_path} predicts {model.num_classes} classes but the config lists {len(classes)}")
     # the training images, read as validation images are (full size, no augmentation)
     data = dict(config["data"], val_split=config["data"]["train_split"])
     images = datasets.build_seg_dataset(data, "val")
