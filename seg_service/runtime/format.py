@@ -27,7 +27,11 @@ import numpy as np
 from seg_service.runtime.refine import validate_postprocess
 
 FORMAT_NAME = "groupnet-packed"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest version this runtime reads and writes
+# Version 2 adds the optional model key "postprocess" (refine.py). A file carries the lowest version
+# that describes it, so files without post-processing stay readable by version-1 readers, and a
+# version-1 reader refuses, rather than silently runs without, a model's post-processing.
+READABLE_VERSIONS = ("1", "2")
 FILE_EXTENSION = ".gnpk"
 
 # Sanity cap on the JSON header: a larger length field means a corrupt or foreign file.
@@ -143,7 +147,8 @@ def encode_model(model: Mapping[str, Any], graph: Mapping[str, Any],
     graph_json = json.dumps(graph, separators=(",", ":"))
     checksum = compute_checksum(model_json, graph_json,
                        ((n, _DTYPE_NAMES[a.dtype], a.shape, a.tobytes()) for n, a in arrays.items()))
-    metadata = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION), "model": model_json,
+    version = 2 if model.get("postprocess") is not None else 1
+    metadata = {"format": FORMAT_NAME, "format_version": str(version), "model": model_json,
                 "graph": graph_json, "sha256": checksum}
     return save(arrays, metadata=metadata)
 
@@ -187,9 +192,9 @@ def decode_model(data: bytes | bytearray | memoryview, source: str = "<bytes>") 
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT_NAME:
         raise ModelFormatError(f"{source}: not a packed model file (metadata 'format' is not '{FORMAT_NAME}')")
     version = metadata.get("format_version")
-    if version != str(FORMAT_VERSION):
-        raise ModelFormatError(
-            f"{source}: unsupported format version {version!r}; this runtime reads version {FORMAT_VERSION}")
+    if version not in READABLE_VERSIONS:
+        raise ModelFormatError(f"{source}: unsupported format version {version!r}; this runtime reads versions "
+                               f"{', '.join(READABLE_VERSIONS)}")
     for key in ("model", "graph", "sha256"):
         if not isinstance(metadata.get(key), str):
             raise ModelFormatError(f"{source}: corrupt file header (metadata '{key}' missing)")
@@ -236,6 +241,8 @@ def decode_model(data: bytes | bytearray | memoryview, source: str = "<bytes>") 
         tensors[name] = np.frombuffer(payload[begin:end], dtype=_DTYPES[dtype_name]).reshape(shape).copy()
 
     validate_model_description(model, source)
+    if version == "1" and isinstance(model, dict) and model.get("postprocess") is not None:
+        raise ModelFormatError(f"{source}: 'postprocess' needs format version 2, the file says version 1")
     validate_graph(graph, tensors, source)
     return PackedFile(model=model, graph=graph, tensors=tensors, checksum=checksum, file_size=size,
                       metadata=dict(metadata))

@@ -120,8 +120,22 @@ def test_tampered_graph_field(model_file):
 
 
 def test_wrong_version(tmp_path):
-    path = rewrite(tmp_path, {"format_version": "2"})
-    with pytest.raises(ModelFormatError, match=r"unsupported format version '2'.*reads version 1"):
+    path = rewrite(tmp_path, {"format_version": "3"})
+    with pytest.raises(ModelFormatError, match=r"unsupported format version '3'.*reads versions 1, 2"):
+        gnpk.read_model(path)
+
+
+def test_version_2_only_for_files_with_postprocess(tmp_path):
+    """A file is written with the lowest version that describes it; version 1 cannot carry a postprocess."""
+    model, graph, tensors = tiny_model()
+    spec = {"logit_bias": [0.0, -0.5]}
+    for name, description, version in (("plain", model, "1"), ("refined", dict(model, postprocess=spec), "2")):
+        path = tmp_path / f"{name}.gnpk"
+        gnpk.write_model(path, description, graph, tensors)
+        assert gnpk.read_model(path).metadata["format_version"] == version
+    assert gnpk.read_model(rewrite(tmp_path, {"format_version": "2"})).model == model  # v2 without it: fine
+    path = rewrite(tmp_path, {"format_version": "1"}, model=dict(model, postprocess=spec))
+    with pytest.raises(ModelFormatError, match="'postprocess' needs format version 2"):
         gnpk.read_model(path)
 
 
