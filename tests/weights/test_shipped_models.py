@@ -126,3 +126,26 @@ def test_person_model_refines_its_masks_by_default_over_http_and_websocket(shipp
             assert result["type"] == "result", result
             mask = np.asarray(Image.open(io.BytesIO(ws.recv(timeout=120))))
             assert np.array_equal(mask, expected[refine]), refine
+
+
+def test_video_upload_follows_refine(shipped_server):
+    """POST /segment/video: every frame's class counts are the runtime's, with and without refine."""
+    import cv2
+    from service.helpers import VIDEO
+
+    model = load_model(WEIGHTS / "person.gnpk")
+    cap = cv2.VideoCapture(str(VIDEO))
+    frames = []
+    for _ in range(3):
+        ok, bgr = cap.read()
+        assert ok
+        frames.append(np.ascontiguousarray(bgr[:, :, ::-1]))
+    cap.release()
+    for refine in (True, False):
+        r = httpx.post(f"{shipped_server.url}/segment/video",
+                       params={"format": "json", "refine": str(refine).lower()},
+                       files={"file": ("v.mp4", VIDEO.read_bytes())}, timeout=300)
+        assert r.status_code == 200, r.text
+        for got, rgb in zip(r.json()["frames"][:3], frames):
+            expected = np.bincount(model.predict(rgb, refine=refine).ravel(), minlength=2).tolist()
+            assert [c["pixels"] for c in got["classes"]] == expected, refine
