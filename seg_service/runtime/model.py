@@ -164,6 +164,11 @@ class PackedModel:
         """Raw logits f32 [h, w, classes] at the processed size (after the input resize, before any
         post-processing) and the resized image itself, f32 [h, w, 3] in [0, 1] (the guide of the
         model's guided filter). ``train-seg tune-postprocess`` fits the post-processing on these."""
+        logits, x = self._forward_processed(rgb, flip)
+        return logits, self._guide(x, logits.shape[:2])
+
+    def _forward_processed(self, rgb: np.ndarray, flip: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(logits cropped to the processed size, the padded normalised input)."""
         x, (h, w) = self.preprocess(rgb)
         logits = self.forward(x)[:h, :w]
         if flip:
@@ -172,13 +177,16 @@ class PackedModel:
             mirrored = np.zeros_like(x)  # padding stays at the right and bottom, as for x
             mirrored[:h, :w] = x[:h, :w][:, ::-1]
             logits = (logits + self.forward(mirrored)[:h, :w][:, ::-1]) * np.float32(0.5)
-        image = np.clip(x[:h, :w] * self._std + self._mean, 0.0, 1.0)  # undo the normalisation
-        return np.ascontiguousarray(logits), image
+        return np.ascontiguousarray(logits), x
+
+    def _guide(self, x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        h, w = size
+        return np.clip(x[:h, :w] * self._std + self._mean, 0.0, 1.0)  # undo the normalisation
 
     def _logits_processed(self, rgb: np.ndarray, flip: bool, refine: bool) -> np.ndarray:
-        logits, image = self.processed_logits(rgb, flip)
-        if refine and self.postprocess:
-            logits = apply_postprocess(logits, image, self.postprocess)
+        logits, x = self._forward_processed(rgb, flip)
+        if refine and self.postprocess:  # the guide is only built when it is used
+            logits = apply_postprocess(logits, self._guide(x, logits.shape[:2]), self.postprocess)
         return logits
 
     def predict_logits(self, rgb: np.ndarray, flip: bool = False, refine: bool = True) -> np.ndarray:
