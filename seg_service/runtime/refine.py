@@ -101,8 +101,9 @@ def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float, s
         a, b = guided_coefficients(resize_area(guide, low_h, low_w), resize_area(src, low_h, low_w),
                                    max(1, round(radius / subsample)), eps)
         k = src.shape[2]
-        a = upsample_bilinear(a.reshape(low_h, low_w, k * 3), h, w).reshape(h, w, k, 3)
-        b = upsample_bilinear(b, h, w)
+        # one upsampling call for both (the kernel's cost is mostly per call at these sizes)
+        both = upsample_bilinear(np.concatenate([a.reshape(low_h, low_w, k * 3), b], axis=2), h, w)
+        a, b = both[..., :k * 3].reshape(h, w, k, 3), both[..., k * 3:]
     else:
         a, b = guided_coefficients(guide, src, radius, eps)
     return np.einsum("hwkc,hwc->hwk", a, np.asarray(guide, dtype=np.float32)) + b
