@@ -69,3 +69,8 @@ ModelDep = Annotated[PackedModel, Depends(get_model)]
 
 def websocket_service(websocket: WebSocket) -> Service:
     return websocket.app.state.service
+
+# Inference switches shared by POST /segment and POST /segment/video (WebSocket: settings messages).
+RefineQuery = Annotated[bool, Query(description="Apply the model's stored post-processing (edge-aware guided "
+                                                "filter, decision bias; see /models). false: the plain argmax "
+                                                "of the network's logits.")]

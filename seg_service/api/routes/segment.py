@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, File, HTTPException, Query, Request, Upl
 from fastapi.responses import JSONResponse, Response
 
 from seg_service.api import imaging
-from seg_service.api.deps import ModelDep, ServiceDep, require_api_key
+from seg_service.api.deps import ModelDep, RefineQuery, ServiceDep, require_api_key
 from seg_service.api.inference import Busy, timed_predict
 from seg_service.api.masks import class_counts, coco_rle
 from seg_service.api.schemas import ClassStats, ErrorResponse, SegmentResponse
@@ -77,9 +77,7 @@ async def segment(
     flip: Annotated[bool, Query(description="Test-time augmentation: also run the mirrored image and "
                                             "average the two (twice the time, usually a little more "
                                             "accurate).")] = False,
-    refine: Annotated[bool, Query(description="Apply the model's stored post-processing (edge-aware guided "
-                                              "filter, decision bias; see /models). false: the plain "
-                                              "argmax of the network's logits.")] = True,
+    refine: RefineQuery = True,
 ) -> Response:
     """Segment one image. Grayscale, RGBA, 16-bit, CMYK, animated (first frame) and EXIF-rotated
     images are accepted; the mask always matches the upright image's size."""

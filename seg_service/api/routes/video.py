@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, File, HTTPException, Query, Request, Upl
 from fastapi.responses import JSONResponse, Response
 
 from seg_service.api import imaging
-from seg_service.api.deps import ModelDep, ServiceDep, require_api_key
+from seg_service.api.deps import ModelDep, RefineQuery, ServiceDep, require_api_key
 from seg_service.api.inference import Busy
 from seg_service.api.metrics import Metrics
 from seg_service.api.routes.segment import ERROR_RESPONSES, class_stats
@@ -122,9 +122,7 @@ async def segment_video(
     output: Annotated[Literal["mp4", "json"], Query(alias="format", description="mp4 or json.")] = "mp4",
     flip: Annotated[bool, Query(description="Test-time augmentation on every frame: also run the mirrored "
                                             "frame and average the two (twice the time).")] = False,
-    refine: Annotated[bool, Query(description="Apply the model's stored post-processing (edge-aware guided "
-                                              "filter, decision bias; see /models). false: the plain "
-                                              "argmax of the network's logits.")] = True,
+    refine: RefineQuery = True,
 ) -> Response:
     """Segment every frame of an uploaded video. Limits: SEG_MAX_VIDEO_BYTES, SEG_MAX_VIDEO_FRAMES,
     SEG_MAX_VIDEO_SECONDS, and SEG_MAX_IMAGE_PIXELS per frame."""
