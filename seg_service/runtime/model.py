@@ -147,6 +147,11 @@ class PackedModel:
 
     def preprocess(self, rgb: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
         """RGB uint8 [H, W, 3] -> (normalised, padded float image, (h, w) before padding)."""
+        x, image = self._prepare(rgb)
+        return x, image.shape[:2]
+
+    def _prepare(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(normalised padded input, the resized image f32 [h, w, 3] with values 0-255)."""
         rgb = np.asarray(rgb)
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
             raise ValueError(f"expected an RGB uint8 image of shape [H, W, 3], got {rgb.dtype} {rgb.shape}")
@@ -158,18 +163,19 @@ class PackedModel:
         ph, pw = -(-h // div) * div, -(-w // div) * div
         x = np.zeros((ph, pw, 3), dtype=np.float32)  # padding is 0 after normalisation
         x[:h, :w] = (img * np.float32(1.0 / 255.0) - self._mean) / self._std
-        return x, (h, w)
+        return x, img
 
     def processed_logits(self, rgb: np.ndarray, flip: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Raw logits f32 [h, w, classes] at the processed size (after the input resize, before any
         post-processing) and the resized image itself, f32 [h, w, 3] in [0, 1] (the guide of the
         model's guided filter). ``train-seg tune-postprocess`` fits the post-processing on these."""
-        logits, x = self._forward_processed(rgb, flip)
-        return logits, self._guide(x, logits.shape[:2])
+        logits, image = self._forward_processed(rgb, flip)
+        return logits, _guide(image)
 
     def _forward_processed(self, rgb: np.ndarray, flip: bool) -> tuple[np.ndarray, np.ndarray]:
-        """(logits cropped to the processed size, the padded normalised input)."""
-        x, (h, w) = self.preprocess(rgb)
+        """(logits cropped to the processed size, the resized image with values 0-255)."""
+        x, image = self._prepare(rgb)
+        h, w = image.shape[:2]
         logits = self.forward(x)[:h, :w]
         if flip:
             # Test-time augmentation: the mirrored image's logits, mirrored back, averaged in. The
@@ -177,16 +183,12 @@ class PackedModel:
             mirrored = np.zeros_like(x)  # padding stays at the right and bottom, as for x
             mirrored[:h, :w] = x[:h, :w][:, ::-1]
             logits = (logits + self.forward(mirrored)[:h, :w][:, ::-1]) * np.float32(0.5)
-        return np.ascontiguousarray(logits), x
-
-    def _guide(self, x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-        h, w = size
-        return np.clip(x[:h, :w] * self._std + self._mean, 0.0, 1.0)  # undo the normalisation
+        return np.ascontiguousarray(logits), image
 
     def _logits_processed(self, rgb: np.ndarray, flip: bool, refine: bool) -> np.ndarray:
-        logits, x = self._forward_processed(rgb, flip)
+        logits, image = self._forward_processed(rgb, flip)
         if refine and self.postprocess:  # the guide is only built when it is used
-            logits = apply_postprocess(logits, self._guide(x, logits.shape[:2]), self.postprocess)
+            logits = apply_postprocess(logits, _guide(image), self.postprocess)
         return logits
 
     def predict_logits(self, rgb: np.ndarray, flip: bool = False, refine: bool = True) -> np.ndarray:
@@ -211,6 +213,12 @@ class PackedModel:
         if mask.shape != rgb.shape[:2]:
             mask = resize_nearest(mask, rgb.shape[0], rgb.shape[1])
         return mask
+
+
+def _guide(image: np.ndarray) -> np.ndarray:
+    """The guided filter's guide: the resized image scaled to [0, 1] (one pass over a contiguous
+    array; undoing the normalisation of the padded input instead costs 50 times more)."""
+    return np.clip(image * np.float32(1.0 / 255.0), 0.0, 1.0)
 
 
 def load_model(path: str | os.PathLike[str]) -> PackedModel:
