@@ -86,6 +86,8 @@ class PackedModel:
         self.path: str | None = packed.path
         self._mean = np.asarray(self.input_spec["mean"], dtype=np.float32)
         self._std = np.asarray(self.input_spec["std"], dtype=np.float32)
+        self._scale = (1.0 / (255.0 * self._std)).astype(np.float32)  # (v / 255 - mean) / std = v * scale + offset
+        self._offset = (-self._mean / self._std).astype(np.float32)
         self._executor = GraphExecutor(packed.graph, packed.tensors)
         if len(self._executor.inputs) != 1 or len(self._executor.outputs) != 1:
             raise ModelFormatError(f"{self.name}: a segmentation graph needs exactly one input and one output")
@@ -162,7 +164,11 @@ class PackedModel:
         div = self.size_divisor
         ph, pw = -(-h // div) * div, -(-w // div) * div
         x = np.zeros((ph, pw, 3), dtype=np.float32)  # padding is 0 after normalisation
-        x[:h, :w] = (img * np.float32(1.0 / 255.0) - self._mean) / self._std
+        # (v / 255 - mean) / std as one multiply-add per value, written in place: the textbook
+        # expression makes three temporaries with a stride-3 broadcast, 1.5x the time
+        inner = x[:h, :w]
+        np.multiply(img, self._scale, out=inner)
+        inner += self._offset
         return x, img
 
     def processed_logits(self, rgb: np.ndarray, flip: bool = False) -> tuple[np.ndarray, np.ndarray]:
