@@ -431,6 +431,30 @@ py::array_t<float> upsample_bilinear(const py::handle& x_obj, int64_t out_h, int
     return out;
 }
 
+py::tuple guided_coefficients(const py::handle& guide_obj, const py::handle& src_obj, int64_t radius, double eps) {
+    auto guide = checked<float>(guide_obj, "guide", 3);
+    auto src = checked<float>(src_obj, "src", 3);
+    const int64_t h = guide.shape(0), w = guide.shape(1), k = src.shape(2);
+    require(h >= 1 && w >= 1 && guide.shape(2) == 3, "guide must be a non-empty [H, W, 3] image, got " +
+                                                         shape_str(guide));
+    require(src.shape(0) == h && src.shape(1) == w && k >= 1,
+            "src must be [H, W, K] with the guide's H and W, got " + shape_str(src) + " for guide " +
+                shape_str(guide));
+    require(radius >= 1, "radius must be >= 1, got " + std::to_string(radius));
+    require(eps > 0, "eps must be positive");
+    py::array_t<float> a({h, w, k, int64_t{3}});
+    py::array_t<float> b({h, w, k});
+    const float* gp = guide.data();
+    const float* sp = src.data();
+    float* ap = a.mutable_data();
+    float* bp = b.mutable_data();
+    {
+        py::gil_scoped_release release;
+        segk::guided_coefficients(gp, sp, h, w, k, radius, eps, ap, bp);
+    }
+    return py::make_tuple(a, b);
+}
+
 py::array_t<uint8_t> argmax_channels(const py::handle& x_obj) {
     auto x = checked<float>(x_obj, "x", 3);
     const int64_t h = x.shape(0), w = x.shape(1), c = x.shape(2);
@@ -559,6 +583,11 @@ PYBIND11_MODULE(_core, m) {
     m.def("upsample_bilinear", &upsample_bilinear, py::arg("x"), py::arg("out_h"), py::arg("out_w"),
           "Bilinear resampling of float32 [H, W, C] to [out_h, out_w, C], as F.interpolate(mode='bilinear', "
           "align_corners=False): rows first, then columns.");
+    m.def("guided_coefficients", &guided_coefficients, py::arg("guide"), py::arg("src"), py::arg("radius"),
+          py::arg("eps"),
+          "Colour guided filter coefficients, window-averaged: guide float32 [H, W, 3], src [H, W, K] -> (a [H, W, "
+          "K, 3], b [H, W, K]), the filtered src being a . guide + b; (2 radius + 1)^2 windows clipped at the "
+          "border, eps on the colour covariance's diagonal (sums in double).");
     m.def("argmax_channels", &argmax_channels, py::arg("x"),
           "Label map uint8 [H, W] of float32 [H, W, C] (C <= 256): np.argmax(x, axis=2), split over the kernels' "
           "threads (first maximum wins, NaN counts as the maximum).");

@@ -87,6 +87,12 @@ void lincomb_group(const float* const* inputs, int64_t n_inputs, float* const* o
 // align_corners=False: rows first, then columns, each product and sum rounded to float32.
 void upsample_bilinear(const float* x, int64_t h, int64_t w, int64_t c, float* out, int64_t out_h, int64_t out_w);
 
+// Colour guided filter coefficients, window-averaged (guided_filter.cpp): guide [h, w, 3], src
+// [h, w, k] -> a_out [h, w, k, 3], b_out [h, w, k], so that channel j's filtered value is
+// a . guide + b; windows (2 radius + 1)^2 clipped at the border, eps added to the colour covariance.
+void guided_coefficients(const float* guide, const float* src, int64_t h, int64_t w, int64_t k, int64_t radius,
+                         double eps, float* a_out, float* b_out);
+
 // Index of the largest of each pixel's `channels` values (channels <= 256), as numpy's argmax:
 // the first maximum wins and a NaN counts as the maximum.
 void argmax_channels(const float* x, int64_t pixels, int64_t channels, uint8_t* out);

@@ -161,3 +161,71 @@ def maxpool2d(x: np.ndarray, kernel: int, stride: int, padding: int = 0) -> np.n
             tap = xp[i: i + (ho - 1) * stride + 1: stride, j: j + (wo - 1) * stride + 1: stride]
             out = tap.copy() if out is None else np.maximum(out, tap)
     return out
+
+
+# ---- guided filter (the C++ kernel: guided_filter.cpp; used by runtime/refine.py) ------------
+
+
+def box_mean(x: np.ndarray, radius: int) -> np.ndarray:
+    """Mean of x [H, W, ...] over the (2r+1) x (2r+1) window around each pixel, clipped to the image
+    (windows at the border average fewer pixels, as in the guided filter paper's reference code).
+
+    Sums 2r+1 shifted slices per axis: the filter runs on the subsampled image, where r is a few
+    pixels, and this beats numpy's cumsum (plus gathers) several times over at that size.
+    """
+    out = np.asarray(x, dtype=np.float32)
+    for axis in (0, 1):
+        n = out.shape[axis]
+        pad = [(0, 0)] * out.ndim
+        pad[axis] = (radius, radius)
+        padded = np.pad(out, pad)
+        total = np.zeros_like(out)
+        window = [slice(None)] * out.ndim
+        for shift in range(2 * radius + 1):
+            window[axis] = slice(shift, shift + n)
+            total += padded[tuple(window)]
+        idx = np.arange(n)
+        count = (np.minimum(idx + radius + 1, n) - np.maximum(idx - radius, 0)).astype(np.float32)
+        shape = [1] * out.ndim
+        shape[axis] = n
+        out = total / count.reshape(shape)
+    return out
+
+
+def guided_coefficients(guide: np.ndarray, src: np.ndarray, radius: int,
+                        eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """Colour guided filter coefficients, window-averaged: (a [H, W, K, 3], b [H, W, K]) such that the
+    filtered output of channel k is a[..., k, :] . guide + b[..., k]. Unlike the other references this
+    one is not bit-exact: the kernel sums in double, this in float32 (they agree to about 1e-5).
+
+    guide: f32 [H, W, 3] in [0, 1]; src: f32 [H, W, K]; eps regularises the per-window 3x3 colour
+    covariance (larger: smoother output, weaker edges).
+    """
+    guide = np.asarray(guide, dtype=np.float32)
+    src = np.asarray(src, dtype=np.float32)
+    mean_i = box_mean(guide, radius)  # [H, W, 3]
+    mean_p = box_mean(src, radius)  # [H, W, K]
+    # covariance of guide and source per window: [H, W, K, 3]
+    cov_ip = box_mean(src[..., :, None] * guide[..., None, :], radius) - mean_p[..., :, None] * mean_i[..., None, :]
+    # colour covariance per window, symmetric 3x3, plus eps on the diagonal
+    var = box_mean(guide[..., :, None] * guide[..., None, :], radius) - mean_i[..., :, None] * mean_i[..., None, :]
+    var = var + np.float32(eps) * np.eye(3, dtype=np.float32)
+    a = np.einsum("hwkj,hwji->hwki", cov_ip, _inverse_sym3(var))
+    b = mean_p - np.einsum("hwkc,hwc->hwk", a, mean_i)
+    return box_mean(a, radius), box_mean(b, radius)
+
+
+def _inverse_sym3(m: np.ndarray) -> np.ndarray:
+    """Inverse of symmetric positive definite 3x3 matrices [..., 3, 3] by the adjugate (a batched
+    LAPACK call costs more than the rest of the filter on a few thousand tiny matrices)."""
+    a, b, c = m[..., 0, 0], m[..., 0, 1], m[..., 0, 2]
+    d, e, f = m[..., 1, 1], m[..., 1, 2], m[..., 2, 2]
+    adj = np.empty_like(m)
+    adj[..., 0, 0] = d * f - e * e
+    adj[..., 0, 1] = adj[..., 1, 0] = c * e - b * f
+    adj[..., 0, 2] = adj[..., 2, 0] = b * e - c * d
+    adj[..., 1, 1] = a * f - c * c
+    adj[..., 1, 2] = adj[..., 2, 1] = b * c - a * e
+    adj[..., 2, 2] = a * d - b * b
+    det = a * adj[..., 0, 0] + b * adj[..., 0, 1] + c * adj[..., 0, 2]
+    return adj / det[..., None, None]

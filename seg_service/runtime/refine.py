@@ -6,8 +6,9 @@ are smooth curves that ignore the image's own edges. The colour guided filter (H
 "Guided Image Filtering", TPAMI 2013) fits, in every window, the logits as an affine function of
 the RGB pixels, which pulls the mask's edges onto the image's edges. Its fast variant (He and Sun,
 "Fast Guided Filter", 2015) fits the coefficients on a subsampled image and applies them at full
-resolution, so it costs a few milliseconds. Everything here is numpy plus the runtime's bilinear
-upsampling kernel: no torch, no OpenCV.
+resolution, so it costs a few milliseconds. The coefficients are fitted by the C++ kernel
+``kernels.guided_coefficients`` (``kernels.reference.guided_coefficients`` is its numpy definition);
+the rest is numpy plus the bilinear upsampling kernel: no torch, no OpenCV.
 """
 
 from __future__ import annotations
@@ -16,74 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from seg_service import kernels
+
 GUIDED_FILTER_KEYS = {"radius", "eps", "subsample", "clip"}
 POSTPROCESS_KEYS = {"guided_filter", "logit_bias"}
-
-
-def box_mean(x: np.ndarray, radius: int) -> np.ndarray:
-    """Mean of x [H, W, ...] over the (2r+1) x (2r+1) window around each pixel, clipped to the image
-    (windows at the border average fewer pixels, as in the guided filter paper's reference code).
-
-    Sums 2r+1 shifted slices per axis: the filter runs on the subsampled image, where r is a few
-    pixels, and this beats numpy's cumsum (plus gathers) several times over at that size.
-    """
-    out = np.asarray(x, dtype=np.float32)
-    for axis in (0, 1):
-        n = out.shape[axis]
-        pad = [(0, 0)] * out.ndim
-        pad[axis] = (radius, radius)
-        padded = np.pad(out, pad)
-        total = np.zeros_like(out)
-        window = [slice(None)] * out.ndim
-        for shift in range(2 * radius + 1):
-            window[axis] = slice(shift, shift + n)
-            total += padded[tuple(window)]
-        idx = np.arange(n)
-        count = (np.minimum(idx + radius + 1, n) - np.maximum(idx - radius, 0)).astype(np.float32)
-        shape = [1] * out.ndim
-        shape[axis] = n
-        out = total / count.reshape(shape)
-    return out
-
-
-def guided_coefficients(guide: np.ndarray, src: np.ndarray, radius: int,
-                        eps: float) -> tuple[np.ndarray, np.ndarray]:
-    """Colour guided filter coefficients, window-averaged: (a [H, W, K, 3], b [H, W, K]) such that the
-    filtered output of channel k is a[..., k, :] . guide + b[..., k].
-
-    guide: f32 [H, W, 3] in [0, 1]; src: f32 [H, W, K]; eps regularises the per-window 3x3 colour
-    covariance (larger: smoother output, weaker edges).
-    """
-    guide = np.asarray(guide, dtype=np.float32)
-    src = np.asarray(src, dtype=np.float32)
-    # Separate box_mean calls on narrow arrays: stacking every product into one wide array was
-    # slower here (it no longer fits the core's L2 cache at 128 x 128).
-    mean_i = box_mean(guide, radius)  # [H, W, 3]
-    mean_p = box_mean(src, radius)  # [H, W, K]
-    # covariance of guide and source per window: [H, W, K, 3]
-    cov_ip = box_mean(src[..., :, None] * guide[..., None, :], radius) - mean_p[..., :, None] * mean_i[..., None, :]
-    # colour covariance per window, symmetric 3x3, plus eps on the diagonal
-    var = box_mean(guide[..., :, None] * guide[..., None, :], radius) - mean_i[..., :, None] * mean_i[..., None, :]
-    var = var + np.float32(eps) * np.eye(3, dtype=np.float32)
-    a = np.einsum("hwkj,hwji->hwki", cov_ip, _inverse_sym3(var))
-    b = mean_p - np.einsum("hwkc,hwc->hwk", a, mean_i)
-    return box_mean(a, radius), box_mean(b, radius)
-
-
-def _inverse_sym3(m: np.ndarray) -> np.ndarray:
-    """Inverse of symmetric positive definite 3x3 matrices [..., 3, 3] by the adjugate (a batched
-    LAPACK call costs more than the rest of the filter on a few thousand tiny matrices)."""
-    a, b, c = m[..., 0, 0], m[..., 0, 1], m[..., 0, 2]
-    d, e, f = m[..., 1, 1], m[..., 1, 2], m[..., 2, 2]
-    adj = np.empty_like(m)
-    adj[..., 0, 0] = d * f - e * e
-    adj[..., 0, 1] = adj[..., 1, 0] = c * e - b * f
-    adj[..., 0, 2] = adj[..., 2, 0] = b * e - c * d
-    adj[..., 1, 1] = a * f - c * c
-    adj[..., 1, 2] = adj[..., 2, 1] = b * c - a * e
-    adj[..., 2, 2] = a * d - b * b
-    det = a * adj[..., 0, 0] + b * adj[..., 0, 1] + c * adj[..., 0, 2]
-    return adj / det[..., None, None]
 
 
 def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float, subsample: int = 1) -> np.ndarray:
@@ -98,14 +35,15 @@ def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float, s
     h, w = src.shape[:2]
     if subsample > 1:
         low_h, low_w = max(1, -(-h // subsample)), max(1, -(-w // subsample))
-        a, b = guided_coefficients(resize_area(guide, low_h, low_w), resize_area(src, low_h, low_w),
-                                   max(1, round(radius / subsample)), eps)
+        a, b = kernels.guided_coefficients(resize_area(guide, low_h, low_w), resize_area(src, low_h, low_w),
+                                           max(1, round(radius / subsample)), eps)
         k = src.shape[2]
         # one upsampling call for both (the kernel's cost is mostly per call at these sizes)
         both = upsample_bilinear(np.concatenate([a.reshape(low_h, low_w, k * 3), b], axis=2), h, w)
         a, b = both[..., :k * 3].reshape(h, w, k, 3), both[..., k * 3:]
     else:
-        a, b = guided_coefficients(guide, src, radius, eps)
+        a, b = kernels.guided_coefficients(np.ascontiguousarray(guide, dtype=np.float32),
+                                           np.ascontiguousarray(src, dtype=np.float32), radius, eps)
     return np.einsum("hwkc,hwc->hwk", a, np.asarray(guide, dtype=np.float32)) + b
 
 

@@ -7,18 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from seg_service import kernels
+from seg_service.kernels.reference import _inverse_sym3, box_mean, guided_coefficients
 from seg_service.runtime import format as gnpk
 from seg_service.runtime import load_model
 from seg_service.runtime.model import resize_area
 from seg_service.runtime.ops import upsample_bilinear
-from seg_service.runtime.refine import (
-    _inverse_sym3,
-    apply_postprocess,
-    box_mean,
-    guided_coefficients,
-    guided_filter,
-    validate_postprocess,
-)
+from seg_service.runtime.refine import apply_postprocess, guided_filter, validate_postprocess
 
 from .test_format import tiny_model
 
@@ -74,11 +69,34 @@ def test_guided_filter_matches_the_least_squares_definition():
                                rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("h, w, k, radius", [(128, 85, 1, 3), (20, 17, 3, 2), (5, 4, 2, 6), (1, 1, 1, 1)])
+def test_kernel_coefficients_match_the_numpy_reference(h, w, k, radius):
+    rng = np.random.default_rng(h * w + k)
+    guide = rng.random((h, w, 3), dtype=np.float32)
+    src = (rng.standard_normal((h, w, k)) * 2).astype(np.float32)
+    for eps in (1e-3, 1e-1):
+        a, b = kernels.guided_coefficients(guide, src, radius, eps)
+        ref_a, ref_b = guided_coefficients(guide, src, radius, eps)
+        assert a.shape == (h, w, k, 3) and b.shape == (h, w, k)
+        np.testing.assert_allclose(a, ref_a, rtol=1e-4, atol=2e-5)
+        np.testing.assert_allclose(b, ref_b, rtol=1e-4, atol=2e-5)
+
+
+def test_kernel_coefficients_reject_bad_input():
+    guide = np.zeros((4, 5, 3), np.float32)
+    with pytest.raises(ValueError, match="guide's H and W"):
+        kernels.guided_coefficients(guide, np.zeros((4, 6, 1), np.float32), 1, 1e-3)
+    with pytest.raises(ValueError, match="radius must be >= 1"):
+        kernels.guided_coefficients(guide, np.zeros((4, 5, 1), np.float32), 0, 1e-3)
+    with pytest.raises(ValueError, match=r"\[H, W, 3\]"):
+        kernels.guided_coefficients(np.zeros((4, 5, 2), np.float32), np.zeros((4, 5, 1), np.float32), 1, 1e-3)
+
+
 def test_fast_guided_filter_fits_on_the_subsampled_images():
     rng = np.random.default_rng(2)
     guide = rng.random((24, 20, 3), dtype=np.float32)
     src = rng.standard_normal((24, 20, 1)).astype(np.float32)
-    a, b = guided_coefficients(resize_area(guide, 6, 5), resize_area(src, 6, 5), 1, 1e-2)
+    a, b = kernels.guided_coefficients(resize_area(guide, 6, 5), resize_area(src, 6, 5), 1, 1e-2)
     expected = (np.einsum("hwkc,hwc->hwk", upsample_bilinear(a.reshape(6, 5, 3), 24, 20).reshape(24, 20, 1, 3),
                           guide) + upsample_bilinear(b, 24, 20))
     np.testing.assert_allclose(guided_filter(guide, src, 4, 1e-2, subsample=4), expected, rtol=1e-6, atol=1e-6)
