@@ -26,6 +26,8 @@ template <>
 const char* dtype_name<float>() { return "float32"; }
 template <>
 const char* dtype_name<uint64_t>() { return "uint64"; }
+template <>
+const char* dtype_name<uint8_t>() { return "uint8"; }
 
 std::string shape_str(const py::array& a) {
     std::string s = "(";
@@ -431,6 +433,28 @@ py::array_t<float> upsample_bilinear(const py::handle& x_obj, int64_t out_h, int
     return out;
 }
 
+py::array_t<float> resize_area(const py::handle& x_obj, int64_t out_h, int64_t out_w) {
+    require(py::isinstance<py::array>(x_obj), "x must be a numpy array");
+    const bool is_u8 = py::reinterpret_borrow<py::array>(x_obj).dtype().is(py::dtype::of<uint8_t>());
+    require(out_h >= 1 && out_w >= 1,
+            "output size must be positive, got " + std::to_string(out_h) + "x" + std::to_string(out_w));
+    auto run = [&](auto x) {
+        require(x.shape(0) >= 1 && x.shape(1) >= 1 && x.shape(2) >= 1,
+                "x must be a non-empty [H, W, C] image, got " + shape_str(x));
+        const int64_t h = x.shape(0), w = x.shape(1), c = x.shape(2);
+        py::array_t<float> out({out_h, out_w, c});
+        const auto* xp = x.data();
+        float* op = out.mutable_data();
+        {
+            py::gil_scoped_release release;
+            segk::resize_area(xp, h, w, c, op, out_h, out_w);
+        }
+        return out;
+    };
+    if (is_u8) return run(checked<uint8_t>(x_obj, "x", 3));
+    return run(checked<float>(x_obj, "x", 3));  // float32, or a dtype error naming float32
+}
+
 py::tuple guided_coefficients(const py::handle& guide_obj, const py::handle& src_obj, int64_t radius, double eps) {
     auto guide = checked<float>(guide_obj, "guide", 3);
     auto src = checked<float>(src_obj, "src", 3);
@@ -583,6 +607,10 @@ PYBIND11_MODULE(_core, m) {
     m.def("upsample_bilinear", &upsample_bilinear, py::arg("x"), py::arg("out_h"), py::arg("out_w"),
           "Bilinear resampling of float32 [H, W, C] to [out_h, out_w, C], as F.interpolate(mode='bilinear', "
           "align_corners=False): rows first, then columns.");
+    m.def("resize_area", &resize_area, py::arg("x"), py::arg("out_h"), py::arg("out_w"),
+          "Area (box) resampling of uint8 or float32 [H, W, C] to float32 [out_h, out_w, C], as OpenCV's "
+          "INTER_AREA when downscaling: width pass, then height pass (equal bit for bit to "
+          "kernels.reference.resize_area).");
     m.def("guided_coefficients", &guided_coefficients, py::arg("guide"), py::arg("src"), py::arg("radius"),
           py::arg("eps"),
           "Colour guided filter coefficients, window-averaged: guide float32 [H, W, 3], src [H, W, K] -> (a [H, W, "

@@ -87,6 +87,12 @@ void lincomb_group(const float* const* inputs, int64_t n_inputs, float* const* o
 // align_corners=False: rows first, then columns, each product and sum rounded to float32.
 void upsample_bilinear(const float* x, int64_t h, int64_t w, int64_t c, float* out, int64_t out_h, int64_t out_w);
 
+// Area (box) resampling of x [h, w, c] (uint8 or float32) to out [out_h, out_w, c] float32
+// (resample.cpp): width pass then height pass, each product and sum rounded to float32 as in
+// kernels.reference.resize_area.
+void resize_area(const uint8_t* x, int64_t h, int64_t w, int64_t c, float* out, int64_t out_h, int64_t out_w);
+void resize_area(const float* x, int64_t h, int64_t w, int64_t c, float* out, int64_t out_h, int64_t out_w);
+
 // Colour guided filter coefficients, window-averaged (guided_filter.cpp): guide [h, w, 3], src
 // [h, w, k] -> a_out [h, w, k, 3], b_out [h, w, k], so that channel j's filtered value is
 // a . guide + b; windows (2 radius + 1)^2 clipped at the border, eps added to the colour covariance.

@@ -163,6 +163,50 @@ def maxpool2d(x: np.ndarray, kernel: int, stride: int, padding: int = 0) -> np.n
     return out
 
 
+# ---- area resampling (the C++ kernel: resample.cpp; the packed format's input resize) --------------
+
+
+def _area_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Area (box) resampling along one axis for downscaling: each output pixel averages the input
+    interval [o * s, (o + 1) * s), s = in_size / out_size, weighting partly covered pixels by their
+    covered fraction. Returns source indices and weights, both [out_size, taps]."""
+    scale = in_size / out_size
+    lo = np.arange(out_size) * scale
+    hi = lo + scale
+    first = np.floor(lo).astype(np.int64)
+    taps = int(np.ceil(scale)) + 1
+    idx = first[:, None] + np.arange(taps)[None, :]
+    overlap = np.minimum(idx + 1, hi[:, None]) - np.maximum(idx, lo[:, None])
+    weights = np.clip(overlap, 0.0, None) / scale
+    weights[idx >= in_size] = 0.0
+    return np.minimum(idx, in_size - 1), weights.astype(np.float32)
+
+
+def _resize_axis(x: np.ndarray, idx: np.ndarray, weights: np.ndarray, axis: int) -> np.ndarray:
+    out = None
+    for k in range(idx.shape[1]):
+        shape = [1] * x.ndim
+        shape[axis] = -1
+        term = np.take(x, idx[:, k], axis=axis) * weights[:, k].reshape(shape)
+        out = term if out is None else out + term
+    return out
+
+
+def resize_area(rgb: np.ndarray, out_h: int, out_w: int, chunk_rows: int = 256) -> np.ndarray:
+    """Downscale an image [H, W, C] (any dtype) to float32 [out_h, out_w, C] with area averaging.
+
+    The width pass runs over row chunks so a very large uint8 image is never converted to float
+    all at once.
+    """
+    h, w = rgb.shape[:2]
+    col_idx, col_w = _area_taps(w, out_w)
+    narrow = np.empty((h, out_w, rgb.shape[2]), dtype=np.float32)
+    for r0 in range(0, h, chunk_rows):
+        narrow[r0:r0 + chunk_rows] = _resize_axis(rgb[r0:r0 + chunk_rows].astype(np.float32), col_idx, col_w, 1)
+    row_idx, row_w = _area_taps(h, out_h)
+    return _resize_axis(narrow, row_idx, row_w, 0)
+
+
 # ---- guided filter (the C++ kernel: guided_filter.cpp; used by runtime/refine.py) ------------
 
 

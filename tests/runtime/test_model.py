@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from seg_service import kernels
 from seg_service.kernels import reference
 from seg_service.runtime import PackedModel, load_model, ops
 from seg_service.runtime import format as gnpk
@@ -93,11 +94,31 @@ def test_predict_rejects_bad_images(tiny):
 
 
 @pytest.mark.parametrize("src, dst", [((480, 640), (192, 256)), ((101, 333), (37, 100)), ((50, 50), (7, 7))])
-def test_resize_area_matches_opencv(src, dst):
+def test_resize_area_matches_opencv_and_its_numpy_definition(src, dst):
     img = np.random.default_rng(0).integers(0, 256, size=(*src, 3), dtype=np.uint8)
-    ours = resize_area(img, *dst, chunk_rows=64)
+    ours = resize_area(img, *dst)
     theirs = cv2.resize(img.astype(np.float32), (dst[1], dst[0]), interpolation=cv2.INTER_AREA)
     np.testing.assert_allclose(ours, theirs, atol=1e-2)
+    # the C++ kernel equals kernels.reference.resize_area bit for bit, from uint8 and from float32
+    np.testing.assert_array_equal(ours, reference.resize_area(img, *dst, chunk_rows=64))
+    as_float = img.astype(np.float32) / 7.0
+    np.testing.assert_array_equal(resize_area(as_float, *dst), reference.resize_area(as_float, *dst))
+
+
+@pytest.mark.parametrize("src, dst, c", [((1, 1), (1, 1), 1), ((5, 3), (5, 3), 2), ((9, 7), (2, 3), 5),
+                                         ((20, 10), (40, 30), 1)])
+def test_resize_area_edge_sizes_equal_the_definition(src, dst, c):
+    x = np.random.default_rng(1).random((*src, c), dtype=np.float32)
+    np.testing.assert_array_equal(resize_area(x, *dst), reference.resize_area(x, *dst))
+
+
+def test_resize_area_rejects_bad_input():
+    with pytest.raises(ValueError, match="output size must be positive"):
+        resize_area(np.zeros((4, 4, 3), np.uint8), 0, 2)
+    with pytest.raises(ValueError, match="dtype float32"):
+        kernels.resize_area(np.zeros((4, 4, 3), np.int16), 2, 2)
+    with pytest.raises(ValueError, match="3 dimensions"):
+        kernels.resize_area(np.zeros((4, 4), np.uint8), 2, 2)
 
 
 @pytest.mark.parametrize("src, dst", [((24, 32), (240, 320)), ((37, 50), (100, 133)), ((64, 48), (17, 13))])
