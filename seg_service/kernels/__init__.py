@@ -10,8 +10,8 @@ import and ``SEG_THREADS`` sets the thread count. ``prepare_weights`` arranges a
 for the kernels once (a model does it at load time); the conv functions take the result in place of
 the weight array. ``lincomb_group`` runs the float linear combinations between binary convs (a
 Group-Net block's branch sum and soft gates) in one pass; ``upsample_bilinear`` is the graph's
-bilinear resampling; ``conv2d_direct`` is the RGB stem's float convolution; ``guided_coefficients`` fits a model's
-stored guided filter (runtime/refine.py). ``reference.py`` is a plain numpy version of the
+bilinear resampling; ``conv2d_direct`` is the RGB stem's float convolution; ``guided_coefficients`` and ``guided_apply``
+run a model's stored guided filter (runtime/refine.py); ``resize_area`` is the input's area resize. ``reference.py`` is a plain numpy version of the
 same API that defines the expected results.
 """
 
@@ -29,6 +29,7 @@ from seg_service.kernels._core import (
     bconv2d_int,
     conv2d_direct,
     get_num_threads,
+    guided_apply,
     guided_coefficients,
     isa,
     lincomb_group,
@@ -51,6 +52,7 @@ __all__ = [
     "bconv2d_int",
     "conv2d_direct",
     "get_num_threads",
+    "guided_apply",
     "guided_coefficients",
     "isa",
     "lincomb_group",

@@ -479,6 +479,40 @@ py::tuple guided_coefficients(const py::handle& guide_obj, const py::handle& src
     return py::make_tuple(a, b);
 }
 
+py::array_t<float> guided_apply(const py::handle& a_obj, const py::handle& b_obj, const py::handle& guide_obj,
+                                const std::vector<int64_t>& sources, const std::vector<float>& signs,
+                                const std::vector<float>& bias) {
+    auto a = checked<float>(a_obj, "a", 4);
+    auto b = checked<float>(b_obj, "b", 3);
+    auto guide = checked<float>(guide_obj, "guide", 3);
+    const int64_t hl = a.shape(0), wl = a.shape(1), k = a.shape(2), h = guide.shape(0), w = guide.shape(1);
+    require(hl >= 1 && wl >= 1 && k >= 1 && a.shape(3) == 3, "a must be [h, w, K, 3], got " + shape_str(a));
+    require(b.shape(0) == hl && b.shape(1) == wl && b.shape(2) == k, "b must be [h, w, K] like a, got " +
+                                                                          shape_str(b));
+    require(h >= 1 && w >= 1 && guide.shape(2) == 3, "guide must be a non-empty [H, W, 3] image, got " +
+                                                         shape_str(guide));
+    const int64_t channels = static_cast<int64_t>(sources.size());
+    require(channels >= 1 && signs.size() == sources.size() && bias.size() == sources.size(),
+            "sources, signs and bias must have one entry per output channel");
+    for (int64_t s : sources) require(s >= 0 && s < k, "sources must index the K filtered channels");
+    // one coefficient map [hl, wl, 4K]: a then b per pixel, as the kernel reads it
+    std::vector<float> coef(static_cast<size_t>(hl * wl * 4 * k));
+    const float* ap = a.data();
+    const float* bp = b.data();
+    for (int64_t i = 0; i < hl * wl; ++i) {
+        std::copy(ap + i * 3 * k, ap + (i + 1) * 3 * k, coef.data() + i * 4 * k);
+        std::copy(bp + i * k, bp + (i + 1) * k, coef.data() + i * 4 * k + 3 * k);
+    }
+    py::array_t<float> out({h, w, channels});
+    const float* gp = guide.data();
+    float* op = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        segk::guided_apply(coef.data(), hl, wl, k, gp, h, w, sources.data(), signs.data(), bias.data(), channels, op);
+    }
+    return out;
+}
+
 py::array_t<uint8_t> argmax_channels(const py::handle& x_obj) {
     auto x = checked<float>(x_obj, "x", 3);
     const int64_t h = x.shape(0), w = x.shape(1), c = x.shape(2);
@@ -616,6 +650,11 @@ PYBIND11_MODULE(_core, m) {
           "Colour guided filter coefficients, window-averaged: guide float32 [H, W, 3], src [H, W, K] -> (a [H, W, "
           "K, 3], b [H, W, K]), the filtered src being a . guide + b; (2 radius + 1)^2 windows clipped at the "
           "border, eps on the colour covariance's diagonal (sums in double).");
+    m.def("guided_apply", &guided_apply, py::arg("a"), py::arg("b"), py::arg("guide"), py::arg("sources"),
+          py::arg("signs"), py::arg("bias"),
+          "The fast guided filter's full-resolution step: coefficients a [h, w, K, 3] and b [h, w, K] upsampled "
+          "bilinearly to the guide's [H, W] (as upsample_bilinear), filtered_j = a_j . guide + b_j, and out[..., "
+          "c] = signs[c] * filtered[..., sources[c]] + bias[c] -> float32 [H, W, len(sources)].");
     m.def("argmax_channels", &argmax_channels, py::arg("x"),
           "Label map uint8 [H, W] of float32 [H, W, C] (C <= 256): np.argmax(x, axis=2), split over the kernels' "
           "threads (first maximum wins, NaN counts as the maximum).");

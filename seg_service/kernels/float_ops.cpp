@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "kernels.h"
+#include "linear_taps.h"
 #include "threadpool.h"
 
 #pragma GCC optimize("fp-contract=off")
@@ -121,22 +122,6 @@ void for_row_ranges(int64_t rows, int64_t row_values, int64_t values_per_item, i
 
 // Source taps of one output coordinate along one axis, as PyTorch computes them for
 // align_corners=False: src = (i + 0.5) * in / out - 0.5 in double, clamped at 0.
-struct Tap {
-    int64_t i0, i1;
-    float frac;
-};
-
-std::vector<Tap> linear_taps(int64_t in_size, int64_t out_size) {
-    std::vector<Tap> taps(static_cast<size_t>(out_size));
-    const double scale = static_cast<double>(in_size) / static_cast<double>(out_size);
-    for (int64_t i = 0; i < out_size; ++i) {
-        const double src = std::max(0.0, (static_cast<double>(i) + 0.5) * scale - 0.5);
-        const int64_t i0 = std::min(static_cast<int64_t>(std::floor(src)), in_size - 1);
-        taps[static_cast<size_t>(i)] = {i0, std::min(i0 + 1, in_size - 1), static_cast<float>(src - static_cast<double>(i0))};
-    }
-    return taps;
-}
-
 struct UpsampleCall {
     const float* x;
     int64_t w, c;

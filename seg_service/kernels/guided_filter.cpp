@@ -11,6 +11,8 @@
 #include <vector>
 
 #include "kernels.h"
+#include "linear_taps.h"
+#include "threadpool.h"
 
 namespace segk {
 namespace {
@@ -94,6 +96,39 @@ void guided_coefficients(const float* guide, const float* src, int64_t h, int64_
             b_out[i * k + j] = static_cast<float>(ab[(3 * k + j) * n + i]);
         }
     }
+}
+
+void guided_apply(const float* coef, int64_t hl, int64_t wl, int64_t k, const float* guide, int64_t h, int64_t w,
+                  const int64_t* sources, const float* signs, const float* bias, int64_t channels, float* out) {
+    // coef [hl, wl, 4k]: a (3 per channel) then b (k); upsampled exactly as upsample_bilinear would
+    // (rows mixed first, then columns), applied to the guide, then mapped to the output channels.
+    const std::vector<Tap> row_taps = linear_taps(hl, h), col_taps = linear_taps(wl, w);
+    const int64_t stride = 4 * k;
+    const int threads = h * w * channels < (int64_t{1} << 16) ? 1 : get_num_threads();
+    constexpr int64_t kRowsPerItem = 8;
+    parallel_for(threads, (h + kRowsPerItem - 1) / kRowsPerItem, [&](int64_t item) {
+        std::vector<float> row(static_cast<size_t>(wl * stride)), value(static_cast<size_t>(stride));
+        std::vector<float> filtered(static_cast<size_t>(k));
+        for (int64_t y = item * kRowsPerItem; y < std::min(h, (item + 1) * kRowsPerItem); ++y) {
+            const Tap ty = row_taps[y];
+            const float top_w = 1.0f - ty.frac, bottom_w = ty.frac;
+            const float* top = coef + ty.i0 * wl * stride;
+            const float* bottom = coef + ty.i1 * wl * stride;
+            for (int64_t i = 0; i < wl * stride; ++i) row[i] = top[i] * top_w + bottom[i] * bottom_w;
+            for (int64_t x = 0; x < w; ++x) {
+                const Tap tx = col_taps[x];
+                const float left_w = 1.0f - tx.frac, right_w = tx.frac;
+                const float* left = row.data() + tx.i0 * stride;
+                const float* right = row.data() + tx.i1 * stride;
+                for (int64_t i = 0; i < stride; ++i) value[i] = left[i] * left_w + right[i] * right_w;
+                const float* g = guide + (y * w + x) * 3;
+                for (int64_t j = 0; j < k; ++j)
+                    filtered[j] = value[3 * j] * g[0] + value[3 * j + 1] * g[1] + value[3 * j + 2] * g[2] + value[3 * k + j];
+                float* o = out + (y * w + x) * channels;
+                for (int64_t c = 0; c < channels; ++c) o[c] = signs[c] * filtered[sources[c]] + bias[c];
+            }
+        }
+    });
 }
 
 }  // namespace segk

@@ -99,6 +99,12 @@ void resize_area(const float* x, int64_t h, int64_t w, int64_t c, float* out, in
 void guided_coefficients(const float* guide, const float* src, int64_t h, int64_t w, int64_t k, int64_t radius,
                          double eps, float* a_out, float* b_out);
 
+// The fast guided filter's full-resolution step: coef [hl, wl, 4k] (a: 3 per filtered channel, then
+// b: one per channel) upsampled bilinearly to [h, w] (as upsample_bilinear), filtered_j = a_j . guide
+// + b_j, then out[..., c] = signs[c] * filtered[sources[c]] + bias[c] for `channels` outputs.
+void guided_apply(const float* coef, int64_t hl, int64_t wl, int64_t k, const float* guide, int64_t h, int64_t w,
+                  const int64_t* sources, const float* signs, const float* bias, int64_t channels, float* out);
+
 // Index of the largest of each pixel's `channels` values (channels <= 256), as numpy's argmax:
 // the first maximum wins and a NaN counts as the maximum.
 void argmax_channels(const float* x, int64_t pixels, int64_t channels, uint8_t* out);

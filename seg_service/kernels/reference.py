@@ -273,3 +273,17 @@ def _inverse_sym3(m: np.ndarray) -> np.ndarray:
     adj[..., 2, 2] = a * d - b * b
     det = a * adj[..., 0, 0] + b * adj[..., 0, 1] + c * adj[..., 0, 2]
     return adj / det[..., None, None]
+
+
+def guided_apply(a: np.ndarray, b: np.ndarray, guide: np.ndarray, sources: list[int], signs: list[float],
+                 bias: list[float]) -> np.ndarray:
+    """The fast guided filter's full-resolution step: a [h, w, K, 3] and b [h, w, K] upsampled
+    bilinearly to the guide's size (as ``upsample_bilinear``), filtered_j = a_j . guide + b_j summed
+    left to right, then out[..., c] = signs[c] * filtered[..., sources[c]] + bias[c]."""
+    hl, wl, k = a.shape[:3]
+    h, w = guide.shape[:2]
+    coef = upsample_bilinear(np.concatenate([a.reshape(hl, wl, 3 * k), b], axis=2).astype(np.float32), h, w)
+    g = guide.astype(np.float32)
+    filtered = np.stack([coef[..., 3 * j] * g[..., 0] + coef[..., 3 * j + 1] * g[..., 1]
+                         + coef[..., 3 * j + 2] * g[..., 2] + coef[..., 3 * k + j] for j in range(k)], axis=2)
+    return (np.asarray(signs, np.float32) * filtered[..., list(sources)] + np.asarray(bias, np.float32))

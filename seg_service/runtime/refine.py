@@ -23,28 +23,29 @@ GUIDED_FILTER_KEYS = {"radius", "eps", "subsample", "clip"}
 POSTPROCESS_KEYS = {"guided_filter", "logit_bias"}
 
 
-def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float, subsample: int = 1) -> np.ndarray:
+def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float, subsample: int = 1,
+                  outputs: tuple[list[int], list[float], list[float]] | None = None) -> np.ndarray:
     """Filter src f32 [H, W, K] guided by the colour image guide f32 [H, W, 3] (values in [0, 1]).
 
     ``subsample`` > 1 is the fast guided filter: coefficients are fitted on both images area-downscaled
     by that factor (radius scaled with them), upsampled bilinearly and applied to the full-size guide.
+    ``outputs`` = (sources, signs, bias) maps the K filtered channels to the result's channels,
+    ``signs[c] * filtered[..., sources[c]] + bias[c]``, in the same pass (default: the K channels as they are).
     """
     from seg_service.runtime.model import resize_area
-    from seg_service.runtime.ops import upsample_bilinear
 
-    h, w = src.shape[:2]
+    guide = np.ascontiguousarray(guide, dtype=np.float32)
+    src = np.ascontiguousarray(src, dtype=np.float32)
+    h, w, k = src.shape
     if subsample > 1:
         low_h, low_w = max(1, -(-h // subsample)), max(1, -(-w // subsample))
         a, b = kernels.guided_coefficients(resize_area(guide, low_h, low_w), resize_area(src, low_h, low_w),
                                            max(1, round(radius / subsample)), eps)
-        k = src.shape[2]
-        # one upsampling call for both (the kernel's cost is mostly per call at these sizes)
-        both = upsample_bilinear(np.concatenate([a.reshape(low_h, low_w, k * 3), b], axis=2), h, w)
-        a, b = both[..., :k * 3].reshape(h, w, k, 3), both[..., k * 3:]
     else:
-        a, b = kernels.guided_coefficients(np.ascontiguousarray(guide, dtype=np.float32),
-                                           np.ascontiguousarray(src, dtype=np.float32), radius, eps)
-    return np.einsum("hwkc,hwc->hwk", a, np.asarray(guide, dtype=np.float32)) + b
+        a, b = kernels.guided_coefficients(guide, src, radius, eps)
+    sources, signs, bias = outputs or (list(range(k)), [1.0] * k, [0.0] * k)
+    # upsampling, a . guide + b and the output mapping in one pass over the full-size image
+    return kernels.guided_apply(a, b, guide, list(sources), [float(v) for v in signs], [float(v) for v in bias])
 
 
 def apply_postprocess(logits: np.ndarray, image: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
@@ -55,23 +56,20 @@ def apply_postprocess(logits: np.ndarray, image: np.ndarray, spec: dict[str, Any
     [-clip, clip] so confident interiors do not drown the edges, and filtered; then ``logit_bias`` is added.
     """
     scores = np.asarray(logits, dtype=np.float32)
+    classes = scores.shape[2]
     gf = spec.get("guided_filter")
-    if gf:
-        if scores.shape[2] == 2:
-            # two classes: the centred logits are (-d, d) and the filter is linear, so filter d alone
-            half_diff = (scores[..., 1:] - scores[..., :1]) * np.float32(0.5)
-            one = guided_filter(image, np.clip(half_diff, -gf["clip"], gf["clip"]), gf["radius"], gf["eps"],
-                                gf["subsample"])
-            scores = np.empty(scores.shape, dtype=np.float32)
-            np.negative(one, out=scores[..., :1])
-            scores[..., 1:] = one
-        else:
-            centred = np.clip(scores - scores.mean(axis=2, keepdims=True), -gf["clip"], gf["clip"])
-            scores = guided_filter(image, centred, gf["radius"], gf["eps"], gf["subsample"])
-    bias = spec.get("logit_bias")
-    if bias is not None:
-        scores = scores + np.asarray(bias, dtype=np.float32)
-    return np.ascontiguousarray(scores, dtype=np.float32)
+    bias = [float(v) for v in spec.get("logit_bias") or [0.0] * classes]
+    if not gf:
+        return np.ascontiguousarray(scores + np.asarray(bias, dtype=np.float32)) if "logit_bias" in spec else scores
+    if classes == 2:
+        # two classes: the centred logits are (-d, d) and the filter is linear, so filter d alone and
+        # write (-filtered + bias0, filtered + bias1)
+        half_diff = (scores[..., 1:] - scores[..., :1]) * np.float32(0.5)
+        return guided_filter(image, np.clip(half_diff, -gf["clip"], gf["clip"]), gf["radius"], gf["eps"],
+                             gf["subsample"], outputs=([0, 0], [-1.0, 1.0], bias))
+    centred = np.clip(scores - scores.mean(axis=2, keepdims=True), -gf["clip"], gf["clip"])
+    return guided_filter(image, centred, gf["radius"], gf["eps"], gf["subsample"],
+                         outputs=(list(range(classes)), [1.0] * classes, bias))
 
 
 def validate_postprocess(spec: Any, num_classes: int, source: str = "model") -> None:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from seg_service import kernels
+from seg_service.kernels import reference
 from seg_service.kernels.reference import _inverse_sym3, box_mean, guided_coefficients
 from seg_service.runtime import format as gnpk
 from seg_service.runtime import load_model
@@ -80,6 +81,27 @@ def test_kernel_coefficients_match_the_numpy_reference(h, w, k, radius):
         assert a.shape == (h, w, k, 3) and b.shape == (h, w, k)
         np.testing.assert_allclose(a, ref_a, rtol=1e-4, atol=2e-5)
         np.testing.assert_allclose(b, ref_b, rtol=1e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize("low, size, k, sources, signs", [
+    ((10, 7), (40, 27), 1, [0, 0], [-1.0, 1.0]),    # the two-class shortcut
+    ((5, 5), (5, 5), 3, [0, 1, 2], [1.0, 1.0, 1.0]),  # no upsampling (subsample 1)
+    ((1, 1), (9, 4), 2, [1], [1.0]),
+    ((13, 9), (50, 33), 2, [1, 0, 1], [1.0, -1.0, 2.0]),
+])
+def test_apply_kernel_equals_its_numpy_definition(low, size, k, sources, signs):
+    rng = np.random.default_rng(k)
+    a = rng.standard_normal((*low, k, 3)).astype(np.float32)
+    b = rng.standard_normal((*low, k)).astype(np.float32)
+    guide = rng.random((*size, 3), dtype=np.float32)
+    bias = [float(v) for v in rng.standard_normal(len(sources)).astype(np.float32)]
+    out = kernels.guided_apply(a, b, guide, sources, signs, bias)
+    assert out.shape == (*size, len(sources)) and out.dtype == np.float32
+    np.testing.assert_array_equal(out, reference.guided_apply(a, b, guide, sources, signs, bias))
+    with pytest.raises(ValueError, match="sources must index"):
+        kernels.guided_apply(a, b, guide, [k], [1.0], [0.0])
+    with pytest.raises(ValueError, match="one entry per output channel"):
+        kernels.guided_apply(a, b, guide, [0], [1.0, 1.0], [0.0])
 
 
 def test_kernel_coefficients_reject_bad_input():
