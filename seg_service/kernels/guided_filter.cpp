@@ -1,7 +1,7 @@
-// Colour guided filter coefficients (He, Sun and Tang, TPAMI 2013), for a model's stored
-// post-processing (seg_service/runtime/refine.py). It runs on the subsampled image of the fast
-// guided filter, a few thousand pixels, so one thread and plain loops do: the numpy version spent
-// its time in the Python overhead of some twenty box filters, not in arithmetic.
+// Colour guided filter (He, Sun and Tang, TPAMI 2013) for a model's stored post-processing
+// (seg_service/runtime/refine.py): the coefficients, fitted on the fast guided filter's subsampled
+// image (some ten thousand pixels: one thread; splitting the planes over two gained nothing), and
+// the full-resolution step that upsamples and applies them (rows split over the threads).
 //
 // Window means are over (2r+1) x (2r+1) windows clipped at the border (fewer pixels there), summed
 // in double with running sums, so the cost does not grow with the radius.
@@ -18,8 +18,14 @@ namespace segk {
 namespace {
 
 // In place: each plane of `planes` (n_planes x [h, w], plane-major) becomes its clipped-window mean.
+// Both passes walk rows (contiguous): along x with a running prefix of the row, along y with a
+// prefix over rows kept for the whole plane.
 void box_mean_planes(std::vector<double>& planes, int64_t n_planes, int64_t h, int64_t w, int64_t r) {
-    std::vector<double> line(static_cast<size_t>(std::max(h, w) + 1));
+    std::vector<double> inv_count_x(static_cast<size_t>(w));
+    for (int64_t x = 0; x < w; ++x)
+        inv_count_x[x] = 1.0 / static_cast<double>(std::min(x + r, w - 1) - std::max<int64_t>(x - r, 0) + 1);
+    std::vector<double> line(static_cast<size_t>(w + 1));
+    std::vector<double> prefix(static_cast<size_t>((h + 1) * w));
     for (int64_t p = 0; p < n_planes; ++p) {
         double* plane = planes.data() + p * h * w;
         for (int64_t y = 0; y < h; ++y) {  // rows: window sums along x
@@ -28,14 +34,15 @@ void box_mean_planes(std::vector<double>& planes, int64_t n_planes, int64_t h, i
             for (int64_t x = 0; x < w; ++x) line[x + 1] = line[x] + row[x];
             for (int64_t x = 0; x < w; ++x) row[x] = line[std::min(x + r, w - 1) + 1] - line[std::max<int64_t>(x - r, 0)];
         }
-        for (int64_t x = 0; x < w; ++x) {  // columns: window sums along y, then the mean
-            line[0] = 0.0;
-            for (int64_t y = 0; y < h; ++y) line[y + 1] = line[y] + plane[y * w + x];
-            const double count_x = static_cast<double>(std::min(x + r, w - 1) - std::max<int64_t>(x - r, 0) + 1);
-            for (int64_t y = 0; y < h; ++y) {
-                const int64_t y0 = std::max<int64_t>(y - r, 0), y1 = std::min(y + r, h - 1);
-                plane[y * w + x] = (line[y1 + 1] - line[y0]) / (count_x * static_cast<double>(y1 - y0 + 1));
-            }
+        std::fill(prefix.begin(), prefix.begin() + w, 0.0);  // columns: prefix over rows, then the mean
+        for (int64_t y = 0; y < h; ++y)
+            for (int64_t x = 0; x < w; ++x) prefix[(y + 1) * w + x] = prefix[y * w + x] + plane[y * w + x];
+        for (int64_t y = 0; y < h; ++y) {
+            const int64_t y0 = std::max<int64_t>(y - r, 0), y1 = std::min(y + r, h - 1);
+            const double inv_count_y = 1.0 / static_cast<double>(y1 - y0 + 1);
+            const double* top = prefix.data() + y0 * w;
+            const double* bottom = prefix.data() + (y1 + 1) * w;
+            for (int64_t x = 0; x < w; ++x) plane[y * w + x] = (bottom[x] - top[x]) * inv_count_x[x] * inv_count_y;
         }
     }
 }
