@@ -34,7 +34,7 @@ from seg_service.runtime import format as gnpk
 from .binary import BinaryConv2d, BinaryConvEnsemble, get_mode
 from .models import ModelConfig, create_model, model_name
 from .models.groupnet import BasicBranch, BottleneckBranch, GroupBlock, GroupNetEncoder
-from .models.heads import ASPPHead, Classifier, ConvBNReLU, FCNHead, PSPHead
+from .models.heads import ASPPHead, ConvBNReLU, FCNHead, PSPHead, SkipDecoder
 from .models.wrappers import GroupNetSegmentation
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -267,8 +267,9 @@ def export_group_block(g: GraphBuilder, block: GroupBlock, previous: list[str] |
     return ys, g.lincomb(ys, scales, f"{prefix}.sum")
 
 
-def export_encoder(g: GraphBuilder, encoder: GroupNetEncoder, x: str) -> str:
-    """Stem (float conv + BN, max pool) and the four stages; returns the last feature map."""
+def export_encoder(g: GraphBuilder, encoder: GroupNetEncoder, x: str) -> list[str]:
+    """Stem (float conv + BN, max pool) and the four stages; returns the feature maps as
+    GroupNetEncoder.forward does: [stem, layer1, layer2, layer3, layer4]."""
     conv = encoder.conv1
     if conv.groups != 1 or conv.padding_mode != "zeros":
         raise ExportError("the stem conv must be a plain zero-padded conv")
@@ -285,10 +286,12 @@ def export_encoder(g: GraphBuilder, encoder: GroupNetEncoder, x: str) -> str:
     aggregate = g.op("maxpool2d", "pool", **{"in": stem}, kernel=int(pool.kernel_size),
                      stride=int(pool.stride), padding=int(pool.padding))
     previous: list[str] | None = None
+    features = [stem]
     for s, stage in enumerate(encoder.stages, start=1):
         for j, block in enumerate(stage):
             previous, aggregate = export_group_block(g, block, previous, aggregate, f"layer{s}.{j}")
-    return aggregate
+        features.append(aggregate)
+    return features
 
 
 # --------------------------------------------------------------------------------------------
@@ -303,7 +306,9 @@ def export_conv_bn_relu(g: GraphBuilder, block: ConvBNReLU, x: str, prefix: str)
     return emit_conv_bn(g, x, prefix, conv, bn, relu_between=False, relu_after=True)
 
 
-def export_classifier(g: GraphBuilder, classifier: Classifier, x: str) -> str:
+def export_classifier(g: GraphBuilder, classifier: nn.Module, x: str) -> str:
+    if isinstance(classifier, nn.Identity):  # a head under a decoder: the decoder classifies
+        return x
     conv = classifier[-1]  # Dropout before it is the identity in eval
     if not isinstance(conv, nn.Conv2d) or conv.kernel_size != (1, 1):
         raise ExportError("the classifier must end in a 1x1 Conv2d")
@@ -346,6 +351,19 @@ def export_psp_head(g: GraphBuilder, head: PSPHead, x: str) -> str:
     return export_classifier(g, head.classifier, export_conv_bn_relu(g, head.bottleneck, cat, "head.bottleneck"))
 
 
+def export_skip_decoder(g: GraphBuilder, decoder: SkipDecoder, x: str, skip: str) -> str:
+    """Mirror SkipDecoder.forward: upsample to the skip, float 1x1 projection + BN, concat, BN, binary 3x3."""
+    up = g.op("upsample_bilinear", "decoder.up", **{"in": x}, like=skip)
+    conv, bn = decoder.project
+    scale, shift = bn_fold(bn)
+    weight = conv.weight.detach().double().cpu().numpy() * scale[:, None, None, None]
+    projected = g.float_conv(skip, "decoder.project", weight, shift, 1, 0, 1, relu=False)
+    cat = g.op("concat", "decoder.cat", ins=[up, projected])
+    scale, shift = bn_fold(decoder.norm)
+    normed = g.affine(cat, "decoder.norm", scale, shift, False, False, None)
+    return export_classifier(g, decoder.classifier, export_conv_bn_relu(g, decoder.fuse, normed, "decoder.fuse"))
+
+
 HEAD_EXPORTERS = {ASPPHead: export_aspp_head, FCNHead: export_fcn_head, PSPHead: export_psp_head}
 
 
@@ -359,7 +377,9 @@ def build_graph(model: nn.Module) -> tuple[dict[str, Any], dict[str, np.ndarray]
     g = GraphBuilder()
     with torch.no_grad():
         features = export_encoder(g, model.encoder, "input")
-        logits = head_exporter(g, model.head, features)
+        logits = head_exporter(g, model.head, features[-1])
+        if model.decoder is not None:
+            logits = export_skip_decoder(g, model.decoder, logits, features[model.cfg.skip_stage])
     g.ops.append({"op": "upsample_bilinear", "out": "logits", "in": logits, "like": "input"})
     graph = {"inputs": ["input"], "outputs": ["logits"], "ops": g.ops}
     return graph, g.tensors
@@ -395,7 +415,7 @@ def export_model(model: nn.Module, out: str | Path, *, name: str | None = None,
     cfg: ModelConfig = model.cfg
     if get_mode(model) == "tanh":
         raise ExportError("the model is in 'tanh' mode (training stage 1); export needs 'sign' mode")
-    num_classes = model.head.classifier[-1].out_channels
+    num_classes = model.classifier[-1].out_channels
     classes = list(classes) if classes is not None else [f"class_{i}" for i in range(num_classes)]
     if len(classes) != num_classes:
         raise ExportError(f"{len(classes)} class names given but the model predicts {num_classes} classes")

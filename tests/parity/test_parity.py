@@ -35,6 +35,10 @@ CONFIGS = {
     "layer_k1_os16_fcn": dict(k=1, decomposition="layer", output_stride=16, head="fcn"),
     # Journal-version aggregation (plain mean) without gates.
     "group_k3_mean_nogates": dict(k=3, aggregation="mean", gates=False, output_stride=16, head="aspp"),
+    # The skip decoder (DeepLabv3+-style) at coarse output strides, from layer1 and from layer2.
+    "group_k3_os32_aspp_skip1": dict(k=3, output_stride=32, head="aspp", decoder="skip", skip_stage=1,
+                                     skip_channels=16, decoder_channels=24),
+    "group_k2_os16_fcn_skip2": dict(k=2, output_stride=16, head="fcn", decoder="skip", skip_stage=2),
     # Bottleneck blocks (ResNet-50 layout).
     "group_k2_resnet50_os16_fcn": dict(arch="groupnet_resnet50", k=2, output_stride=16, head="fcn", width=0.125),
 }

@@ -21,6 +21,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "aggregation": ("learned", "mean"),
     "output_stride": (8, 16, 32),
     "head": ("aspp", "fcn", "psp"),
+    "decoder": ("none", "skip"),
     "mode": ("sign", "tanh"),
 }
 
@@ -39,6 +40,10 @@ class ModelConfig:
     bpac: at output stride 8, one dilation rate per branch in layer3 and layer4.
     bpac_rates: explicit (layer3 rates, layer4 rates), K each; None derives them from K.
     head: segmentation head, "aspp", "fcn" or "psp". Ignored for task "cls".
+    decoder: "none" (the head's logits are upsampled to the input) or "skip" (a light decoder: the
+        head's features, upsampled to the resolution of encoder stage ``skip_stage``, joined with a
+        float 1x1 projection of that stage to ``skip_channels``, then one binary 3x3 conv of
+        ``decoder_channels`` and the classifier; DeepLabv3+-style, so coarse output strides keep edges).
     width: channel multiplier on (64, 128, 256, 512); reduced-width models for CPU budgets.
     mode: "sign" (binary) or "tanh" (stage 1 of the two-stage recipe).
     """
@@ -59,6 +64,10 @@ class ModelConfig:
     aspp_rates: tuple[int, int, int] = (12, 24, 36)
     psp_bins: tuple[int, ...] = (1, 2, 3, 6)
     dropout: float = 0.1
+    decoder: str = "none"
+    skip_stage: int = 1
+    skip_channels: int = 32
+    decoder_channels: int = 64
     width: float = 1.0
     mode: str = "sign"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -78,6 +87,10 @@ class ModelConfig:
             raise ValueError(f"model.num_classes must be >= 1, got {self.num_classes}")
         if not 0 < self.width <= 4:
             raise ValueError(f"model.width must be in (0, 4], got {self.width}")
+        if self.skip_stage not in (1, 2, 3):
+            raise ValueError(f"model.skip_stage must be 1, 2 or 3 (layer1..layer3), got {self.skip_stage}")
+        if self.skip_channels < 1 or self.decoder_channels < 1:
+            raise ValueError("model.skip_channels and model.decoder_channels must be >= 1")
         if self.bpac_rates is not None:
             l3, l4 = (tuple(int(r) for r in rates) for rates in self.bpac_rates)
             if len(l3) != self.k or len(l4) != self.k:

@@ -68,6 +68,8 @@ def model_name(cfg: ModelConfig) -> str:
         if cfg.output_stride == 8 and cfg.bpac and cfg.branches > 1:
             parts.append("bpac")
         parts += [f"os{cfg.output_stride}", cfg.head]
+        if cfg.decoder == "skip":
+            parts.append(f"skip{cfg.skip_stage}")
     if cfg.width != 1.0:
         parts.append(f"w{cfg.width:g}")
     return "_".join(parts)

@@ -33,6 +33,7 @@ class FCNHead(nn.Module):
         super().__init__()
         mid = max(8, in_channels // 4)
         self.block = ConvBNReLU(ConvFactory(cfg), in_channels, mid, 3)
+        self.out_channels = mid
         self.classifier = Classifier(mid, cfg.num_classes, cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -71,6 +72,7 @@ class ASPPHead(nn.Module):
         self.pooling = ASPPPooling(convs, in_channels, c)
         n = len(self.branches) + 1
         self.project = nn.Sequential(nn.Conv2d(n * c, c, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU())
+        self.out_channels = c
         self.classifier = Classifier(c, cfg.num_classes, cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -89,6 +91,7 @@ class PSPHead(nn.Module):
         reduced = max(8, in_channels // len(self.bins))
         self.stages = nn.ModuleList(ConvBNReLU(convs, in_channels, reduced, 1) for _ in self.bins)
         self.bottleneck = ConvBNReLU(convs, in_channels + reduced * len(self.bins), cfg.head_channels, 3)
+        self.out_channels = cfg.head_channels
         self.classifier = Classifier(cfg.head_channels, cfg.num_classes, cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -100,8 +103,35 @@ class PSPHead(nn.Module):
         return self.classifier(self.bottleneck(torch.cat(pyramid, dim=1)))
 
 
+class SkipDecoder(nn.Module):
+    """DeepLabv3+-style decoder for coarse output strides: the context head's features, upsampled to
+    an early encoder stage, joined with a float 1x1 projection of that stage, one binary 3x3 conv,
+    the float classifier.
+
+    The head's features come out of a ReLU and the projection is left signed: a BatchNorm on the
+    joined map re-centres every channel before the binary conv binarizes it, since sign() of a ReLU
+    output is all +1 and would carry nothing.
+    """
+
+    def __init__(self, cfg: ModelConfig, head_channels: int, skip_in: int) -> None:
+        super().__init__()
+        c = cfg.skip_channels
+        self.project = nn.Sequential(nn.Conv2d(skip_in, c, 1, bias=False), nn.BatchNorm2d(c))
+        self.norm = nn.BatchNorm2d(head_channels + c)
+        self.fuse = ConvBNReLU(ConvFactory(cfg), head_channels + c, cfg.decoder_channels, 3)
+        self.classifier = Classifier(cfg.decoder_channels, cfg.num_classes, cfg.dropout)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        return self.classifier(self.fuse(self.norm(torch.cat([x, self.project(skip)], dim=1))))
+
+
 HEADS: dict[str, type[nn.Module]] = {"aspp": ASPPHead, "fcn": FCNHead, "psp": PSPHead}
 
 
 def create_head(cfg: ModelConfig, in_channels: int) -> nn.Module:
-    return HEADS[cfg.head](cfg, in_channels)
+    """The context head; with a decoder its classifier is left out (the decoder classifies)."""
+    head = HEADS[cfg.head](cfg, in_channels)
+    if cfg.decoder != "none":
+        head.classifier = nn.Identity()
+    return head

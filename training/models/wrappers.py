@@ -12,7 +12,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .groupnet import GroupNetEncoder
-from .heads import create_head
+from .heads import SkipDecoder, create_head
 
 
 class GroupNetSegmentation(nn.Module):
@@ -21,10 +21,21 @@ class GroupNetSegmentation(nn.Module):
         self.cfg = cfg
         self.encoder = GroupNetEncoder(cfg)
         self.head = create_head(cfg, self.encoder.feature_channels[-1])
+        self.decoder: SkipDecoder | None = None
+        if cfg.decoder == "skip":
+            self.decoder = SkipDecoder(cfg, self.head.out_channels, self.encoder.feature_channels[cfg.skip_stage])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.head(self.encoder(x)[-1])
+        features = self.encoder(x)
+        logits = self.head(features[-1])
+        if self.decoder is not None:
+            logits = self.decoder(logits, features[self.cfg.skip_stage])
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+    @property
+    def classifier(self) -> nn.Module:
+        """The final (full-precision) classifier: the decoder's, or the head's."""
+        return self.decoder.classifier if self.decoder is not None else self.head.classifier
 
 
 class GroupNetClassifier(nn.Module):
