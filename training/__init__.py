@@ -1,13 +1,11 @@
 """Training side of the project: Group-Net models, data, training loops, export.
 
-Importing it registers the Group-Net encoders in segmentation-models-pytorch's registry
-(groupnet_resnet18, groupnet_resnet34, groupnet_resnet50).
+Importing ``training.models`` (which every model-building path does) registers the Group-Net
+encoders in segmentation-models-pytorch's registry (groupnet_resnet18, groupnet_resnet34,
+groupnet_resnet50). The package itself imports nothing heavy, so ``train-seg --help`` answers
+without loading PyTorch.
 """
 
 import os
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-
-from .models.smp_encoders import register_smp_encoders  # noqa: E402
-
-register_smp_encoders()

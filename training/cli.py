@@ -1,6 +1,10 @@
 """Console entry points: train-cls, train-seg (and train-seg eval), export-model; both trainers also
 take ``recalibrate-bn`` (BatchNorm statistics re-estimated for a checkpoint's final weights), and
-train-seg ``tune-postprocess`` (a packed model's guided filter and decision bias, fitted on training images).
+train-seg ``tune-postprocess`` (a packed model's guided filter and decision bias, fitted on training images)
+and ``check-data`` (every image and mask read once; problems, label histogram, class balance).
+
+Heavy modules (torch, albumentations, the config machinery) are imported inside the commands, after
+argument parsing, so ``--help`` answers at once.
 
 Any config key can be overridden: ``--set train.epochs=3`` or ``--train.epochs 3``; values are read
 as YAML (3, 1e-4, [0.5, 2.0], null). Bad input ends with one line ``error: ...`` and exit status 2.
@@ -80,8 +84,10 @@ def _train_parser(task: str) -> argparse.ArgumentParser:
         description=f"Train a Group-Net {what} from a YAML config. Runs on one CPU or GPU, or under "
         f"torchrun (DDP) on many. Any config key can be overridden with --set key=value or --key value, "
         f"e.g. --train.epochs 3 --data.root /data/VOC2012.",
-        epilog=("Evaluate a checkpoint: train-seg eval --checkpoint runs/x/best.pt. Fit a packed model's "
+        epilog=("Check a data set first: train-seg check-data --config c. "
+                "Evaluate a checkpoint: train-seg eval --checkpoint runs/x/best.pt. Fit a packed model's "
                 "post-processing: train-seg tune-postprocess --packed m.gnpk --config c --out m2.gnpk. "
+                "Your own data: start from --config my_data (docs/training.md). "
                 if task == "seg" else "")
         + f"Re-estimate BatchNorm statistics: train-{task} recalibrate-bn --checkpoint runs/x/best.pt --out y.pt. "
         + f"Shipped configs: {', '.join(sorted(p.stem for p in CONFIG_DIR.glob('*.yaml')))}.",
@@ -132,11 +138,41 @@ def _recalibrate_parser(task: str) -> argparse.ArgumentParser:
 
 
 def _recalibrate(task: str, argv: Sequence[str]) -> int:
+    args, rest = _recalibrate_parser(task).parse_known_args(argv)
     from .engine.bn_recalibration import recalibrate_checkpoint
 
-    args, rest = _recalibrate_parser(task).parse_known_args(argv)
     recalibrate_checkpoint(args.checkpoint, args.out, args.batches, find_config(args.config), _overrides(args, rest))
     return 0
+
+
+def _check_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="train-seg check-data",
+        allow_abbrev=False,
+        description="Read every image and mask of a config's training and validation splits once, in "
+        "parallel, and report every problem with its file (missing or unreadable mask or image, RGB mask, "
+        "image/mask size mismatch, labels outside the class list), the label histogram per class and the "
+        "class balance. Exit status 2 when there are problems. Training runs the same check first unless "
+        "--data.check false.",
+    )
+    parser.add_argument("--split", choices=("train", "val", "both"), default="both", help="splits to read")
+    parser.add_argument("--workers", type=int, help="reading threads (default: the CPU count)")
+    parser.add_argument("--output", help="also write the report as JSON to this file")
+    _common_args(parser)
+    return parser
+
+
+def _check_data(argv: Sequence[str]) -> int:
+    args, rest = _check_parser().parse_known_args(argv)
+    from .data.check import run_check_data
+    from .data.errors import InputError
+    from .engine.config import load_config
+
+    if args.config is None:
+        raise InputError("--config is required (e.g. --config my_data --data.root PATH)")
+    config = load_config("seg", find_config(args.config), _overrides(args, rest))
+    splits = ("train", "val") if args.split == "both" else (args.split,)
+    return run_check_data(config, splits, args.workers, args.output)
 
 
 def _tune_parser() -> argparse.ArgumentParser:
@@ -159,9 +195,9 @@ def _tune_parser() -> argparse.ArgumentParser:
 
 
 def _tune(argv: Sequence[str]) -> int:
+    args, rest = _tune_parser().parse_known_args(argv)
     from .engine.postprocess_tuning import tune_postprocess
 
-    args, rest = _tune_parser().parse_known_args(argv)
     tune_postprocess(args.packed, find_config(args.config), _overrides(args, rest), args.out, args.threads,
                      args.limit, args.report)
     return 0
@@ -177,28 +213,30 @@ def _overrides(args: argparse.Namespace, rest: Sequence[str]) -> list[tuple[str,
 
 
 def _train(task: str, argv: Sequence[str]) -> int:
+    args, rest = _train_parser(task).parse_known_args(argv)  # before the heavy imports: --help is instant
     from .data.errors import InputError
     from .engine.checkpoint import load_checkpoint
-    from .engine.config import from_json, load_config
+    from .engine.config import explicit_keys, from_json, load_config
     from .engine.trainer import train
 
-    args, rest = _train_parser(task).parse_known_args(argv)
     overrides = _overrides(args, rest)
     config_path = find_config(args.config)
     if config_path is None:
         if args.resume in (None, "last"):
             raise InputError("--config is required (or --resume CHECKPOINT to continue a run)")
         config = load_config(task, None, overrides, base_config=from_json(load_checkpoint(args.resume)["config"]))
+        explicit = None  # the checkpoint's config: which keys its author set is not known
     else:
         config = load_config(task, config_path, overrides)
-    train(config, resume=args.resume)
+        explicit = explicit_keys(config_path, overrides)
+    train(config, resume=args.resume, explicit=explicit)
     return 0
 
 
 def _evaluate(argv: Sequence[str]) -> int:
+    args, rest = _eval_parser().parse_known_args(argv)
     from .engine.trainer import evaluate_checkpoint
 
-    args, rest = _eval_parser().parse_known_args(argv)
     if args.packed:
         from .engine.packed_eval import evaluate_packed
 
@@ -210,11 +248,15 @@ def _evaluate(argv: Sequence[str]) -> int:
 
 def _run(entry: Callable[[], int]) -> int:
     """Run an entry point; bad input becomes ``error: <one line>`` and exit status 2."""
-    from .data.errors import InputError, one_line
-
     try:
         return entry()
-    except InputError as exc:
+    except Exception as exc:
+        # Imported here, not above: training.data pulls in torch, which --help must not wait for.
+        from .data.errors import InputError, one_line
+
+        if not isinstance(exc, InputError):
+            raise
+        _close_progress_bars()
         rank = os.environ.get("RANK")
         prefix = f"[rank {rank}] " if rank not in (None, "0") else ""
         print(f"{prefix}error: {one_line(exc)}", file=sys.stderr)
@@ -222,6 +264,18 @@ def _run(entry: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         print("interrupted; continue with --resume", file=sys.stderr)
         return 130
+
+
+def _close_progress_bars() -> None:
+    """Close any open tqdm bar, so an error message starts on a line of its own."""
+    tqdm_module = sys.modules.get("tqdm")
+    if tqdm_module is None:
+        return
+    for bar in list(getattr(tqdm_module.tqdm, "_instances", ())):
+        try:
+            bar.close()
+        except Exception:  # a bar half torn down by the error must not hide the message
+            pass
 
 
 def train_cls_main(argv: Sequence[str] | None = None) -> int:
@@ -239,6 +293,8 @@ def train_seg_main(argv: Sequence[str] | None = None) -> int:
         return _run(lambda: _recalibrate("seg", argv[1:]))
     if argv and argv[0] == "tune-postprocess":
         return _run(lambda: _tune(argv[1:]))
+    if argv and argv[0] == "check-data":
+        return _run(lambda: _check_data(argv[1:]))
     if argv and argv[0] == "train":
         argv = argv[1:]
     return _run(lambda: _train("seg", argv))

@@ -520,6 +520,19 @@ def _parse_palette(text: str) -> list[list[int]]:
     return value
 
 
+def _parse_classes(text: str) -> list[str]:
+    """Class names as train-seg's data.classes takes them: a comma list, a YAML list or a file of names."""
+    from .data.errors import InputError
+    from .data.names import parse_class_list
+    from .engine.config import parse_value
+
+    value = parse_value(text) if text.lstrip().startswith("[") else text
+    try:
+        return parse_class_list(value, "--classes")
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _parse_postprocess(text: str) -> dict[str, Any] | None:
     """'none' or a JSON object (checked against the model's classes when the file is written)."""
     if text.strip().lower() == "none":
@@ -542,8 +555,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "classes, palette or input rules (--max-side, --size-divisor); weights are copied")
     parser.add_argument("--out", required=True, help="output packed model (.gnpk)")
     parser.add_argument("--name", help="model name served by the API (default: from the config)")
-    parser.add_argument("--classes", help="comma-separated class names (default: from the checkpoint)")
-    parser.add_argument("--palette", type=_parse_palette, help="'r,g,b;r,g,b;...' (default: checkpoint or VOC)")
+    parser.add_argument("--classes", type=_parse_classes,
+                        help="class names: 'a,b,c', a YAML list or a file with one name per line (default: "
+                        "the checkpoint's, i.e. the config's data.classes)")
+    parser.add_argument("--palette", type=_parse_palette, help="'r,g,b;r,g,b;...' or a JSON list (default: the "
+                        "checkpoint's, i.e. the config's data.palette, else the PASCAL VOC colour map)")
     parser.add_argument("--max-side", type=int, help="long side images are resized down to (default 512)")
     parser.add_argument("--size-divisor", type=int, help="inputs are padded to a multiple of this (default 32)")
     parser.add_argument("--postprocess", type=_parse_postprocess, default=False, metavar="JSON|none",
@@ -553,7 +569,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.postprocess is not False and not args.repack:
         parser.error("--postprocess needs --repack (fit it with train-seg tune-postprocess on an exported file)")
-    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    classes = args.classes
     if args.repack:
         try:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -569,6 +585,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         model, ckpt = load_checkpoint(args.checkpoint)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         palette = args.palette or ckpt.get("palette")
+        if palette is None:  # say so: a silent VOC colour map surprises anyone with their own classes
+            print("palette: none given (--palette) and none in the checkpoint (data.palette); using the "
+                  "PASCAL VOC colour map", file=sys.stderr)
         checksum = export_model(model, args.out, name=args.name, classes=classes or ckpt.get("classes"),
                                 palette=palette, mean=ckpt.get("mean") or IMAGENET_MEAN,
                                 std=ckpt.get("std") or IMAGENET_STD, size_divisor=args.size_divisor or 32,

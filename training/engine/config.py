@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import difflib
 import json
+import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 import yaml
 
 from ..data.errors import InputError
+from ..data.names import parse_class_list
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -30,6 +32,8 @@ class ConfigError(InputError):
 FREE_FORM = {"data.remap", "model.extra"}
 # Data paths in a config file are relative to the repository that holds the config (see resolve_paths).
 DATA_PATH_KEYS = ("data.root",)
+# The shipped configs: `--config NAME` and `base: NAME` both find training/configs/NAME.yaml.
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 _COMMON: dict[str, Any] = {
     "seed": 0,
@@ -52,7 +56,9 @@ SEG_DEFAULTS: dict[str, Any] = {
         "mask_dir": None,  # default per layout: masks (folder, camvid), SegmentationClass (voc)
         "train_split": "train",  # voc: list name or .txt; camvid: sub-folder; folder: name range / list / all
         "val_split": "val",
-        "classes": None,  # list of class names; sets model.num_classes
+        # Class names (sets model.num_classes): a YAML list, a comma list "a,b,c" or a file with one
+        # name per line (relative to the config's repository, the working directory or data.root).
+        "classes": None,
         "palette": None,  # optional [[r, g, b], ...], one per class, stored in checkpoints for export
         "ignore_index": 255,
         "void_labels": [],  # stored values that mean "unlabelled" (CamVid 11) -> ignore_index
@@ -65,7 +71,8 @@ SEG_DEFAULTS: dict[str, Any] = {
         "std": list(IMAGENET_STD),
         "batch_size": 8,  # per process
         "val_batch_size": 1,  # per process; images of different sizes are padded with ignore
-        "workers": 4,
+        "workers": None,  # data loading processes; null follows the CPU count (auto_workers)
+        "check": True,  # read every image and mask once before training (train-seg check-data)
     },
     "train": {
         "epochs": 50,
@@ -115,7 +122,7 @@ CLS_DEFAULTS: dict[str, Any] = {
         "std": list(IMAGENET_STD),
         "batch_size": 256,
         "val_batch_size": 256,
-        "workers": 8,
+        "workers": None,  # null follows the CPU count (auto_workers)
     },
     "train": {
         **{k: v for k, v in SEG_DEFAULTS["train"].items()},
@@ -183,6 +190,19 @@ def repo_root_of(path: Path) -> Path:
     return path.resolve().parent
 
 
+def base_config_path(base: str, including: Path) -> Path:
+    """``base:`` of the config ``including``: a path relative to that file, or a shipped config's name."""
+    local = including.parent / base
+    if local.is_file():
+        return local
+    shipped = CONFIG_DIR / (base if base.endswith(".yaml") else f"{base}.yaml")
+    if shipped.is_file():
+        return shipped
+    names = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+    raise ConfigError(f"base config {base!r} of {including} not found: neither {local} nor a shipped config "
+                      f"({names})")
+
+
 def _load_with_bases(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     path = path.resolve()
     if path in seen:
@@ -191,10 +211,19 @@ def _load_with_bases(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     base = data.pop("base", None)
     # Data paths are made absolute per file, so a base config's paths keep their meaning.
     resolve_paths(data, repo_root_of(path))
+    _resolve_class_file(data, repo_root_of(path))
     if base is None:
         return data
-    merged = _load_with_bases(path.parent / base, (*seen, path))
+    merged = _load_with_bases(base_config_path(str(base), path), (*seen, path))
     return deep_merge(merged, data)
+
+
+def _resolve_class_file(data: dict[str, Any], base_dir: Path) -> None:
+    """A class-list file named in a config file is relative to its repository, like data.root (when
+    it exists there; else parse_class_list looks in the working directory and data.root)."""
+    value = (data.get("data") or {}).get("classes")
+    if isinstance(value, str) and "," not in value and (base_dir / value).is_file():
+        data["data"]["classes"] = str((base_dir / value).resolve())
 
 
 # --------------------------------------------------------------------------- merging and checking
@@ -305,7 +334,41 @@ def load_config(
     config = deep_merge(config, override_dict)
     config["task"] = task
     _check_values(config)
+    if config["data"].get("workers") is None:
+        config["data"]["workers"] = auto_workers()
     return config
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. a container's share), not the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def auto_workers() -> int:
+    """DataLoader workers when the config leaves ``data.workers`` open: one CPU for the training
+    process, the rest (at most 8) decode and augment; 0 (in-process loading) on one CPU."""
+    return max(0, min(8, cpu_count() - 1))
+
+
+def explicit_keys(path: str | Path | None, overrides: Iterable[tuple[str, Any]] = ()) -> set[str]:
+    """Dotted keys set by a config file (with its bases) or on the command line; the others are defaults."""
+    keys: set[str] = set()
+
+    def walk(node: Mapping[str, Any], prefix: str) -> None:
+        for key, value in node.items():
+            dotted = f"{prefix}{key}"
+            if isinstance(value, Mapping) and dotted not in FREE_FORM:
+                walk(value, f"{dotted}.")
+            else:
+                keys.add(dotted)
+
+    if path is not None:
+        walk(_load_with_bases(Path(path)), "")
+    keys.update(dotted for dotted, _ in overrides)
+    return keys
 
 
 def _check_values(config: dict[str, Any]) -> None:
@@ -315,6 +378,12 @@ def _check_values(config: dict[str, Any]) -> None:
     if config["task"] == "seg":
         if not data.get("classes"):
             raise ConfigError("data.classes (the list of class names) is not set")
+        root = Path(data["root"])
+        data["classes"] = parse_class_list(data["classes"], "data.classes", [root])
+        palette = data.get("palette")
+        if palette is not None and len(palette) != len(data["classes"]):
+            raise ConfigError(f"data.palette has {len(palette)} colours for {len(data['classes'])} classes "
+                              f"({', '.join(data['classes'])})")
         if not 0 <= int(data["ignore_index"]) <= 255:
             raise ConfigError(f"data.ignore_index must be in 0..255, got {data['ignore_index']}")
         if data["ignore_index"] < len(data["classes"]):

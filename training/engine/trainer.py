@@ -31,6 +31,7 @@ from .config import dump_yaml, from_json, load_config, to_json
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum
 from .metrics import SegmentationLoss, confusion_matrix, predict_probs, segmentation_scores, topk_correct
 from .optim import build_optimizer, build_scheduler, lr_factor_fn
+from .run_info import SlowStartWatch, describe_settings, write_defaults
 from .runlog import format_duration, format_seg_report, write_csv
 
 METRIC = {"seg": "miou", "cls": "top1"}
@@ -176,19 +177,22 @@ def evaluate_cls(model: nn.Module, loader: DataLoader, info: DistInfo, max_batch
 
 # --------------------------------------------------------------------------- training
 
-def train(config: dict[str, Any], resume: str | None = None) -> dict[str, Any]:
+def train(config: dict[str, Any], resume: str | None = None, explicit: set[str] | None = None) -> dict[str, Any]:
     """Run (or resume) the training described by ``config``; returns the summary (rank 0's view).
 
     resume: None, "last" (output_dir/last.pt) or a checkpoint path.
+    explicit: the dotted keys the config file and command line set (config.explicit_keys); the
+    others are reported as defaults at the start and in defaults.yaml.
     """
     info = distributed.setup(config["device"])
     try:
-        return _train(config, info, resume)
+        return _train(config, info, resume, explicit)
     finally:
         distributed.cleanup()
 
 
-def _train(config: dict[str, Any], info: DistInfo, resume: str | None) -> dict[str, Any]:
+def _train(config: dict[str, Any], info: DistInfo, resume: str | None,
+           explicit: set[str] | None = None) -> dict[str, Any]:
     task, train_cfg, data_cfg = config["task"], config["train"], config["data"]
     out_dir = output_dir(config)
     ckpt = None
@@ -204,6 +208,13 @@ def _train(config: dict[str, Any], info: DistInfo, resume: str | None) -> dict[s
     seed = int(config["seed"])
     seed_everything(seed)
     train_set, val_set, classes = build_datasets(config)
+    if task == "seg" and data_cfg.get("check", True):
+        from ..data.check import check_before_training
+
+        failure = check_before_training(config, train_set, val_set, progress, log) if info.is_main else None
+        failure = all_gather_objects(failure, info)[0]  # rank 0 read the files; every rank stops
+        if failure:
+            raise InputError(failure)
     model_cfg = model_config_for(config, len(classes))
     from ..models import create_model
 
@@ -257,6 +268,7 @@ def _train(config: dict[str, Any], info: DistInfo, resume: str | None) -> dict[s
     budget_applied = ckpt is not None and bool(ckpt.get("budget_applied"))
     metric_name = METRIC[task]
     start_epoch, step, best, best_epoch = 0, 0, None, None
+    elapsed_before = 0.0  # wall time of the run before a resume: "finished in" counts the whole run
     history: list[dict[str, Any]] = []
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
@@ -267,6 +279,7 @@ def _train(config: dict[str, Any], info: DistInfo, resume: str | None) -> dict[s
         start_epoch, step = int(ckpt["epoch"]), int(ckpt["step"])
         best, best_epoch = ckpt.get("best_metric"), ckpt.get("best_epoch")
         history = list(ckpt.get("history", []))
+        elapsed_before = float(ckpt.get("elapsed", 0.0))
         states = ckpt["rng"]
         set_rng_state(states[info.rank] if len(states) == info.world_size else states[0])
         log(f"resumed from epoch {start_epoch} ({step} steps)")
@@ -274,6 +287,8 @@ def _train(config: dict[str, Any], info: DistInfo, resume: str | None) -> dict[s
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.yaml").write_text(dump_yaml(config))
+        write_defaults(out_dir / "defaults.yaml", config, model_cfg, explicit)
+    log(describe_settings(config, model_cfg, explicit, out_dir, info.device.type))
     log(f"{task}: {len(train_set)} train / {len(val_set)} val images, {len(classes)} classes, "
         f"world size {info.world_size} on {info.device.type}, {iters} steps/epoch -> {out_dir}")
 
@@ -283,6 +298,7 @@ def _train(config: dict[str, Any], info: DistInfo, resume: str | None) -> dict[s
     save_seconds = 0.0  # the last checkpoint write: an epoch costs its training time plus this
     last_scores: dict[str, Any] = {}
     epoch = start_epoch
+    watch = SlowStartWatch(log, iters, epochs - start_epoch, info.device.type) if info.is_main else None
     while epoch < epochs:  # not range(): a time budget may lower `epochs` during the run
         sampler.set_epoch(epoch)
         ddp_model.train()
@@ -327,7 +343,11 @@ def _train(config: dict[str, Any], info: DistInfo, resume: str | None) -> dict[s
                 f"run left {format_duration(left)}"
             )
             bar.update()
+            if watch is not None:
+                watch.step(info.world_size * len(images))
         bar.close()
+        if watch is not None:
+            watch.close()  # the first epoch of this process is the one watched
         train_seconds = time.perf_counter() - epoch_start
         sums = all_reduce_sum(sums.to(info.device), info).cpu()
         row: dict[str, Any] = {
@@ -341,14 +361,18 @@ def _train(config: dict[str, Any], info: DistInfo, resume: str | None) -> dict[s
             "img_per_s": float(sums[3]) / max(train_seconds, 1e-9),
         }
 
+        budget_note = ""
         if budget_seconds and not budget_applied and (epoch + 1 - start_epoch >= 2 or epoch + 1 == epochs):
-            fitted = fit_epochs_to_budget(budget_seconds - (time.perf_counter() - run_start), epoch + 1,
+            fitted = fit_epochs_to_budget(budget_seconds - elapsed_before - (time.perf_counter() - run_start),
+                                          epoch + 1,
                                           epochs, train_seconds + save_seconds, len(val_set) / len(train_set),
                                           int(config["eval"]["every"]))
             epochs = all_gather_objects(fitted, info)[0]  # rank 0 decides, so every rank stops together
             budget_applied = True
             if epochs != int(train_cfg["epochs"]):
-                log(f"time budget {budget_seconds / 60:g} min: {epochs} epochs instead of {train_cfg['epochs']}")
+                # Logged after this epoch's line, so it reads as what it is: decided after epoch 2.
+                budget_note = (f"time budget {budget_seconds / 60:g} min: {epochs} epochs instead of "
+                               f"{train_cfg['epochs']} (timed on epoch {epoch + 1})")
                 train_cfg["epochs"] = epochs
                 factor = lr_factor_fn(train_cfg, iters)
                 scheduler.lr_lambdas = [factor] * len(scheduler.lr_lambdas)
@@ -398,6 +422,7 @@ def _train(config: dict[str, Any], info: DistInfo, resume: str | None) -> dict[s
                 "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(),
                 "rng": rng,
+                "elapsed": elapsed_before + time.perf_counter() - run_start,
             }
             save_started = time.perf_counter()
             save_atomic(state, out_dir / "last.pt")
@@ -409,6 +434,8 @@ def _train(config: dict[str, Any], info: DistInfo, resume: str | None) -> dict[s
             save_seconds = time.perf_counter() - save_started
         shown = f"  val {METRIC_LABEL[metric_name]} {100 * row[metric_name]:.2f}" if metric_name in row else ""
         log(f"epoch {epoch + 1}/{epochs}  loss {row['train_loss']:.4f}{shown}  {row['img_per_s']:.1f} img/s")
+        if budget_note:
+            log(budget_note)
         epoch += 1
 
     steps_per_rank = all_gather_objects(steps_this_rank, info)
@@ -420,7 +447,7 @@ def _train(config: dict[str, Any], info: DistInfo, resume: str | None) -> dict[s
         "steps_per_rank": steps_per_rank,
         "world_size": info.world_size,
         "device": info.device.type,
-        "seconds": time.perf_counter() - run_start,
+        "seconds": elapsed_before + time.perf_counter() - run_start,
         "metric": metric_name,
         "best_metric": best,
         "best_epoch": best_epoch,

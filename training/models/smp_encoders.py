@@ -1,6 +1,6 @@
 """Registration of the Group-Net encoders in segmentation-models-pytorch's encoder registry.
 
-After `import training`, `smp.DeepLabV3Plus(encoder_name="groupnet_resnet18", encoder_weights=None)`
+After `import training.models`, `smp.DeepLabV3Plus(encoder_name="groupnet_resnet18", encoder_weights=None)`
 builds a binary Group-Net backbone under any smp decoder.
 """
 
