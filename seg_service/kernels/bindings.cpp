@@ -59,11 +59,39 @@ void require(bool ok, const std::string& message) {
     if (!ok) throw py::value_error(message);
 }
 
+// Bounds on window geometry and output sizes, far above any real network or image, low enough that
+// every size computed from them (in + 2 * padding, dilation * (kernel - 1), k * k * channels, an
+// output's element count) stays far inside int64: no check below can overflow and pass.
+constexpr int64_t kMaxKernel = 4096;
+constexpr int64_t kMaxStride = 4096;
+constexpr int64_t kMaxPadding = int64_t{1} << 20;
+constexpr int64_t kMaxDilation = int64_t{1} << 16;
+constexpr int64_t kMaxChannels = int64_t{1} << 24;
+constexpr int64_t kMaxSide = int64_t{1} << 24;  // an output side (resize, upsample)
+
+void require_geometry(int64_t kernel, int64_t stride, int64_t padding, int64_t dilation) {
+    require(kernel >= 1 && kernel <= kMaxKernel,
+            "kernel must be in [1, " + std::to_string(kMaxKernel) + "], got " + std::to_string(kernel));
+    require(stride >= 1 && stride <= kMaxStride,
+            "stride must be in [1, " + std::to_string(kMaxStride) + "], got " + std::to_string(stride));
+    require(padding >= 0 && padding <= kMaxPadding,
+            "padding must be in [0, " + std::to_string(kMaxPadding) + "], got " + std::to_string(padding));
+    require(dilation >= 1 && dilation <= kMaxDilation,
+            "dilation must be in [1, " + std::to_string(kMaxDilation) + "], got " + std::to_string(dilation));
+}
+
+void require_out_size(int64_t out_h, int64_t out_w) {
+    require(out_h >= 1 && out_w >= 1 && out_h <= kMaxSide && out_w <= kMaxSide,
+            "output size must be in [1, " + std::to_string(kMaxSide) + "] per side, got " + std::to_string(out_h) +
+                "x" + std::to_string(out_w));
+}
+
 // Validates the convolution arguments shared by every conv entry point and returns the shape.
 segk::ConvShape conv_shape(int64_t in_h, int64_t in_w, int64_t in_words, const py::array& w,
                            int64_t in_channels, int64_t stride, int64_t padding, int64_t dilation) {
     require(in_h >= 1 && in_w >= 1, "input must have a non-empty spatial size");
-    require(in_channels >= 1, "in_channels must be >= 1, got " + std::to_string(in_channels));
+    require(in_channels >= 1 && in_channels <= kMaxChannels,
+            "in_channels must be in [1, " + std::to_string(kMaxChannels) + "], got " + std::to_string(in_channels));
     const int64_t words = segk::words_for(in_channels);
     require(in_words == words, "input has " + std::to_string(in_words) + " words per pixel but in_channels=" +
                                    std::to_string(in_channels) + " needs " + std::to_string(words));
@@ -73,10 +101,8 @@ segk::ConvShape conv_shape(int64_t in_h, int64_t in_w, int64_t in_words, const p
     require(w.shape(3) == words, "weights have " + std::to_string(w.shape(3)) +
                                      " words per tap but in_channels=" + std::to_string(in_channels) + " needs " +
                                      std::to_string(words));
-    require(stride >= 1, "stride must be >= 1, got " + std::to_string(stride));
-    require(padding >= 0, "padding must be >= 0, got " + std::to_string(padding));
-    require(dilation >= 1, "dilation must be >= 1, got " + std::to_string(dilation));
     const int64_t k = w.shape(1);
+    require_geometry(k, stride, padding, dilation);
     require(k * k * in_channels <= std::numeric_limits<int32_t>::max() / 2, "kernel too large for int32 dots");
     segk::ConvShape s;
     s.in_h = in_h;
@@ -146,11 +172,13 @@ void finish_weights(WeightsArg& w, const segk::ConvShape& s, int64_t in_channels
 
 PyPreparedWeights prepare_weights(const py::handle& w_obj, int64_t in_channels) {
     auto w = checked<uint64_t>(w_obj, "w", 4);
-    require(in_channels >= 1, "in_channels must be >= 1, got " + std::to_string(in_channels));
+    require(in_channels >= 1 && in_channels <= kMaxChannels,
+            "in_channels must be in [1, " + std::to_string(kMaxChannels) + "], got " + std::to_string(in_channels));
     const int64_t words = segk::words_for(in_channels);
     require(w.shape(0) >= 1, "weights must have at least one output channel");
-    require(w.shape(1) == w.shape(2) && w.shape(1) >= 1,
-            "weights must be [out_channels, k, k, words] with a square kernel, got " + shape_str(w));
+    require(w.shape(1) == w.shape(2) && w.shape(1) >= 1 && w.shape(1) <= kMaxKernel,
+            "weights must be [out_channels, k, k, words] with a square kernel of at most " +
+                std::to_string(kMaxKernel) + ", got " + shape_str(w));
     require(w.shape(3) == words, "weights have " + std::to_string(w.shape(3)) + " words per tap but in_channels=" +
                                      std::to_string(in_channels) + " needs " + std::to_string(words));
     require(w.shape(1) * w.shape(1) * in_channels <= std::numeric_limits<int32_t>::max() / 2,
@@ -420,8 +448,7 @@ py::array_t<float> upsample_bilinear(const py::handle& x_obj, int64_t out_h, int
     auto x = checked<float>(x_obj, "x", 3);
     require(x.shape(0) >= 1 && x.shape(1) >= 1 && x.shape(2) >= 1, "x must be a non-empty [H, W, C] map, got " +
                                                                        shape_str(x));
-    require(out_h >= 1 && out_w >= 1,
-            "output size must be positive, got " + std::to_string(out_h) + "x" + std::to_string(out_w));
+    require_out_size(out_h, out_w);
     py::array_t<float> out({out_h, out_w, static_cast<int64_t>(x.shape(2))});
     const float* xp = x.data();
     float* op = out.mutable_data();
@@ -436,8 +463,7 @@ py::array_t<float> upsample_bilinear(const py::handle& x_obj, int64_t out_h, int
 py::array_t<float> resize_area(const py::handle& x_obj, int64_t out_h, int64_t out_w) {
     require(py::isinstance<py::array>(x_obj), "x must be a numpy array");
     const bool is_u8 = py::reinterpret_borrow<py::array>(x_obj).dtype().is(py::dtype::of<uint8_t>());
-    require(out_h >= 1 && out_w >= 1,
-            "output size must be positive, got " + std::to_string(out_h) + "x" + std::to_string(out_w));
+    require_out_size(out_h, out_w);
     auto run = [&](auto x) {
         require(x.shape(0) >= 1 && x.shape(1) >= 1 && x.shape(2) >= 1,
                 "x must be a non-empty [H, W, C] image, got " + shape_str(x));
@@ -464,7 +490,8 @@ py::tuple guided_coefficients(const py::handle& guide_obj, const py::handle& src
     require(src.shape(0) == h && src.shape(1) == w && k >= 1,
             "src must be [H, W, K] with the guide's H and W, got " + shape_str(src) + " for guide " +
                 shape_str(guide));
-    require(radius >= 1, "radius must be >= 1, got " + std::to_string(radius));
+    require(radius >= 1 && radius <= kMaxPadding,
+            "radius must be in [1, " + std::to_string(kMaxPadding) + "], got " + std::to_string(radius));
     require(eps > 0, "eps must be positive");
     py::array_t<float> a({h, w, k, int64_t{3}});
     py::array_t<float> b({h, w, k});
@@ -531,8 +558,10 @@ py::array_t<float> maxpool2d(const py::handle& x_obj, int64_t kernel, int64_t st
     auto x = checked<float>(x_obj, "x", 3);
     require(x.shape(0) >= 1 && x.shape(1) >= 1 && x.shape(2) >= 1, "x must be a non-empty [H, W, C] map, got " +
                                                                        shape_str(x));
-    require(kernel >= 1 && stride >= 1 && padding >= 0 && 2 * padding <= kernel,
-            "maxpool needs kernel >= 1, stride >= 1 and 0 <= padding <= kernel / 2");
+    // Bounded first, so that 2 * padding cannot overflow (kernel 2^63-1 with padding 2^62 passed before).
+    require_geometry(kernel, stride, padding, 1);
+    require(2 * padding <= kernel, "maxpool needs 0 <= padding <= kernel / 2, got padding " +
+                                       std::to_string(padding) + " for kernel " + std::to_string(kernel));
     const int64_t out_h = segk::conv_out_size(x.shape(0), kernel, stride, padding, 1);
     const int64_t out_w = segk::conv_out_size(x.shape(1), kernel, stride, padding, 1);
     require(out_h >= 1 && out_w >= 1, "pooling window " + std::to_string(kernel) + " does not fit input " + shape_str(x));
@@ -555,7 +584,7 @@ py::array_t<float> conv2d_direct(const py::handle& x_obj, const py::handle& w_ob
     require(x.shape(0) >= 1 && x.shape(1) >= 1 && c >= 1, "x must be a non-empty [H, W, C] map, got " + shape_str(x));
     require(out_c >= 1 && k >= 1 && w.shape(2) == k && w.shape(3) == c,
             "weight must be [out_channels, k, k, " + std::to_string(c) + "], got " + shape_str(w));
-    require(stride >= 1 && padding >= 0 && dilation >= 1, "stride and dilation must be >= 1 and padding >= 0");
+    require_geometry(k, stride, padding, dilation);
     const int64_t out_h = segk::conv_out_size(x.shape(0), k, stride, padding, dilation);
     const int64_t out_w = segk::conv_out_size(x.shape(1), k, stride, padding, dilation);
     require(out_h >= 1 && out_w >= 1, "kernel " + std::to_string(k) + " does not fit input " + shape_str(x));

@@ -16,6 +16,8 @@ import hashlib
 import json
 import math
 import os
+import re
+import stat
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -36,6 +38,21 @@ FILE_EXTENSION = ".gnpk"
 
 # Sanity cap on the JSON header: a larger length field means a corrupt or foreign file.
 _MAX_HEADER_BYTES = 64 * 1024 * 1024
+# Largest model file the loader reads (checked with stat before a byte is read): shipped models are
+# about 2.4 MB, so a bigger file is corrupt or foreign, and reading it would cost its size in memory.
+MAX_MODEL_FILE_BYTES = 256 * 1024 * 1024
+
+# Bounds on the description and the op fields: far above any real model, low enough that no size
+# computed from them (padded input, output side, kernel extent) can overflow int64 or allocate absurdly.
+MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # safe in a header, a URL, a log line
+MAX_TEXT_CHARS = 200  # arch, class names
+MAX_SIZE_DIVISOR = 1024
+MAX_SIDE = 8192
+OP_INT_BOUNDS: dict[str, tuple[int, int]] = {
+    "kernel": (1, 64), "stride": (1, 64), "padding": (0, 1024), "dilation": (1, 1024),
+    "in_channels": (1, 65536),
+}
+MAX_POOL_SIZE = 1024
 
 # safetensors dtype strings <-> numpy dtypes (little-endian) used by this format.
 _DTYPES: dict[str, np.dtype] = {
@@ -248,13 +265,31 @@ def decode_model(data: bytes | bytearray | memoryview, source: str = "<bytes>") 
                       metadata=dict(metadata))
 
 
-def read_model(path: str | os.PathLike[str]) -> PackedFile:
-    """Read, verify (format, version, checksum) and validate a packed model file."""
+def read_model(path: str | os.PathLike[str], max_bytes: int = MAX_MODEL_FILE_BYTES) -> PackedFile:
+    """Read, verify (format, version, checksum) and validate a packed model file.
+
+    The file is checked with ``stat`` before it is opened: anything but a regular file (a FIFO would
+    block the open for ever, a device would never end) and anything over ``max_bytes`` is refused
+    without reading a byte.
+    """
     path = Path(path)
     try:
-        data = path.read_bytes()
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise ModelFormatError(f"{path}: not a regular file")
+        if info.st_size > max_bytes:
+            raise ModelFormatError(f"{path}: file is {info.st_size} bytes, over the limit of {max_bytes} bytes "
+                                   "for a model file")
+        # O_NONBLOCK: should the path be swapped for a FIFO after the stat, the open still returns.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise ModelFormatError(f"{path}: not a regular file")
+            data = f.read(max_bytes + 1)
     except OSError as exc:
         raise ModelFormatError(f"{path}: cannot read model file ({exc.strerror or exc})") from None
+    if len(data) > max_bytes:
+        raise ModelFormatError(f"{path}: file is over the limit of {max_bytes} bytes for a model file")
     packed = decode_model(data, source=str(path))
     packed.path = str(path)
     return packed
@@ -272,9 +307,22 @@ def validate_model_description(model: Any, source: str = "model") -> None:
     for key in ("name", "arch", "classes", "palette", "input"):
         if key not in model:
             raise ModelFormatError(f"{source}: model description lacks '{key}'")
+    name = model["name"]
+    if not (isinstance(name, str) and MODEL_NAME_PATTERN.fullmatch(name)):
+        # The name goes into the X-Model header, URLs and log lines: ASCII letters, digits, . _ - only.
+        raise ModelFormatError(f"{source}: model 'name' must be 1-64 ASCII letters, digits, '.', '_' or '-' "
+                               f"(starting with a letter or digit), got {_short(name)}")
+    if not (isinstance(model["arch"], str) and 0 < len(model["arch"]) <= MAX_TEXT_CHARS
+            and model["arch"].isprintable()):
+        raise ModelFormatError(f"{source}: model 'arch' must be a printable string of 1-{MAX_TEXT_CHARS} "
+                               f"characters, got {_short(model['arch'])}")
+    if "config" in model and not isinstance(model["config"], dict):
+        raise ModelFormatError(f"{source}: model 'config' must be a JSON object, got {_short(model['config'])}")
     classes, palette, spec = model["classes"], model["palette"], model["input"]
-    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
-        raise ModelFormatError(f"{source}: 'classes' must be a non-empty list of names")
+    if not isinstance(classes, list) or not classes or not all(
+            isinstance(c, str) and 0 < len(c) <= MAX_TEXT_CHARS and c.isprintable() for c in classes):
+        raise ModelFormatError(f"{source}: 'classes' must be a non-empty list of printable names "
+                               f"(1-{MAX_TEXT_CHARS} characters each)")
     if len(classes) > 256:
         raise ModelFormatError(f"{source}: {len(classes)} classes do not fit an 8-bit label mask (max 256)")
     if (not isinstance(palette, list) or len(palette) != len(classes)
@@ -284,13 +332,15 @@ def validate_model_description(model: Any, source: str = "model") -> None:
     if not isinstance(spec, dict):
         raise ModelFormatError(f"{source}: 'input' must be a JSON object")
     for key in ("mean", "std"):
-        if not (isinstance(spec.get(key), list) and len(spec[key]) == 3):
-            raise ModelFormatError(f"{source}: input '{key}' must be a list of 3 numbers")
+        if not (isinstance(spec.get(key), list) and len(spec[key]) == 3 and all(_finite(v) for v in spec[key])):
+            raise ModelFormatError(f"{source}: input '{key}' must be a list of 3 finite numbers")
     if any(s == 0 for s in spec["std"]):
         raise ModelFormatError(f"{source}: input 'std' must not contain zeros")
-    for key in ("size_divisor", "max_side"):
-        if not (isinstance(spec.get(key), int) and spec[key] > 0):
-            raise ModelFormatError(f"{source}: input '{key}' must be a positive integer")
+    for key, most in (("size_divisor", MAX_SIZE_DIVISOR), ("max_side", MAX_SIDE)):
+        value = spec.get(key)
+        if not (isinstance(value, int) and not isinstance(value, bool) and 0 < value <= most):
+            raise ModelFormatError(f"{source}: input '{key}' must be an integer from 1 to {most}, "
+                                   f"got {_short(value)}")
     if spec.get("channel_order", "RGB") != "RGB":
         raise ModelFormatError(f"{source}: unsupported input channel_order {spec.get('channel_order')!r}")
     if model.get("postprocess") is not None:
@@ -298,6 +348,16 @@ def validate_model_description(model: Any, source: str = "model") -> None:
             validate_postprocess(model["postprocess"], len(classes), source)
         except ValueError as exc:
             raise ModelFormatError(str(exc)) from None
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """repr of a bad value for an error message: one line, cut short (it comes from an untrusted file)."""
+    text = ascii(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _check_tensor(name: Any, dtype: str, tensors: Mapping[str, np.ndarray], where: str) -> np.ndarray:
@@ -342,11 +402,9 @@ def _check_shapes(kind: str, op: Mapping[str, Any], tensors: Mapping[str, np.nda
     elif kind == "lincomb":
         if len(op["coeffs"]) != len(op["ins"]):
             raise ModelFormatError(f"{where}: lincomb has {len(op['ins'])} inputs but {len(op['coeffs'])} coeffs")
-    for key in ("stride", "dilation", "kernel"):
-        if key in op and op[key] < 1:
-            raise ModelFormatError(f"{where}: '{key}' must be >= 1, got {op[key]}")
-    if op.get("padding", 0) < 0:
-        raise ModelFormatError(f"{where}: 'padding' must be >= 0, got {op['padding']}")
+    if kind == "maxpool2d" and 2 * op["padding"] > op["kernel"]:
+        raise ModelFormatError(f"{where}: maxpool2d padding {op['padding']} is more than half its kernel "
+                               f"{op['kernel']}")
 
 
 def validate_graph(graph: Any, tensors: Mapping[str, np.ndarray], source: str = "graph") -> None:
@@ -389,21 +447,22 @@ def validate_graph(graph: Any, tensors: Mapping[str, np.ndarray], source: str = 
             elif field_kind in ("f32", "u64"):
                 _check_tensor(value, field_kind, tensors, where)
             elif field_kind == "int":
-                if not isinstance(value, int) or isinstance(value, bool):
-                    raise ModelFormatError(f"{where}: field '{key}' must be an integer, got {value!r}")
+                low, high = OP_INT_BOUNDS.get(key, (0, 2**31 - 1))
+                if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                    raise ModelFormatError(f"{where}: field '{key}' must be an integer from {low} to {high}, "
+                                           f"got {_short(value)}")
             elif field_kind == "bool":
                 if not isinstance(value, bool):
                     raise ModelFormatError(f"{where}: field '{key}' must be true or false, got {value!r}")
             elif field_kind == "floats":
-                if not (isinstance(value, list)
-                        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)):
-                    raise ModelFormatError(f"{where}: field '{key}' must be a list of numbers")
+                if not (isinstance(value, list) and all(_finite(v) for v in value)):
+                    raise ModelFormatError(f"{where}: field '{key}' must be a list of finite numbers")
             elif field_kind == "size":
-                ok = (isinstance(value, int) and value > 0) or (
-                    isinstance(value, list) and len(value) == 2
-                    and all(isinstance(v, int) and v > 0 for v in value))
-                if not ok:
-                    raise ModelFormatError(f"{where}: field '{key}' must be a positive int or [h, w]")
+                sides = value if isinstance(value, list) and len(value) == 2 else [value]
+                if not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_POOL_SIZE
+                           for v in sides):
+                    raise ModelFormatError(f"{where}: field '{key}' must be an int or [h, w] from 1 to "
+                                           f"{MAX_POOL_SIZE}")
         _check_shapes(kind, op, tensors, where)
         if op["out"] in defined:
             raise ModelFormatError(f"{where}: value {op['out']!r} is defined twice")
@@ -411,3 +470,48 @@ def validate_graph(graph: Any, tensors: Mapping[str, np.ndarray], source: str = 
     for name in outputs:
         if name not in defined:
             raise ModelFormatError(f"{source}: graph output {name!r} is never computed")
+
+
+def infer_channels(graph: Mapping[str, Any], tensors: Mapping[str, np.ndarray], input_channels: int = 3,
+                   source: str = "graph") -> dict[str, int]:
+    """Channel count of every value of a validated graph, checking that each op gets the channels
+    its tensors expect (a conv's weight, an affine's scale, a residual, the inputs of a lincomb).
+
+    The spatial sizes depend on the image, so they are checked by the loader's dry run instead.
+    """
+    channels = {name: input_channels for name in graph["inputs"]}
+    for index, op in enumerate(graph["ops"]):
+        kind = op["op"]
+        where = f"{source}: op #{index} ({kind}, out {op['out']!r})"
+        ins = [channels[name] for name in op.get("ins", [])] or [channels[op["in"]]]
+        c = ins[0]
+        if kind == "conv2d":
+            w = tensors[op["weight"]]
+            if w.shape[3] != c:
+                raise ModelFormatError(f"{where}: weight expects {w.shape[3]} input channels, its input has {c}")
+            if not (w.shape[1] <= OP_INT_BOUNDS["kernel"][1] and w.shape[2] <= OP_INT_BOUNDS["kernel"][1]):
+                raise ModelFormatError(f"{where}: kernel {w.shape[1]}x{w.shape[2]} is over the limit "
+                                       f"{OP_INT_BOUNDS['kernel'][1]}")
+            out = int(w.shape[0])
+        elif kind == "bconv2d":
+            if op["in_channels"] != c:
+                raise ModelFormatError(f"{where}: in_channels is {op['in_channels']}, its input has {c}")
+            out = int(tensors[op["weight"]].shape[0])
+        elif kind == "affine":
+            out = int(tensors[op["mul"]].shape[0])
+            if out != c:
+                raise ModelFormatError(f"{where}: scales {out} channels, its input has {c}")
+        elif kind == "lincomb":
+            if len(set(ins)) != 1:
+                raise ModelFormatError(f"{where}: adds maps of different channel counts {ins}")
+            out = c
+        elif kind == "concat":
+            out = sum(ins)
+        else:  # relu, pooling, upsampling: channels unchanged
+            out = c
+        if op.get("residual") is not None and channels[op["residual"]] != out:
+            raise ModelFormatError(f"{where}: residual has {channels[op['residual']]} channels, the output {out}")
+        if out < 1:
+            raise ModelFormatError(f"{where}: produces no channels")
+        channels[op["out"]] = out
+    return channels

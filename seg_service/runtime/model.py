@@ -9,7 +9,7 @@ import numpy as np
 
 from seg_service import kernels
 from seg_service.runtime.executor import GraphExecutor, RunProfile
-from seg_service.runtime.format import ModelFormatError, PackedFile, read_model
+from seg_service.runtime.format import ModelFormatError, PackedFile, infer_channels, read_model
 from seg_service.runtime.refine import apply_postprocess
 from seg_service.runtime.threads import quiet_blas
 
@@ -59,22 +59,26 @@ class PackedModel:
         self._executor = GraphExecutor(packed.graph, packed.tensors)
         if len(self._executor.inputs) != 1 or len(self._executor.outputs) != 1:
             raise ModelFormatError(f"{self.name}: a segmentation graph needs exactly one input and one output")
-        channels = self._output_channels()
-        if channels is not None and channels != self.num_classes:
+        # Channel inference over the whole graph: every op gets the channels its tensors expect, and
+        # the output has one channel per class.
+        channels = infer_channels(packed.graph, packed.tensors, 3, self.name)[self._executor.outputs[0]]
+        if channels != self.num_classes:
             raise ModelFormatError(f"{self.name}: the graph outputs {channels} channels but the model lists "
                                    f"{self.num_classes} classes")
 
-    def _output_channels(self) -> int | None:
-        """Channels of the graph output, traced back through shape-preserving ops to the last conv."""
-        producers = {op["out"]: op for op in self._executor.ops}
-        op = producers.get(self._executor.outputs[0])
-        while op is not None and op["op"] in ("upsample_bilinear", "relu", "maxpool2d"):
-            op = producers.get(op["in"])
-        if op is not None and op["op"] in ("conv2d", "bconv2d"):
-            return int(self._packed.tensors[op["weight"]].shape[0])
-        if op is not None and op["op"] == "affine":
-            return int(self._packed.tensors[op["mul"]].shape[0])
-        return None
+    def dry_run(self) -> None:
+        """Segment a small blank image, with and without the post-processing: a graph that passes
+        every static check can still fail on real sizes (mismatched feature maps at a join, a pooling
+        window larger than its input), and such a file must be refused at load, not on each request."""
+        div = self.size_divisor
+        # Not a multiple of the divisor, not square, at most max_side: the padding path is exercised.
+        h, w = min(self.max_side, div + 1), min(self.max_side, 2 * div + 3)
+        rgb = np.full((h, w, 3), 128, dtype=np.uint8)
+        for refine in (False, True):
+            mask = self.predict(rgb, refine=refine)
+            if mask.shape != (h, w) or mask.dtype != np.uint8 or int(mask.max()) >= self.num_classes:
+                raise ModelFormatError(f"{self.name}: dry run gave a mask of shape {mask.shape}, dtype "
+                                       f"{mask.dtype}, for a {h}x{w} image with {self.num_classes} classes")
 
     @property
     def num_classes(self) -> int:
@@ -195,11 +199,25 @@ def _guide(image: np.ndarray) -> np.ndarray:
     return np.clip(image * np.float32(1.0 / 255.0), 0.0, 1.0)
 
 
-def load_model(path: str | os.PathLike[str]) -> PackedModel:
-    """Load and verify a packed model file (format, version, checksum, graph).
+def load_model(path: str | os.PathLike[str], dry_run: bool = True) -> PackedModel:
+    """Load and verify a packed model file (format, version, checksum, graph, channels) and, with
+    ``dry_run``, run it once on a small image, so that a file that loads can serve. Every failure is a
+    ``ModelFormatError`` naming the file.
 
     Also gives numpy's BLAS one thread (``threads.quiet_blas``): the runtime's few float convs are
     small, and OpenBLAS's idle workers spin after each call on the cores the binary kernels need.
     """
     quiet_blas()
-    return PackedModel(read_model(path))
+    packed = read_model(path)  # its errors already name the file
+    step = "building the executor"
+    try:
+        model = PackedModel(packed)
+        if dry_run:
+            step = "dry run"
+            model.dry_run()
+    except ModelFormatError as exc:
+        raise ModelFormatError(f"{path}: {exc}") from None
+    except Exception as exc:  # MemoryError, a kernel's RuntimeError/ValueError: the file's fault
+        text = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise ModelFormatError(f"{path}: {step} failed ({type(exc).__name__}: {text})") from None
+    return model
