@@ -224,7 +224,43 @@ def build_openvino_layer(inputs: LayerInputs):
     return ov.Model([shifted], [param], f"bconv_{s.height}x{s.width}x{s.in_channels}")
 
 
+class OpenVinoUnsupported(RuntimeError):
+    """OpenVINO's CPU plugin refused to compile a graph on this CPU; ``reason`` is its own message.
+
+    Its AVX2 binary convolution takes fewer shapes than its AVX-512 one (OpenVINO 2026.4 on an
+    AVX2-only CPU: "BinaryConvolution node with name '...' has unsupported parameters" for some
+    dilated maps). That is a property of the peer engine on the CPU at hand, not a failure of ours:
+    the benchmark reports such a shape as n/a and the parity test skips it.
+    """
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+# The messages of OpenVINO's own "this CPU path cannot run this node" checks at compile time. Kept
+# narrow on purpose: any other compile error (a malformed graph, a bad option, a crash) must still fail.
+OPENVINO_REFUSALS = ("has unsupported parameters",)
+
+
+def openvino_refusal(error: BaseException) -> str | None:
+    """The engine's reason when ``error`` is OpenVINO refusing a node on this CPU, else None.
+
+    OpenVINO wraps the plugin's check in "Exception from <file>:<line>:" lines; the reason keeps
+    the check itself on one line, e.g. "Check 'args_ok' failed at .../bin_conv.cpp:1209:
+    BinaryConvolution node with name 'X' has unsupported parameters".
+    """
+    if not isinstance(error, RuntimeError) or isinstance(error, OpenVinoUnsupported):
+        return None
+    text = str(error)
+    if not any(marker in text for marker in OPENVINO_REFUSALS):
+        return None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return " ".join(line for line in lines if not line.startswith("Exception from ")) or text.strip()
+
+
 def compile_openvino(model, threads: int, core=None, profile: bool = False):
+    """Compile for CPU; OpenVinoUnsupported (with OpenVINO's reason) if the plugin refuses a node here."""
     import openvino as ov
 
     core = core or ov.Core()
@@ -236,7 +272,13 @@ def compile_openvino(model, threads: int, core=None, profile: bool = False):
         "INFERENCE_PRECISION_HINT": "f32",
         "PERF_COUNT": profile,
     }
-    return core.compile_model(model, "CPU", config)
+    try:
+        return core.compile_model(model, "CPU", config)
+    except RuntimeError as error:
+        reason = openvino_refusal(error)
+        if reason is None:
+            raise
+        raise OpenVinoUnsupported(reason) from error
 
 
 def openvino_exec_graph(compiled) -> list[dict[str, str]]:
@@ -398,7 +440,8 @@ def run_layer_benchmark(
     float epilogue) and ``pack_bits_ms`` (binarise + pack the input alone). ``openvino_core_ms``
     is OpenVINO without the layout reorders at the graph's ends (from its per-node profile); the
     ``speedup_vs_openvino`` column uses it, ``speedup_vs_openvino_end_to_end`` the whole call.
-    OpenVINO columns are None where openvino is not installed.
+    OpenVINO columns are None where openvino is not installed, and also where OpenVINO refuses the
+    shape on this CPU; then ``openvino_unsupported`` holds its reason (else None).
     """
     import torch
 
@@ -438,8 +481,15 @@ def run_layer_benchmark(
                 calls["torch"] = torch_call(inputs)
                 after: dict[str, Callable[[], None]] = {}
                 openvino_layer = None
+                openvino_unsupported = None
                 if core is not None:
-                    openvino_layer = OpenVinoLayer(inputs, thread_count, core)
+                    try:
+                        openvino_layer = OpenVinoLayer(inputs, thread_count, core)
+                    except OpenVinoUnsupported as refusal:
+                        # Reported as n/a with OpenVINO's reason; the other engines still run.
+                        openvino_unsupported = refusal.reason
+                        log(f"{shape.name} t{thread_count}: OpenVINO n/a on this CPU: {refusal.reason}")
+                if openvino_layer is not None:
                     calls["openvino"] = openvino_layer
                     after["openvino"] = openvino_layer.record_profile
                     log(f"{shape.name} t{thread_count}: OpenVINO exec graph: "
@@ -483,6 +533,7 @@ def run_layer_benchmark(
                         "gmacs_per_core": shape.binary_macs / (ours_ms * 1e-3) / thread_count / 1e9,
                         "scaling_vs_1_thread": (one_thread_ms[path] / ours_ms) if path in one_thread_ms else None,
                         "openvino_impl": openvino_layer.impl if openvino_layer else None,
+                        "openvino_unsupported": openvino_unsupported,
                         "max_abs_diff_torch": diffs["torch"],
                         "max_abs_diff_openvino": diffs.get("openvino"),
                         "max_abs_diff_vs_first_isa": diffs.get(path, 0.0),
@@ -505,15 +556,17 @@ _COLUMNS = [
 ]
 
 
-def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
+def _fmt(value: float | None, spec: str, missing: str = "-") -> str:
+    return missing if value is None else format(value, spec)
 
 
 def _format_row(row: dict) -> str:
+    ov_missing = "n/a" if row.get("openvino_unsupported") else "-"  # refused on this CPU / not installed
     cells = [
         row["name"], str(row["threads"]), row["isa"], _fmt(row["ours_ms"], ".3f"), _fmt(row["torch_ms"], ".3f"),
-        _fmt(row["openvino_core_ms"], ".3f"), _fmt(row["openvino_ms"], ".3f"), _fmt(row["speedup_vs_torch"], ".1f"),
-        _fmt(row["speedup_vs_openvino"], ".2f"), _fmt(row["gmacs_per_core"], ".0f"),
+        _fmt(row["openvino_core_ms"], ".3f", ov_missing), _fmt(row["openvino_ms"], ".3f", ov_missing),
+        _fmt(row["speedup_vs_torch"], ".1f"), _fmt(row["speedup_vs_openvino"], ".2f", ov_missing),
+        _fmt(row["gmacs_per_core"], ".0f"),
         _fmt(row["scaling_vs_1_thread"] if row["threads"] != 1 else None, ".2f"),
     ]
     return "| " + " | ".join(cell.rjust(width) if i else cell.ljust(width)
@@ -530,6 +583,13 @@ def format_layer_table(rows: Sequence[dict]) -> str:
     isa_order = {"avx512": 0, "avx2": 1, "scalar": 2}
     ordered = sorted(rows, key=lambda r: (r["threads"], order[r["name"]], isa_order.get(r["isa"], 9)))
     return "\n".join([header, rule, *(_format_row(row) for row in ordered)])
+
+
+def openvino_unsupported_notes(rows: Sequence[dict]) -> list[str]:
+    """One line per (shape, threads) OpenVINO refused on this CPU, with its reason (below the table)."""
+    refused = {(r["name"], r["threads"]): r["openvino_unsupported"] for r in rows if r.get("openvino_unsupported")}
+    return [f"n/a: OpenVINO cannot run {name} with {threads} thread(s) on this CPU: {reason}"
+            for (name, threads), reason in refused.items()]
 
 
 def summarize_targets(rows: Sequence[dict]) -> list[str]:
@@ -581,6 +641,9 @@ def environment_lines() -> list[str]:
         import openvino as ov
 
         lines.append(f"openvino {ov.__version__}")
+        capped = {name: os.environ[name] for name in ("OV_CPU_MAX_ISA", "ONEDNN_MAX_CPU_ISA") if name in os.environ}
+        if capped:  # OpenVINO then runs (and refuses shapes) as on a CPU with only that ISA
+            lines.append("OpenVINO ISA capped: " + " ".join(f"{k}={v}" for k, v in capped.items()))
     else:
         lines.append("openvino not installed: OpenVINO columns are empty")
     return lines
@@ -617,13 +680,16 @@ def run_from_args(args: argparse.Namespace, command: str) -> dict:
     print(f"medians of {repeats} timed runs per engine, in {min(TIMING_ROUNDS, repeats)} rounds of blocks "
           f"({warmup} warm-up runs per block)\n")
     print(format_layer_table(rows))
+    notes = openvino_unsupported_notes(rows)
+    if notes:  # shapes the peer engine refused on this CPU, with its reason
+        print("\n" + "\n".join(notes))
     print()
     targets = summarize_targets(rows)
     print("\n".join(targets))
     load_end = "load average (1, 5, 15 min) at end: " + ", ".join(f"{v:.2f}" for v in os.getloadavg())
     print(load_end, flush=True)
     return {"environment": [*environment, load_end], "command": command, "repeats": repeats, "warmup": warmup,
-            "rows": rows, "targets": targets}
+            "rows": rows, "openvino_unsupported": notes, "targets": targets}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

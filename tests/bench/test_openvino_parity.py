@@ -47,27 +47,48 @@ def make_inputs(shape: tuple[int, int, int, int, int], seed: int) -> bench_layer
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}x{s[2]}->{s[3]}_d{s[4]}")
+def test_kernel_matches_reference_on_every_isa(shape, threads):
+    """Ours on every ISA path this CPU has (the forced lower ones included); never skipped."""
+    inputs = make_inputs(shape, seed=sum(shape))
+    expected = reference_output(inputs)
+    tolerance = 1e-5 * float(np.abs(expected).max()) + 1e-6
+    for isa, ours in kernel_outputs(inputs, threads).items():
+        np.testing.assert_allclose(ours, expected, rtol=0, atol=tolerance, err_msg=f"ours on {isa}")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}x{s[2]}->{s[3]}_d{s[4]}")
 def test_openvino_graph_matches_kernel_and_reference(shape, threads):
     inputs = make_inputs(shape, seed=sum(shape))
     expected = reference_output(inputs)
 
-    layer = bench_layers.OpenVinoLayer(inputs, threads)
+    try:
+        layer = bench_layers.OpenVinoLayer(inputs, threads)
+    except bench_layers.OpenVinoUnsupported as refusal:
+        # OpenVINO's AVX2 binary convolution refuses some dilated shapes its AVX-512 one takes: a
+        # limit of the peer engine on this CPU. Only that refusal skips; any other error fails.
+        pytest.skip(f"OpenVINO cannot compile this case on this CPU: {refusal.reason}")
     openvino_out = layer.output_nhwc()
     # Outputs are mul * dot + bias with |dot| <= 9 * Cin: compare at float32 rounding of that size.
     tolerance = 1e-5 * float(np.abs(expected).max()) + 1e-6
     np.testing.assert_allclose(openvino_out, expected, rtol=0, atol=tolerance)
+    for isa, ours in kernel_outputs(inputs, threads).items():
+        np.testing.assert_allclose(ours, openvino_out, rtol=0, atol=tolerance, err_msg=f"ours ({isa}) vs OpenVINO")
 
+
+def kernel_outputs(inputs: bench_layers.LayerInputs, threads: int) -> dict[str, np.ndarray]:
+    """The benchmark's call of our kernels on each available ISA path, settings restored after."""
     saved_isa, saved_threads = kernels.isa(), kernels.get_num_threads()
+    outputs = {}
     try:
         kernels.set_num_threads(threads)
         for isa in kernels.available_isas():
             kernels.set_isa(isa)
-            ours = bench_layers.ours_call(inputs)()
-            np.testing.assert_allclose(ours, expected, rtol=0, atol=tolerance, err_msg=f"ours on {isa}")
-            np.testing.assert_allclose(ours, openvino_out, rtol=0, atol=tolerance, err_msg=f"ours ({isa}) vs OpenVINO")
+            outputs[isa] = bench_layers.ours_call(inputs)()
     finally:
         kernels.set_isa(saved_isa)
         kernels.set_num_threads(saved_threads)
+    return outputs
 
 
 def test_openvino_runs_a_fused_binary_convolution():
