@@ -17,7 +17,14 @@ import seg_service
 from seg_service.api.deps import Service
 from seg_service.api.inference import InferenceGate
 from seg_service.api.metrics import Metrics
-from seg_service.api.middleware import AccessLogMiddleware, ApiKeyMiddleware, BodyLimitMiddleware
+from seg_service.api.middleware import (
+    AccessLogMiddleware,
+    ApiKeyMiddleware,
+    BodyLimitMiddleware,
+    BusyMiddleware,
+    HeaderLimitMiddleware,
+    OneLineStartupError,
+)
 from seg_service.api.registry import ModelRegistry
 from seg_service.api.routes import meta, segment, video, ws
 from seg_service.api.routes.meta import STATIC_DIR
@@ -57,11 +64,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         _configure_threads(settings.threads)
         registry = ModelRegistry(settings.model_dir, settings.default_model)
-        registry.load_all()
+        registry.load_all()  # StartupRefused: a one-line error (OneLineStartupError), then uvicorn exits
         gate = InferenceGate(settings.max_in_flight, metrics)
         app.state.service = Service(settings=settings, registry=registry, gate=gate, metrics=metrics)
         log.info("serving models %s (default %r), max in flight %d, API key %s",
-                 sorted(registry.models), settings.default_model, settings.max_in_flight,
+                 sorted(registry.models), registry.default_name, settings.max_in_flight,
                  "required" if settings.api_key else "off")
         try:
             yield
@@ -101,6 +108,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # the access log is outermost.
     app.add_middleware(BodyLimitMiddleware, limit_for_path=lambda path: (
         settings.max_video_bytes if path.rstrip("/") == "/segment/video" else settings.max_upload_bytes))
+    app.add_middleware(BusyMiddleware, is_full=lambda: app.state.service.gate.full(),
+                       on_reject=lambda: metrics.add("rejected_busy"),
+                       paths=("/segment", "/segment/video"))
     if settings.api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key,
                            protected_paths=("/segment", "/segment/video"))
@@ -108,5 +118,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
                            allow_methods=["GET", "POST"], allow_headers=["X-API-Key", "Content-Type"],
                            expose_headers=["X-Inference-Time-Ms", "X-Model", "X-Frames"])
+    app.add_middleware(HeaderLimitMiddleware, max_bytes=settings.max_header_bytes)
     app.add_middleware(AccessLogMiddleware, metrics=metrics)
+    app.add_middleware(OneLineStartupError)
     return app

@@ -33,6 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-video-bytes", type=int, help="largest video upload [SEG_MAX_VIDEO_BYTES]")
     p.add_argument("--max-video-frames", type=int, help="most frames per video [SEG_MAX_VIDEO_FRAMES]")
     p.add_argument("--max-video-seconds", type=float, help="longest video [SEG_MAX_VIDEO_SECONDS]")
+    p.add_argument("--max-connections", type=int,
+                   help="open connections (HTTP and WebSocket) per worker; more get 503 [SEG_MAX_CONNECTIONS]")
+    p.add_argument("--max-websockets", type=int,
+                   help="open WebSocket sessions per worker; more are closed with 1013 [SEG_MAX_WEBSOCKETS]")
+    p.add_argument("--max-header-bytes", type=int,
+                   help="largest request line plus headers; more get 400 [SEG_MAX_HEADER_BYTES]")
+    p.add_argument("--keep-alive-seconds", type=int,
+                   help="close an idle keep-alive connection after this many seconds [SEG_KEEP_ALIVE_SECONDS]")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="[SEG_LOG_LEVEL]")
     p.add_argument("--graceful-timeout", type=float, default=30.0,
                    help="seconds to let running requests finish on SIGTERM/SIGINT (default 30)")
@@ -44,7 +52,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     overrides = {}
     for name in ("model_dir", "default_model", "threads", "max_upload_bytes", "max_image_pixels",
                  "max_in_flight", "api_key", "max_video_bytes", "max_video_frames", "max_video_seconds",
-                 "log_level"):
+                 "log_level", "max_connections", "max_websockets", "max_header_bytes", "keep_alive_seconds"):
         value = getattr(args, name)
         if value is not None:
             overrides[name] = value
@@ -67,8 +75,10 @@ def logging_config(level: str) -> dict:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"line": {"format": fmt}},
+        # Query strings (which may hold api_key) never reach the log, whichever logger writes them.
+        "filters": {"redact": {"()": "seg_service.api.logfilter.RedactQueryStrings"}},
         "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "line",
-                                "stream": "ext://sys.stderr"}},
+                                "stream": "ext://sys.stderr", "filters": ["redact"]}},
         "loggers": {
             "seg_service": {"handlers": ["stderr"], "level": level.upper(), "propagate": False},
             "uvicorn": {"handlers": ["stderr"], "level": level.upper(), "propagate": False},
@@ -104,6 +114,12 @@ def main(argv: list[str] | None = None) -> int:
         workers=args.workers,
         log_config=logging_config(settings.log_level),
         access_log=False,
+        # h11 rather than httptools: it enforces a cap on the request line and headers (answered 400
+        # and the connection closed), where httptools buffers headers of any size.
+        http="h11",
+        h11_max_incomplete_event_size=settings.max_header_bytes,
+        limit_concurrency=settings.max_connections,
+        timeout_keep_alive=settings.keep_alive_seconds,
         ws_max_size=settings.max_upload_bytes,
         timeout_graceful_shutdown=args.graceful_timeout,
         server_header=False,

@@ -22,6 +22,7 @@ class Service:
     registry: ModelRegistry
     gate: InferenceGate
     metrics: Metrics
+    websockets: int = 0  # open WebSocket sessions (capped by settings.max_websockets)
 
 
 def get_service(request: Request) -> Service:

@@ -24,6 +24,16 @@ ALLOWED_FORMATS = tuple(f for f in ("JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF") 
 # Uploads with transparency are composited over this colour before inference.
 ALPHA_BACKGROUND = (255, 255, 255)
 
+# Largest side each output encoder can write: OpenCV's PNG encoder (libpng's default user limit) and
+# JPEG itself (65,535, less the 64-pixel margin libjpeg-turbo keeps). An image over the side limit of
+# the requested format is refused from its header, before inference, like one over the pixel limit.
+PNG_MAX_SIDE = 1_000_000
+JPEG_MAX_SIDE = 65_500
+
+# Rows of the overlay are blended this many pixels at a time, so the temporaries stay a few MB
+# whatever the image size (a 25 MP overlay in one go needed 1 GB of float32 temporaries).
+_OVERLAY_CHUNK_PIXELS = 1 << 20
+
 
 class ImageInputError(ValueError):
     """Bad image input; `status` is the HTTP status to answer with (400, 413 or 415)."""
@@ -34,11 +44,13 @@ class ImageInputError(ValueError):
         self.detail = detail
 
 
-def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
+def decode_image(data: bytes, max_pixels: int, max_side: int | None = None,
+                 output: str = "the output") -> np.ndarray:
     """Decode an uploaded image to RGB uint8 [H, W, 3] (EXIF orientation applied).
 
     Raises ImageInputError: 400 empty or truncated/corrupt, 415 not a supported image,
-    413 more than `max_pixels` pixels (checked from the header, before decoding).
+    413 more than `max_pixels` pixels or a side over `max_side` (the largest side `output`, the
+    encoder of the answer, can write), both checked from the header, before decoding.
     """
     if not data:
         raise ImageInputError(400, "empty upload: the file has 0 bytes")
@@ -58,10 +70,13 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     if width * height > max_pixels:
         raise ImageInputError(
             413, f"image is {width}x{height} = {width * height} pixels, the limit is {max_pixels}")
+    if max_side is not None and max(width, height) > max_side:
+        raise ImageInputError(
+            413, f"image is {width}x{height}: {output} can hold at most {max_side} pixels per side")
     try:
         im.seek(0)  # animated GIF/WebP/APNG: segment the first frame
         im.load()
-        im = ImageOps.exif_transpose(im)
+        ImageOps.exif_transpose(im, in_place=True)  # in place: no copy when there is nothing to turn
         return _to_rgb(im)
     except Exception as e:  # Pillow raises OSError, SyntaxError, struct.error, ... on bad data
         raise ImageInputError(400, f"truncated or corrupt image: {_one_line(e)}") from None
@@ -95,7 +110,9 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
         rgba = im.convert("RGBA")
         background = Image.new("RGBA", rgba.size, ALPHA_BACKGROUND + (255,))
         im = Image.alpha_composite(background, rgba)
-    return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8))
+    if im.mode != "RGB":  # convert() copies even an RGB image: a 75 MB copy at 25 MP
+        im = im.convert("RGB")
+    return np.ascontiguousarray(np.asarray(im, dtype=np.uint8))
 
 
 def _one_line(e: BaseException) -> str:
@@ -112,18 +129,38 @@ def encode_mask_png(mask: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
-def overlay(rgb: np.ndarray, mask: np.ndarray, palette: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """The image blended with each pixel's class colour. Classes coloured black in the palette (the
-    usual "background") are left untouched."""
+def overlay(rgb: np.ndarray, mask: np.ndarray, palette: np.ndarray, alpha: float = 0.5,
+            bgr: bool = False) -> np.ndarray:
+    """The image blended with each pixel's class colour, uint8 [H, W, 3] (in BGR order with `bgr`, as
+    OpenCV's encoders take it). Classes coloured black in the palette (the usual "background") are
+    left untouched.
+
+    Integer arithmetic on chunks of rows: the peak memory is the output plus a few MB, and for
+    alpha 0.5 each value is round((image + colour) / 2), as the float formula gives.
+    """
     palette = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
-    colours = palette[np.minimum(mask, len(palette) - 1)]
-    painted = colours.any(axis=2, keepdims=True)
-    blended = rgb.astype(np.float32) * (1 - alpha) + colours.astype(np.float32) * alpha
-    return np.where(painted, np.clip(blended + 0.5, 0, 255).astype(np.uint8), rgb)
+    # A 256-entry table: any label value indexes it directly (labels past the palette take its last colour).
+    colours = palette[np.minimum(np.arange(256), len(palette) - 1)]
+    painted = colours.any(axis=1)
+    weight = int(round(alpha * 256))
+    height, width = mask.shape
+    out = np.empty((height, width, 3), dtype=np.uint8)
+    rows = max(1, _OVERLAY_CHUNK_PIXELS // max(1, width))
+    for top in range(0, height, rows):
+        labels = mask[top:top + rows]
+        src = rgb[top:top + rows]
+        blended = src.astype(np.uint16) * np.uint16(256 - weight)
+        blended += colours[labels].astype(np.uint16) * np.uint16(weight)
+        blended += np.uint16(128)
+        blended >>= 8  # at most (255 * 256 + 128) >> 8: no uint16 overflow
+        chunk = np.where(painted[labels][:, :, None], blended.astype(np.uint8), src)
+        out[top:top + rows] = chunk[:, :, ::-1] if bgr else chunk
+    return out
 
 
-def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
+def encode_jpeg(image: np.ndarray, quality: int = 90, bgr: bool = False) -> bytes:
+    """JPEG of an RGB image (or of a BGR one with `bgr`, which saves a full-size colour conversion)."""
+    ok, buf = cv2.imencode(".jpg", image if bgr else cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
                            [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise RuntimeError("JPEG encoding failed")

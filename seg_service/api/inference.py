@@ -32,6 +32,10 @@ class InferenceGate:
         # One thread per slot: a job never waits for a thread once it holds a slot.
         self._pool = ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="seg-infer")
 
+    def full(self) -> bool:
+        """Every slot is taken (a new HTTP job would be refused)."""
+        return self._slots.locked()
+
     async def run_now(self, fn: Callable[..., T], *args: object) -> T:
         """Run fn(*args) in the pool, or raise Busy when every slot is taken."""
         if self._slots.locked():

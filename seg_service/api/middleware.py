@@ -63,6 +63,30 @@ class BodyLimitMiddleware:
         await self.app(scope, limited_receive, send)
 
 
+class HeaderLimitMiddleware:
+    """Answers 431 when the request line and headers together exceed the limit. uvicorn's h11 parser
+    (`h11_max_incomplete_event_size`) bounds what it buffers while headers are still incomplete, but
+    accepts a head that arrives whole in one read; this checks the parsed total, so the limit holds
+    either way."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"") + sum(
+                len(name) + len(value) + 4 for name, value in scope["headers"])
+            if size > self.max_bytes:
+                if scope["type"] == "http":
+                    await _send_json(send, 431, f"request headers too large: {size} bytes, the limit is "
+                                                f"{self.max_bytes} bytes")
+                else:  # a WebSocket handshake: refused before it is accepted (HTTP 403)
+                    await send({"type": "websocket.close", "code": 1008})
+                return
+        await self.app(scope, receive, send)
+
+
 class ApiKeyMiddleware:
     """Checks the API key of protected HTTP routes before any of the body is read, so that clients
     without the key cannot make the server take in uploads. (The routes' `require_api_key`
@@ -83,6 +107,50 @@ class ApiKeyMiddleware:
                                  else "wrong API key")
                 return
         await self.app(scope, receive, send)
+
+
+class BusyMiddleware:
+    """Answers 503 to an inference request when every inference slot is already taken, before any of
+    its body is read: a busy server refuses in milliseconds instead of first taking in the upload.
+    (The route checks again when the job starts; a slot freed meanwhile is used.)"""
+
+    def __init__(self, app: ASGIApp, is_full: Callable[[], bool], on_reject: Callable[[], None],
+                 paths: tuple[str, ...]) -> None:
+        self.app = app
+        self.is_full = is_full
+        self.on_reject = on_reject
+        self.paths = paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].rstrip("/") in self.paths \
+                and self.is_full():
+            self.on_reject()
+            await _send_json(send, 503, "server busy: every inference slot is taken, retry later",
+                             extra_headers=[(b"retry-after", b"1")])
+            return
+        await self.app(scope, receive, send)
+
+
+class OneLineStartupError:
+    """Turns a StartupRefused raised by the lifespan (a configuration the server cannot serve) into a
+    one-line message for uvicorn's log instead of a traceback; other start-up errors keep theirs."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "lifespan.startup.failed":
+                lines = str(message.get("message") or "").strip().splitlines()
+                if lines and lines[-1].startswith(("StartupRefused: ", "seg_service.api.registry.StartupRefused: ")):
+                    message = {**message, "message": "seg-service cannot start: " + lines[-1].split(": ", 1)[1]}
+            await send(message)
+
+        await self.app(scope, receive, send_wrapper)
 
 
 class AccessLogMiddleware:
@@ -133,10 +201,11 @@ class AccessLogMiddleware:
             access_log.info(json.dumps(record, separators=(",", ":")))
 
 
-async def _send_json(send: Send, status: int, detail: str) -> None:
+async def _send_json(send: Send, status: int, detail: str,
+                     extra_headers: list[tuple[bytes, bytes]] | None = None) -> None:
     body = json.dumps({"detail": detail}).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+                            (b"connection", b"close"), *(extra_headers or [])]})
     await send({"type": "http.response.body", "body": body})

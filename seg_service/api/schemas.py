@@ -15,9 +15,12 @@ class HealthResponse(BaseModel):
 
 class ReadyResponse(BaseModel):
     ready: bool
-    default_model: str
-    models: list[str]
-    refused: list[str] = Field(description="Model files refused at start-up, with the reason.")
+    reason: str | None = Field(None, description="Why the server is not ready (absent when it is).")
+    # The details below are left out (null) when the server has an API key and the request lacks it.
+    default_model: str | None = None
+    models: list[str] | None = None
+    refused: list[str] | None = Field(None, description="Model files refused at start-up, with the reason "
+                                                        "(file names only, never server paths).")
 
 
 class ModelInfo(BaseModel):
@@ -34,7 +37,7 @@ class ModelInfo(BaseModel):
 
 
 class ModelsResponse(BaseModel):
-    default_model: str
+    default_model: str | None
     models: list[ModelInfo]
 
 

@@ -23,7 +23,8 @@ class Settings:
     """Every knob of the service. Field `x` is read from environment variable `SEG_X`."""
 
     model_dir: Path = field(default_factory=default_model_dir)
-    default_model: str = "person"
+    # None: the only model of the folder, else "person" (registry.py); a name that is not loaded stops start-up.
+    default_model: str | None = None
     # Kernel threads per server process; 0 = the kernels' default (all cores, or SEG_THREADS).
     threads: int = 0
     max_upload_bytes: int = 10 * 1024 * 1024
@@ -36,6 +37,11 @@ class Settings:
     max_video_frames: int = 900
     max_video_seconds: float = 120.0
     log_level: str = "info"
+    # Connection limits, handed to uvicorn by the CLI (docs/service.md, "Errors and limits").
+    max_connections: int = 100  # open HTTP connections and WebSockets together; more get 503
+    max_websockets: int = 16  # open WebSocket sessions per process; more are closed with 1013
+    max_header_bytes: int = 64 * 1024  # request line and headers; more get 400
+    keep_alive_seconds: int = 5  # an idle keep-alive connection is closed after this
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -53,12 +59,18 @@ class Settings:
 
     def validated(self) -> Settings:
         positive = ("max_upload_bytes", "max_image_pixels", "max_in_flight", "max_video_bytes",
-                    "max_video_frames", "max_video_seconds")
+                    "max_video_frames", "max_video_seconds", "max_connections", "max_websockets",
+                    "max_header_bytes", "keep_alive_seconds")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0, got {self.threads}")
+        if self.api_key is not None and not _header_safe(self.api_key):
+            # HTTP header values travel as bytes that clients encode differently (UTF-8, Latin-1), so a
+            # key outside printable ASCII could never be matched reliably: refuse it at start.
+            raise ValueError("api_key must be 1-256 printable ASCII characters (no spaces or non-ASCII "
+                             "letters): clients cannot send anything else reliably in a header")
         return self
 
     def to_env(self) -> dict[str, str]:
@@ -72,6 +84,10 @@ class Settings:
                 value = ",".join(value)
             env["SEG_" + f.name.upper()] = str(value)
         return env
+
+
+def _header_safe(key: str) -> bool:
+    return 0 < len(key) <= 256 and all(33 <= ord(ch) <= 126 for ch in key)
 
 
 def _parse(name: str, raw: str) -> object:

@@ -75,7 +75,8 @@ def test_cors_preflight(restricted_server):
 
 
 def test_refused_model_files_are_logged_and_the_others_serve(restricted_server):
-    ready = httpx.get(restricted_server.url + "/ready").json()
+    assert httpx.get(restricted_server.url + "/ready").json() == {"ready": True}  # details need the key
+    ready = httpx.get(restricted_server.url + "/ready", headers=AUTH).json()
     assert ready["ready"] is True and ready["models"] == ["person", "street"]
     refused = dict(item.split(": ", 1) for item in ready["refused"])
     assert set(refused) == {"corrupt.gnpk", "future.gnpk"}

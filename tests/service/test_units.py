@@ -93,3 +93,17 @@ def test_close_reason_fits_a_close_frame_in_utf8_bytes():
     reason = close_reason(text)
     assert len(reason.encode()) <= 123 and text.startswith(reason)
     assert close_reason("short") == "short"
+
+
+@pytest.mark.parametrize("kernel,stride,padding", [(2**63 - 1, 1, 2**62), (3, 1, 2**62), (3, 2**40, 1)])
+def test_kernel_geometry_is_bounded_before_any_size_is_computed(kernel, stride, padding):
+    """`2 * padding <= kernel` overflowed int64 for kernel 2^63-1 and padding 2^62, so the call was
+    accepted (issue 19, item 9); every window argument is now range-checked first."""
+    from seg_service import kernels
+
+    x = np.zeros((4, 4, 2), np.float32)
+    with pytest.raises(ValueError, match="must be in"):
+        kernels.maxpool2d(x, kernel, stride, padding)
+    w = np.zeros((1, 3, 3, 2), np.float32)
+    with pytest.raises(ValueError, match="must be in"):
+        kernels.conv2d_direct(x, w, None, stride, padding, 1, False)

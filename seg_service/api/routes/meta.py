@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 
-from seg_service.api.deps import ServiceDep, resolve_model
+from seg_service.api.deps import ServiceDep, _api_key_header, key_matches, resolve_model
 from seg_service.api.schemas import (
     ClassesResponse,
     ClassInfo,
@@ -30,14 +31,19 @@ async def health() -> HealthResponse:
     return HealthResponse()
 
 
-@router.get("/ready", response_model=ReadyResponse, responses={503: {"model": ReadyResponse}})
-async def ready(service: ServiceDep) -> JSONResponse:
-    """Readiness: 200 once the default model is loaded, else 503."""
+@router.get("/ready", response_model=ReadyResponse, response_model_exclude_none=True,
+            responses={503: {"model": ReadyResponse}})
+async def ready(service: ServiceDep, api_key: Annotated[str | None, Depends(_api_key_header)] = None) -> JSONResponse:
+    """Readiness: 200 once the default model is loaded, else 503. When the server has an API key, the
+    details (model names, refused files) need it; the status and its reason are open to probes."""
     registry = service.registry
-    body = ReadyResponse(ready=registry.ready, default_model=registry.default_name,
-                         models=sorted(registry.models),
-                         refused=[f"{r.path.name}: {r.reason}" for r in registry.refused])
-    return JSONResponse(body.model_dump(), status_code=200 if registry.ready else 503)
+    body = ReadyResponse(ready=registry.ready, reason=registry.not_ready_reason())
+    if service.settings.api_key is None or (api_key is not None and key_matches(service.settings.api_key, api_key)):
+        body.default_model = registry.default_name
+        body.models = sorted(registry.models)
+        body.refused = [r.reason if r.reason.startswith(r.path.name) else f"{r.path.name}: {r.reason}"
+                        for r in registry.refused]
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=200 if registry.ready else 503)
 
 
 @router.get("/models", response_model=ModelsResponse)

@@ -43,14 +43,26 @@ def class_stats(mask: np.ndarray, model: PackedModel, with_rle: bool) -> list[Cl
     ]
 
 
+# Largest side the encoder of each output format can write (None: no encoder, no limit).
+MAX_SIDE_FOR_OUTPUT: dict[str, tuple[int | None, str]] = {
+    "png": (imaging.PNG_MAX_SIDE, "format=png (a PNG mask)"),
+    "overlay": (imaging.JPEG_MAX_SIDE, "format=overlay (a JPEG)"),
+    "json": (None, "format=json"),
+}
+
+
 def _segment_job(data: bytes, model: PackedModel, max_pixels: int, output: str,
                  with_rle: bool, flip: bool, refine: bool) -> tuple[bytes | SegmentResponse, float]:
-    rgb = imaging.decode_image(data, max_pixels)
+    max_side, what = MAX_SIDE_FOR_OUTPUT[output]
+    rgb = imaging.decode_image(data, max_pixels, max_side, what)
     mask, ms = timed_predict(model, rgb, flip, refine)
     if output == "png":
+        del rgb  # free the decoded image before the encoder allocates
         return imaging.encode_mask_png(mask), ms
     if output == "overlay":
-        return imaging.encode_jpeg(imaging.overlay(rgb, mask, np.asarray(model.palette))), ms
+        blended = imaging.overlay(rgb, mask, np.asarray(model.palette), bgr=True)
+        del rgb, mask
+        return imaging.encode_jpeg(blended, bgr=True), ms
     h, w = mask.shape
     return SegmentResponse(width=w, height=h, model=model.name, inference_ms=round(ms, 3),
                            classes=class_stats(mask, model, with_rle)), ms

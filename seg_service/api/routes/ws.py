@@ -26,6 +26,10 @@ log = logging.getLogger("seg_service.ws")
 
 CLOSE_POLICY_VIOLATION = 1008  # missing/wrong API key, unknown model at connect
 CLOSE_INTERNAL_ERROR = 1011
+CLOSE_TRY_AGAIN_LATER = 1013  # over the open-session limit (SEG_MAX_WEBSOCKETS)
+# A settings message is a handful of short keys; anything longer is refused unparsed, which also keeps
+# the JSON parser away from deeply nested input.
+MAX_SETTINGS_CHARS = 4096
 
 
 def close_reason(text: str, limit: int = 123) -> str:
@@ -35,8 +39,9 @@ def close_reason(text: str, limit: int = 123) -> str:
 
 def _frame_job(data: bytes, model: PackedModel, max_pixels: int, flip: bool,
                refine: bool) -> tuple[bytes, int, int, float]:
-    rgb = imaging.decode_image(data, max_pixels)
+    rgb = imaging.decode_image(data, max_pixels, imaging.PNG_MAX_SIDE, "the PNG mask")
     mask, ms = timed_predict(model, rgb, flip, refine)
+    del rgb
     return imaging.encode_mask_png(mask), mask.shape[1], mask.shape[0], ms
 
 
@@ -75,9 +80,13 @@ class _Session:
                 await self.apply_settings(message["text"])
 
     async def apply_settings(self, text: str) -> None:
+        if len(text) > MAX_SETTINGS_CHARS:
+            await self.send_error(f"settings message too long: {len(text)} characters, the limit is "
+                                  f"{MAX_SETTINGS_CHARS}")
+            return
         try:
             request = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
             await self.send_error("text messages must be JSON like {\"model\": \"person\", \"format\": \"png\"}")
             return
         if not isinstance(request, dict):
@@ -152,9 +161,16 @@ async def ws_segment(websocket: WebSocket, model: str | None = None, api_key: st
         await websocket.close(CLOSE_POLICY_VIOLATION, close_reason(detail))
         return
 
+    if service.websockets >= service.settings.max_websockets:
+        detail = f"server busy: {service.settings.max_websockets} WebSocket sessions already open, retry later"
+        await websocket.send_text(WsError(detail=detail).model_dump_json())
+        await websocket.close(CLOSE_TRY_AGAIN_LATER, close_reason(detail))
+        return
+
     session = _Session(websocket, service, chosen)
     session.flip, session.refine = flip, refine
     service.metrics.add("ws_connections")
+    service.websockets += 1
     processor = asyncio.create_task(session.process_loop())
     receiver = asyncio.create_task(session.receive_loop())
     close_code = 1000
@@ -179,6 +195,7 @@ async def ws_segment(websocket: WebSocket, model: str | None = None, api_key: st
                 with contextlib.suppress(BaseException):
                     await task
         service.metrics.add("ws_connections", -1)
+        service.websockets -= 1
         websocket.state.log_extra = {"model": session.model.name, "frames_received": session.received,
                                      "frames_processed": session.processed, "frames_dropped": session.dropped}
         if websocket.application_state == WebSocketState.CONNECTED and \
