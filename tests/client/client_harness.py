@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import httpx
+from die_with_parent import guarded, kill_at_exit
 
 ROOT = Path(__file__).resolve().parents[2]
 VIDEO = ROOT / "tests" / "data" / "video" / "camvid_0016E5.mp4"
@@ -60,10 +61,13 @@ class ServerProcess:
         if self.api_key:
             env["SEG_API_KEY"] = self.api_key
         log = self.log_path.open("ab")
+        # Through the launcher: the server dies with this process even where no teardown runs.
         self.proc = subprocess.Popen(
-            [*_console_script("seg-service", "seg_service.api.cli"), "--host", "127.0.0.1", "--port", str(self.port)],
+            guarded([*_console_script("seg-service", "seg_service.api.cli"), "--host", "127.0.0.1",
+                     "--port", str(self.port)]),
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
         )
+        kill_at_exit(self.proc)
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

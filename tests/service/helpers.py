@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+from die_with_parent import guarded, kill_at_exit
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "data"
@@ -43,9 +44,11 @@ class ServerProcess:
         full_env.update({"SEG_MODEL_DIR": str(model_dir), "SEG_THREADS": "1", "PYTHONUNBUFFERED": "1"})
         full_env.update(env or {})
         self._log = open(log_path, "wb")
+        # Through the launcher: the server dies with this process even where no teardown runs.
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "seg_service.api.cli", "--port", str(self.port), *args],
+            guarded([sys.executable, "-m", "seg_service.api.cli", "--port", str(self.port), *args]),
             cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT)
+        kill_at_exit(self.proc)
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
