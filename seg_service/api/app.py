@@ -107,7 +107,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # the body is read; CORS sits outside them so that their 401/413 answers carry CORS headers too;
     # the access log is outermost.
     app.add_middleware(BodyLimitMiddleware, limit_for_path=lambda path: (
-        settings.max_video_bytes if path.rstrip("/") == "/segment/video" else settings.max_upload_bytes))
+        settings.max_video_bytes if path.rstrip("/") == "/segment/video" else settings.max_upload_bytes),
+        idle_timeout=settings.body_timeout_seconds)
     app.add_middleware(BusyMiddleware, is_full=lambda: app.state.service.gate.full(),
                        on_reject=lambda: metrics.add("rejected_busy"),
                        paths=("/segment", "/segment/video"))

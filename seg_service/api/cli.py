@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest request line plus headers; more get 400 [SEG_MAX_HEADER_BYTES]")
     p.add_argument("--keep-alive-seconds", type=int,
                    help="close an idle keep-alive connection after this many seconds [SEG_KEEP_ALIVE_SECONDS]")
+    p.add_argument("--header-timeout-seconds", type=float,
+                   help="close a connection whose request head is not in after this [SEG_HEADER_TIMEOUT_SECONDS]")
+    p.add_argument("--body-timeout-seconds", type=float,
+                   help="answer 408 when an upload pauses longer than this [SEG_BODY_TIMEOUT_SECONDS]")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="[SEG_LOG_LEVEL]")
     p.add_argument("--graceful-timeout", type=float, default=30.0,
                    help="seconds to let running requests finish on SIGTERM/SIGINT (default 30)")
@@ -52,7 +56,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     overrides = {}
     for name in ("model_dir", "default_model", "threads", "max_upload_bytes", "max_image_pixels",
                  "max_in_flight", "api_key", "max_video_bytes", "max_video_frames", "max_video_seconds",
-                 "log_level", "max_connections", "max_websockets", "max_header_bytes", "keep_alive_seconds"):
+                 "log_level", "max_connections", "max_websockets", "max_header_bytes", "keep_alive_seconds",
+                 "header_timeout_seconds", "body_timeout_seconds"):
         value = getattr(args, name)
         if value is not None:
             overrides[name] = value
@@ -106,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvicorn
 
+    from seg_service.api.protocol import HeadTimeoutH11Protocol
+
     uvicorn.run(
         "seg_service.api.app:create_app",
         factory=True,
@@ -114,9 +121,9 @@ def main(argv: list[str] | None = None) -> int:
         workers=args.workers,
         log_config=logging_config(settings.log_level),
         access_log=False,
-        # h11 rather than httptools: it enforces a cap on the request line and headers (answered 400
-        # and the connection closed), where httptools buffers headers of any size.
-        http="h11",
+        # h11 rather than httptools: it caps what it buffers of an incomplete head (answered 400 and
+        # closed), where httptools buffers headers of any size; our subclass adds a head deadline.
+        http=HeadTimeoutH11Protocol,
         h11_max_incomplete_event_size=settings.max_header_bytes,
         limit_concurrency=settings.max_connections,
         timeout_keep_alive=settings.keep_alive_seconds,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -29,9 +30,10 @@ class BodyLimitMiddleware:
     body parsing, so the app's handler turns it into a JSON 413.
     """
 
-    def __init__(self, app: ASGIApp, limit_for_path: Callable[[str], int]) -> None:
+    def __init__(self, app: ASGIApp, limit_for_path: Callable[[str], int], idle_timeout: float | None = None) -> None:
         self.app = app
         self.limit_for_path = limit_for_path
+        self.idle_timeout = idle_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -50,12 +52,20 @@ class BodyLimitMiddleware:
                                                 f"the limit is {limit} bytes")
                     return
         received = 0
+        body_done = False
 
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done or self.idle_timeout is None:
+                message = await receive()  # after the body: only a disconnect can come, wait for it
+            else:
+                try:
+                    message = await asyncio.wait_for(receive(), self.idle_timeout)
+                except TimeoutError:
+                    raise HTTPException(408, f"upload stalled: no data for {self.idle_timeout:g} s") from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
                 if received > limit:
                     raise BodyTooLarge(limit)
             return message

@@ -42,6 +42,8 @@ class Settings:
     max_websockets: int = 16  # open WebSocket sessions per process; more are closed with 1013
     max_header_bytes: int = 64 * 1024  # request line and headers; more get 400
     keep_alive_seconds: int = 5  # an idle keep-alive connection is closed after this
+    header_timeout_seconds: float = 10.0  # the request line and headers must be in within this
+    body_timeout_seconds: float = 30.0  # longest pause between two pieces of an upload (else 408)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -60,7 +62,7 @@ class Settings:
     def validated(self) -> Settings:
         positive = ("max_upload_bytes", "max_image_pixels", "max_in_flight", "max_video_bytes",
                     "max_video_frames", "max_video_seconds", "max_connections", "max_websockets",
-                    "max_header_bytes", "keep_alive_seconds")
+                    "max_header_bytes", "keep_alive_seconds", "header_timeout_seconds", "body_timeout_seconds")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -95,7 +97,7 @@ def _parse(name: str, raw: str) -> object:
         return Path(raw).expanduser()
     if name == "cors_origins":
         return tuple(o.strip() for o in raw.split(",") if o.strip())
-    if name == "max_video_seconds":
+    if name in ("max_video_seconds", "header_timeout_seconds", "body_timeout_seconds"):
         return float(raw)
     if name in ("default_model", "api_key", "log_level"):
         return raw

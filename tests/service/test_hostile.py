@@ -35,10 +35,12 @@ MAX_VIDEO_FRAMES = 150  # above the 120 frames of `looped_video`, which tests us
 
 @pytest.fixture(scope="module")
 def hostile_server(packed_model_dir: Path, tmp_path_factory) -> Iterator[ServerProcess]:
-    """API key on, one inference slot, two WebSocket sessions at most, default pixel and upload limits."""
+    """API key on, one inference slot, two WebSocket sessions at most, 2 s head and body timeouts,
+    default pixel and upload limits."""
     log_path = tmp_path_factory.mktemp("hostile") / "server.log"
     srv = start_server(packed_model_dir, log_path, "--max-in-flight", "1", "--max-websockets", "2",
-                       "--max-video-frames", str(MAX_VIDEO_FRAMES), env={"SEG_API_KEY": TEST_API_KEY})
+                       "--max-video-frames", str(MAX_VIDEO_FRAMES), "--header-timeout-seconds", "2",
+                       "--body-timeout-seconds", "2", env={"SEG_API_KEY": TEST_API_KEY})
     yield srv
     srv.stop()
 
@@ -115,6 +117,23 @@ def test_oversized_headers_are_refused(hostile_server, size):
     except (ConnectionResetError, BrokenPipeError):
         answer = b""  # the server closed the socket while the client still sent: refused as well
     assert status_of(answer) in (0, 400, 431), answer[:200]
+    assert_still_serving(hostile_server)
+
+
+def test_slow_request_head_is_cut_off(hostile_server):
+    """A client that sends half a request head and then nothing used to hold its connection for
+    ever; the server now closes it after --header-timeout-seconds (2 s here)."""
+    with socket.create_connection(("127.0.0.1", hostile_server.port), timeout=120) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        assert sock.recv(4096) == b""  # closed by the server (a timeout here would raise instead)
+    assert_still_serving(hostile_server)
+
+
+def test_stalled_upload_gets_408(hostile_server):
+    head = (f"POST /segment HTTP/1.1\r\nHost: x\r\nX-API-Key: {TEST_API_KEY}\r\n"
+            f"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n").encode()
+    answer = raw_request(hostile_server.port, head, b"--b\r\n", timeout=120)
+    assert status_of(answer) == 408, answer[:300]
     assert_still_serving(hostile_server)
 
 
