@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from .classification import ImageFolderDataset, scan_image_folder
+from .copy_paste import CopyPaste
 from .errors import InputError, one_line
 from .io import read_image, read_mask
 from .labels import apply_label_map, build_label_map
@@ -37,11 +38,15 @@ def build_seg_dataset(data: dict[str, Any], split: str) -> SegmentationDataset:
             int(data["ignore_index"]),
             data["mean"],
             data["std"],
+            str(data.get("augment", "basic")),
         )
     else:
         transform = seg_eval_transform(data["mean"], data["std"])
     what = f"{split} split {split_value!r} of {data['layout']} data at {root}"
-    return SegmentationDataset(pairs, table, len(classes), transform, description=what)
+    dataset = SegmentationDataset(pairs, table, len(classes), transform, description=what)
+    if split == "train" and float(data.get("copy_paste") or 0.0) > 0.0:
+        dataset.mix = CopyPaste(float(data["copy_paste"]), ignore_index=int(data["ignore_index"]))
+    return dataset
 
 
 def build_cls_dataset(data: dict[str, Any], split: str, classes: list[str] | None = None) -> ImageFolderDataset:

@@ -44,6 +44,9 @@ class SegmentationDataset(Dataset):
         self.label_map = label_map
         self.num_classes = num_classes
         self.transform = transform
+        # Optional mixing with other samples before augmentation (copy_paste.CopyPaste); seeded per
+        # sample like the transform, so it is reproducible too.
+        self.mix: Callable[..., tuple[np.ndarray, np.ndarray]] | None = None
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -63,6 +66,8 @@ class SegmentationDataset(Dataset):
     def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         index, seed = item if isinstance(item, tuple) else (item, None)
         image, mask = self.load(index)
+        if self.mix is not None and seed is not None:
+            image, mask = self.mix(image, mask, np.random.default_rng([seed, 1]), self.load, len(self))
         if self.transform is not None:
             if seed is not None and hasattr(self.transform, "set_random_seed"):
                 self.transform.set_random_seed(seed)

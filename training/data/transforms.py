@@ -32,9 +32,13 @@ def seg_train_transform(
     ignore_index: int = 255,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    augment: str = "basic",
 ) -> A.Compose:
     """Scale jitter (short side to base_size * s, or the original size * s without a base size),
-    pad to the crop with the ignore label in the mask, random crop, flip, normalize."""
+    pad to the crop with the ignore label in the mask, random crop, flip, normalize.
+
+    augment "strong" adds what cheap cameras and casual photos do to an image (see photometric_steps).
+    """
     if base_size:
         rescale = A.SmallestMaxSize(max_size=jitter_sizes(base_size, scale_range), p=1.0)
     else:
@@ -52,8 +56,26 @@ def seg_train_transform(
     ]
     if hflip:
         steps.append(A.HorizontalFlip(p=0.5))
+    if augment == "strong":
+        steps += photometric_steps(ignore_index)
+    elif augment != "basic":
+        raise ValueError(f"data.augment must be 'basic' or 'strong', got {augment!r}")
     steps += [A.Normalize(mean=tuple(mean), std=tuple(std)), ToTensorV2()]
     return A.Compose(steps, seed=0)
+
+
+def photometric_steps(ignore_index: int) -> list[A.BasicTransform]:
+    """Tilted cameras, lighting and colour casts, grey images, focus and motion blur, sensor noise
+    and JPEG artefacts: the look of webcam frames and phone snapshots that clean training photos
+    lack."""
+    return [
+        A.Affine(rotate=(-15, 15), p=0.3, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=ignore_index),
+        A.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.5, hue=0.06, p=0.8),
+        A.ToGray(p=0.05),
+        A.OneOf([A.GaussianBlur(blur_limit=(3, 7)), A.MotionBlur(blur_limit=(3, 7))], p=0.2),
+        A.GaussNoise(std_range=(0.02, 0.08), p=0.2),
+        A.ImageCompression(quality_range=(25, 90), p=0.3),
+    ]
 
 
 def seg_eval_transform(

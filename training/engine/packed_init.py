@@ -107,9 +107,12 @@ def load_packed_encoder(model: nn.Module, packed: gnpk.PackedFile) -> list[_Fold
                     binary(branch.conv1, branch.bn1, f"{prefix}.b{i}.1.conv")
                     binary(branch.conv2, branch.bn2, f"{prefix}.b{i}.2.conv")
                 scales = _coeffs(ops, f"{prefix}.sum")
-                if scales is None or len(scales) != len(block.branches):
-                    raise InputError(f"{prefix}: the packed block has no aggregation of {len(block.branches)} branches")
-                block.scales.copy_(torch.tensor(scales))
+                k = len(block.branches)
+                if scales is None or len(scales) < k:
+                    raise InputError(f"{prefix}: the packed block has no aggregation of {k} branches")
+                # Fewer branches than the file has: the first k, scaled to the same total weight.
+                kept = torch.tensor(scales[:k], dtype=torch.float64)
+                block.scales.copy_((kept * sum(scales) / kept.sum()).float())
                 gate = _coeffs(ops, f"{prefix}.b0.in")
                 if block.gate is not None and gate is not None:
                     g = min(max(gate[0], 1e-6), 1 - 1e-6)
@@ -162,12 +165,20 @@ def calibration_batch(folder: Path, count: int, size: int, mean: Sequence[float]
     return torch.from_numpy(np.stack(batch).transpose(0, 3, 1, 2).copy())
 
 
-def encoder_checkpoint(packed_path: str | Path, images: Path, count: int = 32, size: int = 256) -> dict[str, Any]:
-    """A training checkpoint whose ``model`` holds the packed file's encoder, calibrated."""
+def encoder_checkpoint(packed_path: str | Path, images: Path, count: int = 32, size: int = 256,
+                       branches: int | None = None) -> dict[str, Any]:
+    """A training checkpoint whose ``model`` holds the packed file's encoder, calibrated.
+
+    ``branches`` < the file's K keeps the first ``branches`` branches of every block (a smaller,
+    faster encoder that still starts from what the large one learnt)."""
     packed = gnpk.read_model(packed_path)
     cfg = dict(packed.model["config"])
     if cfg.get("decomposition", "group") != "group" or cfg.get("precision", "binary") != "binary":
         raise InputError(f"{packed_path}: only binary group-wise Group-Net encoders can be read")
+    if branches is not None:
+        if not 1 <= branches <= int(cfg["k"]):
+            raise InputError(f"--branches must be in 1..{cfg['k']} for {packed_path}, got {branches}")
+        cfg.update(k=branches, bpac_rates=None)
     model = create_model(ModelConfig.from_dict(cfg))
     folded = load_packed_encoder(model, packed)
     spec = packed.model["input"]
@@ -188,9 +199,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="a folder of real photos for BatchNorm calibration")
     parser.add_argument("--count", type=int, default=32, help="calibration images (default 32)")
     parser.add_argument("--size", type=int, default=256, help="calibration image side (default 256)")
+    parser.add_argument("--branches", type=int, default=None,
+                        help="keep only the first N branches of each block (default: all)")
     args = parser.parse_args(argv)
     try:
-        ckpt = encoder_checkpoint(args.packed, args.images, args.count, args.size)
+        ckpt = encoder_checkpoint(args.packed, args.images, args.count, args.size, args.branches)
     except (InputError, gnpk.ModelFormatError) as exc:
         parser.exit(2, f"error: {exc}\n")
     save_atomic(ckpt, args.out)

@@ -1,0 +1,106 @@
+"""The person training data: the multi-source folder, copy-paste compositing, strong augmentation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("albumentations")
+
+from training.data import build_seg_dataset, read_image, read_mask  # noqa: E402
+from training.data.copy_paste import CopyPaste  # noqa: E402
+from training.data.person_mix import build  # noqa: E402
+from training.data.transforms import seg_train_transform  # noqa: E402
+from training.engine.config import load_config  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+PERSON_CONFIG = Path(__file__).resolve().parents[2] / "training/configs/person.yaml"
+
+
+@pytest.fixture(scope="module")
+def mix(tmp_path_factory) -> Path:
+    """person_mix built from the test copies of CCP, portraits and CamVid (CamVid as its train split)."""
+    shared = tmp_path_factory.mktemp("shared")
+    (shared / "ccp").symlink_to(DATA / "ccp")
+    (shared / "portraits").symlink_to(DATA / "portraits")
+    (shared / "camvid").mkdir()
+    (shared / "camvid" / "train").symlink_to(DATA / "camvid")
+    out = tmp_path_factory.mktemp("person_mix")
+    counts = build(shared, out)
+    assert counts["train"] == 6 + 2 + len(list((DATA / "camvid" / "images").iterdir()))
+    assert (counts["val_ccp"], counts["val_portraits"]) == (4, 2)
+    return out
+
+
+def test_masks_follow_one_convention(mix):
+    ccp = read_mask(DATA / "ccp/masks/0003.png")
+    assert np.array_equal(read_mask(mix / "masks/ccp_0003.png"), (ccp > 0).astype(np.uint8))
+    assert np.array_equal(read_mask(mix / "masks/portraits_00001.png"), read_mask(DATA / "portraits/masks/00001.png"))
+    for stem in (p.stem for p in (DATA / "camvid/masks").iterdir()):
+        labels = read_mask(DATA / f"camvid/masks/{stem}.png")
+        mask = read_mask(mix / f"masks/camvid_{stem}.png")
+        assert np.array_equal(mask == 1, labels == 9)  # pedestrians are people
+        assert np.array_equal(mask == 255, (labels == 10) | (labels == 11))  # bicyclists and void ignored
+    val = (mix / "val.txt").read_text().split()
+    assert val == (mix / "val_ccp.txt").read_text().split() + (mix / "val_portraits.txt").read_text().split()
+    assert not set(val) & set((mix / "train.txt").read_text().split())
+
+
+def _pair():
+    return read_image(DATA / "camvid/images/0001TP_006690.jpg"), np.zeros((360, 480), np.uint8)
+
+
+def test_copy_paste_pastes_labelled_people(mix):
+    portrait = read_mask(DATA / "portraits/masks/00001.png")
+    source = (read_image(DATA / "portraits/images/00001.jpg"), portrait)
+    image, mask = _pair()
+    paste = CopyPaste(1.0, max_objects=1)
+    pasted_any = False
+    for seed in range(8):
+        out_image, out_mask = paste(image, mask, np.random.default_rng(seed), lambda i: source, 2)
+        assert out_image.shape == image.shape and out_mask.shape == mask.shape
+        assert image.sum() == _pair()[0].sum() and not mask.any()  # inputs untouched
+        changed = np.any(out_image != image, axis=2)
+        if out_mask.any():
+            pasted_any = True
+            # the person label lands where the picture changed, and nowhere else
+            assert changed[out_mask == 1].mean() > 0.9
+            assert out_mask[changed].mean() > 0.5
+    assert pasted_any
+    # the same seed gives the same result; probability 0 leaves the sample alone
+    a = paste(image, mask, np.random.default_rng(3), lambda i: source, 2)
+    b = paste(image, mask, np.random.default_rng(3), lambda i: source, 2)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    same = CopyPaste(0.0)(image, mask, np.random.default_rng(0), lambda i: source, 2)
+    assert same[0] is image and same[1] is mask
+
+
+def test_person_config_builds_mixed_training_set(mix):
+    config = load_config("seg", PERSON_CONFIG, [("data.root", str(mix)), ("data.val_split", "val.txt")])
+    train = build_seg_dataset(config["data"], "train")
+    assert isinstance(train.mix, CopyPaste)
+    image, mask = train[(0, 12345)]
+    again = train[(0, 12345)]
+    assert image.shape == (3, 224, 224) and mask.shape == (224, 224)
+    assert np.array_equal(image.numpy(), again[0].numpy())  # seeded: reproducible across workers and resumes
+    assert set(np.unique(mask.numpy())) <= {0, 1, 255}
+
+
+def test_strong_augmentation_keeps_labels_aligned():
+    image = np.zeros((300, 300, 3), np.uint8)
+    image[100:200, 100:200] = 255
+    mask = np.zeros((300, 300), np.uint8)
+    mask[100:200, 100:200] = 1
+    t = seg_train_transform(224, 256, (1.0, 1.0), False, 255, augment="strong")
+    for seed in range(10):
+        t.set_random_seed(seed)
+        out = t(image=image, mask=mask)
+        bright = out["image"].numpy().mean(axis=0) > 0.5
+        labelled = out["mask"].numpy() == 1
+        # colour changes move intensities but not where the square is
+        assert (bright == labelled).mean() > 0.95
+    with pytest.raises(ValueError, match="augment"):
+        seg_train_transform(224, 256, augment="heavy")

@@ -1,0 +1,84 @@
+"""MediaPipe selfie segmentation, run in MediaPipe's own environment (imports nothing of ours).
+
+    python mediapipe_runner.py masks --model general|landscape --list FILES.txt --out DIR
+        writes DIR/<i>.png: 0/1 person mask (confidence >= 0.5) of the i-th listed image, at its size
+    python mediapipe_runner.py time --model general|landscape --image F --size 320x240 --repeats N
+        prints {"ms": [...]}: the time of each process() call on that frame
+
+Requires ``pip install mediapipe`` (0.10.21 ships both selfie models as .tflite in the wheel).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+MODELS = {"general": 0, "landscape": 1}
+
+
+def _segmenter(model: str):
+    import mediapipe as mp
+
+    return mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=MODELS[model])
+
+
+def _read_rgb(path: str):
+    import cv2
+
+    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise SystemExit(f"error: cannot read image {path}")
+    return bgr[:, :, ::-1].copy()
+
+
+def masks(model: str, files: list[str], out: Path) -> None:
+    import cv2
+    import numpy as np
+
+    out.mkdir(parents=True, exist_ok=True)
+    with _segmenter(model) as seg:
+        for i, path in enumerate(files):
+            confidence = seg.process(_read_rgb(path)).segmentation_mask
+            cv2.imwrite(str(out / f"{i}.png"), (confidence >= 0.5).astype(np.uint8))
+
+
+def timing(model: str, image: str, size: tuple[int, int], repeats: int) -> list[float]:
+    import cv2
+
+    frame = cv2.resize(_read_rgb(image), size, interpolation=cv2.INTER_AREA)
+    ms = []
+    with _segmenter(model) as seg:
+        seg.process(frame)  # warm-up: graph start and first inference
+        for _ in range(repeats):
+            start = time.perf_counter()
+            seg.process(frame)
+            ms.append(1000.0 * (time.perf_counter() - start))
+    return ms
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    m = sub.add_parser("masks")
+    m.add_argument("--model", choices=list(MODELS), required=True)
+    m.add_argument("--list", required=True)
+    m.add_argument("--out", required=True, type=Path)
+    t = sub.add_parser("time")
+    t.add_argument("--model", choices=list(MODELS), required=True)
+    t.add_argument("--image", required=True)
+    t.add_argument("--size", default="320x240")
+    t.add_argument("--repeats", type=int, default=20)
+    args = parser.parse_args()
+    if args.command == "masks":
+        masks(args.model, Path(args.list).read_text().splitlines(), args.out)
+    else:
+        w, h = (int(v) for v in args.size.lower().split("x"))
+        json.dump({"ms": timing(args.model, args.image, (w, h), args.repeats)}, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
