@@ -61,6 +61,7 @@ def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
 async def run_level(url: str, image: bytes, clients: int, max_requests: int, max_seconds: float,
                     params: dict) -> dict:
     latencies: list[float] = []
+    busy_latencies: list[float] = []  # how fast a 503 comes back
     statuses: dict[int, int] = {}
     transport_errors = 0
     issued = 0
@@ -79,6 +80,8 @@ async def run_level(url: str, image: bytes, clients: int, max_requests: int, max
             statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
             if r.status_code == 200:
                 latencies.append(time.perf_counter() - start)
+            elif r.status_code == 503:
+                busy_latencies.append(time.perf_counter() - start)
 
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(timeout=120, limits=limits) as http:
@@ -92,8 +95,20 @@ async def run_level(url: str, image: bytes, clients: int, max_requests: int, max
         "busy_503": statuses.get(503, 0),
         "errors": sum(n for code, n in statuses.items() if code not in (200, 503)) + transport_errors,
         "ok_per_s": ok / elapsed, "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
+        "busy_p50_ms": float(np.percentile(np.array(busy_latencies) * 1e3, 50)) if busy_latencies else float("nan"),
         "seconds": elapsed,
     }
+
+
+def peak_rss_kib(pid: int) -> int:
+    """VmHWM of a process in KiB, 0 where /proc is not available."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,11 +140,13 @@ def main(argv: list[str] | None = None) -> int:
         httpx.post(url + "/segment", params=params, files={"file": ("img.jpg", image)}, timeout=120)
         print(f"server {url}, image {args.image.name}, format={args.format}, cpu cores {os.cpu_count()}")
         print(f"{'clients':>7} {'requests':>8} {'ok':>5} {'503':>5} {'errors':>6} {'ok req/s':>9} "
-              f"{'p50 ms':>8} {'p99 ms':>8}")
+              f"{'p50 ms':>8} {'p99 ms':>8} {'503 p50 ms':>10} {'peak RSS MiB':>12}")
         for clients in args.concurrency:
             r = asyncio.run(run_level(url, image, clients, args.requests, args.seconds, params))
+            # The started server's peak resident memory so far (Linux /proc; "-" for --url).
+            peak = f"{peak_rss_kib(proc.pid) / 1024:.0f}" if proc is not None and peak_rss_kib(proc.pid) else "-"
             print(f"{r['clients']:>7} {r['requests']:>8} {r['ok']:>5} {r['busy_503']:>5} {r['errors']:>6} "
-                  f"{r['ok_per_s']:>9.2f} {r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f}")
+                  f"{r['ok_per_s']:>9.2f} {r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['busy_p50_ms']:>10.1f} {peak:>12}")
     finally:
         if proc is not None:
             proc.send_signal(signal.SIGTERM)

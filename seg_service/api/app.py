@@ -106,12 +106,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Added innermost first. The size check and, outside it, the API key check both run before any of
     # the body is read; CORS sits outside them so that their 401/413 answers carry CORS headers too;
     # the access log is outermost.
-    app.add_middleware(BodyLimitMiddleware, limit_for_path=lambda path: (
-        settings.max_video_bytes if path.rstrip("/") == "/segment/video" else settings.max_upload_bytes),
-        idle_timeout=settings.body_timeout_seconds)
+    def upload_limit(path: str) -> int:
+        return settings.max_video_bytes if path.rstrip("/") == "/segment/video" else settings.max_upload_bytes
+
+    app.add_middleware(BodyLimitMiddleware, limit_for_path=upload_limit, idle_timeout=settings.body_timeout_seconds)
     app.add_middleware(BusyMiddleware, is_full=lambda: app.state.service.gate.full(),
-                       on_reject=lambda: metrics.add("rejected_busy"),
-                       paths=("/segment", "/segment/video"))
+                       on_reject=lambda: metrics.add("rejected_busy"), paths=("/segment", "/segment/video"),
+                       limit_for_path=upload_limit, idle_timeout=settings.body_timeout_seconds)
     if settings.api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key,
                            protected_paths=("/segment", "/segment/video"))

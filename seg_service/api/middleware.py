@@ -120,25 +120,53 @@ class ApiKeyMiddleware:
 
 
 class BusyMiddleware:
-    """Answers 503 to an inference request when every inference slot is already taken, before any of
-    its body is read: a busy server refuses in milliseconds instead of first taking in the upload.
+    """Answers 503 to an inference request when every inference slot is already taken, deciding before
+    the body is parsed: the body is read off the socket and discarded (no multipart parsing, no
+    spooling to disk), then the 503 goes out. Discarding rather than closing at once matters: closing
+    a socket with unread data makes the kernel send a reset, and a client still writing its upload
+    would lose the 503 and see a connection error instead. Draining stops at the path's upload
+    limit or when the upload pauses for `idle_timeout`; the connection is then closed.
     (The route checks again when the job starts; a slot freed meanwhile is used.)"""
 
     def __init__(self, app: ASGIApp, is_full: Callable[[], bool], on_reject: Callable[[], None],
-                 paths: tuple[str, ...]) -> None:
+                 paths: tuple[str, ...], limit_for_path: Callable[[str], int], idle_timeout: float) -> None:
         self.app = app
         self.is_full = is_full
         self.on_reject = on_reject
         self.paths = paths
+        self.limit_for_path = limit_for_path
+        self.idle_timeout = idle_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].rstrip("/") in self.paths \
-                and self.is_full():
-            self.on_reject()
-            await _send_json(send, 503, "server busy: every inference slot is taken, retry later",
-                             extra_headers=[(b"retry-after", b"1")])
+        if not (scope["type"] == "http" and scope["method"] == "POST"
+                and scope["path"].rstrip("/") in self.paths and self.is_full()):
+            await self.app(scope, receive, send)
             return
-        await self.app(scope, receive, send)
+        limit = self.limit_for_path(scope["path"])
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        if not declared.isdigit() or int(declared) > limit:
+            await self.app(scope, receive, send)  # BodyLimitMiddleware answers 400 / 413
+            return
+        self.on_reject()
+        if not await self._drain(receive, limit):
+            return  # the client has gone: nobody to answer
+        await _send_json(send, 503, "server busy: every inference slot is taken, retry later",
+                         extra_headers=[(b"retry-after", b"1")])
+
+    async def _drain(self, receive: Receive, limit: int) -> bool:
+        """Read and drop the body; False when the client disconnected."""
+        received = 0
+        while received <= limit:
+            try:
+                message = await asyncio.wait_for(receive(), self.idle_timeout)
+            except TimeoutError:
+                return True
+            if message["type"] == "http.disconnect":
+                return False
+            received += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return True
+        return True
 
 
 class OneLineStartupError:
