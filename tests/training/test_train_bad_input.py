@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from PIL import Image
-from train_helpers import TEST_DATA, quiet
+from train_helpers import REPO, TEST_DATA, quiet, subprocess_env
 
 from training.cli import train_cls_main, train_seg_main
 
@@ -77,6 +81,40 @@ def test_rgb_mask_is_rejected(ccp_copy, tmp_path, capsys):
     Image.fromarray(np.stack([mask] * 3, axis=-1)).save(mask_path)
     rc, lines = run_seg(smoke_on(ccp_copy), tmp_path, capsys)
     assert_one_error(rc, lines, mask_path, "expected 8-bit label indices")
+
+
+# Three bad runs in one process, as a notebook or a test session makes them: each must end with its
+# error, its DataLoader workers stopped and no tqdm monitor thread left (see training/engine/progress.py).
+REPEATED_RUNS = """
+import multiprocessing, sys, threading
+from training.cli import train_seg_main
+for attempt in range(3):
+    rc = train_seg_main(sys.argv[1:])
+    workers = len(multiprocessing.active_children())
+    monitors = sum(t.name == "tqdm_monitor" and t.is_alive() for t in threading.enumerate())
+    print(f"attempt {attempt}: rc={rc} workers={workers} monitors={monitors}", flush=True)
+"""
+
+
+def test_bad_mask_in_workers_with_progress_bars_ends_with_its_error(ccp_copy, tmp_path):
+    """Issue 15: such a run hung in tqdm.write on tqdm's lock. With workers and progress bars on and the
+    data check off (so a worker meets the RGB mask), every run ends with the one-line error on a line
+    of its own, with no worker and no tqdm thread left behind; the timeout is only a hang guard."""
+    mask_path = ccp_copy / "masks" / "0001.png"
+    mask = np.asarray(Image.open(mask_path))
+    Image.fromarray(np.stack([mask] * 3, axis=-1)).save(mask_path)
+    argv = [*smoke_on(ccp_copy), "--data.workers", "2", "--data.check", "false", "--output.dir",
+            str(tmp_path / "runs"), "--output.progress", "true"]
+    done = subprocess.run([sys.executable, "-c", REPEATED_RUNS, *argv], cwd=REPO, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("rc=2 workers=0 monitors=0") == 3, done.stdout + done.stderr[-3000:]
+    assert "epoch 1/1" in done.stderr  # the bars were drawn
+    # An error never shares a line with a bar: each starts a line (bars redraw with \r).
+    errors = [line for line in re.split(r"[\r\n]", done.stderr) if "error: " in line]
+    assert len(errors) == 3 and all(line.startswith("error: ") for line in errors), errors
+    assert done.stderr.count("\nerror: ") == 3, done.stderr[-3000:]
+    assert all(str(mask_path) in line and "expected 8-bit label indices" in line for line in errors)
 
 
 def test_misspelled_key_on_command_line(tmp_path, capsys):

@@ -31,6 +31,7 @@ from .config import dump_yaml, from_json, load_config, to_json
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum
 from .metrics import SegmentationLoss, confusion_matrix, predict_probs, segmentation_scores, topk_correct
 from .optim import build_optimizer, build_scheduler, lr_factor_fn
+from .progress import RunScope, use_thread_lock
 from .run_info import SlowStartWatch, describe_settings, write_defaults
 from .runlog import format_duration, format_seg_report, write_csv
 
@@ -96,6 +97,7 @@ def model_config_for(config: dict[str, Any], num_classes: int) -> dict[str, Any]
 
 def make_loader(dataset: Any, sampler: Any, batch_size: int, workers: int, info: DistInfo,
                 drop_last: bool, collate: Any = None) -> DataLoader:
+    use_thread_lock()  # before workers are forked: tqdm's default lock is shared with them (progress.py)
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -137,17 +139,17 @@ def evaluate_seg(model: nn.Module, loader: DataLoader, classes: list[str], ignor
     n = len(classes)
     confusion = torch.zeros(n, n, dtype=torch.int64, device=info.device)
     total = len(loader) if max_batches is None else min(len(loader), max_batches)
-    bar = tqdm(total=total, desc="eval", leave=False, disable=not (progress and info.is_main), file=sys.stderr)
-    for i, (images, masks) in enumerate(loader):
-        if i >= total:
-            break
-        images = images.to(info.device, non_blocking=True)
-        masks = masks.to(info.device, non_blocking=True)
-        with autocast(info, amp):
-            probs = predict_probs(model, images, list(scales), flip)
-        confusion += confusion_matrix(probs.argmax(1), masks, n, ignore_index)
-        bar.update()
-    bar.close()
+    # A context: the bar is closed (its line cleared) before an error from the loader is printed.
+    with tqdm(total=total, desc="eval", leave=False, disable=not (progress and info.is_main), file=sys.stderr) as bar:
+        for i, (images, masks) in enumerate(loader):
+            if i >= total:
+                break
+            images = images.to(info.device, non_blocking=True)
+            masks = masks.to(info.device, non_blocking=True)
+            with autocast(info, amp):
+                probs = predict_probs(model, images, list(scales), flip)
+            confusion += confusion_matrix(probs.argmax(1), masks, n, ignore_index)
+            bar.update()
     return segmentation_scores(all_reduce_sum(confusion, info), classes)
 
 
@@ -158,18 +160,17 @@ def evaluate_cls(model: nn.Module, loader: DataLoader, info: DistInfo, max_batch
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=info.device)  # top1, top5, loss sum, count
     total = len(loader) if max_batches is None else min(len(loader), max_batches)
-    bar = tqdm(total=total, desc="eval", leave=False, disable=not (progress and info.is_main), file=sys.stderr)
-    for i, (images, targets) in enumerate(loader):
-        if i >= total:
-            break
-        images, targets = images.to(info.device), targets.to(info.device)
-        with autocast(info, amp):
-            logits = model(images).float()
-        top1, top5 = topk_correct(logits, targets, (1, 5))
-        loss = nn.functional.cross_entropy(logits, targets, reduction="sum")
-        sums += torch.tensor([top1, top5, float(loss), len(targets)], dtype=torch.float64, device=info.device)
-        bar.update()
-    bar.close()
+    with tqdm(total=total, desc="eval", leave=False, disable=not (progress and info.is_main), file=sys.stderr) as bar:
+        for i, (images, targets) in enumerate(loader):
+            if i >= total:
+                break
+            images, targets = images.to(info.device), targets.to(info.device)
+            with autocast(info, amp):
+                logits = model(images).float()
+            top1, top5 = topk_correct(logits, targets, (1, 5))
+            loss = nn.functional.cross_entropy(logits, targets, reduction="sum")
+            sums += torch.tensor([top1, top5, float(loss), len(targets)], dtype=torch.float64, device=info.device)
+            bar.update()
     top1, top5, loss, count = all_reduce_sum(sums, info).tolist()
     count = max(count, 1.0)
     return {"top1": top1 / count, "top5": top5 / count, "val_loss": loss / count}
@@ -186,13 +187,16 @@ def train(config: dict[str, Any], resume: str | None = None, explicit: set[str] 
     """
     info = distributed.setup(config["device"])
     try:
-        return _train(config, info, resume, explicit)
+        # Leaving the scope, however the run ends, closes its bars and stops its loaders' workers
+        # before anything (an error line) is printed (progress.py: why a run could hang otherwise).
+        with RunScope() as scope:
+            return _train(config, info, resume, explicit, scope)
     finally:
         distributed.cleanup()
 
 
-def _train(config: dict[str, Any], info: DistInfo, resume: str | None,
-           explicit: set[str] | None = None) -> dict[str, Any]:
+def _train(config: dict[str, Any], info: DistInfo, resume: str | None, explicit: set[str] | None,
+           scope: RunScope) -> dict[str, Any]:
     task, train_cfg, data_cfg = config["task"], config["train"], config["data"]
     out_dir = output_dir(config)
     ckpt = None
@@ -244,9 +248,11 @@ def _train(config: dict[str, Any], info: DistInfo, resume: str | None,
     ignore = int(data_cfg.get("ignore_index", 255))
     collate = (lambda b: datasets.pad_collate(b, ignore)) if task == "seg" else None
     workers = int(data_cfg["workers"])
-    train_loader = make_loader(train_set, sampler, batch_size, workers, info, drop_last=True, collate=collate)
-    val_loader = make_loader(val_set, datasets.ShardSampler(val_set, info.world_size, info.rank),
-                             int(data_cfg["val_batch_size"]), workers, info, drop_last=False, collate=collate)
+    train_loader = scope.loader(make_loader(train_set, sampler, batch_size, workers, info, drop_last=True,
+                                            collate=collate))
+    val_loader = scope.loader(make_loader(val_set, datasets.ShardSampler(val_set, info.world_size, info.rank),
+                                          int(data_cfg["val_batch_size"]), workers, info, drop_last=False,
+                                          collate=collate))
     iters = len(train_loader)
     if train_cfg["steps_per_epoch"]:
         iters = min(iters, int(train_cfg["steps_per_epoch"]))
@@ -304,8 +310,8 @@ def _train(config: dict[str, Any], info: DistInfo, resume: str | None,
         ddp_model.train()
         sums = torch.zeros(4, dtype=torch.float64)  # loss sum, correct, counted (pixels/images), images
         epoch_start = time.perf_counter()
-        bar = tqdm(total=iters, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, file=sys.stderr,
-                   dynamic_ncols=True)
+        bar = scope.bar(total=iters, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, file=sys.stderr,
+                        dynamic_ncols=True)
         for i, (images, targets) in enumerate(train_loader):
             if i >= iters:
                 break
