@@ -43,10 +43,11 @@ def _import_with_env(**env: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_environment_sets_isa_and_threads() -> None:
-    done = _import_with_env(SEG_ISA="scalar", SEG_THREADS="1")
+@pytest.mark.parametrize("isa", kernels.available_isas())  # this CPU's best path and every lower one
+def test_environment_sets_isa_and_threads(isa: str) -> None:
+    done = _import_with_env(SEG_ISA=isa, SEG_THREADS="1")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["scalar", "1"]
+    assert done.stdout.split() == [isa, "1"]
 
 
 def test_environment_rejects_bad_values() -> None:
