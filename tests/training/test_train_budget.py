@@ -33,7 +33,9 @@ def test_time_budget_shortens_the_run_and_its_schedule(tmp_path, capsys):
     # is rescaled so the learning rate reaches zero there, as in a planned 2-epoch run.
     assert train_seg_main(["--config", "smoke_seg", "--train.epochs", "6", "--train.steps_per_epoch", "2",
                            "--train.time_budget_minutes", "0.0001", *quiet(runs)]) == 0
-    assert "2 epochs instead of 6" in capsys.readouterr().out
+    out_text = capsys.readouterr().out
+    # Decided after the second epoch, and said after that epoch's line.
+    assert out_text.index("epoch 2/2 ") < out_text.index("2 epochs instead of 6 (timed on epoch 2)")
     out = runs / "smoke_seg"
     rows = list(csv.DictReader((out / "log.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [1, 2]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -42,6 +43,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     killed_at = _epoch_of(last)
     assert 1 <= killed_at < EPOCHS
+    killed_elapsed = load_checkpoint(last)["elapsed"]
 
     resumed = run_module([*ARGS, *quiet(killed_dir), "--resume"], cwd=REPO)
     assert resumed.returncode == 0, resumed.stderr
@@ -55,3 +57,8 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
         torch.testing.assert_close(res["model"][key], value, rtol=0, atol=1e-6, msg=key)
     for key in ("train_loss", "miou"):
         assert [r[key] for r in res["history"]] == [r[key] for r in ref["history"]]
+    # "finished in" counts the whole run: the killed part (stored in the checkpoint) and the resumed one.
+    summary = json.loads((killed_dir / "smoke_seg" / "summary.json").read_text())
+    resumed_training = sum(r["seconds"] for r in res["history"][killed_at:])
+    assert summary["seconds"] >= killed_elapsed + resumed_training
+    assert res["elapsed"] >= killed_elapsed + resumed_training
