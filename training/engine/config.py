@@ -379,7 +379,8 @@ def _check_values(config: dict[str, Any]) -> None:
         raise ConfigError("data.root is not set; pass --data.root PATH")
     if config["task"] == "seg":
         if not data.get("classes"):
-            raise ConfigError("data.classes (the list of class names) is not set")
+            raise ConfigError("data.classes (the class names) is not set; pass --data.classes \"a,b,c\" "
+                              "or a file with one name per line")
         root = Path(data["root"])
         data["classes"] = parse_class_list(data["classes"], "data.classes", [root])
         palette = data.get("palette")
