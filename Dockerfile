@@ -24,9 +24,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     SEG_MODEL_DIR=/app/weights
 RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin seg
-COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-index --find-links=/wheels "groupnet-seg[serve]" \
- && rm -rf /wheels \
+# The wheels are bind-mounted from the build stage, not copied: a COPY layer would keep them in the
+# image (about 100 MB) even after an `rm` in a later step.
+RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
+    pip install --no-cache-dir --no-index --find-links=/wheels "groupnet-seg[serve]" \
  && python -c "import seg_service.kernels as k; print('kernels:', k.isa())"
 WORKDIR /app
 COPY --chown=seg:seg weights/ /app/weights/
