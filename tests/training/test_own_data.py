@@ -255,3 +255,13 @@ def test_own_folder_trains_exports_evaluates_and_serves(tmp_path, capsys):
         assert reply.status_code == 200
         mask = np.asarray(Image.open(io.BytesIO(reply.content)))
         assert mask.shape == (360, 480) and int(mask.max()) < len(STREET_CLASSES)
+
+
+def test_an_error_during_training_starts_its_own_line(ccp_copy, tmp_path, capsys):
+    # The data check off: the bad labels surface while the epoch's progress bar is on screen.
+    code = train_seg_main(["--config", "smoke_seg", "--data.root", str(ccp_copy), "--data.remap", "null",
+                           "--data.check", "false", "--output.dir", str(tmp_path / "runs"),
+                           "--output.progress", "true"])
+    assert code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: mask ") and "outside the class list" in last

@@ -20,7 +20,9 @@ def test_torchrun_two_processes_gloo(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     run = out / "smoke_seg"
     # Rank 0 alone writes, and alone reports: one summary, one line per epoch.
-    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "config.yaml", "last.pt", "log.csv", "summary.json"]
+    assert sorted(p.name for p in run.iterdir()) == [
+        "best.pt", "config.yaml", "defaults.yaml", "last.pt", "log.csv", "summary.json"]
+    assert result.stdout.count("no problems found") == 1  # the data check ran on rank 0 alone
     assert result.stdout.count("run finished") == 1
     assert result.stdout.count("epoch 2/2") == 1
 
