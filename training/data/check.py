@@ -182,7 +182,9 @@ def format_report(report: DataReport, max_problems: int | None = None) -> str:
         if s.sizes:
             widths = sorted(w for w, _ in s.sizes)
             heights = sorted(h for _, h in s.sizes)
-            lines.append(f"{split}: {s.images} images, {widths[0]}-{widths[-1]} x {heights[0]}-{heights[-1]} px")
+            size = (f"{widths[0]}x{heights[0]}" if len(s.sizes) == 1
+                    else f"{widths[0]}-{widths[-1]} x {heights[0]}-{heights[-1]}")
+            lines.append(f"{split}: {s.images} images, {size} px")
     lines += balance_notes(report)
     if report.problems:
         shown = report.problems if max_problems is None else report.problems[:max_problems]
@@ -241,6 +243,9 @@ def check_before_training(config: dict[str, Any], train_set: Any, val_set: Any, 
                           log: Callable[[str], Any]) -> str | None:
     """The check at the start of a run, on its data sets; the one-line failure message, or None."""
     data = config["data"]
+    if not all(hasattr(d, "pairs") and hasattr(d, "label_map") for d in (train_set, val_set)):
+        log("data check skipped: the data set is not a list of image/mask files")  # e.g. a composite set
+        return None
     report = check_pairs({"train": train_set.pairs, "val": val_set.pairs}, train_set.label_map,
                          list(data["classes"]), int(data["ignore_index"]), None, progress)
     log("data check (every image and mask read once; --data.check false skips it):\n"
