@@ -1,0 +1,77 @@
+"""Encoder warm start from a packed model: the rebuilt encoder computes the packed function."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from seg_service.runtime import format as gnpk  # noqa: E402
+from tests.parity.helpers import load_rgb, normalise, small_model  # noqa: E402
+from training.engine.checkpoint import init_weights  # noqa: E402
+from training.engine.packed_init import (  # noqa: E402
+    calibrate,
+    encoder_checkpoint,
+    load_packed_encoder,
+    unpack_sign_bits,
+)
+from training.export import export_model, pack_sign_bits  # noqa: E402
+from training.models import create_model  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+def _images() -> torch.Tensor:
+    x = [normalise(load_rgb(p, (96, 128))) for p in ("ccp/images/0003.jpg", "camvid/images/0016E5_01470.jpg")]
+    return torch.from_numpy(np.stack(x).transpose(0, 3, 1, 2).copy())
+
+
+def test_unpack_inverts_pack():
+    w = torch.randn(5, 70, 3, 3)
+    signs = unpack_sign_bits(pack_sign_bits(w), 70)
+    assert np.array_equal(signs, torch.where(w < 0, -1.0, 1.0).numpy())
+
+
+@pytest.mark.parametrize("config", [dict(k=3, output_stride=8, head="aspp"), dict(k=2, output_stride=32, head="fcn")])
+def test_rebuilt_encoder_matches_the_original(config, tmp_path):
+    original = small_model(seed=4, **config)
+    export_model(original, tmp_path / "m.gnpk")
+    packed = gnpk.read_model(tmp_path / "m.gnpk")
+    rebuilt = create_model(dict(packed.model["config"]))
+    folded = load_packed_encoder(rebuilt, packed)
+    x = _images()
+    rebuilt.eval()
+    with torch.no_grad():
+        want = original.encoder(x)
+        for got, ref in zip(rebuilt.encoder(x), want, strict=True):
+            assert torch.allclose(got, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
+        # Calibration moves the BatchNorm statistics onto real data and keeps the eval function;
+        # in training mode on the same images the encoder then computes (nearly) the same.
+        calibrate(rebuilt, folded, x)
+        after = rebuilt.encoder(x)
+        rebuilt.train()
+        in_training = rebuilt.encoder(x)
+    for got, train_got, ref in zip(after, in_training, want, strict=True):
+        scale = float(ref.abs().max())
+        # a binarised activation within rounding of zero may flip: compare almost all values
+        assert (torch.abs(got - ref) <= 1e-3 * scale).float().mean() > 0.99
+        assert (torch.abs(train_got - ref) <= 1e-2 * scale).float().mean() > 0.95
+
+
+def test_checkpoint_initialises_another_architecture(tmp_path):
+    """The shipped use: a K=3 stride-8 file starts a K=2 stride-32 model with a skip decoder."""
+    export_model(small_model(seed=5, k=3, output_stride=8, head="aspp"), tmp_path / "m.gnpk")
+    ckpt = encoder_checkpoint(tmp_path / "m.gnpk", DATA / "ccp" / "images", count=4, size=64, branches=2)
+    torch.save(ckpt, tmp_path / "enc.pt")
+    cfg = dict(gnpk.read_model(tmp_path / "m.gnpk").model["config"])
+    cfg.update(k=2, output_stride=32, head="fcn", decoder="skip", bpac_rates=None)
+    model = create_model(cfg)
+    message = init_weights(model, tmp_path / "enc.pt", "seg")
+    assert "encoder" in message
+    for key, value in ckpt["model"].items():
+        assert torch.equal(model.state_dict()[key], value)
+    with pytest.raises(Exception, match="branches"):
+        encoder_checkpoint(tmp_path / "m.gnpk", DATA / "ccp" / "images", branches=4)
