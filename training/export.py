@@ -18,7 +18,6 @@ Files are written through ``seg_service.runtime.format``, the single source of t
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Sequence
@@ -352,16 +351,23 @@ def export_psp_head(g: GraphBuilder, head: PSPHead, x: str) -> str:
 
 
 def export_skip_decoder(g: GraphBuilder, decoder: SkipDecoder, x: str, skip: str) -> str:
-    """Mirror SkipDecoder.forward: upsample to the skip, float 1x1 projection + BN, concat, BN, binary 3x3."""
-    up = g.op("upsample_bilinear", "decoder.up", **{"in": x}, like=skip)
+    """Mirror SkipDecoder.forward: upsample to the skip, float 1x1 projection + BN, concat, BN, binary 3x3.
+
+    The BatchNorm on the joined map is per channel, so it folds into what feeds it: into an affine on
+    the head's features before the upsampling (bilinear weights sum to one, so the two commute), at
+    1/16 of the pixels, and into the projection's weights. The full-resolution map is never touched
+    twice."""
+    norm_scale, norm_shift = bn_fold(decoder.norm)
+    c = decoder.norm.num_features - decoder.project[0].out_channels
+    head = g.affine(x, "decoder.norm", norm_scale[:c], norm_shift[:c], False, False, None)
+    up = g.op("upsample_bilinear", "decoder.up", **{"in": head}, like=skip)
     conv, bn = decoder.project
     scale, shift = bn_fold(bn)
+    scale, shift = scale * norm_scale[c:], shift * norm_scale[c:] + norm_shift[c:]
     weight = conv.weight.detach().double().cpu().numpy() * scale[:, None, None, None]
     projected = g.float_conv(skip, "decoder.project", weight, shift, 1, 0, 1, relu=False)
     cat = g.op("concat", "decoder.cat", ins=[up, projected])
-    scale, shift = bn_fold(decoder.norm)
-    normed = g.affine(cat, "decoder.norm", scale, shift, False, False, None)
-    return export_classifier(g, decoder.classifier, export_conv_bn_relu(g, decoder.fuse, normed, "decoder.fuse"))
+    return export_classifier(g, decoder.classifier, export_conv_bn_relu(g, decoder.fuse, cat, "decoder.fuse"))
 
 
 HEAD_EXPORTERS = {ASPPHead: export_aspp_head, FCNHead: export_fcn_head, PSPHead: export_psp_head}
@@ -509,63 +515,11 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     return model.eval(), ckpt
 
 
-def _parse_palette(text: str) -> list[list[int]]:
-    """'0,0,0;220,20,60' or a JSON list of [r, g, b]."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        value = [[int(v) for v in colour.split(",")] for colour in text.split(";") if colour.strip()]
-    if not all(isinstance(c, list) and len(c) == 3 for c in value):
-        raise argparse.ArgumentTypeError("palette must be 'r,g,b;r,g,b;...' or a JSON list of [r, g, b]")
-    return value
-
-
-def _parse_classes(text: str) -> list[str]:
-    """Class names as train-seg's data.classes takes them: a comma list, a YAML list or a file of names."""
-    from .data.errors import InputError
-    from .data.names import parse_class_list
-    from .engine.config import parse_value
-
-    value = parse_value(text) if text.lstrip().startswith("[") else text
-    try:
-        return parse_class_list(value, "--classes")
-    except InputError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _parse_postprocess(text: str) -> dict[str, Any] | None:
-    """'none' or a JSON object (checked against the model's classes when the file is written)."""
-    if text.strip().lower() == "none":
-        return None
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not JSON: {exc.msg}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("must be a JSON object or 'none'")
-    return value
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """``export-model``: checkpoint -> packed .gnpk file."""
-    parser = argparse.ArgumentParser(prog="export-model", description=__doc__.split("\n\n")[0])
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="training checkpoint (.pt)")
-    source.add_argument("--repack", metavar="GNPK", help="an existing packed model: change only its name, "
-                        "classes, palette or input rules (--max-side, --size-divisor); weights are copied")
-    parser.add_argument("--out", required=True, help="output packed model (.gnpk)")
-    parser.add_argument("--name", help="model name served by the API (default: from the config)")
-    parser.add_argument("--classes", type=_parse_classes,
-                        help="class names: 'a,b,c', a YAML list or a file with one name per line (default: "
-                        "the checkpoint's, i.e. the config's data.classes)")
-    parser.add_argument("--palette", type=_parse_palette, help="'r,g,b;r,g,b;...' or a JSON list (default: the "
-                        "checkpoint's, i.e. the config's data.palette, else the PASCAL VOC colour map)")
-    parser.add_argument("--max-side", type=int, help="long side images are resized down to (default 512)")
-    parser.add_argument("--size-divisor", type=int, help="inputs are padded to a multiple of this (default 32)")
-    parser.add_argument("--postprocess", type=_parse_postprocess, default=False, metavar="JSON|none",
-                        help="with --repack: the post-processing to store (docs/format.md), e.g. "
-                        "'{\"logit_bias\": [0, -0.25]}', or 'none' to remove it; train-seg tune-postprocess "
-                        "fits one on training images")
+    """``export-model``: checkpoint -> packed .gnpk file (arguments: training.export_cli)."""
+    from .export_cli import build_parser
+
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.postprocess is not False and not args.repack:
         parser.error("--postprocess needs --repack (fit it with train-seg tune-postprocess on an exported file)")

@@ -14,7 +14,8 @@ brought to one mask convention (0 background, 1 person, 255 ignore):
 Images are linked (or copied with ``--copy``), masks written as 8-bit PNGs, names prefixed by
 source (``ccp_0001``, ``portraits_00001``, ``camvid_0001TP_006690``). List files: ``train.txt``,
 ``val.txt`` (both validation sets), ``val_ccp.txt``, ``val_portraits.txt``, ``val_mini.txt`` (a
-quick interleaved subset of both for validation during training). Usage::
+quick interleaved subset of both for validation during training), ``train_tune.txt`` (every 5th
+training image, for ``train-seg tune-postprocess``). Usage::
 
     python -m training.data.person_mix --data ../shared/data --out /work/data/person_mix
 """
@@ -94,6 +95,8 @@ def build(data: Path, out: Path, sources: Sequence[str] = tuple(SOURCES), copy: 
     lists["val"] = lists["val_ccp"] + lists["val_portraits"]
     # A quick validation set for progress during training: every 4th image of each set, interleaved.
     lists["val_mini"] = [n for pair in zip(lists["val_ccp"][::2], lists["val_portraits"][::4]) for n in pair]
+    # Every 5th training image of every source: enough to fit a stored post-processing on, in minutes.
+    lists["train_tune"] = lists["train"][::5]
     for split, names in lists.items():
         (out / f"{split}.txt").write_text("".join(f"{n}\n" for n in names))
     return {split: len(names) for split, names in lists.items()}
