@@ -301,10 +301,14 @@ def train_seg_main(argv: Sequence[str] | None = None) -> int:
 
 
 def export_main(argv: Sequence[str] | None = None) -> int | None:
-    """export-model: implemented in training.export (imported only when called)."""
+    """export-model: implemented in training.export, imported after the arguments parse (--help is instant)."""
+    from .export_cli import build_parser
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    build_parser().parse_args(argv)  # --help and usage errors without loading PyTorch
     from .export import main
 
-    return main(list(sys.argv[1:] if argv is None else argv))
+    return main(argv)
 
 
 COMMANDS = {"train-cls": train_cls_main, "train-seg": train_seg_main, "export-model": export_main}

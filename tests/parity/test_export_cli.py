@@ -47,8 +47,12 @@ def test_overrides_and_errors(tmp_path, capsys):
     assert runtime.classes == ["background", "person"] and runtime.palette.tolist() == [[0, 0, 0], [220, 20, 60]]
     assert runtime.name.startswith("groupnet_resnet18_k1")
 
-    assert main(argv + ["--classes", "only-one"]) == 2
-    assert "1 class names given but the model predicts 2 classes" in capsys.readouterr().err
+    assert main(argv + ["--classes", "a,b,c"]) == 2
+    assert "3 class names given but the model predicts 2 classes" in capsys.readouterr().err
+    # One name without a comma is a file of names (train-seg's data.classes rule); none here.
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv + ["--classes", "only-one"])
+    assert exit_info.value.code == 2 and "--classes 'only-one': no such file" in capsys.readouterr().err
     assert main(["--checkpoint", str(tmp_path / "missing.pt"), "--out", str(out)]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
     torch.save({"format": FORMAT, "version": VERSION, "task": "seg", "model": model.state_dict(),
