@@ -8,12 +8,21 @@ torch's fp32 conv (G multiply-adds/s) on the same shapes for scale.
 
 --op picks the entry point: int (bconv2d_int, default), float (bconv2d with the float epilogue and a
 residual) or fused (bconv2d_float: float input binarised and packed inside the call).
+
+--op stem times the float RGB stem instead (kernels.conv2d_direct, 7x7 stride 2 padding 3, 3 -> 32
+or 64 channels, bias and ReLU) against torch.nn.functional.conv2d (oneDNN, NCHW, same bias, ReLU
+and thread count): medians of interleaved runs, G MACs/s and ours / torch per thread count.
+--onednn-isa (e.g. avx2) caps oneDNN's ISA (ONEDNN_MAX_CPU_ISA) for a like-for-like AVX2 ratio.
+
+    .venv/bin/python scripts/kernel_speed.py --op stem [--isa avx2] [--onednn-isa avx2]
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import os
+import statistics
 import time
 
 import numpy as np
@@ -46,15 +55,91 @@ def best_seconds(setups_and_calls: list[tuple], repeats: int) -> list[float]:
     return best
 
 
+# (name, H, W, C_out) of the 7x7 stride-2 padding-3 RGB stem
+STEM_SHAPES = [
+    ("192x256x3->32", 192, 256, 32),
+    ("240x320x3->32", 240, 320, 32),
+    ("240x320x3->64", 240, 320, 64),
+    ("512x512x3->32", 512, 512, 32),
+    ("512x512x3->64", 512, 512, 64),
+]
+
+
+def median_seconds(setups_and_calls: list[tuple], repeats: int) -> list[float]:
+    """Median time of each (setup, call) pair, interleaved round by round as best_seconds does."""
+    times: list[list[float]] = [[] for _ in setups_and_calls]
+    for setup, call in setups_and_calls:  # warm-up
+        setup()
+        call()
+    for _ in range(repeats):
+        for i, (setup, call) in enumerate(setups_and_calls):
+            setup()
+            start = time.perf_counter()
+            call()
+            times[i].append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
+
+
+def stem_speed(isas: list[str], threads: list[int], repeats: int) -> None:
+    """conv2d_direct on the stem shapes per ISA path and thread count, against torch (oneDNN)."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    print(f"7x7/2 stem, G MACs/s (medians of {repeats} interleaved runs); ratio = ours / torch, same threads; "
+          f"oneDNN ISA cap: {os.environ.get('ONEDNN_MAX_CPU_ISA', 'none')}")
+    header = f"{'shape':<16}" + "".join(f"{isa + ' t' + str(t):>11}" for isa in isas for t in threads)
+    header += "".join(f"{'torch t' + str(t):>11}" for t in threads)
+    header += "".join(f"{isa + '/torch t' + str(t):>17}" for isa in isas for t in threads)
+    print(header)
+    for name, h, w, o in STEM_SHAPES:
+        x = rng.standard_normal((h, w, 3)).astype(np.float32)
+        wt = (rng.standard_normal((o, 7, 7, 3)) * 0.1).astype(np.float32)
+        bias = rng.standard_normal(o).astype(np.float32)
+        ho, wo = (h + 6 - 7) // 2 + 1, (w + 6 - 7) // 2 + 1
+        macs = ho * wo * o * 7 * 7 * 3
+        ours = functools.partial(kernels.conv2d_direct, x, wt, bias, 2, 3, 1, True)
+        xt = torch.from_numpy(x).permute(2, 0, 1)[None].contiguous()
+        wtt = torch.from_numpy(wt).permute(0, 3, 1, 2).contiguous()
+        bt = torch.from_numpy(bias)
+
+        @torch.inference_mode()
+        def theirs(xt=xt, wtt=wtt, bt=bt) -> None:
+            torch.relu_(torch.nn.functional.conv2d(xt, wtt, bt, stride=2, padding=3))
+
+        variants = []
+        for isa in isas:
+            for t in threads:
+
+                def setup(isa: str = isa, t: int = t) -> None:
+                    kernels.set_isa(isa)
+                    kernels.set_num_threads(t)
+
+                variants.append((setup, ours))
+        for t in threads:
+            variants.append((functools.partial(torch.set_num_threads, t), theirs))
+        rates = [macs / sec / 1e9 for sec in median_seconds(variants, repeats)]
+        ours_rates, torch_rates = rates[: len(isas) * len(threads)], rates[len(isas) * len(threads):]
+        ratios = [ours_rates[i * len(threads) + j] / torch_rates[j]
+                  for i in range(len(isas)) for j in range(len(threads))]
+        print(f"{name:<16}" + "".join(f"{r:>11.1f}" for r in rates) + "".join(f"{r:>17.2f}" for r in ratios),
+              flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--isa", action="append", help="ISA path(s) to time (default: all available)")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--op", choices=["int", "float", "fused"], default="int")
+    parser.add_argument("--op", choices=["int", "float", "fused", "stem"], default="int")
     parser.add_argument("--torch", action="store_true", help="also time torch fp32 conv2d")
+    parser.add_argument("--onednn-isa", help="with --op stem: cap oneDNN's ISA (ONEDNN_MAX_CPU_ISA), e.g. avx2")
     args = parser.parse_args()
     isas = args.isa or kernels.available_isas()
+    if args.op == "stem":
+        if args.onednn_isa:
+            os.environ["ONEDNN_MAX_CPU_ISA"] = args.onednn_isa.upper()  # read at oneDNN's first use
+        stem_speed(isas, args.threads, args.repeats)
+        return
     rng = np.random.default_rng(0)
 
     header = f"{'shape':<18}" + "".join(f"{isa + ' t' + str(t):>14}" for isa in isas for t in args.threads)
