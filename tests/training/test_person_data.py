@@ -104,3 +104,29 @@ def test_strong_augmentation_keeps_labels_aligned():
         assert (bright == labelled).mean() > 0.95
     with pytest.raises(ValueError, match="augment"):
         seg_train_transform(224, 256, augment="heavy")
+
+
+def test_peer_comparison_scores_packed_models_by_pooled_person_iou(mix):
+    """training.peers.compare's accuracy rows equal an independent count over predict()'s masks;
+    MediaPipe's rows come when an environment with it is named (MEDIAPIPE_PYTHON)."""
+    import os
+
+    from seg_service.runtime import load_model
+    from training.peers.compare import accuracy, speed
+
+    weights = Path(__file__).resolve().parents[2] / "weights" / "person.gnpk"
+    python = os.environ.get("MEDIAPIPE_PYTHON")
+    rows = accuracy(str(PERSON_CONFIG), "val.txt", str(mix), [str(weights)], python, threads=2)
+    model = load_model(weights)
+    inter = union = 0
+    for name in (mix / "val.txt").read_text().split():
+        truth = read_mask(mix / "masks" / f"{name}.png")
+        pred = model.predict(read_image(mix / "images" / f"{name}.jpg")) == 1
+        keep = truth != 255
+        inter += int((pred & (truth == 1) & keep).sum())
+        union += int(((pred | (truth == 1)) & keep).sum())
+    assert rows[0]["model"] == "person.gnpk" and rows[0]["images"] == 6
+    assert rows[0]["person_iou"] == pytest.approx(inter / union)
+    assert len(rows) == (3 if python else 1)
+    timed = speed([str(weights)], python, str(DATA / "portraits/images/00002.jpg"), (160, 120), 1, 2, 2)
+    assert timed[0]["calls"] == 2 and timed[0]["median_ms"] > 0
