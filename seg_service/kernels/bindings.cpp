@@ -69,29 +69,30 @@ constexpr int64_t kMaxDilation = int64_t{1} << 16;
 constexpr int64_t kMaxChannels = int64_t{1} << 24;
 constexpr int64_t kMaxSide = int64_t{1} << 24;  // an output side (resize, upsample)
 
+void require_range(int64_t value, int64_t low, int64_t high, const char* name) {
+    require(value >= low, std::string(name) + " must be >= " + std::to_string(low) + ", got " + std::to_string(value));
+    require(value <= high,
+            std::string(name) + " must be at most " + std::to_string(high) + ", got " + std::to_string(value));
+}
+
 void require_geometry(int64_t kernel, int64_t stride, int64_t padding, int64_t dilation) {
-    require(kernel >= 1 && kernel <= kMaxKernel,
-            "kernel must be in [1, " + std::to_string(kMaxKernel) + "], got " + std::to_string(kernel));
-    require(stride >= 1 && stride <= kMaxStride,
-            "stride must be in [1, " + std::to_string(kMaxStride) + "], got " + std::to_string(stride));
-    require(padding >= 0 && padding <= kMaxPadding,
-            "padding must be in [0, " + std::to_string(kMaxPadding) + "], got " + std::to_string(padding));
-    require(dilation >= 1 && dilation <= kMaxDilation,
-            "dilation must be in [1, " + std::to_string(kMaxDilation) + "], got " + std::to_string(dilation));
+    require_range(kernel, 1, kMaxKernel, "kernel");
+    require_range(stride, 1, kMaxStride, "stride");
+    require_range(padding, 0, kMaxPadding, "padding");
+    require_range(dilation, 1, kMaxDilation, "dilation");
 }
 
 void require_out_size(int64_t out_h, int64_t out_w) {
     require(out_h >= 1 && out_w >= 1 && out_h <= kMaxSide && out_w <= kMaxSide,
-            "output size must be in [1, " + std::to_string(kMaxSide) + "] per side, got " + std::to_string(out_h) +
-                "x" + std::to_string(out_w));
+            "output size must be positive and at most " + std::to_string(kMaxSide) + " per side, got " +
+                std::to_string(out_h) + "x" + std::to_string(out_w));
 }
 
 // Validates the convolution arguments shared by every conv entry point and returns the shape.
 segk::ConvShape conv_shape(int64_t in_h, int64_t in_w, int64_t in_words, const py::array& w,
                            int64_t in_channels, int64_t stride, int64_t padding, int64_t dilation) {
     require(in_h >= 1 && in_w >= 1, "input must have a non-empty spatial size");
-    require(in_channels >= 1 && in_channels <= kMaxChannels,
-            "in_channels must be in [1, " + std::to_string(kMaxChannels) + "], got " + std::to_string(in_channels));
+    require_range(in_channels, 1, kMaxChannels, "in_channels");
     const int64_t words = segk::words_for(in_channels);
     require(in_words == words, "input has " + std::to_string(in_words) + " words per pixel but in_channels=" +
                                    std::to_string(in_channels) + " needs " + std::to_string(words));
@@ -172,8 +173,7 @@ void finish_weights(WeightsArg& w, const segk::ConvShape& s, int64_t in_channels
 
 PyPreparedWeights prepare_weights(const py::handle& w_obj, int64_t in_channels) {
     auto w = checked<uint64_t>(w_obj, "w", 4);
-    require(in_channels >= 1 && in_channels <= kMaxChannels,
-            "in_channels must be in [1, " + std::to_string(kMaxChannels) + "], got " + std::to_string(in_channels));
+    require_range(in_channels, 1, kMaxChannels, "in_channels");
     const int64_t words = segk::words_for(in_channels);
     require(w.shape(0) >= 1, "weights must have at least one output channel");
     require(w.shape(1) == w.shape(2) && w.shape(1) >= 1 && w.shape(1) <= kMaxKernel,
@@ -490,8 +490,9 @@ py::tuple guided_coefficients(const py::handle& guide_obj, const py::handle& src
     require(src.shape(0) == h && src.shape(1) == w && k >= 1,
             "src must be [H, W, K] with the guide's H and W, got " + shape_str(src) + " for guide " +
                 shape_str(guide));
-    require(radius >= 1 && radius <= kMaxPadding,
-            "radius must be in [1, " + std::to_string(kMaxPadding) + "], got " + std::to_string(radius));
+    require(radius >= 1, "radius must be >= 1, got " + std::to_string(radius));
+    require(radius <= kMaxPadding, "radius must be at most " + std::to_string(kMaxPadding) + ", got " +
+                                       std::to_string(radius));
     require(eps > 0, "eps must be positive");
     py::array_t<float> a({h, w, k, int64_t{3}});
     py::array_t<float> b({h, w, k});

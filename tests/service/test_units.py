@@ -102,8 +102,8 @@ def test_kernel_geometry_is_bounded_before_any_size_is_computed(kernel, stride, 
     from seg_service import kernels
 
     x = np.zeros((4, 4, 2), np.float32)
-    with pytest.raises(ValueError, match="must be in"):
+    with pytest.raises(ValueError, match="must be at most"):
         kernels.maxpool2d(x, kernel, stride, padding)
     w = np.zeros((1, 3, 3, 2), np.float32)
-    with pytest.raises(ValueError, match="must be in"):
+    with pytest.raises(ValueError, match="must be at most"):
         kernels.conv2d_direct(x, w, None, stride, padding, 1, False)
