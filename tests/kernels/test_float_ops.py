@@ -147,6 +147,13 @@ def conv2d_numpy(x, weight, bias, stride, padding, dilation, relu):
     (11, 7, 4, 5, 3, 2, 2, 2),
     (5, 5, 2, 70, 5, 1, 0, 1),
     (1, 1, 3, 8, 7, 2, 3, 1),      # one output pixel, mostly padding
+    (192, 256, 3, 32, 7, 2, 3, 1),  # stems of the webcam sizes: whole pixel tiles and a shifted last one
+    (240, 320, 3, 64, 7, 2, 3, 1),
+    (20, 9, 3, 32, 7, 2, 3, 1),    # rows narrower than a pixel tile
+    (13, 47, 3, 48, 7, 1, 3, 1),   # stride 1; 48 channels: a partial channel block on avx512
+    (17, 26, 3, 8, 7, 2, 3, 1),    # fewer channels than one vector
+    (21, 23, 3, 32, 3, 1, 2, 2),   # 3 channels with dilation: the generic tiles
+    (25, 31, 3, 16, 7, 3, 3, 1),   # 3 channels, stride 3: the generic tiles
 ])
 @pytest.mark.parametrize("n_threads", [1, 2])
 def test_conv2d_direct_matches_numpy(isa: str, threads, h, w, c, o, k, stride, padding, dilation, n_threads):
@@ -159,6 +166,29 @@ def test_conv2d_direct_matches_numpy(isa: str, threads, h, w, c, o, k, stride, p
         want = conv2d_numpy(x, weight, b, stride, padding, dilation, relu)
         assert got.shape == want.shape and got.dtype == np.float32
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_conv2d_direct_simd_paths_agree_bit_for_bit(threads, stride: int) -> None:
+    """avx2 and avx512 sum the taps in the same order with one FMA each: equal outputs."""
+    paths = [name for name in ("avx512", "avx2") if name in kernels.available_isas()]
+    if len(paths) < 2:
+        pytest.skip("needs both the avx2 and the avx512 path")
+    x = RNG.standard_normal((50, 61, 3)).astype(np.float32)
+    weight = (RNG.standard_normal((64, 7, 7, 3)) * 0.2).astype(np.float32)
+    bias = RNG.standard_normal(64).astype(np.float32)
+    previous = kernels.isa()
+    outs = []
+    try:
+        for name in paths:
+            kernels.set_isa(name)
+            for n_threads in (1, 2):
+                kernels.set_num_threads(n_threads)
+                outs.append(kernels.conv2d_direct(x, weight, bias, stride, 3, 1, True))
+    finally:
+        kernels.set_isa(previous)
+    for out in outs[1:]:
+        np.testing.assert_array_equal(out, outs[0])
 
 
 def test_conv2d_direct_bad_arguments() -> None:
