@@ -74,11 +74,16 @@ class PackedModel:
         # Not a multiple of the divisor, not square, at most max_side: the padding path is exercised.
         h, w = min(self.max_side, div + 1), min(self.max_side, 2 * div + 3)
         rgb = np.full((h, w, 3), 128, dtype=np.uint8)
-        for refine in (False, True):
-            mask = self.predict(rgb, refine=refine)
-            if mask.shape != (h, w) or mask.dtype != np.uint8 or int(mask.max()) >= self.num_classes:
-                raise ModelFormatError(f"{self.name}: dry run gave a mask of shape {mask.shape}, dtype "
-                                       f"{mask.dtype}, for a {h}x{w} image with {self.num_classes} classes")
+        # SEG_PROFILE's report is about the runs a user asked for, not this load-time check.
+        env_profile, self._executor.profile = self._executor.profile, None
+        try:
+            for refine in (False, True):
+                mask = self.predict(rgb, refine=refine)
+                if mask.shape != (h, w) or mask.dtype != np.uint8 or int(mask.max()) >= self.num_classes:
+                    raise ModelFormatError(f"{self.name}: dry run gave a mask of shape {mask.shape}, dtype "
+                                           f"{mask.dtype}, for a {h}x{w} image with {self.num_classes} classes")
+        finally:
+            self._executor.profile = env_profile
 
     @property
     def num_classes(self) -> int:

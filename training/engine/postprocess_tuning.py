@@ -26,8 +26,10 @@ RADII = (8, 12, 16)
 EPS = (1e-3, 1e-2)
 CLIPS = (1.0, 2.0, 4.0)
 SUBSAMPLE = 4
-# Two-class models also get a bias on class 1 (the foreground), in steps of 1/8 logit.
-BIASES = tuple(np.round(np.arange(-1.0, 1.0001, 0.125), 3))
+# Two-class models also get a bias on class 1 (the foreground), in steps of 1/8 logit. +-3 logits:
+# a briefly trained model can be far off calibration (the person model of 2026-12 chose -1, the
+# former edge of a +-1 grid); every bias is scored from one sorted pass, so the range costs little.
+BIASES = tuple(np.round(np.arange(-3.0, 3.0001, 0.125), 3))
 
 
 def candidate_filters() -> list[dict[str, Any] | None]:
