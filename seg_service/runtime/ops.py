@@ -102,8 +102,9 @@ def _run_row_parts(part: Callable[[int, int], None], n_rows: int, threads: int, 
 
 
 # Convs with at most this many input channels (the RGB stem) run in the C++ direct convolution on
-# the AVX-512 path: an im2col GEMM with K = k*k*C this small is a poor shape for BLAS (512x512 stem,
-# 2 threads: ~14 ms im2col, ~9 ms direct). Elsewhere its portable loops are slower than BLAS.
+# the AVX-512 and AVX2 paths: an im2col GEMM with K = k*k*C this small is a poor shape for BLAS
+# (the AVX2 direct tiles ran the 240x320 and 512x512 stems 3.5-8x faster than im2col here). On the
+# scalar path its portable loops are slower than BLAS.
 _DIRECT_CONV_MAX_CHANNELS = 4
 
 
@@ -141,7 +142,7 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride: i
     wo = conv_output_size(w, kw, stride, padding, dilation)
     if ho < 1 or wo < 1:
         raise ValueError(f"conv2d: input {h}x{w} is too small for kernel {kh}x{kw} (dilation {dilation})")
-    if c_in <= _DIRECT_CONV_MAX_CHANNELS and kernels.isa() == "avx512":
+    if c_in <= _DIRECT_CONV_MAX_CHANNELS and kernels.isa() in ("avx512", "avx2"):
         return kernels.conv2d_direct(np.ascontiguousarray(x, dtype=np.float32),
                                      np.ascontiguousarray(weight, dtype=np.float32),
                                      None if bias is None else np.ascontiguousarray(bias, dtype=np.float32),
