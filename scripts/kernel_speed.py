@@ -12,7 +12,8 @@ residual) or fused (bconv2d_float: float input binarised and packed inside the c
 --op stem times the float RGB stem instead (kernels.conv2d_direct, 7x7 stride 2 padding 3, 3 -> 32
 or 64 channels, bias and ReLU) against torch.nn.functional.conv2d (oneDNN, NCHW, same bias, ReLU
 and thread count): medians of interleaved runs, G MACs/s and ours / torch per thread count.
---onednn-isa (e.g. avx2) caps oneDNN's ISA (ONEDNN_MAX_CPU_ISA) for a like-for-like AVX2 ratio.
+--onednn-isa (e.g. avx2) caps oneDNN's ISA (ONEDNN_MAX_CPU_ISA) for a like-for-like AVX2 ratio;
+--cpu-time divides by the process's CPU seconds instead of wall time (on a busy machine, at 1 thread).
 
     .venv/bin/python scripts/kernel_speed.py --op stem [--isa avx2] [--onednn-isa avx2]
 """
@@ -65,8 +66,10 @@ STEM_SHAPES = [
 ]
 
 
-def median_seconds(setups_and_calls: list[tuple], repeats: int) -> list[float]:
-    """Median time of each (setup, call) pair, interleaved round by round as best_seconds does."""
+def median_seconds(setups_and_calls: list[tuple], repeats: int, clock=time.perf_counter) -> list[float]:
+    """Median time of each (setup, call) pair, interleaved round by round as best_seconds does.
+    With clock=time.process_time it is CPU seconds of the process (all its threads): at one thread
+    that leaves out the time a busy machine keeps the call off the CPU."""
     times: list[list[float]] = [[] for _ in setups_and_calls]
     for setup, call in setups_and_calls:  # warm-up
         setup()
@@ -74,19 +77,19 @@ def median_seconds(setups_and_calls: list[tuple], repeats: int) -> list[float]:
     for _ in range(repeats):
         for i, (setup, call) in enumerate(setups_and_calls):
             setup()
-            start = time.perf_counter()
+            start = clock()
             call()
-            times[i].append(time.perf_counter() - start)
+            times[i].append(clock() - start)
     return [statistics.median(t) for t in times]
 
 
-def stem_speed(isas: list[str], threads: list[int], repeats: int) -> None:
+def stem_speed(isas: list[str], threads: list[int], repeats: int, cpu_time: bool = False) -> None:
     """conv2d_direct on the stem shapes per ISA path and thread count, against torch (oneDNN)."""
     import torch
 
     rng = np.random.default_rng(0)
-    print(f"7x7/2 stem, G MACs/s (medians of {repeats} interleaved runs); ratio = ours / torch, same threads; "
-          f"oneDNN ISA cap: {os.environ.get('ONEDNN_MAX_CPU_ISA', 'none')}")
+    print(f"7x7/2 stem, G MACs per {'CPU ' if cpu_time else ''}second (medians of {repeats} interleaved runs); "
+          f"ratio = ours / torch, same threads; oneDNN ISA cap: {os.environ.get('ONEDNN_MAX_CPU_ISA', 'none')}")
     header = f"{'shape':<16}" + "".join(f"{isa + ' t' + str(t):>11}" for isa in isas for t in threads)
     header += "".join(f"{'torch t' + str(t):>11}" for t in threads)
     header += "".join(f"{isa + '/torch t' + str(t):>17}" for isa in isas for t in threads)
@@ -117,7 +120,8 @@ def stem_speed(isas: list[str], threads: list[int], repeats: int) -> None:
                 variants.append((setup, ours))
         for t in threads:
             variants.append((functools.partial(torch.set_num_threads, t), theirs))
-        rates = [macs / sec / 1e9 for sec in median_seconds(variants, repeats)]
+        clock = time.process_time if cpu_time else time.perf_counter
+        rates = [macs / sec / 1e9 for sec in median_seconds(variants, repeats, clock)]
         ours_rates, torch_rates = rates[: len(isas) * len(threads)], rates[len(isas) * len(threads):]
         ratios = [ours_rates[i * len(threads) + j] / torch_rates[j]
                   for i in range(len(isas)) for j in range(len(threads))]
@@ -133,12 +137,14 @@ def main() -> None:
     parser.add_argument("--op", choices=["int", "float", "fused", "stem"], default="int")
     parser.add_argument("--torch", action="store_true", help="also time torch fp32 conv2d")
     parser.add_argument("--onednn-isa", help="with --op stem: cap oneDNN's ISA (ONEDNN_MAX_CPU_ISA), e.g. avx2")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="with --op stem: time CPU seconds of the process, not wall time (a busy machine)")
     args = parser.parse_args()
     isas = args.isa or kernels.available_isas()
     if args.op == "stem":
         if args.onednn_isa:
             os.environ["ONEDNN_MAX_CPU_ISA"] = args.onednn_isa.upper()  # read at oneDNN's first use
-        stem_speed(isas, args.threads, args.repeats)
+        stem_speed(isas, args.threads, args.repeats, args.cpu_time)
         return
     rng = np.random.default_rng(0)
 
