@@ -51,6 +51,7 @@ def _confusion(pred: np.ndarray, truth: np.ndarray, ignore: int) -> np.ndarray:
 
 def _val_pairs(config_path: str, split: str | None, root: str | None) -> tuple[Any, int]:
     from .. import data as datasets
+    from ..cli import find_config
     from ..engine.config import load_config
 
     overrides: list[tuple[str, Any]] = []
@@ -58,7 +59,7 @@ def _val_pairs(config_path: str, split: str | None, root: str | None) -> tuple[A
         overrides.append(("data.val_split", split))
     if root:
         overrides.append(("data.root", root))
-    config = load_config("seg", config_path, overrides)
+    config = load_config("seg", find_config(config_path), overrides)
     if len(config["data"]["classes"]) != 2:
         raise InputError("the comparison is for person/background configs (2 classes)")
     return datasets.build_seg_dataset(config["data"], "val"), int(config["data"]["ignore_index"])
