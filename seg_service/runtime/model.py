@@ -186,6 +186,24 @@ class PackedModel:
             logits = upsample_bilinear(np.ascontiguousarray(logits), rgb.shape[0], rgb.shape[1])
         return logits
 
+    def processed_scores(self, rgb: np.ndarray, flip: bool = False,
+                         refine: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Scores f32 [h, w, classes] at the processed size, post-processed unless ``refine=False``
+        (their argmax, resized by nearest neighbour, is ``predict``'s mask), and the resized image
+        f32 [h, w, 3] in [0, 1]. For per-stream work at the model's resolution (temporal smoothing)."""
+        logits, image = self._forward_processed(rgb, flip)
+        guide = _guide(image)
+        if refine and self.postprocess:
+            logits = apply_postprocess(logits, guide, self.postprocess)
+        return logits, guide
+
+    def predict_probabilities(self, rgb: np.ndarray, flip: bool = False, refine: bool = True) -> np.ndarray:
+        """Class probabilities f32 [H, W, classes] at the original image size: the softmax of
+        ``predict_logits`` (so the stored post-processing shapes them unless ``refine=False``)."""
+        from seg_service.runtime.softmask import softmax
+
+        return softmax(self.predict_logits(rgb, flip=flip, refine=refine))
+
     def predict(self, rgb: np.ndarray, flip: bool = False, refine: bool = True) -> np.ndarray:
         """Label mask u8 [H, W] at the original image size (nearest-neighbour if the image was resized).
         ``flip``: test-time augmentation with the mirrored image (twice the time, usually a little

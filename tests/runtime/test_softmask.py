@@ -1,0 +1,95 @@
+"""Soft masks (alpha matte, probability) from a model's scores, on the shipped person model and a real photo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from seg_service.runtime import load_model
+from seg_service.runtime.softmask import (
+    MATTE_RAMP_LOGITS,
+    matte_from_probability,
+    resolve_foreground,
+    soft_mask,
+    softmax,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+PORTRAIT = ROOT / "tests" / "data" / "portraits" / "images" / "00001.jpg"
+PERSON_MODEL = ROOT / "weights" / "person.gnpk"
+
+
+def test_softmax_is_stable_and_sums_to_one():
+    scores = np.array([[[1000.0, 0.0, -1000.0], [3.0, 3.0, 3.0]]], dtype=np.float32)
+    p = softmax(scores)
+    assert np.allclose(p.sum(axis=-1), 1.0) and np.isfinite(p).all()
+    assert np.allclose(p[0, 0], [1.0, 0.0, 0.0]) and np.allclose(p[0, 1], 1 / 3)
+
+
+def test_matte_ramp_over_log_odds():
+    """Alpha 0.5 on the decision boundary, 0 and 1 from MATTE_RAMP_LOGITS on, monotone in between."""
+    log_odds = np.array([-10, -MATTE_RAMP_LOGITS, -1, 0, 1, MATTE_RAMP_LOGITS, 10], dtype=np.float32)
+    alpha = matte_from_probability(1 / (1 + np.exp(-log_odds)))
+    assert np.allclose(alpha, [0, 0, 0.25, 0.5, 0.75, 1, 1], atol=1e-5)
+
+
+def test_resolve_foreground_rules():
+    assert resolve_foreground(["background", "person"], None) == [1]
+    assert resolve_foreground(["a", "person", "b"], None) == [1]
+    assert resolve_foreground(["bg", "cat"], None) == [1]  # two classes: class 1
+    assert resolve_foreground(["sky", "car", "pedestrian"], ["pedestrian", "car"]) == [1, 2]
+    with pytest.raises(ValueError, match="unknown foreground"):
+        resolve_foreground(["bg", "person"], ["dog"])
+    with pytest.raises(ValueError, match="name the foreground"):
+        resolve_foreground(["sky", "car", "road"], None)
+
+
+@pytest.fixture(scope="module")
+def person_model():
+    return load_model(PERSON_MODEL)
+
+
+@pytest.fixture(scope="module")
+def portrait() -> np.ndarray:
+    return np.asarray(Image.open(PORTRAIT).convert("RGB"))
+
+
+def test_probabilities_match_the_label_mask(person_model, portrait):
+    """predict_probabilities is the softmax of predict_logits; the probability PNG of the person is over
+    one half exactly where the label mask at the processed size says person."""
+    probabilities = person_model.predict_probabilities(portrait)
+    assert probabilities.shape == portrait.shape[:2] + (2,)
+    assert np.allclose(probabilities.sum(axis=-1), 1.0, atol=1e-5)
+    scores, guide = person_model.processed_scores(portrait)
+    assert guide.shape == scores.shape[:2] + (3,) and 0 <= guide.min() and guide.max() <= 1
+    labels = np.argmax(scores, axis=2)
+    p = softmax(scores)[..., 1]
+    assert np.array_equal(p > 0.5, labels == 1)
+    assert 0.05 < labels.mean() < 0.95  # a real portrait: both classes present
+
+
+def test_alpha_is_the_ramp_of_the_score_margin(person_model, portrait):
+    """For a two-class model the log-odds are the score difference: the matte is that margin through
+    the ramp (no blur of a hard mask), 0 and 255 where the model is sure, and agrees with the labels."""
+    scores, _ = person_model.processed_scores(portrait)
+    alpha = soft_mask(softmax(scores), [1], "alpha")
+    margin = scores[..., 1] - scores[..., 0]
+    expected = np.clip((margin + MATTE_RAMP_LOGITS) / (2 * MATTE_RAMP_LOGITS), 0, 1) * 255
+    assert np.abs(alpha.astype(np.float32) - expected).max() <= 1.0
+    assert np.isin(alpha, (0, 255)).mean() > 0.3 and ((alpha > 0) & (alpha < 255)).any()
+    labels = np.argmax(scores, axis=2)
+    assert (labels[alpha == 255] == 1).all() and (labels[alpha == 0] == 0).all()
+    full = soft_mask(softmax(scores), [1], "alpha", portrait.shape[:2])  # upsampled to the photo
+    assert full.shape == portrait.shape[:2] and full.dtype == np.uint8
+
+
+def test_probability_mask_is_round_255_p(person_model, portrait):
+    scores, _ = person_model.processed_scores(portrait)
+    probability = soft_mask(softmax(scores), [1], "probability")
+    expected = np.round(softmax(scores)[..., 1] * 255).astype(np.uint8)
+    assert np.abs(probability.astype(int) - expected).max() <= 1
+    with pytest.raises(ValueError):
+        soft_mask(softmax(scores), [1], "overlay")
