@@ -98,6 +98,9 @@ class WsResult(BaseModel):
     model: str
     inference_ms: float
     dropped: int
+    format: str = Field("png", description="What the binary message holds: png (label mask), alpha or "
+                                           "probability (8-bit soft mask of the foreground).")
+    smoothed: bool = Field(False, description="The stream's temporal smoothing was on for this frame.")
 
 
 class WsError(BaseModel):

@@ -182,7 +182,8 @@ def test_video_flip_matches_the_runtime_frame_by_frame(server, packed_model_dir)
     """flip=true: each frame's class counts are those of the in-process runtime's flip prediction."""
     from seg_service.runtime import load_model
 
-    r = httpx.post(server.url + "/segment/video", params={"format": "json", "model": "street", "flip": "true"},
+    r = httpx.post(server.url + "/segment/video",
+                   params={"format": "json", "model": "street", "flip": "true", "smooth": "false"},
                    files={"file": ("v.mp4", VIDEO.read_bytes())}, timeout=300)
     assert r.status_code == 200, r.text
     frames = r.json()["frames"]

@@ -13,11 +13,13 @@ from seg_service.api.deps import ModelDep, RefineQuery, ServiceDep, require_api_
 from seg_service.api.inference import Busy, timed_predict
 from seg_service.api.masks import class_counts, coco_rle
 from seg_service.api.schemas import ClassStats, ErrorResponse, SegmentResponse
+from seg_service.api.streams import FOREGROUND_DESCRIPTION, MASK_FORMATS, frame_mask, parse_foreground
 from seg_service.runtime import PackedModel
+from seg_service.runtime.softmask import resolve_foreground
 
 router = APIRouter(tags=["segment"], dependencies=[Depends(require_api_key)])
 
-OutputFormat = Literal["png", "overlay", "json"]
+OutputFormat = Literal["png", "overlay", "json", "alpha", "probability"]
 
 ERROR_RESPONSES: dict[int | str, dict] = {
     code: {"model": ErrorResponse, "description": text}
@@ -31,6 +33,20 @@ ERROR_RESPONSES: dict[int | str, dict] = {
         (503, "Over the in-flight limit, or the default model is not loaded."),
     )
 }
+
+
+def check_foreground(model: PackedModel, foreground: str | None, soft: bool) -> list[str] | None:
+    """The ``foreground`` query as class names for the soft formats (other formats ignore it), checked
+    against the model before inference: 422 for a name the model lacks, or for a model whose
+    foreground cannot be guessed when none is named."""
+    if not soft:
+        return None
+    try:
+        names = parse_foreground(foreground)
+        resolve_foreground(model.classes, names)
+    except ValueError as e:
+        raise HTTPException(422, str(e)) from None
+    return names
 
 
 def class_stats(mask: np.ndarray, model: PackedModel, with_rle: bool) -> list[ClassStats]:
@@ -48,13 +64,20 @@ MAX_SIDE_FOR_OUTPUT: dict[str, tuple[int | None, str]] = {
     "png": (imaging.PNG_MAX_SIDE, "format=png (a PNG mask)"),
     "overlay": (imaging.JPEG_MAX_SIDE, "format=overlay (a JPEG)"),
     "json": (None, "format=json"),
+    "alpha": (imaging.PNG_MAX_SIDE, "format=alpha (a PNG matte)"),
+    "probability": (imaging.PNG_MAX_SIDE, "format=probability (a PNG)"),
 }
 
 
 def _segment_job(data: bytes, model: PackedModel, max_pixels: int, output: str,
-                 with_rle: bool, flip: bool, refine: bool) -> tuple[bytes | SegmentResponse, float]:
+                 with_rle: bool, flip: bool, refine: bool,
+                 foreground: list[str] | None = None) -> tuple[bytes | SegmentResponse, float]:
     max_side, what = MAX_SIDE_FOR_OUTPUT[output]
     rgb = imaging.decode_image(data, max_pixels, max_side, what)
+    if output in ("alpha", "probability"):
+        soft, ms = frame_mask(model, rgb, flip, refine, MASK_FORMATS[output], foreground)
+        del rgb
+        return imaging.encode_mask_png(soft), ms
     mask, ms = timed_predict(model, rgb, flip, refine)
     if output == "png":
         del rgb  # free the decoded image before the encoder allocates
@@ -75,6 +98,9 @@ def _segment_job(data: bytes, model: PackedModel, max_pixels: int, output: str,
         200: {"content": {"image/png": {}, "image/jpeg": {}},
               "description": "format=png: 8-bit label mask (pixel = class index) at the original size; "
                              "format=overlay: JPEG of the image blended with the class colours; "
+                             "format=alpha: 8-bit alpha matte of the foreground class(es) (0 background, "
+                             "255 foreground, soft across edges); format=probability: 8-bit "
+                             "round(255 * P(foreground)); "
                              "format=json: the statistics below. Header X-Inference-Time-Ms."},
         **ERROR_RESPONSES,
     },
@@ -84,19 +110,22 @@ async def segment(
     service: ServiceDep,
     model: ModelDep,
     file: Annotated[UploadFile, File(description="JPEG, PNG, WebP, BMP or GIF image.")],
-    output: Annotated[OutputFormat, Query(alias="format", description="png, overlay or json.")] = "png",
+    output: Annotated[OutputFormat, Query(alias="format", description="png (label mask), overlay, json, "
+                                                                      "alpha (soft matte) or probability.")] = "png",
     rle: Annotated[bool, Query(description="format=json: add COCO RLE per class.")] = False,
     flip: Annotated[bool, Query(description="Test-time augmentation: also run the mirrored image and "
                                             "average the two (twice the time, usually a little more "
                                             "accurate).")] = False,
     refine: RefineQuery = True,
+    foreground: Annotated[str | None, Query(description=FOREGROUND_DESCRIPTION)] = None,
 ) -> Response:
     """Segment one image. Grayscale, RGBA, 16-bit, CMYK, animated (first frame) and EXIF-rotated
     images are accepted; the mask always matches the upright image's size."""
+    names = check_foreground(model, foreground, output in ("alpha", "probability"))
     data = await file.read()
     try:
         result, ms = await service.gate.run_now(
-            _segment_job, data, model, service.settings.max_image_pixels, output, rle, flip, refine)
+            _segment_job, data, model, service.settings.max_image_pixels, output, rle, flip, refine, names)
     except Busy as e:
         raise HTTPException(503, str(e), headers={"Retry-After": "1"}) from None
     except imaging.ImageInputError as e:
@@ -107,5 +136,5 @@ async def segment(
     headers = {"X-Inference-Time-Ms": f"{ms:.3f}", "X-Model": model.name}
     if isinstance(result, SegmentResponse):
         return JSONResponse(result.model_dump(exclude_none=True), headers=headers)
-    media_type = "image/png" if output == "png" else "image/jpeg"
+    media_type = "image/jpeg" if output == "overlay" else "image/png"
     return Response(result, media_type=media_type, headers=headers)

@@ -6,7 +6,6 @@ import asyncio
 import shutil
 import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import IO, Annotated, Literal
 
@@ -19,9 +18,10 @@ from seg_service.api import imaging
 from seg_service.api.deps import ModelDep, RefineQuery, ServiceDep, require_api_key
 from seg_service.api.inference import Busy
 from seg_service.api.metrics import Metrics
-from seg_service.api.routes.segment import ERROR_RESPONSES, class_stats
+from seg_service.api.routes.segment import ERROR_RESPONSES, check_foreground, class_stats
 from seg_service.api.schemas import FrameStats, VideoResponse
 from seg_service.api.settings import Settings
+from seg_service.api.streams import FOREGROUND_DESCRIPTION, StreamState, frame_mask
 from seg_service.runtime import PackedModel
 
 router = APIRouter(tags=["segment"], dependencies=[Depends(require_api_key)])
@@ -36,7 +36,8 @@ class ClientGone(Exception):
 
 def _video_job(upload: IO[bytes], model: PackedModel, settings: Settings, output: str,
                metrics: Metrics, flip: bool = False, refine: bool = True,
-               cancel: threading.Event | None = None) -> tuple[bytes | VideoResponse, int, float]:
+               cancel: threading.Event | None = None, smooth: bool = True,
+               foreground: list[str] | None = None) -> tuple[bytes | VideoResponse, int, float]:
     with tempfile.TemporaryDirectory(prefix="seg-video-") as tmp:
         src = Path(tmp) / "input"
         with open(src, "wb") as f:
@@ -48,7 +49,7 @@ def _video_job(upload: IO[bytes], model: PackedModel, settings: Settings, output
         cap = cv2.VideoCapture(str(src), cv2.CAP_FFMPEG)
         try:
             return _process(cap, Path(tmp) / "overlay.mp4", model, settings, output, metrics, flip, refine,
-                            cancel)
+                            cancel, smooth, foreground)
         finally:
             cap.release()
 
@@ -90,7 +91,8 @@ def _check_frame_count(src: Path, settings: Settings, cancel: threading.Event | 
 
 def _process(cap: cv2.VideoCapture, dst: Path, model: PackedModel, settings: Settings, output: str,
              metrics: Metrics, flip: bool = False, refine: bool = True,
-             cancel: threading.Event | None = None) -> tuple[bytes | VideoResponse, int, float]:
+             cancel: threading.Event | None = None, smooth: bool = True,
+             foreground: list[str] | None = None) -> tuple[bytes | VideoResponse, int, float]:
     if not cap.isOpened():
         raise imaging.ImageInputError(415, "not a readable video file")
     max_frames, fps = _frame_limit(cap, settings)
@@ -108,6 +110,8 @@ def _process(cap: cv2.VideoCapture, dst: Path, model: PackedModel, settings: Set
     writer: cv2.VideoWriter | None = None
     frames: list[FrameStats] = []
     total_ms = 0.0
+    stream = StreamState(smooth)  # this video's own temporal smoothing
+    kind = "alpha" if output == "alpha" else "labels"
     try:
         while True:
             ok, bgr = cap.read()
@@ -120,9 +124,7 @@ def _process(cap: cv2.VideoCapture, dst: Path, model: PackedModel, settings: Set
                 raise imaging.ImageInputError(
                     413, f"video is longer than the limit of {max_frames} frames")
             rgb = np.ascontiguousarray(bgr[:, :, ::-1])
-            start = time.perf_counter()
-            mask = model.predict(rgb, flip=flip, refine=refine)
-            ms = (time.perf_counter() - start) * 1e3
+            mask, ms = frame_mask(model, rgb, flip, refine, kind, foreground, stream)
             total_ms += ms
             metrics.observe_inference(model.name, ms / 1e3)
             metrics.add("frames_processed")
@@ -135,7 +137,10 @@ def _process(cap: cv2.VideoCapture, dst: Path, model: PackedModel, settings: Set
                                          (rgb.shape[1], rgb.shape[0]))
                 if not writer.isOpened():
                     raise RuntimeError("cannot open the MP4 writer (OpenCV built without FFmpeg?)")
-            writer.write(imaging.overlay(rgb, mask, palette, bgr=True))
+            if kind == "alpha":  # the matte as a grey picture
+                writer.write(np.repeat(mask[:, :, None], 3, axis=2))
+            else:
+                writer.write(imaging.overlay(rgb, mask, palette, bgr=True))
             frames.append(FrameStats(frame=len(frames), inference_ms=round(ms, 3), classes=[]))
     finally:
         if writer is not None:
@@ -164,6 +169,8 @@ async def _watch_disconnect(request: Request, cancel: threading.Event) -> None:
     responses={
         200: {"content": {"video/mp4": {}},
               "description": "format=mp4: the overlay video (MPEG-4 Part 2, same size and frame rate); "
+                             "format=alpha: the foreground's alpha matte as a grey video (same codec, "
+                             "lossy); "
                              "format=json: per-frame class statistics. Headers X-Frames, "
                              "X-Inference-Time-Ms (total)."},
         **ERROR_RESPONSES,
@@ -174,18 +181,25 @@ async def segment_video(
     service: ServiceDep,
     model: ModelDep,
     file: Annotated[UploadFile, File(description="A video file (MP4, AVI, WebM, ... anything FFmpeg reads).")],
-    output: Annotated[Literal["mp4", "json"], Query(alias="format", description="mp4 or json.")] = "mp4",
+    output: Annotated[Literal["mp4", "json", "alpha"], Query(
+        alias="format", description="mp4 (overlay video), json or alpha (matte video).")] = "mp4",
     flip: Annotated[bool, Query(description="Test-time augmentation on every frame: also run the mirrored "
                                             "frame and average the two (twice the time).")] = False,
     refine: RefineQuery = True,
+    smooth: Annotated[bool, Query(description="Temporal smoothing over the video's frames (removes "
+                                              "flicker; moving parts follow at once). false: every frame "
+                                              "on its own.")] = True,
+    foreground: Annotated[str | None, Query(description=FOREGROUND_DESCRIPTION)] = None,
 ) -> Response:
     """Segment every frame of an uploaded video. Limits: SEG_MAX_VIDEO_BYTES, SEG_MAX_VIDEO_FRAMES,
     SEG_MAX_VIDEO_SECONDS, and SEG_MAX_IMAGE_PIXELS per frame."""
+    names = check_foreground(model, foreground, output == "alpha")
     cancel = threading.Event()
     watcher = asyncio.create_task(_watch_disconnect(request, cancel))
     try:
         result, n_frames, total_ms = await service.gate.run_now(
-            _video_job, file.file, model, service.settings, output, service.metrics, flip, refine, cancel)
+            _video_job, file.file, model, service.settings, output, service.metrics, flip, refine, cancel,
+            smooth, names)
     except Busy as e:
         raise HTTPException(503, str(e), headers={"Retry-After": "1"}) from None
     except imaging.ImageInputError as e:

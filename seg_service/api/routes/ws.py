@@ -17,9 +17,10 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from seg_service.api import imaging
 from seg_service.api.deps import Service, key_matches
-from seg_service.api.inference import timed_predict
 from seg_service.api.schemas import WsError, WsResult
+from seg_service.api.streams import MASK_FORMATS, StreamState, frame_mask, parse_foreground
 from seg_service.runtime import PackedModel
+from seg_service.runtime.softmask import resolve_foreground
 
 router = APIRouter(tags=["stream"])
 log = logging.getLogger("seg_service.ws")
@@ -37,10 +38,13 @@ def close_reason(text: str, limit: int = 123) -> str:
     return text.encode()[:limit].decode(errors="ignore")
 
 
-def _frame_job(data: bytes, model: PackedModel, max_pixels: int, flip: bool,
-               refine: bool) -> tuple[bytes, int, int, float]:
+SETTINGS_KEYS = {"model", "format", "flip", "refine", "smooth", "foreground"}
+
+
+def _frame_job(data: bytes, model: PackedModel, max_pixels: int, flip: bool, refine: bool, output: str,
+               foreground: list[str] | None, stream: StreamState) -> tuple[bytes, int, int, float]:
     rgb = imaging.decode_image(data, max_pixels, imaging.PNG_MAX_SIDE, "the PNG mask")
-    mask, ms = timed_predict(model, rgb, flip, refine)
+    mask, ms = frame_mask(model, rgb, flip, refine, MASK_FORMATS[output], foreground, stream)
     del rgb
     return imaging.encode_mask_png(mask), mask.shape[1], mask.shape[0], ms
 
@@ -52,6 +56,10 @@ class _Session:
         self.model = model
         self.flip = False  # test-time augmentation, off by default: it doubles each frame's time
         self.refine = True  # the model's stored post-processing, as in POST /segment
+        self.output = "png"  # the mask sent: "png" (labels), "alpha" or "probability"
+        self.foreground: list[str] | None = None  # class names of the soft masks (None: the default)
+        # Temporal smoothing, on by default for streams; its state belongs to this connection only.
+        self.stream = StreamState(smooth=True)
         self.pending: tuple[int, bytes] | None = None
         self.wakeup = asyncio.Event()
         self.closed = False
@@ -92,27 +100,47 @@ class _Session:
         if not isinstance(request, dict):
             await self.send_error("settings message must be a JSON object")
             return
-        unknown = sorted(set(request) - {"model", "format", "flip", "refine"})
+        unknown = sorted(set(request) - SETTINGS_KEYS)
         if unknown:
             await self.send_error(f"unknown settings key(s): {', '.join(map(str, unknown))}")
             return
-        if "format" in request and request["format"] != "png":
-            await self.send_error(f"unsupported format {request['format']!r}: only \"png\" is available")
+        detail = self.check_settings(request)
+        if detail is not None:
+            await self.send_error(detail)
             return
+        if "model" in request:
+            self.model = self.service.registry.get(request["model"])
         for key in ("flip", "refine"):
+            if key in request:
+                setattr(self, key, request[key])
+        if "format" in request:
+            self.output = request["format"]
+        if "foreground" in request:
+            self.foreground = parse_foreground(request["foreground"])
+        if "smooth" in request:
+            self.stream.set_smooth(request["smooth"])
+
+    def check_settings(self, request: dict) -> str | None:
+        """Why a settings message cannot apply (None: it can); nothing changes unless all of it can."""
+        if "format" in request and request["format"] not in MASK_FORMATS:
+            return (f"unsupported format {request['format']!r}: one of "
+                    f"{', '.join(repr(f) for f in MASK_FORMATS)}")
+        for key in ("flip", "refine", "smooth"):
             if key in request and not isinstance(request[key], bool):
-                await self.send_error(f"{key} must be true or false, got {request[key]!r}")
-                return
+                return f"{key} must be true or false, got {request[key]!r}"
+        model = self.model
         if "model" in request:
             model = self.service.registry.get(request["model"]) if isinstance(request["model"], str) else None
             if model is None:
-                await self.send_error(f"unknown model {request['model']!r}; keeping {self.model.name!r}")
-                return
-            self.model = model
-        if "flip" in request:
-            self.flip = request["flip"]
-        if "refine" in request:
-            self.refine = request["refine"]
+                return f"unknown model {request['model']!r}; keeping {self.model.name!r}"
+        try:
+            foreground = (parse_foreground(request["foreground"]) if "foreground" in request
+                          else self.foreground)
+            if request.get("format", self.output) != "png":
+                resolve_foreground(model.classes, foreground)
+        except ValueError as e:
+            return str(e)
+        return None
 
     async def process_loop(self) -> None:
         settings = self.service.settings
@@ -123,18 +151,23 @@ class _Session:
                 continue
             index, data = self.pending
             self.pending = None
-            model = self.model
+            model, output, foreground = self.model, self.output, self.foreground
             try:
                 png, width, height, ms = await self.service.gate.run_when_free(
-                    _frame_job, data, model, settings.max_image_pixels, self.flip, self.refine)
+                    _frame_job, data, model, settings.max_image_pixels, self.flip, self.refine, output,
+                    foreground, self.stream)
             except imaging.ImageInputError as e:
                 await self.send_error(e.detail, frame=index)
+                continue
+            except ValueError as e:  # a foreground the model (switched meanwhile) does not have
+                await self.send_error(str(e), frame=index)
                 continue
             self.processed += 1
             self.service.metrics.add("frames_processed")
             self.service.metrics.observe_inference(model.name, ms / 1e3)
             result = WsResult(frame=index, width=width, height=height, model=model.name,
-                              inference_ms=round(ms, 3), dropped=self.dropped)
+                              inference_ms=round(ms, 3), dropped=self.dropped, format=output,
+                              smoothed=self.stream.smooth)
             async with self.send_lock:
                 await self.ws.send_text(result.model_dump_json())
                 await self.ws.send_bytes(png)
@@ -142,9 +175,11 @@ class _Session:
 
 @router.websocket("/ws/segment")
 async def ws_segment(websocket: WebSocket, model: str | None = None, api_key: str | None = None,
-                     flip: bool = False, refine: bool = True) -> None:
+                     flip: bool = False, refine: bool = True, smooth: bool = True,
+                     format: str = "png", foreground: str | None = None) -> None:
     """Query: `model` (default: the server's), `api_key` (browsers cannot set headers on a WebSocket;
-    the X-API-Key header works too), `flip` and `refine` (the starting values of those settings)."""
+    the X-API-Key header works too), `flip`, `refine`, `smooth`, `format` and `foreground` (the starting
+    values of those settings; docs/service.md)."""
     service: Service = websocket.app.state.service
     await websocket.accept()
     given_key = api_key if api_key is not None else websocket.headers.get("x-api-key")
@@ -168,7 +203,15 @@ async def ws_segment(websocket: WebSocket, model: str | None = None, api_key: st
         return
 
     session = _Session(websocket, service, chosen)
-    session.flip, session.refine = flip, refine
+    starting = {"format": format, "foreground": foreground} if foreground is not None else {"format": format}
+    detail = session.check_settings(starting)
+    if detail is not None:
+        await websocket.send_text(WsError(detail=detail).model_dump_json())
+        await websocket.close(CLOSE_POLICY_VIOLATION, close_reason(detail))
+        return
+    session.flip, session.refine, session.output = flip, refine, format
+    session.foreground = parse_foreground(foreground)
+    session.stream.set_smooth(smooth)
     service.metrics.add("ws_connections")
     service.websockets += 1
     processor = asyncio.create_task(session.process_loop())
