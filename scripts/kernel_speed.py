@@ -29,6 +29,7 @@ import time
 import numpy as np
 
 from seg_service import kernels
+from seg_service.format import conv_output_size
 
 # (name, H, W, C_in, C_out, kernel, stride, padding, dilation)
 SHAPES = [
@@ -157,8 +158,8 @@ def main() -> None:
         x = rng.standard_normal((h, w, c)).astype(np.float32)
         a = kernels.pack_bits(x)
         wt = kernels.pack_bits(rng.standard_normal((o, k * k, c)).astype(np.float32)).reshape(o, k, k, -1)
-        ho = (h + 2 * pad - dil * (k - 1) - 1) // stride + 1
-        wo = (w + 2 * pad - dil * (k - 1) - 1) // stride + 1
+        ho = conv_output_size(h, k, stride, pad, dil)
+        wo = conv_output_size(w, k, stride, pad, dil)
         macs = ho * wo * o * k * k * c
         mul = rng.uniform(0.5, 1.5, o).astype(np.float32)
         bias = rng.standard_normal(o).astype(np.float32)

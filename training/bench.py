@@ -24,7 +24,7 @@ For every engine it also reports the model file size (the packed file, or the fl
 saved as safetensors) and the **peak memory** of running it: each engine is loaded and run in its
 own fresh subprocess (the runtime one never imports torch), which reads its peak resident set size
 (``VmHWM``, reset after the imports) so that engines' peaks do not mix. A per-op profile of the
-runtime (``seg_service.runtime.executor.RunProfile``) says where the time goes.
+runtime (``seg_service.runtime.RunProfile``) says where the time goes.
 
 **postprocess**: the cost of a packed model's stored post-processing (guided filter, decision
 bias; docs/format.md): ``PackedModel.predict`` on a real photo with and without it, the two calls
@@ -54,8 +54,7 @@ import torch
 from torch import nn
 
 from seg_service import kernels
-from seg_service.runtime import load_model, set_num_threads
-from seg_service.runtime.executor import RunProfile
+from seg_service.runtime import RunProfile, load_model, set_num_threads
 
 from . import bench_layers
 from .export import export_model

@@ -13,7 +13,8 @@ every fold is visible here:
 * full-precision layers (stem, projection, classifiers, every conv of a ``precision="full"`` model)
   stay float32 with BatchNorm folded into weight and bias.
 
-Files are written through ``seg_service.runtime.format``, the single source of truth for the layout.
+Files are written through ``seg_service.format``, the single source of truth for the layout (the
+sign-bit packing included).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from seg_service.runtime import format as gnpk
+from seg_service import format as gnpk
 
 from .binary import BinaryConv2d, BinaryConvEnsemble, get_mode
 from .models import ModelConfig, create_model, model_name
@@ -49,18 +50,10 @@ class ExportError(ValueError):
 # --------------------------------------------------------------------------------------------
 
 
-def pack_sign_bits(weight: torch.Tensor) -> np.ndarray:
-    """Binary conv weight [O, I, kh, kw] -> u64 [O, kh, kw, ceil(I/64)], bit = 1 where w < 0.
-
-    Bit i of word j of a tap is input channel 64*j + i; unused bits of the last word stay 0.
-    """
-    negative = (weight.detach().cpu().permute(0, 2, 3, 1) < 0).numpy()
-    o, kh, kw, c = negative.shape
-    words = -(-c // 64)
-    bits = np.zeros((o, kh, kw, words * 64), dtype=np.uint8)
-    bits[..., :c] = negative
-    packed = np.packbits(bits, axis=-1, bitorder="little")  # 8 bytes per word, channel 8b+i at bit i of byte b
-    return np.ascontiguousarray(packed).view("<u8").reshape(o, kh, kw, words)
+def weight_sign_bits(weight: torch.Tensor) -> np.ndarray:
+    """Binary conv weight [O, I, kh, kw] -> the file's sign bits u64 [O, kh, kw, ceil(I/64)]
+    (``seg_service.format.pack_sign_bits`` on the weight as [O, kh, kw, I])."""
+    return gnpk.pack_sign_bits(weight.detach().cpu().permute(0, 2, 3, 1).numpy())
 
 
 def weight_scale(weight: torch.Tensor) -> np.ndarray:
@@ -126,7 +119,7 @@ class GraphBuilder:
 
     def binary_conv(self, x: str, prefix: str, weight: torch.Tensor, conv: BinaryConv2d, mul: np.ndarray,
                     bias: np.ndarray, relu_before: bool, relu_after: bool, residual: str | None) -> str:
-        w = self.tensor(f"{prefix}.weight", pack_sign_bits(weight))
+        w = self.tensor(f"{prefix}.weight", weight_sign_bits(weight))
         m = self.tensor(f"{prefix}.mul", f32(mul))
         b = self.tensor(f"{prefix}.bias", f32(bias))
         fields: dict[str, Any] = {

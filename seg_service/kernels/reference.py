@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from seg_service.format import conv_output_size, pack_sign_bits
+
 _BYTE_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 
@@ -21,19 +23,12 @@ def popcount(words: np.ndarray) -> np.ndarray:
 
 
 def pack_bits(x: np.ndarray) -> np.ndarray:
-    """float32 [H, W, C] -> uint64 [H, W, ceil(C/64)], bit = 1 where x < 0 (zero and NaN -> 0)."""
+    """float32 [H, W, C] -> uint64 [H, W, ceil(C/64)], bit = 1 where x < 0 (zero and NaN -> 0): the
+    format's bit layout (``seg_service.format.pack_sign_bits``)."""
     x = np.asarray(x)
-    h, w, c = x.shape
-    words = (c + 63) // 64
-    bits = np.zeros((h, w, words * 64), dtype=np.uint64)
-    bits[:, :, :c] = x < 0
-    weights = np.left_shift(np.uint64(1), np.arange(64, dtype=np.uint64))
-    return (bits.reshape(h, w, words, 64) * weights).sum(axis=-1, dtype=np.uint64)
-
-
-def output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
-    """PyTorch's convolution output size."""
-    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+    if x.ndim != 3:
+        raise ValueError(f"pack_bits expects [H, W, C], got shape {x.shape}")
+    return pack_sign_bits(x)
 
 
 def bconv2d_int(
@@ -42,8 +37,8 @@ def bconv2d_int(
     """Raw dot products int32 [Ho, Wo, O]; padded taps are +1 (zero words) and count."""
     h, wid, words = a.shape
     out_c, k, _, _ = w.shape
-    ho = output_size(h, k, stride, padding, dilation)
-    wo = output_size(wid, k, stride, padding, dilation)
+    ho = conv_output_size(h, k, stride, padding, dilation)
+    wo = conv_output_size(wid, k, stride, padding, dilation)
     padded = np.zeros((h + 2 * padding, wid + 2 * padding, words), dtype=np.uint64)
     padded[padding : padding + h, padding : padding + wid] = a
     mismatches = np.zeros((ho, wo, out_c), dtype=np.int64)
@@ -151,8 +146,8 @@ def lincomb_group(inputs: list[np.ndarray], program: list[list[tuple[int, float]
 def maxpool2d(x: np.ndarray, kernel: int, stride: int, padding: int = 0) -> np.ndarray:
     """torch.nn.MaxPool2d (floor mode) on float32 [H, W, C]: -inf padding, taps in row-major order."""
     h, w, c = x.shape
-    ho = (h + 2 * padding - kernel) // stride + 1
-    wo = (w + 2 * padding - kernel) // stride + 1
+    ho = conv_output_size(h, kernel, stride, padding)
+    wo = conv_output_size(w, kernel, stride, padding)
     xp = np.full((h + 2 * padding, w + 2 * padding, c), -np.inf, dtype=np.float32)
     xp[padding: padding + h, padding: padding + w] = x
     out = None

@@ -8,27 +8,12 @@ from typing import Any
 import numpy as np
 
 from seg_service import kernels
+from seg_service.format import ModelFormatError, PackedFile, infer_channels, read_model
 from seg_service.runtime.executor import GraphExecutor, RunProfile
-from seg_service.runtime.format import ModelFormatError, PackedFile, infer_channels, read_model
+from seg_service.runtime.ops import upsample_bilinear
 from seg_service.runtime.refine import apply_postprocess
+from seg_service.runtime.resize import resize_area, resize_nearest
 from seg_service.runtime.threads import quiet_blas
-
-
-def resize_area(rgb: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
-    """Downscale an image [H, W, C] (uint8 or float32) to float32 [out_h, out_w, C] with area
-    averaging (the C++ kernel; ``kernels.reference.resize_area`` is its numpy definition)."""
-    rgb = np.asarray(rgb)
-    if rgb.dtype != np.uint8:
-        rgb = rgb.astype(np.float32, copy=False)
-    return kernels.resize_area(rgb, out_h, out_w)
-
-
-def resize_nearest(mask: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
-    """Nearest-neighbour resize sampling at pixel centres: source index floor((i + 0.5) * in / out)."""
-    h, w = mask.shape[:2]
-    rows = np.minimum(((np.arange(out_h) + 0.5) * (h / out_h)).astype(np.int64), h - 1)
-    cols = np.minimum(((np.arange(out_w) + 0.5) * (w / out_w)).astype(np.int64), w - 1)
-    return mask[rows[:, None], cols[None, :]]
 
 
 class PackedModel:
@@ -106,7 +91,7 @@ class PackedModel:
     def forward(self, x: np.ndarray, profile: RunProfile | None = None) -> np.ndarray:
         """Run the graph on a normalised image f32 [H, W, 3]; returns logits f32 [H, W, classes].
 
-        With a ``RunProfile`` (``seg_service.runtime.executor``), adds this run's time per op to it.
+        With a ``RunProfile`` (``seg_service.runtime.RunProfile``), adds this run's time per step to it.
         """
         x = np.asarray(x)
         if x.ndim != 3 or x.shape[2] != 3:
@@ -179,8 +164,6 @@ class PackedModel:
         their argmax is ``predict``'s mask. ``flip``: average with the horizontally mirrored image's
         logits (two network passes). ``refine``: apply the model's stored post-processing, if it has
         any (``postprocess``); the scores are then the filtered, biased logits, not the raw ones."""
-        from seg_service.runtime.ops import upsample_bilinear
-
         logits = self._logits_processed(rgb, flip, refine)
         if logits.shape[:2] != rgb.shape[:2]:
             logits = upsample_bilinear(np.ascontiguousarray(logits), rgb.shape[0], rgb.shape[1])

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from seg_service import kernels
+from seg_service.format import conv_output_size
 
 # im2col buffers are built in row chunks of at most this many float32 elements (4 MiB): small
 # enough to stay in cache between being written and being read by the matmul (the 512x512 stem,
@@ -106,11 +107,6 @@ def _run_row_parts(part: Callable[[int, int], None], n_rows: int, threads: int, 
 # (the AVX2 direct tiles ran the 240x320 and 512x512 stems 3.5-8x faster than im2col here). On the
 # scalar path its portable loops are slower than BLAS.
 _DIRECT_CONV_MAX_CHANNELS = 4
-
-
-def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
-    """PyTorch's convolution / pooling output size (floor mode)."""
-    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
 def _blocks(r0: int, r1: int, block: int) -> Iterator[tuple[int, int]]:

@@ -1,5 +1,6 @@
 """Post-processing stored with a model: an edge-aware guided filter on the logits and a per-class
-decision bias (the model description's optional ``postprocess``; docs/format.md).
+decision bias (the model description's optional ``postprocess``; docs/format.md). Its spec and
+validation are the format's (``seg_service.format.postprocess``); this module applies it.
 
 A binary network's logits come out at 1/8 of the input and are upsampled bilinearly, so mask edges
 are smooth curves that ignore the image's own edges. The colour guided filter (He, Sun and Tang,
@@ -18,9 +19,7 @@ from typing import Any
 import numpy as np
 
 from seg_service import kernels
-
-GUIDED_FILTER_KEYS = {"radius", "eps", "subsample", "clip"}
-POSTPROCESS_KEYS = {"guided_filter", "logit_bias"}
+from seg_service.runtime.resize import resize_area
 
 
 def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float, subsample: int = 1,
@@ -32,8 +31,6 @@ def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float, s
     ``outputs`` = (sources, signs, bias) maps the K filtered channels to the result's channels,
     ``signs[c] * filtered[..., sources[c]] + bias[c]``, in the same pass (default: the K channels as they are).
     """
-    from seg_service.runtime.model import resize_area
-
     guide = np.ascontiguousarray(guide, dtype=np.float32)
     src = np.ascontiguousarray(src, dtype=np.float32)
     h, w, k = src.shape
@@ -70,31 +67,3 @@ def apply_postprocess(logits: np.ndarray, image: np.ndarray, spec: dict[str, Any
     centred = np.clip(scores - scores.mean(axis=2, keepdims=True), -gf["clip"], gf["clip"])
     return guided_filter(image, centred, gf["radius"], gf["eps"], gf["subsample"],
                          outputs=(list(range(classes)), [1.0] * classes, bias))
-
-
-def validate_postprocess(spec: Any, num_classes: int, source: str = "model") -> None:
-    """Check a model description's ``postprocess`` object; raises ValueError naming the problem."""
-    if not isinstance(spec, dict):
-        raise ValueError(f"{source}: 'postprocess' must be a JSON object")
-    unknown = sorted(set(spec) - POSTPROCESS_KEYS)
-    if unknown:
-        raise ValueError(f"{source}: unknown postprocess keys {unknown} (known: {sorted(POSTPROCESS_KEYS)})")
-    bias = spec.get("logit_bias")
-    if bias is not None and not (isinstance(bias, list) and len(bias) == num_classes
-                                 and all(_is_number(v) for v in bias)):
-        raise ValueError(f"{source}: postprocess 'logit_bias' must be a list of {num_classes} numbers")
-    gf = spec.get("guided_filter")
-    if gf is None:
-        return
-    if not isinstance(gf, dict) or set(gf) != GUIDED_FILTER_KEYS:
-        raise ValueError(f"{source}: postprocess 'guided_filter' must hold exactly {sorted(GUIDED_FILTER_KEYS)}")
-    for key in ("radius", "subsample"):
-        if not (isinstance(gf[key], int) and not isinstance(gf[key], bool) and 1 <= gf[key] <= 256):
-            raise ValueError(f"{source}: guided_filter '{key}' must be an integer from 1 to 256, got {gf[key]!r}")
-    for key in ("eps", "clip"):
-        if not (_is_number(gf[key]) and gf[key] > 0):
-            raise ValueError(f"{source}: guided_filter '{key}' must be a positive number, got {gf[key]!r}")
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)

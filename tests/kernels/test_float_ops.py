@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from seg_service import kernels
+from seg_service.format import conv_output_size
 from seg_service.kernels import reference
 
 RNG = np.random.default_rng(2024)
@@ -126,8 +127,8 @@ def conv2d_numpy(x, weight, bias, stride, padding, dilation, relu):
     """Plain numpy definition of a zero-padded float convolution (float64 sums)."""
     c_out, k, _, c_in = weight.shape
     h, w, _ = x.shape
-    ho = (h + 2 * padding - dilation * (k - 1) - 1) // stride + 1
-    wo = (w + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+    ho = conv_output_size(h, k, stride, padding, dilation)
+    wo = conv_output_size(w, k, stride, padding, dilation)
     xp = np.pad(x.astype(np.float64), ((padding, padding), (padding, padding), (0, 0)))
     out = np.zeros((ho, wo, c_out))
     for ky in range(k):

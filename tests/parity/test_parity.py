@@ -112,7 +112,7 @@ def test_predict_matches_pytorch_on_full_images(tmp_path):
     assert_parity(runtime.forward(x)[:h, :w], ref, what="padded")
     mask = runtime.predict(rgb)
     assert mask.shape == rgb.shape[:2]
-    from seg_service.runtime.model import resize_nearest
+    from seg_service.runtime import resize_nearest
 
     expected = resize_nearest(ref.argmax(axis=2).astype(np.uint8), *rgb.shape[:2])
     assert (mask == expected).mean() >= 0.999

@@ -8,8 +8,9 @@ import pytest
 from safetensors.numpy import load as safetensors_load
 from safetensors.numpy import save as safetensors_save
 
+from seg_service import format as gnpk
+from seg_service.format.model_file import _DTYPE_NAMES
 from seg_service.runtime import ModelFormatError
-from seg_service.runtime import format as gnpk
 
 
 def tiny_model() -> tuple[dict, dict, dict]:
@@ -60,7 +61,7 @@ def rewrite(tmp_path, metadata_changes: dict, tensors: dict | None = None, model
                 "graph": graph_json}
     if fix_checksum:
         metadata["sha256"] = gnpk.compute_checksum(
-            model_json, graph_json, ((n, gnpk._DTYPE_NAMES[a.dtype], a.shape, a.tobytes()) for n, a in tensors.items()))
+            model_json, graph_json, ((n, _DTYPE_NAMES[a.dtype], a.shape, a.tobytes()) for n, a in tensors.items()))
     metadata.update(metadata_changes)
     path = tmp_path / "edited.gnpk"
     path.write_bytes(safetensors_save(tensors, metadata={k: v for k, v in metadata.items() if v is not None}))

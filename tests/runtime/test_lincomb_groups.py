@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from seg_service.runtime import ops
-from seg_service.runtime.executor import GraphExecutor, RunProfile, lincomb_groups
+from seg_service.runtime import RunProfile, ops
+from seg_service.runtime.executor import GraphExecutor
+from seg_service.runtime.plan import LincombGroupStep, lincomb_groups
 
 
 def block_end_graph(k: int = 3) -> tuple[dict, dict]:
@@ -94,7 +95,8 @@ def test_outputs_read_only_as_binary_inputs_are_not_kept() -> None:
     graph["outputs"] = ["conv", "gate1", "gate2"]
     executor = GraphExecutor(graph, tensors)
     # Output 0 (the sum) is read only inside the group, output 1 (gate0) only as binary input.
-    assert executor._dropped_outputs[3] == [0, 1]
+    (group,) = [step for step in executor.steps if isinstance(step, LincombGroupStep)]
+    assert group.index == 3 and group.drop == (0, 1) and group.packs == ("gate0",)
     x = np.random.default_rng(6).standard_normal((15, 17, 6)).astype(np.float32)
     everything = executor.run({"input": x}, keep_all=True)
     got = executor.run({"input": x})

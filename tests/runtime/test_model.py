@@ -5,11 +5,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from seg_service import format as gnpk
 from seg_service import kernels
 from seg_service.kernels import reference
-from seg_service.runtime import PackedModel, load_model, ops
-from seg_service.runtime import format as gnpk
-from seg_service.runtime.model import resize_area, resize_nearest
+from seg_service.runtime import PackedModel, load_model, ops, resize_area, resize_nearest
 
 from .test_format import tiny_model
 

@@ -7,14 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from seg_service import format as gnpk
 from seg_service import kernels
+from seg_service.format import validate_postprocess
 from seg_service.kernels import reference
 from seg_service.kernels.reference import _inverse_sym3, box_mean, guided_coefficients
-from seg_service.runtime import format as gnpk
-from seg_service.runtime import load_model
-from seg_service.runtime.model import resize_area
+from seg_service.runtime import apply_postprocess, load_model, resize_area
 from seg_service.runtime.ops import upsample_bilinear
-from seg_service.runtime.refine import apply_postprocess, guided_filter, validate_postprocess
+from seg_service.runtime.refine import guided_filter
 
 from .test_format import tiny_model
 

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from seg_service.runtime.format import compute_checksum
+from seg_service.format import compute_checksum
 
 from .helpers import VIDEO
 

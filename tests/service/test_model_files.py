@@ -14,8 +14,8 @@ import httpx
 import numpy as np
 import pytest
 
+from seg_service.format import MAX_MODEL_FILE_BYTES
 from seg_service.runtime import ModelFormatError, load_model
-from seg_service.runtime.format import MAX_MODEL_FILE_BYTES
 
 from .helpers import SMALL_IMAGE, ServerProcess, start_server
 from .hostile import BAD_MODEL_EDITS, read_parts, sparse_file, tampered_model
@@ -155,7 +155,7 @@ def test_no_model_starts_but_is_not_ready(tmp_path: Path) -> None:
 
 def test_exporter_refuses_a_name_the_service_could_not_serve(packed_model_dir: Path, tmp_path: Path) -> None:
     """The exporter and the loader share the description checks (format.py)."""
-    from seg_service.runtime.format import write_model
+    from seg_service.format import write_model
 
     model, graph, tensors, _ = read_parts(packed_model_dir / "person.gnpk")
     model["name"] = "Ünïcode name"

@@ -9,16 +9,16 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from seg_service.runtime import format as gnpk  # noqa: E402
+from seg_service import format as gnpk  # noqa: E402
 from tests.parity.helpers import load_rgb, normalise, small_model  # noqa: E402
 from training.engine.checkpoint import init_weights  # noqa: E402
 from training.engine.packed_init import (  # noqa: E402
     calibrate,
     encoder_checkpoint,
     load_packed_encoder,
-    unpack_sign_bits,
+    sign_weights,
 )
-from training.export import export_model, pack_sign_bits  # noqa: E402
+from training.export import export_model, weight_sign_bits  # noqa: E402
 from training.models import create_model  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -31,7 +31,7 @@ def _images() -> torch.Tensor:
 
 def test_unpack_inverts_pack():
     w = torch.randn(5, 70, 3, 3)
-    signs = unpack_sign_bits(pack_sign_bits(w), 70)
+    signs = sign_weights(weight_sign_bits(w), 70)
     assert np.array_equal(signs, torch.where(w < 0, -1.0, 1.0).numpy())
 
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from seg_service.runtime import format as gnpk
+from seg_service import format as gnpk
 
 from ..data import read_image
 from ..data.errors import InputError
@@ -43,13 +43,11 @@ from .checkpoint import FORMAT, VERSION, save_atomic
 LATENT = 0.05  # magnitude of the rebuilt latent binary weights
 
 
-def unpack_sign_bits(words: np.ndarray, in_channels: int) -> np.ndarray:
-    """u64 [O, kh, kw, Wd] (bit = 1 where negative) -> float +-1 [O, I, kh, kw]: the inverse of
-    ``training.export.pack_sign_bits``."""
-    o, kh, kw, wd = words.shape
-    bits = np.unpackbits(np.ascontiguousarray(words).view(np.uint8).reshape(o, kh, kw, wd * 8), axis=-1,
-                         bitorder="little")[..., :in_channels]
-    return np.ascontiguousarray((1.0 - 2.0 * bits.astype(np.float32)).transpose(0, 3, 1, 2))
+def sign_weights(words: np.ndarray, in_channels: int) -> np.ndarray:
+    """A file's binary conv weight u64 [O, kh, kw, Wd] -> float +-1 [O, I, kh, kw] (PyTorch layout):
+    the inverse of ``training.export.weight_sign_bits`` (``seg_service.format.unpack_sign_bits``)."""
+    negative = gnpk.unpack_sign_bits(words, in_channels)
+    return np.ascontiguousarray(np.where(negative, -1.0, 1.0).astype(np.float32).transpose(0, 3, 1, 2))
 
 
 class _Folded:
@@ -82,7 +80,7 @@ def load_packed_encoder(model: nn.Module, packed: gnpk.PackedFile) -> list[_Fold
     def binary(conv: nn.Module, bn: nn.BatchNorm2d, prefix: str) -> None:
         if not hasattr(conv, "weight") or conv.weight.dim() != 4:
             raise InputError(f"{prefix}: the model's conv is not a single binary conv")
-        signs = unpack_sign_bits(need(f"{prefix}.weight"), conv.weight.shape[1])
+        signs = sign_weights(need(f"{prefix}.weight"), conv.weight.shape[1])
         if signs.shape != tuple(conv.weight.shape):
             raise InputError(f"{prefix}: packed weight {signs.shape} does not fit the model's {tuple(conv.weight.shape)}")
         conv.weight.copy_(torch.from_numpy(signs) * LATENT)

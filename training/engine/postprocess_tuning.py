@@ -71,8 +71,7 @@ def tune_postprocess(model_path: str | Path, config_path: str | Path | None, ove
 
     Returns the report: every candidate's mIoU on the images used, the chosen spec and the baseline.
     """
-    from seg_service.runtime.model import resize_nearest
-    from seg_service.runtime.refine import apply_postprocess
+    from seg_service.runtime import apply_postprocess, resize_nearest
 
     from ..export import ExportError, repack_model
 
