@@ -9,6 +9,7 @@ import numpy as np
 
 from seg_service import kernels
 from seg_service.format import ModelFormatError, PackedFile, infer_channels, read_model
+from seg_service.runtime.allocator import retain_freed_memory
 from seg_service.runtime.executor import GraphExecutor, RunProfile
 from seg_service.runtime.ops import upsample_bilinear
 from seg_service.runtime.refine import apply_postprocess
@@ -212,8 +213,10 @@ def load_model(path: str | os.PathLike[str], dry_run: bool = True) -> PackedMode
 
     Also gives numpy's BLAS one thread (``threads.quiet_blas``): the runtime's few float convs are
     small, and OpenBLAS's idle workers spin after each call on the cores the binary kernels need.
+    And keeps freed activation memory for the next run (``allocator.retain_freed_memory``).
     """
     quiet_blas()
+    retain_freed_memory()
     packed = read_model(path)  # its errors already name the file
     step = "building the executor"
     try:
