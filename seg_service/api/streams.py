@@ -14,9 +14,8 @@ from typing import Literal
 import numpy as np
 
 from seg_service import kernels
-from seg_service.runtime import PackedModel
-from seg_service.runtime.model import resize_nearest
-from seg_service.runtime.softmask import resolve_foreground, soft_mask, softmax
+from seg_service.runtime import PackedModel, resize_nearest
+from seg_service.runtime.softmask import resolve_foreground, soft_mask
 from seg_service.runtime.temporal import TemporalSmoother
 
 MaskKind = Literal["labels", "alpha", "probability"]
@@ -83,5 +82,5 @@ def frame_mask(model: PackedModel, rgb: np.ndarray, flip: bool, refine: bool, ki
             if mask.shape != rgb.shape[:2]:
                 mask = resize_nearest(mask, rgb.shape[0], rgb.shape[1])
         else:
-            mask = soft_mask(softmax(scores), indices, kind, rgb.shape[:2])
+            mask = soft_mask(scores, indices, kind, rgb.shape[:2])
     return mask, (time.perf_counter() - start) * 1e3

@@ -1,14 +1,17 @@
 """The demo page in real headless Chromium (Debian's package, driven by Playwright): the fake camera
-plays the test video, frames go over the WebSocket and the live overlay is drawn."""
+plays the test video (converted to Y4M), frames go over the WebSocket, and the live class overlay,
+background blur and background replacement are drawn; screenshots of each go to docs/img/."""
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from pathlib import Path
 
 import cv2
 import httpx
+import numpy as np
 import pytest
 
 from .helpers import PERSON_IMAGES, ROOT, VIDEO
@@ -83,27 +86,23 @@ def test_demo_page_live_overlay_and_upload(server, browser):
     page.click("#start")
     page.wait_for_function("Number(document.getElementById('stats').dataset.frames) >= 5", timeout=120_000)
 
-    # In one synchronous step: the overlay canvas shows exactly the pixels the last mask painted.
     state = page.evaluate("""() => {
-        const canvas = document.getElementById('overlay');
-        const d = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
-        let visible = 0;
-        for (let i = 3; i < d.length; i += 4) if (d[i] > 0) visible++;
-        return {width: canvas.width, height: canvas.height, visible,
-                painted: Number(document.getElementById('stats').dataset.painted),
-                fps: document.getElementById('fps').textContent,
-                latency: document.getElementById('latency').textContent,
+        const canvas = document.getElementById('output');
+        const stats = document.getElementById('stats').dataset;
+        return {width: canvas.width, height: canvas.height, painted: Number(stats.painted),
+                mode: stats.drawnMode, latency: document.getElementById('latency').textContent,
                 status: document.getElementById('status').textContent};
     }""")
     assert (state["width"], state["height"]) == (320, 240), state
-    assert state["visible"] == state["painted"] and state["painted"] > 0, state
+    assert state["painted"] > 0 and state["mode"] == "overlay", state
     assert state["latency"].endswith(" ms") and state["status"] == "Streaming.", state
-    assert ws_settings[0] == {"flip": True, "refine": True}, ws_settings
+    first = {"flip": True, "refine": True, "smooth": True, "format": "png", "foreground": ["person"]}
+    assert ws_settings[0] == first, ws_settings
     page.uncheck("#refine")  # while streaming: sent at once
     deadline = time.monotonic() + 30
-    while {"flip": True, "refine": False} not in ws_settings and time.monotonic() < deadline:
+    while first | {"refine": False} not in ws_settings and time.monotonic() < deadline:
         page.wait_for_timeout(100)
-    assert ws_settings[-1] == {"flip": True, "refine": False}, ws_settings
+    assert ws_settings[-1] == first | {"refine": False}, ws_settings
 
     page.set_input_files("#upload-file", str(PERSON_IMAGES[0]))
     page.click("#upload-form button[type=submit]")
@@ -128,3 +127,164 @@ def test_demo_page_live_overlay_and_upload(server, browser):
     assert not console_errors, console_errors
     page.close()
 
+
+
+# ---- the webcam effects on the shipped street model, composited in the page ----------------------
+
+DOCS_IMG = ROOT / "docs" / "img"
+BACKGROUND_IMAGE = ROOT / "tests" / "data" / "imagenette" / "val" / "n03888257" / "ILSVRC2012_val_00001440.jpg"
+
+
+@pytest.fixture(scope="module")
+def shipped_server(tmp_path_factory):
+    """A server on the shipped models (weights/): the street model finds the video's cyclists."""
+    from .helpers import start_server
+
+    srv = start_server(ROOT / "weights", tmp_path_factory.mktemp("shipped") / "server.log", "--max-in-flight", "2")
+    yield srv
+    srv.stop()
+
+
+class StreamRecorder:
+    """Every binary frame the page sends (index = the server's frame number) and every mask it gets."""
+
+    def __init__(self, page) -> None:
+        self.sent: list[bytes] = []
+        self.masks: dict[int, tuple[dict, bytes]] = {}
+        self.settings: list[dict] = []
+        self._pending: dict | None = None
+        page.on("websocket", self._attach)
+
+    def _attach(self, ws) -> None:
+        ws.on("framesent", self._sent)
+        ws.on("framereceived", self._received)
+
+    def _sent(self, payload) -> None:
+        if isinstance(payload, str):
+            self.settings.append(json.loads(payload))
+        else:
+            self.sent.append(bytes(payload))
+
+    def _received(self, payload) -> None:
+        if isinstance(payload, str):
+            message = json.loads(payload)
+            self._pending = message if message["type"] == "result" else None
+        elif self._pending is not None:
+            self.masks[self._pending["frame"]] = (self._pending, bytes(payload))
+            self._pending = None
+
+
+def decode_rgb(data: bytes, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    assert image is not None
+    return image[:, :, ::-1].astype(np.float32) if image.ndim == 3 else image
+
+
+def drawn_frame(page, recorder: StreamRecorder, mode: str, after: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(canvas RGB, the frame it was made from as sent, its alpha matte) for the first frame drawn
+    in `mode` whose number is past `after`: the canvas and the frame number read in one step."""
+    page.wait_for_function(
+        f"(() => {{ const s = document.getElementById('stats').dataset;"
+        f" return s.drawnMode === '{mode}' && Number(s.drawn) > {after}; }})()", timeout=120_000)
+    shot = page.evaluate("""() => ({url: document.getElementById('output').toDataURL('image/png'),
+                                    frame: Number(document.getElementById('stats').dataset.drawn),
+                                    mode: document.getElementById('stats').dataset.drawnMode})""")
+    assert shot["mode"] == mode, shot
+    deadline = time.monotonic() + 30
+    while shot["frame"] not in recorder.masks and time.monotonic() < deadline:
+        page.wait_for_timeout(50)
+    result, mask_png = recorder.masks[shot["frame"]]
+    assert result["format"] == "alpha" and result["smoothed"] is True, result
+    canvas = decode_rgb(base64.b64decode(shot["url"].split(",", 1)[1]))
+    frame = decode_rgb(recorder.sent[shot["frame"]])
+    alpha = decode_rgb(mask_png, cv2.IMREAD_UNCHANGED).astype(np.float32)
+    assert canvas.shape == frame.shape == alpha.shape + (3,) == (240, 320, 3)
+    return canvas, frame, alpha
+
+
+def regions(alpha: np.ndarray, margin: int) -> tuple[np.ndarray, np.ndarray]:
+    """(kept pixels: alpha 255, dropped pixels: alpha 0), both at least `margin` pixels from the
+    picture's border, where a blur reaches outside the frame."""
+    inside = np.zeros(alpha.shape, bool)
+    inside[margin:-margin, margin:-margin] = True
+    return (alpha == 255) & inside, (alpha == 0) & inside
+
+
+def mean_abs(a: np.ndarray, b: np.ndarray, where: np.ndarray) -> float:
+    return float(np.abs(a - b)[where].mean())
+
+
+def test_webcam_effects_blur_and_replace(shipped_server, browser):
+    """Fake camera playing the real street video, the shipped street model: the page asks for alpha
+    mattes of the people classes over the WebSocket and composites them. Each check compares the
+    canvas with the same effect computed here from the frame the page sent and the matte it got."""
+    page = browser.new_page(viewport={"width": 1000, "height": 1200})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    recorder = StreamRecorder(page)
+    page.goto(shipped_server.url + "/")
+    page.wait_for_function("document.querySelectorAll('#model option').length === 2")
+    page.select_option("#model", "camvid")
+    page.wait_for_function("document.querySelectorAll('#foreground input').length === 11")
+    keep = page.evaluate("[...document.querySelectorAll('#foreground input:checked')].map((e) => e.value)")
+    assert keep == ["pedestrian", "bicyclist"]
+    page.click("#start")
+    page.wait_for_function("document.getElementById('stats').dataset.drawnMode === 'overlay'", timeout=120_000)
+    section = page.locator("section").nth(1)
+    DOCS_IMG.mkdir(exist_ok=True)
+    section.screenshot(path=str(DOCS_IMG / "webcam_overlay.png"))
+
+    # Blur: the kept people are the frame itself, the rest the frame blurred with the chosen strength.
+    page.select_option("#effect", "blur")
+    for strength, other in ((4, 14), (14, 4)):
+        page.evaluate(f"document.getElementById('blur').value = '{strength}'")  # read at each drawing
+        after = len(recorder.sent)  # frames sent from now on are drawn with this strength
+        canvas, frame, alpha = drawn_frame(page, recorder, "blur", after)
+        keep_region, drop_region = regions(alpha, 3 * max(strength, other))
+        assert keep_region.sum() > 30 and drop_region.sum() > 10000, (keep_region.sum(), drop_region.sum())
+        assert mean_abs(canvas, frame, keep_region) < 8
+        blurred = cv2.GaussianBlur(frame, (0, 0), strength)
+        wrong = cv2.GaussianBlur(frame, (0, 0), other)
+        assert mean_abs(canvas, blurred, drop_region) < 0.5 * mean_abs(canvas, frame, drop_region)
+        assert mean_abs(canvas, blurred, drop_region) < mean_abs(canvas, wrong, drop_region)
+        if strength == 14:
+            section.screenshot(path=str(DOCS_IMG / "webcam_blur.png"))
+
+    # Replace by a colour: canvas = alpha * frame + (1 - alpha) * colour, everywhere.
+    page.select_option("#effect", "replace")
+    page.fill("#bg-colour", "#20c040")
+    after = len(recorder.sent)
+    canvas, frame, alpha = drawn_frame(page, recorder, "replace", after)
+    a = alpha[:, :, None] / 255.0
+    expected = a * frame + (1 - a) * np.array([0x20, 0xC0, 0x40], np.float32)
+    everywhere = np.ones(alpha.shape, bool)
+    assert mean_abs(canvas, expected, everywhere) < 3
+    inverted = (1 - a) * frame + a * np.array([0x20, 0xC0, 0x40], np.float32)
+    assert mean_abs(canvas, inverted, everywhere) > 10 * mean_abs(canvas, expected, everywhere)
+
+    # Replace by an image the user picks: scaled to cover the frame, centred.
+    page.set_input_files("#bg-image", str(BACKGROUND_IMAGE))
+    page.wait_for_timeout(500)  # the picked file is decoded asynchronously
+    after = len(recorder.sent)
+    canvas, frame, alpha = drawn_frame(page, recorder, "replace", after)
+    picture = cv2.imread(str(BACKGROUND_IMAGE))[:, :, ::-1].astype(np.float32)
+    scale = max(320 / picture.shape[1], 240 / picture.shape[0])
+    w, h = round(picture.shape[1] * scale), round(picture.shape[0] * scale)
+    cover = cv2.resize(picture, (w, h), interpolation=cv2.INTER_LINEAR)
+    top, left = (h - 240) // 2, (w - 320) // 2
+    cover = cover[top:top + 240, left:left + 320]
+    keep_region, drop_region = regions(alpha, 2)
+    assert mean_abs(canvas, cover, drop_region) < 12
+    assert mean_abs(canvas, frame, keep_region) < 8
+    assert mean_abs(canvas, frame, drop_region) > 3 * mean_abs(canvas, cover, drop_region)
+    section.screenshot(path=str(DOCS_IMG / "webcam_replace.png"))
+
+    # Every settings message asked for the people of the street model; smoothing stayed on.
+    alpha_settings = [s for s in recorder.settings if s.get("format") == "alpha"]
+    assert alpha_settings and all(s["foreground"] == ["pedestrian", "bicyclist"] and s["smooth"]
+                                  for s in alpha_settings), recorder.settings
+    shown = page.evaluate("[document.getElementById('fps').textContent, document.getElementById('latency').textContent]")
+    assert shown[1].endswith(" ms"), shown
+    page.click("#stop")
+    assert not errors, errors
+    page.close()
