@@ -6,13 +6,18 @@ channel ``64*j + i``; bit = 1 means -1, i.e. ``x < 0``; zero, -0.0 and NaN pack 
 ``dot = n - 2*popcount(a XOR w)``. See docs/architecture.md (Kernel API) and docs/format.md.
 
 The ISA path (AVX-512 VPOPCNTDQ, AVX2, scalar) is chosen at run time; ``SEG_ISA`` forces one at
-import and ``SEG_THREADS`` sets the thread count. ``prepare_weights`` arranges a layer's weights
+import and ``SEG_THREADS`` sets the thread count. The AVX2 path has several ways to count bits
+(``available_popcounts``: nibble lookup "lut", lookup + integer POPCNT "mix1"/"mix2"), chosen per CPU
+by a short calibration at its first call; ``SEG_POPCOUNT`` (or ``set_popcount``) forces one.
+``dispatch_info()`` says which path and method run; ``popcount_ceilings`` measures the in-register
+ceiling of each way on this core (scripts/popcount_speed.py). ``prepare_weights`` arranges a layer's weights
 for the kernels once (a model does it at load time); the conv functions take the result in place of
 the weight array. ``lincomb_group`` runs the float linear combinations between binary convs (a
 Group-Net block's branch sum and soft gates) in one pass; ``upsample_bilinear`` is the graph's
-bilinear resampling; ``conv2d_direct`` is the RGB stem's float convolution; ``guided_coefficients`` and ``guided_apply``
-run a model's stored guided filter (runtime/refine.py); ``resize_area`` is the input's area resize. ``reference.py`` is a plain numpy version of the
-same API that defines the expected results.
+bilinear resampling; ``conv2d_direct`` is the RGB stem's float convolution;
+``guided_coefficients`` and ``guided_apply`` run a model's stored guided filter
+(runtime/refine.py); ``resize_area`` is the input's area resize. ``reference.py`` is a plain numpy
+version of the same API that defines the expected results.
 """
 
 from __future__ import annotations
@@ -23,11 +28,13 @@ from seg_service.kernels._core import (
     PreparedWeights,
     argmax_channels,
     available_isas,
+    available_popcounts,
     bconv2d,
     bconv2d_chain,
     bconv2d_float,
     bconv2d_int,
     conv2d_direct,
+    dispatch_info,
     get_num_threads,
     guided_apply,
     guided_coefficients,
@@ -35,10 +42,13 @@ from seg_service.kernels._core import (
     lincomb_group,
     maxpool2d,
     pack_bits,
+    popcount,
+    popcount_ceilings,
     prepare_weights,
     resize_area,
     set_isa,
     set_num_threads,
+    set_popcount,
     upsample_bilinear,
 )
 
@@ -46,11 +56,13 @@ __all__ = [
     "PreparedWeights",
     "argmax_channels",
     "available_isas",
+    "available_popcounts",
     "bconv2d",
     "bconv2d_chain",
     "bconv2d_float",
     "bconv2d_int",
     "conv2d_direct",
+    "dispatch_info",
     "get_num_threads",
     "guided_apply",
     "guided_coefficients",
@@ -58,10 +70,13 @@ __all__ = [
     "lincomb_group",
     "maxpool2d",
     "pack_bits",
+    "popcount",
+    "popcount_ceilings",
     "prepare_weights",
     "resize_area",
     "set_isa",
     "set_num_threads",
+    "set_popcount",
     "upsample_bilinear",
 ]
 
@@ -70,6 +85,9 @@ def _apply_environment() -> None:
     forced_isa = os.environ.get("SEG_ISA", "").strip().lower()
     if forced_isa:
         set_isa(forced_isa)  # ValueError names the supported paths
+    forced_popcount = os.environ.get("SEG_POPCOUNT", "").strip().lower()
+    if forced_popcount:
+        set_popcount(forced_popcount)  # ValueError names the supported methods
     threads = os.environ.get("SEG_THREADS", "").strip()
     if threads:
         try:

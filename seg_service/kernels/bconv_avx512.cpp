@@ -185,7 +185,8 @@ SEGK_AVX512 void pack_pixels_avx512(const float* src, int64_t count, int64_t cha
 
 }  // namespace
 
-const IsaKernels kAvx512Kernels = {"avx512", kBlock, false, true, conv_tile_avx512, pack_pixels_avx512};
+const IsaKernels kAvx512Kernels = {"avx512", kBlock, false, true, conv_tile_avx512, pack_pixels_avx512,
+                                  "vpopcntq", nullptr};
 
 }  // namespace segk
 

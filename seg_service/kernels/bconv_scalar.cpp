@@ -77,6 +77,7 @@ void pack_pixels_scalar(const float* src, int64_t count, int64_t channels, int64
 
 }  // namespace
 
-const IsaKernels kScalarKernels = {"scalar", kBlock, false, false, conv_tile_scalar, pack_pixels_scalar};
+const IsaKernels kScalarKernels = {"scalar", kBlock, false, false, conv_tile_scalar, pack_pixels_scalar,
+                                  "popcnt", nullptr};
 
 }  // namespace segk

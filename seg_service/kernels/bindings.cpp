@@ -624,6 +624,45 @@ PYBIND11_MODULE(_core, m) {
             }
         },
         py::arg("name"), "Force an ISA path; ValueError if this CPU does not support it.");
+    m.def("popcount", &segk::popcount_method,
+          "How the path in use counts bits: 'vpopcntq' (avx512), 'lut' | 'mix1' | 'mix2' (avx2), 'popcnt' (scalar).");
+    m.def("available_popcounts", &segk::available_popcounts,
+          "The avx2 path's popcount methods on this CPU (empty without AVX2).");
+    m.def(
+        "set_popcount",
+        [](const std::string& name) {
+            if (!segk::set_popcount(name)) {
+                std::string avail = "auto";
+                for (const auto& n : segk::available_popcounts()) avail += ", " + n;
+                throw py::value_error("popcount method '" + name + "' is not supported here; available: " + avail);
+            }
+        },
+        py::arg("name"),
+        "Force the avx2 path's popcount method ('lut', 'mix1', 'mix2'), or 'auto' for the calibrated choice; "
+        "ValueError if unknown or this CPU has no AVX2.");
+    m.def(
+        "dispatch_info",
+        []() {
+            segk::DispatchInfo info;
+            {
+                py::gil_scoped_release release;  // may run the avx2 calibration (a few ms)
+                info = segk::dispatch_info();
+            }
+            py::dict d;
+            d["isa"] = info.isa;
+            d["popcount"] = info.popcount;
+            d["popcount_source"] = info.popcount_source;
+            py::dict cal;
+            for (const auto& [name, ns] : info.calibration_ns) cal[py::str(name)] = ns * 1e-3;
+            d["calibration_us"] = cal;
+            d["available_isas"] = segk::available_isas();
+            d["available_popcounts"] = segk::available_popcounts();
+            d["threads"] = info.threads;
+            return d;
+        },
+        "The kernel path and popcount method in use: {'isa', 'popcount', 'popcount_source' ('calibrated' | "
+        "'forced' | 'fixed'), 'calibration_us' (avx2 variants' calibration times, once run), 'available_isas', "
+        "'available_popcounts', 'threads'}.");
     m.def(
         "set_num_threads",
         [](int n) {
@@ -632,6 +671,29 @@ PYBIND11_MODULE(_core, m) {
         },
         py::arg("n"));
     m.def("get_num_threads", &segk::get_num_threads);
+    m.def(
+        "popcount_ceilings",
+        [](const std::vector<std::string>& methods, int repeats, double seconds) {
+            require(repeats >= 1 && repeats <= 1000, "repeats must be in 1 .. 1000");
+            require(seconds > 0.0 && seconds <= 10.0, "seconds must be in (0, 10]");
+            std::vector<segk::PopcountCeiling> res;
+            {
+                py::gil_scoped_release release;
+                res = segk::popcount_ceilings(methods, repeats, seconds);
+            }
+            py::list out;
+            for (const auto& c : res) {
+                py::dict d;
+                d["method"] = c.method;
+                d["detail"] = c.detail;
+                d["gbmacs"] = c.gbmacs;
+                out.append(d);
+            }
+            return out;
+        },
+        py::arg("methods") = std::vector<std::string>{}, py::arg("repeats") = 7, py::arg("seconds") = 0.05,
+        "In-register ceilings of the AVX2-era popcount methods on this core: [{'method', 'detail', 'gbmacs': "
+        "[G binary MAC/s per repeat, by thread CPU time]}]; empty without AVX2 + POPCNT.");
     py::class_<PyPreparedWeights>(
         m, "PreparedWeights",
         "Binary conv weights arranged once for the kernels (kernels.prepare_weights); pass it as `w` to the "

@@ -44,6 +44,13 @@ struct ConvJob {
     int64_t wblk_step = 0;
     int64_t wblk_steps = 0;
 
+    // Paths that also count some channels with scalar POPCNT on the integer units (avx2 "mix1",
+    // "mix2"): the unsplit padded input (a pixel's base and a step's offset there are half those in
+    // `in`) and the weights in the scalar path's 8-channel blocks (block 2 cb + 1 holds channels
+    // 8 .. 15 of the 16-channel block cb), `wblk_steps` steps each.
+    const uint64_t* in_raw = nullptr;
+    const uint64_t* wraw = nullptr;
+
     // dot = n_channel[c] - 2 * count, where n_channel[c] = k * k * in_channels - 2 * (the +1 padding's
     // mismatches with channel c's weights on the left-out taps: the ones of those weight words). Every
     // tap counts, padded ones included. Padded with entries up to a whole number of 64 channels.
@@ -145,11 +152,16 @@ struct IsaKernels {
     // pixel i's words go to dst + i * dst_stride. bit = 1 where x < 0.
     void (*pack_pixels)(const float* src, int64_t count, int64_t channels, int64_t src_stride,
                         uint64_t* dst, int64_t dst_stride);
+    const char* popcount;  // how it counts bits: "vpopcntq", "lut", "mix1", "mix2", "popcnt"
+    // Set for paths that also read weights in another path's layout (ConvJob::wraw): that path.
+    const struct IsaKernels* raw_layout;
 };
 
 extern const IsaKernels kScalarKernels;
 #if defined(__x86_64__) || defined(_M_X64)
-extern const IsaKernels kAvx2Kernels;
+extern const IsaKernels kAvx2Kernels;      // nibble lookup ("lut")
+extern const IsaKernels kAvx2Mix1Kernels;  // lut + scalar POPCNT, 1-pixel tile ("mix1")
+extern const IsaKernels kAvx2Mix2Kernels;  // lut + scalar POPCNT, 2-pixel tile ("mix2")
 extern const IsaKernels kAvx512Kernels;
 #endif
 

@@ -1,6 +1,9 @@
 // Run-time ISA choice, threading and the convolution driver shared by every ISA path.
+#include <time.h>
+
 #include <atomic>
 #include <cstring>
+#include <mutex>
 
 #include "bitpack.h"
 #include "conv_job.h"
@@ -44,6 +47,111 @@ std::vector<const IsaKernels*> supported_kernels() {
 
 std::atomic<const IsaKernels*> g_kernels{supported_kernels().front()};
 std::atomic<int> g_threads{available_processors()};
+
+// --- Popcount method of the avx2 path: "lut", "mix1" or "mix2" (bconv_avx2.cpp). Which is fastest
+// depends on the CPU's ports (vector shuffles vs integer POPCNT units), so unless one is forced
+// (set_popcount, env SEG_POPCOUNT through the Python package), a short calibration on the first
+// avx2 call times the three microkernels on a synthetic layer and keeps the fastest.
+#if defined(__x86_64__) || defined(_M_X64)
+const IsaKernels* const kAvx2Variants[] = {&kAvx2Kernels, &kAvx2Mix1Kernels, &kAvx2Mix2Kernels};
+#endif
+constexpr int kAvx2VariantCount = 3;
+std::atomic<int> g_avx2_choice{-1};     // index into kAvx2Variants; -1: not chosen yet
+std::atomic<bool> g_avx2_forced{false};  // chosen by set_popcount, not by calibration
+std::mutex g_calibration_mu;
+std::vector<double> g_calibration_ns;  // per variant: best thread CPU ns of the calibration work
+
+double thread_ns() {
+    timespec ts{};
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return 1e9 * static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec);
+}
+
+#if defined(__x86_64__) || defined(_M_X64)
+// A mix variant must beat lut by this factor to be chosen (timing noise must not flip a tie).
+constexpr double kMixMargin = 0.97;
+
+int calibrate_avx2() {
+    std::lock_guard<std::mutex> lock(g_calibration_mu);
+    const int chosen = g_avx2_choice.load();
+    if (chosen >= 0) return chosen;
+    // Synthetic 3x3 layer, 256 input channels (4 words), 32 output channels (two blocks of 16),
+    // 8 x 8 output pixels over a 10 x 10 input: L1-resident, about 5 M binary MACs per pass.
+    constexpr int64_t kWords = 4, kSide = 10, kOut = 8, kOutC = 32, kK = 3;
+    uint64_t state = 0x9e3779b97f4a7c15ULL;
+    auto next = [&state]() {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        return state;
+    };
+    std::vector<uint64_t> raw(static_cast<size_t>(kSide * kSide * kWords)), split(2 * raw.size());
+    for (size_t i = 0; i < raw.size(); ++i) {
+        raw[i] = next();
+        split[2 * i] = raw[i] & 0x0F0F0F0F0F0F0F0FULL;
+        split[2 * i + 1] = (raw[i] >> 4) & 0x0F0F0F0F0F0F0F0FULL;
+    }
+    std::vector<uint64_t> w(static_cast<size_t>(kOutC * kK * kK * kWords));
+    for (uint64_t& x : w) x = next();
+    const PreparedWeights pw(w.data(), kOutC, kK, kWords, false);
+    const BlockedWeights& nib = pw.for_isa(kAvx2Kernels, 1);
+    const BlockedWeights& scal = pw.for_isa(kScalarKernels, 1);
+    std::vector<int64_t> offsets;
+    for (int64_t ky = 0; ky < kK; ++ky)
+        for (int64_t kx = 0; kx < kK; ++kx)
+            for (int64_t wd = 0; wd < kWords; ++wd) offsets.push_back((ky * kSide + kx) * 2 * kWords + 2 * wd);
+    std::vector<int32_t> n_channel(kOutC + 64, static_cast<int32_t>(kK * kK * kWords * 64));
+    ConvJob job;
+    job.in = split.data();
+    job.in_raw = raw.data();
+    job.in_w = kSide;
+    job.words = 2 * kWords;
+    job.out_h = kOut;
+    job.out_w = kOut;
+    job.out_c = kOutC;
+    job.step_offset = offsets.data();
+    job.steps = static_cast<int64_t>(offsets.size());
+    job.wblk = nib.words.data();
+    job.block = nib.block;
+    job.wblk_step = nib.wblk_step;
+    job.wblk_steps = kK * kK * kWords;
+    job.wraw = scal.words.data();
+    job.n_channel = n_channel.data();
+    std::vector<std::vector<int32_t>> outs(kAvx2VariantCount, std::vector<int32_t>(kOut * kOut * kOutC));
+    std::vector<double> best(kAvx2VariantCount, 1e300);
+    for (int trial = 0; trial < 7; ++trial) {
+        for (int v = 0; v < kAvx2VariantCount; ++v) {
+            job.out_int = outs[static_cast<size_t>(v)].data();
+            const double t0 = thread_ns();
+            for (int rep = 0; rep < 8; ++rep)
+                for (int64_t cb = 0; cb < nib.blocks; ++cb) kAvx2Variants[v]->conv_tile(job, cb, 0, kOut * kOut);
+            best[static_cast<size_t>(v)] = std::min(best[static_cast<size_t>(v)], thread_ns() - t0);
+        }
+    }
+    int choice = 0;
+    for (int v = 1; v < kAvx2VariantCount; ++v) {
+        const bool same = outs[static_cast<size_t>(v)] == outs[0];  // never choose a variant that disagrees
+        if (same && best[static_cast<size_t>(v)] < kMixMargin * best[0] &&
+            best[static_cast<size_t>(v)] < best[static_cast<size_t>(choice)])
+            choice = v;
+    }
+    g_calibration_ns = best;
+    g_avx2_choice.store(choice);
+    return choice;
+}
+#endif
+
+// The microkernels to run for a path: the avx2 path's chosen popcount variant, else the path itself.
+const IsaKernels& resolve(const IsaKernels& path) {
+#if defined(__x86_64__) || defined(_M_X64)
+    if (&path == &kAvx2Kernels) {
+        int choice = g_avx2_choice.load();
+        if (choice < 0) choice = calibrate_avx2();
+        return *kAvx2Variants[choice];
+    }
+#endif
+    return path;
+}
 
 // Work items are (channel block, pixel chunk) pairs handed out dynamically (threadpool.h). One
 // thread walks the whole map per channel block. Several threads get about 16 items each, so that a
@@ -147,7 +255,8 @@ constexpr int64_t kChainPixels = 48;
 // dots (one base).
 void run_conv(const uint64_t* a, const float* x, const PreparedWeights* const* pws, int64_t bases, const ConvShape& s,
               int32_t* out_int, float* out_f, const Epilogue* eps) {
-    const IsaKernels& kern = *g_kernels.load();
+    const IsaKernels& path = *g_kernels.load();  // weight layout (shared by a path's popcount variants)
+    const IsaKernels& kern = resolve(path);         // microkernels
     const int requested_threads = g_threads.load();
     const int64_t words = s.words, k = s.kernel, pad = s.padding;
     const int64_t padded_h = s.in_h + 2 * pad, padded_w = s.in_w + 2 * pad;
@@ -188,6 +297,7 @@ void run_conv(const uint64_t* a, const float* x, const PreparedWeights* const* p
     // 1b. Nibble-lookup paths read each input word split into its low and high nibbles (two words,
     //     like their weights), so the split is done once per input word here instead of once per
     //     (word, output channel block) in the inner loop.
+    const uint64_t* in_raw = in;  // unsplit words, for the scalar POPCNT share of the avx2 mix variants
     int64_t in_words = words, word_stride = 1;
     AlignedWords split(kern.nibble_weights ? static_cast<size_t>(2 * padded_h * padded_w * words) : 0, false);
     if (kern.nibble_weights) {
@@ -249,7 +359,7 @@ void run_conv(const uint64_t* a, const float* x, const PreparedWeights* const* p
 
     int64_t blocks = 0, block = 1;
     for (int64_t j = 0; j < bases; ++j) {
-        const BlockedWeights& wb = pws[j]->for_isa(kern, threads);  // 3. weights in this ISA's channel blocks
+        const BlockedWeights& wb = pws[j]->for_isa(path, threads);  // 3. weights in this ISA's channel blocks
         blocks = wb.blocks;
         block = wb.block;
         const int64_t n_padded = wb.blocks * wb.block + 64;
@@ -265,6 +375,10 @@ void run_conv(const uint64_t* a, const float* x, const PreparedWeights* const* p
         base.block = wb.block;
         base.wblk_step = wb.wblk_step;
         base.wblk_steps = k * k * words;
+        if (kern.raw_layout != nullptr) {
+            base.in_raw = in_raw;
+            base.wraw = pws[j]->for_isa(*kern.raw_layout, threads).words.data();
+        }
         base.out_int = out_int;
         base.out_f = out_f;
         if (eps != nullptr) {
@@ -358,6 +472,67 @@ bool set_isa(const std::string& name) {
         }
     }
     return false;
+}
+
+std::string popcount_method() { return resolve(*g_kernels.load()).popcount; }
+
+std::vector<std::string> available_popcounts() {
+    std::vector<std::string> names;
+#if defined(__x86_64__) || defined(_M_X64)
+    if (cpu_has_avx2())
+        for (const IsaKernels* k : kAvx2Variants) names.emplace_back(k->popcount);
+#endif
+    return names;
+}
+
+bool set_popcount(const std::string& name) {
+#if defined(__x86_64__) || defined(_M_X64)
+    if (name == "auto") {
+        std::lock_guard<std::mutex> lock(g_calibration_mu);
+        int best = -1;  // a finished calibration is kept; otherwise the next avx2 call runs one
+        if (!g_calibration_ns.empty()) {
+            best = 0;
+            for (int v = 1; v < kAvx2VariantCount; ++v)
+                if (g_calibration_ns[static_cast<size_t>(v)] < kMixMargin * g_calibration_ns[0] &&
+                    g_calibration_ns[static_cast<size_t>(v)] < g_calibration_ns[static_cast<size_t>(best)])
+                    best = v;
+        }
+        g_avx2_forced.store(false);
+        g_avx2_choice.store(best);
+        return true;
+    }
+    if (!cpu_has_avx2()) return false;
+    for (int v = 0; v < kAvx2VariantCount; ++v) {
+        if (name == kAvx2Variants[v]->popcount) {
+            g_avx2_forced.store(true);
+            g_avx2_choice.store(v);
+            return true;
+        }
+    }
+    return false;
+#else
+    return name == "auto";
+#endif
+}
+
+DispatchInfo dispatch_info() {
+    DispatchInfo info;
+    const IsaKernels& path = *g_kernels.load();
+    info.isa = path.name;
+    info.popcount = resolve(path).popcount;
+#if defined(__x86_64__) || defined(_M_X64)
+    if (&path == &kAvx2Kernels)
+        info.popcount_source = g_avx2_forced.load() ? "forced" : "calibrated";
+    else
+        info.popcount_source = "fixed";
+    std::lock_guard<std::mutex> lock(g_calibration_mu);
+    for (size_t v = 0; v < g_calibration_ns.size(); ++v)
+        info.calibration_ns.emplace_back(kAvx2Variants[v]->popcount, g_calibration_ns[v]);
+#else
+    info.popcount_source = "fixed";
+#endif
+    info.threads = g_threads.load();
+    return info;
 }
 
 void set_num_threads(int n) { g_threads.store(std::max(1, n)); }

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace segk {
@@ -13,9 +14,34 @@ std::string isa();
 std::vector<std::string> available_isas();
 bool set_isa(const std::string& name);  // false when this CPU (or build) does not support it
 
+// How the path in use counts bits: "vpopcntq" (avx512), "lut" | "mix1" | "mix2" (avx2, chosen per
+// CPU by a short calibration at the first avx2 call unless forced), "popcnt" (scalar).
+std::string popcount_method();
+std::vector<std::string> available_popcounts();  // the avx2 path's methods (empty without AVX2)
+// "lut" | "mix1" | "mix2" forces the avx2 path's method; "auto" returns to the calibrated choice.
+// false for an unknown name or a CPU without AVX2.
+bool set_popcount(const std::string& name);
+
+struct DispatchInfo {
+    std::string isa, popcount;
+    std::string popcount_source;  // "calibrated" | "forced" (avx2 path) | "fixed" (other paths)
+    std::vector<std::pair<std::string, double>> calibration_ns;  // avx2 variants' calibration times, if run
+    int threads = 1;
+};
+DispatchInfo dispatch_info();
+
 // Threads used by each call (>= 1). Default: all processors available to the process.
 void set_num_threads(int n);
 int get_num_threads();
+
+// In-register ceilings of the ways to count bits without AVX-512 (popcount_probe.cpp): per method,
+// G binary MAC/s on one core (thread CPU time), one value per repeat of about `seconds`. `names`
+// empty: every method. Empty result where the CPU lacks AVX2 + POPCNT.
+struct PopcountCeiling {
+    std::string method, detail;
+    std::vector<double> gbmacs;
+};
+std::vector<PopcountCeiling> popcount_ceilings(const std::vector<std::string>& names, int repeats, double seconds);
 
 // x: [pixels, channels] floats -> out: [pixels, ceil(channels / 64)] words, bit = 1 where x < 0.
 void pack_bits(const float* x, int64_t pixels, int64_t channels, uint64_t* out);
