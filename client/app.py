@@ -20,7 +20,7 @@ import numpy as np
 
 from client.capture import FrameSource, SourceError, SourceSpec
 from client.display import DisplayError, VideoFileSink, WindowSink, gui_support
-from client.overlay import VIEWS, ClassInfo, View, compose, draw_hud
+from client.overlay import VIEWS, Background, ClassInfo, View, compose, draw_hud, mask_format_for
 from client.transport import (
     Backoff,
     ConnectionLost,
@@ -34,7 +34,9 @@ from client.transport import (
 log = logging.getLogger("seg-client")
 
 KEY_ESC = 27
-KEY_HELP = "keys: o/m/s view  n model  p snapshot  q quit"
+KEY_HELP = "keys: o/m/s/b/r view  [ ] blur  n model  p snapshot  q quit"
+# Blur strengths the [ and ] keys step through (Gaussian standard deviation, pixels).
+BLUR_STEPS = (2.0, 4.0, 8.0, 12.0, 16.0, 24.0, 32.0)
 
 
 @dataclass
@@ -46,6 +48,10 @@ class ClientConfig:
     model: str | None = None
     flip: bool = False  # the server's mirrored second pass (twice the time per frame)
     refine: bool = True  # the model's stored post-processing
+    smooth: bool = True  # the server's temporal smoothing of the stream (WebSocket)
+    foreground: list[str] | None = None  # classes Blur and Replace keep (None: the server's default)
+    blur: float = 8.0  # Gaussian standard deviation of the background blur, pixels
+    background: Background = field(default_factory=Background)  # what Replace puts behind
     width: int | None = None
     height: int | None = None
     jpeg_quality: int = 80
@@ -87,6 +93,7 @@ class DemoClient:
     def __init__(self, cfg: ClientConfig) -> None:
         self.cfg = cfg
         self.view: View = cfg.view
+        self.blur = cfg.blur
         self.latest: SegResult | None = None
         self.models: list[str] = []
         self.display_rate = RateMeter()
@@ -104,7 +111,7 @@ class DemoClient:
                 raise DisplayError(why)
         streamer = Streamer(  # connects only once started
             cfg.server, cfg.api_key, cfg.transport, cfg.model, cfg.jpeg_quality, cfg.backoff, cfg.timeout,
-            inference_options(cfg.flip, cfg.refine),
+            inference_options(cfg.flip, cfg.refine, cfg.smooth, mask_format_for(cfg.view), cfg.foreground),
         )
         try:
             source = FrameSource(cfg.source, cfg.width, cfg.height, cfg.fps, cfg.loop).open()
@@ -173,7 +180,8 @@ class DemoClient:
     def _render(self, frame: np.ndarray, streamer: Streamer) -> np.ndarray:
         latest = self.latest
         classes = latest.classes if latest else ClassInfo.unknown()
-        image = compose(self.view, frame, latest.mask if latest else None, classes, self.cfg.alpha)
+        image = compose(self.view, frame, latest.mask if latest else None, classes, self.cfg.alpha,
+                        latest.mask_format if latest else "png", self.blur, self.cfg.background)
         lines, warning = self.hud_text(streamer)
         return draw_hud(image, lines, warning)
 
@@ -184,7 +192,8 @@ class DemoClient:
         """
         latest = self.latest
         stats = streamer.stats
-        lines = [f"{latest.model if latest else '-'}  {self.display_rate.rate:4.1f} fps"]
+        lines = [f"{latest.model if latest else '-'}  {self.display_rate.rate:4.1f} fps  {self.view}"
+                 + (f" {self.blur:g}px" if self.view == "blur" else "")]
         if latest is not None:
             lines.append(
                 f"rtt {latest.round_trip_ms:.0f} ms  infer {latest.inference_ms:.0f} ms"
@@ -207,9 +216,12 @@ class DemoClient:
         """Acts on a key press; False means quit."""
         if key in (ord("q"), KEY_ESC):
             return False
-        views = {ord("o"): "overlay", ord("m"): "mask", ord("s"): "side"}
+        views = {ord("o"): "overlay", ord("m"): "mask", ord("s"): "side", ord("b"): "blur", ord("r"): "replace"}
         if key in views:
             self.view = views[key]  # type: ignore[assignment]
+            streamer.request_format(mask_format_for(self.view))
+        elif key in (ord("["), ord("]")):
+            self.blur = step_blur(self.blur, -1 if key == ord("[") else 1)
         elif key == ord("n"):
             self._next_model(streamer)
         elif key == ord("p"):
@@ -245,6 +257,13 @@ class DemoClient:
         if self.cfg.stats_json:
             self.cfg.stats_json.write_text(json.dumps(summary, indent=2) + "\n")
         return summary
+
+
+def step_blur(current: float, direction: int) -> float:
+    """The next blur strength of BLUR_STEPS below (direction -1) or above (+1) the current one."""
+    if direction < 0:
+        return max([s for s in BLUR_STEPS if s < current], default=BLUR_STEPS[0])
+    return min([s for s in BLUR_STEPS if s > current], default=BLUR_STEPS[-1])
 
 
 def run_client(cfg: ClientConfig) -> dict[str, Any]:

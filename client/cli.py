@@ -14,7 +14,7 @@ from pathlib import Path
 from client.app import ClientConfig, run_client
 from client.capture import SourceError, camera_spec, video_spec
 from client.display import DisplayError
-from client.overlay import VIEWS
+from client.overlay import VIEWS, Background
 from client.transport import Backoff, ServerError
 
 log = logging.getLogger("seg-client")
@@ -41,11 +41,26 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _background(text: str) -> Background:
+    try:
+        return Background.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="seg-client",
         description="Stream a webcam, video file or RTSP/HTTP stream to seg-service and show the masks live.",
-        epilog="Keys (window mode): o overlay, m mask, s side-by-side, n next model, p snapshot, q/Esc quit.",
+        epilog="Keys (window mode): o overlay, m mask, s side-by-side, b background blur, r background "
+               "replacement, [ ] blur strength, n next model, p snapshot, q/Esc quit.",
     )
     src = parser.add_argument_group("source (default: camera 0)").add_mutually_exclusive_group()
     src.add_argument("--camera", metavar="INDEX|PATH", help="camera index (0, 1, ...) or device path")
@@ -68,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the server also segments each mirrored frame and averages (more accurate, twice the time)")
     srv.add_argument("--no-refine", dest="refine", action="store_false",
                      help="skip the model's stored post-processing (edge-aware filter), as refine=false")
+    srv.add_argument("--no-smooth", dest="smooth", action="store_false",
+                     help="turn off the server's temporal smoothing of the stream (steadier masks; on by default)")
+    srv.add_argument("--foreground", metavar="CLASS[,CLASS...]",
+                     help="classes the blur and replace views keep (default: the model's person class)")
     srv.add_argument("--jpeg-quality", type=_quality, default=80, help="JPEG quality of sent frames (1-100)")
     srv.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for one answer")
     srv.add_argument("--retries", type=int, default=8, help="reconnect attempts before giving up")
@@ -79,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--out", type=Path, metavar="FILE", help="write the rendered video (.mp4, .avi, .mkv, .mov)")
     out.add_argument("--view", choices=VIEWS, default="overlay", help="initial view")
     out.add_argument("--alpha", type=_fraction, default=0.5, help="mask opacity in the overlay view")
+    out.add_argument("--blur", type=_positive_float, default=8.0, metavar="SIGMA",
+                     help="background blur strength in the blur view (Gaussian standard deviation, pixels)")
+    out.add_argument("--background", type=_background, default=Background(), metavar="#RRGGBB|IMAGE",
+                     help="what the replace view puts behind the kept classes: a colour or an image file "
+                          "(default #1e88e5)")
     out.add_argument("--snapshot-dir", type=Path, default=Path.cwd(), help="where the p key saves snapshots")
     out.add_argument("--stats-json", type=Path, metavar="FILE", help="write a run summary as JSON")
     out.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
@@ -103,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
         model=args.model,
         flip=args.flip,
         refine=args.refine,
+        smooth=args.smooth,
+        foreground=[n.strip() for n in args.foreground.split(",") if n.strip()] if args.foreground else None,
+        blur=args.blur,
+        background=args.background,
         width=args.width,
         height=args.height,
         jpeg_quality=args.jpeg_quality,

@@ -1,4 +1,5 @@
-"""Drawing: label mask -> colours, blended overlay, side-by-side view, and the status text (HUD)."""
+"""Drawing: label mask -> colours, blended overlay, side-by-side view, background blur and replacement
+from an alpha matte, and the status text (HUD)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,15 @@ from typing import Literal
 import cv2
 import numpy as np
 
-View = Literal["overlay", "mask", "side"]
-VIEWS: tuple[View, ...] = ("overlay", "mask", "side")
+View = Literal["overlay", "mask", "side", "blur", "replace"]
+VIEWS: tuple[View, ...] = ("overlay", "mask", "side", "blur", "replace")
+# Views drawn from the server's alpha matte (format=alpha) rather than its label mask (format=png).
+MATTE_VIEWS: tuple[View, ...] = ("blur", "replace")
+
+
+def mask_format_for(view: View) -> str:
+    """The server format a view needs: "alpha" for the effects, "png" (labels) for the others."""
+    return "alpha" if view in MATTE_VIEWS else "png"
 
 # Classes drawn transparent in the overlay view, so the picture is not dimmed where nothing was found.
 TRANSPARENT_CLASS_NAMES = {"background", "void", "unlabeled", "unlabelled", "ignore"}
@@ -70,14 +78,105 @@ def blend(frame: np.ndarray, mask: np.ndarray, classes: ClassInfo, alpha: float 
     return mixed
 
 
+def fit_matte(matte: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Bilinear resize of an alpha matte to a frame's (H, W) when the sizes differ."""
+    h, w = shape[:2]
+    if matte.shape[:2] == (h, w):
+        return matte
+    return cv2.resize(matte, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def parse_colour(text: str) -> tuple[int, int, int] | None:
+    """"#rrggbb" -> a BGR tuple, None when the text is not such a colour."""
+    text = text.strip()
+    if len(text) == 7 and text[0] == "#":
+        try:
+            r, g, b = (int(text[i:i + 2], 16) for i in (1, 3, 5))
+        except ValueError:
+            return None
+        return b, g, r
+    return None
+
+
+class Background:
+    """What Replace puts behind the kept classes: a solid colour or a picture scaled to cover the
+    frame and centred (as CSS ``object-fit: cover``), built once per frame size."""
+
+    def __init__(self, colour_bgr: tuple[int, int, int] = (229, 136, 30), image: np.ndarray | None = None) -> None:
+        self.colour_bgr = colour_bgr
+        self.image = image
+        self._cache: np.ndarray | None = None
+
+    @classmethod
+    def parse(cls, spec: str) -> Background:
+        """"#rrggbb" or the path of an image file; ValueError when it is neither."""
+        colour = parse_colour(spec)
+        if colour is not None:
+            return cls(colour)
+        image = cv2.imread(spec, cv2.IMREAD_COLOR)
+        if image is None:
+            raise ValueError(f"background {spec!r} is neither a #rrggbb colour nor a readable image")
+        return cls(image=image)
+
+    def canvas(self, shape: tuple[int, ...]) -> np.ndarray:
+        h, w = shape[:2]
+        if self._cache is not None and self._cache.shape[:2] == (h, w):
+            return self._cache
+        if self.image is None:
+            canvas = np.empty((h, w, 3), dtype=np.uint8)
+            canvas[:] = self.colour_bgr
+        else:
+            ih, iw = self.image.shape[:2]
+            scale = max(w / iw, h / ih)
+            sw, sh = max(w, round(iw * scale)), max(h, round(ih * scale))
+            scaled = cv2.resize(self.image, (sw, sh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+            top, left = (sh - h) // 2, (sw - w) // 2
+            canvas = np.ascontiguousarray(scaled[top:top + h, left:left + w])
+        self._cache = canvas
+        return canvas
+
+
+def matte_blend(front: np.ndarray, back: np.ndarray, matte: np.ndarray) -> np.ndarray:
+    """front * a + back * (1 - a) with a = matte / 255, per pixel (uint8 BGR images)."""
+    a = matte.astype(np.float32)[:, :, None] * np.float32(1.0 / 255.0)
+    mixed = back.astype(np.float32)
+    mixed += a * (front.astype(np.float32) - mixed)
+    return (mixed + 0.5).astype(np.uint8)
+
+
+def blur_background(frame: np.ndarray, matte: np.ndarray, sigma: float) -> np.ndarray:
+    """The frame where the matte keeps it, a Gaussian blur of it (standard deviation ``sigma`` pixels)
+    elsewhere."""
+    blurred = cv2.GaussianBlur(frame, (0, 0), sigmaX=max(0.1, sigma))
+    return matte_blend(frame, blurred, fit_matte(matte, frame.shape))
+
+
+def replace_background(frame: np.ndarray, matte: np.ndarray, background: Background) -> np.ndarray:
+    """The frame where the matte keeps it, the background elsewhere."""
+    return matte_blend(frame, background.canvas(frame.shape), fit_matte(matte, frame.shape))
+
+
 def compose(
     view: View,
     frame: np.ndarray,
     mask: np.ndarray | None,
     classes: ClassInfo,
     alpha: float = 0.5,
+    mask_format: str = "png",
+    blur_sigma: float = 8.0,
+    background: Background | None = None,
 ) -> np.ndarray:
-    """The picture for one view. Without a mask yet, the frame itself (black on the mask side)."""
+    """The picture for one view. Without a mask yet, or with a mask of the other kind than the view
+    draws (``mask_format``: "png" labels or "alpha" matte; right after a view switch), the frame
+    itself (black on the mask side)."""
+    if mask is not None and mask_format != mask_format_for(view):
+        mask = None
+    if view in MATTE_VIEWS:
+        if mask is None:
+            return frame.copy()
+        if view == "blur":
+            return blur_background(frame, mask, blur_sigma)
+        return replace_background(frame, mask, background or Background())
     if mask is not None:
         mask = fit_mask(mask, frame.shape)
     if view == "overlay":

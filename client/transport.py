@@ -90,6 +90,7 @@ class FrameAnswer:
     inference_ms: float
     server_dropped: int = 0
     refused_switch: ModelRefusal | None = None  # a switch asked for with this frame and refused
+    mask_format: str = "png"  # "png": label mask; "alpha": the foreground's alpha matte
 
 
 @dataclass
@@ -103,6 +104,7 @@ class SegResult:
     inference_ms: float
     round_trip_ms: float
     server_dropped: int
+    mask_format: str = "png"  # what `mask` holds: "png" labels or an "alpha" matte
 
 
 @dataclass
@@ -137,9 +139,15 @@ def http_base(server: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
 
 
-def inference_options(flip: bool = False, refine: bool = True) -> dict[str, str]:
-    """Query parameters for the server's inference switches; the defaults are left out."""
-    return ({"flip": "true"} if flip else {}) | ({} if refine else {"refine": "false"})
+def inference_options(flip: bool = False, refine: bool = True, smooth: bool = True, mask_format: str = "png",
+                      foreground: list[str] | None = None) -> dict[str, str]:
+    """Query parameters for the server's inference switches; the defaults are left out. ``smooth``:
+    the stream's temporal smoothing (WebSocket only; REST answers each frame on its own);
+    ``mask_format``: "png" (labels) or "alpha" (matte of the ``foreground`` classes)."""
+    options = ({"flip": "true"} if flip else {}) | ({} if refine else {"refine": "false"})
+    options |= {} if smooth else {"smooth": "false"}
+    options |= {} if mask_format == "png" else {"format": mask_format}
+    return options | ({"foreground": ",".join(foreground)} if foreground else {})
 
 
 def ws_url(server: str, model: str | None = None, options: dict[str, str] | None = None) -> str:
@@ -233,6 +241,7 @@ class ServerAPI:
             mask=decode_mask(response.content),
             model=headers.get("X-Model", model or ""),
             inference_ms=float(headers.get("X-Inference-Time-Ms", "nan")),
+            mask_format=params["format"],
         )
 
     def close(self) -> None:
@@ -244,6 +253,7 @@ class Session(Protocol):
     model: str | None  # the model the server last answered with (before that: the one connected with)
 
     def set_model(self, model: str | None) -> None: ...
+    def set_format(self, mask_format: str) -> None: ...
     def segment(self, jpeg: bytes, stop: threading.Event) -> FrameAnswer: ...
     def close(self) -> None: ...
 
@@ -283,6 +293,7 @@ class WebSocketSession:
     def __init__(self, server: str, api_key: str | None, timeout: float, model: str | None = None,
                  options: dict[str, str] | None = None) -> None:
         self.url = ws_url(server, model, options)
+        self.mask_format = (options or {}).get("format", "png")
         self.timeout = timeout
         self.model = model  # a model the server does not have closes the connection with 1008
         self._switch: str | None = None  # asked for, neither confirmed by a result nor refused yet
@@ -310,6 +321,13 @@ class WebSocketSession:
         if model and model != self.model:
             self._send(json.dumps({"model": model}))
             self._switch = model
+
+    def set_format(self, mask_format: str) -> None:
+        """Asks for label masks ("png") or mattes ("alpha") from the next frame on; each result says
+        which it holds."""
+        if mask_format != self.mask_format:
+            self._send(json.dumps({"format": mask_format}))
+            self.mask_format = mask_format
 
     def _send(self, message: str | bytes) -> None:
         try:
@@ -391,6 +409,7 @@ class WebSocketSession:
                 inference_ms=float(header.get("inference_ms", float("nan"))),
                 server_dropped=int(header.get("dropped", 0)),
                 refused_switch=refused,
+                mask_format=str(header.get("format", "png")),
             )
 
     def close(self) -> None:
@@ -406,8 +425,12 @@ class RestSession:
     def __init__(self, api: ServerAPI, model: str | None = None, options: dict[str, str] | None = None) -> None:
         self.api = api
         self.model = model
-        self.options = options
+        # POST /segment has no stream to smooth over: each frame is answered on its own.
+        self.options = {k: v for k, v in (options or {}).items() if k != "smooth"}
         self._switch: str | None = None
+
+    def set_format(self, mask_format: str) -> None:
+        self.options = self.options | {"format": mask_format}
 
     def set_model(self, model: str | None) -> None:
         self._switch = model if model and model != self.model else None
@@ -467,6 +490,7 @@ class Streamer:
         # then sends _wanted_model as a switch, so a refused model never ends up in the URL.
         self.active_model = model
         self._wanted_model = model
+        self._wanted_format = (options or {}).get("format", "png")  # "png" labels or "alpha" mattes
         self._classes: dict[str, ClassInfo] = {}
         self._cond = threading.Condition()
         self._pending: tuple[int, np.ndarray] | None = None
@@ -519,6 +543,11 @@ class Streamer:
         with self._cond:
             self._wanted_model = model
             self.notice = None
+
+    def request_format(self, mask_format: str) -> None:
+        """Label masks ("png") or alpha mattes ("alpha") from the next frame sent on."""
+        with self._cond:
+            self._wanted_format = mask_format
 
     def current_notice(self) -> str | None:
         """The last refused model switch, for NOTICE_SECONDS after it happened."""
@@ -625,12 +654,14 @@ class Streamer:
                 seq, frame = self._pending
                 self._pending = None
                 wanted_model = self._wanted_model
+                wanted_format = self._wanted_format
             ok, jpeg = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
             if not ok:
                 raise ServerError("cannot JPEG-encode a frame")
             sent_at = time.monotonic()
             try:
                 session.set_model(wanted_model)
+                session.set_format(wanted_format)
                 self.stats.frames_sent += 1
                 answer = session.segment(jpeg.tobytes(), self._stop)
             except ConnectionLost as exc:
@@ -659,6 +690,7 @@ class Streamer:
                 inference_ms=answer.inference_ms,
                 round_trip_ms=round_trip_ms,
                 server_dropped=answer.server_dropped,
+                mask_format=answer.mask_format,
             )
             with self._cond:
                 self.stats.results += 1

@@ -70,7 +70,9 @@ def run_headless(server_url: str, out: Path, stats: Path, *extra: str) -> dict:
 
 def test_overlay_video_has_one_frame_per_input_frame_and_shows_the_masks(server, tmp_path):
     out = tmp_path / "overlay.mp4"
-    stats = run_headless(server.url, out, tmp_path / "stats.json", "--max-frames", "24")
+    # --no-smooth: each mask is the frame's own, as POST /segment gives it (the stream's smoothing
+    # would average it with the frames before)
+    stats = run_headless(server.url, out, tmp_path / "stats.json", "--max-frames", "24", "--no-smooth")
 
     inputs = read_video(VIDEO)[:24]
     outputs = read_video(out)
@@ -101,7 +103,8 @@ def test_overlay_video_has_one_frame_per_input_frame_and_shows_the_masks(server,
 def test_side_by_side_shows_the_server_mask_in_the_model_palette(server, tmp_path):
     out = tmp_path / "side.mp4"
     stats = run_headless(
-        server.url, out, tmp_path / "stats.json", "--max-frames", "16", "--model", "street", "--view", "side"
+        server.url, out, tmp_path / "stats.json", "--max-frames", "16", "--model", "street", "--view", "side",
+        "--no-smooth",
     )
     inputs = read_video(VIDEO)[:16]
     outputs = read_video(out)
@@ -175,7 +178,7 @@ def test_flip_option_reaches_the_server_over_both_transports(transport, server):
     plain = server_masks(server, frames, "street")
     assert any(not np.array_equal(a, b) for a, b in zip(flipped, plain))
     streamer = Streamer(server.url, API_KEY, transport, "street", timeout=30,
-                        options=inference_options(flip=True))
+                        options=inference_options(flip=True, smooth=False))
     try:
         streamer.start()
         assert streamer.wait_connected(60), streamer.fatal
