@@ -216,7 +216,8 @@ class DemoClient:
         """Acts on a key press; False means quit."""
         if key in (ord("q"), KEY_ESC):
             return False
-        views = {ord("o"): "overlay", ord("m"): "mask", ord("s"): "side", ord("b"): "blur", ord("r"): "replace"}
+        views = {ord("o"): "overlay", ord("m"): "mask", ord("s"): "side", ord("b"): "blur",
+                 ord("r"): "replace"}
         if key in views:
             self.view = views[key]  # type: ignore[assignment]
             streamer.request_format(mask_format_for(self.view))

@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--no-refine", dest="refine", action="store_false",
                      help="skip the model's stored post-processing (edge-aware filter), as refine=false")
     srv.add_argument("--no-smooth", dest="smooth", action="store_false",
-                     help="turn off the server's temporal smoothing of the stream (steadier masks; on by default)")
+                     help="turn off the server's temporal smoothing of the stream (steadier masks; on by "
+                          "default)")
     srv.add_argument("--foreground", metavar="CLASS[,CLASS...]",
                      help="classes the blur and replace views keep (default: the model's person class)")
     srv.add_argument("--jpeg-quality", type=_quality, default=80, help="JPEG quality of sent frames (1-100)")

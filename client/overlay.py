@@ -102,7 +102,8 @@ class Background:
     """What Replace puts behind the kept classes: a solid colour or a picture scaled to cover the
     frame and centred (as CSS ``object-fit: cover``), built once per frame size."""
 
-    def __init__(self, colour_bgr: tuple[int, int, int] = (229, 136, 30), image: np.ndarray | None = None) -> None:
+    def __init__(self, colour_bgr: tuple[int, int, int] = (229, 136, 30),
+                 image: np.ndarray | None = None) -> None:
         self.colour_bgr = colour_bgr
         self.image = image
         self._cache: np.ndarray | None = None
@@ -129,7 +130,8 @@ class Background:
             ih, iw = self.image.shape[:2]
             scale = max(w / iw, h / ih)
             sw, sh = max(w, round(iw * scale)), max(h, round(ih * scale))
-            scaled = cv2.resize(self.image, (sw, sh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+            method = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+            scaled = cv2.resize(self.image, (sw, sh), interpolation=method)
             top, left = (sh - h) // 2, (sw - w) // 2
             canvas = np.ascontiguousarray(scaled[top:top + h, left:left + w])
         self._cache = canvas

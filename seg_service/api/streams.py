@@ -65,7 +65,8 @@ class StreamState:
 
 
 def frame_mask(model: PackedModel, rgb: np.ndarray, flip: bool, refine: bool, kind: MaskKind,
-               foreground: list[str] | None = None, stream: StreamState | None = None) -> tuple[np.ndarray, float]:
+               foreground: list[str] | None = None,
+               stream: StreamState | None = None) -> tuple[np.ndarray, float]:
     """(u8 [H, W] mask at the image's size, inference milliseconds). ``kind``: "labels" (class index
     per pixel), "alpha" or "probability" (0-255, softmask.py) of the ``foreground`` classes;
     ``stream``: the stream's state (None for a still image: no smoothing). ValueError for a bad

@@ -50,7 +50,8 @@ def foreground_probability(probabilities: np.ndarray, foreground: Sequence[int])
     return probabilities[..., indices].sum(axis=-1)
 
 
-def matte_from_scores(scores: np.ndarray, foreground: Sequence[int], ramp: float = MATTE_RAMP_LOGITS) -> np.ndarray:
+def matte_from_scores(scores: np.ndarray, foreground: Sequence[int],
+                      ramp: float = MATTE_RAMP_LOGITS) -> np.ndarray:
     """Alpha f32 [H, W] in [0, 1] from scores f32 [H, W, C]: a linear ramp over the margin between the
     best foreground class and the best other class (module docstring)."""
     indices = sorted(set(foreground))

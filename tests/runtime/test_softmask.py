@@ -1,4 +1,5 @@
-"""Soft masks (alpha matte, probability) from a model's scores, on the shipped person model and a real photo."""
+"""Soft masks (alpha matte, probability) from a model's scores, on the shipped person model and a real
+photo."""
 
 from __future__ import annotations
 

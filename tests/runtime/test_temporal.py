@@ -22,7 +22,8 @@ def textured_background(h: int, w: int, seed: int = 1) -> np.ndarray:
     return rng.uniform(0.2, 0.8, size=(h, w, 3)).astype(np.float32)
 
 
-def square_frame(background: np.ndarray, left: int, top: int = 20, side: int = 24) -> tuple[np.ndarray, np.ndarray]:
+def square_frame(background: np.ndarray, left: int, top: int = 20,
+                 side: int = 24) -> tuple[np.ndarray, np.ndarray]:
     """A dark square on the background, and two-class scores that say 'square' exactly under it."""
     image = background.copy()
     image[top:top + side, left:left + side] = 0.02

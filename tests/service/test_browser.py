@@ -132,7 +132,8 @@ def test_demo_page_live_overlay_and_upload(server, browser):
 # ---- the webcam effects on the shipped street model, composited in the page ----------------------
 
 DOCS_IMG = ROOT / "docs" / "img"
-BACKGROUND_IMAGE = ROOT / "tests" / "data" / "imagenette" / "val" / "n03888257" / "ILSVRC2012_val_00001440.jpg"
+BACKGROUND_IMAGE = ROOT / "tests" / "data" / "imagenette" / "val" / "n03888257" / \
+    "ILSVRC2012_val_00001440.jpg"
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +141,8 @@ def shipped_server(tmp_path_factory):
     """A server on the shipped models (weights/): the street model finds the video's cyclists."""
     from .helpers import start_server
 
-    srv = start_server(ROOT / "weights", tmp_path_factory.mktemp("shipped") / "server.log", "--max-in-flight", "2")
+    srv = start_server(ROOT / "weights", tmp_path_factory.mktemp("shipped") / "server.log",
+                       "--max-in-flight", "2")
     yield srv
     srv.stop()
 
@@ -180,7 +182,8 @@ def decode_rgb(data: bytes, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
     return image[:, :, ::-1].astype(np.float32) if image.ndim == 3 else image
 
 
-def drawn_frame(page, recorder: StreamRecorder, mode: str, after: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def drawn_frame(page, recorder: StreamRecorder, mode: str,
+                after: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(canvas RGB, the frame it was made from as sent, its alpha matte) for the first frame drawn
     in `mode` whose number is past `after`: the canvas and the frame number read in one step."""
     page.wait_for_function(
@@ -229,7 +232,8 @@ def test_webcam_effects_blur_and_replace(shipped_server, browser):
     keep = page.evaluate("[...document.querySelectorAll('#foreground input:checked')].map((e) => e.value)")
     assert keep == ["pedestrian", "bicyclist"]
     page.click("#start")
-    page.wait_for_function("document.getElementById('stats').dataset.drawnMode === 'overlay'", timeout=120_000)
+    page.wait_for_function("document.getElementById('stats').dataset.drawnMode === 'overlay'",
+                           timeout=120_000)
     section = page.locator("section").nth(1)
     DOCS_IMG.mkdir(exist_ok=True)
     section.screenshot(path=str(DOCS_IMG / "webcam_overlay.png"))
@@ -283,7 +287,7 @@ def test_webcam_effects_blur_and_replace(shipped_server, browser):
     alpha_settings = [s for s in recorder.settings if s.get("format") == "alpha"]
     assert alpha_settings and all(s["foreground"] == ["pedestrian", "bicyclist"] and s["smooth"]
                                   for s in alpha_settings), recorder.settings
-    shown = page.evaluate("[document.getElementById('fps').textContent, document.getElementById('latency').textContent]")
+    shown = page.evaluate("['fps', 'latency'].map((id) => document.getElementById(id).textContent)")
     assert shown[1].endswith(" ms"), shown
     page.click("#stop")
     assert not errors, errors

@@ -91,7 +91,8 @@ def test_rest_bad_soft_mask_requests_are_422(server, params, detail):
     assert r.status_code == 422 and detail in json.dumps(r.json()["detail"]), r.text
 
 
-def stream(ws_url: str, frames: list[bytes], query: str = "", settings: dict | None = None) -> list[tuple[dict, np.ndarray]]:
+def stream(ws_url: str, frames: list[bytes], query: str = "",
+           settings: dict | None = None) -> list[tuple[dict, np.ndarray]]:
     """Send each frame and wait for its answer (so none is dropped): [(result JSON, mask)]."""
     answers = []
     with connect(ws_url + "/ws/segment" + query) as ws:
@@ -167,7 +168,8 @@ def test_video_smoothing_default_alpha_video_and_switch(server, models):
     model = models["street"]
     smoothed = httpx.post(server.url + "/segment/video", params={"format": "json", "model": "street"},
                           files={"file": ("v.mp4", VIDEO.read_bytes())}, timeout=300)
-    plain = httpx.post(server.url + "/segment/video", params={"format": "json", "model": "street", "smooth": "false"},
+    plain = httpx.post(server.url + "/segment/video",
+                       params={"format": "json", "model": "street", "smooth": "false"},
                        files={"file": ("v.mp4", VIDEO.read_bytes())}, timeout=300)
     assert smoothed.status_code == 200 and plain.status_code == 200, (smoothed.text, plain.text)
     cap = cv2.VideoCapture(str(VIDEO))

@@ -110,8 +110,9 @@ async def segment(
     service: ServiceDep,
     model: ModelDep,
     file: Annotated[UploadFile, File(description="JPEG, PNG, WebP, BMP or GIF image.")],
-    output: Annotated[OutputFormat, Query(alias="format", description="png (label mask), overlay, json, "
-                                                                      "alpha (soft matte) or probability.")] = "png",
+    output: Annotated[OutputFormat, Query(
+        alias="format",
+        description="png (label mask), overlay, json, alpha (soft matte) or probability.")] = "png",
     rle: Annotated[bool, Query(description="format=json: add COCO RLE per class.")] = False,
     flip: Annotated[bool, Query(description="Test-time augmentation: also run the mirrored image and "
                                             "average the two (twice the time, usually a little more "
