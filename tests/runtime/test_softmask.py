@@ -77,7 +77,8 @@ def test_probabilities_match_the_label_mask(person_model, portrait):
     assert guide.shape == scores.shape[:2] + (3,) and 0 <= guide.min() and guide.max() <= 1
     labels = np.argmax(scores, axis=2)
     p = softmax(scores)[..., 1]
-    assert np.array_equal(p > 0.5, labels == 1)
+    clear = np.abs(scores[..., 1] - scores[..., 0]) > 1e-4  # float rounding decides exact near-ties
+    assert np.array_equal((p > 0.5)[clear], (labels == 1)[clear])
     assert 0.05 < labels.mean() < 0.95  # a real portrait: both classes present
 
 
