@@ -151,7 +151,10 @@ def test_websocket_bad_soft_settings_keep_the_session(server, jpeg_frames):
                                  ({"format": "matte"}, "unsupported format"),
                                  ({"foreground": "dog", "format": "alpha"}, "unknown foreground"),
                                  ({"model": "street", "format": "alpha"}, "name the foreground"),
-                                 ({"foreground": 3}, "foreground must be")):
+                                 ({"foreground": 3}, "foreground must be"),
+                                 ({"format": {"a": 1}}, "unsupported format"),
+                                 ({"foreground": {"a": 1}, "format": "alpha"}, "foreground must be"),
+                                 ({"smooth": [True]}, "smooth must be true or false")):
             ws.send(json.dumps(settings))
             error, _ = receive_result(ws)
             assert error["type"] == "error" and detail in error["detail"], (settings, error)

@@ -122,9 +122,9 @@ class _Session:
 
     def check_settings(self, request: dict) -> str | None:
         """Why a settings message cannot apply (None: it can); nothing changes unless all of it can."""
-        if "format" in request and request["format"] not in MASK_FORMATS:
-            return (f"unsupported format {request['format']!r}: one of "
-                    f"{', '.join(repr(f) for f in MASK_FORMATS)}")
+        requested = request.get("format", "png")
+        if not isinstance(requested, str) or requested not in MASK_FORMATS:  # a dict is not hashable
+            return f"unsupported format {requested!r}: one of {', '.join(repr(f) for f in MASK_FORMATS)}"
         for key in ("flip", "refine", "smooth"):
             if key in request and not isinstance(request[key], bool):
                 return f"{key} must be true or false, got {request[key]!r}"
