@@ -235,7 +235,7 @@ def _train(task: str, argv: Sequence[str]) -> int:
 
 def _evaluate(argv: Sequence[str]) -> int:
     args, rest = _eval_parser().parse_known_args(argv)
-    from .engine.trainer import evaluate_checkpoint
+    from .engine.evaluation import evaluate_checkpoint
 
     if args.packed:
         from .engine.packed_eval import evaluate_packed
@@ -286,18 +286,18 @@ def train_cls_main(argv: Sequence[str] | None = None) -> int:
 
 
 def train_seg_main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "eval":
-        return _run(lambda: _evaluate(argv[1:]))
-    if argv and argv[0] == "recalibrate-bn":
-        return _run(lambda: _recalibrate("seg", argv[1:]))
-    if argv and argv[0] == "tune-postprocess":
-        return _run(lambda: _tune(argv[1:]))
-    if argv and argv[0] == "check-data":
-        return _run(lambda: _check_data(argv[1:]))
-    if argv and argv[0] == "train":
-        argv = argv[1:]
-    return _run(lambda: _train("seg", argv))
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "eval":
+        return _run(lambda: _evaluate(args[1:]))
+    if args and args[0] == "recalibrate-bn":
+        return _run(lambda: _recalibrate("seg", args[1:]))
+    if args and args[0] == "tune-postprocess":
+        return _run(lambda: _tune(args[1:]))
+    if args and args[0] == "check-data":
+        return _run(lambda: _check_data(args[1:]))
+    if args and args[0] == "train":
+        args = args[1:]
+    return _run(lambda: _train("seg", args))
 
 
 def export_main(argv: Sequence[str] | None = None) -> int | None:

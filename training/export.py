@@ -32,7 +32,7 @@ from torch import nn
 from seg_service import format as gnpk
 
 from .binary import BinaryConv2d, BinaryConvEnsemble, get_mode
-from .models import ModelConfig, create_model, model_name
+from .models import ModelConfig, model_name
 from .models.groupnet import BasicBranch, BottleneckBranch, GroupBlock, GroupNetEncoder
 from .models.heads import ASPPHead, ConvBNReLU, FCNHead, PSPHead, SkipDecoder
 from .models.wrappers import GroupNetSegmentation
@@ -476,38 +476,6 @@ def repack_model(src: str | Path, out: str | Path, *, name: str | None = None,
         raise ExportError(str(exc)) from None
 
 
-def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a segmentation model from a training checkpoint (training.engine.checkpoint layout:
-    "model" state dict, "model_config", "classes", "palette", "mean", "std"); returns
-    (model in eval mode, checkpoint dict)."""
-    from .data.errors import InputError
-    from .engine.checkpoint import load_checkpoint as read_checkpoint
-
-    try:
-        ckpt = read_checkpoint(path)
-    except InputError as exc:
-        raise ExportError(str(exc)) from None
-    if ckpt.get("task", "seg") != "seg":
-        raise ExportError(f"{path} is a {ckpt.get('task')} checkpoint; export needs a segmentation one")
-    state, config = ckpt.get("model"), ckpt.get("model_config")
-    if not isinstance(state, dict) or not isinstance(config, dict):
-        raise ExportError(f"{path}: checkpoint lacks the model state dict or the model config")
-    try:
-        model = create_model({**config, "task": "seg"})
-    except ValueError as exc:
-        raise ExportError(f"{path}: bad model config in checkpoint: {exc}") from None
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shape mismatches
-        detail = str(exc).strip().splitlines()[-1].strip()
-        raise ExportError(f"{path}: state dict does not match the model config ({detail})") from None
-    if missing or unexpected:
-        raise ExportError(f"{path}: state dict does not match the model config (missing {missing[:3]}, "
-                          f"unexpected {unexpected[:3]})")
-    return model.eval(), ckpt
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """``export-model``: checkpoint -> packed .gnpk file (arguments: training.export_cli)."""
     from .export_cli import build_parser
@@ -528,8 +496,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         print(f"wrote {args.out} ({Path(args.out).stat().st_size / 1e6:.2f} MB, sha256 {checksum[:16]}...)")
         return 0
+    from .data.errors import InputError
+    from .engine.checkpoint import load_checkpoint, model_from_checkpoint
+
     try:
-        model, ckpt = load_checkpoint(args.checkpoint)
+        try:
+            ckpt = load_checkpoint(args.checkpoint)
+            model = model_from_checkpoint(ckpt, args.checkpoint, task="seg", needed_by="export-model")
+        except InputError as exc:
+            raise ExportError(str(exc)) from None
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         palette = args.palette or ckpt.get("palette")
         if palette is None:  # say so: a silent VOC colour map surprises anyone with their own classes

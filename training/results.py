@@ -104,8 +104,7 @@ def packed_latency(path: Path, repeats: int, raw: bool = False) -> dict[str, flo
 def torch_model(config_path: Path, num_classes: int):
     """The PyTorch network of a run's config in eval mode (random weights: time and size do not
     depend on them)."""
-    from .engine.config import load_config
-    from .engine.trainer import model_config_for
+    from .engine.config import load_config, model_config_for
     from .models import create_model
 
     return create_model(model_config_for(load_config("seg", config_path, []), num_classes)).eval()
@@ -362,8 +361,7 @@ def _random_export(config_path: Path, out: Path) -> Path:
     """Export the row's network with random weights: its packed latency and size equal the trained one's."""
     import torch
 
-    from .engine.config import load_config
-    from .engine.trainer import model_config_for
+    from .engine.config import load_config, model_config_for
     from .export import export_model
     from .models import create_model
 

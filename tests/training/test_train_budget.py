@@ -12,9 +12,9 @@ from train_helpers import REPO, quiet
 
 from training.cli import train_seg_main
 from training.engine.checkpoint import load_checkpoint
-from training.engine.config import from_json, load_config
+from training.engine.config import from_json, load_config, model_config_for
 from training.engine.optim import lr_factor_fn
-from training.engine.trainer import fit_epochs_to_budget, model_config_for
+from training.engine.time_budget import fit_epochs_to_budget
 from training.models import create_model
 
 

@@ -8,8 +8,7 @@ import pytest
 from train_helpers import REPO
 
 from training.cli import CONFIG_DIR, parse_overrides
-from training.engine.config import ConfigError, load_config, parse_value
-from training.engine.trainer import model_config_for
+from training.engine.config import ConfigError, load_config, model_config_for, parse_value
 from training.models import ModelConfig
 
 

@@ -8,8 +8,7 @@ from train_helpers import quiet
 from training.binary import get_mode
 from training.cli import train_cls_main, train_seg_main
 from training.engine.checkpoint import init_weights, load_checkpoint
-from training.engine.config import load_config
-from training.engine.trainer import model_config_for
+from training.engine.config import load_config, model_config_for
 from training.models import create_model
 
 

@@ -21,11 +21,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import data as datasets
 from ..data.errors import InputError
 from . import distributed
-from .checkpoint import load_checkpoint, save_atomic
+from .checkpoint import CheckpointState, load_checkpoint, model_from_checkpoint, save_atomic
 from .config import from_json, load_config, to_json
+from .evaluation import METRIC, METRIC_LABEL, evaluate, without_confusion
+from .loaders import build_datasets, train_loader, val_loader
 
 
 def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -72,14 +73,10 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[Any], device: torc
 
 def recalibrate_checkpoint(checkpoint: str | Path, out: str | Path, batches: int | None = None,
                            config_path: str | Path | None = None,
-                           overrides: list[tuple[str, Any]] = ()) -> dict[str, Any]:
+                           overrides: Iterable[tuple[str, Any]] = ()) -> dict[str, Any]:
     """Re-estimate a checkpoint's BatchNorm statistics on its training split (augmented as in training),
     validate before and after, and write the result to ``out`` as a checkpoint of the same layout
     (export-model, train-seg eval and --train.init_from read it). ``batches``: default one epoch."""
-    from ..models import create_model
-    from .trainer import autocast as autocast_for
-    from .trainer import build_datasets, evaluate_cls, evaluate_seg, make_loader
-
     checkpoint, out = Path(checkpoint), Path(out)
     if out.resolve() == checkpoint.resolve():
         raise InputError(f"--out {out} would overwrite the checkpoint it is computed from; name another file")
@@ -89,48 +86,30 @@ def recalibrate_checkpoint(checkpoint: str | Path, out: str | Path, batches: int
     task = ckpt.get("task")
     if task not in ("seg", "cls"):
         raise InputError(f"{checkpoint}: unknown task {task!r}")
-    config = load_config(task, config_path, overrides, base_config=from_json(ckpt["config"]))
+    state = CheckpointState.from_dict(ckpt)
+    config = load_config(task, config_path, overrides, base_config=from_json(state.config))
     info = distributed.setup(config["device"])
     try:
         if info.distributed:
             raise InputError("recalibrate-bn runs in one process; start it without torchrun")
-        model = create_model(ckpt["model_config"])
-        model.load_state_dict(ckpt["model"])
+        model = model_from_checkpoint(ckpt, checkpoint, task=task)
         model.to(info.device)
         train_set, val_set, classes = build_datasets(config)
-        data_cfg = config["data"]
-        ignore = int(data_cfg.get("ignore_index", 255))
-        collate = (lambda b: datasets.pad_collate(b, ignore)) if task == "seg" else None
-        workers = int(data_cfg["workers"])
-        sampler = datasets.SeededSampler(train_set, 1, 0, shuffle=True, seed=int(config["seed"]))
-        train_loader = make_loader(train_set, sampler, int(data_cfg["batch_size"]), workers, info,
-                                   drop_last=True, collate=collate)
-        val_loader = make_loader(val_set, datasets.ShardSampler(val_set, 1, 0), int(data_cfg["val_batch_size"]),
-                                 workers, info, drop_last=False, collate=collate)
+        train_data, val_data = train_loader(config, train_set, info), val_loader(config, val_set, info)
         amp = bool(config["train"]["amp"])
-        eval_cfg = config["eval"]
         progress = bool(config["output"]["progress"])
-
-        def validate() -> dict[str, Any]:
-            if task == "seg":
-                return evaluate_seg(model, val_loader, list(classes), ignore, info, eval_cfg["scales"],
-                                    eval_cfg["flip"], eval_cfg["max_batches"], amp, progress)
-            return evaluate_cls(model, val_loader, info, eval_cfg["max_batches"], amp, progress)
-
-        metric = "miou" if task == "seg" else "top1"
-        before = validate()
-        layers, seen = recalibrate_batchnorm(model, train_loader, info.device, batches,
-                                             autocast_for(info, amp) if amp else None)
-        after = validate()
-        state = dict(ckpt)
-        state["model"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        state["metrics"] = {k: v for k, v in after.items() if k != "confusion"}
-        state["bn_recalibration"] = to_json({"source": str(checkpoint), "layers": layers, "images": seen,
-                                             "metric": metric, "before": before[metric], "after": after[metric]})
+        metric = METRIC[task]
+        before = evaluate(model, val_data, config, classes, info, amp, progress)
+        layers, seen = recalibrate_batchnorm(model, train_data.loader, info.device, batches,
+                                             distributed.autocast(info, amp) if amp else None)
+        after = evaluate(model, val_data, config, classes, info, amp, progress)
+        state.model = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        state.metrics = without_confusion(after)
+        state.bn_recalibration = to_json({"source": str(checkpoint), "layers": layers, "images": seen,
+                                          "metric": metric, "before": before[metric], "after": after[metric]})
         out.parent.mkdir(parents=True, exist_ok=True)
-        save_atomic(state, out)
-        label = "mIoU" if task == "seg" else "top-1"
-        print(f"re-estimated {layers} BatchNorm layers over {seen} training images: val {label} "
+        save_atomic(state.to_dict(), out)
+        print(f"re-estimated {layers} BatchNorm layers over {seen} training images: val {METRIC_LABEL[metric]} "
               f"{100 * before[metric]:.2f} -> {100 * after[metric]:.2f}; wrote {out}", flush=True)
         return {"layers": layers, "images": seen, "before": before, "after": after}
     finally:

@@ -1,17 +1,25 @@
-"""Training checkpoints: atomic writes, safe loading, RNG state, weight initialisation.
+"""Training checkpoints: atomic writes, safe loading, the state object, RNG state, weight initialisation.
 
 A checkpoint is a dict of tensors and plain Python values only (the run config travels as a JSON
 string), so it loads with ``torch.load(weights_only=True)``, which never unpickles arbitrary objects.
 
-Keys: format, version, task, model (state dict), model_config (ModelConfig fields), config (JSON),
-classes, palette, mean, std, epoch (completed epochs), step, best_metric, metric_name, metrics,
-history, optimizer, scheduler, scaler, rng.
+The file layout of a training run's checkpoint is :class:`CheckpointState` (``to_dict``): format,
+version, task, model (state dict), model_config (ModelConfig fields), config (JSON), classes,
+palette, mean, std, epoch (completed epochs), epochs, budget_applied, step, metric_name, metrics,
+best_metric, best_epoch, history, optimizer, scheduler, scaler, rng, elapsed (and bn_recalibration
+after ``train-seg recalibrate-bn``). Other writers (packed_init's encoder checkpoints) share the
+format marker and the model/model_config keys only.
+
+One reading contract: :func:`load_checkpoint` returns the validated dict; :func:`model_from_checkpoint`
+rebuilds the network from it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +62,88 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
+def model_from_checkpoint(ckpt: dict[str, Any], source: str | Path, task: str | None = None,
+                          needed_by: str = "this") -> nn.Module:
+    """The network a checkpoint describes (its model_config) with its weights, in eval mode.
+
+    ``task``: the task the caller (``needed_by``, for the message) needs, "seg" or "cls"; None: any.
+    A DDP "module." prefix is dropped. InputError naming ``source`` when the task, config or state
+    dict does not fit.
+    """
+    from ..models import create_model
+
+    if task is not None and ckpt.get("task", task) != task:
+        raise InputError(f"{source} is a {ckpt.get('task')} checkpoint; {needed_by} needs a {task} one")
+    state, config = ckpt.get("model"), ckpt.get("model_config")
+    if not isinstance(state, dict) or not isinstance(config, dict):
+        raise InputError(f"{source}: checkpoint lacks the model state dict or the model config")
+    try:
+        model = create_model({**config, "task": task} if task is not None else config)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{source}: bad model config in checkpoint: {exc}") from None
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        detail = str(exc).strip().splitlines()[-1].strip()
+        raise InputError(f"{source}: state dict does not match the model config ({detail})") from None
+    if missing or unexpected:
+        raise InputError(f"{source}: state dict does not match the model config (missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]})")
+    return model.eval()
+
+
+@dataclass(kw_only=True)
+class CheckpointState:
+    """A training run's checkpoint: what ``last.pt`` / ``best.pt`` hold, and what a resume restores.
+
+    ``to_dict`` is the file layout (plain data and tensors only, see the module docstring);
+    ``from_dict`` reads it back, with the defaults of checkpoints written before a field existed.
+    """
+
+    task: str
+    model: dict[str, torch.Tensor]
+    model_config: dict[str, Any]
+    config: str  # the run config as JSON (config.to_json)
+    classes: list[str]
+    palette: Any
+    mean: list[float]
+    std: list[float]
+    epoch: int  # completed epochs
+    epochs: int  # planned epochs (after a time budget: the fitted count)
+    budget_applied: bool
+    step: int
+    metric_name: str
+    metrics: dict[str, Any]
+    best_metric: float | None
+    best_epoch: int | None
+    history: list[dict[str, Any]]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    scaler: dict[str, Any]
+    rng: list[dict[str, Any]]  # one rng_state() per rank
+    elapsed: float  # wall seconds of the whole run so far, across resumes
+    bn_recalibration: str | None = None  # JSON record of train-seg recalibrate-bn, when it wrote the file
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"format": FORMAT, "version": VERSION}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name != "bn_recalibration" or value is not None:
+                out[field.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, ckpt: dict[str, Any]) -> CheckpointState:
+        defaults = {"epochs": ckpt.get("epoch", 0), "budget_applied": False, "scaler": {}, "elapsed": 0.0,
+                    "best_metric": None, "best_epoch": None, "history": [], "metrics": {}, "palette": None}
+        names = {f.name for f in dataclasses.fields(cls)}
+        missing = sorted(names - set(ckpt) - set(defaults) - {"bn_recalibration"})
+        if missing:
+            raise InputError(f"not a training run's checkpoint: no {', '.join(missing)}")
+        return cls(**{**defaults, **{k: v for k, v in ckpt.items() if k in names}})
+
+
 # --------------------------------------------------------------------------- RNG state
 
 def rng_state() -> dict[str, Any]:
@@ -62,7 +152,7 @@ def rng_state() -> dict[str, Any]:
     version, py_state, gauss = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+        "numpy": {"keys": torch.from_numpy(np.asarray(keys).astype(np.int64)), "pos": int(pos),
                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
         "python": {"version": int(version), "state": list(py_state), "gauss": gauss},
     }

@@ -417,3 +417,23 @@ def from_json(text: str) -> dict[str, Any]:
 
 def dump_yaml(config: Mapping[str, Any]) -> str:
     return yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=False)
+
+
+def model_config_for(config: Mapping[str, Any], num_classes: int) -> dict[str, Any]:
+    """The config's ``model`` section with task and num_classes filled in from the data."""
+    from ..models import REFERENCE_MODELS, ModelConfig
+
+    fields = dict(config["model"])
+    given = fields.get("num_classes")
+    if given is not None and int(given) != num_classes:
+        raise InputError(f"model.num_classes is {given} but the data has {num_classes} classes")
+    fields.update(task=config["task"], num_classes=num_classes)
+    if fields.get("arch") in REFERENCE_MODELS:
+        # A full-precision comparison network: only its name and class count define it.
+        if config["task"] != "seg":
+            raise InputError(f"model.arch {fields['arch']!r} is a segmentation network; use train-seg")
+        return {"arch": fields["arch"], "task": "seg", "num_classes": num_classes}
+    try:
+        return ModelConfig.from_dict(fields).to_dict()
+    except (TypeError, ValueError) as exc:
+        raise InputError(str(exc)) from None

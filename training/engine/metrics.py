@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, overload
 
+import numpy as np
 import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
@@ -35,10 +36,23 @@ class SegmentationLoss(nn.Module):
         return total
 
 
-def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:
-    """int64 [num_classes, num_classes], rows = ground truth, columns = prediction; ignored pixels skipped."""
+@overload
+def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor: ...
+@overload
+def confusion_matrix(pred: np.ndarray, target: np.ndarray, num_classes: int, ignore_index: int) -> np.ndarray: ...
+def confusion_matrix(pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray, num_classes: int,
+                     ignore_index: int) -> torch.Tensor | np.ndarray:
+    """int64 [num_classes, num_classes], rows = ground truth, columns = prediction; ignored pixels skipped.
+
+    Tensors (any device, the training evaluation) or numpy arrays of any integer type (masks from the
+    packed runtime); the result is of the inputs' kind.
+    """
+    if isinstance(pred, np.ndarray):
+        return confusion_matrix(torch.from_numpy(pred.astype(np.int64)), torch.from_numpy(np.asarray(target, np.int64)),
+                                num_classes, ignore_index).numpy()
+    assert isinstance(target, torch.Tensor)
     keep = target != ignore_index
-    index = target[keep] * num_classes + pred[keep]
+    index = target[keep].long() * num_classes + pred[keep].long()
     return torch.bincount(index, minlength=num_classes * num_classes).view(num_classes, num_classes)
 
 

@@ -11,7 +11,8 @@ from torch import nn
 
 def param_groups(model: nn.Module, lr: float, head_lr_mult: float) -> list[dict[str, Any]]:
     """Encoder parameters ("encoder.*") at ``lr``; everything else (head, classifier) at lr * head_lr_mult."""
-    encoder, head = [], []
+    encoder: list[nn.Parameter] = []
+    head: list[nn.Parameter] = []
     for name, param in model.named_parameters():
         if param.requires_grad:
             (encoder if name.startswith("encoder.") else head).append(param)

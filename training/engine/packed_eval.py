@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from .metrics import confusion_matrix, segmentation_scores
 from .runlog import format_seg_report
 
 
-def load_packed_with_config(model_path: str | Path, config_path: str | Path, overrides: list[tuple[str, Any]],
+def load_packed_with_config(model_path: str | Path, config_path: str | Path, overrides: Iterable[tuple[str, Any]],
                             threads: int | None, progress: bool | None) -> tuple[dict[str, Any], Any, bool]:
     """(config, loaded PackedModel, progress flag) for a packed model scored on a config's data; the
     model's classes must match the config's. ``progress`` None: the config's output.progress."""
@@ -42,7 +43,7 @@ def load_packed_with_config(model_path: str | Path, config_path: str | Path, ove
     return config, model, progress
 
 
-def evaluate_packed(model_path: str | Path, config_path: str | Path | None, overrides: list[tuple[str, Any]] = (),
+def evaluate_packed(model_path: str | Path, config_path: str | Path | None, overrides: Iterable[tuple[str, Any]] = (),
                     output: str | Path | None = None, threads: int | None = None,
                     progress: bool | None = None) -> dict[str, Any]:
     """mIoU, per-class IoU, pixel accuracy and per-image latency of a packed model on a config's val split."""
@@ -60,8 +61,7 @@ def evaluate_packed(model_path: str | Path, config_path: str | Path | None, over
         start = time.perf_counter()
         pred = model.predict(rgb, flip=flip)
         seconds.append(time.perf_counter() - start)
-        cm += confusion_matrix(torch.from_numpy(pred.astype(np.int64)), torch.from_numpy(mask.astype(np.int64)),
-                               len(classes), ignore)
+        cm += torch.from_numpy(confusion_matrix(pred, mask, len(classes), ignore))
     scores = segmentation_scores(cm, classes)
     scores["model"] = str(model_path)
     scores["images"] = len(val_set)

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from .. import data as datasets
 from ..data.errors import InputError
+from .metrics import confusion_matrix
 from .packed_eval import load_packed_with_config
 
 # The grid: radius in pixels of the resized image, eps on colours in [0, 1], clip on centred logits.
@@ -36,12 +37,6 @@ def candidate_filters() -> list[dict[str, Any] | None]:
     """None (no filter) and every guided filter of the grid."""
     grid = [{"radius": r, "eps": e, "subsample": SUBSAMPLE, "clip": c} for r, e, c in itertools.product(RADII, EPS, CLIPS)]
     return [None, *grid]
-
-
-def _confusion(pred: np.ndarray, target: np.ndarray, classes: int, ignore: int) -> np.ndarray:
-    keep = target != ignore
-    index = target[keep].astype(np.int64) * classes + pred[keep].astype(np.int64)
-    return np.bincount(index, minlength=classes * classes).reshape(classes, classes)
 
 
 def _binary_confusions(margin: np.ndarray, target: np.ndarray, biases: tuple[float, ...]) -> np.ndarray:
@@ -100,7 +95,7 @@ def tune_postprocess(model_path: str | Path, config_path: str | Path | None, ove
             if n == 2:
                 cms[fi] += _binary_confusions(scores[..., 1] - scores[..., 0], target, biases)
             else:
-                cms[fi, 0] += _confusion(scores.argmax(axis=2), target, n, ignore)
+                cms[fi, 0] += confusion_matrix(scores.argmax(axis=2), target, n, ignore)
     rows = []
     for (fi, gf), (bi, bias) in itertools.product(enumerate(filters), enumerate(biases)):
         rows.append({"guided_filter": gf, "bias": float(bias), "miou": _miou(cms[fi, bi]),

@@ -44,9 +44,10 @@ def _scores(cm: np.ndarray) -> dict[str, float]:
 
 
 def _confusion(pred: np.ndarray, truth: np.ndarray, ignore: int) -> np.ndarray:
-    keep = truth != ignore
-    index = truth[keep].astype(np.int64) * 2 + (pred[keep] > 0).astype(np.int64)
-    return np.bincount(index, minlength=4).reshape(2, 2)
+    """Person (any non-zero prediction) against the rest, as a 2x2 confusion matrix."""
+    from ..engine.metrics import confusion_matrix
+
+    return confusion_matrix((pred > 0).astype(np.int64), truth, 2, ignore)
 
 
 def _val_pairs(config_path: str, split: str | None, root: str | None) -> tuple[Any, int]:
@@ -72,7 +73,11 @@ def mediapipe_masks(python: str, model: str, files: Sequence[str], workdir: Path
     listing.write_text("\n".join(files))
     out = workdir / model
     _run([python, str(RUNNER), "masks", "--model", model, "--list", str(listing), "--out", str(out)])
-    return [cv2.imread(str(out / f"{i}.png"), cv2.IMREAD_GRAYSCALE) for i in range(len(files))]
+    masks = [cv2.imread(str(out / f"{i}.png"), cv2.IMREAD_GRAYSCALE) for i in range(len(files))]
+    unread = [i for i, mask in enumerate(masks) if mask is None]
+    if unread:
+        raise RuntimeError(f"MediaPipe ({model}) wrote no readable mask for {files[unread[0]]}")
+    return [mask for mask in masks if mask is not None]
 
 
 def _run(command: list[str]) -> str:
