@@ -103,6 +103,10 @@ def test_demo_page_live_overlay_and_upload(server, browser):
     while first | {"refine": False} not in ws_settings and time.monotonic() < deadline:
         page.wait_for_timeout(100)
     assert ws_settings[-1] == first | {"refine": False}, ws_settings
+    page.uncheck("#smooth")  # "Steady masks": the stream's temporal smoothing
+    while first | {"refine": False, "smooth": False} not in ws_settings and time.monotonic() < deadline:
+        page.wait_for_timeout(100)
+    assert ws_settings[-1] == first | {"refine": False, "smooth": False}, ws_settings
 
     page.set_input_files("#upload-file", str(PERSON_IMAGES[0]))
     page.click("#upload-form button[type=submit]")
