@@ -240,7 +240,8 @@ async def ws_segment(websocket: WebSocket, model: str | None = None, api_key: st
         service.metrics.add("ws_connections", -1)
         service.websockets -= 1
         websocket.state.log_extra = {"model": session.model.name, "frames_received": session.received,
-                                     "frames_processed": session.processed, "frames_dropped": session.dropped}
+                                     "frames_processed": session.processed, "frames_dropped": session.dropped,
+                                     "format": session.output, "smooth": session.stream.smooth}
         if websocket.application_state == WebSocketState.CONNECTED and \
                 websocket.client_state == WebSocketState.CONNECTED:
             with contextlib.suppress(Exception):
