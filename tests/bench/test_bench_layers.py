@@ -8,22 +8,51 @@ import pytest
 
 pytest.importorskip("torch")
 
+from seg_bench import layers as bench_layers  # noqa: E402
 from seg_service import kernels  # noqa: E402
-from training import bench_layers  # noqa: E402
 
 TINY = bench_layers.LayerShape("8x8x64->64 d2", "seg512", 8, 8, 64, 64, dilation=2)
 
 
-def test_default_shapes_are_the_issue_shapes():
-    described = [(s.height, s.in_channels, s.out_channels, s.dilation, s.group) for s in bench_layers.DEFAULT_SHAPES]
-    assert described == [
-        (56, 64, 64, 1, "resnet18"), (28, 128, 128, 1, "resnet18"), (14, 256, 256, 1, "resnet18"),
-        (7, 512, 512, 1, "resnet18"), (128, 64, 64, 1, "seg512"), (64, 128, 128, 1, "seg512"),
-        (64, 256, 256, 2, "seg512"), (64, 512, 512, 4, "seg512"),
-    ]
-    assert bench_layers.DEFAULT_SHAPES[1].binary_macs == 28 * 28 * 128 * 128 * 9
+def stride1_binary_convs(task: str, size: int, **config) -> set[tuple[int, int, int, int]]:
+    """(input height, in, out channels, dilation) of every stride-1 3x3 binary conv of Group-Net
+    ResNet-18 on a size x size input (shapes only: the model runs on the meta device)."""
+    import torch
+
+    from training.binary import BinaryConv2d
+    from training.models import create_model
+
+    model = create_model(arch="groupnet_resnet18", task=task, num_classes=2, k=1, **config)
+    found: set[tuple[int, int, int, int]] = set()
+
+    def record(conv, inputs, _output):
+        if conv.kernel_size in (3, (3, 3)) and conv.stride in (1, (1, 1)):
+            dilation = conv.dilation[0] if isinstance(conv.dilation, tuple) else conv.dilation
+            found.add((inputs[0].shape[-2], conv.in_channels, conv.out_channels, dilation))
+
+    for conv in model.modules():
+        if isinstance(conv, BinaryConv2d):
+            conv.register_forward_hook(record)
+    with torch.no_grad():
+        model.to("meta")(torch.empty(1, 3, size, size, device="meta"))
+    return found
 
 
+def test_default_shapes_are_layers_of_the_networks_they_name():
+    """Each benchmark shape is a real 3x3 layer: ResNet-18 on ImageNet's 224 input, and the
+    segmentation network (output stride 8, dilated layer3/4 without BPAC) on a 512 input."""
+    networks = {"resnet18": stride1_binary_convs("cls", 224),
+                "seg512": stride1_binary_convs("seg", 512, output_stride=8, bpac=False, head="fcn")}
+    for shape in bench_layers.DEFAULT_SHAPES:
+        assert shape.height == shape.width
+        assert (shape.height, shape.in_channels, shape.out_channels, shape.dilation) in networks[shape.group], shape
+    # one shape per stage of each network
+    assert sorted(s.in_channels for s in bench_layers.DEFAULT_SHAPES) == [64, 64, 128, 128, 256, 256, 512, 512]
+    shape = bench_layers.DEFAULT_SHAPES[1]
+    assert shape.binary_macs == shape.height * shape.width * shape.in_channels * shape.out_channels * 9
+
+
+@pytest.mark.slow
 def test_run_layer_benchmark_rows_and_derived_figures():
     rows = bench_layers.run_layer_benchmark(shapes=[TINY], threads=(1, 2), repeats=1, warmup=0)
     isas = kernels.available_isas()
@@ -94,6 +123,7 @@ def test_target_summary_names_the_missing_shape():
     assert all(line.endswith("met") for line in met)
 
 
+@pytest.mark.slow
 def test_main_writes_table_and_json(tmp_path, capsys):
     out = tmp_path / "layers.json"
     isa = kernels.available_isas()[0]

@@ -3,7 +3,7 @@
 Three independent computations of one binary 3x3 conv (float in, sign with zero -> +1, +1 padding,
 +-1 weights, per-channel mul/bias epilogue) must agree: a float64 torch reference on explicitly
 padded signs, our kernels on every ISA path, and the OpenVINO FakeQuantize -> BinaryConvolution
-graph from ``training.bench_layers``. Otherwise the benchmark would compare unequal work.
+graph from ``seg_bench.layers``. Otherwise the benchmark would compare unequal work.
 """
 
 from __future__ import annotations
@@ -16,8 +16,10 @@ pytest.importorskip("openvino", reason="openvino is not installed (pip install '
 
 import torch.nn.functional as F  # noqa: E402
 
+from seg_bench import layers as bench_layers  # noqa: E402
 from seg_service import kernels  # noqa: E402
-from training import bench_layers  # noqa: E402
+
+pytestmark = pytest.mark.slow  # see README, Tests: excluded by -m "not slow"
 
 # (height, width, in_channels, out_channels, dilation). OpenVINO's u1 path needs channel counts that
 # are a multiple of 8 (the benchmark's are multiples of 64); 40 and 72 leave our 64-bit words partly

@@ -24,7 +24,9 @@ pytest.importorskip(
     "openvino", reason="openvino is not installed (pip install '.[bench]'): no refusal to classify"
 )
 
-from training import bench_layers  # noqa: E402
+from seg_bench import layers as bench_layers  # noqa: E402
+
+pytestmark = pytest.mark.slow  # see README, Tests: excluded by -m "not slow"
 
 REPO = Path(__file__).resolve().parents[2]
 AVX2_CAP = {"OV_CPU_MAX_ISA": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
@@ -34,7 +36,7 @@ TAKEN = (10, 9, 40, 16, 2)
 
 PROBE = textwrap.dedent("""
     import json, sys
-    from training import bench_layers as b
+    from seg_bench import layers as b
     result = {}
     for key, (h, w, cin, cout, d) in json.loads(sys.argv[1]).items():
         inputs = b.make_layer_inputs(b.LayerShape(key, "test", h, w, cin, cout, d))
@@ -67,7 +69,8 @@ def capped_probe() -> dict[str, dict[str, str]]:
     impl = probe["taken"].get("impl", "")
     if "avx2" not in impl:
         pytest.skip(
-            f"this OpenVINO or CPU does not run its AVX2 binary convolution under OV_CPU_MAX_ISA=AVX2 ({probe})"
+            "this OpenVINO or CPU does not run its AVX2 binary convolution under "
+            f"OV_CPU_MAX_ISA=AVX2 ({probe})"
         )
     return probe
 
@@ -127,7 +130,7 @@ def test_seg_bench_layers_reports_na_and_keeps_the_other_figures(capped_probe, t
     done = run_capped(
         [
             "-m",
-            "training.bench",
+            "seg_bench.bench",
             "layers",
             "--group",
             "seg512",

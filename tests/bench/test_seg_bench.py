@@ -9,8 +9,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from seg_bench import bench  # noqa: E402
 from seg_service import kernels  # noqa: E402
-from training import bench  # noqa: E402
 
 
 @pytest.fixture()
@@ -48,6 +48,7 @@ def test_memory_probe_reports_a_failure():
         bench.measure_peak_memory(spec)
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("restore_threads")
 def test_layers_part_writes_json(tmp_path, capsys):
     out = tmp_path / "layers.json"
@@ -61,6 +62,7 @@ def test_layers_part_writes_json(tmp_path, capsys):
     assert len(data["layers"]["rows"]) == 4 and data["layers"]["targets"]
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("restore_threads")
 def test_model_part_with_shipped_model_and_memory(tmp_path, capsys, packed_model_path):
     out = tmp_path / "model.json"
@@ -100,6 +102,7 @@ def test_model_targets_summary():
     assert bench.summarize_model_targets(result, threads=2)[0].endswith("MISSED")
 
 
+@pytest.mark.slow
 def test_postprocess_part_times_the_shipped_person_model_both_ways(tmp_path, capsys, restore_threads):
     out = tmp_path / "post.json"
     assert bench.main(["postprocess", "--repeats", "1", "--sizes", "64x48", "96x64", "--threads", "1",

@@ -8,10 +8,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from seg_bench.bench import main, parse_size  # noqa: E402
 from seg_service import kernels  # noqa: E402
-from training.bench import main, parse_size  # noqa: E402
 
 
+@pytest.mark.slow
 def test_seg_bench_tiny_run(tmp_path, capsys):
     out = tmp_path / "bench.json"
     argv = ["model", "--k", "2", "--width", "0.25", "--head", "psp", "--sizes", "64x48", "80x72", "--repeats", "1",

@@ -9,7 +9,7 @@ Everything is measured here, in one run, from files in the repository and the re
 - training curves from the runs' ``log.csv`` files, per-class IoU, validation examples, and the
   accuracy-against-latency chart.
 
-    python -m training.results --data ../shared/data --ablation-gnpk DIR --threads 2 [--rounds 3]
+    python -m seg_bench.results --data ../shared/data --ablation-gnpk DIR --threads 2 [--rounds 3]
 
 Writes ``docs/img/*.png`` and ``docs/results/results.json`` and prints the Markdown tables.
 """
@@ -22,6 +22,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,7 @@ def test_image(width: int, height: int) -> np.ndarray:
     import cv2
 
     bgr = cv2.imread(str(REPO / "tests/data/ccp/images/0001.jpg"), cv2.IMREAD_COLOR)
+    assert bgr is not None, "tests/data/ccp/images/0001.jpg is missing"
     return np.ascontiguousarray(cv2.resize(bgr, (width, height), interpolation=cv2.INTER_AREA)[:, :, ::-1])
 
 
@@ -90,22 +92,22 @@ def packed_latency(path: Path, repeats: int, raw: bool = False) -> dict[str, flo
         if raw:
             x = np.zeros((-(-h // 32) * 32, -(-w // 32) * 32, 3), np.float32)
             x[:h, :w] = (image / 255.0 - np.float32(model.input_spec["mean"])) / np.float32(model.input_spec["std"])
-            out[f"{w}x{h}"] = median_ms(lambda x=x: model.forward(x), repeats)
+            out[f"{w}x{h}"] = median_ms(partial(model.forward, x), repeats)
         elif model.postprocess:
             # with and without the stored post-processing, call by call, so load bursts hit both
-            both = median_ms_interleaved([lambda image=image: model.predict(image),
-                                          lambda image=image: model.predict(image, refine=False)], repeats)
+            both = median_ms_interleaved([partial(model.predict, image),
+                                          partial(model.predict, image, refine=False)], repeats)
             out[f"{w}x{h}"], out[f"{w}x{h} refine=false"] = both
         else:
-            out[f"{w}x{h}"] = median_ms(lambda image=image: model.predict(image), repeats)
+            out[f"{w}x{h}"] = median_ms(partial(model.predict, image), repeats)
     return out
 
 
 def torch_model(config_path: Path, num_classes: int):
     """The PyTorch network of a run's config in eval mode (random weights: time and size do not
     depend on them)."""
-    from .engine.config import load_config, model_config_for
-    from .models import create_model
+    from training.engine.config import load_config, model_config_for
+    from training.models import create_model
 
     return create_model(model_config_for(load_config("seg", config_path, []), num_classes)).eval()
 
@@ -120,21 +122,19 @@ def torch_latency(config_path: Path, num_classes: int, repeats: int) -> dict[str
         for w, h in SIZES:
             # Inputs padded to a multiple of 32, as the packed runtime pads (smp requires it).
             x = torch.randn(1, 3, -(-h // 32) * 32, -(-w // 32) * 32)
-            out[f"{w}x{h}"] = median_ms(lambda x=x: model(x), repeats)
+            out[f"{w}x{h}"] = median_ms(partial(model, x), repeats)
     return out
 
 
 def isolated_latency(kind: str, target: Path, repeats: int, threads: int, raw: bool = False) -> dict[str, float]:
-    """Latency measured in a fresh process: the kernels' thread pool and PyTorch's OpenMP pool both
-    spin after their work, so timing them in one process makes each slow the other down."""
+    """Latency measured in a fresh process (seg_bench.latency_probe): the kernels' thread pool and
+    PyTorch's OpenMP pool both spin after their work, so timing them in one process makes each slow
+    the other down."""
     import subprocess
 
-    code = (f"import json, torch; torch.set_num_threads({threads});"
-            f"from seg_service.runtime import set_num_threads; set_num_threads({threads});"
-            f"from training.results import packed_latency, torch_latency; from pathlib import Path;"
-            + (f"print(json.dumps(packed_latency(Path({str(target)!r}), {repeats}, raw={raw})))" if kind == "packed"
-               else f"print(json.dumps(torch_latency(Path({str(target)!r}), 2, {repeats})))"))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    command = [sys.executable, "-m", "seg_bench.latency_probe", kind, str(target), "--repeats", str(repeats),
+               "--threads", str(threads), *(["--raw"] if raw else [])]
+    out = subprocess.run(command, capture_output=True, text=True, check=True, cwd=REPO)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -238,7 +238,7 @@ def plot_tradeoff(rows: list[dict[str, Any]], size: str, out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.results", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m seg_bench.results", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"), help="folder with ccp/ and camvid/")
     parser.add_argument("--weights", default=str(REPO / "weights"), help="folder with the shipped .gnpk files")
     parser.add_argument("--ablation-gnpk", help="folder with the ablation runs' exported .gnpk files "
@@ -255,8 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from seg_service.runtime import set_num_threads
-
-    from .engine.packed_eval import evaluate_packed
+    from training.engine.packed_eval import evaluate_packed
 
     torch.set_num_threads(args.threads)
     set_num_threads(args.threads)
@@ -294,8 +293,8 @@ def main(argv: list[str] | None = None) -> int:
                 out / "img" / "curves_camvid.png")
 
     # Validation examples.
-    from .data import build_seg_dataset
-    from .engine.config import load_config
+    from training.data import build_seg_dataset
+    from training.engine.config import load_config
 
     for name, config, picks in (("person", "ccp_person_w05k4", (3, 41, 77)), ("camvid", "camvid_w05k4", (5, 50, 90))):
         cfg = load_config("seg", configs / f"{config}.yaml", [("data.root", str(data / config.split("_")[0]))])
@@ -312,9 +311,9 @@ def main(argv: list[str] | None = None) -> int:
                                "metric": summary["best_metric"],
                                "train_seconds": summary["seconds"], "parameters": summary["parameters"]}
         if engine == "packed":
-            path = abl_gnpk / f"{key}.gnpk" if abl_gnpk else None
-            if path is None or not path.is_file():
-                path = _random_export(RUNS / "ablation" / key / "config.yaml", out / "results" / f"{key}.gnpk")
+            given = abl_gnpk / f"{key}.gnpk" if abl_gnpk else None
+            path = (given if given is not None and given.is_file()
+                    else _random_export(RUNS / "ablation" / key / "config.yaml", out / "results" / f"{key}.gnpk"))
             latency_jobs.append((row, ("packed", path, True)))
             row["size_mb"] = path.stat().st_size / 1e6
             if abl_gnpk and (abl_gnpk / f"{key}.gnpk").is_file():
@@ -361,9 +360,9 @@ def _random_export(config_path: Path, out: Path) -> Path:
     """Export the row's network with random weights: its packed latency and size equal the trained one's."""
     import torch
 
-    from .engine.config import load_config, model_config_for
-    from .export import export_model
-    from .models import create_model
+    from training.engine.config import load_config, model_config_for
+    from training.export import export_model
+    from training.models import create_model
 
     torch.manual_seed(0)
     config = load_config("seg", config_path, [])

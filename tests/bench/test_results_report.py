@@ -1,12 +1,10 @@
-"""training.results: the Markdown tables it writes into docs/results.md come from results.json."""
+"""seg_bench.results: the Markdown tables it writes into docs/results.md come from results.json."""
 
 from __future__ import annotations
 
 import json
 
-from train_helpers import REPO
-
-from training.results import markdown_tables, replace_marked
+from seg_bench.results import REPO, markdown_tables, replace_marked
 
 
 def test_tables_match_the_recorded_results():
@@ -17,7 +15,7 @@ def test_tables_match_the_recorded_results():
     person = results["shipped"]["person"]
     assert f"| person | {100 * person['miou']:.2f} |" in shipped
     doc = (REPO / "docs/results.md").read_text()
-    assert shipped in doc and ablation in doc, "docs/results.md is out of date: run python -m training.results"
+    assert shipped in doc and ablation in doc, "docs/results.md is out of date: run python -m seg_bench.results"
 
 
 def test_replace_marked_keeps_the_prose():

@@ -19,7 +19,7 @@ Each engine is timed in blocks of consecutive runs, after warm-up runs, in sever
 MACs per second per core count ``Ho*Wo*Cout*Cin*9`` multiply-adds per call, divided by the
 thread count.
 
-    python -m training.bench_layers [--quick] [--threads 1 2] [--repeats 30] [--json FILE]
+    python -m seg_bench.layers [--quick] [--threads 1 2] [--repeats 30] [--json FILE]
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
+from typing import Any
 
 import numpy as np
 
@@ -153,7 +154,7 @@ def ours_api_name() -> str:
 # --- PyTorch ----------------------------------------------------------------------------------
 
 
-def torch_call(inputs: LayerInputs) -> Callable[[], np.ndarray]:
+def torch_call(inputs: LayerInputs) -> Callable[[], Any]:
     """fp32 F.conv2d on the binarised input with the epilogue folded into weights and bias."""
     import torch
     import torch.nn.functional as F
@@ -167,7 +168,7 @@ def torch_call(inputs: LayerInputs) -> Callable[[], np.ndarray]:
     weight = torch.from_numpy(inputs.weight_sign * inputs.mul[:, None, None, None])
     bias = torch.from_numpy(inputs.bias)
 
-    def run() -> np.ndarray:
+    def run() -> torch.Tensor:
         with torch.inference_mode():
             return F.conv2d(x, weight, bias, stride=1, padding=0, dilation=s.dilation)
 
@@ -499,12 +500,12 @@ def run_layer_benchmark(
                 # Check all engines computed the same output before timing them.
                 kernels.set_isa(isas[0])
                 reference = np.asarray(calls[f"ours:{isas[0]}"]())
-                diffs = {"torch": _max_abs_diff(calls["torch"]().numpy()[0].transpose(1, 2, 0), reference)}
+                diffs = {"torch": _max_abs_diff(np.asarray(calls["torch"]())[0].transpose(1, 2, 0), reference)}
                 if openvino_layer is not None:
                     diffs["openvino"] = _max_abs_diff(openvino_layer.output_nhwc(), reference)
                 for path in isas[1:]:
                     kernels.set_isa(path)
-                    diffs[path] = _max_abs_diff(calls[f"ours:{path}"](), reference)
+                    diffs[path] = _max_abs_diff(np.asarray(calls[f"ours:{path}"]()), reference)
 
                 medians = _time_in_blocks(calls, before, after, repeats, warmup,
                                           settle=SETTLE_SECONDS if thread_count > 1 else 0.0)
@@ -650,7 +651,7 @@ def environment_lines() -> list[str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The layer benchmark's options (shared by ``python -m training.bench_layers`` and ``seg-bench layers``)."""
+    """The layer benchmark's options (shared by ``python -m seg_bench.layers`` and ``seg-bench layers``)."""
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts (default: 1 2)")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per engine (default 30; 3 with --quick)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed warm-up runs per block (default 2; 1 with --quick)")
@@ -694,14 +695,14 @@ def run_from_args(args: argparse.Namespace, command: str) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m training.bench_layers",
+        prog="python -m seg_bench.layers",
         description="Per-layer binary 3x3 conv benchmark: ours vs PyTorch fp32 vs OpenVINO binary conv "
                     "(the `layers` part of seg-bench).",
     )
     add_arguments(parser)
     parser.add_argument("--json", metavar="FILE", help="also write environment and rows as JSON")
     args = parser.parse_args(argv)
-    command = " ".join(["python -m training.bench_layers", *(sys.argv[1:] if argv is None else argv)])
+    command = " ".join(["python -m seg_bench.layers", *(sys.argv[1:] if argv is None else argv)])
     try:
         result = run_from_args(args, command)
     except ValueError as error:

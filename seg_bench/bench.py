@@ -5,7 +5,7 @@
     seg-bench all    [--quick] [--json FILE]          (both parts with their defaults; also: no subcommand)
     seg-bench postprocess [--packed weights/person.gnpk] [--sizes ...] [--repeats 40] [--json FILE]
 
-**layers** (``training.bench_layers``): one binary 3x3 convolution at ResNet-18 and segmentation
+**layers** (``seg_bench.layers``): one binary 3x3 convolution at ResNet-18 and segmentation
 shapes, float in to float out: our kernels (every ISA path) against PyTorch fp32 ``conv2d`` and
 OpenVINO's ``BinaryConvolution``, at 1 and 2 threads.
 
@@ -46,6 +46,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -55,10 +56,10 @@ from torch import nn
 
 from seg_service import kernels
 from seg_service.runtime import RunProfile, load_model, set_num_threads
+from training.export import export_model
+from training.models import ModelConfig, create_model, model_name
 
-from . import bench_layers
-from .export import export_model
-from .models import ModelConfig, create_model, model_name
+from . import layers as bench_layers
 
 DEFAULT_SIZES = ("512x512", "320x240")  # width x height
 QUICK_SIZES = ("320x240",)
@@ -114,59 +115,8 @@ def environment(threads: int) -> dict[str, Any]:
 # Peak memory: one fresh subprocess per engine
 # --------------------------------------------------------------------------------------------
 
-# Run as `python -c PROBE_CODE SPEC_JSON`. Imports only what the engine needs (the runtime probe
-# never imports torch), resets the peak RSS after the imports where Linux allows it
-# (/proc/self/clear_refs), loads the model, runs it `runs` times and prints one JSON line.
-PROBE_CODE = r"""
-import json, sys
-spec = json.loads(sys.argv[1])
-
-def status_mb(field):
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-import numpy as np
-h, w = spec["size"]
-x = np.random.default_rng(0).standard_normal((h, w, 3)).astype(np.float32)
-if spec["engine"] == "runtime":
-    from seg_service.runtime import load_model, set_num_threads
-    set_num_threads(spec["threads"])
-else:
-    import torch
-    torch.set_num_threads(spec["threads"])
-    from training.models import create_model
-    xt = torch.from_numpy(x).permute(2, 0, 1)[None].contiguous()
-peak_reset = True
-try:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-except OSError:
-    peak_reset = False
-base = status_mb("VmRSS")
-if spec["engine"] == "runtime":
-    model = load_model(spec["path"])
-    run = lambda: model.forward(x)
-else:
-    model = create_model(spec["config"]).eval()
-    def run():
-        with torch.inference_mode():
-            return model(xt)
-for _ in range(spec["runs"]):
-    run()
-print(json.dumps({"base_rss_mb": base, "peak_rss_mb": status_mb("VmHWM"), "peak_reset": peak_reset,
-                  "torch_imported": "torch" in sys.modules}))
-"""
-
-
 def measure_peak_memory(spec: dict[str, Any], timeout: float = 600.0) -> dict[str, Any]:
-    """Peak memory of one engine, run in a fresh Python process.
+    """Peak memory of one engine, run in a fresh Python process (seg_bench.memory_probe).
 
     ``spec``: ``engine`` ("runtime" with ``path`` to a packed file, or "torch" with ``config`` for
     ``training.models.create_model``), ``size`` [h, w], ``threads``, ``runs``. Returns
@@ -177,7 +127,7 @@ def measure_peak_memory(spec: dict[str, Any], timeout: float = 600.0) -> dict[st
     repo_root = str(Path(__file__).resolve().parent.parent)
     python_path = os.pathsep.join(p for p in (repo_root, os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, "PYTHONPATH": python_path}
-    done = subprocess.run([sys.executable, "-c", PROBE_CODE, json.dumps(spec)], capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "seg_bench.memory_probe", json.dumps(spec)], capture_output=True,
                           text=True, timeout=timeout, env=env, cwd=repo_root)
     if done.returncode != 0:
         raise RuntimeError(f"memory probe for {spec['engine']} failed: {done.stderr.strip()[-2000:]}")
@@ -293,12 +243,11 @@ def run_model_benchmark(cfg: ModelConfig, sizes: Sequence[tuple[int, int]], repe
                 with torch.inference_mode():
                     return m(xt)
 
-            calls: dict[str, Callable[[], object]] = {"runtime": lambda x=x: runtime.forward(x),
-                                                      "pytorch": torch_call}
+            calls: dict[str, Callable[[], object]] = {"runtime": partial(runtime.forward, x), "pytorch": torch_call}
             for arch, ref in refs.items():
-                calls[arch] = lambda ref=ref: torch_call(ref)
+                calls[arch] = partial(torch_call, ref)
             for key, (_, packed_model) in shipped.items():
-                calls[key] = lambda m=packed_model, x=x: m.forward(x)
+                calls[key] = partial(packed_model.forward, x)
             samples = bench_layers.time_in_blocks(calls, repeats, warmup=1, rounds=MODEL_TIMING_ROUNDS,
                                                   settle=bench_layers.SETTLE_SECONDS if threads > 1 else 0.0)
 
@@ -306,7 +255,7 @@ def run_model_benchmark(cfg: ModelConfig, sizes: Sequence[tuple[int, int]], repe
             agreement = float((ours.argmax(axis=2) == theirs.argmax(axis=2)).mean())
             rel_err = float(np.abs(ours - theirs).max() / max(np.abs(theirs).max(), 1e-12))
             base = statistics.median(samples["runtime"])
-            rows = []
+            rows: list[dict[str, Any]] = []
             for engine, times in samples.items():
                 med = statistics.median(times)
                 rows.append({
@@ -516,7 +465,8 @@ def _postprocess_part(args: argparse.Namespace, parser: argparse.ArgumentParser)
     env = environment(args.threads)
     env["load_average_start"], env["load_average_end"] = load_start, load_average()
     print(f"post-processing cost of {result['model']}: {json.dumps(result['postprocess'])}")
-    print(f"PackedModel.predict on a photo, {args.threads} thread(s), {args.repeats} interleaved pairs, medians; "
+    print(f"PackedModel.predict on a photo, {args.threads} thread(s), "
+        f"{args.repeats} interleaved pairs, medians; "
           f"CPU {env['cpu']}, ISA {env['isa']}")
     print("| size | with it ms | without ms | ratio | paired difference ms |")
     print("|---|---:|---:|---:|---:|")
