@@ -1,12 +1,12 @@
-"""Real components for the client tests: a seg-service subprocess, TCP proxies that add latency or
-refuse WebSocket upgrades, and helpers that run seg-client as its own process, as a user would."""
+"""Real components for the client tests: a seg-service subprocess (tests/server_harness.py), TCP proxies
+that add latency or refuse WebSocket upgrades, and helpers that run seg-client as its own process, as a
+user would."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import queue
-import signal
 import socket
 import subprocess
 import sys
@@ -14,18 +14,12 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
-from die_with_parent import guarded, kill_at_exit
+from server_harness import ROOT, ServerProcess, free_port
 
-ROOT = Path(__file__).resolve().parents[2]
+__all__ = ["API_KEY", "VIDEO", "ClientProcess", "DelayProxy", "ServerProcess", "WebSocketRefusingProxy",
+           "api_key_server", "client_command", "free_port", "run_client"]
 VIDEO = ROOT / "tests" / "data" / "video" / "camvid_0016E5.mp4"
 API_KEY = "client-test-key"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _env() -> dict[str, str]:
@@ -41,63 +35,9 @@ def _console_script(name: str, module: str) -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", module]
 
 
-class ServerProcess:
-    """`seg-service` on a loopback port; can be killed and started again on the same port."""
-
-    def __init__(self, model_dir: Path, log_dir: Path, api_key: str | None = API_KEY) -> None:
-        self.model_dir = model_dir
-        self.port = free_port()
-        self.api_key = api_key
-        self.log_path = log_dir / f"seg-service-{self.port}.log"
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 90.0) -> ServerProcess:
-        env = _env()
-        env.update({"SEG_MODEL_DIR": str(self.model_dir), "SEG_THREADS": "1", "SEG_LOG_LEVEL": "warning"})
-        if self.api_key:
-            env["SEG_API_KEY"] = self.api_key
-        log = self.log_path.open("ab")
-        # Through the launcher: the server dies with this process even where no teardown runs.
-        self.proc = subprocess.Popen(
-            guarded([*_console_script("seg-service", "seg_service.api.cli"), "--host", "127.0.0.1",
-                     "--port", str(self.port)]),
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
-        kill_at_exit(self.proc)
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"seg-service exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                if httpx.get(self.url + "/ready", timeout=1.0).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"seg-service not ready after {timeout:.0f} s:\n{self.log_tail()}")
-
-    def kill(self) -> None:
-        """SIGKILL: the server vanishes without closing its connections, as in a crash."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def log_tail(self, chars: int = 3000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
+def api_key_server(model_dir: Path, log_dir: Path) -> ServerProcess:
+    """A `seg-service` wanting API_KEY (not started; ``.start()`` it)."""
+    return ServerProcess(model_dir, log_dir / "seg-service.log", env={"SEG_API_KEY": API_KEY})
 
 
 def client_command(*args: str | Path) -> list[str]:

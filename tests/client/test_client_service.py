@@ -17,6 +17,7 @@ from client_harness import (
     DelayProxy,
     ServerProcess,
     WebSocketRefusingProxy,
+    api_key_server,
     free_port,
     run_client,
 )
@@ -24,6 +25,8 @@ from client_harness import (
 from client.app import ClientConfig, DemoClient
 from client.capture import video_spec
 from client.transport import Backoff, SegResult, Streamer, inference_options
+
+pytestmark = pytest.mark.slow  # see README, Tests: excluded by -m "not slow"
 
 JPEG_QUALITY = 80  # the client's default: the test sends the server the very same bytes
 HUD_ROWS = 60  # status text lives in the top rows of the picture; compare below them
@@ -190,7 +193,7 @@ def test_flip_option_reaches_the_server_over_both_transports(transport, server):
 
 @pytest.mark.parametrize("transport", ["ws", "rest"])
 def test_refused_model_switch_keeps_the_model_the_server_uses(transport, packed_model_dir, tmp_path, caplog):
-    server = ServerProcess(packed_model_dir, tmp_path).start()
+    server = api_key_server(packed_model_dir, tmp_path).start()
     streamer = Streamer(server.url, API_KEY, transport, "person", backoff=Backoff(0.1, 0.5, 100), timeout=20)
     client = DemoClient(ClientConfig(source=video_spec(str(VIDEO)), headless=True))
     frame = read_video(VIDEO)[0]
@@ -258,7 +261,7 @@ def test_slow_server_drops_frames_instead_of_queueing_them(server, tmp_path):
 
 
 def test_client_survives_a_server_restart(packed_model_dir, tmp_path):
-    server = ServerProcess(packed_model_dir, tmp_path).start()
+    server = api_key_server(packed_model_dir, tmp_path).start()
     stats_path = tmp_path / "stats.json"
     client = ClientProcess(
         "--video", VIDEO, "--loop", "--max-frames", "150", "--headless", "--out", tmp_path / "restart.mp4",

@@ -98,6 +98,7 @@ def test_dot_range_extremes(isa: str, c: int) -> None:
     assert out[0, 0, 0] == -n + 2 * 5 * c  # 5 of 9 taps are padding at a corner
 
 
+@pytest.mark.slow
 def test_matches_torch_conv_with_plus_one_padding(isa: str) -> None:
     torch = pytest.importorskip("torch")
     functional = torch.nn.functional

@@ -48,6 +48,7 @@ def _probe(env_value: str | None) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="page-fault counts and mallopt: Linux only")
 def test_predict_stops_faulting_in_pages_after_warm_up():
     on = _probe(None)

@@ -6,6 +6,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 
 def test_load_model_gives_blas_one_thread(packed_model_path):
     code = textwrap.dedent(f"""
@@ -22,4 +24,6 @@ def test_load_model_gives_blas_one_thread(packed_model_path):
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() in ("after 1", "no-openblas")
+    if out.stdout.strip() == "no-openblas":
+        pytest.skip("numpy's BLAS here is not OpenBLAS (its thread count cannot be read)")
+    assert out.stdout.strip() == "after 1"

@@ -181,6 +181,7 @@ query_values = st.one_of(st.none(), st.text(max_size=12), st.sampled_from(
 @given(data=st.one_of(mutated_image(), st.binary(max_size=2048)),
        fmt=query_values, model=query_values, rle=query_values,
        filename=st.text(max_size=20), content_type=st.sampled_from(["image/jpeg", "image/png", "", "text/plain"]))
+@pytest.mark.slow
 def test_fuzz_segment_never_5xx(server, data, fmt, model, rle, filename, content_type):
     params = {k: v for k, v in (("format", fmt), ("model", model), ("rle", rle)) if v is not None}
     r = httpx.post(server.url + "/segment", params=params,
@@ -196,13 +197,20 @@ def test_fuzz_segment_never_5xx(server, data, fmt, model, rle, filename, content
        body=st.binary(max_size=512),
        content_type=st.sampled_from(["multipart/form-data", "multipart/form-data; boundary=zz",
                                      "application/json", "application/octet-stream"]))
+@pytest.mark.slow
 def test_fuzz_raw_requests_never_5xx(server, path, method, body, content_type):
     r = httpx.request(method, server.url + path, content=body, headers={"content-type": content_type},
                       timeout=60)
     assert r.status_code < 500, (method, path, r.status_code, r.text)
 
 
-def test_server_survived_everything(server):
+def test_server_survives_the_whole_corpus_back_to_back(server):
+    """Every refused upload of this module in a row, the bomb included, then the server is still up,
+    small and clean. Self-contained: it means the same run alone or after the other tests."""
+    for name, (data, expected) in [*CORPUS.items(), ("bomb", (decompression_bomb_png(), 413))]:
+        if expected != 200:
+            r = httpx.post(server.url + "/segment", files={"file": (name, data)}, timeout=120)
+            assert r.status_code == expected, (name, r.status_code, r.text)
     assert server.alive()
     peak = peak_rss_bytes(server.proc.pid)
     assert peak is None or peak < PEAK_RSS_LIMIT, f"server peak RSS {peak / 2**20:.0f} MiB"

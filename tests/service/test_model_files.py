@@ -106,7 +106,7 @@ def test_a_folder_of_one_model_serves_it_as_the_default(packed_model_dir: Path, 
 
 
 def run_until_exit(folder: Path, log: Path, *args: str) -> tuple[int, str]:
-    server = ServerProcess(folder, log, *args)
+    server = ServerProcess(folder, log, *args).launch()
     try:
         code = server.proc.wait(timeout=120)
     finally:
@@ -142,7 +142,7 @@ def wait_for_health(server: ServerProcess) -> None:
 def test_no_model_starts_but_is_not_ready(tmp_path: Path) -> None:
     folder = tmp_path / "empty"
     folder.mkdir()
-    server = ServerProcess(folder, tmp_path / "server.log")
+    server = ServerProcess(folder, tmp_path / "server.log").launch()
     try:
         wait_for_health(server)
         ready = httpx.get(server.url + "/ready")

@@ -1,7 +1,8 @@
 """A server a test starts dies with the test process, however that process ends (SIGKILL, abort).
 
-A parent process holding a server through each test harness (the service tests' and the client
-tests') is killed without any chance to run teardown or atexit; the server must then be gone.
+A parent process holding a server through the test harness (tests/server_harness.py, which the
+service, client and weights tests share) is killed without any chance to run teardown or atexit;
+the server must then be gone.
 """
 
 from __future__ import annotations
@@ -18,20 +19,15 @@ import pytest
 
 from .helpers import ROOT
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
+pytestmark = [pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only"),
+              pytest.mark.slow]
 
 PARENT = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    tests = Path(sys.argv[1])
-    sys.path[:0] = [str(tests), str(tests / "client")]
-    harness, model_dir, log_dir = sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4])
-    if harness == "client":
-        from client_harness import ServerProcess
-        server = ServerProcess(model_dir, log_dir).start()
-    else:
-        from service.helpers import start_server
-        server = start_server(model_dir, log_dir / "server.log")
+    sys.path.insert(0, sys.argv[1])
+    from server_harness import start_server
+    server = start_server(Path(sys.argv[2]), Path(sys.argv[3]) / "server.log")
     print(server.proc.pid, flush=True)
     time.sleep(600)
 """)
@@ -50,10 +46,10 @@ def command_line(pid: int) -> str:
     return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
 
 
-@pytest.mark.parametrize(("harness", "death"), [("client", signal.SIGKILL), ("service", signal.SIGABRT)])
-def test_server_dies_with_the_process_that_started_it(harness, death, packed_model_dir, tmp_path):
+@pytest.mark.parametrize("death", [signal.SIGKILL, signal.SIGABRT])
+def test_server_dies_with_the_process_that_started_it(death, packed_model_dir, tmp_path):
     parent = subprocess.Popen(
-        [sys.executable, "-c", PARENT, str(ROOT / "tests"), harness, str(packed_model_dir), str(tmp_path)],
+        [sys.executable, "-c", PARENT, str(ROOT / "tests"), str(packed_model_dir), str(tmp_path)],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -8,8 +8,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import pytest
 
 from .helpers import DATA, start_server
+
+pytestmark = pytest.mark.slow  # see README, Tests: excluded by -m "not slow"
 
 
 def test_two_workers_each_load_the_models_and_answer(packed_model_dir, tmp_path):

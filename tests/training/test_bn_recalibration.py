@@ -55,6 +55,7 @@ def test_groupnet_layers_are_all_found():
     assert len(layers) == sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) > 10
 
 
+@pytest.mark.slow
 def test_cli_recalibrates_a_trained_checkpoint_and_export_reads_it(tmp_path, capsys):
     runs = tmp_path / "runs"
     assert train_seg_main(["--config", "smoke_seg", "--train.epochs", "1", "--train.steps_per_epoch", "2",
@@ -84,6 +85,7 @@ def test_cli_recalibrates_a_trained_checkpoint_and_export_reads_it(tmp_path, cap
     assert not np.allclose(logits["source"], logits["recalibrated"])
 
 
+@pytest.mark.slow
 def test_cli_refuses_to_overwrite_its_input(tmp_path, capsys):
     runs = tmp_path / "runs"
     assert train_seg_main(["--config", "smoke_seg", "--train.epochs", "1", "--train.steps_per_epoch", "1",
@@ -95,6 +97,7 @@ def test_cli_refuses_to_overwrite_its_input(tmp_path, capsys):
                            "--batches", "0"]) == 2
 
 
+@pytest.mark.slow
 def test_cls_checkpoints_recalibrate_too(tmp_path, capsys):
     from training.cli import train_cls_main
 

@@ -213,6 +213,7 @@ def test_training_refuses_masks_that_disagree_with_the_class_list(ccp_copy, tmp_
 
 # --------------------------------------------------------------------------- start to finish
 
+@pytest.mark.slow
 def test_own_folder_trains_exports_evaluates_and_serves(tmp_path, capsys):
     """docs/training.md "Your own data": the two commands, on a folder of images and masks."""
     folder = make_street_folder(tmp_path / "street")
@@ -257,6 +258,7 @@ def test_own_folder_trains_exports_evaluates_and_serves(tmp_path, capsys):
         assert mask.shape == (360, 480) and int(mask.max()) < len(STREET_CLASSES)
 
 
+@pytest.mark.slow
 def test_an_error_during_training_starts_its_own_line(ccp_copy, tmp_path, capsys):
     # The data check off: the bad labels surface while the epoch's progress bar is on screen.
     code = train_seg_main(["--config", "smoke_seg", "--data.root", str(ccp_copy), "--data.remap", "null",

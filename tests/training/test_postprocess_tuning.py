@@ -45,6 +45,7 @@ def tuned(tmp_path_factory):
     return bare, tuned_path, json.loads(report.read_text())
 
 
+@pytest.mark.slow
 def test_tuning_uses_the_training_split_and_reports_runtime_scores(tuned, capsys):
     bare, tuned_path, report = tuned
     train_names = sorted(p.stem for p in (CCP / "images").glob("*.jpg") if p.stem <= "0904")

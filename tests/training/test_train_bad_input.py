@@ -96,6 +96,7 @@ for attempt in range(3):
 """
 
 
+@pytest.mark.slow
 def test_bad_mask_in_workers_with_progress_bars_ends_with_its_error(ccp_copy, tmp_path):
     """Issue 15: such a run hung in tqdm.write on tqdm's lock. With workers and progress bars on and the
     data check off (so a worker meets the RGB mask), every run ends with the one-line error on a line

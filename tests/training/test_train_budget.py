@@ -27,6 +27,7 @@ def test_fit_epochs_to_budget_arithmetic():
     assert fit_epochs_to_budget(-5.0, 3, 50, 10.0, 0.1, 5) == 3  # never fewer than done
 
 
+@pytest.mark.slow
 def test_time_budget_shortens_the_run_and_its_schedule(tmp_path, capsys):
     runs = tmp_path / "runs"
     # A budget far below one epoch: the run stops after its second epoch, and the poly schedule
@@ -51,6 +52,7 @@ def test_time_budget_shortens_the_run_and_its_schedule(tmp_path, capsys):
     assert "epochs: 2" in (out / "config.yaml").read_text()
 
 
+@pytest.mark.slow
 def test_reference_network_trains_through_train_seg(tmp_path):
     runs = tmp_path / "runs"
     assert train_seg_main(["--config", "smoke_seg", "--model.arch", "lraspp_mobilenet_v3_large",

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from train_helpers import REPO, quiet, run_module
 
 from training.engine.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.slow  # see README, Tests: excluded by -m "not slow"
 
 
 def test_torchrun_two_processes_gloo(tmp_path):

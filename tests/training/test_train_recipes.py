@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from train_helpers import quiet
 
@@ -17,6 +18,7 @@ def seg_model(config_name: str, *overrides: tuple[str, object]):
     return create_model(model_config_for(config, len(config["data"]["classes"])))
 
 
+@pytest.mark.slow
 def test_two_stage_recipe_loads_stage1_into_stage2(tmp_path, capsys):
     runs = tmp_path / "runs"
     assert train_seg_main(["--config", "smoke_seg", "--model.mode", "tanh", "--train.epochs", "1",
@@ -44,6 +46,7 @@ def test_two_stage_recipe_loads_stage1_into_stage2(tmp_path, capsys):
     assert changed, "stage 2 did not train"
 
 
+@pytest.mark.slow
 def test_classification_checkpoint_initialises_segmentation_encoder(tmp_path):
     runs = tmp_path / "runs"
     assert train_cls_main(["--config", "smoke_cls", "--train.epochs", "1", *quiet(runs)]) == 0

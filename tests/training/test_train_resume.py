@@ -8,10 +8,13 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from train_helpers import REPO, quiet, run_module, subprocess_env
 
 from training.engine.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.slow  # see README, Tests: excluded by -m "not slow"
 
 EPOCHS = 4
 # Workers > 0 so that per-sample augmentation seeding is exercised across processes too.

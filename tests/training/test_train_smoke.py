@@ -5,11 +5,14 @@ from __future__ import annotations
 import csv
 import json
 
+import pytest
 import torch
 from train_helpers import quiet
 
 from training.cli import train_cls_main, train_seg_main
 from training.engine.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.slow  # see README, Tests: excluded by -m "not slow"
 
 
 def test_smoke_seg_trains_and_eval_reads_checkpoint(tmp_path, capsys):

@@ -52,6 +52,7 @@ def test_person_model_finds_the_people_in_real_photos():
     assert inter / union > 0.7
 
 
+@pytest.mark.slow
 def test_person_model_segments_portraits():
     """Head-and-shoulders portraits in tests/data (2 of the authors' train, 2 of their test list):
     pooled person IoU. The model before this one, trained on full-body street photos only, scores
@@ -66,6 +67,7 @@ def test_person_model_segments_portraits():
     assert inter / union > 0.7
 
 
+@pytest.mark.slow
 def test_camvid_model_labels_real_street_scenes():
     model = load_model(WEIGHTS / "camvid.gnpk")
     correct = counted = 0
@@ -97,6 +99,7 @@ def shipped_server(tmp_path_factory):
     srv.stop()
 
 
+@pytest.mark.slow
 def test_server_serves_the_shipped_default_model(shipped_server):
     models = httpx.get(f"{shipped_server.url}/models", timeout=30).json()
     assert models["default_model"] == "person"
@@ -113,6 +116,7 @@ def test_server_serves_the_shipped_default_model(shipped_server):
     assert abs(fractions["person"] - truth) < 0.05
 
 
+@pytest.mark.slow
 def test_person_model_refines_its_masks_by_default_over_http_and_websocket(shipped_server):
     """The shipped person model carries a fitted guided filter and bias: POST /segment applies it,
     refine=false returns the plain argmax; both are the in-process runtime's masks; the WebSocket
@@ -144,6 +148,7 @@ def test_person_model_refines_its_masks_by_default_over_http_and_websocket(shipp
             assert np.array_equal(mask, expected[refine]), refine
 
 
+@pytest.mark.slow
 def test_video_upload_follows_refine(shipped_server):
     """POST /segment/video: every frame's class counts are the runtime's, with and without refine."""
     import cv2
