@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Sets up a virtual environment with every extra and runs the whole test suite.
-# Usage: bash scripts/test.sh [pytest args...]
+# Sets up a virtual environment with every extra, runs ruff and mypy, then the test suite.
+# Usage: bash scripts/test.sh [pytest args...]     e.g. bash scripts/test.sh -m "not slow" (the fast subset)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export NO_ALBUMENTATIONS_UPDATE=1
@@ -12,4 +12,9 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
     || echo "note: could not install chromium; the browser test will skip"
 fi
+# Static checks first (configured in pyproject.toml): lint of every Python file, types of the packages.
+.venv/bin/ruff check seg_service training client seg_bench tests scripts
+# To be enabled once the repository has been run through `ruff format` (one commit, all files):
+# .venv/bin/ruff format --check seg_service training client seg_bench tests scripts
+.venv/bin/mypy
 exec .venv/bin/python -m pytest "$@"

@@ -42,7 +42,8 @@ def find_config(name: str | None) -> Path | None:
 
 
 def parse_overrides(tokens: Sequence[str], sets: Sequence[str] | None) -> list[tuple[str, Any]]:
-    """(dotted key, value) pairs from ``--set a.b=v`` options and leftover ``--a.b v`` / ``--a.b=v`` tokens."""
+    """(dotted key, value) pairs from ``--set a.b=v`` options and leftover ``--a.b v`` / ``--a.b=v``
+    tokens."""
     from .data.errors import InputError
     from .engine.config import parse_value
 
@@ -89,7 +90,8 @@ def _train_parser(task: str) -> argparse.ArgumentParser:
                 "post-processing: train-seg tune-postprocess --packed m.gnpk --config c --out m2.gnpk. "
                 "Your own data: start from --config my_data (docs/training.md). "
                 if task == "seg" else "")
-        + f"Re-estimate BatchNorm statistics: train-{task} recalibrate-bn --checkpoint runs/x/best.pt --out y.pt. "
+        + f"Re-estimate BatchNorm statistics: train-{task} recalibrate-bn --checkpoint runs/x/best.pt "
+        "--out y.pt. "
         + f"Shipped configs: {', '.join(sorted(p.stem for p in CONFIG_DIR.glob('*.yaml')))}.",
     )
     _common_args(parser)
@@ -301,7 +303,8 @@ def train_seg_main(argv: Sequence[str] | None = None) -> int:
 
 
 def export_main(argv: Sequence[str] | None = None) -> int | None:
-    """export-model: implemented in training.export, imported after the arguments parse (--help is instant)."""
+    """export-model: implemented in training.export, imported after the arguments parse (--help is
+    instant)."""
     from .export_cli import build_parser
 
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -1,4 +1,5 @@
-"""Validation: mIoU (segmentation) or top-k accuracy (classification) over a loader, and ``train-seg eval``."""
+"""Validation: mIoU (segmentation) or top-k accuracy (classification) over a loader, and
+``train-seg eval``."""
 
 from __future__ import annotations
 
@@ -85,7 +86,8 @@ def without_confusion(scores: dict[str, Any]) -> dict[str, Any]:
 def evaluate_checkpoint(checkpoint: str | Path, config_path: str | Path | None = None,
                         overrides: Sequence[tuple[str, Any]] = (),
                         output: str | Path | None = None) -> dict[str, Any]:
-    """``train-seg eval``: a segmentation checkpoint on the validation split of its config (or ``config_path``)."""
+    """``train-seg eval``: a segmentation checkpoint on the validation split of its config (or
+    ``config_path``)."""
     ckpt = load_checkpoint(checkpoint)
     model = model_from_checkpoint(ckpt, checkpoint, task="seg", needed_by="train-seg eval")
     config = load_config("seg", config_path, list(overrides), base_config=from_json(ckpt["config"]))

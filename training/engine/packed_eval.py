@@ -68,7 +68,8 @@ def evaluate_packed(model_path: str | Path, config_path: str | Path | None, over
     scores["median_ms_per_image"] = 1000 * statistics.median(seconds)
     scores["flip"] = flip
     print(f"{model_path}: {len(val_set)} val images at full size through the packed runtime"
-          f"{' with flip test-time augmentation' if flip else ''}, median {scores['median_ms_per_image']:.1f} ms per image")
+          f"{' with flip test-time augmentation' if flip else ''}, "
+          f"median {scores['median_ms_per_image']:.1f} ms per image")
     print(format_seg_report(scores))
     if output:
         Path(output).write_text(json.dumps(scores, indent=2, default=_plain))

@@ -134,4 +134,5 @@ def _print_summary(result: dict[str, Any], classes: list[str]) -> None:
     base, best = result["baseline"], result["best"]
     per_class = ", ".join(f"{c} {b:.2f} -> {a:.2f}" for c, b, a in zip(classes, base["iou"], best["iou"]))
     print(f"baseline {base['miou']:.2f} -> chosen {best['miou']:.2f} ({describe(best)}); {per_class}")
-    print(f"wrote {result['out']} (sha256 {result['sha256'][:16]}...) with postprocess {json.dumps(result['postprocess'])}")
+    print(f"wrote {result['out']} (sha256 {result['sha256'][:16]}...) "
+          f"with postprocess {json.dumps(result['postprocess'])}")

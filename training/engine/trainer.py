@@ -399,7 +399,8 @@ def format_summary(summary: dict[str, Any], model_cfg: dict[str, Any], history: 
         f"{model_cfg['num_classes']} classes",
         f"run     {summary['epochs']} epochs, {summary['steps']} steps, world size {summary['world_size']} "
         f"on {summary['device']}, {images / max(seconds, 1e-9):.1f} img/s in training",
-        f"best    {METRIC_LABEL[metric]} {100 * best:.2f} at epoch {summary['best_epoch']} -> {out / 'best.pt'}"
+        f"best    {METRIC_LABEL[metric]} {100 * best:.2f} at epoch {summary['best_epoch']} "
+        f"-> {out / 'best.pt'}"
         if best is not None else "best    (no validation run)",
         f"last    {out / 'last.pt'}",
         f"log     {out / 'log.csv'}",
