@@ -76,7 +76,8 @@ def test_bad_arguments_raise_value_error(inputs, program, message: str) -> None:
         kernels.lincomb_group(inputs, program)
 
 
-@pytest.mark.parametrize("h, w, c, oh, ow", [(64, 64, 21, 512, 512), (1, 1, 256, 64, 64), (5, 7, 3, 13, 2),
+@pytest.mark.parametrize("h, w, c, oh, ow", [pytest.param(64, 64, 21, 512, 512, marks=pytest.mark.slow),
+                                             (1, 1, 256, 64, 64), (5, 7, 3, 13, 2),
                                              (40, 30, 17, 9, 11), (3, 3, 1, 3, 7)])
 @pytest.mark.parametrize("n_threads", [1, 2, 3])
 def test_upsample_bilinear_matches_reference(isa: str, threads, h, w, c, oh, ow, n_threads: int) -> None:
@@ -148,8 +149,9 @@ def conv2d_numpy(x, weight, bias, stride, padding, dilation, relu):
     (11, 7, 4, 5, 3, 2, 2, 2),
     (5, 5, 2, 70, 5, 1, 0, 1),
     (1, 1, 3, 8, 7, 2, 3, 1),      # one output pixel, mostly padding
-    (192, 256, 3, 32, 7, 2, 3, 1),  # stems of the webcam sizes: whole pixel tiles and a shifted last one
-    (240, 320, 3, 64, 7, 2, 3, 1),
+    # stems of the webcam sizes: whole pixel tiles and a shifted last one (4-12 s each: slow)
+    pytest.param(192, 256, 3, 32, 7, 2, 3, 1, marks=pytest.mark.slow),
+    pytest.param(240, 320, 3, 64, 7, 2, 3, 1, marks=pytest.mark.slow),
     (20, 9, 3, 32, 7, 2, 3, 1),    # rows narrower than a pixel tile
     (13, 47, 3, 48, 7, 1, 3, 1),   # stride 1; 48 channels: a partial channel block on avx512
     (17, 26, 3, 8, 7, 2, 3, 1),    # fewer channels than one vector

@@ -31,7 +31,9 @@ def small(**kw):
     return create_model(**base)
 
 
-@pytest.mark.parametrize("arch", ["groupnet_resnet18", "groupnet_resnet34", "groupnet_resnet50"])
+# ResNet-34/50 at every head and stride: 20-60 s each on a loaded 2-core machine.
+@pytest.mark.parametrize("arch", ["groupnet_resnet18", pytest.param("groupnet_resnet34", marks=pytest.mark.slow),
+                                  pytest.param("groupnet_resnet50", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("head", ["aspp", "fcn", "psp"])
 @pytest.mark.parametrize("output_stride", [8, 16, 32])
 def test_output_shapes(arch, head, output_stride):
@@ -44,6 +46,7 @@ def test_output_shapes(arch, head, output_stride):
     assert features[-1].shape[-2:] == (64 // output_stride, 96 // output_stride)
 
 
+@pytest.mark.slow
 def test_gradients_reach_every_branch_scale_and_gate():
     torch.manual_seed(0)
     model = small(k=3, head="aspp", output_stride=8).train()
@@ -178,6 +181,7 @@ def test_unknown_config_values_are_clear_errors():
         create_model(arch="groupnet_vgg16")
 
 
+@pytest.mark.slow
 def test_smp_registration_builds_and_trains():
     import segmentation_models_pytorch as smp
 

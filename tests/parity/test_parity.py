@@ -118,6 +118,7 @@ def test_predict_matches_pytorch_on_full_images(tmp_path):
     assert (mask == expected).mean() >= 0.999
 
 
+@pytest.mark.slow
 def test_briefly_trained_model_parity(tmp_path):
     """A few Adam steps on real person photos: learned (not random) weights, scales, gates and BN stats."""
     torch.manual_seed(0)
