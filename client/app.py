@@ -110,7 +110,13 @@ class DemoClient:
             if not ok:
                 raise DisplayError(why)
         streamer = Streamer(  # connects only once started
-            cfg.server, cfg.api_key, cfg.transport, cfg.model, cfg.jpeg_quality, cfg.backoff, cfg.timeout,
+            cfg.server,
+            cfg.api_key,
+            cfg.transport,
+            cfg.model,
+            cfg.jpeg_quality,
+            cfg.backoff,
+            cfg.timeout,
             inference_options(cfg.flip, cfg.refine, cfg.smooth, mask_format_for(cfg.view), cfg.foreground),
         )
         try:
@@ -150,7 +156,11 @@ class DemoClient:
             return []
 
     def _loop(
-        self, source: FrameSource, streamer: Streamer, window: WindowSink | None, recorder: VideoFileSink | None
+        self,
+        source: FrameSource,
+        streamer: Streamer,
+        window: WindowSink | None,
+        recorder: VideoFileSink | None,
     ) -> None:
         cfg = self.cfg
         while cfg.max_frames is None or self.frames_read < cfg.max_frames:
@@ -180,8 +190,16 @@ class DemoClient:
     def _render(self, frame: np.ndarray, streamer: Streamer) -> np.ndarray:
         latest = self.latest
         classes = latest.classes if latest else ClassInfo.unknown()
-        image = compose(self.view, frame, latest.mask if latest else None, classes, self.cfg.alpha,
-                        latest.mask_format if latest else "png", self.blur, self.cfg.background)
+        image = compose(
+            self.view,
+            frame,
+            latest.mask if latest else None,
+            classes,
+            self.cfg.alpha,
+            latest.mask_format if latest else "png",
+            self.blur,
+            self.cfg.background,
+        )
         lines, warning = self.hud_text(streamer)
         return draw_hud(image, lines, warning)
 
@@ -192,8 +210,10 @@ class DemoClient:
         """
         latest = self.latest
         stats = streamer.stats
-        lines = [f"{latest.model if latest else '-'}  {self.display_rate.rate:4.1f} fps  {self.view}"
-                 + (f" {self.blur:g}px" if self.view == "blur" else "")]
+        lines = [
+            f"{latest.model if latest else '-'}  {self.display_rate.rate:4.1f} fps  {self.view}"
+            + (f" {self.blur:g}px" if self.view == "blur" else "")
+        ]
         if latest is not None:
             lines.append(
                 f"rtt {latest.round_trip_ms:.0f} ms  infer {latest.inference_ms:.0f} ms"
@@ -216,8 +236,13 @@ class DemoClient:
         """Acts on a key press; False means quit."""
         if key in (ord("q"), KEY_ESC):
             return False
-        views = {ord("o"): "overlay", ord("m"): "mask", ord("s"): "side", ord("b"): "blur",
-                 ord("r"): "replace"}
+        views = {
+            ord("o"): "overlay",
+            ord("m"): "mask",
+            ord("s"): "side",
+            ord("b"): "blur",
+            ord("r"): "replace",
+        }
         if key in views:
             self.view = views[key]  # type: ignore[assignment]
             streamer.request_format(mask_format_for(self.view))

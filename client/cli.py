@@ -60,14 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
         prog="seg-client",
         description="Stream a webcam, video file or RTSP/HTTP stream to seg-service and show the masks live.",
         epilog="Keys (window mode): o overlay, m mask, s side-by-side, b background blur, r background "
-               "replacement, [ ] blur strength, n next model, p snapshot, q/Esc quit.",
+        "replacement, [ ] blur strength, n next model, p snapshot, q/Esc quit.",
     )
     src = parser.add_argument_group("source (default: camera 0)").add_mutually_exclusive_group()
     src.add_argument("--camera", metavar="INDEX|PATH", help="camera index (0, 1, ...) or device path")
     src.add_argument("--video", metavar="FILE|URL", help="video file, or rtsp:// / http(s):// stream URL")
     parser.add_argument("--width", type=_positive_int, help="resize frames to this width before sending")
     parser.add_argument("--height", type=_positive_int, help="resize frames to this height before sending")
-    parser.add_argument("--fps", type=float, help="pace video files at this rate (default: the file's; 0: no pacing)")
+    parser.add_argument(
+        "--fps", type=float, help="pace video files at this rate (default: the file's; 0: no pacing)"
+    )
     parser.add_argument("--loop", action="store_true", help="restart a video file at its end")
     parser.add_argument("--max-frames", type=_positive_int, metavar="N", help="stop after N input frames")
 
@@ -76,18 +78,33 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--api-key", help="API key, sent as the X-API-Key header (HTTP and WebSocket handshake)")
     srv.add_argument("--model", help="model to use (default: the server's default model)")
     srv.add_argument(
-        "--transport", choices=("ws", "rest"), default="ws",
+        "--transport",
+        choices=("ws", "rest"),
+        default="ws",
         help="WebSocket /ws/segment (falls back to REST when refused) or REST POST /segment",
     )
-    srv.add_argument("--flip", action="store_true",
-                     help="the server also segments each mirrored frame and averages (more accurate, twice the time)")
-    srv.add_argument("--no-refine", dest="refine", action="store_false",
-                     help="skip the model's stored post-processing (edge-aware filter), as refine=false")
-    srv.add_argument("--no-smooth", dest="smooth", action="store_false",
-                     help="turn off the server's temporal smoothing of the stream (steadier masks; on by "
-                          "default)")
-    srv.add_argument("--foreground", metavar="CLASS[,CLASS...]",
-                     help="classes the blur and replace views keep (default: the model's person class)")
+    srv.add_argument(
+        "--flip",
+        action="store_true",
+        help="the server also segments each mirrored frame and averages (more accurate, twice the time)",
+    )
+    srv.add_argument(
+        "--no-refine",
+        dest="refine",
+        action="store_false",
+        help="skip the model's stored post-processing (edge-aware filter), as refine=false",
+    )
+    srv.add_argument(
+        "--no-smooth",
+        dest="smooth",
+        action="store_false",
+        help="turn off the server's temporal smoothing of the stream (steadier masks; on by default)",
+    )
+    srv.add_argument(
+        "--foreground",
+        metavar="CLASS[,CLASS...]",
+        help="classes the blur and replace views keep (default: the model's person class)",
+    )
     srv.add_argument("--jpeg-quality", type=_quality, default=80, help="JPEG quality of sent frames (1-100)")
     srv.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for one answer")
     srv.add_argument("--retries", type=int, default=8, help="reconnect attempts before giving up")
@@ -96,14 +113,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     out = parser.add_argument_group("output")
     out.add_argument("--headless", action="store_true", help="no window (needed with opencv-python-headless)")
-    out.add_argument("--out", type=Path, metavar="FILE", help="write the rendered video (.mp4, .avi, .mkv, .mov)")
+    out.add_argument(
+        "--out", type=Path, metavar="FILE", help="write the rendered video (.mp4, .avi, .mkv, .mov)"
+    )
     out.add_argument("--view", choices=VIEWS, default="overlay", help="initial view")
     out.add_argument("--alpha", type=_fraction, default=0.5, help="mask opacity in the overlay view")
-    out.add_argument("--blur", type=_positive_float, default=8.0, metavar="SIGMA",
-                     help="background blur strength in the blur view (Gaussian standard deviation, pixels)")
-    out.add_argument("--background", type=_background, default=Background(), metavar="#RRGGBB|IMAGE",
-                     help="what the replace view puts behind the kept classes: a colour or an image file "
-                          "(default #1e88e5)")
+    out.add_argument(
+        "--blur",
+        type=_positive_float,
+        default=8.0,
+        metavar="SIGMA",
+        help="background blur strength in the blur view (Gaussian standard deviation, pixels)",
+    )
+    out.add_argument(
+        "--background",
+        type=_background,
+        default=Background(),
+        metavar="#RRGGBB|IMAGE",
+        help="what the replace view puts behind the kept classes: a colour or an image file "
+        "(default #1e88e5)",
+    )
     out.add_argument("--snapshot-dir", type=Path, default=Path.cwd(), help="where the p key saves snapshots")
     out.add_argument("--stats-json", type=Path, metavar="FILE", help="write a run summary as JSON")
     out.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
@@ -114,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO, format="seg-client: %(message)s", stream=sys.stderr
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="seg-client: %(message)s",
+        stream=sys.stderr,
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
     if args.headless and args.out is None:
@@ -158,8 +189,12 @@ def main(argv: list[str] | None = None) -> int:
     rtt = summary["mean_round_trip_ms"]
     log.info(
         "done: %d frames read, %d sent, %d dropped, %d masks, %d reconnects%s",
-        summary["frames_read"], summary["frames_sent"], summary["frames_dropped"], summary["results"],
-        summary["reconnects"], f", mean round trip {rtt:.0f} ms" if rtt is not None else "",
+        summary["frames_read"],
+        summary["frames_sent"],
+        summary["frames_dropped"],
+        summary["results"],
+        summary["reconnects"],
+        f", mean round trip {rtt:.0f} ms" if rtt is not None else "",
     )
     return 0
 

@@ -26,7 +26,9 @@ def gui_support() -> tuple[bool, str]:
         key, _, value = line.partition(":")
         if key.strip() == "GUI" and value.strip().upper() == "NONE":
             return False, NO_GUI_HINT
-    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+    if sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    ):
         # Checked before touching highgui: some backends abort the process when there is no display.
         return False, "no display (DISPLAY/WAYLAND_DISPLAY unset): run with --headless --out FILE"
     try:

@@ -18,6 +18,7 @@ def mask_format_for(view: View) -> str:
     """The server format a view needs: "alpha" for the effects, "png" (labels) for the others."""
     return "alpha" if view in MATTE_VIEWS else "png"
 
+
 # Classes drawn transparent in the overlay view, so the picture is not dimmed where nothing was found.
 TRANSPARENT_CLASS_NAMES = {"background", "void", "unlabeled", "unlabelled", "ignore"}
 
@@ -87,11 +88,11 @@ def fit_matte(matte: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def parse_colour(text: str) -> tuple[int, int, int] | None:
-    """"#rrggbb" -> a BGR tuple, None when the text is not such a colour."""
+    """ "#rrggbb" -> a BGR tuple, None when the text is not such a colour."""
     text = text.strip()
     if len(text) == 7 and text[0] == "#":
         try:
-            r, g, b = (int(text[i:i + 2], 16) for i in (1, 3, 5))
+            r, g, b = (int(text[i : i + 2], 16) for i in (1, 3, 5))
         except ValueError:
             return None
         return b, g, r
@@ -102,15 +103,16 @@ class Background:
     """What Replace puts behind the kept classes: a solid colour or a picture scaled to cover the
     frame and centred (as CSS ``object-fit: cover``), built once per frame size."""
 
-    def __init__(self, colour_bgr: tuple[int, int, int] = (229, 136, 30),
-                 image: np.ndarray | None = None) -> None:
+    def __init__(
+        self, colour_bgr: tuple[int, int, int] = (229, 136, 30), image: np.ndarray | None = None
+    ) -> None:
         self.colour_bgr = colour_bgr
         self.image = image
         self._cache: np.ndarray | None = None
 
     @classmethod
     def parse(cls, spec: str) -> Background:
-        """"#rrggbb" or the path of an image file; ValueError when it is neither."""
+        """ "#rrggbb" or the path of an image file; ValueError when it is neither."""
         colour = parse_colour(spec)
         if colour is not None:
             return cls(colour)
@@ -133,7 +135,7 @@ class Background:
             method = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
             scaled = cv2.resize(self.image, (sw, sh), interpolation=method)
             top, left = (sh - h) // 2, (sw - w) // 2
-            canvas = np.ascontiguousarray(scaled[top:top + h, left:left + w])
+            canvas = np.ascontiguousarray(scaled[top : top + h, left : left + w])
         self._cache = canvas
         return canvas
 

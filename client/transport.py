@@ -139,8 +139,13 @@ def http_base(server: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
 
 
-def inference_options(flip: bool = False, refine: bool = True, smooth: bool = True, mask_format: str = "png",
-                      foreground: list[str] | None = None) -> dict[str, str]:
+def inference_options(
+    flip: bool = False,
+    refine: bool = True,
+    smooth: bool = True,
+    mask_format: str = "png",
+    foreground: list[str] | None = None,
+) -> dict[str, str]:
     """Query parameters for the server's inference switches; the defaults are left out. ``smooth``:
     the stream's temporal smoothing (WebSocket only; REST answers each frame on its own);
     ``mask_format``: "png" (labels) or "alpha" (matte of the ``foreground`` classes)."""
@@ -290,8 +295,14 @@ class WebSocketSession:
 
     name: TransportName = "ws"
 
-    def __init__(self, server: str, api_key: str | None, timeout: float, model: str | None = None,
-                 options: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        server: str,
+        api_key: str | None,
+        timeout: float,
+        model: str | None = None,
+        options: dict[str, str] | None = None,
+    ) -> None:
         self.url = ws_url(server, model, options)
         self.mask_format = (options or {}).get("format", "png")
         self.timeout = timeout
@@ -422,7 +433,9 @@ class RestSession:
 
     name: TransportName = "rest"
 
-    def __init__(self, api: ServerAPI, model: str | None = None, options: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, api: ServerAPI, model: str | None = None, options: dict[str, str] | None = None
+    ) -> None:
         self.api = api
         self.model = model
         # POST /segment has no stream to smooth over: each frame is answered on its own.
@@ -582,7 +595,9 @@ class Streamer:
     def _open_session(self) -> Session:
         if self.transport == "ws":
             try:
-                return WebSocketSession(self.server, self.api_key, self.timeout, self.active_model, self.options)
+                return WebSocketSession(
+                    self.server, self.api_key, self.timeout, self.active_model, self.options
+                )
             except InvalidStatus as exc:
                 status = exc.response.status_code
                 if status == 401:
@@ -618,14 +633,18 @@ class Streamer:
                     )
                     return
                 delay = self.backoff.delay(attempt)
-                log.info("cannot connect (%s); retry %d/%d in %.1f s", exc, attempt, self.backoff.attempts, delay)
+                log.info(
+                    "cannot connect (%s); retry %d/%d in %.1f s", exc, attempt, self.backoff.attempts, delay
+                )
                 self._stop.wait(delay)
                 continue
             self.stats.connections += 1
             self.stats.transport = session.name
             self.state = "connected"
             self._connected.set()
-            log.info("connected to %s over %s", self.api.base, "WebSocket" if session.name == "ws" else "REST")
+            log.info(
+                "connected to %s over %s", self.api.base, "WebSocket" if session.name == "ws" else "REST"
+            )
             try:
                 got_result = self._serve(session)
             except ServerError as exc:

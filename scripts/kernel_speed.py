@@ -89,8 +89,10 @@ def stem_speed(isas: list[str], threads: list[int], repeats: int, cpu_time: bool
     import torch
 
     rng = np.random.default_rng(0)
-    print(f"7x7/2 stem, G MACs per {'CPU ' if cpu_time else ''}second (medians of {repeats} interleaved runs); "
-          f"ratio = ours / torch, same threads; oneDNN ISA cap: {os.environ.get('ONEDNN_MAX_CPU_ISA', 'none')}")
+    print(
+        f"7x7/2 stem, G MACs per {'CPU ' if cpu_time else ''}second (medians of {repeats} interleaved runs); "
+        f"ratio = ours / torch, same threads; oneDNN ISA cap: {os.environ.get('ONEDNN_MAX_CPU_ISA', 'none')}"
+    )
     header = f"{'shape':<16}" + "".join(f"{isa + ' t' + str(t):>11}" for isa in isas for t in threads)
     header += "".join(f"{'torch t' + str(t):>11}" for t in threads)
     header += "".join(f"{isa + '/torch t' + str(t):>17}" for isa in isas for t in threads)
@@ -123,11 +125,16 @@ def stem_speed(isas: list[str], threads: list[int], repeats: int, cpu_time: bool
             variants.append((functools.partial(torch.set_num_threads, t), theirs))
         clock = time.process_time if cpu_time else time.perf_counter
         rates = [macs / sec / 1e9 for sec in median_seconds(variants, repeats, clock)]
-        ours_rates, torch_rates = rates[: len(isas) * len(threads)], rates[len(isas) * len(threads):]
-        ratios = [ours_rates[i * len(threads) + j] / torch_rates[j]
-                  for i in range(len(isas)) for j in range(len(threads))]
-        print(f"{name:<16}" + "".join(f"{r:>11.1f}" for r in rates) + "".join(f"{r:>17.2f}" for r in ratios),
-              flush=True)
+        ours_rates, torch_rates = rates[: len(isas) * len(threads)], rates[len(isas) * len(threads) :]
+        ratios = [
+            ours_rates[i * len(threads) + j] / torch_rates[j]
+            for i in range(len(isas))
+            for j in range(len(threads))
+        ]
+        print(
+            f"{name:<16}" + "".join(f"{r:>11.1f}" for r in rates) + "".join(f"{r:>17.2f}" for r in ratios),
+            flush=True,
+        )
 
 
 def main() -> None:
@@ -137,9 +144,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--op", choices=["int", "float", "fused", "stem"], default="int")
     parser.add_argument("--torch", action="store_true", help="also time torch fp32 conv2d")
-    parser.add_argument("--onednn-isa", help="with --op stem: cap oneDNN's ISA (ONEDNN_MAX_CPU_ISA), e.g. avx2")
-    parser.add_argument("--cpu-time", action="store_true",
-                        help="with --op stem: time CPU seconds of the process, not wall time (a busy machine)")
+    parser.add_argument(
+        "--onednn-isa", help="with --op stem: cap oneDNN's ISA (ONEDNN_MAX_CPU_ISA), e.g. avx2"
+    )
+    parser.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="with --op stem: time CPU seconds of the process, not wall time (a busy machine)",
+    )
     args = parser.parse_args()
     isas = args.isa or kernels.available_isas()
     if args.op == "stem":

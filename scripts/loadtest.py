@@ -36,8 +36,19 @@ def free_port() -> int:
 
 def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    cmd = [sys.executable, "-m", "seg_service.api.cli", "--port", str(port), "--model-dir", str(args.model_dir),
-           "--max-in-flight", str(args.max_in_flight), "--log-level", "warning"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "seg_service.api.cli",
+        "--port",
+        str(port),
+        "--model-dir",
+        str(args.model_dir),
+        "--max-in-flight",
+        str(args.max_in_flight),
+        "--log-level",
+        "warning",
+    ]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     if args.model:
@@ -58,8 +69,9 @@ def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
     sys.exit("server did not become ready in 120 s")
 
 
-async def run_level(url: str, image: bytes, clients: int, max_requests: int, max_seconds: float,
-                    params: dict) -> dict:
+async def run_level(
+    url: str, image: bytes, clients: int, max_requests: int, max_seconds: float, params: dict
+) -> dict:
     latencies: list[float] = []
     busy_latencies: list[float] = []  # how fast a 503 comes back
     statuses: dict[int, int] = {}
@@ -91,11 +103,17 @@ async def run_level(url: str, image: bytes, clients: int, max_requests: int, max
     ok = statuses.get(200, 0)
     lat = np.array(latencies) * 1e3 if latencies else np.array([np.nan])
     return {
-        "clients": clients, "requests": sum(statuses.values()) + transport_errors, "ok": ok,
+        "clients": clients,
+        "requests": sum(statuses.values()) + transport_errors,
+        "ok": ok,
         "busy_503": statuses.get(503, 0),
         "errors": sum(n for code, n in statuses.items() if code not in (200, 503)) + transport_errors,
-        "ok_per_s": ok / elapsed, "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
-        "busy_p50_ms": float(np.percentile(np.array(busy_latencies) * 1e3, 50)) if busy_latencies else float("nan"),
+        "ok_per_s": ok / elapsed,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "busy_p50_ms": float(np.percentile(np.array(busy_latencies) * 1e3, 50))
+        if busy_latencies
+        else float("nan"),
         "seconds": elapsed,
     }
 
@@ -139,14 +157,21 @@ def main(argv: list[str] | None = None) -> int:
         # One warm-up request so the first level does not pay for lazy initialisation.
         httpx.post(url + "/segment", params=params, files={"file": ("img.jpg", image)}, timeout=120)
         print(f"server {url}, image {args.image.name}, format={args.format}, cpu cores {os.cpu_count()}")
-        print(f"{'clients':>7} {'requests':>8} {'ok':>5} {'503':>5} {'errors':>6} {'ok req/s':>9} "
-              f"{'p50 ms':>8} {'p99 ms':>8} {'503 p50 ms':>10} {'peak RSS MiB':>12}")
+        print(
+            f"{'clients':>7} {'requests':>8} {'ok':>5} {'503':>5} {'errors':>6} {'ok req/s':>9} "
+            f"{'p50 ms':>8} {'p99 ms':>8} {'503 p50 ms':>10} {'peak RSS MiB':>12}"
+        )
         for clients in args.concurrency:
             r = asyncio.run(run_level(url, image, clients, args.requests, args.seconds, params))
             # The started server's peak resident memory so far (Linux /proc; "-" for --url).
-            peak = f"{peak_rss_kib(proc.pid) / 1024:.0f}" if proc is not None and peak_rss_kib(proc.pid) else "-"
-            print(f"{r['clients']:>7} {r['requests']:>8} {r['ok']:>5} {r['busy_503']:>5} {r['errors']:>6} "
-                  f"{r['ok_per_s']:>9.2f} {r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['busy_p50_ms']:>10.1f} {peak:>12}")
+            peak = (
+                f"{peak_rss_kib(proc.pid) / 1024:.0f}" if proc is not None and peak_rss_kib(proc.pid) else "-"
+            )
+            print(
+                f"{r['clients']:>7} {r['requests']:>8} {r['ok']:>5} {r['busy_503']:>5} {r['errors']:>6} "
+                f"{r['ok_per_s']:>9.2f} {r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} "
+                f"{r['busy_p50_ms']:>10.1f} {peak:>12}"
+            )
     finally:
         if proc is not None:
             proc.send_signal(signal.SIGTERM)

@@ -57,10 +57,26 @@ def main() -> int:
     args = p.parse_args()
     data = big_jpeg(args.side)
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "seg_service.api.cli", "--port", str(port), "--model-dir",
-                             str(args.model_dir), "--log-level", "warning", "--threads", "1",
-                             "--max-upload-bytes", str(64 << 20)],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "seg_service.api.cli",
+            "--port",
+            str(port),
+            "--model-dir",
+            str(args.model_dir),
+            "--log-level",
+            "warning",
+            "--threads",
+            "1",
+            "--max-upload-bytes",
+            str(64 << 20),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
@@ -76,13 +92,16 @@ def main() -> int:
         warm = httpx.post(url + "/segment", files={"file": ("s.jpg", SMALL.read_bytes())}, timeout=300)
         warm.raise_for_status()
         before = vm_kib(proc.pid, "VmHWM")
-        r = httpx.post(url + "/segment", params={"format": args.format},
-                       files={"file": ("big.jpg", data)}, timeout=600)
+        r = httpx.post(
+            url + "/segment", params={"format": args.format}, files={"file": ("big.jpg", data)}, timeout=600
+        )
         after = vm_kib(proc.pid, "VmHWM")
         rss_after = vm_kib(proc.pid, "VmRSS")
-        print(f"{args.side}x{args.side} JPEG ({len(data) / 1e6:.1f} MB) format={args.format}: status "
-              f"{r.status_code}; peak RSS {before / 1024:.0f} MiB before, {after / 1024:.0f} MiB after "
-              f"(+{(after - before) / 1024:.0f} MiB); RSS after the request {rss_after / 1024:.0f} MiB")
+        print(
+            f"{args.side}x{args.side} JPEG ({len(data) / 1e6:.1f} MB) format={args.format}: status "
+            f"{r.status_code}; peak RSS {before / 1024:.0f} MiB before, {after / 1024:.0f} MiB after "
+            f"(+{(after - before) / 1024:.0f} MiB); RSS after the request {rss_after / 1024:.0f} MiB"
+        )
     finally:
         proc.terminate()
         proc.wait(timeout=60)

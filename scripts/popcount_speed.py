@@ -87,10 +87,13 @@ def layers(args: argparse.Namespace) -> None:
     def use(method: str) -> None:
         if not legacy:
             kernels.set_popcount(method)
+
     rng = np.random.default_rng(0)
     results = []
-    print(f"CPU: {cpu_model()}; isa {isa}; threads {args.threads}; "
-          f"load average {open('/proc/loadavg').read().split()[:3]}")
+    print(
+        f"CPU: {cpu_model()}; isa {isa}; threads {args.threads}; "
+        f"load average {open('/proc/loadavg').read().split()[:3]}"
+    )
     print(f"{'shape':20s} " + " ".join(f"{m + ' ms':>10s} {'G/s':>6s} {'best':>6s}" for m in methods))
     print(f"{'':20s} " + " ".join(f"{'median':>10s} {'median':>6s} {'G/s':>6s}" for m in methods))
     clock = time.thread_time if args.threads == 1 else time.perf_counter
@@ -128,8 +131,12 @@ def layers(args: argparse.Namespace) -> None:
         for m in methods:
             med, best = statistics.median(times[m]), min(times[m])
             gbs = macs / med / args.threads * 1e-9
-            row[m] = {"median_ms": med * 1e3, "min_ms": best * 1e3, "gbmacs_per_core": gbs,
-                      "gbmacs_per_core_best": macs / best / args.threads * 1e-9}
+            row[m] = {
+                "median_ms": med * 1e3,
+                "min_ms": best * 1e3,
+                "gbmacs_per_core": gbs,
+                "gbmacs_per_core_best": macs / best / args.threads * 1e-9,
+            }
             cells.append(f"{med * 1e3:10.3f} {gbs:6.0f} {macs / best / args.threads * 1e-9:6.0f}")
         results.append(row)
         print(f"{name:20s} " + " ".join(cells), flush=True)
@@ -141,8 +148,9 @@ def layers(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="what", required=True)
     c = sub.add_parser("ceilings")
     c.add_argument("--method", action="append", help="method(s) to run (default: all)")

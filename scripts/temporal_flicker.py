@@ -44,8 +44,9 @@ def still_webcam(photo: Path, frames: int, noise: float, seed: int = 0) -> list[
     return clip
 
 
-def read_clip(video: Path | None, frames_dir: Path | None, prefix: str,
-              limit: int | None) -> list[tuple[str, np.ndarray]]:
+def read_clip(
+    video: Path | None, frames_dir: Path | None, prefix: str, limit: int | None
+) -> list[tuple[str, np.ndarray]]:
     """[(name, RGB u8)] in order."""
     clip: list[tuple[str, np.ndarray]] = []
     if video is not None:
@@ -90,38 +91,51 @@ def timed(fn, repeats: int = 1) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--video", type=Path, help="a video file")
     parser.add_argument("--frames", type=Path, help="a folder of consecutive frames (*.jpg, sorted by name)")
     parser.add_argument("--prefix", default="", help="with --frames: only files starting with this")
     parser.add_argument("--masks", type=Path, help="with --frames: label masks <name>.png for mIoU")
     parser.add_argument("--limit", type=int, help="at most this many frames")
-    parser.add_argument("--still-webcam", type=Path, metavar="PHOTO",
-                        help="a photo played as a static webcam")
+    parser.add_argument(
+        "--still-webcam", type=Path, metavar="PHOTO", help="a photo played as a static webcam"
+    )
     parser.add_argument("--noise", type=float, default=4.0, help="--still-webcam: sensor noise, grey levels")
     parser.add_argument("--foreground", help="comma-separated classes for the alpha matte's flip rate")
-    parser.add_argument("--stills", type=Path,
-                        help="folder of still images (*.jpg) for the unchanged-result check")
+    parser.add_argument(
+        "--stills", type=Path, help="folder of still images (*.jpg) for the unchanged-result check"
+    )
     parser.add_argument("--repeat", type=int, default=5, help="identical frames per still")
     parser.add_argument("--repeats", type=int, default=20, help="runs per step for the fastest-run timings")
     args = parser.parse_args()
 
     model = load_model(args.model)
-    clip = (still_webcam(args.still_webcam, args.limit or 30, args.noise) if args.still_webcam
-            else read_clip(args.video, args.frames, args.prefix, args.limit))
+    clip = (
+        still_webcam(args.still_webcam, args.limit or 30, args.noise)
+        if args.still_webcam
+        else read_clip(args.video, args.frames, args.prefix, args.limit)
+    )
     if len(clip) < 2:
         raise SystemExit("need at least two frames")
     names = args.foreground.split(",") if args.foreground else None
     soft = names is not None or "person" in model.classes or len(model.classes) == 2
-    print(f"model {model.name} ({model.num_classes} classes), {len(clip)} frames of {clip[0][1].shape[1]}x"
-          f"{clip[0][1].shape[0]}")
+    print(
+        f"model {model.name} ({model.num_classes} classes), {len(clip)} frames of {clip[0][1].shape[1]}x"
+        f"{clip[0][1].shape[0]}"
+    )
 
     plain_labels, smooth_labels, plain_alpha, smooth_alpha = [], [], [], []
     smoothed_stream, smoothed_alpha_stream = StreamState(True), StreamState(True)
-    times: dict[str, list[float]] = {"predict": [], "stream, smoothing off": [], "stream, smoothing on": [],
-                                     "alpha, smoothing off": [], "alpha, smoothing on": []}
+    times: dict[str, list[float]] = {
+        "predict": [],
+        "stream, smoothing off": [],
+        "stream, smoothing on": [],
+        "alpha, smoothing off": [],
+        "alpha, smoothing on": [],
+    }
     off_stream = StreamState(False)
     for _, rgb in clip:
         start = time.perf_counter()
@@ -142,17 +156,23 @@ def main() -> None:
             times["alpha, smoothing on"].append(ms)
             smooth_alpha.append(alpha >= 128)
 
-    print(f"label flip rate (mean fraction of pixels changing class between consecutive frames): "
-          f"plain {100 * flip_rate(plain_labels):.2f} %, smoothed {100 * flip_rate(smooth_labels):.2f} %")
+    print(
+        f"label flip rate (mean fraction of pixels changing class between consecutive frames): "
+        f"plain {100 * flip_rate(plain_labels):.2f} %, smoothed {100 * flip_rate(smooth_labels):.2f} %"
+    )
     if soft:
         fg = [model.classes[i] for i in resolve_foreground(model.classes, names)]
-        print(f"alpha flip rate (matte crossing 1/2), foreground {'+'.join(fg)}: plain "
-              f"{100 * flip_rate(plain_alpha):.2f} %, smoothed {100 * flip_rate(smooth_alpha):.2f} %; "
-              f"foreground covers {100 * np.mean(plain_alpha):.1f} % of the pixels")
+        print(
+            f"alpha flip rate (matte crossing 1/2), foreground {'+'.join(fg)}: plain "
+            f"{100 * flip_rate(plain_alpha):.2f} %, smoothed {100 * flip_rate(smooth_alpha):.2f} %; "
+            f"foreground covers {100 * np.mean(plain_alpha):.1f} % of the pixels"
+        )
     if args.masks:
         truths = [cv2.imread(str(args.masks / f"{name}.png"), cv2.IMREAD_UNCHANGED) for name, _ in clip]
-        print(f"mIoU over the clip: plain {100 * miou(plain_labels, truths, model.num_classes):.2f}, "
-              f"smoothed {100 * miou(smooth_labels, truths, model.num_classes):.2f}")
+        print(
+            f"mIoU over the clip: plain {100 * miou(plain_labels, truths, model.num_classes):.2f}, "
+            f"smoothed {100 * miou(smooth_labels, truths, model.num_classes):.2f}"
+        )
     print("median ms per frame: " + ", ".join(f"{k} {np.median(v):.1f}" for k, v in times.items() if v))
     rgb = clip[len(clip) // 2][1]
     scores, image = model.processed_scores(rgb)
@@ -163,13 +183,17 @@ def main() -> None:
     def fastest(fn) -> float:
         return min(timed(fn) for _ in range(args.repeats))
 
-    steps = {"predict()": lambda: model.predict(rgb),
-             "processed_scores()": lambda: model.processed_scores(rgb),
-             "smoother update": lambda: smoother.update(scores, image)}
+    steps = {
+        "predict()": lambda: model.predict(rgb),
+        "processed_scores()": lambda: model.processed_scores(rgb),
+        "smoother update": lambda: smoother.update(scores, image),
+    }
     if soft:
         steps["alpha matte + upsampling"] = lambda: soft_mask(scores, indices, "alpha", rgb.shape[:2])
-    print(f"fastest of {args.repeats} runs, ms (scores {scores.shape[1]}x{scores.shape[0]}): "
-          + ", ".join(f"{name} {fastest(fn):.2f}" for name, fn in steps.items()))
+    print(
+        f"fastest of {args.repeats} runs, ms (scores {scores.shape[1]}x{scores.shape[0]}): "
+        + ", ".join(f"{name} {fastest(fn):.2f}" for name, fn in steps.items())
+    )
 
     if args.stills:
         changed = total = 0
@@ -182,8 +206,10 @@ def main() -> None:
                 mask, _ = frame_mask(model, rgb, False, True, "labels", None, stream)
                 changed += int((mask != expected).sum())
                 total += mask.size
-        print(f"still images ({len(paths)} x {args.repeat} identical frames, smoothing on) vs predict(): "
-              f"{changed} of {total} pixels differ")
+        print(
+            f"still images ({len(paths)} x {args.repeat} identical frames, smoothing on) vs predict(): "
+            f"{changed} of {total} pixels differ"
+        )
 
 
 if __name__ == "__main__":

@@ -14,7 +14,10 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
 fi
 # Static checks first (configured in pyproject.toml): lint of every Python file, types of the packages.
 .venv/bin/ruff check seg_service training client seg_bench tests scripts
-# To be enabled once the repository has been run through `ruff format` (one commit, all files):
-# .venv/bin/ruff format --check seg_service training client seg_bench tests scripts
+# Formatting: `ruff format` (line length 110, pyproject.toml); CI fails on any file it would change.
+.venv/bin/ruff format --check seg_service training client seg_bench tests scripts
 .venv/bin/mypy
+# The import layers (pyproject.toml [tool.importlinter]): format <- kernels <- runtime <- api; training and
+# seg_bench use only the runtime's public API; the client stands alone.
+.venv/bin/lint-imports --no-cache
 exec .venv/bin/python -m pytest "$@"

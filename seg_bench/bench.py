@@ -63,8 +63,10 @@ from . import layers as bench_layers
 
 DEFAULT_SIZES = ("512x512", "320x240")  # width x height
 QUICK_SIZES = ("320x240",)
-REFERENCE_ARCHS = {"smp_deeplabv3_resnet18": "smp DeepLabV3-ResNet18 fp32",
-                   "lraspp_mobilenet_v3_large": "torchvision LRASPP-MobileNetV3 fp32"}
+REFERENCE_ARCHS = {
+    "smp_deeplabv3_resnet18": "smp DeepLabV3-ResNet18 fp32",
+    "lraspp_mobilenet_v3_large": "torchvision LRASPP-MobileNetV3 fp32",
+}
 SHIPPED_MODELS = ("weights/person.gnpk", "weights/camvid.gnpk")
 MODEL_TIMING_ROUNDS = 3  # repeats are split over this many rounds of per-engine blocks
 PROFILE_TOP_OPS = 12
@@ -115,6 +117,7 @@ def environment(threads: int) -> dict[str, Any]:
 # Peak memory: one fresh subprocess per engine
 # --------------------------------------------------------------------------------------------
 
+
 def measure_peak_memory(spec: dict[str, Any], timeout: float = 600.0) -> dict[str, Any]:
     """Peak memory of one engine, run in a fresh Python process (seg_bench.memory_probe).
 
@@ -127,8 +130,14 @@ def measure_peak_memory(spec: dict[str, Any], timeout: float = 600.0) -> dict[st
     repo_root = str(Path(__file__).resolve().parent.parent)
     python_path = os.pathsep.join(p for p in (repo_root, os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, "PYTHONPATH": python_path}
-    done = subprocess.run([sys.executable, "-m", "seg_bench.memory_probe", json.dumps(spec)], capture_output=True,
-                          text=True, timeout=timeout, env=env, cwd=repo_root)
+    done = subprocess.run(
+        [sys.executable, "-m", "seg_bench.memory_probe", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=repo_root,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"memory probe for {spec['engine']} failed: {done.stderr.strip()[-2000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -188,10 +197,18 @@ def _packed_label(path: Path) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def run_model_benchmark(cfg: ModelConfig, sizes: Sequence[tuple[int, int]], repeats: int, threads: int,
-                        references: bool = True, profile: bool = True, memory: bool = True,
-                        packed_files: Sequence[str | Path] = (), seed: int = 0,
-                        log: Callable[[str], None] | None = None) -> dict[str, Any]:
+def run_model_benchmark(
+    cfg: ModelConfig,
+    sizes: Sequence[tuple[int, int]],
+    repeats: int,
+    threads: int,
+    references: bool = True,
+    profile: bool = True,
+    memory: bool = True,
+    packed_files: Sequence[str | Path] = (),
+    seed: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Latency, file size and peak memory of every engine at every size (see the module docstring).
 
     ``packed_files``: extra packed models (the shipped defaults) timed on the runtime; missing files
@@ -223,15 +240,28 @@ def run_model_benchmark(cfg: ModelConfig, sizes: Sequence[tuple[int, int]], repe
             else:
                 notes.append(f"no shipped model at {path}: row skipped")
 
-        labels = {"runtime": f"{name} packed runtime", "pytorch": f"{name} PyTorch (float simulation)",
-                  **REFERENCE_ARCHS, **{key: _packed_label(path) for key, (path, _) in shipped.items()}}
-        file_mb = {"runtime": runtime.file_size / 1e6, "pytorch": state_dict_file_mb(model),
-                   **{arch: state_dict_file_mb(ref) for arch, ref in refs.items()},
-                   **{key: m.file_size / 1e6 for key, (_, m) in shipped.items()}}
+        labels = {
+            "runtime": f"{name} packed runtime",
+            "pytorch": f"{name} PyTorch (float simulation)",
+            **REFERENCE_ARCHS,
+            **{key: _packed_label(path) for key, (path, _) in shipped.items()},
+        }
+        file_mb = {
+            "runtime": runtime.file_size / 1e6,
+            "pytorch": state_dict_file_mb(model),
+            **{arch: state_dict_file_mb(ref) for arch, ref in refs.items()},
+            **{key: m.file_size / 1e6 for key, (_, m) in shipped.items()},
+        }
         result: dict[str, Any] = {
-            "model": name, "config": cfg.to_dict(), "packed_file_mb": file_mb["runtime"],
-            "float_weights_mb": float_megabytes(model), "float_file_mb": file_mb["pytorch"],
-            "labels": labels, "file_mb": file_mb, "notes": notes, "sizes": [],
+            "model": name,
+            "config": cfg.to_dict(),
+            "packed_file_mb": file_mb["runtime"],
+            "float_weights_mb": float_megabytes(model),
+            "float_file_mb": file_mb["pytorch"],
+            "labels": labels,
+            "file_mb": file_mb,
+            "notes": notes,
+            "sizes": [],
         }
         rng = np.random.default_rng(seed)
         for h, w in sizes:
@@ -243,13 +273,21 @@ def run_model_benchmark(cfg: ModelConfig, sizes: Sequence[tuple[int, int]], repe
                 with torch.inference_mode():
                     return m(xt)
 
-            calls: dict[str, Callable[[], object]] = {"runtime": partial(runtime.forward, x), "pytorch": torch_call}
+            calls: dict[str, Callable[[], object]] = {
+                "runtime": partial(runtime.forward, x),
+                "pytorch": torch_call,
+            }
             for arch, ref in refs.items():
                 calls[arch] = partial(torch_call, ref)
             for key, (_, packed_model) in shipped.items():
                 calls[key] = partial(packed_model.forward, x)
-            samples = bench_layers.time_in_blocks(calls, repeats, warmup=1, rounds=MODEL_TIMING_ROUNDS,
-                                                  settle=bench_layers.SETTLE_SECONDS if threads > 1 else 0.0)
+            samples = bench_layers.time_in_blocks(
+                calls,
+                repeats,
+                warmup=1,
+                rounds=MODEL_TIMING_ROUNDS,
+                settle=bench_layers.SETTLE_SECONDS if threads > 1 else 0.0,
+            )
 
             ours, theirs = runtime.forward(x), torch_call()[0].permute(1, 2, 0).numpy()
             agreement = float((ours.argmax(axis=2) == theirs.argmax(axis=2)).mean())
@@ -258,28 +296,46 @@ def run_model_benchmark(cfg: ModelConfig, sizes: Sequence[tuple[int, int]], repe
             rows: list[dict[str, Any]] = []
             for engine, times in samples.items():
                 med = statistics.median(times)
-                rows.append({
-                    "engine": engine, "label": labels[engine],
-                    "median_ms": med * 1e3, "min_ms": min(times) * 1e3, "repeats": len(times),
-                    "vs_runtime": med / base, "file_mb": file_mb[engine],
-                })
-            entry: dict[str, Any] = {"height": h, "width": w, "rows": rows, "mask_agreement": agreement,
-                                     "max_rel_logit_err": rel_err}
+                rows.append(
+                    {
+                        "engine": engine,
+                        "label": labels[engine],
+                        "median_ms": med * 1e3,
+                        "min_ms": min(times) * 1e3,
+                        "repeats": len(times),
+                        "vs_runtime": med / base,
+                        "file_mb": file_mb[engine],
+                    }
+                )
+            entry: dict[str, Any] = {
+                "height": h,
+                "width": w,
+                "rows": rows,
+                "mask_agreement": agreement,
+                "max_rel_logit_err": rel_err,
+            }
             if profile:
                 entry.update(profile_runtime(runtime, x))
             if memory:
                 for row in rows:
                     log(f"model: peak memory of {row['engine']} at {w}x{h}")
-                    row["memory"] = measure_peak_memory(_probe_spec(row["engine"], cfg, packed_path, shipped,
-                                                                    (h, w), threads))
+                    row["memory"] = measure_peak_memory(
+                        _probe_spec(row["engine"], cfg, packed_path, shipped, (h, w), threads)
+                    )
             result["sizes"].append(entry)
         return result
     finally:
         tmp.cleanup()
 
 
-def _probe_spec(engine: str, cfg: ModelConfig, packed_path: Path, shipped: dict[str, tuple[Path, Any]],
-                size: tuple[int, int], threads: int) -> dict[str, Any]:
+def _probe_spec(
+    engine: str,
+    cfg: ModelConfig,
+    packed_path: Path,
+    shipped: dict[str, tuple[Path, Any]],
+    size: tuple[int, int],
+    threads: int,
+) -> dict[str, Any]:
     base = {"size": list(size), "threads": threads, "runs": 2}
     if engine == "runtime":
         return {**base, "engine": "runtime", "path": str(packed_path)}
@@ -302,8 +358,14 @@ def profile_runtime(runtime: Any, x: np.ndarray, runs: int = 3) -> dict[str, Any
         "runtime_profile_total_ms": best.total_seconds * 1e3,
         "runtime_profile_ms": {kind: s * 1e3 for kind, s in best.by_kind().items()},
         "runtime_profile_top_ops": [
-            {"index": t.index, "op": t.kind, "out": t.out, "detail": t.detail, "ms": t.seconds * 1e3,
-             "gmacs_per_s": t.gmacs_per_s}
+            {
+                "index": t.index,
+                "op": t.kind,
+                "out": t.out,
+                "detail": t.detail,
+                "ms": t.seconds * 1e3,
+                "gmacs_per_s": t.gmacs_per_s,
+            }
             for t in sorted(best.ops, key=lambda t: -t.seconds)[:PROFILE_TOP_OPS]
         ],
         "runtime_profile_text": best.format(top=PROFILE_TOP_OPS),
@@ -315,8 +377,10 @@ def summarize_model_targets(result: dict[str, Any], threads: int) -> list[str]:
     lines = []
     ratio = result["float_file_mb"] / result["packed_file_mb"]
     verdict = "met" if ratio >= TARGET_FILE_RATIO else "MISSED"
-    lines.append(f"packed file {result['packed_file_mb']:.2f} MB vs float state dict "
-                 f"{result['float_file_mb']:.2f} MB: {ratio:.1f}x smaller (goal >= {TARGET_FILE_RATIO:g}x): {verdict}")
+    lines.append(
+        f"packed file {result['packed_file_mb']:.2f} MB vs float state dict "
+        f"{result['float_file_mb']:.2f} MB: {ratio:.1f}x smaller (goal >= {TARGET_FILE_RATIO:g}x): {verdict}"
+    )
     for entry in result["sizes"]:
         rows = {r["engine"]: r for r in entry["rows"]}
         if "smp_deeplabv3_resnet18" not in rows:
@@ -325,11 +389,14 @@ def summarize_model_targets(result: dict[str, Any], threads: int) -> list[str]:
         size = f"{entry['width']}x{entry['height']}"
         if (entry["height"], entry["width"]) == (512, 512) and threads == 2:
             verdict = "met" if speedup >= TARGET_SPEEDUP_VS_SMP else "MISSED"
-            lines.append(f"{size}, 2 threads: runtime {speedup:.2f}x faster than smp DeepLabV3-r18 fp32 "
-                         f"(goal >= {TARGET_SPEEDUP_VS_SMP:g}x): {verdict}")
+            lines.append(
+                f"{size}, 2 threads: runtime {speedup:.2f}x faster than smp DeepLabV3-r18 fp32 "
+                f"(goal >= {TARGET_SPEEDUP_VS_SMP:g}x): {verdict}"
+            )
         else:
-            lines.append(f"{size}, {threads} thread(s): runtime {speedup:.2f}x faster than smp "
-                         "DeepLabV3-r18 fp32")
+            lines.append(
+                f"{size}, {threads} thread(s): runtime {speedup:.2f}x faster than smp DeepLabV3-r18 fp32"
+            )
     return lines
 
 
@@ -354,14 +421,18 @@ def format_report(env: dict[str, Any], result: dict[str, Any]) -> str:
             mem = row.get("memory")
             peak = f"{mem['peak_rss_mb']:.0f}" if mem else "-"
             over = f"{mem['peak_over_base_mb']:.0f}" if mem else "-"
-            lines.append(f"| {size:<7} | {row['label']:<58} | {row['median_ms']:>9.1f} "
-                         f"| {row['min_ms']:>8.1f} | {row['vs_runtime']:>9.2f} | {row['file_mb']:>8.2f} "
-                         f"| {peak:>11} | {over:>12} |")
+            lines.append(
+                f"| {size:<7} | {row['label']:<58} | {row['median_ms']:>9.1f} "
+                f"| {row['min_ms']:>8.1f} | {row['vs_runtime']:>9.2f} | {row['file_mb']:>8.2f} "
+                f"| {peak:>11} | {over:>12} |"
+            )
     for entry in result["sizes"]:
         size = f"{entry['width']}x{entry['height']}"
         lines.append("")
-        lines.append(f"{size}: runtime vs PyTorch: masks agree on {entry['mask_agreement'] * 100:.2f} % of "
-                     f"pixels, max logit error {entry['max_rel_logit_err']:.1e} of the logit scale")
+        lines.append(
+            f"{size}: runtime vs PyTorch: masks agree on {entry['mask_agreement'] * 100:.2f} % of "
+            f"pixels, max logit error {entry['max_rel_logit_err']:.1e} of the logit scale"
+        )
         if "runtime_profile_text" in entry:
             lines.append(f"{size}: runtime {entry['runtime_profile_text']}")
     return "\n".join(lines)
@@ -375,18 +446,29 @@ def format_report(env: dict[str, Any], result: dict[str, Any]) -> str:
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=2, help="threads for every engine (default 2)")
     parser.add_argument("--repeats", type=int, help="timed runs per engine (default 10, 3 with --quick)")
-    parser.add_argument("--sizes", nargs="+", type=parse_size,
-                        help="inputs as WIDTHxHEIGHT (default 512x512 320x240; 320x240 with --quick)")
-    parser.add_argument("--quick", action="store_true",
-                        help="320x240 only, 3 repeats, no reference models, no memory probes "
-                             "(a set-up check)")
-    parser.add_argument("--no-reference", action="store_true",
-                        help="skip the full-precision reference models")
+    parser.add_argument(
+        "--sizes",
+        nargs="+",
+        type=parse_size,
+        help="inputs as WIDTHxHEIGHT (default 512x512 320x240; 320x240 with --quick)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="320x240 only, 3 repeats, no reference models, no memory probes (a set-up check)",
+    )
+    parser.add_argument(
+        "--no-reference", action="store_true", help="skip the full-precision reference models"
+    )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--no-profile", action="store_true", help="skip the runtime's per-op profile")
-    parser.add_argument("--packed", nargs="*", metavar="FILE",
-                        help="shipped packed models to time as extra rows (default: "
-                             f"{' '.join(SHIPPED_MODELS)} where present; --packed with no file: none)")
+    parser.add_argument(
+        "--packed",
+        nargs="*",
+        metavar="FILE",
+        help="shipped packed models to time as extra rows (default: "
+        f"{' '.join(SHIPPED_MODELS)} where present; --packed with no file: none)",
+    )
     parser.add_argument("--k", type=int, default=5, help="branches per group (default 5)")
     parser.add_argument("--width", type=float, default=1.0, help="channel width multiplier (default 1.0)")
     parser.add_argument("--head", default="aspp", choices=("aspp", "fcn", "psp"))
@@ -404,14 +486,29 @@ def _model_part(args: argparse.Namespace, parser: argparse.ArgumentParser) -> di
         parser.error("--repeats must be >= 1")
     repo_root = Path(__file__).resolve().parent.parent
     packed = args.packed if args.packed is not None else [str(repo_root / p) for p in SHIPPED_MODELS]
-    cfg = ModelConfig(arch="groupnet_resnet18", task="seg", num_classes=args.num_classes, k=args.k,
-                      output_stride=args.output_stride, bpac=True, head=args.head, width=args.width)
+    cfg = ModelConfig(
+        arch="groupnet_resnet18",
+        task="seg",
+        num_classes=args.num_classes,
+        k=args.k,
+        output_stride=args.output_stride,
+        bpac=True,
+        head=args.head,
+        width=args.width,
+    )
     log = (lambda message: print(message, file=sys.stderr, flush=True)) if args.verbose else None
     load_start = load_average()
-    result = run_model_benchmark(cfg, sizes, repeats, args.threads,
-                                 references=not (args.quick or args.no_reference),
-                                 profile=not args.no_profile, memory=not (args.quick or args.no_memory),
-                                 packed_files=packed, log=log)
+    result = run_model_benchmark(
+        cfg,
+        sizes,
+        repeats,
+        args.threads,
+        references=not (args.quick or args.no_reference),
+        profile=not args.no_profile,
+        memory=not (args.quick or args.no_memory),
+        packed_files=packed,
+        log=log,
+    )
     env = environment(args.threads)
     env["load_average_start"] = load_start
     env["load_average_end"] = load_average()
@@ -423,8 +520,9 @@ def _model_part(args: argparse.Namespace, parser: argparse.ArgumentParser) -> di
     return {"environment": env, "repeats": repeats, "model": result}
 
 
-def run_postprocess_benchmark(path: str | Path, sizes: Sequence[tuple[int, int]], repeats: int,
-                              threads: int) -> dict[str, Any]:
+def run_postprocess_benchmark(
+    path: str | Path, sizes: Sequence[tuple[int, int]], repeats: int, threads: int
+) -> dict[str, Any]:
     """predict() with and without the model's stored post-processing, interleaved call by call."""
     from .results import test_image
 
@@ -446,11 +544,21 @@ def run_postprocess_benchmark(path: str | Path, sizes: Sequence[tuple[int, int]]
             model.predict(image, refine=False)
             refined.append(middle - start)
             plain.append(time.perf_counter() - middle)
-        rows.append({"size": f"{w}x{h}", "refined_ms": 1e3 * statistics.median(refined),
-                     "plain_ms": 1e3 * statistics.median(plain),
-                     "paired_difference_ms": 1e3 * statistics.median(a - b for a, b in zip(refined, plain))})
-    return {"model": str(path), "postprocess": model.postprocess, "threads": threads, "repeats": repeats,
-            "rows": rows}
+        rows.append(
+            {
+                "size": f"{w}x{h}",
+                "refined_ms": 1e3 * statistics.median(refined),
+                "plain_ms": 1e3 * statistics.median(plain),
+                "paired_difference_ms": 1e3 * statistics.median(a - b for a, b in zip(refined, plain)),
+            }
+        )
+    return {
+        "model": str(path),
+        "postprocess": model.postprocess,
+        "threads": threads,
+        "repeats": repeats,
+        "rows": rows,
+    }
 
 
 def _postprocess_part(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any]:
@@ -465,16 +573,24 @@ def _postprocess_part(args: argparse.Namespace, parser: argparse.ArgumentParser)
     env = environment(args.threads)
     env["load_average_start"], env["load_average_end"] = load_start, load_average()
     print(f"post-processing cost of {result['model']}: {json.dumps(result['postprocess'])}")
-    print(f"PackedModel.predict on a photo, {args.threads} thread(s), "
+    print(
+        f"PackedModel.predict on a photo, {args.threads} thread(s), "
         f"{args.repeats} interleaved pairs, medians; "
-          f"CPU {env['cpu']}, ISA {env['isa']}")
+        f"CPU {env['cpu']}, ISA {env['isa']}"
+    )
     print("| size | with it ms | without ms | ratio | paired difference ms |")
     print("|---|---:|---:|---:|---:|")
     for row in result["rows"]:
-        print(f"| {row['size']} | {row['refined_ms']:.1f} | {row['plain_ms']:.1f} | "
-              f"{row['refined_ms'] / row['plain_ms']:.2f} | {row['paired_difference_ms']:.1f} |")
-    print("load average (1, 5, 15 min) at start / end: " + ", ".join(f"{v:.2f}" for v in load_start)
-          + " / " + ", ".join(f"{v:.2f}" for v in env["load_average_end"]))
+        print(
+            f"| {row['size']} | {row['refined_ms']:.1f} | {row['plain_ms']:.1f} | "
+            f"{row['refined_ms'] / row['plain_ms']:.2f} | {row['paired_difference_ms']:.1f} |"
+        )
+    print(
+        "load average (1, 5, 15 min) at start / end: "
+        + ", ".join(f"{v:.2f}" for v in load_start)
+        + " / "
+        + ", ".join(f"{v:.2f}" for v in env["load_average_end"])
+    )
     return {"environment": env, "postprocess": result}
 
 
@@ -482,38 +598,59 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="seg-bench",
         description="Backend benchmark: binary conv layers (ours vs PyTorch fp32 vs OpenVINO) and whole\n"
-                    "networks (packed runtime vs PyTorch and fp32 segmentation models: latency, file size,\n"
-                    "peak memory, per-op profile). Every figure of a part is measured side by side in one run.",
+        "networks (packed runtime vs PyTorch and fp32 segmentation models: latency, file size,\n"
+        "peak memory, per-op profile). Every figure of a part is measured side by side in one run.",
         epilog="examples:\n"
-               "  seg-bench layers --threads 1 2 --json layers.json   # binary conv layers only\n"
-               "  seg-bench model --sizes 512x512 --json model.json   # whole networks only\n"
-               "  seg-bench all --json bench.json                      # both (also: plain seg-bench)\n"
-               "Each subcommand has its own --help; every one takes --json FILE. See docs/benchmarks.md\n"
-               "for what each column means.",
+        "  seg-bench layers --threads 1 2 --json layers.json   # binary conv layers only\n"
+        "  seg-bench model --sizes 512x512 --json model.json   # whole networks only\n"
+        "  seg-bench all --json bench.json                      # both (also: plain seg-bench)\n"
+        "Each subcommand has its own --help; every one takes --json FILE. See docs/benchmarks.md\n"
+        "for what each column means.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="part", metavar="{layers,model,all,postprocess}")
-    layers = sub.add_parser("layers", help="one binary 3x3 conv at ResNet-18 and segmentation shapes",
-                            description=bench_layers.__doc__.split("\n\n")[0])
+    layers = sub.add_parser(
+        "layers",
+        help="one binary 3x3 conv at ResNet-18 and segmentation shapes",
+        description=bench_layers.__doc__.split("\n\n")[0],
+    )
     bench_layers.add_arguments(layers)
     layers.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    model = sub.add_parser("model", help="whole networks: latency, file size, peak memory, runtime profile",
-                           description="Whole-network benchmark at each input size (see seg-bench --help).")
+    model = sub.add_parser(
+        "model",
+        help="whole networks: latency, file size, peak memory, runtime profile",
+        description="Whole-network benchmark at each input size (see seg-bench --help).",
+    )
     _add_model_arguments(model)
     model.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    both = sub.add_parser("all", help="both parts with their default settings",
-                          description="Runs `seg-bench layers` then `seg-bench model`, with their defaults.")
-    both.add_argument("--quick", action="store_true",
-                      help="a quick set-up check of both parts, not for figures")
+    both = sub.add_parser(
+        "all",
+        help="both parts with their default settings",
+        description="Runs `seg-bench layers` then `seg-bench model`, with their defaults.",
+    )
+    both.add_argument(
+        "--quick", action="store_true", help="a quick set-up check of both parts, not for figures"
+    )
     both.add_argument("--json", metavar="FILE", help="also write both parts' results as one JSON file")
     both.add_argument("--verbose", action="store_true", help="print progress")
-    post = sub.add_parser("postprocess", help="the cost of a packed model's stored post-processing",
-                          description="predict() with and without a packed model's stored post-processing "
-                                      "(guided filter, decision bias), interleaved call by call on a real photo.")
-    post.add_argument("--packed", default=str(Path(__file__).resolve().parent.parent / "weights" / "person.gnpk"),
-                      help="packed model with a postprocess (default: the shipped person model)")
-    post.add_argument("--sizes", nargs="+", type=parse_size, metavar="WxH",
-                      help="image sizes (default: 320x240 338x512 512x512; 338x512 is the CCP photo size)")
+    post = sub.add_parser(
+        "postprocess",
+        help="the cost of a packed model's stored post-processing",
+        description="predict() with and without a packed model's stored post-processing "
+        "(guided filter, decision bias), interleaved call by call on a real photo.",
+    )
+    post.add_argument(
+        "--packed",
+        default=str(Path(__file__).resolve().parent.parent / "weights" / "person.gnpk"),
+        help="packed model with a postprocess (default: the shipped person model)",
+    )
+    post.add_argument(
+        "--sizes",
+        nargs="+",
+        type=parse_size,
+        metavar="WxH",
+        help="image sizes (default: 320x240 338x512 512x512; 338x512 is the CCP photo size)",
+    )
     post.add_argument("--repeats", type=int, default=40, help="interleaved pairs per size (default 40)")
     post.add_argument("--threads", type=int, default=2)
     post.add_argument("--json", metavar="FILE", help="also write the results as JSON")
@@ -529,8 +666,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = " ".join(["seg-bench", *argv])
     output: dict[str, Any] = {"command": command}
     if args.part in ("layers", "all"):
-        layer_args = args if args.part == "layers" else parser.parse_args(
-            ["layers", *(["--quick"] if args.quick else []), *(["--verbose"] if args.verbose else [])])
+        layer_args = (
+            args
+            if args.part == "layers"
+            else parser.parse_args(
+                ["layers", *(["--quick"] if args.quick else []), *(["--verbose"] if args.verbose else [])]
+            )
+        )
         try:
             output["layers"] = bench_layers.run_from_args(layer_args, command)
         except ValueError as error:
@@ -539,8 +681,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.part == "postprocess":
         output.update(_postprocess_part(args, parser))
     if args.part in ("model", "all"):
-        model_args = args if args.part == "model" else parser.parse_args(
-            ["model", *(["--quick"] if args.quick else []), *(["--verbose"] if args.verbose else [])])
+        model_args = (
+            args
+            if args.part == "model"
+            else parser.parse_args(
+                ["model", *(["--quick"] if args.quick else []), *(["--verbose"] if args.verbose else [])]
+            )
+        )
         model_result = _model_part(model_args, parser)
         output.update(model_result)
     if args.json:

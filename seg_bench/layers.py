@@ -135,8 +135,18 @@ def ours_call(inputs: LayerInputs) -> Callable[[], np.ndarray]:
     """
     s = inputs.shape
     weights = kernels.prepare_weights(inputs.weight_packed, s.in_channels)
-    return partial(kernels.bconv2d_float, inputs.x, weights, 1, s.padding, s.dilation, inputs.mul, inputs.bias,
-                   False, False)
+    return partial(
+        kernels.bconv2d_float,
+        inputs.x,
+        weights,
+        1,
+        s.padding,
+        s.dilation,
+        inputs.mul,
+        inputs.bias,
+        False,
+        False,
+    )
 
 
 def dots_only_call(inputs: LayerInputs) -> Callable[[], np.ndarray]:
@@ -215,9 +225,14 @@ def build_openvino_layer(inputs: LayerInputs):
     weights = ov.op.Constant(weight_tensor)
 
     conv = opset1.binary_convolution(
-        binarised, weights,
-        strides=[1, 1], pads_begin=[s.padding] * 2, pads_end=[s.padding] * 2,
-        dilations=[s.dilation] * 2, mode="xnor-popcount", pad_value=1.0,
+        binarised,
+        weights,
+        strides=[1, 1],
+        pads_begin=[s.padding] * 2,
+        pads_end=[s.padding] * 2,
+        dilations=[s.dilation] * 2,
+        mode="xnor-popcount",
+        pad_value=1.0,
     )
     per_channel = (1, s.out_channels, 1, 1)
     scaled = opset13.multiply(conv, opset13.constant(inputs.mul.reshape(per_channel)))
@@ -287,8 +302,11 @@ def openvino_exec_graph(compiled) -> list[dict[str, str]]:
     nodes = []
     for op in compiled.get_runtime_model().get_ordered_ops():
         info = op.get_rt_info()
-        fields = {key: info[key].astype(str) for key in ("layerType", "primitiveType", "runtimePrecision",
-                                                         "outputPrecisions") if key in info}
+        fields = {
+            key: info[key].astype(str)
+            for key in ("layerType", "primitiveType", "runtimePrecision", "outputPrecisions")
+            if key in info
+        }
         if fields.get("layerType") in ("Const", "Input", "Output"):
             continue
         nodes.append({"name": op.get_friendly_name(), **fields})
@@ -331,10 +349,13 @@ class OpenVinoLayer:
         return self.request.get_output_tensor(0).data[0].transpose(1, 2, 0)
 
     def record_profile(self) -> None:
-        self.core_seconds.append(sum(
-            node.real_time.total_seconds() for node in self.request.get_profiling_info()
-            if node.node_type not in ("Reorder", "Input", "Output", "Parameter", "Result")
-        ))
+        self.core_seconds.append(
+            sum(
+                node.real_time.total_seconds()
+                for node in self.request.get_profiling_info()
+                if node.node_type not in ("Reorder", "Input", "Output", "Parameter", "Result")
+            )
+        )
 
 
 # --- measurement ------------------------------------------------------------------------------
@@ -352,7 +373,9 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def cpu_flags(wanted: Sequence[str] = ("avx2", "avx512f", "avx512bw", "avx512_vpopcntdq", "avx512_bf16")) -> list[str]:
+def cpu_flags(
+    wanted: Sequence[str] = ("avx2", "avx512f", "avx512bw", "avx512_vpopcntdq", "avx512_bf16"),
+) -> list[str]:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
@@ -368,18 +391,29 @@ def _median_ms(samples: list[float]) -> float:
     return statistics.median(samples) * 1e3
 
 
-def _time_in_blocks(calls: dict[str, Callable[[], object]], before: dict[str, Callable[[], None]],
-                    after: dict[str, Callable[[], None]], repeats: int, warmup: int,
-                    rounds: int = TIMING_ROUNDS, settle: float = 0.0) -> dict[str, float]:
+def _time_in_blocks(
+    calls: dict[str, Callable[[], object]],
+    before: dict[str, Callable[[], None]],
+    after: dict[str, Callable[[], None]],
+    repeats: int,
+    warmup: int,
+    rounds: int = TIMING_ROUNDS,
+    settle: float = 0.0,
+) -> dict[str, float]:
     """Median milliseconds per named call over ``repeats`` timed runs each (see ``time_in_blocks``)."""
     samples = time_in_blocks(calls, repeats, warmup, rounds, before, after, settle)
     return {name: _median_ms(values) for name, values in samples.items()}
 
 
-def time_in_blocks(calls: dict[str, Callable[[], object]], repeats: int, warmup: int,
-                   rounds: int = TIMING_ROUNDS, before: dict[str, Callable[[], None]] | None = None,
-                   after: dict[str, Callable[[], None]] | None = None,
-                   settle: float = 0.0) -> dict[str, list[float]]:
+def time_in_blocks(
+    calls: dict[str, Callable[[], object]],
+    repeats: int,
+    warmup: int,
+    rounds: int = TIMING_ROUNDS,
+    before: dict[str, Callable[[], None]] | None = None,
+    after: dict[str, Callable[[], None]] | None = None,
+    settle: float = 0.0,
+) -> dict[str, list[float]]:
     """Seconds of each of ``repeats`` timed runs per named call.
 
     Each engine runs in blocks of consecutive calls, not round-robin call by call: the engines
@@ -451,7 +485,9 @@ def run_layer_benchmark(
     isas = [isa] if isinstance(isa, str) else list(isa or kernels.available_isas())
     for name in isas:
         if name not in kernels.available_isas():
-            raise ValueError(f"ISA path {name!r} is not available here; available: {kernels.available_isas()}")
+            raise ValueError(
+                f"ISA path {name!r} is not available here; available: {kernels.available_isas()}"
+            )
     if repeats < 1 or warmup < 0 or not threads or min(threads) < 1:
         raise ValueError("repeats must be >= 1, warmup >= 0 and thread counts >= 1")
     log = log or (lambda message: None)
@@ -493,22 +529,29 @@ def run_layer_benchmark(
                 if openvino_layer is not None:
                     calls["openvino"] = openvino_layer
                     after["openvino"] = openvino_layer.record_profile
-                    log(f"{shape.name} t{thread_count}: OpenVINO exec graph: "
-                        + ", ".join(f"{n.get('layerType')}[{n.get('primitiveType')}]"
-                                    for n in openvino_exec_graph(openvino_layer.compiled)))
+                    log(
+                        f"{shape.name} t{thread_count}: OpenVINO exec graph: "
+                        + ", ".join(
+                            f"{n.get('layerType')}[{n.get('primitiveType')}]"
+                            for n in openvino_exec_graph(openvino_layer.compiled)
+                        )
+                    )
 
                 # Check all engines computed the same output before timing them.
                 kernels.set_isa(isas[0])
                 reference = np.asarray(calls[f"ours:{isas[0]}"]())
-                diffs = {"torch": _max_abs_diff(np.asarray(calls["torch"]())[0].transpose(1, 2, 0), reference)}
+                diffs = {
+                    "torch": _max_abs_diff(np.asarray(calls["torch"]())[0].transpose(1, 2, 0), reference)
+                }
                 if openvino_layer is not None:
                     diffs["openvino"] = _max_abs_diff(openvino_layer.output_nhwc(), reference)
                 for path in isas[1:]:
                     kernels.set_isa(path)
                     diffs[path] = _max_abs_diff(np.asarray(calls[f"ours:{path}"]()), reference)
 
-                medians = _time_in_blocks(calls, before, after, repeats, warmup,
-                                          settle=SETTLE_SECONDS if thread_count > 1 else 0.0)
+                medians = _time_in_blocks(
+                    calls, before, after, repeats, warmup, settle=SETTLE_SECONDS if thread_count > 1 else 0.0
+                )
                 openvino_core_ms = _median_ms(openvino_layer.core_seconds) if openvino_layer else None
                 for path in isas:
                     ours_ms = medians[f"ours:{path}"]
@@ -532,7 +575,9 @@ def run_layer_benchmark(
                         "speedup_vs_openvino": openvino_core_ms / ours_ms if openvino_core_ms else None,
                         "speedup_vs_openvino_end_to_end": openvino_ms / ours_ms if openvino_ms else None,
                         "gmacs_per_core": shape.binary_macs / (ours_ms * 1e-3) / thread_count / 1e9,
-                        "scaling_vs_1_thread": (one_thread_ms[path] / ours_ms) if path in one_thread_ms else None,
+                        "scaling_vs_1_thread": (one_thread_ms[path] / ours_ms)
+                        if path in one_thread_ms
+                        else None,
                         "openvino_impl": openvino_layer.impl if openvino_layer else None,
                         "openvino_unsupported": openvino_unsupported,
                         "max_abs_diff_torch": diffs["torch"],
@@ -552,8 +597,17 @@ def run_layer_benchmark(
 # --- reporting --------------------------------------------------------------------------------
 
 _COLUMNS = [
-    ("shape", 20), ("thr", 3), ("isa", 6), ("ours ms", 9), ("torch ms", 9), ("ov ms", 9), ("ov e2e ms", 9),
-    ("x torch", 8), ("x ov", 6), ("G bMAC/s/core", 13), ("2t/1t", 6),
+    ("shape", 20),
+    ("thr", 3),
+    ("isa", 6),
+    ("ours ms", 9),
+    ("torch ms", 9),
+    ("ov ms", 9),
+    ("ov e2e ms", 9),
+    ("x torch", 8),
+    ("x ov", 6),
+    ("G bMAC/s/core", 13),
+    ("2t/1t", 6),
 ]
 
 
@@ -564,22 +618,44 @@ def _fmt(value: float | None, spec: str, missing: str = "-") -> str:
 def _format_row(row: dict) -> str:
     ov_missing = "n/a" if row.get("openvino_unsupported") else "-"  # refused on this CPU / not installed
     cells = [
-        row["name"], str(row["threads"]), row["isa"], _fmt(row["ours_ms"], ".3f"), _fmt(row["torch_ms"], ".3f"),
-        _fmt(row["openvino_core_ms"], ".3f", ov_missing), _fmt(row["openvino_ms"], ".3f", ov_missing),
-        _fmt(row["speedup_vs_torch"], ".1f"), _fmt(row["speedup_vs_openvino"], ".2f", ov_missing),
+        row["name"],
+        str(row["threads"]),
+        row["isa"],
+        _fmt(row["ours_ms"], ".3f"),
+        _fmt(row["torch_ms"], ".3f"),
+        _fmt(row["openvino_core_ms"], ".3f", ov_missing),
+        _fmt(row["openvino_ms"], ".3f", ov_missing),
+        _fmt(row["speedup_vs_torch"], ".1f"),
+        _fmt(row["speedup_vs_openvino"], ".2f", ov_missing),
         _fmt(row["gmacs_per_core"], ".0f"),
         _fmt(row["scaling_vs_1_thread"] if row["threads"] != 1 else None, ".2f"),
     ]
-    return "| " + " | ".join(cell.rjust(width) if i else cell.ljust(width)
-                             for i, (cell, (_, width)) in enumerate(zip(cells, _COLUMNS))) + " |"
+    return (
+        "| "
+        + " | ".join(
+            cell.rjust(width) if i else cell.ljust(width)
+            for i, (cell, (_, width)) in enumerate(zip(cells, _COLUMNS))
+        )
+        + " |"
+    )
 
 
 def format_layer_table(rows: Sequence[dict]) -> str:
     """Markdown table, one line per (shape, threads, isa), ordered by threads, then shape, then isa."""
-    header = "| " + " | ".join(name.rjust(width) if i else name.ljust(width)
-                               for i, (name, width) in enumerate(_COLUMNS)) + " |"
-    rule = "|" + "|".join("-" * (width + 1) + ":" if i else ":" + "-" * (width + 1)
-                          for i, (_, width) in enumerate(_COLUMNS)) + "|"
+    header = (
+        "| "
+        + " | ".join(
+            name.rjust(width) if i else name.ljust(width) for i, (name, width) in enumerate(_COLUMNS)
+        )
+        + " |"
+    )
+    rule = (
+        "|"
+        + "|".join(
+            "-" * (width + 1) + ":" if i else ":" + "-" * (width + 1) for i, (_, width) in enumerate(_COLUMNS)
+        )
+        + "|"
+    )
     order = {name: i for i, name in enumerate(dict.fromkeys(row["name"] for row in rows))}
     isa_order = {"avx512": 0, "avx2": 1, "scalar": 2}
     ordered = sorted(rows, key=lambda r: (r["threads"], order[r["name"]], isa_order.get(r["isa"], 9)))
@@ -588,9 +664,13 @@ def format_layer_table(rows: Sequence[dict]) -> str:
 
 def openvino_unsupported_notes(rows: Sequence[dict]) -> list[str]:
     """One line per (shape, threads) OpenVINO refused on this CPU, with its reason (below the table)."""
-    refused = {(r["name"], r["threads"]): r["openvino_unsupported"] for r in rows if r.get("openvino_unsupported")}
-    return [f"n/a: OpenVINO cannot run {name} with {threads} thread(s) on this CPU: {reason}"
-            for (name, threads), reason in refused.items()]
+    refused = {
+        (r["name"], r["threads"]): r["openvino_unsupported"] for r in rows if r.get("openvino_unsupported")
+    }
+    return [
+        f"n/a: OpenVINO cannot run {name} with {threads} thread(s) on this CPU: {reason}"
+        for (name, threads), reason in refused.items()
+    ]
 
 
 def summarize_targets(rows: Sequence[dict]) -> list[str]:
@@ -607,22 +687,44 @@ def summarize_targets(rows: Sequence[dict]) -> list[str]:
 
     best_isa = next((p for p in ("avx512", "avx2", "scalar") if any(r["isa"] == p for r in rows)), None)
     one = [r for r in rows if r["threads"] == 1 and r["isa"] == best_isa]
-    report(f"1 thread, {best_isa}: ours vs torch fp32", [(r["name"], r["speedup_vs_torch"]) for r in one], 10, "x")
-    report(f"1 thread, {best_isa}: ours vs OpenVINO binary conv",
-           [(r["name"], r["speedup_vs_openvino"]) for r in one if r["speedup_vs_openvino"]], 1.2, "x")
-    report(f"1 thread, {best_isa}: G binary MAC/s per core, 28x28 and larger maps",
-           [(r["name"], r["gmacs_per_core"]) for r in one if r["height"] >= 28], 550, "")
+    report(
+        f"1 thread, {best_isa}: ours vs torch fp32",
+        [(r["name"], r["speedup_vs_torch"]) for r in one],
+        10,
+        "x",
+    )
+    report(
+        f"1 thread, {best_isa}: ours vs OpenVINO binary conv",
+        [(r["name"], r["speedup_vs_openvino"]) for r in one if r["speedup_vs_openvino"]],
+        1.2,
+        "x",
+    )
+    report(
+        f"1 thread, {best_isa}: G binary MAC/s per core, 28x28 and larger maps",
+        [(r["name"], r["gmacs_per_core"]) for r in one if r["height"] >= 28],
+        550,
+        "",
+    )
     two = [r for r in rows if r["threads"] == 2 and r["isa"] == best_isa and r["group"] == "seg512"]
-    report(f"2 threads vs 1, {best_isa}, 512x512-input shapes",
-           [(r["name"], r["scaling_vs_1_thread"]) for r in two if r["scaling_vs_1_thread"]], 1.7, "x")
+    report(
+        f"2 threads vs 1, {best_isa}, 512x512-input shapes",
+        [(r["name"], r["scaling_vs_1_thread"]) for r in two if r["scaling_vs_1_thread"]],
+        1.7,
+        "x",
+    )
     by_key = {(r["name"], r["threads"], r["isa"]): r["ours_ms"] for r in rows}
-    ratios = [(f"{name} t{t}", by_key[(name, t, "avx512")] / ms)
-              for (name, t, path), ms in by_key.items() if path == "avx2" and (name, t, "avx512") in by_key]
+    ratios = [
+        (f"{name} t{t}", by_key[(name, t, "avx512")] / ms)
+        for (name, t, path), ms in by_key.items()
+        if path == "avx2" and (name, t, "avx512") in by_key
+    ]
     # Expressed as avx512 speed / avx2 speed inverted: goal is avx2 time <= 3x avx512 time.
     if ratios:
         worst_name, worst = min(ratios, key=lambda item: item[1])
         status = "met" if worst >= 1 / 3 else f"MISSED: avx2 is {1 / worst:.2f}x slower on {worst_name}"
-        lines.append(f"AVX2 within 3x of AVX-512: worst avx2/avx512 slowdown {1 / worst:.2f}x ({worst_name}); {status}")
+        lines.append(
+            f"AVX2 within 3x of AVX-512: worst avx2/avx512 slowdown {1 / worst:.2f}x ({worst_name}); {status}"
+        )
     return lines
 
 
@@ -637,12 +739,16 @@ def environment_lines() -> list[str]:
         "load average (1, 5, 15 min) at start: " + ", ".join(f"{v:.2f}" for v in os.getloadavg()),
     ]
     if os.getloadavg()[0] > 0.5:
-        lines.append("WARNING: other processes are running; figures with as many threads as cores are unreliable")
+        lines.append(
+            "WARNING: other processes are running; figures with as many threads as cores are unreliable"
+        )
     if openvino_available():
         import openvino as ov
 
         lines.append(f"openvino {ov.__version__}")
-        capped = {name: os.environ[name] for name in ("OV_CPU_MAX_ISA", "ONEDNN_MAX_CPU_ISA") if name in os.environ}
+        capped = {
+            name: os.environ[name] for name in ("OV_CPU_MAX_ISA", "ONEDNN_MAX_CPU_ISA") if name in os.environ
+        }
         if capped:  # OpenVINO then runs (and refuses shapes) as on a CPU with only that ISA
             lines.append("OpenVINO ISA capped: " + " ".join(f"{k}={v}" for k, v in capped.items()))
     else:
@@ -653,14 +759,30 @@ def environment_lines() -> list[str]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The layer benchmark's options (shared by ``python -m seg_bench.layers`` and ``seg-bench layers``)."""
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts (default: 1 2)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per engine (default 30; 3 with --quick)")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed warm-up runs per block (default 2; 1 with --quick)")
-    parser.add_argument("--isa", action="append", choices=["avx512", "avx2", "scalar"],
-                        help="ISA path(s) of ours to time (default: every available path)")
-    parser.add_argument("--group", choices=["all", "resnet18", "seg512"], default="all",
-                        help="shape set: ResNet-18 (224 input), segmentation (512 input, OS8), or both")
-    parser.add_argument("--quick", action="store_true", help="few repeats, to check the set-up, not for figures")
-    parser.add_argument("--verbose", action="store_true", help="print each row and OpenVINO's exec graph as measured")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="timed repeats per engine (default 30; 3 with --quick)"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=None, help="untimed warm-up runs per block (default 2; 1 with --quick)"
+    )
+    parser.add_argument(
+        "--isa",
+        action="append",
+        choices=["avx512", "avx2", "scalar"],
+        help="ISA path(s) of ours to time (default: every available path)",
+    )
+    parser.add_argument(
+        "--group",
+        choices=["all", "resnet18", "seg512"],
+        default="all",
+        help="shape set: ResNet-18 (224 input), segmentation (512 input, OS8), or both",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="few repeats, to check the set-up, not for figures"
+    )
+    parser.add_argument(
+        "--verbose", action="store_true", help="print each row and OpenVINO's exec graph as measured"
+    )
 
 
 def run_from_args(args: argparse.Namespace, command: str) -> dict:
@@ -674,12 +796,15 @@ def run_from_args(args: argparse.Namespace, command: str) -> dict:
     print("\n".join(environment), flush=True)
     log = (lambda message: print(message, flush=True)) if args.verbose else None
     shapes = [shape for shape in DEFAULT_SHAPES if args.group in ("all", shape.group)]
-    rows = run_layer_benchmark(shapes=shapes, threads=args.threads, repeats=repeats, warmup=warmup, isa=args.isa,
-                               log=log)
+    rows = run_layer_benchmark(
+        shapes=shapes, threads=args.threads, repeats=repeats, warmup=warmup, isa=args.isa, log=log
+    )
     impls = sorted({r["openvino_impl"] for r in rows if r["openvino_impl"]})
     print(f"OpenVINO BinaryConvolution implementation(s) executed: {', '.join(impls) or 'n/a'}")
-    print(f"medians of {repeats} timed runs per engine, in {min(TIMING_ROUNDS, repeats)} rounds of blocks "
-          f"({warmup} warm-up runs per block)\n")
+    print(
+        f"medians of {repeats} timed runs per engine, in {min(TIMING_ROUNDS, repeats)} rounds of blocks "
+        f"({warmup} warm-up runs per block)\n"
+    )
     print(format_layer_table(rows))
     notes = openvino_unsupported_notes(rows)
     if notes:  # shapes the peer engine refused on this CPU, with its reason
@@ -689,15 +814,22 @@ def run_from_args(args: argparse.Namespace, command: str) -> dict:
     print("\n".join(targets))
     load_end = "load average (1, 5, 15 min) at end: " + ", ".join(f"{v:.2f}" for v in os.getloadavg())
     print(load_end, flush=True)
-    return {"environment": [*environment, load_end], "command": command, "repeats": repeats, "warmup": warmup,
-            "rows": rows, "openvino_unsupported": notes, "targets": targets}
+    return {
+        "environment": [*environment, load_end],
+        "command": command,
+        "repeats": repeats,
+        "warmup": warmup,
+        "rows": rows,
+        "openvino_unsupported": notes,
+        "targets": targets,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m seg_bench.layers",
         description="Per-layer binary 3x3 conv benchmark: ours vs PyTorch fp32 vs OpenVINO binary conv "
-                    "(the `layers` part of seg-bench).",
+        "(the `layers` part of seg-bench).",
     )
     add_arguments(parser)
     parser.add_argument("--json", metavar="FILE", help="also write environment and rows as JSON")

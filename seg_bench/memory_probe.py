@@ -70,8 +70,12 @@ def probe(spec: dict[str, Any]) -> dict[str, Any]:
 
     for _ in range(spec["runs"]):
         run()
-    return {"base_rss_mb": base, "peak_rss_mb": status_mb("VmHWM"), "peak_reset": peak_reset,
-            "torch_imported": "torch" in sys.modules}
+    return {
+        "base_rss_mb": base,
+        "peak_rss_mb": status_mb("VmHWM"),
+        "peak_reset": peak_reset,
+        "torch_imported": "torch" in sys.modules,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:

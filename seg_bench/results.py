@@ -91,12 +91,15 @@ def packed_latency(path: Path, repeats: int, raw: bool = False) -> dict[str, flo
         image = test_image(w, h)
         if raw:
             x = np.zeros((-(-h // 32) * 32, -(-w // 32) * 32, 3), np.float32)
-            x[:h, :w] = (image / 255.0 - np.float32(model.input_spec["mean"])) / np.float32(model.input_spec["std"])
+            x[:h, :w] = (image / 255.0 - np.float32(model.input_spec["mean"])) / np.float32(
+                model.input_spec["std"]
+            )
             out[f"{w}x{h}"] = median_ms(partial(model.forward, x), repeats)
         elif model.postprocess:
             # with and without the stored post-processing, call by call, so load bursts hit both
-            both = median_ms_interleaved([partial(model.predict, image),
-                                          partial(model.predict, image, refine=False)], repeats)
+            both = median_ms_interleaved(
+                [partial(model.predict, image), partial(model.predict, image, refine=False)], repeats
+            )
             out[f"{w}x{h}"], out[f"{w}x{h} refine=false"] = both
         else:
             out[f"{w}x{h}"] = median_ms(partial(model.predict, image), repeats)
@@ -126,14 +129,26 @@ def torch_latency(config_path: Path, num_classes: int, repeats: int) -> dict[str
     return out
 
 
-def isolated_latency(kind: str, target: Path, repeats: int, threads: int, raw: bool = False) -> dict[str, float]:
+def isolated_latency(
+    kind: str, target: Path, repeats: int, threads: int, raw: bool = False
+) -> dict[str, float]:
     """Latency measured in a fresh process (seg_bench.latency_probe): the kernels' thread pool and
     PyTorch's OpenMP pool both spin after their work, so timing them in one process makes each slow
     the other down."""
     import subprocess
 
-    command = [sys.executable, "-m", "seg_bench.latency_probe", kind, str(target), "--repeats", str(repeats),
-               "--threads", str(threads), *(["--raw"] if raw else [])]
+    command = [
+        sys.executable,
+        "-m",
+        "seg_bench.latency_probe",
+        kind,
+        str(target),
+        "--repeats",
+        str(repeats),
+        "--threads",
+        str(threads),
+        *(["--raw"] if raw else []),
+    ]
     out = subprocess.run(command, capture_output=True, text=True, check=True, cwd=REPO)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -149,8 +164,9 @@ def read_run(folder: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------- figures
 
 
-def plot_curves(runs: dict[str, list[dict[str, str]]], metric: str, title: str, out: Path,
-                chained: bool = True) -> None:
+def plot_curves(
+    runs: dict[str, list[dict[str, str]]], metric: str, title: str, out: Path, chained: bool = True
+) -> None:
     """Loss and validation curves; ``chained``: each run continues the previous one (epochs add up),
     else the runs are alternatives drawn over the same epochs."""
     import matplotlib.pyplot as plt
@@ -165,8 +181,11 @@ def plot_curves(runs: dict[str, list[dict[str, str]]], metric: str, title: str, 
             ax_metric.plot(*zip(*scored, strict=True), marker="o", label=label)
         offset = epochs[-1] if chained else 0
     ax_loss.set(xlabel="epoch", ylabel="training loss", title=f"{title}: loss")
-    ax_metric.set(xlabel="epoch", ylabel={"miou": "val mIoU (%)", "top1": "val top-1 (%)"}[metric],
-                  title=f"{title}: validation")
+    ax_metric.set(
+        xlabel="epoch",
+        ylabel={"miou": "val mIoU (%)", "top1": "val top-1 (%)"}[metric],
+        title=f"{title}: validation",
+    )
     for ax in (ax_loss, ax_metric):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -178,8 +197,12 @@ def plot_curves(runs: dict[str, list[dict[str, str]]], metric: str, title: str, 
 def plot_per_class(scores: dict[str, dict[str, Any]], out: Path) -> None:
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(scores), figsize=(4 + 3.5 * len(scores), 3.6),
-                             gridspec_kw={"width_ratios": [max(2, len(s["iou"])) for s in scores.values()]})
+    fig, axes = plt.subplots(
+        1,
+        len(scores),
+        figsize=(4 + 3.5 * len(scores), 3.6),
+        gridspec_kw={"width_ratios": [max(2, len(s["iou"])) for s in scores.values()]},
+    )
     for ax, (name, s) in zip(np.atleast_1d(axes), scores.items(), strict=True):
         classes = list(s["iou"])
         values = [100 * (s["iou"][c] if s["iou"][c] == s["iou"][c] else 0.0) for c in classes]
@@ -204,8 +227,12 @@ def plot_examples(model_path: Path, pairs: list[tuple[np.ndarray, np.ndarray]], 
         pred = model.predict(rgb)
         palette = model.palette
         truth_rgb = np.where((truth == 255)[..., None], 0, palette[np.minimum(truth, len(palette) - 1)])
-        for ax, img, title in zip(row, (rgb, truth_rgb, (0.5 * rgb + 0.5 * palette[pred]).astype(np.uint8)),
-                                  ("image", "ground truth", "prediction (packed runtime)"), strict=True):
+        for ax, img, title in zip(
+            row,
+            (rgb, truth_rgb, (0.5 * rgb + 0.5 * palette[pred]).astype(np.uint8)),
+            ("image", "ground truth", "prediction (packed runtime)"),
+            strict=True,
+        ):
             ax.imshow(img)
             ax.set_title(title, fontsize=9)
             ax.axis("off")
@@ -221,12 +248,20 @@ def plot_tradeoff(rows: list[dict[str, Any]], size: str, out: Path) -> None:
     for r in rows:
         colour = "tab:red" if r["engine"] == "torch" else "tab:blue"
         ax.scatter(r["latency_ms"][size], 100 * r["metric"], color=colour, s=30 + r["size_mb"] * 4)
-        ax.annotate(r["key"], (r["latency_ms"][size], 100 * r["metric"]), fontsize=7, xytext=(4, 3),
-                    textcoords="offset points")
+        ax.annotate(
+            r["key"],
+            (r["latency_ms"][size], 100 * r["metric"]),
+            fontsize=7,
+            xytext=(4, 3),
+            textcoords="offset points",
+        )
     ax.set_xscale("log")
-    ax.set(xlabel=f"CPU latency at {size} (ms, 2 threads, log scale)", ylabel="val mIoU (%)",
-           title="Accuracy against CPU latency (blue: packed binary runtime, red: PyTorch fp32; "
-                 "marker area ~ file size)")
+    ax.set(
+        xlabel=f"CPU latency at {size} (ms, 2 threads, log scale)",
+        ylabel="val mIoU (%)",
+        title="Accuracy against CPU latency (blue: packed binary runtime, red: PyTorch fp32; "
+        "marker area ~ file size)",
+    )
     ax.title.set_fontsize(8)
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
@@ -239,17 +274,30 @@ def plot_tradeoff(rows: list[dict[str, Any]], size: str, out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m seg_bench.results", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"), help="folder with ccp/ and camvid/")
-    parser.add_argument("--weights", default=str(REPO / "weights"), help="folder with the shipped .gnpk files")
-    parser.add_argument("--ablation-gnpk", help="folder with the ablation runs' exported .gnpk files "
-                        "(<row>.gnpk); binary rows without one are timed from a random-weight export")
+    parser.add_argument(
+        "--data", default=str(REPO.parent / "shared" / "data"), help="folder with ccp/ and camvid/"
+    )
+    parser.add_argument(
+        "--weights", default=str(REPO / "weights"), help="folder with the shipped .gnpk files"
+    )
+    parser.add_argument(
+        "--ablation-gnpk",
+        help="folder with the ablation runs' exported .gnpk files "
+        "(<row>.gnpk); binary rows without one are timed from a random-weight export",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=10, help="timed runs per row and round (median)")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="every row is timed once per round, in its own process, rounds one after another; "
-                             "a row's latency is the median over rounds, so a burst of outside load lands on "
-                             "one round of every row rather than on every round of one row (default 3)")
-    parser.add_argument("--out", default=str(REPO / "docs"), help="writes <out>/img/*.png and <out>/results/results.json")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="every row is timed once per round, in its own process, rounds one after another; "
+        "a row's latency is the median over rounds, so a burst of outside load lands on "
+        "one round of every row rather than on every round of one row (default 3)",
+    )
+    parser.add_argument(
+        "--out", default=str(REPO / "docs"), help="writes <out>/img/*.png and <out>/results/results.json"
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -263,8 +311,13 @@ def main(argv: list[str] | None = None) -> int:
     (out / "img").mkdir(parents=True, exist_ok=True)
     (out / "results").mkdir(parents=True, exist_ok=True)
     configs = REPO / "training" / "configs"
-    results: dict[str, Any] = {"threads": args.threads, "rounds": args.rounds, "cpu": _cpu(), "shipped": {},
-                               "ablation": []}
+    results: dict[str, Any] = {
+        "threads": args.threads,
+        "rounds": args.rounds,
+        "cpu": _cpu(),
+        "shipped": {},
+        "ablation": [],
+    }
     # (row, (kind, target, raw)): every row's latency is measured at the end, in rounds.
     latency_jobs: list[tuple[dict[str, Any], tuple[str, Path, bool]]] = []
 
@@ -272,34 +325,64 @@ def main(argv: list[str] | None = None) -> int:
     scores = {}
     for name, config in SHIPPED:
         path = weights / f"{name}.gnpk"
-        s = evaluate_packed(path, configs / f"{config}.yaml", [("data.root", str(data / config.split("_")[0]))],
-                            progress=False)
+        s = evaluate_packed(
+            path,
+            configs / f"{config}.yaml",
+            [("data.root", str(data / config.split("_")[0]))],
+            progress=False,
+        )
         scores[name] = s
         results["shipped"][name] = {
-            "miou": s["miou"], "iou": s["iou"], "pixel_acc": s["pixel_acc"],
+            "miou": s["miou"],
+            "iou": s["iou"],
+            "pixel_acc": s["pixel_acc"],
             "file_mb": path.stat().st_size / 1e6,
         }
         latency_jobs.append((results["shipped"][name], ("packed", path, False)))
     plot_per_class(scores, out / "img" / "per_class_iou.png")
 
     # Training curves.
-    plot_curves({"GPU run (camvid's encoder)": read_run(RUNS / "imagenette_w05k4")["history"],
-                 "CPU run (person's encoder)": read_run(RUNS / "imagenette_w05k4_cpu")["history"]}, "top1",
-                "encoder pretraining (Imagenette 64 px)", out / "img" / "curves_pretrain.png", chained=False)
-    plot_curves({"ccp_person_w05k4": read_run(RUNS / "ccp_person_w05k4")["history"],
-                 "continued": read_run(RUNS / "ccp_person_w05k4_continued")["history"]}, "miou",
-                "person", out / "img" / "curves_person.png")
-    plot_curves({"camvid_w05k4": read_run(RUNS / "camvid_w05k4")["history"]}, "miou", "camvid",
-                out / "img" / "curves_camvid.png")
+    plot_curves(
+        {
+            "GPU run (camvid's encoder)": read_run(RUNS / "imagenette_w05k4")["history"],
+            "CPU run (person's encoder)": read_run(RUNS / "imagenette_w05k4_cpu")["history"],
+        },
+        "top1",
+        "encoder pretraining (Imagenette 64 px)",
+        out / "img" / "curves_pretrain.png",
+        chained=False,
+    )
+    plot_curves(
+        {
+            "ccp_person_w05k4": read_run(RUNS / "ccp_person_w05k4")["history"],
+            "continued": read_run(RUNS / "ccp_person_w05k4_continued")["history"],
+        },
+        "miou",
+        "person",
+        out / "img" / "curves_person.png",
+    )
+    plot_curves(
+        {"camvid_w05k4": read_run(RUNS / "camvid_w05k4")["history"]},
+        "miou",
+        "camvid",
+        out / "img" / "curves_camvid.png",
+    )
 
     # Validation examples.
     from training.data import build_seg_dataset
     from training.engine.config import load_config
 
-    for name, config, picks in (("person", "ccp_person_w05k4", (3, 41, 77)), ("camvid", "camvid_w05k4", (5, 50, 90))):
-        cfg = load_config("seg", configs / f"{config}.yaml", [("data.root", str(data / config.split("_")[0]))])
+    for name, config, picks in (
+        ("person", "ccp_person_w05k4", (3, 41, 77)),
+        ("camvid", "camvid_w05k4", (5, 50, 90)),
+    ):
+        cfg = load_config(
+            "seg", configs / f"{config}.yaml", [("data.root", str(data / config.split("_")[0]))]
+        )
         val = build_seg_dataset(cfg["data"], "val")
-        plot_examples(weights / f"{name}.gnpk", [val.load(i) for i in picks], out / "img" / f"examples_{name}.png")
+        plot_examples(
+            weights / f"{name}.gnpk", [val.load(i) for i in picks], out / "img" / f"examples_{name}.png"
+        )
 
     # Ablation and the full-precision alternatives: accuracy from the runs, latency measured here.
     abl_gnpk = Path(args.ablation_gnpk) if args.ablation_gnpk else None
@@ -307,18 +390,31 @@ def main(argv: list[str] | None = None) -> int:
     for key, label, engine in ABLATION_ROWS:
         run = read_run(RUNS / "ablation" / key)
         summary = run["summary"]
-        row: dict[str, Any] = {"key": key, "label": label, "engine": engine, "epochs": summary["epochs"],
-                               "metric": summary["best_metric"],
-                               "train_seconds": summary["seconds"], "parameters": summary["parameters"]}
+        row: dict[str, Any] = {
+            "key": key,
+            "label": label,
+            "engine": engine,
+            "epochs": summary["epochs"],
+            "metric": summary["best_metric"],
+            "train_seconds": summary["seconds"],
+            "parameters": summary["parameters"],
+        }
         if engine == "packed":
             given = abl_gnpk / f"{key}.gnpk" if abl_gnpk else None
-            path = (given if given is not None and given.is_file()
-                    else _random_export(RUNS / "ablation" / key / "config.yaml", out / "results" / f"{key}.gnpk"))
+            path = (
+                given
+                if given is not None and given.is_file()
+                else _random_export(RUNS / "ablation" / key / "config.yaml", out / "results" / f"{key}.gnpk")
+            )
             latency_jobs.append((row, ("packed", path, True)))
             row["size_mb"] = path.stat().st_size / 1e6
             if abl_gnpk and (abl_gnpk / f"{key}.gnpk").is_file():
-                s = evaluate_packed(path, configs / "ablation" / f"{key}.yaml", [("data.root", str(data / "ccp"))],
-                                    progress=False)
+                s = evaluate_packed(
+                    path,
+                    configs / "ablation" / f"{key}.yaml",
+                    [("data.root", str(data / "ccp"))],
+                    progress=False,
+                )
                 row["packed_full_size"] = {"miou": s["miou"], "iou": s["iou"]}
         else:
             config_path = configs / "ablation" / f"{key}.yaml"
@@ -342,7 +438,9 @@ def main(argv: list[str] | None = None) -> int:
     shipped, ablation = markdown_tables(results)
     doc = out / "results.md"
     if doc.is_file():  # refresh the tables between their markers, keep the prose
-        doc.write_text(replace_marked(replace_marked(doc.read_text(), "shipped", shipped), "ablation", ablation))
+        doc.write_text(
+            replace_marked(replace_marked(doc.read_text(), "shipped", shipped), "ablation", ablation)
+        )
     print(shipped + "\n\n" + ablation)
     return 0
 
@@ -373,22 +471,35 @@ def _random_export(config_path: Path, out: Path) -> Path:
 
 def markdown_tables(results: dict[str, Any]) -> tuple[str, str]:
     """(shipped models table, ablation table) in Markdown."""
-    lines = ["| model | val mIoU | per-class IoU | 320x240 ms | 512x512 ms | file MB |", "|---|---:|---|---:|---:|---:|"]
+    lines = [
+        "| model | val mIoU | per-class IoU | 320x240 ms | 512x512 ms | file MB |",
+        "|---|---:|---|---:|---:|---:|",
+    ]
     for name, r in results["shipped"].items():
         ious = ", ".join(f"{c} {100 * v:.1f}" for c, v in r["iou"].items())
         ms = r["latency_ms"]
-        times = [f"{ms[size]:.1f}" + (f" ({ms[size + ' refine=false']:.1f} without refine)"
-                                      if size + " refine=false" in ms else "") for size in ("320x240", "512x512")]
-        lines.append(f"| {name} | {100 * r['miou']:.2f} | {ious} | {times[0]} | {times[1]} | {r['file_mb']:.2f} |")
+        times = [
+            f"{ms[size]:.1f}"
+            + (f" ({ms[size + ' refine=false']:.1f} without refine)" if size + " refine=false" in ms else "")
+            for size in ("320x240", "512x512")
+        ]
+        lines.append(
+            f"| {name} | {100 * r['miou']:.2f} | {ious} | {times[0]} | {times[1]} | {r['file_mb']:.2f} |"
+        )
     shipped = "\n".join(lines)
-    lines = ["| row | engine | epochs | val mIoU | packed, full size: mIoU / person IoU | "
-             "320x240 ms | 512x512 ms | size MB |", "|---|---|---:|---:|---|---:|---:|---:|"]
+    lines = [
+        "| row | engine | epochs | val mIoU | packed, full size: mIoU / person IoU | "
+        "320x240 ms | 512x512 ms | size MB |",
+        "|---|---|---:|---:|---|---:|---:|---:|",
+    ]
     for r in results["ablation"]:
         packed = r.get("packed_full_size")
         packed_txt = f"{100 * packed['miou']:.1f} / {100 * packed['iou']['person']:.1f}" if packed else "-"
-        lines.append(f"| {r['label']} | {r['engine']} | {r['epochs']} | {100 * r['metric']:.2f} | "
-                     f"{packed_txt} | {r['latency_ms']['320x240']:.1f} | {r['latency_ms']['512x512']:.1f} | "
-                     f"{r['size_mb']:.2f} |")
+        lines.append(
+            f"| {r['label']} | {r['engine']} | {r['epochs']} | {100 * r['metric']:.2f} | "
+            f"{packed_txt} | {r['latency_ms']['320x240']:.1f} | {r['latency_ms']['512x512']:.1f} | "
+            f"{r['size_mb']:.2f} |"
+        )
     return shipped, "\n".join(lines)
 
 

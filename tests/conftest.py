@@ -22,8 +22,19 @@ TEST_MODELS = {
     # name: (classes, palette, config overrides)
     "person": (["background", "person"], [[0, 0, 0], [220, 20, 60]], {"head": "aspp"}),
     "street": (
-        ["sky", "building", "pole", "road", "pavement", "tree", "signsymbol", "fence", "car",
-         "pedestrian", "bicyclist"],
+        [
+            "sky",
+            "building",
+            "pole",
+            "road",
+            "pavement",
+            "tree",
+            "signsymbol",
+            "fence",
+            "car",
+            "pedestrian",
+            "bicyclist",
+        ],
         None,
         {"head": "psp", "output_stride": 16},
     ),

@@ -37,7 +37,9 @@ class ServerProcess:
     or ``stop()`` (SIGTERM) end it, and ``start()`` may run it again on the same port.
     """
 
-    def __init__(self, model_dir: Path, log_path: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, model_dir: Path, log_path: Path, *args: str, env: dict[str, str] | None = None
+    ) -> None:
         self.model_dir = model_dir
         self.args = args
         self.extra_env = dict(env or {})
@@ -50,16 +52,36 @@ class ServerProcess:
     def launch(self) -> ServerProcess:
         """Start the process (no wait)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("SEG_")}
-        env.update({"SEG_MODEL_DIR": str(self.model_dir), "SEG_THREADS": "1", "PYTHONUNBUFFERED": "1",
-                    "NO_ALBUMENTATIONS_UPDATE": "1",
-                    "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))})
+        env.update(
+            {
+                "SEG_MODEL_DIR": str(self.model_dir),
+                "SEG_THREADS": "1",
+                "PYTHONUNBUFFERED": "1",
+                "NO_ALBUMENTATIONS_UPDATE": "1",
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
+            }
+        )
         env.update(self.extra_env)
         with open(self.log_path, "ab") as log:  # the child keeps its own copy of the descriptor
             # Through the launcher: the server dies with this process even where no teardown runs.
             self.proc = subprocess.Popen(
-                guarded([sys.executable, "-m", "seg_service.api.cli", "--host", "127.0.0.1",
-                         "--port", str(self.port), *self.args]),
-                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+                guarded(
+                    [
+                        sys.executable,
+                        "-m",
+                        "seg_service.api.cli",
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(self.port),
+                        *self.args,
+                    ]
+                ),
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         kill_at_exit(self.proc)
         return self
 
@@ -108,6 +130,8 @@ class ServerProcess:
         return self.proc.returncode
 
 
-def start_server(model_dir: Path, log_path: Path, *args: str, env: dict[str, str] | None = None) -> ServerProcess:
+def start_server(
+    model_dir: Path, log_path: Path, *args: str, env: dict[str, str] | None = None
+) -> ServerProcess:
     """A ready server (see ServerProcess.start)."""
     return ServerProcess(model_dir, log_path, *args, env=env).start()

@@ -30,7 +30,15 @@ _FORMAT_ALONE = r"""
 import importlib.abc, json, sys, tempfile
 from pathlib import Path
 
-BLOCKED = ("seg_service.kernels", "seg_service.runtime", "seg_service.api", "training", "client", "torch", "cv2")
+BLOCKED = (
+    "seg_service.kernels",
+    "seg_service.runtime",
+    "seg_service.api",
+    "training",
+    "client",
+    "torch",
+    "cv2",
+)
 
 class Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
@@ -85,12 +93,24 @@ print(json.dumps(sorted(set(sys.modules) - before)))
 
 
 def test_format_needs_no_kernels_runtime_or_torch(tmp_path) -> None:
-    done = subprocess.run([sys.executable, "-c", _FORMAT_ALONE], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=120, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    done = subprocess.run(
+        [sys.executable, "-c", _FORMAT_ALONE],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     # what importing and using the format added to numpy's and safetensors' own imports
     added = json.loads(done.stdout.strip().splitlines()[-1])
     ours = {m for m in added if m.split(".")[0] == "seg_service"}
-    assert "seg_service.format" in ours and all(m.startswith("seg_service.format") for m in ours), sorted(ours)
-    others = {m.split(".")[0] for m in added} - set(sys.stdlib_module_names) - {"seg_service", "numpy", "safetensors"}
+    assert "seg_service.format" in ours and all(m.startswith("seg_service.format") for m in ours), sorted(
+        ours
+    )
+    others = (
+        {m.split(".")[0] for m in added}
+        - set(sys.stdlib_module_names)
+        - {"seg_service", "numpy", "safetensors"}
+    )
     assert not others, sorted(others)

@@ -72,7 +72,9 @@ def parse_overrides(tokens: Sequence[str], sets: Sequence[str] | None) -> list[t
 
 def _common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML config file, or the name of a shipped config (e.g. smoke_seg)")
-    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    parser.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)"
+    )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="shorthand for --set device=...")
     parser.add_argument("--seed", type=int, help="shorthand for --set seed=...")
 
@@ -85,18 +87,23 @@ def _train_parser(task: str) -> argparse.ArgumentParser:
         description=f"Train a Group-Net {what} from a YAML config. Runs on one CPU or GPU, or under "
         f"torchrun (DDP) on many. Any config key can be overridden with --set key=value or --key value, "
         f"e.g. --train.epochs 3 --data.root /data/VOC2012.",
-        epilog=("Check a data set first: train-seg check-data --config c. "
-                "Evaluate a checkpoint: train-seg eval --checkpoint runs/x/best.pt. Fit a packed model's "
-                "post-processing: train-seg tune-postprocess --packed m.gnpk --config c --out m2.gnpk. "
-                "Your own data: start from --config my_data (docs/training.md). "
-                if task == "seg" else "")
+        epilog=(
+            "Check a data set first: train-seg check-data --config c. "
+            "Evaluate a checkpoint: train-seg eval --checkpoint runs/x/best.pt. Fit a packed model's "
+            "post-processing: train-seg tune-postprocess --packed m.gnpk --config c --out m2.gnpk. "
+            "Your own data: start from --config my_data (docs/training.md). "
+            if task == "seg"
+            else ""
+        )
         + f"Re-estimate BatchNorm statistics: train-{task} recalibrate-bn --checkpoint runs/x/best.pt "
-        "--out y.pt. "
-        + f"Shipped configs: {', '.join(sorted(p.stem for p in CONFIG_DIR.glob('*.yaml')))}.",
+        "--out y.pt. " + f"Shipped configs: {', '.join(sorted(p.stem for p in CONFIG_DIR.glob('*.yaml')))}.",
     )
     _common_args(parser)
     parser.add_argument(
-        "--resume", nargs="?", const="last", metavar="CHECKPOINT",
+        "--resume",
+        nargs="?",
+        const="last",
+        metavar="CHECKPOINT",
         help="continue a run: from CHECKPOINT, or from the run's last.pt when no path is given; "
         "without --config the checkpoint's own config is used",
     )
@@ -143,7 +150,9 @@ def _recalibrate(task: str, argv: Sequence[str]) -> int:
     args, rest = _recalibrate_parser(task).parse_known_args(argv)
     from .engine.bn_recalibration import recalibrate_checkpoint
 
-    recalibrate_checkpoint(args.checkpoint, args.out, args.batches, find_config(args.config), _overrides(args, rest))
+    recalibrate_checkpoint(
+        args.checkpoint, args.out, args.batches, find_config(args.config), _overrides(args, rest)
+    )
     return 0
 
 
@@ -187,8 +196,12 @@ def _tune_parser() -> argparse.ArgumentParser:
         "one stored in it (graph and weights unchanged); the validation images are not used, so "
         "'train-seg eval --packed' on the result stays an honest score.",
     )
-    parser.add_argument("--packed", required=True, metavar="GNPK", help="packed model file (export-model's output)")
-    parser.add_argument("--out", required=True, metavar="GNPK", help="packed model to write (never the input)")
+    parser.add_argument(
+        "--packed", required=True, metavar="GNPK", help="packed model file (export-model's output)"
+    )
+    parser.add_argument(
+        "--out", required=True, metavar="GNPK", help="packed model to write (never the input)"
+    )
     parser.add_argument("--threads", type=int, help="runtime threads (default: all cores)")
     parser.add_argument("--limit", type=int, help="use only the first N training images (default: all)")
     parser.add_argument("--report", help="also write every candidate's scores as JSON to this file")
@@ -200,8 +213,15 @@ def _tune(argv: Sequence[str]) -> int:
     args, rest = _tune_parser().parse_known_args(argv)
     from .engine.postprocess_tuning import tune_postprocess
 
-    tune_postprocess(args.packed, find_config(args.config), _overrides(args, rest), args.out, args.threads,
-                     args.limit, args.report)
+    tune_postprocess(
+        args.packed,
+        find_config(args.config),
+        _overrides(args, rest),
+        args.out,
+        args.threads,
+        args.limit,
+        args.report,
+    )
     return 0
 
 
@@ -226,7 +246,9 @@ def _train(task: str, argv: Sequence[str]) -> int:
     if config_path is None:
         if args.resume in (None, "last"):
             raise InputError("--config is required (or --resume CHECKPOINT to continue a run)")
-        config = load_config(task, None, overrides, base_config=from_json(load_checkpoint(args.resume)["config"]))
+        config = load_config(
+            task, None, overrides, base_config=from_json(load_checkpoint(args.resume)["config"])
+        )
         explicit = None  # the checkpoint's config: which keys its author set is not known
     else:
         config = load_config(task, config_path, overrides)
@@ -242,7 +264,9 @@ def _evaluate(argv: Sequence[str]) -> int:
     if args.packed:
         from .engine.packed_eval import evaluate_packed
 
-        evaluate_packed(args.packed, find_config(args.config), _overrides(args, rest), args.output, args.threads)
+        evaluate_packed(
+            args.packed, find_config(args.config), _overrides(args, rest), args.output, args.threads
+        )
         return 0
     evaluate_checkpoint(args.checkpoint, find_config(args.config), _overrides(args, rest), args.output)
     return 0

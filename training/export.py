@@ -109,34 +109,83 @@ class GraphBuilder:
 
     # ---- primitive emitters --------------------------------------------------------------
 
-    def float_conv(self, x: str, prefix: str, weight: np.ndarray, bias: np.ndarray, stride: int, padding: int,
-                   dilation: int, relu: bool) -> str:
+    def float_conv(
+        self,
+        x: str,
+        prefix: str,
+        weight: np.ndarray,
+        bias: np.ndarray,
+        stride: int,
+        padding: int,
+        dilation: int,
+        relu: bool,
+    ) -> str:
         """weight: float [O, I, kh, kw] (PyTorch layout), stored as [O, kh, kw, I]."""
         w = self.tensor(f"{prefix}.weight", f32(np.transpose(weight, (0, 2, 3, 1))))
         b = self.tensor(f"{prefix}.bias", f32(bias))
-        return self.op("conv2d", prefix, **{"in": x}, weight=w, bias=b, stride=int(stride),
-                       padding=int(padding), dilation=int(dilation), relu=bool(relu))
+        return self.op(
+            "conv2d",
+            prefix,
+            **{"in": x},
+            weight=w,
+            bias=b,
+            stride=int(stride),
+            padding=int(padding),
+            dilation=int(dilation),
+            relu=bool(relu),
+        )
 
-    def binary_conv(self, x: str, prefix: str, weight: torch.Tensor, conv: BinaryConv2d, mul: np.ndarray,
-                    bias: np.ndarray, relu_before: bool, relu_after: bool, residual: str | None) -> str:
+    def binary_conv(
+        self,
+        x: str,
+        prefix: str,
+        weight: torch.Tensor,
+        conv: BinaryConv2d,
+        mul: np.ndarray,
+        bias: np.ndarray,
+        relu_before: bool,
+        relu_after: bool,
+        residual: str | None,
+    ) -> str:
         w = self.tensor(f"{prefix}.weight", weight_sign_bits(weight))
         m = self.tensor(f"{prefix}.mul", f32(mul))
         b = self.tensor(f"{prefix}.bias", f32(bias))
         fields: dict[str, Any] = {
-            "in": x, "weight": w, "in_channels": int(conv.in_channels), "kernel": int(conv.kernel_size),
-            "stride": int(conv.stride), "padding": int(conv.padding), "dilation": int(conv.dilation),
-            "mul": m, "bias": b, "relu_before": bool(relu_before), "relu_after": bool(relu_after),
+            "in": x,
+            "weight": w,
+            "in_channels": int(conv.in_channels),
+            "kernel": int(conv.kernel_size),
+            "stride": int(conv.stride),
+            "padding": int(conv.padding),
+            "dilation": int(conv.dilation),
+            "mul": m,
+            "bias": b,
+            "relu_before": bool(relu_before),
+            "relu_after": bool(relu_after),
         }
         if residual is not None:
             fields["residual"] = residual
         return self.op("bconv2d", prefix, **fields)
 
-    def affine(self, x: str, prefix: str, mul: np.ndarray, bias: np.ndarray, relu_before: bool,
-               relu_after: bool, residual: str | None) -> str:
+    def affine(
+        self,
+        x: str,
+        prefix: str,
+        mul: np.ndarray,
+        bias: np.ndarray,
+        relu_before: bool,
+        relu_after: bool,
+        residual: str | None,
+    ) -> str:
         m = self.tensor(f"{prefix}.mul", f32(mul))
         b = self.tensor(f"{prefix}.bias", f32(bias))
-        fields: dict[str, Any] = {"in": x, "mul": m, "bias": b, "relu_before": bool(relu_before),
-                                  "relu_after": bool(relu_after)}
+        fields: dict[str, Any] = {
+            "in": x,
+            "mul": m,
+            "bias": b,
+            "relu_before": bool(relu_before),
+            "relu_after": bool(relu_after),
+        }
         if residual is not None:
             fields["residual"] = residual
         return self.op("affine", prefix, **fields)
@@ -164,17 +213,30 @@ def _conv_parts(conv: nn.Module) -> tuple[BinaryConv2d, list[torch.Tensor], np.n
 def _is_binary(conv: BinaryConv2d) -> bool:
     qname = conv.input_quantizer.name
     if qname == "tanh":
-        raise ExportError("the model is in 'tanh' mode (training stage 1); switch it to 'sign' "
-                          "(training.binary.set_mode) or finish stage 2 before exporting")
+        raise ExportError(
+            "the model is in 'tanh' mode (training stage 1); switch it to 'sign' "
+            "(training.binary.set_mode) or finish stage 2 before exporting"
+        )
     binary_in, binary_w = qname == "sign", conv.weight_quantizer.binary
     if binary_in != binary_w:
-        raise ExportError(f"conv with input quantizer {qname!r} and weight quantizer "
-                          f"{conv.weight_quantizer.name!r}: mixed binary/float convs are not supported")
+        raise ExportError(
+            f"conv with input quantizer {qname!r} and weight quantizer "
+            f"{conv.weight_quantizer.name!r}: mixed binary/float convs are not supported"
+        )
     return binary_in
 
 
-def emit_conv_bn(g: GraphBuilder, x: str, prefix: str, conv: nn.Module, bn: nn.BatchNorm2d | None, *,
-                 relu_between: bool, relu_after: bool = False, residual: str | None = None) -> str:
+def emit_conv_bn(
+    g: GraphBuilder,
+    x: str,
+    prefix: str,
+    conv: nn.Module,
+    bn: nn.BatchNorm2d | None,
+    *,
+    relu_between: bool,
+    relu_after: bool = False,
+    residual: str | None = None,
+) -> str:
     """Emit ``post(BN(pre(conv(x))) + residual)`` where pre = ReLU if relu_between, post = ReLU if relu_after.
 
     conv is a BinaryConv2d (binary or float) or a BinaryConvEnsemble (sum_k s_k conv_k).
@@ -187,32 +249,59 @@ def emit_conv_bn(g: GraphBuilder, x: str, prefix: str, conv: nn.Module, bn: nn.B
         # Float convs are linear: the ensemble is one conv with the combined weight.
         weight = sum(float(s) * w.double() for s, w in zip(ens, weights, strict=True)).cpu().numpy()
         if relu_between or residual is not None:
-            y = g.float_conv(x, f"{prefix}.conv", weight, np.zeros(out_ch), inner.stride, inner.padding,
-                             inner.dilation, relu=relu_between)
+            y = g.float_conv(
+                x,
+                f"{prefix}.conv",
+                weight,
+                np.zeros(out_ch),
+                inner.stride,
+                inner.padding,
+                inner.dilation,
+                relu=relu_between,
+            )
             return g.affine(y, f"{prefix}.bn", bn_scale, bn_shift, False, relu_after, residual)
         weight = weight * bn_scale[:, None, None, None]
-        return g.float_conv(x, f"{prefix}.conv", weight, bn_shift, inner.stride, inner.padding, inner.dilation,
-                            relu=relu_after)
+        return g.float_conv(
+            x,
+            f"{prefix}.conv",
+            weight,
+            bn_shift,
+            inner.stride,
+            inner.padding,
+            inner.dilation,
+            relu=relu_after,
+        )
 
     # Binary: dot -> alpha_k * dot is conv_k's output (alpha = mean|W_k| >= 0, so it commutes with ReLU).
     alphas = [weight_scale(w) for w in weights]
     if len(weights) == 1 and (not relu_between or ens[0] >= 0):
         mul = bn_scale * ens[0] * alphas[0]
-        return g.binary_conv(x, f"{prefix}.conv", weights[0], inner, mul, bn_shift, relu_between, relu_after,
-                             residual)
+        return g.binary_conv(
+            x, f"{prefix}.conv", weights[0], inner, mul, bn_shift, relu_between, relu_after, residual
+        )
     if not relu_between:
         # BN(sum_k s_k alpha_k dot_k) + residual: chain the K convs through the residual input.
         acc = residual
         for k, w in enumerate(weights):
             last = k == len(weights) - 1
-            acc = g.binary_conv(x, f"{prefix}.conv{k}", w, inner, bn_scale * ens[k] * alphas[k],
-                                bn_shift if last else np.zeros(out_ch), False, relu_after and last, acc)
+            acc = g.binary_conv(
+                x,
+                f"{prefix}.conv{k}",
+                w,
+                inner,
+                bn_scale * ens[k] * alphas[k],
+                bn_shift if last else np.zeros(out_ch),
+                False,
+                relu_after and last,
+                acc,
+            )
         return acc
     # ReLU sits between the sum and the BN: chain the sum, then one affine for ReLU -> BN -> + residual.
     acc = None
     for k, w in enumerate(weights):
-        acc = g.binary_conv(x, f"{prefix}.conv{k}", w, inner, ens[k] * alphas[k], np.zeros(out_ch),
-                            False, False, acc)
+        acc = g.binary_conv(
+            x, f"{prefix}.conv{k}", w, inner, ens[k] * alphas[k], np.zeros(out_ch), False, False, acc
+        )
     return g.affine(acc, f"{prefix}.bn", bn_scale, bn_shift, True, relu_after, residual)
 
 
@@ -226,22 +315,36 @@ def export_basic_branch(g: GraphBuilder, branch: BasicBranch, x: str, residual: 
     return emit_conv_bn(g, out, f"{prefix}.2", branch.conv2, branch.bn2, relu_between=True, residual=out)
 
 
-def export_bottleneck_branch(g: GraphBuilder, branch: BottleneckBranch, x: str, residual: str, prefix: str) -> str:
+def export_bottleneck_branch(
+    g: GraphBuilder, branch: BottleneckBranch, x: str, residual: str, prefix: str
+) -> str:
     out1 = emit_conv_bn(g, x, f"{prefix}.1", branch.conv1, branch.bn1, relu_between=True)
-    out2 = emit_conv_bn(g, out1, f"{prefix}.2", branch.conv2, branch.bn2, relu_between=True,
-                        residual=out1 if branch.inner_residual else None)
-    return emit_conv_bn(g, out2, f"{prefix}.3", branch.conv3, branch.bn3, relu_between=True, residual=residual)
+    out2 = emit_conv_bn(
+        g,
+        out1,
+        f"{prefix}.2",
+        branch.conv2,
+        branch.bn2,
+        relu_between=True,
+        residual=out1 if branch.inner_residual else None,
+    )
+    return emit_conv_bn(
+        g, out2, f"{prefix}.3", branch.conv3, branch.bn3, relu_between=True, residual=residual
+    )
 
 
-def export_group_block(g: GraphBuilder, block: GroupBlock, previous: list[str] | None, aggregate: str,
-                       prefix: str) -> tuple[list[str], str]:
+def export_group_block(
+    g: GraphBuilder, block: GroupBlock, previous: list[str] | None, aggregate: str, prefix: str
+) -> tuple[list[str], str]:
     """Mirror GroupBlock.forward: gated branch inputs, shared shortcut, K branches, aggregation."""
     k = len(block.branches)
     if block.gate is None or previous is None or len(previous) != k:
         inputs = [aggregate] * k
     else:
         gate = float(torch.sigmoid(block.gate.detach().double()).item())
-        inputs = [g.lincomb([y, aggregate], [gate, 1.0 - gate], f"{prefix}.b{i}.in") for i, y in enumerate(previous)]
+        inputs = [
+            g.lincomb([y, aggregate], [gate, 1.0 - gate], f"{prefix}.b{i}.in") for i, y in enumerate(previous)
+        ]
     shared = None
     if block.downsample is not None:
         conv, bn = block.downsample[0], block.downsample[1]
@@ -270,13 +373,27 @@ def export_encoder(g: GraphBuilder, encoder: GroupNetEncoder, x: str) -> list[st
     bias = shift + (scale * conv.bias.detach().double().cpu().numpy() if conv.bias is not None else 0.0)
     # The stem has no ReLU (GroupNetEncoder.forward_stem: a ReLU would make layer1's binarised input
     # all +1); an encoder that adds one says so with a `stem_relu` attribute.
-    stem = g.float_conv(x, "stem", weight, bias, conv.stride[0], conv.padding[0], conv.dilation[0],
-                        relu=bool(getattr(encoder, "stem_relu", False)))
+    stem = g.float_conv(
+        x,
+        "stem",
+        weight,
+        bias,
+        conv.stride[0],
+        conv.padding[0],
+        conv.dilation[0],
+        relu=bool(getattr(encoder, "stem_relu", False)),
+    )
     pool = encoder.maxpool
     if pool.ceil_mode or pool.dilation not in (1, (1, 1)):
         raise ExportError("the stem max pool must use floor mode and no dilation")
-    aggregate = g.op("maxpool2d", "pool", **{"in": stem}, kernel=int(pool.kernel_size),
-                     stride=int(pool.stride), padding=int(pool.padding))
+    aggregate = g.op(
+        "maxpool2d",
+        "pool",
+        **{"in": stem},
+        kernel=int(pool.kernel_size),
+        stride=int(pool.stride),
+        padding=int(pool.padding),
+    )
     previous: list[str] | None = None
     features = [stem]
     for s, stage in enumerate(encoder.stages, start=1):
@@ -305,8 +422,16 @@ def export_classifier(g: GraphBuilder, classifier: nn.Module, x: str) -> str:
     if not isinstance(conv, nn.Conv2d) or conv.kernel_size != (1, 1):
         raise ExportError("the classifier must end in a 1x1 Conv2d")
     bias = conv.bias.detach() if conv.bias is not None else torch.zeros(conv.out_channels)
-    return g.float_conv(x, "classifier", conv.weight.detach().double().cpu().numpy(),
-                        bias.double().cpu().numpy(), 1, 0, 1, relu=False)
+    return g.float_conv(
+        x,
+        "classifier",
+        conv.weight.detach().double().cpu().numpy(),
+        bias.double().cpu().numpy(),
+        1,
+        0,
+        1,
+        relu=False,
+    )
 
 
 def export_float_conv_bn_relu(g: GraphBuilder, seq: nn.Sequential, x: str, prefix: str) -> str:
@@ -330,7 +455,9 @@ def export_aspp_head(g: GraphBuilder, head: ASPPHead, x: str) -> str:
     pooled = export_conv_bn_relu(g, head.pooling.block, pooled, "head.pool")
     parts.append(g.op("upsample_bilinear", "head.pool.up", **{"in": pooled}, like=x))
     cat = g.op("concat", "head.cat", ins=parts)
-    return export_classifier(g, head.classifier, export_float_conv_bn_relu(g, head.project, cat, "head.project"))
+    return export_classifier(
+        g, head.classifier, export_float_conv_bn_relu(g, head.project, cat, "head.project")
+    )
 
 
 def export_psp_head(g: GraphBuilder, head: PSPHead, x: str) -> str:
@@ -340,7 +467,9 @@ def export_psp_head(g: GraphBuilder, head: PSPHead, x: str) -> str:
         y = export_conv_bn_relu(g, stage, pooled, f"head.psp{b}")
         pyramid.append(g.op("upsample_bilinear", f"head.psp{b}.up", **{"in": y}, like=x))
     cat = g.op("concat", "head.cat", ins=pyramid)
-    return export_classifier(g, head.classifier, export_conv_bn_relu(g, head.bottleneck, cat, "head.bottleneck"))
+    return export_classifier(
+        g, head.classifier, export_conv_bn_relu(g, head.bottleneck, cat, "head.bottleneck")
+    )
 
 
 def export_skip_decoder(g: GraphBuilder, decoder: SkipDecoder, x: str, skip: str) -> str:
@@ -404,10 +533,19 @@ def default_palette(n: int) -> list[list[int]]:
     return palette
 
 
-def export_model(model: nn.Module, out: str | Path, *, name: str | None = None,
-                 classes: Sequence[str] | None = None, palette: Sequence[Sequence[int]] | None = None,
-                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                 size_divisor: int = 32, max_side: int = 512, extra: dict[str, Any] | None = None) -> str:
+def export_model(
+    model: nn.Module,
+    out: str | Path,
+    *,
+    name: str | None = None,
+    classes: Sequence[str] | None = None,
+    palette: Sequence[Sequence[int]] | None = None,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    size_divisor: int = 32,
+    max_side: int = 512,
+    extra: dict[str, Any] | None = None,
+) -> str:
     """Write ``model`` as a packed file at ``out``; returns the file's checksum."""
     if not isinstance(model, GroupNetSegmentation):
         raise ExportError(f"export supports Group-Net segmentation models, got {type(model).__name__}")
@@ -420,15 +558,22 @@ def export_model(model: nn.Module, out: str | Path, *, name: str | None = None,
         raise ExportError(f"{len(classes)} class names given but the model predicts {num_classes} classes")
     palette = [list(map(int, p)) for p in palette] if palette is not None else default_palette(num_classes)
     if len(palette) != num_classes:
-        raise ExportError(f"{len(palette)} palette colours given but the model predicts {num_classes} classes")
+        raise ExportError(
+            f"{len(palette)} palette colours given but the model predicts {num_classes} classes"
+        )
     graph, tensors = build_graph(model)
     description = {
         "name": name or model_name(cfg),
         "arch": cfg.arch,
         "classes": classes,
         "palette": palette,
-        "input": {"mean": [float(v) for v in mean], "std": [float(v) for v in std],
-                  "size_divisor": int(size_divisor), "max_side": int(max_side), "channel_order": "RGB"},
+        "input": {
+            "mean": [float(v) for v in mean],
+            "std": [float(v) for v in std],
+            "size_divisor": int(size_divisor),
+            "max_side": int(max_side),
+            "channel_order": "RGB",
+        },
         "config": cfg.to_dict(),
     }
     if extra:
@@ -439,10 +584,17 @@ def export_model(model: nn.Module, out: str | Path, *, name: str | None = None,
         raise ExportError(str(exc)) from None
 
 
-def repack_model(src: str | Path, out: str | Path, *, name: str | None = None,
-                 classes: Sequence[str] | None = None, palette: Sequence[Sequence[int]] | None = None,
-                 size_divisor: int | None = None, max_side: int | None = None,
-                 postprocess: dict[str, Any] | None | bool = False) -> str:
+def repack_model(
+    src: str | Path,
+    out: str | Path,
+    *,
+    name: str | None = None,
+    classes: Sequence[str] | None = None,
+    palette: Sequence[Sequence[int]] | None = None,
+    size_divisor: int | None = None,
+    max_side: int | None = None,
+    postprocess: dict[str, Any] | None | bool = False,
+) -> str:
     """Rewrite a packed file's description (name, class names, palette, input rules, post-processing);
     the graph and tensors are copied bit for bit. Trades speed for accuracy (``max_side``) without the
     checkpoint. ``postprocess``: a new post-processing object, None to remove it, False to keep it."""
@@ -483,14 +635,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.postprocess is not False and not args.repack:
-        parser.error("--postprocess needs --repack (fit it with train-seg tune-postprocess on an exported file)")
+        parser.error(
+            "--postprocess needs --repack (fit it with train-seg tune-postprocess on an exported file)"
+        )
     classes = args.classes
     if args.repack:
         try:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            checksum = repack_model(args.repack, args.out, name=args.name, classes=classes, palette=args.palette,
-                                    size_divisor=args.size_divisor, max_side=args.max_side,
-                                    postprocess=args.postprocess)
+            checksum = repack_model(
+                args.repack,
+                args.out,
+                name=args.name,
+                classes=classes,
+                palette=args.palette,
+                size_divisor=args.size_divisor,
+                max_side=args.max_side,
+                postprocess=args.postprocess,
+            )
         except (ExportError, OSError) as exc:
             print(f"export-model: error: {exc}", file=sys.stderr)
             return 2
@@ -508,12 +669,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         palette = args.palette or ckpt.get("palette")
         if palette is None:  # say so: a silent VOC colour map surprises anyone with their own classes
-            print("palette: none given (--palette) and none in the checkpoint (data.palette); using the "
-                  "PASCAL VOC colour map", file=sys.stderr)
-        checksum = export_model(model, args.out, name=args.name, classes=classes or ckpt.get("classes"),
-                                palette=palette, mean=ckpt.get("mean") or IMAGENET_MEAN,
-                                std=ckpt.get("std") or IMAGENET_STD, size_divisor=args.size_divisor or 32,
-                                max_side=args.max_side or 512)
+            print(
+                "palette: none given (--palette) and none in the checkpoint (data.palette); using the "
+                "PASCAL VOC colour map",
+                file=sys.stderr,
+            )
+        checksum = export_model(
+            model,
+            args.out,
+            name=args.name,
+            classes=classes or ckpt.get("classes"),
+            palette=palette,
+            mean=ckpt.get("mean") or IMAGENET_MEAN,
+            std=ckpt.get("std") or IMAGENET_STD,
+            size_divisor=args.size_divisor or 32,
+            max_side=args.max_side or 512,
+        )
     except (ExportError, OSError) as exc:
         print(f"export-model: error: {exc}", file=sys.stderr)
         return 2

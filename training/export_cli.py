@@ -54,20 +54,41 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="export-model", description=DESCRIPTION)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="training checkpoint (.pt)")
-    source.add_argument("--repack", metavar="GNPK", help="an existing packed model: change only its name, "
-                        "classes, palette or input rules (--max-side, --size-divisor); weights are copied")
+    source.add_argument(
+        "--repack",
+        metavar="GNPK",
+        help="an existing packed model: change only its name, "
+        "classes, palette or input rules (--max-side, --size-divisor); weights are copied",
+    )
     parser.add_argument("--out", required=True, help="output packed model (.gnpk)")
-    parser.add_argument("--name", help="model name served by the API (default: the network's name, e.g. "
-                        "groupnet_resnet18_k2_os16_aspp_skip1_w0.5)")
-    parser.add_argument("--classes", type=parse_classes,
-                        help="class names: 'a,b,c', a YAML list or a file with one name per line (default: "
-                        "the checkpoint's, i.e. the config's data.classes)")
-    parser.add_argument("--palette", type=parse_palette, help="'r,g,b;r,g,b;...' or a JSON list (default: the "
-                        "checkpoint's, i.e. the config's data.palette, else the PASCAL VOC colour map)")
+    parser.add_argument(
+        "--name",
+        help="model name served by the API (default: the network's name, e.g. "
+        "groupnet_resnet18_k2_os16_aspp_skip1_w0.5)",
+    )
+    parser.add_argument(
+        "--classes",
+        type=parse_classes,
+        help="class names: 'a,b,c', a YAML list or a file with one name per line (default: "
+        "the checkpoint's, i.e. the config's data.classes)",
+    )
+    parser.add_argument(
+        "--palette",
+        type=parse_palette,
+        help="'r,g,b;r,g,b;...' or a JSON list (default: the "
+        "checkpoint's, i.e. the config's data.palette, else the PASCAL VOC colour map)",
+    )
     parser.add_argument("--max-side", type=int, help="long side images are resized down to (default 512)")
-    parser.add_argument("--size-divisor", type=int, help="inputs are padded to a multiple of this (default 32)")
-    parser.add_argument("--postprocess", type=parse_postprocess, default=False, metavar="JSON|none",
-                        help="with --repack: the post-processing to store (docs/format.md), e.g. "
-                        "'{\"logit_bias\": [0, -0.25]}', or 'none' to remove it; train-seg tune-postprocess "
-                        "fits one on training images")
+    parser.add_argument(
+        "--size-divisor", type=int, help="inputs are padded to a multiple of this (default 32)"
+    )
+    parser.add_argument(
+        "--postprocess",
+        type=parse_postprocess,
+        default=False,
+        metavar="JSON|none",
+        help="with --repack: the post-processing to store (docs/format.md), e.g. "
+        "'{\"logit_bias\": [0, -0.25]}', or 'none' to remove it; train-seg tune-postprocess "
+        "fits one on training images",
+    )
     return parser

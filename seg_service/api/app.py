@@ -67,9 +67,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry.load_all()  # StartupRefused: a one-line error (OneLineStartupError), then uvicorn exits
         gate = InferenceGate(settings.max_in_flight, metrics)
         app.state.service = Service(settings=settings, registry=registry, gate=gate, metrics=metrics)
-        log.info("serving models %s (default %r), max in flight %d, API key %s",
-                 sorted(registry.models), registry.default_name, settings.max_in_flight,
-                 "required" if settings.api_key else "off")
+        log.info(
+            "serving models %s (default %r), max in flight %d, API key %s",
+            sorted(registry.models),
+            registry.default_name,
+            settings.max_in_flight,
+            "required" if settings.api_key else "off",
+        )
         try:
             yield
         finally:
@@ -85,8 +89,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"detail": _one_line(exc.detail)}, status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+        return JSONResponse(
+            {"detail": _one_line(exc.detail)},
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -109,17 +116,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def upload_limit(path: str) -> int:
         return settings.max_video_bytes if path.rstrip("/") == "/segment/video" else settings.max_upload_bytes
 
-    app.add_middleware(BodyLimitMiddleware, limit_for_path=upload_limit, idle_timeout=settings.body_timeout_seconds)
-    app.add_middleware(BusyMiddleware, is_full=lambda: app.state.service.gate.full(),
-                       on_reject=lambda: metrics.add("rejected_busy"), paths=("/segment", "/segment/video"),
-                       limit_for_path=upload_limit, idle_timeout=settings.body_timeout_seconds)
+    app.add_middleware(
+        BodyLimitMiddleware, limit_for_path=upload_limit, idle_timeout=settings.body_timeout_seconds
+    )
+    app.add_middleware(
+        BusyMiddleware,
+        is_full=lambda: app.state.service.gate.full(),
+        on_reject=lambda: metrics.add("rejected_busy"),
+        paths=("/segment", "/segment/video"),
+        limit_for_path=upload_limit,
+        idle_timeout=settings.body_timeout_seconds,
+    )
     if settings.api_key:
-        app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key,
-                           protected_paths=("/segment", "/segment/video"))
+        app.add_middleware(
+            ApiKeyMiddleware, api_key=settings.api_key, protected_paths=("/segment", "/segment/video")
+        )
     if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
-                           allow_methods=["GET", "POST"], allow_headers=["X-API-Key", "Content-Type"],
-                           expose_headers=["X-Inference-Time-Ms", "X-Model", "X-Frames"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["X-API-Key", "Content-Type"],
+            expose_headers=["X-Inference-Time-Ms", "X-Model", "X-Frames"],
+        )
     app.add_middleware(HeaderLimitMiddleware, max_bytes=settings.max_header_bytes)
     app.add_middleware(AccessLogMiddleware, metrics=metrics)
     app.add_middleware(OneLineStartupError)

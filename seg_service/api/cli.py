@@ -15,49 +15,95 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="seg-service",
         description="Serve binary Group-Net segmentation over HTTP/WebSocket. Each setting also reads "
-                    "an environment variable (shown in brackets); flags win.")
+        "an environment variable (shown in brackets); flags win.",
+    )
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--workers", type=int, default=1,
-                   help="server processes on this machine; kernel threads are divided among them")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes on this machine; kernel threads are divided among them",
+    )
     p.add_argument("--model-dir", type=Path, help="folder of .gnpk models [SEG_MODEL_DIR]")
     p.add_argument("--default-model", help="model used when a request names none [SEG_DEFAULT_MODEL]")
-    p.add_argument("--threads", type=int,
-                   help="kernel threads for the whole server, divided among workers [SEG_THREADS]")
+    p.add_argument(
+        "--threads", type=int, help="kernel threads for the whole server, divided among workers [SEG_THREADS]"
+    )
     p.add_argument("--max-upload-bytes", type=int, help="largest image upload [SEG_MAX_UPLOAD_BYTES]")
     p.add_argument("--max-image-pixels", type=int, help="largest width*height [SEG_MAX_IMAGE_PIXELS]")
-    p.add_argument("--max-in-flight", type=int,
-                   help="inference jobs at once per worker; more get 503 [SEG_MAX_IN_FLIGHT]")
+    p.add_argument(
+        "--max-in-flight",
+        type=int,
+        help="inference jobs at once per worker; more get 503 [SEG_MAX_IN_FLIGHT]",
+    )
     p.add_argument("--api-key", help="require this key in X-API-Key [SEG_API_KEY]")
     p.add_argument("--cors-origins", help="comma-separated allowed origins [SEG_CORS_ORIGINS]")
     p.add_argument("--max-video-bytes", type=int, help="largest video upload [SEG_MAX_VIDEO_BYTES]")
     p.add_argument("--max-video-frames", type=int, help="most frames per video [SEG_MAX_VIDEO_FRAMES]")
     p.add_argument("--max-video-seconds", type=float, help="longest video [SEG_MAX_VIDEO_SECONDS]")
-    p.add_argument("--max-connections", type=int,
-                   help="open connections (HTTP and WebSocket) per worker; more get 503 [SEG_MAX_CONNECTIONS]")
-    p.add_argument("--max-websockets", type=int,
-                   help="open WebSocket sessions per worker; more are closed with 1013 [SEG_MAX_WEBSOCKETS]")
-    p.add_argument("--max-header-bytes", type=int,
-                   help="largest request line plus headers; more get 400 [SEG_MAX_HEADER_BYTES]")
-    p.add_argument("--keep-alive-seconds", type=int,
-                   help="close an idle keep-alive connection after this many seconds [SEG_KEEP_ALIVE_SECONDS]")
-    p.add_argument("--header-timeout-seconds", type=float,
-                   help="close a connection whose request head is not in after this [SEG_HEADER_TIMEOUT_SECONDS]")
-    p.add_argument("--body-timeout-seconds", type=float,
-                   help="answer 408 when an upload pauses longer than this [SEG_BODY_TIMEOUT_SECONDS]")
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        help="open connections (HTTP and WebSocket) per worker; more get 503 [SEG_MAX_CONNECTIONS]",
+    )
+    p.add_argument(
+        "--max-websockets",
+        type=int,
+        help="open WebSocket sessions per worker; more are closed with 1013 [SEG_MAX_WEBSOCKETS]",
+    )
+    p.add_argument(
+        "--max-header-bytes",
+        type=int,
+        help="largest request line plus headers; more get 400 [SEG_MAX_HEADER_BYTES]",
+    )
+    p.add_argument(
+        "--keep-alive-seconds",
+        type=int,
+        help="close an idle keep-alive connection after this many seconds [SEG_KEEP_ALIVE_SECONDS]",
+    )
+    p.add_argument(
+        "--header-timeout-seconds",
+        type=float,
+        help="close a connection whose request head is not in after this [SEG_HEADER_TIMEOUT_SECONDS]",
+    )
+    p.add_argument(
+        "--body-timeout-seconds",
+        type=float,
+        help="answer 408 when an upload pauses longer than this [SEG_BODY_TIMEOUT_SECONDS]",
+    )
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="[SEG_LOG_LEVEL]")
-    p.add_argument("--graceful-timeout", type=float, default=30.0,
-                   help="seconds to let running requests finish on SIGTERM/SIGINT (default 30)")
+    p.add_argument(
+        "--graceful-timeout",
+        type=float,
+        default=30.0,
+        help="seconds to let running requests finish on SIGTERM/SIGINT (default 30)",
+    )
     return p
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     settings = Settings.from_env()
     overrides = {}
-    for name in ("model_dir", "default_model", "threads", "max_upload_bytes", "max_image_pixels",
-                 "max_in_flight", "api_key", "max_video_bytes", "max_video_frames", "max_video_seconds",
-                 "log_level", "max_connections", "max_websockets", "max_header_bytes", "keep_alive_seconds",
-                 "header_timeout_seconds", "body_timeout_seconds"):
+    for name in (
+        "model_dir",
+        "default_model",
+        "threads",
+        "max_upload_bytes",
+        "max_image_pixels",
+        "max_in_flight",
+        "api_key",
+        "max_video_bytes",
+        "max_video_frames",
+        "max_video_seconds",
+        "log_level",
+        "max_connections",
+        "max_websockets",
+        "max_header_bytes",
+        "keep_alive_seconds",
+        "header_timeout_seconds",
+        "body_timeout_seconds",
+    ):
         value = getattr(args, name)
         if value is not None:
             overrides[name] = value
@@ -82,8 +128,14 @@ def logging_config(level: str) -> dict:
         "formatters": {"line": {"format": fmt}},
         # Query strings (which may hold api_key) never reach the log, whichever logger writes them.
         "filters": {"redact": {"()": "seg_service.api.logfilter.RedactQueryStrings"}},
-        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "line",
-                                "stream": "ext://sys.stderr", "filters": ["redact"]}},
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "line",
+                "stream": "ext://sys.stderr",
+                "filters": ["redact"],
+            }
+        },
         "loggers": {
             "seg_service": {"handlers": ["stderr"], "level": level.upper(), "propagate": False},
             "uvicorn": {"handlers": ["stderr"], "level": level.upper(), "propagate": False},

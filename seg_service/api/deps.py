@@ -32,8 +32,11 @@ def get_service(request: Request) -> Service:
 ServiceDep = Annotated[Service, Depends(get_service)]
 
 # auto_error=False: a missing key is our own JSON 401, and no key is needed when none is configured.
-_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
-                               description="Required when the server runs with SEG_API_KEY / --api-key.")
+_api_key_header = APIKeyHeader(
+    name="X-API-Key",
+    auto_error=False,
+    description="Required when the server runs with SEG_API_KEY / --api-key.",
+)
 
 
 def key_matches(expected: str | None, given: str | None) -> bool:
@@ -57,8 +60,12 @@ def resolve_model(service: Service, name: str | None) -> PackedModel:
     raise HTTPException(404, f"unknown model {name!r}; loaded: {', '.join(sorted(service.registry.models))}")
 
 
-ModelName = Annotated[str | None, Query(min_length=1, max_length=100,
-                                        description="Model name (see /models); default: the server's default.")]
+ModelName = Annotated[
+    str | None,
+    Query(
+        min_length=1, max_length=100, description="Model name (see /models); default: the server's default."
+    ),
+]
 
 
 def get_model(service: ServiceDep, model: ModelName = None) -> PackedModel:
@@ -71,7 +78,13 @@ ModelDep = Annotated[PackedModel, Depends(get_model)]
 def websocket_service(websocket: WebSocket) -> Service:
     return websocket.app.state.service
 
+
 # Inference switches shared by POST /segment and POST /segment/video (WebSocket: settings messages).
-RefineQuery = Annotated[bool, Query(description="Apply the model's stored post-processing (edge-aware guided "
-                                                "filter, decision bias; see /models). false: the plain argmax "
-                                                "of the network's logits.")]
+RefineQuery = Annotated[
+    bool,
+    Query(
+        description="Apply the model's stored post-processing (edge-aware guided "
+        "filter, decision bias; see /models). false: the plain argmax "
+        "of the network's logits."
+    ),
+]

@@ -44,8 +44,9 @@ class ImageInputError(ValueError):
         self.detail = detail
 
 
-def decode_image(data: bytes, max_pixels: int, max_side: int | None = None,
-                 output: str = "the output") -> np.ndarray:
+def decode_image(
+    data: bytes, max_pixels: int, max_side: int | None = None, output: str = "the output"
+) -> np.ndarray:
     """Decode an uploaded image to RGB uint8 [H, W, 3] (EXIF orientation applied).
 
     Raises ImageInputError: 400 empty or truncated/corrupt, 415 not a supported image,
@@ -60,8 +61,7 @@ def decode_image(data: bytes, max_pixels: int, max_side: int | None = None,
         kind = sniff_format(data)
         if kind is not None:  # the right signature but a header Pillow cannot parse
             raise ImageInputError(400, f"corrupt {kind} header") from None
-        raise ImageInputError(
-            415, "not a supported image (expected JPEG, PNG, WebP, BMP or GIF)") from None
+        raise ImageInputError(415, "not a supported image (expected JPEG, PNG, WebP, BMP or GIF)") from None
     except Exception as e:  # any parser failure on untrusted bytes is the upload's fault
         raise ImageInputError(400, f"corrupt image header: {_one_line(e)}") from None
     width, height = im.size
@@ -69,10 +69,12 @@ def decode_image(data: bytes, max_pixels: int, max_side: int | None = None,
         raise ImageInputError(400, f"image has invalid size {width}x{height}")
     if width * height > max_pixels:
         raise ImageInputError(
-            413, f"image is {width}x{height} = {width * height} pixels, the limit is {max_pixels}")
+            413, f"image is {width}x{height} = {width * height} pixels, the limit is {max_pixels}"
+        )
     if max_side is not None and max(width, height) > max_side:
         raise ImageInputError(
-            413, f"image is {width}x{height}: {output} can hold at most {max_side} pixels per side")
+            413, f"image is {width}x{height}: {output} can hold at most {max_side} pixels per side"
+        )
     try:
         im.seek(0)  # animated GIF/WebP/APNG: segment the first frame
         im.load()
@@ -122,15 +124,17 @@ def _one_line(e: BaseException) -> str:
 
 def encode_mask_png(mask: np.ndarray) -> bytes:
     """8-bit single-channel PNG of a label mask (pixel value = class index)."""
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(mask, dtype=np.uint8),
-                           [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    ok, buf = cv2.imencode(
+        ".png", np.ascontiguousarray(mask, dtype=np.uint8), [cv2.IMWRITE_PNG_COMPRESSION, 1]
+    )
     if not ok:
         raise RuntimeError("PNG encoding failed")
     return buf.tobytes()
 
 
-def overlay(rgb: np.ndarray, mask: np.ndarray, palette: np.ndarray, alpha: float = 0.5,
-            bgr: bool = False) -> np.ndarray:
+def overlay(
+    rgb: np.ndarray, mask: np.ndarray, palette: np.ndarray, alpha: float = 0.5, bgr: bool = False
+) -> np.ndarray:
     """The image blended with each pixel's class colour, uint8 [H, W, 3] (in BGR order with `bgr`, as
     OpenCV's encoders take it). Classes coloured black in the palette (the usual "background") are
     left untouched.
@@ -147,21 +151,22 @@ def overlay(rgb: np.ndarray, mask: np.ndarray, palette: np.ndarray, alpha: float
     out = np.empty((height, width, 3), dtype=np.uint8)
     rows = max(1, _OVERLAY_CHUNK_PIXELS // max(1, width))
     for top in range(0, height, rows):
-        labels = mask[top:top + rows]
-        src = rgb[top:top + rows]
+        labels = mask[top : top + rows]
+        src = rgb[top : top + rows]
         blended = src.astype(np.uint16) * np.uint16(256 - weight)
         blended += colours[labels].astype(np.uint16) * np.uint16(weight)
         blended += np.uint16(128)
         blended >>= 8  # at most (255 * 256 + 128) >> 8: no uint16 overflow
         chunk = np.where(painted[labels][:, :, None], blended.astype(np.uint8), src)
-        out[top:top + rows] = chunk[:, :, ::-1] if bgr else chunk
+        out[top : top + rows] = chunk[:, :, ::-1] if bgr else chunk
     return out
 
 
 def encode_jpeg(image: np.ndarray, quality: int = 90, bgr: bool = False) -> bytes:
     """JPEG of an RGB image (or of a BGR one with `bgr`, which saves a full-size colour conversion)."""
-    ok, buf = cv2.imencode(".jpg", image if bgr else cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
-                           [cv2.IMWRITE_JPEG_QUALITY, quality])
+    ok, buf = cv2.imencode(
+        ".jpg", image if bgr else cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality]
+    )
     if not ok:
         raise RuntimeError("JPEG encoding failed")
     return buf.tobytes()

@@ -66,8 +66,9 @@ class InferenceGate:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def timed_predict(model: PackedModel, rgb: np.ndarray, flip: bool = False,
-                  refine: bool = True) -> tuple[np.ndarray, float]:
+def timed_predict(
+    model: PackedModel, rgb: np.ndarray, flip: bool = False, refine: bool = True
+) -> tuple[np.ndarray, float]:
     """The model's label mask and the inference time in milliseconds (``flip``: mirrored second pass;
     ``refine=False``: skip the model's stored post-processing)."""
     start = time.perf_counter()

@@ -69,22 +69,44 @@ class Metrics:
             lines: list[str] = []
             _header(lines, "seg_http_requests_total", "counter", "HTTP requests by method, route and status.")
             for (method, route, status), n in sorted(self.requests.items()):
-                lines.append(f'seg_http_requests_total{{method="{_esc(method)}",route="{_esc(route)}",'
-                             f'status="{status}"}} {n}')
-            _header(lines, "seg_http_errors_total", "counter", "HTTP responses with status >= 400, by status.")
+                lines.append(
+                    f'seg_http_requests_total{{method="{_esc(method)}",route="{_esc(route)}",'
+                    f'status="{status}"}} {n}'
+                )
+            _header(
+                lines, "seg_http_errors_total", "counter", "HTTP responses with status >= 400, by status."
+            )
             for status, n in sorted(self.errors.items()):
                 lines.append(f'seg_http_errors_total{{status="{status}"}} {n}')
-            _histogram(lines, "seg_http_request_duration_seconds", "Request latency by route.",
-                       "route", self.latency)
-            _histogram(lines, "seg_inference_duration_seconds", "Model inference time per image or frame.",
-                       "model", self.inference)
+            _histogram(
+                lines, "seg_http_request_duration_seconds", "Request latency by route.", "route", self.latency
+            )
+            _histogram(
+                lines,
+                "seg_inference_duration_seconds",
+                "Model inference time per image or frame.",
+                "model",
+                self.inference,
+            )
             for name, kind, help_text, value in (
-                ("seg_frames_processed_total", "counter", "WebSocket and video frames segmented.",
-                 self.frames_processed),
-                ("seg_frames_dropped_total", "counter",
-                 "WebSocket frames replaced by a newer frame before processing.", self.frames_dropped),
-                ("seg_rejected_busy_total", "counter", "Requests answered 503 over the in-flight limit.",
-                 self.rejected_busy),
+                (
+                    "seg_frames_processed_total",
+                    "counter",
+                    "WebSocket and video frames segmented.",
+                    self.frames_processed,
+                ),
+                (
+                    "seg_frames_dropped_total",
+                    "counter",
+                    "WebSocket frames replaced by a newer frame before processing.",
+                    self.frames_dropped,
+                ),
+                (
+                    "seg_rejected_busy_total",
+                    "counter",
+                    "Requests answered 503 over the in-flight limit.",
+                    self.rejected_busy,
+                ),
                 ("seg_inference_in_flight", "gauge", "Inference jobs running now.", self.in_flight),
                 ("seg_websocket_connections", "gauge", "Open WebSocket connections.", self.ws_connections),
             ):
@@ -98,8 +120,7 @@ def _header(lines: list[str], name: str, kind: str, help_text: str) -> None:
     lines.append(f"# TYPE {name} {kind}")
 
 
-def _histogram(lines: list[str], name: str, help_text: str, label: str,
-               hists: dict[str, _Histogram]) -> None:
+def _histogram(lines: list[str], name: str, help_text: str, label: str, hists: dict[str, _Histogram]) -> None:
     _header(lines, name, "histogram", help_text)
     for key, hist in sorted(hists.items()):
         lab = f'{label}="{_esc(key)}"'

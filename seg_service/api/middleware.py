@@ -30,7 +30,9 @@ class BodyLimitMiddleware:
     body parsing, so the app's handler turns it into a JSON 413.
     """
 
-    def __init__(self, app: ASGIApp, limit_for_path: Callable[[str], int], idle_timeout: float | None = None) -> None:
+    def __init__(
+        self, app: ASGIApp, limit_for_path: Callable[[str], int], idle_timeout: float | None = None
+    ) -> None:
         self.app = app
         self.limit_for_path = limit_for_path
         self.idle_timeout = idle_timeout
@@ -48,8 +50,9 @@ class BodyLimitMiddleware:
                     await _send_json(send, 400, "invalid Content-Length header")
                     return
                 if declared > limit:
-                    await _send_json(send, 413, f"request body too large: {declared} bytes, "
-                                                f"the limit is {limit} bytes")
+                    await _send_json(
+                        send, 413, f"request body too large: {declared} bytes, the limit is {limit} bytes"
+                    )
                     return
         received = 0
         body_done = False
@@ -85,12 +88,18 @@ class HeaderLimitMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket"):
-            size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"") + sum(
-                len(name) + len(value) + 4 for name, value in scope["headers"])
+            size = (
+                len(scope.get("raw_path") or b"")
+                + len(scope.get("query_string") or b"")
+                + sum(len(name) + len(value) + 4 for name, value in scope["headers"])
+            )
             if size > self.max_bytes:
                 if scope["type"] == "http":
-                    await _send_json(send, 431, f"request headers too large: {size} bytes, the limit is "
-                                                f"{self.max_bytes} bytes")
+                    await _send_json(
+                        send,
+                        431,
+                        f"request headers too large: {size} bytes, the limit is {self.max_bytes} bytes",
+                    )
                 else:  # a WebSocket handshake: refused before it is accepted (HTTP 403)
                     await send({"type": "websocket.close", "code": 1008})
                 return
@@ -109,12 +118,16 @@ class ApiKeyMiddleware:
         self.protected_paths = protected_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] != "OPTIONS" \
-                and scope["path"].rstrip("/") in self.protected_paths:
+        if (
+            scope["type"] == "http"
+            and scope["method"] != "OPTIONS"
+            and scope["path"].rstrip("/") in self.protected_paths
+        ):
             given = dict(scope["headers"]).get(b"x-api-key")
             if given is None or not hmac.compare_digest(given, self.api_key.encode()):
-                await _send_json(send, 401, "missing API key (X-API-Key header)" if given is None
-                                 else "wrong API key")
+                await _send_json(
+                    send, 401, "missing API key (X-API-Key header)" if given is None else "wrong API key"
+                )
                 return
         await self.app(scope, receive, send)
 
@@ -128,8 +141,15 @@ class BusyMiddleware:
     limit or when the upload pauses for `idle_timeout`; the connection is then closed.
     (The route checks again when the job starts; a slot freed meanwhile is used.)"""
 
-    def __init__(self, app: ASGIApp, is_full: Callable[[], bool], on_reject: Callable[[], None],
-                 paths: tuple[str, ...], limit_for_path: Callable[[str], int], idle_timeout: float) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        is_full: Callable[[], bool],
+        on_reject: Callable[[], None],
+        paths: tuple[str, ...],
+        limit_for_path: Callable[[str], int],
+        idle_timeout: float,
+    ) -> None:
         self.app = app
         self.is_full = is_full
         self.on_reject = on_reject
@@ -138,8 +158,12 @@ class BusyMiddleware:
         self.idle_timeout = idle_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not (scope["type"] == "http" and scope["method"] == "POST"
-                and scope["path"].rstrip("/") in self.paths and self.is_full()):
+        if not (
+            scope["type"] == "http"
+            and scope["method"] == "POST"
+            and scope["path"].rstrip("/") in self.paths
+            and self.is_full()
+        ):
             await self.app(scope, receive, send)
             return
         limit = self.limit_for_path(scope["path"])
@@ -150,8 +174,12 @@ class BusyMiddleware:
         self.on_reject()
         if not await self._drain(receive, limit):
             return  # the client has gone: nobody to answer
-        await _send_json(send, 503, "server busy: every inference slot is taken, retry later",
-                         extra_headers=[(b"retry-after", b"1")])
+        await _send_json(
+            send,
+            503,
+            "server busy: every inference slot is taken, retry later",
+            extra_headers=[(b"retry-after", b"1")],
+        )
 
     async def _drain(self, receive: Receive, limit: int) -> bool:
         """Read and drop the body; False when the client disconnected."""
@@ -184,8 +212,13 @@ class OneLineStartupError:
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "lifespan.startup.failed":
                 lines = str(message.get("message") or "").strip().splitlines()
-                if lines and lines[-1].startswith(("StartupRefused: ", "seg_service.api.registry.StartupRefused: ")):
-                    message = {**message, "message": "seg-service cannot start: " + lines[-1].split(": ", 1)[1]}
+                if lines and lines[-1].startswith(
+                    ("StartupRefused: ", "seg_service.api.registry.StartupRefused: ")
+                ):
+                    message = {
+                        **message,
+                        "message": "seg-service cannot start: " + lines[-1].split(": ", 1)[1],
+                    }
             await send(message)
 
         await self.app(scope, receive, send_wrapper)
@@ -239,11 +272,20 @@ class AccessLogMiddleware:
             access_log.info(json.dumps(record, separators=(",", ":")))
 
 
-async def _send_json(send: Send, status: int, detail: str,
-                     extra_headers: list[tuple[bytes, bytes]] | None = None) -> None:
+async def _send_json(
+    send: Send, status: int, detail: str, extra_headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
     body = json.dumps({"detail": detail}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close"), *(extra_headers or [])]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+                *(extra_headers or []),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

@@ -75,23 +75,33 @@ class ModelRegistry:
             self._refuse(path, f"duplicate model name {model.name!r} (already loaded from another file)")
             return
         self.models[model.name] = model
-        log.info("loaded model %r from %s (%d classes, %d bytes, %.0f ms)", model.name, path,
-                 len(model.classes), model.file_size, (time.perf_counter() - start) * 1e3)
+        log.info(
+            "loaded model %r from %s (%d classes, %d bytes, %.0f ms)",
+            model.name,
+            path,
+            len(model.classes),
+            model.file_size,
+            (time.perf_counter() - start) * 1e3,
+        )
 
     def _choose_default(self) -> None:
         loaded = ", ".join(sorted(self.models)) or "none"
         if self.configured_default is not None:
             if self.configured_default not in self.models and self.models:
-                raise StartupRefused(f"default model {self.configured_default!r} is not loaded from "
-                                     f"{self.model_dir} (loaded: {loaded}); fix --default-model / SEG_DEFAULT_MODEL")
+                raise StartupRefused(
+                    f"default model {self.configured_default!r} is not loaded from "
+                    f"{self.model_dir} (loaded: {loaded}); fix --default-model / SEG_DEFAULT_MODEL"
+                )
             self.default_name = self.configured_default
         elif len(self.models) == 1:
             self.default_name = next(iter(self.models))
         elif FALLBACK_DEFAULT in self.models or not self.models:
             self.default_name = FALLBACK_DEFAULT
         else:
-            raise StartupRefused(f"{len(self.models)} models in {self.model_dir} ({loaded}) and none is the "
-                                 "default: choose one with --default-model / SEG_DEFAULT_MODEL")
+            raise StartupRefused(
+                f"{len(self.models)} models in {self.model_dir} ({loaded}) and none is the "
+                "default: choose one with --default-model / SEG_DEFAULT_MODEL"
+            )
         if not self.ready:
             # No model at all: the server starts (its /health answers) and /ready says why it is not ready.
             log.error("no model loaded from %s: /ready answers 503 until one is", self.model_dir)

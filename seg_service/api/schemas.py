@@ -19,8 +19,10 @@ class ReadyResponse(BaseModel):
     # The details below are left out (null) when the server has an API key and the request lacks it.
     default_model: str | None = None
     models: list[str] | None = None
-    refused: list[str] | None = Field(None, description="Model files refused at start-up, with the reason "
-                                                        "(file names only, never server paths).")
+    refused: list[str] | None = Field(
+        None,
+        description="Model files refused at start-up, with the reason (file names only, never server paths).",
+    )
 
 
 class ModelInfo(BaseModel):
@@ -30,9 +32,12 @@ class ModelInfo(BaseModel):
     input: dict = Field(description="Preprocessing: mean, std, size_divisor, max_side, channel_order.")
     file_size: int = Field(description="Bytes.")
     checksum: str = Field(description="SHA-256 over the tensors, as stored in the file.")
-    postprocess: dict | None = Field(None, description="Post-processing stored with the model and applied "
-                                     "unless refine=false: guided_filter (radius, eps, subsample, clip) and/or "
-                                     "logit_bias; null when the model has none.")
+    postprocess: dict | None = Field(
+        None,
+        description="Post-processing stored with the model and applied "
+        "unless refine=false: guided_filter (radius, eps, subsample, clip) and/or "
+        "logit_bias; null when the model has none.",
+    )
     default: bool
 
 
@@ -98,8 +103,11 @@ class WsResult(BaseModel):
     model: str
     inference_ms: float
     dropped: int
-    format: str = Field("png", description="What the binary message holds: png (label mask), alpha or "
-                                           "probability (8-bit soft mask of the foreground).")
+    format: str = Field(
+        "png",
+        description="What the binary message holds: png (label mask), alpha or "
+        "probability (8-bit soft mask of the foreground).",
+    )
     smoothed: bool = Field(False, description="The stream's temporal smoothing was on for this frame.")
 
 

@@ -23,7 +23,8 @@ class Settings:
     """Every knob of the service. Field `x` is read from environment variable `SEG_X`."""
 
     model_dir: Path = field(default_factory=default_model_dir)
-    # None: the only model of the folder, else "person" (registry.py); a name that is not loaded stops start-up.
+    # None: the only model of the folder, else "person" (registry.py); a name that is not loaded
+    # stops start-up.
     default_model: str | None = None
     # Kernel threads per server process; 0 = the kernels' default (all cores, or SEG_THREADS).
     threads: int = 0
@@ -60,9 +61,20 @@ class Settings:
         return cls(**values).validated()
 
     def validated(self) -> Settings:
-        positive = ("max_upload_bytes", "max_image_pixels", "max_in_flight", "max_video_bytes",
-                    "max_video_frames", "max_video_seconds", "max_connections", "max_websockets",
-                    "max_header_bytes", "keep_alive_seconds", "header_timeout_seconds", "body_timeout_seconds")
+        positive = (
+            "max_upload_bytes",
+            "max_image_pixels",
+            "max_in_flight",
+            "max_video_bytes",
+            "max_video_frames",
+            "max_video_seconds",
+            "max_connections",
+            "max_websockets",
+            "max_header_bytes",
+            "keep_alive_seconds",
+            "header_timeout_seconds",
+            "body_timeout_seconds",
+        )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -71,8 +83,10 @@ class Settings:
         if self.api_key is not None and not _header_safe(self.api_key):
             # HTTP header values travel as bytes that clients encode differently (UTF-8, Latin-1), so a
             # key outside printable ASCII could never be matched reliably: refuse it at start.
-            raise ValueError("api_key must be 1-256 printable ASCII characters (no spaces or non-ASCII "
-                             "letters): clients cannot send anything else reliably in a header")
+            raise ValueError(
+                "api_key must be 1-256 printable ASCII characters (no spaces or non-ASCII "
+                "letters): clients cannot send anything else reliably in a header"
+            )
         return self
 
     def to_env(self) -> dict[str, str]:

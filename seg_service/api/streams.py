@@ -23,7 +23,8 @@ MaskKind = Literal["labels", "alpha", "probability"]
 MASK_FORMATS: dict[str, MaskKind] = {"png": "labels", "alpha": "alpha", "probability": "probability"}
 FOREGROUND_DESCRIPTION = (
     "format=alpha/probability: the foreground class name(s), comma-separated (their probabilities add "
-    "up). Default: the model's 'person' class, else class 1 of a two-class model; required otherwise.")
+    "up). Default: the model's 'person' class, else class 1 of a two-class model; required otherwise."
+)
 
 
 def parse_foreground(text: str | list[str] | None) -> list[str] | None:
@@ -64,9 +65,15 @@ class StreamState:
         return self.smoother.update(scores, image)
 
 
-def frame_mask(model: PackedModel, rgb: np.ndarray, flip: bool, refine: bool, kind: MaskKind,
-               foreground: list[str] | None = None,
-               stream: StreamState | None = None) -> tuple[np.ndarray, float]:
+def frame_mask(
+    model: PackedModel,
+    rgb: np.ndarray,
+    flip: bool,
+    refine: bool,
+    kind: MaskKind,
+    foreground: list[str] | None = None,
+    stream: StreamState | None = None,
+) -> tuple[np.ndarray, float]:
     """(u8 [H, W] mask at the image's size, inference milliseconds). ``kind``: "labels" (class index
     per pixel), "alpha" or "probability" (0-255, softmask.py) of the ``foreground`` classes;
     ``stream``: the stream's state (None for a still image: no smoothing). ValueError for a bad
@@ -76,8 +83,11 @@ def frame_mask(model: PackedModel, rgb: np.ndarray, flip: bool, refine: bool, ki
     if kind == "labels" and (stream is None or not stream.smooth):
         mask = model.predict(rgb, flip=flip, refine=refine)
     else:
-        scores = (stream.scores(model, rgb, flip, refine) if stream is not None
-                  else model.processed_scores(rgb, flip=flip, refine=refine)[0])
+        scores = (
+            stream.scores(model, rgb, flip, refine)
+            if stream is not None
+            else model.processed_scores(rgb, flip=flip, refine=refine)[0]
+        )
         if kind == "labels":  # as predict: argmax at the processed size, nearest-neighbour resize
             mask = kernels.argmax_channels(np.ascontiguousarray(scores))
             if mask.shape != rgb.shape[:2]:

@@ -34,7 +34,8 @@ def pack_sign_bits(x: np.ndarray) -> np.ndarray:
 
 
 def unpack_sign_bits(words: np.ndarray, channels: int) -> np.ndarray:
-    """The inverse of :func:`pack_sign_bits`: uint64 [..., Wd] -> bool [..., channels], True where negative."""
+    """The inverse of :func:`pack_sign_bits`: uint64 [..., Wd] -> bool [..., channels], True where
+    negative."""
     words = np.ascontiguousarray(words, dtype="<u8")
     *lead, wd = words.shape
     if not 0 < channels <= wd * WORD_BITS:

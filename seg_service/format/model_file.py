@@ -50,7 +50,10 @@ MAX_TEXT_CHARS = 200  # arch, class names
 MAX_SIZE_DIVISOR = 1024
 MAX_SIDE = 8192
 OP_INT_BOUNDS: dict[str, tuple[int, int]] = {
-    "kernel": (1, 64), "stride": (1, 64), "padding": (0, 1024), "dilation": (1, 1024),
+    "kernel": (1, 64),
+    "stride": (1, 64),
+    "padding": (0, 1024),
+    "dilation": (1, 1024),
     "in_channels": (1, 65536),
 }
 MAX_POOL_SIZE = 1024
@@ -81,13 +84,38 @@ class ModelFormatError(ValueError):
 #   "f32" / "u64" name of a tensor in the file with that dtype
 #   "int" / "bool" / "floats" / "size"  plain JSON fields ("size": int or [h, w])
 _OP_SCHEMAS: dict[str, dict[str, str]] = {
-    "conv2d": {"in": "value", "out": "out", "weight": "f32", "bias": "f32", "stride": "int",
-               "padding": "int", "dilation": "int", "relu": "bool"},
-    "bconv2d": {"in": "value", "out": "out", "weight": "u64", "in_channels": "int", "kernel": "int",
-                "stride": "int", "padding": "int", "dilation": "int", "mul": "f32", "bias": "f32",
-                "relu_before": "bool", "relu_after": "bool"},
-    "affine": {"in": "value", "out": "out", "mul": "f32", "bias": "f32", "relu_before": "bool",
-               "relu_after": "bool"},
+    "conv2d": {
+        "in": "value",
+        "out": "out",
+        "weight": "f32",
+        "bias": "f32",
+        "stride": "int",
+        "padding": "int",
+        "dilation": "int",
+        "relu": "bool",
+    },
+    "bconv2d": {
+        "in": "value",
+        "out": "out",
+        "weight": "u64",
+        "in_channels": "int",
+        "kernel": "int",
+        "stride": "int",
+        "padding": "int",
+        "dilation": "int",
+        "mul": "f32",
+        "bias": "f32",
+        "relu_before": "bool",
+        "relu_after": "bool",
+    },
+    "affine": {
+        "in": "value",
+        "out": "out",
+        "mul": "f32",
+        "bias": "f32",
+        "relu_before": "bool",
+        "relu_after": "bool",
+    },
     "lincomb": {"ins": "values", "out": "out", "coeffs": "floats"},
     "relu": {"in": "value", "out": "out"},
     "maxpool2d": {"in": "value", "out": "out", "kernel": "int", "stride": "int", "padding": "int"},
@@ -121,7 +149,9 @@ class PackedFile:
 # --------------------------------------------------------------------------------------------
 
 
-def compute_checksum(model_json: str, graph_json: str, tensors: Iterable[tuple[str, str, tuple[int, ...], Any]]) -> str:
+def compute_checksum(
+    model_json: str, graph_json: str, tensors: Iterable[tuple[str, str, tuple[int, ...], Any]]
+) -> str:
     """SHA-256 as specified in docs/format.md: model and graph JSON, then every tensor by name."""
     h = hashlib.sha256()
     for text in (model_json, graph_json):
@@ -151,8 +181,9 @@ def _canonical_tensor(name: str, array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=dtype)
 
 
-def encode_model(model: Mapping[str, Any], graph: Mapping[str, Any],
-                 tensors: Mapping[str, np.ndarray]) -> bytes:
+def encode_model(
+    model: Mapping[str, Any], graph: Mapping[str, Any], tensors: Mapping[str, np.ndarray]
+) -> bytes:
     """Validate a model description, graph and tensors, and return the packed file's bytes."""
     from safetensors.numpy import save  # local: reading never needs the library
 
@@ -163,23 +194,33 @@ def encode_model(model: Mapping[str, Any], graph: Mapping[str, Any],
     validate_graph(graph, arrays)
     model_json = json.dumps(model, sort_keys=True, separators=(",", ":"))
     graph_json = json.dumps(graph, separators=(",", ":"))
-    checksum = compute_checksum(model_json, graph_json,
-                       ((n, _DTYPE_NAMES[a.dtype], a.shape, a.tobytes()) for n, a in arrays.items()))
+    checksum = compute_checksum(
+        model_json, graph_json, ((n, _DTYPE_NAMES[a.dtype], a.shape, a.tobytes()) for n, a in arrays.items())
+    )
     version = 2 if model.get("postprocess") is not None else 1
-    metadata = {"format": FORMAT_NAME, "format_version": str(version), "model": model_json,
-                "graph": graph_json, "sha256": checksum}
+    metadata = {
+        "format": FORMAT_NAME,
+        "format_version": str(version),
+        "model": model_json,
+        "graph": graph_json,
+        "sha256": checksum,
+    }
     return save(arrays, metadata=metadata)
 
 
-def write_model(path: str | os.PathLike[str], model: Mapping[str, Any], graph: Mapping[str, Any],
-                tensors: Mapping[str, np.ndarray]) -> str:
+def write_model(
+    path: str | os.PathLike[str],
+    model: Mapping[str, Any],
+    graph: Mapping[str, Any],
+    tensors: Mapping[str, np.ndarray],
+) -> str:
     """Write a packed model file; returns its checksum. The file appears atomically."""
     data = encode_model(model, graph, tensors)
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
-    return json.loads(data[8:8 + struct.unpack("<Q", data[:8])[0]])["__metadata__"]["sha256"]
+    return json.loads(data[8 : 8 + struct.unpack("<Q", data[:8])[0]])["__metadata__"]["sha256"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -195,12 +236,15 @@ def decode_model(data: bytes | bytearray | memoryview, source: str = "<bytes>") 
         raise ModelFormatError(f"{source}: truncated file: {size} bytes, too short for a header")
     (header_len,) = struct.unpack("<Q", buf[:8])
     if header_len > _MAX_HEADER_BYTES:
-        raise ModelFormatError(f"{source}: not a packed model file (header length field {header_len} is absurd)")
+        raise ModelFormatError(
+            f"{source}: not a packed model file (header length field {header_len} is absurd)"
+        )
     if 8 + header_len > size:
         raise ModelFormatError(
-            f"{source}: truncated file: header needs {header_len} bytes but only {size - 8} follow")
+            f"{source}: truncated file: header needs {header_len} bytes but only {size - 8} follow"
+        )
     try:
-        header = json.loads(bytes(buf[8:8 + header_len]).decode("utf-8"))
+        header = json.loads(bytes(buf[8 : 8 + header_len]).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelFormatError(f"{source}: corrupt file header (not valid JSON: {exc})") from None
     if not isinstance(header, dict):
@@ -208,11 +252,15 @@ def decode_model(data: bytes | bytearray | memoryview, source: str = "<bytes>") 
 
     metadata = header.pop("__metadata__", None)
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT_NAME:
-        raise ModelFormatError(f"{source}: not a packed model file (metadata 'format' is not '{FORMAT_NAME}')")
+        raise ModelFormatError(
+            f"{source}: not a packed model file (metadata 'format' is not '{FORMAT_NAME}')"
+        )
     version = metadata.get("format_version")
     if version not in READABLE_VERSIONS:
-        raise ModelFormatError(f"{source}: unsupported format version {version!r}; this runtime reads versions "
-                               f"{', '.join(READABLE_VERSIONS)}")
+        raise ModelFormatError(
+            f"{source}: unsupported format version {version!r}; this runtime reads versions "
+            f"{', '.join(READABLE_VERSIONS)}"
+        )
     for key in ("model", "graph", "sha256"):
         if not isinstance(metadata.get(key), str):
             raise ModelFormatError(f"{source}: corrupt file header (metadata '{key}' missing)")
@@ -237,15 +285,18 @@ def decode_model(data: bytes | bytearray | memoryview, source: str = "<bytes>") 
         entries.append((name, dtype_name, shape, begin, end))
     if needed > data_len:
         raise ModelFormatError(
-            f"{source}: truncated file: tensor data needs {needed} bytes but only {data_len} are present")
+            f"{source}: truncated file: tensor data needs {needed} bytes but only {data_len} are present"
+        )
 
     payload = buf[data_start:]
-    checksum = compute_checksum(metadata["model"], metadata["graph"],
-                       ((n, d, s, payload[b:e]) for n, d, s, b, e in entries))
+    checksum = compute_checksum(
+        metadata["model"], metadata["graph"], ((n, d, s, payload[b:e]) for n, d, s, b, e in entries)
+    )
     if checksum != metadata["sha256"]:
         raise ModelFormatError(
             f"{source}: checksum mismatch (file says {metadata['sha256'][:12]}..., content hashes to "
-            f"{checksum[:12]}...): the file is corrupt or was modified after export")
+            f"{checksum[:12]}...): the file is corrupt or was modified after export"
+        )
 
     try:
         model = json.loads(metadata["model"])
@@ -262,8 +313,9 @@ def decode_model(data: bytes | bytearray | memoryview, source: str = "<bytes>") 
     if version == "1" and isinstance(model, dict) and model.get("postprocess") is not None:
         raise ModelFormatError(f"{source}: 'postprocess' needs format version 2, the file says version 1")
     validate_graph(graph, tensors, source)
-    return PackedFile(model=model, graph=graph, tensors=tensors, checksum=checksum, file_size=size,
-                      metadata=dict(metadata))
+    return PackedFile(
+        model=model, graph=graph, tensors=tensors, checksum=checksum, file_size=size, metadata=dict(metadata)
+    )
 
 
 def read_model(path: str | os.PathLike[str], max_bytes: int = MAX_MODEL_FILE_BYTES) -> PackedFile:
@@ -279,8 +331,9 @@ def read_model(path: str | os.PathLike[str], max_bytes: int = MAX_MODEL_FILE_BYT
         if not stat.S_ISREG(info.st_mode):
             raise ModelFormatError(f"{path}: not a regular file")
         if info.st_size > max_bytes:
-            raise ModelFormatError(f"{path}: file is {info.st_size} bytes, over the limit of {max_bytes} bytes "
-                                   "for a model file")
+            raise ModelFormatError(
+                f"{path}: file is {info.st_size} bytes, over the limit of {max_bytes} bytes for a model file"
+            )
         # O_NONBLOCK: should the path be swapped for a FIFO after the stat, the open still returns.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
         with os.fdopen(fd, "rb") as f:
@@ -311,37 +364,59 @@ def validate_model_description(model: Any, source: str = "model") -> None:
     name = model["name"]
     if not (isinstance(name, str) and MODEL_NAME_PATTERN.fullmatch(name)):
         # The name goes into the X-Model header, URLs and log lines: ASCII letters, digits, . _ - only.
-        raise ModelFormatError(f"{source}: model 'name' must be 1-64 ASCII letters, digits, '.', '_' or '-' "
-                               f"(starting with a letter or digit), got {_short(name)}")
-    if not (isinstance(model["arch"], str) and 0 < len(model["arch"]) <= MAX_TEXT_CHARS
-            and model["arch"].isprintable()):
-        raise ModelFormatError(f"{source}: model 'arch' must be a printable string of 1-{MAX_TEXT_CHARS} "
-                               f"characters, got {_short(model['arch'])}")
+        raise ModelFormatError(
+            f"{source}: model 'name' must be 1-64 ASCII letters, digits, '.', '_' or '-' "
+            f"(starting with a letter or digit), got {_short(name)}"
+        )
+    if not (
+        isinstance(model["arch"], str)
+        and 0 < len(model["arch"]) <= MAX_TEXT_CHARS
+        and model["arch"].isprintable()
+    ):
+        raise ModelFormatError(
+            f"{source}: model 'arch' must be a printable string of 1-{MAX_TEXT_CHARS} "
+            f"characters, got {_short(model['arch'])}"
+        )
     if "config" in model and not isinstance(model["config"], dict):
-        raise ModelFormatError(f"{source}: model 'config' must be a JSON object, got {_short(model['config'])}")
+        raise ModelFormatError(
+            f"{source}: model 'config' must be a JSON object, got {_short(model['config'])}"
+        )
     classes, palette, spec = model["classes"], model["palette"], model["input"]
-    if not isinstance(classes, list) or not classes or not all(
-            isinstance(c, str) and 0 < len(c) <= MAX_TEXT_CHARS and c.isprintable() for c in classes):
-        raise ModelFormatError(f"{source}: 'classes' must be a non-empty list of printable names "
-                               f"(1-{MAX_TEXT_CHARS} characters each)")
+    if (
+        not isinstance(classes, list)
+        or not classes
+        or not all(isinstance(c, str) and 0 < len(c) <= MAX_TEXT_CHARS and c.isprintable() for c in classes)
+    ):
+        raise ModelFormatError(
+            f"{source}: 'classes' must be a non-empty list of printable names "
+            f"(1-{MAX_TEXT_CHARS} characters each)"
+        )
     if len(classes) > 256:
         raise ModelFormatError(f"{source}: {len(classes)} classes do not fit an 8-bit label mask (max 256)")
-    if (not isinstance(palette, list) or len(palette) != len(classes)
-            or not all(isinstance(p, list) and len(p) == 3 and all(isinstance(v, int) and 0 <= v <= 255
-                                                                     for v in p) for p in palette)):
+    if (
+        not isinstance(palette, list)
+        or len(palette) != len(classes)
+        or not all(
+            isinstance(p, list) and len(p) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in p)
+            for p in palette
+        )
+    ):
         raise ModelFormatError(f"{source}: 'palette' must hold one [r, g, b] (0-255) per class")
     if not isinstance(spec, dict):
         raise ModelFormatError(f"{source}: 'input' must be a JSON object")
     for key in ("mean", "std"):
-        if not (isinstance(spec.get(key), list) and len(spec[key]) == 3 and all(_finite(v) for v in spec[key])):
+        if not (
+            isinstance(spec.get(key), list) and len(spec[key]) == 3 and all(_finite(v) for v in spec[key])
+        ):
             raise ModelFormatError(f"{source}: input '{key}' must be a list of 3 finite numbers")
     if any(s == 0 for s in spec["std"]):
         raise ModelFormatError(f"{source}: input 'std' must not contain zeros")
     for key, most in (("size_divisor", MAX_SIZE_DIVISOR), ("max_side", MAX_SIDE)):
         value = spec.get(key)
         if not (isinstance(value, int) and not isinstance(value, bool) and 0 < value <= most):
-            raise ModelFormatError(f"{source}: input '{key}' must be an integer from 1 to {most}, "
-                                   f"got {_short(value)}")
+            raise ModelFormatError(
+                f"{source}: input '{key}' must be an integer from 1 to {most}, got {_short(value)}"
+            )
     if spec.get("channel_order", "RGB") != "RGB":
         raise ModelFormatError(f"{source}: unsupported input channel_order {spec.get('channel_order')!r}")
     if model.get("postprocess") is not None:
@@ -377,7 +452,9 @@ def _check_shapes(kind: str, op: Mapping[str, Any], tensors: Mapping[str, np.nda
 
     def vec(key: str, length: int) -> None:
         if tensors[op[key]].shape != (length,):
-            raise ModelFormatError(f"{where}: '{key}' tensor has shape {tensors[op[key]].shape}, expected ({length},)")
+            raise ModelFormatError(
+                f"{where}: '{key}' tensor has shape {tensors[op[key]].shape}, expected ({length},)"
+            )
 
     if kind == "conv2d":
         w = tensors[op["weight"]]
@@ -391,8 +468,10 @@ def _check_shapes(kind: str, op: Mapping[str, Any], tensors: Mapping[str, np.nda
             raise ModelFormatError(f"{where}: bconv2d needs in_channels >= 1 and kernel >= 1")
         expected = (w.shape[0] if w.ndim else 0, k, k, packed_words(c))
         if w.ndim != 4 or w.shape != expected:
-            raise ModelFormatError(f"{where}: bconv2d weight has shape {w.shape}, expected {expected} "
-                                   f"for kernel {k} and {c} input channels")
+            raise ModelFormatError(
+                f"{where}: bconv2d weight has shape {w.shape}, expected {expected} "
+                f"for kernel {k} and {c} input channels"
+            )
         vec("mul", w.shape[0])
         vec("bias", w.shape[0])
     elif kind == "affine":
@@ -402,10 +481,13 @@ def _check_shapes(kind: str, op: Mapping[str, Any], tensors: Mapping[str, np.nda
         vec("bias", n[0])
     elif kind == "lincomb":
         if len(op["coeffs"]) != len(op["ins"]):
-            raise ModelFormatError(f"{where}: lincomb has {len(op['ins'])} inputs but {len(op['coeffs'])} coeffs")
+            raise ModelFormatError(
+                f"{where}: lincomb has {len(op['ins'])} inputs but {len(op['coeffs'])} coeffs"
+            )
     if kind == "maxpool2d" and 2 * op["padding"] > op["kernel"]:
-        raise ModelFormatError(f"{where}: maxpool2d padding {op['padding']} is more than half its kernel "
-                               f"{op['kernel']}")
+        raise ModelFormatError(
+            f"{where}: maxpool2d padding {op['padding']} is more than half its kernel {op['kernel']}"
+        )
 
 
 def validate_graph(graph: Any, tensors: Mapping[str, np.ndarray], source: str = "graph") -> None:
@@ -422,8 +504,10 @@ def validate_graph(graph: Any, tensors: Mapping[str, np.ndarray], source: str = 
     for index, op in enumerate(graph["ops"]):
         kind = op.get("op") if isinstance(op, dict) else None
         if kind not in _OP_SCHEMAS:
-            raise ModelFormatError(f"{source}: unknown op {kind!r} (op #{index}); this runtime supports: "
-                                   + ", ".join(SUPPORTED_OPS))
+            raise ModelFormatError(
+                f"{source}: unknown op {kind!r} (op #{index}); this runtime supports: "
+                + ", ".join(SUPPORTED_OPS)
+            )
         where = f"{source}: op #{index} ({kind}{', out ' + repr(op.get('out')) if 'out' in op else ''})"
         schema = dict(_OP_SCHEMAS[kind])
         for key, field_kind in _OPTIONAL_FIELDS.get(kind, {}).items():
@@ -450,8 +534,9 @@ def validate_graph(graph: Any, tensors: Mapping[str, np.ndarray], source: str = 
             elif field_kind == "int":
                 low, high = OP_INT_BOUNDS.get(key, (0, 2**31 - 1))
                 if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-                    raise ModelFormatError(f"{where}: field '{key}' must be an integer from {low} to {high}, "
-                                           f"got {_short(value)}")
+                    raise ModelFormatError(
+                        f"{where}: field '{key}' must be an integer from {low} to {high}, got {_short(value)}"
+                    )
             elif field_kind == "bool":
                 if not isinstance(value, bool):
                     raise ModelFormatError(f"{where}: field '{key}' must be true or false, got {value!r}")
@@ -460,10 +545,12 @@ def validate_graph(graph: Any, tensors: Mapping[str, np.ndarray], source: str = 
                     raise ModelFormatError(f"{where}: field '{key}' must be a list of finite numbers")
             elif field_kind == "size":
                 sides = value if isinstance(value, list) and len(value) == 2 else [value]
-                if not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_POOL_SIZE
-                           for v in sides):
-                    raise ModelFormatError(f"{where}: field '{key}' must be an int or [h, w] from 1 to "
-                                           f"{MAX_POOL_SIZE}")
+                if not all(
+                    isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_POOL_SIZE for v in sides
+                ):
+                    raise ModelFormatError(
+                        f"{where}: field '{key}' must be an int or [h, w] from 1 to {MAX_POOL_SIZE}"
+                    )
         _check_shapes(kind, op, tensors, where)
         if op["out"] in defined:
             raise ModelFormatError(f"{where}: value {op['out']!r} is defined twice")
@@ -473,8 +560,12 @@ def validate_graph(graph: Any, tensors: Mapping[str, np.ndarray], source: str = 
             raise ModelFormatError(f"{source}: graph output {name!r} is never computed")
 
 
-def infer_channels(graph: Mapping[str, Any], tensors: Mapping[str, np.ndarray], input_channels: int = 3,
-                   source: str = "graph") -> dict[str, int]:
+def infer_channels(
+    graph: Mapping[str, Any],
+    tensors: Mapping[str, np.ndarray],
+    input_channels: int = 3,
+    source: str = "graph",
+) -> dict[str, int]:
     """Channel count of every value of a validated graph, checking that each op gets the channels
     its tensors expect (a conv's weight, an affine's scale, a residual, the inputs of a lincomb).
 
@@ -489,10 +580,14 @@ def infer_channels(graph: Mapping[str, Any], tensors: Mapping[str, np.ndarray], 
         if kind == "conv2d":
             w = tensors[op["weight"]]
             if w.shape[3] != c:
-                raise ModelFormatError(f"{where}: weight expects {w.shape[3]} input channels, its input has {c}")
+                raise ModelFormatError(
+                    f"{where}: weight expects {w.shape[3]} input channels, its input has {c}"
+                )
             if not (w.shape[1] <= OP_INT_BOUNDS["kernel"][1] and w.shape[2] <= OP_INT_BOUNDS["kernel"][1]):
-                raise ModelFormatError(f"{where}: kernel {w.shape[1]}x{w.shape[2]} is over the limit "
-                                       f"{OP_INT_BOUNDS['kernel'][1]}")
+                raise ModelFormatError(
+                    f"{where}: kernel {w.shape[1]}x{w.shape[2]} is over the limit "
+                    f"{OP_INT_BOUNDS['kernel'][1]}"
+                )
             out = int(w.shape[0])
         elif kind == "bconv2d":
             if op["in_channels"] != c:
@@ -511,7 +606,9 @@ def infer_channels(graph: Mapping[str, Any], tensors: Mapping[str, np.ndarray], 
         else:  # relu, pooling, upsampling: channels unchanged
             out = c
         if op.get("residual") is not None and channels[op["residual"]] != out:
-            raise ModelFormatError(f"{where}: residual has {channels[op['residual']]} channels, the output {out}")
+            raise ModelFormatError(
+                f"{where}: residual has {channels[op['residual']]} channels, the output {out}"
+            )
         if out < 1:
             raise ModelFormatError(f"{where}: produces no channels")
         channels[op["out"]] = out

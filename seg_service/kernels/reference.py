@@ -149,11 +149,11 @@ def maxpool2d(x: np.ndarray, kernel: int, stride: int, padding: int = 0) -> np.n
     ho = conv_output_size(h, kernel, stride, padding)
     wo = conv_output_size(w, kernel, stride, padding)
     xp = np.full((h + 2 * padding, w + 2 * padding, c), -np.inf, dtype=np.float32)
-    xp[padding: padding + h, padding: padding + w] = x
+    xp[padding : padding + h, padding : padding + w] = x
     out = None
     for i in range(kernel):
         for j in range(kernel):
-            tap = xp[i: i + (ho - 1) * stride + 1: stride, j: j + (wo - 1) * stride + 1: stride]
+            tap = xp[i : i + (ho - 1) * stride + 1 : stride, j : j + (wo - 1) * stride + 1 : stride]
             out = tap.copy() if out is None else np.maximum(out, tap)
     return out
 
@@ -197,7 +197,9 @@ def resize_area(rgb: np.ndarray, out_h: int, out_w: int, chunk_rows: int = 256) 
     col_idx, col_w = _area_taps(w, out_w)
     narrow = np.empty((h, out_w, rgb.shape[2]), dtype=np.float32)
     for r0 in range(0, h, chunk_rows):
-        narrow[r0:r0 + chunk_rows] = _resize_axis(rgb[r0:r0 + chunk_rows].astype(np.float32), col_idx, col_w, 1)
+        narrow[r0 : r0 + chunk_rows] = _resize_axis(
+            rgb[r0 : r0 + chunk_rows].astype(np.float32), col_idx, col_w, 1
+        )
     row_idx, row_w = _area_taps(h, out_h)
     return _resize_axis(narrow, row_idx, row_w, 0)
 
@@ -231,8 +233,9 @@ def box_mean(x: np.ndarray, radius: int) -> np.ndarray:
     return out
 
 
-def guided_coefficients(guide: np.ndarray, src: np.ndarray, radius: int,
-                        eps: float) -> tuple[np.ndarray, np.ndarray]:
+def guided_coefficients(
+    guide: np.ndarray, src: np.ndarray, radius: int, eps: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Colour guided filter coefficients, window-averaged: (a [H, W, K, 3], b [H, W, K]) such that the
     filtered output of channel k is a[..., k, :] . guide + b[..., k]. Unlike the other references this
     one is not bit-exact: the kernel sums in double, this in float32 (they agree to about 1e-5).
@@ -245,9 +248,15 @@ def guided_coefficients(guide: np.ndarray, src: np.ndarray, radius: int,
     mean_i = box_mean(guide, radius)  # [H, W, 3]
     mean_p = box_mean(src, radius)  # [H, W, K]
     # covariance of guide and source per window: [H, W, K, 3]
-    cov_ip = box_mean(src[..., :, None] * guide[..., None, :], radius) - mean_p[..., :, None] * mean_i[..., None, :]
+    cov_ip = (
+        box_mean(src[..., :, None] * guide[..., None, :], radius)
+        - mean_p[..., :, None] * mean_i[..., None, :]
+    )
     # colour covariance per window, symmetric 3x3, plus eps on the diagonal
-    var = box_mean(guide[..., :, None] * guide[..., None, :], radius) - mean_i[..., :, None] * mean_i[..., None, :]
+    var = (
+        box_mean(guide[..., :, None] * guide[..., None, :], radius)
+        - mean_i[..., :, None] * mean_i[..., None, :]
+    )
     var = var + np.float32(eps) * np.eye(3, dtype=np.float32)
     a = np.einsum("hwkj,hwji->hwki", cov_ip, _inverse_sym3(var))
     b = mean_p - np.einsum("hwkc,hwc->hwk", a, mean_i)
@@ -270,8 +279,9 @@ def _inverse_sym3(m: np.ndarray) -> np.ndarray:
     return adj / det[..., None, None]
 
 
-def guided_apply(a: np.ndarray, b: np.ndarray, guide: np.ndarray, sources: list[int], signs: list[float],
-                 bias: list[float]) -> np.ndarray:
+def guided_apply(
+    a: np.ndarray, b: np.ndarray, guide: np.ndarray, sources: list[int], signs: list[float], bias: list[float]
+) -> np.ndarray:
     """The fast guided filter's full-resolution step: a [h, w, K, 3] and b [h, w, K] upsampled
     bilinearly to the guide's size (as ``upsample_bilinear``), filtered_j = a_j . guide + b_j summed
     left to right, then out[..., c] = signs[c] * filtered[..., sources[c]] + bias[c]."""
@@ -279,6 +289,14 @@ def guided_apply(a: np.ndarray, b: np.ndarray, guide: np.ndarray, sources: list[
     h, w = guide.shape[:2]
     coef = upsample_bilinear(np.concatenate([a.reshape(hl, wl, 3 * k), b], axis=2).astype(np.float32), h, w)
     g = guide.astype(np.float32)
-    filtered = np.stack([coef[..., 3 * j] * g[..., 0] + coef[..., 3 * j + 1] * g[..., 1]
-                         + coef[..., 3 * j + 2] * g[..., 2] + coef[..., 3 * k + j] for j in range(k)], axis=2)
-    return (np.asarray(signs, np.float32) * filtered[..., list(sources)] + np.asarray(bias, np.float32))
+    filtered = np.stack(
+        [
+            coef[..., 3 * j] * g[..., 0]
+            + coef[..., 3 * j + 1] * g[..., 1]
+            + coef[..., 3 * j + 2] * g[..., 2]
+            + coef[..., 3 * k + j]
+            for j in range(k)
+        ],
+        axis=2,
+    )
+    return np.asarray(signs, np.float32) * filtered[..., list(sources)] + np.asarray(bias, np.float32)

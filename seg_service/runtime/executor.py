@@ -84,7 +84,9 @@ class RunProfile:
         lines.append(f"{'#':>4} {'op':<18} {'output':<28} {'detail':<36} {'ms/run':>8} {'G MAC/s':>8}")
         for t in sorted(self._timings.values(), key=lambda t: -t.seconds)[:top]:
             rate = f"{t.gmacs_per_s:8.0f}" if t.macs else f"{'-':>8}"
-            lines.append(f"{t.index:>4} {t.kind:<18} {t.out[:28]:<28} {t.detail[:36]:<36} {t.ms_per_run:>8.3f} {rate}")
+            lines.append(
+                f"{t.index:>4} {t.kind:<18} {t.out[:28]:<28} {t.detail[:36]:<36} {t.ms_per_run:>8.3f} {rate}"
+            )
         return "\n".join(lines)
 
 
@@ -134,8 +136,9 @@ class GraphExecutor:
                 atexit.register(_print_env_profiles)
             _ENV_PROFILES.append(self.profile)
 
-    def run(self, feeds: Mapping[str, np.ndarray], keep_all: bool = False,
-            profile: RunProfile | None = None) -> dict[str, np.ndarray]:
+    def run(
+        self, feeds: Mapping[str, np.ndarray], keep_all: bool = False, profile: RunProfile | None = None
+    ) -> dict[str, np.ndarray]:
         """Run the graph; returns the graph outputs, or every value when keep_all (for debugging).
 
         With keep_all, lincomb groups write every output; values that only ever exist inside a

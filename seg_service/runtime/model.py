@@ -40,17 +40,23 @@ class PackedModel:
         self.path: str | None = packed.path
         self._mean = np.asarray(self.input_spec["mean"], dtype=np.float32)
         self._std = np.asarray(self.input_spec["std"], dtype=np.float32)
-        self._scale = (1.0 / (255.0 * self._std)).astype(np.float32)  # (v / 255 - mean) / std = v * scale + offset
+        self._scale = (1.0 / (255.0 * self._std)).astype(
+            np.float32
+        )  # (v / 255 - mean) / std = v * scale + offset
         self._offset = (-self._mean / self._std).astype(np.float32)
         self._executor = GraphExecutor(packed.graph, packed.tensors)
         if len(self._executor.inputs) != 1 or len(self._executor.outputs) != 1:
-            raise ModelFormatError(f"{self.name}: a segmentation graph needs exactly one input and one output")
+            raise ModelFormatError(
+                f"{self.name}: a segmentation graph needs exactly one input and one output"
+            )
         # Channel inference over the whole graph: every op gets the channels its tensors expect, and
         # the output has one channel per class.
         channels = infer_channels(packed.graph, packed.tensors, 3, self.name)[self._executor.outputs[0]]
         if channels != self.num_classes:
-            raise ModelFormatError(f"{self.name}: the graph outputs {channels} channels but the model lists "
-                                   f"{self.num_classes} classes")
+            raise ModelFormatError(
+                f"{self.name}: the graph outputs {channels} channels but the model lists "
+                f"{self.num_classes} classes"
+            )
 
     def dry_run(self) -> None:
         """Segment a small blank image, with and without the post-processing: a graph that passes
@@ -66,8 +72,10 @@ class PackedModel:
             for refine in (False, True):
                 mask = self.predict(rgb, refine=refine)
                 if mask.shape != (h, w) or mask.dtype != np.uint8 or int(mask.max()) >= self.num_classes:
-                    raise ModelFormatError(f"{self.name}: dry run gave a mask of shape {mask.shape}, dtype "
-                                           f"{mask.dtype}, for a {h}x{w} image with {self.num_classes} classes")
+                    raise ModelFormatError(
+                        f"{self.name}: dry run gave a mask of shape {mask.shape}, dtype "
+                        f"{mask.dtype}, for a {h}x{w} image with {self.num_classes} classes"
+                    )
         finally:
             self._executor.profile = env_profile
 
@@ -84,8 +92,10 @@ class PackedModel:
         return int(self.input_spec["size_divisor"])
 
     def __repr__(self) -> str:
-        return (f"PackedModel(name={self.name!r}, arch={self.arch!r}, classes={self.num_classes}, "
-                f"size={self.file_size} bytes)")
+        return (
+            f"PackedModel(name={self.name!r}, arch={self.arch!r}, classes={self.num_classes}, "
+            f"size={self.file_size} bytes)"
+        )
 
     # ---- raw graph -------------------------------------------------------------------------
 
@@ -170,8 +180,9 @@ class PackedModel:
             logits = upsample_bilinear(np.ascontiguousarray(logits), rgb.shape[0], rgb.shape[1])
         return logits
 
-    def processed_scores(self, rgb: np.ndarray, flip: bool = False,
-                         refine: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    def processed_scores(
+        self, rgb: np.ndarray, flip: bool = False, refine: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Scores f32 [h, w, classes] at the processed size, post-processed unless ``refine=False``
         (their argmax, resized by nearest neighbour, is ``predict``'s mask), and the resized image
         f32 [h, w, 3] in [0, 1]. For per-stream work at the model's resolution (temporal smoothing)."""

@@ -26,7 +26,8 @@ from seg_service.format import conv_output_size
 _IM2COL_CHUNK_ELEMS = 1024 * 1024
 
 # --- Row-parallel float convs -----------------------------------------------------------------
-# The float convs (the projections and classifier; the stem off AVX-512) are split by output rows over ``kernels.get_num_threads()`` threads: the calling thread plus a
+# The float convs (the projections and classifier; the stem off AVX-512) are split by output rows
+# over ``kernels.get_num_threads()`` threads: the calling thread plus a
 # persistent pool of Python threads. numpy's matmul and ufuncs release the GIL on large arrays, so
 # the parts run truly in parallel, each on numpy's single BLAS thread (``threads.quiet_blas``:
 # OpenBLAS's own threads busy-wait between calls and take the cores the binary kernels need; these
@@ -122,8 +123,15 @@ def _add_bias_relu(out: np.ndarray, bias: np.ndarray | None, relu: bool) -> None
         np.maximum(out, 0, out=out)
 
 
-def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride: int = 1, padding: int = 0,
-           dilation: int = 1, relu: bool = False) -> np.ndarray:
+def conv2d(
+    x: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray | None,
+    stride: int = 1,
+    padding: int = 0,
+    dilation: int = 1,
+    relu: bool = False,
+) -> np.ndarray:
     """Float convolution with zero padding: x [H, W, I], weight [O, kh, kw, I] -> [Ho, Wo, O].
 
     im2col + one matmul per chunk of output rows, written in place into the output; the chunking
@@ -139,14 +147,20 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride: i
     if ho < 1 or wo < 1:
         raise ValueError(f"conv2d: input {h}x{w} is too small for kernel {kh}x{kw} (dilation {dilation})")
     if c_in <= _DIRECT_CONV_MAX_CHANNELS and kernels.isa() in ("avx512", "avx2"):
-        return kernels.conv2d_direct(np.ascontiguousarray(x, dtype=np.float32),
-                                     np.ascontiguousarray(weight, dtype=np.float32),
-                                     None if bias is None else np.ascontiguousarray(bias, dtype=np.float32),
-                                     stride, padding, dilation, relu)
+        return kernels.conv2d_direct(
+            np.ascontiguousarray(x, dtype=np.float32),
+            np.ascontiguousarray(weight, dtype=np.float32),
+            None if bias is None else np.ascontiguousarray(bias, dtype=np.float32),
+            stride,
+            padding,
+            dilation,
+            relu,
+        )
     w_mat = weight.reshape(c_out, kh * kw * c_in).T
     out = np.empty((ho, wo, c_out), dtype=np.result_type(x.dtype, weight.dtype))
     threads = _thread_count(ho, ho * wo * c_out * kh * kw * c_in, _MIN_MACS_PER_THREAD)
     if kh == kw == 1 and stride == 1 and padding == 0:
+
         def pointwise_part(r0: int, r1: int) -> None:
             np.matmul(x[r0:r1].reshape(-1, c_in), w_mat, out=out[r0:r1].reshape(-1, c_out))
             _add_bias_relu(out[r0:r1], bias, relu)
@@ -162,7 +176,7 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride: i
     channel_major = c_in < 16
     if channel_major:
         xp = np.zeros((c_in, h + 2 * padding, w + 2 * padding), dtype=x.dtype)
-        xp[:, padding: padding + h, padding: padding + w] = x.transpose(2, 0, 1)
+        xp[:, padding : padding + h, padding : padding + w] = x.transpose(2, 0, 1)
     else:
         xp = np.pad(x, ((padding, padding), (padding, padding), (0, 0))) if padding else x
     chunk_rows = max(1, _IM2COL_CHUNK_ELEMS // max(1, wo * kh * kw * c_in))
@@ -189,8 +203,9 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride: i
     return out
 
 
-def conv1x1_of_concat(parts: list[np.ndarray], weight: np.ndarray, bias: np.ndarray | None,
-                      relu: bool = False) -> np.ndarray:
+def conv1x1_of_concat(
+    parts: list[np.ndarray], weight: np.ndarray, bias: np.ndarray | None, relu: bool = False
+) -> np.ndarray:
     """conv2d(concat(parts), weight [O, 1, 1, sum C_i], bias), without building the concat.
 
     Each part is multiplied by its slice of the weight and the products summed, output rows split
@@ -202,14 +217,15 @@ def conv1x1_of_concat(parts: list[np.ndarray], weight: np.ndarray, bias: np.ndar
     if kh != 1 or kw != 1:
         raise ValueError(f"conv1x1_of_concat: kernel must be 1x1, got {kh}x{kw}")
     if sum(p.shape[2] for p in parts) != c_in:
-        raise ValueError(f"conv1x1_of_concat: parts have {sum(p.shape[2] for p in parts)} channels, "
-                         f"weight expects {c_in}")
+        raise ValueError(
+            f"conv1x1_of_concat: parts have {sum(p.shape[2] for p in parts)} channels, weight expects {c_in}"
+        )
     w_mat = weight.reshape(c_out, c_in)
     full: list[tuple[np.ndarray, np.ndarray]] = []
     constant = np.zeros(c_out, dtype=np.float32) if bias is None else bias.astype(np.float32, copy=True)
     offset = 0
     for part in parts:
-        w_part = w_mat[:, offset: offset + part.shape[2]].T
+        w_part = w_mat[:, offset : offset + part.shape[2]].T
         offset += part.shape[2]
         if part.shape[:2] == (1, 1):
             constant += part.reshape(-1) @ w_part
@@ -298,8 +314,14 @@ def lincomb(inputs: list[np.ndarray], coeffs: list[float]) -> np.ndarray:
     return out.astype(np.float32, copy=False)
 
 
-def affine(x: np.ndarray, mul: np.ndarray, bias: np.ndarray, relu_before: bool = False,
-           relu_after: bool = False, residual: np.ndarray | None = None) -> np.ndarray:
+def affine(
+    x: np.ndarray,
+    mul: np.ndarray,
+    bias: np.ndarray,
+    relu_before: bool = False,
+    relu_after: bool = False,
+    residual: np.ndarray | None = None,
+) -> np.ndarray:
     """Per-channel mul * pre(x) + bias (+ residual), pre = ReLU if relu_before; optional ReLU after."""
     pre = np.maximum(x, 0) if relu_before else x
     out = pre * mul + bias

@@ -47,8 +47,11 @@ def _shape_str(shape: tuple[int, ...]) -> str:
 
 
 def _conv_params(op: Mapping[str, Any], k: int) -> str:
-    return f"k{k}" + (f" s{op['stride']}" if op["stride"] != 1 else "") + \
-        (f" d{op['dilation']}" if op["dilation"] != 1 else "")
+    return (
+        f"k{k}"
+        + (f" s{op['stride']}" if op["stride"] != 1 else "")
+        + (f" d{op['dilation']}" if op["dilation"] != 1 else "")
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -62,8 +65,9 @@ class Step:
     kind: str = ""
     can_pack = False  # its epilogue can write the sign bits of what it writes
 
-    def __init__(self, index: int, op_indices: Iterable[int], reads: Iterable[str], writes: Iterable[str],
-                 label: str) -> None:
+    def __init__(
+        self, index: int, op_indices: Iterable[int], reads: Iterable[str], writes: Iterable[str], label: str
+    ) -> None:
         self.index = index
         self.ops = tuple(op_indices)  # op indices it computes
         self.reads = tuple(reads)  # float values it reads
@@ -114,16 +118,25 @@ class BinaryConvStep(Step):
     kind = "bconv2d"
     can_pack = True
 
-    def __init__(self, indices: tuple[int, ...], members: list[Mapping[str, Any]],
-                 tensors: Mapping[str, np.ndarray], prepared: Callable[[Mapping[str, Any]], Any]) -> None:
+    def __init__(
+        self,
+        indices: tuple[int, ...],
+        members: list[Mapping[str, Any]],
+        tensors: Mapping[str, np.ndarray],
+        prepared: Callable[[Mapping[str, Any]], Any],
+    ) -> None:
         first, last = members[0], members[-1]
         residual = first.get("residual")
-        super().__init__(indices[0], indices, () if residual is None else (residual,), (last["out"],), last["out"])
+        super().__init__(
+            indices[0], indices, () if residual is None else (residual,), (last["out"],), last["out"]
+        )
         self.op = first
         self.binary_in = first["in"]
         self.residual = residual
-        self.bases = [(prepared(op), tensors[op["mul"]], tensors[op["bias"]], op["relu_before"], op["relu_after"])
-                      for op in members]
+        self.bases = [
+            (prepared(op), tensors[op["mul"]], tensors[op["bias"]], op["relu_before"], op["relu_after"])
+            for op in members
+        ]
         self.kernel = int(tensors[first["weight"]].shape[1])
         self.pack_input = False
 
@@ -141,18 +154,47 @@ class BinaryConvStep(Step):
         pack_output = bool(self.packs)
         if len(self.bases) > 1:
             a = kernels.pack_bits(values[self.binary_in]) if self.pack_input else bits[self.binary_in]
-            result = kernels.bconv2d_chain(a, self.bases, op["in_channels"], op["stride"], op["padding"],
-                                           op["dilation"], residual=residual, pack_output=pack_output)
+            result = kernels.bconv2d_chain(
+                a,
+                self.bases,
+                op["in_channels"],
+                op["stride"],
+                op["padding"],
+                op["dilation"],
+                residual=residual,
+                pack_output=pack_output,
+            )
         else:
             w, mul, bias, relu_before, relu_after = self.bases[0]
             if self.pack_input:
-                result = kernels.bconv2d_float(values[self.binary_in], w, op["stride"], op["padding"],
-                                               op["dilation"], mul, bias, relu_before, relu_after, residual,
-                                               pack_output=pack_output)
+                result = kernels.bconv2d_float(
+                    values[self.binary_in],
+                    w,
+                    op["stride"],
+                    op["padding"],
+                    op["dilation"],
+                    mul,
+                    bias,
+                    relu_before,
+                    relu_after,
+                    residual,
+                    pack_output=pack_output,
+                )
             else:
-                result = kernels.bconv2d(bits[self.binary_in], w, op["in_channels"], op["stride"], op["padding"],
-                                         op["dilation"], mul, bias, relu_before, relu_after, residual,
-                                         pack_output=pack_output)
+                result = kernels.bconv2d(
+                    bits[self.binary_in],
+                    w,
+                    op["in_channels"],
+                    op["stride"],
+                    op["padding"],
+                    op["dilation"],
+                    mul,
+                    bias,
+                    relu_before,
+                    relu_after,
+                    residual,
+                    pack_output=pack_output,
+                )
         if pack_output:
             values[self.label], bits[self.label] = result
         else:
@@ -166,7 +208,7 @@ class BinaryConvStep(Step):
         src_shape = f"{src.shape[0]}x{src.shape[1]}x{c}" if src is not None else f"?x?x{c}"
         detail = f"{src_shape} -> {out[2]} {_conv_params(self.op, self.kernel)}"
         n = len(self.bases)
-        return detail + (f" x{n}" if n > 1 else ""), n * out[0] * out[1] * out[2] * self.kernel ** 2 * c
+        return detail + (f" x{n}" if n > 1 else ""), n * out[0] * out[1] * out[2] * self.kernel**2 * c
 
 
 @dataclass(frozen=True)
@@ -205,9 +247,12 @@ class LincombGroupStep(Step):
         first = inputs[0]
         pack = [m for m, name in enumerate(group.outputs) if name in self.packs]
         if all(x.dtype == np.float32 and x.shape == first.shape for x in inputs):
-            outs, packed = kernels.lincomb_group(inputs, group.program, pack_outputs=pack,
-                                                 drop_outputs=[] if keep_all else list(self.drop))
-            values.update((name, out) for name, out in zip(group.outputs, outs, strict=True) if out is not None)
+            outs, packed = kernels.lincomb_group(
+                inputs, group.program, pack_outputs=pack, drop_outputs=[] if keep_all else list(self.drop)
+            )
+            values.update(
+                (name, out) for name, out in zip(group.outputs, outs, strict=True) if out is not None
+            )
             bits.update((group.outputs[m], packed[m]) for m in pack)
             return
         for op in self.members:
@@ -222,18 +267,25 @@ class LincombGroupStep(Step):
 # Float ops: one function per op kind, (op, tensors, values) -> the op's output.
 _FloatOp = Callable[[Mapping[str, Any], Mapping[str, np.ndarray], Values], np.ndarray]
 _FLOAT_OPS: dict[str, _FloatOp] = {
-    "conv2d": lambda op, t, v: ops.conv2d(v[op["in"]], t[op["weight"]], t[op["bias"]], op["stride"],
-                                          op["padding"], op["dilation"], op["relu"]),
-    "affine": lambda op, t, v: ops.affine(v[op["in"]], t[op["mul"]], t[op["bias"]], op["relu_before"],
-                                          op["relu_after"],
-                                          None if op.get("residual") is None else v[op["residual"]]),
+    "conv2d": lambda op, t, v: ops.conv2d(
+        v[op["in"]], t[op["weight"]], t[op["bias"]], op["stride"], op["padding"], op["dilation"], op["relu"]
+    ),
+    "affine": lambda op, t, v: ops.affine(
+        v[op["in"]],
+        t[op["mul"]],
+        t[op["bias"]],
+        op["relu_before"],
+        op["relu_after"],
+        None if op.get("residual") is None else v[op["residual"]],
+    ),
     "lincomb": lambda op, t, v: ops.lincomb([v[n] for n in op["ins"]], op["coeffs"]),
     "relu": lambda op, t, v: ops.relu(v[op["in"]]),
     "maxpool2d": lambda op, t, v: ops.maxpool2d(v[op["in"]], op["kernel"], op["stride"], op["padding"]),
     "global_avgpool": lambda op, t, v: ops.global_avgpool(v[op["in"]]),
     "adaptive_avgpool": lambda op, t, v: ops.adaptive_avgpool(v[op["in"]], op["size"]),
-    "upsample_bilinear": lambda op, t, v: ops.upsample_bilinear(v[op["in"]], v[op["like"]].shape[0],
-                                                                v[op["like"]].shape[1]),
+    "upsample_bilinear": lambda op, t, v: ops.upsample_bilinear(
+        v[op["in"]], v[op["like"]].shape[0], v[op["like"]].shape[1]
+    ),
     "concat": lambda op, t, v: ops.concat([v[n] for n in op["ins"]]),
 }
 
@@ -257,8 +309,10 @@ class FloatOpStep(Step):
             return _shape_str(out), 0
         weight = self.tensors[self.op["weight"]].shape
         src = values[self.op["in"]].shape
-        return (f"{src[0]}x{src[1]}x{weight[3]} -> {out[2]} {_conv_params(self.op, weight[1])}",
-                out[0] * out[1] * out[2] * weight[1] * weight[1] * weight[3])
+        return (
+            f"{src[0]}x{src[1]}x{weight[3]} -> {out[2]} {_conv_params(self.op, weight[1])}",
+            out[0] * out[1] * out[2] * weight[1] * weight[1] * weight[3],
+        )
 
 
 class BroadcastStep(FloatOpStep):
@@ -276,23 +330,31 @@ class ProjectionStep(Step):
 
     kind = "conv2d"
 
-    def __init__(self, concat: int, conv: int, parts: list[str], op: Mapping[str, Any],
-                 tensors: Mapping[str, np.ndarray]) -> None:
+    def __init__(
+        self,
+        concat: int,
+        conv: int,
+        parts: list[str],
+        op: Mapping[str, Any],
+        tensors: Mapping[str, np.ndarray],
+    ) -> None:
         super().__init__(conv, (concat, conv), parts, (op["out"],), op["out"])
         self.op = op
         self.weight, self.bias = tensors[op["weight"]], tensors[op["bias"]]
 
     def run(self, values: Values, bits: Bits, keep_all: bool) -> None:
-        values[self.label] = ops.conv1x1_of_concat([values[n] for n in self.reads], self.weight, self.bias,
-                                                   self.op["relu"])
+        values[self.label] = ops.conv1x1_of_concat(
+            [values[n] for n in self.reads], self.weight, self.bias, self.op["relu"]
+        )
 
     def describe(self, values: Values, bits: Bits) -> tuple[str, int]:
         out = values[self.label].shape
         in_channels = self.weight.shape[3]
         # Count the MACs of the full-size parts only (a 1x1 part went into the bias).
         full = sum(values[n].shape[2] for n in self.reads if values[n].shape[:2] != (1, 1))
-        return (f"{out[0]}x{out[1]}x{full} (+{in_channels - full} as bias) -> {out[2]} "
-                f"{_conv_params(self.op, 1)}"), out[0] * out[1] * out[2] * full
+        return (
+            f"{out[0]}x{out[1]}x{full} (+{in_channels - full} as bias) -> {out[2]} {_conv_params(self.op, 1)}"
+        ), out[0] * out[1] * out[2] * full
 
 
 # --------------------------------------------------------------------------------------------
@@ -325,8 +387,11 @@ def lincomb_groups(ops_list: list[dict[str, Any]]) -> list[LincombGroup]:
                 source = len(inputs) + produced[name] if produced.get(name, j) < j else inputs.index(name)
                 terms.append((source, float(coeff)))
             program.append(tuple(terms))
-        groups.append(LincombGroup(tuple(range(index, end)), tuple(inputs),
-                                   tuple(op["out"] for op in members), tuple(program)))
+        groups.append(
+            LincombGroup(
+                tuple(range(index, end)), tuple(inputs), tuple(op["out"] for op in members), tuple(program)
+            )
+        )
         index = end
     return groups
 
@@ -353,8 +418,9 @@ class ConcatProjection:
     broadcasts: frozenset[int]  # upsample_bilinear ops whose 1x1 input is passed on as it is
 
 
-def concat_projections(ops_list: list[dict[str, Any]], tensors: Mapping[str, np.ndarray],
-                       outputs: list[str]) -> list[ConcatProjection]:
+def concat_projections(
+    ops_list: list[dict[str, Any]], tensors: Mapping[str, np.ndarray], outputs: list[str]
+) -> list[ConcatProjection]:
     """Every concat whose only reader is a 1x1, stride-1, unpadded float conv2d."""
     readers = _readers(ops_list)
     producers = {op["out"]: index for index, op in enumerate(ops_list)}
@@ -369,8 +435,12 @@ def concat_projections(ops_list: list[dict[str, Any]], tensors: Mapping[str, np.
         broadcasts = set()
         for name in op["ins"]:
             producer = producers.get(name)
-            if (producer is not None and ops_list[producer]["op"] == "upsample_bilinear"
-                    and name not in outputs and readers.get(name) == [index]):
+            if (
+                producer is not None
+                and ops_list[producer]["op"] == "upsample_bilinear"
+                and name not in outputs
+                and readers.get(name) == [index]
+            ):
                 broadcasts.add(producer)
         if len(broadcasts) == len(op["ins"]):
             broadcasts = set()  # some part must give the output its spatial size
@@ -378,8 +448,9 @@ def concat_projections(ops_list: list[dict[str, Any]], tensors: Mapping[str, np.
     return found
 
 
-def bconv_chains(ops_list: list[dict[str, Any]], tensors: Mapping[str, np.ndarray],
-                 outputs: list[str]) -> list[tuple[int, ...]]:
+def bconv_chains(
+    ops_list: list[dict[str, Any]], tensors: Mapping[str, np.ndarray], outputs: list[str]
+) -> list[tuple[int, ...]]:
     """Runs of consecutive bconv2d ops that ``kernels.bconv2d_chain`` computes in one call.
 
     Each op after the first reads the same input with the same geometry, takes the previous op's
@@ -389,8 +460,14 @@ def bconv_chains(ops_list: list[dict[str, Any]], tensors: Mapping[str, np.ndarra
     readers = _readers(ops_list)
 
     def geometry(op: dict[str, Any]) -> tuple[Any, ...]:
-        return (op["in"], op["in_channels"], tensors[op["weight"]].shape[:3], op["stride"], op["padding"],
-                op["dilation"])
+        return (
+            op["in"],
+            op["in_channels"],
+            tensors[op["weight"]].shape[:3],
+            op["stride"],
+            op["padding"],
+            op["dilation"],
+        )
 
     chains = []
     index = 0
@@ -399,9 +476,13 @@ def bconv_chains(ops_list: list[dict[str, Any]], tensors: Mapping[str, np.ndarra
         if ops_list[index]["op"] == "bconv2d":
             while chain[-1] + 1 < len(ops_list):
                 prev, nxt = ops_list[chain[-1]], ops_list[chain[-1] + 1]
-                if not (nxt["op"] == "bconv2d" and geometry(nxt) == geometry(prev)
-                        and nxt.get("residual") == prev["out"] and prev["out"] not in outputs
-                        and readers.get(prev["out"]) == [chain[-1] + 1]):
+                if not (
+                    nxt["op"] == "bconv2d"
+                    and geometry(nxt) == geometry(prev)
+                    and nxt.get("residual") == prev["out"]
+                    and prev["out"] not in outputs
+                    and readers.get(prev["out"]) == [chain[-1] + 1]
+                ):
                     break
                 chain.append(chain[-1] + 1)
         if len(chain) > 1:
@@ -425,8 +506,10 @@ def _lincomb_group_steps(g: _Graph) -> list[Step]:
 
 
 def _chain_steps(g: _Graph) -> list[Step]:
-    return [BinaryConvStep(chain, [g.ops[i] for i in chain], g.tensors, g.prepared)
-            for chain in bconv_chains(g.ops, g.tensors, g.outputs)]
+    return [
+        BinaryConvStep(chain, [g.ops[i] for i in chain], g.tensors, g.prepared)
+        for chain in bconv_chains(g.ops, g.tensors, g.outputs)
+    ]
 
 
 def _projection_steps(g: _Graph) -> list[Step]:
@@ -446,8 +529,9 @@ _FUSIONS: tuple[Callable[[_Graph], list[Step]], ...] = (_lincomb_group_steps, _c
 # --------------------------------------------------------------------------------------------
 
 
-def plan_graph(graph: Mapping[str, Any], tensors: Mapping[str, np.ndarray],
-               prepared: Callable[[Mapping[str, Any]], Any]) -> list[Step]:
+def plan_graph(
+    graph: Mapping[str, Any], tensors: Mapping[str, np.ndarray], prepared: Callable[[Mapping[str, Any]], Any]
+) -> list[Step]:
     """The steps that compute a validated graph, in run order. ``prepared(op)``: a bconv2d op's
     weights arranged for the kernels (``kernels.prepare_weights``, cached by the caller)."""
     ops_list = [dict(op) for op in graph["ops"]]
@@ -462,8 +546,11 @@ def plan_graph(graph: Mapping[str, Any], tensors: Mapping[str, np.ndarray],
                 by_index[step.index] = step
     for index, op in enumerate(ops_list):
         if index not in claimed:
-            by_index[index] = (BinaryConvStep((index,), [op], tensors, prepared) if op["op"] == "bconv2d"
-                               else FloatOpStep(index, op, tensors))
+            by_index[index] = (
+                BinaryConvStep((index,), [op], tensors, prepared)
+                if op["op"] == "bconv2d"
+                else FloatOpStep(index, op, tensors)
+            )
     steps = [by_index[i] for i in sorted(by_index)]
     steps = _plan_packing(steps)
     float_reads = {name for step in steps for name in step.reads}

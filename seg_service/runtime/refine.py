@@ -22,27 +22,40 @@ from seg_service import kernels
 from seg_service.runtime.resize import resize_area
 
 
-def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float, subsample: int = 1,
-                  outputs: tuple[list[int], list[float], list[float]] | None = None) -> np.ndarray:
+def guided_filter(
+    guide: np.ndarray,
+    src: np.ndarray,
+    radius: int,
+    eps: float,
+    subsample: int = 1,
+    outputs: tuple[list[int], list[float], list[float]] | None = None,
+) -> np.ndarray:
     """Filter src f32 [H, W, K] guided by the colour image guide f32 [H, W, 3] (values in [0, 1]).
 
     ``subsample`` > 1 is the fast guided filter: coefficients are fitted on both images area-downscaled
     by that factor (radius scaled with them), upsampled bilinearly and applied to the full-size guide.
     ``outputs`` = (sources, signs, bias) maps the K filtered channels to the result's channels,
-    ``signs[c] * filtered[..., sources[c]] + bias[c]``, in the same pass (default: the K channels as they are).
+    ``signs[c] * filtered[..., sources[c]] + bias[c]``, in the same pass (default: the K channels as
+    they are).
     """
     guide = np.ascontiguousarray(guide, dtype=np.float32)
     src = np.ascontiguousarray(src, dtype=np.float32)
     h, w, k = src.shape
     if subsample > 1:
         low_h, low_w = max(1, -(-h // subsample)), max(1, -(-w // subsample))
-        a, b = kernels.guided_coefficients(resize_area(guide, low_h, low_w), resize_area(src, low_h, low_w),
-                                           max(1, round(radius / subsample)), eps)
+        a, b = kernels.guided_coefficients(
+            resize_area(guide, low_h, low_w),
+            resize_area(src, low_h, low_w),
+            max(1, round(radius / subsample)),
+            eps,
+        )
     else:
         a, b = kernels.guided_coefficients(guide, src, radius, eps)
     sources, signs, bias = outputs or (list(range(k)), [1.0] * k, [0.0] * k)
     # upsampling, a . guide + b and the output mapping in one pass over the full-size image
-    return kernels.guided_apply(a, b, guide, list(sources), [float(v) for v in signs], [float(v) for v in bias])
+    return kernels.guided_apply(
+        a, b, guide, list(sources), [float(v) for v in signs], [float(v) for v in bias]
+    )
 
 
 def apply_postprocess(logits: np.ndarray, image: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
@@ -57,13 +70,29 @@ def apply_postprocess(logits: np.ndarray, image: np.ndarray, spec: dict[str, Any
     gf = spec.get("guided_filter")
     bias = [float(v) for v in spec.get("logit_bias") or [0.0] * classes]
     if not gf:
-        return np.ascontiguousarray(scores + np.asarray(bias, dtype=np.float32)) if "logit_bias" in spec else scores
+        return (
+            np.ascontiguousarray(scores + np.asarray(bias, dtype=np.float32))
+            if "logit_bias" in spec
+            else scores
+        )
     if classes == 2:
         # two classes: the centred logits are (-d, d) and the filter is linear, so filter d alone and
         # write (-filtered + bias0, filtered + bias1)
         half_diff = (scores[..., 1:] - scores[..., :1]) * np.float32(0.5)
-        return guided_filter(image, np.clip(half_diff, -gf["clip"], gf["clip"]), gf["radius"], gf["eps"],
-                             gf["subsample"], outputs=([0, 0], [-1.0, 1.0], bias))
+        return guided_filter(
+            image,
+            np.clip(half_diff, -gf["clip"], gf["clip"]),
+            gf["radius"],
+            gf["eps"],
+            gf["subsample"],
+            outputs=([0, 0], [-1.0, 1.0], bias),
+        )
     centred = np.clip(scores - scores.mean(axis=2, keepdims=True), -gf["clip"], gf["clip"])
-    return guided_filter(image, centred, gf["radius"], gf["eps"], gf["subsample"],
-                         outputs=(list(range(classes)), [1.0] * classes, bias))
+    return guided_filter(
+        image,
+        centred,
+        gf["radius"],
+        gf["eps"],
+        gf["subsample"],
+        outputs=(list(range(classes)), [1.0] * classes, bias),
+    )

@@ -50,8 +50,9 @@ def foreground_probability(probabilities: np.ndarray, foreground: Sequence[int])
     return probabilities[..., indices].sum(axis=-1)
 
 
-def matte_from_scores(scores: np.ndarray, foreground: Sequence[int],
-                      ramp: float = MATTE_RAMP_LOGITS) -> np.ndarray:
+def matte_from_scores(
+    scores: np.ndarray, foreground: Sequence[int], ramp: float = MATTE_RAMP_LOGITS
+) -> np.ndarray:
     """Alpha f32 [H, W] in [0, 1] from scores f32 [H, W, C]: a linear ramp over the margin between the
     best foreground class and the best other class (module docstring)."""
     indices = sorted(set(foreground))
@@ -68,8 +69,9 @@ def to_u8(values: np.ndarray) -> np.ndarray:
     return (np.clip(values, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-def soft_mask(scores: np.ndarray, foreground: Sequence[int], kind: str,
-              out_size: tuple[int, int] | None = None) -> np.ndarray:
+def soft_mask(
+    scores: np.ndarray, foreground: Sequence[int], kind: str, out_size: tuple[int, int] | None = None
+) -> np.ndarray:
     """The 8-bit soft mask u8 [H, W] of ``kind`` ("alpha" or "probability") for the foreground classes.
 
     ``scores``: f32 [h, w, C] at the model's processed size (``PackedModel.processed_scores``);
@@ -83,8 +85,9 @@ def soft_mask(scores: np.ndarray, foreground: Sequence[int], kind: str,
     else:
         values = foreground_probability(softmax(scores), foreground)
     if out_size is not None and tuple(out_size) != values.shape:
-        values = upsample_bilinear(np.ascontiguousarray(values[:, :, None], dtype=np.float32),
-                                   out_size[0], out_size[1])[:, :, 0]
+        values = upsample_bilinear(
+            np.ascontiguousarray(values[:, :, None], dtype=np.float32), out_size[0], out_size[1]
+        )[:, :, 0]
     return to_u8(values)
 
 
@@ -94,13 +97,17 @@ def resolve_foreground(classes: Sequence[str], names: Sequence[str] | None) -> l
     if names:
         unknown = [n for n in names if n not in classes]
         if unknown:
-            raise ValueError(f"unknown foreground class(es) {', '.join(map(repr, unknown))}; "
-                             f"the model has {', '.join(classes)}")
+            raise ValueError(
+                f"unknown foreground class(es) {', '.join(map(repr, unknown))}; "
+                f"the model has {', '.join(classes)}"
+            )
         return sorted({classes.index(n) for n in names})
     for name in DEFAULT_FOREGROUND_NAMES:
         if name in classes:
             return [classes.index(name)]
     if len(classes) == 2:
         return [1]
-    raise ValueError(f"name the foreground class(es) (foreground=...): the model has no 'person' class and "
-                     f"{len(classes)} classes ({', '.join(classes)})")
+    raise ValueError(
+        f"name the foreground class(es) (foreground=...): the model has no 'person' class and "
+        f"{len(classes)} classes ({', '.join(classes)})"
+    )

@@ -47,8 +47,12 @@ def box_mean(x: np.ndarray, size: int) -> np.ndarray:
     bottom = np.clip(np.arange(h) + r + 1, 0, h)
     left = np.clip(np.arange(w) - r, 0, w)
     right = np.clip(np.arange(w) + r + 1, 0, w)
-    sums = (integral[bottom][:, right] - integral[top][:, right]
-            - integral[bottom][:, left] + integral[top][:, left])
+    sums = (
+        integral[bottom][:, right]
+        - integral[top][:, right]
+        - integral[bottom][:, left]
+        + integral[top][:, left]
+    )
     counts = (bottom - top)[:, None] * (right - left)[None, :]
     return (sums / counts).astype(np.float32)
 

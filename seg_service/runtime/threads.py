@@ -13,8 +13,12 @@ import ctypes
 from seg_service import kernels
 
 # Thread-count setters of the OpenBLAS builds numpy ships or links (64-bit-integer and plain).
-_BLAS_SETTERS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
-                 "openblas_set_num_threads64_", "openblas_set_num_threads")
+_BLAS_SETTERS = (
+    "scipy_openblas_set_num_threads64_",
+    "scipy_openblas_set_num_threads",
+    "openblas_set_num_threads64_",
+    "openblas_set_num_threads",
+)
 
 
 def _loaded_blas_libraries() -> list[str]:

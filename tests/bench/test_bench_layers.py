@@ -41,13 +41,26 @@ def stride1_binary_convs(task: str, size: int, **config) -> set[tuple[int, int, 
 def test_default_shapes_are_layers_of_the_networks_they_name():
     """Each benchmark shape is a real 3x3 layer: ResNet-18 on ImageNet's 224 input, and the
     segmentation network (output stride 8, dilated layer3/4 without BPAC) on a 512 input."""
-    networks = {"resnet18": stride1_binary_convs("cls", 224),
-                "seg512": stride1_binary_convs("seg", 512, output_stride=8, bpac=False, head="fcn")}
+    networks = {
+        "resnet18": stride1_binary_convs("cls", 224),
+        "seg512": stride1_binary_convs("seg", 512, output_stride=8, bpac=False, head="fcn"),
+    }
     for shape in bench_layers.DEFAULT_SHAPES:
         assert shape.height == shape.width
-        assert (shape.height, shape.in_channels, shape.out_channels, shape.dilation) in networks[shape.group], shape
+        assert (shape.height, shape.in_channels, shape.out_channels, shape.dilation) in networks[
+            shape.group
+        ], shape
     # one shape per stage of each network
-    assert sorted(s.in_channels for s in bench_layers.DEFAULT_SHAPES) == [64, 64, 128, 128, 256, 256, 512, 512]
+    assert sorted(s.in_channels for s in bench_layers.DEFAULT_SHAPES) == [
+        64,
+        64,
+        128,
+        128,
+        256,
+        256,
+        512,
+        512,
+    ]
     shape = bench_layers.DEFAULT_SHAPES[1]
     assert shape.binary_macs == shape.height * shape.width * shape.in_channels * shape.out_channels * 9
 
@@ -84,7 +97,9 @@ def test_run_layer_benchmark_rows_and_derived_figures():
 def test_settings_are_restored_after_a_run():
     torch = pytest.importorskip("torch")
     before = (kernels.isa(), kernels.get_num_threads(), torch.get_num_threads())
-    bench_layers.run_layer_benchmark(shapes=[TINY], threads=(2,), repeats=1, warmup=0, isa=kernels.available_isas()[-1])
+    bench_layers.run_layer_benchmark(
+        shapes=[TINY], threads=(2,), repeats=1, warmup=0, isa=kernels.available_isas()[-1]
+    )
     assert (kernels.isa(), kernels.get_num_threads(), torch.get_num_threads()) == before
 
 
@@ -98,9 +113,18 @@ def test_bad_arguments_fail_with_a_clear_error():
 
 
 def _row(name, group, height, threads, isa, ours_ms, torch_ms, ov_ms, gmacs, scaling=None):
-    return {"name": name, "group": group, "height": height, "threads": threads, "isa": isa, "ours_ms": ours_ms,
-            "speedup_vs_torch": torch_ms / ours_ms, "speedup_vs_openvino": ov_ms / ours_ms,
-            "gmacs_per_core": gmacs, "scaling_vs_1_thread": scaling}
+    return {
+        "name": name,
+        "group": group,
+        "height": height,
+        "threads": threads,
+        "isa": isa,
+        "ours_ms": ours_ms,
+        "speedup_vs_torch": torch_ms / ours_ms,
+        "speedup_vs_openvino": ov_ms / ours_ms,
+        "gmacs_per_core": gmacs,
+        "scaling_vs_1_thread": scaling,
+    }
 
 
 def test_target_summary_names_the_missing_shape():
@@ -127,8 +151,22 @@ def test_target_summary_names_the_missing_shape():
 def test_main_writes_table_and_json(tmp_path, capsys):
     out = tmp_path / "layers.json"
     isa = kernels.available_isas()[0]
-    code = bench_layers.main(["--group", "resnet18", "--threads", "1", "--isa", isa, "--repeats", "1", "--warmup", "0",
-                              "--json", str(out)])
+    code = bench_layers.main(
+        [
+            "--group",
+            "resnet18",
+            "--threads",
+            "1",
+            "--isa",
+            isa,
+            "--repeats",
+            "1",
+            "--warmup",
+            "0",
+            "--json",
+            str(out),
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "CPU:" in printed and "| 28x28x128->128" in printed

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-pytest.importorskip("openvino", reason="openvino is not installed (pip install '.[bench]'): no parity to check")
+pytest.importorskip(
+    "openvino", reason="openvino is not installed (pip install '.[bench]'): no parity to check"
+)
 
 import torch.nn.functional as F  # noqa: E402
 
@@ -33,7 +35,10 @@ def reference_output(inputs: bench_layers.LayerInputs) -> np.ndarray:
     signs = torch.from_numpy(np.where(inputs.x < 0, -1.0, 1.0)).permute(2, 0, 1)[None]
     padded = F.pad(signs, (s.padding,) * 4, value=1.0)
     dots = F.conv2d(padded, torch.from_numpy(inputs.weight_sign).double(), dilation=s.dilation)[0]
-    out = dots * torch.from_numpy(inputs.mul).double()[:, None, None] + torch.from_numpy(inputs.bias).double()[:, None, None]
+    out = (
+        dots * torch.from_numpy(inputs.mul).double()[:, None, None]
+        + torch.from_numpy(inputs.bias).double()[:, None, None]
+    )
     return out.permute(1, 2, 0).numpy()
 
 
@@ -75,7 +80,9 @@ def test_openvino_graph_matches_kernel_and_reference(shape, threads):
     tolerance = 1e-5 * float(np.abs(expected).max()) + 1e-6
     np.testing.assert_allclose(openvino_out, expected, rtol=0, atol=tolerance)
     for isa, ours in kernel_outputs(inputs, threads).items():
-        np.testing.assert_allclose(ours, openvino_out, rtol=0, atol=tolerance, err_msg=f"ours ({isa}) vs OpenVINO")
+        np.testing.assert_allclose(
+            ours, openvino_out, rtol=0, atol=tolerance, err_msg=f"ours ({isa}) vs OpenVINO"
+        )
 
 
 def kernel_outputs(inputs: bench_layers.LayerInputs, threads: int) -> dict[str, np.ndarray]:

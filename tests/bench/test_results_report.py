@@ -15,7 +15,9 @@ def test_tables_match_the_recorded_results():
     person = results["shipped"]["person"]
     assert f"| person | {100 * person['miou']:.2f} |" in shipped
     doc = (REPO / "docs/results.md").read_text()
-    assert shipped in doc and ablation in doc, "docs/results.md is out of date: run python -m seg_bench.results"
+    assert shipped in doc and ablation in doc, (
+        "docs/results.md is out of date: run python -m seg_bench.results"
+    )
 
 
 def test_replace_marked_keeps_the_prose():

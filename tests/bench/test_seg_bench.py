@@ -53,8 +53,26 @@ def test_memory_probe_reports_a_failure():
 def test_layers_part_writes_json(tmp_path, capsys):
     out = tmp_path / "layers.json"
     isa = kernels.available_isas()[0]
-    assert bench.main(["layers", "--group", "resnet18", "--threads", "1", "--isa", isa, "--repeats", "1",
-                       "--warmup", "0", "--json", str(out)]) == 0
+    assert (
+        bench.main(
+            [
+                "layers",
+                "--group",
+                "resnet18",
+                "--threads",
+                "1",
+                "--isa",
+                isa,
+                "--repeats",
+                "1",
+                "--warmup",
+                "0",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "| 7x7x512->512" in printed and "load average" in printed
     data = json.loads(out.read_text())
@@ -67,8 +85,25 @@ def test_layers_part_writes_json(tmp_path, capsys):
 def test_model_part_with_shipped_model_and_memory(tmp_path, capsys, packed_model_path):
     out = tmp_path / "model.json"
     missing = tmp_path / "camvid.gnpk"
-    argv = ["model", "--k", "2", "--width", "0.25", "--sizes", "64x64", "--repeats", "1", "--threads", "1",
-            "--no-reference", "--packed", str(packed_model_path), str(missing), "--json", str(out)]
+    argv = [
+        "model",
+        "--k",
+        "2",
+        "--width",
+        "0.25",
+        "--sizes",
+        "64x64",
+        "--repeats",
+        "1",
+        "--threads",
+        "1",
+        "--no-reference",
+        "--packed",
+        str(packed_model_path),
+        str(missing),
+        "--json",
+        str(out),
+    ]
     assert bench.main(argv) == 0
     printed = capsys.readouterr().out
     assert "shipped person.gnpk (packed runtime)" in printed and f"no shipped model at {missing}" in printed
@@ -89,11 +124,20 @@ def test_model_part_with_shipped_model_and_memory(tmp_path, capsys, packed_model
 
 def test_model_targets_summary():
     def entry(h, w, runtime_ms, smp_ms):
-        return {"height": h, "width": w, "rows": [{"engine": "runtime", "median_ms": runtime_ms},
-                                                  {"engine": "smp_deeplabv3_resnet18", "median_ms": smp_ms}]}
+        return {
+            "height": h,
+            "width": w,
+            "rows": [
+                {"engine": "runtime", "median_ms": runtime_ms},
+                {"engine": "smp_deeplabv3_resnet18", "median_ms": smp_ms},
+            ],
+        }
 
-    result = {"packed_file_mb": 1.0, "float_file_mb": 12.0,
-              "sizes": [entry(512, 512, 100.0, 250.0), entry(240, 320, 10.0, 50.0)]}
+    result = {
+        "packed_file_mb": 1.0,
+        "float_file_mb": 12.0,
+        "sizes": [entry(512, 512, 100.0, 250.0), entry(240, 320, 10.0, 50.0)],
+    }
     lines = bench.summarize_model_targets(result, threads=2)
     assert lines[0].endswith("met") and "12.0x smaller" in lines[0]
     assert "2.50x faster" in lines[1] and lines[1].endswith("MISSED")
@@ -105,8 +149,23 @@ def test_model_targets_summary():
 @pytest.mark.slow
 def test_postprocess_part_times_the_shipped_person_model_both_ways(tmp_path, capsys, restore_threads):
     out = tmp_path / "post.json"
-    assert bench.main(["postprocess", "--repeats", "1", "--sizes", "64x48", "96x64", "--threads", "1",
-                       "--json", str(out)]) == 0
+    assert (
+        bench.main(
+            [
+                "postprocess",
+                "--repeats",
+                "1",
+                "--sizes",
+                "64x48",
+                "96x64",
+                "--threads",
+                "1",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "| 64x48 |" in text and "paired difference" in text
     result = json.loads(out.read_text())

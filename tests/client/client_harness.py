@@ -16,8 +16,18 @@ from pathlib import Path
 
 from server_harness import ROOT, ServerProcess, free_port
 
-__all__ = ["API_KEY", "VIDEO", "ClientProcess", "DelayProxy", "ServerProcess", "WebSocketRefusingProxy",
-           "api_key_server", "client_command", "free_port", "run_client"]
+__all__ = [
+    "API_KEY",
+    "VIDEO",
+    "ClientProcess",
+    "DelayProxy",
+    "ServerProcess",
+    "WebSocketRefusingProxy",
+    "api_key_server",
+    "client_command",
+    "free_port",
+    "run_client",
+]
 VIDEO = ROOT / "tests" / "data" / "video" / "camvid_0016E5.mp4"
 API_KEY = "client-test-key"
 
@@ -55,8 +65,12 @@ class ClientProcess:
 
     def __init__(self, *args: str | Path) -> None:
         self.proc = subprocess.Popen(
-            client_command(*args), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, text=True,
+            client_command(*args),
+            cwd=ROOT,
+            env=_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         self.lines: list[str] = []
         self._queue: queue.Queue[str] = queue.Queue()
@@ -73,7 +87,9 @@ class ClientProcess:
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or (self.proc.poll() is not None and self._queue.empty() and not self._reader.is_alive()):
+            if remaining <= 0 or (
+                self.proc.poll() is not None and self._queue.empty() and not self._reader.is_alive()
+            ):
                 raise AssertionError(f"no stderr line containing {text!r}; got:\n" + "\n".join(self.lines))
             try:
                 line = self._queue.get(timeout=min(remaining, 0.2))

@@ -24,8 +24,9 @@ ROOT = Path(__file__).resolve().parents[2]
 KEEP = ["--model", "camvid", "--foreground", "pedestrian,bicyclist"]
 JPEG_QUALITY = 80  # the client's default: the server gets the very same bytes from the test
 HUD_ROWS = 60  # the status text's rows; compared below them
-BACKGROUND_IMAGE = ROOT / "tests" / "data" / "imagenette" / "val" / "n03888257" / \
-    "ILSVRC2012_val_00001440.jpg"
+BACKGROUND_IMAGE = (
+    ROOT / "tests" / "data" / "imagenette" / "val" / "n03888257" / "ILSVRC2012_val_00001440.jpg"
+)
 
 
 @pytest.fixture(scope="module")
@@ -61,9 +62,26 @@ def server_mattes(url: str, frames: list[np.ndarray]) -> list[np.ndarray]:
 
 def render(server_url: str, tmp_path: Path, name: str, *args: str) -> tuple[list[np.ndarray], dict]:
     out, stats = tmp_path / f"{name}.mp4", tmp_path / f"{name}.json"
-    result = run_client("--video", VIDEO, "--headless", "--out", out, "--stats-json", stats,
-                        "--server", server_url, "--api-key", API_KEY, "--max-frames", "12", "--fps", "3",
-                        "--no-smooth", *KEEP, *args)
+    result = run_client(
+        "--video",
+        VIDEO,
+        "--headless",
+        "--out",
+        out,
+        "--stats-json",
+        stats,
+        "--server",
+        server_url,
+        "--api-key",
+        API_KEY,
+        "--max-frames",
+        "12",
+        "--fps",
+        "3",
+        "--no-smooth",
+        *KEEP,
+        *args,
+    )
     assert result.returncode == 0, result.stderr
     return read_video(out), json.loads(stats.read_text())
 
@@ -88,7 +106,7 @@ def test_replace_view_writes_frame_over_the_background_by_the_matte(server, tmp_
         scale = max(w / picture.shape[1], h / picture.shape[0])
         sw, sh = max(w, round(picture.shape[1] * scale)), max(h, round(picture.shape[0] * scale))
         scaled = cv2.resize(picture, (sw, sh), interpolation=cv2.INTER_LINEAR)
-        back = scaled[(sh - h) // 2:(sh - h) // 2 + h, (sw - w) // 2:(sw - w) // 2 + w]
+        back = scaled[(sh - h) // 2 : (sh - h) // 2 + h, (sw - w) // 2 : (sw - w) // 2 + w]
     else:
         back = np.broadcast_to(np.array([0x40, 0xC0, 0x20], np.float32), (h, w, 3))  # BGR
     kept = dropped = 0
@@ -129,8 +147,19 @@ def test_effect_options_and_pieces():
     assert options == {"smooth": "false", "format": "alpha", "foreground": "pedestrian,bicyclist"}
     assert inference_options() == {}  # smoothing on, label masks: the server's defaults
     assert "format=alpha" in ws_url("http://h:1", "street", options)
-    args = build_parser().parse_args(["--view", "replace", "--background", "#102030", "--blur", "3",
-                                      "--no-smooth", "--foreground", "car,pedestrian"])
+    args = build_parser().parse_args(
+        [
+            "--view",
+            "replace",
+            "--background",
+            "#102030",
+            "--blur",
+            "3",
+            "--no-smooth",
+            "--foreground",
+            "car,pedestrian",
+        ]
+    )
     assert (args.view, args.blur, args.smooth, args.foreground) == ("replace", 3.0, False, "car,pedestrian")
     assert args.background.canvas((2, 3))[0, 0].tolist() == [0x30, 0x20, 0x10]
     with pytest.raises(SystemExit):
@@ -140,6 +169,12 @@ def test_effect_options_and_pieces():
     frame = np.full((4, 6, 3), 90, np.uint8)
     labels = np.ones((4, 6), np.uint8)
     assert np.array_equal(compose("blur", frame, labels, ClassInfo.unknown(), mask_format="png"), frame)
-    replaced = compose("replace", frame, np.zeros((4, 6), np.uint8), ClassInfo.unknown(), mask_format="alpha",
-                       background=Background((1, 2, 3)))
+    replaced = compose(
+        "replace",
+        frame,
+        np.zeros((4, 6), np.uint8),
+        ClassInfo.unknown(),
+        mask_format="alpha",
+        background=Background((1, 2, 3)),
+    )
     assert (replaced == [1, 2, 3]).all()

@@ -44,14 +44,17 @@ def read_video(path: Path) -> list[np.ndarray]:
     return frames
 
 
-def server_masks(server: ServerProcess, frames: list[np.ndarray], model: str, **options: str) -> list[np.ndarray]:
+def server_masks(
+    server: ServerProcess, frames: list[np.ndarray], model: str, **options: str
+) -> list[np.ndarray]:
     """The label masks the server computes for these frames, asked over REST."""
     masks = []
     with httpx.Client(base_url=server.url, headers={"X-API-Key": API_KEY}, timeout=60) as http:
         for frame in frames:
             jpeg = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])[1].tobytes()
-            response = http.post("/segment", params={"model": model, **options},
-                                 files={"file": ("f.jpg", jpeg, "image/jpeg")})
+            response = http.post(
+                "/segment", params={"model": model, **options}, files={"file": ("f.jpg", jpeg, "image/jpeg")}
+            )
             response.raise_for_status()
             masks.append(cv2.imdecode(np.frombuffer(response.content, np.uint8), cv2.IMREAD_UNCHANGED))
     return masks
@@ -64,8 +67,18 @@ def inner(region: np.ndarray) -> np.ndarray:
 
 def run_headless(server_url: str, out: Path, stats: Path, *extra: str) -> dict:
     result = run_client(
-        "--video", VIDEO, "--headless", "--out", out, "--stats-json", stats,
-        "--server", server_url, "--api-key", API_KEY, *extra,
+        "--video",
+        VIDEO,
+        "--headless",
+        "--out",
+        out,
+        "--stats-json",
+        stats,
+        "--server",
+        server_url,
+        "--api-key",
+        API_KEY,
+        *extra,
     )
     assert result.returncode == 0, result.stderr
     return json.loads(stats.read_text())
@@ -92,7 +105,9 @@ def test_overlay_video_has_one_frame_per_input_frame_and_shows_the_masks(server,
         if age is None:
             continue
         mask = masks[i - age][HUD_ROWS:]
-        diff = np.abs(outputs[i][HUD_ROWS:].astype(np.int16) - inputs[i][HUD_ROWS:].astype(np.int16)).mean(axis=2)
+        diff = np.abs(outputs[i][HUD_ROWS:].astype(np.int16) - inputs[i][HUD_ROWS:].astype(np.int16)).mean(
+            axis=2
+        )
         person, background = inner(mask == 1), inner(mask == 0)
         assert person.sum() + background.sum() > 0
         if person.sum() > 200:
@@ -106,7 +121,15 @@ def test_overlay_video_has_one_frame_per_input_frame_and_shows_the_masks(server,
 def test_side_by_side_shows_the_server_mask_in_the_model_palette(server, tmp_path):
     out = tmp_path / "side.mp4"
     stats = run_headless(
-        server.url, out, tmp_path / "stats.json", "--max-frames", "16", "--model", "street", "--view", "side",
+        server.url,
+        out,
+        tmp_path / "stats.json",
+        "--max-frames",
+        "16",
+        "--model",
+        "street",
+        "--view",
+        "side",
         "--no-smooth",
     )
     inputs = read_video(VIDEO)[:16]
@@ -138,7 +161,13 @@ def test_side_by_side_shows_the_server_mask_in_the_model_palette(server, tmp_pat
 
 def test_rest_transport_gives_the_same_kind_of_run(server, tmp_path):
     stats = run_headless(
-        server.url, tmp_path / "rest.mp4", tmp_path / "stats.json", "--max-frames", "10", "--transport", "rest"
+        server.url,
+        tmp_path / "rest.mp4",
+        tmp_path / "stats.json",
+        "--max-frames",
+        "10",
+        "--transport",
+        "rest",
     )
     assert stats["transport"] == "rest"
     assert stats["frames_written"] == 10 and stats["results"] > 0
@@ -150,8 +179,21 @@ def test_refused_websocket_upgrade_falls_back_to_rest(server, tmp_path):
     stats_path = tmp_path / "stats.json"
     try:
         result = run_client(
-            "--video", VIDEO, "--headless", "--out", tmp_path / "fallback.mp4", "--stats-json", stats_path,
-            "--server", proxy.url, "--api-key", API_KEY, "--max-frames", "10", "--model", "street",
+            "--video",
+            VIDEO,
+            "--headless",
+            "--out",
+            tmp_path / "fallback.mp4",
+            "--stats-json",
+            stats_path,
+            "--server",
+            proxy.url,
+            "--api-key",
+            API_KEY,
+            "--max-frames",
+            "10",
+            "--model",
+            "street",
         )
     finally:
         proxy.close()
@@ -180,8 +222,14 @@ def test_flip_option_reaches_the_server_over_both_transports(transport, server):
     flipped = server_masks(server, frames, "street", flip="true")
     plain = server_masks(server, frames, "street")
     assert any(not np.array_equal(a, b) for a, b in zip(flipped, plain))
-    streamer = Streamer(server.url, API_KEY, transport, "street", timeout=30,
-                        options=inference_options(flip=True, smooth=False))
+    streamer = Streamer(
+        server.url,
+        API_KEY,
+        transport,
+        "street",
+        timeout=30,
+        options=inference_options(flip=True, smooth=False),
+    )
     try:
         streamer.start()
         assert streamer.wait_connected(60), streamer.fatal
@@ -264,9 +312,26 @@ def test_client_survives_a_server_restart(packed_model_dir, tmp_path):
     server = api_key_server(packed_model_dir, tmp_path).start()
     stats_path = tmp_path / "stats.json"
     client = ClientProcess(
-        "--video", VIDEO, "--loop", "--max-frames", "150", "--headless", "--out", tmp_path / "restart.mp4",
-        "--stats-json", stats_path, "--server", server.url, "--api-key", API_KEY,
-        "--retries", "60", "--retry-delay", "0.2", "--retry-max-delay", "0.5",
+        "--video",
+        VIDEO,
+        "--loop",
+        "--max-frames",
+        "150",
+        "--headless",
+        "--out",
+        tmp_path / "restart.mp4",
+        "--stats-json",
+        stats_path,
+        "--server",
+        server.url,
+        "--api-key",
+        API_KEY,
+        "--retries",
+        "60",
+        "--retry-delay",
+        "0.2",
+        "--retry-max-delay",
+        "0.5",
     )
     try:
         client.wait_for_line("first mask on this connection")
@@ -296,8 +361,15 @@ def _assert_one_line_error(result, *fragments: str) -> str:
 
 def test_unreachable_server_fails_after_bounded_retries(tmp_path):
     result = run_client(
-        "--video", VIDEO, "--headless", "--server", f"http://127.0.0.1:{free_port()}",
-        "--retries", "2", "--retry-delay", "0.05",
+        "--video",
+        VIDEO,
+        "--headless",
+        "--server",
+        f"http://127.0.0.1:{free_port()}",
+        "--retries",
+        "2",
+        "--retry-delay",
+        "0.05",
     )
     _assert_one_line_error(result, "unreachable after 2 retries")
 
@@ -309,14 +381,26 @@ def test_wrong_api_key_is_a_clear_error(server):
 
 @pytest.mark.parametrize("transport", ["ws", "rest"])
 def test_unknown_model_is_a_clear_error(server, transport):
-    result = run_client("--video", VIDEO, "--headless", "--server", server.url, "--api-key", API_KEY,
-                        "--model", "no-such-model", "--transport", transport)
+    result = run_client(
+        "--video",
+        VIDEO,
+        "--headless",
+        "--server",
+        server.url,
+        "--api-key",
+        API_KEY,
+        "--model",
+        "no-such-model",
+        "--transport",
+        transport,
+    )
     _assert_one_line_error(result, "unknown model 'no-such-model'")
 
 
 def test_wrong_api_key_over_rest_is_a_clear_error(server):
-    result = run_client("--video", VIDEO, "--headless", "--server", server.url, "--api-key", "wrong",
-                        "--transport", "rest")
+    result = run_client(
+        "--video", VIDEO, "--headless", "--server", server.url, "--api-key", "wrong", "--transport", "rest"
+    )
     _assert_one_line_error(result, "API key")
 
 

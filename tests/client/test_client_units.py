@@ -83,9 +83,13 @@ def test_server_urls():
     assert http_base("127.0.0.1:8000/") == "http://127.0.0.1:8000"
     assert ws_url("http://127.0.0.1:8000") == "ws://127.0.0.1:8000/ws/segment"
     assert ws_url("https://seg.example/api", "street") == "wss://seg.example/api/ws/segment?model=street"
-    assert (ws_url("http://h:1", "street", inference_options(flip=True, refine=False))
-            == "ws://h:1/ws/segment?model=street&flip=true&refine=false")
-    assert inference_options() == {} and ws_url("http://h:1", None, inference_options(flip=True)).endswith("?flip=true")
+    assert (
+        ws_url("http://h:1", "street", inference_options(flip=True, refine=False))
+        == "ws://h:1/ws/segment?model=street&flip=true&refine=false"
+    )
+    assert inference_options() == {} and ws_url("http://h:1", None, inference_options(flip=True)).endswith(
+        "?flip=true"
+    )
     with pytest.raises(ServerError, match="bad --server"):
         http_base("ftp://seg.example")
 
@@ -164,7 +168,12 @@ def test_keys_switch_views_save_snapshots_and_quit(tmp_path: Path):
 
 @pytest.mark.parametrize(
     "argv",
-    [["--jpeg-quality", "0"], ["--camera", "0", "--video", "a.mp4"], ["--transport", "udp"], ["--width", "-3"]],
+    [
+        ["--jpeg-quality", "0"],
+        ["--camera", "0", "--video", "a.mp4"],
+        ["--transport", "udp"],
+        ["--width", "-3"],
+    ],
 )
 def test_bad_arguments_exit_with_usage_error(argv):
     with pytest.raises(SystemExit) as exit_info:

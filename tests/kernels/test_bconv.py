@@ -164,7 +164,9 @@ def test_packed_output_bits_equal_pack_bits(isa: str, case: tuple[int, ...], n_t
 
 
 @pytest.mark.usefixtures("threads")
-@pytest.mark.parametrize("case", [c for c in CASES if c[4] > 1 or c[0] > 8], ids=lambda c: "x".join(map(str, c)))
+@pytest.mark.parametrize(
+    "case", [c for c in CASES if c[4] > 1 or c[0] > 8], ids=lambda c: "x".join(map(str, c))
+)
 @pytest.mark.parametrize("n_threads", [1, 2])
 def test_chain_equals_bases_one_by_one(isa: str, case: tuple[int, ...], n_threads: int) -> None:
     """bconv2d_chain (a layer-wise decomposition's bases adding up in cache) equals running the bases

@@ -43,8 +43,15 @@ def test_group_net_block_matches_numpy(isa: str, threads, shape, n_threads: int)
 def test_chained_outputs_and_repeated_sources(isa: str) -> None:
     """Outputs may read any earlier output, and a source may appear in several terms."""
     inputs = [RNG.standard_normal(4099).astype(np.float32) for _ in range(3)]
-    program = [[(0, 0.3), (1, -1.7)], [(3, 2.0), (2, 0.25), (0, 1.0)], [(4, 1.0), (3, -1.0), (4, 0.5)], [(1, 1.0)]]
-    for g, w in zip(kernels.lincomb_group(inputs, program)[0], reference.lincomb_group(inputs, program), strict=True):
+    program = [
+        [(0, 0.3), (1, -1.7)],
+        [(3, 2.0), (2, 0.25), (0, 1.0)],
+        [(4, 1.0), (3, -1.0), (4, 0.5)],
+        [(1, 1.0)],
+    ]
+    for g, w in zip(
+        kernels.lincomb_group(inputs, program)[0], reference.lincomb_group(inputs, program), strict=True
+    ):
         np.testing.assert_array_equal(g, w)
 
 
@@ -53,8 +60,9 @@ def test_non_contiguous_input_is_read_correctly(isa: str) -> None:
     view = base[:, ::2]
     other = RNG.standard_normal(view.shape).astype(np.float32)
     got = kernels.lincomb_group([view, other], [[(0, 1.5), (1, -0.5)]])[0][0]
-    np.testing.assert_array_equal(got, reference.lincomb_group([np.ascontiguousarray(view), other],
-                                                               [[(0, 1.5), (1, -0.5)]])[0])
+    np.testing.assert_array_equal(
+        got, reference.lincomb_group([np.ascontiguousarray(view), other], [[(0, 1.5), (1, -0.5)]])[0]
+    )
 
 
 @pytest.mark.parametrize(
@@ -76,9 +84,16 @@ def test_bad_arguments_raise_value_error(inputs, program, message: str) -> None:
         kernels.lincomb_group(inputs, program)
 
 
-@pytest.mark.parametrize("h, w, c, oh, ow", [pytest.param(64, 64, 21, 512, 512, marks=pytest.mark.slow),
-                                             (1, 1, 256, 64, 64), (5, 7, 3, 13, 2),
-                                             (40, 30, 17, 9, 11), (3, 3, 1, 3, 7)])
+@pytest.mark.parametrize(
+    "h, w, c, oh, ow",
+    [
+        pytest.param(64, 64, 21, 512, 512, marks=pytest.mark.slow),
+        (1, 1, 256, 64, 64),
+        (5, 7, 3, 13, 2),
+        (40, 30, 17, 9, 11),
+        (3, 3, 1, 3, 7),
+    ],
+)
 @pytest.mark.parametrize("n_threads", [1, 2, 3])
 def test_upsample_bilinear_matches_reference(isa: str, threads, h, w, c, oh, ow, n_threads: int) -> None:
     """The C++ resampling equals the numpy definition bit for bit (up- and down-sampling)."""
@@ -89,16 +104,23 @@ def test_upsample_bilinear_matches_reference(isa: str, threads, h, w, c, oh, ow,
     np.testing.assert_array_equal(got, reference.upsample_bilinear(x, oh, ow))
 
 
-@pytest.mark.parametrize("x, size, message", [(np.zeros((2, 2), np.float32), (4, 4), "3 dimensions"),
-                                              (np.zeros((2, 2, 1), np.float64), (4, 4), "float32"),
-                                              (np.zeros((2, 2, 1), np.float32), (0, 4), "positive"),
-                                              (np.zeros((0, 2, 1), np.float32), (4, 4), "non-empty")])
+@pytest.mark.parametrize(
+    "x, size, message",
+    [
+        (np.zeros((2, 2), np.float32), (4, 4), "3 dimensions"),
+        (np.zeros((2, 2, 1), np.float64), (4, 4), "float32"),
+        (np.zeros((2, 2, 1), np.float32), (0, 4), "positive"),
+        (np.zeros((0, 2, 1), np.float32), (4, 4), "non-empty"),
+    ],
+)
 def test_upsample_bilinear_bad_arguments(x, size, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         kernels.upsample_bilinear(x, *size)
 
 
-@pytest.mark.parametrize("shape", [(1, 1, 1), (5, 7, 3), (9, 11, 64), (6, 5, 100), (4, 3, 2100), (33, 31, 512)])
+@pytest.mark.parametrize(
+    "shape", [(1, 1, 1), (5, 7, 3), (9, 11, 64), (6, 5, 100), (4, 3, 2100), (33, 31, 512)]
+)
 @pytest.mark.parametrize("n_threads", [1, 2])
 def test_packed_outputs_equal_pack_bits(isa: str, threads, shape, n_threads: int) -> None:
     """Sign bits of the outputs feeding binary convs, packed in the same pass, equal pack_bits."""
@@ -134,30 +156,35 @@ def conv2d_numpy(x, weight, bias, stride, padding, dilation, relu):
     out = np.zeros((ho, wo, c_out))
     for ky in range(k):
         for kx in range(k):
-            tap = xp[ky * dilation: ky * dilation + (ho - 1) * stride + 1: stride,
-                     kx * dilation: kx * dilation + (wo - 1) * stride + 1: stride]
+            tap = xp[
+                ky * dilation : ky * dilation + (ho - 1) * stride + 1 : stride,
+                kx * dilation : kx * dilation + (wo - 1) * stride + 1 : stride,
+            ]
             out += tap @ weight[:, ky, kx, :].T.astype(np.float64)
     if bias is not None:
         out += bias
     return np.maximum(out, 0) if relu else out
 
 
-@pytest.mark.parametrize("h, w, c, o, k, stride, padding, dilation", [
-    (37, 29, 3, 64, 7, 2, 3, 1),   # the stem, odd image
-    (16, 16, 3, 32, 7, 2, 3, 1),   # the width-0.5 stem
-    (9, 13, 1, 40, 3, 1, 1, 1),    # a partial channel block
-    (11, 7, 4, 5, 3, 2, 2, 2),
-    (5, 5, 2, 70, 5, 1, 0, 1),
-    (1, 1, 3, 8, 7, 2, 3, 1),      # one output pixel, mostly padding
-    # stems of the webcam sizes: whole pixel tiles and a shifted last one (4-12 s each: slow)
-    pytest.param(192, 256, 3, 32, 7, 2, 3, 1, marks=pytest.mark.slow),
-    pytest.param(240, 320, 3, 64, 7, 2, 3, 1, marks=pytest.mark.slow),
-    (20, 9, 3, 32, 7, 2, 3, 1),    # rows narrower than a pixel tile
-    (13, 47, 3, 48, 7, 1, 3, 1),   # stride 1; 48 channels: a partial channel block on avx512
-    (17, 26, 3, 8, 7, 2, 3, 1),    # fewer channels than one vector
-    (21, 23, 3, 32, 3, 1, 2, 2),   # 3 channels with dilation: the generic tiles
-    (25, 31, 3, 16, 7, 3, 3, 1),   # 3 channels, stride 3: the generic tiles
-])
+@pytest.mark.parametrize(
+    "h, w, c, o, k, stride, padding, dilation",
+    [
+        (37, 29, 3, 64, 7, 2, 3, 1),  # the stem, odd image
+        (16, 16, 3, 32, 7, 2, 3, 1),  # the width-0.5 stem
+        (9, 13, 1, 40, 3, 1, 1, 1),  # a partial channel block
+        (11, 7, 4, 5, 3, 2, 2, 2),
+        (5, 5, 2, 70, 5, 1, 0, 1),
+        (1, 1, 3, 8, 7, 2, 3, 1),  # one output pixel, mostly padding
+        # stems of the webcam sizes: whole pixel tiles and a shifted last one (4-12 s each: slow)
+        pytest.param(192, 256, 3, 32, 7, 2, 3, 1, marks=pytest.mark.slow),
+        pytest.param(240, 320, 3, 64, 7, 2, 3, 1, marks=pytest.mark.slow),
+        (20, 9, 3, 32, 7, 2, 3, 1),  # rows narrower than a pixel tile
+        (13, 47, 3, 48, 7, 1, 3, 1),  # stride 1; 48 channels: a partial channel block on avx512
+        (17, 26, 3, 8, 7, 2, 3, 1),  # fewer channels than one vector
+        (21, 23, 3, 32, 3, 1, 2, 2),  # 3 channels with dilation: the generic tiles
+        (25, 31, 3, 16, 7, 3, 3, 1),  # 3 channels, stride 3: the generic tiles
+    ],
+)
 @pytest.mark.parametrize("n_threads", [1, 2])
 def test_conv2d_direct_matches_numpy(isa: str, threads, h, w, c, o, k, stride, padding, dilation, n_threads):
     kernels.set_num_threads(n_threads)
@@ -204,9 +231,17 @@ def test_conv2d_direct_bad_arguments() -> None:
         kernels.conv2d_direct(x, np.zeros((2, 7, 7, 3), np.float32), None, 1, 0, 1, False)
 
 
-@pytest.mark.parametrize("h, w, c, k, stride, padding", [(256, 256, 64, 3, 2, 1), (9, 11, 5, 3, 2, 1),
-                                                         (1, 7, 3, 1, 1, 0), (7, 7, 3, 3, 1, 1), (10, 6, 2, 3, 3, 0),
-                                                         (5, 5, 17, 2, 2, 1)])
+@pytest.mark.parametrize(
+    "h, w, c, k, stride, padding",
+    [
+        (256, 256, 64, 3, 2, 1),
+        (9, 11, 5, 3, 2, 1),
+        (1, 7, 3, 1, 1, 0),
+        (7, 7, 3, 3, 1, 1),
+        (10, 6, 2, 3, 3, 0),
+        (5, 5, 17, 2, 2, 1),
+    ],
+)
 @pytest.mark.parametrize("n_threads", [1, 2])
 def test_maxpool2d_matches_reference(isa: str, threads, h, w, c, k, stride, padding, n_threads: int) -> None:
     kernels.set_num_threads(n_threads)

@@ -115,8 +115,10 @@ def test_extreme_dots_every_method() -> None:
 @needs_avx2
 @pytest.mark.parametrize("n_threads", [1, 2])
 @pytest.mark.parametrize(
-    "case", [(9, 7, 130, 40, 3, 1, 1, 1), (20, 19, 64, 25, 3, 2, 2, 2), (16, 16, 96, 64, 3, 1, 3, 3)],
-    ids=lambda c: "x".join(map(str, c)))
+    "case",
+    [(9, 7, 130, 40, 3, 1, 1, 1), (20, 19, 64, 25, 3, 2, 2, 2), (16, 16, 96, 64, 3, 1, 3, 3)],
+    ids=lambda c: "x".join(map(str, c)),
+)
 def test_float_paths_equal_across_methods(threads, case: tuple[int, ...], n_threads: int) -> None:
     """Float epilogue, residual, packed output bits and chains: bit-identical for every method (the same
     dots through the same epilogue), and the dots equal the reference."""
@@ -128,8 +130,16 @@ def test_float_paths_equal_across_methods(threads, case: tuple[int, ...], n_thre
     ho = (h + 2 * pad - dil * (k - 1) - 1) // stride + 1
     wo = (w + 2 * pad - dil * (k - 1) - 1) // stride + 1
     residual = rng.standard_normal((ho, wo, o)).astype(np.float32)
-    bases = [(wt, rng.standard_normal(o).astype(np.float32), rng.standard_normal(o).astype(np.float32),
-              j == 1, j == 2) for j, wt in enumerate(wts)]
+    bases = [
+        (
+            wt,
+            rng.standard_normal(o).astype(np.float32),
+            rng.standard_normal(o).astype(np.float32),
+            j == 1,
+            j == 2,
+        )
+        for j, wt in enumerate(wts)
+    ]
     kernels.set_num_threads(n_threads)
     previous = kernels.isa()
     kernels.set_isa("avx2")
@@ -140,8 +150,9 @@ def test_float_paths_equal_across_methods(threads, case: tuple[int, ...], n_thre
             dots = kernels.bconv2d_int(a, wts[0], c, stride, pad, dil)
             np.testing.assert_array_equal(dots, reference.bconv2d_int(a, wts[0].array, c, stride, pad, dil))
             _, mul, bias, _, _ = bases[0]
-            fused = kernels.bconv2d_float(x, wts[0], stride, pad, dil, mul, bias, True, False,
-                                          residual=residual, pack_output=True)
+            fused = kernels.bconv2d_float(
+                x, wts[0], stride, pad, dil, mul, bias, True, False, residual=residual, pack_output=True
+            )
             chain = kernels.bconv2d_chain(a, bases, c, stride, pad, dil, residual=residual, pack_output=True)
             results[method] = (fused, chain)
     finally:
@@ -234,8 +245,9 @@ def test_set_popcount_rejects_unknown_names() -> None:
 def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
     full_env = {k: v for k, v in os.environ.items() if k not in ("SEG_POPCOUNT", "SEG_ISA")}
     full_env.update(env)
-    return subprocess.run([sys.executable, "-c", code], env=full_env, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", code], env=full_env, capture_output=True, text=True, timeout=120
+    )
 
 
 @needs_avx2

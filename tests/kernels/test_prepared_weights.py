@@ -19,10 +19,13 @@ def random_weights(rng: np.random.Generator, out_c: int, k: int, channels: int) 
 
 # out_c values around every ISA's channel block (8, 16, 32) and the 16-lane epilogue groups.
 @pytest.mark.parametrize(("out_c", "channels"), [(1, 3), (15, 64), (17, 100), (32, 64), (45, 130), (70, 512)])
-@pytest.mark.parametrize(("relu_before", "relu_after", "with_residual"),
-                         [(False, False, False), (True, False, True), (False, True, False), (True, True, True)])
-def test_prepared_equals_plain(isa: str, out_c: int, channels: int, relu_before: bool, relu_after: bool,
-                               with_residual: bool) -> None:
+@pytest.mark.parametrize(
+    ("relu_before", "relu_after", "with_residual"),
+    [(False, False, False), (True, False, True), (False, True, False), (True, True, True)],
+)
+def test_prepared_equals_plain(
+    isa: str, out_c: int, channels: int, relu_before: bool, relu_after: bool, with_residual: bool
+) -> None:
     rng = np.random.default_rng(out_c * 1000 + channels)
     h, w = 9, 8
     x = rng.standard_normal((h, w, channels)).astype(np.float32)
@@ -32,13 +35,16 @@ def test_prepared_equals_plain(isa: str, out_c: int, channels: int, relu_before:
     mul = rng.uniform(-0.1, 0.1, out_c).astype(np.float32)
     bias = rng.standard_normal(out_c).astype(np.float32)
     residual = rng.standard_normal((h, w, out_c)).astype(np.float32) if with_residual else None
-    np.testing.assert_array_equal(kernels.bconv2d_int(a, prepared, channels, 1, 2, 2),
-                                  reference.bconv2d_int(a, wt, channels, 1, 2, 2))
+    np.testing.assert_array_equal(
+        kernels.bconv2d_int(a, prepared, channels, 1, 2, 2), reference.bconv2d_int(a, wt, channels, 1, 2, 2)
+    )
     args = (mul, bias, relu_before, relu_after, residual)
     plain = kernels.bconv2d(a, wt, channels, 1, 2, 2, *args)
     np.testing.assert_array_equal(kernels.bconv2d(a, prepared, channels, 1, 2, 2, *args), plain)
     np.testing.assert_array_equal(kernels.bconv2d_float(x, prepared, 1, 2, 2, *args), plain)
-    np.testing.assert_allclose(plain, reference.bconv2d(a, wt, channels, 1, 2, 2, *args), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        plain, reference.bconv2d(a, wt, channels, 1, 2, 2, *args), rtol=1e-5, atol=1e-5
+    )
 
 
 @pytest.mark.usefixtures("threads")
@@ -57,11 +63,13 @@ def test_one_prepared_weights_serves_every_isa_and_thread_count() -> None:
         for name, n in itertools.product(kernels.available_isas() * 2, (1, 2, 3)):
             kernels.set_isa(name)
             kernels.set_num_threads(n)
-            np.testing.assert_array_equal(kernels.bconv2d_int(kernels.pack_bits(x), prepared, channels, 1, 1, 1),
-                                          expected)
+            np.testing.assert_array_equal(
+                kernels.bconv2d_int(kernels.pack_bits(x), prepared, channels, 1, 1, 1), expected
+            )
             np.testing.assert_array_equal(
                 kernels.bconv2d_float(x, prepared, 1, 1, 1, mul, bias, False, False),
-                kernels.bconv2d_float(x, wt, 1, 1, 1, mul, bias, False, False))
+                kernels.bconv2d_float(x, wt, 1, 1, 1, mul, bias, False, False),
+            )
     finally:
         kernels.set_isa(previous)
 

@@ -46,7 +46,9 @@ def test_binary_conv_pads_with_plus_one(stride, dilation):
     expected = F.conv2d(padded, ScaledSign()(conv.weight), stride=stride, dilation=dilation)
     assert torch.allclose(conv(x), expected, atol=1e-5)
     # A zero-padded conv gives different border outputs: the +1 padding is real.
-    zero_padded = F.conv2d(binary_sign(x), ScaledSign()(conv.weight), stride=stride, padding=p, dilation=dilation)
+    zero_padded = F.conv2d(
+        binary_sign(x), ScaledSign()(conv.weight), stride=stride, padding=p, dilation=dilation
+    )
     assert not torch.allclose(conv(x), zero_padded)
 
 
@@ -57,7 +59,9 @@ def test_tanh_mode_and_back():
     sign_out = conv(x)
     set_mode(conv, "tanh")
     q = conv.quantized_input(x)
-    assert ((q.abs() < 1) | (q == 1)).all() and not torch.isin(q[:, :, 1:-1, 1:-1], torch.tensor([-1.0, 1.0])).all()
+    assert ((q.abs() < 1) | (q == 1)).all() and not torch.isin(
+        q[:, :, 1:-1, 1:-1], torch.tensor([-1.0, 1.0])
+    ).all()
     assert not torch.allclose(conv(x), sign_out)
     set_mode(conv, "sign")
     assert torch.equal(conv(x), sign_out)
@@ -72,5 +76,5 @@ def test_ensemble_is_weighted_sum_of_k_binary_convs():
         ens.scales.copy_(torch.tensor([0.5, -1.0, 2.0]))
     x = torch.randn(1, 6, 7, 7)
     full = ens.conv(x)
-    expected = sum(ens.scales[i] * full[:, 4 * i: 4 * (i + 1)] for i in range(3))
+    expected = sum(ens.scales[i] * full[:, 4 * i : 4 * (i + 1)] for i in range(3))
     assert torch.allclose(ens(x), expected, atol=1e-5)

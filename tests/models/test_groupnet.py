@@ -32,8 +32,14 @@ def small(**kw):
 
 
 # ResNet-34/50 at every head and stride: 20-60 s each on a loaded 2-core machine.
-@pytest.mark.parametrize("arch", ["groupnet_resnet18", pytest.param("groupnet_resnet34", marks=pytest.mark.slow),
-                                  pytest.param("groupnet_resnet50", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "arch",
+    [
+        "groupnet_resnet18",
+        pytest.param("groupnet_resnet34", marks=pytest.mark.slow),
+        pytest.param("groupnet_resnet50", marks=pytest.mark.slow),
+    ],
+)
 @pytest.mark.parametrize("head", ["aspp", "fcn", "psp"])
 @pytest.mark.parametrize("output_stride", [8, 16, 32])
 def test_output_shapes(arch, head, output_stride):
@@ -145,17 +151,33 @@ def test_baselines_on_the_same_code():
 def test_mean_aggregation_is_fixed():
     model = small(k=4, aggregation="mean")
     block = model.encoder.layer2[0]
-    assert not isinstance(block.scales, torch.nn.Parameter) and torch.allclose(block.scales, torch.full((4,), 0.25))
+    assert not isinstance(block.scales, torch.nn.Parameter) and torch.allclose(
+        block.scales, torch.full((4,), 0.25)
+    )
 
 
 def test_parameter_count_is_k_times_resnet_binary_part():
     import torchvision
 
-    for arch, tv in (("groupnet_resnet18", torchvision.models.resnet18), ("groupnet_resnet50", torchvision.models.resnet50)):
+    for arch, tv in (
+        ("groupnet_resnet18", torchvision.models.resnet18),
+        ("groupnet_resnet50", torchvision.models.resnet50),
+    ):
         ref = tv()
         # Binary part of a ResNet: every conv except the stem; shortcuts counted apart (shared by branches).
-        shortcut = sum(m.weight.numel() for n, m in ref.named_modules() if isinstance(m, torch.nn.Conv2d) and "downsample" in n)
-        body = sum(m.weight.numel() for n, m in ref.named_modules() if isinstance(m, torch.nn.Conv2d) and n != "conv1") - shortcut
+        shortcut = sum(
+            m.weight.numel()
+            for n, m in ref.named_modules()
+            if isinstance(m, torch.nn.Conv2d) and "downsample" in n
+        )
+        body = (
+            sum(
+                m.weight.numel()
+                for n, m in ref.named_modules()
+                if isinstance(m, torch.nn.Conv2d) and n != "conv1"
+            )
+            - shortcut
+        )
         for k in (1, 5):
             model = create_model(arch=arch, task="cls", num_classes=10, k=k)
             assert binary_param_count(model) == k * body + shortcut
@@ -167,7 +189,9 @@ def test_classification_and_segmentation_share_encoder_keys():
     enc_cls = {k: v.shape for k, v in cls.state_dict().items() if k.startswith("encoder.")}
     enc_seg = {k: v.shape for k, v in seg.state_dict().items() if k.startswith("encoder.")}
     assert enc_cls == enc_seg and enc_cls
-    missing, unexpected = seg.load_state_dict({k: v for k, v in cls.state_dict().items() if k.startswith("encoder.")}, strict=False)
+    missing, unexpected = seg.load_state_dict(
+        {k: v for k, v in cls.state_dict().items() if k.startswith("encoder.")}, strict=False
+    )
     assert not unexpected and all(not m.startswith("encoder.") for m in missing)
     assert cls(torch.randn(2, 3, 64, 64)).shape == (2, 10)
 

@@ -15,8 +15,27 @@ from seg_service import kernels  # noqa: E402
 @pytest.mark.slow
 def test_seg_bench_tiny_run(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    argv = ["model", "--k", "2", "--width", "0.25", "--head", "psp", "--sizes", "64x48", "80x72", "--repeats", "1",
-            "--threads", "1", "--no-reference", "--no-memory", "--packed", "--json", str(out)]
+    argv = [
+        "model",
+        "--k",
+        "2",
+        "--width",
+        "0.25",
+        "--head",
+        "psp",
+        "--sizes",
+        "64x48",
+        "80x72",
+        "--repeats",
+        "1",
+        "--threads",
+        "1",
+        "--no-reference",
+        "--no-memory",
+        "--packed",
+        "--json",
+        str(out),
+    ]
     threads, torch_threads = kernels.get_num_threads(), torch.get_num_threads()
     try:
         assert main(argv) == 0

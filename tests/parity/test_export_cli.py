@@ -16,15 +16,25 @@ from .helpers import SMALL, assert_parity, load_rgb, normalise, small_model, tor
 
 
 def write_checkpoint(path, model, **extra):
-    state = {"format": FORMAT, "version": VERSION, "task": "seg", "model": model.state_dict(),
-             "model_config": model.cfg.to_dict(), "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], **extra}
+    state = {
+        "format": FORMAT,
+        "version": VERSION,
+        "task": "seg",
+        "model": model.state_dict(),
+        "model_config": model.cfg.to_dict(),
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.25, 0.25, 0.25],
+        **extra,
+    }
     torch.save(state, path)
 
 
 def test_checkpoint_to_packed_model(tmp_path, capsys):
     model = small_model(seed=4, k=2, output_stride=16, head="fcn")
     classes = ["background", "person", "car", "tree", "sky"]
-    write_checkpoint(tmp_path / "ckpt.pt", model, classes=classes, palette=[[i, 2 * i, 3 * i] for i in range(5)])
+    write_checkpoint(
+        tmp_path / "ckpt.pt", model, classes=classes, palette=[[i, 2 * i, 3 * i] for i in range(5)]
+    )
     out = tmp_path / "m.gnpk"
     assert main(["--checkpoint", str(tmp_path / "ckpt.pt"), "--out", str(out), "--name", "street"]) == 0
     assert "wrote" in capsys.readouterr().out
@@ -44,7 +54,10 @@ def test_overrides_and_errors(tmp_path, capsys):
     argv = ["--checkpoint", str(tmp_path / "ckpt.pt"), "--out", str(out)]
     assert main(argv + ["--classes", "background,person", "--palette", "0,0,0;220,20,60"]) == 0
     runtime = load_model(out)
-    assert runtime.classes == ["background", "person"] and runtime.palette.tolist() == [[0, 0, 0], [220, 20, 60]]
+    assert runtime.classes == ["background", "person"] and runtime.palette.tolist() == [
+        [0, 0, 0],
+        [220, 20, 60],
+    ]
     assert runtime.name.startswith("groupnet_resnet18_k1")
 
     assert main(argv + ["--classes", "a,b,c"]) == 2
@@ -55,8 +68,16 @@ def test_overrides_and_errors(tmp_path, capsys):
     assert exit_info.value.code == 2 and "--classes 'only-one': no such file" in capsys.readouterr().err
     assert main(["--checkpoint", str(tmp_path / "missing.pt"), "--out", str(out)]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
-    torch.save({"format": FORMAT, "version": VERSION, "task": "seg", "model": model.state_dict(),
-                "model_config": {**SMALL, "num_classes": 2, "k": 3}}, tmp_path / "bad.pt")
+    torch.save(
+        {
+            "format": FORMAT,
+            "version": VERSION,
+            "task": "seg",
+            "model": model.state_dict(),
+            "model_config": {**SMALL, "num_classes": 2, "k": 3},
+        },
+        tmp_path / "bad.pt",
+    )
     assert main(["--checkpoint", str(tmp_path / "bad.pt"), "--out", str(out)]) == 2
     assert "does not match the model config" in capsys.readouterr().err
 
@@ -73,7 +94,9 @@ def test_repack_changes_only_the_description(tmp_path, capsys):
     assert (a.max_side, b.max_side) == (64, 96) and b.name == "people" and b.classes == a.classes
     assert a.checksum != b.checksum  # the description is covered by the checksum
     rgb = load_rgb("camvid/images/0001TP_006690.jpg", (72, 96))
-    np.testing.assert_array_equal(a.forward(normalise(rgb)), b.forward(normalise(rgb)))  # same weights, same graph
+    np.testing.assert_array_equal(
+        a.forward(normalise(rgb)), b.forward(normalise(rgb))
+    )  # same weights, same graph
     assert b.predict(rgb).shape == (72, 96)
     assert main(["--repack", str(first), "--out", str(second), "--classes", "a,b,c"]) == 2
     assert "3 class names given but the model predicts 2" in capsys.readouterr().err

@@ -23,8 +23,11 @@ INPUTS = [((96, 128), "camvid/images/0016E5_01470.jpg"), ((132, 100), "ccp/image
 
 CONFIGS = {
     # Group-Net, K = 3: every head at every output stride (OS 8 uses BPAC: one dilation per branch).
-    **{f"group_k3_os{os_}_{head}": dict(k=3, output_stride=os_, head=head)
-       for os_ in (8, 16, 32) for head in ("aspp", "fcn", "psp")},
+    **{
+        f"group_k3_os{os_}_{head}": dict(k=3, output_stride=os_, head=head)
+        for os_ in (8, 16, 32)
+        for head in ("aspp", "fcn", "psp")
+    },
     # K = 1: a plain Bi-Real-style binary ResNet.
     "group_k1_os8_aspp": dict(k=1, output_stride=8, head="aspp"),
     "group_k1_os32_psp": dict(k=1, output_stride=32, head="psp"),
@@ -36,11 +39,20 @@ CONFIGS = {
     # Journal-version aggregation (plain mean) without gates.
     "group_k3_mean_nogates": dict(k=3, aggregation="mean", gates=False, output_stride=16, head="aspp"),
     # The skip decoder (DeepLabv3+-style) at coarse output strides, from layer1 and from layer2.
-    "group_k3_os32_aspp_skip1": dict(k=3, output_stride=32, head="aspp", decoder="skip", skip_stage=1,
-                                     skip_channels=16, decoder_channels=24),
+    "group_k3_os32_aspp_skip1": dict(
+        k=3,
+        output_stride=32,
+        head="aspp",
+        decoder="skip",
+        skip_stage=1,
+        skip_channels=16,
+        decoder_channels=24,
+    ),
     "group_k2_os16_fcn_skip2": dict(k=2, output_stride=16, head="fcn", decoder="skip", skip_stage=2),
     # Bottleneck blocks (ResNet-50 layout).
-    "group_k2_resnet50_os16_fcn": dict(arch="groupnet_resnet50", k=2, output_stride=16, head="fcn", width=0.125),
+    "group_k2_resnet50_os16_fcn": dict(
+        arch="groupnet_resnet50", k=2, output_stride=16, head="fcn", width=0.125
+    ),
 }
 
 
@@ -94,8 +106,11 @@ def test_every_isa_path(tmp_path):
 def test_bpac_branches_have_distinct_dilations_in_the_graph(tmp_path):
     model = small_model(seed=5, k=3, output_stride=8, head="fcn")
     runtime = export_and_load(model, tmp_path)
-    layer3 = {op["dilation"] for op in runtime._executor.ops
-              if op["op"] == "bconv2d" and op["out"].startswith("layer3.") and op["kernel"] == 3}
+    layer3 = {
+        op["dilation"]
+        for op in runtime._executor.ops
+        if op["op"] == "bconv2d" and op["out"].startswith("layer3.") and op["kernel"] == 3
+    }
     assert layer3 == set(model.encoder.layer3[0].dilations) and len(layer3) == 3
 
 
@@ -147,4 +162,6 @@ def test_export_refuses_stage1_tanh_models(tmp_path):
     with pytest.raises(ExportError, match="tanh"):
         export_model(model, tmp_path / "m.gnpk")
     with pytest.raises(ExportError, match="class names"):
-        export_model(small_model(seed=1, k=2, output_stride=32, head="fcn"), tmp_path / "m.gnpk", classes=["a"])
+        export_model(
+            small_model(seed=1, k=2, output_stride=32, head="fcn"), tmp_path / "m.gnpk", classes=["a"]
+        )

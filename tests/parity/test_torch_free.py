@@ -37,9 +37,18 @@ def test_prediction_without_torch(tmp_path):
     np.save(tmp_path / "image.npy", rgb)
     result = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(tmp_path / "m.gnpk"), str(tmp_path / "image.npy")],
-        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report == {"shape": list(rgb.shape[:2]), "dtype": "uint8", "classes": ["bg", "a", "b", "c", "d"],
-                      "torch": False, "training": False}
+    assert report == {
+        "shape": list(rgb.shape[:2]),
+        "dtype": "uint8",
+        "classes": ["bg", "a", "b", "c", "d"],
+        "torch": False,
+        "training": False,
+    }

@@ -43,8 +43,15 @@ def _probe(env_value: str | None) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "SEG_KEEP_FREED_MEMORY"}
     if env_value is not None:
         env["SEG_KEEP_FREED_MEMORY"] = env_value
-    out = subprocess.run([sys.executable, "-c", _PROBE, str(MODEL)], env=env, cwd=ROOT,
-                         capture_output=True, text=True, timeout=300, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(MODEL)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

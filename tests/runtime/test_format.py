@@ -27,18 +27,47 @@ def tiny_model() -> tuple[dict, dict, dict]:
         "inputs": ["input"],
         "outputs": ["logits"],
         "ops": [
-            {"op": "bconv2d", "in": "input", "out": "b", "weight": "b.weight", "in_channels": 3, "kernel": 3,
-             "stride": 2, "padding": 1, "dilation": 1, "mul": "b.mul", "bias": "b.bias",
-             "relu_before": True, "relu_after": False},
-            {"op": "conv2d", "in": "b", "out": "c", "weight": "cls.weight", "bias": "cls.bias", "stride": 1,
-             "padding": 0, "dilation": 1, "relu": False},
+            {
+                "op": "bconv2d",
+                "in": "input",
+                "out": "b",
+                "weight": "b.weight",
+                "in_channels": 3,
+                "kernel": 3,
+                "stride": 2,
+                "padding": 1,
+                "dilation": 1,
+                "mul": "b.mul",
+                "bias": "b.bias",
+                "relu_before": True,
+                "relu_after": False,
+            },
+            {
+                "op": "conv2d",
+                "in": "b",
+                "out": "c",
+                "weight": "cls.weight",
+                "bias": "cls.bias",
+                "stride": 1,
+                "padding": 0,
+                "dilation": 1,
+                "relu": False,
+            },
             {"op": "upsample_bilinear", "in": "c", "out": "logits", "like": "input"},
         ],
     }
     model = {
-        "name": "tiny", "arch": "handmade", "classes": ["background", "thing"], "palette": [[0, 0, 0], [255, 0, 0]],
-        "input": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "size_divisor": 8, "max_side": 64,
-                  "channel_order": "RGB"},
+        "name": "tiny",
+        "arch": "handmade",
+        "classes": ["background", "thing"],
+        "palette": [[0, 0, 0], [255, 0, 0]],
+        "input": {
+            "mean": [0.5, 0.5, 0.5],
+            "std": [0.25, 0.25, 0.25],
+            "size_divisor": 8,
+            "max_side": 64,
+            "channel_order": "RGB",
+        },
     }
     return model, graph, tensors
 
@@ -50,18 +79,31 @@ def model_file(tmp_path):
     return path
 
 
-def rewrite(tmp_path, metadata_changes: dict, tensors: dict | None = None, model=None, graph=None,
-            fix_checksum: bool = True):
+def rewrite(
+    tmp_path,
+    metadata_changes: dict,
+    tensors: dict | None = None,
+    model=None,
+    graph=None,
+    fix_checksum: bool = True,
+):
     """A file with edited metadata, written by the plain safetensors library (as an attacker would)."""
     base_model, base_graph, base_tensors = tiny_model()
     model, graph = model or base_model, graph or base_graph
     tensors = base_tensors if tensors is None else tensors
     model_json, graph_json = json.dumps(model), json.dumps(graph)
-    metadata = {"format": gnpk.FORMAT_NAME, "format_version": str(gnpk.FORMAT_VERSION), "model": model_json,
-                "graph": graph_json}
+    metadata = {
+        "format": gnpk.FORMAT_NAME,
+        "format_version": str(gnpk.FORMAT_VERSION),
+        "model": model_json,
+        "graph": graph_json,
+    }
     if fix_checksum:
         metadata["sha256"] = gnpk.compute_checksum(
-            model_json, graph_json, ((n, _DTYPE_NAMES[a.dtype], a.shape, a.tobytes()) for n, a in tensors.items()))
+            model_json,
+            graph_json,
+            ((n, _DTYPE_NAMES[a.dtype], a.shape, a.tobytes()) for n, a in tensors.items()),
+        )
     metadata.update(metadata_changes)
     path = tmp_path / "edited.gnpk"
     path.write_bytes(safetensors_save(tensors, metadata={k: v for k, v in metadata.items() if v is not None}))
@@ -85,7 +127,7 @@ def test_file_is_plain_safetensors(model_file):
     tensors = safetensors_load(model_file.read_bytes())
     np.testing.assert_array_equal(tensors["b.weight"], tiny_model()[2]["b.weight"])
     header_len = struct.unpack("<Q", model_file.read_bytes()[:8])[0]
-    metadata = json.loads(model_file.read_bytes()[8:8 + header_len])["__metadata__"]
+    metadata = json.loads(model_file.read_bytes()[8 : 8 + header_len])["__metadata__"]
     assert metadata["format"] == "groupnet-packed" and metadata["format_version"] == "1"
 
 
@@ -130,7 +172,10 @@ def test_version_2_only_for_files_with_postprocess(tmp_path):
     """A file is written with the lowest version that describes it; version 1 cannot carry a postprocess."""
     model, graph, tensors = tiny_model()
     spec = {"logit_bias": [0.0, -0.5]}
-    for name, description, version in (("plain", model, "1"), ("refined", dict(model, postprocess=spec), "2")):
+    for name, description, version in (
+        ("plain", model, "1"),
+        ("refined", dict(model, postprocess=spec), "2"),
+    ):
         path = tmp_path / f"{name}.gnpk"
         gnpk.write_model(path, description, graph, tensors)
         assert gnpk.read_model(path).metadata["format_version"] == version

@@ -20,13 +20,29 @@ def block_end_graph(k: int = 3) -> tuple[dict, dict]:
     for j in range(k):
         tensors[f"m{j}"] = rng.standard_normal(6).astype(np.float32)
         tensors[f"b{j}"] = rng.standard_normal(6).astype(np.float32)
-        graph_ops.append({"op": "affine", "in": "input", "out": f"branch{j}", "mul": f"m{j}", "bias": f"b{j}",
-                          "relu_before": False, "relu_after": False})
-    graph_ops.append({"op": "lincomb", "out": "sum", "ins": [f"branch{j}" for j in range(k)],
-                      "coeffs": [1.0 / k] * k})
+        graph_ops.append(
+            {
+                "op": "affine",
+                "in": "input",
+                "out": f"branch{j}",
+                "mul": f"m{j}",
+                "bias": f"b{j}",
+                "relu_before": False,
+                "relu_after": False,
+            }
+        )
+    graph_ops.append(
+        {"op": "lincomb", "out": "sum", "ins": [f"branch{j}" for j in range(k)], "coeffs": [1.0 / k] * k}
+    )
     for j in range(k):
-        graph_ops.append({"op": "lincomb", "out": f"gate{j}", "ins": [f"branch{j}", "sum"],
-                          "coeffs": [0.3 + 0.1 * j, 0.7 - 0.1 * j]})
+        graph_ops.append(
+            {
+                "op": "lincomb",
+                "out": f"gate{j}",
+                "ins": [f"branch{j}", "sum"],
+                "coeffs": [0.3 + 0.1 * j, 0.7 - 0.1 * j],
+            }
+        )
     graph_ops.append({"op": "relu", "in": "gate0", "out": "relu0"})
     outputs = ["sum", "relu0"] + [f"gate{j}" for j in range(1, k)]
     return {"inputs": ["input"], "outputs": outputs, "ops": graph_ops}, tensors
@@ -70,11 +86,22 @@ def test_executor_matches_the_ops_one_by_one() -> None:
 def test_maps_of_different_shapes_fall_back_to_numpy() -> None:
     """A [1, 1, C] map broadcast onto an [H, W, C] one: numpy's semantics, not the kernel's."""
     tensors = {"m": np.full(4, 2.0, np.float32), "b": np.zeros(4, np.float32)}
-    graph = {"inputs": ["input", "small"], "outputs": ["mix"], "ops": [
-        {"op": "affine", "in": "input", "out": "big", "mul": "m", "bias": "b", "relu_before": False,
-         "relu_after": False},
-        {"op": "lincomb", "out": "mix", "ins": ["big", "small"], "coeffs": [0.5, 2.0]},
-    ]}
+    graph = {
+        "inputs": ["input", "small"],
+        "outputs": ["mix"],
+        "ops": [
+            {
+                "op": "affine",
+                "in": "input",
+                "out": "big",
+                "mul": "m",
+                "bias": "b",
+                "relu_before": False,
+                "relu_after": False,
+            },
+            {"op": "lincomb", "out": "mix", "ins": ["big", "small"], "coeffs": [0.5, 2.0]},
+        ],
+    }
     x = np.random.default_rng(2).standard_normal((5, 6, 4)).astype(np.float32)
     small = np.random.default_rng(3).standard_normal((1, 1, 4)).astype(np.float32)
     got = GraphExecutor(graph, tensors).run({"input": x, "small": small})["mix"]
@@ -86,12 +113,31 @@ def test_outputs_read_only_as_binary_inputs_are_not_kept() -> None:
     results equal a run that keeps every value (keep_all)."""
     graph, tensors = block_end_graph(3)
     rng = np.random.default_rng(5)
-    tensors.update({"bw": rng.integers(0, 2**6, size=(4, 3, 3, 1), dtype=np.uint64),
-                    "bm": rng.random(4).astype(np.float32), "bb": rng.standard_normal(4).astype(np.float32)})
+    tensors.update(
+        {
+            "bw": rng.integers(0, 2**6, size=(4, 3, 3, 1), dtype=np.uint64),
+            "bm": rng.random(4).astype(np.float32),
+            "bb": rng.standard_normal(4).astype(np.float32),
+        }
+    )
     graph["ops"] = [op for op in graph["ops"] if op["op"] != "relu"]
-    graph["ops"].append({"op": "bconv2d", "in": "gate0", "out": "conv", "weight": "bw", "in_channels": 6,
-                         "kernel": 3, "stride": 1, "padding": 1, "dilation": 1, "mul": "bm", "bias": "bb",
-                         "relu_before": False, "relu_after": False})
+    graph["ops"].append(
+        {
+            "op": "bconv2d",
+            "in": "gate0",
+            "out": "conv",
+            "weight": "bw",
+            "in_channels": 6,
+            "kernel": 3,
+            "stride": 1,
+            "padding": 1,
+            "dilation": 1,
+            "mul": "bm",
+            "bias": "bb",
+            "relu_before": False,
+            "relu_after": False,
+        }
+    )
     graph["outputs"] = ["conv", "gate1", "gate2"]
     executor = GraphExecutor(graph, tensors)
     # Output 0 (the sum) is read only inside the group, output 1 (gate0) only as binary input.

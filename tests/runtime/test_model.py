@@ -104,8 +104,9 @@ def test_resize_area_matches_opencv_and_its_numpy_definition(src, dst):
     np.testing.assert_array_equal(resize_area(as_float, *dst), reference.resize_area(as_float, *dst))
 
 
-@pytest.mark.parametrize("src, dst, c", [((1, 1), (1, 1), 1), ((5, 3), (5, 3), 2), ((9, 7), (2, 3), 5),
-                                         ((20, 10), (40, 30), 1)])
+@pytest.mark.parametrize(
+    "src, dst, c", [((1, 1), (1, 1), 1), ((5, 3), (5, 3), 2), ((9, 7), (2, 3), 5), ((20, 10), (40, 30), 1)]
+)
 def test_resize_area_edge_sizes_equal_the_definition(src, dst, c):
     x = np.random.default_rng(1).random((*src, c), dtype=np.float32)
     np.testing.assert_array_equal(resize_area(x, *dst), reference.resize_area(x, *dst))
@@ -136,15 +137,18 @@ def test_class_count_must_match_graph(tmp_path):
         load_model(tmp_path / "bad.gnpk")
 
 
-
 def test_flip_averages_the_mirrored_pass(tiny):
     """predict(flip=True): the logits of the image and of its mirror (mirrored back), averaged; the
     mask is their argmax, also when the image is resized and padded first."""
     rgb = read_rgb(DATA / "camvid/images/0016E5_01470.jpg")
     small = np.ascontiguousarray(rgb[:37, :50])  # below max_side: no resize
     mirrored_back = tiny.predict_logits(np.ascontiguousarray(small[:, ::-1]))[:, ::-1]
-    np.testing.assert_allclose(tiny.predict_logits(small, flip=True),
-                               (tiny.predict_logits(small) + mirrored_back) * 0.5, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        tiny.predict_logits(small, flip=True),
+        (tiny.predict_logits(small) + mirrored_back) * 0.5,
+        rtol=1e-6,
+        atol=1e-6,
+    )
     # A large photo: resized to max_side, padded, then both passes on the same resized pixels.
     x, (h, w) = tiny.preprocess(rgb)
     mirror = np.zeros_like(x)
@@ -155,5 +159,6 @@ def test_flip_averages_the_mirrored_pass(tiny):
     assert np.array_equal(mask, expected_mask)
     assert not np.array_equal(mask, tiny.predict(rgb))
     logits = tiny.predict_logits(rgb, flip=True)
-    np.testing.assert_allclose(logits, ops.upsample_bilinear(np.ascontiguousarray(averaged), *rgb.shape[:2]),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        logits, ops.upsample_bilinear(np.ascontiguousarray(averaged), *rgb.shape[:2]), rtol=1e-5, atol=1e-5
+    )

@@ -26,14 +26,14 @@ def rand(*shape: int) -> np.ndarray:
 @pytest.mark.parametrize(
     "h, w, cin, cout, k, stride, padding, dilation",
     [
-        (13, 17, 3, 8, 7, 2, 3, 1),   # the stem's shape on an odd image
+        (13, 17, 3, 8, 7, 2, 3, 1),  # the stem's shape on an odd image
         (9, 11, 5, 7, 3, 1, 1, 1),
         (10, 7, 4, 6, 3, 2, 2, 2),
         (8, 9, 6, 5, 3, 1, 3, 3),
-        (9, 11, 20, 7, 3, 1, 2, 2),   # >= 16 channels: channel-last im2col
+        (9, 11, 20, 7, 3, 1, 2, 2),  # >= 16 channels: channel-last im2col
         (10, 9, 24, 5, 3, 2, 1, 1),
-        (7, 5, 16, 3, 1, 1, 0, 1),    # classifier 1x1
-        (6, 6, 4, 4, 1, 2, 0, 1),     # strided 1x1
+        (7, 5, 16, 3, 1, 1, 0, 1),  # classifier 1x1
+        (6, 6, 4, 4, 1, 2, 0, 1),  # strided 1x1
     ],
 )
 @pytest.mark.parametrize("relu", [False, True])
@@ -42,7 +42,9 @@ def test_conv2d_matches_torch(h, w, cin, cout, k, stride, padding, dilation, rel
     ref = F.conv2d(to_nchw(x), torch.from_numpy(weight), torch.from_numpy(bias), stride, padding, dilation)
     if relu:
         ref = F.relu(ref)
-    got = ops.conv2d(x, np.ascontiguousarray(weight.transpose(0, 2, 3, 1)), bias, stride, padding, dilation, relu)
+    got = ops.conv2d(
+        x, np.ascontiguousarray(weight.transpose(0, 2, 3, 1)), bias, stride, padding, dilation, relu
+    )
     np.testing.assert_allclose(got, to_hwc(ref), rtol=1e-5, atol=1e-5)
 
 
@@ -72,7 +74,9 @@ def test_global_avgpool_matches_torch():
     np.testing.assert_allclose(ops.global_avgpool(x), to_hwc(ref), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("h, w, size", [(13, 17, 1), (13, 17, 2), (13, 17, 3), (13, 17, 6), (4, 5, 6), (7, 3, (2, 3))])
+@pytest.mark.parametrize(
+    "h, w, size", [(13, 17, 1), (13, 17, 2), (13, 17, 3), (13, 17, 6), (4, 5, 6), (7, 3, (2, 3))]
+)
 def test_adaptive_avgpool_matches_torch(h, w, size):
     x = rand(h, w, 4)
     ref = F.adaptive_avg_pool2d(to_nchw(x), size)
@@ -80,7 +84,8 @@ def test_adaptive_avgpool_matches_torch(h, w, size):
 
 
 @pytest.mark.parametrize(
-    "h, w, oh, ow", [(1, 1, 13, 17), (3, 4, 25, 31), (13, 17, 100, 132), (12, 16, 96, 128), (9, 9, 9, 9), (10, 12, 7, 5)]
+    "h, w, oh, ow",
+    [(1, 1, 13, 17), (3, 4, 25, 31), (13, 17, 100, 132), (12, 16, 96, 128), (9, 9, 9, 9), (10, 12, 7, 5)],
 )
 def test_upsample_bilinear_matches_torch(h, w, oh, ow):
     x = rand(h, w, 3)
@@ -88,8 +93,10 @@ def test_upsample_bilinear_matches_torch(h, w, oh, ow):
     np.testing.assert_allclose(ops.upsample_bilinear(x, oh, ow), to_hwc(ref), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("relu_before, relu_after, with_residual", [(False, False, False), (True, False, True),
-                                                                   (False, True, True), (True, True, False)])
+@pytest.mark.parametrize(
+    "relu_before, relu_after, with_residual",
+    [(False, False, False), (True, False, True), (False, True, True), (True, True, False)],
+)
 def test_affine(relu_before, relu_after, with_residual):
     x, mul, bias, res = rand(5, 7, 3), rand(3), rand(3), rand(5, 7, 3)
     expected = (np.maximum(x, 0) if relu_before else x) * mul + bias + (res if with_residual else 0)
@@ -105,4 +112,3 @@ def test_lincomb_concat_relu():
     np.testing.assert_array_equal(ops.concat([a, c]), np.concatenate([a, c], axis=2))
     np.testing.assert_array_equal(ops.relu(a), np.maximum(a, 0))
     assert ops.lincomb([a], [1.0]) is not a  # never aliases an input that may be freed or reused
-

@@ -30,23 +30,43 @@ def shared_input_model() -> tuple[dict, dict, dict]:
         return kernels.pack_bits(rng.standard_normal((o, 9, c)).astype(np.float32)).reshape(o, 3, 3, -1)
 
     tensors = {
-        "a.weight": bits(8, 3), "b.weight": bits(8, 3), "c.weight": bits(5, 8),
+        "a.weight": bits(8, 3),
+        "b.weight": bits(8, 3),
+        "c.weight": bits(5, 8),
         **{f"{n}.mul": rng.uniform(0.1, 1, o).astype(np.float32) for n, o in (("a", 8), ("b", 8), ("c", 5))},
         **{f"{n}.bias": rng.standard_normal(o).astype(np.float32) for n, o in (("a", 8), ("b", 8), ("c", 5))},
     }
 
     def bconv(name: str, src: str, out: str, channels: int, residual: str | None = None) -> dict:
-        op = {"op": "bconv2d", "in": src, "out": out, "weight": f"{name}.weight", "in_channels": channels,
-              "kernel": 3, "stride": 1, "padding": 1, "dilation": 1, "mul": f"{name}.mul", "bias": f"{name}.bias",
-              "relu_before": False, "relu_after": True}
+        op = {
+            "op": "bconv2d",
+            "in": src,
+            "out": out,
+            "weight": f"{name}.weight",
+            "in_channels": channels,
+            "kernel": 3,
+            "stride": 1,
+            "padding": 1,
+            "dilation": 1,
+            "mul": f"{name}.mul",
+            "bias": f"{name}.bias",
+            "relu_before": False,
+            "relu_after": True,
+        }
         if residual:
             op["residual"] = residual
         return op
 
     # "ya" is also a graph output, so a and b are two convs, not one chain (bconv2d_chain).
-    graph = {"inputs": ["input"], "outputs": ["logits", "ya"], "ops": [
-        bconv("a", "input", "ya", 3), bconv("b", "input", "yb", 3, residual="ya"), bconv("c", "yb", "logits", 8),
-    ]}
+    graph = {
+        "inputs": ["input"],
+        "outputs": ["logits", "ya"],
+        "ops": [
+            bconv("a", "input", "ya", 3),
+            bconv("b", "input", "yb", 3, residual="ya"),
+            bconv("c", "yb", "logits", 8),
+        ],
+    }
     model, _, _ = tiny_model()
     model = {**model, "classes": [f"c{i}" for i in range(5)], "palette": [[i, i, i] for i in range(5)]}
     return model, graph, tensors
@@ -56,8 +76,19 @@ def expected_output(x: np.ndarray, tensors: dict) -> np.ndarray:
     from seg_service.kernels import reference
 
     def conv(name, src, channels, residual=None):
-        return reference.bconv2d(reference.pack_bits(src), tensors[f"{name}.weight"], channels, 1, 1, 1,
-                                 tensors[f"{name}.mul"], tensors[f"{name}.bias"], False, True, residual)
+        return reference.bconv2d(
+            reference.pack_bits(src),
+            tensors[f"{name}.weight"],
+            channels,
+            1,
+            1,
+            1,
+            tensors[f"{name}.mul"],
+            tensors[f"{name}.bias"],
+            False,
+            True,
+            residual,
+        )
 
     ya = conv("a", x, 3)
     return conv("c", conv("b", x, 3, ya), 8)
@@ -102,14 +133,28 @@ def test_forward_profile_times_each_op_kind(tmp_path) -> None:
 def test_seg_profile_environment_prints_at_exit(tmp_path) -> None:
     path = tmp_path / "tiny.gnpk"
     gnpk.write_model(path, *tiny_model())
-    code = ("import numpy as np; from seg_service.runtime import load_model; "
-            f"m = load_model({str(path)!r}); x = np.zeros((16, 16, 3), np.float32); m.forward(x); m.forward(x)")
-    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "SEG_PROFILE": "1"}, cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    code = (
+        "import numpy as np; from seg_service.runtime import load_model; "
+        f"m = load_model({str(path)!r}); x = np.zeros((16, 16, 3), np.float32); m.forward(x); m.forward(x)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "SEG_PROFILE": "1"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert "[SEG_PROFILE] executor 0" in done.stderr and "2 run(s)" in done.stderr
-    quiet = subprocess.run([sys.executable, "-c", code], env={**os.environ, "SEG_PROFILE": "0"}, cwd=ROOT,
-                           capture_output=True, text=True, timeout=120)
+    quiet = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "SEG_PROFILE": "0"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert quiet.returncode == 0 and "SEG_PROFILE" not in quiet.stderr
 
 

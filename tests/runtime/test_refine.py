@@ -27,7 +27,7 @@ def brute_box_mean(x: np.ndarray, r: int) -> np.ndarray:
     h, w = x.shape[:2]
     for i in range(h):
         for j in range(w):
-            out[i, j] = x[max(0, i - r):i + r + 1, max(0, j - r):j + r + 1].mean(axis=(0, 1))
+            out[i, j] = x[max(0, i - r) : i + r + 1, max(0, j - r) : j + r + 1].mean(axis=(0, 1))
     return out
 
 
@@ -53,8 +53,12 @@ def reference_guided_filter(guide: np.ndarray, src: np.ndarray, r: int, eps: flo
     b = np.zeros((h, w, src.shape[2]))
     for i in range(h):
         for j in range(w):
-            g = guide[max(0, i - r):i + r + 1, max(0, j - r):j + r + 1].reshape(-1, 3).astype(np.float64)
-            p = src[max(0, i - r):i + r + 1, max(0, j - r):j + r + 1].reshape(len(g), -1).astype(np.float64)
+            g = guide[max(0, i - r) : i + r + 1, max(0, j - r) : j + r + 1].reshape(-1, 3).astype(np.float64)
+            p = (
+                src[max(0, i - r) : i + r + 1, max(0, j - r) : j + r + 1]
+                .reshape(len(g), -1)
+                .astype(np.float64)
+            )
             gc, pc = g - g.mean(0), p - p.mean(0)
             coef = np.linalg.solve(gc.T @ gc / len(g) + eps * np.eye(3), gc.T @ pc / len(g))  # [3, K]
             a[i, j] = coef.T
@@ -66,8 +70,9 @@ def test_guided_filter_matches_the_least_squares_definition():
     rng = np.random.default_rng(1)
     guide = rng.random((14, 11, 3), dtype=np.float32)
     src = rng.standard_normal((14, 11, 2)).astype(np.float32)
-    np.testing.assert_allclose(guided_filter(guide, src, 2, 1e-2), reference_guided_filter(guide, src, 2, 1e-2),
-                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        guided_filter(guide, src, 2, 1e-2), reference_guided_filter(guide, src, 2, 1e-2), rtol=1e-4, atol=1e-4
+    )
 
 
 @pytest.mark.parametrize("h, w, k, radius", [(128, 85, 1, 3), (20, 17, 3, 2), (5, 4, 2, 6), (1, 1, 1, 1)])
@@ -83,12 +88,15 @@ def test_kernel_coefficients_match_the_numpy_reference(h, w, k, radius):
         np.testing.assert_allclose(b, ref_b, rtol=1e-4, atol=2e-5)
 
 
-@pytest.mark.parametrize("low, size, k, sources, signs", [
-    ((10, 7), (40, 27), 1, [0, 0], [-1.0, 1.0]),    # the two-class shortcut
-    ((5, 5), (5, 5), 3, [0, 1, 2], [1.0, 1.0, 1.0]),  # no upsampling (subsample 1)
-    ((1, 1), (9, 4), 2, [1], [1.0]),
-    ((13, 9), (50, 33), 2, [1, 0, 1], [1.0, -1.0, 2.0]),
-])
+@pytest.mark.parametrize(
+    "low, size, k, sources, signs",
+    [
+        ((10, 7), (40, 27), 1, [0, 0], [-1.0, 1.0]),  # the two-class shortcut
+        ((5, 5), (5, 5), 3, [0, 1, 2], [1.0, 1.0, 1.0]),  # no upsampling (subsample 1)
+        ((1, 1), (9, 4), 2, [1], [1.0]),
+        ((13, 9), (50, 33), 2, [1, 0, 1], [1.0, -1.0, 2.0]),
+    ],
+)
 def test_apply_kernel_equals_its_numpy_definition(low, size, k, sources, signs):
     rng = np.random.default_rng(k)
     a = rng.standard_normal((*low, k, 3)).astype(np.float32)
@@ -119,9 +127,12 @@ def test_fast_guided_filter_fits_on_the_subsampled_images():
     guide = rng.random((24, 20, 3), dtype=np.float32)
     src = rng.standard_normal((24, 20, 1)).astype(np.float32)
     a, b = kernels.guided_coefficients(resize_area(guide, 6, 5), resize_area(src, 6, 5), 1, 1e-2)
-    expected = (np.einsum("hwkc,hwc->hwk", upsample_bilinear(a.reshape(6, 5, 3), 24, 20).reshape(24, 20, 1, 3),
-                          guide) + upsample_bilinear(b, 24, 20))
-    np.testing.assert_allclose(guided_filter(guide, src, 4, 1e-2, subsample=4), expected, rtol=1e-6, atol=1e-6)
+    expected = np.einsum(
+        "hwkc,hwc->hwk", upsample_bilinear(a.reshape(6, 5, 3), 24, 20).reshape(24, 20, 1, 3), guide
+    ) + upsample_bilinear(b, 24, 20)
+    np.testing.assert_allclose(
+        guided_filter(guide, src, 4, 1e-2, subsample=4), expected, rtol=1e-6, atol=1e-6
+    )
 
 
 def test_an_affine_function_of_the_guide_passes_through_unchanged():
@@ -167,17 +178,20 @@ def test_bias_alone_shifts_the_decision():
     assert np.array_equal(apply_postprocess(logits, np.zeros((4, 5, 3), np.float32), {}), logits)
 
 
-@pytest.mark.parametrize("spec, message", [
-    ([], "must be a JSON object"),
-    ({"sharpen": 1}, "unknown postprocess keys"),
-    ({"logit_bias": [0.0]}, "list of 2 numbers"),
-    ({"logit_bias": [0.0, "x"]}, "list of 2 numbers"),
-    ({"guided_filter": {"radius": 4, "eps": 1e-3, "clip": 2.0}}, "must hold exactly"),
-    ({"guided_filter": dict(GF, radius=0)}, "'radius' must be an integer"),
-    ({"guided_filter": dict(GF, subsample=1.5)}, "'subsample' must be an integer"),
-    ({"guided_filter": dict(GF, eps=0)}, "'eps' must be a positive number"),
-    ({"guided_filter": dict(GF, clip=float("inf"))}, "'clip' must be a positive number"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ([], "must be a JSON object"),
+        ({"sharpen": 1}, "unknown postprocess keys"),
+        ({"logit_bias": [0.0]}, "list of 2 numbers"),
+        ({"logit_bias": [0.0, "x"]}, "list of 2 numbers"),
+        ({"guided_filter": {"radius": 4, "eps": 1e-3, "clip": 2.0}}, "must hold exactly"),
+        ({"guided_filter": dict(GF, radius=0)}, "'radius' must be an integer"),
+        ({"guided_filter": dict(GF, subsample=1.5)}, "'subsample' must be an integer"),
+        ({"guided_filter": dict(GF, eps=0)}, "'eps' must be a positive number"),
+        ({"guided_filter": dict(GF, clip=float("inf"))}, "'clip' must be a positive number"),
+    ],
+)
 def test_bad_postprocess_specs_are_refused(spec, message, tmp_path):
     with pytest.raises(ValueError, match=message):
         validate_postprocess(spec, 2)
@@ -204,8 +218,9 @@ def test_predict_applies_the_stored_postprocess(tmp_path):
     mask = refined.predict(rgb)
     assert mask.shape == rgb.shape[:2]
     small = refined.predict(rgb[:40, :50])  # under max_side: no resize, the mask is the argmax itself
-    np.testing.assert_array_equal(small, apply_postprocess(*refined.processed_logits(rgb[:40, :50]),
-                                                           spec).argmax(axis=2))
+    np.testing.assert_array_equal(
+        small, apply_postprocess(*refined.processed_logits(rgb[:40, :50]), spec).argmax(axis=2)
+    )
     np.testing.assert_array_equal(refined.predict(rgb, refine=False), plain.predict(rgb))
     assert not np.array_equal(mask, plain.predict(rgb))
     assert expected.shape == (h, w)

@@ -38,9 +38,16 @@ def test_matte_ramp_over_the_score_margin():
     two_class = np.stack([np.zeros_like(margins), margins], axis=-1)[None]
     assert np.allclose(matte_from_scores(two_class, [1])[0], [0, 0, 0.25, 0.5, 0.75, 1, 1], atol=1e-6)
     # classes: 0 sky, 1 car, 2 pedestrian, 3 bicyclist; foreground pedestrian + bicyclist
-    scores = np.array([[[0.0, 3.0, 3.0 + r / 2, -5.0],    # pedestrian just beats the car: 0.75
-                        [0.0, 3.0, -5.0, 3.0 - r / 2],    # the car just beats the bicyclist: 0.25
-                        [9.0, 3.0, 1.0, 1.0]]], dtype=np.float32)  # sky by far: 0
+    scores = np.array(
+        [
+            [
+                [0.0, 3.0, 3.0 + r / 2, -5.0],  # pedestrian just beats the car: 0.75
+                [0.0, 3.0, -5.0, 3.0 - r / 2],  # the car just beats the bicyclist: 0.25
+                [9.0, 3.0, 1.0, 1.0],
+            ]
+        ],
+        dtype=np.float32,
+    )  # sky by far: 0
     assert np.allclose(matte_from_scores(scores, [2, 3])[0], [0.75, 0.25, 0.0], atol=1e-6)
     with pytest.raises(ValueError):
         matte_from_scores(scores, [0, 1, 2, 3])

@@ -13,7 +13,7 @@ def test_box_mean_matches_a_direct_window_mean():
     x = rng.random((9, 13)).astype(np.float32)
     got = box_mean(x, 5)
     for i, j in [(0, 0), (4, 6), (8, 12), (2, 11)]:
-        expected = x[max(0, i - 2):i + 3, max(0, j - 2):j + 3].mean()
+        expected = x[max(0, i - 2) : i + 3, max(0, j - 2) : j + 3].mean()
         assert got[i, j] == pytest.approx(expected, abs=1e-6)
 
 
@@ -22,14 +22,15 @@ def textured_background(h: int, w: int, seed: int = 1) -> np.ndarray:
     return rng.uniform(0.2, 0.8, size=(h, w, 3)).astype(np.float32)
 
 
-def square_frame(background: np.ndarray, left: int, top: int = 20,
-                 side: int = 24) -> tuple[np.ndarray, np.ndarray]:
+def square_frame(
+    background: np.ndarray, left: int, top: int = 20, side: int = 24
+) -> tuple[np.ndarray, np.ndarray]:
     """A dark square on the background, and two-class scores that say 'square' exactly under it."""
     image = background.copy()
-    image[top:top + side, left:left + side] = 0.02
+    image[top : top + side, left : left + side] = 0.02
     scores = np.zeros(image.shape[:2] + (2,), dtype=np.float32)
     scores[..., 0] = 1.0
-    scores[top:top + side, left:left + side] = (-1.0, 1.0)
+    scores[top : top + side, left : left + side] = (-1.0, 1.0)
     return image, scores
 
 
@@ -83,8 +84,9 @@ def test_scene_cut_and_new_size_start_afresh():
     smoother = TemporalSmoother(SmootherSettings(min_weight=0.1))
     image, scores = square_frame(textured_background(40, 60, seed=3), left=5, top=5, side=10)
     smoother.update(scores, image)
-    other_image, other_scores = square_frame(textured_background(40, 60, seed=4) * 0.2 + 0.8, left=40,
-                                             top=20, side=10)
+    other_image, other_scores = square_frame(
+        textured_background(40, 60, seed=4) * 0.2 + 0.8, left=40, top=20, side=10
+    )
     assert np.array_equal(smoother.update(other_scores, other_image), other_scores)  # scene cut
     assert smoother.resets == 1
     small_image, small_scores = square_frame(textured_background(20, 30), left=2, top=2, side=5)

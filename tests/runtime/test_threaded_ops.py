@@ -46,12 +46,12 @@ THREADS = [2, 3]  # 3 > the 2 cores here: a split that is never even on these sh
 @pytest.mark.parametrize(
     "h, w, cin, cout, k, stride, padding, dilation",
     [
-        (13, 17, 3, 8, 7, 2, 3, 1),   # stem-like, channel-major columns, 7 output rows
-        (1, 9, 3, 4, 1, 1, 0, 1),     # 1x1 conv on a single row
-        (7, 5, 20, 6, 1, 1, 0, 1),    # 1x1 projection, 7 rows
-        (9, 11, 20, 7, 3, 1, 2, 2),   # channel-last columns
-        (3, 8, 5, 4, 3, 2, 1, 1),     # 2 output rows
-        (1, 6, 17, 3, 1, 2, 0, 1),    # strided 1x1, 1 output row
+        (13, 17, 3, 8, 7, 2, 3, 1),  # stem-like, channel-major columns, 7 output rows
+        (1, 9, 3, 4, 1, 1, 0, 1),  # 1x1 conv on a single row
+        (7, 5, 20, 6, 1, 1, 0, 1),  # 1x1 projection, 7 rows
+        (9, 11, 20, 7, 3, 1, 2, 2),  # channel-last columns
+        (3, 8, 5, 4, 3, 2, 1, 1),  # 2 output rows
+        (1, 6, 17, 3, 1, 2, 0, 1),  # strided 1x1, 1 output row
     ],
 )
 @pytest.mark.parametrize("relu", [False, True])
@@ -68,14 +68,16 @@ def test_conv2d_small_im2col_chunks_with_threads(split_everything, monkeypatch, 
     x, weight = rand(23, 19, 8), rand(5, 3, 3, 8)
     one = split_everything(1, ops.conv2d, x, weight, None, 1, 1, 1)
     monkeypatch.setattr(ops, "_IM2COL_CHUNK_ELEMS", 19 * 9 * 8 * 2)  # two output rows per chunk
-    np.testing.assert_allclose(split_everything(threads, ops.conv2d, x, weight, None, 1, 1, 1), one,
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        split_everything(threads, ops.conv2d, x, weight, None, 1, 1, 1), one, rtol=1e-5, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("threads", THREADS)
-@pytest.mark.parametrize("h, w, c, k, stride, padding",
-                         [(9, 11, 5, 3, 2, 1), (1, 7, 3, 1, 1, 0), (2, 5, 4, 2, 2, 1), (7, 7, 3, 3, 1, 1),
-                          (10, 6, 2, 3, 3, 0)])
+@pytest.mark.parametrize(
+    "h, w, c, k, stride, padding",
+    [(9, 11, 5, 3, 2, 1), (1, 7, 3, 1, 1, 0), (2, 5, 4, 2, 2, 1), (7, 7, 3, 3, 1, 1), (10, 6, 2, 3, 3, 0)],
+)
 def test_maxpool2d_threads_bit_identical(split_everything, threads, h, w, c, k, stride, padding):
     x = rand(h, w, c)
     one = split_everything(1, ops.maxpool2d, x, k, stride, padding)
@@ -84,8 +86,10 @@ def test_maxpool2d_threads_bit_identical(split_everything, threads, h, w, c, k, 
 
 
 @pytest.mark.parametrize("threads", THREADS)
-@pytest.mark.parametrize("h, w, c, oh, ow", [(4, 5, 3, 13, 17), (3, 3, 2, 1, 7), (5, 4, 21, 7, 9),
-                                             (64, 64, 21, 512, 512), (37, 41, 5, 300, 11)])
+@pytest.mark.parametrize(
+    "h, w, c, oh, ow",
+    [(4, 5, 3, 13, 17), (3, 3, 2, 1, 7), (5, 4, 21, 7, 9), (64, 64, 21, 512, 512), (37, 41, 5, 300, 11)],
+)
 def test_upsample_bilinear_threads_bit_identical(split_everything, threads, h, w, c, oh, ow):
     x = rand(h, w, c)
     one = split_everything(1, ops.upsample_bilinear, x, oh, ow)
@@ -102,8 +106,9 @@ def _lincomb_one_by_one(inputs, coeffs):
 
 
 @pytest.mark.parametrize("threads", [1, *THREADS])
-@pytest.mark.parametrize("shape, count", [((7, 5, 3), 5), ((1, 1, 9), 2), ((1, 3, 1), 1), ((5, 1, 11), 3),
-                                          ((65, 33, 497), 5)])
+@pytest.mark.parametrize(
+    "shape, count", [((7, 5, 3), 5), ((1, 1, 9), 2), ((1, 3, 1), 1), ((5, 1, 11), 3), ((65, 33, 497), 5)]
+)
 def test_lincomb_threads_bit_identical(split_everything, threads, shape, count):
     inputs, coeffs = [rand(*shape) for _ in range(count)], [float(c) for c in RNG.standard_normal(count)]
     got = split_everything(threads, ops.lincomb, inputs, coeffs)
@@ -142,8 +147,8 @@ def test_thread_count_follows_the_setting_and_the_work():
     try:
         kernels.set_num_threads(2)
         assert ops._thread_count(100, 10**9, 1) == 2
-        assert ops._thread_count(1, 10**9, 1) == 1           # one row: nothing to split
-        assert ops._thread_count(100, 10, 1000) == 1         # small work stays on the caller
+        assert ops._thread_count(1, 10**9, 1) == 1  # one row: nothing to split
+        assert ops._thread_count(100, 10, 1000) == 1  # small work stays on the caller
         kernels.set_num_threads(1)
         assert ops._thread_count(100, 10**9, 1) == 1
     finally:

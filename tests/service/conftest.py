@@ -15,8 +15,18 @@ from .helpers import CORS_ORIGIN, TEST_API_KEY, VIDEO, ServerProcess, start_serv
 def server(packed_model_dir: Path, tmp_path_factory) -> Iterator[ServerProcess]:
     """The open server (no API key) with test-sized limits, shared by most tests."""
     log_path = tmp_path_factory.mktemp("server") / "server.log"
-    srv = start_server(packed_model_dir, log_path, "--max-in-flight", "2", "--max-video-frames", "30",
-                       "--max-upload-bytes", str(2 * 1024 * 1024), "--max-image-pixels", "4000000")
+    srv = start_server(
+        packed_model_dir,
+        log_path,
+        "--max-in-flight",
+        "2",
+        "--max-video-frames",
+        "30",
+        "--max-upload-bytes",
+        str(2 * 1024 * 1024),
+        "--max-image-pixels",
+        "4000000",
+    )
     yield srv
     srv.stop()
 
@@ -46,7 +56,13 @@ def restricted_model_dir(packed_model_dir: Path, tmp_path_factory) -> Path:
 def restricted_server(restricted_model_dir: Path, tmp_path_factory) -> Iterator[ServerProcess]:
     """API key required, one inference at a time, and broken model files."""
     log_path = tmp_path_factory.mktemp("restricted") / "server.log"
-    srv = start_server(restricted_model_dir, log_path, "--max-in-flight", "1", env={"SEG_API_KEY": TEST_API_KEY, "SEG_CORS_ORIGINS": CORS_ORIGIN})
+    srv = start_server(
+        restricted_model_dir,
+        log_path,
+        "--max-in-flight",
+        "1",
+        env={"SEG_API_KEY": TEST_API_KEY, "SEG_CORS_ORIGINS": CORS_ORIGIN},
+    )
     yield srv
     srv.stop()
 

@@ -8,8 +8,20 @@ import time
 import httpx
 from server_harness import ROOT, ServerProcess, start_server
 
-__all__ = ["CORS_ORIGIN", "DATA", "PERSON_IMAGES", "ROOT", "SMALL_IMAGE", "STREET_IMAGES", "TEST_API_KEY", "VIDEO",
-           "ServerProcess", "metric_value", "start_server", "wait_for_metric"]
+__all__ = [
+    "CORS_ORIGIN",
+    "DATA",
+    "PERSON_IMAGES",
+    "ROOT",
+    "SMALL_IMAGE",
+    "STREET_IMAGES",
+    "TEST_API_KEY",
+    "VIDEO",
+    "ServerProcess",
+    "metric_value",
+    "start_server",
+    "wait_for_metric",
+]
 
 DATA = ROOT / "tests" / "data"
 VIDEO = DATA / "video" / "camvid_0016E5.mp4"

@@ -42,9 +42,19 @@ def tampered_model(src: Path, dst: Path, edit: ModelEdit) -> Path:
     edit(model, graph, tensors)
     model_json = json.dumps(model, sort_keys=True, separators=(",", ":"))
     graph_json = json.dumps(graph, separators=(",", ":"))
-    names = {"float32": "F32", "float16": "F16", "int32": "I32", "int64": "I64", "uint8": "U8", "uint64": "U64"}
-    checksum = compute_checksum(model_json, graph_json, (
-        (n, names[str(a.dtype)], a.shape, np.ascontiguousarray(a).tobytes()) for n, a in tensors.items()))
+    names = {
+        "float32": "F32",
+        "float16": "F16",
+        "int32": "I32",
+        "int64": "I64",
+        "uint8": "U8",
+        "uint64": "U64",
+    }
+    checksum = compute_checksum(
+        model_json,
+        graph_json,
+        ((n, names[str(a.dtype)], a.shape, np.ascontiguousarray(a).tobytes()) for n, a in tensors.items()),
+    )
     metadata.update(model=model_json, graph=graph_json, sha256=checksum)
     save_file({n: np.ascontiguousarray(a) for n, a in tensors.items()}, str(dst), metadata=metadata)
     return dst
@@ -57,18 +67,21 @@ def _first_op(graph: dict[str, Any], kind: str) -> dict[str, Any]:
 def _set(key: str, value: Any) -> ModelEdit:
     def edit(model: dict, graph: dict, tensors: dict) -> None:
         model[key] = value
+
     return edit
 
 
 def _set_input(key: str, value: Any) -> ModelEdit:
     def edit(model: dict, graph: dict, tensors: dict) -> None:
         model["input"][key] = value
+
     return edit
 
 
 def _set_op(kind: str, key: str, value: Any) -> ModelEdit:
     def edit(model: dict, graph: dict, tensors: dict) -> None:
         _first_op(graph, kind)[key] = value
+
     return edit
 
 

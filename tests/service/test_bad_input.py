@@ -24,7 +24,9 @@ def png_chunk(kind: bytes, payload: bytes) -> bytes:
 
 def png_with_size(width: int, height: int, idat: bytes) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
-    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
+    )
 
 
 @functools.cache
@@ -81,15 +83,19 @@ CORPUS = {
     "sixteen_bit_png": (sixteen_bit_png(), 200),
     "cmyk_jpeg": (encode(Image.open(SMALL_IMAGE).convert("CMYK"), "JPEG"), 200),
     "animated_gif": (animated_gif(), 200),
-    "palette_png_with_transparency": (encode(Image.open(SMALL_IMAGE).convert("P"), "PNG", transparency=0), 200),
+    "palette_png_with_transparency": (
+        encode(Image.open(SMALL_IMAGE).convert("P"), "PNG", transparency=0),
+        200,
+    ),
 }
 
 
 @pytest.mark.parametrize("name", list(CORPUS))
 def test_bad_input_corpus(server, name):
     data, expected = CORPUS[name]
-    r = httpx.post(server.url + "/segment", params={"format": "json"}, files={"file": ("upload", data)},
-                   timeout=120)
+    r = httpx.post(
+        server.url + "/segment", params={"format": "json"}, files={"file": ("upload", data)}, timeout=120
+    )
     assert r.status_code == expected, (name, r.status_code, r.text)
     if expected != 200:
         detail = r.json()["detail"]
@@ -127,8 +133,9 @@ def test_decompression_bomb_is_refused_before_decoding(server):
 
 
 def test_wrong_magic_with_image_extension_and_content_type(server):
-    r = httpx.post(server.url + "/segment",
-                   files={"file": ("photo.jpg", b"\x00\x01\x02\x03" * 100, "image/jpeg")})
+    r = httpx.post(
+        server.url + "/segment", files={"file": ("photo.jpg", b"\x00\x01\x02\x03" * 100, "image/jpeg")}
+    )
     assert r.status_code == 415
 
 
@@ -141,8 +148,10 @@ def test_upload_over_limit_by_content_length(server):
 def test_upload_over_limit_while_streaming_without_length(server):
     """A chunked upload has no Content-Length: the limit is enforced as the bytes arrive."""
     boundary = "b0undary"
-    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.jpg"\r\n'
-            f"Content-Type: image/jpeg\r\n\r\n").encode()
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.jpg"\r\n'
+        f"Content-Type: image/jpeg\r\n\r\n"
+    ).encode()
 
     def body():
         yield head
@@ -150,8 +159,12 @@ def test_upload_over_limit_while_streaming_without_length(server):
             yield b"\x00" * 65536  # 2.5 MiB in all
         yield f"\r\n--{boundary}--\r\n".encode()
 
-    r = httpx.post(server.url + "/segment", content=body(),
-                   headers={"content-type": f"multipart/form-data; boundary={boundary}"}, timeout=60)
+    r = httpx.post(
+        server.url + "/segment",
+        content=body(),
+        headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+        timeout=60,
+    )
     assert r.status_code == 413
     assert httpx.get(server.url + "/health").status_code == 200
 
@@ -173,34 +186,55 @@ def mutated_image(draw) -> bytes:
     return bytes(data[:cut]) + junk
 
 
-query_values = st.one_of(st.none(), st.text(max_size=12), st.sampled_from(
-    ["png", "overlay", "json", "person", "street", "true", "false", "0", "1"]))
+query_values = st.one_of(
+    st.none(),
+    st.text(max_size=12),
+    st.sampled_from(["png", "overlay", "json", "person", "street", "true", "false", "0", "1"]),
+)
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=st.one_of(mutated_image(), st.binary(max_size=2048)),
-       fmt=query_values, model=query_values, rle=query_values,
-       filename=st.text(max_size=20), content_type=st.sampled_from(["image/jpeg", "image/png", "", "text/plain"]))
+@given(
+    data=st.one_of(mutated_image(), st.binary(max_size=2048)),
+    fmt=query_values,
+    model=query_values,
+    rle=query_values,
+    filename=st.text(max_size=20),
+    content_type=st.sampled_from(["image/jpeg", "image/png", "", "text/plain"]),
+)
 @pytest.mark.slow
 def test_fuzz_segment_never_5xx(server, data, fmt, model, rle, filename, content_type):
     params = {k: v for k, v in (("format", fmt), ("model", model), ("rle", rle)) if v is not None}
-    r = httpx.post(server.url + "/segment", params=params,
-                   files={"file": (filename or "f", data, content_type or None)}, timeout=120)
+    r = httpx.post(
+        server.url + "/segment",
+        params=params,
+        files={"file": (filename or "f", data, content_type or None)},
+        timeout=120,
+    )
     assert r.status_code < 500, (r.status_code, r.text)
     if r.status_code >= 400:
         assert "\n" not in r.json()["detail"]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(path=st.sampled_from(["/segment", "/segment/video", "/classes", "/models", "/ready", "/x"]),
-       method=st.sampled_from(["GET", "POST", "PUT", "DELETE"]),
-       body=st.binary(max_size=512),
-       content_type=st.sampled_from(["multipart/form-data", "multipart/form-data; boundary=zz",
-                                     "application/json", "application/octet-stream"]))
+@given(
+    path=st.sampled_from(["/segment", "/segment/video", "/classes", "/models", "/ready", "/x"]),
+    method=st.sampled_from(["GET", "POST", "PUT", "DELETE"]),
+    body=st.binary(max_size=512),
+    content_type=st.sampled_from(
+        [
+            "multipart/form-data",
+            "multipart/form-data; boundary=zz",
+            "application/json",
+            "application/octet-stream",
+        ]
+    ),
+)
 @pytest.mark.slow
 def test_fuzz_raw_requests_never_5xx(server, path, method, body, content_type):
-    r = httpx.request(method, server.url + path, content=body, headers={"content-type": content_type},
-                      timeout=60)
+    r = httpx.request(
+        method, server.url + path, content=body, headers={"content-type": content_type}, timeout=60
+    )
     assert r.status_code < 500, (method, path, r.status_code, r.text)
 
 

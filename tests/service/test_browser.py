@@ -19,10 +19,14 @@ from .helpers import PERSON_IMAGES, ROOT, VIDEO
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "test-artifacts"
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+sync_api = pytest.importorskip(
+    "playwright.sync_api", reason="playwright is not installed (pip install playwright)"
+)
 if not CHROMIUM.exists():
-    pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install chromium); skipping the browser test",
-                allow_module_level=True)
+    pytest.skip(
+        f"Chromium not found at {CHROMIUM} (apt-get install chromium); skipping the browser test",
+        allow_module_level=True,
+    )
 
 
 def video_to_y4m(src: Path, dst: Path) -> None:
@@ -50,10 +54,18 @@ def browser(tmp_path_factory):
     video_to_y4m(VIDEO, fake_camera)
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--use-fake-ui-for-media-stream",
-                  "--use-fake-device-for-media-stream", f"--use-file-for-fake-video-capture={fake_camera}",
-                  "--disable-background-networking", "--disable-component-update"])
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--use-fake-ui-for-media-stream",
+                "--use-fake-device-for-media-stream",
+                f"--use-file-for-fake-video-capture={fake_camera}",
+                "--disable-background-networking",
+                "--disable-component-update",
+            ],
+        )
         yield browser
         browser.close()
 
@@ -76,8 +88,13 @@ def test_demo_page_live_overlay_and_upload(server, browser):
     page.route("**/*", guard)
     # What the page sends: WebSocket text messages (settings) and the upload's request URLs.
     ws_settings: list[dict] = []
-    page.on("websocket", lambda ws: ws.on(
-        "framesent", lambda payload: ws_settings.append(json.loads(payload)) if isinstance(payload, str) else None))
+    page.on(
+        "websocket",
+        lambda ws: ws.on(
+            "framesent",
+            lambda payload: ws_settings.append(json.loads(payload)) if isinstance(payload, str) else None,
+        ),
+    )
     requests: list[str] = []
     page.on("request", lambda r: requests.append(r.url))
     page.goto(server.url + "/")
@@ -111,8 +128,9 @@ def test_demo_page_live_overlay_and_upload(server, browser):
     page.set_input_files("#upload-file", str(PERSON_IMAGES[0]))
     page.click("#upload-form button[type=submit]")
     page.wait_for_function("document.getElementById('upload-result').naturalWidth > 0", timeout=120_000)
-    page.wait_for_function("document.getElementById('upload-status').textContent.includes('inference')",
-                           timeout=120_000)
+    page.wait_for_function(
+        "document.getElementById('upload-status').textContent.includes('inference')", timeout=120_000
+    )
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "browser_demo.png"), full_page=True)
     # The upload used the switches: its JSON equals the API's answer for the same settings.
@@ -121,9 +139,12 @@ def test_demo_page_live_overlay_and_upload(server, browser):
     shown = page.evaluate("""() => [...document.querySelectorAll('#upload-classes tr')]
         .map((row) => [row.cells[0].textContent, row.cells[1].textContent])""")
     model = page.evaluate("document.getElementById('model').value")
-    r = httpx.post(server.url + "/segment", params={"format": "json", "model": model, "flip": "true",
-                                                     "refine": "false"},
-                   files={"file": (PERSON_IMAGES[0].name, PERSON_IMAGES[0].read_bytes())}, timeout=120)
+    r = httpx.post(
+        server.url + "/segment",
+        params={"format": "json", "model": model, "flip": "true", "refine": "false"},
+        files={"file": (PERSON_IMAGES[0].name, PERSON_IMAGES[0].read_bytes())},
+        timeout=120,
+    )
     expected = [[c["name"], f"{100 * c['fraction']:.1f} %"] for c in r.json()["classes"] if c["pixels"] > 0]
     assert shown == expected, (shown, expected)
     page.click("#stop")
@@ -132,12 +153,12 @@ def test_demo_page_live_overlay_and_upload(server, browser):
     page.close()
 
 
-
 # ---- the webcam effects on the shipped street model, composited in the page ----------------------
 
 DOCS_IMG = ROOT / "docs" / "img"
-BACKGROUND_IMAGE = ROOT / "tests" / "data" / "imagenette" / "val" / "n03888257" / \
-    "ILSVRC2012_val_00001440.jpg"
+BACKGROUND_IMAGE = (
+    ROOT / "tests" / "data" / "imagenette" / "val" / "n03888257" / "ILSVRC2012_val_00001440.jpg"
+)
 
 
 @pytest.fixture(scope="module")
@@ -145,8 +166,9 @@ def shipped_server(tmp_path_factory):
     """A server on the shipped models (weights/): the street model finds the video's cyclists."""
     from .helpers import start_server
 
-    srv = start_server(ROOT / "weights", tmp_path_factory.mktemp("shipped") / "server.log",
-                       "--max-in-flight", "2")
+    srv = start_server(
+        ROOT / "weights", tmp_path_factory.mktemp("shipped") / "server.log", "--max-in-flight", "2"
+    )
     yield srv
     srv.stop()
 
@@ -186,13 +208,16 @@ def decode_rgb(data: bytes, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
     return image[:, :, ::-1].astype(np.float32) if image.ndim == 3 else image
 
 
-def drawn_frame(page, recorder: StreamRecorder, mode: str,
-                after: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def drawn_frame(
+    page, recorder: StreamRecorder, mode: str, after: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(canvas RGB, the frame it was made from as sent, its alpha matte) for the first frame drawn
     in `mode` whose number is past `after`: the canvas and the frame number read in one step."""
     page.wait_for_function(
         f"(() => {{ const s = document.getElementById('stats').dataset;"
-        f" return s.drawnMode === '{mode}' && Number(s.drawn) > {after}; }})()", timeout=120_000)
+        f" return s.drawnMode === '{mode}' && Number(s.drawn) > {after}; }})()",
+        timeout=120_000,
+    )
     shot = page.evaluate("""() => ({url: document.getElementById('output').toDataURL('image/png'),
                                     frame: Number(document.getElementById('stats').dataset.drawn),
                                     mode: document.getElementById('stats').dataset.drawnMode})""")
@@ -236,8 +261,9 @@ def test_webcam_effects_blur_and_replace(shipped_server, browser):
     keep = page.evaluate("[...document.querySelectorAll('#foreground input:checked')].map((e) => e.value)")
     assert keep == ["pedestrian", "bicyclist"]
     page.click("#start")
-    page.wait_for_function("document.getElementById('stats').dataset.drawnMode === 'overlay'",
-                           timeout=120_000)
+    page.wait_for_function(
+        "document.getElementById('stats').dataset.drawnMode === 'overlay'", timeout=120_000
+    )
     section = page.locator("section").nth(1)
     DOCS_IMG.mkdir(exist_ok=True)
     section.screenshot(path=str(DOCS_IMG / "webcam_overlay.png"))
@@ -280,7 +306,7 @@ def test_webcam_effects_blur_and_replace(shipped_server, browser):
     w, h = round(picture.shape[1] * scale), round(picture.shape[0] * scale)
     cover = cv2.resize(picture, (w, h), interpolation=cv2.INTER_LINEAR)
     top, left = (h - 240) // 2, (w - 320) // 2
-    cover = cover[top:top + 240, left:left + 320]
+    cover = cover[top : top + 240, left : left + 320]
     keep_region, drop_region = regions(alpha, 2)
     assert mean_abs(canvas, cover, drop_region) < 12
     assert mean_abs(canvas, frame, keep_region) < 8
@@ -289,8 +315,9 @@ def test_webcam_effects_blur_and_replace(shipped_server, browser):
 
     # Every settings message asked for the people of the street model; smoothing stayed on.
     alpha_settings = [s for s in recorder.settings if s.get("format") == "alpha"]
-    assert alpha_settings and all(s["foreground"] == ["pedestrian", "bicyclist"] and s["smooth"]
-                                  for s in alpha_settings), recorder.settings
+    assert alpha_settings and all(
+        s["foreground"] == ["pedestrian", "bicyclist"] and s["smooth"] for s in alpha_settings
+    ), recorder.settings
     shown = page.evaluate("['fps', 'latency'].map((id) => document.getElementById(id).textContent)")
     assert shown[1].endswith(" ms"), shown
     page.click("#stop")

@@ -38,9 +38,21 @@ def hostile_server(packed_model_dir: Path, tmp_path_factory) -> Iterator[ServerP
     """API key on, one inference slot, two WebSocket sessions at most, 2 s head and body timeouts,
     default pixel and upload limits."""
     log_path = tmp_path_factory.mktemp("hostile") / "server.log"
-    srv = start_server(packed_model_dir, log_path, "--max-in-flight", "1", "--max-websockets", "2",
-                       "--max-video-frames", str(MAX_VIDEO_FRAMES), "--header-timeout-seconds", "2",
-                       "--body-timeout-seconds", "2", env={"SEG_API_KEY": TEST_API_KEY})
+    srv = start_server(
+        packed_model_dir,
+        log_path,
+        "--max-in-flight",
+        "1",
+        "--max-websockets",
+        "2",
+        "--max-video-frames",
+        str(MAX_VIDEO_FRAMES),
+        "--header-timeout-seconds",
+        "2",
+        "--body-timeout-seconds",
+        "2",
+        env={"SEG_API_KEY": TEST_API_KEY},
+    )
     yield srv
     srv.stop()
 
@@ -51,9 +63,16 @@ def assert_still_serving(server: ServerProcess) -> None:
     wait_for_metric(server.url, "seg_inference_in_flight", 0)  # nothing left holding a slot
 
 
-def post_image(server: ServerProcess, data: bytes, fmt: str = "png", headers: dict | None = None) -> httpx.Response:
-    return httpx.post(server.url + "/segment", params={"format": fmt}, headers=headers or AUTH,
-                      files={"file": ("upload", data)}, timeout=300)
+def post_image(
+    server: ServerProcess, data: bytes, fmt: str = "png", headers: dict | None = None
+) -> httpx.Response:
+    return httpx.post(
+        server.url + "/segment",
+        params={"format": fmt},
+        headers=headers or AUTH,
+        files={"file": ("upload", data)},
+        timeout=300,
+    )
 
 
 def peak_rss_kib(pid: int) -> int:
@@ -73,7 +92,9 @@ def test_side_over_the_encoder_limit_is_413_before_inference(hostile_server, wid
     assert r.status_code == 413, r.text
     assert f"{width}x1" in r.json()["detail"] and str(limit) in r.json()["detail"]
     assert metric_value(hostile_server.url, "seg_inference_duration_seconds_count") == before
-    assert post_image(hostile_server, png_bytes(width, 1), "json").status_code == 200  # JSON has no encoder limit
+    assert (
+        post_image(hostile_server, png_bytes(width, 1), "json").status_code == 200
+    )  # JSON has no encoder limit
     assert_still_serving(hostile_server)
 
 
@@ -130,8 +151,10 @@ def test_slow_request_head_is_cut_off(hostile_server):
 
 
 def test_stalled_upload_gets_408(hostile_server):
-    head = (f"POST /segment HTTP/1.1\r\nHost: x\r\nX-API-Key: {TEST_API_KEY}\r\n"
-            f"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n").encode()
+    head = (
+        f"POST /segment HTTP/1.1\r\nHost: x\r\nX-API-Key: {TEST_API_KEY}\r\n"
+        f"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n"
+    ).encode()
     answer = raw_request(hostile_server.port, head, b"--b\r\n", timeout=120)
     assert status_of(answer) == 408, answer[:300]
     assert_still_serving(hostile_server)
@@ -146,10 +169,14 @@ def test_abandoned_video_upload_frees_its_inference_slot(hostile_server, looped_
     url = hostile_server.url
     wait_for_metric(url, "seg_inference_in_flight", 0)
     frames_before = metric_value(url, "seg_frames_processed_total")
-    body = (b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"v.mp4\"\r\n"
-            b"Content-Type: video/mp4\r\n\r\n" + looped_video.read_bytes() + b"\r\n--b--\r\n")
-    head = (f"POST /segment/video?format=json HTTP/1.1\r\nHost: x\r\nX-API-Key: {TEST_API_KEY}\r\n"
-            f"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    body = (
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="v.mp4"\r\n'
+        b"Content-Type: video/mp4\r\n\r\n" + looped_video.read_bytes() + b"\r\n--b--\r\n"
+    )
+    head = (
+        f"POST /segment/video?format=json HTTP/1.1\r\nHost: x\r\nX-API-Key: {TEST_API_KEY}\r\n"
+        f"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
     with socket.create_connection(("127.0.0.1", hostile_server.port), timeout=60) as sock:
         sock.sendall(head + body)
         wait_for_metric(url, "seg_inference_in_flight", 1)
@@ -163,12 +190,22 @@ def test_abandoned_video_upload_frees_its_inference_slot(hostile_server, looped_
 
 def test_video_without_declared_length_is_refused_before_any_inference(hostile_server):
     frames_before = metric_value(hostile_server.url, "seg_frames_processed_total")
-    r = httpx.post(hostile_server.url + "/segment/video", headers=AUTH, params={"format": "json"},
-                   files={"file": ("stream.mjpeg", raw_mjpeg(MAX_VIDEO_FRAMES + 10))}, timeout=300)
+    r = httpx.post(
+        hostile_server.url + "/segment/video",
+        headers=AUTH,
+        params={"format": "json"},
+        files={"file": ("stream.mjpeg", raw_mjpeg(MAX_VIDEO_FRAMES + 10))},
+        timeout=300,
+    )
     assert r.status_code == 413 and str(MAX_VIDEO_FRAMES) in r.json()["detail"], r.text
     assert metric_value(hostile_server.url, "seg_frames_processed_total") == frames_before
-    ok = httpx.post(hostile_server.url + "/segment/video", headers=AUTH, params={"format": "json"},
-                    files={"file": ("stream.mjpeg", raw_mjpeg(5))}, timeout=300)
+    ok = httpx.post(
+        hostile_server.url + "/segment/video",
+        headers=AUTH,
+        params={"format": "json"},
+        files={"file": ("stream.mjpeg", raw_mjpeg(5))},
+        timeout=300,
+    )
     assert ok.status_code == 200 and len(ok.json()["frames"]) == 5
 
 
@@ -213,8 +250,14 @@ def test_hostile_settings_message_keeps_the_session_open(hostile_server, text):
 @pytest.mark.parametrize("key", ["clé-secrète", "with space", "tab\tkey"])
 def test_unsendable_api_key_is_refused_at_start(key, tmp_path):
     env = {"SEG_API_KEY": key, "SEG_MODEL_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, "-m", "seg_service.api.cli", "--port", "1"], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "seg_service.api.cli", "--port", "1"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "api_key" in lines[0] and "ASCII" in lines[0], out.stderr
@@ -238,15 +281,24 @@ def test_over_the_in_flight_cap_is_503_before_the_upload_is_read(hostile_server,
     results: list[httpx.Response] = []
 
     def post_video() -> None:
-        results.append(httpx.post(url + "/segment/video", params={"format": "json"}, headers=AUTH,
-                                  files={"file": ("v.mp4", looped_video.read_bytes())}, timeout=600))
+        results.append(
+            httpx.post(
+                url + "/segment/video",
+                params={"format": "json"},
+                headers=AUTH,
+                files={"file": ("v.mp4", looped_video.read_bytes())},
+                timeout=600,
+            )
+        )
 
     worker = threading.Thread(target=post_video)
     worker.start()
     try:
         wait_for_metric(url, "seg_inference_in_flight", 1)
-        head = (f"POST /segment HTTP/1.1\r\nHost: x\r\nX-API-Key: {TEST_API_KEY}\r\n"
-                f"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 5000000\r\n\r\n").encode()
+        head = (
+            f"POST /segment HTTP/1.1\r\nHost: x\r\nX-API-Key: {TEST_API_KEY}\r\n"
+            f"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 5000000\r\n\r\n"
+        ).encode()
         answer = raw_request(hostile_server.port, head, timeout=120)
         assert status_of(answer) == 503 and b"retry-after: 1" in answer.lower(), answer[:300]
     finally:
@@ -255,8 +307,10 @@ def test_over_the_in_flight_cap_is_503_before_the_upload_is_read(hostile_server,
 
 
 def test_websocket_sessions_over_the_cap_are_closed_with_1013(hostile_server):
-    with connect(hostile_server.ws_url + "/ws/segment", additional_headers=AUTH), \
-            connect(hostile_server.ws_url + "/ws/segment", additional_headers=AUTH):
+    with (
+        connect(hostile_server.ws_url + "/ws/segment", additional_headers=AUTH),
+        connect(hostile_server.ws_url + "/ws/segment", additional_headers=AUTH),
+    ):
         wait_for_metric(hostile_server.url, "seg_websocket_connections", 2)
         with connect(hostile_server.ws_url + "/ws/segment", additional_headers=AUTH) as third:
             assert "busy" in json.loads(third.recv(timeout=60))["detail"]
@@ -273,17 +327,31 @@ def test_websocket_sessions_over_the_cap_are_closed_with_1013(hostile_server):
 
 
 def _multipart(field: str, name: str, data: bytes) -> tuple[bytes, bytes]:
-    body = (f"--b\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{name}\"\r\n"
-            f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + b"\r\n--b--\r\n"
+    body = (
+        (
+            f'--b\r\nContent-Disposition: form-data; name="{field}"; filename="{name}"\r\n'
+            f"Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + data
+        + b"\r\n--b--\r\n"
+    )
     return body, b"multipart/form-data; boundary=b"
 
 
-def _raw_post(path: str, data: bytes, field: str = "file", extra: bytes = b"") -> Callable[[ServerProcess], int]:
+def _raw_post(
+    path: str, data: bytes, field: str = "file", extra: bytes = b""
+) -> Callable[[ServerProcess], int]:
     def send(server: ServerProcess) -> int:
         body, ctype = _multipart(field, "x", data)
-        head = (f"POST {path} HTTP/1.1\r\nHost: x\r\nX-API-Key: {TEST_API_KEY}\r\nContent-Type: ").encode() + \
-            ctype + f"\r\nContent-Length: {len(body)}\r\n".encode() + extra + b"\r\n"
+        head = (
+            (f"POST {path} HTTP/1.1\r\nHost: x\r\nX-API-Key: {TEST_API_KEY}\r\nContent-Type: ").encode()
+            + ctype
+            + f"\r\nContent-Length: {len(body)}\r\n".encode()
+            + extra
+            + b"\r\n"
+        )
         return status_of(raw_request(server.port, head, body))
+
     return send
 
 
@@ -293,20 +361,33 @@ def _raw(head: bytes) -> Callable[[ServerProcess], int]:
             return status_of(raw_request(server.port, head))
         except (ConnectionResetError, BrokenPipeError):
             return 0
+
     return send
 
 
 def _image(data: bytes, fmt: str = "png", **params: str) -> Callable[[ServerProcess], int]:
     def send(server: ServerProcess) -> int:
-        return httpx.post(server.url + "/segment", params={"format": fmt, **params}, headers=AUTH,
-                          files={"file": ("x", data)}, timeout=300).status_code
+        return httpx.post(
+            server.url + "/segment",
+            params={"format": fmt, **params},
+            headers=AUTH,
+            files={"file": ("x", data)},
+            timeout=300,
+        ).status_code
+
     return send
 
 
 def _video(data: bytes) -> Callable[[ServerProcess], int]:
     def send(server: ServerProcess) -> int:
-        return httpx.post(server.url + "/segment/video", params={"format": "json"}, headers=AUTH,
-                          files={"file": ("x", data)}, timeout=300).status_code
+        return httpx.post(
+            server.url + "/segment/video",
+            params={"format": "json"},
+            headers=AUTH,
+            files={"file": ("x", data)},
+            timeout=300,
+        ).status_code
+
     return send
 
 
@@ -327,13 +408,18 @@ HTTP_CORPUS: dict[str, Callable[[ServerProcess], int]] = {
     "video_is_an_image": _video(SMALL_IMAGE.read_bytes()),
     "header_1mib": _raw(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (1 << 20) + b"\r\n\r\n"),
     "header_5000_fields": _raw(b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"X-A: b\r\n" * 5000 + b"\r\n"),
-    "header_non_ascii_key": _raw(b"POST /segment HTTP/1.1\r\nHost: x\r\nX-API-Key: cl\xc3\xa9\r\n"
-                                 b"Content-Length: 0\r\n\r\n"),
+    "header_non_ascii_key": _raw(
+        b"POST /segment HTTP/1.1\r\nHost: x\r\nX-API-Key: cl\xc3\xa9\r\nContent-Length: 0\r\n\r\n"
+    ),
     "header_bad_content_length": _raw(b"POST /segment HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n"),
-    "header_huge_content_length": _raw(f"POST /segment HTTP/1.1\r\nHost: x\r\nX-API-Key: {TEST_API_KEY}\r\n"
-                                       "Content-Length: 1000000000000000\r\n\r\n".encode()),
+    "header_huge_content_length": _raw(
+        f"POST /segment HTTP/1.1\r\nHost: x\r\nX-API-Key: {TEST_API_KEY}\r\n"
+        "Content-Length: 1000000000000000\r\n\r\n".encode()
+    ),
     "header_duplicate_content_length": _raw_post("/segment", png_bytes(4, 4), extra=b"Content-Length: 3\r\n"),
-    "request_line_garbage": _raw(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 64 + b"\r\n\r\n"),
+    "request_line_garbage": _raw(
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 64 + b"\r\n\r\n"
+    ),
     "path_very_long": _raw(b"GET /" + b"a" * 200_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"),
     "multipart_wrong_field": _raw_post("/segment?format=json", png_bytes(4, 4), field="image"),
 }
@@ -348,7 +434,7 @@ def test_http_corpus_never_5xx(hostile_server, case):
 
 WS_CORPUS: dict[str, list[str | bytes]] = {
     "nested_json": ["[" * 200_000],
-    "json_not_object": ["[1, 2]", "null", "\"png\""],
+    "json_not_object": ["[1, 2]", "null", '"png"'],
     "wrong_types": ['{"model": ["person"]}', '{"flip": "yes"}', '{"format": {"a": 1}}', '{"model": null}'],
     "unknown_keys": ['{"' + "k" * 1000 + '": 1}'],
     "binary_garbage": [b"\x00" * 1000, b"\x89PNG\r\n\x1a\n", b""],

@@ -16,7 +16,9 @@ from PIL import Image
 from .helpers import PERSON_IMAGES, SMALL_IMAGE, STREET_IMAGES, VIDEO
 
 
-def post_image(url: str, data: bytes, filename: str = "image.jpg", timeout: float = 120, **params) -> httpx.Response:
+def post_image(
+    url: str, data: bytes, filename: str = "image.jpg", timeout: float = 120, **params
+) -> httpx.Response:
     return httpx.post(url + "/segment", params=params, files={"file": (filename, data)}, timeout=timeout)
 
 
@@ -31,7 +33,7 @@ def rle_to_mask(rle: dict) -> np.ndarray:
     flat = np.zeros(h * w, dtype=bool)
     pos, value = 0, False
     for run in rle["counts"]:
-        flat[pos:pos + run] = value
+        flat[pos : pos + run] = value
         pos += run
         value = not value
     assert pos == h * w
@@ -56,8 +58,10 @@ def test_models_and_classes(server):
 
     classes = httpx.get(server.url + "/classes").json()
     assert classes["model"] == "person"
-    assert classes["classes"] == [{"index": 0, "name": "background", "color": [0, 0, 0]},
-                                  {"index": 1, "name": "person", "color": [220, 20, 60]}]
+    assert classes["classes"] == [
+        {"index": 0, "name": "background", "color": [0, 0, 0]},
+        {"index": 1, "name": "person", "color": [220, 20, 60]},
+    ]
     street = httpx.get(server.url + "/classes", params={"model": "street"}).json()
     assert [c["name"] for c in street["classes"]][:3] == ["sky", "building", "pole"]
     missing = httpx.get(server.url + "/classes", params={"model": "nope"})
@@ -123,8 +127,18 @@ def test_exif_rotation_is_applied(server):
     assert mask.shape == (w, h)  # the upright image is h wide and w tall
 
 
-@pytest.mark.parametrize("mode,fmt", [("L", "PNG"), ("RGBA", "PNG"), ("LA", "PNG"), ("P", "GIF"),
-                                      ("RGB", "WEBP"), ("RGB", "BMP"), ("1", "PNG")])
+@pytest.mark.parametrize(
+    "mode,fmt",
+    [
+        ("L", "PNG"),
+        ("RGBA", "PNG"),
+        ("LA", "PNG"),
+        ("P", "GIF"),
+        ("RGB", "WEBP"),
+        ("RGB", "BMP"),
+        ("1", "PNG"),
+    ],
+)
 def test_image_modes_and_formats(server, mode, fmt):
     image = Image.open(SMALL_IMAGE).convert(mode)
     buf = io.BytesIO()
@@ -167,8 +181,12 @@ def test_video_overlay_mp4(server, tmp_path):
 
 
 def test_video_json(server):
-    r = httpx.post(server.url + "/segment/video", params={"format": "json", "model": "street"},
-                   files={"file": ("v.mp4", VIDEO.read_bytes())}, timeout=300)
+    r = httpx.post(
+        server.url + "/segment/video",
+        params={"format": "json", "model": "street"},
+        files={"file": ("v.mp4", VIDEO.read_bytes())},
+        timeout=300,
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert (body["width"], body["height"], body["model"]) == (320, 240, "street")
@@ -182,9 +200,12 @@ def test_video_flip_matches_the_runtime_frame_by_frame(server, packed_model_dir)
     """flip=true: each frame's class counts are those of the in-process runtime's flip prediction."""
     from seg_service.runtime import load_model
 
-    r = httpx.post(server.url + "/segment/video",
-                   params={"format": "json", "model": "street", "flip": "true", "smooth": "false"},
-                   files={"file": ("v.mp4", VIDEO.read_bytes())}, timeout=300)
+    r = httpx.post(
+        server.url + "/segment/video",
+        params={"format": "json", "model": "street", "flip": "true", "smooth": "false"},
+        files={"file": ("v.mp4", VIDEO.read_bytes())},
+        timeout=300,
+    )
     assert r.status_code == 200, r.text
     frames = r.json()["frames"]
     model = load_model(packed_model_dir / "street.gnpk")
@@ -203,8 +224,9 @@ def test_video_flip_matches_the_runtime_frame_by_frame(server, packed_model_dir)
 
 def test_video_over_the_frame_limit_is_413(server, looped_video):
     """This server takes at most 30 frames; the looped video has 120."""
-    r = httpx.post(server.url + "/segment/video", files={"file": ("v.mp4", looped_video.read_bytes())},
-                   timeout=300)
+    r = httpx.post(
+        server.url + "/segment/video", files={"file": ("v.mp4", looped_video.read_bytes())}, timeout=300
+    )
     assert r.status_code == 413 and "120 frames" in r.json()["detail"]
 
 
@@ -217,7 +239,7 @@ def test_metrics_prometheus_text(server):
     post_image(server.url, SMALL_IMAGE.read_bytes())
     post_image(server.url, SMALL_IMAGE.read_bytes(), format="nope")
     text = httpx.get(server.url + "/metrics").text
-    assert '# TYPE seg_http_requests_total counter' in text
+    assert "# TYPE seg_http_requests_total counter" in text
     assert 'seg_http_requests_total{method="POST",route="/segment",status="200"}' in text
     assert 'seg_http_errors_total{status="422"}' in text
     assert 'seg_http_request_duration_seconds_bucket{route="/segment",le="+Inf"}' in text
@@ -247,8 +269,11 @@ def test_openapi_docs_and_demo_page(server):
 
 def test_access_log_has_one_line_per_request_with_latency(server):
     def segment_lines() -> list[str]:
-        return [ln for ln in server.log().splitlines()
-                if "seg_service.access" in ln and '"route":"/segment"' in ln]
+        return [
+            ln
+            for ln in server.log().splitlines()
+            if "seg_service.access" in ln and '"route":"/segment"' in ln
+        ]
 
     before = len(segment_lines())
     post_image(server.url, SMALL_IMAGE.read_bytes(), format="json")
@@ -264,7 +289,8 @@ def test_access_log_has_one_line_per_request_with_latency(server):
 
 
 def test_segment_flip_runs_the_mirrored_pass(server, packed_model_dir):
-    """flip=true returns exactly the in-process runtime's flip prediction, which differs from the plain one."""
+    """flip=true returns exactly the in-process runtime's flip prediction, which differs from the
+    plain one."""
     from seg_service.runtime import load_model
 
     path = STREET_IMAGES[0]

@@ -25,15 +25,24 @@ AUTH = {"X-API-Key": TEST_API_KEY}
 
 
 def post_video(url: str, video: Path, headers: dict, results: list) -> None:
-    r = httpx.post(url + "/segment/video", params={"format": "json"}, headers=headers,
-                   files={"file": ("v.mp4", video.read_bytes())}, timeout=600)
+    r = httpx.post(
+        url + "/segment/video",
+        params={"format": "json"},
+        headers=headers,
+        files={"file": ("v.mp4", video.read_bytes())},
+        timeout=600,
+    )
     results.append(r)
 
 
 @pytest.mark.parametrize("headers,status", [({}, 401), ({"X-API-Key": "wrong"}, 401), (AUTH, 200)])
 def test_api_key(restricted_server, headers, status):
-    r = httpx.post(restricted_server.url + "/segment", headers=headers,
-                   files={"file": ("x.jpg", SMALL_IMAGE.read_bytes())}, timeout=120)
+    r = httpx.post(
+        restricted_server.url + "/segment",
+        headers=headers,
+        files={"file": ("x.jpg", SMALL_IMAGE.read_bytes())},
+        timeout=120,
+    )
     assert r.status_code == status, r.text
     if status == 401:
         assert "API key" in r.json()["detail"]
@@ -43,8 +52,10 @@ def test_key_is_checked_before_the_upload_is_read(restricted_server):
     """A request that announces a terabyte body and sends none is answered 401 at once: without the
     key the server reads nothing (with the key it would be a 413, see test_bad_input)."""
     with socket.create_connection(("127.0.0.1", restricted_server.port), timeout=30) as sock:
-        sock.sendall(b"POST /segment/video HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
-                     b"boundary=b\r\nContent-Length: 1000000000000\r\n\r\n")
+        sock.sendall(
+            b"POST /segment/video HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
+            b"boundary=b\r\nContent-Length: 1000000000000\r\n\r\n"
+        )
         answer = b""
         while chunk := sock.recv(4096):  # the server closes the connection after answering
             answer += chunk
@@ -59,9 +70,14 @@ def test_open_endpoints_need_no_key(restricted_server):
 
 def test_cors_preflight(restricted_server):
     def preflight(origin: str) -> httpx.Response:
-        return httpx.options(restricted_server.url + "/segment", headers={
-            "Origin": origin, "Access-Control-Request-Method": "POST",
-            "Access-Control-Request-Headers": "X-API-Key"})
+        return httpx.options(
+            restricted_server.url + "/segment",
+            headers={
+                "Origin": origin,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "X-API-Key",
+            },
+        )
 
     allowed = preflight(CORS_ORIGIN)
     assert allowed.status_code == 200
@@ -69,8 +85,9 @@ def test_cors_preflight(restricted_server):
     other = preflight("http://elsewhere.example")
     assert "access-control-allow-origin" not in other.headers
     # A refused request still carries the CORS header, so the page can read the reason.
-    refused = httpx.post(restricted_server.url + "/segment", headers={"Origin": CORS_ORIGIN},
-                         files={"file": ("x.jpg", b"x")})
+    refused = httpx.post(
+        restricted_server.url + "/segment", headers={"Origin": CORS_ORIGIN}, files={"file": ("x.jpg", b"x")}
+    )
     assert refused.status_code == 401 and refused.headers["access-control-allow-origin"] == CORS_ORIGIN
 
 
@@ -94,8 +111,9 @@ def test_over_the_in_flight_limit_is_503_at_once(restricted_server, looped_video
     worker.start()
     try:
         wait_for_metric(url, "seg_inference_in_flight", 1)
-        r = httpx.post(url + "/segment", headers=AUTH, files={"file": ("x.jpg", SMALL_IMAGE.read_bytes())},
-                       timeout=120)
+        r = httpx.post(
+            url + "/segment", headers=AUTH, files={"file": ("x.jpg", SMALL_IMAGE.read_bytes())}, timeout=120
+        )
         assert r.status_code == 503, r.text
         assert "busy" in r.json()["detail"] and r.headers["retry-after"] == "1"
     finally:
@@ -104,8 +122,9 @@ def test_over_the_in_flight_limit_is_503_at_once(restricted_server, looped_video
     text = httpx.get(url + "/metrics").text
     assert 'seg_http_errors_total{status="503"}' in text
     wait_for_metric(url, "seg_inference_in_flight", 0)
-    ok = httpx.post(url + "/segment", headers=AUTH, files={"file": ("x.jpg", SMALL_IMAGE.read_bytes())},
-                    timeout=120)
+    ok = httpx.post(
+        url + "/segment", headers=AUTH, files={"file": ("x.jpg", SMALL_IMAGE.read_bytes())}, timeout=120
+    )
     assert ok.status_code == 200
 
 

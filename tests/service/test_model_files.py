@@ -48,7 +48,9 @@ def test_untampered_copy_loads(packed_model_dir: Path, tmp_path: Path) -> None:
     assert model.predict(rgb).shape == (40, 50)
 
 
-def test_server_starts_with_every_bad_file_and_serves_the_good_one(bad_model_dir: Path, tmp_path: Path) -> None:
+def test_server_starts_with_every_bad_file_and_serves_the_good_one(
+    bad_model_dir: Path, tmp_path: Path
+) -> None:
     server = start_server(bad_model_dir, tmp_path / "server.log")
     try:
         ready = httpx.get(server.url + "/ready").json()
@@ -57,7 +59,9 @@ def test_server_starts_with_every_bad_file_and_serves_the_good_one(bad_model_dir
         assert refused == {f"{case}.gnpk" for case in BAD_MODEL_EDITS}
         assert str(bad_model_dir) not in httpx.get(server.url + "/ready").text  # no server paths
         assert httpx.get(server.url + "/models").status_code == 200
-        r = httpx.post(server.url + "/segment", files={"file": ("x.jpg", SMALL_IMAGE.read_bytes())}, timeout=120)
+        r = httpx.post(
+            server.url + "/segment", files={"file": ("x.jpg", SMALL_IMAGE.read_bytes())}, timeout=120
+        )
         assert r.status_code == 200 and r.headers["x-model"] == "person"
     finally:
         server.stop()
@@ -76,8 +80,13 @@ def test_fifo_and_oversized_files_are_refused_without_reading(packed_model_dir: 
         assert set(refused) == {"pipe.gnpk", "huge.gnpk"}
         assert "not a regular file" in refused["pipe.gnpk"]
         assert str(MAX_MODEL_FILE_BYTES) in refused["huge.gnpk"]
-        peak_kib = int(next(line.split()[1] for line in Path(f"/proc/{server.proc.pid}/status").read_text()
-                            .splitlines() if line.startswith("VmHWM:")))
+        peak_kib = int(
+            next(
+                line.split()[1]
+                for line in Path(f"/proc/{server.proc.pid}/status").read_text().splitlines()
+                if line.startswith("VmHWM:")
+            )
+        )
         assert peak_kib < 1024 * 1024, f"peak RSS {peak_kib} KiB: the sparse file was read"
     finally:
         server.stop()
@@ -89,6 +98,7 @@ def test_fifo_and_oversized_files_are_refused_without_reading(packed_model_dir: 
 def renamed_copy(src: Path, dst: Path, name: str) -> Path:
     def rename(model: dict, graph: dict, tensors: dict) -> None:
         model["name"] = name
+
     return tampered_model(src, dst, rename)
 
 
@@ -99,7 +109,9 @@ def test_a_folder_of_one_model_serves_it_as_the_default(packed_model_dir: Path, 
     server = start_server(folder, tmp_path / "server.log")
     try:
         assert httpx.get(server.url + "/ready").json()["default_model"] == "street"
-        r = httpx.post(server.url + "/segment", files={"file": ("x.jpg", SMALL_IMAGE.read_bytes())}, timeout=120)
+        r = httpx.post(
+            server.url + "/segment", files={"file": ("x.jpg", SMALL_IMAGE.read_bytes())}, timeout=120
+        )
         assert r.status_code == 200 and r.headers["x-model"] == "street"
     finally:
         server.stop()
@@ -147,7 +159,9 @@ def test_no_model_starts_but_is_not_ready(tmp_path: Path) -> None:
         wait_for_health(server)
         ready = httpx.get(server.url + "/ready")
         assert ready.status_code == 503 and "no model" in ready.json()["reason"]
-        r = httpx.post(server.url + "/segment", files={"file": ("x.jpg", SMALL_IMAGE.read_bytes())}, timeout=60)
+        r = httpx.post(
+            server.url + "/segment", files={"file": ("x.jpg", SMALL_IMAGE.read_bytes())}, timeout=60
+        )
         assert r.status_code == 503
     finally:
         server.stop()

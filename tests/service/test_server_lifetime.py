@@ -19,8 +19,10 @@ import pytest
 
 from .helpers import ROOT
 
-pytestmark = [pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only"),
-              pytest.mark.slow]
+pytestmark = [
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only"),
+    pytest.mark.slow,
+]
 
 PARENT = textwrap.dedent("""
     import sys, time

@@ -11,19 +11,26 @@ from seg_service.api.settings import Settings
 
 
 def test_from_env_parses_every_kind_of_field():
-    s = Settings.from_env({
-        "SEG_MODEL_DIR": "/models", "SEG_DEFAULT_MODEL": "street", "SEG_THREADS": "3",
-        "SEG_MAX_UPLOAD_BYTES": "1000", "SEG_API_KEY": "k", "SEG_CORS_ORIGINS": "http://a, http://b,",
-        "SEG_MAX_VIDEO_SECONDS": "2.5",
-    })
+    s = Settings.from_env(
+        {
+            "SEG_MODEL_DIR": "/models",
+            "SEG_DEFAULT_MODEL": "street",
+            "SEG_THREADS": "3",
+            "SEG_MAX_UPLOAD_BYTES": "1000",
+            "SEG_API_KEY": "k",
+            "SEG_CORS_ORIGINS": "http://a, http://b,",
+            "SEG_MAX_VIDEO_SECONDS": "2.5",
+        }
+    )
     assert s.model_dir == Path("/models") and s.default_model == "street" and s.threads == 3
     assert s.max_upload_bytes == 1000 and s.api_key == "k"
     assert s.cors_origins == ("http://a", "http://b") and s.max_video_seconds == 2.5
     assert Settings.from_env(s.to_env()) == s
 
 
-@pytest.mark.parametrize("env", [{"SEG_MAX_IN_FLIGHT": "0"}, {"SEG_THREADS": "many"},
-                                 {"SEG_MAX_UPLOAD_BYTES": "-1"}])
+@pytest.mark.parametrize(
+    "env", [{"SEG_MAX_IN_FLIGHT": "0"}, {"SEG_THREADS": "many"}, {"SEG_MAX_UPLOAD_BYTES": "-1"}]
+)
 def test_bad_values_are_one_line_errors(env):
     with pytest.raises(ValueError) as e:
         Settings.from_env(env)

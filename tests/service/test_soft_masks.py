@@ -76,23 +76,28 @@ def test_rest_foreground_classes_on_a_street_model(server, models):
     assert r.status_code == 200, r.text
     expected, _ = frame_mask(models["street"], rgb, False, True, "probability", ["car", "pedestrian"])
     assert np.array_equal(decode_png(r.content), expected)
-    car_only = decode_png(post_image(server.url, data, model="street", format="probability",
-                                     foreground="car").content)
+    car_only = decode_png(
+        post_image(server.url, data, model="street", format="probability", foreground="car").content
+    )
     assert (decode_png(r.content).astype(int) >= car_only.astype(int) - 1).all()  # probabilities add up
 
 
-@pytest.mark.parametrize("params,detail", [
-    ({"model": "street", "format": "alpha"}, "name the foreground"),
-    ({"format": "alpha", "foreground": "dog"}, "unknown foreground"),
-    ({"format": "matte"}, "format"),
-])
+@pytest.mark.parametrize(
+    "params,detail",
+    [
+        ({"model": "street", "format": "alpha"}, "name the foreground"),
+        ({"format": "alpha", "foreground": "dog"}, "unknown foreground"),
+        ({"format": "matte"}, "format"),
+    ],
+)
 def test_rest_bad_soft_mask_requests_are_422(server, params, detail):
     r = post_image(server.url, PERSON_IMAGES[0].read_bytes(), **params)
     assert r.status_code == 422 and detail in json.dumps(r.json()["detail"]), r.text
 
 
-def stream(ws_url: str, frames: list[bytes], query: str = "",
-           settings: dict | None = None) -> list[tuple[dict, np.ndarray]]:
+def stream(
+    ws_url: str, frames: list[bytes], query: str = "", settings: dict | None = None
+) -> list[tuple[dict, np.ndarray]]:
     """Send each frame and wait for its answer (so none is dropped): [(result JSON, mask)]."""
     answers = []
     with connect(ws_url + "/ws/segment" + query) as ws:
@@ -147,14 +152,16 @@ def test_websocket_alpha_format_and_settings(server, models, jpeg_frames):
 
 def test_websocket_bad_soft_settings_keep_the_session(server, jpeg_frames):
     with connect(server.ws_url + "/ws/segment") as ws:
-        for settings, detail in (({"smooth": "yes"}, "smooth must be true or false"),
-                                 ({"format": "matte"}, "unsupported format"),
-                                 ({"foreground": "dog", "format": "alpha"}, "unknown foreground"),
-                                 ({"model": "street", "format": "alpha"}, "name the foreground"),
-                                 ({"foreground": 3}, "foreground must be"),
-                                 ({"format": {"a": 1}}, "unsupported format"),
-                                 ({"foreground": {"a": 1}, "format": "alpha"}, "foreground must be"),
-                                 ({"smooth": [True]}, "smooth must be true or false")):
+        for settings, detail in (
+            ({"smooth": "yes"}, "smooth must be true or false"),
+            ({"format": "matte"}, "unsupported format"),
+            ({"foreground": "dog", "format": "alpha"}, "unknown foreground"),
+            ({"model": "street", "format": "alpha"}, "name the foreground"),
+            ({"foreground": 3}, "foreground must be"),
+            ({"format": {"a": 1}}, "unsupported format"),
+            ({"foreground": {"a": 1}, "format": "alpha"}, "foreground must be"),
+            ({"smooth": [True]}, "smooth must be true or false"),
+        ):
             ws.send(json.dumps(settings))
             error, _ = receive_result(ws)
             assert error["type"] == "error" and detail in error["detail"], (settings, error)
@@ -169,11 +176,18 @@ def test_video_smoothing_default_alpha_video_and_switch(server, models):
     """Video upload: json counts equal the runtime's smoothed stream by default and predict() with
     smooth=false; format=alpha is a grey video of the matte."""
     model = models["street"]
-    smoothed = httpx.post(server.url + "/segment/video", params={"format": "json", "model": "street"},
-                          files={"file": ("v.mp4", VIDEO.read_bytes())}, timeout=300)
-    plain = httpx.post(server.url + "/segment/video",
-                       params={"format": "json", "model": "street", "smooth": "false"},
-                       files={"file": ("v.mp4", VIDEO.read_bytes())}, timeout=300)
+    smoothed = httpx.post(
+        server.url + "/segment/video",
+        params={"format": "json", "model": "street"},
+        files={"file": ("v.mp4", VIDEO.read_bytes())},
+        timeout=300,
+    )
+    plain = httpx.post(
+        server.url + "/segment/video",
+        params={"format": "json", "model": "street", "smooth": "false"},
+        files={"file": ("v.mp4", VIDEO.read_bytes())},
+        timeout=300,
+    )
     assert smoothed.status_code == 200 and plain.status_code == 200, (smoothed.text, plain.text)
     cap = cv2.VideoCapture(str(VIDEO))
     state = StreamState(smooth=True)
@@ -191,8 +205,12 @@ def test_video_smoothing_default_alpha_video_and_switch(server, models):
     cap.release()
     assert differs
 
-    r = httpx.post(server.url + "/segment/video", params={"format": "alpha", "smooth": "false"},
-                   files={"file": ("v.mp4", VIDEO.read_bytes())}, timeout=300)
+    r = httpx.post(
+        server.url + "/segment/video",
+        params={"format": "alpha", "smooth": "false"},
+        files={"file": ("v.mp4", VIDEO.read_bytes())},
+        timeout=300,
+    )
     assert r.status_code == 200 and r.headers["content-type"] == "video/mp4", r.text
     assert r.headers["X-Frames"] == "30"
     path = server.log_path.parent / "alpha.mp4"
@@ -208,6 +226,10 @@ def test_video_smoothing_default_alpha_video_and_switch(server, models):
     # Grey (the matte in every channel), lossy: close to the runtime's matte on average.
     assert np.abs(first.astype(int) - first[..., :1].astype(int)).max() <= 8
     assert np.abs(first[..., 0].astype(int) - expected.astype(int)).mean() < 6
-    bad = httpx.post(server.url + "/segment/video", params={"format": "alpha", "model": "street"},
-                     files={"file": ("v.mp4", VIDEO.read_bytes())}, timeout=60)
+    bad = httpx.post(
+        server.url + "/segment/video",
+        params={"format": "alpha", "model": "street"},
+        files={"file": ("v.mp4", VIDEO.read_bytes())},
+        timeout=60,
+    )
     assert bad.status_code == 422 and "name the foreground" in bad.json()["detail"]

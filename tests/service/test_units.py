@@ -29,7 +29,7 @@ def test_sixteen_bit_keeps_the_top_byte():
 def test_transparency_is_composited_over_white():
     rgba = np.zeros((2, 2, 4), np.uint8)
     rgba[0, 0] = [10, 20, 30, 255]  # opaque
-    rgba[1, 1] = [200, 0, 0, 0]     # fully transparent: becomes white
+    rgba[1, 1] = [200, 0, 0, 0]  # fully transparent: becomes white
     rgb = imaging.decode_image(encode(Image.fromarray(rgba, "RGBA")), 100)
     assert rgb[0, 0].tolist() == [10, 20, 30]
     assert rgb[1, 1].tolist() == [255, 255, 255]
@@ -51,8 +51,7 @@ def test_error_statuses(data, status):
 
 
 def test_coco_rle_is_column_major_and_starts_with_zeros():
-    mask = np.array([[1, 0, 0],
-                     [1, 1, 0]], dtype=bool)
+    mask = np.array([[1, 0, 0], [1, 1, 0]], dtype=bool)
     # column-major: 1 1 | 0 1 | 0 0  ->  runs: 0 zeros, 2 ones, 1 zero, 1 one, 2 zeros
     assert coco_rle(mask) == {"size": [2, 3], "counts": [0, 2, 1, 1, 2]}
     assert coco_rle(np.zeros((2, 2), bool)) == {"size": [2, 2], "counts": [4]}

@@ -101,7 +101,9 @@ def test_unknown_model_at_connect_closes_with_policy_code(server):
     assert closed.value.rcvd.code == 1008
 
 
-@pytest.mark.parametrize("query,ok", [("", False), ("?api_key=wrong", False), (f"?api_key={TEST_API_KEY}", True)])
+@pytest.mark.parametrize(
+    "query,ok", [("", False), ("?api_key=wrong", False), (f"?api_key={TEST_API_KEY}", True)]
+)
 def test_websocket_api_key(restricted_server, video_frames, query, ok):
     with connect(restricted_server.ws_url + "/ws/segment" + query) as ws:
         if ok:
@@ -116,8 +118,9 @@ def test_websocket_api_key(restricted_server, video_frames, query, ok):
 
 
 def test_websocket_api_key_header(restricted_server, video_frames):
-    with connect(restricted_server.ws_url + "/ws/segment",
-                 additional_headers={"X-API-Key": TEST_API_KEY}) as ws:
+    with connect(
+        restricted_server.ws_url + "/ws/segment", additional_headers={"X-API-Key": TEST_API_KEY}
+    ) as ws:
         ws.send(video_frames[1])
         assert receive_result(ws)[1] is not None
 
@@ -132,7 +135,8 @@ def test_message_over_the_upload_limit_closes_with_1009(server):
 
 
 def test_flip_setting_switches_the_mirrored_pass(server, packed_model_dir, video_frames):
-    """{"flip": true} makes later frames equal the in-process runtime's flip prediction; false turns it off."""
+    """{"flip": true} makes later frames equal the in-process runtime's flip prediction; false turns
+    it off."""
     from seg_service.runtime import load_model
 
     model = load_model(packed_model_dir / "street.gnpk")

@@ -21,8 +21,9 @@ def test_two_workers_each_load_the_models_and_answer(packed_model_dir, tmp_path)
         photo = (DATA / "ccp" / "images" / "0905.jpg").read_bytes()
 
         def segment(_: int) -> int:
-            return httpx.post(f"{srv.url}/segment", files={"file": ("a.jpg", photo, "image/jpeg")},
-                              timeout=60).status_code
+            return httpx.post(
+                f"{srv.url}/segment", files={"file": ("a.jpg", photo, "image/jpeg")}, timeout=60
+            ).status_code
 
         with ThreadPoolExecutor(4) as pool:
             codes = list(pool.map(segment, range(12)))

@@ -18,8 +18,9 @@ from training.models import create_model
 
 def test_statistics_are_the_plain_average_over_the_batches():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1),
-                          nn.BatchNorm2d(2))
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1), nn.BatchNorm2d(2)
+    )
     bn0 = model[1]
     bn0.running_mean.fill_(7.0)  # stale statistics from "training"
     model.eval()
@@ -50,7 +51,9 @@ def test_max_batches_and_empty_input():
 
 
 def test_groupnet_layers_are_all_found():
-    model = create_model({"arch": "groupnet_resnet18", "task": "seg", "num_classes": 2, "k": 2, "width": 0.25})
+    model = create_model(
+        {"arch": "groupnet_resnet18", "task": "seg", "num_classes": 2, "k": 2, "width": 0.25}
+    )
     layers = batchnorm_layers(model)
     assert len(layers) == sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) > 10
 
@@ -58,20 +61,42 @@ def test_groupnet_layers_are_all_found():
 @pytest.mark.slow
 def test_cli_recalibrates_a_trained_checkpoint_and_export_reads_it(tmp_path, capsys):
     runs = tmp_path / "runs"
-    assert train_seg_main(["--config", "smoke_seg", "--train.epochs", "1", "--train.steps_per_epoch", "2",
-                           *quiet(runs)]) == 0
+    assert (
+        train_seg_main(
+            ["--config", "smoke_seg", "--train.epochs", "1", "--train.steps_per_epoch", "2", *quiet(runs)]
+        )
+        == 0
+    )
     best = runs / "smoke_seg" / "best.pt"
     out = tmp_path / "best_bn.pt"
     capsys.readouterr()
-    assert train_seg_main(["recalibrate-bn", "--checkpoint", str(best), "--out", str(out), "--batches", "2",
-                           "--output.progress", "false"]) == 0
+    assert (
+        train_seg_main(
+            [
+                "recalibrate-bn",
+                "--checkpoint",
+                str(best),
+                "--out",
+                str(out),
+                "--batches",
+                "2",
+                "--output.progress",
+                "false",
+            ]
+        )
+        == 0
+    )
     line = capsys.readouterr().out
     assert "re-estimated" in line and "val mIoU" in line and str(out) in line
     source, result = load_checkpoint(best), load_checkpoint(out)
     record = recalibration_record(result)
     assert record["images"] == 2 * 2 and record["layers"] > 10 and record["metric"] == "miou"
     assert record["after"] == pytest.approx(result["metrics"]["miou"])
-    changed = [k for k in source["model"] if "running_" in k and not torch.equal(source["model"][k], result["model"][k])]
+    changed = [
+        k
+        for k in source["model"]
+        if "running_" in k and not torch.equal(source["model"][k], result["model"][k])
+    ]
     assert changed, "no running statistic changed"
     weights = [k for k in source["model"] if "running_" not in k and "num_batches" not in k]
     assert all(torch.equal(source["model"][k], result["model"][k]) for k in weights)  # weights untouched
@@ -88,13 +113,21 @@ def test_cli_recalibrates_a_trained_checkpoint_and_export_reads_it(tmp_path, cap
 @pytest.mark.slow
 def test_cli_refuses_to_overwrite_its_input(tmp_path, capsys):
     runs = tmp_path / "runs"
-    assert train_seg_main(["--config", "smoke_seg", "--train.epochs", "1", "--train.steps_per_epoch", "1",
-                           *quiet(runs)]) == 0
+    assert (
+        train_seg_main(
+            ["--config", "smoke_seg", "--train.epochs", "1", "--train.steps_per_epoch", "1", *quiet(runs)]
+        )
+        == 0
+    )
     best = runs / "smoke_seg" / "best.pt"
     assert train_seg_main(["recalibrate-bn", "--checkpoint", str(best), "--out", str(best)]) == 2
     assert "would overwrite" in capsys.readouterr().err
-    assert train_seg_main(["recalibrate-bn", "--checkpoint", str(best), "--out", str(tmp_path / "x.pt"),
-                           "--batches", "0"]) == 2
+    assert (
+        train_seg_main(
+            ["recalibrate-bn", "--checkpoint", str(best), "--out", str(tmp_path / "x.pt"), "--batches", "0"]
+        )
+        == 2
+    )
 
 
 @pytest.mark.slow
@@ -102,11 +135,29 @@ def test_cls_checkpoints_recalibrate_too(tmp_path, capsys):
     from training.cli import train_cls_main
 
     runs = tmp_path / "runs"
-    assert train_cls_main(["--config", "smoke_cls", "--train.epochs", "1", "--train.steps_per_epoch", "1",
-                           *quiet(runs)]) == 0
+    assert (
+        train_cls_main(
+            ["--config", "smoke_cls", "--train.epochs", "1", "--train.steps_per_epoch", "1", *quiet(runs)]
+        )
+        == 0
+    )
     out = tmp_path / "enc_bn.pt"
     capsys.readouterr()
-    assert train_cls_main(["recalibrate-bn", "--checkpoint", str(runs / "smoke_cls" / "best.pt"), "--out", str(out),
-                           "--batches", "1", "--output.progress", "false"]) == 0
+    assert (
+        train_cls_main(
+            [
+                "recalibrate-bn",
+                "--checkpoint",
+                str(runs / "smoke_cls" / "best.pt"),
+                "--out",
+                str(out),
+                "--batches",
+                "1",
+                "--output.progress",
+                "false",
+            ]
+        )
+        == 0
+    )
     assert "val top-1" in capsys.readouterr().out
     assert recalibration_record(load_checkpoint(out))["metric"] == "top1"

@@ -47,6 +47,7 @@ def make_street_folder(dst: Path) -> Path:
 
 # --------------------------------------------------------------------------- class lists
 
+
 def test_class_lists_parse_the_same_in_every_form(tmp_path, monkeypatch):
     assert parse_class_list("other,road,car") == STREET_CLASSES
     assert parse_class_list(" other, road ,car ") == STREET_CLASSES
@@ -63,13 +64,16 @@ def test_class_lists_parse_the_same_in_every_form(tmp_path, monkeypatch):
     assert parse_class_list("names.txt", search_dirs=[tmp_path]) == STREET_CLASSES
 
 
-@pytest.mark.parametrize("value, message", [
-    ("mydata/classes.txt", "no such file"),  # never one class per character
-    ("other", "no such file"),
-    ("other,road,road", "appears twice"),
-    ("other,,car", "empty name"),
-    (["person"], "at least 2"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("mydata/classes.txt", "no such file"),  # never one class per character
+        ("other", "no such file"),
+        ("other,road,road", "appears twice"),
+        ("other,,car", "empty name"),
+        (["person"], "at least 2"),
+    ],
+)
 def test_bad_class_lists_are_refused(value, message):
     with pytest.raises(InputError, match=message):
         parse_class_list(value)
@@ -80,14 +84,18 @@ def test_config_and_command_line_take_every_class_list_form(tmp_path):
     for value in ("other,road,car", "[other, road, car]", str(folder / "classes.txt"), "classes.txt"):
         from training.engine.config import parse_value
 
-        config = load_config("seg", "training/configs/my_data.yaml",
-                             [("data.root", str(folder)), ("data.classes", parse_value(value))])
+        config = load_config(
+            "seg",
+            "training/configs/my_data.yaml",
+            [("data.root", str(folder)), ("data.classes", parse_value(value))],
+        )
         assert config["data"]["classes"] == STREET_CLASSES, value
     with pytest.raises(ConfigError, match="3 colours for 2 classes"):
         load_config("seg", "training/configs/smoke_seg.yaml", [("data.palette", [[0, 0, 0]] * 3)])
 
 
 # --------------------------------------------------------------------------- splits
+
 
 def test_name_ranges_work_with_hyphens_and_percentages():
     stems = [f"frame-{i:03d}" for i in range(1, 41)]
@@ -112,6 +120,7 @@ def test_folder_layout_splits_hyphenated_names(tmp_path):
 
 # --------------------------------------------------------------------------- configs
 
+
 def test_base_takes_a_shipped_config_name(tmp_path):
     mine = tmp_path / "mine.yaml"
     mine.write_text("base: smoke_seg\ntrain:\n  epochs: 1\n")
@@ -124,8 +133,11 @@ def test_base_takes_a_shipped_config_name(tmp_path):
 
 
 def test_open_worker_count_follows_the_cpus_and_defaults_are_reported():
-    config = load_config("seg", "training/configs/my_data.yaml", [("data.root", "tests/data/camvid"),
-                                                                  ("data.classes", "a,b,c")])
+    config = load_config(
+        "seg",
+        "training/configs/my_data.yaml",
+        [("data.root", "tests/data/camvid"), ("data.classes", "a,b,c")],
+    )
     assert config["data"]["workers"] == auto_workers() >= 0
     explicit = explicit_keys("training/configs/my_data.yaml", [("data.root", "x")])
     assert "data.crop_size" in explicit and "data.root" in explicit and "data.check" not in explicit
@@ -149,6 +161,7 @@ def test_help_does_not_import_torch():
 
 # --------------------------------------------------------------------------- the data check
 
+
 def test_check_data_reports_every_problem_with_its_file(ccp_copy, tmp_path, capsys):
     images, masks = ccp_copy / "images", ccp_copy / "masks"
     (masks / "0002.png").unlink()  # missing mask
@@ -159,11 +172,16 @@ def test_check_data_reports_every_problem_with_its_file(ccp_copy, tmp_path, caps
     Image.fromarray(small).save(masks / "0005.png")  # size mismatch
     # Two classes, stored labels 2..254 void except 41: CCP's label 41 (a garment) is a bad label.
     void = [v for v in range(2, 255) if v != 41]
-    overrides = [f"--data.root={ccp_copy}", "--data.remap=null", f"--data.void_labels={json.dumps(void)}",
-                 "--output.progress=true"]
+    overrides = [
+        f"--data.root={ccp_copy}",
+        "--data.remap=null",
+        f"--data.void_labels={json.dumps(void)}",
+        "--output.progress=true",
+    ]
     report_file = tmp_path / "report.json"
-    code = train_seg_main(["check-data", "--config", "smoke_seg", "--workers", "2", "--output", str(report_file),
-                           *overrides])
+    code = train_seg_main(
+        ["check-data", "--config", "smoke_seg", "--workers", "2", "--output", str(report_file), *overrides]
+    )
     captured = capsys.readouterr()
     assert code == 2
     assert captured.err.strip().splitlines()[-1].startswith("error: ")  # on a line of its own
@@ -182,8 +200,9 @@ def test_check_data_reports_every_problem_with_its_file(ccp_copy, tmp_path, caps
 
 def test_check_data_counts_labels_per_class(tmp_path):
     folder = make_street_folder(tmp_path / "street")
-    config = load_config("seg", "training/configs/my_data.yaml",
-                         [("data.root", str(folder)), ("data.classes", "classes.txt")])
+    config = load_config(
+        "seg", "training/configs/my_data.yaml", [("data.root", str(folder)), ("data.classes", "classes.txt")]
+    )
     report = check_config_data(config, workers=2, progress=False)
     assert report.ok, report.problems
     expected = np.zeros(3, dtype=np.int64)
@@ -201,8 +220,9 @@ def test_check_data_counts_labels_per_class(tmp_path):
 def test_training_refuses_masks_that_disagree_with_the_class_list(ccp_copy, tmp_path, capsys):
     # CCP stores 59 clothing labels; two class names without a remap cannot hold them.
     runs = tmp_path / "runs"
-    code = train_seg_main(["--config", "smoke_seg", "--data.root", str(ccp_copy), "--data.remap", "null",
-                           *quiet(runs)])
+    code = train_seg_main(
+        ["--config", "smoke_seg", "--data.root", str(ccp_copy), "--data.remap", "null", *quiet(runs)]
+    )
     captured = capsys.readouterr()
     assert code == 2
     error = captured.err.strip().splitlines()[-1]
@@ -213,14 +233,27 @@ def test_training_refuses_masks_that_disagree_with_the_class_list(ccp_copy, tmp_
 
 # --------------------------------------------------------------------------- start to finish
 
+
 @pytest.mark.slow
 def test_own_folder_trains_exports_evaluates_and_serves(tmp_path, capsys):
     """docs/training.md "Your own data": the two commands, on a folder of images and masks."""
     folder = make_street_folder(tmp_path / "street")
     runs, models = tmp_path / "runs", tmp_path / "models"
     data = ["--data.root", str(folder), "--data.classes", "classes.txt"]
-    small = ["--train.epochs", "1", "--train.steps_per_epoch", "2", "--data.batch_size", "2", "--data.crop_size", "160",
-             "--data.workers", "0", "--train.time_budget_minutes", "null"]
+    small = [
+        "--train.epochs",
+        "1",
+        "--train.steps_per_epoch",
+        "2",
+        "--data.batch_size",
+        "2",
+        "--data.crop_size",
+        "160",
+        "--data.workers",
+        "0",
+        "--train.time_budget_minutes",
+        "null",
+    ]
     assert train_seg_main(["--config", "my_data", *data, *small, *quiet(runs)]) == 0
     out = capsys.readouterr().out
     run = runs / "my_data"
@@ -236,8 +269,23 @@ def test_own_folder_trains_exports_evaluates_and_serves(tmp_path, capsys):
     assert "using the PASCAL VOC colour map" in capsys.readouterr().err
 
     scores_file = tmp_path / "scores.json"
-    assert train_seg_main(["eval", "--packed", str(gnpk), "--config", "my_data", *data, "--output",
-                           str(scores_file), "--output.progress", "false"]) == 0
+    assert (
+        train_seg_main(
+            [
+                "eval",
+                "--packed",
+                str(gnpk),
+                "--config",
+                "my_data",
+                *data,
+                "--output",
+                str(scores_file),
+                "--output.progress",
+                "false",
+            ]
+        )
+        == 0
+    )
     scores = json.loads(scores_file.read_text())
     assert 0.0 <= scores["miou"] <= 1.0 and list(scores["iou"]) == STREET_CLASSES
 
@@ -261,9 +309,22 @@ def test_own_folder_trains_exports_evaluates_and_serves(tmp_path, capsys):
 @pytest.mark.slow
 def test_an_error_during_training_starts_its_own_line(ccp_copy, tmp_path, capsys):
     # The data check off: the bad labels surface while the epoch's progress bar is on screen.
-    code = train_seg_main(["--config", "smoke_seg", "--data.root", str(ccp_copy), "--data.remap", "null",
-                           "--data.check", "false", "--output.dir", str(tmp_path / "runs"),
-                           "--output.progress", "true"])
+    code = train_seg_main(
+        [
+            "--config",
+            "smoke_seg",
+            "--data.root",
+            str(ccp_copy),
+            "--data.remap",
+            "null",
+            "--data.check",
+            "false",
+            "--output.dir",
+            str(tmp_path / "runs"),
+            "--output.progress",
+            "true",
+        ]
+    )
     assert code == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("error: mask ") and "outside the class list" in last

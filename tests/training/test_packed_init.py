@@ -35,7 +35,9 @@ def test_unpack_inverts_pack():
     assert np.array_equal(signs, torch.where(w < 0, -1.0, 1.0).numpy())
 
 
-@pytest.mark.parametrize("config", [dict(k=3, output_stride=8, head="aspp"), dict(k=2, output_stride=32, head="fcn")])
+@pytest.mark.parametrize(
+    "config", [dict(k=3, output_stride=8, head="aspp"), dict(k=2, output_stride=32, head="fcn")]
+)
 def test_rebuilt_encoder_matches_the_original(config, tmp_path):
     original = small_model(seed=4, **config)
     export_model(original, tmp_path / "m.gnpk")

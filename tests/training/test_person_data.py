@@ -38,7 +38,9 @@ def mix(tmp_path_factory) -> Path:
 def test_masks_follow_one_convention(mix):
     ccp = read_mask(DATA / "ccp/masks/0003.png")
     assert np.array_equal(read_mask(mix / "masks/ccp_0003.png"), (ccp > 0).astype(np.uint8))
-    assert np.array_equal(read_mask(mix / "masks/portraits_00001.png"), read_mask(DATA / "portraits/masks/00001.png"))
+    assert np.array_equal(
+        read_mask(mix / "masks/portraits_00001.png"), read_mask(DATA / "portraits/masks/00001.png")
+    )
     for stem in (p.stem for p in (DATA / "camvid/masks").iterdir()):
         labels = read_mask(DATA / f"camvid/masks/{stem}.png")
         mask = read_mask(mix / f"masks/camvid_{stem}.png")

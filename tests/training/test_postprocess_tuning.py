@@ -39,8 +39,23 @@ def tuned(tmp_path_factory):
     assert export_main(["--repack", str(PERSON), "--out", str(bare), "--postprocess", "none"]) == 0
     assert load_model(bare).postprocess == {}
     tuned_path, report = out / "tuned.gnpk", out / "report.json"
-    code = train_seg_main(["tune-postprocess", "--packed", str(bare), "--config", "smoke_seg", "--out",
-                           str(tuned_path), "--threads", "1", "--report", str(report), "--output.progress", "false"])
+    code = train_seg_main(
+        [
+            "tune-postprocess",
+            "--packed",
+            str(bare),
+            "--config",
+            "smoke_seg",
+            "--out",
+            str(tuned_path),
+            "--threads",
+            "1",
+            "--report",
+            str(report),
+            "--output.progress",
+            "false",
+        ]
+    )
     assert code == 0
     return bare, tuned_path, json.loads(report.read_text())
 
@@ -54,7 +69,9 @@ def test_tuning_uses_the_training_split_and_reports_runtime_scores(tuned, capsys
     assert model.postprocess == (report["postprocess"] or {})
     # The chosen candidate's score and the baseline, recomputed independently through predict().
     assert pooled_miou(model, train_names, refine=True) == pytest.approx(report["best"]["miou"], abs=1e-6)
-    assert pooled_miou(model, train_names, refine=False) == pytest.approx(report["baseline"]["miou"], abs=1e-6)
+    assert pooled_miou(model, train_names, refine=False) == pytest.approx(
+        report["baseline"]["miou"], abs=1e-6
+    )
     assert all(row["miou"] <= report["best"]["miou"] for row in report["candidates"])
     # On real photos the edge-aware filter is chosen and gains over the plain argmax.
     assert model.postprocess.get("guided_filter") is not None
@@ -65,17 +82,27 @@ def test_tuning_uses_the_training_split_and_reports_runtime_scores(tuned, capsys
 
 
 def test_tuning_refuses_to_overwrite_its_input(tmp_path, capsys):
-    assert train_seg_main(["tune-postprocess", "--packed", str(PERSON), "--config", "smoke_seg",
-                           "--out", str(PERSON)]) == 2
+    assert (
+        train_seg_main(
+            ["tune-postprocess", "--packed", str(PERSON), "--config", "smoke_seg", "--out", str(PERSON)]
+        )
+        == 2
+    )
     assert "--out must differ from --packed" in capsys.readouterr().err
 
 
 def test_repack_sets_and_removes_a_postprocess_by_hand(tmp_path, capsys):
     out = tmp_path / "biased.gnpk"
-    assert export_main(["--repack", str(PERSON), "--out", str(out), "--postprocess",
-                        '{"logit_bias": [0, -0.25]}']) == 0
+    assert (
+        export_main(
+            ["--repack", str(PERSON), "--out", str(out), "--postprocess", '{"logit_bias": [0, -0.25]}']
+        )
+        == 0
+    )
     assert load_model(out).postprocess == {"logit_bias": [0, -0.25]}
-    assert export_main(["--repack", str(PERSON), "--out", str(out), "--postprocess", '{"logit_bias": [0]}']) == 2
+    assert (
+        export_main(["--repack", str(PERSON), "--out", str(out), "--postprocess", '{"logit_bias": [0]}']) == 2
+    )
     assert "list of 2 numbers" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         export_main(["--repack", str(PERSON), "--out", str(out), "--postprocess", "{not json"])

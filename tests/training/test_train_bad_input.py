@@ -54,9 +54,22 @@ def test_label_outside_class_list(ccp_copy, tmp_path, capsys):
 
 def test_camvid_void_needs_void_labels(tmp_path, capsys):
     classes = "[sky, building, pole, road, pavement, tree, signsymbol, fence, car, pedestrian, bicyclist]"
-    argv = ["--config", "smoke_seg", "--data.root", str(TEST_DATA / "camvid"), "--data.remap", "null",
-            "--data.classes", classes, "--data.train_split", "all", "--data.val_split", "all",
-            "--train.epochs", "1"]
+    argv = [
+        "--config",
+        "smoke_seg",
+        "--data.root",
+        str(TEST_DATA / "camvid"),
+        "--data.remap",
+        "null",
+        "--data.classes",
+        classes,
+        "--data.train_split",
+        "all",
+        "--data.val_split",
+        "all",
+        "--train.epochs",
+        "1",
+    ]
     rc, lines = run_seg(argv, tmp_path, capsys)
     assert_one_error(rc, lines, "label value(s) 11", TEST_DATA / "camvid" / "masks")
 
@@ -104,10 +117,25 @@ def test_bad_mask_in_workers_with_progress_bars_ends_with_its_error(ccp_copy, tm
     mask_path = ccp_copy / "masks" / "0001.png"
     mask = np.asarray(Image.open(mask_path))
     Image.fromarray(np.stack([mask] * 3, axis=-1)).save(mask_path)
-    argv = [*smoke_on(ccp_copy), "--data.workers", "2", "--data.check", "false", "--output.dir",
-            str(tmp_path / "runs"), "--output.progress", "true"]
-    done = subprocess.run([sys.executable, "-c", REPEATED_RUNS, *argv], cwd=REPO, env=subprocess_env(),
-                          capture_output=True, text=True, timeout=600)
+    argv = [
+        *smoke_on(ccp_copy),
+        "--data.workers",
+        "2",
+        "--data.check",
+        "false",
+        "--output.dir",
+        str(tmp_path / "runs"),
+        "--output.progress",
+        "true",
+    ]
+    done = subprocess.run(
+        [sys.executable, "-c", REPEATED_RUNS, *argv],
+        cwd=REPO,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("rc=2 workers=0 monitors=0") == 3, done.stdout + done.stderr[-3000:]
     assert "epoch 1/1" in done.stderr  # the bars were drawn
@@ -125,8 +153,11 @@ def test_misspelled_key_on_command_line(tmp_path, capsys):
 
 def test_misspelled_key_in_config_file(tmp_path, capsys):
     config = tmp_path / "bad.yaml"
-    config.write_text("base: " + str(TEST_DATA.parents[1] / "training/configs/smoke_seg.yaml") +
-                      "\ndata:\n  crop_szie: 64\n")
+    config.write_text(
+        "base: "
+        + str(TEST_DATA.parents[1] / "training/configs/smoke_seg.yaml")
+        + "\ndata:\n  crop_szie: 64\n"
+    )
     rc, lines = run_seg(["--config", str(config)], tmp_path, capsys)
     assert_one_error(rc, lines, "'data.crop_szie'", str(config), "did you mean 'data.crop_size'")
 

@@ -32,8 +32,22 @@ def test_time_budget_shortens_the_run_and_its_schedule(tmp_path, capsys):
     runs = tmp_path / "runs"
     # A budget far below one epoch: the run stops after its second epoch, and the poly schedule
     # is rescaled so the learning rate reaches zero there, as in a planned 2-epoch run.
-    assert train_seg_main(["--config", "smoke_seg", "--train.epochs", "6", "--train.steps_per_epoch", "2",
-                           "--train.time_budget_minutes", "0.0001", *quiet(runs)]) == 0
+    assert (
+        train_seg_main(
+            [
+                "--config",
+                "smoke_seg",
+                "--train.epochs",
+                "6",
+                "--train.steps_per_epoch",
+                "2",
+                "--train.time_budget_minutes",
+                "0.0001",
+                *quiet(runs),
+            ]
+        )
+        == 0
+    )
     out_text = capsys.readouterr().out
     # Decided after the second epoch, and said after that epoch's line.
     assert out_text.index("epoch 2/2 ") < out_text.index("2 epochs instead of 6 (timed on epoch 2)")
@@ -55,9 +69,24 @@ def test_time_budget_shortens_the_run_and_its_schedule(tmp_path, capsys):
 @pytest.mark.slow
 def test_reference_network_trains_through_train_seg(tmp_path):
     runs = tmp_path / "runs"
-    assert train_seg_main(["--config", "smoke_seg", "--model.arch", "lraspp_mobilenet_v3_large",
-                           "--train.epochs", "1", "--train.steps_per_epoch", "1", "--output.name", "lraspp",
-                           *quiet(runs)]) == 0
+    assert (
+        train_seg_main(
+            [
+                "--config",
+                "smoke_seg",
+                "--model.arch",
+                "lraspp_mobilenet_v3_large",
+                "--train.epochs",
+                "1",
+                "--train.steps_per_epoch",
+                "1",
+                "--output.name",
+                "lraspp",
+                *quiet(runs),
+            ]
+        )
+        == 0
+    )
     ckpt = load_checkpoint(runs / "lraspp" / "best.pt")
     assert ckpt["model_config"] == {"arch": "lraspp_mobilenet_v3_large", "task": "seg", "num_classes": 2}
     create_model(ckpt["model_config"]).load_state_dict(ckpt["model"])
@@ -83,7 +112,11 @@ def test_ablation_rows_differ_from_the_base_row_in_one_model_choice():
         config = load_config("seg", f"training/configs/ablation/{name}.yaml", [])
         same = ("seed", "data", "train", "loss", "eval")
         assert {k: config[k] for k in same} == {k: base[k] for k in same}, name
-        assert config["output"]["name"] == name and config["model"] != base["model"] or name == "groupnet_k4_bpac"
+        assert (
+            config["output"]["name"] == name
+            and config["model"] != base["model"]
+            or name == "groupnet_k4_bpac"
+        )
 
 
 def test_packed_model_scored_through_the_runtime(packed_model_path, tmp_path, capsys):
@@ -92,19 +125,51 @@ def test_packed_model_scored_through_the_runtime(packed_model_path, tmp_path, ca
     from seg_service.runtime import load_model
 
     out = tmp_path / "scores.json"
-    assert train_seg_main(["eval", "--packed", str(packed_model_path), "--config", "smoke_seg",
-                           "--output", str(out), "--threads", "1"]) == 0
+    assert (
+        train_seg_main(
+            [
+                "eval",
+                "--packed",
+                str(packed_model_path),
+                "--config",
+                "smoke_seg",
+                "--output",
+                str(out),
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert "through the packed runtime" in capsys.readouterr().out
     scores = json.loads(out.read_text())
     # The same figure computed independently: the runtime's masks against the CCP masks (label > 0).
     config = load_config("seg", "training/configs/smoke_seg.yaml", [])
-    names = [p.stem for p in sorted((REPO / "tests/data/ccp/masks").glob("*.png"))
-             if "0905" <= p.stem <= "1004"]
+    names = [
+        p.stem for p in sorted((REPO / "tests/data/ccp/masks").glob("*.png")) if "0905" <= p.stem <= "1004"
+    ]
     assert scores["images"] == len(names) > 0
     flipped = tmp_path / "scores_flip.json"
-    assert train_seg_main(["eval", "--packed", str(packed_model_path), "--config", "smoke_seg",
-                           "--output", str(flipped), "--threads", "1", "--eval.flip", "true",
-                           "--output.progress", "false"]) == 0
+    assert (
+        train_seg_main(
+            [
+                "eval",
+                "--packed",
+                str(packed_model_path),
+                "--config",
+                "smoke_seg",
+                "--output",
+                str(flipped),
+                "--threads",
+                "1",
+                "--eval.flip",
+                "true",
+                "--output.progress",
+                "false",
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     assert "with flip test-time augmentation" in captured.out
     assert "packed eval" not in captured.err  # --output.progress false silences the progress bar

@@ -13,10 +13,17 @@ from training.models import ModelConfig
 
 
 def test_override_styles_and_value_parsing():
-    pairs = parse_overrides(["--train.epochs", "3", "--train.lr=1e-4", "--data.scale_range", "[0.5, 1.5]"],
-                            ["loss.dice=0.5", "train.init_from=null"])
-    assert dict(pairs) == {"loss.dice": 0.5, "train.init_from": None, "train.epochs": 3, "train.lr": 1e-4,
-                           "data.scale_range": [0.5, 1.5]}
+    pairs = parse_overrides(
+        ["--train.epochs", "3", "--train.lr=1e-4", "--data.scale_range", "[0.5, 1.5]"],
+        ["loss.dice=0.5", "train.init_from=null"],
+    )
+    assert dict(pairs) == {
+        "loss.dice": 0.5,
+        "train.init_from": None,
+        "train.epochs": 3,
+        "train.lr": 1e-4,
+        "data.scale_range": [0.5, 1.5],
+    }
     assert parse_value("1e-4") == pytest.approx(1e-4) and isinstance(parse_value("1e-4"), float)
     assert parse_value("true") is True and parse_value("abc") == "abc"
 
@@ -25,7 +32,8 @@ def test_yaml_scientific_floats_and_base_inheritance(tmp_path):
     (tmp_path / "pyproject.toml").write_text("")
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / "base.yaml").write_text(
-        "data:\n  root: data/ccp\n  classes: [a, b]\ntrain:\n  lr: 5e-4\n  epochs: 7\n")
+        "data:\n  root: data/ccp\n  classes: [a, b]\ntrain:\n  lr: 5e-4\n  epochs: 7\n"
+    )
     child = tmp_path / "configs" / "child.yaml"
     child.write_text("base: base.yaml\ntrain:\n  epochs: 3\n")
     config = load_config("seg", child, [("train.weight_decay", 0.0)])
@@ -66,8 +74,9 @@ def test_every_shipped_config_loads_and_describes_a_valid_model(path):
     task = raw["task"]
     # A starter config (my_data) leaves the data to the user: supply what its comments ask for.
     data = raw.get("data") or {}
-    overrides = ([("data.root", "tests/data/ccp")] if "root" in data and data["root"] is None else []) + \
-        ([("data.classes", "background,person")] if "classes" in data and data["classes"] is None else [])
+    overrides = ([("data.root", "tests/data/ccp")] if "root" in data and data["root"] is None else []) + (
+        [("data.classes", "background,person")] if "classes" in data and data["classes"] is None else []
+    )
     config = load_config(task, path, overrides)
     num_classes = len(config["data"]["classes"]) if task == "seg" else 1000
     model = ModelConfig.from_dict(model_config_for(config, num_classes))

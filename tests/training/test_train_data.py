@@ -26,8 +26,19 @@ from training.engine.config import load_config
 from training.engine.metrics import confusion_matrix, segmentation_scores, topk_correct
 from training.engine.optim import lr_factor_fn
 
-CAMVID_CLASSES = ["sky", "building", "pole", "road", "pavement", "tree", "signsymbol", "fence", "car",
-                  "pedestrian", "bicyclist"]
+CAMVID_CLASSES = [
+    "sky",
+    "building",
+    "pole",
+    "road",
+    "pavement",
+    "tree",
+    "signsymbol",
+    "fence",
+    "car",
+    "pedestrian",
+    "bicyclist",
+]
 
 
 def test_binary_foreground_remap_matches_ccp_person_rule():
@@ -37,8 +48,9 @@ def test_binary_foreground_remap_matches_ccp_person_rule():
 
 
 def test_explicit_mapping_with_default_and_void():
-    table = build_label_map(3, 255, {"type": "mapping", "mapping": [[0, 0], [7, 1], [9, 2]], "default": "ignore"},
-                            void_labels=[4])
+    table = build_label_map(
+        3, 255, {"type": "mapping", "mapping": [[0, 0], [7, 1], [9, 2]], "default": "ignore"}, void_labels=[4]
+    )
     assert table[0] == 0 and table[7] == 1 and table[9] == 2
     assert table[4] == 255 and table[5] == 255 and table[255] == 255
     with pytest.raises(InputError, match="outside the class list"):
@@ -121,8 +133,10 @@ def test_augmented_batches_depend_only_on_seed_and_epoch():
 
 
 def test_pad_collate_mixed_sizes():
-    batch = [(torch.ones(3, 4, 5), torch.zeros(4, 5, dtype=torch.int64)),
-             (torch.ones(3, 6, 3), torch.ones(6, 3, dtype=torch.int64))]
+    batch = [
+        (torch.ones(3, 4, 5), torch.zeros(4, 5, dtype=torch.int64)),
+        (torch.ones(3, 6, 3), torch.ones(6, 3, dtype=torch.int64)),
+    ]
     images, masks = pad_collate(batch, ignore_index=255, size_divisor=1)
     assert images.shape == (2, 3, 6, 5) and masks.shape == (2, 6, 5)
     assert int(masks[0, 4:, :].eq(255).sum()) == 2 * 5 and float(images[0, :, 4:, :].abs().sum()) == 0.0
@@ -152,4 +166,4 @@ def test_schedules():
     step = lr_factor_fn({**base, "schedule": "step"}, iters_per_epoch=10)
     assert [step(i) for i in (0, 19, 20, 29, 30)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
     poly = lr_factor_fn({**base, "schedule": "poly"}, iters_per_epoch=10)
-    assert poly(0) == 1.0 and poly(20) == pytest.approx(0.5 ** 0.9) and poly(40) == 0.0
+    assert poly(0) == 1.0 and poly(20) == pytest.approx(0.5**0.9) and poly(40) == 0.0

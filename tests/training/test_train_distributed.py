@@ -15,16 +15,34 @@ pytestmark = pytest.mark.slow  # see README, Tests: excluded by -m "not slow"
 def test_torchrun_two_processes_gloo(tmp_path):
     out = tmp_path / "runs"
     result = run_module(
-        ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "training.cli", "train-seg", "--config", "smoke_seg", "--train.epochs", "2",
-         *quiet(out)],
+        [
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "training.cli",
+            "train-seg",
+            "--config",
+            "smoke_seg",
+            "--train.epochs",
+            "2",
+            *quiet(out),
+        ],
         cwd=REPO,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     run = out / "smoke_seg"
     # Rank 0 alone writes, and alone reports: one summary, one line per epoch.
     assert sorted(p.name for p in run.iterdir()) == [
-        "best.pt", "config.yaml", "defaults.yaml", "last.pt", "log.csv", "summary.json"]
+        "best.pt",
+        "config.yaml",
+        "defaults.yaml",
+        "last.pt",
+        "log.csv",
+        "summary.json",
+    ]
     assert result.stdout.count("no problems found") == 1  # the data check ran on rank 0 alone
     assert result.stdout.count("run finished") == 1
     assert result.stdout.count("epoch 2/2") == 1

@@ -21,8 +21,22 @@ def seg_model(config_name: str, *overrides: tuple[str, object]):
 @pytest.mark.slow
 def test_two_stage_recipe_loads_stage1_into_stage2(tmp_path, capsys):
     runs = tmp_path / "runs"
-    assert train_seg_main(["--config", "smoke_seg", "--model.mode", "tanh", "--train.epochs", "1",
-                           "--output.name", "stage1", *quiet(runs)]) == 0
+    assert (
+        train_seg_main(
+            [
+                "--config",
+                "smoke_seg",
+                "--model.mode",
+                "tanh",
+                "--train.epochs",
+                "1",
+                "--output.name",
+                "stage1",
+                *quiet(runs),
+            ]
+        )
+        == 0
+    )
     stage1 = runs / "stage1" / "last.pt"
     assert load_checkpoint(stage1)["model_config"]["mode"] == "tanh"
 
@@ -37,12 +51,32 @@ def test_two_stage_recipe_loads_stage1_into_stage2(tmp_path, capsys):
 
     # And through the CLI: stage 2 with init_from trains on from stage 1.
     capsys.readouterr()
-    assert train_seg_main(["--config", "smoke_seg", "--model.mode", "sign", "--train.epochs", "1",
-                           "--train.init_from", str(stage1), "--output.name", "stage2", *quiet(runs)]) == 0
+    assert (
+        train_seg_main(
+            [
+                "--config",
+                "smoke_seg",
+                "--model.mode",
+                "sign",
+                "--train.epochs",
+                "1",
+                "--train.init_from",
+                str(stage1),
+                "--output.name",
+                "stage2",
+                *quiet(runs),
+            ]
+        )
+        == 0
+    )
     assert f"from {stage1}" in capsys.readouterr().out
     stage2 = load_checkpoint(runs / "stage2" / "last.pt")
     assert stage2["model_config"]["mode"] == "sign"
-    changed = [k for k, v in stage2["model"].items() if v.dtype.is_floating_point and not torch.equal(v, stage1_weights[k])]
+    changed = [
+        k
+        for k, v in stage2["model"].items()
+        if v.dtype.is_floating_point and not torch.equal(v, stage1_weights[k])
+    ]
     assert changed, "stage 2 did not train"
 
 

@@ -18,8 +18,19 @@ pytestmark = pytest.mark.slow  # see README, Tests: excluded by -m "not slow"
 
 EPOCHS = 4
 # Workers > 0 so that per-sample augmentation seeding is exercised across processes too.
-ARGS = ["-m", "training.cli", "train-seg", "--config", "smoke_seg", "--train.epochs", str(EPOCHS),
-        "--data.workers", "1", "--loss.dice", "0.5"]
+ARGS = [
+    "-m",
+    "training.cli",
+    "train-seg",
+    "--config",
+    "smoke_seg",
+    "--train.epochs",
+    str(EPOCHS),
+    "--data.workers",
+    "1",
+    "--loss.dice",
+    "0.5",
+]
 
 
 def _epoch_of(path) -> int:
@@ -34,8 +45,13 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     assert reference.returncode == 0, reference.stderr
 
     killed_dir = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, *ARGS, *quiet(killed_dir)], cwd=REPO, env=subprocess_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, *ARGS, *quiet(killed_dir)],
+        cwd=REPO,
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     last = killed_dir / "smoke_seg" / "last.pt"
     try:
         while proc.poll() is None and _epoch_of(last) < 1:

@@ -33,8 +33,17 @@ def test_smoke_seg_trains_and_eval_reads_checkpoint(tmp_path, capsys):
     assert 0.0 <= float(rows[-1]["miou"]) <= 1.0
 
     scores_file = tmp_path / "scores.json"
-    rc = train_seg_main(["eval", "--checkpoint", str(run / "best.pt"), "--output", str(scores_file),
-                         "--output.progress", "false"])
+    rc = train_seg_main(
+        [
+            "eval",
+            "--checkpoint",
+            str(run / "best.pt"),
+            "--output",
+            str(scores_file),
+            "--output.progress",
+            "false",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0
     assert "per-class IoU" in out and "confusion matrix" in out and "person" in out

@@ -16,14 +16,24 @@ TEST_DATA = REPO / "tests" / "data"
 def subprocess_env() -> dict[str, str]:
     """One thread per process: identical arithmetic across runs, and no oversubscription on small CI boxes."""
     env = dict(os.environ)
-    env.update(NO_ALBUMENTATIONS_UPDATE="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-               PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""))
+    env.update(
+        NO_ALBUMENTATIONS_UPDATE="1",
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
+    )
     return env
 
 
 def run_module(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=subprocess_env(), capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=cwd,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def quiet(out_dir: Path) -> list[str]:

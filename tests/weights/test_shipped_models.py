@@ -21,8 +21,19 @@ from seg_service.runtime import load_model
 REPO = Path(__file__).resolve().parents[2]
 WEIGHTS = REPO / "weights"
 DATA = REPO / "tests" / "data"
-CAMVID_CLASSES = ["sky", "building", "pole", "road", "pavement", "tree", "signsymbol", "fence", "car",
-                  "pedestrian", "bicyclist"]
+CAMVID_CLASSES = [
+    "sky",
+    "building",
+    "pole",
+    "road",
+    "pavement",
+    "tree",
+    "signsymbol",
+    "fence",
+    "car",
+    "pedestrian",
+    "bicyclist",
+]
 
 
 def rgb(path: Path) -> np.ndarray:
@@ -89,7 +100,9 @@ def test_model_cards_name_the_shipped_files():
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         assert digest in card, f"weights/README.md does not give the sha256 of {path.name}"
         size_mb = f"{path.stat().st_size / 1e6:.2f} MB"
-        assert re.search(re.escape(size_mb), card), f"weights/README.md does not give {path.name}'s size ({size_mb})"
+        assert re.search(re.escape(size_mb), card), (
+            f"weights/README.md does not give {path.name}'s size ({size_mb})"
+        )
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +119,12 @@ def test_server_serves_the_shipped_default_model(shipped_server):
     assert {m["name"] for m in models["models"]} == {"person", "camvid"}
     photo = DATA / "ccp" / "images" / "0960.jpg"
     with photo.open("rb") as f:
-        r = httpx.post(f"{shipped_server.url}/segment", params={"format": "json"},
-                       files={"file": ("0960.jpg", f, "image/jpeg")}, timeout=60)
+        r = httpx.post(
+            f"{shipped_server.url}/segment",
+            params={"format": "json"},
+            files={"file": ("0960.jpg", f, "image/jpeg")},
+            timeout=60,
+        )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["model"] == "person"  # the default
@@ -129,12 +146,20 @@ def test_person_model_refines_its_masks_by_default_over_http_and_websocket(shipp
     expected = {True: model.predict(image), False: model.predict(image, refine=False)}
     assert (expected[True] != expected[False]).sum() > 500
     for refine in (True, False):
-        r = httpx.post(f"{shipped_server.url}/segment", params={"refine": str(refine).lower()},
-                       files={"file": (photo.name, photo.read_bytes(), "image/jpeg")}, timeout=60)
+        r = httpx.post(
+            f"{shipped_server.url}/segment",
+            params={"refine": str(refine).lower()},
+            files={"file": (photo.name, photo.read_bytes(), "image/jpeg")},
+            timeout=60,
+        )
         assert r.status_code == 200, r.text
         assert np.array_equal(np.asarray(Image.open(io.BytesIO(r.content))), expected[refine]), refine
-    r = httpx.post(f"{shipped_server.url}/segment", params={"refine": "maybe"},
-                   files={"file": (photo.name, photo.read_bytes(), "image/jpeg")}, timeout=60)
+    r = httpx.post(
+        f"{shipped_server.url}/segment",
+        params={"refine": "maybe"},
+        files={"file": (photo.name, photo.read_bytes(), "image/jpeg")},
+        timeout=60,
+    )
     assert r.status_code == 422
     with connect(shipped_server.ws_url + "/ws/segment") as ws:
         ws.send(json.dumps({"refine": "no"}))
@@ -163,9 +188,12 @@ def test_video_upload_follows_refine(shipped_server):
         frames.append(np.ascontiguousarray(bgr[:, :, ::-1]))
     cap.release()
     for refine in (True, False):
-        r = httpx.post(f"{shipped_server.url}/segment/video",
-                       params={"format": "json", "refine": str(refine).lower()},
-                       files={"file": ("v.mp4", VIDEO.read_bytes())}, timeout=300)
+        r = httpx.post(
+            f"{shipped_server.url}/segment/video",
+            params={"format": "json", "refine": str(refine).lower()},
+            files={"file": ("v.mp4", VIDEO.read_bytes())},
+            timeout=300,
+        )
         assert r.status_code == 200, r.text
         for got, rgb in zip(r.json()["frames"][:3], frames):
             expected = np.bincount(model.predict(rgb, refine=refine).ravel(), minlength=2).tolist()

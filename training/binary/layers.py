@@ -104,8 +104,13 @@ class BinaryConvEnsemble(nn.Module):
         self.k = k
         self.out_channels = out_channels
         self.conv = BinaryConv2d(
-            in_channels, k * out_channels, kernel_size, stride, dilation,
-            input_quantizer=input_quantizer, weight_quantizer=weight_quantizer,
+            in_channels,
+            k * out_channels,
+            kernel_size,
+            stride,
+            dilation,
+            input_quantizer=input_quantizer,
+            weight_quantizer=weight_quantizer,
         )
         if reduction == "learned":
             self.scales = nn.Parameter(torch.full((k,), 1.0 / k))

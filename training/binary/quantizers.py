@@ -128,11 +128,15 @@ def get_activation_quantizer(name: str) -> ActivationQuantizer:
     try:
         return ACTIVATION_QUANTIZERS[name]()
     except KeyError:
-        raise ValueError(f"unknown activation quantizer {name!r}; choose from {sorted(ACTIVATION_QUANTIZERS)}") from None
+        raise ValueError(
+            f"unknown activation quantizer {name!r}; choose from {sorted(ACTIVATION_QUANTIZERS)}"
+        ) from None
 
 
 def get_weight_quantizer(name: str) -> WeightQuantizer:
     try:
         return WEIGHT_QUANTIZERS[name]()
     except KeyError:
-        raise ValueError(f"unknown weight quantizer {name!r}; choose from {sorted(WEIGHT_QUANTIZERS)}") from None
+        raise ValueError(
+            f"unknown weight quantizer {name!r}; choose from {sorted(WEIGHT_QUANTIZERS)}"
+        ) from None

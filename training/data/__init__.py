@@ -28,7 +28,9 @@ def build_seg_dataset(data: dict[str, Any], split: str) -> SegmentationDataset:
     split_value = data[f"{split}_split"]
     pairs = find_pairs(data["layout"], root, split_value, data.get("image_dir"), data.get("mask_dir"))
     classes = list(data["classes"])
-    table = build_label_map(len(classes), int(data["ignore_index"]), data.get("remap"), data.get("void_labels") or ())
+    table = build_label_map(
+        len(classes), int(data["ignore_index"]), data.get("remap"), data.get("void_labels") or ()
+    )
     if split == "train":
         transform = seg_train_transform(
             int(data["crop_size"]),
@@ -49,7 +51,9 @@ def build_seg_dataset(data: dict[str, Any], split: str) -> SegmentationDataset:
     return dataset
 
 
-def build_cls_dataset(data: dict[str, Any], split: str, classes: list[str] | None = None) -> ImageFolderDataset:
+def build_cls_dataset(
+    data: dict[str, Any], split: str, classes: list[str] | None = None
+) -> ImageFolderDataset:
     """The "train" or "val" ImageFolder split described by a config's ``data`` section."""
     root = Path(data["root"]) / data[f"{split}_dir"]
     if split == "train":

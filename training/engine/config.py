@@ -144,6 +144,7 @@ DEFAULTS = {"seg": SEG_DEFAULTS, "cls": CLS_DEFAULTS}
 
 # --------------------------------------------------------------------------- YAML reading
 
+
 class _Loader(yaml.SafeLoader):
     """SafeLoader that reads 1e-4 as a float (YAML 1.1 wants 1.0e-4)."""
 
@@ -201,8 +202,9 @@ def base_config_path(base: str, including: Path) -> Path:
     if shipped.is_file():
         return shipped
     names = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
-    raise ConfigError(f"base config {base!r} of {including} not found: neither {local} nor a shipped config "
-                      f"({names})")
+    raise ConfigError(
+        f"base config {base!r} of {including} not found: neither {local} nor a shipped config ({names})"
+    )
 
 
 def _load_with_bases(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
@@ -229,6 +231,7 @@ def _resolve_class_file(data: dict[str, Any], base_dir: Path) -> None:
 
 
 # --------------------------------------------------------------------------- merging and checking
+
 
 def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(dict(base))
@@ -379,14 +382,18 @@ def _check_values(config: dict[str, Any]) -> None:
         raise ConfigError("data.root is not set; pass --data.root PATH")
     if config["task"] == "seg":
         if not data.get("classes"):
-            raise ConfigError("data.classes (the class names) is not set; pass --data.classes \"a,b,c\" "
-                              "or a file with one name per line")
+            raise ConfigError(
+                'data.classes (the class names) is not set; pass --data.classes "a,b,c" '
+                "or a file with one name per line"
+            )
         root = Path(data["root"])
         data["classes"] = parse_class_list(data["classes"], "data.classes", [root])
         palette = data.get("palette")
         if palette is not None and len(palette) != len(data["classes"]):
-            raise ConfigError(f"data.palette has {len(palette)} colours for {len(data['classes'])} classes "
-                              f"({', '.join(data['classes'])})")
+            raise ConfigError(
+                f"data.palette has {len(palette)} colours for {len(data['classes'])} classes "
+                f"({', '.join(data['classes'])})"
+            )
         if not 0 <= int(data["ignore_index"]) <= 255:
             raise ConfigError(f"data.ignore_index must be in 0..255, got {data['ignore_index']}")
         if data["ignore_index"] < len(data["classes"]):

@@ -40,8 +40,15 @@ def collate_for(config: dict[str, Any]) -> Callable[[list[Any]], Any] | None:
     return lambda batch: datasets.pad_collate(batch, ignore)
 
 
-def make_loader(dataset: Any, sampler: Any, batch_size: int, workers: int, info: DistInfo,
-                drop_last: bool, collate: Any = None) -> DataLoader:
+def make_loader(
+    dataset: Any,
+    sampler: Any,
+    batch_size: int,
+    workers: int,
+    info: DistInfo,
+    drop_last: bool,
+    collate: Any = None,
+) -> DataLoader:
     use_thread_lock()  # before workers are forked: tqdm's default lock is shared with them (progress.py)
     return DataLoader(
         dataset,
@@ -64,9 +71,15 @@ def make_loader(dataset: Any, sampler: Any, batch_size: int, workers: int, info:
 def val_loader(config: dict[str, Any], val_set: Any, info: DistInfo) -> DataLoader:
     """The validation loader: this process's shard, in order, every image once."""
     data_cfg = config["data"]
-    return make_loader(val_set, datasets.ShardSampler(val_set, info.world_size, info.rank),
-                       int(data_cfg["val_batch_size"]), int(data_cfg["workers"]), info, drop_last=False,
-                       collate=collate_for(config))
+    return make_loader(
+        val_set,
+        datasets.ShardSampler(val_set, info.world_size, info.rank),
+        int(data_cfg["val_batch_size"]),
+        int(data_cfg["workers"]),
+        info,
+        drop_last=False,
+        collate=collate_for(config),
+    )
 
 
 @dataclass
@@ -78,14 +91,24 @@ class TrainLoader:
 def train_loader(config: dict[str, Any], train_set: Any, info: DistInfo) -> TrainLoader:
     """The training loader: shuffled per epoch from the run's seed, sharded over processes, full batches."""
     data_cfg = config["data"]
-    sampler = datasets.SeededSampler(train_set, info.world_size, info.rank, shuffle=True, seed=int(config["seed"]))
-    loader = make_loader(train_set, sampler, int(data_cfg["batch_size"]), int(data_cfg["workers"]), info,
-                         drop_last=True, collate=collate_for(config))
+    sampler = datasets.SeededSampler(
+        train_set, info.world_size, info.rank, shuffle=True, seed=int(config["seed"])
+    )
+    loader = make_loader(
+        train_set,
+        sampler,
+        int(data_cfg["batch_size"]),
+        int(data_cfg["workers"]),
+        info,
+        drop_last=True,
+        collate=collate_for(config),
+    )
     return TrainLoader(loader, sampler)
 
 
-def device_batches(loader: DataLoader, device: torch.device, limit: int | None = None,
-                   bar: Any = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def device_batches(
+    loader: DataLoader, device: torch.device, limit: int | None = None, bar: Any = None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(inputs, targets) of the first ``limit`` batches (None: all), on ``device``.
 
     ``bar`` (a tqdm bar) advances once the caller is done with a batch. The batch after the last one

@@ -14,8 +14,14 @@ from torch import nn
 class SegmentationLoss(nn.Module):
     """Weighted sum of cross-entropy, Dice and Lovasz-softmax, all ignoring ``ignore_index`` pixels."""
 
-    def __init__(self, ce: float = 1.0, dice: float = 0.0, lovasz: float = 0.0, ignore_index: int = 255,
-                 label_smoothing: float = 0.0) -> None:
+    def __init__(
+        self,
+        ce: float = 1.0,
+        dice: float = 0.0,
+        lovasz: float = 0.0,
+        ignore_index: int = 255,
+        label_smoothing: float = 0.0,
+    ) -> None:
         super().__init__()
         if ce <= 0 and dice <= 0 and lovasz <= 0:
             raise ValueError("at least one of loss.ce, loss.dice, loss.lovasz must be positive")
@@ -37,19 +43,28 @@ class SegmentationLoss(nn.Module):
 
 
 @overload
-def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor: ...
+def confusion_matrix(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int
+) -> torch.Tensor: ...
 @overload
-def confusion_matrix(pred: np.ndarray, target: np.ndarray, num_classes: int, ignore_index: int) -> np.ndarray: ...
-def confusion_matrix(pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray, num_classes: int,
-                     ignore_index: int) -> torch.Tensor | np.ndarray:
+def confusion_matrix(
+    pred: np.ndarray, target: np.ndarray, num_classes: int, ignore_index: int
+) -> np.ndarray: ...
+def confusion_matrix(
+    pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray, num_classes: int, ignore_index: int
+) -> torch.Tensor | np.ndarray:
     """int64 [num_classes, num_classes], rows = ground truth, columns = prediction; ignored pixels skipped.
 
     Tensors (any device, the training evaluation) or numpy arrays of any integer type (masks from the
     packed runtime); the result is of the inputs' kind.
     """
     if isinstance(pred, np.ndarray):
-        return confusion_matrix(torch.from_numpy(pred.astype(np.int64)), torch.from_numpy(np.asarray(target, np.int64)),
-                                num_classes, ignore_index).numpy()
+        return confusion_matrix(
+            torch.from_numpy(pred.astype(np.int64)),
+            torch.from_numpy(np.asarray(target, np.int64)),
+            num_classes,
+            ignore_index,
+        ).numpy()
     assert isinstance(target, torch.Tensor)
     keep = target != ignore_index
     index = target[keep].long() * num_classes + pred[keep].long()
@@ -92,8 +107,12 @@ def predict_probs(model: nn.Module, images: torch.Tensor, scales: list[float], f
     size = images.shape[-2:]
     total = None
     for scale in scales:
-        x = images if scale == 1.0 else F.interpolate(
-            images, scale_factor=scale, mode="bilinear", align_corners=False, recompute_scale_factor=False
+        x = (
+            images
+            if scale == 1.0
+            else F.interpolate(
+                images, scale_factor=scale, mode="bilinear", align_corners=False, recompute_scale_factor=False
+            )
         )
         views = [x, x.flip(-1)] if flip else [x]
         for i, view in enumerate(views):

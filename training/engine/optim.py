@@ -16,7 +16,10 @@ def param_groups(model: nn.Module, lr: float, head_lr_mult: float) -> list[dict[
     for name, param in model.named_parameters():
         if param.requires_grad:
             (encoder if name.startswith("encoder.") else head).append(param)
-    groups = [{"params": encoder, "lr": lr, "name": "encoder"}, {"params": head, "lr": lr * head_lr_mult, "name": "head"}]
+    groups = [
+        {"params": encoder, "lr": lr, "name": "encoder"},
+        {"params": head, "lr": lr * head_lr_mult, "name": "head"},
+    ]
     return [g for g in groups if g["params"]]
 
 
@@ -24,7 +27,9 @@ def build_optimizer(model: nn.Module, train: dict[str, Any]) -> torch.optim.Opti
     groups = param_groups(model, float(train["lr"]), float(train["head_lr_mult"]))
     wd = float(train["weight_decay"])
     if train["optimizer"] == "sgd":
-        return torch.optim.SGD(groups, lr=float(train["lr"]), momentum=float(train["momentum"]), weight_decay=wd)
+        return torch.optim.SGD(
+            groups, lr=float(train["lr"]), momentum=float(train["momentum"]), weight_decay=wd
+        )
     if train["optimizer"] == "adamw":
         return torch.optim.AdamW(groups, lr=float(train["lr"]), weight_decay=wd)
     return torch.optim.Adam(groups, lr=float(train["lr"]), weight_decay=wd)

@@ -25,8 +25,13 @@ from .metrics import confusion_matrix, segmentation_scores
 from .runlog import format_seg_report
 
 
-def load_packed_with_config(model_path: str | Path, config_path: str | Path, overrides: Iterable[tuple[str, Any]],
-                            threads: int | None, progress: bool | None) -> tuple[dict[str, Any], Any, bool]:
+def load_packed_with_config(
+    model_path: str | Path,
+    config_path: str | Path,
+    overrides: Iterable[tuple[str, Any]],
+    threads: int | None,
+    progress: bool | None,
+) -> tuple[dict[str, Any], Any, bool]:
     """(config, loaded PackedModel, progress flag) for a packed model scored on a config's data; the
     model's classes must match the config's. ``progress`` None: the config's output.progress."""
     from seg_service.runtime import load_model, set_num_threads
@@ -39,13 +44,20 @@ def load_packed_with_config(model_path: str | Path, config_path: str | Path, ove
     model = load_model(model_path)
     classes = list(config["data"]["classes"])
     if model.num_classes != len(classes):
-        raise InputError(f"{model_path} predicts {model.num_classes} classes but the config lists {len(classes)}")
+        raise InputError(
+            f"{model_path} predicts {model.num_classes} classes but the config lists {len(classes)}"
+        )
     return config, model, progress
 
 
-def evaluate_packed(model_path: str | Path, config_path: str | Path | None, overrides: Iterable[tuple[str, Any]] = (),
-                    output: str | Path | None = None, threads: int | None = None,
-                    progress: bool | None = None) -> dict[str, Any]:
+def evaluate_packed(
+    model_path: str | Path,
+    config_path: str | Path | None,
+    overrides: Iterable[tuple[str, Any]] = (),
+    output: str | Path | None = None,
+    threads: int | None = None,
+    progress: bool | None = None,
+) -> dict[str, Any]:
     """mIoU, per-class IoU, pixel accuracy and per-image latency of a packed model on a config's val split."""
     if config_path is None:
         raise InputError("--config is required with --packed (the packed file holds no data settings)")
@@ -67,9 +79,11 @@ def evaluate_packed(model_path: str | Path, config_path: str | Path | None, over
     scores["images"] = len(val_set)
     scores["median_ms_per_image"] = 1000 * statistics.median(seconds)
     scores["flip"] = flip
-    print(f"{model_path}: {len(val_set)} val images at full size through the packed runtime"
-          f"{' with flip test-time augmentation' if flip else ''}, "
-          f"median {scores['median_ms_per_image']:.1f} ms per image")
+    print(
+        f"{model_path}: {len(val_set)} val images at full size through the packed runtime"
+        f"{' with flip test-time augmentation' if flip else ''}, "
+        f"median {scores['median_ms_per_image']:.1f} ms per image"
+    )
     print(format_seg_report(scores))
     if output:
         Path(output).write_text(json.dumps(scores, indent=2, default=_plain))

@@ -73,8 +73,10 @@ def load_packed_encoder(model: nn.Module, packed: gnpk.PackedFile) -> list[_Fold
 
     def need(name: str) -> np.ndarray:
         if name not in t:
-            raise InputError(f"{packed.path}: no tensor {name!r}; only group-wise Group-Net encoders with one "
-                             "binary conv per branch can be read")
+            raise InputError(
+                f"{packed.path}: no tensor {name!r}; only group-wise Group-Net encoders with one "
+                "binary conv per branch can be read"
+            )
         return t[name]
 
     def binary(conv: nn.Module, bn: nn.BatchNorm2d, prefix: str) -> None:
@@ -82,11 +84,18 @@ def load_packed_encoder(model: nn.Module, packed: gnpk.PackedFile) -> list[_Fold
             raise InputError(f"{prefix}: the model's conv is not a single binary conv")
         signs = sign_weights(need(f"{prefix}.weight"), conv.weight.shape[1])
         if signs.shape != tuple(conv.weight.shape):
-            raise InputError(f"{prefix}: packed weight {signs.shape} does not fit the model's {tuple(conv.weight.shape)}")
+            raise InputError(
+                f"{prefix}: packed weight {signs.shape} does not fit the model's {tuple(conv.weight.shape)}"
+            )
         conv.weight.copy_(torch.from_numpy(signs) * LATENT)
         # The packed multiplier includes the weight scale (LATENT here): mul / LATENT per unit of conv output.
-        folded.append(_Folded(bn, need(f"{prefix}.mul").astype(np.float64) / LATENT,
-                              need(f"{prefix}.bias").astype(np.float64)))
+        folded.append(
+            _Folded(
+                bn,
+                need(f"{prefix}.mul").astype(np.float64) / LATENT,
+                need(f"{prefix}.bias").astype(np.float64),
+            )
+        )
 
     with torch.no_grad():
         stem = need("stem.weight")  # [O, kh, kw, I], BatchNorm folded in
@@ -148,7 +157,9 @@ def calibrate(model: nn.Module, folded: Sequence[_Folded], images: torch.Tensor)
             f.bn.bias.copy_((f.bias + f.mul * mean).float())
 
 
-def calibration_batch(folder: Path, count: int, size: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+def calibration_batch(
+    folder: Path, count: int, size: int, mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
     """``count`` images of ``folder`` (evenly spread over its sorted files), resized to size x size."""
     import cv2
 
@@ -158,13 +169,17 @@ def calibration_batch(folder: Path, count: int, size: int, mean: Sequence[float]
     chosen = [files[i * len(files) // count] for i in range(min(count, len(files)))]
     batch = []
     for path in chosen:
-        rgb = cv2.resize(read_image(path), (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+        rgb = (
+            cv2.resize(read_image(path), (size, size), interpolation=cv2.INTER_AREA).astype(np.float32)
+            / 255.0
+        )
         batch.append((rgb - np.asarray(mean, np.float32)) / np.asarray(std, np.float32))
     return torch.from_numpy(np.stack(batch).transpose(0, 3, 1, 2).copy())
 
 
-def encoder_checkpoint(packed_path: str | Path, images: Path, count: int = 32, size: int = 256,
-                       branches: int | None = None) -> dict[str, Any]:
+def encoder_checkpoint(
+    packed_path: str | Path, images: Path, count: int = 32, size: int = 256, branches: int | None = None
+) -> dict[str, Any]:
     """A training checkpoint whose ``model`` holds the packed file's encoder, calibrated.
 
     ``branches`` < the file's K keeps the first ``branches`` branches of every block (a smaller,
@@ -182,23 +197,36 @@ def encoder_checkpoint(packed_path: str | Path, images: Path, count: int = 32, s
     spec = packed.model["input"]
     calibrate(model, folded, calibration_batch(images, count, size, spec["mean"], spec["std"]))
     state = {k: v for k, v in model.state_dict().items() if k.startswith("encoder.")}
-    return {"format": FORMAT, "version": VERSION, "task": "seg-encoder", "epoch": 0, "model": state,
-            "model_config": cfg, "source": str(packed_path)}
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "task": "seg-encoder",
+        "epoch": 0,
+        "model": state,
+        "model_config": cfg,
+        "source": str(packed_path),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m training.engine.packed_init",
         description="Rebuild the encoder of a packed Group-Net model as a training checkpoint "
-        "(use it with --train.init_from FILE --train.init_scope encoder).")
+        "(use it with --train.init_from FILE --train.init_scope encoder).",
+    )
     parser.add_argument("packed", help="a .gnpk file with a group-wise binary Group-Net encoder")
     parser.add_argument("--out", required=True, help="checkpoint to write (.pt)")
-    parser.add_argument("--images", required=True, type=Path,
-                        help="a folder of real photos for BatchNorm calibration")
+    parser.add_argument(
+        "--images", required=True, type=Path, help="a folder of real photos for BatchNorm calibration"
+    )
     parser.add_argument("--count", type=int, default=32, help="calibration images (default 32)")
     parser.add_argument("--size", type=int, default=256, help="calibration image side (default 256)")
-    parser.add_argument("--branches", type=int, default=None,
-                        help="keep only the first N branches of each block (default: all)")
+    parser.add_argument(
+        "--branches",
+        type=int,
+        default=None,
+        help="keep only the first N branches of each block (default: all)",
+    )
     args = parser.parse_args(argv)
     try:
         ckpt = encoder_checkpoint(args.packed, args.images, args.count, args.size, args.branches)

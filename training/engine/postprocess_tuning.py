@@ -35,7 +35,10 @@ BIASES = tuple(np.round(np.arange(-3.0, 3.0001, 0.125), 3))
 
 def candidate_filters() -> list[dict[str, Any] | None]:
     """None (no filter) and every guided filter of the grid."""
-    grid = [{"radius": r, "eps": e, "subsample": SUBSAMPLE, "clip": c} for r, e, c in itertools.product(RADII, EPS, CLIPS)]
+    grid = [
+        {"radius": r, "eps": e, "subsample": SUBSAMPLE, "clip": c}
+        for r, e, c in itertools.product(RADII, EPS, CLIPS)
+    ]
     return [None, *grid]
 
 
@@ -59,9 +62,16 @@ def _miou(cm: np.ndarray) -> float:
     return float(100 * np.mean(inter[present] / union[present])) if present.any() else 0.0
 
 
-def tune_postprocess(model_path: str | Path, config_path: str | Path | None, overrides: list[tuple[str, Any]],
-                     out: str | Path, threads: int | None = None, limit: int | None = None,
-                     report: str | Path | None = None, progress: bool | None = None) -> dict[str, Any]:
+def tune_postprocess(
+    model_path: str | Path,
+    config_path: str | Path | None,
+    overrides: list[tuple[str, Any]],
+    out: str | Path,
+    threads: int | None = None,
+    limit: int | None = None,
+    report: str | Path | None = None,
+    progress: bool | None = None,
+) -> dict[str, Any]:
     """Grid-search the post-processing on the training split; write the best into ``out``.
 
     Returns the report: every candidate's mIoU on the images used, the chosen spec and the baseline.
@@ -98,9 +108,18 @@ def tune_postprocess(model_path: str | Path, config_path: str | Path | None, ove
                 cms[fi, 0] += confusion_matrix(scores.argmax(axis=2), target, n, ignore)
     rows = []
     for (fi, gf), (bi, bias) in itertools.product(enumerate(filters), enumerate(biases)):
-        rows.append({"guided_filter": gf, "bias": float(bias), "miou": _miou(cms[fi, bi]),
-                     "iou": (np.diag(cms[fi, bi]) / np.maximum(cms[fi, bi].sum(0) + cms[fi, bi].sum(1)
-                                                             - np.diag(cms[fi, bi]), 1) * 100).tolist()})
+        rows.append(
+            {
+                "guided_filter": gf,
+                "bias": float(bias),
+                "miou": _miou(cms[fi, bi]),
+                "iou": (
+                    np.diag(cms[fi, bi])
+                    / np.maximum(cms[fi, bi].sum(0) + cms[fi, bi].sum(1) - np.diag(cms[fi, bi]), 1)
+                    * 100
+                ).tolist(),
+            }
+        )
     baseline = next(r for r in rows if r["guided_filter"] is None and r["bias"] == 0.0)
     best = max(rows, key=lambda r: r["miou"])
     spec: dict[str, Any] = {}
@@ -113,9 +132,17 @@ def tune_postprocess(model_path: str | Path, config_path: str | Path | None, ove
         checksum = repack_model(model_path, out, postprocess=spec or None)
     except (ExportError, OSError) as exc:
         raise InputError(str(exc)) from None
-    result = {"model": str(model_path), "out": str(out), "sha256": checksum, "images": count,
-              "split": data["val_split"], "baseline": baseline, "best": best, "postprocess": spec or None,
-              "candidates": sorted(rows, key=lambda r: -r["miou"])}
+    result = {
+        "model": str(model_path),
+        "out": str(out),
+        "sha256": checksum,
+        "images": count,
+        "split": data["val_split"],
+        "baseline": baseline,
+        "best": best,
+        "postprocess": spec or None,
+        "candidates": sorted(rows, key=lambda r: -r["miou"]),
+    }
     _print_summary(result, classes)
     if report:
         Path(report).write_text(json.dumps(result, indent=2))
@@ -125,7 +152,11 @@ def tune_postprocess(model_path: str | Path, config_path: str | Path | None, ove
 def _print_summary(result: dict[str, Any], classes: list[str]) -> None:
     def describe(row: dict[str, Any]) -> str:
         gf = row["guided_filter"]
-        what = "no filter" if gf is None else f"guided filter r={gf['radius']} eps={gf['eps']:g} clip={gf['clip']:g}"
+        what = (
+            "no filter"
+            if gf is None
+            else f"guided filter r={gf['radius']} eps={gf['eps']:g} clip={gf['clip']:g}"
+        )
         return what + (f", bias {row['bias']:+g}" if row["bias"] else "")
 
     print(f"{result['images']} training images ({result['split']}), mIoU through the packed runtime:")
@@ -134,5 +165,7 @@ def _print_summary(result: dict[str, Any], classes: list[str]) -> None:
     base, best = result["baseline"], result["best"]
     per_class = ", ".join(f"{c} {b:.2f} -> {a:.2f}" for c, b, a in zip(classes, base["iou"], best["iou"]))
     print(f"baseline {base['miou']:.2f} -> chosen {best['miou']:.2f} ({describe(best)}); {per_class}")
-    print(f"wrote {result['out']} (sha256 {result['sha256'][:16]}...) "
-          f"with postprocess {json.dumps(result['postprocess'])}")
+    print(
+        f"wrote {result['out']} (sha256 {result['sha256'][:16]}...) "
+        f"with postprocess {json.dumps(result['postprocess'])}"
+    )

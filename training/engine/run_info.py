@@ -23,8 +23,10 @@ SHOWN = {
 SLOW_IMAGES_PER_SECOND = 1.0
 # Seconds without a finished step before a run says it is still in its first step.
 FIRST_STEP_PATIENCE = 60.0
-CPU_HINT = ("for a CPU, start from the CPU-sized config: --config my_data (half width, K = 2, crop 256), "
-            "or lower data.crop_size, model.k and model.width")
+CPU_HINT = (
+    "for a CPU, start from the CPU-sized config: --config my_data (half width, K = 2, crop 256), "
+    "or lower data.crop_size, model.k and model.width"
+)
 
 
 def _flatten(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -38,8 +40,9 @@ def _flatten(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def resolved_defaults(config: Mapping[str, Any], model_cfg: Mapping[str, Any],
-                      explicit: Iterable[str]) -> dict[str, Any]:
+def resolved_defaults(
+    config: Mapping[str, Any], model_cfg: Mapping[str, Any], explicit: Iterable[str]
+) -> dict[str, Any]:
     """Every setting the run uses that neither the config nor the command line set, with its value."""
     explicit = set(explicit)
     flat = _flatten({k: v for k, v in config.items() if k != "model"})
@@ -47,13 +50,20 @@ def resolved_defaults(config: Mapping[str, Any], model_cfg: Mapping[str, Any],
     return {k: v for k, v in flat.items() if k not in explicit and k not in ("task",)}
 
 
-def describe_settings(config: Mapping[str, Any], model_cfg: Mapping[str, Any], explicit: Iterable[str] | None,
-                      out_dir: Path, device: str) -> str:
+def describe_settings(
+    config: Mapping[str, Any],
+    model_cfg: Mapping[str, Any],
+    explicit: Iterable[str] | None,
+    out_dir: Path,
+    device: str,
+) -> str:
     """Lines printed at the start of a run: the run folder and the cost-deciding settings."""
     explicit = None if explicit is None else set(explicit)
     output = config["output"]
-    lines = [f"run folder {out_dir}/ (output.dir {output['dir']} + output.name {output['name']}): config.yaml, "
-             f"defaults.yaml, last.pt, best.pt, log.csv, summary.json"]
+    lines = [
+        f"run folder {out_dir}/ (output.dir {output['dir']} + output.name {output['name']}): config.yaml, "
+        f"defaults.yaml, last.pt, best.pt, log.csv, summary.json"
+    ]
     mark = "" if explicit is None else " (* = default: not set in the config or on the command line)"
     lines.append(f"settings{mark}:")
     for section, keys in SHOWN.items():
@@ -72,17 +82,22 @@ def describe_settings(config: Mapping[str, Any], model_cfg: Mapping[str, Any], e
     return "\n".join(lines)
 
 
-def write_defaults(path: Path, config: Mapping[str, Any], model_cfg: Mapping[str, Any],
-                   explicit: Iterable[str] | None) -> None:
+def write_defaults(
+    path: Path, config: Mapping[str, Any], model_cfg: Mapping[str, Any], explicit: Iterable[str] | None
+) -> None:
     """defaults.yaml in the run folder: the defaults this run resolved (all settings when unknown)."""
     values = resolved_defaults(config, model_cfg, explicit or ())
-    head = ("# Settings of this run that its config and command line left to the defaults\n"
-            if explicit is not None else "# Settings of this run (resumed from a checkpoint's config)\n")
+    head = (
+        "# Settings of this run that its config and command line left to the defaults\n"
+        if explicit is not None
+        else "# Settings of this run (resumed from a checkpoint's config)\n"
+    )
     path.write_text(head + dump_yaml(values))
 
 
-def slow_start_message(seconds: float, images: int, steps: int, iters: int, epochs_left: int,
-                       device: str) -> str | None:
+def slow_start_message(
+    seconds: float, images: int, steps: int, iters: int, epochs_left: int, device: str
+) -> str | None:
     """A note when a CPU run's first steps are very slow: the measured pace, the epoch and run time it
     implies, and the CPU-sized config; None when the pace is fine (or the run is not on a CPU)."""
     if device != "cpu" or steps < 1 or seconds <= 0:
@@ -91,9 +106,11 @@ def slow_start_message(seconds: float, images: int, steps: int, iters: int, epoc
     if rate >= SLOW_IMAGES_PER_SECOND:
         return None
     per_step = seconds / steps
-    return (f"slow start: {rate:.2f} images/s ({per_step:.1f} s per step) on {cpu_count()} CPUs; one epoch of "
-            f"{iters} steps takes about {format_duration(per_step * iters)}, the run about "
-            f"{format_duration(per_step * iters * epochs_left)}; {CPU_HINT}")
+    return (
+        f"slow start: {rate:.2f} images/s ({per_step:.1f} s per step) on {cpu_count()} CPUs; one epoch of "
+        f"{iters} steps takes about {format_duration(per_step * iters)}, the run about "
+        f"{format_duration(per_step * iters * epochs_left)}; {CPU_HINT}"
+    )
 
 
 class SlowStartWatch:
@@ -101,8 +118,9 @@ class SlowStartWatch:
     FIRST_STEP_PATIENCE seconds (from a timer thread, as the step may take minutes), and after a few
     steps reports a slow pace through slow_start_message. Once per run."""
 
-    def __init__(self, log: Callable[[str], Any], iters: int, epochs_left: int, device: str,
-                 steps_to_measure: int = 3) -> None:
+    def __init__(
+        self, log: Callable[[str], Any], iters: int, epochs_left: int, device: str, steps_to_measure: int = 3
+    ) -> None:
         self.log, self.iters, self.epochs_left, self.device = log, iters, epochs_left, device
         self.steps_to_measure = max(1, min(steps_to_measure, iters))
         self.start = time.perf_counter()
@@ -116,8 +134,10 @@ class SlowStartWatch:
 
     def _still_first_step(self) -> None:
         if self.steps == 0 and not self.done:
-            self.log(f"the first training step is still running after {FIRST_STEP_PATIENCE:.0f} s on "
-                     f"{cpu_count()} CPUs: this network and crop size are heavy for this machine; {CPU_HINT}")
+            self.log(
+                f"the first training step is still running after {FIRST_STEP_PATIENCE:.0f} s on "
+                f"{cpu_count()} CPUs: this network and crop size are heavy for this machine; {CPU_HINT}"
+            )
 
     def step(self, images: int) -> None:
         if self.done:
@@ -125,8 +145,14 @@ class SlowStartWatch:
         self.steps += 1
         self.images += images
         if self.steps >= self.steps_to_measure:
-            message = slow_start_message(time.perf_counter() - self.start, self.images, self.steps, self.iters,
-                                         self.epochs_left, self.device)
+            message = slow_start_message(
+                time.perf_counter() - self.start,
+                self.images,
+                self.steps,
+                self.iters,
+                self.epochs_left,
+                self.device,
+            )
             if message:
                 self.log(message)
             self.close()

@@ -11,8 +11,14 @@ from __future__ import annotations
 import time
 
 
-def fit_epochs_to_budget(seconds_left: float, epochs_done: int, epochs: int, epoch_seconds: float,
-                         val_to_train: float, eval_every: int) -> int:
+def fit_epochs_to_budget(
+    seconds_left: float,
+    epochs_done: int,
+    epochs: int,
+    epoch_seconds: float,
+    val_to_train: float,
+    eval_every: int,
+) -> int:
     """Total epochs that fit in ``seconds_left`` more, from the last epoch's training time.
 
     Validation is a forward pass over the val set every ``eval_every`` epochs; a forward pass costs
@@ -31,8 +37,9 @@ class TimeBudget:
     this run, when resumed).
     """
 
-    def __init__(self, minutes: float | None, elapsed_before: float = 0.0, applied: bool = False,
-                 start_epoch: int = 0) -> None:
+    def __init__(
+        self, minutes: float | None, elapsed_before: float = 0.0, applied: bool = False, start_epoch: int = 0
+    ) -> None:
         self.seconds = 60.0 * float(minutes or 0)
         self.elapsed_before = elapsed_before  # wall time of the run before a resume
         self.applied = applied
@@ -46,12 +53,17 @@ class TimeBudget:
     def due(self, epochs_done: int, epochs: int) -> bool:
         """Whether to decide now: two epochs timed in this process (the first one pays for warm-up),
         or the last planned epoch done."""
-        return bool(self.seconds) and not self.applied and (
-            epochs_done - self.start_epoch >= 2 or epochs_done == epochs)
+        return (
+            bool(self.seconds)
+            and not self.applied
+            and (epochs_done - self.start_epoch >= 2 or epochs_done == epochs)
+        )
 
-    def fit(self, epochs_done: int, epochs: int, epoch_seconds: float, val_to_train: float,
-            eval_every: int) -> int:
+    def fit(
+        self, epochs_done: int, epochs: int, epoch_seconds: float, val_to_train: float, eval_every: int
+    ) -> int:
         """The total epoch count that fits (see fit_epochs_to_budget); marks the budget applied."""
         self.applied = True
-        return fit_epochs_to_budget(self.seconds - self.elapsed(), epochs_done, epochs, epoch_seconds,
-                                    val_to_train, eval_every)
+        return fit_epochs_to_budget(
+            self.seconds - self.elapsed(), epochs_done, epochs, epoch_seconds, val_to_train, eval_every
+        )

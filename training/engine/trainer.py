@@ -54,6 +54,7 @@ def output_dir(config: dict[str, Any]) -> Path:
 
 # --------------------------------------------------------------------------- building blocks
 
+
 @dataclass
 class TrainingParts:
     """What one optimisation step touches."""
@@ -79,8 +80,9 @@ class RunRecord:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def build_model(config: dict[str, Any], model_cfg: dict[str, Any], info: DistInfo, log: Log,
-                init: bool) -> tuple[nn.Module, nn.Module]:
+def build_model(
+    config: dict[str, Any], model_cfg: dict[str, Any], info: DistInfo, log: Log, init: bool
+) -> tuple[nn.Module, nn.Module]:
     """(network on the run's device, the module to train: DDP-wrapped under torchrun); ``init``:
     apply train.init_from (not on resume, where the checkpoint's weights follow)."""
     from ..models import create_model
@@ -97,26 +99,41 @@ def build_model(config: dict[str, Any], model_cfg: dict[str, Any], info: DistInf
     model.to(info.device)
     if not info.distributed:
         return model, model
-    return model, DistributedDataParallel(model, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
+    return model, DistributedDataParallel(
+        model, device_ids=[info.local_rank] if info.device.type == "cuda" else None
+    )
 
 
 def build_criterion(config: dict[str, Any]) -> nn.Module:
     loss_cfg = config["loss"]
     if config["task"] == "seg":
-        return SegmentationLoss(loss_cfg["ce"], loss_cfg["dice"], loss_cfg["lovasz"],
-                                int(config["data"].get("ignore_index", 255)), loss_cfg["label_smoothing"])
+        return SegmentationLoss(
+            loss_cfg["ce"],
+            loss_cfg["dice"],
+            loss_cfg["lovasz"],
+            int(config["data"].get("ignore_index", 255)),
+            loss_cfg["label_smoothing"],
+        )
     return nn.CrossEntropyLoss(label_smoothing=float(loss_cfg["label_smoothing"]))
 
 
-def build_training_parts(config: dict[str, Any], model: nn.Module, ddp_model: nn.Module, iters: int,
-                         info: DistInfo) -> TrainingParts:
+def build_training_parts(
+    config: dict[str, Any], model: nn.Module, ddp_model: nn.Module, iters: int, info: DistInfo
+) -> TrainingParts:
     train_cfg = config["train"]
     optimizer = build_optimizer(model, train_cfg)
     amp = bool(train_cfg["amp"]) and info.device.type == "cuda"
     fp16 = amp and not torch.cuda.is_bf16_supported()  # bfloat16 needs no loss scaling
-    return TrainingParts(model, ddp_model, build_criterion(config), optimizer,
-                         build_scheduler(optimizer, train_cfg, iters), torch.amp.GradScaler("cuda", enabled=fp16),
-                         amp, float(train_cfg["grad_clip"] or 0))
+    return TrainingParts(
+        model,
+        ddp_model,
+        build_criterion(config),
+        optimizer,
+        build_scheduler(optimizer, train_cfg, iters),
+        torch.amp.GradScaler("cuda", enabled=fp16),
+        amp,
+        float(train_cfg["grad_clip"] or 0),
+    )
 
 
 def resume_from(parts: TrainingParts, state: CheckpointState, info: DistInfo) -> RunRecord:
@@ -127,7 +144,9 @@ def resume_from(parts: TrainingParts, state: CheckpointState, info: DistInfo) ->
     if state.scaler:
         parts.scaler.load_state_dict(state.scaler)
     set_rng_state(state.rng[info.rank] if len(state.rng) == info.world_size else state.rng[0])
-    return RunRecord(int(state.epoch), int(state.step), state.best_metric, state.best_epoch, list(state.history))
+    return RunRecord(
+        int(state.epoch), int(state.step), state.best_metric, state.best_epoch, list(state.history)
+    )
 
 
 def _resumed_state(config: dict[str, Any], resume: str | None) -> CheckpointState | None:
@@ -146,9 +165,20 @@ def _resumed_state(config: dict[str, Any], resume: str | None) -> CheckpointStat
 
 # --------------------------------------------------------------------------- one epoch
 
-def train_one_epoch(parts: TrainingParts, data: TrainLoader, info: DistInfo, task: str, ignore_index: int,
-                    epoch: int, epochs: int, iters: int, step: int, bar: tqdm,
-                    watch: SlowStartWatch | None = None) -> dict[str, Any]:
+
+def train_one_epoch(
+    parts: TrainingParts,
+    data: TrainLoader,
+    info: DistInfo,
+    task: str,
+    ignore_index: int,
+    epoch: int,
+    epochs: int,
+    iters: int,
+    step: int,
+    bar: tqdm,
+    watch: SlowStartWatch | None = None,
+) -> dict[str, Any]:
     """``iters`` optimisation steps over ``data``; returns the epoch's log row (summed over processes).
 
     ``step``: steps done before this epoch; ``bar``: the epoch's progress bar, ``watch``: the run's
@@ -163,7 +193,9 @@ def train_one_epoch(parts: TrainingParts, data: TrainLoader, info: DistInfo, tas
             logits = parts.ddp_model(images)
             loss = parts.criterion(logits.float(), targets)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {float(loss)} at epoch {epoch + 1} step {i + 1}; lower train.lr")
+            raise FloatingPointError(
+                f"loss is {float(loss)} at epoch {epoch + 1} step {i + 1}; lower train.lr"
+            )
         parts.optimizer.zero_grad(set_to_none=True)
         parts.scaler.scale(loss).backward()
         if parts.grad_clip:
@@ -210,7 +242,10 @@ def train_one_epoch(parts: TrainingParts, data: TrainLoader, info: DistInfo, tas
 
 # --------------------------------------------------------------------------- the run
 
-def train(config: dict[str, Any], resume: str | None = None, explicit: set[str] | None = None) -> dict[str, Any]:
+
+def train(
+    config: dict[str, Any], resume: str | None = None, explicit: set[str] | None = None
+) -> dict[str, Any]:
     """Run (or resume) the training described by ``config``; returns the summary (rank 0's view).
 
     resume: None, "last" (output_dir/last.pt) or a checkpoint path.
@@ -227,8 +262,9 @@ def train(config: dict[str, Any], resume: str | None = None, explicit: set[str] 
         distributed.cleanup()
 
 
-def _train(config: dict[str, Any], info: DistInfo, resume: str | None, explicit: set[str] | None,
-           scope: RunScope) -> dict[str, Any]:
+def _train(
+    config: dict[str, Any], info: DistInfo, resume: str | None, explicit: set[str] | None, scope: RunScope
+) -> dict[str, Any]:
     task, train_cfg, data_cfg = config["task"], config["train"], config["data"]
     out_dir = output_dir(config)
     resumed = _resumed_state(config, resume)
@@ -276,34 +312,54 @@ def _train(config: dict[str, Any], info: DistInfo, resume: str | None, explicit:
         (out_dir / "config.yaml").write_text(dump_yaml(config))
         write_defaults(out_dir / "defaults.yaml", config, model_cfg, explicit)
     log(describe_settings(config, model_cfg, explicit, out_dir, info.device.type))
-    log(f"{task}: {len(train_set)} train / {len(val_set)} val images, {len(classes)} classes, "
-        f"world size {info.world_size} on {info.device.type}, {iters} steps/epoch -> {out_dir}")
+    log(
+        f"{task}: {len(train_set)} train / {len(val_set)} val images, {len(classes)} classes, "
+        f"world size {info.world_size} on {info.device.type}, {iters} steps/epoch -> {out_dir}"
+    )
 
     epochs = int(train_cfg["epochs"])
     metric_name = METRIC[task]
     ignore = int(data_cfg.get("ignore_index", 255))
     start_epoch = record.epoch
-    budget = TimeBudget(train_cfg["time_budget_minutes"], resumed.elapsed if resumed else 0.0,
-                        bool(resumed and resumed.budget_applied), start_epoch)
+    budget = TimeBudget(
+        train_cfg["time_budget_minutes"],
+        resumed.elapsed if resumed else 0.0,
+        bool(resumed and resumed.budget_applied),
+        start_epoch,
+    )
     save_seconds = 0.0  # the last checkpoint write: an epoch costs its training time plus this
     last_scores: dict[str, Any] = {}
     watch = SlowStartWatch(log, iters, epochs - start_epoch, info.device.type) if info.is_main else None
     while record.epoch < epochs:  # not range(): the time budget may lower `epochs` during the run
         epoch = record.epoch
-        bar = scope.bar(total=iters, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, file=sys.stderr,
-                        dynamic_ncols=True)
-        row = train_one_epoch(parts, train_data, info, task, ignore, epoch, epochs, iters, record.step, bar, watch)
+        bar = scope.bar(
+            total=iters,
+            desc=f"epoch {epoch + 1}/{epochs}",
+            disable=not progress,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
+        row = train_one_epoch(
+            parts, train_data, info, task, ignore, epoch, epochs, iters, record.step, bar, watch
+        )
         record.step = row["step"]
 
         budget_note = ""
         if budget.due(epoch + 1, epochs):
-            fitted = budget.fit(epoch + 1, epochs, row["seconds"] + save_seconds, len(val_set) / len(train_set),
-                                int(config["eval"]["every"]))
+            fitted = budget.fit(
+                epoch + 1,
+                epochs,
+                row["seconds"] + save_seconds,
+                len(val_set) / len(train_set),
+                int(config["eval"]["every"]),
+            )
             epochs = all_gather_objects(fitted, info)[0]  # rank 0 decides, so every rank stops together
             if epochs != int(train_cfg["epochs"]):
                 # Logged after this epoch's line, so it reads as what it is: decided after epoch 2.
-                budget_note = (f"time budget {budget.seconds / 60:g} min: {epochs} epochs instead of "
-                               f"{train_cfg['epochs']} (timed on epoch {epoch + 1})")
+                budget_note = (
+                    f"time budget {budget.seconds / 60:g} min: {epochs} epochs instead of "
+                    f"{train_cfg['epochs']} (timed on epoch {epoch + 1})"
+                )
                 train_cfg["epochs"] = epochs
                 factor = lr_factor_fn(train_cfg, iters)
                 parts.scheduler.lr_lambdas = [factor] * len(parts.scheduler.lr_lambdas)
@@ -314,8 +370,11 @@ def _train(config: dict[str, Any], info: DistInfo, resume: str | None, explicit:
         if epoch + 1 == epochs or (epoch + 1) % int(config["eval"]["every"]) == 0:
             last_scores = evaluate(model, val_data, config, classes, info, parts.amp, progress)
             if task == "seg":
-                row.update(miou=last_scores["miou"], pixel_acc=last_scores["pixel_acc"],
-                           mean_acc=last_scores["mean_acc"])
+                row.update(
+                    miou=last_scores["miou"],
+                    pixel_acc=last_scores["pixel_acc"],
+                    mean_acc=last_scores["mean_acc"],
+                )
             else:
                 row.update(last_scores)
             value = last_scores[metric_name]
@@ -327,17 +386,35 @@ def _train(config: dict[str, Any], info: DistInfo, resume: str | None, explicit:
         rng = all_gather_objects(rng_state(), info)  # collective: every rank takes part
         if info.is_main:
             state = CheckpointState(
-                task=task, model=model_state(model), model_config=model_cfg, config=to_json(config),
-                classes=list(classes), palette=data_cfg.get("palette"), mean=list(data_cfg["mean"]),
-                std=list(data_cfg["std"]), epoch=record.epoch, epochs=epochs, budget_applied=budget.applied,
-                step=record.step, metric_name=metric_name, metrics=without_confusion(last_scores),
-                best_metric=record.best, best_epoch=record.best_epoch, history=record.history,
-                optimizer=parts.optimizer.state_dict(), scheduler=parts.scheduler.state_dict(),
-                scaler=parts.scaler.state_dict(), rng=rng, elapsed=budget.elapsed())
+                task=task,
+                model=model_state(model),
+                model_config=model_cfg,
+                config=to_json(config),
+                classes=list(classes),
+                palette=data_cfg.get("palette"),
+                mean=list(data_cfg["mean"]),
+                std=list(data_cfg["std"]),
+                epoch=record.epoch,
+                epochs=epochs,
+                budget_applied=budget.applied,
+                step=record.step,
+                metric_name=metric_name,
+                metrics=without_confusion(last_scores),
+                best_metric=record.best,
+                best_epoch=record.best_epoch,
+                history=record.history,
+                optimizer=parts.optimizer.state_dict(),
+                scheduler=parts.scheduler.state_dict(),
+                scaler=parts.scaler.state_dict(),
+                rng=rng,
+                elapsed=budget.elapsed(),
+            )
             save_started = time.perf_counter()
             save_run_files(state, out_dir, improved)
             save_seconds = time.perf_counter() - save_started
-        shown = f"  val {METRIC_LABEL[metric_name]} {100 * row[metric_name]:.2f}" if metric_name in row else ""
+        shown = (
+            f"  val {METRIC_LABEL[metric_name]} {100 * row[metric_name]:.2f}" if metric_name in row else ""
+        )
         log(f"epoch {epoch + 1}/{epochs}  loss {row['train_loss']:.4f}{shown}  {row['img_per_s']:.1f} img/s")
         if budget_note:
             log(budget_note)
@@ -361,7 +438,10 @@ def _train(config: dict[str, Any], info: DistInfo, resume: str | None, explicit:
     }
     if info.is_main:
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        print(format_summary(summary, model_cfg, record.history, last_scores if task == "seg" else None), flush=True)
+        print(
+            format_summary(summary, model_cfg, record.history, last_scores if task == "seg" else None),
+            flush=True,
+        )
     return summary
 
 
@@ -380,12 +460,19 @@ def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
 
 
-def format_summary(summary: dict[str, Any], model_cfg: dict[str, Any], history: list[dict[str, Any]],
-                   seg_scores: dict[str, Any] | None) -> str:
+def format_summary(
+    summary: dict[str, Any],
+    model_cfg: dict[str, Any],
+    history: list[dict[str, Any]],
+    seg_scores: dict[str, Any] | None,
+) -> str:
     from ..models import REFERENCE_MODELS, ModelConfig, model_name
 
-    name = (model_cfg["arch"] if model_cfg["arch"] in REFERENCE_MODELS
-            else model_name(ModelConfig.from_dict(model_cfg)))
+    name = (
+        model_cfg["arch"]
+        if model_cfg["arch"] in REFERENCE_MODELS
+        else model_name(ModelConfig.from_dict(model_cfg))
+    )
     out = Path(summary["output_dir"])
     metric = summary["metric"]
     images = sum(r["images"] for r in history)
@@ -401,14 +488,17 @@ def format_summary(summary: dict[str, Any], model_cfg: dict[str, Any], history: 
         f"on {summary['device']}, {images / max(seconds, 1e-9):.1f} img/s in training",
         f"best    {METRIC_LABEL[metric]} {100 * best:.2f} at epoch {summary['best_epoch']} "
         f"-> {out / 'best.pt'}"
-        if best is not None else "best    (no validation run)",
+        if best is not None
+        else "best    (no validation run)",
         f"last    {out / 'last.pt'}",
         f"log     {out / 'log.csv'}",
     ]
     final = summary["final"]
     if summary["task"] == "cls" and final:
-        lines.append(f"final   top-1 {100 * final['top1']:.2f}  top-5 {100 * final['top5']:.2f}  "
-                     f"loss {final['val_loss']:.4f}")
+        lines.append(
+            f"final   top-1 {100 * final['top1']:.2f}  top-5 {100 * final['top5']:.2f}  "
+            f"loss {final['val_loss']:.4f}"
+        )
     if seg_scores:
         lines.append("final validation:")
         lines.append(format_seg_report(seg_scores, show_confusion=False))

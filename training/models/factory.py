@@ -42,7 +42,9 @@ def create_reference_model(arch: str, num_classes: int) -> nn.Module:
     if arch == "lraspp_mobilenet_v3_large":
         from torchvision.models.segmentation import lraspp_mobilenet_v3_large
 
-        return _OutOnly(lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=num_classes))
+        return _OutOnly(
+            lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=num_classes)
+        )
     raise ValueError(f"unknown reference model {arch!r}; choose from {list(REFERENCE_MODELS)}")
 
 

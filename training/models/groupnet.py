@@ -80,8 +80,17 @@ class BottleneckBranch(nn.Module):
 class GroupBlock(nn.Module):
     """K branches of one ResNet block, their aggregation, soft gate and shared shortcut."""
 
-    def __init__(self, convs: ConvFactory, branch_cls: type[nn.Module], cin: int, channels: int,
-                 stride: int, branches: int, aggregation: str, gated: bool) -> None:
+    def __init__(
+        self,
+        convs: ConvFactory,
+        branch_cls: type[nn.Module],
+        cin: int,
+        channels: int,
+        stride: int,
+        branches: int,
+        aggregation: str,
+        gated: bool,
+    ) -> None:
         super().__init__()
         cout = channels * branch_cls.expansion
         self.branches = nn.ModuleList(branch_cls(convs, cin, channels, stride, 1) for _ in range(branches))
@@ -146,8 +155,13 @@ class GroupNetEncoder(nn.Module):
             blocks = []
             for j in range(depth):
                 block = GroupBlock(
-                    convs, branch_cls, cin, channels, stride=2 if (i > 0 and j == 0) else 1,
-                    branches=cfg.branches, aggregation=cfg.aggregation,
+                    convs,
+                    branch_cls,
+                    cin,
+                    channels,
+                    stride=2 if (i > 0 and j == 0) else 1,
+                    branches=cfg.branches,
+                    aggregation=cfg.aggregation,
                     gated=cfg.gates and cfg.branches > 1 and (i, j) != (0, 0),
                 )
                 blocks.append(block)

@@ -25,15 +25,28 @@ class ConvFactory:
 
     def _single(self, cin: int, cout: int, kernel: int, stride: int, dilation: int) -> BinaryConv2d:
         return BinaryConv2d(
-            cin, cout, kernel, stride, dilation,
-            input_quantizer=self.input_quantizer, weight_quantizer=self.weight_quantizer,
+            cin,
+            cout,
+            kernel,
+            stride,
+            dilation,
+            input_quantizer=self.input_quantizer,
+            weight_quantizer=self.weight_quantizer,
         )
 
-    def _ensemble(self, cin: int, cout: int, kernel: int, stride: int, dilation: int, k: int,
-                  reduction: str) -> BinaryConvEnsemble:
+    def _ensemble(
+        self, cin: int, cout: int, kernel: int, stride: int, dilation: int, k: int, reduction: str
+    ) -> BinaryConvEnsemble:
         return BinaryConvEnsemble(
-            cin, cout, kernel, k, stride, dilation, reduction,
-            input_quantizer=self.input_quantizer, weight_quantizer=self.weight_quantizer,
+            cin,
+            cout,
+            kernel,
+            k,
+            stride,
+            dilation,
+            reduction,
+            input_quantizer=self.input_quantizer,
+            weight_quantizer=self.weight_quantizer,
         )
 
     def encoder_conv(self, cin: int, cout: int, kernel: int, stride: int = 1, dilation: int = 1) -> nn.Module:

@@ -20,7 +20,9 @@ class SmpGroupNetEncoder(GroupNetEncoder, EncoderMixin):
     # The list-of-branches state between blocks is not TorchScript-friendly.
     _is_torch_scriptable = False
 
-    def __init__(self, out_channels: list[int], depth: int = 5, output_stride: int = 32, **model_kwargs) -> None:
+    def __init__(
+        self, out_channels: list[int], depth: int = 5, output_stride: int = 32, **model_kwargs
+    ) -> None:
         cfg = ModelConfig(task="seg", output_stride=output_stride, **model_kwargs)
         GroupNetEncoder.__init__(self, cfg)
         self._depth = depth
@@ -43,8 +45,13 @@ class SmpGroupNetEncoder(GroupNetEncoder, EncoderMixin):
             raise ValueError("groupnet encoders take 3 input channels")
 
     def get_stages(self):
-        return {2: [self.conv1, self.bn1], 4: [self.maxpool, self.layer1], 8: [self.layer2],
-                16: [self.layer3], 32: [self.layer4]}
+        return {
+            2: [self.conv1, self.bn1],
+            4: [self.maxpool, self.layer1],
+            8: [self.layer2],
+            16: [self.layer3],
+            32: [self.layer4],
+        }
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:  # type: ignore[override]
         return [x, *GroupNetEncoder.forward(self, x)]

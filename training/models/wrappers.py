@@ -23,7 +23,9 @@ class GroupNetSegmentation(nn.Module):
         self.head = create_head(cfg, self.encoder.feature_channels[-1])
         self.decoder: SkipDecoder | None = None
         if cfg.decoder == "skip":
-            self.decoder = SkipDecoder(cfg, self.head.out_channels, self.encoder.feature_channels[cfg.skip_stage])
+            self.decoder = SkipDecoder(
+                cfg, self.head.out_channels, self.encoder.feature_channels[cfg.skip_stage]
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.encoder(x)

@@ -39,8 +39,12 @@ def _scores(cm: np.ndarray) -> dict[str, float]:
     tn = float(cm[0, 0])
     iou = tp / max(tp + fp + fn, 1.0)
     background = tn / max(tn + fp + fn, 1.0)
-    return {"person_iou": iou, "precision": tp / max(tp + fp, 1.0), "recall": tp / max(tp + fn, 1.0),
-            "miou": (iou + background) / 2}
+    return {
+        "person_iou": iou,
+        "precision": tp / max(tp + fp, 1.0),
+        "recall": tp / max(tp + fn, 1.0),
+        "miou": (iou + background) / 2,
+    }
 
 
 def _confusion(pred: np.ndarray, truth: np.ndarray, ignore: int) -> np.ndarray:
@@ -88,8 +92,9 @@ def _run(command: list[str]) -> str:
     return done.stdout
 
 
-def accuracy(config: str, split: str | None, root: str | None, packed: Sequence[str], python: str | None,
-             threads: int) -> list[dict[str, Any]]:
+def accuracy(
+    config: str, split: str | None, root: str | None, packed: Sequence[str], python: str | None, threads: int
+) -> list[dict[str, Any]]:
     from seg_service.runtime import load_model, set_num_threads
 
     set_num_threads(threads)
@@ -115,8 +120,15 @@ def accuracy(config: str, split: str | None, root: str | None, packed: Sequence[
     return rows
 
 
-def speed(packed: Sequence[str], python: str | None, image: str, size: tuple[int, int], rounds: int,
-          repeats: int, threads: int) -> list[dict[str, Any]]:
+def speed(
+    packed: Sequence[str],
+    python: str | None,
+    image: str,
+    size: tuple[int, int],
+    rounds: int,
+    repeats: int,
+    threads: int,
+) -> list[dict[str, Any]]:
     """Median ms per call, rounds interleaved so every engine sees the same machine load."""
     import time
 
@@ -143,20 +155,42 @@ def speed(packed: Sequence[str], python: str | None, image: str, size: tuple[int
                 times[name].append(1000.0 * (time.perf_counter() - start))
         if python:
             for m in MEDIAPIPE_MODELS:
-                out = _run([python, str(RUNNER), "time", "--model", m, "--image", image,
-                            "--size", f"{size[0]}x{size[1]}", "--repeats", str(repeats)])
+                out = _run(
+                    [
+                        python,
+                        str(RUNNER),
+                        "time",
+                        "--model",
+                        m,
+                        "--image",
+                        image,
+                        "--size",
+                        f"{size[0]}x{size[1]}",
+                        "--repeats",
+                        str(repeats),
+                    ]
+                )
                 times[f"mediapipe selfie {m}"] += json.loads(out)["ms"]
-    return [{"model": name, "median_ms": statistics.median(ms), "calls": len(ms),
-             "round_medians": [statistics.median(ms[r * repeats:(r + 1) * repeats]) for r in range(rounds)]}
-            for name, ms in times.items()]
+    return [
+        {
+            "model": name,
+            "median_ms": statistics.median(ms),
+            "calls": len(ms),
+            "round_medians": [statistics.median(ms[r * repeats : (r + 1) * repeats]) for r in range(rounds)],
+        }
+        for name, ms in times.items()
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.peers.compare",
-                                     description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m training.peers.compare", description=__doc__.split("\n\n")[0]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    for p in (acc := sub.add_parser("accuracy", help="person IoU of each model on a config's val images")), \
-             (spd := sub.add_parser("speed", help="predict latency of each model, side by side")):
+    for p in (
+        (acc := sub.add_parser("accuracy", help="person IoU of each model on a config's val images")),
+        (spd := sub.add_parser("speed", help="predict latency of each model, side by side")),
+    ):
         p.add_argument("--packed", action="append", default=[], help="a .gnpk model (repeatable)")
         p.add_argument("--mediapipe-python", help="python of an environment with mediapipe installed")
         p.add_argument("--threads", type=int, default=2, help="threads for our runtime (default 2)")
@@ -164,27 +198,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     acc.add_argument("--config", required=True, help="a person/background training config (its val split)")
     acc.add_argument("--split", help="override data.val_split (e.g. val_portraits.txt)")
     acc.add_argument("--data-root", help="override data.root")
-    spd.add_argument("--image", default=str(Path(__file__).resolve().parents[2] / "tests/data/ccp/images/0003.jpg"),
-                     help="the photo to time on (resized to --size)")
+    spd.add_argument(
+        "--image",
+        default=str(Path(__file__).resolve().parents[2] / "tests/data/ccp/images/0003.jpg"),
+        help="the photo to time on (resized to --size)",
+    )
     spd.add_argument("--size", default="320x240", help="frame size WxH (default 320x240)")
     spd.add_argument("--rounds", type=int, default=5)
     spd.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args(argv)
     try:
         if args.command == "accuracy":
-            rows = accuracy(args.config, args.split, args.data_root, args.packed, args.mediapipe_python,
-                            args.threads)
+            rows = accuracy(
+                args.config, args.split, args.data_root, args.packed, args.mediapipe_python, args.threads
+            )
             print(f"{'model':<34} {'person IoU':>10} {'precision':>9} {'recall':>7} {'mIoU':>6}  images")
             for r in rows:
-                print(f"{r['model']:<34} {100 * r['person_iou']:10.1f} {100 * r['precision']:9.1f} "
-                      f"{100 * r['recall']:7.1f} {100 * r['miou']:6.1f}  {r['images']}")
+                print(
+                    f"{r['model']:<34} {100 * r['person_iou']:10.1f} {100 * r['precision']:9.1f} "
+                    f"{100 * r['recall']:7.1f} {100 * r['miou']:6.1f}  {r['images']}"
+                )
         else:
             w, h = (int(v) for v in args.size.lower().split("x"))
-            rows = speed(args.packed, args.mediapipe_python, args.image, (w, h), args.rounds, args.repeats,
-                         args.threads)
-            print(f"{'model':<34} {'median ms':>9}  per-round medians   ({args.size}, {args.threads} threads)")
+            rows = speed(
+                args.packed,
+                args.mediapipe_python,
+                args.image,
+                (w, h),
+                args.rounds,
+                args.repeats,
+                args.threads,
+            )
+            print(
+                f"{'model':<34} {'median ms':>9}  per-round medians   ({args.size}, {args.threads} threads)"
+            )
             for r in rows:
-                print(f"{r['model']:<34} {r['median_ms']:9.2f}  " + " ".join(f"{m:.1f}" for m in r["round_medians"]))
+                print(
+                    f"{r['model']:<34} {r['median_ms']:9.2f}  "
+                    + " ".join(f"{m:.1f}" for m in r["round_medians"])
+                )
     except (InputError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -53,8 +53,13 @@ def class_stats(mask: np.ndarray, model: PackedModel, with_rle: bool) -> list[Cl
     counts = class_counts(mask, len(model.classes))
     total = max(int(mask.size), 1)
     return [
-        ClassStats(index=i, name=name, pixels=int(counts[i]), fraction=round(int(counts[i]) / total, 6),
-                   rle=coco_rle(mask == i) if with_rle else None)
+        ClassStats(
+            index=i,
+            name=name,
+            pixels=int(counts[i]),
+            fraction=round(int(counts[i]) / total, 6),
+            rle=coco_rle(mask == i) if with_rle else None,
+        )
         for i, name in enumerate(model.classes)
     ]
 
@@ -69,9 +74,16 @@ MAX_SIDE_FOR_OUTPUT: dict[str, tuple[int | None, str]] = {
 }
 
 
-def _segment_job(data: bytes, model: PackedModel, max_pixels: int, output: str,
-                 with_rle: bool, flip: bool, refine: bool,
-                 foreground: list[str] | None = None) -> tuple[bytes | SegmentResponse, float]:
+def _segment_job(
+    data: bytes,
+    model: PackedModel,
+    max_pixels: int,
+    output: str,
+    with_rle: bool,
+    flip: bool,
+    refine: bool,
+    foreground: list[str] | None = None,
+) -> tuple[bytes | SegmentResponse, float]:
     max_side, what = MAX_SIDE_FOR_OUTPUT[output]
     rgb = imaging.decode_image(data, max_pixels, max_side, what)
     if output in ("alpha", "probability"):
@@ -87,21 +99,28 @@ def _segment_job(data: bytes, model: PackedModel, max_pixels: int, output: str,
         del rgb, mask
         return imaging.encode_jpeg(blended, bgr=True), ms
     h, w = mask.shape
-    return SegmentResponse(width=w, height=h, model=model.name, inference_ms=round(ms, 3),
-                           classes=class_stats(mask, model, with_rle)), ms
+    return SegmentResponse(
+        width=w,
+        height=h,
+        model=model.name,
+        inference_ms=round(ms, 3),
+        classes=class_stats(mask, model, with_rle),
+    ), ms
 
 
 @router.post(
     "/segment",
     response_model=SegmentResponse,
     responses={
-        200: {"content": {"image/png": {}, "image/jpeg": {}},
-              "description": "format=png: 8-bit label mask (pixel = class index) at the original size; "
-                             "format=overlay: JPEG of the image blended with the class colours; "
-                             "format=alpha: 8-bit alpha matte of the foreground class(es) (0 background, "
-                             "255 foreground, soft across edges); format=probability: 8-bit "
-                             "round(255 * P(foreground)); "
-                             "format=json: the statistics below. Header X-Inference-Time-Ms."},
+        200: {
+            "content": {"image/png": {}, "image/jpeg": {}},
+            "description": "format=png: 8-bit label mask (pixel = class index) at the original size; "
+            "format=overlay: JPEG of the image blended with the class colours; "
+            "format=alpha: 8-bit alpha matte of the foreground class(es) (0 background, "
+            "255 foreground, soft across edges); format=probability: 8-bit "
+            "round(255 * P(foreground)); "
+            "format=json: the statistics below. Header X-Inference-Time-Ms.",
+        },
         **ERROR_RESPONSES,
     },
 )
@@ -110,13 +129,21 @@ async def segment(
     service: ServiceDep,
     model: ModelDep,
     file: Annotated[UploadFile, File(description="JPEG, PNG, WebP, BMP or GIF image.")],
-    output: Annotated[OutputFormat, Query(
-        alias="format",
-        description="png (label mask), overlay, json, alpha (soft matte) or probability.")] = "png",
+    output: Annotated[
+        OutputFormat,
+        Query(
+            alias="format", description="png (label mask), overlay, json, alpha (soft matte) or probability."
+        ),
+    ] = "png",
     rle: Annotated[bool, Query(description="format=json: add COCO RLE per class.")] = False,
-    flip: Annotated[bool, Query(description="Test-time augmentation: also run the mirrored image and "
-                                            "average the two (twice the time, usually a little more "
-                                            "accurate).")] = False,
+    flip: Annotated[
+        bool,
+        Query(
+            description="Test-time augmentation: also run the mirrored image and "
+            "average the two (twice the time, usually a little more "
+            "accurate)."
+        ),
+    ] = False,
     refine: RefineQuery = True,
     foreground: Annotated[str | None, Query(description=FOREGROUND_DESCRIPTION)] = None,
 ) -> Response:
@@ -126,14 +153,20 @@ async def segment(
     data = await file.read()
     try:
         result, ms = await service.gate.run_now(
-            _segment_job, data, model, service.settings.max_image_pixels, output, rle, flip, refine, names)
+            _segment_job, data, model, service.settings.max_image_pixels, output, rle, flip, refine, names
+        )
     except Busy as e:
         raise HTTPException(503, str(e), headers={"Retry-After": "1"}) from None
     except imaging.ImageInputError as e:
         raise HTTPException(e.status, e.detail) from None
     service.metrics.observe_inference(model.name, ms / 1e3)
-    request.state.log_extra = {"model": model.name, "inference_ms": round(ms, 2), "format": output, "flip": flip,
-                               "refine": refine}
+    request.state.log_extra = {
+        "model": model.name,
+        "inference_ms": round(ms, 2),
+        "format": output,
+        "flip": flip,
+        "refine": refine,
+    }
     headers = {"X-Inference-Time-Ms": f"{ms:.3f}", "X-Model": model.name}
     if isinstance(result, SegmentResponse):
         return JSONResponse(result.model_dump(exclude_none=True), headers=headers)

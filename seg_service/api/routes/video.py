@@ -34,10 +34,18 @@ class ClientGone(Exception):
     """The client closed its connection: the job stops at the next frame and frees its slot."""
 
 
-def _video_job(upload: IO[bytes], model: PackedModel, settings: Settings, output: str,
-               metrics: Metrics, flip: bool = False, refine: bool = True,
-               cancel: threading.Event | None = None, smooth: bool = True,
-               foreground: list[str] | None = None) -> tuple[bytes | VideoResponse, int, float]:
+def _video_job(
+    upload: IO[bytes],
+    model: PackedModel,
+    settings: Settings,
+    output: str,
+    metrics: Metrics,
+    flip: bool = False,
+    refine: bool = True,
+    cancel: threading.Event | None = None,
+    smooth: bool = True,
+    foreground: list[str] | None = None,
+) -> tuple[bytes | VideoResponse, int, float]:
     with tempfile.TemporaryDirectory(prefix="seg-video-") as tmp:
         src = Path(tmp) / "input"
         with open(src, "wb") as f:
@@ -48,8 +56,19 @@ def _video_job(upload: IO[bytes], model: PackedModel, settings: Settings, output
         _check_frame_count(src, settings, cancel)
         cap = cv2.VideoCapture(str(src), cv2.CAP_FFMPEG)
         try:
-            return _process(cap, Path(tmp) / "overlay.mp4", model, settings, output, metrics, flip, refine,
-                            cancel, smooth, foreground)
+            return _process(
+                cap,
+                Path(tmp) / "overlay.mp4",
+                model,
+                settings,
+                output,
+                metrics,
+                flip,
+                refine,
+                cancel,
+                smooth,
+                foreground,
+            )
         finally:
             cap.release()
 
@@ -74,25 +93,38 @@ def _check_frame_count(src: Path, settings: Settings, cancel: threading.Event | 
         declared = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
         if declared > limit:  # the container's own count: no need to decode anything
             raise imaging.ImageInputError(
-                413, f"video has {declared} frames at {fps:g} fps; the limit is {settings.max_video_frames} "
-                     f"frames and {settings.max_video_seconds:g} s")
+                413,
+                f"video has {declared} frames at {fps:g} fps; the limit is {settings.max_video_frames} "
+                f"frames and {settings.max_video_seconds:g} s",
+            )
         count = 0
         while cap.grab():
             count += 1
             if count > limit:
                 raise imaging.ImageInputError(
-                    413, f"video is longer than the limit of {limit} frames ({settings.max_video_frames} "
-                         f"frames and {settings.max_video_seconds:g} s at {fps:g} fps)")
+                    413,
+                    f"video is longer than the limit of {limit} frames ({settings.max_video_frames} "
+                    f"frames and {settings.max_video_seconds:g} s at {fps:g} fps)",
+                )
             if cancel is not None and cancel.is_set():
                 raise ClientGone()
     finally:
         cap.release()
 
 
-def _process(cap: cv2.VideoCapture, dst: Path, model: PackedModel, settings: Settings, output: str,
-             metrics: Metrics, flip: bool = False, refine: bool = True,
-             cancel: threading.Event | None = None, smooth: bool = True,
-             foreground: list[str] | None = None) -> tuple[bytes | VideoResponse, int, float]:
+def _process(
+    cap: cv2.VideoCapture,
+    dst: Path,
+    model: PackedModel,
+    settings: Settings,
+    output: str,
+    metrics: Metrics,
+    flip: bool = False,
+    refine: bool = True,
+    cancel: threading.Event | None = None,
+    smooth: bool = True,
+    foreground: list[str] | None = None,
+) -> tuple[bytes | VideoResponse, int, float]:
     if not cap.isOpened():
         raise imaging.ImageInputError(415, "not a readable video file")
     max_frames, fps = _frame_limit(cap, settings)
@@ -101,11 +133,14 @@ def _process(cap: cv2.VideoCapture, dst: Path, model: PackedModel, settings: Set
     declared_frames = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
     if width * height > settings.max_image_pixels:
         raise imaging.ImageInputError(
-            413, f"video frames are {width}x{height}, over the limit of {settings.max_image_pixels} pixels")
+            413, f"video frames are {width}x{height}, over the limit of {settings.max_image_pixels} pixels"
+        )
     if declared_frames > max_frames:
         raise imaging.ImageInputError(
-            413, f"video has {declared_frames} frames at {fps:g} fps; the limit is {settings.max_video_frames} "
-                 f"frames and {settings.max_video_seconds:g} s")
+            413,
+            f"video has {declared_frames} frames at {fps:g} fps; the limit is {settings.max_video_frames} "
+            f"frames and {settings.max_video_seconds:g} s",
+        )
     palette = np.asarray(model.palette)
     writer: cv2.VideoWriter | None = None
     frames: list[FrameStats] = []
@@ -121,20 +156,25 @@ def _process(cap: cv2.VideoCapture, dst: Path, model: PackedModel, settings: Set
                 raise ClientGone()
             if len(frames) >= max_frames:
                 # The container under-declared its length: still a hard limit.
-                raise imaging.ImageInputError(
-                    413, f"video is longer than the limit of {max_frames} frames")
+                raise imaging.ImageInputError(413, f"video is longer than the limit of {max_frames} frames")
             rgb = np.ascontiguousarray(bgr[:, :, ::-1])
             mask, ms = frame_mask(model, rgb, flip, refine, kind, foreground, stream)
             total_ms += ms
             metrics.observe_inference(model.name, ms / 1e3)
             metrics.add("frames_processed")
             if output == "json":
-                frames.append(FrameStats(frame=len(frames), inference_ms=round(ms, 3),
-                                         classes=class_stats(mask, model, with_rle=False)))
+                frames.append(
+                    FrameStats(
+                        frame=len(frames),
+                        inference_ms=round(ms, 3),
+                        classes=class_stats(mask, model, with_rle=False),
+                    )
+                )
                 continue
             if writer is None:
-                writer = cv2.VideoWriter(str(dst), cv2.VideoWriter_fourcc(*"mp4v"), fps,
-                                         (rgb.shape[1], rgb.shape[0]))
+                writer = cv2.VideoWriter(
+                    str(dst), cv2.VideoWriter_fourcc(*"mp4v"), fps, (rgb.shape[1], rgb.shape[0])
+                )
                 if not writer.isOpened():
                     raise RuntimeError("cannot open the MP4 writer (OpenCV built without FFmpeg?)")
             if kind == "alpha":  # the matte as a grey picture
@@ -148,8 +188,18 @@ def _process(cap: cv2.VideoCapture, dst: Path, model: PackedModel, settings: Set
     if not frames:
         raise imaging.ImageInputError(415, "no decodable video frames")
     if output == "json":
-        return VideoResponse(model=model.name, width=width, height=height, fps=round(fps, 3),
-                             frames=frames, inference_ms_total=round(total_ms, 3)), len(frames), total_ms
+        return (
+            VideoResponse(
+                model=model.name,
+                width=width,
+                height=height,
+                fps=round(fps, 3),
+                frames=frames,
+                inference_ms_total=round(total_ms, 3),
+            ),
+            len(frames),
+            total_ms,
+        )
     return dst.read_bytes(), len(frames), total_ms
 
 
@@ -167,12 +217,14 @@ async def _watch_disconnect(request: Request, cancel: threading.Event) -> None:
     "/segment/video",
     response_model=VideoResponse,
     responses={
-        200: {"content": {"video/mp4": {}},
-              "description": "format=mp4: the overlay video (MPEG-4 Part 2, same size and frame rate); "
-                             "format=alpha: the foreground's alpha matte as a grey video (same codec, "
-                             "lossy); "
-                             "format=json: per-frame class statistics. Headers X-Frames, "
-                             "X-Inference-Time-Ms (total)."},
+        200: {
+            "content": {"video/mp4": {}},
+            "description": "format=mp4: the overlay video (MPEG-4 Part 2, same size and frame rate); "
+            "format=alpha: the foreground's alpha matte as a grey video (same codec, "
+            "lossy); "
+            "format=json: per-frame class statistics. Headers X-Frames, "
+            "X-Inference-Time-Ms (total).",
+        },
         **ERROR_RESPONSES,
     },
 )
@@ -180,15 +232,29 @@ async def segment_video(
     request: Request,
     service: ServiceDep,
     model: ModelDep,
-    file: Annotated[UploadFile, File(description="A video file (MP4, AVI, WebM, ... anything FFmpeg reads).")],
-    output: Annotated[Literal["mp4", "json", "alpha"], Query(
-        alias="format", description="mp4 (overlay video), json or alpha (matte video).")] = "mp4",
-    flip: Annotated[bool, Query(description="Test-time augmentation on every frame: also run the mirrored "
-                                            "frame and average the two (twice the time).")] = False,
+    file: Annotated[
+        UploadFile, File(description="A video file (MP4, AVI, WebM, ... anything FFmpeg reads).")
+    ],
+    output: Annotated[
+        Literal["mp4", "json", "alpha"],
+        Query(alias="format", description="mp4 (overlay video), json or alpha (matte video)."),
+    ] = "mp4",
+    flip: Annotated[
+        bool,
+        Query(
+            description="Test-time augmentation on every frame: also run the mirrored "
+            "frame and average the two (twice the time)."
+        ),
+    ] = False,
     refine: RefineQuery = True,
-    smooth: Annotated[bool, Query(description="Temporal smoothing over the video's frames (removes "
-                                              "flicker; moving parts follow at once). false: every frame "
-                                              "on its own.")] = True,
+    smooth: Annotated[
+        bool,
+        Query(
+            description="Temporal smoothing over the video's frames (removes "
+            "flicker; moving parts follow at once). false: every frame "
+            "on its own."
+        ),
+    ] = True,
     foreground: Annotated[str | None, Query(description=FOREGROUND_DESCRIPTION)] = None,
 ) -> Response:
     """Segment every frame of an uploaded video. Limits: SEG_MAX_VIDEO_BYTES, SEG_MAX_VIDEO_FRAMES,
@@ -198,8 +264,18 @@ async def segment_video(
     watcher = asyncio.create_task(_watch_disconnect(request, cancel))
     try:
         result, n_frames, total_ms = await service.gate.run_now(
-            _video_job, file.file, model, service.settings, output, service.metrics, flip, refine, cancel,
-            smooth, names)
+            _video_job,
+            file.file,
+            model,
+            service.settings,
+            output,
+            service.metrics,
+            flip,
+            refine,
+            cancel,
+            smooth,
+            names,
+        )
     except Busy as e:
         raise HTTPException(503, str(e), headers={"Retry-After": "1"}) from None
     except imaging.ImageInputError as e:

@@ -41,8 +41,16 @@ def close_reason(text: str, limit: int = 123) -> str:
 SETTINGS_KEYS = {"model", "format", "flip", "refine", "smooth", "foreground"}
 
 
-def _frame_job(data: bytes, model: PackedModel, max_pixels: int, flip: bool, refine: bool, output: str,
-               foreground: list[str] | None, stream: StreamState) -> tuple[bytes, int, int, float]:
+def _frame_job(
+    data: bytes,
+    model: PackedModel,
+    max_pixels: int,
+    flip: bool,
+    refine: bool,
+    output: str,
+    foreground: list[str] | None,
+    stream: StreamState,
+) -> tuple[bytes, int, int, float]:
     rgb = imaging.decode_image(data, max_pixels, imaging.PNG_MAX_SIDE, "the PNG mask")
     mask, ms = frame_mask(model, rgb, flip, refine, MASK_FORMATS[output], foreground, stream)
     del rgb
@@ -89,13 +97,14 @@ class _Session:
 
     async def apply_settings(self, text: str) -> None:
         if len(text) > MAX_SETTINGS_CHARS:
-            await self.send_error(f"settings message too long: {len(text)} characters, the limit is "
-                                  f"{MAX_SETTINGS_CHARS}")
+            await self.send_error(
+                f"settings message too long: {len(text)} characters, the limit is {MAX_SETTINGS_CHARS}"
+            )
             return
         try:
             request = json.loads(text)
         except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
-            await self.send_error("text messages must be JSON like {\"model\": \"person\", \"format\": \"png\"}")
+            await self.send_error('text messages must be JSON like {"model": "person", "format": "png"}')
             return
         if not isinstance(request, dict):
             await self.send_error("settings message must be a JSON object")
@@ -134,8 +143,9 @@ class _Session:
             if model is None:
                 return f"unknown model {request['model']!r}; keeping {self.model.name!r}"
         try:
-            foreground = (parse_foreground(request["foreground"]) if "foreground" in request
-                          else self.foreground)
+            foreground = (
+                parse_foreground(request["foreground"]) if "foreground" in request else self.foreground
+            )
             if request.get("format", self.output) != "png":
                 resolve_foreground(model.classes, foreground)
         except ValueError as e:
@@ -154,8 +164,16 @@ class _Session:
             model, output, foreground = self.model, self.output, self.foreground
             try:
                 png, width, height, ms = await self.service.gate.run_when_free(
-                    _frame_job, data, model, settings.max_image_pixels, self.flip, self.refine, output,
-                    foreground, self.stream)
+                    _frame_job,
+                    data,
+                    model,
+                    settings.max_image_pixels,
+                    self.flip,
+                    self.refine,
+                    output,
+                    foreground,
+                    self.stream,
+                )
             except imaging.ImageInputError as e:
                 await self.send_error(e.detail, frame=index)
                 continue
@@ -165,18 +183,32 @@ class _Session:
             self.processed += 1
             self.service.metrics.add("frames_processed")
             self.service.metrics.observe_inference(model.name, ms / 1e3)
-            result = WsResult(frame=index, width=width, height=height, model=model.name,
-                              inference_ms=round(ms, 3), dropped=self.dropped, format=output,
-                              smoothed=self.stream.smooth)
+            result = WsResult(
+                frame=index,
+                width=width,
+                height=height,
+                model=model.name,
+                inference_ms=round(ms, 3),
+                dropped=self.dropped,
+                format=output,
+                smoothed=self.stream.smooth,
+            )
             async with self.send_lock:
                 await self.ws.send_text(result.model_dump_json())
                 await self.ws.send_bytes(png)
 
 
 @router.websocket("/ws/segment")
-async def ws_segment(websocket: WebSocket, model: str | None = None, api_key: str | None = None,
-                     flip: bool = False, refine: bool = True, smooth: bool = True,
-                     format: str = "png", foreground: str | None = None) -> None:
+async def ws_segment(
+    websocket: WebSocket,
+    model: str | None = None,
+    api_key: str | None = None,
+    flip: bool = False,
+    refine: bool = True,
+    smooth: bool = True,
+    format: str = "png",
+    foreground: str | None = None,
+) -> None:
     """Query: `model` (default: the server's), `api_key` (browsers cannot set headers on a WebSocket;
     the X-API-Key header works too), `flip`, `refine`, `smooth`, `format` and `foreground` (the starting
     values of those settings; docs/service.md)."""
@@ -190,14 +222,19 @@ async def ws_segment(websocket: WebSocket, model: str | None = None, api_key: st
         return
     chosen = service.registry.get(model)
     if chosen is None:
-        detail = (f"unknown model {model!r}" if model is not None
-                  else f"default model {service.registry.default_name!r} is not loaded")
+        detail = (
+            f"unknown model {model!r}"
+            if model is not None
+            else f"default model {service.registry.default_name!r} is not loaded"
+        )
         await websocket.send_text(WsError(detail=detail).model_dump_json())
         await websocket.close(CLOSE_POLICY_VIOLATION, close_reason(detail))
         return
 
     if service.websockets >= service.settings.max_websockets:
-        detail = f"server busy: {service.settings.max_websockets} WebSocket sessions already open, retry later"
+        detail = (
+            f"server busy: {service.settings.max_websockets} WebSocket sessions already open, retry later"
+        )
         await websocket.send_text(WsError(detail=detail).model_dump_json())
         await websocket.close(CLOSE_TRY_AGAIN_LATER, close_reason(detail))
         return
@@ -239,10 +276,17 @@ async def ws_segment(websocket: WebSocket, model: str | None = None, api_key: st
                     await task
         service.metrics.add("ws_connections", -1)
         service.websockets -= 1
-        websocket.state.log_extra = {"model": session.model.name, "frames_received": session.received,
-                                     "frames_processed": session.processed, "frames_dropped": session.dropped,
-                                     "format": session.output, "smooth": session.stream.smooth}
-        if websocket.application_state == WebSocketState.CONNECTED and \
-                websocket.client_state == WebSocketState.CONNECTED:
+        websocket.state.log_extra = {
+            "model": session.model.name,
+            "frames_received": session.received,
+            "frames_processed": session.processed,
+            "frames_dropped": session.dropped,
+            "format": session.output,
+            "smooth": session.stream.smooth,
+        }
+        if (
+            websocket.application_state == WebSocketState.CONNECTED
+            and websocket.client_state == WebSocketState.CONNECTED
+        ):
             with contextlib.suppress(Exception):
                 await websocket.close(close_code)
