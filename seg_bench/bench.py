@@ -103,6 +103,9 @@ def environment(threads: int) -> dict[str, Any]:
         "logical_cores": os.cpu_count(),
         "isa": kernels.isa(),
         "available_isas": kernels.available_isas(),
+        # the binary kernels' popcount method and how it was chosen (fixed, calibrated or forced)
+        "popcount": kernels.dispatch_info()["popcount"],
+        "popcount_source": kernels.dispatch_info()["popcount_source"],
         "threads": threads,
         "kernel_threads": kernels.get_num_threads(),
         "torch_threads": torch.get_num_threads(),
@@ -404,7 +407,8 @@ def format_report(env: dict[str, Any], result: dict[str, Any]) -> str:
     lines = [
         f"CPU: {env['cpu']} ({', '.join(env['cpu_flags']) or 'no AVX flags'}; "
         f"{env['logical_cores']} logical cores)",
-        f"ISA path: {env['isa']} (available: {', '.join(env['available_isas'])}); threads: kernels "
+        f"ISA path: {env['isa']} (available: {', '.join(env['available_isas'])}), popcount "
+        f"{env['popcount']} ({env['popcount_source']}); threads: kernels "
         f"{env['kernel_threads']}, torch {env['torch_threads']}",
         "load average (1, 5, 15 min) at start: " + ", ".join(f"{v:.2f}" for v in env["load_average_start"]),
         f"model: {result['model']}  packed file {result['packed_file_mb']:.2f} MB, "
@@ -576,7 +580,7 @@ def _postprocess_part(args: argparse.Namespace, parser: argparse.ArgumentParser)
     print(
         f"PackedModel.predict on a photo, {args.threads} thread(s), "
         f"{args.repeats} interleaved pairs, medians; "
-        f"CPU {env['cpu']}, ISA {env['isa']}"
+        f"CPU {env['cpu']}, ISA {env['isa']}, popcount {env['popcount']}"
     )
     print("| size | with it ms | without ms | ratio | paired difference ms |")
     print("|---|---:|---:|---:|---:|")

@@ -44,7 +44,10 @@ def test_seg_bench_tiny_run(tmp_path, capsys):
         torch.set_num_threads(torch_threads)
     printed = capsys.readouterr().out
     assert "ISA path: " + kernels.isa() in printed and "CPU: " in printed
+    # the popcount method the binary kernels use, and how it was chosen
+    assert f"popcount {kernels.dispatch_info()['popcount']} (" in printed
     report = json.loads(out.read_text())
+    assert report["environment"]["popcount"] == kernels.dispatch_info()["popcount"]
     assert report["environment"]["threads"] == 1 and report["environment"]["kernel_threads"] == 1
     sizes = report["model"]["sizes"]
     assert [(s["width"], s["height"]) for s in sizes] == [(64, 48), (80, 72)]
