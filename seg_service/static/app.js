@@ -151,7 +151,12 @@ function openSocket() {
     setStatus("status", "Streaming.");
     pump();
   };
-  ws.onmessage = (event) => onMessage(event.data);
+  // One message at a time: a mask's rendering awaits its decode, and the next answer closes the
+  // bitmaps of the frames before it; handled concurrently, it could close the frame being drawn.
+  let handled = Promise.resolve();
+  ws.onmessage = (event) => {
+    handled = handled.then(() => onMessage(event.data)).catch((err) => setStatus("status", String(err), true));
+  };
   ws.onclose = (event) => {
     if (state.ws === ws && state.stream) {
       setStatus("status", `Connection closed (code ${event.code}${event.reason ? ": " + event.reason : ""}).`,

@@ -175,7 +175,8 @@ def test_person_model_refines_its_masks_by_default_over_http_and_websocket(shipp
 
 @pytest.mark.slow
 def test_video_upload_follows_refine(shipped_server):
-    """POST /segment/video: every frame's class counts are the runtime's, with and without refine."""
+    """POST /segment/video: every frame's class counts are the runtime's, with and without refine
+    (smoothing off: a video upload smooths across frames by default, which per-frame predicts do not)."""
     import cv2
     from service.helpers import VIDEO
 
@@ -190,7 +191,7 @@ def test_video_upload_follows_refine(shipped_server):
     for refine in (True, False):
         r = httpx.post(
             f"{shipped_server.url}/segment/video",
-            params={"format": "json", "refine": str(refine).lower()},
+            params={"format": "json", "refine": str(refine).lower(), "smooth": "false"},
             files={"file": ("v.mp4", VIDEO.read_bytes())},
             timeout=300,
         )
