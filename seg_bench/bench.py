@@ -211,11 +211,14 @@ def run_model_benchmark(
     packed_files: Sequence[str | Path] = (),
     seed: int = 0,
     log: Callable[[str], None] | None = None,
+    mediapipe_python: str | None = None,
 ) -> dict[str, Any]:
     """Latency, file size and peak memory of every engine at every size (see the module docstring).
 
     ``packed_files``: extra packed models (the shipped defaults) timed on the runtime; missing files
-    are listed under ``notes`` and skipped.
+    are listed under ``notes`` and skipped. ``mediapipe_python``: the Python of an environment with
+    ``mediapipe`` installed; MediaPipe's two selfie segmenters are then timed at each size in a
+    subprocess of it (after our engines, in the same run) and added as rows, without peak memory.
     """
     log = log or (lambda message: None)
     torch.set_num_threads(threads)
@@ -325,10 +328,45 @@ def run_model_benchmark(
                     row["memory"] = measure_peak_memory(
                         _probe_spec(row["engine"], cfg, packed_path, shipped, (h, w), threads)
                     )
+            if mediapipe_python:
+                log(f"model: timing MediaPipe at {w}x{h}")
+                rows += mediapipe_rows(mediapipe_python, x, repeats, base, Path(tmp.name))
             result["sizes"].append(entry)
         return result
     finally:
         tmp.cleanup()
+
+
+def mediapipe_rows(
+    python: str, x: np.ndarray, repeats: int, runtime_seconds: float, workdir: Path
+) -> list[dict[str, Any]]:
+    """Rows of MediaPipe's selfie segmenters on a frame of ``x``'s size, timed by
+    ``training.peers.mediapipe_runner`` in ``python``'s environment (MediaPipe pins its own numpy)."""
+    import cv2
+
+    from training.peers.compare import MEDIAPIPE_MODELS, RUNNER, run_subprocess
+
+    h, w = x.shape[:2]
+    frame = workdir / f"frame_{w}x{h}.png"
+    pixels = np.clip(x * 40.0 + 128.0, 0, 255).astype(np.uint8)  # the timed input, as an image
+    cv2.imwrite(str(frame), pixels)
+    rows = []
+    for model in MEDIAPIPE_MODELS:
+        command = [python, str(RUNNER), "time", "--model", model, "--image", str(frame)]
+        out = json.loads(run_subprocess(command + ["--size", f"{w}x{h}", "--repeats", str(repeats)]))
+        ms = out["ms"]
+        rows.append(
+            {
+                "engine": f"mediapipe_{model}",
+                "label": f"MediaPipe selfie {model}, whole process() call (TFLite)",
+                "median_ms": statistics.median(ms),
+                "min_ms": min(ms),
+                "repeats": len(ms),
+                "vs_runtime": statistics.median(ms) / 1e3 / runtime_seconds,
+                "file_mb": (out.get("file_bytes") or 0) / 1e6,
+            }
+        )
+    return rows
 
 
 def _probe_spec(
@@ -479,6 +517,14 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-stride", type=int, default=8, choices=(8, 16, 32))
     parser.add_argument("--num-classes", type=int, default=21)
     parser.add_argument("--verbose", action="store_true", help="print progress")
+    parser.add_argument(
+        "--mediapipe-python",
+        metavar="PYTHON",
+        default=os.environ.get("MEDIAPIPE_PYTHON"),
+        help="Python of an environment with mediapipe installed (python -m venv mp && mp/bin/pip "
+        "install mediapipe==0.10.21): adds MediaPipe's two selfie segmenters as rows, timed in a "
+        "subprocess of it (default: $MEDIAPIPE_PYTHON; none when unset)",
+    )
 
 
 def _model_part(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any]:
@@ -512,6 +558,7 @@ def _model_part(args: argparse.Namespace, parser: argparse.ArgumentParser) -> di
         memory=not (args.quick or args.no_memory),
         packed_files=packed,
         log=log,
+        mediapipe_python=args.mediapipe_python,
     )
     env = environment(args.threads)
     env["load_average_start"] = load_start

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 
@@ -13,7 +15,8 @@ from seg_service import kernels  # noqa: E402
 
 
 @pytest.mark.slow
-def test_seg_bench_tiny_run(tmp_path, capsys):
+def test_seg_bench_tiny_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MEDIAPIPE_PYTHON", raising=False)  # only our engines' rows here
     out = tmp_path / "bench.json"
     argv = [
         "model",
@@ -63,3 +66,34 @@ def test_parse_size_errors():
     assert parse_size("320x240") == (240, 320)
     with pytest.raises(Exception, match="WIDTHxHEIGHT"):
         parse_size("320")
+
+
+MEDIAPIPE_PYTHON = os.environ.get("MEDIAPIPE_PYTHON")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not (MEDIAPIPE_PYTHON and Path(MEDIAPIPE_PYTHON).is_file()),
+    reason="MEDIAPIPE_PYTHON (a Python with mediapipe installed, in its own venv) is not set",
+)
+def test_seg_bench_model_adds_mediapipe_rows(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    argv = ["model", "--k", "2", "--width", "0.25", "--head", "fcn", "--output-stride", "32"]
+    argv += ["--sizes", "320x240", "--repeats", "3", "--threads", "1", "--no-reference", "--no-memory"]
+    argv += ["--no-profile", "--packed", "--mediapipe-python", str(MEDIAPIPE_PYTHON), "--json", str(out)]
+    threads, torch_threads = kernels.get_num_threads(), torch.get_num_threads()
+    try:
+        assert main(argv) == 0
+    finally:
+        kernels.set_num_threads(threads)
+        torch.set_num_threads(torch_threads)
+    printed = capsys.readouterr().out
+    assert "MediaPipe selfie general, whole process() call" in printed
+    assert "MediaPipe selfie landscape" in printed
+    rows = {r["engine"]: r for r in json.loads(out.read_text())["model"]["sizes"][0]["rows"]}
+    assert set(rows) == {"runtime", "pytorch", "mediapipe_general", "mediapipe_landscape"}
+    for engine in ("mediapipe_general", "mediapipe_landscape"):
+        row = rows[engine]
+        assert row["repeats"] == 3 and 0 < row["min_ms"] <= row["median_ms"]
+        assert 0.1 < row["file_mb"] < 1.0  # the .tflite files are about 0.25 MB
+        assert row["vs_runtime"] == pytest.approx(row["median_ms"] / rows["runtime"]["median_ms"], rel=1e-6)

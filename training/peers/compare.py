@@ -76,7 +76,8 @@ def mediapipe_masks(python: str, model: str, files: Sequence[str], workdir: Path
     listing = workdir / "files.txt"
     listing.write_text("\n".join(files))
     out = workdir / model
-    _run([python, str(RUNNER), "masks", "--model", model, "--list", str(listing), "--out", str(out)])
+    command = [python, str(RUNNER), "masks", "--model", model, "--list", str(listing), "--out", str(out)]
+    run_subprocess(command)
     masks = [cv2.imread(str(out / f"{i}.png"), cv2.IMREAD_GRAYSCALE) for i in range(len(files))]
     unread = [i for i, mask in enumerate(masks) if mask is None]
     if unread:
@@ -84,7 +85,7 @@ def mediapipe_masks(python: str, model: str, files: Sequence[str], workdir: Path
     return [mask for mask in masks if mask is not None]
 
 
-def _run(command: list[str]) -> str:
+def run_subprocess(command: list[str]) -> str:
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         lines = (done.stderr or done.stdout).strip().splitlines() or ["(no output)"]
@@ -155,7 +156,7 @@ def speed(
                 times[name].append(1000.0 * (time.perf_counter() - start))
         if python:
             for m in MEDIAPIPE_MODELS:
-                out = _run(
+                out = run_subprocess(
                     [
                         python,
                         str(RUNNER),

@@ -3,7 +3,8 @@
     python mediapipe_runner.py masks --model general|landscape --list FILES.txt --out DIR
         writes DIR/<i>.png: 0/1 person mask (confidence >= 0.5) of the i-th listed image, at its size
     python mediapipe_runner.py time --model general|landscape --image F --size 320x240 --repeats N
-        prints {"ms": [...]}: the time of each process() call on that frame
+        prints {"ms": [...], "file_bytes": N}: the time of each process() call on that frame and the
+        size of the model's .tflite file
 
 Requires ``pip install mediapipe`` (0.10.21 ships both selfie models as .tflite in the wheel).
 """
@@ -17,6 +18,8 @@ import time
 from pathlib import Path
 
 MODELS = {"general": 0, "landscape": 1}
+# The .tflite file behind each model_selection, in the wheel's modules/selfie_segmentation folder
+TFLITE_FILES = {"general": "selfie_segmentation.tflite", "landscape": "selfie_segmentation_landscape.tflite"}
 
 
 def _segmenter(model: str):
@@ -32,6 +35,13 @@ def _read_rgb(path: str):
     if bgr is None:
         raise SystemExit(f"error: cannot read image {path}")
     return bgr[:, :, ::-1].copy()
+
+
+def model_file_bytes(model: str) -> int | None:
+    import mediapipe as mp
+
+    path = Path(mp.__file__).parent / "modules" / "selfie_segmentation" / TFLITE_FILES[model]
+    return path.stat().st_size if path.is_file() else None
 
 
 def masks(model: str, files: list[str], out: Path) -> None:
@@ -76,7 +86,8 @@ def main() -> int:
         masks(args.model, Path(args.list).read_text().splitlines(), args.out)
     else:
         w, h = (int(v) for v in args.size.lower().split("x"))
-        json.dump({"ms": timing(args.model, args.image, (w, h), args.repeats)}, sys.stdout)
+        ms = timing(args.model, args.image, (w, h), args.repeats)
+        json.dump({"ms": ms, "file_bytes": model_file_bytes(args.model)}, sys.stdout)
     return 0
 
 
