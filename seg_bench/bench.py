@@ -344,7 +344,7 @@ def mediapipe_rows(
     ``training.peers.mediapipe_runner`` in ``python``'s environment (MediaPipe pins its own numpy)."""
     import cv2
 
-    from training.peers.compare import MEDIAPIPE_MODELS, RUNNER, run_subprocess
+    from training.peers.compare import MEDIAPIPE_MODELS, mediapipe_timing
 
     h, w = x.shape[:2]
     frame = workdir / f"frame_{w}x{h}.png"
@@ -352,8 +352,7 @@ def mediapipe_rows(
     cv2.imwrite(str(frame), pixels)
     rows = []
     for model in MEDIAPIPE_MODELS:
-        command = [python, str(RUNNER), "time", "--model", model, "--image", str(frame)]
-        out = json.loads(run_subprocess(command + ["--size", f"{w}x{h}", "--repeats", str(repeats)]))
+        out = mediapipe_timing(python, model, str(frame), (w, h), repeats)
         ms = out["ms"]
         rows.append(
             {

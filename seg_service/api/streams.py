@@ -13,8 +13,7 @@ from typing import Literal
 
 import numpy as np
 
-from seg_service import kernels
-from seg_service.runtime import PackedModel, resize_nearest
+from seg_service.runtime import PackedModel
 from seg_service.runtime.softmask import resolve_foreground, soft_mask
 from seg_service.runtime.temporal import TemporalSmoother
 
@@ -88,10 +87,8 @@ def frame_mask(
             if stream is not None
             else model.processed_scores(rgb, flip=flip, refine=refine)[0]
         )
-        if kind == "labels":  # as predict: argmax at the processed size, nearest-neighbour resize
-            mask = kernels.argmax_channels(np.ascontiguousarray(scores))
-            if mask.shape != rgb.shape[:2]:
-                mask = resize_nearest(mask, rgb.shape[0], rgb.shape[1])
+        if kind == "labels":
+            mask = model.labels_from_scores(scores, rgb.shape[0], rgb.shape[1])
         else:
             mask = soft_mask(scores, indices, kind, rgb.shape[:2])
     return mask, (time.perf_counter() - start) * 1e3

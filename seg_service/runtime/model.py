@@ -204,10 +204,15 @@ class PackedModel:
         ``flip``: test-time augmentation with the mirrored image (twice the time, usually a little
         more accurate; see predict_logits). ``refine=False`` skips the model's stored post-processing
         (edge-aware guided filter, decision bias) and returns the plain argmax of the logits."""
-        logits = self._logits_processed(rgb, flip, refine)
-        mask = kernels.argmax_channels(logits)
-        if mask.shape != rgb.shape[:2]:
-            mask = resize_nearest(mask, rgb.shape[0], rgb.shape[1])
+        return self.labels_from_scores(self._logits_processed(rgb, flip, refine), rgb.shape[0], rgb.shape[1])
+
+    @staticmethod
+    def labels_from_scores(scores: np.ndarray, height: int, width: int) -> np.ndarray:
+        """Label mask u8 [height, width] from scores f32 [h, w, classes] at the processed size: the
+        per-pixel argmax, resized by nearest neighbour (what ``predict`` returns for its scores)."""
+        mask = kernels.argmax_channels(np.ascontiguousarray(scores))
+        if mask.shape != (height, width):
+            mask = resize_nearest(mask, height, width)
         return mask
 
 

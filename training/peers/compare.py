@@ -93,6 +93,15 @@ def run_subprocess(command: list[str]) -> str:
     return done.stdout
 
 
+def mediapipe_timing(
+    python: str, model: str, image: str, size: tuple[int, int], repeats: int
+) -> dict[str, Any]:
+    """``repeats`` timed ``process()`` calls of a MediaPipe selfie model on ``image`` resized to
+    ``size`` (W, H), in ``python``'s environment: {"ms": [...], "file_bytes": .tflite size or None}."""
+    command = [python, str(RUNNER), "time", "--model", model, "--image", image]
+    return json.loads(run_subprocess(command + ["--size", f"{size[0]}x{size[1]}", "--repeats", str(repeats)]))
+
+
 def accuracy(
     config: str, split: str | None, root: str | None, packed: Sequence[str], python: str | None, threads: int
 ) -> list[dict[str, Any]]:
@@ -156,22 +165,7 @@ def speed(
                 times[name].append(1000.0 * (time.perf_counter() - start))
         if python:
             for m in MEDIAPIPE_MODELS:
-                out = run_subprocess(
-                    [
-                        python,
-                        str(RUNNER),
-                        "time",
-                        "--model",
-                        m,
-                        "--image",
-                        image,
-                        "--size",
-                        f"{size[0]}x{size[1]}",
-                        "--repeats",
-                        str(repeats),
-                    ]
-                )
-                times[f"mediapipe selfie {m}"] += json.loads(out)["ms"]
+                times[f"mediapipe selfie {m}"] += mediapipe_timing(python, m, image, size, repeats)["ms"]
     return [
         {
             "model": name,
