@@ -28,6 +28,7 @@ from client.transport import (
     SegResult,
     ServerError,
     Streamer,
+    TransportName,
     inference_options,
 )
 
@@ -44,7 +45,7 @@ class ClientConfig:
     source: SourceSpec
     server: str = "http://127.0.0.1:8000"
     api_key: str | None = None
-    transport: str = "ws"
+    transport: TransportName = "ws"
     model: str | None = None
     flip: bool = False  # the server's mirrored second pass (twice the time per frame)
     refine: bool = True  # the model's stored post-processing

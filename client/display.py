@@ -84,7 +84,7 @@ class VideoFileSink:
             )
         if not self.path.parent.exists():
             raise DisplayError(f"cannot write {self.path}: folder {self.path.parent} does not exist")
-        self.fourcc = cv2.VideoWriter_fourcc(*FOURCC_BY_SUFFIX[suffix])
+        self.fourcc = cv2.VideoWriter.fourcc(*FOURCC_BY_SUFFIX[suffix])
         self.fps = fps
         self._writer: cv2.VideoWriter | None = None
         self._size: tuple[int, int] | None = None

@@ -145,7 +145,7 @@ def overlay(
     palette = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
     # A 256-entry table: any label value indexes it directly (labels past the palette take its last colour).
     colours = palette[np.minimum(np.arange(256), len(palette) - 1)]
-    painted = colours.any(axis=1)
+    painted = np.any(colours, axis=1)
     weight = int(round(alpha * 256))
     height, width = mask.shape
     out = np.empty((height, width, 3), dtype=np.uint8)

@@ -15,12 +15,12 @@ class HealthResponse(BaseModel):
 
 class ReadyResponse(BaseModel):
     ready: bool
-    reason: str | None = Field(None, description="Why the server is not ready (absent when it is).")
+    reason: str | None = Field(default=None, description="Why the server is not ready (absent when it is).")
     # The details below are left out (null) when the server has an API key and the request lacks it.
     default_model: str | None = None
     models: list[str] | None = None
     refused: list[str] | None = Field(
-        None,
+        default=None,
         description="Model files refused at start-up, with the reason (file names only, never server paths).",
     )
 
@@ -33,7 +33,7 @@ class ModelInfo(BaseModel):
     file_size: int = Field(description="Bytes.")
     checksum: str = Field(description="SHA-256 over the tensors, as stored in the file.")
     postprocess: dict | None = Field(
-        None,
+        default=None,
         description="Post-processing stored with the model and applied "
         "unless refine=false: guided_filter (radius, eps, subsample, clip) and/or "
         "logit_bias; null when the model has none.",
@@ -104,11 +104,13 @@ class WsResult(BaseModel):
     inference_ms: float
     dropped: int
     format: str = Field(
-        "png",
+        default="png",
         description="What the binary message holds: png (label mask), alpha or "
         "probability (8-bit soft mask of the foreground).",
     )
-    smoothed: bool = Field(False, description="The stream's temporal smoothing was on for this frame.")
+    smoothed: bool = Field(
+        default=False, description="The stream's temporal smoothing was on for this frame."
+    )
 
 
 class WsError(BaseModel):

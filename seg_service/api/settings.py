@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 _REPO_WEIGHTS = Path(__file__).resolve().parents[2] / "weights"
 
@@ -49,7 +50,7 @@ class Settings:
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
-        values: dict[str, object] = {}
+        values: dict[str, Any] = {}  # field name -> value of that field's type (_parse)
         for f in fields(cls):
             raw = env.get("SEG_" + f.name.upper())
             if raw is None or raw == "":

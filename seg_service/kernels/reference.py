@@ -139,6 +139,7 @@ def lincomb_group(inputs: list[np.ndarray], program: list[list[tuple[int, float]
             x = inputs[source] if source < len(inputs) else outputs[source - len(inputs)]
             term = np.float32(coeff) * np.asarray(x, dtype=np.float32)
             out = term if out is None else out + term
+        assert out is not None, "lincomb_group: an output with no terms"
         outputs.append(out)
     return outputs
 
@@ -155,6 +156,7 @@ def maxpool2d(x: np.ndarray, kernel: int, stride: int, padding: int = 0) -> np.n
         for j in range(kernel):
             tap = xp[i : i + (ho - 1) * stride + 1 : stride, j : j + (wo - 1) * stride + 1 : stride]
             out = tap.copy() if out is None else np.maximum(out, tap)
+    assert out is not None, "maxpool2d: kernel must be >= 1"
     return out
 
 
@@ -184,6 +186,7 @@ def _resize_axis(x: np.ndarray, idx: np.ndarray, weights: np.ndarray, axis: int)
         shape[axis] = -1
         term = np.take(x, idx[:, k], axis=axis) * weights[:, k].reshape(shape)
         out = term if out is None else out + term
+    assert out is not None, "_resize_axis: no taps"
     return out
 
 

@@ -247,6 +247,7 @@ def conv1x1_of_concat(
             if i == 0:
                 np.matmul(rows, w_part, out=dst)
             else:
+                assert product is not None  # allocated whenever there is more than one part
                 np.matmul(rows, w_part, out=product)
                 dst += product
         _add_bias_relu(dst, constant, relu)

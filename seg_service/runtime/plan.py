@@ -73,7 +73,6 @@ class Step:
         self.reads = tuple(reads)  # float values it reads
         self.writes = tuple(writes)  # values it writes
         self.label = label  # the value named in a profile
-        self.binary_in: str | None = None  # the value a binary conv binarises
         self.reads_bits: tuple[str, ...] = ()  # values it reads as sign bits
         self.packs: tuple[str, ...] = ()  # values whose sign bits it writes
         self.frees: tuple[str, ...] = ()  # values and sign bits to drop after it (their last reader)
@@ -131,7 +130,7 @@ class BinaryConvStep(Step):
             indices[0], indices, () if residual is None else (residual,), (last["out"],), last["out"]
         )
         self.op = first
-        self.binary_in = first["in"]
+        self.binary_in: str = first["in"]  # the value it binarises
         self.residual = residual
         self.bases = [
             (prepared(op), tensors[op["mul"]], tensors[op["bias"]], op["relu_before"], op["relu_after"])

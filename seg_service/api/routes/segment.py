@@ -12,7 +12,7 @@ from seg_service.api import imaging
 from seg_service.api.deps import ModelDep, RefineQuery, ServiceDep, require_api_key
 from seg_service.api.inference import Busy, timed_predict
 from seg_service.api.masks import class_counts, coco_rle
-from seg_service.api.schemas import ClassStats, ErrorResponse, SegmentResponse
+from seg_service.api.schemas import RLE, ClassStats, ErrorResponse, SegmentResponse
 from seg_service.api.streams import FOREGROUND_DESCRIPTION, MASK_FORMATS, frame_mask, parse_foreground
 from seg_service.runtime import PackedModel
 from seg_service.runtime.softmask import resolve_foreground
@@ -58,7 +58,7 @@ def class_stats(mask: np.ndarray, model: PackedModel, with_rle: bool) -> list[Cl
             name=name,
             pixels=int(counts[i]),
             fraction=round(int(counts[i]) / total, 6),
-            rle=coco_rle(mask == i) if with_rle else None,
+            rle=RLE.model_validate(coco_rle(mask == i)) if with_rle else None,
         )
         for i, name in enumerate(model.classes)
     ]

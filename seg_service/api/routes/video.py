@@ -21,7 +21,7 @@ from seg_service.api.metrics import Metrics
 from seg_service.api.routes.segment import ERROR_RESPONSES, check_foreground, class_stats
 from seg_service.api.schemas import FrameStats, VideoResponse
 from seg_service.api.settings import Settings
-from seg_service.api.streams import FOREGROUND_DESCRIPTION, StreamState, frame_mask
+from seg_service.api.streams import FOREGROUND_DESCRIPTION, MaskKind, StreamState, frame_mask
 from seg_service.runtime import PackedModel
 
 router = APIRouter(tags=["segment"], dependencies=[Depends(require_api_key)])
@@ -146,7 +146,7 @@ def _process(
     frames: list[FrameStats] = []
     total_ms = 0.0
     stream = StreamState(smooth)  # this video's own temporal smoothing
-    kind = "alpha" if output == "alpha" else "labels"
+    kind: MaskKind = "alpha" if output == "alpha" else "labels"
     try:
         while True:
             ok, bgr = cap.read()
@@ -173,7 +173,7 @@ def _process(
                 continue
             if writer is None:
                 writer = cv2.VideoWriter(
-                    str(dst), cv2.VideoWriter_fourcc(*"mp4v"), fps, (rgb.shape[1], rgb.shape[0])
+                    str(dst), cv2.VideoWriter.fourcc(*"mp4v"), fps, (rgb.shape[1], rgb.shape[0])
                 )
                 if not writer.isOpened():
                     raise RuntimeError("cannot open the MP4 writer (OpenCV built without FFmpeg?)")

@@ -118,7 +118,9 @@ class _Session:
             await self.send_error(detail)
             return
         if "model" in request:
-            self.model = self.service.registry.get(request["model"])
+            chosen = self.service.registry.get(request["model"])
+            assert chosen is not None  # check_settings found it
+            self.model = chosen
         for key in ("flip", "refine"):
             if key in request:
                 setattr(self, key, request[key])
@@ -139,9 +141,10 @@ class _Session:
                 return f"{key} must be true or false, got {request[key]!r}"
         model = self.model
         if "model" in request:
-            model = self.service.registry.get(request["model"]) if isinstance(request["model"], str) else None
-            if model is None:
+            named = self.service.registry.get(request["model"]) if isinstance(request["model"], str) else None
+            if named is None:
                 return f"unknown model {request['model']!r}; keeping {self.model.name!r}"
+            model = named
         try:
             foreground = (
                 parse_foreground(request["foreground"]) if "foreground" in request else self.foreground
@@ -241,10 +244,10 @@ async def ws_segment(
 
     session = _Session(websocket, service, chosen)
     starting = {"format": format, "foreground": foreground} if foreground is not None else {"format": format}
-    detail = session.check_settings(starting)
-    if detail is not None:
-        await websocket.send_text(WsError(detail=detail).model_dump_json())
-        await websocket.close(CLOSE_POLICY_VIOLATION, close_reason(detail))
+    problem = session.check_settings(starting)
+    if problem is not None:
+        await websocket.send_text(WsError(detail=problem).model_dump_json())
+        await websocket.close(CLOSE_POLICY_VIOLATION, close_reason(problem))
         return
     session.flip, session.refine, session.output = flip, refine, format
     session.foreground = parse_foreground(foreground)
