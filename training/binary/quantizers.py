@@ -96,7 +96,7 @@ class ScaledSign(WeightQuantizer):
     def scale(weight: torch.Tensor) -> torch.Tensor:
         return weight.detach().abs().mean(dim=tuple(range(1, weight.dim())), keepdim=True)
 
-    def factorize(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def factorize(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(sign weights with a straight-through gradient, per-output-channel scale).
 
         Convolving with the +-1 weights and scaling the output afterwards keeps the dot products

@@ -60,7 +60,7 @@ class ImageFolderDataset(Dataset):
     def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
         index, seed = item if isinstance(item, tuple) else (item, None)
         path, target = self.samples[index]
-        image = read_image(path)
+        image: np.ndarray | torch.Tensor = read_image(path)
         if self.transform is not None:
             if seed is not None and hasattr(self.transform, "set_random_seed"):
                 self.transform.set_random_seed(seed)

@@ -71,8 +71,9 @@ def _read_class_file(path: Path) -> list[str]:
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read class list {path}: {exc.__class__.__name__}") from None
     lines = [line for line in lines if line and not line.startswith("#")]
-    indexed = [_INDEXED.match(line) for line in lines]
-    if lines and all(indexed):
+    matches = [_INDEXED.match(line) for line in lines]
+    indexed = [m for m in matches if m is not None]
+    if lines and len(indexed) == len(lines):
         numbers = [int(m.group(1)) for m in indexed]
         if numbers != list(range(len(numbers))):
             raise InputError(f"class list {path}: the indices before the names must be 0, 1, 2, ... in order")
@@ -110,13 +111,13 @@ def select_range(split: str, stems: Sequence[str], what: str) -> list[str] | Non
     ordered = sorted(stems)
     percent = _PERCENT.match(split)
     if percent:
-        lo, hi = (float(v) for v in percent.groups())
-        if not 0 <= lo <= hi <= 100:
+        first, last = (float(v) for v in percent.groups())
+        if not 0 <= first <= last <= 100:
             raise InputError(
                 f"split {split!r} for {what}: percentages must satisfy 0 <= first <= last <= 100"
             )
         n = len(ordered)
-        return ordered[math.floor(n * lo / 100 + 1e-9) : math.floor(n * hi / 100 + 1e-9)]
+        return ordered[math.floor(n * first / 100 + 1e-9) : math.floor(n * last / 100 + 1e-9)]
     available = set(stems)
     if split in available:
         return [split]

@@ -65,6 +65,8 @@ class SegmentationDataset(Dataset):
 
     def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         index, seed = item if isinstance(item, tuple) else (item, None)
+        image: np.ndarray | torch.Tensor
+        mask: np.ndarray | torch.Tensor
         image, mask = self.load(index)
         if self.mix is not None and seed is not None:
             image, mask = self.mix(image, mask, np.random.default_rng([seed, 1]), self.load, len(self))
@@ -109,9 +111,9 @@ def select_stems(stems: Sequence[str], split: Any, root: Path, what: str) -> lis
         if missing:
             raise InputError(f"{list_file} lists {missing[0]!r}, which has no image in {what}")
         return wanted
-    chosen = select_range(split, stems, what)
-    if chosen is not None:
-        return chosen
+    ranged = select_range(split, stems, what)
+    if ranged is not None:
+        return ranged
     raise InputError(f"split {split!r} for {what} is not {RANGE_FORMS}")
 
 
