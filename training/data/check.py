@@ -38,11 +38,14 @@ class SplitStats:
     pixels: np.ndarray = field(init=False)  # int64[num_classes]
     ignored: int = 0
     images_with: np.ndarray = field(init=False)  # int64[num_classes]
+    # labelled pixels of the images that hold each class: SegNet's median-frequency denominator
+    pixels_in_images_with: np.ndarray = field(init=False)  # int64[num_classes]
     sizes: set[tuple[int, int]] = field(default_factory=set)  # (width, height)
 
     def __post_init__(self) -> None:
         self.pixels = np.zeros(self.num_classes, dtype=np.int64)
         self.images_with = np.zeros(self.num_classes, dtype=np.int64)
+        self.pixels_in_images_with = np.zeros(self.num_classes, dtype=np.int64)
 
 
 @dataclass
@@ -67,6 +70,7 @@ class DataReport:
                     "pixels": s.pixels.tolist(),
                     "ignored_pixels": s.ignored,
                     "images_with_class": s.images_with.tolist(),
+                    "median_frequency_weights": median_frequency_weights(s).tolist(),
                     "sizes": sorted(s.sizes),
                 }
                 for name, s in self.splits.items()
@@ -152,7 +156,9 @@ def check_pairs(
                     problems_at[(s, i)] = problems
                 if counts is not None:
                     split.pixels += counts[:num_classes]
-                    split.images_with += counts[:num_classes] > 0
+                    present = counts[:num_classes] > 0
+                    split.images_with += present
+                    split.pixels_in_images_with += present * int(counts[:num_classes].sum())
                     split.ignored += int(counts[ignore_index]) if 0 <= ignore_index < 256 else 0
                     split.sizes.add(size)
                 bar.update()
@@ -238,6 +244,19 @@ def format_report(report: DataReport, max_problems: int | None = None) -> str:
     else:
         lines.append("no problems found")
     return "\n".join(lines)
+
+
+def median_frequency_weights(split: SplitStats) -> np.ndarray:
+    """SegNet's class weights (Eigen & Fergus): ``median(f) / f_c``, where ``f_c`` is the class's pixels
+    over the labelled pixels of the images that hold it. Rare, thin classes get weights above 1, the
+    common ones below; a class no mask holds gets 0 (there is nothing to weight). float64[num_classes]."""
+    present = split.pixels > 0
+    weights = np.zeros(split.num_classes, dtype=np.float64)
+    if not present.any():
+        return weights
+    freq = split.pixels[present] / split.pixels_in_images_with[present]
+    weights[present] = np.median(freq) / freq
+    return weights
 
 
 def balance_notes(report: DataReport) -> list[str]:

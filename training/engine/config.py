@@ -98,7 +98,9 @@ SEG_DEFAULTS: dict[str, Any] = {
         # to what fits, so a poly schedule still ends at zero; null trains train.epochs.
         "time_budget_minutes": None,
     },
-    "loss": {"ce": 1.0, "dice": 0.0, "lovasz": 0.0, "label_smoothing": 0.0},
+    # class_weights (cross-entropy only): null, "median_frequency" (SegNet's, from the training
+    # masks) or one number per class
+    "loss": {"ce": 1.0, "dice": 0.0, "lovasz": 0.0, "label_smoothing": 0.0, "class_weights": None},
     "eval": {
         "every": 1,  # epochs between validations
         "max_batches": None,  # cap on validation batches (smoke runs)
@@ -398,6 +400,17 @@ def _check_values(config: dict[str, Any]) -> None:
             raise ConfigError(f"data.ignore_index must be in 0..255, got {data['ignore_index']}")
         if data["ignore_index"] < len(data["classes"]):
             raise ConfigError(f"data.ignore_index {data['ignore_index']} collides with a class index")
+        weights = config["loss"].get("class_weights")
+        if weights is not None and weights != "median_frequency":
+            if not (
+                isinstance(weights, list)
+                and len(weights) == len(data["classes"])
+                and all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in weights)
+            ):
+                raise ConfigError(
+                    f"loss.class_weights must be null, median_frequency or {len(data['classes'])} "
+                    f"non-negative numbers (one per class), got {weights!r}"
+                )
     choices = {
         "train.optimizer": ("adam", "sgd", "adamw"),
         "train.schedule": ("poly", "step", "constant"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, overload
 
 import numpy as np
@@ -12,7 +13,12 @@ from torch import nn
 
 
 class SegmentationLoss(nn.Module):
-    """Weighted sum of cross-entropy, Dice and Lovasz-softmax, all ignoring ``ignore_index`` pixels."""
+    """Weighted sum of cross-entropy, Dice and Lovasz-softmax, all ignoring ``ignore_index`` pixels.
+
+    ``class_weights`` (one per class) weight the cross-entropy only: the class-balanced loss of SegNet
+    (median-frequency weights) that lets thin, rare classes count; Dice and Lovasz already average
+    over classes.
+    """
 
     def __init__(
         self,
@@ -21,12 +27,16 @@ class SegmentationLoss(nn.Module):
         lovasz: float = 0.0,
         ignore_index: int = 255,
         label_smoothing: float = 0.0,
+        class_weights: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         if ce <= 0 and dice <= 0 and lovasz <= 0:
             raise ValueError("at least one of loss.ce, loss.dice, loss.lovasz must be positive")
         self.weights = {"ce": ce, "dice": dice, "lovasz": lovasz}
-        self.ce = nn.CrossEntropyLoss(ignore_index=ignore_index, label_smoothing=label_smoothing)
+        weight = None if class_weights is None else torch.tensor(list(class_weights), dtype=torch.float32)
+        self.ce = nn.CrossEntropyLoss(
+            weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing
+        )
         self.dice = smp.losses.DiceLoss("multiclass", ignore_index=ignore_index) if dice > 0 else None
         self.lovasz = smp.losses.LovaszLoss("multiclass", ignore_index=ignore_index) if lovasz > 0 else None
 

@@ -104,7 +104,34 @@ def build_model(
     )
 
 
-def build_criterion(config: dict[str, Any]) -> nn.Module:
+def resolve_class_weights(config: dict[str, Any], train_set: Any, log: Log) -> list[float] | None:
+    """loss.class_weights as numbers: ``median_frequency`` is computed from the training masks (each
+    read once; the same masks give the same weights, so a resumed run gets the same loss)."""
+    weights = config["loss"].get("class_weights")
+    if weights != "median_frequency":
+        return None if weights is None else [float(w) for w in weights]
+    from ..data.check import check_pairs, median_frequency_weights
+
+    if not (hasattr(train_set, "pairs") and hasattr(train_set, "label_map")):
+        raise InputError(
+            "loss.class_weights median_frequency needs a training set of image/mask files; "
+            "give the weights as a list instead"
+        )
+    classes = list(config["data"]["classes"])
+    report = check_pairs(
+        {"train": train_set.pairs},
+        train_set.label_map,
+        classes,
+        int(config["data"]["ignore_index"]),
+        None,
+        bool(config["output"]["progress"]),
+    )
+    values = [round(float(w), 4) for w in median_frequency_weights(report.splits["train"])]
+    log("class weights (median frequency): " + ", ".join(f"{c} {w:.2f}" for c, w in zip(classes, values)))
+    return values
+
+
+def build_criterion(config: dict[str, Any], class_weights: list[float] | None = None) -> nn.Module:
     loss_cfg = config["loss"]
     if config["task"] == "seg":
         return SegmentationLoss(
@@ -113,12 +140,18 @@ def build_criterion(config: dict[str, Any]) -> nn.Module:
             loss_cfg["lovasz"],
             int(config["data"].get("ignore_index", 255)),
             loss_cfg["label_smoothing"],
+            class_weights,
         )
     return nn.CrossEntropyLoss(label_smoothing=float(loss_cfg["label_smoothing"]))
 
 
 def build_training_parts(
-    config: dict[str, Any], model: nn.Module, ddp_model: nn.Module, iters: int, info: DistInfo
+    config: dict[str, Any],
+    model: nn.Module,
+    ddp_model: nn.Module,
+    iters: int,
+    info: DistInfo,
+    class_weights: list[float] | None = None,
 ) -> TrainingParts:
     train_cfg = config["train"]
     optimizer = build_optimizer(model, train_cfg)
@@ -127,7 +160,7 @@ def build_training_parts(
     return TrainingParts(
         model,
         ddp_model,
-        build_criterion(config),
+        build_criterion(config, class_weights).to(info.device),
         optimizer,
         build_scheduler(optimizer, train_cfg, iters),
         torch.amp.GradScaler("cuda", enabled=fp16),
@@ -301,7 +334,8 @@ def _train(
     iters = len(train_data.loader)
     if train_cfg["steps_per_epoch"]:
         iters = min(iters, int(train_cfg["steps_per_epoch"]))
-    parts = build_training_parts(config, model, ddp_model, iters, info)
+    class_weights = resolve_class_weights(config, train_set, log) if task == "seg" else None
+    parts = build_training_parts(config, model, ddp_model, iters, info, class_weights)
     record = RunRecord()
     if resumed is not None:
         record = resume_from(parts, resumed, info)

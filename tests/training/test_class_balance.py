@@ -1,0 +1,197 @@
+"""Thin and rare classes: SegNet's median-frequency class weights (``loss.class_weights``) and the
+per-class decision biases that ``train-seg tune-postprocess`` fits for models of more than two classes.
+Real CamVid frames and masks from tests/data/camvid; the shipped camvid model for the tuning run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from train_helpers import REPO, TEST_DATA, quiet
+
+from seg_service.runtime import load_model
+from training.cli import train_seg_main
+from training.data import read_image, read_mask
+from training.data.check import check_pairs, median_frequency_weights
+from training.data.labels import build_label_map
+from training.data.segmentation import folder_pairs
+from training.engine.config import ConfigError, load_config
+from training.engine.metrics import SegmentationLoss, confusion_matrix
+from training.engine.postprocess_tuning import BIASES, _class_bias_confusions, fit_class_biases
+
+CAMVID = TEST_DATA / "camvid"
+CAMVID_CLASSES = "sky,building,pole,road,pavement,tree,signsymbol,fence,car,pedestrian,bicyclist"
+VOID = 11
+
+
+def camvid_overrides() -> list[tuple[str, object]]:
+    return [
+        ("data.layout", "folder"),
+        ("data.root", str(CAMVID)),
+        ("data.train_split", "all"),
+        ("data.val_split", "all"),
+    ]
+
+
+# --------------------------------------------------------------------------- median-frequency weights
+
+
+def test_median_frequency_weights_follow_segnets_definition():
+    """freq_c = pixels of c / labelled pixels of the images holding c; weight = median(freq) / freq_c,
+    recomputed here from the masks by hand."""
+    pairs = folder_pairs(CAMVID, "all")
+    table = build_label_map(11, 255, None, (VOID,))
+    report = check_pairs({"train": pairs}, table, CAMVID_CLASSES.split(","), 255, 1, False)
+    weights = median_frequency_weights(report.splits["train"])
+
+    pixels, denominators = np.zeros(11), np.zeros(11)
+    for _, mask_path in pairs:
+        mask = read_mask(mask_path)
+        labelled = mask[mask != VOID]
+        counts = np.bincount(labelled, minlength=11)[:11]
+        pixels += counts
+        denominators += (counts > 0) * labelled.size
+    present = pixels > 0
+    freq = pixels[present] / denominators[present]
+    expected = np.zeros(11)
+    expected[present] = np.median(freq) / freq
+    np.testing.assert_allclose(weights, expected, rtol=1e-12)
+    names = CAMVID_CLASSES.split(",")
+    # the thin classes are weighted up, road and sky down
+    assert weights[names.index("pole")] > 1 > weights[names.index("road")]
+    assert weights[names.index("sky")] < 1
+    assert json.loads(json.dumps(report.to_dict()))["splits"]["train"]["median_frequency_weights"][0] == (
+        pytest.approx(weights[0])
+    )
+
+
+def test_weighted_loss_is_torchs_weighted_cross_entropy():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 8, 8)
+    target = torch.randint(0, 4, (2, 8, 8))
+    target[0, 0, :3] = 255
+    weights = [0.5, 2.0, 1.0, 4.0]
+    loss = SegmentationLoss(ce=1.0, class_weights=weights)(logits, target)
+    expected = F.cross_entropy(logits, target, weight=torch.tensor(weights), ignore_index=255)
+    assert torch.allclose(loss, expected)
+    plain = SegmentationLoss(ce=1.0)(logits, target)
+    assert not torch.allclose(loss, plain)
+
+
+@pytest.mark.parametrize("bad", ["inverse", [1.0, 2.0, 3.0], [1.0, -1.0], [True, 1.0]])
+def test_bad_class_weights_are_one_line_config_errors(bad):
+    with pytest.raises(ConfigError, match="loss.class_weights must be"):
+        load_config("seg", REPO / "training/configs/smoke_seg.yaml", [("loss.class_weights", bad)])
+
+
+def test_training_with_median_frequency_weights_logs_and_uses_them(tmp_path, capsys):
+    classes = CAMVID_CLASSES
+    code = train_seg_main(
+        [
+            "--config",
+            "smoke_seg",
+            *[f"--{key}={value}" for key, value in camvid_overrides()],
+            "--data.classes",
+            classes,
+            "--data.remap",
+            "null",
+            "--data.void_labels",
+            f"[{VOID}]",
+            "--train.epochs",
+            "1",
+            "--loss.class_weights",
+            "median_frequency",
+            *quiet(tmp_path),
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr()
+    line = next(
+        x for x in (out.out + out.err).splitlines() if x.startswith("class weights (median frequency)")
+    )
+    logged = {
+        name: float(value) for name, value in (part.split() for part in line.split(": ", 1)[1].split(", "))
+    }
+    assert list(logged) == classes.split(",")
+    assert logged["pole"] > 1 > logged["road"]
+
+
+# --------------------------------------------------------------------------- per-class decision biases
+
+
+def test_one_pass_bias_confusions_equal_the_argmax_for_every_grid_value():
+    rng = np.random.default_rng(0)
+    n, pixels = 5, 4000
+    scores = rng.normal(size=(pixels, n)).astype(np.float32)
+    target = rng.integers(0, n, pixels)
+    bias = rng.normal(size=n) * 0.3
+    grid = np.asarray(BIASES)
+    for cls in range(n):
+        cms = _class_bias_confusions(scores, target, bias, cls, grid)
+        for k in range(len(grid)):
+            trial = bias.copy()
+            trial[cls] = grid[k]
+            expected = confusion_matrix((scores + trial.astype(np.float32)).argmax(1), target, n, -1)
+            np.testing.assert_array_equal(cms[k], expected)
+
+
+def test_fitted_biases_recover_a_class_the_scores_hold_back():
+    """Class 2 is the truth on 5 % of pixels but its score is pulled down by 1.5: without a bias it
+    almost never wins; the fit gives it back about +1.5 and a higher mIoU."""
+    rng = np.random.default_rng(1)
+    n, pixels = 4, 40000
+    target = rng.choice(n, size=pixels, p=[0.45, 0.3, 0.05, 0.2])
+    scores = rng.normal(scale=0.5, size=(pixels, n)).astype(np.float32)
+    scores[np.arange(pixels), target] += 1.0
+    scores[:, 2] -= 1.5
+    before = confusion_matrix(scores.argmax(1), target, n, -1)
+    bias, cm = fit_class_biases(scores, target)
+    relative = bias[2] - np.median(np.delete(bias, 2))
+    assert 1.0 <= relative <= 2.0
+    np.testing.assert_array_equal(
+        cm, confusion_matrix((scores + bias.astype(np.float32)).argmax(1), target, n, -1)
+    )
+    iou = lambda c: np.diag(c) / (c.sum(0) + c.sum(1) - np.diag(c))  # noqa: E731
+    assert iou(cm).mean() > iou(before).mean() + 0.05
+    assert iou(cm)[2] > iou(before)[2] + 0.3
+
+
+def test_tuning_a_multiclass_model_writes_class_biases_scored_by_the_runtime(tmp_path):
+    """The shipped camvid model tuned on the six CamVid frames of tests/data: if biases are chosen,
+    the written file's own predict() gives exactly the reported confusion."""
+    out, report_path = tmp_path / "camvid_tuned.gnpk", tmp_path / "report.json"
+    code = train_seg_main(
+        [
+            "tune-postprocess",
+            "--packed",
+            str(REPO / "weights" / "camvid.gnpk"),
+            "--config",
+            "camvid_w05k4",
+            *[f"--{key}={value}" for key, value in camvid_overrides()],
+            "--out",
+            str(out),
+            "--threads",
+            "1",
+            "--report",
+            str(report_path),
+            "--output.progress",
+            "false",
+        ]
+    )
+    assert code == 0
+    report = json.loads(report_path.read_text())
+    best = report["best"]
+    assert best["miou"] >= report["baseline"]["miou"]
+    tuned = load_model(out)
+    assert isinstance(best["bias"], list) and len(best["bias"]) == 11, "six frames always gain from biases"
+    assert tuned.postprocess["logit_bias"] == best["bias"]
+    cm = np.zeros((11, 11), dtype=np.int64)
+    for image_path, mask_path in folder_pairs(CAMVID, "all"):
+        mask = read_mask(mask_path).astype(np.int64)
+        mask[mask == VOID] = 255
+        cm += confusion_matrix(tuned.predict(read_image(image_path)), mask, 11, 255)
+    iou = np.diag(cm) / np.maximum(cm.sum(0) + cm.sum(1) - np.diag(cm), 1) * 100
+    np.testing.assert_allclose(iou, best["iou"], atol=1e-9)
