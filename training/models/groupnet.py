@@ -10,12 +10,15 @@ shortcut is binary and shared by the branches of its block.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..binary import BinaryConvEnsemble
 from .config import BACKBONES, ModelConfig, bpac_rates
-from .layers import ConvFactory
+from .layers import ConvFactory, EncoderConv
 
 # What flows between blocks: the K branch outputs of the previous block (None after the stem) and
 # their aggregate.
@@ -66,7 +69,7 @@ class BottleneckBranch(nn.Module):
 
     @property
     def inner_residual(self) -> bool:
-        conv2 = self.conv2.conv if hasattr(self.conv2, "conv") else self.conv2
+        conv2 = self.conv2.conv if isinstance(self.conv2, BinaryConvEnsemble) else self.conv2
         return conv2.stride == 1
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
@@ -77,13 +80,16 @@ class BottleneckBranch(nn.Module):
         return self.bn3(F.relu(self.conv3(out2))) + residual
 
 
+Branch = BasicBranch | BottleneckBranch
+
+
 class GroupBlock(nn.Module):
     """K branches of one ResNet block, their aggregation, soft gate and shared shortcut."""
 
     def __init__(
         self,
         convs: ConvFactory,
-        branch_cls: type[nn.Module],
+        branch_cls: type[Branch],
         cin: int,
         channels: int,
         stride: int,
@@ -105,18 +111,29 @@ class GroupBlock(nn.Module):
         self.gate = nn.Parameter(torch.zeros(1)) if gated else None
         self.out_channels = cout
 
+    def branch_modules(self) -> list[Branch]:
+        """``branches`` as what they are (an ``nn.ModuleList`` types its items as plain modules)."""
+        return cast("list[Branch]", list(self.branches))
+
+    def shortcut(self) -> tuple[EncoderConv, nn.BatchNorm2d] | None:
+        """The conv and BatchNorm of the shared shortcut (``downsample``), None without one."""
+        if self.downsample is None:
+            return None
+        return cast(EncoderConv, self.downsample[0]), cast(nn.BatchNorm2d, self.downsample[1])
+
     def configure(self, stride: int, dilations: list[int]) -> None:
-        for branch, dilation in zip(self.branches, dilations, strict=True):
+        for branch, dilation in zip(self.branch_modules(), dilations, strict=True):
             branch.configure(stride, dilation)
-        if self.downsample is not None:
-            self.downsample[0].set_dilation(1, stride)
+        shortcut = self.shortcut()
+        if shortcut is not None:
+            shortcut[0].set_dilation(1, stride)
 
     @property
     def dilations(self) -> list[int]:
         rates = []
-        for branch in self.branches:
+        for branch in self.branch_modules():
             conv = branch.conv1 if isinstance(branch, BasicBranch) else branch.conv2
-            rates.append((conv.conv if hasattr(conv, "conv") else conv).dilation)
+            rates.append((conv.conv if isinstance(conv, BinaryConvEnsemble) else conv).dilation)
         return rates
 
     def branch_inputs(self, state: BlockState) -> list[torch.Tensor]:
@@ -151,8 +168,9 @@ class GroupNetEncoder(nn.Module):
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         cin = widths[0]
         stages = []
+        stage_channels: list[int] = []
         for i, (channels, depth) in enumerate(zip(widths, depths)):
-            blocks = []
+            blocks: list[GroupBlock] = []
             for j in range(depth):
                 block = GroupBlock(
                     convs,
@@ -167,8 +185,9 @@ class GroupNetEncoder(nn.Module):
                 blocks.append(block)
                 cin = block.out_channels
             stages.append(nn.Sequential(*blocks))
+            stage_channels.append(blocks[-1].out_channels)
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
-        self.feature_channels = (widths[0],) + tuple(s[-1].out_channels for s in stages)
+        self.feature_channels: tuple[int, ...] = (widths[0], *stage_channels)
         self._init_weights()
         self.set_output_stride(cfg.output_stride)
 
@@ -197,14 +216,18 @@ class GroupNetEncoder(nn.Module):
 
     def set_output_stride(self, output_stride: int) -> None:
         """Switch strides to dilations in place (the weights do not change)."""
-        for stage, (stride, dilations) in zip(self.stages, self.stage_plan(output_stride)):
-            for j, block in enumerate(stage):
+        for blocks, (stride, dilations) in zip(self.stage_blocks(), self.stage_plan(output_stride)):
+            for j, block in enumerate(blocks):
                 block.configure(stride if j == 0 else 1, dilations)
         self.feature_stride = output_stride
 
     @property
     def stages(self) -> list[nn.Sequential]:
         return [self.layer1, self.layer2, self.layer3, self.layer4]
+
+    def stage_blocks(self) -> list[list[GroupBlock]]:
+        """The GroupBlocks of layer1..layer4 (an ``nn.Sequential`` types its items as plain modules)."""
+        return [cast("list[GroupBlock]", list(stage)) for stage in self.stages]
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         # No ReLU here: the next layer binarizes, and sign() of a non-negative map is all +1, which

@@ -34,7 +34,7 @@ class FCNHead(nn.Module):
         mid = max(8, in_channels // 4)
         self.block = ConvBNReLU(ConvFactory(cfg), in_channels, mid, 3)
         self.out_channels = mid
-        self.classifier = Classifier(mid, cfg.num_classes, cfg.dropout)
+        self.classifier: nn.Module = Classifier(mid, cfg.num_classes, cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.block(x))
@@ -73,7 +73,7 @@ class ASPPHead(nn.Module):
         n = len(self.branches) + 1
         self.project = nn.Sequential(nn.Conv2d(n * c, c, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU())
         self.out_channels = c
-        self.classifier = Classifier(c, cfg.num_classes, cfg.dropout)
+        self.classifier: nn.Module = Classifier(c, cfg.num_classes, cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         parts = [b(x) for b in self.branches] + [self.pooling(x)]
@@ -92,7 +92,7 @@ class PSPHead(nn.Module):
         self.stages = nn.ModuleList(ConvBNReLU(convs, in_channels, reduced, 1) for _ in self.bins)
         self.bottleneck = ConvBNReLU(convs, in_channels + reduced * len(self.bins), cfg.head_channels, 3)
         self.out_channels = cfg.head_channels
-        self.classifier = Classifier(cfg.head_channels, cfg.num_classes, cfg.dropout)
+        self.classifier: nn.Module = Classifier(cfg.head_channels, cfg.num_classes, cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[-2:]
@@ -126,10 +126,13 @@ class SkipDecoder(nn.Module):
         return self.classifier(self.fuse(self.norm(torch.cat([x, self.project(skip)], dim=1))))
 
 
-HEADS: dict[str, type[nn.Module]] = {"aspp": ASPPHead, "fcn": FCNHead, "psp": PSPHead}
+# A context head: its classifier is nn.Identity under a decoder (create_head).
+Head = ASPPHead | FCNHead | PSPHead
+
+HEADS: dict[str, type[Head]] = {"aspp": ASPPHead, "fcn": FCNHead, "psp": PSPHead}
 
 
-def create_head(cfg: ModelConfig, in_channels: int) -> nn.Module:
+def create_head(cfg: ModelConfig, in_channels: int) -> Head:
     """The context head; with a decoder its classifier is left out (the decoder classifies)."""
     head = HEADS[cfg.head](cfg, in_channels)
     if cfg.decoder != "none":

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from torch import nn
-
 from ..binary import BinaryConv2d, BinaryConvEnsemble
 from .config import ModelConfig
+
+# What ConvFactory.encoder_conv builds.
+EncoderConv = BinaryConv2d | BinaryConvEnsemble
 
 
 class ConvFactory:
@@ -49,11 +50,13 @@ class ConvFactory:
             weight_quantizer=self.weight_quantizer,
         )
 
-    def encoder_conv(self, cin: int, cout: int, kernel: int, stride: int = 1, dilation: int = 1) -> nn.Module:
+    def encoder_conv(
+        self, cin: int, cout: int, kernel: int, stride: int = 1, dilation: int = 1
+    ) -> EncoderConv:
         if self.cfg.decomposition == "layer" and self.cfg.precision == "binary":
             return self._ensemble(cin, cout, kernel, stride, dilation, self.cfg.k, self.cfg.aggregation)
         return self._single(cin, cout, kernel, stride, dilation)
 
-    def head_conv(self, cin: int, cout: int, kernel: int, dilation: int = 1) -> nn.Module:
+    def head_conv(self, cin: int, cout: int, kernel: int, dilation: int = 1) -> BinaryConvEnsemble:
         k = self.cfg.k if self.cfg.precision == "binary" else 1
         return self._ensemble(cin, cout, kernel, 1, dilation, k, "mean")
