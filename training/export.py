@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from seg_service import format as gnpk
 from .binary import BinaryConv2d, BinaryConvEnsemble, get_mode
 from .models import ModelConfig, model_name
 from .models.groupnet import BasicBranch, BottleneckBranch, GroupBlock, GroupNetEncoder
-from .models.heads import ASPPHead, ConvBNReLU, FCNHead, PSPHead, SkipDecoder
+from .models.heads import ASPPHead, FCNHead, PSPHead, SkipDecoder
 from .models.wrappers import GroupNetSegmentation
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -63,7 +63,7 @@ def weight_scale(weight: torch.Tensor) -> np.ndarray:
 
 def bn_fold(bn: nn.BatchNorm2d) -> tuple[np.ndarray, np.ndarray]:
     """Eval-mode BatchNorm as y = scale * x + shift, float64."""
-    if not bn.track_running_stats or bn.running_var is None:
+    if not bn.track_running_stats or bn.running_var is None or bn.running_mean is None:
         raise ExportError("BatchNorm without running statistics cannot be folded")
     invstd = 1.0 / torch.sqrt(bn.running_var.double() + bn.eps)
     weight = bn.weight.double() if bn.weight is not None else torch.ones_like(invstd)
@@ -190,7 +190,7 @@ class GraphBuilder:
             fields["residual"] = residual
         return self.op("affine", prefix, **fields)
 
-    def lincomb(self, ins: list[str], coeffs: Sequence[float], hint: str) -> str:
+    def lincomb(self, ins: list[str], coeffs: Sequence[float] | np.ndarray, hint: str) -> str:
         return self.op("lincomb", hint, ins=list(ins), coeffs=[float(c) for c in coeffs])
 
 
@@ -247,7 +247,9 @@ def emit_conv_bn(
 
     if not _is_binary(inner):
         # Float convs are linear: the ensemble is one conv with the combined weight.
-        weight = sum(float(s) * w.double() for s, w in zip(ens, weights, strict=True)).cpu().numpy()
+        combined = sum(float(s) * w.double() for s, w in zip(ens, weights, strict=True))
+        assert isinstance(combined, torch.Tensor)  # weights is never empty
+        weight = combined.cpu().numpy()
         if relu_between or residual is not None:
             y = g.float_conv(
                 x,
@@ -295,6 +297,7 @@ def emit_conv_bn(
                 relu_after and last,
                 acc,
             )
+        assert acc is not None  # weights is never empty
         return acc
     # ReLU sits between the sum and the BN: chain the sum, then one affine for ReLU -> BN -> + residual.
     acc = None
@@ -302,6 +305,7 @@ def emit_conv_bn(
         acc = g.binary_conv(
             x, f"{prefix}.conv{k}", w, inner, ens[k] * alphas[k], np.zeros(out_ch), False, False, acc
         )
+    assert acc is not None  # weights is never empty
     return g.affine(acc, f"{prefix}.bn", bn_scale, bn_shift, True, relu_after, residual)
 
 
@@ -346,8 +350,9 @@ def export_group_block(
             g.lincomb([y, aggregate], [gate, 1.0 - gate], f"{prefix}.b{i}.in") for i, y in enumerate(previous)
         ]
     shared = None
-    if block.downsample is not None:
-        conv, bn = block.downsample[0], block.downsample[1]
+    shortcut = block.shortcut()
+    if shortcut is not None:
+        conv, bn = shortcut
         shared = emit_conv_bn(g, aggregate, f"{prefix}.down", conv, bn, relu_between=False)
     ys = []
     for i, (branch, x) in enumerate(zip(block.branches, inputs, strict=True)):
@@ -366,7 +371,7 @@ def export_encoder(g: GraphBuilder, encoder: GroupNetEncoder, x: str) -> list[st
     """Stem (float conv + BN, max pool) and the four stages; returns the feature maps as
     GroupNetEncoder.forward does: [stem, layer1, layer2, layer3, layer4]."""
     conv = encoder.conv1
-    if conv.groups != 1 or conv.padding_mode != "zeros":
+    if conv.groups != 1 or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
         raise ExportError("the stem conv must be a plain zero-padded conv")
     scale, shift = bn_fold(encoder.bn1)
     weight = conv.weight.detach().double().cpu().numpy() * scale[:, None, None, None]
@@ -386,18 +391,21 @@ def export_encoder(g: GraphBuilder, encoder: GroupNetEncoder, x: str) -> list[st
     pool = encoder.maxpool
     if pool.ceil_mode or pool.dilation not in (1, (1, 1)):
         raise ExportError("the stem max pool must use floor mode and no dilation")
+    kernel, stride, padding = pool.kernel_size, pool.stride, pool.padding
+    if not isinstance(kernel, int) or not isinstance(stride, int) or not isinstance(padding, int):
+        raise ExportError("the stem max pool must give kernel, stride and padding as single numbers")
     aggregate = g.op(
         "maxpool2d",
         "pool",
         **{"in": stem},
-        kernel=int(pool.kernel_size),
-        stride=int(pool.stride),
-        padding=int(pool.padding),
+        kernel=int(kernel),
+        stride=int(stride),
+        padding=int(padding),
     )
     previous: list[str] | None = None
     features = [stem]
-    for s, stage in enumerate(encoder.stages, start=1):
-        for j, block in enumerate(stage):
+    for s, blocks in enumerate(encoder.stage_blocks(), start=1):
+        for j, block in enumerate(blocks):
             previous, aggregate = export_group_block(g, block, previous, aggregate, f"layer{s}.{j}")
         features.append(aggregate)
     return features
@@ -408,7 +416,10 @@ def export_encoder(g: GraphBuilder, encoder: GroupNetEncoder, x: str) -> list[st
 # --------------------------------------------------------------------------------------------
 
 
-def export_conv_bn_relu(g: GraphBuilder, block: ConvBNReLU, x: str, prefix: str) -> str:
+def export_conv_bn_relu(g: GraphBuilder, block: nn.Module, x: str, prefix: str) -> str:
+    """A ConvBNReLU (a head conv -> BatchNorm2d -> ReLU)."""
+    if not isinstance(block, nn.Sequential):
+        raise ExportError(f"{prefix}: expected conv -> BatchNorm2d -> ReLU, got {type(block).__name__}")
     conv, bn, act = block
     if not isinstance(bn, nn.BatchNorm2d) or not isinstance(act, nn.ReLU):
         raise ExportError(f"{prefix}: expected conv -> BatchNorm2d -> ReLU")
@@ -418,7 +429,8 @@ def export_conv_bn_relu(g: GraphBuilder, block: ConvBNReLU, x: str, prefix: str)
 def export_classifier(g: GraphBuilder, classifier: nn.Module, x: str) -> str:
     if isinstance(classifier, nn.Identity):  # a head under a decoder: the decoder classifies
         return x
-    conv = classifier[-1]  # Dropout before it is the identity in eval
+    # Its last module; the Dropout before it is the identity in eval.
+    conv = classifier[-1] if isinstance(classifier, nn.Sequential) else None
     if not isinstance(conv, nn.Conv2d) or conv.kernel_size != (1, 1):
         raise ExportError("the classifier must end in a 1x1 Conv2d")
     bias = conv.bias.detach() if conv.bias is not None else torch.zeros(conv.out_channels)
@@ -439,6 +451,8 @@ def export_float_conv_bn_relu(g: GraphBuilder, seq: nn.Sequential, x: str, prefi
     conv, bn, act = seq
     if not isinstance(conv, nn.Conv2d) or not isinstance(bn, nn.BatchNorm2d) or not isinstance(act, nn.ReLU):
         raise ExportError(f"{prefix}: expected Conv2d -> BatchNorm2d -> ReLU")
+    if isinstance(conv.padding, str):
+        raise ExportError(f"{prefix}: the conv's padding must be given in pixels, not {conv.padding!r}")
     scale, shift = bn_fold(bn)
     weight = conv.weight.detach().double().cpu().numpy() * scale[:, None, None, None]
     bias = shift + (scale * conv.bias.detach().double().cpu().numpy() if conv.bias is not None else 0.0)
@@ -479,11 +493,13 @@ def export_skip_decoder(g: GraphBuilder, decoder: SkipDecoder, x: str, skip: str
     the head's features before the upsampling (bilinear weights sum to one, so the two commute), at
     1/16 of the pixels, and into the projection's weights. The full-resolution map is never touched
     twice."""
+    conv, bn = decoder.project
+    if not isinstance(conv, nn.Conv2d) or not isinstance(bn, nn.BatchNorm2d):
+        raise ExportError("decoder.project: expected Conv2d -> BatchNorm2d")
     norm_scale, norm_shift = bn_fold(decoder.norm)
-    c = decoder.norm.num_features - decoder.project[0].out_channels
+    c = decoder.norm.num_features - conv.out_channels
     head = g.affine(x, "decoder.norm", norm_scale[:c], norm_shift[:c], False, False, None)
     up = g.op("upsample_bilinear", "decoder.up", **{"in": head}, like=skip)
-    conv, bn = decoder.project
     scale, shift = bn_fold(bn)
     scale, shift = scale * norm_scale[c:], shift * norm_scale[c:] + norm_shift[c:]
     weight = conv.weight.detach().double().cpu().numpy() * scale[:, None, None, None]
@@ -492,7 +508,12 @@ def export_skip_decoder(g: GraphBuilder, decoder: SkipDecoder, x: str, skip: str
     return export_classifier(g, decoder.classifier, export_conv_bn_relu(g, decoder.fuse, cat, "decoder.fuse"))
 
 
-HEAD_EXPORTERS = {ASPPHead: export_aspp_head, FCNHead: export_fcn_head, PSPHead: export_psp_head}
+# Head class -> its exporter, which takes an instance of exactly that class (not expressible as a type).
+HEAD_EXPORTERS: dict[type[nn.Module], Callable[[GraphBuilder, Any, str], str]] = {
+    ASPPHead: export_aspp_head,
+    FCNHead: export_fcn_head,
+    PSPHead: export_psp_head,
+}
 
 
 def build_graph(model: nn.Module) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -552,7 +573,11 @@ def export_model(
     cfg: ModelConfig = model.cfg
     if get_mode(model) == "tanh":
         raise ExportError("the model is in 'tanh' mode (training stage 1); export needs 'sign' mode")
-    num_classes = model.classifier[-1].out_channels
+    classifier = model.classifier
+    final = classifier[-1] if isinstance(classifier, nn.Sequential) else None
+    if not isinstance(final, nn.Conv2d):
+        raise ExportError("the classifier must end in a 1x1 Conv2d")
+    num_classes = final.out_channels
     classes = list(classes) if classes is not None else [f"class_{i}" for i in range(num_classes)]
     if len(classes) != num_classes:
         raise ExportError(f"{len(classes)} class names given but the model predicts {num_classes} classes")

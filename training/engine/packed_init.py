@@ -57,6 +57,14 @@ class _Folded:
         self.bn, self.mul, self.bias = bn, torch.from_numpy(mul).double(), torch.from_numpy(bias).double()
 
 
+def _running_stats(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """A BatchNorm's running mean and variance (every BatchNorm of a Group-Net encoder keeps them)."""
+    mean, var = bn.running_mean, bn.running_var
+    if mean is None or var is None:
+        raise InputError("a BatchNorm without running statistics cannot be set up")
+    return mean, var
+
+
 def _coeffs(ops: dict[str, dict[str, Any]], prefix: str) -> list[float] | None:
     op = ops.get(prefix)
     return None if op is None else [float(c) for c in op["coeffs"]]
@@ -66,7 +74,9 @@ def load_packed_encoder(model: nn.Module, packed: gnpk.PackedFile) -> list[_Fold
     """Copy the packed encoder's weights into ``model.encoder``; BatchNorms are set up to be exact
     with unit running statistics. Returns every BatchNorm with its packed multiplier and bias, for
     :func:`calibrate`."""
-    encoder: GroupNetEncoder = model.encoder
+    encoder = model.encoder
+    if not isinstance(encoder, GroupNetEncoder):
+        raise InputError(f"{packed.path}: only Group-Net encoders can be read into")
     t = packed.tensors
     ops = {op["out"].split("#")[0]: op for op in packed.graph["ops"]}
     folded: list[_Folded] = []
@@ -80,14 +90,15 @@ def load_packed_encoder(model: nn.Module, packed: gnpk.PackedFile) -> list[_Fold
         return t[name]
 
     def binary(conv: nn.Module, bn: nn.BatchNorm2d, prefix: str) -> None:
-        if not hasattr(conv, "weight") or conv.weight.dim() != 4:
+        weight = getattr(conv, "weight", None)
+        if not isinstance(weight, torch.Tensor) or weight.dim() != 4:
             raise InputError(f"{prefix}: the model's conv is not a single binary conv")
-        signs = sign_weights(need(f"{prefix}.weight"), conv.weight.shape[1])
-        if signs.shape != tuple(conv.weight.shape):
+        signs = sign_weights(need(f"{prefix}.weight"), weight.shape[1])
+        if signs.shape != tuple(weight.shape):
             raise InputError(
-                f"{prefix}: packed weight {signs.shape} does not fit the model's {tuple(conv.weight.shape)}"
+                f"{prefix}: packed weight {signs.shape} does not fit the model's {tuple(weight.shape)}"
             )
-        conv.weight.copy_(torch.from_numpy(signs) * LATENT)
+        weight.copy_(torch.from_numpy(signs) * LATENT)
         # The packed multiplier includes the weight scale (LATENT here): mul / LATENT per unit of conv output.
         folded.append(
             _Folded(
@@ -103,12 +114,13 @@ def load_packed_encoder(model: nn.Module, packed: gnpk.PackedFile) -> list[_Fold
             raise InputError(f"stem weight {stem.shape} does not fit the model's stem")
         encoder.conv1.weight.copy_(torch.from_numpy(np.ascontiguousarray(stem.transpose(0, 3, 1, 2))))
         folded.append(_Folded(encoder.bn1, np.ones(stem.shape[0]), need("stem.bias").astype(np.float64)))
-        for s, stage in enumerate(encoder.stages, start=1):
-            for j, block in enumerate(stage):
+        for s, blocks in enumerate(encoder.stage_blocks(), start=1):
+            for j, block in enumerate(blocks):
                 prefix = f"layer{s}.{j}"
-                if block.downsample is not None:
-                    binary(block.downsample[0], block.downsample[1], f"{prefix}.down.conv")
-                for i, branch in enumerate(block.branches):
+                shortcut = block.shortcut()
+                if shortcut is not None:
+                    binary(shortcut[0], shortcut[1], f"{prefix}.down.conv")
+                for i, branch in enumerate(block.branch_modules()):
                     if not isinstance(branch, BasicBranch):
                         raise InputError("only BasicBlock encoders (ResNet-18/34) can be read")
                     binary(branch.conv1, branch.bn1, f"{prefix}.b{i}.1.conv")
@@ -125,8 +137,9 @@ def load_packed_encoder(model: nn.Module, packed: gnpk.PackedFile) -> list[_Fold
                     g = min(max(gate[0], 1e-6), 1 - 1e-6)
                     block.gate.fill_(math.log(g / (1 - g)))
         for f in folded:  # exact in eval before calibration: x -> mul * x + bias
-            f.bn.running_mean.zero_()
-            f.bn.running_var.fill_(1.0 - f.bn.eps)
+            running_mean, running_var = _running_stats(f.bn)
+            running_mean.zero_()
+            running_var.fill_(1.0 - f.bn.eps)
             f.bn.weight.copy_(f.mul.float())
             f.bn.bias.copy_(f.bias.float())
     return folded
@@ -136,7 +149,7 @@ def calibrate(model: nn.Module, folded: Sequence[_Folded], images: torch.Tensor)
     """Give every BatchNorm the running statistics of its input on ``images`` while keeping its eval
     function: gamma = mul * sqrt(var + eps), beta = bias + mul * mean. The model runs in eval mode,
     so each BatchNorm's input is already the exact packed value."""
-    stats: dict[nn.BatchNorm2d, tuple[torch.Tensor, torch.Tensor]] = {}
+    stats: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def hook(bn: nn.Module, inputs: tuple[torch.Tensor, ...], _out: torch.Tensor) -> None:
         x = inputs[0].double()
@@ -145,14 +158,15 @@ def calibrate(model: nn.Module, folded: Sequence[_Folded], images: torch.Tensor)
     handles = [f.bn.register_forward_hook(hook) for f in folded]
     model.eval()
     with torch.no_grad():
-        model.encoder(images)
+        model.get_submodule("encoder")(images)
     for h in handles:
         h.remove()
     with torch.no_grad():
         for f in folded:
             mean, var = stats[f.bn]
-            f.bn.running_mean.copy_(mean.float())
-            f.bn.running_var.copy_(var.float())
+            running_mean, running_var = _running_stats(f.bn)
+            running_mean.copy_(mean.float())
+            running_var.copy_(var.float())
             f.bn.weight.copy_((f.mul * torch.sqrt(var + f.bn.eps)).float())
             f.bn.bias.copy_((f.bias + f.mul * mean).float())
 
