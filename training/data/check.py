@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,7 +116,7 @@ def scan_pair(
 
 
 def check_pairs(
-    splits: dict[str, Sequence[Pair]],
+    splits: Mapping[str, Sequence[Pair]],
     table: np.ndarray,
     classes: Sequence[str],
     ignore_index: int,
@@ -154,7 +154,7 @@ def check_pairs(
                 split.images += 1
                 if problems:
                     problems_at[(s, i)] = problems
-                if counts is not None:
+                if counts is not None and size is not None:
                     split.pixels += counts[:num_classes]
                     present = counts[:num_classes] > 0
                     split.images_with += present
