@@ -4,6 +4,7 @@
     seg-bench model  [--threads 2] [--sizes 512x512 320x240] [--repeats 10] [--json FILE] ...
     seg-bench all    [--quick] [--json FILE]          (both parts with their defaults; also: no subcommand)
     seg-bench postprocess [--packed weights/person.gnpk] [--sizes ...] [--repeats 40] [--json FILE]
+    seg-bench ops [--packed FILE ...] [--size 320x240] [--threads 1,2] [--repeats 7] [--json FILE]
 
 **layers** (``seg_bench.layers``): one binary 3x3 convolution at ResNet-18 and segmentation
 shapes, float in to float out: our kernels (every ISA path) against PyTorch fp32 ``conv2d`` and
@@ -29,6 +30,11 @@ runtime (``seg_service.runtime.RunProfile``) says where the time goes.
 **postprocess**: the cost of a packed model's stored post-processing (guided filter, decision
 bias; docs/format.md): ``PackedModel.predict`` on a real photo with and without it, the two calls
 interleaved so that load bursts hit both, medians and the median paired difference.
+
+**ops** (``seg_bench.float_ops``): every float op of the packed runtime (stem conv, 1x1
+projections and classifier, pooling, bilinear upsampling, the branch linear combinations), taken
+from the shipped models' plans, against the same op in PyTorch (oneDNN) at the same shapes and
+threads, alternating call blocks; and the share of each model's forward time in float ops.
 
 The CPU model, the kernels' ISA path, thread counts and the load average (start and end) are
 printed; ``--json FILE`` writes everything.
@@ -654,11 +660,14 @@ def build_parser() -> argparse.ArgumentParser:
         "  seg-bench layers --threads 1 2 --json layers.json   # binary conv layers only\n"
         "  seg-bench model --sizes 512x512 --json model.json   # whole networks only\n"
         "  seg-bench all --json bench.json                      # both (also: plain seg-bench)\n"
+        "  seg-bench ops --threads 1,2 --json ops.json          # runtime float ops vs PyTorch oneDNN\n"
         "Each subcommand has its own --help; every one takes --json FILE. See docs/benchmarks.md\n"
         "for what each column means.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="part", metavar="{layers,model,all,postprocess}")
+    from . import float_ops  # imported here: float_ops imports this module
+
+    sub = parser.add_subparsers(dest="part", metavar="{layers,model,all,postprocess,ops}")
     layers = sub.add_parser(
         "layers",
         help="one binary 3x3 conv at ResNet-18 and segmentation shapes",
@@ -704,13 +713,20 @@ def build_parser() -> argparse.ArgumentParser:
     post.add_argument("--repeats", type=int, default=40, help="interleaved pairs per size (default 40)")
     post.add_argument("--threads", type=int, default=2)
     post.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    ops = sub.add_parser(
+        "ops",
+        help="every float op of the runtime vs the same op in PyTorch (oneDNN); float-op share",
+        description=float_ops.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    float_ops.add_arguments(ops)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    if not argv or argv[0] not in ("layers", "model", "all", "postprocess", "-h", "--help"):
+    if not argv or argv[0] not in ("layers", "model", "all", "postprocess", "ops", "-h", "--help"):
         argv = ["all", *argv]
     args = parser.parse_args(argv)
     command = " ".join(["seg-bench", *argv])
@@ -730,6 +746,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print()
     if args.part == "postprocess":
         output.update(_postprocess_part(args, parser))
+    if args.part == "ops":
+        from . import float_ops
+
+        try:
+            output["ops"] = float_ops.run_from_args(args, command)
+        except ValueError as error:
+            parser.error(str(error))
     if args.part in ("model", "all"):
         model_args = (
             args
