@@ -191,8 +191,9 @@ def _tune_parser() -> argparse.ArgumentParser:
         prog="train-seg tune-postprocess",
         allow_abbrev=False,
         description="Fit a packed model's post-processing on the config's training images: an edge-aware "
-        "guided filter on the logits (radius, eps, clip from a small grid) and, for two-class models, a "
-        "decision bias, chosen by mIoU through the packed runtime. Writes a copy of the model with the best "
+        "guided filter on the logits (radius, eps, clip from a small grid) and a decision bias (on the "
+        "foreground for two-class models, one per class for more), chosen by mIoU through the packed "
+        "runtime. Writes a copy of the model with the best "
         "one stored in it (graph and weights unchanged); the validation images are not used, so "
         "'train-seg eval --packed' on the result stays an honest score.",
     )
@@ -205,6 +206,12 @@ def _tune_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, help="runtime threads (default: all cores)")
     parser.add_argument("--limit", type=int, help="use only the first N training images (default: all)")
     parser.add_argument("--report", help="also write every candidate's scores as JSON to this file")
+    parser.add_argument(
+        "--no-filter",
+        action="store_true",
+        help="skip the guided-filter grid (its 18 candidates are most of the time on many-class models, "
+        "whose thin classes a filter smooths away): fit the bias only",
+    )
     _common_args(parser)
     return parser
 
@@ -221,6 +228,7 @@ def _tune(argv: Sequence[str]) -> int:
         args.threads,
         args.limit,
         args.report,
+        filters=not args.no_filter,
     )
     return 0
 

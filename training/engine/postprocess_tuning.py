@@ -131,8 +131,10 @@ def tune_postprocess(
     limit: int | None = None,
     report: str | Path | None = None,
     progress: bool | None = None,
+    filters: bool = True,
 ) -> dict[str, Any]:
     """Grid-search the post-processing on the training split; write the best into ``out``.
+    ``filters=False``: no guided filter is tried (the bias only).
 
     Returns the report: every candidate's mIoU on the images used, the chosen spec and the baseline.
     """
@@ -152,13 +154,13 @@ def tune_postprocess(
     count = len(images) if not limit else min(int(limit), len(images))
     ignore = int(data["ignore_index"])
     n = len(classes)
-    filters = candidate_filters()
+    candidates = candidate_filters() if filters else [None]
     biases = BIASES if n == 2 else (0.0,)
-    cms = np.zeros((len(filters), len(biases), n, n), dtype=np.int64)
+    cms = np.zeros((len(candidates), len(biases), n, n), dtype=np.int64)
     for index in tqdm(range(count), desc="tune postprocess", disable=not progress, dynamic_ncols=True):
         rgb, target = images.load(index)
         logits, guide = model.processed_logits(rgb)
-        for fi, gf in enumerate(filters):
+        for fi, gf in enumerate(candidates):
             scores = logits if gf is None else apply_postprocess(logits, guide, {"guided_filter": gf})
             if scores.shape[:2] != target.shape:  # predict() resizes the mask the same way
                 scores = resize_nearest(scores, target.shape[0], target.shape[1])
@@ -168,7 +170,7 @@ def tune_postprocess(
                 cms[fi, 0] += confusion_matrix(scores.argmax(axis=2), target, n, ignore)
     rows = [
         _iou_row(cms[fi, bi], gf, float(bias))
-        for (fi, gf), (bi, bias) in itertools.product(enumerate(filters), enumerate(biases))
+        for (fi, gf), (bi, bias) in itertools.product(enumerate(candidates), enumerate(biases))
     ]
     baseline = next(r for r in rows if r["guided_filter"] is None and r["bias"] == 0.0)
     best = max(rows, key=lambda r: r["miou"])
