@@ -13,9 +13,9 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
     || echo "note: could not install chromium; the browser test will skip"
 fi
 # Static checks first (configured in pyproject.toml): lint of every Python file, types of the packages.
-.venv/bin/ruff check seg_service training client seg_bench tests scripts
+.venv/bin/ruff check seg_service seg_training seg_client seg_bench tests scripts
 # Formatting: `ruff format` (line length 110, pyproject.toml); CI fails on any file it would change.
-.venv/bin/ruff format --check seg_service training client seg_bench tests scripts
+.venv/bin/ruff format --check seg_service seg_training seg_client seg_bench tests scripts
 .venv/bin/mypy
 # The import layers (pyproject.toml [tool.importlinter]): format <- kernels <- runtime <- api; training and
 # seg_bench use only the runtime's public API; the client stands alone.

@@ -62,8 +62,8 @@ from torch import nn
 
 from seg_service import kernels
 from seg_service.runtime import RunProfile, load_model, set_num_threads
-from training.export import export_model
-from training.models import ModelConfig, create_model, model_name
+from seg_training.export import export_model
+from seg_training.models import ModelConfig, create_model, model_name
 
 from . import layers as bench_layers
 
@@ -131,7 +131,7 @@ def measure_peak_memory(spec: dict[str, Any], timeout: float = 600.0) -> dict[st
     """Peak memory of one engine, run in a fresh Python process (seg_bench.memory_probe).
 
     ``spec``: ``engine`` ("runtime" with ``path`` to a packed file, or "torch" with ``config`` for
-    ``training.models.create_model``), ``size`` [h, w], ``threads``, ``runs``. Returns
+    ``seg_training.models.create_model``), ``size`` [h, w], ``threads``, ``runs``. Returns
     ``base_rss_mb`` (resident after the imports, before the model), ``peak_rss_mb`` (peak resident
     set of the process, reset after the imports where Linux allows it), ``peak_over_base_mb``
     (model + activations + workspace), ``peak_reset`` and ``torch_imported``.
@@ -347,10 +347,10 @@ def mediapipe_rows(
     python: str, x: np.ndarray, repeats: int, runtime_seconds: float, workdir: Path
 ) -> list[dict[str, Any]]:
     """Rows of MediaPipe's selfie segmenters on a frame of ``x``'s size, timed by
-    ``training.peers.mediapipe_runner`` in ``python``'s environment (MediaPipe pins its own numpy)."""
+    ``seg_training.peers.mediapipe_runner`` in ``python``'s environment (MediaPipe pins its own numpy)."""
     import cv2
 
-    from training.peers.compare import MEDIAPIPE_MODELS, mediapipe_timing
+    from seg_training.peers.compare import MEDIAPIPE_MODELS, mediapipe_timing
 
     h, w = x.shape[:2]
     frame = workdir / f"frame_{w}x{h}.png"

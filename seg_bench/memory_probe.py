@@ -57,7 +57,7 @@ def probe(spec: dict[str, Any]) -> dict[str, Any]:
     else:
         import torch
 
-        from training.models import create_model
+        from seg_training.models import create_model
 
         torch.set_num_threads(spec["threads"])
         xt = torch.from_numpy(x).permute(2, 0, 1)[None].contiguous()

@@ -109,8 +109,8 @@ def packed_latency(path: Path, repeats: int, raw: bool = False) -> dict[str, flo
 def torch_model(config_path: Path, num_classes: int):
     """The PyTorch network of a run's config in eval mode (random weights: time and size do not
     depend on them)."""
-    from training.engine.config import load_config, model_config_for
-    from training.models import create_model
+    from seg_training.engine.config import load_config, model_config_for
+    from seg_training.models import create_model
 
     return create_model(model_config_for(load_config("seg", config_path, []), num_classes)).eval()
 
@@ -303,14 +303,14 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from seg_service.runtime import set_num_threads
-    from training.engine.packed_eval import evaluate_packed
+    from seg_training.engine.packed_eval import evaluate_packed
 
     torch.set_num_threads(args.threads)
     set_num_threads(args.threads)
     data, weights, out = Path(args.data), Path(args.weights), Path(args.out)
     (out / "img").mkdir(parents=True, exist_ok=True)
     (out / "results").mkdir(parents=True, exist_ok=True)
-    configs = REPO / "training" / "configs"
+    configs = REPO / "seg_training" / "configs"
     results: dict[str, Any] = {
         "threads": args.threads,
         "rounds": args.rounds,
@@ -369,8 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     # Validation examples.
-    from training.data import build_seg_dataset
-    from training.engine.config import load_config
+    from seg_training.data import build_seg_dataset
+    from seg_training.engine.config import load_config
 
     for name, config, picks in (
         ("person", "ccp_person_w05k4", (3, 41, 77)),
@@ -458,9 +458,9 @@ def _random_export(config_path: Path, out: Path) -> Path:
     """Export the row's network with random weights: its packed latency and size equal the trained one's."""
     import torch
 
-    from training.engine.config import load_config, model_config_for
-    from training.export import export_model
-    from training.models import create_model
+    from seg_training.engine.config import load_config, model_config_for
+    from seg_training.export import export_model
+    from seg_training.models import create_model
 
     torch.manual_seed(0)
     config = load_config("seg", config_path, [])

@@ -45,8 +45,8 @@ def build_test_model(name: str, out_dir: Path, seed: int = 0) -> Path:
     """Export a small Group-Net with randomised BatchNorm statistics as `<out_dir>/<name>.gnpk`."""
     import torch
 
-    from training.export import export_model
-    from training.models import create_model
+    from seg_training.export import export_model
+    from seg_training.models import create_model
 
     classes, palette, overrides = TEST_MODELS[name]
     torch.manual_seed(seed)

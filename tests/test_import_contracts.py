@@ -34,8 +34,8 @@ BLOCKED = (
     "seg_service.kernels",
     "seg_service.runtime",
     "seg_service.api",
-    "training",
-    "client",
+    "seg_training",
+    "seg_client",
     "torch",
     "cv2",
 )

@@ -1,7 +1,7 @@
 """The packed model file (``.gnpk``): write, read and validate (container, op schemas, checksum).
 
 The file layout described in ``docs/format.md``; ``seg_service.format`` re-exports the public names.
-The exporter in ``training/`` writes through :func:`write_model`; the runtime reads through
+The exporter in ``seg_training/`` writes through :func:`write_model`; the runtime reads through
 :func:`read_model`.
 
 A file is a standard safetensors container. We write it with the safetensors library (so any

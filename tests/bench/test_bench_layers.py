@@ -19,8 +19,8 @@ def stride1_binary_convs(task: str, size: int, **config) -> set[tuple[int, int, 
     ResNet-18 on a size x size input (shapes only: the model runs on the meta device)."""
     import torch
 
-    from training.binary import BinaryConv2d
-    from training.models import create_model
+    from seg_training.binary import BinaryConv2d
+    from seg_training.models import create_model
 
     model = create_model(arch="groupnet_resnet18", task=task, num_classes=2, k=1, **config)
     found: set[tuple[int, int, int, int]] = set()

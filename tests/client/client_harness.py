@@ -51,7 +51,7 @@ def api_key_server(model_dir: Path, log_dir: Path) -> ServerProcess:
 
 
 def client_command(*args: str | Path) -> list[str]:
-    return [*_console_script("seg-client", "client"), *map(str, args)]
+    return [*_console_script("seg-client", "seg_client"), *map(str, args)]
 
 
 def run_client(*args: str | Path, timeout: float = 120.0) -> subprocess.CompletedProcess:

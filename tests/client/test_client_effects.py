@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from client_harness import API_KEY, VIDEO, run_client
 
-from client.app import step_blur
-from client.cli import build_parser
-from client.overlay import Background, ClassInfo, compose, mask_format_for
-from client.transport import inference_options, ws_url
+from seg_client.app import step_blur
+from seg_client.cli import build_parser
+from seg_client.overlay import Background, ClassInfo, compose, mask_format_for
+from seg_client.transport import inference_options, ws_url
 
 ROOT = Path(__file__).resolve().parents[2]
 KEEP = ["--model", "camvid", "--foreground", "pedestrian,bicyclist"]

@@ -22,9 +22,9 @@ from client_harness import (
     run_client,
 )
 
-from client.app import ClientConfig, DemoClient
-from client.capture import video_spec
-from client.transport import Backoff, SegResult, Streamer, inference_options
+from seg_client.app import ClientConfig, DemoClient
+from seg_client.capture import video_spec
+from seg_client.transport import Backoff, SegResult, Streamer, inference_options
 
 pytestmark = pytest.mark.slow  # see README, Tests: excluded by -m "not slow"
 
@@ -416,7 +416,7 @@ def test_missing_video_file_is_a_clear_error(tmp_path):
 
 
 def test_window_mode_without_gui_build_says_to_use_headless():
-    from client.display import gui_support
+    from seg_client.display import gui_support
 
     if gui_support()[0]:
         pytest.skip("this OpenCV build can open windows here")

@@ -9,12 +9,20 @@ import numpy as np
 import pytest
 from client_harness import VIDEO
 
-from client.app import ClientConfig, DemoClient
-from client.capture import FrameSource, SourceError, camera_spec, output_size, video_spec
-from client.cli import build_parser
-from client.display import DisplayError, VideoFileSink
-from client.overlay import ClassInfo, blend, colorize, compose
-from client.transport import Backoff, ServerError, Streamer, decode_mask, http_base, inference_options, ws_url
+from seg_client.app import ClientConfig, DemoClient
+from seg_client.capture import FrameSource, SourceError, camera_spec, output_size, video_spec
+from seg_client.cli import build_parser
+from seg_client.display import DisplayError, VideoFileSink
+from seg_client.overlay import ClassInfo, blend, colorize, compose
+from seg_client.transport import (
+    Backoff,
+    ServerError,
+    Streamer,
+    decode_mask,
+    http_base,
+    inference_options,
+    ws_url,
+)
 
 PERSON = ClassInfo(["background", "person"], np.array([[0, 0, 0], [220, 20, 60]], np.uint8))
 
@@ -71,7 +79,7 @@ def test_backoff_doubles_up_to_its_cap():
 
 
 def test_inference_switches_parse():
-    from client.cli import build_parser
+    from seg_client.cli import build_parser
 
     args = build_parser().parse_args(["--flip", "--no-refine"])
     assert (args.flip, args.refine) == (True, False)

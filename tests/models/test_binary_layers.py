@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.binary import BinaryConv2d, ScaledSign, SignApprox, binary_sign, set_mode
-from training.binary.layers import BinaryConvEnsemble
+from seg_training.binary import BinaryConv2d, ScaledSign, SignApprox, binary_sign, set_mode
+from seg_training.binary.layers import BinaryConvEnsemble
 
 
 def test_sign_maps_zero_to_plus_one():

@@ -5,9 +5,9 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-import training.models  # noqa: F401  (registers the smp encoders)
-from training.binary import BinaryConv2d, binary_convs, binary_param_count, get_mode, set_mode
-from training.models import ModelConfig, bpac_rates, create_model
+import seg_training.models  # noqa: F401  (registers the smp encoders)
+from seg_training.binary import BinaryConv2d, binary_convs, binary_param_count, get_mode, set_mode
+from seg_training.models import ModelConfig, bpac_rates, create_model
 
 
 class ConvRecorder(TorchFunctionMode):

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.binary import BinaryConvEnsemble
-from training.models import GroupBlock, create_model
+from seg_training.binary import BinaryConvEnsemble
+from seg_training.models import GroupBlock, create_model
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)

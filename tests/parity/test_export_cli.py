@@ -9,8 +9,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("cv2")
 
 from seg_service.runtime import load_model  # noqa: E402
-from training.engine.checkpoint import FORMAT, VERSION  # noqa: E402
-from training.export import main  # noqa: E402
+from seg_training.engine.checkpoint import FORMAT, VERSION  # noqa: E402
+from seg_training.export import main  # noqa: E402
 
 from .helpers import SMALL, assert_parity, load_rgb, normalise, small_model, torch_logits  # noqa: E402
 

@@ -12,8 +12,8 @@ import torch  # noqa: E402
 
 from seg_service import kernels  # noqa: E402
 from seg_service.runtime import load_model  # noqa: E402
-from training.export import ExportError, export_model  # noqa: E402
-from training.models import create_model  # noqa: E402
+from seg_training.export import ExportError, export_model  # noqa: E402
+from seg_training.models import create_model  # noqa: E402
 
 from .helpers import SMALL, assert_parity, load_rgb, normalise, small_model, torch_logits  # noqa: E402
 

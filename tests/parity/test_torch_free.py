@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("cv2")
 
-from training.export import export_model  # noqa: E402
+from seg_training.export import export_model  # noqa: E402
 
 from .helpers import load_rgb, small_model  # noqa: E402
 
@@ -26,7 +26,7 @@ from seg_service.runtime import load_model
 model = load_model(sys.argv[1])
 mask = model.predict(np.load(sys.argv[2]))
 print(json.dumps({"shape": list(mask.shape), "dtype": str(mask.dtype), "classes": model.classes,
-                  "torch": "torch" in sys.modules, "training": "training" in sys.modules}))
+                  "torch": "torch" in sys.modules, "seg_training": "seg_training" in sys.modules}))
 """
 
 
@@ -50,5 +50,5 @@ def test_prediction_without_torch(tmp_path):
         "dtype": "uint8",
         "classes": ["bg", "a", "b", "c", "d"],
         "torch": False,
-        "training": False,
+        "seg_training": False,
     }

@@ -9,11 +9,11 @@ from torch import nn
 from train_helpers import quiet
 
 from seg_service.runtime import load_model
-from training.cli import train_seg_main
-from training.engine.bn_recalibration import batchnorm_layers, recalibrate_batchnorm, recalibration_record
-from training.engine.checkpoint import load_checkpoint
-from training.export import main as export_main
-from training.models import create_model
+from seg_training.cli import train_seg_main
+from seg_training.engine.bn_recalibration import batchnorm_layers, recalibrate_batchnorm, recalibration_record
+from seg_training.engine.checkpoint import load_checkpoint
+from seg_training.export import main as export_main
+from seg_training.models import create_model
 
 
 def test_statistics_are_the_plain_average_over_the_batches():
@@ -43,7 +43,7 @@ def test_max_batches_and_empty_input():
     batches = [torch.randn(2, 3, 4, 4) for _ in range(5)]
     assert recalibrate_batchnorm(model, batches, max_batches=2) == (1, 4)
     assert int(model[1].num_batches_tracked) == 2
-    from training.data.errors import InputError
+    from seg_training.data.errors import InputError
 
     with pytest.raises(InputError, match="no batches"):
         recalibrate_batchnorm(model, [])
@@ -132,7 +132,7 @@ def test_cli_refuses_to_overwrite_its_input(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_cls_checkpoints_recalibrate_too(tmp_path, capsys):
-    from training.cli import train_cls_main
+    from seg_training.cli import train_cls_main
 
     runs = tmp_path / "runs"
     assert (

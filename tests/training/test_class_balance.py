@@ -13,14 +13,14 @@ import torch.nn.functional as F
 from train_helpers import REPO, TEST_DATA, quiet
 
 from seg_service.runtime import load_model
-from training.cli import train_seg_main
-from training.data import read_image, read_mask
-from training.data.check import check_pairs, median_frequency_weights
-from training.data.labels import build_label_map
-from training.data.segmentation import folder_pairs
-from training.engine.config import ConfigError, load_config
-from training.engine.metrics import SegmentationLoss, confusion_matrix
-from training.engine.postprocess_tuning import BIASES, _class_bias_confusions, fit_class_biases
+from seg_training.cli import train_seg_main
+from seg_training.data import read_image, read_mask
+from seg_training.data.check import check_pairs, median_frequency_weights
+from seg_training.data.labels import build_label_map
+from seg_training.data.segmentation import folder_pairs
+from seg_training.engine.config import ConfigError, load_config
+from seg_training.engine.metrics import SegmentationLoss, confusion_matrix
+from seg_training.engine.postprocess_tuning import BIASES, _class_bias_confusions, fit_class_biases
 
 CAMVID = TEST_DATA / "camvid"
 CAMVID_CLASSES = "sky,building,pole,road,pavement,tree,signsymbol,fence,car,pedestrian,bicyclist"
@@ -84,7 +84,7 @@ def test_weighted_loss_is_torchs_weighted_cross_entropy():
 @pytest.mark.parametrize("bad", ["inverse", [1.0, 2.0, 3.0], [1.0, -1.0], [True, 1.0]])
 def test_bad_class_weights_are_one_line_config_errors(bad):
     with pytest.raises(ConfigError, match="loss.class_weights must be"):
-        load_config("seg", REPO / "training/configs/smoke_seg.yaml", [("loss.class_weights", bad)])
+        load_config("seg", REPO / "seg_training/configs/smoke_seg.yaml", [("loss.class_weights", bad)])
 
 
 def test_training_with_median_frequency_weights_logs_and_uses_them(tmp_path, capsys):

@@ -15,13 +15,13 @@ import pytest
 from PIL import Image
 from train_helpers import REPO, TEST_DATA, quiet, subprocess_env
 
-from training.cli import train_seg_main
-from training.data.check import check_config_data, format_report
-from training.data.errors import InputError
-from training.data.names import parse_class_list, select_range
-from training.data.segmentation import find_pairs
-from training.engine.config import ConfigError, auto_workers, explicit_keys, load_config
-from training.engine.run_info import CPU_HINT, resolved_defaults, slow_start_message
+from seg_training.cli import train_seg_main
+from seg_training.data.check import check_config_data, format_report
+from seg_training.data.errors import InputError
+from seg_training.data.names import parse_class_list, select_range
+from seg_training.data.segmentation import find_pairs
+from seg_training.engine.config import ConfigError, auto_workers, explicit_keys, load_config
+from seg_training.engine.run_info import CPU_HINT, resolved_defaults, slow_start_message
 
 # CamVid stored labels -> the three classes of a small street data set: road (3), car (8), the rest
 # "other"; void (11) becomes the ignore index.
@@ -82,16 +82,16 @@ def test_bad_class_lists_are_refused(value, message):
 def test_config_and_command_line_take_every_class_list_form(tmp_path):
     folder = make_street_folder(tmp_path / "street")
     for value in ("other,road,car", "[other, road, car]", str(folder / "classes.txt"), "classes.txt"):
-        from training.engine.config import parse_value
+        from seg_training.engine.config import parse_value
 
         config = load_config(
             "seg",
-            "training/configs/my_data.yaml",
+            "seg_training/configs/my_data.yaml",
             [("data.root", str(folder)), ("data.classes", parse_value(value))],
         )
         assert config["data"]["classes"] == STREET_CLASSES, value
     with pytest.raises(ConfigError, match="3 colours for 2 classes"):
-        load_config("seg", "training/configs/smoke_seg.yaml", [("data.palette", [[0, 0, 0]] * 3)])
+        load_config("seg", "seg_training/configs/smoke_seg.yaml", [("data.palette", [[0, 0, 0]] * 3)])
 
 
 # --------------------------------------------------------------------------- splits
@@ -135,11 +135,11 @@ def test_base_takes_a_shipped_config_name(tmp_path):
 def test_open_worker_count_follows_the_cpus_and_defaults_are_reported():
     config = load_config(
         "seg",
-        "training/configs/my_data.yaml",
+        "seg_training/configs/my_data.yaml",
         [("data.root", "tests/data/camvid"), ("data.classes", "a,b,c")],
     )
     assert config["data"]["workers"] == auto_workers() >= 0
-    explicit = explicit_keys("training/configs/my_data.yaml", [("data.root", "x")])
+    explicit = explicit_keys("seg_training/configs/my_data.yaml", [("data.root", "x")])
     assert "data.crop_size" in explicit and "data.root" in explicit and "data.check" not in explicit
     defaults = resolved_defaults(config, {"arch": "groupnet_resnet18", "dropout": 0.1, "k": 2}, explicit)
     assert defaults["data.check"] is True and defaults["model.dropout"] == 0.1
@@ -155,7 +155,7 @@ def test_slow_start_message_points_at_the_cpu_config():
 
 
 def test_help_does_not_import_torch():
-    code = "import sys, training.cli; sys.exit('torch' in sys.modules)"
+    code = "import sys, seg_training.cli; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO, env=subprocess_env()).returncode == 0
 
 
@@ -201,7 +201,9 @@ def test_check_data_reports_every_problem_with_its_file(ccp_copy, tmp_path, caps
 def test_check_data_counts_labels_per_class(tmp_path):
     folder = make_street_folder(tmp_path / "street")
     config = load_config(
-        "seg", "training/configs/my_data.yaml", [("data.root", str(folder)), ("data.classes", "classes.txt")]
+        "seg",
+        "seg_training/configs/my_data.yaml",
+        [("data.root", str(folder)), ("data.classes", "classes.txt")],
     )
     report = check_config_data(config, workers=2, progress=False)
     assert report.ok, report.problems
@@ -262,7 +264,7 @@ def test_own_folder_trains_exports_evaluates_and_serves(tmp_path, capsys):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["train_images"] == 5 and summary["val_images"] == 1
 
-    from training.cli import export_main
+    from seg_training.cli import export_main
 
     gnpk = models / "street.gnpk"
     assert export_main(["--checkpoint", str(run / "best.pt"), "--out", str(gnpk), "--name", "street"]) == 0

@@ -10,16 +10,16 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from seg_service import format as gnpk  # noqa: E402
-from tests.parity.helpers import load_rgb, normalise, small_model  # noqa: E402
-from training.engine.checkpoint import init_weights  # noqa: E402
-from training.engine.packed_init import (  # noqa: E402
+from seg_training.engine.checkpoint import init_weights  # noqa: E402
+from seg_training.engine.packed_init import (  # noqa: E402
     calibrate,
     encoder_checkpoint,
     load_packed_encoder,
     sign_weights,
 )
-from training.export import export_model, weight_sign_bits  # noqa: E402
-from training.models import create_model  # noqa: E402
+from seg_training.export import export_model, weight_sign_bits  # noqa: E402
+from seg_training.models import create_model  # noqa: E402
+from tests.parity.helpers import load_rgb, normalise, small_model  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 

@@ -10,14 +10,14 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("albumentations")
 
-from training.data import build_seg_dataset, read_image, read_mask  # noqa: E402
-from training.data.copy_paste import CopyPaste  # noqa: E402
-from training.data.person_mix import build  # noqa: E402
-from training.data.transforms import seg_train_transform  # noqa: E402
-from training.engine.config import load_config  # noqa: E402
+from seg_training.data import build_seg_dataset, read_image, read_mask  # noqa: E402
+from seg_training.data.copy_paste import CopyPaste  # noqa: E402
+from seg_training.data.person_mix import build  # noqa: E402
+from seg_training.data.transforms import seg_train_transform  # noqa: E402
+from seg_training.engine.config import load_config  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / "data"
-PERSON_CONFIG = Path(__file__).resolve().parents[2] / "training/configs/person.yaml"
+PERSON_CONFIG = Path(__file__).resolve().parents[2] / "seg_training/configs/person.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -109,12 +109,12 @@ def test_strong_augmentation_keeps_labels_aligned():
 
 
 def test_peer_comparison_scores_packed_models_by_pooled_person_iou(mix):
-    """training.peers.compare's accuracy rows equal an independent count over predict()'s masks;
+    """seg_training.peers.compare's accuracy rows equal an independent count over predict()'s masks;
     MediaPipe's rows come when an environment with it is named (MEDIAPIPE_PYTHON)."""
     import os
 
     from seg_service.runtime import load_model
-    from training.peers.compare import accuracy, speed
+    from seg_training.peers.compare import accuracy, speed
 
     weights = Path(__file__).resolve().parents[2] / "weights" / "person.gnpk"
     python = os.environ.get("MEDIAPIPE_PYTHON")

@@ -12,8 +12,8 @@ from PIL import Image
 from train_helpers import REPO
 
 from seg_service.runtime import load_model
-from training.cli import train_seg_main
-from training.export import main as export_main
+from seg_training.cli import train_seg_main
+from seg_training.export import main as export_main
 
 PERSON = REPO / "weights" / "person.gnpk"
 CCP = REPO / "tests" / "data" / "ccp"

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from train_helpers import REPO, TEST_DATA, quiet, subprocess_env
 
-from training.cli import train_cls_main, train_seg_main
+from seg_training.cli import train_cls_main, train_seg_main
 
 
 def run_seg(argv, tmp_path, capsys):
@@ -97,10 +97,10 @@ def test_rgb_mask_is_rejected(ccp_copy, tmp_path, capsys):
 
 
 # Three bad runs in one process, as a notebook or a test session makes them: each must end with its
-# error, its DataLoader workers stopped and no tqdm monitor thread left (see training/engine/progress.py).
+# error, its DataLoader workers stopped and no tqdm monitor thread left (see seg_training/engine/progress.py).
 REPEATED_RUNS = """
 import multiprocessing, sys, threading
-from training.cli import train_seg_main
+from seg_training.cli import train_seg_main
 for attempt in range(3):
     rc = train_seg_main(sys.argv[1:])
     workers = len(multiprocessing.active_children())
@@ -155,7 +155,7 @@ def test_misspelled_key_in_config_file(tmp_path, capsys):
     config = tmp_path / "bad.yaml"
     config.write_text(
         "base: "
-        + str(TEST_DATA.parents[1] / "training/configs/smoke_seg.yaml")
+        + str(TEST_DATA.parents[1] / "seg_training/configs/smoke_seg.yaml")
         + "\ndata:\n  crop_szie: 64\n"
     )
     rc, lines = run_seg(["--config", str(config)], tmp_path, capsys)

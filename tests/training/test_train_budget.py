@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from train_helpers import REPO, quiet
 
-from training.cli import train_seg_main
-from training.engine.checkpoint import load_checkpoint
-from training.engine.config import from_json, load_config, model_config_for
-from training.engine.optim import lr_factor_fn
-from training.engine.time_budget import fit_epochs_to_budget
-from training.models import create_model
+from seg_training.cli import train_seg_main
+from seg_training.engine.checkpoint import load_checkpoint
+from seg_training.engine.config import from_json, load_config, model_config_for
+from seg_training.engine.optim import lr_factor_fn
+from seg_training.engine.time_budget import fit_epochs_to_budget
+from seg_training.models import create_model
 
 
 def test_fit_epochs_to_budget_arithmetic():
@@ -93,13 +93,13 @@ def test_reference_network_trains_through_train_seg(tmp_path):
 
 
 SHIPPED = ["imagenette_w05k4", "ccp_person_w05k4", "camvid_w05k4"]
-ABLATION = sorted(p.stem for p in (REPO / "training/configs/ablation").glob("*.yaml") if p.stem != "base")
+ABLATION = sorted(p.stem for p in (REPO / "seg_training/configs/ablation").glob("*.yaml") if p.stem != "base")
 
 
 @pytest.mark.parametrize("name", SHIPPED + [f"ablation/{n}" for n in ABLATION])
 def test_shipped_and_ablation_configs_build(name):
     task = "cls" if name.startswith("imagenette") else "seg"
-    config = load_config(task, f"training/configs/{name}.yaml", [])
+    config = load_config(task, f"seg_training/configs/{name}.yaml", [])
     classes = config["data"].get("classes") or list(range(10))
     model = create_model(model_config_for(config, len(classes)))
     assert sum(p.numel() for p in model.parameters()) > 0
@@ -107,9 +107,9 @@ def test_shipped_and_ablation_configs_build(name):
 
 
 def test_ablation_rows_differ_from_the_base_row_in_one_model_choice():
-    base = load_config("seg", "training/configs/ablation/base.yaml", [])
+    base = load_config("seg", "seg_training/configs/ablation/base.yaml", [])
     for name in ABLATION:
-        config = load_config("seg", f"training/configs/ablation/{name}.yaml", [])
+        config = load_config("seg", f"seg_training/configs/ablation/{name}.yaml", [])
         same = ("seed", "data", "train", "loss", "eval")
         assert {k: config[k] for k in same} == {k: base[k] for k in same}, name
         assert (
@@ -144,7 +144,7 @@ def test_packed_model_scored_through_the_runtime(packed_model_path, tmp_path, ca
     assert "through the packed runtime" in capsys.readouterr().out
     scores = json.loads(out.read_text())
     # The same figure computed independently: the runtime's masks against the CCP masks (label > 0).
-    config = load_config("seg", "training/configs/smoke_seg.yaml", [])
+    config = load_config("seg", "seg_training/configs/smoke_seg.yaml", [])
     names = [
         p.stem for p in sorted((REPO / "tests/data/ccp/masks").glob("*.png")) if "0905" <= p.stem <= "1004"
     ]

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from train_helpers import REPO
 
-from training.cli import CONFIG_DIR, parse_overrides
-from training.engine.config import ConfigError, load_config, model_config_for, parse_value
-from training.models import ModelConfig
+from seg_training.cli import CONFIG_DIR, parse_overrides
+from seg_training.engine.config import ConfigError, load_config, model_config_for, parse_value
+from seg_training.models import ModelConfig
 
 
 def test_override_styles_and_value_parsing():

@@ -11,7 +11,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from train_helpers import TEST_DATA
 
-from training.data import (
+from seg_training.data import (
     InputError,
     SeededSampler,
     build_label_map,
@@ -20,11 +20,11 @@ from training.data import (
     pad_collate,
     seg_train_transform,
 )
-from training.data.labels import apply_label_map
-from training.data.segmentation import SegmentationDataset
-from training.engine.config import load_config
-from training.engine.metrics import confusion_matrix, segmentation_scores, topk_correct
-from training.engine.optim import lr_factor_fn
+from seg_training.data.labels import apply_label_map
+from seg_training.data.segmentation import SegmentationDataset
+from seg_training.engine.config import load_config
+from seg_training.engine.metrics import confusion_matrix, segmentation_scores, topk_correct
+from seg_training.engine.optim import lr_factor_fn
 
 CAMVID_CLASSES = [
     "sky",
@@ -76,7 +76,7 @@ def test_camvid_void_becomes_ignore(tmp_path):
     (tmp_path / "val").mkdir()
     shutil.copytree(TEST_DATA / "camvid" / "images", tmp_path / "val" / "images")
     shutil.copytree(TEST_DATA / "camvid" / "masks", tmp_path / "val" / "masks")
-    data = load_config("seg", "training/configs/camvid.yaml", [("data.root", str(tmp_path))])["data"]
+    data = load_config("seg", "seg_training/configs/camvid.yaml", [("data.root", str(tmp_path))])["data"]
     dataset = build_seg_dataset(data, "val")
     raw = np.asarray(Image.open(dataset.pairs[0][1]))
     _, mask = dataset[0]

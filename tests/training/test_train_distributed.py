@@ -7,7 +7,7 @@ import json
 import pytest
 from train_helpers import REPO, quiet, run_module
 
-from training.engine.checkpoint import load_checkpoint
+from seg_training.engine.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow  # see README, Tests: excluded by -m "not slow"
 
@@ -22,7 +22,7 @@ def test_torchrun_two_processes_gloo(tmp_path):
             "--nproc_per_node",
             "2",
             "-m",
-            "training.cli",
+            "seg_training.cli",
             "train-seg",
             "--config",
             "smoke_seg",

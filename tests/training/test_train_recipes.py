@@ -6,15 +6,15 @@ import pytest
 import torch
 from train_helpers import quiet
 
-from training.binary import get_mode
-from training.cli import train_cls_main, train_seg_main
-from training.engine.checkpoint import init_weights, load_checkpoint
-from training.engine.config import load_config, model_config_for
-from training.models import create_model
+from seg_training.binary import get_mode
+from seg_training.cli import train_cls_main, train_seg_main
+from seg_training.engine.checkpoint import init_weights, load_checkpoint
+from seg_training.engine.config import load_config, model_config_for
+from seg_training.models import create_model
 
 
 def seg_model(config_name: str, *overrides: tuple[str, object]):
-    config = load_config("seg", f"training/configs/{config_name}.yaml", list(overrides))
+    config = load_config("seg", f"seg_training/configs/{config_name}.yaml", list(overrides))
     return create_model(model_config_for(config, len(config["data"]["classes"])))
 
 

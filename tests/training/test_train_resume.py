@@ -12,7 +12,7 @@ import pytest
 import torch
 from train_helpers import REPO, quiet, run_module, subprocess_env
 
-from training.engine.checkpoint import load_checkpoint
+from seg_training.engine.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow  # see README, Tests: excluded by -m "not slow"
 
@@ -20,7 +20,7 @@ EPOCHS = 4
 # Workers > 0 so that per-sample augmentation seeding is exercised across processes too.
 ARGS = [
     "-m",
-    "training.cli",
+    "seg_training.cli",
     "train-seg",
     "--config",
     "smoke_seg",

@@ -9,8 +9,8 @@ import pytest
 import torch
 from train_helpers import quiet
 
-from training.cli import train_cls_main, train_seg_main
-from training.engine.checkpoint import load_checkpoint
+from seg_training.cli import train_cls_main, train_seg_main
+from seg_training.engine.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow  # see README, Tests: excluded by -m "not slow"
 

@@ -1,7 +1,0 @@
-"""`python -m client` is the same as the seg-client console script."""
-
-import sys
-
-from client.cli import main
-
-sys.exit(main())

@@ -1,0 +1,255 @@
+"""Encoder weights from a packed model: warm-start a new network from a shipped ``.gnpk``.
+
+A packed file keeps what inference needs: each binary conv's sign bits and one folded multiplier and
+bias per output channel (binary weight scale and BatchNorm together). That is enough to rebuild an
+encoder that computes exactly the packed function in eval mode, so a new model (other head, other
+output stride, other decoder) can start from a shipped encoder instead of from scratch:
+
+- binary conv weights: sign bits times a constant latent magnitude ``LATENT``, so the scale
+  mean|W| is ``LATENT`` and the STE has room to move before signs flip;
+- each BatchNorm: its running statistics are measured on calibration images (every layer before it
+  already exact), then gamma and beta are chosen so eval output = the packed multiplier and bias.
+  Batch statistics in training then start close to the running ones, so the first training steps
+  see (nearly) the packed function too.
+
+Only group-wise Group-Net encoders with one binary conv per branch are read (the layouts the
+exporter writes for them). The result is a checkpoint usable as ``--train.init_from`` with
+``--train.init_scope encoder``::
+
+    python -m seg_training.engine.packed_init weights/person.gnpk --out person_encoder.pt \\
+        --images ../shared/data/portraits/images
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from seg_service import format as gnpk
+
+from ..data import read_image
+from ..data.errors import InputError
+from ..models import ModelConfig, create_model
+from ..models.groupnet import BasicBranch, GroupNetEncoder
+from .checkpoint import FORMAT, VERSION, save_atomic
+
+LATENT = 0.05  # magnitude of the rebuilt latent binary weights
+
+
+def sign_weights(words: np.ndarray, in_channels: int) -> np.ndarray:
+    """A file's binary conv weight u64 [O, kh, kw, Wd] -> float +-1 [O, I, kh, kw] (PyTorch layout):
+    the inverse of ``seg_training.export.weight_sign_bits`` (``seg_service.format.unpack_sign_bits``)."""
+    negative = gnpk.unpack_sign_bits(words, in_channels)
+    return np.ascontiguousarray(np.where(negative, -1.0, 1.0).astype(np.float32).transpose(0, 3, 1, 2))
+
+
+class _Folded:
+    """What a packed conv says about one (conv, BatchNorm) pair: eval output = mul * conv + bias."""
+
+    def __init__(self, bn: nn.BatchNorm2d, mul: np.ndarray, bias: np.ndarray) -> None:
+        self.bn, self.mul, self.bias = bn, torch.from_numpy(mul).double(), torch.from_numpy(bias).double()
+
+
+def _running_stats(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """A BatchNorm's running mean and variance (every BatchNorm of a Group-Net encoder keeps them)."""
+    mean, var = bn.running_mean, bn.running_var
+    if mean is None or var is None:
+        raise InputError("a BatchNorm without running statistics cannot be set up")
+    return mean, var
+
+
+def _coeffs(ops: dict[str, dict[str, Any]], prefix: str) -> list[float] | None:
+    op = ops.get(prefix)
+    return None if op is None else [float(c) for c in op["coeffs"]]
+
+
+def load_packed_encoder(model: nn.Module, packed: gnpk.PackedFile) -> list[_Folded]:
+    """Copy the packed encoder's weights into ``model.encoder``; BatchNorms are set up to be exact
+    with unit running statistics. Returns every BatchNorm with its packed multiplier and bias, for
+    :func:`calibrate`."""
+    encoder = model.encoder
+    if not isinstance(encoder, GroupNetEncoder):
+        raise InputError(f"{packed.path}: only Group-Net encoders can be read into")
+    t = packed.tensors
+    ops = {op["out"].split("#")[0]: op for op in packed.graph["ops"]}
+    folded: list[_Folded] = []
+
+    def need(name: str) -> np.ndarray:
+        if name not in t:
+            raise InputError(
+                f"{packed.path}: no tensor {name!r}; only group-wise Group-Net encoders with one "
+                "binary conv per branch can be read"
+            )
+        return t[name]
+
+    def binary(conv: nn.Module, bn: nn.BatchNorm2d, prefix: str) -> None:
+        weight = getattr(conv, "weight", None)
+        if not isinstance(weight, torch.Tensor) or weight.dim() != 4:
+            raise InputError(f"{prefix}: the model's conv is not a single binary conv")
+        signs = sign_weights(need(f"{prefix}.weight"), weight.shape[1])
+        if signs.shape != tuple(weight.shape):
+            raise InputError(
+                f"{prefix}: packed weight {signs.shape} does not fit the model's {tuple(weight.shape)}"
+            )
+        weight.copy_(torch.from_numpy(signs) * LATENT)
+        # The packed multiplier includes the weight scale (LATENT here): mul / LATENT per unit of conv output.
+        folded.append(
+            _Folded(
+                bn,
+                need(f"{prefix}.mul").astype(np.float64) / LATENT,
+                need(f"{prefix}.bias").astype(np.float64),
+            )
+        )
+
+    with torch.no_grad():
+        stem = need("stem.weight")  # [O, kh, kw, I], BatchNorm folded in
+        if stem.shape != tuple(encoder.conv1.weight.permute(0, 2, 3, 1).shape):
+            raise InputError(f"stem weight {stem.shape} does not fit the model's stem")
+        encoder.conv1.weight.copy_(torch.from_numpy(np.ascontiguousarray(stem.transpose(0, 3, 1, 2))))
+        folded.append(_Folded(encoder.bn1, np.ones(stem.shape[0]), need("stem.bias").astype(np.float64)))
+        for s, blocks in enumerate(encoder.stage_blocks(), start=1):
+            for j, block in enumerate(blocks):
+                prefix = f"layer{s}.{j}"
+                shortcut = block.shortcut()
+                if shortcut is not None:
+                    binary(shortcut[0], shortcut[1], f"{prefix}.down.conv")
+                for i, branch in enumerate(block.branch_modules()):
+                    if not isinstance(branch, BasicBranch):
+                        raise InputError("only BasicBlock encoders (ResNet-18/34) can be read")
+                    binary(branch.conv1, branch.bn1, f"{prefix}.b{i}.1.conv")
+                    binary(branch.conv2, branch.bn2, f"{prefix}.b{i}.2.conv")
+                scales = _coeffs(ops, f"{prefix}.sum")
+                k = len(block.branches)
+                if scales is None or len(scales) < k:
+                    raise InputError(f"{prefix}: the packed block has no aggregation of {k} branches")
+                # Fewer branches than the file has: the first k, scaled to the same total weight.
+                kept = torch.tensor(scales[:k], dtype=torch.float64)
+                block.scales.copy_((kept * sum(scales) / kept.sum()).float())
+                gate = _coeffs(ops, f"{prefix}.b0.in")
+                if block.gate is not None and gate is not None:
+                    g = min(max(gate[0], 1e-6), 1 - 1e-6)
+                    block.gate.fill_(math.log(g / (1 - g)))
+        for f in folded:  # exact in eval before calibration: x -> mul * x + bias
+            running_mean, running_var = _running_stats(f.bn)
+            running_mean.zero_()
+            running_var.fill_(1.0 - f.bn.eps)
+            f.bn.weight.copy_(f.mul.float())
+            f.bn.bias.copy_(f.bias.float())
+    return folded
+
+
+def calibrate(model: nn.Module, folded: Sequence[_Folded], images: torch.Tensor) -> None:
+    """Give every BatchNorm the running statistics of its input on ``images`` while keeping its eval
+    function: gamma = mul * sqrt(var + eps), beta = bias + mul * mean. The model runs in eval mode,
+    so each BatchNorm's input is already the exact packed value."""
+    stats: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def hook(bn: nn.Module, inputs: tuple[torch.Tensor, ...], _out: torch.Tensor) -> None:
+        x = inputs[0].double()
+        stats[bn] = (x.mean(dim=(0, 2, 3)), x.var(dim=(0, 2, 3), unbiased=False))
+
+    handles = [f.bn.register_forward_hook(hook) for f in folded]
+    model.eval()
+    with torch.no_grad():
+        model.get_submodule("encoder")(images)
+    for h in handles:
+        h.remove()
+    with torch.no_grad():
+        for f in folded:
+            mean, var = stats[f.bn]
+            running_mean, running_var = _running_stats(f.bn)
+            running_mean.copy_(mean.float())
+            running_var.copy_(var.float())
+            f.bn.weight.copy_((f.mul * torch.sqrt(var + f.bn.eps)).float())
+            f.bn.bias.copy_((f.bias + f.mul * mean).float())
+
+
+def calibration_batch(
+    folder: Path, count: int, size: int, mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
+    """``count`` images of ``folder`` (evenly spread over its sorted files), resized to size x size."""
+    import cv2
+
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if not files:
+        raise InputError(f"no images in {folder}")
+    chosen = [files[i * len(files) // count] for i in range(min(count, len(files)))]
+    batch = []
+    for path in chosen:
+        rgb = (
+            cv2.resize(read_image(path), (size, size), interpolation=cv2.INTER_AREA).astype(np.float32)
+            / 255.0
+        )
+        batch.append((rgb - np.asarray(mean, np.float32)) / np.asarray(std, np.float32))
+    return torch.from_numpy(np.stack(batch).transpose(0, 3, 1, 2).copy())
+
+
+def encoder_checkpoint(
+    packed_path: str | Path, images: Path, count: int = 32, size: int = 256, branches: int | None = None
+) -> dict[str, Any]:
+    """A training checkpoint whose ``model`` holds the packed file's encoder, calibrated.
+
+    ``branches`` < the file's K keeps the first ``branches`` branches of every block (a smaller,
+    faster encoder that still starts from what the large one learnt)."""
+    packed = gnpk.read_model(packed_path)
+    cfg = dict(packed.model["config"])
+    if cfg.get("decomposition", "group") != "group" or cfg.get("precision", "binary") != "binary":
+        raise InputError(f"{packed_path}: only binary group-wise Group-Net encoders can be read")
+    if branches is not None:
+        if not 1 <= branches <= int(cfg["k"]):
+            raise InputError(f"--branches must be in 1..{cfg['k']} for {packed_path}, got {branches}")
+        cfg.update(k=branches, bpac_rates=None)
+    model = create_model(ModelConfig.from_dict(cfg))
+    folded = load_packed_encoder(model, packed)
+    spec = packed.model["input"]
+    calibrate(model, folded, calibration_batch(images, count, size, spec["mean"], spec["std"]))
+    state = {k: v for k, v in model.state_dict().items() if k.startswith("encoder.")}
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "task": "seg-encoder",
+        "epoch": 0,
+        "model": state,
+        "model_config": cfg,
+        "source": str(packed_path),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m seg_training.engine.packed_init",
+        description="Rebuild the encoder of a packed Group-Net model as a training checkpoint "
+        "(use it with --train.init_from FILE --train.init_scope encoder).",
+    )
+    parser.add_argument("packed", help="a .gnpk file with a group-wise binary Group-Net encoder")
+    parser.add_argument("--out", required=True, help="checkpoint to write (.pt)")
+    parser.add_argument(
+        "--images", required=True, type=Path, help="a folder of real photos for BatchNorm calibration"
+    )
+    parser.add_argument("--count", type=int, default=32, help="calibration images (default 32)")
+    parser.add_argument("--size", type=int, default=256, help="calibration image side (default 256)")
+    parser.add_argument(
+        "--branches",
+        type=int,
+        default=None,
+        help="keep only the first N branches of each block (default: all)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        ckpt = encoder_checkpoint(args.packed, args.images, args.count, args.size, args.branches)
+    except (InputError, gnpk.ModelFormatError) as exc:
+        parser.exit(2, f"error: {exc}\n")
+    save_atomic(ckpt, args.out)
+    print(f"wrote {args.out}: {len(ckpt['model'])} encoder tensors from {args.packed}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,244 @@
+"""Our packed models next to MediaPipe's selfie segmenters: accuracy on a config's validation images
+through one metric, and latency side by side in one run.
+
+    python -m seg_training.peers.compare accuracy --config person --split val_portraits.txt \\
+        --packed weights/person.gnpk --mediapipe-python /path/to/mediapipe-env/bin/python
+    python -m seg_training.peers.compare speed --packed weights/person.gnpk \\
+        --mediapipe-python /path/to/mediapipe-env/bin/python --size 320x240 --threads 2
+
+MediaPipe runs in its own environment (``python -m venv mp && mp/bin/pip install mediapipe``): its
+numpy and OpenCV builds clash with ours, so it is driven through ``mediapipe_runner.py`` in a
+subprocess. Person IoU counts pixels over the whole set (intersection and union summed over images),
+the ``train-seg eval`` convention; every image is scored at its own full size by every model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data.errors import InputError
+
+RUNNER = Path(__file__).with_name("mediapipe_runner.py")
+MEDIAPIPE_MODELS = ("general", "landscape")
+
+
+def _scores(cm: np.ndarray) -> dict[str, float]:
+    """Person (class 1) IoU, precision, recall and the 2-class mIoU of a 2x2 confusion matrix
+    (rows: truth, columns: prediction)."""
+    tp, fp, fn = float(cm[1, 1]), float(cm[0, 1]), float(cm[1, 0])
+    tn = float(cm[0, 0])
+    iou = tp / max(tp + fp + fn, 1.0)
+    background = tn / max(tn + fp + fn, 1.0)
+    return {
+        "person_iou": iou,
+        "precision": tp / max(tp + fp, 1.0),
+        "recall": tp / max(tp + fn, 1.0),
+        "miou": (iou + background) / 2,
+    }
+
+
+def _confusion(pred: np.ndarray, truth: np.ndarray, ignore: int) -> np.ndarray:
+    """Person (any non-zero prediction) against the rest, as a 2x2 confusion matrix."""
+    from ..engine.metrics import confusion_matrix
+
+    return confusion_matrix((pred > 0).astype(np.int64), truth, 2, ignore)
+
+
+def _val_pairs(config_path: str, split: str | None, root: str | None) -> tuple[Any, int]:
+    from .. import data as datasets
+    from ..cli import find_config
+    from ..engine.config import load_config
+
+    overrides: list[tuple[str, Any]] = []
+    if split:
+        overrides.append(("data.val_split", split))
+    if root:
+        overrides.append(("data.root", root))
+    config = load_config("seg", find_config(config_path), overrides)
+    if len(config["data"]["classes"]) != 2:
+        raise InputError("the comparison is for person/background configs (2 classes)")
+    return datasets.build_seg_dataset(config["data"], "val"), int(config["data"]["ignore_index"])
+
+
+def mediapipe_masks(python: str, model: str, files: Sequence[str], workdir: Path) -> list[np.ndarray]:
+    import cv2
+
+    listing = workdir / "files.txt"
+    listing.write_text("\n".join(files))
+    out = workdir / model
+    command = [python, str(RUNNER), "masks", "--model", model, "--list", str(listing), "--out", str(out)]
+    run_subprocess(command)
+    masks = [cv2.imread(str(out / f"{i}.png"), cv2.IMREAD_GRAYSCALE) for i in range(len(files))]
+    unread = [i for i, mask in enumerate(masks) if mask is None]
+    if unread:
+        raise RuntimeError(f"MediaPipe ({model}) wrote no readable mask for {files[unread[0]]}")
+    return [mask for mask in masks if mask is not None]
+
+
+def run_subprocess(command: list[str]) -> str:
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        lines = (done.stderr or done.stdout).strip().splitlines() or ["(no output)"]
+        raise InputError(f"{' '.join(command[:3])} failed: {lines[-1]}")
+    return done.stdout
+
+
+def mediapipe_timing(
+    python: str, model: str, image: str, size: tuple[int, int], repeats: int
+) -> dict[str, Any]:
+    """``repeats`` timed ``process()`` calls of a MediaPipe selfie model on ``image`` resized to
+    ``size`` (W, H), in ``python``'s environment: {"ms": [...], "file_bytes": .tflite size or None}."""
+    command = [python, str(RUNNER), "time", "--model", model, "--image", image]
+    return json.loads(run_subprocess(command + ["--size", f"{size[0]}x{size[1]}", "--repeats", str(repeats)]))
+
+
+def accuracy(
+    config: str, split: str | None, root: str | None, packed: Sequence[str], python: str | None, threads: int
+) -> list[dict[str, Any]]:
+    from seg_service.runtime import load_model, set_num_threads
+
+    set_num_threads(threads)
+    val_set, ignore = _val_pairs(config, split, root)
+    truths = [val_set.load(i)[1] for i in range(len(val_set))]
+    rows = []
+    for path in packed:
+        model = load_model(path)
+        cm = np.zeros((2, 2), np.int64)
+        for i, truth in enumerate(truths):
+            cm += _confusion(model.predict(val_set.load(i)[0]), truth, ignore)
+        rows.append({"model": Path(path).name, **_scores(cm)})
+    if python:
+        files = [str(image) for image, _ in val_set.pairs]
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in MEDIAPIPE_MODELS:
+                cm = np.zeros((2, 2), np.int64)
+                for pred, truth in zip(mediapipe_masks(python, name, files, Path(tmp)), truths, strict=True):
+                    cm += _confusion(pred, truth, ignore)
+                rows.append({"model": f"mediapipe selfie {name}", **_scores(cm)})
+    for row in rows:
+        row["images"] = len(truths)
+    return rows
+
+
+def speed(
+    packed: Sequence[str],
+    python: str | None,
+    image: str,
+    size: tuple[int, int],
+    rounds: int,
+    repeats: int,
+    threads: int,
+) -> list[dict[str, Any]]:
+    """Median ms per call, rounds interleaved so every engine sees the same machine load."""
+    import time
+
+    import cv2
+
+    from seg_service.runtime import load_model, set_num_threads
+
+    set_num_threads(threads)
+    bgr = cv2.imread(image, cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise InputError(f"cannot read image {image}")
+    frame = np.ascontiguousarray(cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)[:, :, ::-1])
+    models = {Path(p).name: load_model(p) for p in packed}
+    times: dict[str, list[float]] = {name: [] for name in models}
+    if python:
+        times.update({f"mediapipe selfie {m}": [] for m in MEDIAPIPE_MODELS})
+    for model in models.values():
+        model.predict(frame)  # warm-up
+    for _ in range(rounds):
+        for name, model in models.items():
+            for _ in range(repeats):
+                start = time.perf_counter()
+                model.predict(frame)
+                times[name].append(1000.0 * (time.perf_counter() - start))
+        if python:
+            for m in MEDIAPIPE_MODELS:
+                times[f"mediapipe selfie {m}"] += mediapipe_timing(python, m, image, size, repeats)["ms"]
+    return [
+        {
+            "model": name,
+            "median_ms": statistics.median(ms),
+            "calls": len(ms),
+            "round_medians": [statistics.median(ms[r * repeats : (r + 1) * repeats]) for r in range(rounds)],
+        }
+        for name, ms in times.items()
+    ]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m seg_training.peers.compare", description=__doc__.split("\n\n")[0]
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for p in (
+        (acc := sub.add_parser("accuracy", help="person IoU of each model on a config's val images")),
+        (spd := sub.add_parser("speed", help="predict latency of each model, side by side")),
+    ):
+        p.add_argument("--packed", action="append", default=[], help="a .gnpk model (repeatable)")
+        p.add_argument("--mediapipe-python", help="python of an environment with mediapipe installed")
+        p.add_argument("--threads", type=int, default=2, help="threads for our runtime (default 2)")
+        p.add_argument("--json", help="also write the rows to this JSON file")
+    acc.add_argument("--config", required=True, help="a person/background training config (its val split)")
+    acc.add_argument("--split", help="override data.val_split (e.g. val_portraits.txt)")
+    acc.add_argument("--data-root", help="override data.root")
+    spd.add_argument(
+        "--image",
+        default=str(Path(__file__).resolve().parents[2] / "tests/data/ccp/images/0003.jpg"),
+        help="the photo to time on (resized to --size)",
+    )
+    spd.add_argument("--size", default="320x240", help="frame size WxH (default 320x240)")
+    spd.add_argument("--rounds", type=int, default=5)
+    spd.add_argument("--repeats", type=int, default=20)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "accuracy":
+            rows = accuracy(
+                args.config, args.split, args.data_root, args.packed, args.mediapipe_python, args.threads
+            )
+            print(f"{'model':<34} {'person IoU':>10} {'precision':>9} {'recall':>7} {'mIoU':>6}  images")
+            for r in rows:
+                print(
+                    f"{r['model']:<34} {100 * r['person_iou']:10.1f} {100 * r['precision']:9.1f} "
+                    f"{100 * r['recall']:7.1f} {100 * r['miou']:6.1f}  {r['images']}"
+                )
+        else:
+            w, h = (int(v) for v in args.size.lower().split("x"))
+            rows = speed(
+                args.packed,
+                args.mediapipe_python,
+                args.image,
+                (w, h),
+                args.rounds,
+                args.repeats,
+                args.threads,
+            )
+            print(
+                f"{'model':<34} {'median ms':>9}  per-round medians   ({args.size}, {args.threads} threads)"
+            )
+            for r in rows:
+                print(
+                    f"{r['model']:<34} {r['median_ms']:9.2f}  "
+                    + " ".join(f"{m:.1f}" for m in r["round_medians"])
+                )
+    except (InputError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
