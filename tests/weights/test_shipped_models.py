@@ -46,9 +46,18 @@ def test_shipped_files_load_with_the_expected_classes():
     assert person.name == "person" and person.classes == ["background", "person"]
     assert camvid.name == "camvid" and camvid.classes == CAMVID_CLASSES
     assert person.arch == camvid.arch == "groupnet_resnet18"
-    # person: the webcam-sized network (stride 32, skip decoder); camvid: K = 4 with BPAC at stride 8
+    # person: the webcam-sized network (stride 32, skip decoder); camvid: K = 4 at stride 16 with the
+    # skip decoder, and one decision bias per class (fitted by tune-postprocess)
     assert person.config["output_stride"] == 32 and person.config["decoder"] == "skip"
-    assert camvid.config["k"] == 4 and camvid.config["bpac"] and camvid.config["output_stride"] == 8
+    assert (
+        camvid.config["k"] == 4
+        and camvid.config["output_stride"] == 16
+        and camvid.config["decoder"] == "skip"
+    )
+    assert (
+        len(camvid.postprocess["logit_bias"]) == len(CAMVID_CLASSES)
+        and "guided_filter" not in camvid.postprocess
+    )
 
 
 def test_person_model_finds_the_people_in_real_photos():
