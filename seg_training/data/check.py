@@ -312,12 +312,13 @@ def run_check_data(
 
 def check_before_training(
     config: dict[str, Any], train_set: Any, val_set: Any, progress: bool, log: Callable[[str], Any]
-) -> str | None:
-    """The check at the start of a run, on its data sets; the one-line failure message, or None."""
+) -> tuple[DataReport | None, str | None]:
+    """The check at the start of a run, on its data sets: (the report, or None when the sets are not
+    image/mask files; the one-line failure message, or None)."""
     data = config["data"]
     if not all(hasattr(d, "pairs") and hasattr(d, "label_map") for d in (train_set, val_set)):
         log("data check skipped: the data set is not a list of image/mask files")  # e.g. a composite set
-        return None
+        return None, None
     report = check_pairs(
         {"train": train_set.pairs, "val": val_set.pairs},
         train_set.label_map,
@@ -331,8 +332,8 @@ def check_before_training(
         + format_report(report, MAX_SHOWN)
     )
     if report.ok:
-        return None
-    return (
+        return report, None
+    return report, (
         f"data check: {len(report.problems)} problem(s) in the data, listed above (first: "
         f"{report.problems[0]}); fix them, or see train-seg check-data; --data.check false skips the check"
     )

@@ -138,8 +138,6 @@ def tune_postprocess(
 
     Returns the report: every candidate's mIoU on the images used, the chosen spec and the baseline.
     """
-    from seg_service.runtime import apply_postprocess, resize_nearest
-
     from ..export import ExportError, repack_model
 
     if config_path is None:
@@ -161,9 +159,7 @@ def tune_postprocess(
         rgb, target = images.load(index)
         logits, guide = model.processed_logits(rgb)
         for fi, gf in enumerate(candidates):
-            scores = logits if gf is None else apply_postprocess(logits, guide, {"guided_filter": gf})
-            if scores.shape[:2] != target.shape:  # predict() resizes the mask the same way
-                scores = resize_nearest(scores, target.shape[0], target.shape[1])
+            scores = _scores_at(logits, guide, {"guided_filter": gf} if gf else {}, target.shape)
             if n == 2:
                 cms[fi] += _binary_confusions(scores[..., 1] - scores[..., 0], target, biases)
             else:
@@ -207,6 +203,19 @@ def tune_postprocess(
     return result
 
 
+def _scores_at(
+    logits: np.ndarray, guide: np.ndarray, spec: dict[str, Any], shape: tuple[int, ...]
+) -> np.ndarray:
+    """The scores ``predict`` takes the argmax of under post-processing ``spec``, at the mask's size
+    (predict() resizes the mask the same way)."""
+    from seg_service.runtime import apply_postprocess, resize_nearest
+
+    scores = apply_postprocess(logits, guide, spec) if spec else logits
+    if scores.shape[:2] != shape:
+        scores = resize_nearest(scores, shape[0], shape[1])
+    return scores
+
+
 def _iou_row(cm: np.ndarray, guided_filter: dict[str, Any] | None, bias: Any) -> dict[str, Any]:
     iou = np.diag(cm) / np.maximum(cm.sum(0) + cm.sum(1) - np.diag(cm), 1) * 100
     return {"guided_filter": guided_filter, "bias": bias, "miou": _miou(cm), "iou": iou.tolist()}
@@ -221,17 +230,13 @@ def _fit_multiclass_bias(
     biases on them; pass 2 scores the result on every pixel through the runtime's own
     post-processing, so the row's mIoU is the one ``predict`` gives, comparable with the grid's.
     """
-    from seg_service.runtime import apply_postprocess, resize_nearest
-
     n = len(model.classes)
     stride = BIAS_PIXEL_STRIDE
     kept_scores, kept_targets = [], []
     for index in tqdm(range(count), desc="class biases", disable=not progress, dynamic_ncols=True):
         rgb, target = images.load(index)
         logits, guide = model.processed_logits(rgb)
-        scores = apply_postprocess(logits, guide, spec) if spec else logits
-        if scores.shape[:2] != target.shape:
-            scores = resize_nearest(scores, target.shape[0], target.shape[1])
+        scores = _scores_at(logits, guide, spec, target.shape)
         sub_target = target[::stride, ::stride].ravel()
         keep = sub_target != ignore
         kept_scores.append(scores[::stride, ::stride].reshape(-1, n)[keep].astype(np.float32))
@@ -245,9 +250,7 @@ def _fit_multiclass_bias(
     for index in tqdm(range(count), desc="score biases", disable=not progress, dynamic_ncols=True):
         rgb, target = images.load(index)
         logits, guide = model.processed_logits(rgb)
-        scores = apply_postprocess(logits, guide, with_bias)
-        if scores.shape[:2] != target.shape:
-            scores = resize_nearest(scores, target.shape[0], target.shape[1])
+        scores = _scores_at(logits, guide, with_bias, target.shape)
         cm += confusion_matrix(scores.argmax(axis=2), target, n, ignore)
     return _iou_row(cm, spec.get("guided_filter"), with_bias["logit_bias"])
 

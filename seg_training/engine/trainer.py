@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -38,6 +38,9 @@ from .progress import RunScope
 from .run_info import SlowStartWatch, describe_settings, write_defaults
 from .runlog import format_duration, format_seg_report, write_csv
 from .time_budget import TimeBudget
+
+if TYPE_CHECKING:
+    from ..data.check import DataReport
 
 Log = Callable[[str], Any]
 
@@ -104,29 +107,33 @@ def build_model(
     )
 
 
-def resolve_class_weights(config: dict[str, Any], train_set: Any, log: Log) -> list[float] | None:
-    """loss.class_weights as numbers: ``median_frequency`` is computed from the training masks (each
-    read once; the same masks give the same weights, so a resumed run gets the same loss)."""
+def resolve_class_weights(
+    config: dict[str, Any], train_set: Any, log: Log, checked: DataReport | None = None
+) -> list[float] | None:
+    """loss.class_weights as numbers: ``median_frequency`` comes from the training masks, taken from
+    the start-of-run data check's report when there is one (else read once here); the same masks
+    give the same weights, so a resumed run gets the same loss."""
     weights = config["loss"].get("class_weights")
     if weights != "median_frequency":
         return None if weights is None else [float(w) for w in weights]
     from ..data.check import check_pairs, median_frequency_weights
 
-    if not (hasattr(train_set, "pairs") and hasattr(train_set, "label_map")):
-        raise InputError(
-            "loss.class_weights median_frequency needs a training set of image/mask files; "
-            "give the weights as a list instead"
-        )
     classes = list(config["data"]["classes"])
-    report = check_pairs(
-        {"train": train_set.pairs},
-        train_set.label_map,
-        classes,
-        int(config["data"]["ignore_index"]),
-        None,
-        bool(config["output"]["progress"]),
-    )
-    values = [round(float(w), 4) for w in median_frequency_weights(report.splits["train"])]
+    if checked is None:
+        if not (hasattr(train_set, "pairs") and hasattr(train_set, "label_map")):
+            raise InputError(
+                "loss.class_weights median_frequency needs a training set of image/mask files; "
+                "give the weights as a list instead"
+            )
+        checked = check_pairs(
+            {"train": train_set.pairs},
+            train_set.label_map,
+            classes,
+            int(config["data"]["ignore_index"]),
+            None,
+            bool(config["output"]["progress"]),
+        )
+    values = [round(float(w), 4) for w in median_frequency_weights(checked.splits["train"])]
     log("class weights (median frequency): " + ", ".join(f"{c} {w:.2f}" for c, w in zip(classes, values)))
     return values
 
@@ -309,10 +316,13 @@ def _train(
     seed = int(config["seed"])
     seed_everything(seed)
     train_set, val_set, classes = build_datasets(config)
+    checked: DataReport | None = None
     if task == "seg" and data_cfg.get("check", True):
         from ..data.check import check_before_training
 
-        failure = check_before_training(config, train_set, val_set, progress, log) if info.is_main else None
+        checked, failure = (
+            check_before_training(config, train_set, val_set, progress, log) if info.is_main else (None, None)
+        )
         failure = all_gather_objects(failure, info)[0]  # rank 0 read the files; every rank stops
         if failure:
             raise InputError(failure)
@@ -334,7 +344,11 @@ def _train(
     iters = len(train_data.loader)
     if train_cfg["steps_per_epoch"]:
         iters = min(iters, int(train_cfg["steps_per_epoch"]))
-    class_weights = resolve_class_weights(config, train_set, log) if task == "seg" else None
+    # rank 0 computes them (from its data check's report), every rank uses its numbers
+    class_weights = (
+        resolve_class_weights(config, train_set, log, checked) if task == "seg" and info.is_main else None
+    )
+    class_weights = all_gather_objects(class_weights, info)[0]
     parts = build_training_parts(config, model, ddp_model, iters, info, class_weights)
     record = RunRecord()
     if resumed is not None:

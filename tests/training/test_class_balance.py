@@ -15,12 +15,14 @@ from train_helpers import REPO, TEST_DATA, quiet
 from seg_service.runtime import load_model
 from seg_training.cli import train_seg_main
 from seg_training.data import read_image, read_mask
-from seg_training.data.check import check_pairs, median_frequency_weights
+from seg_training.data.check import check_before_training, check_pairs, median_frequency_weights
 from seg_training.data.labels import build_label_map
 from seg_training.data.segmentation import folder_pairs
 from seg_training.engine.config import ConfigError, load_config
+from seg_training.engine.loaders import build_datasets
 from seg_training.engine.metrics import SegmentationLoss, confusion_matrix
 from seg_training.engine.postprocess_tuning import BIASES, _class_bias_confusions, fit_class_biases
+from seg_training.engine.trainer import resolve_class_weights
 
 CAMVID = TEST_DATA / "camvid"
 CAMVID_CLASSES = "sky,building,pole,road,pavement,tree,signsymbol,fence,car,pedestrian,bicyclist"
@@ -117,6 +119,28 @@ def test_training_with_median_frequency_weights_logs_and_uses_them(tmp_path, cap
     }
     assert list(logged) == classes.split(",")
     assert logged["pole"] > 1 > logged["road"]
+
+
+def test_weights_from_the_data_checks_report_equal_those_read_afresh():
+    """A run takes the weights from its start-of-run data check (no second read of the masks); with
+    --data.check false it reads the masks itself: the same numbers either way."""
+    overrides = [
+        *camvid_overrides(),
+        ("data.classes", CAMVID_CLASSES),
+        ("data.remap", None),
+        ("data.void_labels", [VOID]),
+        ("loss.class_weights", "median_frequency"),
+    ]
+    config = load_config("seg", REPO / "seg_training/configs/smoke_seg.yaml", overrides)
+    config["output"]["progress"] = False
+    train_set, val_set, _ = build_datasets(config)
+    report, failure = check_before_training(config, train_set, val_set, False, lambda _line: None)
+    assert failure is None and report is not None
+    logged: list[str] = []
+    from_report = resolve_class_weights(config, train_set, logged.append, report)
+    afresh = resolve_class_weights(config, train_set, logged.append)
+    assert from_report == afresh and len(afresh) == 11
+    assert logged[0] == logged[1] and logged[0].startswith("class weights (median frequency): sky ")
 
 
 # --------------------------------------------------------------------------- per-class decision biases
