@@ -15,9 +15,10 @@ for the kernels once (a model does it at load time); the conv functions take the
 the weight array. ``lincomb_group`` runs the float linear combinations between binary convs (a
 Group-Net block's branch sum and soft gates) in one pass; ``upsample_bilinear`` is the graph's
 bilinear resampling; ``conv2d_direct`` is the RGB stem's float convolution;
-``guided_coefficients`` and ``guided_apply`` run a model's stored guided filter
-(runtime/refine.py); ``resize_area`` is the input's area resize. ``reference.py`` is a plain numpy
-version of the same API that defines the expected results.
+``guided_coefficients``, ``guided_apply`` and ``half_logit_difference`` (the two-class filter's
+source) run a model's stored guided filter (runtime/refine.py); ``resize_area`` is the input's area
+resize and ``normalize_image`` writes the network input (and the filter's guide) from the image.
+``reference.py`` is a plain numpy version of the same API that defines the expected results.
 """
 
 from __future__ import annotations
@@ -38,9 +39,11 @@ from seg_service.kernels._core import (
     get_num_threads,
     guided_apply,
     guided_coefficients,
+    half_logit_difference,
     isa,
     lincomb_group,
     maxpool2d,
+    normalize_image,
     pack_bits,
     popcount,
     popcount_ceilings,
@@ -66,9 +69,11 @@ __all__ = [
     "get_num_threads",
     "guided_apply",
     "guided_coefficients",
+    "half_logit_difference",
     "isa",
     "lincomb_group",
     "maxpool2d",
+    "normalize_image",
     "pack_bits",
     "popcount",
     "popcount_ceilings",

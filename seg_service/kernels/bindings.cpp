@@ -481,6 +481,42 @@ py::array_t<float> resize_area(const py::handle& x_obj, int64_t out_h, int64_t o
     return run(checked<float>(x_obj, "x", 3));  // float32, or a dtype error naming float32
 }
 
+// image: uint8 or float32 [h, w, C]; scale, offset: float32 [C]. Returns x [padded_h, padded_w, C], or
+// (x, guide [h, w, C]) with with_guide.
+py::object normalize_image(const py::handle& image_obj, const py::handle& scale_obj, const py::handle& offset_obj,
+                           int64_t padded_h, int64_t padded_w, bool with_guide) {
+    require(py::isinstance<py::array>(image_obj), "image must be a numpy array");
+    const bool is_u8 = py::reinterpret_borrow<py::array>(image_obj).dtype().is(py::dtype::of<uint8_t>());
+    auto scale = checked<float>(scale_obj, "scale", 1);
+    auto offset = checked<float>(offset_obj, "offset", 1);
+    auto run = [&](auto image) -> py::object {
+        const int64_t h = image.shape(0), w = image.shape(1), c = image.shape(2);
+        require(h >= 1 && w >= 1 && c >= 1, "image must be a non-empty [H, W, C] image, got " + shape_str(image));
+        require(scale.shape(0) == c && offset.shape(0) == c,
+                "scale and offset need one entry per image channel (" + std::to_string(c) + "), got " +
+                    std::to_string(scale.shape(0)) + " and " + std::to_string(offset.shape(0)));
+        require(padded_h >= h && padded_w >= w && padded_h <= kMaxSide && padded_w <= kMaxSide,
+                "padded size must hold the image and be at most " + std::to_string(kMaxSide) + " per side, got " +
+                    std::to_string(padded_h) + "x" + std::to_string(padded_w) + " for an image of " +
+                    std::to_string(h) + "x" + std::to_string(w));
+        py::array_t<float> x({padded_h, padded_w, c});
+        py::array_t<float> guide(with_guide ? std::vector<py::ssize_t>{h, w, c} : std::vector<py::ssize_t>{0});
+        const auto* ip = image.data();
+        const float* sp = scale.data();
+        const float* op = offset.data();
+        float* xp = x.mutable_data();
+        float* gp = with_guide ? guide.mutable_data() : nullptr;
+        {
+            py::gil_scoped_release release;
+            segk::normalize_image(ip, h, w, c, sp, op, padded_h, padded_w, xp, gp);
+        }
+        if (!with_guide) return std::move(x);
+        return py::make_tuple(x, guide);
+    };
+    if (is_u8) return run(checked<uint8_t>(image_obj, "image", 3));
+    return run(checked<float>(image_obj, "image", 3));  // float32, or a dtype error naming float32
+}
+
 py::tuple guided_coefficients(const py::handle& guide_obj, const py::handle& src_obj, int64_t radius, double eps) {
     auto guide = checked<float>(guide_obj, "guide", 3);
     auto src = checked<float>(src_obj, "src", 3);
@@ -537,6 +573,22 @@ py::array_t<float> guided_apply(const py::handle& a_obj, const py::handle& b_obj
     {
         py::gil_scoped_release release;
         segk::guided_apply(coef.data(), hl, wl, k, gp, h, w, sources.data(), signs.data(), bias.data(), channels, op);
+    }
+    return out;
+}
+
+py::array_t<float> half_logit_difference(const py::handle& scores_obj, double clip) {
+    auto scores = checked<float>(scores_obj, "scores", 3);
+    const int64_t h = scores.shape(0), w = scores.shape(1);
+    require(scores.shape(2) == 2, "scores must be [H, W, 2] (two classes), got " + shape_str(scores));
+    require(clip > 0, "clip must be positive, got " + std::to_string(clip));
+    py::array_t<float> out({h, w, int64_t{1}});
+    const float* sp = scores.data();
+    float* op = out.mutable_data();
+    const auto clip32 = static_cast<float>(clip);  // numpy compares a float32 array with float32 bounds
+    {
+        py::gil_scoped_release release;
+        segk::half_logit_difference(sp, h * w, clip32, op);
     }
     return out;
 }
@@ -737,6 +789,11 @@ PYBIND11_MODULE(_core, m) {
           "Area (box) resampling of uint8 or float32 [H, W, C] to float32 [out_h, out_w, C], as OpenCV's "
           "INTER_AREA when downscaling: width pass, then height pass (equal bit for bit to "
           "kernels.reference.resize_area).");
+    m.def("normalize_image", &normalize_image, py::arg("image"), py::arg("scale"), py::arg("offset"),
+          py::arg("padded_h"), py::arg("padded_w"), py::arg("with_guide") = false,
+          "The network input of an image uint8 or float32 [H, W, C]: float32 [padded_h, padded_w, C] = image * "
+          "scale + offset (two float32 roundings, per channel) with zeros past H and W; with with_guide, also the "
+          "guided filter's guide clip(image * float32(1 / 255), 0, 1) [H, W, C], from the same pass: (x, guide).");
     m.def("guided_coefficients", &guided_coefficients, py::arg("guide"), py::arg("src"), py::arg("radius"),
           py::arg("eps"),
           "Colour guided filter coefficients, window-averaged: guide float32 [H, W, 3], src [H, W, K] -> (a [H, W, "
@@ -747,6 +804,9 @@ PYBIND11_MODULE(_core, m) {
           "The fast guided filter's full-resolution step: coefficients a [h, w, K, 3] and b [h, w, K] upsampled "
           "bilinearly to the guide's [H, W] (as upsample_bilinear), filtered_j = a_j . guide + b_j, and out[..., "
           "c] = signs[c] * filtered[..., sources[c]] + bias[c] -> float32 [H, W, len(sources)].");
+    m.def("half_logit_difference", &half_logit_difference, py::arg("scores"), py::arg("clip"),
+          "The two-class guided filter's source: float32 [H, W, 1] = clip((scores[..., 1] - scores[..., 0]) * 0.5, "
+          "-clip, clip) for scores float32 [H, W, 2] (the class-1 logit centred over both classes).");
     m.def("argmax_channels", &argmax_channels, py::arg("x"),
           "Label map uint8 [H, W] of float32 [H, W, C] (C <= 256): np.argmax(x, axis=2), split over the kernels' "
           "threads (first maximum wins, NaN counts as the maximum).");

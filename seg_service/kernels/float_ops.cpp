@@ -11,19 +11,12 @@
 #include <string>
 #include <vector>
 
+#include "isa_dispatch.h"
 #include "kernels.h"
 #include "linear_taps.h"
 #include "threadpool.h"
 
 #pragma GCC optimize("fp-contract=off")
-
-// Each op's body is compiled once per ISA path through these wrappers (plain functions off x86-64,
-// where the scalar path is the only one chosen).
-#if defined(__x86_64__) || defined(_M_X64)
-#define SEGK_TARGET(isa) __attribute__((target(isa)))
-#else
-#define SEGK_TARGET(isa)
-#endif
 
 namespace segk {
 namespace {
@@ -93,17 +86,6 @@ SEGK_TARGET("avx2") void lincomb_chunk_avx2(const LincombCall& c, float* const* 
 }
 void lincomb_chunk_scalar(const LincombCall& c, float* const* dst, int64_t e0, int64_t len) {
     lincomb_chunk_body(c, dst, e0, len);
-}
-
-// The variant compiled for the ISA path in use (the scalar one off x86-64).
-template <typename Fn>
-Fn for_current_isa([[maybe_unused]] Fn avx512, [[maybe_unused]] Fn avx2, Fn scalar) {
-#if defined(__x86_64__) || defined(_M_X64)
-    const std::string name = isa();
-    if (name == "avx512") return avx512;
-    if (name == "avx2") return avx2;
-#endif
-    return scalar;
 }
 
 // Calls body(r0, r1) on consecutive ranges of output rows holding about `values_per_item` output
@@ -235,6 +217,13 @@ inline uint8_t argmax_pixel(const float* __restrict v, int64_t channels) {
 
 inline void argmax_range(const float* __restrict x, int64_t p0, int64_t p1, int64_t channels,
                          uint8_t* __restrict out) {
+    if (channels == 2) {  // the two-class models: one branch-free comparison, vectorised over pixels
+        for (int64_t p = p0; p < p1; ++p) {
+            const float v0 = x[2 * p], v1 = x[2 * p + 1];
+            out[p] = static_cast<uint8_t>((v1 > v0) | ((v1 != v1) & (v0 == v0)));  // NaN rules as above
+        }
+        return;
+    }
     for (int64_t p = p0; p < p1; ++p) out[p] = argmax_pixel(x + p * channels, channels);
 }
 

@@ -1,108 +1,345 @@
 // Colour guided filter (He, Sun and Tang, TPAMI 2013) for a model's stored post-processing
-// (seg_service/runtime/refine.py): the coefficients, fitted on the fast guided filter's subsampled
-// image (some ten thousand pixels: one thread; splitting the planes over two gained nothing), and
-// the full-resolution step that upsamples and applies them (rows split over the threads).
+// (seg_service/runtime/refine.py): the two-class filter's source, the coefficients, fitted on the
+// fast guided filter's subsampled image (some thousands of pixels: one thread), and the
+// full-resolution step that upsamples and applies them (rows split over the threads when large).
 //
 // Window means are over (2r+1) x (2r+1) windows clipped at the border (fewer pixels there), summed
-// in double with running sums, so the cost does not grow with the radius.
-
+// in double with running sums, so the cost does not grow with the radius and the variance (a small
+// difference of two means) keeps its digits. Each pass of the box filter runs along columns with a
+// running sum per column (a vector over the row, where a running sum along a row would be one long
+// chain of dependent additions) and stores its result transposed, so two passes give both axes
+// and the original layout back.
+//
+// Each ISA path runs the same operations in the same order (no FMA contraction in this file), so
+// the paths agree bit for bit; guided_apply and half_logit_difference equal their numpy
+// definitions (kernels.reference) bit for bit.
 #include <algorithm>
 #include <cstdint>
 #include <vector>
 
+#include "isa_dispatch.h"
 #include "kernels.h"
 #include "linear_taps.h"
 #include "threadpool.h"
 
+#pragma GCC optimize("fp-contract=off")
+
 namespace segk {
 namespace {
 
-// In place: each plane of `planes` (n_planes x [h, w], plane-major) becomes its clipped-window mean.
-// Both passes walk rows (contiguous): along x with a running prefix of the row, along y with a
-// prefix over rows kept for the whole plane.
-void box_mean_planes(std::vector<double>& planes, int64_t n_planes, int64_t h, int64_t w, int64_t r) {
-    std::vector<double> inv_count_x(static_cast<size_t>(w));
-    for (int64_t x = 0; x < w; ++x)
-        inv_count_x[x] = 1.0 / static_cast<double>(std::min(x + r, w - 1) - std::max<int64_t>(x - r, 0) + 1);
-    std::vector<double> line(static_cast<size_t>(w + 1));
-    std::vector<double> prefix(static_cast<size_t>((h + 1) * w));
-    for (int64_t p = 0; p < n_planes; ++p) {
-        double* plane = planes.data() + p * h * w;
-        for (int64_t y = 0; y < h; ++y) {  // rows: window sums along x
-            double* row = plane + y * w;
-            line[0] = 0.0;
-            for (int64_t x = 0; x < w; ++x) line[x + 1] = line[x] + row[x];
-            for (int64_t x = 0; x < w; ++x) row[x] = line[std::min(x + r, w - 1) + 1] - line[std::max<int64_t>(x - r, 0)];
+// --- Box means ---------------------------------------------------------------------------------
+
+// One pass: out [cols, rows] (transposed) = the mean of `in` [rows, cols] over the rows
+// [y - r, y + r] clipped to the plane, for every column. colsum: scratch [cols].
+SEGK_ALWAYS_INLINE void box_pass_transposed(const double* __restrict in, int64_t rows, int64_t cols, int64_t r,
+                                double* __restrict out, double* __restrict colsum) {
+    std::fill(colsum, colsum + cols, 0.0);
+    for (int64_t y = 0; y < std::min(r, rows); ++y) {
+        const double* __restrict row = in + y * cols;
+        for (int64_t x = 0; x < cols; ++x) colsum[x] += row[x];
+    }
+    for (int64_t y = 0; y < rows; ++y) {
+        if (y + r < rows) {  // the window's new last row
+            const double* __restrict row = in + (y + r) * cols;
+            for (int64_t x = 0; x < cols; ++x) colsum[x] += row[x];
         }
-        std::fill(prefix.begin(), prefix.begin() + w, 0.0);  // columns: prefix over rows, then the mean
-        for (int64_t y = 0; y < h; ++y)
-            for (int64_t x = 0; x < w; ++x) prefix[(y + 1) * w + x] = prefix[y * w + x] + plane[y * w + x];
-        for (int64_t y = 0; y < h; ++y) {
-            const int64_t y0 = std::max<int64_t>(y - r, 0), y1 = std::min(y + r, h - 1);
-            const double inv_count_y = 1.0 / static_cast<double>(y1 - y0 + 1);
-            const double* top = prefix.data() + y0 * w;
-            const double* bottom = prefix.data() + (y1 + 1) * w;
-            for (int64_t x = 0; x < w; ++x) plane[y * w + x] = (bottom[x] - top[x]) * inv_count_x[x] * inv_count_y;
+        if (y - r - 1 >= 0) {  // the row that left the window
+            const double* __restrict row = in + (y - r - 1) * cols;
+            for (int64_t x = 0; x < cols; ++x) colsum[x] -= row[x];
+        }
+        const double inv_count =
+            1.0 / static_cast<double>(std::min(y + r, rows - 1) - std::max<int64_t>(y - r, 0) + 1);
+        for (int64_t x = 0; x < cols; ++x) out[x * rows + y] = colsum[x] * inv_count;
+    }
+}
+
+// In place: each of the n_planes planes [h, w] (plane-major) becomes its clipped-window mean.
+SEGK_ALWAYS_INLINE void box_mean_planes(double* planes, int64_t n_planes, int64_t h, int64_t w, int64_t r,
+                            std::vector<double>& scratch) {
+    scratch.resize(static_cast<size_t>(h * w + std::max(h, w)));
+    double* transposed = scratch.data();
+    double* colsum = scratch.data() + h * w;
+    for (int64_t p = 0; p < n_planes; ++p) {
+        double* plane = planes + p * h * w;
+        box_pass_transposed(plane, h, w, r, transposed, colsum);  // along y -> [w, h]
+        box_pass_transposed(transposed, w, h, r, plane, colsum);  // along x -> [h, w]
+    }
+}
+
+// --- Coefficients ------------------------------------------------------------------------------
+
+struct CoefficientCall {
+    const float* guide;
+    const float* src;
+    int64_t h, w, k, radius;
+    double eps;
+    float* a_out;
+    float* b_out;
+};
+
+SEGK_ALWAYS_INLINE void guided_coefficients_body(const CoefficientCall& c) {
+    const int64_t n = c.h * c.w, k = c.k;
+    // Planes: guide (3), the 6 distinct guide products (00 01 02 11 12 22), then per source channel
+    // j: the source and source x guide (3).
+    const int64_t n_planes = 9 + 4 * k;
+    std::vector<double> m(static_cast<size_t>(n_planes * n));
+    double* __restrict mg = m.data();
+#pragma GCC ivdep
+    for (int64_t i = 0; i < n; ++i) {
+        const double g0 = c.guide[3 * i], g1 = c.guide[3 * i + 1], g2 = c.guide[3 * i + 2];
+        mg[i] = g0;
+        mg[n + i] = g1;
+        mg[2 * n + i] = g2;
+        mg[3 * n + i] = g0 * g0;
+        mg[4 * n + i] = g0 * g1;
+        mg[5 * n + i] = g0 * g2;
+        mg[6 * n + i] = g1 * g1;
+        mg[7 * n + i] = g1 * g2;
+        mg[8 * n + i] = g2 * g2;
+    }
+    for (int64_t j = 0; j < k; ++j) {
+        double* __restrict ms = m.data() + (9 + 4 * j) * n;
+        for (int64_t i = 0; i < n; ++i) {
+            const double s = c.src[i * k + j];
+            ms[i] = s;
+            ms[n + i] = s * static_cast<double>(c.guide[3 * i]);
+            ms[2 * n + i] = s * static_cast<double>(c.guide[3 * i + 1]);
+            ms[3 * n + i] = s * static_cast<double>(c.guide[3 * i + 2]);
         }
     }
+    std::vector<double> scratch;
+    box_mean_planes(m.data(), n_planes, c.h, c.w, c.radius, scratch);
+
+    // Per pixel and channel: a = cov(I, p) (Sigma + eps I)^-1, b = mean(p) - a . mean(I); planes a
+    // (3 per channel) then b (one per channel). The inverse is recomputed per channel (K is 1 for
+    // two classes), which keeps the loop over pixels free of per-pixel scratch, so it vectorises.
+    std::vector<double> ab(static_cast<size_t>(4 * k * n));
+    const double eps = c.eps;
+    const double* __restrict mi0 = mg;
+    const double* __restrict mi1 = mg + n;
+    const double* __restrict mi2 = mg + 2 * n;
+    const double* __restrict m00 = mg + 3 * n;
+    const double* __restrict m01 = mg + 4 * n;
+    const double* __restrict m02 = mg + 5 * n;
+    const double* __restrict m11 = mg + 6 * n;
+    const double* __restrict m12 = mg + 7 * n;
+    const double* __restrict m22 = mg + 8 * n;
+    for (int64_t j = 0; j < k; ++j) {
+        const double* __restrict mp = m.data() + (9 + 4 * j) * n;
+        const double* __restrict mp0 = mp + n;
+        const double* __restrict mp1 = mp + 2 * n;
+        const double* __restrict mp2 = mp + 3 * n;
+        double* __restrict a0 = ab.data() + 3 * j * n;
+        double* __restrict a1 = a0 + n;
+        double* __restrict a2 = a0 + 2 * n;
+        double* __restrict bj = ab.data() + (3 * k + j) * n;
+        for (int64_t i = 0; i < n; ++i) {
+            const double i0 = mi0[i], i1 = mi1[i], i2 = mi2[i];
+            const double s00 = m00[i] - i0 * i0 + eps, s01 = m01[i] - i0 * i1, s02 = m02[i] - i0 * i2;
+            const double s11 = m11[i] - i1 * i1 + eps, s12 = m12[i] - i1 * i2, s22 = m22[i] - i2 * i2 + eps;
+            // inverse of the symmetric matrix by its adjugate
+            const double c00 = s11 * s22 - s12 * s12, c01 = s02 * s12 - s01 * s22, c02 = s01 * s12 - s02 * s11;
+            const double c11 = s00 * s22 - s02 * s02, c12 = s01 * s02 - s00 * s12, c22 = s00 * s11 - s01 * s01;
+            const double inv_det = 1.0 / (s00 * c00 + s01 * c01 + s02 * c02);
+            const double p = mp[i];
+            const double v0 = mp0[i] - p * i0, v1 = mp1[i] - p * i1, v2 = mp2[i] - p * i2;
+            const double x0 = (v0 * c00 + v1 * c01 + v2 * c02) * inv_det;
+            const double x1 = (v0 * c01 + v1 * c11 + v2 * c12) * inv_det;
+            const double x2 = (v0 * c02 + v1 * c12 + v2 * c22) * inv_det;
+            a0[i] = x0;
+            a1[i] = x1;
+            a2[i] = x2;
+            bj[i] = p - x0 * i0 - x1 * i1 - x2 * i2;
+        }
+    }
+    box_mean_planes(ab.data(), 4 * k, c.h, c.w, c.radius, scratch);
+    for (int64_t j = 0; j < k; ++j) {
+        const double* __restrict a0 = ab.data() + 3 * j * n;
+        const double* __restrict bj = ab.data() + (3 * k + j) * n;
+        for (int64_t i = 0; i < n; ++i) {
+            float* __restrict a = c.a_out + (i * k + j) * 3;
+            a[0] = static_cast<float>(a0[i]);
+            a[1] = static_cast<float>(a0[n + i]);
+            a[2] = static_cast<float>(a0[2 * n + i]);
+            c.b_out[i * k + j] = static_cast<float>(bj[i]);
+        }
+    }
+}
+
+using CoefficientFn = void (*)(const CoefficientCall&);
+SEGK_TARGET("avx512f") void guided_coefficients_avx512(const CoefficientCall& c) { guided_coefficients_body(c); }
+SEGK_TARGET("avx2") void guided_coefficients_avx2(const CoefficientCall& c) { guided_coefficients_body(c); }
+void guided_coefficients_scalar(const CoefficientCall& c) { guided_coefficients_body(c); }
+
+// --- Full-resolution step ----------------------------------------------------------------------
+
+struct ApplyCall {
+    const float* coef;  // [hl, wl, 4k]
+    int64_t wl, k;
+    const float* guide;  // [h, w, 3]
+    int64_t w;
+    const int64_t* sources;
+    const float* signs;
+    const float* bias;
+    int64_t channels;
+    float* out;  // [h, w, channels]
+    const Tap* row_taps;
+    const int32_t* col_i0;  // per output column: left and right low-res columns and weights
+    const int32_t* col_i1;
+    const float* col_left_w;
+    const float* col_right_w;
+};
+
+// One thread's buffers: the two source rows of coef mixed and one pixel's values (general path);
+// for the two-class path, low-res rows of coef spread out to the output's columns (two slots).
+struct ApplyScratch {
+    std::vector<float> row, value, filtered;
+    std::vector<float> spread[2];
+    int64_t spread_row[2] = {-1, -1};
+};
+
+// The general path, output row y: the two low-res rows mixed (top * (1 - fy) + bottom * fy), then
+// per pixel the two columns mixed the same way, filtered_j = a_j . guide + b_j summed left to right,
+// and the outputs.
+SEGK_ALWAYS_INLINE void apply_row_body(const ApplyCall& c, int64_t y, ApplyScratch& s) {
+    const int64_t stride = 4 * c.k, row_len = c.wl * stride;
+    const Tap ty = c.row_taps[y];
+    const float top_w = 1.0f - ty.frac, bottom_w = ty.frac;
+    const float* __restrict top = c.coef + ty.i0 * row_len;
+    const float* __restrict bottom = c.coef + ty.i1 * row_len;
+    float* __restrict row = s.row.data();
+    for (int64_t i = 0; i < row_len; ++i) row[i] = top[i] * top_w + bottom[i] * bottom_w;
+    const float* __restrict g = c.guide + y * c.w * 3;
+    float* __restrict o = c.out + y * c.w * c.channels;
+    float* __restrict value = s.value.data();
+    float* __restrict filtered = s.filtered.data();
+    for (int64_t x = 0; x < c.w; ++x) {
+        const float lw = c.col_left_w[x], rw = c.col_right_w[x];
+        const float* __restrict left = row + c.col_i0[x] * stride;
+        const float* __restrict right = row + c.col_i1[x] * stride;
+        for (int64_t i = 0; i < stride; ++i) value[i] = left[i] * lw + right[i] * rw;
+        const float* gx = g + 3 * x;
+        for (int64_t j = 0; j < c.k; ++j)
+            filtered[j] = value[3 * j] * gx[0] + value[3 * j + 1] * gx[1] + value[3 * j + 2] * gx[2] + value[3 * c.k + j];
+        float* ox = o + x * c.channels;
+        for (int64_t ch = 0; ch < c.channels; ++ch) ox[ch] = c.signs[ch] * filtered[c.sources[ch]] + c.bias[ch];
+    }
+}
+
+// Low-res row j of coef (K = 1: a0 a1 a2 b per column) spread out to the output's columns, as 8
+// arrays of w: each coefficient at every pixel's left column, then at its right column. Copies
+// only (no arithmetic), so mixing spread rows gives the general path's values bit for bit.
+const float* spread_row(const ApplyCall& c, int64_t j, ApplyScratch& s) {
+    for (int slot = 0; slot < 2; ++slot)
+        if (s.spread_row[slot] == j) return s.spread[slot].data();
+    // the slot not holding the other row of the current pair (rows are visited in order)
+    const int slot = s.spread_row[0] < s.spread_row[1] ? 0 : 1;
+    float* __restrict dst = s.spread[slot].data();
+    const float* __restrict src = c.coef + j * c.wl * 4;
+    for (int64_t x = 0; x < c.w; ++x) {
+        const float* left = src + 4 * c.col_i0[x];
+        const float* right = src + 4 * c.col_i1[x];
+        for (int p = 0; p < 4; ++p) {
+            dst[p * c.w + x] = left[p];
+            dst[(4 + p) * c.w + x] = right[p];
+        }
+    }
+    s.spread_row[slot] = j;
+    return dst;
+}
+
+// The two-class path (K = 1, two outputs), output row y: the same arithmetic as apply_row_body on
+// spread rows, so every array is read contiguously and the loop over pixels vectorises.
+SEGK_ALWAYS_INLINE void apply_row_two_class_body(const ApplyCall& c, int64_t y, ApplyScratch& s) {
+    const Tap ty = c.row_taps[y];
+    const float top_w = 1.0f - ty.frac, bottom_w = ty.frac;
+    const float* top = spread_row(c, ty.i0, s);
+    const float* bottom = spread_row(c, ty.i1, s);
+    const int64_t w = c.w;
+    // [8, w] each: left a0 a1 a2 b, then right a0 a1 a2 b
+    const float* __restrict t0 = top;
+    const float* __restrict t1 = top + w;
+    const float* __restrict t2 = top + 2 * w;
+    const float* __restrict t3 = top + 3 * w;
+    const float* __restrict t4 = top + 4 * w;
+    const float* __restrict t5 = top + 5 * w;
+    const float* __restrict t6 = top + 6 * w;
+    const float* __restrict t7 = top + 7 * w;
+    const float* __restrict b0 = bottom;
+    const float* __restrict b1 = bottom + w;
+    const float* __restrict b2 = bottom + 2 * w;
+    const float* __restrict b3 = bottom + 3 * w;
+    const float* __restrict b4 = bottom + 4 * w;
+    const float* __restrict b5 = bottom + 5 * w;
+    const float* __restrict b6 = bottom + 6 * w;
+    const float* __restrict b7 = bottom + 7 * w;
+    const float* __restrict lw = c.col_left_w;
+    const float* __restrict rw = c.col_right_w;
+    const float* __restrict g = c.guide + y * w * 3;
+    float* __restrict o = c.out + y * w * 2;
+    const float sign0 = c.signs[0], sign1 = c.signs[1], bias0 = c.bias[0], bias1 = c.bias[1];
+    // the output never overlaps the inputs (too many arrays for the compiler's run-time alias checks)
+#pragma GCC ivdep
+    for (int64_t x = 0; x < w; ++x) {
+        const float a0 = (t0[x] * top_w + b0[x] * bottom_w) * lw[x] + (t4[x] * top_w + b4[x] * bottom_w) * rw[x];
+        const float a1 = (t1[x] * top_w + b1[x] * bottom_w) * lw[x] + (t5[x] * top_w + b5[x] * bottom_w) * rw[x];
+        const float a2 = (t2[x] * top_w + b2[x] * bottom_w) * lw[x] + (t6[x] * top_w + b6[x] * bottom_w) * rw[x];
+        const float b = (t3[x] * top_w + b3[x] * bottom_w) * lw[x] + (t7[x] * top_w + b7[x] * bottom_w) * rw[x];
+        const float f = a0 * g[3 * x] + a1 * g[3 * x + 1] + a2 * g[3 * x + 2] + b;
+        o[2 * x] = sign0 * f + bias0;
+        o[2 * x + 1] = sign1 * f + bias1;
+    }
+}
+
+using ApplyRowsFn = void (*)(const ApplyCall&, int64_t, int64_t, ApplyScratch&);
+SEGK_ALWAYS_INLINE void apply_rows_body(const ApplyCall& c, int64_t r0, int64_t r1, ApplyScratch& s) {
+    if (c.k == 1 && c.channels == 2) {
+        for (int64_t y = r0; y < r1; ++y) apply_row_two_class_body(c, y, s);
+        return;
+    }
+    for (int64_t y = r0; y < r1; ++y) apply_row_body(c, y, s);
+}
+SEGK_TARGET("avx512f") void apply_rows_avx512(const ApplyCall& c, int64_t r0, int64_t r1, ApplyScratch& s) {
+    apply_rows_body(c, r0, r1, s);
+}
+SEGK_TARGET("avx2") void apply_rows_avx2(const ApplyCall& c, int64_t r0, int64_t r1, ApplyScratch& s) {
+    apply_rows_body(c, r0, r1, s);
+}
+void apply_rows_scalar(const ApplyCall& c, int64_t r0, int64_t r1, ApplyScratch& s) { apply_rows_body(c, r0, r1, s); }
+
+// Below this many output values the full-resolution step stays on the calling thread: the
+// two-class step costs a few nanoseconds per pixel, less than waking a helper for a 320x240 image.
+constexpr int64_t kMinParallelApplyValues = int64_t{1} << 19;
+
+// --- Two-class source --------------------------------------------------------------------------
+
+using HalfDiffFn = void (*)(const float*, int64_t, int64_t, float, float*);
+SEGK_ALWAYS_INLINE void half_difference_body(const float* __restrict scores, int64_t p0, int64_t p1, float clip,
+                                 float* __restrict out) {
+    const float low = -clip;
+    for (int64_t p = p0; p < p1; ++p) {
+        const float v = (scores[2 * p + 1] - scores[2 * p]) * 0.5f;
+        const float above = v < low ? low : v;  // np.clip: maximum, then minimum; NaN stays NaN
+        out[p] = above > clip ? clip : above;
+    }
+}
+SEGK_TARGET("avx512f") void half_difference_avx512(const float* s, int64_t p0, int64_t p1, float clip, float* out) {
+    half_difference_body(s, p0, p1, clip, out);
+}
+SEGK_TARGET("avx2") void half_difference_avx2(const float* s, int64_t p0, int64_t p1, float clip, float* out) {
+    half_difference_body(s, p0, p1, clip, out);
+}
+void half_difference_scalar(const float* s, int64_t p0, int64_t p1, float clip, float* out) {
+    half_difference_body(s, p0, p1, clip, out);
 }
 
 }  // namespace
 
 void guided_coefficients(const float* guide, const float* src, int64_t h, int64_t w, int64_t k, int64_t radius,
                          double eps, float* a_out, float* b_out) {
-    const int64_t n = h * w;
-    // Planes: guide (3), source (k), source x guide (3k), the 6 distinct guide products.
-    const int64_t n_planes = 3 + k + 3 * k + 6;
-    std::vector<double> m(static_cast<size_t>(n_planes * n));
-    static constexpr int kPairs[6][2] = {{0, 0}, {0, 1}, {0, 2}, {1, 1}, {1, 2}, {2, 2}};
-    for (int64_t i = 0; i < n; ++i) {
-        const float* g = guide + i * 3;
-        const float* s = src + i * k;
-        for (int c = 0; c < 3; ++c) m[c * n + i] = g[c];
-        for (int64_t j = 0; j < k; ++j) {
-            m[(3 + j) * n + i] = s[j];
-            for (int c = 0; c < 3; ++c) m[(3 + k + 3 * j + c) * n + i] = static_cast<double>(s[j]) * g[c];
-        }
-        for (int q = 0; q < 6; ++q)
-            m[(3 + 4 * k + q) * n + i] = static_cast<double>(g[kPairs[q][0]]) * g[kPairs[q][1]];
-    }
-    box_mean_planes(m, n_planes, h, w, radius);
-
-    // Per pixel: a = cov(I, p) (Sigma + eps I)^-1, b = mean(p) - a . mean(I); planes a (3k) then b (k).
-    std::vector<double> ab(static_cast<size_t>(4 * k * n));
-    for (int64_t i = 0; i < n; ++i) {
-        const double mi[3] = {m[i], m[n + i], m[2 * n + i]};
-        double v[6];
-        for (int q = 0; q < 6; ++q) v[q] = m[(3 + 4 * k + q) * n + i] - mi[kPairs[q][0]] * mi[kPairs[q][1]];
-        const double a00 = v[0] + eps, a01 = v[1], a02 = v[2], a11 = v[3] + eps, a12 = v[4], a22 = v[5] + eps;
-        // inverse of the symmetric matrix by its adjugate
-        const double c00 = a11 * a22 - a12 * a12, c01 = a02 * a12 - a01 * a22, c02 = a01 * a12 - a02 * a11;
-        const double c11 = a00 * a22 - a02 * a02, c12 = a01 * a02 - a00 * a12, c22 = a00 * a11 - a01 * a01;
-        const double inv_det = 1.0 / (a00 * c00 + a01 * c01 + a02 * c02);
-        const double inv[3][3] = {{c00 * inv_det, c01 * inv_det, c02 * inv_det},
-                                  {c01 * inv_det, c11 * inv_det, c12 * inv_det},
-                                  {c02 * inv_det, c12 * inv_det, c22 * inv_det}};
-        for (int64_t j = 0; j < k; ++j) {
-            const double mp = m[(3 + j) * n + i];
-            double cov[3];
-            for (int c = 0; c < 3; ++c) cov[c] = m[(3 + k + 3 * j + c) * n + i] - mp * mi[c];
-            double b = mp;
-            for (int c = 0; c < 3; ++c) {
-                const double a = cov[0] * inv[0][c] + cov[1] * inv[1][c] + cov[2] * inv[2][c];
-                ab[(3 * j + c) * n + i] = a;
-                b -= a * mi[c];
-            }
-            ab[(3 * k + j) * n + i] = b;
-        }
-    }
-    box_mean_planes(ab, 4 * k, h, w, radius);
-    for (int64_t i = 0; i < n; ++i) {
-        for (int64_t j = 0; j < k; ++j) {
-            for (int c = 0; c < 3; ++c) a_out[(i * k + j) * 3 + c] = static_cast<float>(ab[(3 * j + c) * n + i]);
-            b_out[i * k + j] = static_cast<float>(ab[(3 * k + j) * n + i]);
-        }
-    }
+    const CoefficientCall call{guide, src, h, w, k, radius, eps, a_out, b_out};
+    for_current_isa<CoefficientFn>(guided_coefficients_avx512, guided_coefficients_avx2,
+                                   guided_coefficients_scalar)(call);
 }
 
 void guided_apply(const float* coef, int64_t hl, int64_t wl, int64_t k, const float* guide, int64_t h, int64_t w,
@@ -110,31 +347,43 @@ void guided_apply(const float* coef, int64_t hl, int64_t wl, int64_t k, const fl
     // coef [hl, wl, 4k]: a (3 per channel) then b (k); upsampled exactly as upsample_bilinear would
     // (rows mixed first, then columns), applied to the guide, then mapped to the output channels.
     const std::vector<Tap> row_taps = linear_taps(hl, h), col_taps = linear_taps(wl, w);
-    const int64_t stride = 4 * k;
-    const int threads = h * w * channels < (int64_t{1} << 16) ? 1 : get_num_threads();
-    constexpr int64_t kRowsPerItem = 8;
-    parallel_for(threads, (h + kRowsPerItem - 1) / kRowsPerItem, [&](int64_t item) {
-        std::vector<float> row(static_cast<size_t>(wl * stride)), value(static_cast<size_t>(stride));
-        std::vector<float> filtered(static_cast<size_t>(k));
-        for (int64_t y = item * kRowsPerItem; y < std::min(h, (item + 1) * kRowsPerItem); ++y) {
-            const Tap ty = row_taps[y];
-            const float top_w = 1.0f - ty.frac, bottom_w = ty.frac;
-            const float* top = coef + ty.i0 * wl * stride;
-            const float* bottom = coef + ty.i1 * wl * stride;
-            for (int64_t i = 0; i < wl * stride; ++i) row[i] = top[i] * top_w + bottom[i] * bottom_w;
-            for (int64_t x = 0; x < w; ++x) {
-                const Tap tx = col_taps[x];
-                const float left_w = 1.0f - tx.frac, right_w = tx.frac;
-                const float* left = row.data() + tx.i0 * stride;
-                const float* right = row.data() + tx.i1 * stride;
-                for (int64_t i = 0; i < stride; ++i) value[i] = left[i] * left_w + right[i] * right_w;
-                const float* g = guide + (y * w + x) * 3;
-                for (int64_t j = 0; j < k; ++j)
-                    filtered[j] = value[3 * j] * g[0] + value[3 * j + 1] * g[1] + value[3 * j + 2] * g[2] + value[3 * k + j];
-                float* o = out + (y * w + x) * channels;
-                for (int64_t c = 0; c < channels; ++c) o[c] = signs[c] * filtered[sources[c]] + bias[c];
-            }
+    std::vector<int32_t> col_i0(static_cast<size_t>(w)), col_i1(static_cast<size_t>(w));
+    std::vector<float> col_left_w(static_cast<size_t>(w)), col_right_w(static_cast<size_t>(w));
+    for (int64_t x = 0; x < w; ++x) {
+        const Tap& t = col_taps[static_cast<size_t>(x)];
+        col_i0[static_cast<size_t>(x)] = static_cast<int32_t>(t.i0);
+        col_i1[static_cast<size_t>(x)] = static_cast<int32_t>(t.i1);
+        col_left_w[static_cast<size_t>(x)] = 1.0f - t.frac;
+        col_right_w[static_cast<size_t>(x)] = t.frac;
+    }
+    const ApplyCall call{coef,         wl,   k,      guide,          w,
+                         sources,      signs, bias,  channels,       out,
+                         row_taps.data(), col_i0.data(), col_i1.data(), col_left_w.data(), col_right_w.data()};
+    const ApplyRowsFn fn = for_current_isa<ApplyRowsFn>(apply_rows_avx512, apply_rows_avx2, apply_rows_scalar);
+    const int threads = h * w * channels < kMinParallelApplyValues ? 1 : get_num_threads();
+    // Each item spreads the low-res rows it needs once (two-class path): one item per thread's share
+    // of rows, cut in a few pieces when several threads share them.
+    const int64_t rows_per_item = threads == 1 ? h : std::max<int64_t>(8, h / (4 * threads));
+    parallel_for(threads, (h + rows_per_item - 1) / rows_per_item, [&](int64_t item) {
+        ApplyScratch scratch;
+        if (k == 1 && channels == 2) {
+            for (auto& spread : scratch.spread) spread.resize(static_cast<size_t>(8 * w));
+        } else {
+            scratch.row.resize(static_cast<size_t>(wl * 4 * k));
+            scratch.value.resize(static_cast<size_t>(4 * k));
+            scratch.filtered.resize(static_cast<size_t>(k));
         }
+        fn(call, item * rows_per_item, std::min(h, (item + 1) * rows_per_item), scratch);
+    });
+}
+
+void half_logit_difference(const float* scores, int64_t pixels, float clip, float* out) {
+    const HalfDiffFn fn = for_current_isa<HalfDiffFn>(half_difference_avx512, half_difference_avx2,
+                                                      half_difference_scalar);
+    constexpr int64_t kPixelsPerItem = int64_t{1} << 15;
+    const int threads = pixels < kMinParallelApplyValues ? 1 : get_num_threads();
+    parallel_for(threads, (pixels + kPixelsPerItem - 1) / kPixelsPerItem, [&](int64_t item) {
+        fn(scores, item * kPixelsPerItem, std::min(pixels, (item + 1) * kPixelsPerItem), clip, out);
     });
 }
 

@@ -119,6 +119,15 @@ void upsample_bilinear(const float* x, int64_t h, int64_t w, int64_t c, float* o
 void resize_area(const uint8_t* x, int64_t h, int64_t w, int64_t c, float* out, int64_t out_h, int64_t out_w);
 void resize_area(const float* x, int64_t h, int64_t w, int64_t c, float* out, int64_t out_h, int64_t out_w);
 
+// The network input from an image [h, w, channels] (uint8, or float32 after the input's area
+// resize; input_prep.cpp): x [padded_h, padded_w, channels] = v * scale[c] + offset[c] (two float32
+// roundings) with zeros past h and w, and, when guide is not nullptr, guide [h, w, channels] =
+// clip(v * float32(1 / 255), 0, 1), the guided filter's guide.
+void normalize_image(const uint8_t* image, int64_t h, int64_t w, int64_t channels, const float* scale,
+                     const float* offset, int64_t padded_h, int64_t padded_w, float* x, float* guide);
+void normalize_image(const float* image, int64_t h, int64_t w, int64_t channels, const float* scale,
+                     const float* offset, int64_t padded_h, int64_t padded_w, float* x, float* guide);
+
 // Colour guided filter coefficients, window-averaged (guided_filter.cpp): guide [h, w, 3], src
 // [h, w, k] -> a_out [h, w, k, 3], b_out [h, w, k], so that channel j's filtered value is
 // a . guide + b; windows (2 radius + 1)^2 clipped at the border, eps added to the colour covariance.
@@ -130,6 +139,10 @@ void guided_coefficients(const float* guide, const float* src, int64_t h, int64_
 // + b_j, then out[..., c] = signs[c] * filtered[sources[c]] + bias[c] for `channels` outputs.
 void guided_apply(const float* coef, int64_t hl, int64_t wl, int64_t k, const float* guide, int64_t h, int64_t w,
                   const int64_t* sources, const float* signs, const float* bias, int64_t channels, float* out);
+
+// The two-class guided filter's source (guided_filter.cpp): out[p] = clip((scores[p, 1] - scores[p, 0]) *
+// 0.5, -clip, clip) for scores [pixels, 2], the class-1 logit centred over the two classes.
+void half_logit_difference(const float* scores, int64_t pixels, float clip, float* out);
 
 // Index of the largest of each pixel's `channels` values (channels <= 256), as numpy's argmax:
 // the first maximum wins and a NaN counts as the maximum.

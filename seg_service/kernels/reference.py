@@ -207,6 +207,31 @@ def resize_area(rgb: np.ndarray, out_h: int, out_w: int, chunk_rows: int = 256) 
     return _resize_axis(narrow, row_idx, row_w, 0)
 
 
+# ---- network input (the C++ kernel: input_prep.cpp; used by runtime/model.py) ----------------
+
+
+def normalize_image(
+    image: np.ndarray,
+    scale: np.ndarray,
+    offset: np.ndarray,
+    padded_h: int,
+    padded_w: int,
+    with_guide: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """The network input of an image [H, W, C] (uint8 or float32): image * scale + offset per channel
+    (the product rounded to float32, then the sum) in a zero-padded float32 [padded_h, padded_w, C];
+    with ``with_guide`` also the guided filter's guide, clip(image * float32(1 / 255), 0, 1)."""
+    img = np.asarray(image).astype(np.float32)
+    h, w, c = img.shape
+    x = np.zeros((padded_h, padded_w, c), dtype=np.float32)
+    inner = x[:h, :w]
+    np.multiply(img, np.asarray(scale, dtype=np.float32), out=inner)
+    inner += np.asarray(offset, dtype=np.float32)
+    if not with_guide:
+        return x
+    return x, np.clip(img * np.float32(1.0 / 255.0), 0.0, 1.0)
+
+
 # ---- guided filter (the C++ kernel: guided_filter.cpp; used by runtime/refine.py) ------------
 
 
@@ -280,6 +305,13 @@ def _inverse_sym3(m: np.ndarray) -> np.ndarray:
     adj[..., 2, 2] = a * d - b * b
     det = a * adj[..., 0, 0] + b * adj[..., 0, 1] + c * adj[..., 0, 2]
     return adj / det[..., None, None]
+
+
+def half_logit_difference(scores: np.ndarray, clip: float) -> np.ndarray:
+    """The two-class guided filter's source: (scores[..., 1:] - scores[..., :1]) * 0.5 clipped to
+    [-clip, clip], float32 [H, W, 1] (the class-1 logit centred over the two classes)."""
+    scores = np.asarray(scores, dtype=np.float32)
+    return np.clip((scores[..., 1:] - scores[..., :1]) * np.float32(0.5), -clip, clip)
 
 
 def guided_apply(

@@ -122,39 +122,44 @@ class PackedModel:
 
     def preprocess(self, rgb: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
         """RGB uint8 [H, W, 3] -> (normalised, padded float image, (h, w) before padding)."""
-        x, image = self._prepare(rgb)
-        return x, image.shape[:2]
+        x, size, _ = self._prepare(rgb, with_guide=False)
+        return x, size
 
-    def _prepare(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(normalised padded input, the resized image f32 [h, w, 3] with values 0-255)."""
+    def _prepare(
+        self, rgb: np.ndarray, with_guide: bool
+    ) -> tuple[np.ndarray, tuple[int, int], np.ndarray | None]:
+        """(normalised padded input, (h, w) after the input resize, and with ``with_guide`` the guided
+        filter's guide: the resized image f32 [h, w, 3] scaled to [0, 1], else None)."""
         rgb = np.asarray(rgb)
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
             raise ValueError(f"expected an RGB uint8 image of shape [H, W, 3], got {rgb.dtype} {rgb.shape}")
         if rgb.shape[0] < 1 or rgb.shape[1] < 1:
             raise ValueError(f"image is empty: shape {rgb.shape}")
         h, w = self.processed_size(rgb.shape[0], rgb.shape[1])
-        img = rgb.astype(np.float32) if (h, w) == rgb.shape[:2] else resize_area(rgb, h, w)
+        image = rgb if (h, w) == rgb.shape[:2] else resize_area(rgb, h, w)
         div = self.size_divisor
         ph, pw = -(-h // div) * div, -(-w // div) * div
-        x = np.zeros((ph, pw, 3), dtype=np.float32)  # padding is 0 after normalisation
-        # (v / 255 - mean) / std as one multiply-add per value, written in place: the textbook
-        # expression makes three temporaries with a stride-3 broadcast, 1.5x the time
-        inner = x[:h, :w]
-        np.multiply(img, self._scale, out=inner)
-        inner += self._offset
-        return x, img
+        # (v / 255 - mean) / std as v * scale + offset, written into the zero-padded input (and v / 255
+        # into the guide) in one pass over the image: numpy's float copy and two stride-3 broadcasts
+        # cost ten times more (kernels.reference.normalize_image is the same in numpy)
+        if with_guide:
+            x, guide = kernels.normalize_image(image, self._scale, self._offset, ph, pw, with_guide=True)
+            return x, (h, w), guide
+        return kernels.normalize_image(image, self._scale, self._offset, ph, pw), (h, w), None
 
     def processed_logits(self, rgb: np.ndarray, flip: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Raw logits f32 [h, w, classes] at the processed size (after the input resize, before any
         post-processing) and the resized image itself, f32 [h, w, 3] in [0, 1] (the guide of the
         model's guided filter). ``train-seg tune-postprocess`` fits the post-processing on these."""
-        logits, image = self._forward_processed(rgb, flip)
-        return logits, _guide(image)
+        logits, guide = self._forward_processed(rgb, flip, with_guide=True)
+        assert guide is not None
+        return logits, guide
 
-    def _forward_processed(self, rgb: np.ndarray, flip: bool) -> tuple[np.ndarray, np.ndarray]:
-        """(logits cropped to the processed size, the resized image with values 0-255)."""
-        x, image = self._prepare(rgb)
-        h, w = image.shape[:2]
+    def _forward_processed(
+        self, rgb: np.ndarray, flip: bool, with_guide: bool
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """(logits cropped to the processed size, the guide when ``with_guide``, else None)."""
+        x, (h, w), guide = self._prepare(rgb, with_guide)
         logits = self.forward(x)[:h, :w]
         if flip:
             # Test-time augmentation: the mirrored image's logits, mirrored back, averaged in. The
@@ -162,12 +167,14 @@ class PackedModel:
             mirrored = np.zeros_like(x)  # padding stays at the right and bottom, as for x
             mirrored[:h, :w] = x[:h, :w][:, ::-1]
             logits = (logits + self.forward(mirrored)[:h, :w][:, ::-1]) * np.float32(0.5)
-        return np.ascontiguousarray(logits), image
+        return np.ascontiguousarray(logits), guide
 
     def _logits_processed(self, rgb: np.ndarray, flip: bool, refine: bool) -> np.ndarray:
-        logits, image = self._forward_processed(rgb, flip)
-        if refine and self.postprocess:  # the guide is only built when it is used
-            logits = apply_postprocess(logits, _guide(image), self.postprocess)
+        # the guide is only built when the stored post-processing filters with it
+        with_guide = refine and bool(self.postprocess.get("guided_filter"))
+        logits, guide = self._forward_processed(rgb, flip, with_guide)
+        if refine and self.postprocess:
+            logits = apply_postprocess(logits, guide, self.postprocess)
         return logits
 
     def predict_logits(self, rgb: np.ndarray, flip: bool = False, refine: bool = True) -> np.ndarray:
@@ -186,8 +193,8 @@ class PackedModel:
         """Scores f32 [h, w, classes] at the processed size, post-processed unless ``refine=False``
         (their argmax, resized by nearest neighbour, is ``predict``'s mask), and the resized image
         f32 [h, w, 3] in [0, 1]. For per-stream work at the model's resolution (temporal smoothing)."""
-        logits, image = self._forward_processed(rgb, flip)
-        guide = _guide(image)
+        logits, guide = self._forward_processed(rgb, flip, with_guide=True)
+        assert guide is not None
         if refine and self.postprocess:
             logits = apply_postprocess(logits, guide, self.postprocess)
         return logits, guide
@@ -214,12 +221,6 @@ class PackedModel:
         if mask.shape != (height, width):
             mask = resize_nearest(mask, height, width)
         return mask
-
-
-def _guide(image: np.ndarray) -> np.ndarray:
-    """The guided filter's guide: the resized image scaled to [0, 1] (one pass over a contiguous
-    array; undoing the normalisation of the padded input instead costs 50 times more)."""
-    return np.clip(image * np.float32(1.0 / 255.0), 0.0, 1.0)
 
 
 def load_model(path: str | os.PathLike[str], dry_run: bool = True) -> PackedModel:

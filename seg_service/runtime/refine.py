@@ -58,10 +58,11 @@ def guided_filter(
     )
 
 
-def apply_postprocess(logits: np.ndarray, image: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
+def apply_postprocess(logits: np.ndarray, image: np.ndarray | None, spec: dict[str, Any]) -> np.ndarray:
     """The model's post-processing: logits f32 [H, W, C] -> scores f32 [H, W, C] whose argmax is the mask.
 
-    image: the RGB image the logits belong to, f32 [H, W, 3] in [0, 1] (after the input resize).
+    image: the RGB image the logits belong to, f32 [H, W, 3] in [0, 1] (after the input resize); only
+    a ``guided_filter`` reads it (None will do without one).
     With ``guided_filter``, the logits are centred per pixel (minus their mean over classes), clipped to
     [-clip, clip] so confident interiors do not drown the edges, and filtered; then ``logit_bias`` is added.
     """
@@ -75,13 +76,14 @@ def apply_postprocess(logits: np.ndarray, image: np.ndarray, spec: dict[str, Any
             if "logit_bias" in spec
             else scores
         )
+    if image is None:
+        raise ValueError("the guided filter needs the image the logits belong to")
     if classes == 2:
         # two classes: the centred logits are (-d, d) and the filter is linear, so filter d alone and
-        # write (-filtered + bias0, filtered + bias1)
-        half_diff = (scores[..., 1:] - scores[..., :1]) * np.float32(0.5)
+        # write (-filtered + bias0, filtered + bias1); d clipped comes from one kernel pass
         return guided_filter(
             image,
-            np.clip(half_diff, -gf["clip"], gf["clip"]),
+            kernels.half_logit_difference(np.ascontiguousarray(scores), gf["clip"]),
             gf["radius"],
             gf["eps"],
             gf["subsample"],

@@ -1,0 +1,119 @@
+// The network input of a model's predict (seg_service/runtime/model.py): an RGB image (uint8, or the
+// float32 result of the input's area resize) normalised per channel as v * scale + offset into a
+// zero-padded buffer and, optionally, the guided filter's guide, v / 255 clipped to [0, 1], from
+// the same read of the image. numpy needs a float copy of the image and two passes with a
+// tiny-last-axis broadcast (slow) for the same result.
+//
+// Rounding: v * scale and then + offset, each rounded to float32 (contraction into an FMA is off
+// for this file), and v * float32(1 / 255): bit for bit kernels.reference.normalize_image.
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "isa_dispatch.h"
+#include "kernels.h"
+#include "threadpool.h"
+
+#pragma GCC optimize("fp-contract=off")
+
+namespace segk {
+namespace {
+
+// Below this many image values a call stays on the calling thread (a 480x360 frame is ~0.5 M;
+// the pass is memory-bound and waking a helper costs about as much as it saves).
+constexpr int64_t kMinParallelValues = int64_t{1} << 20;
+constexpr int64_t kValuesPerItem = int64_t{1} << 16;
+
+template <typename T>
+struct NormalizeCall {
+    const T* image;
+    int64_t h, row_values;  // row_values = w * channels
+    const float* scale_row;   // [row_values]: scale repeated along the row, so the loop has no channel index
+    const float* offset_row;  // [row_values]
+    float inv_255;
+    float* x;                 // [padded_h, padded_w * channels]
+    int64_t padded_row_values;
+    float* guide;             // [h, row_values] or nullptr
+};
+
+template <typename T>
+SEGK_ALWAYS_INLINE void normalize_rows_body(const NormalizeCall<T>& c, int64_t r0, int64_t r1) {
+    const int64_t n = c.row_values;
+    for (int64_t y = r0; y < r1; ++y) {
+        float* __restrict dst = c.x + y * c.padded_row_values;
+        if (y >= c.h) {  // padding rows
+            std::fill(dst, dst + c.padded_row_values, 0.0f);
+            continue;
+        }
+        const T* __restrict src = c.image + y * n;
+        const float* __restrict scale = c.scale_row;
+        const float* __restrict offset = c.offset_row;
+        for (int64_t i = 0; i < n; ++i) {
+            const float product = static_cast<float>(src[i]) * scale[i];
+            dst[i] = product + offset[i];
+        }
+        std::fill(dst + n, dst + c.padded_row_values, 0.0f);
+        if (c.guide != nullptr) {
+            float* __restrict g = c.guide + y * n;
+            const float inv = c.inv_255;
+            for (int64_t i = 0; i < n; ++i) {
+                const float v = static_cast<float>(src[i]) * inv;
+                // np.clip's order (maximum, then minimum); a NaN stays NaN
+                const float low = v < 0.0f ? 0.0f : v;
+                g[i] = low > 1.0f ? 1.0f : low;
+            }
+        }
+    }
+}
+
+template <typename T>
+using NormalizeFn = void (*)(const NormalizeCall<T>&, int64_t, int64_t);
+
+template <typename T>
+SEGK_TARGET("avx512f") void normalize_rows_avx512(const NormalizeCall<T>& c, int64_t r0, int64_t r1) {
+    normalize_rows_body(c, r0, r1);
+}
+template <typename T>
+SEGK_TARGET("avx2") void normalize_rows_avx2(const NormalizeCall<T>& c, int64_t r0, int64_t r1) {
+    normalize_rows_body(c, r0, r1);
+}
+template <typename T>
+void normalize_rows_scalar(const NormalizeCall<T>& c, int64_t r0, int64_t r1) {
+    normalize_rows_body(c, r0, r1);
+}
+
+template <typename T>
+void normalize_image_impl(const T* image, int64_t h, int64_t w, int64_t channels, const float* scale,
+                          const float* offset, int64_t padded_h, int64_t padded_w, float* x, float* guide) {
+    const int64_t row_values = w * channels;
+    std::vector<float> scale_row(static_cast<size_t>(row_values)), offset_row(static_cast<size_t>(row_values));
+    for (int64_t i = 0; i < row_values; ++i) {
+        scale_row[static_cast<size_t>(i)] = scale[i % channels];
+        offset_row[static_cast<size_t>(i)] = offset[i % channels];
+    }
+    const NormalizeCall<T> call{image,          h, row_values, scale_row.data(), offset_row.data(),
+                                1.0f / 255.0f,  x, padded_w * channels, guide};
+    const NormalizeFn<T> fn =
+        for_current_isa<NormalizeFn<T>>(normalize_rows_avx512<T>, normalize_rows_avx2<T>, normalize_rows_scalar<T>);
+    const int64_t values = padded_h * padded_w * channels;
+    const int threads = values < kMinParallelValues ? 1 : get_num_threads();
+    const int64_t rows_per_item = std::max<int64_t>(1, kValuesPerItem / std::max<int64_t>(1, padded_w * channels));
+    parallel_for(threads, (padded_h + rows_per_item - 1) / rows_per_item, [&](int64_t item) {
+        const int64_t r0 = item * rows_per_item;
+        fn(call, r0, std::min(padded_h, r0 + rows_per_item));
+    });
+}
+
+}  // namespace
+
+void normalize_image(const uint8_t* image, int64_t h, int64_t w, int64_t channels, const float* scale,
+                     const float* offset, int64_t padded_h, int64_t padded_w, float* x, float* guide) {
+    normalize_image_impl(image, h, w, channels, scale, offset, padded_h, padded_w, x, guide);
+}
+
+void normalize_image(const float* image, int64_t h, int64_t w, int64_t channels, const float* scale,
+                     const float* offset, int64_t padded_h, int64_t padded_w, float* x, float* guide) {
+    normalize_image_impl(image, h, w, channels, scale, offset, padded_h, padded_w, x, guide);
+}
+
+}  // namespace segk

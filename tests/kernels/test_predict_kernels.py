@@ -1,0 +1,212 @@
+"""The kernels around the network in PackedModel.predict: normalize_image (the input and the guide),
+half_logit_difference and the two-class path of guided_apply (the stored guided filter), the
+guided filter's coefficients on every ISA path, and argmax_channels with two classes.
+
+normalize_image, half_logit_difference, guided_apply and argmax_channels must equal their numpy
+definitions in ``kernels.reference`` (or numpy itself) bit for bit on every ISA path and thread
+count, at sizes that are not multiples of the vector width, with and without padding.
+guided_coefficients sums in double, not as its float32 reference: every ISA path gives the same
+bits, within float32 rounding of the definition evaluated in float64.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from seg_service import kernels
+from seg_service.kernels import reference
+
+RNG = np.random.default_rng(7)
+MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+SCALE = (1.0 / (255.0 * STD)).astype(np.float32)
+OFFSET = (-MEAN / STD).astype(np.float32)
+
+SIZES = [(1, 1), (1, 37), (29, 1), (17, 33), (240, 320), (241, 319)]
+
+
+def padded(h: int, w: int, divisor: int = 32) -> tuple[int, int]:
+    return -(-h // divisor) * divisor, -(-w // divisor) * divisor
+
+
+@pytest.mark.parametrize("h, w", SIZES)
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_normalize_image_from_uint8_equals_numpy(isa: str, threads, h: int, w: int, n_threads: int) -> None:
+    kernels.set_num_threads(n_threads)
+    rgb = RNG.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    rgb[0, 0] = (0, 255, 128)
+    for ph, pw in {(h, w), padded(h, w)}:  # padding absent and present
+        x, guide = kernels.normalize_image(rgb, SCALE, OFFSET, ph, pw, with_guide=True)
+        want_x, want_guide = reference.normalize_image(rgb, SCALE, OFFSET, ph, pw, with_guide=True)
+        assert x.shape == (ph, pw, 3) and x.dtype == np.float32
+        assert guide.shape == (h, w, 3) and guide.dtype == np.float32
+        np.testing.assert_array_equal(x, want_x)
+        np.testing.assert_array_equal(guide, want_guide)
+        np.testing.assert_array_equal(kernels.normalize_image(rgb, SCALE, OFFSET, ph, pw), want_x)
+
+
+@pytest.mark.parametrize("h, w, c", [(1, 5, 3), (23, 41, 3), (9, 7, 1), (6, 11, 4)])
+def test_normalize_image_from_float_equals_numpy(isa: str, h: int, w: int, c: int) -> None:
+    """The area-resized image (float32): values past 0..255 and NaN included, any channel count."""
+    image = (RNG.standard_normal((h, w, c)) * 200 + 100).astype(np.float32)
+    image.flat[::7] = np.nan
+    scale = RNG.random(c).astype(np.float32)
+    offset = RNG.standard_normal(c).astype(np.float32)
+    x, guide = kernels.normalize_image(image, scale, offset, h + 3, w + 5, with_guide=True)
+    want_x, want_guide = reference.normalize_image(image, scale, offset, h + 3, w + 5, with_guide=True)
+    np.testing.assert_array_equal(x, want_x)
+    np.testing.assert_array_equal(guide, want_guide)
+    assert np.isnan(guide).sum() == np.isnan(image).sum()
+
+
+def test_normalize_image_large_image_on_threads(threads) -> None:
+    """Above the size where the rows are split over the threads (a 1080p-sized frame)."""
+    rgb = RNG.integers(0, 256, (601, 1000, 3), dtype=np.uint8)
+    want = reference.normalize_image(rgb, SCALE, OFFSET, 608, 1024, with_guide=True)
+    for n_threads in (1, 2, 3):
+        kernels.set_num_threads(n_threads)
+        got = kernels.normalize_image(rgb, SCALE, OFFSET, 608, 1024, with_guide=True)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_normalize_image_reads_non_contiguous_input() -> None:
+    rgb = RNG.integers(0, 256, (20, 30, 3), dtype=np.uint8)[::2, 3:]
+    np.testing.assert_array_equal(
+        kernels.normalize_image(rgb, SCALE, OFFSET, 16, 32),
+        reference.normalize_image(rgb, SCALE, OFFSET, 16, 32),
+    )
+
+
+@pytest.mark.parametrize(
+    "image, scale, padded_size, message",
+    [
+        (np.zeros((4, 4, 3), np.int16), SCALE, (4, 4), "float32"),
+        (np.zeros((4, 4), np.uint8), SCALE, (4, 4), "3 dimensions"),
+        (np.zeros((0, 4, 3), np.uint8), SCALE, (4, 4), "non-empty"),
+        (np.zeros((4, 4, 3), np.uint8), SCALE[:2], (4, 4), "one entry per image channel"),
+        (np.zeros((4, 4, 3), np.uint8), SCALE.astype(np.float64), (4, 4), "scale must have dtype float32"),
+        (np.zeros((4, 4, 3), np.uint8), SCALE, (3, 4), "padded size must hold the image"),
+        (np.zeros((4, 4, 3), np.uint8), SCALE, (4, 1 << 25), "at most"),
+        ([[[1, 2, 3]]], SCALE, (4, 4), "numpy array"),
+    ],
+)
+def test_normalize_image_bad_input(image, scale, padded_size, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        kernels.normalize_image(image, scale, OFFSET, *padded_size)
+
+
+@pytest.mark.parametrize("h, w", SIZES)
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_half_logit_difference_equals_numpy(isa: str, threads, h: int, w: int, n_threads: int) -> None:
+    kernels.set_num_threads(n_threads)
+    scores = (RNG.standard_normal((h, w, 2)) * 4).astype(np.float32)
+    scores.flat[::11] = np.nan
+    scores.flat[5::13] = np.inf
+    for clip in (2.0, 0.3, 1e-3):
+        got = kernels.half_logit_difference(scores, clip)
+        assert got.shape == (h, w, 1) and got.dtype == np.float32
+        np.testing.assert_array_equal(got, reference.half_logit_difference(scores, clip))
+
+
+def test_half_logit_difference_bad_input() -> None:
+    with pytest.raises(ValueError, match="two classes"):
+        kernels.half_logit_difference(np.zeros((3, 4, 3), np.float32), 2.0)
+    with pytest.raises(ValueError, match="clip must be positive"):
+        kernels.half_logit_difference(np.zeros((3, 4, 2), np.float32), 0.0)
+    with pytest.raises(ValueError, match="float32"):
+        kernels.half_logit_difference(np.zeros((3, 4, 2), np.float64), 2.0)
+
+
+@pytest.mark.parametrize(
+    "low, size",
+    [
+        ((60, 80), (240, 320)),  # the person model's 4x fast guided filter
+        ((1, 1), (1, 1)),
+        ((1, 7), (1, 29)),
+        ((9, 1), (35, 1)),
+        ((13, 9), (50, 33)),  # not a whole factor
+        ((6, 5), (6, 5)),  # no upsampling
+        ((150, 125), (600, 500)),  # rows split over the threads
+    ],
+)
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_two_class_apply_equals_numpy(isa: str, threads, low, size, n_threads: int) -> None:
+    kernels.set_num_threads(n_threads)
+    a = RNG.standard_normal((*low, 1, 3)).astype(np.float32)
+    b = RNG.standard_normal((*low, 1)).astype(np.float32)
+    guide = RNG.random((*size, 3), dtype=np.float32)
+    for signs, bias in (([-1.0, 1.0], [0.0, -1.25]), ([0.5, -2.0], [0.125, 3.0])):
+        out = kernels.guided_apply(a, b, guide, [0, 0], signs, bias)
+        assert out.shape == (*size, 2) and out.dtype == np.float32
+        np.testing.assert_array_equal(out, reference.guided_apply(a, b, guide, [0, 0], signs, bias))
+
+
+@pytest.mark.parametrize("h, w, k, radius", [(60, 80, 1, 4), (1, 23, 1, 3), (19, 1, 2, 2), (7, 9, 3, 20)])
+def test_coefficients_agree_on_every_isa_path(h: int, w: int, k: int, radius: int) -> None:
+    guide = RNG.random((h, w, 3), dtype=np.float32)
+    src = (RNG.standard_normal((h, w, k)) * 2).astype(np.float32)
+    previous = kernels.isa()
+    results = []
+    try:
+        for name in kernels.available_isas():
+            kernels.set_isa(name)
+            results.append(kernels.guided_coefficients(guide, src, radius, 1e-3))
+    finally:
+        kernels.set_isa(previous)
+    for a, b in results[1:]:
+        np.testing.assert_array_equal(a, results[0][0])
+        np.testing.assert_array_equal(b, results[0][1])
+    # against the definition in float64 (the float32 reference loses digits in the variance, up to
+    # 5e-4 on such small windows; the kernel sums in double and is off by its float32 rounding only)
+    exact_a, exact_b = coefficients_in_float64(guide, src, radius, 1e-3)
+    np.testing.assert_allclose(results[0][0], exact_a, rtol=1e-6, atol=2e-6)
+    np.testing.assert_allclose(results[0][1], exact_b, rtol=1e-6, atol=2e-6)
+
+
+def box_mean_in_float64(x: np.ndarray, radius: int) -> np.ndarray:
+    """reference.box_mean in float64, by cumulative sums."""
+    out = np.asarray(x, dtype=np.float64)
+    for axis in (0, 1):
+        n = out.shape[axis]
+        pad = [(1, 0) if a == axis else (0, 0) for a in range(out.ndim)]
+        cumulative = np.cumsum(np.pad(out, pad), axis=axis)
+        idx = np.arange(n)
+        hi, lo = np.minimum(idx + radius + 1, n), np.maximum(idx - radius, 0)
+        shape = [1] * out.ndim
+        shape[axis] = n
+        out = (np.take(cumulative, hi, axis=axis) - np.take(cumulative, lo, axis=axis)) / (hi - lo).reshape(
+            shape
+        )
+    return out
+
+
+def coefficients_in_float64(
+    guide: np.ndarray, src: np.ndarray, radius: int, eps: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """reference.guided_coefficients evaluated in float64."""
+    g, p = guide.astype(np.float64), src.astype(np.float64)
+    mean_i, mean_p = box_mean_in_float64(g, radius), box_mean_in_float64(p, radius)
+    cov = (
+        box_mean_in_float64(p[..., :, None] * g[..., None, :], radius)
+        - mean_p[..., :, None] * mean_i[..., None, :]
+    )
+    var = (
+        box_mean_in_float64(g[..., :, None] * g[..., None, :], radius)
+        - mean_i[..., :, None] * mean_i[..., None, :]
+    )
+    a = np.einsum("hwkj,hwji->hwki", cov, np.linalg.inv(var + eps * np.eye(3)))
+    b = mean_p - np.einsum("hwkc,hwc->hwk", a, mean_i)
+    return box_mean_in_float64(a, radius), box_mean_in_float64(b, radius)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 2), (1, 33, 2), (47, 61, 2), (240, 320, 2)])
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_two_class_argmax_equals_numpy(isa: str, threads, shape, n_threads: int) -> None:
+    kernels.set_num_threads(n_threads)
+    x = RNG.standard_normal(shape).astype(np.float32)
+    x.reshape(-1, 2)[::5, 1] = x.reshape(-1, 2)[::5, 0]  # ties: the first wins
+    x.reshape(-1, 2)[1::7, 0] = np.nan  # a NaN counts as the maximum, the first NaN wins
+    x.reshape(-1, 2)[2::9, 1] = np.nan
+    x.reshape(-1, 2)[3::11] = np.nan
+    np.testing.assert_array_equal(kernels.argmax_channels(x), np.argmax(x, axis=2))
