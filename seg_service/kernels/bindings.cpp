@@ -468,6 +468,8 @@ py::array_t<float> resize_area(const py::handle& x_obj, int64_t out_h, int64_t o
         require(x.shape(0) >= 1 && x.shape(1) >= 1 && x.shape(2) >= 1,
                 "x must be a non-empty [H, W, C] image, got " + shape_str(x));
         const int64_t h = x.shape(0), w = x.shape(1), c = x.shape(2);
+        require(w * c <= std::numeric_limits<int32_t>::max(),
+                "x rows must hold fewer than 2^31 values, got " + shape_str(x));
         py::array_t<float> out({out_h, out_w, c});
         const auto* xp = x.data();
         float* op = out.mutable_data();

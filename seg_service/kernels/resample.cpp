@@ -1,16 +1,21 @@
 // Area (box) downscaling, as the packed format's input rule and OpenCV's INTER_AREA: each output
 // pixel averages the input interval [o * s, (o + 1) * s), s = in / out, partly covered pixels
 // weighted by their covered fraction. Width pass, then height pass; every product and sum rounded
-// to float32 in the order of kernels.reference.resize_area, so the two agree bit for bit. The input
-// resize of a camera frame and the guided filter's subsampling both run here.
+// to float32 in the order of kernels.reference.resize_area, so the two agree bit for bit (on every
+// ISA path: no FMA contraction in this file). The input resize of a camera frame and the guided
+// filter's subsampling both run here.
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
+#include "isa_dispatch.h"
 #include "kernels.h"
 #include "threadpool.h"
+
+#pragma GCC optimize("fp-contract=off")
 
 namespace segk {
 namespace {
@@ -43,57 +48,145 @@ AreaTaps area_taps(int64_t in_size, int64_t out_size) {
 }
 
 constexpr int64_t kRowsPerItem = 16;
+// Below this many input values a call stays on the calling thread (the person model's 320x240
+// guide, 230 k values, takes some 0.2 ms on one core: a helper's wake-up and spin cost as much).
+constexpr int64_t kMinParallelValues = int64_t{1} << 20;
 
+// The width pass's taps tap-major, for loops over the outputs: offset[k * out + o] is the first
+// value of tap k of output o in an input row (index * channels), weight[k * out + o] its weight.
+// 32-bit offsets (the bindings bound a row's values below 2^31).
+struct WidthTaps {
+    int64_t taps = 0;
+    std::vector<int32_t> offset;
+    std::vector<float> weight;
+};
+
+WidthTaps width_taps(const AreaTaps& t, int64_t out_w, int64_t c) {
+    WidthTaps wt;
+    wt.taps = t.taps;
+    wt.offset.resize(static_cast<size_t>(t.taps * out_w));
+    wt.weight.resize(static_cast<size_t>(t.taps * out_w));
+    for (int64_t o = 0; o < out_w; ++o)
+        for (int64_t k = 0; k < t.taps; ++k) {
+            wt.offset[static_cast<size_t>(k * out_w + o)] =
+                static_cast<int32_t>(t.index[static_cast<size_t>(o * t.taps + k)] * c);
+            wt.weight[static_cast<size_t>(k * out_w + o)] = t.weight[static_cast<size_t>(o * t.taps + k)];
+        }
+    return wt;
+}
+
+struct WidthCall {
+    int64_t w, c, out_w;
+    const WidthTaps* taps;
+    float* out;  // [rows, out_w, c]
+};
+
+// Rows [r0, r1) of the width pass: per channel, the taps in order over all outputs at once (the
+// loops over outputs vectorise, their inputs read one by one), each product and sum rounded as the
+// reference's. row_f: scratch [w * c] for a uint8 row converted to float; acc: scratch [out_w].
 template <typename T>
-void width_pass(const T* x, int64_t w, int64_t c, const AreaTaps& t, int64_t out_w, int64_t r0, int64_t r1,
-                float* out) {
+SEGK_ALWAYS_INLINE void width_rows_body(const T* x, const WidthCall& call, int64_t r0, int64_t r1, float* row_f,
+                                        float* acc) {
+    const int64_t row_len = call.w * call.c, out_w = call.out_w, c = call.c;
+    const int32_t* __restrict offset = call.taps->offset.data();
+    const float* __restrict weight = call.taps->weight.data();
     for (int64_t r = r0; r < r1; ++r) {
-        const T* row = x + r * w * c;
-        float* dst = out + r * out_w * c;
-        for (int64_t o = 0; o < out_w; ++o) {
-            const int64_t* idx = t.index.data() + o * t.taps;
-            const float* wt = t.weight.data() + o * t.taps;
-            for (int64_t ch = 0; ch < c; ++ch) {
-                float acc = static_cast<float>(row[idx[0] * c + ch]) * wt[0];
-                for (int64_t k = 1; k < t.taps; ++k) {
-                    const float term = static_cast<float>(row[idx[k] * c + ch]) * wt[k];
-                    acc = acc + term;
+        const float* __restrict row;
+        if constexpr (std::is_same_v<T, float>) {
+            row = x + r * row_len;
+        } else {
+            const T* __restrict src = x + r * row_len;
+            for (int64_t i = 0; i < row_len; ++i) row_f[i] = static_cast<float>(src[i]);
+            row = row_f;
+        }
+        float* __restrict a = acc;
+        float* __restrict dst = call.out + r * out_w * c;
+        for (int64_t ch = 0; ch < c; ++ch) {
+            const float* __restrict values = row + ch;
+#pragma GCC ivdep
+            for (int64_t o = 0; o < out_w; ++o) a[o] = values[offset[o]] * weight[o];
+            for (int64_t k = 1; k < call.taps->taps; ++k) {
+                const int32_t* __restrict off_k = offset + k * out_w;
+                const float* __restrict weight_k = weight + k * out_w;
+#pragma GCC ivdep
+                for (int64_t o = 0; o < out_w; ++o) {
+                    const float term = values[off_k[o]] * weight_k[o];
+                    a[o] = a[o] + term;
                 }
-                dst[o * c + ch] = acc;
             }
+            for (int64_t o = 0; o < out_w; ++o) dst[o * c + ch] = a[o];
         }
     }
 }
 
-void height_pass(const float* x, int64_t row_values, const AreaTaps& t, int64_t r0, int64_t r1, float* out) {
+template <typename T>
+using WidthRowsFn = void (*)(const T*, const WidthCall&, int64_t, int64_t, float*, float*);
+template <typename T>
+SEGK_TARGET("avx512f") void width_rows_avx512(const T* x, const WidthCall& call, int64_t r0, int64_t r1, float* row_f,
+                                              float* acc) {
+    width_rows_body(x, call, r0, r1, row_f, acc);
+}
+template <typename T>
+SEGK_TARGET("avx2") void width_rows_avx2(const T* x, const WidthCall& call, int64_t r0, int64_t r1, float* row_f,
+                                         float* acc) {
+    width_rows_body(x, call, r0, r1, row_f, acc);
+}
+template <typename T>
+void width_rows_scalar(const T* x, const WidthCall& call, int64_t r0, int64_t r1, float* row_f, float* acc) {
+    width_rows_body(x, call, r0, r1, row_f, acc);
+}
+
+SEGK_ALWAYS_INLINE void height_pass_body(const float* x, int64_t row_values, const AreaTaps& t, int64_t r0,
+                                         int64_t r1, float* out) {
     for (int64_t o = r0; o < r1; ++o) {
         const int64_t* idx = t.index.data() + o * t.taps;
         const float* wt = t.weight.data() + o * t.taps;
-        float* dst = out + o * row_values;
-        const float* first = x + idx[0] * row_values;
-        for (int64_t v = 0; v < row_values; ++v) dst[v] = first[v] * wt[0];
+        float* __restrict dst = out + o * row_values;
+        const float* __restrict first = x + idx[0] * row_values;
+        const float w0 = wt[0];
+        for (int64_t v = 0; v < row_values; ++v) dst[v] = first[v] * w0;
         for (int64_t k = 1; k < t.taps; ++k) {
-            const float* src = x + idx[k] * row_values;
+            const float* __restrict src = x + idx[k] * row_values;
+            const float wk = wt[k];
             for (int64_t v = 0; v < row_values; ++v) {
-                const float term = src[v] * wt[k];
+                const float term = src[v] * wk;
                 dst[v] = dst[v] + term;
             }
         }
     }
 }
 
+using HeightFn = void (*)(const float*, int64_t, const AreaTaps&, int64_t, int64_t, float*);
+SEGK_TARGET("avx512f") void height_pass_avx512(const float* x, int64_t n, const AreaTaps& t, int64_t r0, int64_t r1,
+                                               float* out) {
+    height_pass_body(x, n, t, r0, r1, out);
+}
+SEGK_TARGET("avx2") void height_pass_avx2(const float* x, int64_t n, const AreaTaps& t, int64_t r0, int64_t r1,
+                                          float* out) {
+    height_pass_body(x, n, t, r0, r1, out);
+}
+void height_pass_scalar(const float* x, int64_t n, const AreaTaps& t, int64_t r0, int64_t r1, float* out) {
+    height_pass_body(x, n, t, r0, r1, out);
+}
+
 template <typename T>
 void resize_area_impl(const T* x, int64_t h, int64_t w, int64_t c, float* out, int64_t out_h, int64_t out_w) {
     const AreaTaps cols = area_taps(w, out_w), rows = area_taps(h, out_h);
+    const WidthTaps col_taps = width_taps(cols, out_w, c);
     std::vector<float> narrow(static_cast<size_t>(h * out_w * c));
-    const int threads = h * w * c < (int64_t{1} << 16) ? 1 : get_num_threads();
+    const WidthCall call{w, c, out_w, &col_taps, narrow.data()};
+    const WidthRowsFn<T> width_fn =
+        for_current_isa<WidthRowsFn<T>>(width_rows_avx512<T>, width_rows_avx2<T>, width_rows_scalar<T>);
+    const HeightFn height_fn = for_current_isa<HeightFn>(height_pass_avx512, height_pass_avx2, height_pass_scalar);
+    const int threads = h * w * c < kMinParallelValues ? 1 : get_num_threads();
     parallel_for(threads, (h + kRowsPerItem - 1) / kRowsPerItem, [&](int64_t item) {
-        width_pass(x, w, c, cols, out_w, item * kRowsPerItem, std::min(h, (item + 1) * kRowsPerItem),
-                   narrow.data());
+        std::vector<float> row_f(std::is_same_v<T, float> ? 0 : static_cast<size_t>(w * c));
+        std::vector<float> acc(static_cast<size_t>(out_w));
+        width_fn(x, call, item * kRowsPerItem, std::min(h, (item + 1) * kRowsPerItem), row_f.data(), acc.data());
     });
     parallel_for(threads, (out_h + kRowsPerItem - 1) / kRowsPerItem, [&](int64_t item) {
-        height_pass(narrow.data(), out_w * c, rows, item * kRowsPerItem, std::min(out_h, (item + 1) * kRowsPerItem),
-                    out);
+        height_fn(narrow.data(), out_w * c, rows, item * kRowsPerItem, std::min(out_h, (item + 1) * kRowsPerItem),
+                  out);
     });
 }
 

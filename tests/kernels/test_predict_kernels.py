@@ -210,3 +210,24 @@ def test_two_class_argmax_equals_numpy(isa: str, threads, shape, n_threads: int)
     x.reshape(-1, 2)[2::9, 1] = np.nan
     x.reshape(-1, 2)[3::11] = np.nan
     np.testing.assert_array_equal(kernels.argmax_channels(x), np.argmax(x, axis=2))
+
+
+@pytest.mark.parametrize(
+    "src, dst, dtype",
+    [
+        ((240, 320, 3), (60, 80), np.float32),  # the guided filter's 4x subsampling of the guide
+        ((240, 320, 1), (60, 80), np.float32),  # ... and of its source
+        ((384, 512, 3), (240, 320), np.uint8),  # a photo larger than max_side
+        ((7, 1, 3), (2, 1), np.uint8),
+        ((1, 29, 2), (1, 3), np.float32),
+        ((700, 601, 3), (311, 97), np.uint8),  # above the size split over the threads
+    ],
+)
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_resize_area_equals_numpy(isa: str, threads, src, dst, dtype, n_threads: int) -> None:
+    kernels.set_num_threads(n_threads)
+    if dtype == np.uint8:
+        x = RNG.integers(0, 256, src, dtype=np.uint8)
+    else:
+        x = (RNG.standard_normal(src) * 3).astype(np.float32)
+    np.testing.assert_array_equal(kernels.resize_area(x, *dst), reference.resize_area(x, *dst))
