@@ -127,6 +127,7 @@ def test_half_logit_difference_bad_input() -> None:
         ((9, 1), (35, 1)),
         ((13, 9), (50, 33)),  # not a whole factor
         ((6, 5), (6, 5)),  # no upsampling
+        ((20, 11), (7, 5)),  # fewer output rows than coefficient rows: the taps skip rows
         ((150, 125), (600, 500)),  # rows split over the threads
     ],
 )
