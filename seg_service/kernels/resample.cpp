@@ -52,9 +52,10 @@ constexpr int64_t kRowsPerItem = 16;
 // guide, 230 k values, takes some 0.2 ms on one core: a helper's wake-up and spin cost as much).
 constexpr int64_t kMinParallelValues = int64_t{1} << 20;
 
-// The width pass's taps tap-major, for loops over the outputs: offset[k * out + o] is the first
-// value of tap k of output o in an input row (index * channels), weight[k * out + o] its weight.
-// 32-bit offsets (the bindings bound a row's values below 2^31).
+// The width pass's taps tap-major, per output value (output pixel o, channel ch: v = o * c + ch),
+// for loops over a row's outputs: offset[k * out_w * c + v] is the input value of tap k of output
+// value v in its row (index * c + ch), weight[k * out_w * c + v] its weight. 32-bit offsets (the
+// bindings bound a row's values below 2^31).
 struct WidthTaps {
     int64_t taps = 0;
     std::vector<int32_t> offset;
@@ -64,14 +65,16 @@ struct WidthTaps {
 WidthTaps width_taps(const AreaTaps& t, int64_t out_w, int64_t c) {
     WidthTaps wt;
     wt.taps = t.taps;
-    wt.offset.resize(static_cast<size_t>(t.taps * out_w));
-    wt.weight.resize(static_cast<size_t>(t.taps * out_w));
+    const int64_t values = out_w * c;
+    wt.offset.resize(static_cast<size_t>(t.taps * values));
+    wt.weight.resize(static_cast<size_t>(t.taps * values));
     for (int64_t o = 0; o < out_w; ++o)
-        for (int64_t k = 0; k < t.taps; ++k) {
-            wt.offset[static_cast<size_t>(k * out_w + o)] =
-                static_cast<int32_t>(t.index[static_cast<size_t>(o * t.taps + k)] * c);
-            wt.weight[static_cast<size_t>(k * out_w + o)] = t.weight[static_cast<size_t>(o * t.taps + k)];
-        }
+        for (int64_t k = 0; k < t.taps; ++k)
+            for (int64_t ch = 0; ch < c; ++ch) {
+                const auto at = static_cast<size_t>(k * values + o * c + ch);
+                wt.offset[at] = static_cast<int32_t>(t.index[static_cast<size_t>(o * t.taps + k)] * c + ch);
+                wt.weight[at] = t.weight[static_cast<size_t>(o * t.taps + k)];
+            }
     return wt;
 }
 
@@ -81,13 +84,12 @@ struct WidthCall {
     float* out;  // [rows, out_w, c]
 };
 
-// Rows [r0, r1) of the width pass: per channel, the taps in order over all outputs at once (the
-// loops over outputs vectorise, their inputs read one by one), each product and sum rounded as the
-// reference's. row_f: scratch [w * c] for a uint8 row converted to float; acc: scratch [out_w].
+// Rows [r0, r1) of the width pass: the taps in order over all of a row's output values at once
+// (the loops over outputs vectorise, their inputs read one by one), each product and sum rounded
+// as the reference's. row_f: scratch [w * c] for a uint8 row converted to float.
 template <typename T>
-SEGK_ALWAYS_INLINE void width_rows_body(const T* x, const WidthCall& call, int64_t r0, int64_t r1, float* row_f,
-                                        float* acc) {
-    const int64_t row_len = call.w * call.c, out_w = call.out_w, c = call.c;
+SEGK_ALWAYS_INLINE void width_rows_body(const T* x, const WidthCall& call, int64_t r0, int64_t r1, float* row_f) {
+    const int64_t row_len = call.w * call.c, values = call.out_w * call.c;
     const int32_t* __restrict offset = call.taps->offset.data();
     const float* __restrict weight = call.taps->weight.data();
     for (int64_t r = r0; r < r1; ++r) {
@@ -99,41 +101,34 @@ SEGK_ALWAYS_INLINE void width_rows_body(const T* x, const WidthCall& call, int64
             for (int64_t i = 0; i < row_len; ++i) row_f[i] = static_cast<float>(src[i]);
             row = row_f;
         }
-        float* __restrict a = acc;
-        float* __restrict dst = call.out + r * out_w * c;
-        for (int64_t ch = 0; ch < c; ++ch) {
-            const float* __restrict values = row + ch;
+        float* __restrict dst = call.out + r * values;
 #pragma GCC ivdep
-            for (int64_t o = 0; o < out_w; ++o) a[o] = values[offset[o]] * weight[o];
-            for (int64_t k = 1; k < call.taps->taps; ++k) {
-                const int32_t* __restrict off_k = offset + k * out_w;
-                const float* __restrict weight_k = weight + k * out_w;
+        for (int64_t v = 0; v < values; ++v) dst[v] = row[offset[v]] * weight[v];
+        for (int64_t k = 1; k < call.taps->taps; ++k) {
+            const int32_t* __restrict off_k = offset + k * values;
+            const float* __restrict weight_k = weight + k * values;
 #pragma GCC ivdep
-                for (int64_t o = 0; o < out_w; ++o) {
-                    const float term = values[off_k[o]] * weight_k[o];
-                    a[o] = a[o] + term;
-                }
+            for (int64_t v = 0; v < values; ++v) {
+                const float term = row[off_k[v]] * weight_k[v];
+                dst[v] = dst[v] + term;
             }
-            for (int64_t o = 0; o < out_w; ++o) dst[o * c + ch] = a[o];
         }
     }
 }
 
 template <typename T>
-using WidthRowsFn = void (*)(const T*, const WidthCall&, int64_t, int64_t, float*, float*);
+using WidthRowsFn = void (*)(const T*, const WidthCall&, int64_t, int64_t, float*);
 template <typename T>
-SEGK_TARGET("avx512f") void width_rows_avx512(const T* x, const WidthCall& call, int64_t r0, int64_t r1, float* row_f,
-                                              float* acc) {
-    width_rows_body(x, call, r0, r1, row_f, acc);
+SEGK_TARGET("avx512f") void width_rows_avx512(const T* x, const WidthCall& call, int64_t r0, int64_t r1, float* row_f) {
+    width_rows_body(x, call, r0, r1, row_f);
 }
 template <typename T>
-SEGK_TARGET("avx2") void width_rows_avx2(const T* x, const WidthCall& call, int64_t r0, int64_t r1, float* row_f,
-                                         float* acc) {
-    width_rows_body(x, call, r0, r1, row_f, acc);
+SEGK_TARGET("avx2") void width_rows_avx2(const T* x, const WidthCall& call, int64_t r0, int64_t r1, float* row_f) {
+    width_rows_body(x, call, r0, r1, row_f);
 }
 template <typename T>
-void width_rows_scalar(const T* x, const WidthCall& call, int64_t r0, int64_t r1, float* row_f, float* acc) {
-    width_rows_body(x, call, r0, r1, row_f, acc);
+void width_rows_scalar(const T* x, const WidthCall& call, int64_t r0, int64_t r1, float* row_f) {
+    width_rows_body(x, call, r0, r1, row_f);
 }
 
 SEGK_ALWAYS_INLINE void height_pass_body(const float* x, int64_t row_values, const AreaTaps& t, int64_t r0,
@@ -181,8 +176,7 @@ void resize_area_impl(const T* x, int64_t h, int64_t w, int64_t c, float* out, i
     const int threads = h * w * c < kMinParallelValues ? 1 : get_num_threads();
     parallel_for(threads, (h + kRowsPerItem - 1) / kRowsPerItem, [&](int64_t item) {
         std::vector<float> row_f(std::is_same_v<T, float> ? 0 : static_cast<size_t>(w * c));
-        std::vector<float> acc(static_cast<size_t>(out_w));
-        width_fn(x, call, item * kRowsPerItem, std::min(h, (item + 1) * kRowsPerItem), row_f.data(), acc.data());
+        width_fn(x, call, item * kRowsPerItem, std::min(h, (item + 1) * kRowsPerItem), row_f.data());
     });
     parallel_for(threads, (out_h + kRowsPerItem - 1) / kRowsPerItem, [&](int64_t item) {
         height_fn(narrow.data(), out_w * c, rows, item * kRowsPerItem, std::min(out_h, (item + 1) * kRowsPerItem),
