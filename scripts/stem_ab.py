@@ -11,7 +11,8 @@ AVX-512, 2 x 8 lanes x ~3.4 GHz turbo = 54 with AVX2), speedup new / old and tor
     python scripts/stem_ab.py --baseline /tmp/stem_old --isa avx512 --threads 1 2 --size 256x320 384x480
 
 `--baseline` is a directory holding another build's `seg_service` package (e.g. a copy of the tree
-with its built extension); this tree's is the current PYTHONPATH's.
+with its built extension); this tree's is the current PYTHONPATH's. `--cpu-time`: at 1 thread,
+CPU seconds of the process (leaves out the time a busy machine keeps the call off the CPU).
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ import time
 CHILD = "--child"
 
 
-def child(which: str, isa: str, threads: int, h: int, w: int, samples: int, calls: int) -> None:
-    """Prints `samples` seconds-per-call figures for one variant."""
+def child(which: str, isa: str, threads: int, h: int, w: int, samples: int, calls: int, cpu: bool) -> None:
+    """Prints `samples` seconds-per-call figures for one variant (CPU seconds of the process if `cpu`)."""
     import numpy as np
 
     rng = np.random.default_rng(0)
@@ -60,12 +61,13 @@ def child(which: str, isa: str, threads: int, h: int, w: int, samples: int, call
 
     for _ in range(calls * 2):
         call()
+    clock = time.process_time if cpu else time.perf_counter
     out = []
     for _ in range(samples):
-        start = time.perf_counter()
+        start = clock()
         for _ in range(calls):
             call()
-        out.append((time.perf_counter() - start) / calls)
+        out.append((clock() - start) / calls)
     print(" ".join(repr(t) for t in out))
 
 
@@ -82,14 +84,21 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=10)
     parser.add_argument("--peak", type=float, default=None, help="FMA peak, G MAC/s per core")
     parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="at 1 thread, time CPU seconds of the process instead of wall time (a busy machine)",
+    )
     args = parser.parse_args()
     peak = args.peak or (89.6 if args.isa == "avx512" else 54.0)
     here = os.environ.get("PYTHONPATH", os.getcwd())
     variants = {"old": args.baseline, "new": here}
     if not args.no_torch:
         variants |= {"torch_nchw": here, "torch_cl": here}
+    clock = "CPU time at 1 thread, wall time otherwise" if args.cpu_time else "wall time"
     print(
-        f"stem 7x7/2 3->32, isa {args.isa}, medians (best) of {args.rounds} rounds x {args.samples} samples"
+        f"stem 7x7/2 3->32, isa {args.isa}, medians (best) of {args.rounds} rounds x {args.samples} samples,",
+        clock,
     )
     for threads in args.threads:
         for size in args.size:
@@ -99,7 +108,7 @@ def main() -> None:
             for _ in range(args.rounds):
                 for name, path in variants.items():
                     cmd = [sys.executable, __file__, CHILD, name, args.isa, str(threads), str(h), str(w)]
-                    cmd += [str(args.samples), str(args.calls)]
+                    cmd += [str(args.samples), str(args.calls), str(int(args.cpu_time and threads == 1))]
                     env = dict(os.environ, PYTHONPATH=path)
                     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
                     times[name] += [float(v) for v in out.split()]
@@ -121,6 +130,6 @@ def main() -> None:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == CHILD:
         a = sys.argv[2:]
-        child(a[0], a[1], int(a[2]), int(a[3]), int(a[4]), int(a[5]), int(a[6]))
+        child(a[0], a[1], int(a[2]), int(a[3]), int(a[4]), int(a[5]), int(a[6]), a[7] == "1")
     else:
         main()
