@@ -183,6 +183,16 @@ def conv2d_numpy(x, weight, bias, stride, padding, dilation, relu):
         (17, 26, 3, 8, 7, 2, 3, 1),  # fewer channels than one vector
         (21, 23, 3, 32, 3, 1, 2, 2),  # 3 channels with dilation: the generic tiles
         (25, 31, 3, 16, 7, 3, 3, 1),  # 3 channels, stride 3: the generic tiles
+        # rows of tiles of two widths, with tiles inside the input (read in place) between the
+        # padded first and last ones: 50 = 5 x 10 (avx512), 5 x 6 + 4 x 5 (avx2) pixels
+        (40, 100, 3, 32, 7, 2, 3, 1),
+        (19, 45, 3, 33, 7, 2, 3, 1),  # out_w 23: tiles of 8, 8, 7 (avx512); 33 channels: a 1-channel block
+        (24, 1, 3, 32, 7, 2, 3, 1),  # 1-pixel-wide output, every tile in the padding
+        (12, 29, 3, 32, 7, 1, 0, 1),  # stride 1 without padding: every tile read in place
+        (30, 30, 3, 32, 7, 2, 5, 1),  # padding wider than the kernel's reach
+        (21, 44, 3, 24, 5, 2, 2, 1),  # 3 channels, 5x5: the generic tiles read in place
+        (17, 40, 4, 40, 3, 1, 1, 1),  # 4 channels: a partial block on every path
+        (15, 38, 2, 16, 3, 2, 1, 3),  # 2 channels, dilation 3
     ],
 )
 @pytest.mark.parametrize("n_threads", [1, 2])
@@ -196,6 +206,36 @@ def test_conv2d_direct_matches_numpy(isa: str, threads, h, w, c, o, k, stride, p
         want = conv2d_numpy(x, weight, b, stride, padding, dilation, relu)
         assert got.shape == want.shape and got.dtype == np.float32
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "h, w, c, o, k, stride, padding, dilation",
+    [
+        (64, 80, 3, 32, 7, 2, 3, 1),  # the stem
+        (23, 35, 3, 32, 7, 1, 3, 1),
+        (31, 1, 3, 32, 7, 2, 3, 1),
+        (9, 19, 1, 20, 3, 1, 1, 1),
+        (14, 27, 4, 13, 5, 2, 2, 2),
+    ],
+)
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_conv2d_direct_matches_torch(isa: str, threads, h, w, c, o, k, stride, padding, dilation, n_threads):
+    """The same op as torch.nn.functional.conv2d (+ ReLU), to float rounding."""
+    torch = pytest.importorskip("torch")
+    kernels.set_num_threads(n_threads)
+    x = RNG.standard_normal((h, w, c)).astype(np.float32)
+    weight = (RNG.standard_normal((o, k, k, c)) * 0.2).astype(np.float32)
+    bias = RNG.standard_normal(o).astype(np.float32)
+    xt = torch.from_numpy(x).permute(2, 0, 1)[None]
+    wt = torch.from_numpy(weight).permute(0, 3, 1, 2)
+    for b, relu in ((bias, False), (bias, True), (None, False)):
+        want = torch.nn.functional.conv2d(
+            xt, wt, None if b is None else torch.from_numpy(b), stride, padding, dilation
+        )
+        if relu:
+            want = torch.relu(want)
+        got = kernels.conv2d_direct(x, weight, b, stride, padding, dilation, relu)
+        np.testing.assert_allclose(got, want[0].permute(1, 2, 0).numpy(), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("stride", [1, 2])
