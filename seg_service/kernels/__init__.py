@@ -14,7 +14,10 @@ ceiling of each way on this core (scripts/popcount_speed.py). ``prepare_weights`
 for the kernels once (a model does it at load time); the conv functions take the result in place of
 the weight array. ``lincomb_group`` runs the float linear combinations between binary convs (a
 Group-Net block's branch sum and soft gates) in one pass; ``upsample_bilinear`` is the graph's
-bilinear resampling; ``conv2d_direct`` is the RGB stem's float convolution;
+bilinear resampling; ``conv2d_direct`` is the RGB stem's float convolution; ``conv1x1`` the 1x1
+float convs (projections, classifier) of a map or of the parts of a channel concat, and
+``pack_bits_concat`` the sign bits of a concat without building it (``pack_bits_into`` and
+``upsample_bilinear_bits`` write one part's bits into the concat's);
 ``guided_coefficients`` and ``guided_apply`` run a model's stored guided filter
 (runtime/refine.py); ``resize_area`` is the input's area resize. ``reference.py`` is a plain numpy
 version of the same API that defines the expected results.
@@ -33,6 +36,7 @@ from seg_service.kernels._core import (
     bconv2d_chain,
     bconv2d_float,
     bconv2d_int,
+    conv1x1,
     conv2d_direct,
     dispatch_info,
     get_num_threads,
@@ -42,6 +46,8 @@ from seg_service.kernels._core import (
     lincomb_group,
     maxpool2d,
     pack_bits,
+    pack_bits_concat,
+    pack_bits_into,
     popcount,
     popcount_ceilings,
     prepare_weights,
@@ -50,6 +56,7 @@ from seg_service.kernels._core import (
     set_num_threads,
     set_popcount,
     upsample_bilinear,
+    upsample_bilinear_bits,
 )
 
 __all__ = [
@@ -61,6 +68,7 @@ __all__ = [
     "bconv2d_chain",
     "bconv2d_float",
     "bconv2d_int",
+    "conv1x1",
     "conv2d_direct",
     "dispatch_info",
     "get_num_threads",
@@ -70,6 +78,8 @@ __all__ = [
     "lincomb_group",
     "maxpool2d",
     "pack_bits",
+    "pack_bits_concat",
+    "pack_bits_into",
     "popcount",
     "popcount_ceilings",
     "prepare_weights",
@@ -78,6 +88,7 @@ __all__ = [
     "set_num_threads",
     "set_popcount",
     "upsample_bilinear",
+    "upsample_bilinear_bits",
 ]
 
 

@@ -11,6 +11,10 @@
 #include <string>
 #include <vector>
 
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#endif
+
 #include "kernels.h"
 #include "linear_taps.h"
 #include "threadpool.h"
@@ -122,6 +126,73 @@ void for_row_ranges(int64_t rows, int64_t row_values, int64_t values_per_item, i
 
 // Source taps of one output coordinate along one axis, as PyTorch computes them for
 // align_corners=False: src = (i + 0.5) * in / out - 0.5 in double, clamped at 0.
+// With few channels a pixel's channel loop is too short to vectorise, so the column pass runs over
+// the elements of an output row instead: element e = xo * c + k mixes row[left[e]] and
+// row[right[e]] with the weights of output column xo. Plain loads: AVX2/AVX-512 gathers were
+// slower than these on the Xeon of docs/benchmarks.md (256x320x2 logits: 0.22 ms against 0.13).
+struct ElementTaps {
+    std::vector<int32_t> left, right;
+    std::vector<float> left_w, right_w;
+};
+
+ElementTaps element_taps(const std::vector<Tap>& col_taps, int64_t c) {
+    ElementTaps t;
+    const size_t n = col_taps.size() * static_cast<size_t>(c);
+    t.left.resize(n);
+    t.right.resize(n);
+    t.left_w.resize(n);
+    t.right_w.resize(n);
+    for (size_t xo = 0; xo < col_taps.size(); ++xo)
+        for (int64_t k = 0; k < c; ++k) {
+            const size_t e = xo * static_cast<size_t>(c) + static_cast<size_t>(k);
+            t.left[e] = static_cast<int32_t>(col_taps[xo].i0 * c + k);
+            t.right[e] = static_cast<int32_t>(col_taps[xo].i1 * c + k);
+            t.left_w[e] = 1.0f - col_taps[xo].frac;
+            t.right_w[e] = col_taps[xo].frac;
+        }
+    return t;
+}
+
+// out[e] = row[left[e]] * left_w[e] + row[right[e]] * right_w[e] for e in [e0, n).
+inline void mix_elements_body(const float* __restrict row, const ElementTaps& t, int64_t e0, int64_t n,
+                              float* __restrict out) {
+    for (int64_t e = e0; e < n; ++e) out[e] = row[t.left[e]] * t.left_w[e] + row[t.right[e]] * t.right_w[e];
+}
+
+#if defined(__x86_64__) || defined(_M_X64)
+// The AVX paths' version: 8 elements at a time, each vector of sources built from 8 scalar loads.
+// The compiler would vectorise the plain loop with gather instructions, which ran 1.8x slower than
+// this on the Xeon of docs/benchmarks.md (256x320x2 logits: 0.23 ms against 0.13).
+#define SEGK_MIX_ELEMENTS_BY_8                                                                                  \
+    const int32_t* left = t.left.data();                                                                        \
+    const int32_t* right = t.right.data();                                                                      \
+    int64_t e = 0;                                                                                              \
+    for (; e + 8 <= n; e += 8) {                                                                                \
+        const __m256 l = _mm256_setr_ps(row[left[e]], row[left[e + 1]], row[left[e + 2]], row[left[e + 3]],    \
+                                        row[left[e + 4]], row[left[e + 5]], row[left[e + 6]], row[left[e + 7]]); \
+        const __m256 r = _mm256_setr_ps(row[right[e]], row[right[e + 1]], row[right[e + 2]], row[right[e + 3]], \
+                                        row[right[e + 4]], row[right[e + 5]], row[right[e + 6]],                 \
+                                        row[right[e + 7]]);                                                     \
+        const __m256 a = _mm256_mul_ps(l, _mm256_loadu_ps(t.left_w.data() + e));                                \
+        const __m256 b = _mm256_mul_ps(r, _mm256_loadu_ps(t.right_w.data() + e));                               \
+        _mm256_storeu_ps(out + e, _mm256_add_ps(a, b));                                                         \
+    }                                                                                                           \
+    mix_elements_body(row, t, e, n, out);
+SEGK_TARGET("avx512f") void mix_elements_avx512(const float* row, const ElementTaps& t, int64_t n, float* out) {
+    SEGK_MIX_ELEMENTS_BY_8
+}
+SEGK_TARGET("avx2") void mix_elements_avx2(const float* row, const ElementTaps& t, int64_t n, float* out) {
+    SEGK_MIX_ELEMENTS_BY_8
+}
+#undef SEGK_MIX_ELEMENTS_BY_8
+#endif
+void mix_elements_scalar(const float* row, const ElementTaps& t, int64_t n, float* out) {
+    mix_elements_body(row, t, 0, n, out);
+}
+
+// Below this many channels the column pass runs over elements (ElementTaps).
+constexpr int64_t kElementwiseMaxChannels = 15;
+
 struct UpsampleCall {
     const float* x;
     int64_t w, c;
@@ -129,11 +200,17 @@ struct UpsampleCall {
     int64_t out_w;
     const Tap* row_taps;
     const Tap* col_taps;
+    const ElementTaps* element_taps;  // set for few channels: the column pass goes through mix_elements
+    uint64_t* bits;  // instead of `out`: each output pixel's sign bits at bits + pixel * bits_stride
+    int64_t bits_stride;
 };
 
 // Output rows [r0, r1): each is the two source rows mixed (top * (1 - fy) + bottom * fy) into
-// `row`, then each output pixel mixes two pixels of `row` the same way along x.
-inline void upsample_rows_body(const UpsampleCall& u, int64_t r0, int64_t r1, float* __restrict row) {
+// `row`, then each output pixel mixes two pixels of `row` the same way along x. With `u.bits`, each
+// output row goes to `out_row` (out_w * c floats) and is sign-packed from there.
+template <void (*MixElements)(const float*, const ElementTaps&, int64_t, float*)>
+inline void upsample_rows_body(const UpsampleCall& u, int64_t r0, int64_t r1, float* __restrict row,
+                               float* __restrict out_row) {
     const int64_t row_len = u.w * u.c;
     for (int64_t y = r0; y < r1; ++y) {
         const Tap ty = u.row_taps[y];
@@ -141,27 +218,42 @@ inline void upsample_rows_body(const UpsampleCall& u, int64_t r0, int64_t r1, fl
         const float* __restrict top = u.x + ty.i0 * row_len;
         const float* __restrict bottom = u.x + ty.i1 * row_len;
         for (int64_t i = 0; i < row_len; ++i) row[i] = top[i] * top_w + bottom[i] * bottom_w;
-        float* __restrict dst = u.out + y * u.out_w * u.c;
-        for (int64_t xo = 0; xo < u.out_w; ++xo) {
-            const Tap tx = u.col_taps[xo];
-            const float left_w = 1.0f - tx.frac, right_w = tx.frac;
-            const float* __restrict left = row + tx.i0 * u.c;
-            const float* __restrict right = row + tx.i1 * u.c;
-            float* __restrict o = dst + xo * u.c;
-            for (int64_t k = 0; k < u.c; ++k) o[k] = left[k] * left_w + right[k] * right_w;
+        float* __restrict dst = u.bits != nullptr ? out_row : u.out + y * u.out_w * u.c;
+        if (u.element_taps != nullptr) {
+            MixElements(row, *u.element_taps, u.out_w * u.c, dst);
+        } else {
+            for (int64_t xo = 0; xo < u.out_w; ++xo) {
+                const Tap tx = u.col_taps[xo];
+                const float left_w = 1.0f - tx.frac, right_w = tx.frac;
+                const float* __restrict left = row + tx.i0 * u.c;
+                const float* __restrict right = row + tx.i1 * u.c;
+                float* __restrict o = dst + xo * u.c;
+                for (int64_t k = 0; k < u.c; ++k) o[k] = left[k] * left_w + right[k] * right_w;
+            }
         }
+        if (u.bits != nullptr) pack_pixels_strided(dst, u.out_w, u.c, u.bits + y * u.out_w * u.bits_stride, u.bits_stride);
     }
 }
 
+#if defined(__x86_64__) || defined(_M_X64)
 SEGK_TARGET("avx512f") void upsample_rows_avx512(const UpsampleCall& u, int64_t r0, int64_t r1,
-                                                             float* row) {
-    upsample_rows_body(u, r0, r1, row);
+                                                             float* row, float* out_row) {
+    upsample_rows_body<mix_elements_avx512>(u, r0, r1, row, out_row);
 }
-SEGK_TARGET("avx2") void upsample_rows_avx2(const UpsampleCall& u, int64_t r0, int64_t r1, float* row) {
-    upsample_rows_body(u, r0, r1, row);
+SEGK_TARGET("avx2") void upsample_rows_avx2(const UpsampleCall& u, int64_t r0, int64_t r1, float* row,
+                                                        float* out_row) {
+    upsample_rows_body<mix_elements_avx2>(u, r0, r1, row, out_row);
 }
-void upsample_rows_scalar(const UpsampleCall& u, int64_t r0, int64_t r1, float* row) {
-    upsample_rows_body(u, r0, r1, row);
+#else
+void upsample_rows_avx512(const UpsampleCall& u, int64_t r0, int64_t r1, float* row, float* out_row) {
+    upsample_rows_body<mix_elements_scalar>(u, r0, r1, row, out_row);
+}
+void upsample_rows_avx2(const UpsampleCall& u, int64_t r0, int64_t r1, float* row, float* out_row) {
+    upsample_rows_body<mix_elements_scalar>(u, r0, r1, row, out_row);
+}
+#endif
+void upsample_rows_scalar(const UpsampleCall& u, int64_t r0, int64_t r1, float* row, float* out_row) {
+    upsample_rows_body<mix_elements_scalar>(u, r0, r1, row, out_row);
 }
 
 // --- Max pooling -----------------------------------------------------------------------------
@@ -268,14 +360,36 @@ void maxpool2d(const float* x, int64_t h, int64_t w, int64_t c, int64_t kernel, 
                    [&](int64_t r0, int64_t r1) { fn(call, r0, r1); });
 }
 
-void upsample_bilinear(const float* x, int64_t h, int64_t w, int64_t c, float* out, int64_t out_h, int64_t out_w) {
+namespace {
+
+void run_upsample(const float* x, int64_t h, int64_t w, int64_t c, float* out, int64_t out_h, int64_t out_w,
+                  uint64_t* bits, int64_t bits_stride) {
     const std::vector<Tap> row_taps = linear_taps(h, out_h), col_taps = linear_taps(w, out_w);
-    const UpsampleCall call{x, w, c, out, out_w, row_taps.data(), col_taps.data()};
+    // Element indices are int32: a row of the input has far fewer floats.
+    const bool by_element = c <= kElementwiseMaxChannels && w * c <= std::numeric_limits<int32_t>::max();
+    const ElementTaps taps = by_element ? element_taps(col_taps, c) : ElementTaps{};
+    const UpsampleCall call{
+        x, w, c, out, out_w, row_taps.data(), col_taps.data(), by_element ? &taps : nullptr, bits, bits_stride};
     const auto fn = for_current_isa(upsample_rows_avx512, upsample_rows_avx2, upsample_rows_scalar);
-    for_row_ranges(out_h, out_w * c, int64_t{1} << 16, out_h * out_w * c, [&](int64_t r0, int64_t r1) {
+    // Work: output values, weighted by their cost; element by element each costs about 4x as much
+    // as along a pixel's channels (256x320x2 logits 0.8 ns per value, 64x80x64 0.2 ns on one core).
+    const int64_t work = out_h * out_w * c * (by_element ? 4 : 1);
+    for_row_ranges(out_h, out_w * c, int64_t{1} << 16, work, [&](int64_t r0, int64_t r1) {
         std::vector<float> row(static_cast<size_t>(w * c));
-        fn(call, r0, r1, row.data());
+        std::vector<float> out_row(bits != nullptr ? static_cast<size_t>(out_w * c) : 0);
+        fn(call, r0, r1, row.data(), out_row.data());
     });
+}
+
+}  // namespace
+
+void upsample_bilinear(const float* x, int64_t h, int64_t w, int64_t c, float* out, int64_t out_h, int64_t out_w) {
+    run_upsample(x, h, w, c, out, out_h, out_w, nullptr, 0);
+}
+
+void upsample_bilinear_bits(const float* x, int64_t h, int64_t w, int64_t c, int64_t out_h, int64_t out_w,
+                            uint64_t* bits, int64_t bits_stride) {
+    run_upsample(x, h, w, c, nullptr, out_h, out_w, bits, bits_stride);
 }
 
 void lincomb_group(const float* const* inputs, int64_t n_inputs, float* const* outputs, int64_t n_outputs,
