@@ -19,7 +19,8 @@ float convs (projections, classifier) of a map or of the parts of a channel conc
 ``pack_bits_concat`` the sign bits of a concat without building it (``pack_bits_into`` and
 ``upsample_bilinear_bits`` write one part's bits into the concat's);
 ``guided_coefficients`` and ``guided_apply`` run a model's stored guided filter
-(runtime/refine.py); ``resize_area`` is the input's area resize. ``reference.py`` is a plain numpy
+(runtime/refine.py); ``resize_area`` is the input's area resize; ``affine`` a per-channel
+BatchNorm left standing. ``reference.py`` is a plain numpy
 version of the same API that defines the expected results.
 """
 
@@ -29,6 +30,7 @@ import os
 
 from seg_service.kernels._core import (
     PreparedWeights,
+    affine,
     argmax_channels,
     available_isas,
     available_popcounts,
@@ -61,6 +63,7 @@ from seg_service.kernels._core import (
 
 __all__ = [
     "PreparedWeights",
+    "affine",
     "argmax_channels",
     "available_isas",
     "available_popcounts",

@@ -675,6 +675,35 @@ py::array_t<uint8_t> argmax_channels(const py::handle& x_obj) {
     return out;
 }
 
+py::array_t<float> affine(const py::handle& x_obj, const py::handle& mul_obj, const py::handle& bias_obj,
+                          bool relu_before, bool relu_after, const py::handle& residual_obj) {
+    auto x = checked<float>(x_obj, "x", 3);
+    const int64_t h = x.shape(0), w = x.shape(1), c = x.shape(2);
+    require(c >= 1, "x must have at least one channel, got shape " + shape_str(x));
+    auto mul = checked<float>(mul_obj, "mul", 1);
+    auto bias = checked<float>(bias_obj, "bias", 1);
+    require(mul.shape(0) == c && bias.shape(0) == c,
+            "mul and bias must have " + std::to_string(c) + " entries, got " + shape_str(mul) + " and " +
+                shape_str(bias));
+    py::array_t<float, py::array::c_style> residual;
+    if (!residual_obj.is_none()) {
+        residual = checked<float>(residual_obj, "residual", 3);
+        require(residual.shape(0) == h && residual.shape(1) == w && residual.shape(2) == c,
+                "residual must have x's shape " + shape_str(x) + ", got " + shape_str(residual));
+    }
+    py::array_t<float> out({h, w, c});
+    const float* xp = x.data();
+    const float* mp = mul.data();
+    const float* bp = bias.data();
+    const float* rp = residual_obj.is_none() ? nullptr : residual.data();
+    float* op = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        segk::affine(xp, h * w, c, mp, bp, relu_before, relu_after, rp, op);
+    }
+    return out;
+}
+
 py::array_t<float> maxpool2d(const py::handle& x_obj, int64_t kernel, int64_t stride, int64_t padding) {
     auto x = checked<float>(x_obj, "x", 3);
     require(x.shape(0) >= 1 && x.shape(1) >= 1 && x.shape(2) >= 1, "x must be a non-empty [H, W, C] map, got " +
@@ -870,6 +899,10 @@ PYBIND11_MODULE(_core, m) {
     m.def("argmax_channels", &argmax_channels, py::arg("x"),
           "Label map uint8 [H, W] of float32 [H, W, C] (C <= 256): np.argmax(x, axis=2), split over the kernels' "
           "threads (first maximum wins, NaN counts as the maximum).");
+    m.def("affine", &affine, py::arg("x"), py::arg("mul"), py::arg("bias"), py::arg("relu_before"),
+          py::arg("relu_after"), py::arg("residual"),
+          "Per-channel pre(x) * mul + bias (+ residual), pre = ReLU if relu_before, ReLU after if relu_after: "
+          "float32 [H, W, C], mul/bias [C], residual [H, W, C] or None; each step rounded to float32 as numpy.");
     m.def("maxpool2d", &maxpool2d, py::arg("x"), py::arg("kernel"), py::arg("stride"), py::arg("padding"),
           "Max pooling of float32 [H, W, C], as torch.nn.MaxPool2d (floor mode; padding never wins).");
     m.def("conv2d_direct", &conv2d_direct, py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("stride"),

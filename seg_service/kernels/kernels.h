@@ -148,6 +148,12 @@ void guided_apply(const float* coef, int64_t hl, int64_t wl, int64_t k, const fl
 // the first maximum wins and a NaN counts as the maximum.
 void argmax_channels(const float* x, int64_t pixels, int64_t channels, uint8_t* out);
 
+// Per-channel affine of x [pixels, c] (a BatchNorm left standing): pre = ReLU(x) if relu_before,
+// pre * mul[k] + bias[k] (+ residual [pixels, c]), ReLU if relu_after; each product and sum rounded
+// to float32 and the ReLUs as numpy's maximum (NaN propagates), so equal to runtime.ops' numpy.
+void affine(const float* x, int64_t pixels, int64_t c, const float* mul, const float* bias, bool relu_before,
+            bool relu_after, const float* residual, float* out);
+
 // Max pooling of x [h, w, c] -> out [out_h, out_w, c] (sizes as PyTorch's floor mode): padded
 // positions never win, as in torch.nn.MaxPool2d.
 void maxpool2d(const float* x, int64_t h, int64_t w, int64_t c, int64_t kernel, int64_t stride, int64_t padding,

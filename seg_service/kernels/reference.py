@@ -145,6 +145,23 @@ def conv1x1(parts: list[np.ndarray], weight_t: np.ndarray, bias: np.ndarray | No
     return out.astype(np.float32)
 
 
+def affine(
+    x: np.ndarray,
+    mul: np.ndarray,
+    bias: np.ndarray,
+    relu_before: bool,
+    relu_after: bool,
+    residual: np.ndarray | None,
+) -> np.ndarray:
+    """Per-channel pre(x) * mul + bias (+ residual), pre = ReLU if relu_before; ReLU after if
+    relu_after; each step in float32, in that order (the kernel matches bit for bit)."""
+    pre = np.maximum(x, np.float32(0)) if relu_before else x
+    out = pre * mul + bias
+    if residual is not None:
+        out = out + residual
+    return np.maximum(out, np.float32(0)) if relu_after else out
+
+
 def lincomb_group(inputs: list[np.ndarray], program: list[list[tuple[int, float]]]) -> list[np.ndarray]:
     """Output m = coeff0 * src0, then += coeff * src for each further term (float32 at each step).
 

@@ -366,7 +366,21 @@ def affine(
     relu_after: bool = False,
     residual: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Per-channel mul * pre(x) + bias (+ residual), pre = ReLU if relu_before; optional ReLU after."""
+    """Per-channel mul * pre(x) + bias (+ residual), pre = ReLU if relu_before; optional ReLU after.
+
+    float32 maps with [C] scales go through ``kernels.affine`` (one pass, on the calling thread for
+    a decoder's small maps); anything else through numpy, with the same result.
+    """
+    f32 = np.float32
+    if (
+        x.dtype == f32
+        and mul.dtype == f32
+        and bias.dtype == f32
+        and x.ndim == 3
+        and mul.shape == bias.shape == (x.shape[2],)
+        and (residual is None or (residual.dtype == f32 and residual.shape == x.shape))
+    ):
+        return kernels.affine(x, mul, bias, relu_before, relu_after, residual)
     pre = np.maximum(x, 0) if relu_before else x
     out = pre * mul + bias
     if residual is not None:

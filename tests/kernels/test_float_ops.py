@@ -1,6 +1,7 @@
-"""The float kernels around the binary convs: lincomb_group, upsample_bilinear, conv2d_direct, conv1x1.
+"""The float kernels around the binary convs: lincomb_group, upsample_bilinear, conv2d_direct, conv1x1,
+affine.
 
-lincomb_group and upsample_bilinear must equal their numpy definitions in ``kernels.reference``
+lincomb_group, upsample_bilinear and affine must equal their numpy definitions in ``kernels.reference``
 bit for bit (each product and sum rounded to float32 in the same order) on every ISA path and
 thread count, at sizes that are not multiples of their chunks; conv2d_direct and conv1x1 sum in
 another order than numpy and are compared to float rounding.
@@ -93,9 +94,10 @@ def test_bad_arguments_raise_value_error(inputs, program, message: str) -> None:
         (40, 30, 17, 9, 11),
         (3, 3, 1, 3, 7),
         (60, 80, 2, 240, 320),  # person's logits: few channels, the column pass over elements
+        (17, 9, 3, 70, 37),
         (15, 20, 11, 61, 79),  # camvid's classes, odd output size
-        (8, 10, 15, 17, 33),  # the most channels that still go element by element
-        (8, 10, 16, 64, 80),  # the fewest that do not
+        (8, 10, 4, 17, 33),  # the most channels that still go element by element
+        (8, 10, 5, 64, 80),  # the fewest that do not
     ],
 )
 @pytest.mark.parametrize("n_threads", [1, 2, 3])
@@ -368,3 +370,39 @@ def test_conv1x1_reads_views() -> None:
 def test_conv1x1_bad_arguments(parts, weight_shape, bias, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         kernels.conv1x1(parts, np.zeros(weight_shape, np.float32), bias, False)
+
+
+@pytest.mark.parametrize("shape", [(15, 20, 128), (8, 10, 64), (1, 1, 1), (7, 3, 5), (130, 129, 17)])
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_affine_matches_reference(isa: str, threads, shape, n_threads: int) -> None:
+    kernels.set_num_threads(n_threads)
+    x = RNG.standard_normal(shape).astype(np.float32)
+    x.flat[::7] = np.nan
+    mul = RNG.standard_normal(shape[2]).astype(np.float32)
+    bias = RNG.standard_normal(shape[2]).astype(np.float32)
+    residual = RNG.standard_normal(shape).astype(np.float32)
+    for relu_before in (False, True):
+        for relu_after in (False, True):
+            for res in (None, residual):
+                got = kernels.affine(x, mul, bias, relu_before, relu_after, res)
+                want = reference.affine(x, mul, bias, relu_before, relu_after, res)
+                assert got.dtype == np.float32 and got.shape == shape
+                np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize(
+    "mul, bias, residual, message",
+    [
+        (np.zeros(2, np.float32), np.zeros(3, np.float32), None, "mul and bias must have 3"),
+        (np.zeros(3, np.float64), np.zeros(3, np.float32), None, "float32"),
+        (
+            np.zeros(3, np.float32),
+            np.zeros(3, np.float32),
+            np.zeros((2, 4, 3), np.float32),
+            "residual must have",
+        ),
+    ],
+)
+def test_affine_bad_arguments(mul, bias, residual, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        kernels.affine(np.zeros((2, 2, 3), np.float32), mul, bias, False, False, residual)
