@@ -207,6 +207,34 @@ def _torch_projection(
     return _inference(projection)
 
 
+def _torch_concat_bits(
+    step: Any, values: dict[str, np.ndarray], layout: str
+) -> Callable[[], list[torch.Tensor]]:
+    """A concat only binary convs read (``plan.ConcatBitsStep``): ours writes its sign bits from the
+    parts and upsamples the parts only it reads itself; PyTorch upsamples those parts and
+    concatenates (its binary conv would binarise the concat afterwards)."""
+    parts: list[tuple[torch.Tensor, tuple[int, int] | None]] = []
+    for name in step.op["ins"]:
+        up = step.upsamples.get(name)
+        if up is None:
+            parts.append((_nchw(values[name], layout), None))
+        else:
+            parts.append((_nchw(values[up["in"]], layout), tuple(values[up["like"]].shape[:2])))
+
+    def concat() -> list[torch.Tensor]:
+        return [
+            torch.cat(
+                [
+                    t if size is None else F.interpolate(t, size=size, mode="bilinear", align_corners=False)
+                    for t, size in parts
+                ],
+                dim=1,
+            )
+        ]
+
+    return _inference(concat)
+
+
 def _torch_lincomb(
     step: Any, values: dict[str, np.ndarray], layout: str, written: list[str]
 ) -> Callable[[], list[torch.Tensor]]:
@@ -296,6 +324,8 @@ def float_op_cases(model: PackedModel, x: np.ndarray) -> tuple[list[FloatOpCase]
                 case.torch[layout] = _torch_projection(step, values, layout)
             elif kind_name == "LincombGroupStep":
                 case.torch[layout] = _torch_lincomb(step, values, layout, written)
+            elif kind_name == "ConcatBitsStep":
+                case.torch[layout] = _torch_concat_bits(step, values, layout)
             else:
                 try:
                     case.torch[layout] = _torch_float_op(step, values, layout)

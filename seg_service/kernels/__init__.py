@@ -14,11 +14,15 @@ ceiling of each way on this core (scripts/popcount_speed.py). ``prepare_weights`
 for the kernels once (a model does it at load time); the conv functions take the result in place of
 the weight array. ``lincomb_group`` runs the float linear combinations between binary convs (a
 Group-Net block's branch sum and soft gates) in one pass; ``upsample_bilinear`` is the graph's
-bilinear resampling; ``conv2d_direct`` is the RGB stem's float convolution;
-``guided_coefficients``, ``guided_apply`` and ``half_logit_difference`` (the two-class filter's
-source) run a model's stored guided filter (runtime/refine.py); ``resize_area`` is the input's area
-resize and ``normalize_image`` writes the network input (and the filter's guide) from the image.
-``reference.py`` is a plain numpy version of the same API that defines the expected results.
+bilinear resampling; ``conv2d_direct`` is the RGB stem's float convolution; ``conv1x1`` the 1x1
+float convs (projections, classifier) of a map or of the parts of a channel concat, and
+``pack_bits_concat`` the sign bits of a concat without building it (``pack_bits_into`` and
+``upsample_bilinear_bits`` write one part's bits into the concat's); ``affine`` a per-channel
+BatchNorm left standing; ``guided_coefficients``, ``guided_apply`` and ``half_logit_difference``
+(the two-class filter's source) run a model's stored guided filter (runtime/refine.py);
+``resize_area`` is the input's area resize and ``normalize_image`` writes the network input (and
+the filter's guide) from the image. ``reference.py`` is a plain numpy version of the same API that
+defines the expected results.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import os
 
 from seg_service.kernels._core import (
     PreparedWeights,
+    affine,
     argmax_channels,
     available_isas,
     available_popcounts,
@@ -34,6 +39,7 @@ from seg_service.kernels._core import (
     bconv2d_chain,
     bconv2d_float,
     bconv2d_int,
+    conv1x1,
     conv2d_direct,
     dispatch_info,
     get_num_threads,
@@ -45,6 +51,8 @@ from seg_service.kernels._core import (
     maxpool2d,
     normalize_image,
     pack_bits,
+    pack_bits_concat,
+    pack_bits_into,
     popcount,
     popcount_ceilings,
     prepare_weights,
@@ -53,10 +61,12 @@ from seg_service.kernels._core import (
     set_num_threads,
     set_popcount,
     upsample_bilinear,
+    upsample_bilinear_bits,
 )
 
 __all__ = [
     "PreparedWeights",
+    "affine",
     "argmax_channels",
     "available_isas",
     "available_popcounts",
@@ -64,6 +74,7 @@ __all__ = [
     "bconv2d_chain",
     "bconv2d_float",
     "bconv2d_int",
+    "conv1x1",
     "conv2d_direct",
     "dispatch_info",
     "get_num_threads",
@@ -75,6 +86,8 @@ __all__ = [
     "maxpool2d",
     "normalize_image",
     "pack_bits",
+    "pack_bits_concat",
+    "pack_bits_into",
     "popcount",
     "popcount_ceilings",
     "prepare_weights",
@@ -83,6 +96,7 @@ __all__ = [
     "set_num_threads",
     "set_popcount",
     "upsample_bilinear",
+    "upsample_bilinear_bits",
 ]
 
 

@@ -444,6 +444,126 @@ py::tuple lincomb_group(const py::sequence& inputs_obj,
     return py::make_tuple(out_list, bit_list);
 }
 
+// The parts of a channel concatenation: non-empty float32 [H, W, C_i] maps of one spatial size.
+struct ConcatParts {
+    std::vector<py::array_t<float, py::array::c_style>> arrays;
+    std::vector<const float*> data;
+    std::vector<int64_t> channels;
+    int64_t h = 0, w = 0, total_channels = 0;
+};
+
+ConcatParts concat_parts(const py::sequence& parts_obj) {
+    require(py::len(parts_obj) >= 1, "parts must hold at least one map");
+    ConcatParts parts;
+    for (const auto& item : parts_obj) {
+        const std::string name = "parts[" + std::to_string(parts.arrays.size()) + "]";
+        auto x = checked<float>(item, name.c_str(), 3);
+        require(x.shape(0) >= 1 && x.shape(1) >= 1 && x.shape(2) >= 1,
+                name + " must be a non-empty [H, W, C] map, got " + shape_str(x));
+        if (parts.arrays.empty()) {
+            parts.h = x.shape(0);
+            parts.w = x.shape(1);
+        }
+        require(x.shape(0) == parts.h && x.shape(1) == parts.w,
+                name + " has shape " + shape_str(x) + " but parts[0] is " + std::to_string(parts.h) + "x" +
+                    std::to_string(parts.w));
+        parts.total_channels += x.shape(2);
+        require(parts.total_channels <= kMaxChannels, "parts have more than " + std::to_string(kMaxChannels) +
+                                                          " channels in all");
+        parts.channels.push_back(x.shape(2));
+        parts.data.push_back(x.data());
+        parts.arrays.push_back(std::move(x));
+    }
+    return parts;
+}
+
+py::array_t<uint64_t> pack_bits_concat(const py::sequence& parts_obj) {
+    const ConcatParts parts = concat_parts(parts_obj);
+    py::array_t<uint64_t> out({parts.h, parts.w, segk::words_for(parts.total_channels)});
+    uint64_t* dst = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        segk::pack_bits_concat(parts.data.data(), parts.channels.data(), static_cast<int64_t>(parts.data.size()),
+                               parts.h * parts.w, dst);
+    }
+    return out;
+}
+
+// A caller's uint64 [H, W, words] array that a kernel writes into: no copy is made, so it must be
+// C-contiguous and writeable; `part_words` words from `word_offset` must fit in its last axis.
+py::array_t<uint64_t, py::array::c_style> bits_target(const py::handle& obj, int64_t height, int64_t width,
+                                                      int64_t word_offset, int64_t part_words) {
+    auto out = checked<uint64_t>(obj, "out", 3);
+    const auto arr = py::reinterpret_borrow<py::array>(obj);
+    require(out.ptr() == arr.ptr() && arr.writeable(), "out must be a C-contiguous, writeable array");
+    require(out.shape(0) == height && out.shape(1) == width,
+            "out must be [" + std::to_string(height) + ", " + std::to_string(width) + ", words], got " +
+                shape_str(out));
+    require(word_offset >= 0 && word_offset + part_words <= out.shape(2),
+            "words " + std::to_string(word_offset) + " .. " + std::to_string(word_offset + part_words - 1) +
+                " do not fit in out's " + std::to_string(out.shape(2)) + " words per pixel");
+    return out;
+}
+
+void pack_bits_into(const py::handle& x_obj, const py::handle& out_obj, int64_t word_offset) {
+    auto x = checked<float>(x_obj, "x", 3);
+    const int64_t h = x.shape(0), w = x.shape(1), c = x.shape(2);
+    require(h >= 1 && w >= 1 && c >= 1, "x must be a non-empty [H, W, C] map, got " + shape_str(x));
+    auto out = bits_target(out_obj, h, w, word_offset, segk::words_for(c));
+    const float* src = x.data();
+    const int64_t stride = out.shape(2);
+    uint64_t* dst = out.mutable_data() + word_offset;
+    {
+        py::gil_scoped_release release;
+        segk::pack_bits_strided(src, h * w, c, dst, stride);
+    }
+}
+
+void upsample_bilinear_bits(const py::handle& x_obj, const py::handle& out_obj, int64_t word_offset) {
+    auto x = checked<float>(x_obj, "x", 3);
+    const int64_t h = x.shape(0), w = x.shape(1), c = x.shape(2);
+    require(h >= 1 && w >= 1 && c >= 1, "x must be a non-empty [H, W, C] map, got " + shape_str(x));
+    require(py::isinstance<py::array>(out_obj) && py::reinterpret_borrow<py::array>(out_obj).ndim() == 3,
+            "out must be a [H, W, words] uint64 array");
+    const auto out_arr = py::reinterpret_borrow<py::array>(out_obj);
+    const int64_t out_h = out_arr.shape(0), out_w = out_arr.shape(1);
+    require_out_size(out_h, out_w);
+    auto out = bits_target(out_obj, out_h, out_w, word_offset, segk::words_for(c));
+    const float* src = x.data();
+    const int64_t stride = out.shape(2);
+    uint64_t* dst = out.mutable_data() + word_offset;
+    {
+        py::gil_scoped_release release;
+        segk::upsample_bilinear_bits(src, h, w, c, out_h, out_w, dst, stride);
+    }
+}
+
+py::array_t<float> conv1x1(const py::sequence& parts_obj, const py::handle& w_obj, const py::handle& bias_obj,
+                           bool relu) {
+    const ConcatParts parts = concat_parts(parts_obj);
+    auto w = checked<float>(w_obj, "weight_t", 2);
+    const int64_t out_c = w.shape(1);
+    require(w.shape(0) == parts.total_channels && out_c >= 1,
+            "weight_t must be [" + std::to_string(parts.total_channels) +
+                " (the parts' channels), out_channels >= 1], got " + shape_str(w));
+    py::array_t<float, py::array::c_style> bias;
+    if (!bias_obj.is_none()) {
+        bias = checked<float>(bias_obj, "bias", 1);
+        require(bias.shape(0) == out_c, "bias must have " + std::to_string(out_c) + " entries, got " +
+                                            std::to_string(bias.shape(0)));
+    }
+    py::array_t<float> out({parts.h, parts.w, out_c});
+    const float* wp = w.data();
+    const float* bp = bias_obj.is_none() ? nullptr : bias.data();
+    float* op = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        segk::conv1x1(parts.data.data(), parts.channels.data(), static_cast<int64_t>(parts.data.size()),
+                      parts.h * parts.w, wp, out_c, bp, relu, op);
+    }
+    return out;
+}
+
 py::array_t<float> upsample_bilinear(const py::handle& x_obj, int64_t out_h, int64_t out_w) {
     auto x = checked<float>(x_obj, "x", 3);
     require(x.shape(0) >= 1 && x.shape(1) >= 1 && x.shape(2) >= 1, "x must be a non-empty [H, W, C] map, got " +
@@ -605,6 +725,35 @@ py::array_t<uint8_t> argmax_channels(const py::handle& x_obj) {
     {
         py::gil_scoped_release release;
         segk::argmax_channels(xp, h * w, c, op);
+    }
+    return out;
+}
+
+py::array_t<float> affine(const py::handle& x_obj, const py::handle& mul_obj, const py::handle& bias_obj,
+                          bool relu_before, bool relu_after, const py::handle& residual_obj) {
+    auto x = checked<float>(x_obj, "x", 3);
+    const int64_t h = x.shape(0), w = x.shape(1), c = x.shape(2);
+    require(c >= 1, "x must have at least one channel, got shape " + shape_str(x));
+    auto mul = checked<float>(mul_obj, "mul", 1);
+    auto bias = checked<float>(bias_obj, "bias", 1);
+    require(mul.shape(0) == c && bias.shape(0) == c,
+            "mul and bias must have " + std::to_string(c) + " entries, got " + shape_str(mul) + " and " +
+                shape_str(bias));
+    py::array_t<float, py::array::c_style> residual;
+    if (!residual_obj.is_none()) {
+        residual = checked<float>(residual_obj, "residual", 3);
+        require(residual.shape(0) == h && residual.shape(1) == w && residual.shape(2) == c,
+                "residual must have x's shape " + shape_str(x) + ", got " + shape_str(residual));
+    }
+    py::array_t<float> out({h, w, c});
+    const float* xp = x.data();
+    const float* mp = mul.data();
+    const float* bp = bias.data();
+    const float* rp = residual_obj.is_none() ? nullptr : residual.data();
+    float* op = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        segk::affine(xp, h * w, c, mp, bp, relu_before, relu_after, rp, op);
     }
     return out;
 }
@@ -812,12 +961,30 @@ PYBIND11_MODULE(_core, m) {
     m.def("argmax_channels", &argmax_channels, py::arg("x"),
           "Label map uint8 [H, W] of float32 [H, W, C] (C <= 256): np.argmax(x, axis=2), split over the kernels' "
           "threads (first maximum wins, NaN counts as the maximum).");
+    m.def("affine", &affine, py::arg("x"), py::arg("mul"), py::arg("bias"), py::arg("relu_before"),
+          py::arg("relu_after"), py::arg("residual"),
+          "Per-channel pre(x) * mul + bias (+ residual), pre = ReLU if relu_before, ReLU after if relu_after: "
+          "float32 [H, W, C], mul/bias [C], residual [H, W, C] or None; each step rounded to float32 as numpy.");
     m.def("maxpool2d", &maxpool2d, py::arg("x"), py::arg("kernel"), py::arg("stride"), py::arg("padding"),
           "Max pooling of float32 [H, W, C], as torch.nn.MaxPool2d (floor mode; padding never wins).");
     m.def("conv2d_direct", &conv2d_direct, py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("stride"),
           py::arg("padding"), py::arg("dilation"), py::arg("relu"),
           "Float convolution with zero padding, computed directly: x float32 [H, W, C], weight [O, k, k, C], bias "
           "[O] or None -> [Ho, Wo, O]. For few input channels (the RGB stem).");
+    m.def("pack_bits_concat", &pack_bits_concat, py::arg("parts"),
+          "pack_bits(np.concatenate(parts, axis=2)) without building the concat: parts are float32 [H, W, C_i] "
+          "maps of one size -> uint64 [H, W, ceil(sum C_i / 64)].");
+    m.def("pack_bits_into", &pack_bits_into, py::arg("x"), py::arg("out"), py::arg("word_offset"),
+          "Writes pack_bits(x) (float32 [H, W, C]) into out[:, :, word_offset : word_offset + ceil(C / 64)] "
+          "(out: uint64 [H, W, words], C-contiguous, writeable): a part of a channel concat into its words of the "
+          "concat's sign bits.");
+    m.def("upsample_bilinear_bits", &upsample_bilinear_bits, py::arg("x"), py::arg("out"), py::arg("word_offset"),
+          "pack_bits_into(upsample_bilinear(x, H, W), out, word_offset) for out [H, W, words], without writing "
+          "the upsampled floats.");
+    m.def("conv1x1", &conv1x1, py::arg("parts"), py::arg("weight_t"), py::arg("bias"), py::arg("relu"),
+          "1x1 float convolution of np.concatenate(parts, axis=2) without building the concat: parts float32 "
+          "[H, W, C_i] of one size, weight_t [sum C_i, O] (input-channel major), bias [O] or None, optional ReLU "
+          "-> [H, W, O]. Sums each output's input channels in order, then adds the bias.");
     m.def("lincomb_group", &lincomb_group, py::arg("inputs"), py::arg("program"),
           py::arg("pack_outputs") = std::vector<int64_t>{}, py::arg("drop_outputs") = std::vector<int64_t>{},
           "Linear combinations of float32 maps of one shape, in one pass: program[m] lists output m's terms as "

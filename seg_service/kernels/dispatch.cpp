@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cstring>
 #include <mutex>
+#include <vector>
 
 #include "bitpack.h"
 #include "conv_job.h"
@@ -553,6 +554,56 @@ void pack_bits(const float* x, int64_t pixels, int64_t channels, uint64_t* out) 
 
 void pack_pixels(const float* x, int64_t pixels, int64_t channels, uint64_t* out) {
     g_kernels.load()->pack_pixels(x, pixels, channels, channels, out, words_for(channels));
+}
+
+void pack_pixels_strided(const float* x, int64_t pixels, int64_t channels, uint64_t* out, int64_t out_stride) {
+    g_kernels.load()->pack_pixels(x, pixels, channels, channels, out, out_stride);
+}
+
+void pack_bits_strided(const float* x, int64_t pixels, int64_t channels, uint64_t* out, int64_t out_stride) {
+    const IsaKernels& kern = *g_kernels.load();
+    const int threads = pixels * channels < (int64_t{1} << 18) ? 1 : g_threads.load();
+    const int64_t chunk = 1024;
+    parallel_for(threads, (pixels + chunk - 1) / chunk, [&](int64_t item) {
+        const int64_t p0 = item * chunk, count = std::min(chunk, pixels - p0);
+        kern.pack_pixels(x + p0 * channels, count, channels, channels, out + p0 * out_stride, out_stride);
+    });
+}
+
+void pack_bits_concat(const float* const* parts, const int64_t* part_channels, int64_t n_parts, int64_t pixels,
+                      uint64_t* out) {
+    const IsaKernels& kern = *g_kernels.load();
+    int64_t channels = 0;
+    bool word_aligned = true;  // every part starts at a word boundary: each packs its own words
+    for (int64_t i = 0; i < n_parts; ++i) {
+        word_aligned = word_aligned && channels % 64 == 0;
+        channels += part_channels[i];
+    }
+    const int64_t words = words_for(channels);
+    // Otherwise a chunk of pixels is gathered into a small scratch buffer (it stays in L1), then packed.
+    const int64_t chunk = word_aligned ? 1024 : std::max<int64_t>(1, 4096 / channels);
+    const int threads = pixels * channels < (int64_t{1} << 18) ? 1 : g_threads.load();
+    parallel_for(threads, (pixels + chunk - 1) / chunk, [&](int64_t item) {
+        const int64_t p0 = item * chunk, count = std::min(chunk, pixels - p0);
+        uint64_t* dst = out + p0 * words;
+        if (word_aligned) {
+            for (int64_t i = 0, offset = 0; i < n_parts; offset += part_channels[i], ++i)
+                kern.pack_pixels(parts[i] + p0 * part_channels[i], count, part_channels[i], part_channels[i],
+                                 dst + offset / 64, words);
+            return;
+        }
+        thread_local std::vector<float> scratch;
+        scratch.resize(static_cast<size_t>(count * channels));
+        for (int64_t p = 0; p < count; ++p) {
+            float* row = scratch.data() + p * channels;
+            for (int64_t i = 0; i < n_parts; ++i) {
+                const int64_t c = part_channels[i];
+                std::memcpy(row, parts[i] + (p0 + p) * c, static_cast<size_t>(c) * sizeof(float));
+                row += c;
+            }
+        }
+        kern.pack_pixels(scratch.data(), count, channels, channels, dst, words);
+    });
 }
 
 int64_t conv_out_size(int64_t in, int64_t kernel, int64_t stride, int64_t padding, int64_t dilation) {

@@ -11,6 +11,10 @@
 #include <string>
 #include <vector>
 
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#endif
+
 #include "isa_dispatch.h"
 #include "kernels.h"
 #include "linear_taps.h"
@@ -40,7 +44,7 @@ struct LincombCall {
 
 // The body is inlined into each ISA's target-attributed wrapper below and vectorised with it.
 // dst[m] is where output m's elements e0 .. e0 + len go: into its map, or into scratch.
-inline void lincomb_chunk_body(const LincombCall& c, float* const* dst_chunks, int64_t e0, int64_t len) {
+SEGK_ALWAYS_INLINE void lincomb_chunk_body(const LincombCall& c, float* const* dst_chunks, int64_t e0, int64_t len) {
     for (int64_t m = 0; m < c.n_outputs; ++m) {
         float* __restrict dst = dst_chunks[m];
         for (int64_t t = c.term_begin[m]; t < c.term_begin[m + 1]; ++t) {
@@ -104,6 +108,75 @@ void for_row_ranges(int64_t rows, int64_t row_values, int64_t values_per_item, i
 
 // Source taps of one output coordinate along one axis, as PyTorch computes them for
 // align_corners=False: src = (i + 0.5) * in / out - 0.5 in double, clamped at 0.
+// With few channels a pixel's channel loop is too short to vectorise, so the column pass runs over
+// the elements of an output row instead: element e = xo * c + k mixes row[left[e]] and
+// row[right[e]] with the weights of output column xo. Plain loads: AVX2/AVX-512 gathers were
+// slower than these on the Xeon of docs/benchmarks.md (256x320x2 logits: 0.22 ms against 0.13).
+struct ElementTaps {
+    std::vector<int32_t> left, right;
+    std::vector<float> left_w, right_w;
+};
+
+ElementTaps element_taps(const std::vector<Tap>& col_taps, int64_t c) {
+    ElementTaps t;
+    const size_t n = col_taps.size() * static_cast<size_t>(c);
+    t.left.resize(n);
+    t.right.resize(n);
+    t.left_w.resize(n);
+    t.right_w.resize(n);
+    for (size_t xo = 0; xo < col_taps.size(); ++xo)
+        for (int64_t k = 0; k < c; ++k) {
+            const size_t e = xo * static_cast<size_t>(c) + static_cast<size_t>(k);
+            t.left[e] = static_cast<int32_t>(col_taps[xo].i0 * c + k);
+            t.right[e] = static_cast<int32_t>(col_taps[xo].i1 * c + k);
+            t.left_w[e] = 1.0f - col_taps[xo].frac;
+            t.right_w[e] = col_taps[xo].frac;
+        }
+    return t;
+}
+
+// out[e] = row[left[e]] * left_w[e] + row[right[e]] * right_w[e] for e in [e0, n).
+SEGK_ALWAYS_INLINE void mix_elements_body(const float* __restrict row, const ElementTaps& t, int64_t e0, int64_t n,
+                              float* __restrict out) {
+    for (int64_t e = e0; e < n; ++e) out[e] = row[t.left[e]] * t.left_w[e] + row[t.right[e]] * t.right_w[e];
+}
+
+#if defined(__x86_64__) || defined(_M_X64)
+// The AVX paths' version: 8 elements at a time, each vector of sources built from 8 scalar loads.
+// The compiler would vectorise the plain loop with gather instructions, which ran 1.8x slower than
+// this on the Xeon of docs/benchmarks.md (256x320x2 logits: 0.23 ms against 0.13).
+#define SEGK_MIX_ELEMENTS_BY_8                                                                                  \
+    const int32_t* left = t.left.data();                                                                        \
+    const int32_t* right = t.right.data();                                                                      \
+    int64_t e = 0;                                                                                              \
+    for (; e + 8 <= n; e += 8) {                                                                                \
+        const __m256 l = _mm256_setr_ps(row[left[e]], row[left[e + 1]], row[left[e + 2]], row[left[e + 3]],    \
+                                        row[left[e + 4]], row[left[e + 5]], row[left[e + 6]], row[left[e + 7]]); \
+        const __m256 r = _mm256_setr_ps(row[right[e]], row[right[e + 1]], row[right[e + 2]], row[right[e + 3]], \
+                                        row[right[e + 4]], row[right[e + 5]], row[right[e + 6]],                 \
+                                        row[right[e + 7]]);                                                     \
+        const __m256 a = _mm256_mul_ps(l, _mm256_loadu_ps(t.left_w.data() + e));                                \
+        const __m256 b = _mm256_mul_ps(r, _mm256_loadu_ps(t.right_w.data() + e));                               \
+        _mm256_storeu_ps(out + e, _mm256_add_ps(a, b));                                                         \
+    }                                                                                                           \
+    mix_elements_body(row, t, e, n, out);
+SEGK_TARGET("avx512f") void mix_elements_avx512(const float* row, const ElementTaps& t, int64_t n, float* out) {
+    SEGK_MIX_ELEMENTS_BY_8
+}
+SEGK_TARGET("avx2") void mix_elements_avx2(const float* row, const ElementTaps& t, int64_t n, float* out) {
+    SEGK_MIX_ELEMENTS_BY_8
+}
+#undef SEGK_MIX_ELEMENTS_BY_8
+#endif
+void mix_elements_scalar(const float* row, const ElementTaps& t, int64_t n, float* out) {
+    mix_elements_body(row, t, 0, n, out);
+}
+
+// Up to this many channels the column pass runs over elements (ElementTaps). Measured on one core,
+// 64x80xC -> 256x320xC, against the per-pixel loop: C = 2 0.13 vs 0.22 ms, 4 0.31 vs 0.41; from
+// 6 channels on the per-pixel loop is as fast or faster (8: 0.25 vs 0.70, 11: 0.48-0.87 vs 0.93).
+constexpr int64_t kElementwiseMaxChannels = 4;
+
 struct UpsampleCall {
     const float* x;
     int64_t w, c;
@@ -111,11 +184,17 @@ struct UpsampleCall {
     int64_t out_w;
     const Tap* row_taps;
     const Tap* col_taps;
+    const ElementTaps* element_taps;  // set for few channels: the column pass goes through mix_elements
+    uint64_t* bits;  // instead of `out`: each output pixel's sign bits at bits + pixel * bits_stride
+    int64_t bits_stride;
 };
 
 // Output rows [r0, r1): each is the two source rows mixed (top * (1 - fy) + bottom * fy) into
-// `row`, then each output pixel mixes two pixels of `row` the same way along x.
-inline void upsample_rows_body(const UpsampleCall& u, int64_t r0, int64_t r1, float* __restrict row) {
+// `row`, then each output pixel mixes two pixels of `row` the same way along x. With `u.bits`, each
+// output row goes to `out_row` (out_w * c floats) and is sign-packed from there.
+template <void (*MixElements)(const float*, const ElementTaps&, int64_t, float*)>
+SEGK_ALWAYS_INLINE void upsample_rows_body(const UpsampleCall& u, int64_t r0, int64_t r1, float* __restrict row,
+                               float* __restrict out_row) {
     const int64_t row_len = u.w * u.c;
     for (int64_t y = r0; y < r1; ++y) {
         const Tap ty = u.row_taps[y];
@@ -123,27 +202,42 @@ inline void upsample_rows_body(const UpsampleCall& u, int64_t r0, int64_t r1, fl
         const float* __restrict top = u.x + ty.i0 * row_len;
         const float* __restrict bottom = u.x + ty.i1 * row_len;
         for (int64_t i = 0; i < row_len; ++i) row[i] = top[i] * top_w + bottom[i] * bottom_w;
-        float* __restrict dst = u.out + y * u.out_w * u.c;
-        for (int64_t xo = 0; xo < u.out_w; ++xo) {
-            const Tap tx = u.col_taps[xo];
-            const float left_w = 1.0f - tx.frac, right_w = tx.frac;
-            const float* __restrict left = row + tx.i0 * u.c;
-            const float* __restrict right = row + tx.i1 * u.c;
-            float* __restrict o = dst + xo * u.c;
-            for (int64_t k = 0; k < u.c; ++k) o[k] = left[k] * left_w + right[k] * right_w;
+        float* __restrict dst = u.bits != nullptr ? out_row : u.out + y * u.out_w * u.c;
+        if (u.element_taps != nullptr) {
+            MixElements(row, *u.element_taps, u.out_w * u.c, dst);
+        } else {
+            for (int64_t xo = 0; xo < u.out_w; ++xo) {
+                const Tap tx = u.col_taps[xo];
+                const float left_w = 1.0f - tx.frac, right_w = tx.frac;
+                const float* __restrict left = row + tx.i0 * u.c;
+                const float* __restrict right = row + tx.i1 * u.c;
+                float* __restrict o = dst + xo * u.c;
+                for (int64_t k = 0; k < u.c; ++k) o[k] = left[k] * left_w + right[k] * right_w;
+            }
         }
+        if (u.bits != nullptr) pack_pixels_strided(dst, u.out_w, u.c, u.bits + y * u.out_w * u.bits_stride, u.bits_stride);
     }
 }
 
+#if defined(__x86_64__) || defined(_M_X64)
 SEGK_TARGET("avx512f") void upsample_rows_avx512(const UpsampleCall& u, int64_t r0, int64_t r1,
-                                                             float* row) {
-    upsample_rows_body(u, r0, r1, row);
+                                                             float* row, float* out_row) {
+    upsample_rows_body<mix_elements_avx512>(u, r0, r1, row, out_row);
 }
-SEGK_TARGET("avx2") void upsample_rows_avx2(const UpsampleCall& u, int64_t r0, int64_t r1, float* row) {
-    upsample_rows_body(u, r0, r1, row);
+SEGK_TARGET("avx2") void upsample_rows_avx2(const UpsampleCall& u, int64_t r0, int64_t r1, float* row,
+                                                        float* out_row) {
+    upsample_rows_body<mix_elements_avx2>(u, r0, r1, row, out_row);
 }
-void upsample_rows_scalar(const UpsampleCall& u, int64_t r0, int64_t r1, float* row) {
-    upsample_rows_body(u, r0, r1, row);
+#else
+void upsample_rows_avx512(const UpsampleCall& u, int64_t r0, int64_t r1, float* row, float* out_row) {
+    upsample_rows_body<mix_elements_scalar>(u, r0, r1, row, out_row);
+}
+void upsample_rows_avx2(const UpsampleCall& u, int64_t r0, int64_t r1, float* row, float* out_row) {
+    upsample_rows_body<mix_elements_scalar>(u, r0, r1, row, out_row);
+}
+#endif
+void upsample_rows_scalar(const UpsampleCall& u, int64_t r0, int64_t r1, float* row, float* out_row) {
+    upsample_rows_body<mix_elements_scalar>(u, r0, r1, row, out_row);
 }
 
 // --- Max pooling -----------------------------------------------------------------------------
@@ -157,7 +251,7 @@ struct MaxPoolCall {
 
 // Output rows [r0, r1): the maximum over each window's taps inside the map (padding never wins,
 // as in PyTorch), taken in row-major tap order.
-inline void maxpool_rows_body(const MaxPoolCall& m, int64_t r0, int64_t r1) {
+SEGK_ALWAYS_INLINE void maxpool_rows_body(const MaxPoolCall& m, int64_t r0, int64_t r1) {
     for (int64_t y = r0; y < r1; ++y) {
         const int64_t iy0 = std::max<int64_t>(0, y * m.stride - m.padding);
         const int64_t iy1 = std::min(m.h, y * m.stride - m.padding + m.kernel);
@@ -191,6 +285,42 @@ SEGK_TARGET("avx2") void maxpool_rows_avx2(const MaxPoolCall& m, int64_t r0, int
 }
 void maxpool_rows_scalar(const MaxPoolCall& m, int64_t r0, int64_t r1) { maxpool_rows_body(m, r0, r1); }
 
+// --- Per-channel affine (a BatchNorm left standing) ---------------------------------------------
+
+struct AffineCall {
+    const float* x;
+    const float* mul;
+    const float* bias;
+    const float* residual;  // or nullptr
+    float* out;
+    int64_t c;
+    bool relu_before, relu_after;
+};
+
+// numpy's maximum(v, 0): NaN propagates.
+inline float relu_like_numpy(float v) { return (v >= 0.0f || v != v) ? v : 0.0f; }
+
+// Rows [r0, r1) of pixels: pre(x) * mul + bias (+ residual), then the ReLU, each step rounded to
+// float32 as numpy's ops.affine does.
+SEGK_ALWAYS_INLINE void affine_rows_body(const AffineCall& a, int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+        const float* __restrict x = a.x + p * a.c;
+        float* __restrict o = a.out + p * a.c;
+        for (int64_t k = 0; k < a.c; ++k) {
+            const float pre = a.relu_before ? relu_like_numpy(x[k]) : x[k];
+            float v = pre * a.mul[k] + a.bias[k];
+            if (a.residual != nullptr) v = v + a.residual[p * a.c + k];
+            o[k] = a.relu_after ? relu_like_numpy(v) : v;
+        }
+    }
+}
+
+SEGK_TARGET("avx512f") void affine_rows_avx512(const AffineCall& a, int64_t p0, int64_t p1) {
+    affine_rows_body(a, p0, p1);
+}
+SEGK_TARGET("avx2") void affine_rows_avx2(const AffineCall& a, int64_t p0, int64_t p1) { affine_rows_body(a, p0, p1); }
+void affine_rows_scalar(const AffineCall& a, int64_t p0, int64_t p1) { affine_rows_body(a, p0, p1); }
+
 }  // namespace
 
 namespace {
@@ -215,7 +345,7 @@ inline uint8_t argmax_pixel(const float* __restrict v, int64_t channels) {
     return static_cast<uint8_t>(k);
 }
 
-inline void argmax_range(const float* __restrict x, int64_t p0, int64_t p1, int64_t channels,
+SEGK_ALWAYS_INLINE void argmax_range(const float* __restrict x, int64_t p0, int64_t p1, int64_t channels,
                          uint8_t* __restrict out) {
     if (channels == 2) {  // the two-class models: one branch-free comparison, vectorised over pixels
         for (int64_t p = p0; p < p1; ++p) {
@@ -249,6 +379,14 @@ void argmax_channels(const float* x, int64_t pixels, int64_t channels, uint8_t* 
     });
 }
 
+void affine(const float* x, int64_t pixels, int64_t c, const float* mul, const float* bias, bool relu_before,
+            bool relu_after, const float* residual, float* out) {
+    const AffineCall call{x, mul, bias, residual, out, c, relu_before, relu_after};
+    const auto fn = for_current_isa(affine_rows_avx512, affine_rows_avx2, affine_rows_scalar);
+    // Pixels as rows of c values; small maps (a decoder's 15x20x128) stay on the calling thread.
+    for_row_ranges(pixels, c, int64_t{1} << 15, pixels * c * 3, [&](int64_t p0, int64_t p1) { fn(call, p0, p1); });
+}
+
 void maxpool2d(const float* x, int64_t h, int64_t w, int64_t c, int64_t kernel, int64_t stride, int64_t padding,
                float* out, int64_t out_h, int64_t out_w) {
     const MaxPoolCall call{x, h, w, c, out, out_w, kernel, stride, padding};
@@ -257,14 +395,37 @@ void maxpool2d(const float* x, int64_t h, int64_t w, int64_t c, int64_t kernel, 
                    [&](int64_t r0, int64_t r1) { fn(call, r0, r1); });
 }
 
-void upsample_bilinear(const float* x, int64_t h, int64_t w, int64_t c, float* out, int64_t out_h, int64_t out_w) {
+namespace {
+
+void run_upsample(const float* x, int64_t h, int64_t w, int64_t c, float* out, int64_t out_h, int64_t out_w,
+                  uint64_t* bits, int64_t bits_stride) {
     const std::vector<Tap> row_taps = linear_taps(h, out_h), col_taps = linear_taps(w, out_w);
-    const UpsampleCall call{x, w, c, out, out_w, row_taps.data(), col_taps.data()};
+    // Element indices are int32: a row of the input has far fewer floats.
+    const bool by_element = c <= kElementwiseMaxChannels && w * c <= std::numeric_limits<int32_t>::max();
+    const ElementTaps taps = by_element ? element_taps(col_taps, c) : ElementTaps{};
+    const UpsampleCall call{
+        x, w, c, out, out_w, row_taps.data(), col_taps.data(), by_element ? &taps : nullptr, bits, bits_stride};
     const auto fn = for_current_isa(upsample_rows_avx512, upsample_rows_avx2, upsample_rows_scalar);
-    for_row_ranges(out_h, out_w * c, int64_t{1} << 16, out_h * out_w * c, [&](int64_t r0, int64_t r1) {
+    // Items of 2^14 values (about 10 us): a helper thread descheduled while it holds one (a busy
+    // CPU) delays the call by at most that. The 256x320x2 logits (164k values, 0.13 ms on one
+    // core) stay on the calling thread: split over 2 threads on a loaded 2-core machine they took
+    // 0.32 ms against 0.17.
+    for_row_ranges(out_h, out_w * c, int64_t{1} << 14, out_h * out_w * c, [&](int64_t r0, int64_t r1) {
         std::vector<float> row(static_cast<size_t>(w * c));
-        fn(call, r0, r1, row.data());
+        std::vector<float> out_row(bits != nullptr ? static_cast<size_t>(out_w * c) : 0);
+        fn(call, r0, r1, row.data(), out_row.data());
     });
+}
+
+}  // namespace
+
+void upsample_bilinear(const float* x, int64_t h, int64_t w, int64_t c, float* out, int64_t out_h, int64_t out_w) {
+    run_upsample(x, h, w, c, out, out_h, out_w, nullptr, 0);
+}
+
+void upsample_bilinear_bits(const float* x, int64_t h, int64_t w, int64_t c, int64_t out_h, int64_t out_w,
+                            uint64_t* bits, int64_t bits_stride) {
+    run_upsample(x, h, w, c, nullptr, out_h, out_w, bits, bits_stride);
 }
 
 void lincomb_group(const float* const* inputs, int64_t n_inputs, float* const* outputs, int64_t n_outputs,

@@ -47,6 +47,15 @@ std::vector<PopcountCeiling> popcount_ceilings(const std::vector<std::string>& n
 void pack_bits(const float* x, int64_t pixels, int64_t channels, uint64_t* out);
 // The same on the calling thread only (for callers that already split the work).
 void pack_pixels(const float* x, int64_t pixels, int64_t channels, uint64_t* out);
+// pack_pixels with each pixel's words at out + pixel * out_stride (out_stride >= ceil(channels /
+// 64)): the sign bits of one part of a channel concat, into its words of the concat's bits.
+void pack_pixels_strided(const float* x, int64_t pixels, int64_t channels, uint64_t* out, int64_t out_stride);
+// The same for a whole map, split over the kernels' threads.
+void pack_bits_strided(const float* x, int64_t pixels, int64_t channels, uint64_t* out, int64_t out_stride);
+// pack_bits of the channel concatenation of `n_parts` maps (part i: [pixels, part_channels[i]]
+// floats), without building it: out [pixels, ceil(sum of channels / 64)] words.
+void pack_bits_concat(const float* const* parts, const int64_t* part_channels, int64_t n_parts, int64_t pixels,
+                      uint64_t* out);
 
 struct ConvShape {
     int64_t in_h = 0, in_w = 0, words = 0;  // input [in_h, in_w, words]
@@ -112,6 +121,10 @@ void lincomb_group(const float* const* inputs, int64_t n_inputs, float* const* o
 // Bilinear resampling of x [h, w, c] to out [out_h, out_w, c], as PyTorch's F.interpolate with
 // align_corners=False: rows first, then columns, each product and sum rounded to float32.
 void upsample_bilinear(const float* x, int64_t h, int64_t w, int64_t c, float* out, int64_t out_h, int64_t out_w);
+// The same without writing the floats: each output pixel's sign bits (as pack_bits) go to bits +
+// pixel * bits_stride, packed row by row while the row is in cache.
+void upsample_bilinear_bits(const float* x, int64_t h, int64_t w, int64_t c, int64_t out_h, int64_t out_w,
+                            uint64_t* bits, int64_t bits_stride);
 
 // Area (box) resampling of x [h, w, c] (uint8 or float32) to out [out_h, out_w, c] float32
 // (resample.cpp): width pass then height pass, each product and sum rounded to float32 as in
@@ -148,6 +161,12 @@ void half_logit_difference(const float* scores, int64_t pixels, float clip, floa
 // the first maximum wins and a NaN counts as the maximum.
 void argmax_channels(const float* x, int64_t pixels, int64_t channels, uint8_t* out);
 
+// Per-channel affine of x [pixels, c] (a BatchNorm left standing): pre = ReLU(x) if relu_before,
+// pre * mul[k] + bias[k] (+ residual [pixels, c]), ReLU if relu_after; each product and sum rounded
+// to float32 and the ReLUs as numpy's maximum (NaN propagates), so equal to runtime.ops' numpy.
+void affine(const float* x, int64_t pixels, int64_t c, const float* mul, const float* bias, bool relu_before,
+            bool relu_after, const float* residual, float* out);
+
 // Max pooling of x [h, w, c] -> out [out_h, out_w, c] (sizes as PyTorch's floor mode): padded
 // positions never win, as in torch.nn.MaxPool2d.
 void maxpool2d(const float* x, int64_t h, int64_t w, int64_t c, int64_t kernel, int64_t stride, int64_t padding,
@@ -159,5 +178,12 @@ void maxpool2d(const float* x, int64_t h, int64_t w, int64_t c, int64_t kernel, 
 void conv2d_direct(const float* x, int64_t h, int64_t w, int64_t c, const float* weight, int64_t out_c,
                    int64_t kernel, const float* bias, int64_t stride, int64_t padding, int64_t dilation, bool relu,
                    float* out);
+
+// 1x1 float convolution of the channel concatenation of `n_parts` maps (pointwise_conv.cpp): part
+// i is [pixels, part_channels[i]] floats, weight_t [sum of channels, out_c] (input-channel major),
+// bias [out_c] or nullptr, optional ReLU -> out [pixels, out_c]. Each output sums its input
+// channels in order, then adds the bias.
+void conv1x1(const float* const* parts, const int64_t* part_channels, int64_t n_parts, int64_t pixels,
+             const float* weight_t, int64_t out_c, const float* bias, bool relu, float* out);
 
 }  // namespace segk

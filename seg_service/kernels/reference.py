@@ -31,6 +31,11 @@ def pack_bits(x: np.ndarray) -> np.ndarray:
     return pack_sign_bits(x)
 
 
+def pack_bits_concat(parts: list[np.ndarray]) -> np.ndarray:
+    """pack_bits of the channel concatenation of float32 [H, W, C_i] maps of one size."""
+    return pack_bits(np.concatenate(parts, axis=2))
+
+
 def bconv2d_int(
     a: np.ndarray, w: np.ndarray, in_channels: int, stride: int = 1, padding: int = 0, dilation: int = 1
 ) -> np.ndarray:
@@ -125,6 +130,36 @@ def upsample_bilinear(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     j0, j1, fx = _linear_taps(x.shape[1], out_w)
     rows = x[i0] * (1.0 - fy)[:, None, None] + x[i1] * fy[:, None, None]
     return rows[:, j0] * (1.0 - fx)[None, :, None] + rows[:, j1] * fx[None, :, None]
+
+
+def conv1x1(parts: list[np.ndarray], weight_t: np.ndarray, bias: np.ndarray | None, relu: bool) -> np.ndarray:
+    """1x1 float convolution of the channel concatenation of [H, W, C_i] maps: weight_t [sum C_i, O]
+    (input-channel major), bias [O] or None, optional ReLU; float64 sums, float32 result (the
+    kernel sums in float32, in input-channel order: equal to float rounding)."""
+    x = np.concatenate(parts, axis=2).astype(np.float64)
+    out = x @ weight_t.astype(np.float64)
+    if bias is not None:
+        out += bias
+    if relu:
+        out = np.maximum(out, 0)
+    return out.astype(np.float32)
+
+
+def affine(
+    x: np.ndarray,
+    mul: np.ndarray,
+    bias: np.ndarray,
+    relu_before: bool,
+    relu_after: bool,
+    residual: np.ndarray | None,
+) -> np.ndarray:
+    """Per-channel pre(x) * mul + bias (+ residual), pre = ReLU if relu_before; ReLU after if
+    relu_after; each step in float32, in that order (the kernel matches bit for bit)."""
+    pre = np.maximum(x, np.float32(0)) if relu_before else x
+    out = pre * mul + bias
+    if residual is not None:
+        out = out + residual
+    return np.maximum(out, np.float32(0)) if relu_after else out
 
 
 def lincomb_group(inputs: list[np.ndarray], program: list[list[tuple[int, float]]]) -> list[np.ndarray]:

@@ -3,9 +3,10 @@
 Each op reproduces the corresponding PyTorch op (same output sizes, same sampling rules) so the
 runtime matches the training code to float rounding. Binary convolutions are not here: they go
 through the C++ kernels (``seg_service.kernels``), and so do the memory-bound float ops (linear
-combinations, bilinear upsampling, max pooling) and the RGB stem on AVX-512, each matching its numpy
-definition in ``kernels.reference``. The other float convs are numpy matmuls whose output rows are
-split over the kernels' thread count (see "Row-parallel float convs" below).
+combinations, bilinear upsampling, max pooling), the RGB stem and the 1x1 convs (projections,
+classifier) on the AVX-512 and AVX2 paths, each matching its numpy definition in
+``kernels.reference``. The other float convs (and those on the scalar path) are numpy matmuls whose
+output rows are split over the kernels' thread count (see "Row-parallel float convs" below).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from seg_service.format import conv_output_size
 _IM2COL_CHUNK_ELEMS = 1024 * 1024
 
 # --- Row-parallel float convs -----------------------------------------------------------------
-# The float convs (the projections and classifier; the stem off AVX-512) are split by output rows
+# The numpy float convs (a k x k conv other than the stem; on the scalar path also the stem, the
+# projections and the classifier) are split by output rows
 # over ``kernels.get_num_threads()`` threads: the calling thread plus a
 # persistent pool of Python threads. numpy's matmul and ufuncs release the GIL on large arrays, so
 # the parts run truly in parallel, each on numpy's single BLAS thread (``threads.quiet_blas``:
@@ -156,18 +158,11 @@ def conv2d(
             dilation,
             relu,
         )
+    if kh == kw == 1 and stride == 1 and padding == 0:
+        return pointwise_conv(x, pointwise_weight(weight), bias, relu)
     w_mat = weight.reshape(c_out, kh * kw * c_in).T
     out = np.empty((ho, wo, c_out), dtype=np.result_type(x.dtype, weight.dtype))
     threads = _thread_count(ho, ho * wo * c_out * kh * kw * c_in, _MIN_MACS_PER_THREAD)
-    if kh == kw == 1 and stride == 1 and padding == 0:
-
-        def pointwise_part(r0: int, r1: int) -> None:
-            np.matmul(x[r0:r1].reshape(-1, c_in), w_mat, out=out[r0:r1].reshape(-1, c_out))
-            _add_bias_relu(out[r0:r1], bias, relu)
-
-        # A few large units: each matmul call re-packs the whole weight matrix.
-        _run_row_parts(pointwise_part, ho, threads, -(-ho // (4 * threads)))
-        return out
 
     # Few input channels (the RGB stem): channel-major columns, so each tap copy is a run of
     # pixels rather than 3 floats at a stride; BLAS reads them transposed at no cost. The padded
@@ -203,15 +198,28 @@ def conv2d(
     return out
 
 
+def pointwise_weight(weight: np.ndarray) -> np.ndarray:
+    """A 1x1 conv's weight [O, 1, 1, I] as ``kernels.conv1x1`` reads it: float32 [I, O], contiguous."""
+    c_out, c_in = weight.shape[0], weight.shape[3]
+    return np.ascontiguousarray(weight.reshape(c_out, c_in).T, dtype=np.float32)
+
+
 def conv1x1_of_concat(
-    parts: list[np.ndarray], weight: np.ndarray, bias: np.ndarray | None, relu: bool = False
+    parts: list[np.ndarray],
+    weight: np.ndarray,
+    bias: np.ndarray | None,
+    relu: bool = False,
+    weight_t: np.ndarray | None = None,
 ) -> np.ndarray:
     """conv2d(concat(parts), weight [O, 1, 1, sum C_i], bias), without building the concat.
 
-    Each part is multiplied by its slice of the weight and the products summed, output rows split
-    over the configured threads. A [1, 1, C] part stands for a spatially constant map (an image-
-    pooling branch) and is added once, through the bias. Results equal the concat's conv to float
-    rounding (the sums run in another order).
+    The full-size parts go to ``kernels.conv1x1`` (C++, split over the kernels' threads above a
+    work threshold) on the AVX-512 and AVX2 paths; on the scalar path, whose portable loops are far
+    slower than BLAS, to numpy matmuls over row parts (``_conv1x1_blas``). A [1, 1, C] part stands
+    for a spatially constant map (an image-pooling branch) and is added once, through the bias.
+    ``weight_t``: ``pointwise_weight(weight)`` if the caller keeps it (a planned step does), else it
+    is made here. Results equal the concat's conv to float rounding (the sums run in another order
+    than a matmul's).
     """
     c_out, kh, kw, c_in = weight.shape
     if kh != 1 or kw != 1:
@@ -220,29 +228,64 @@ def conv1x1_of_concat(
         raise ValueError(
             f"conv1x1_of_concat: parts have {sum(p.shape[2] for p in parts)} channels, weight expects {c_in}"
         )
-    w_mat = weight.reshape(c_out, c_in)
-    full: list[tuple[np.ndarray, np.ndarray]] = []
+    if weight_t is None:
+        weight_t = pointwise_weight(weight)
+    full: list[np.ndarray] = []
+    full_rows: list[slice] = []  # each full part's rows of weight_t
     constant = np.zeros(c_out, dtype=np.float32) if bias is None else bias.astype(np.float32, copy=True)
     offset = 0
     for part in parts:
-        w_part = w_mat[:, offset : offset + part.shape[2]].T
+        rows = slice(offset, offset + part.shape[2])
         offset += part.shape[2]
         if part.shape[:2] == (1, 1):
-            constant += part.reshape(-1) @ w_part
+            constant += part.reshape(-1) @ weight_t[rows]
         else:
-            full.append((part, w_part))
+            full.append(np.ascontiguousarray(part, dtype=np.float32))
+            full_rows.append(rows)
     if not full:
         raise ValueError("conv1x1_of_concat: every part is 1x1; nothing gives the output size")
-    h, w = full[0][0].shape[:2]
-    if any(p.shape[:2] != (h, w) for p, _ in full):
-        raise ValueError(f"conv1x1_of_concat: parts of different sizes: {[p.shape for p, _ in full]}")
+    h, w = full[0].shape[:2]
+    if any(p.shape[:2] != (h, w) for p in full):
+        raise ValueError(f"conv1x1_of_concat: parts of different sizes: {[p.shape for p in full]}")
+    if kernels.isa() == "scalar":
+        return _conv1x1_blas(full, [weight_t[rows] for rows in full_rows], constant, relu)
+    if len(full) == len(parts):
+        full_weight = weight_t
+    elif all(a.stop == b.start for a, b in itertools.pairwise(full_rows)):  # one run of rows: a view
+        full_weight = weight_t[full_rows[0].start : full_rows[-1].stop]
+    else:
+        full_weight = np.concatenate([weight_t[rows] for rows in full_rows])
+    return kernels.conv1x1(full, full_weight, constant, relu)
+
+
+def pointwise_conv(
+    x: np.ndarray, weight_t: np.ndarray, bias: np.ndarray | None, relu: bool = False
+) -> np.ndarray:
+    """A 1x1 conv of x [H, W, I] (any size, 1x1 too) with weights arranged as ``pointwise_weight``
+    makes them ([I, O]): ``kernels.conv1x1`` on the AVX-512 and AVX2 paths, numpy matmuls on the
+    scalar path (as ``conv1x1_of_concat``)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if kernels.isa() == "scalar":
+        constant = np.zeros(weight_t.shape[1], np.float32) if bias is None else bias.astype(np.float32)
+        return _conv1x1_blas([x], [weight_t], constant, relu)
+    return kernels.conv1x1([x], weight_t, None if bias is None else bias.astype(np.float32), relu)
+
+
+def _conv1x1_blas(
+    parts: list[np.ndarray], weights_t: list[np.ndarray], constant: np.ndarray, relu: bool
+) -> np.ndarray:
+    """sum_i parts[i] @ weights_t[i] + constant (ReLU): numpy matmuls over units of output rows,
+    split over the configured threads (``_run_row_parts``)."""
+    h, w = parts[0].shape[:2]
+    c_out = constant.shape[0]
     out = np.empty((h, w, c_out), dtype=np.float32)
-    threads = _thread_count(h, h * w * c_out * c_in, _MIN_MACS_PER_THREAD)
+    macs = h * w * c_out * sum(p.shape[2] for p in parts)
+    threads = _thread_count(h, macs, _MIN_MACS_PER_THREAD)
 
     def part_rows(r0: int, r1: int) -> None:
         dst = out[r0:r1].reshape(-1, c_out)
-        product = np.empty_like(dst) if len(full) > 1 else None
-        for i, (x, w_part) in enumerate(full):
+        product = np.empty_like(dst) if len(parts) > 1 else None
+        for i, (x, w_part) in enumerate(zip(parts, weights_t, strict=True)):
             rows = x[r0:r1].reshape(-1, x.shape[2])
             if i == 0:
                 np.matmul(rows, w_part, out=dst)
@@ -323,7 +366,21 @@ def affine(
     relu_after: bool = False,
     residual: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Per-channel mul * pre(x) + bias (+ residual), pre = ReLU if relu_before; optional ReLU after."""
+    """Per-channel mul * pre(x) + bias (+ residual), pre = ReLU if relu_before; optional ReLU after.
+
+    float32 maps with [C] scales go through ``kernels.affine`` (one pass, on the calling thread for
+    a decoder's small maps); anything else through numpy, with the same result.
+    """
+    f32 = np.float32
+    if (
+        x.dtype == f32
+        and mul.dtype == f32
+        and bias.dtype == f32
+        and x.ndim == 3
+        and mul.shape == bias.shape == (x.shape[2],)
+        and (residual is None or (residual.dtype == f32 and residual.shape == x.shape))
+    ):
+        return kernels.affine(x, mul, bias, relu_before, relu_after, residual)
     pre = np.maximum(x, 0) if relu_before else x
     out = pre * mul + bias
     if residual is not None:

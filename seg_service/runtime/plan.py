@@ -10,7 +10,10 @@ Planning is three passes:
    ``lincomb`` ops is one ``kernels.lincomb_group`` call (``LincombGroupStep``); the bases of a
    binary ASPP branch add up in one ``kernels.bconv2d_chain`` call (``BinaryConvStep`` with several
    bases); a ``concat`` read only by a 1x1 float conv is never built (``ProjectionStep``). Ops no
-   fusion claims become one step each. A new fusion is one finder here and its step class.
+   fusion claims become one step each; a 1x1 float conv is a ``PointwiseConvStep``
+   (``kernels.conv1x1``). A concat only binary convs read is never built either: its parts are
+   sign-packed into their channels' bits, an upsampled part as it is upsampled
+   (``ConcatBitsStep``). A new fusion is one finder here and its step class.
 2. **Packing**: a value read by binary convs is sign-packed once. Its producer packs it in its
    epilogue where it can (a binary conv, a lincomb group); else a ``PackStep`` packs it before its
    first reader when several binary conv steps read it; else its one reader packs it itself.
@@ -340,10 +343,11 @@ class ProjectionStep(Step):
         super().__init__(conv, (concat, conv), parts, (op["out"],), op["out"])
         self.op = op
         self.weight, self.bias = tensors[op["weight"]], tensors[op["bias"]]
+        self.weight_t = ops.pointwise_weight(self.weight)  # arranged once, for kernels.conv1x1
 
     def run(self, values: Values, bits: Bits, keep_all: bool) -> None:
         values[self.label] = ops.conv1x1_of_concat(
-            [values[n] for n in self.reads], self.weight, self.bias, self.op["relu"]
+            [values[n] for n in self.reads], self.weight, self.bias, self.op["relu"], self.weight_t
         )
 
     def describe(self, values: Values, bits: Bits) -> tuple[str, int]:
@@ -354,6 +358,107 @@ class ProjectionStep(Step):
         return (
             f"{out[0]}x{out[1]}x{full} (+{in_channels - full} as bias) -> {out[2]} {_conv_params(self.op, 1)}"
         ), out[0] * out[1] * out[2] * full
+
+
+class PointwiseConvStep(FloatOpStep):
+    """A 1x1, stride-1, unpadded float ``conv2d`` (a skip projection, the classifier):
+    ``ops.pointwise_conv`` with the weights arranged for it once, here."""
+
+    def __init__(self, index: int, op: Mapping[str, Any], tensors: Mapping[str, np.ndarray]) -> None:
+        super().__init__(index, op, tensors)
+        self.weight, self.bias = tensors[op["weight"]], tensors[op["bias"]]
+        self.weight_t = ops.pointwise_weight(self.weight)
+
+    def run(self, values: Values, bits: Bits, keep_all: bool) -> None:
+        values[self.label] = ops.pointwise_conv(
+            values[self.op["in"]], self.weight_t, self.bias, self.op["relu"]
+        )
+
+
+def is_pointwise_conv(op: Mapping[str, Any], tensors: Mapping[str, np.ndarray]) -> bool:
+    """A float conv2d that is 1x1, stride 1 and unpadded (a per-pixel matrix product)."""
+    return (
+        op["op"] == "conv2d"
+        and tensors[op["weight"]].shape[1:3] == (1, 1)
+        and op["stride"] == 1
+        and op["padding"] == 0
+    )
+
+
+class ConcatBitsStep(Step):
+    """A ``concat`` read only by binary convs (the skip decoder's upsampled head and projected
+    skip): its sign bits are written straight from the parts, each into its channels' words
+    (``kernels.pack_bits_into``); the float concat is never built. A part that is an
+    ``upsample_bilinear`` only this concat reads is computed here too, and with every part starting
+    at a word boundary its floats are never written either (``kernels.upsample_bilinear_bits``
+    packs each output row as it is made). Parts that share words go through
+    ``kernels.pack_bits_concat``. ``keep_all`` also writes the floats (the upsampled parts, the
+    concat)."""
+
+    kind = "concat"
+    can_pack = True
+
+    def __init__(
+        self, index: int, op: Mapping[str, Any], upsamples: Mapping[str, tuple[int, Mapping[str, Any]]]
+    ):
+        reads: list[str] = []
+        for name in op["ins"]:
+            if name in upsamples:
+                up = upsamples[name][1]
+                reads.extend(n for n in (up["in"], up["like"]) if n not in reads)
+            elif name not in reads:
+                reads.append(name)
+        super().__init__(index, (index, *(i for i, _ in upsamples.values())), reads, (op["out"],), op["out"])
+        self.op = op
+        self.upsamples = {name: up for name, (_, up) in upsamples.items()}  # part -> its upsample op
+
+    def _float_part(self, name: str, values: Values) -> np.ndarray:
+        up = self.upsamples.get(name)
+        if up is None:
+            return values[name]
+        like = values[up["like"]]
+        return ops.upsample_bilinear(values[up["in"]], like.shape[0], like.shape[1])
+
+    def run(self, values: Values, bits: Bits, keep_all: bool) -> None:
+        if keep_all or not self.packs:
+            parts = [self._float_part(name, values) for name in self.op["ins"]]
+            values.update(
+                (name, part)
+                for name, part in zip(self.op["ins"], parts, strict=True)
+                if name in self.upsamples
+            )
+            values[self.label] = ops.concat(parts)
+            if self.packs:
+                bits[self.label] = kernels.pack_bits(values[self.label])
+            return
+        h, w, channels = self._shape(values)
+        offsets = np.cumsum([0] + [self._channels(name, values) for name in self.op["ins"]])
+        if any(offset % 64 for offset in offsets[:-1]):
+            bits[self.label] = kernels.pack_bits_concat([self._float_part(n, values) for n in self.op["ins"]])
+            return
+        out = np.empty((h, w, -(-channels // 64)), dtype=np.uint64)
+        for name, offset in zip(self.op["ins"], offsets[:-1], strict=False):
+            up = self.upsamples.get(name)
+            if up is not None and values[up["in"]].shape[:2] != (h, w):
+                kernels.upsample_bilinear_bits(values[up["in"]], out, int(offset) // 64)
+            else:
+                kernels.pack_bits_into(values[up["in"] if up is not None else name], out, int(offset) // 64)
+        bits[self.label] = out
+
+    def _channels(self, name: str, values: Values) -> int:
+        up = self.upsamples.get(name)
+        return int(values[up["in"] if up is not None else name].shape[2])
+
+    def _shape(self, values: Values) -> tuple[int, int, int]:
+        first = self.op["ins"][0]
+        up = self.upsamples.get(first)
+        h, w = values[up["like"] if up is not None else first].shape[:2]
+        return h, w, sum(self._channels(name, values) for name in self.op["ins"])
+
+    def describe(self, values: Values, bits: Bits) -> tuple[str, int]:
+        h, w, channels = self._shape(values)
+        ups = f" (+{len(self.upsamples)} upsample)" if self.upsamples else ""
+        return f"{h}x{w}x{channels}{ups}" + (" -> bits" if self.packs else ""), 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -447,6 +552,46 @@ def concat_projections(
     return found
 
 
+@dataclass(frozen=True)
+class ConcatBits:
+    """A ``concat`` that only binary convs read, as their binarised input (not as a residual), and
+    that is not a graph output: only its sign bits are made (``ConcatBitsStep``). ``upsamples``:
+    its parts made by an ``upsample_bilinear`` that nothing else reads, computed by that step."""
+
+    concat: int  # op index
+    upsamples: tuple[int, ...]  # op indices
+
+
+def binary_read_concats(ops_list: list[dict[str, Any]], outputs: list[str]) -> list[ConcatBits]:
+    """Every concat whose floats no op needs (only binary convs read it, as their input)."""
+    readers = _readers(ops_list)
+    producers = {op["out"]: index for index, op in enumerate(ops_list)}
+    found = []
+    for index, op in enumerate(ops_list):
+        name = op["out"]
+        if op["op"] != "concat" or name in outputs or not readers.get(name):
+            continue
+        if not all(
+            ops_list[r]["op"] == "bconv2d"
+            and ops_list[r]["in"] == name
+            and ops_list[r].get("residual") != name
+            for r in readers[name]
+        ):
+            continue
+        upsamples = []
+        for part in dict.fromkeys(op["ins"]):
+            producer = producers.get(part)
+            if (
+                producer is not None
+                and ops_list[producer]["op"] == "upsample_bilinear"
+                and part not in outputs
+                and readers.get(part) == [index]
+            ):
+                upsamples.append(producer)
+        found.append(ConcatBits(index, tuple(upsamples)))
+    return found
+
+
 def bconv_chains(
     ops_list: list[dict[str, Any]], tensors: Mapping[str, np.ndarray], outputs: list[str]
 ) -> list[tuple[int, ...]]:
@@ -519,8 +664,20 @@ def _projection_steps(g: _Graph) -> list[Step]:
     return steps
 
 
+def _concat_bits_steps(g: _Graph) -> list[Step]:
+    return [
+        ConcatBitsStep(c.concat, g.ops[c.concat], {g.ops[i]["out"]: (i, g.ops[i]) for i in c.upsamples})
+        for c in binary_read_concats(g.ops, g.outputs)
+    ]
+
+
 # Each fusion claims the ops of the steps it returns; the first to claim an op wins.
-_FUSIONS: tuple[Callable[[_Graph], list[Step]], ...] = (_lincomb_group_steps, _chain_steps, _projection_steps)
+_FUSIONS: tuple[Callable[[_Graph], list[Step]], ...] = (
+    _lincomb_group_steps,
+    _chain_steps,
+    _projection_steps,
+    _concat_bits_steps,
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -545,11 +702,12 @@ def plan_graph(
                 by_index[step.index] = step
     for index, op in enumerate(ops_list):
         if index not in claimed:
-            by_index[index] = (
-                BinaryConvStep((index,), [op], tensors, prepared)
-                if op["op"] == "bconv2d"
-                else FloatOpStep(index, op, tensors)
-            )
+            if op["op"] == "bconv2d":
+                by_index[index] = BinaryConvStep((index,), [op], tensors, prepared)
+            elif is_pointwise_conv(op, tensors):
+                by_index[index] = PointwiseConvStep(index, op, tensors)
+            else:
+                by_index[index] = FloatOpStep(index, op, tensors)
     steps = [by_index[i] for i in sorted(by_index)]
     steps = _plan_packing(steps)
     float_reads = {name for step in steps for name in step.reads}

@@ -1,9 +1,10 @@
-"""The float kernels around the binary convs: lincomb_group, upsample_bilinear, conv2d_direct.
+"""The float kernels around the binary convs: lincomb_group, upsample_bilinear, conv2d_direct, conv1x1,
+affine.
 
-lincomb_group and upsample_bilinear must equal their numpy definitions in ``kernels.reference``
+lincomb_group, upsample_bilinear and affine must equal their numpy definitions in ``kernels.reference``
 bit for bit (each product and sum rounded to float32 in the same order) on every ISA path and
-thread count, at sizes that are not multiples of their chunks; conv2d_direct sums in another order
-than numpy and is compared to float rounding.
+thread count, at sizes that are not multiples of their chunks; conv2d_direct and conv1x1 sum in
+another order than numpy and are compared to float rounding.
 """
 
 from __future__ import annotations
@@ -92,6 +93,11 @@ def test_bad_arguments_raise_value_error(inputs, program, message: str) -> None:
         (5, 7, 3, 13, 2),
         (40, 30, 17, 9, 11),
         (3, 3, 1, 3, 7),
+        (60, 80, 2, 240, 320),  # person's logits: few channels, the column pass over elements
+        (17, 9, 3, 70, 37),
+        (15, 20, 11, 61, 79),  # camvid's classes, odd output size
+        (8, 10, 4, 17, 33),  # the most channels that still go element by element
+        (8, 10, 5, 64, 80),  # the fewest that do not
     ],
 )
 @pytest.mark.parametrize("n_threads", [1, 2, 3])
@@ -315,3 +321,128 @@ def test_argmax_channels_matches_numpy(threads, shape, n_threads: int) -> None:
 def test_argmax_channels_rejects_too_many_channels() -> None:
     with pytest.raises(ValueError, match="1 to 256 channels"):
         kernels.argmax_channels(np.zeros((2, 2, 257), np.float32))
+
+
+@pytest.mark.parametrize(
+    "h, w, channels, o",
+    [
+        (60, 80, (32,), 16),  # person's skip projection
+        (60, 80, (32,), 2),  # person's classifier: few outputs, vectors along the input channels
+        (9, 7, (5, 21, 16), 3),  # few outputs, parts shorter than a vector and with partial vectors
+        (5, 3, (40,), 4),
+        (3, 4, (7,), 1),
+        (8, 10, (64, 64, 64, 64), 64),  # person's head projection of its 4 ASPP branches
+        (15, 20, (128, 128, 128, 128), 128),  # camvid's
+        (60, 80, (64,), 11),
+        (7, 9, (3, 5), 33),  # odd sizes: partial blocks, pixels left after the tiles
+        (1, 1, (1,), 1),
+        (1, 5, (17,), 70),  # fewer pixels than a tile
+        (13, 11, (40, 1, 24), 48),
+    ],
+)
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_conv1x1_matches_numpy(isa: str, threads, h, w, channels, o, n_threads: int) -> None:
+    kernels.set_num_threads(n_threads)
+    parts = [RNG.standard_normal((h, w, c)).astype(np.float32) for c in channels]
+    weight_t = (RNG.standard_normal((sum(channels), o)) * 0.2).astype(np.float32)
+    bias = RNG.standard_normal(o).astype(np.float32)
+    for b, relu in ((bias, False), (None, True)):
+        got = kernels.conv1x1(parts, weight_t, b, relu)
+        want = reference.conv1x1(parts, weight_t, b, relu)
+        assert got.shape == (h, w, o) and got.dtype == np.float32
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        if relu:
+            assert (got >= 0).all()
+
+
+def test_conv1x1_same_bits_at_any_thread_count_and_simd_path(threads) -> None:
+    """Each output sums its input channels in order with one FMA each on both SIMD paths, whatever
+    the thread split: equal outputs. With at most 4 outputs the sums run per lane, then across the
+    lanes (8 or 16 of them): equal at any thread count, equal to float rounding between paths."""
+    paths = [name for name in ("avx512", "avx2") if name in kernels.available_isas()]
+    if not paths:
+        pytest.skip("needs a SIMD path")
+    parts = [RNG.standard_normal((61, 83, c)).astype(np.float32) for c in (64, 16)]
+    previous = kernels.isa()
+    for o in (2, 16, 40):  # few outputs; one, two and (avx512) four vectors per block
+        weight_t = (RNG.standard_normal((80, o)) * 0.2).astype(np.float32)
+        bias = RNG.standard_normal(o).astype(np.float32)
+        outs: dict[str, list[np.ndarray]] = {}
+        try:
+            for name in paths:
+                kernels.set_isa(name)
+                for n_threads in (1, 2):
+                    kernels.set_num_threads(n_threads)
+                    outs.setdefault(name, []).append(kernels.conv1x1(parts, weight_t, bias, True))
+        finally:
+            kernels.set_isa(previous)
+        first = outs[paths[0]][0]
+        for name in paths:
+            for out in outs[name]:
+                if o <= 4 and name != paths[0]:
+                    np.testing.assert_allclose(out, first, rtol=1e-5, atol=1e-5)
+                else:
+                    np.testing.assert_array_equal(out, first if o > 4 else outs[name][0])
+
+
+def test_conv1x1_reads_views() -> None:
+    """Non-contiguous parts and weights (a channel slice, a transposed matrix) are read correctly."""
+    x = RNG.standard_normal((9, 7, 40)).astype(np.float32)
+    weight = RNG.standard_normal((5, 20)).astype(np.float32)
+    got = kernels.conv1x1([x[:, :, ::2]], weight.T, None, False)
+    np.testing.assert_allclose(
+        got, reference.conv1x1([x[:, :, ::2]], weight.T, None, False), rtol=1e-5, atol=1e-5
+    )
+
+
+@pytest.mark.parametrize(
+    "parts, weight_shape, bias, message",
+    [
+        ([], (4, 2), None, "at least one map"),
+        ([np.zeros((2, 2, 3), np.float32)], (4, 2), None, r"weight_t must be \[3"),
+        ([np.zeros((2, 2, 3), np.float32)], (3, 0), None, "weight_t must be"),
+        ([np.zeros((2, 2, 3), np.float32), np.zeros((3, 2, 1), np.float32)], (4, 2), None, "has shape"),
+        ([np.zeros((2, 2, 3), np.float64)], (3, 2), None, "float32"),
+        ([np.zeros((2, 2, 3), np.float32)], (3, 2), np.zeros(3, np.float32), "bias must have 2"),
+        ([np.zeros((2, 2, 3), np.float32)], (3, 2), np.zeros(2, np.float64), "bias must have dtype float32"),
+    ],
+)
+def test_conv1x1_bad_arguments(parts, weight_shape, bias, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        kernels.conv1x1(parts, np.zeros(weight_shape, np.float32), bias, False)
+
+
+@pytest.mark.parametrize("shape", [(15, 20, 128), (8, 10, 64), (1, 1, 1), (7, 3, 5), (130, 129, 17)])
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_affine_matches_reference(isa: str, threads, shape, n_threads: int) -> None:
+    kernels.set_num_threads(n_threads)
+    x = RNG.standard_normal(shape).astype(np.float32)
+    x.flat[::7] = np.nan
+    mul = RNG.standard_normal(shape[2]).astype(np.float32)
+    bias = RNG.standard_normal(shape[2]).astype(np.float32)
+    residual = RNG.standard_normal(shape).astype(np.float32)
+    for relu_before in (False, True):
+        for relu_after in (False, True):
+            for res in (None, residual):
+                got = kernels.affine(x, mul, bias, relu_before, relu_after, res)
+                want = reference.affine(x, mul, bias, relu_before, relu_after, res)
+                assert got.dtype == np.float32 and got.shape == shape
+                np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize(
+    "mul, bias, residual, message",
+    [
+        (np.zeros(2, np.float32), np.zeros(3, np.float32), None, "mul and bias must have 3"),
+        (np.zeros(3, np.float64), np.zeros(3, np.float32), None, "float32"),
+        (
+            np.zeros(3, np.float32),
+            np.zeros(3, np.float32),
+            np.zeros((2, 4, 3), np.float32),
+            "residual must have",
+        ),
+    ],
+)
+def test_affine_bad_arguments(mul, bias, residual, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        kernels.affine(np.zeros((2, 2, 3), np.float32), mul, bias, False, False, residual)

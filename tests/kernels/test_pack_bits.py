@@ -47,3 +47,95 @@ def test_pack_bits_large_map_and_views(isa: str) -> None:
     np.testing.assert_array_equal(kernels.pack_bits(x), reference.pack_bits(x))
     view = x[::2, 1::3, :]  # not C-contiguous: copied, same result
     np.testing.assert_array_equal(kernels.pack_bits(view), reference.pack_bits(view))
+
+
+@pytest.mark.parametrize(
+    "channels",
+    [
+        (64, 16),  # person's skip decoder: each part starts at a word boundary
+        (128, 32),  # camvid's
+        (3, 70, 5),  # parts sharing words: gathered, then packed
+        (1,),
+        (64, 64, 1),
+        (100, 28, 64),
+    ],
+)
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_pack_bits_concat_equals_pack_bits_of_the_concat(isa: str, threads, channels, n_threads: int) -> None:
+    kernels.set_num_threads(n_threads)
+    rng = np.random.default_rng(sum(channels))
+    h, w = 61, 83  # not a multiple of the kernel's pixel chunks
+    parts = [rng.standard_normal((h, w, c)).astype(np.float32) for c in channels]
+    parts[0][0, 0, 0] = -0.0  # zero and -0.0 pack as +1
+    got = kernels.pack_bits_concat(parts)
+    assert got.dtype == np.uint64
+    np.testing.assert_array_equal(got, reference.pack_bits_concat(parts))
+    np.testing.assert_array_equal(got, kernels.pack_bits(np.concatenate(parts, axis=2)))
+
+
+@pytest.mark.parametrize(
+    "parts, message",
+    [
+        ([], "at least one map"),
+        ([np.zeros((2, 2, 3), np.float32), np.zeros((2, 3, 3), np.float32)], "has shape"),
+        ([np.zeros((2, 2, 3), np.float64)], "float32"),
+        ([np.zeros((2, 2), np.float32)], "3 dimensions"),
+        ([np.zeros((2, 2, 0), np.float32)], "non-empty"),
+    ],
+)
+def test_pack_bits_concat_bad_input(parts, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        kernels.pack_bits_concat(parts)
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_pack_bits_into_writes_only_its_words(isa: str, threads, n_threads: int) -> None:
+    kernels.set_num_threads(n_threads)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((37, 41, 70)).astype(np.float32)  # two words, the second partial
+    out = np.full((37, 41, 4), 0xDEADBEEF, dtype=np.uint64)
+    kernels.pack_bits_into(x, out, 1)
+    np.testing.assert_array_equal(out[:, :, 1:3], reference.pack_bits(x))
+    assert (out[:, :, 0] == 0xDEADBEEF).all() and (out[:, :, 3] == 0xDEADBEEF).all()
+
+
+@pytest.mark.parametrize("h, w, c, oh, ow", [(8, 10, 64, 64, 80), (15, 20, 128, 61, 79), (5, 7, 3, 13, 2)])
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_upsample_bilinear_bits_packs_the_upsampled_map(
+    isa: str, threads, h, w, c, oh, ow, n_threads: int
+) -> None:
+    kernels.set_num_threads(n_threads)
+    x = np.random.default_rng(c).standard_normal((h, w, c)).astype(np.float32)
+    words = -(-c // 64)
+    out = np.zeros((oh, ow, words + 1), dtype=np.uint64)
+    kernels.upsample_bilinear_bits(x, out, 1)
+    np.testing.assert_array_equal(out[:, :, 1:], reference.pack_bits(reference.upsample_bilinear(x, oh, ow)))
+    assert (out[:, :, 0] == 0).all()
+
+
+@pytest.mark.parametrize(
+    "out, offset, message",
+    [
+        (np.zeros((4, 5, 2), np.uint64), 1, "do not fit"),
+        (np.zeros((4, 5, 2), np.uint64), -1, "do not fit"),
+        (np.zeros((4, 6, 2), np.uint64), 0, r"out must be \[4, 5, words\]"),
+        (np.zeros((4, 5, 2), np.uint64)[:, :, ::2], 0, "C-contiguous, writeable"),
+        (np.zeros((4, 5, 2), np.uint32), 0, "uint64"),
+    ],
+)
+def test_pack_bits_into_bad_output(out, offset: int, message: str) -> None:
+    x = np.zeros((4, 5, 70), np.float32)
+    with pytest.raises(ValueError, match=message):
+        kernels.pack_bits_into(x, out, offset)
+
+
+def test_upsample_bilinear_bits_bad_output() -> None:
+    x = np.zeros((2, 3, 64), np.float32)
+    with pytest.raises(ValueError, match="do not fit"):
+        kernels.upsample_bilinear_bits(x, np.zeros((4, 6, 1), np.uint64), 1)
+    readonly = np.zeros((4, 6, 1), np.uint64)
+    readonly.setflags(write=False)
+    with pytest.raises(ValueError, match="writeable"):
+        kernels.upsample_bilinear_bits(x, readonly, 0)
+    with pytest.raises(ValueError, match="uint64"):
+        kernels.upsample_bilinear_bits(x, np.zeros((4, 6, 1), np.float32), 0)
