@@ -207,11 +207,14 @@ SEGK_AVX2 void conv_tile_avx2(const ConvJob& job, int64_t cb, int64_t p_begin, i
         tile_range_avx2<false, kMix>(job, cb, p_begin, p_end);
 }
 
-// 8 floats per compare + VMOVMSKPS; the tail of a pixel's channels goes through the scalar packer.
+// 8 floats per compare + VMOVMSKPS, the last word's whole groups of 8 channels included (narrow
+// maps, e.g. 32 channels, have no full word: packing them bit by bit took about as long as their
+// binary conv); only the last < 8 channels go bit by bit.
 SEGK_AVX2 void pack_pixels_avx2(const float* src, int64_t count, int64_t channels, int64_t src_stride,
                                 uint64_t* dst, int64_t dst_stride) {
     const __m256 zero = _mm256_setzero_ps();
     const int64_t full = channels / 64 * 64;
+    const int64_t groups = (channels - full) / 8;  // whole groups of 8 in the last, partial word
     for (int64_t i = 0; i < count; ++i) {
         const float* x = src + i * src_stride;
         uint64_t* out = dst + i * dst_stride;
@@ -224,7 +227,16 @@ SEGK_AVX2 void pack_pixels_avx2(const float* src, int64_t count, int64_t channel
             }
             out[base / 64] = word;
         }
-        pack_pixel_scalar(x, full, channels, out);
+        if (full == channels) continue;
+        uint64_t word = 0;
+        for (int64_t g = 0; g < groups; ++g) {
+            const __m256 v = _mm256_loadu_ps(x + full + 8 * g);
+            const int neg = _mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_LT_OQ));
+            word |= static_cast<uint64_t>(neg) << (8 * g);
+        }
+        for (int64_t c = full + 8 * groups; c < channels; ++c)
+            word |= static_cast<uint64_t>(x[c] < 0.0f) << (c - full);
+        out[full / 64] = word;
     }
 }
 
