@@ -67,43 +67,17 @@ SEGK_AVX2 inline void store_full_block(const ConvJob& job, int64_t p, int64_t c0
     "vpbroadcastq 8(%[a" j "]), %%ymm13\n\t" SEGK_LUT_VEC(0, c0) SEGK_LUT_VEC(1, c1) SEGK_LUT_VEC(2, c2) \
         SEGK_LUT_VEC(3, c3)
 
-// kIndexed: the job leaves out taps on the padding (step_weight maps its steps to weight steps).
-// kMix: the last pixel's channels 8 .. 15 are counted with scalar POPCNT (the caller makes sure the
-// block has channels past 8).
+// Steps [s0, s1) of the lut tile (at most kFlushSteps: byte counters) into `acc`, and with kMix the
+// last pixel's channels 8 .. 15 into scalar_count.
 template <int P, bool kIndexed, bool kMix>
-SEGK_AVX2 inline void tile_avx2(const ConvJob& job, int64_t cb, int64_t p0, PixelWalker& pixels) {
-    const uint64_t* a[P];
-    const uint64_t* a_raw = nullptr;  // kMix: the last pixel's unsplit words
-#pragma GCC unroll 8
-    for (int j = 0; j < P; ++j) {
-        a[j] = job.in + pixels.base();
-        if (kMix && j == P - 1) a_raw = job.in_raw + pixels.base() / 2;
-        pixels.next();
-    }
-    const uint64_t* w_raw = kMix ? job.wraw + (2 * cb + 1) * job.wblk_steps * 8 : nullptr;
-    uint64_t scalar_count[8] = {};
-    const int64_t wstep = 2 * kBlock;  // low nibbles, then high nibbles
-    const uint64_t* w = job.wblk + cb * job.wblk_steps * wstep;
+SEGK_AVX2 inline void accumulate_steps(const ConvJob& job, const uint64_t* const* a, const uint64_t* a_raw,
+                                       const uint64_t* w, const uint64_t* w_raw, int64_t s0, int64_t s1,
+                                       __m256i (&acc)[P][kVecs], uint64_t* scalar_count) {
+    const int64_t wstep = 2 * kBlock;
     const int64_t* step_weight = job.step_weight;
     const int64_t* offs = job.step_offset;
     const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
                                          0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
-    const __m256i zero = _mm256_setzero_si256();
-
-    // 64-bit lane totals (one lane per output channel), kept in memory: they change once per 31 steps,
-    // and held in registers they pushed byte counters out to the stack (a load and a store per step).
-    alignas(32) __m256i total[P][kVecs];
-#pragma GCC unroll 8
-    for (int j = 0; j < P; ++j)
-#pragma GCC unroll 4
-        for (int v = 0; v < kVecs; ++v) total[j][v] = zero;
-    for (int64_t s0 = 0; s0 < job.steps; s0 += kFlushSteps) {
-        const int64_t s1 = std::min(job.steps, s0 + kFlushSteps);
-        __m256i acc[P][kVecs];
-#pragma GCC unroll 8
-        for (int j = 0; j < P; ++j)
-#pragma GCC unroll 4
-            for (int v = 0; v < kVecs; ++v) acc[j][v] = zero;
         for (int64_t s = s0; s < s1; ++s) {
             const int64_t off = offs[s];
             const __m256i* ws =
@@ -141,12 +115,69 @@ SEGK_AVX2 inline void tile_avx2(const ConvJob& job, int64_t cb, int64_t p0, Pixe
                     scalar_count[c] += static_cast<uint64_t>(_mm_popcnt_u64(aw ^ wr[c]));
             }
         }
+}
+
+// kIndexed: the job leaves out taps on the padding (step_weight maps its steps to weight steps).
+// kMix: the last pixel's channels 8 .. 15 are counted with scalar POPCNT (the caller makes sure the
+// block has channels past 8).
+// kOneFlush: job.steps <= kFlushSteps.
+template <int P, bool kIndexed, bool kMix, bool kOneFlush>
+SEGK_AVX2 inline void tile_avx2(const ConvJob& job, int64_t cb, int64_t p0, PixelWalker& pixels) {
+    const uint64_t* a[P];
+    const uint64_t* a_raw = nullptr;  // kMix: the last pixel's unsplit words
+#pragma GCC unroll 8
+    for (int j = 0; j < P; ++j) {
+        a[j] = job.in + pixels.base();
+        if (kMix && j == P - 1) a_raw = job.in_raw + pixels.base() / 2;
+        pixels.next();
+    }
+    const uint64_t* w_raw = kMix ? job.wraw + (2 * cb + 1) * job.wblk_steps * 8 : nullptr;
+    uint64_t scalar_count[8] = {};
+    const int64_t wstep = 2 * kBlock;  // low nibbles, then high nibbles
+    const uint64_t* w = job.wblk + cb * job.wblk_steps * wstep;
+    const __m256i zero = _mm256_setzero_si256();
+
+    __m256i sums[P][kVecs];  // 64-bit lane totals, one lane per output channel
+    if constexpr (kOneFlush) {
+        // All steps fit in the byte counters (job.steps <= kFlushSteps: 3x3 convs of up to 3 words,
+        // the paired-tap convs, 1x1 convs): one pass, the totals straight from registers.
+        __m256i acc[P][kVecs];
 #pragma GCC unroll 8
         for (int j = 0; j < P; ++j)
 #pragma GCC unroll 4
-            for (int v = 0; v < kVecs; ++v)
-                total[j][v] = _mm256_add_epi64(total[j][v], _mm256_sad_epu8(acc[j][v], zero));
-        asm volatile("" : : "r"(&total[0][0]) : "memory");  // the totals live in memory (see above)
+            for (int v = 0; v < kVecs; ++v) acc[j][v] = zero;
+        accumulate_steps<P, kIndexed, kMix>(job, a, a_raw, w, w_raw, 0, job.steps, acc, scalar_count);
+#pragma GCC unroll 8
+        for (int j = 0; j < P; ++j)
+#pragma GCC unroll 4
+            for (int v = 0; v < kVecs; ++v) sums[j][v] = _mm256_sad_epu8(acc[j][v], zero);
+    } else {
+        // Kept in memory: they change once per 31 steps, and held in registers they pushed byte
+        // counters out to the stack (a load and a store per step).
+        alignas(32) __m256i total[P][kVecs];
+#pragma GCC unroll 8
+        for (int j = 0; j < P; ++j)
+#pragma GCC unroll 4
+            for (int v = 0; v < kVecs; ++v) total[j][v] = zero;
+        for (int64_t s0 = 0; s0 < job.steps; s0 += kFlushSteps) {
+            const int64_t s1 = std::min(job.steps, s0 + kFlushSteps);
+            __m256i acc[P][kVecs];
+#pragma GCC unroll 8
+            for (int j = 0; j < P; ++j)
+#pragma GCC unroll 4
+                for (int v = 0; v < kVecs; ++v) acc[j][v] = zero;
+            accumulate_steps<P, kIndexed, kMix>(job, a, a_raw, w, w_raw, s0, s1, acc, scalar_count);
+#pragma GCC unroll 8
+            for (int j = 0; j < P; ++j)
+#pragma GCC unroll 4
+                for (int v = 0; v < kVecs; ++v)
+                    total[j][v] = _mm256_add_epi64(total[j][v], _mm256_sad_epu8(acc[j][v], zero));
+            asm volatile("" : : "r"(&total[0][0]) : "memory");  // the totals live in memory (see above)
+        }
+#pragma GCC unroll 8
+        for (int j = 0; j < P; ++j)
+#pragma GCC unroll 4
+            for (int v = 0; v < kVecs; ++v) sums[j][v] = total[j][v];
     }
 
     // dot = n - 2 * popcount; the low 32 bits of each 64-bit lane hold the whole count.
@@ -167,8 +198,8 @@ SEGK_AVX2 inline void tile_avx2(const ConvJob& job, int64_t cb, int64_t p0, Pixe
                 for (int c = 0; c < 8; ++c) c32[c] = static_cast<int32_t>(scalar_count[c]);
                 counts = _mm256_load_si256(reinterpret_cast<const __m256i*>(c32));
             } else {
-                const __m256i lo = _mm256_permutevar8x32_epi32(total[j][2 * h], even_lanes);
-                const __m256i hi = _mm256_permutevar8x32_epi32(total[j][2 * h + 1], even_lanes);
+                const __m256i lo = _mm256_permutevar8x32_epi32(sums[j][2 * h], even_lanes);
+                const __m256i hi = _mm256_permutevar8x32_epi32(sums[j][2 * h + 1], even_lanes);
                 counts = _mm256_permute2x128_si256(lo, hi, 0x20);
             }
             dots[h] = _mm256_sub_epi32(n[h], _mm256_slli_epi32(counts, 1));
@@ -195,8 +226,13 @@ SEGK_AVX2 void tile_range_avx2(const ConvJob& job, int64_t cb, int64_t p_begin, 
     constexpr int P = kMix == 1 ? 1 : kPixels;
     int64_t p = p_begin;
     PixelWalker pixels(job, p_begin);
-    for (; p + P <= p_end; p += P) tile_avx2<P, kIndexed, kMix != 0>(job, cb, p, pixels);
-    if (p < p_end) tile_avx2<1, kIndexed, kMix != 0>(job, cb, p, pixels);
+    if (job.steps <= kFlushSteps) {
+        for (; p + P <= p_end; p += P) tile_avx2<P, kIndexed, kMix != 0, true>(job, cb, p, pixels);
+        if (p < p_end) tile_avx2<1, kIndexed, kMix != 0, true>(job, cb, p, pixels);
+        return;
+    }
+    for (; p + P <= p_end; p += P) tile_avx2<P, kIndexed, kMix != 0, false>(job, cb, p, pixels);
+    if (p < p_end) tile_avx2<1, kIndexed, kMix != 0, false>(job, cb, p, pixels);
 }
 
 template <int kMix>
@@ -207,11 +243,14 @@ SEGK_AVX2 void conv_tile_avx2(const ConvJob& job, int64_t cb, int64_t p_begin, i
         tile_range_avx2<false, kMix>(job, cb, p_begin, p_end);
 }
 
-// 8 floats per compare + VMOVMSKPS; the tail of a pixel's channels goes through the scalar packer.
+// 8 floats per compare + VMOVMSKPS, the last word's whole groups of 8 channels included (narrow
+// maps, e.g. 32 channels, have no full word: packing them bit by bit took about as long as their
+// binary conv); only the last < 8 channels go bit by bit.
 SEGK_AVX2 void pack_pixels_avx2(const float* src, int64_t count, int64_t channels, int64_t src_stride,
                                 uint64_t* dst, int64_t dst_stride) {
     const __m256 zero = _mm256_setzero_ps();
     const int64_t full = channels / 64 * 64;
+    const int64_t groups = (channels - full) / 8;  // whole groups of 8 in the last, partial word
     for (int64_t i = 0; i < count; ++i) {
         const float* x = src + i * src_stride;
         uint64_t* out = dst + i * dst_stride;
@@ -224,7 +263,16 @@ SEGK_AVX2 void pack_pixels_avx2(const float* src, int64_t count, int64_t channel
             }
             out[base / 64] = word;
         }
-        pack_pixel_scalar(x, full, channels, out);
+        if (full == channels) continue;
+        uint64_t word = 0;
+        for (int64_t g = 0; g < groups; ++g) {
+            const __m256 v = _mm256_loadu_ps(x + full + 8 * g);
+            const int neg = _mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_LT_OQ));
+            word |= static_cast<uint64_t>(neg) << (8 * g);
+        }
+        for (int64_t c = full + 8 * groups; c < channels; ++c)
+            word |= static_cast<uint64_t>(x[c] < 0.0f) << (c - full);
+        out[full / 64] = word;
     }
 }
 

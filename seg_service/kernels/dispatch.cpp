@@ -241,6 +241,10 @@ std::vector<TapRun> merge_runs(const std::vector<TapRun>& runs, int64_t run_cost
 constexpr int64_t kRowRunCost = 0;
 constexpr int64_t kColumnRunCost = 4;
 
+// Paired taps (run_conv 1a) up to this dilation: beyond it most taps of a small map fall on the
+// padding, which the paired steps compute while the per-region steps leave them out.
+constexpr int64_t kPairedMaxDilation = 4;
+
 // Below this many binary MACs (~15 us on one AVX-512 core) a call runs on the calling thread only.
 constexpr double kMinParallelMacs = 16e6;
 // Inputs of at least this many bytes are packed / padded on all threads.
@@ -295,17 +299,50 @@ void run_conv(const uint64_t* a, const float* x, const PreparedWeights* const* p
         in = dst;
     }
 
+    // 1a. Paired taps (avx2, 3x3, <= 32 input channels): a 32-channel pixel fills only half of its
+    //     word, so the microkernel would spend half of every step on zero bits, and 9 steps per pixel
+    //     leave the per-tile sums and epilogue a large share. Instead each pixel gets three words,
+    //     [row pair = in(y, x) | in(y, x + d) << 32, column pair = in(y, x) | in(y + d, x) << 32,
+    //     in(y, x)], and the conv runs over the 5 steps of weight_layout.h's kPairedSteps (every tap,
+    //     the padding included: one region). Neighbours past the map's edge (never read by a tap
+    //     whose weight half is nonzero) are taken as zero.
+    const bool paired = &path == &kAvx2Kernels && k == 3 && words == 1 && s.in_channels <= 32 &&
+                        s.dilation <= kPairedMaxDilation;
+    int64_t pixel_words = words;  // words per padded input pixel as the microkernels read them
+    AlignedWords pair_words(paired ? static_cast<size_t>(padded_h * padded_w * 3) : 0, false);
+    if (paired) {
+        constexpr uint64_t kLow = 0xFFFFFFFFULL;
+        const uint64_t* src = in;
+        uint64_t* dst = pair_words.data();
+        const int64_t d = s.dilation;
+        parallel_for(padded_h * padded_w * 24 >= kMinParallelInputBytes ? threads : 1, padded_h, [&](int64_t py) {
+            const uint64_t* row = src + py * padded_w;
+            const uint64_t* below = py + d < padded_h ? row + d * padded_w : nullptr;
+            uint64_t* to = dst + py * padded_w * 3;
+            for (int64_t px = 0; px < padded_w; ++px) {
+                const uint64_t self = row[px] & kLow;
+                const uint64_t right = px + d < padded_w ? row[px + d] & kLow : 0;
+                const uint64_t down = below != nullptr ? below[px] & kLow : 0;
+                to[3 * px] = self | right << 32;
+                to[3 * px + 1] = self | down << 32;
+                to[3 * px + 2] = self;
+            }
+        });
+        in = dst;
+        pixel_words = 3;
+    }
+
     // 1b. Nibble-lookup paths read each input word split into its low and high nibbles (two words,
     //     like their weights), so the split is done once per input word here instead of once per
     //     (word, output channel block) in the inner loop.
     const uint64_t* in_raw = in;  // unsplit words, for the scalar POPCNT share of the avx2 mix variants
     int64_t in_words = words, word_stride = 1;
-    AlignedWords split(kern.nibble_weights ? static_cast<size_t>(2 * padded_h * padded_w * words) : 0, false);
+    AlignedWords split(kern.nibble_weights ? static_cast<size_t>(2 * padded_h * padded_w * pixel_words) : 0, false);
     if (kern.nibble_weights) {
         constexpr uint64_t kLowNibbles = 0x0F0F0F0F0F0F0F0FULL;
         const uint64_t* src = in;
         uint64_t* dst = split.data();
-        const int64_t row_words = padded_w * words;
+        const int64_t row_words = padded_w * pixel_words;
         parallel_for(padded_h * row_words * 8 >= kMinParallelInputBytes ? threads : 1, padded_h, [&](int64_t py) {
             const uint64_t* from = src + py * row_words;
             uint64_t* to = dst + 2 * py * row_words;
@@ -315,8 +352,10 @@ void run_conv(const uint64_t* a, const float* x, const PreparedWeights* const* p
             }
         });
         in = dst;
-        in_words = 2 * words;
+        in_words = 2 * pixel_words;
         word_stride = 2;
+    } else {
+        in_words = pixel_words;
     }
 
     // 2. Regions of the output whose pixels share the same valid taps. With large dilations much of
@@ -326,10 +365,13 @@ void run_conv(const uint64_t* a, const float* x, const PreparedWeights* const* p
     //    only its valid taps and starts from that constant (ConvJob::n_channel).
     //    A region narrower than the map is walked row by row, so splitting columns costs more than
     //    splitting rows.
-    const std::vector<TapRun> row_runs = merge_runs(tap_runs(s.out_h, s.in_h, k, s.stride, pad, s.dilation),
-                                                    kRowRunCost);
-    const std::vector<TapRun> col_runs = merge_runs(tap_runs(s.out_w, s.in_w, k, s.stride, pad, s.dilation),
-                                                    kColumnRunCost);
+    //    Paired taps: one region with every tap.
+    const std::vector<TapRun> row_runs =
+        paired ? std::vector<TapRun>{{0, s.out_h, 0, k}}
+               : merge_runs(tap_runs(s.out_h, s.in_h, k, s.stride, pad, s.dilation), kRowRunCost);
+    const std::vector<TapRun> col_runs =
+        paired ? std::vector<TapRun>{{0, s.out_w, 0, k}}
+               : merge_runs(tap_runs(s.out_w, s.in_w, k, s.stride, pad, s.dilation), kColumnRunCost);
     const int64_t n_all = k * k * s.in_channels;
 
     struct Region {
@@ -347,6 +389,16 @@ void run_conv(const uint64_t* a, const float* x, const PreparedWeights* const* p
             r.y1 = ry.o1;
             r.x0 = rx.o0;
             r.x1 = rx.o1;
+            if (paired) {  // word offsets of weight_layout.h's kPairedSteps (3 words per pixel)
+                const int64_t d = s.dilation;
+                const int64_t pair_at[kPairedSteps][3] = {{0, 0, 0}, {d, 0, 0}, {2 * d, 0, 0}, {0, 2 * d, 1}, {2 * d, 2 * d, 2}};
+                for (const auto& at : pair_at) {
+                    r.step_offset.push_back((at[0] * padded_w + at[1]) * in_words + at[2] * word_stride);
+                    r.step_weight.push_back(static_cast<int64_t>(r.step_weight.size()));
+                }
+                regions.push_back(std::move(r));
+                continue;
+            }
             for (int64_t ky = ry.k0; ky < ry.k1; ++ky)
                 for (int64_t kx = rx.k0; kx < rx.k1; ++kx)
                     for (int64_t wd = 0; wd < words; ++wd) {
@@ -360,7 +412,8 @@ void run_conv(const uint64_t* a, const float* x, const PreparedWeights* const* p
 
     int64_t blocks = 0, block = 1;
     for (int64_t j = 0; j < bases; ++j) {
-        const BlockedWeights& wb = pws[j]->for_isa(path, threads);  // 3. weights in this ISA's channel blocks
+        // 3. weights in this ISA's channel blocks
+        const BlockedWeights& wb = paired ? pws[j]->for_isa_paired(path, threads) : pws[j]->for_isa(path, threads);
         blocks = wb.blocks;
         block = wb.block;
         const int64_t n_padded = wb.blocks * wb.block + 64;
@@ -375,10 +428,12 @@ void run_conv(const uint64_t* a, const float* x, const PreparedWeights* const* p
         base.wblk = wb.words.data();
         base.block = wb.block;
         base.wblk_step = wb.wblk_step;
-        base.wblk_steps = k * k * words;
+        base.wblk_steps = paired ? kPairedSteps : k * k * words;
         if (kern.raw_layout != nullptr) {
             base.in_raw = in_raw;
-            base.wraw = pws[j]->for_isa(*kern.raw_layout, threads).words.data();
+            base.wraw = (paired ? pws[j]->for_isa_paired(*kern.raw_layout, threads)
+                                : pws[j]->for_isa(*kern.raw_layout, threads))
+                            .words.data();
         }
         base.out_int = out_int;
         base.out_f = out_f;

@@ -35,6 +35,17 @@ void arrange_weights(const IsaKernels& kern, const uint64_t* w, int64_t out_c, i
     parallel_for(out_c * steps >= (1 << 16) ? threads : 1, out.blocks, arrange_block);
 }
 
+void pair_tap_weights(const uint64_t* w, int64_t out_c, uint64_t* out) {
+    constexpr uint64_t kLow = 0xFFFFFFFFULL;
+    for (int64_t c = 0; c < out_c; ++c) {
+        const uint64_t* t = w + c * 9;  // t[ky * 3 + kx]
+        uint64_t* o = out + c * kPairedSteps;
+        for (int64_t ky = 0; ky < 3; ++ky) o[ky] = (t[ky * 3] & kLow) | (t[ky * 3 + 1] & kLow) << 32;
+        o[3] = (t[2] & kLow) | (t[5] & kLow) << 32;
+        o[4] = t[8] & kLow;
+    }
+}
+
 PreparedWeights::PreparedWeights(const uint64_t* w, int64_t out_c, int64_t kernel, int64_t words, bool copy)
     : out_c_(out_c), kernel_(kernel), words_(words), raw_(w) {
     if (copy) {
@@ -51,6 +62,18 @@ const BlockedWeights& PreparedWeights::for_isa(const IsaKernels& kern, int threa
     arrange_weights(kern, raw_, out_c_, kernel_ * kernel_ * words_, threads, *blocked);
     arranged_.emplace_back(&kern, std::move(blocked));
     return *arranged_.back().second;
+}
+
+const BlockedWeights& PreparedWeights::for_isa_paired(const IsaKernels& kern, int threads) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& entry : arranged_paired_)
+        if (entry.first == &kern) return *entry.second;
+    std::vector<uint64_t> paired(static_cast<size_t>(out_c_ * kPairedSteps));
+    pair_tap_weights(raw_, out_c_, paired.data());
+    auto blocked = std::make_unique<BlockedWeights>();
+    arrange_weights(kern, paired.data(), out_c_, kPairedSteps, threads, *blocked);
+    arranged_paired_.emplace_back(&kern, std::move(blocked));
+    return *arranged_paired_.back().second;
 }
 
 const std::vector<int32_t>& PreparedWeights::padded_tap_ones(int64_t ky0, int64_t ky1, int64_t kx0,

@@ -51,6 +51,15 @@ inline int64_t lane_of_channel(const IsaKernels& kern, int64_t c) {
     return c / 16 * 16 + (c % 2) * 8 + (c % 16) / 2;
 }
 
+// Paired taps of a 3x3 kernel over <= 32 channels (one word per tap, channels in its low half): a
+// pixel's 9 taps x 32 bits go in 5 words instead of 9, two taps per word where it can:
+//   step 0..2: taps (ky, 0) | (ky, 1) << 32 for ky = 0, 1, 2 (the input's "row pair" word)
+//   step 3:    taps (0, 2) | (1, 2) << 32                    (the input's "column pair" word)
+//   step 4:    tap (2, 2)                                    (the input's own word)
+constexpr int64_t kPairedSteps = 5;
+// Raw weights [out_c, 9] -> [out_c, kPairedSteps] as above (upper halves of the taps masked off).
+void pair_tap_weights(const uint64_t* w, int64_t out_c, uint64_t* out);
+
 // Arranges raw weights [out_c, steps] (steps = k * k * words) for `kern`, on up to `threads` threads.
 void arrange_weights(const IsaKernels& kern, const uint64_t* w, int64_t out_c, int64_t steps, int threads,
                      BlockedWeights& out);
@@ -70,6 +79,11 @@ public:
     // The arrangement for `kern`, built on first use (with up to `threads` threads) and cached.
     const BlockedWeights& for_isa(const IsaKernels& kern, int threads) const;
 
+    // 3x3 layers of at most 32 input channels (one word per tap, its upper half zero): the weights of
+    // the five paired-tap steps (pair_tap_weights above) arranged for `kern`, built on first use
+    // and cached like for_isa.
+    const BlockedWeights& for_isa_paired(const IsaKernels& kern, int threads) const;
+
     // Per output channel, the mismatches of the +1 padding with the weights of every tap outside
     // rows [ky0, ky1) x columns [kx0, kx1) (the ones of those taps' weight words): what those taps
     // add to the count of a pixel for which they all lie on the padding. Cached per tap window.
@@ -81,6 +95,7 @@ private:
     const uint64_t* raw_;
     mutable std::mutex mu_;
     mutable std::vector<std::pair<const IsaKernels*, std::unique_ptr<BlockedWeights>>> arranged_;
+    mutable std::vector<std::pair<const IsaKernels*, std::unique_ptr<BlockedWeights>>> arranged_paired_;
     mutable std::vector<int32_t> tap_ones_;  // [out_c * k * k]: ones of each (channel, tap)'s words
     mutable std::map<std::array<int64_t, 4>, std::vector<int32_t>> padded_tap_ones_;
 };
