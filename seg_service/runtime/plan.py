@@ -442,12 +442,16 @@ class ConcatBitsStep(Step):
             if up is not None and values[up["in"]].shape[:2] != (h, w):
                 kernels.upsample_bilinear_bits(values[up["in"]], out, int(offset) // 64)
             else:
-                kernels.pack_bits_into(values[up["in"] if up is not None else name], out, int(offset) // 64)
+                kernels.pack_bits_into(values[self._source(name)], out, int(offset) // 64)
         bits[self.label] = out
 
-    def _channels(self, name: str, values: Values) -> int:
+    def _source(self, name: str) -> str:
+        """The value a part's channels come from: the part itself, or its upsample's input."""
         up = self.upsamples.get(name)
-        return int(values[up["in"] if up is not None else name].shape[2])
+        return name if up is None else up["in"]
+
+    def _channels(self, name: str, values: Values) -> int:
+        return int(values[self._source(name)].shape[2])
 
     def _shape(self, values: Values) -> tuple[int, int, int]:
         first = self.op["ins"][0]
