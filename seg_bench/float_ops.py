@@ -91,15 +91,13 @@ class FloatOpCase:
 
 
 def _steps(model: PackedModel) -> list[Any]:
-    """The model's planned steps. The runtime's public API has no accessor for its plan; the
-    executor's ``steps`` are the plan ``seg_service.runtime.plan.plan_graph`` made at load."""
-    return list(model._executor.steps)
+    """The model's planned steps (``PackedModel.steps``)."""
+    return list(model.steps)
 
 
 def _run_all(model: PackedModel, x: np.ndarray) -> dict[str, np.ndarray]:
     """Every value of one forward pass on ``x`` (the inputs each step reads)."""
-    executor = model._executor
-    return executor.run({executor.inputs[0]: x}, keep_all=True)
+    return model.forward_values(x)
 
 
 def _nchw(a: np.ndarray, layout: str) -> torch.Tensor:

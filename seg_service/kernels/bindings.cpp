@@ -715,16 +715,23 @@ py::array_t<float> half_logit_difference(const py::handle& scores_obj, double cl
     return out;
 }
 
-py::array_t<uint8_t> argmax_channels(const py::handle& x_obj) {
+py::array_t<uint8_t> argmax_channels(const py::handle& x_obj, const py::handle& bias_obj) {
     auto x = checked<float>(x_obj, "x", 3);
     const int64_t h = x.shape(0), w = x.shape(1), c = x.shape(2);
     require(c >= 1 && c <= 256, "argmax_channels needs 1 to 256 channels, got " + std::to_string(c));
+    py::array_t<float, py::array::c_style> bias;
+    if (!bias_obj.is_none()) {
+        bias = checked<float>(bias_obj, "bias", 1);
+        require(bias.shape(0) == c, "bias must have " + std::to_string(c) + " entries, got " +
+                                        std::to_string(bias.shape(0)));
+    }
     py::array_t<uint8_t> out({h, w});
     const float* xp = x.data();
+    const float* bp = bias_obj.is_none() ? nullptr : bias.data();
     uint8_t* op = out.mutable_data();
     {
         py::gil_scoped_release release;
-        segk::argmax_channels(xp, h * w, c, op);
+        segk::argmax_channels(xp, h * w, c, bp, op);
     }
     return out;
 }
@@ -958,9 +965,10 @@ PYBIND11_MODULE(_core, m) {
     m.def("half_logit_difference", &half_logit_difference, py::arg("scores"), py::arg("clip"),
           "The two-class guided filter's source: float32 [H, W, 1] = clip((scores[..., 1] - scores[..., 0]) * 0.5, "
           "-clip, clip) for scores float32 [H, W, 2] (the class-1 logit centred over both classes).");
-    m.def("argmax_channels", &argmax_channels, py::arg("x"),
+    m.def("argmax_channels", &argmax_channels, py::arg("x"), py::arg("bias") = py::none(),
           "Label map uint8 [H, W] of float32 [H, W, C] (C <= 256): np.argmax(x, axis=2), split over the kernels' "
-          "threads (first maximum wins, NaN counts as the maximum).");
+          "threads (first maximum wins, NaN counts as the maximum). With bias (float32 [C]): np.argmax(x + bias, "
+          "axis=2), the sums in float32, without writing them.");
     m.def("affine", &affine, py::arg("x"), py::arg("mul"), py::arg("bias"), py::arg("relu_before"),
           py::arg("relu_after"), py::arg("residual"),
           "Per-channel pre(x) * mul + bias (+ residual), pre = ReLU if relu_before, ReLU after if relu_after: "

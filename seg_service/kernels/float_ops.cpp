@@ -345,37 +345,58 @@ inline uint8_t argmax_pixel(const float* __restrict v, int64_t channels) {
     return static_cast<uint8_t>(k);
 }
 
+// Pixels [p0, p1) of x [pixels, channels]; with bias (not nullptr), of x + bias, each sum rounded to
+// float32 as numpy's would be.
 SEGK_ALWAYS_INLINE void argmax_range(const float* __restrict x, int64_t p0, int64_t p1, int64_t channels,
-                         uint8_t* __restrict out) {
+                                     const float* __restrict bias, uint8_t* __restrict out) {
     if (channels == 2) {  // the two-class models: one branch-free comparison, vectorised over pixels
+        const float b0 = bias != nullptr ? bias[0] : 0.0f, b1 = bias != nullptr ? bias[1] : 0.0f;
+        if (bias == nullptr) {
+            for (int64_t p = p0; p < p1; ++p) {
+                const float v0 = x[2 * p], v1 = x[2 * p + 1];
+                out[p] = static_cast<uint8_t>((v1 > v0) | ((v1 != v1) & (v0 == v0)));  // NaN rules as above
+            }
+            return;
+        }
         for (int64_t p = p0; p < p1; ++p) {
-            const float v0 = x[2 * p], v1 = x[2 * p + 1];
-            out[p] = static_cast<uint8_t>((v1 > v0) | ((v1 != v1) & (v0 == v0)));  // NaN rules as above
+            const float v0 = x[2 * p] + b0, v1 = x[2 * p + 1] + b1;
+            out[p] = static_cast<uint8_t>((v1 > v0) | ((v1 != v1) & (v0 == v0)));
         }
         return;
     }
-    for (int64_t p = p0; p < p1; ++p) out[p] = argmax_pixel(x + p * channels, channels);
+    if (bias == nullptr) {
+        for (int64_t p = p0; p < p1; ++p) out[p] = argmax_pixel(x + p * channels, channels);
+        return;
+    }
+    float biased[256];  // channels <= 256 (the binding checks)
+    for (int64_t p = p0; p < p1; ++p) {
+        const float* __restrict v = x + p * channels;
+        for (int64_t k = 0; k < channels; ++k) biased[k] = v[k] + bias[k];
+        out[p] = argmax_pixel(biased, channels);
+    }
 }
 
-using ArgmaxFn = void (*)(const float*, int64_t, int64_t, int64_t, uint8_t*);
-SEGK_TARGET("avx512f") void argmax_avx512(const float* x, int64_t p0, int64_t p1, int64_t c, uint8_t* out) {
-    argmax_range(x, p0, p1, c, out);
+using ArgmaxFn = void (*)(const float*, int64_t, int64_t, int64_t, const float*, uint8_t*);
+SEGK_TARGET("avx512f")
+void argmax_avx512(const float* x, int64_t p0, int64_t p1, int64_t c, const float* bias, uint8_t* out) {
+    argmax_range(x, p0, p1, c, bias, out);
 }
-SEGK_TARGET("avx2") void argmax_avx2(const float* x, int64_t p0, int64_t p1, int64_t c, uint8_t* out) {
-    argmax_range(x, p0, p1, c, out);
+SEGK_TARGET("avx2")
+void argmax_avx2(const float* x, int64_t p0, int64_t p1, int64_t c, const float* bias, uint8_t* out) {
+    argmax_range(x, p0, p1, c, bias, out);
 }
-void argmax_scalar(const float* x, int64_t p0, int64_t p1, int64_t c, uint8_t* out) {
-    argmax_range(x, p0, p1, c, out);
+void argmax_scalar(const float* x, int64_t p0, int64_t p1, int64_t c, const float* bias, uint8_t* out) {
+    argmax_range(x, p0, p1, c, bias, out);
 }
 
 }  // namespace
 
-void argmax_channels(const float* x, int64_t pixels, int64_t channels, uint8_t* out) {
+void argmax_channels(const float* x, int64_t pixels, int64_t channels, const float* bias, uint8_t* out) {
     const int threads = pixels * channels < kMinParallelFlops ? 1 : get_num_threads();
     constexpr int64_t kPixelsPerItem = 4096;
     const ArgmaxFn fn = for_current_isa<ArgmaxFn>(argmax_avx512, argmax_avx2, argmax_scalar);
     parallel_for(threads, (pixels + kPixelsPerItem - 1) / kPixelsPerItem, [&](int64_t item) {
-        fn(x, item * kPixelsPerItem, std::min(pixels, (item + 1) * kPixelsPerItem), channels, out);
+        fn(x, item * kPixelsPerItem, std::min(pixels, (item + 1) * kPixelsPerItem), channels, bias, out);
     });
 }
 

@@ -158,8 +158,9 @@ void guided_apply(const float* coef, int64_t hl, int64_t wl, int64_t k, const fl
 void half_logit_difference(const float* scores, int64_t pixels, float clip, float* out);
 
 // Index of the largest of each pixel's `channels` values (channels <= 256), as numpy's argmax:
-// the first maximum wins and a NaN counts as the maximum.
-void argmax_channels(const float* x, int64_t pixels, int64_t channels, uint8_t* out);
+// the first maximum wins and a NaN counts as the maximum. With bias ([channels], or nullptr): of
+// x + bias, each sum rounded to float32 (a model's stored decision biases, without another pass).
+void argmax_channels(const float* x, int64_t pixels, int64_t channels, const float* bias, uint8_t* out);
 
 // Per-channel affine of x [pixels, c] (a BatchNorm left standing): pre = ReLU(x) if relu_before,
 // pre * mul[k] + bias[k] (+ residual [pixels, c]), ReLU if relu_after; each product and sum rounded

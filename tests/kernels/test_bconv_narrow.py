@@ -1,7 +1,7 @@
-"""Narrow binary convs (<= 32 input channels, 3x3): the avx2 path runs them over paired taps (two
-32-channel taps per 64-bit word, 5 steps per pixel instead of 9, dispatch.cpp "1a"); every ISA path,
-every avx2 popcount method, 1 and 2 threads, against the numpy reference, bit for bit. Also the
-packing of narrow float maps (the avx2 packer's whole 8-channel groups of a partial word)."""
+"""Narrow binary convs (<= 32 input channels, 3x3): the avx2 and avx512 paths run them over paired
+taps (two 32-channel taps per 64-bit word, 5 steps per pixel instead of 9, dispatch.cpp "1a"); every
+ISA path, every avx2 popcount method, 1 and 2 threads, against the numpy reference, bit for bit. Also
+the packing of narrow float maps (the avx2 packer's whole 8-channel groups of a partial word)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """The kernels around the network in PackedModel.predict: normalize_image (the input and the guide),
 half_logit_difference and the two-class path of guided_apply (the stored guided filter), the
-guided filter's coefficients on every ISA path, and argmax_channels with two classes.
+guided filter's coefficients on every ISA path, and argmax_channels with two classes and with a
+model's decision biases added inside it.
 
 normalize_image, half_logit_difference, guided_apply and argmax_channels must equal their numpy
 definitions in ``kernels.reference`` (or numpy itself) bit for bit on every ISA path and thread
@@ -211,6 +212,29 @@ def test_two_class_argmax_equals_numpy(isa: str, threads, shape, n_threads: int)
     x.reshape(-1, 2)[2::9, 1] = np.nan
     x.reshape(-1, 2)[3::11] = np.nan
     np.testing.assert_array_equal(kernels.argmax_channels(x), np.argmax(x, axis=2))
+
+
+@pytest.mark.parametrize(
+    "shape", [(1, 1, 2), (47, 61, 2), (1, 1, 11), (47, 61, 11), (360, 480, 11), (5, 3, 256)]
+)
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_argmax_with_bias_equals_numpy(isa: str, threads, shape, n_threads: int) -> None:
+    """argmax(x + bias) with the sums in float32, as PackedModel.predict's stored decision biases."""
+    kernels.set_num_threads(n_threads)
+    c = shape[2]
+    x = RNG.standard_normal(shape).astype(np.float32)
+    bias = (RNG.integers(-8, 9, c) * 0.125).astype(np.float32)  # the tuning grid's steps
+    flat = x.reshape(-1, c)
+    flat[::5, 1] = flat[::5, 0] + bias[0] - bias[1]  # ties after the bias (mostly): the first wins
+    flat[1::7, 0] = np.nan  # NaN counts as the maximum, the first NaN wins
+    flat[2::9, c - 1] = np.nan
+    flat[3::11, 0] = np.inf  # inf + bias stays the maximum
+    flat[4::13, 1] = -np.inf
+    expected = np.argmax(x + bias, axis=2)
+    np.testing.assert_array_equal(kernels.argmax_channels(x, bias), expected)
+    np.testing.assert_array_equal(kernels.argmax_channels(x, None), np.argmax(x, axis=2))
+    with pytest.raises(ValueError, match="bias must have"):
+        kernels.argmax_channels(x, np.zeros(c + 1, np.float32))
 
 
 @pytest.mark.parametrize(

@@ -64,5 +64,6 @@ def test_predict_stops_faulting_in_pages_after_warm_up():
     off = _probe("0")
     assert off["applied"] is False
     # Off, each 320x240 predict faults in ~1,450 fresh pages (the activations freed by the run
-    # before); on, the freed pages are reused.
-    assert on["faults_per_run"] < 100, (on, off)
+    # before); on, the freed pages are reused: 0 on a quiet machine. The limit leaves room for the
+    # few pages a busy machine's late-starting helper threads touch (one run measured 100.4).
+    assert on["faults_per_run"] < 200, (on, off)
