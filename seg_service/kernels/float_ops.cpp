@@ -350,7 +350,6 @@ inline uint8_t argmax_pixel(const float* __restrict v, int64_t channels) {
 SEGK_ALWAYS_INLINE void argmax_range(const float* __restrict x, int64_t p0, int64_t p1, int64_t channels,
                                      const float* __restrict bias, uint8_t* __restrict out) {
     if (channels == 2) {  // the two-class models: one branch-free comparison, vectorised over pixels
-        const float b0 = bias != nullptr ? bias[0] : 0.0f, b1 = bias != nullptr ? bias[1] : 0.0f;
         if (bias == nullptr) {
             for (int64_t p = p0; p < p1; ++p) {
                 const float v0 = x[2 * p], v1 = x[2 * p + 1];
@@ -358,6 +357,7 @@ SEGK_ALWAYS_INLINE void argmax_range(const float* __restrict x, int64_t p0, int6
             }
             return;
         }
+        const float b0 = bias[0], b1 = bias[1];
         for (int64_t p = p0; p < p1; ++p) {
             const float v0 = x[2 * p] + b0, v1 = x[2 * p + 1] + b1;
             out[p] = static_cast<uint8_t>((v1 > v0) | ((v1 != v1) & (v0 == v0)));
