@@ -11,24 +11,11 @@ import numpy as np
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from packed_samples import random_bits, random_weights
 
 from seg_service import kernels
 from seg_service.format import conv_output_size
 from seg_service.kernels import reference
-
-
-def random_bits(rng: np.random.Generator, shape: tuple[int, ...], channels: int) -> np.ndarray:
-    """Packed words of random +-1 values along the last axis (`channels` of them)."""
-    x = rng.standard_normal((*shape, channels)).astype(np.float32)
-    flat = x.reshape(-1, 1, channels)
-    return kernels.pack_bits(flat).reshape(*shape, -1)
-
-
-def random_weights(rng: np.random.Generator, out_c: int, k: int, channels: int) -> np.ndarray:
-    """Packed weights u64[O, k, k, words] (pack_bits on an [O, k*k, C] array gives this layout)."""
-    w = rng.standard_normal((out_c, k * k, channels)).astype(np.float32)
-    return kernels.pack_bits(w).reshape(out_c, k, k, -1)
-
 
 # (H, W, in_channels, out_channels, kernel, stride, padding, dilation)
 CASES = [

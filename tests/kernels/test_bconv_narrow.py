@@ -9,6 +9,7 @@ import itertools
 
 import numpy as np
 import pytest
+from packed_samples import random_bits, random_weights
 
 from seg_service import kernels
 from seg_service.format import conv_output_size
@@ -40,16 +41,6 @@ def variant(request: pytest.FixtureRequest):
         kernels.set_popcount("auto")
     kernels.set_isa(previous_isa)
     kernels.set_num_threads(previous_threads)
-
-
-def random_bits(rng: np.random.Generator, shape: tuple[int, ...], channels: int) -> np.ndarray:
-    x = rng.standard_normal((*shape, channels)).astype(np.float32)
-    return kernels.pack_bits(x.reshape(-1, 1, channels)).reshape(*shape, -1)
-
-
-def random_weights(rng: np.random.Generator, out_c: int, k: int, channels: int) -> np.ndarray:
-    w = rng.standard_normal((out_c, k * k, channels)).astype(np.float32)
-    return kernels.pack_bits(w).reshape(out_c, k, k, -1)
 
 
 # (H, W, in_channels, out_channels, stride, padding, dilation): 32 and fewer channels (paired taps),

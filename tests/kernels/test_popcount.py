@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+from packed_samples import random_bits, random_weights
 
 from seg_service import kernels
 from seg_service.kernels import reference
@@ -31,23 +32,6 @@ def method(request: pytest.FixtureRequest):
     yield request.param
     kernels.set_popcount("auto")
     kernels.set_isa(previous_isa)
-
-
-@pytest.fixture
-def threads():
-    previous = kernels.get_num_threads()
-    yield
-    kernels.set_num_threads(previous)
-
-
-def random_bits(rng: np.random.Generator, shape: tuple[int, ...], channels: int) -> np.ndarray:
-    x = rng.standard_normal((*shape, channels)).astype(np.float32)
-    return kernels.pack_bits(x.reshape(-1, 1, channels)).reshape(*shape, -1)
-
-
-def random_weights(rng: np.random.Generator, out_c: int, k: int, channels: int) -> np.ndarray:
-    w = rng.standard_normal((out_c, k * k, channels)).astype(np.float32)
-    return kernels.pack_bits(w).reshape(out_c, k, k, -1)
 
 
 # (H, W, in_channels, out_channels, kernel, stride, padding, dilation). The mix methods count channels

@@ -7,14 +7,10 @@ import itertools
 
 import numpy as np
 import pytest
+from packed_samples import random_weights
 
 from seg_service import kernels
 from seg_service.kernels import reference
-
-
-def random_weights(rng: np.random.Generator, out_c: int, k: int, channels: int) -> np.ndarray:
-    w = rng.standard_normal((out_c, k * k, channels)).astype(np.float32)
-    return kernels.pack_bits(w).reshape(out_c, k, k, -1)
 
 
 # out_c values around every ISA's channel block (8, 16, 32) and the 16-lane epilogue groups.
