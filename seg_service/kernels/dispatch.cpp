@@ -488,8 +488,10 @@ void run_conv(const uint64_t* a, const float* x, const PreparedWeights* const* p
             static_cast<double>(bases * block * std::max<int64_t>(1, r.jobs[0].steps) * 64);
         const int64_t chunk_pixels = pixel_chunk_length(blocks, rows * width, macs_per_pixel_block, threads);
         const int64_t chunk_rows = std::max<int64_t>(1, chunk_pixels / width);
-        for (int64_t cb = 0; cb < blocks; ++cb)
-            for (int64_t y = r.y0; y < r.y1; y += chunk_rows) items.push_back({ri, cb, y, std::min(r.y1, y + chunk_rows)});
+        // Rows outermost: each thread's share of the items (threadpool.h) is then a band of rows,
+        // the band the ops before and after this one give it too.
+        for (int64_t y = r.y0; y < r.y1; y += chunk_rows)
+            for (int64_t cb = 0; cb < blocks; ++cb) items.push_back({ri, cb, y, std::min(r.y1, y + chunk_rows)});
     }
     auto run_range = [&](const Region& r, int64_t cb, int64_t p0, int64_t p1) {
         if (bases == 1) {

@@ -2,8 +2,10 @@
 //
 // Why not OpenMP: an OpenMP region waits at its end for every team thread, even one that has not
 // been scheduled yet, so on a busy or shared CPU a two-thread call can stall for a whole scheduler
-// time slice. Here items are claimed from an atomic counter and a call returns as soon as all items
-// are *done*; a helper that wakes late finds nothing left and goes back to sleep. It also needs no
+// time slice. Here items are claimed from atomic counters and a call returns as soon as all items
+// are *done*; a helper that wakes late finds nothing left and goes back to sleep. Each thread takes
+// the items of its own contiguous share first (the same share op after op, so it re-reads the rows
+// it wrote from its own cache), then what is left of the others'. It also needs no
 // compiler flag and survives fork() (a child process just runs its items on the calling thread).
 #pragma once
 
