@@ -1,7 +1,7 @@
 """The kernels around the network in PackedModel.predict: normalize_image (the input and the guide),
 half_logit_difference and the two-class path of guided_apply (the stored guided filter), the
-guided filter's coefficients on every ISA path, and argmax_channels with two classes and with a
-model's decision biases added inside it.
+guided filter's coefficients on every ISA path, and argmax_channels with two classes, with 3 to 16
+(the vector paths) and more, and with a model's decision biases added inside it.
 
 normalize_image, half_logit_difference, guided_apply and argmax_channels must equal their numpy
 definitions in ``kernels.reference`` (or numpy itself) bit for bit on every ISA path and thread
@@ -215,7 +215,10 @@ def test_two_class_argmax_equals_numpy(isa: str, threads, shape, n_threads: int)
 
 
 @pytest.mark.parametrize(
-    "shape", [(1, 1, 2), (47, 61, 2), (1, 1, 11), (47, 61, 11), (360, 480, 11), (5, 3, 256)]
+    "shape",
+    [(1, 1, 2), (47, 61, 2), (1, 1, 11), (47, 61, 11), (360, 480, 11), (5, 3, 256)]
+    # 3 .. 16 channels take the vector paths (one AVX-512 register, two AVX2 halves): their edges
+    + [(13, 17, c) for c in (3, 7, 8, 9, 15, 16, 17)],
 )
 @pytest.mark.parametrize("n_threads", [1, 2])
 def test_argmax_with_bias_equals_numpy(isa: str, threads, shape, n_threads: int) -> None:
@@ -235,6 +238,25 @@ def test_argmax_with_bias_equals_numpy(isa: str, threads, shape, n_threads: int)
     np.testing.assert_array_equal(kernels.argmax_channels(x, None), np.argmax(x, axis=2))
     with pytest.raises(ValueError, match="bias must have"):
         kernels.argmax_channels(x, np.zeros(c + 1, np.float32))
+
+
+@pytest.mark.parametrize("c", [3, 8, 11, 16])
+def test_argmax_of_infinities_and_signed_zeros_equals_numpy(isa: str, c: int) -> None:
+    """Pixels whose channels are all -inf, all +inf, -0.0 against +0.0, a NaN after the maximum and
+    the largest value in the last channel: numpy's first-maximum rule in every case."""
+    rows = [
+        np.full(c, -np.inf),
+        np.full(c, np.inf),
+        np.where(np.arange(c) % 2 == 0, -0.0, 0.0),
+        np.r_[np.full(c - 1, -1.0), 0.0],
+        np.r_[5.0, np.full(c - 2, 1.0), np.nan],
+        np.r_[-np.inf, np.full(c - 1, -3.0)],
+    ]
+    x = np.asarray(rows, dtype=np.float32).reshape(1, len(rows), c)
+    np.testing.assert_array_equal(kernels.argmax_channels(x), np.argmax(x, axis=2))
+    bias = np.linspace(-1, 1, c).astype(np.float32)
+    with np.errstate(invalid="ignore"):  # inf + bias stays inf; -inf + inf does not occur here
+        np.testing.assert_array_equal(kernels.argmax_channels(x, bias), np.argmax(x + bias, axis=2))
 
 
 @pytest.mark.parametrize(
