@@ -8,8 +8,13 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <memory>
 #include <type_traits>
 #include <vector>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#endif
 
 #include "isa_dispatch.h"
 #include "kernels.h"
@@ -116,8 +121,85 @@ SEGK_ALWAYS_INLINE void width_rows_body(const T* x, const WidthCall& call, int64
     }
 }
 
+#if defined(__x86_64__) || defined(_M_X64)
+// The width pass for 2 to 4 channels without gathers: each output pixel is one 4-lane vector, each
+// tap a load of the input pixel (its channels and whatever follows: `row` is padded by 4 floats) times
+// the tap's weight, in the same order as width_rows_body, so the sums are the same bits. The lanes
+// past c land on the next output pixel's first channels, which that pixel's store overwrites; the
+// row's last pixel stores its c lanes alone (the next row may belong to another thread). A camera's
+// 640x480 frame halved for the person model took 1.1-1.4 ms through the per-value gathers, 0.14 ms
+// in OpenCV.
+// kTaps: the taps per output pixel when known at compile time (the small factors: 2 .. 5 taps,
+// unrolled, so neighbouring pixels' sums overlap in the pipeline), else 0 (t.taps).
+template <int kTaps, typename T>
+SEGK_ALWAYS_INLINE void width_rows_pixels_body(const T* x, const WidthCall& call, const AreaTaps& t, int64_t r0,
+                                               int64_t r1, float* row_f) {
+    const int64_t c = call.c, row_len = call.w * c, taps = kTaps > 0 ? kTaps : t.taps, last = call.out_w - 1;
+    const int64_t* __restrict index = t.index.data();
+    const float* __restrict weight = t.weight.data();
+    for (int64_t r = r0; r < r1; ++r) {
+        const T* __restrict src = x + r * row_len;
+        for (int64_t i = 0; i < row_len; ++i) row_f[i] = static_cast<float>(src[i]);
+        float* __restrict dst = call.out + r * call.out_w * c;
+        for (int64_t o = 0; o <= last; ++o) {
+            const int64_t* idx = index + o * taps;
+            const float* wt = weight + o * taps;
+            __m128 acc = _mm_mul_ps(_mm_loadu_ps(row_f + idx[0] * c), _mm_set1_ps(wt[0]));
+#pragma GCC unroll 8
+            for (int64_t k = 1; k < taps; ++k) {
+                const __m128 term = _mm_mul_ps(_mm_loadu_ps(row_f + idx[k] * c), _mm_set1_ps(wt[k]));
+                acc = _mm_add_ps(acc, term);
+            }
+            if (o < last) {
+                _mm_storeu_ps(dst + o * c, acc);
+            } else {
+                alignas(16) float lanes[4];
+                _mm_store_ps(lanes, acc);
+                for (int64_t ch = 0; ch < c; ++ch) dst[o * c + ch] = lanes[ch];
+            }
+        }
+    }
+}
+
+template <typename T>
+SEGK_ALWAYS_INLINE void width_rows_pixels(const T* x, const WidthCall& call, const AreaTaps& t, int64_t r0, int64_t r1,
+                                          float* row_f) {
+    switch (t.taps) {
+        case 2:
+            return width_rows_pixels_body<2>(x, call, t, r0, r1, row_f);
+        case 3:
+            return width_rows_pixels_body<3>(x, call, t, r0, r1, row_f);
+        case 4:
+            return width_rows_pixels_body<4>(x, call, t, r0, r1, row_f);
+        case 5:
+            return width_rows_pixels_body<5>(x, call, t, r0, r1, row_f);
+        default:
+            return width_rows_pixels_body<0>(x, call, t, r0, r1, row_f);
+    }
+}
+#endif
+
 template <typename T>
 using WidthRowsFn = void (*)(const T*, const WidthCall&, int64_t, int64_t, float*);
+#if defined(__x86_64__) || defined(_M_X64)
+template <typename T>
+using WidthPixelsFn = void (*)(const T*, const WidthCall&, const AreaTaps&, int64_t, int64_t, float*);
+template <typename T>
+SEGK_TARGET("avx512f") void width_pixels_avx512(const T* x, const WidthCall& call, const AreaTaps& t, int64_t r0,
+                                                int64_t r1, float* row_f) {
+    width_rows_pixels(x, call, t, r0, r1, row_f);
+}
+template <typename T>
+SEGK_TARGET("avx2") void width_pixels_avx2(const T* x, const WidthCall& call, const AreaTaps& t, int64_t r0,
+                                           int64_t r1, float* row_f) {
+    width_rows_pixels(x, call, t, r0, r1, row_f);
+}
+template <typename T>  // SSE2 is part of x86-64 itself
+void width_pixels_scalar(const T* x, const WidthCall& call, const AreaTaps& t, int64_t r0, int64_t r1,
+                         float* row_f) {
+    width_rows_pixels(x, call, t, r0, r1, row_f);
+}
+#endif
 template <typename T>
 SEGK_TARGET("avx512f") void width_rows_avx512(const T* x, const WidthCall& call, int64_t r0, int64_t r1, float* row_f) {
     width_rows_body(x, call, r0, r1, row_f);
@@ -167,19 +249,34 @@ void height_pass_scalar(const float* x, int64_t n, const AreaTaps& t, int64_t r0
 template <typename T>
 void resize_area_impl(const T* x, int64_t h, int64_t w, int64_t c, float* out, int64_t out_h, int64_t out_w) {
     const AreaTaps cols = area_taps(w, out_w), rows = area_taps(h, out_h);
-    const WidthTaps col_taps = width_taps(cols, out_w, c);
-    std::vector<float> narrow(static_cast<size_t>(h * out_w * c));
-    const WidthCall call{w, c, out_w, &col_taps, narrow.data()};
-    const WidthRowsFn<T> width_fn =
-        for_current_isa<WidthRowsFn<T>>(width_rows_avx512<T>, width_rows_avx2<T>, width_rows_scalar<T>);
-    const HeightFn height_fn = for_current_isa<HeightFn>(height_pass_avx512, height_pass_avx2, height_pass_scalar);
+    // uninitialised: every value is written by the width pass (a zeroed vector cost a memset)
+    const std::unique_ptr<float[]> narrow_buffer(new float[static_cast<size_t>(h * out_w * c)]);
+    float* const narrow = narrow_buffer.get();
     const int threads = h * w * c < kMinParallelValues ? 1 : get_num_threads();
-    parallel_for(threads, (h + kRowsPerItem - 1) / kRowsPerItem, [&](int64_t item) {
-        std::vector<float> row_f(std::is_same_v<T, float> ? 0 : static_cast<size_t>(w * c));
-        width_fn(x, call, item * kRowsPerItem, std::min(h, (item + 1) * kRowsPerItem), row_f.data());
-    });
+#if defined(__x86_64__) || defined(_M_X64)
+    if (c >= 2 && c <= 4) {  // RGB images and their guides: a pixel per vector
+        const WidthCall call{w, c, out_w, nullptr, narrow};
+        const WidthPixelsFn<T> pixels_fn =
+            for_current_isa<WidthPixelsFn<T>>(width_pixels_avx512<T>, width_pixels_avx2<T>, width_pixels_scalar<T>);
+        parallel_for(threads, (h + kRowsPerItem - 1) / kRowsPerItem, [&](int64_t item) {
+            std::vector<float> row_f(static_cast<size_t>(w * c + 4));  // + 4: whole-vector loads
+            pixels_fn(x, call, cols, item * kRowsPerItem, std::min(h, (item + 1) * kRowsPerItem), row_f.data());
+        });
+    } else
+#endif
+    {
+        const WidthTaps col_taps = width_taps(cols, out_w, c);
+        const WidthCall call{w, c, out_w, &col_taps, narrow};
+        const WidthRowsFn<T> width_fn =
+            for_current_isa<WidthRowsFn<T>>(width_rows_avx512<T>, width_rows_avx2<T>, width_rows_scalar<T>);
+        parallel_for(threads, (h + kRowsPerItem - 1) / kRowsPerItem, [&](int64_t item) {
+            std::vector<float> row_f(std::is_same_v<T, float> ? 0 : static_cast<size_t>(w * c));
+            width_fn(x, call, item * kRowsPerItem, std::min(h, (item + 1) * kRowsPerItem), row_f.data());
+        });
+    }
+    const HeightFn height_fn = for_current_isa<HeightFn>(height_pass_avx512, height_pass_avx2, height_pass_scalar);
     parallel_for(threads, (out_h + kRowsPerItem - 1) / kRowsPerItem, [&](int64_t item) {
-        height_fn(narrow.data(), out_w * c, rows, item * kRowsPerItem, std::min(out_h, (item + 1) * kRowsPerItem),
+        height_fn(narrow, out_w * c, rows, item * kRowsPerItem, std::min(out_h, (item + 1) * kRowsPerItem),
                   out);
     });
 }

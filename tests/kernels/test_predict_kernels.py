@@ -268,6 +268,12 @@ def test_argmax_of_infinities_and_signed_zeros_equals_numpy(isa: str, c: int) ->
         ((7, 1, 3), (2, 1), np.uint8),
         ((1, 29, 2), (1, 3), np.float32),
         ((700, 601, 3), (311, 97), np.uint8),  # above the size split over the threads
+        ((480, 640, 3), (240, 320), np.uint8),  # a camera frame halved for the person model
+        # 2 to 4 channels take a pixel per vector, with 2 .. 5 taps unrolled: their cases
+        ((33, 47, 4), (11, 16), np.float32),
+        ((9, 12, 2), (3, 3), np.float32),
+        ((5, 7, 3), (9, 11), np.uint8),  # upscaling: 2 taps, one of weight 0 at the end
+        ((1, 40, 3), (1, 3), np.uint8),  # 15 taps
     ],
 )
 @pytest.mark.parametrize("n_threads", [1, 2])
