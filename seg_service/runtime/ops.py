@@ -243,7 +243,12 @@ def conv1x1_of_concat(
             full.append(np.ascontiguousarray(part, dtype=np.float32))
             full_rows.append(rows)
     if not full:
-        raise ValueError("conv1x1_of_concat: every part is 1x1; nothing gives the output size")
+        # Every part is 1x1: the concat itself is a 1x1 map (an ASPP head's on an input no larger
+        # than the output stride, where its conv branches are 1x1 too), and the conv of it is the
+        # constant. (A concat of image-pooling parts only, whose size would come from elsewhere,
+        # is not a head export-model writes.)
+        out = constant.reshape(1, 1, c_out)
+        return np.maximum(out, np.float32(0.0)) if relu else out
     h, w = full[0].shape[:2]
     if any(p.shape[:2] != (h, w) for p in full):
         raise ValueError(f"conv1x1_of_concat: parts of different sizes: {[p.shape for p in full]}")

@@ -89,3 +89,15 @@ def test_filtered_masks_barely_depend_on_the_coefficients_precision() -> None:
     for rgb in photos("portraits", 2) + photos("ccp", 2):
         changed = (model.predict(rgb) != numpy_mask(model, rgb, reference.guided_coefficients)).mean()
         assert changed < 1e-4
+
+
+@pytest.mark.parametrize("size", [(1, 1), (5, 7), (16, 16), (32, 32), (31, 200)])
+def test_predict_on_images_no_larger_than_the_network_stride(shipped: PackedModel, size) -> None:
+    """An image that pads to one output-stride cell or one row of cells (person's stride is 32)
+    still gets a mask, the numpy pipeline's: the ASPP head's 1x1 branches used to stop predict."""
+    folder = "portraits" if shipped.name == "person" else "camvid"
+    rgb = np.ascontiguousarray(photos(folder, 1)[0][100 : 100 + size[0], 100 : 100 + size[1]])
+    mask = shipped.predict(rgb)
+    assert mask.shape == size and mask.dtype == np.uint8
+    np.testing.assert_array_equal(mask, numpy_mask(shipped, rgb))
+    assert shipped.predict(rgb, flip=True, refine=False).shape == size

@@ -143,6 +143,25 @@ def test_server_serves_the_shipped_default_model(shipped_server):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("model", ["person", "camvid"])
+def test_images_smaller_than_the_network_stride_get_a_mask(shipped_server, model):
+    """A thumbnail pads to a single output-stride cell (32 px for person): it gets a mask of its own
+    size, not a 500 (the ASPP head's 1x1 branches used to stop predict)."""
+    photo = rgb(DATA / "ccp" / "images" / "0960.jpg")
+    for h, w in [(1, 1), (16, 16), (32, 20)]:
+        buffer = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(photo[200 : 200 + h, 150 : 150 + w])).save(buffer, "PNG")
+        r = httpx.post(
+            f"{shipped_server.url}/segment",
+            params={"model": model},
+            files={"file": ("thumb.png", buffer.getvalue(), "image/png")},
+            timeout=60,
+        )
+        assert r.status_code == 200, r.text
+        assert Image.open(io.BytesIO(r.content)).size == (w, h)
+
+
+@pytest.mark.slow
 def test_person_model_refines_its_masks_by_default_over_http_and_websocket(shipped_server):
     """The shipped person model carries a fitted guided filter and bias: POST /segment applies it,
     refine=false returns the plain argmax; both are the in-process runtime's masks; the WebSocket
