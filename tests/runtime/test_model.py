@@ -121,7 +121,16 @@ def test_resize_area_rejects_bad_input():
         kernels.resize_area(np.zeros((4, 4), np.uint8), 2, 2)
 
 
-@pytest.mark.parametrize("src, dst", [((24, 32), (240, 320)), ((37, 50), (100, 133)), ((64, 48), (17, 13))])
+@pytest.mark.parametrize(
+    "src, dst",
+    [
+        ((24, 32), (240, 320)),
+        ((37, 50), (100, 133)),
+        ((64, 48), (17, 13)),
+        ((240, 320), (480, 640)),
+        ((1, 1), (3, 2)),
+    ],
+)
 def test_resize_nearest_samples_pixel_centres(src, dst):
     mask = np.random.default_rng(1).integers(0, 255, size=src, dtype=np.uint8)
     theirs = cv2.resize(mask, (dst[1], dst[0]), interpolation=cv2.INTER_NEAREST_EXACT)
