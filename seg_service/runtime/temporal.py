@@ -36,25 +36,48 @@ class SmootherSettings:
     scene_cut: float = 0.25  # mean |luma change| over the whole frame that resets the average
 
 
+# Up to this window side box_mean adds shifted copies; above it, an integral image.
+_SHIFTED_SUMS_MAX_SIZE = 9
+
+
 def box_mean(x: np.ndarray, size: int) -> np.ndarray:
     """Mean of f32 [H, W] over a size x size window centred on each pixel (edges: the window is cut
-    to the image), through an integral image: O(H W) whatever the size."""
+    to the image). Small windows (the default 5) sum shifted copies of the zero-padded map, rows then
+    columns, in float32; larger ones go through an integral image in float64, O(H W) whatever the
+    size. (The integral image alone took about 1.8 ms at 240x320 on the webcam path, most of it in
+    the cumulative sums and the fancy-indexed corners; the shifted sums take a tenth of that.)"""
+    x = np.asarray(x, dtype=np.float32)
     h, w = x.shape
     r = size // 2
+    rows_in = np.arange(h)
+    cols_in = np.arange(w)
+    counts = (np.minimum(rows_in + r, h - 1) - np.maximum(rows_in - r, 0) + 1)[:, None] * (
+        np.minimum(cols_in + r, w - 1) - np.maximum(cols_in - r, 0) + 1
+    )[None, :]
+    if size <= _SHIFTED_SUMS_MAX_SIZE:
+        padded = np.zeros((h + 2 * r, w + 2 * r), dtype=np.float32)
+        padded[r : r + h, r : r + w] = x
+        column_sums = padded[:h].copy()
+        for k in range(1, 2 * r + 1):
+            column_sums += padded[k : k + h]
+        sums = column_sums[:, :w].copy()
+        for k in range(1, 2 * r + 1):
+            sums += column_sums[:, k : k + w]
+        return sums / counts.astype(np.float32)
     integral = np.zeros((h + 1, w + 1), dtype=np.float64)
     np.cumsum(np.cumsum(x, axis=0, dtype=np.float64), axis=1, out=integral[1:, 1:])
-    top = np.clip(np.arange(h) - r, 0, h)
-    bottom = np.clip(np.arange(h) + r + 1, 0, h)
-    left = np.clip(np.arange(w) - r, 0, w)
-    right = np.clip(np.arange(w) + r + 1, 0, w)
-    sums = (
-        integral[bottom][:, right]
-        - integral[top][:, right]
-        - integral[bottom][:, left]
-        + integral[top][:, left]
+    top = np.clip(rows_in - r, 0, h)
+    bottom = np.clip(rows_in + r + 1, 0, h)
+    left = np.clip(cols_in - r, 0, w)
+    right = np.clip(cols_in + r + 1, 0, w)
+    lower, upper = integral.take(bottom, axis=0), integral.take(top, axis=0)
+    sums64 = (
+        lower.take(right, axis=1)
+        - upper.take(right, axis=1)
+        - lower.take(left, axis=1)
+        + upper.take(left, axis=1)
     )
-    counts = (bottom - top)[:, None] * (right - left)[None, :]
-    return (sums / counts).astype(np.float32)
+    return (sums64 / counts).astype(np.float32)
 
 
 class TemporalSmoother:
@@ -107,8 +130,11 @@ class TemporalSmoother:
                 self.frames = 0
             smoothed = scores.copy()
         else:
-            w = weight[:, :, None]
-            smoothed = self._scores + w * (scores - self._scores)
+            # history + weight * (scores - history), in place; the weight repeated per class (numpy
+            # broadcasts a trailing axis of 2 classes slowly: 0.44 against 0.29 ms at 240x320)
+            smoothed = scores - self._scores
+            smoothed *= np.repeat(weight[:, :, None], scores.shape[2], axis=2)
+            smoothed += self._scores
         self._scores = smoothed
         self._luma = luma
         self.frames += 1

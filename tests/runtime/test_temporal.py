@@ -8,13 +8,18 @@ import pytest
 from seg_service.runtime.temporal import SmootherSettings, TemporalSmoother, box_mean
 
 
-def test_box_mean_matches_a_direct_window_mean():
+@pytest.mark.parametrize("size", [1, 3, 5, 9, 11, 15])  # shifted sums up to 9, an integral image above
+@pytest.mark.parametrize("shape", [(9, 13), (1, 1), (2, 31), (17, 3)])
+def test_box_mean_matches_a_direct_window_mean(shape, size):
     rng = np.random.default_rng(0)
-    x = rng.random((9, 13)).astype(np.float32)
-    got = box_mean(x, 5)
-    for i, j in [(0, 0), (4, 6), (8, 12), (2, 11)]:
-        expected = x[max(0, i - 2) : i + 3, max(0, j - 2) : j + 3].mean()
-        assert got[i, j] == pytest.approx(expected, abs=1e-6)
+    x = rng.random(shape).astype(np.float32)
+    got = box_mean(x, size)
+    assert got.shape == shape and got.dtype == np.float32
+    r = size // 2
+    for i in range(shape[0]):
+        for j in range(shape[1]):
+            expected = x[max(0, i - r) : i + r + 1, max(0, j - r) : j + r + 1].astype(np.float64).mean()
+            assert got[i, j] == pytest.approx(expected, abs=1e-6)
 
 
 def textured_background(h: int, w: int, seed: int = 1) -> np.ndarray:
