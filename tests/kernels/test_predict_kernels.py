@@ -274,6 +274,12 @@ def test_argmax_of_infinities_and_signed_zeros_equals_numpy(isa: str, c: int) ->
         ((9, 12, 2), (3, 3), np.float32),
         ((5, 7, 3), (9, 11), np.uint8),  # upscaling: 2 taps, one of weight 0 at the end
         ((1, 40, 3), (1, 3), np.uint8),  # 15 taps
+        # uint8 shrunk by powers of two per axis: summed in integers (exact, so the same floats)
+        ((64, 96, 3), (16, 12), np.uint8),
+        ((30, 40, 1), (30, 20), np.uint8),
+        ((16, 16, 4), (2, 2), np.uint8),
+        ((2, 2, 3), (1, 1), np.uint8),
+        ((960, 1280, 3), (480, 640), np.uint8),  # above the size split over the threads
     ],
 )
 @pytest.mark.parametrize("n_threads", [1, 2])
