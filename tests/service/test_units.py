@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -48,6 +49,23 @@ def test_error_statuses(data, status):
     with pytest.raises(imaging.ImageInputError) as e:
         imaging.decode_image(data, 10**6)
     assert e.value.status == status
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (7, 3), (480, 640), (241, 319)])
+def test_mask_png_decodes_to_the_mask(shape):
+    """Label masks (no row filter) and soft masks (the "sub" filter) come back pixel for pixel."""
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 11, shape, dtype=np.uint8)
+    labels[: shape[0] // 2] = 1  # runs, as a real mask has
+    ramp = np.clip(np.linspace(-200, 455, shape[1])[None, :] + rng.normal(0, 3, shape), 0, 255).astype(
+        np.uint8
+    )
+    for mask, soft in ((labels, False), (ramp, True), (labels, True), (ramp, False)):
+        data = imaging.encode_mask_png(mask, soft=soft)
+        assert data.startswith(b"\x89PNG")
+        back = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        np.testing.assert_array_equal(back, mask)
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))), mask)
 
 
 def test_coco_rle_is_column_major_and_starts_with_zeros():

@@ -89,7 +89,7 @@ def _segment_job(
     if output in ("alpha", "probability"):
         soft, ms = frame_mask(model, rgb, flip, refine, MASK_FORMATS[output], foreground)
         del rgb
-        return imaging.encode_mask_png(soft), ms
+        return imaging.encode_mask_png(soft, soft=True), ms
     mask, ms = timed_predict(model, rgb, flip, refine)
     if output == "png":
         del rgb  # free the decoded image before the encoder allocates

@@ -54,7 +54,7 @@ def _frame_job(
     rgb = imaging.decode_image(data, max_pixels, imaging.PNG_MAX_SIDE, "the PNG mask")
     mask, ms = frame_mask(model, rgb, flip, refine, MASK_FORMATS[output], foreground, stream)
     del rgb
-    return imaging.encode_mask_png(mask), mask.shape[1], mask.shape[0], ms
+    return imaging.encode_mask_png(mask, soft=output != "png"), mask.shape[1], mask.shape[0], ms
 
 
 class _Session:
