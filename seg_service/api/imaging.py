@@ -150,25 +150,31 @@ def overlay(
     left untouched.
 
     Integer arithmetic on chunks of rows: the peak memory is the output plus a few MB, and for
-    alpha 0.5 each value is round((image + colour) / 2), as the float formula gives.
+    alpha 0.5 each value is round((image + colour) / 2), as the float formula gives. The class
+    colours and the "painted" flags come from OpenCV table lookups, and the blend is copied in
+    under the painted pixels only: numpy's fancy indexing and `where` took 12 of the 14 ms of a
+    640x480 frame.
     """
     palette = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
     # A 256-entry table: any label value indexes it directly (labels past the palette take its last colour).
     colours = palette[np.minimum(np.arange(256), len(palette) - 1)]
-    painted = np.any(colours, axis=1)
+    colour_table = np.ascontiguousarray(colours.reshape(256, 1, 3))
+    painted_table = np.where(np.any(colours, axis=1), 255, 0).astype(np.uint8)
     weight = int(round(alpha * 256))
     height, width = mask.shape
     out = np.empty((height, width, 3), dtype=np.uint8)
     rows = max(1, _OVERLAY_CHUNK_PIXELS // max(1, width))
     for top in range(0, height, rows):
-        labels = mask[top : top + rows]
-        src = rgb[top : top + rows]
+        labels = np.ascontiguousarray(mask[top : top + rows], dtype=np.uint8)
+        src = np.ascontiguousarray(rgb[top : top + rows])
+        colour = cv2.LUT(cv2.merge([labels, labels, labels]), colour_table)
         blended = src.astype(np.uint16) * np.uint16(256 - weight)
-        blended += colours[labels].astype(np.uint16) * np.uint16(weight)
+        blended += colour.astype(np.uint16) * np.uint16(weight)
         blended += np.uint16(128)
         blended >>= 8  # at most (255 * 256 + 128) >> 8: no uint16 overflow
-        chunk = np.where(painted[labels][:, :, None], blended.astype(np.uint8), src)
-        out[top : top + rows] = chunk[:, :, ::-1] if bgr else chunk
+        chunk = src.copy()
+        cv2.copyTo(blended.astype(np.uint8), cv2.LUT(labels, painted_table), chunk)
+        out[top : top + rows] = cv2.cvtColor(chunk, cv2.COLOR_RGB2BGR) if bgr else chunk
     return out
 
 

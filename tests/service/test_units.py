@@ -90,6 +90,29 @@ def test_overlay_leaves_black_palette_classes_untouched():
     assert out[0, 1].tolist() == [150, 50, 75]
 
 
+def overlay_by_definition(rgb, mask, palette, alpha=0.5, bgr=False):
+    """The overlay's formula in plain numpy: painted classes blended in integers, the rest untouched."""
+    palette = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
+    colours = palette[np.minimum(np.arange(256), len(palette) - 1)]
+    weight = int(round(alpha * 256))
+    blended = (rgb.astype(np.int64) * (256 - weight) + colours[mask].astype(np.int64) * weight + 128) >> 8
+    out = np.where(np.any(colours, axis=1)[mask][:, :, None], blended, rgb).astype(np.uint8)
+    return out[:, :, ::-1] if bgr else out
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (480, 640), (1500, 700)])  # 1500x700: several chunks
+@pytest.mark.parametrize("alpha", [0.5, 0.3, 1.0])
+def test_overlay_equals_its_definition(shape, alpha):
+    rng = np.random.default_rng(2)
+    rgb = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+    mask = rng.integers(0, 13, shape, dtype=np.uint8)  # labels past the 11-colour palette included
+    palette = rng.integers(0, 256, (11, 3), dtype=np.uint8)
+    palette[0] = 0  # an unpainted class
+    for bgr in (False, True):
+        got = imaging.overlay(rgb, mask, palette, alpha=alpha, bgr=bgr)
+        np.testing.assert_array_equal(got, overlay_by_definition(rgb, mask, palette, alpha, bgr))
+
+
 def test_metrics_histogram_is_cumulative():
     m = Metrics()
     for seconds in (0.004, 0.02, 0.02, 100.0):
