@@ -112,6 +112,22 @@ def test_overlay_colours_classes_and_leaves_background_untouched():
     assert np.allclose(out[:, 3:].reshape(-1, 3), [80, 60, 160], atol=1)
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (480, 640)])
+def test_colours_and_blend_equal_their_table_definitions(shape):
+    """The OpenCV lookups give numpy's table indexing: colours per label, and the frame itself where
+    the class is transparent (background), for every label value."""
+    rng = np.random.default_rng(4)
+    frame = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+    mask = rng.integers(0, 256, shape, dtype=np.uint8)
+    street = ClassInfo(["background", "road", "car"] + [f"c{i}" for i in range(8)], None)
+    for classes in (PERSON, street, ClassInfo.unknown()):
+        np.testing.assert_array_equal(colorize(mask, classes), classes.lut_bgr[mask])
+        mixed = cv2.addWeighted(frame, 0.6, classes.lut_bgr[mask], 0.4, 0.0)
+        keep = classes.transparent[mask]
+        mixed[keep] = frame[keep]
+        np.testing.assert_array_equal(blend(frame, mask, classes, alpha=0.4), mixed)
+
+
 def test_views_and_palette_order():
     frame = np.zeros((8, 10, 3), np.uint8)
     mask = np.ones((4, 5), np.uint8)  # smaller than the frame: scaled up with nearest neighbour
