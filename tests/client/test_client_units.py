@@ -13,7 +13,7 @@ from seg_client.app import ClientConfig, DemoClient
 from seg_client.capture import FrameSource, SourceError, camera_spec, output_size, video_spec
 from seg_client.cli import build_parser
 from seg_client.display import DisplayError, VideoFileSink
-from seg_client.overlay import ClassInfo, blend, colorize, compose
+from seg_client.overlay import ClassInfo, blend, colorize, compose, matte_blend
 from seg_client.transport import (
     Backoff,
     ServerError,
@@ -126,6 +126,17 @@ def test_colours_and_blend_equal_their_table_definitions(shape):
         keep = classes.transparent[mask]
         mixed[keep] = frame[keep]
         np.testing.assert_array_equal(blend(frame, mask, classes, alpha=0.4), mixed)
+
+
+def test_matte_blend_equals_its_formula():
+    """front * a + back * (1 - a), a = matte / 255, rounded half up, as float32 arithmetic gives it."""
+    rng = np.random.default_rng(6)
+    front, back = (rng.integers(0, 256, (37, 53, 3), dtype=np.uint8) for _ in range(2))
+    matte = rng.integers(0, 256, (37, 53), dtype=np.uint8)
+    a = matte.astype(np.float32)[:, :, None] * np.float32(1.0 / 255.0)
+    mixed = back.astype(np.float32)
+    mixed += a * (front.astype(np.float32) - mixed)
+    np.testing.assert_array_equal(matte_blend(front, back, matte), (mixed + 0.5).astype(np.uint8))
 
 
 def test_views_and_palette_order():
