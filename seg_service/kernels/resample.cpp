@@ -122,11 +122,22 @@ SEGK_ALWAYS_INLINE void width_rows_body(const T* x, const WidthCall& call, int64
 }
 
 #if defined(__x86_64__) || defined(_M_X64)
+// Stores output pixel `v` (its first c lanes) at dst. A pixel that is not its row's last writes all
+// 4 lanes: the lanes past c land on the next pixel's first channels, which that pixel's own store
+// then overwrites; the last one stores its c lanes alone (the next row may belong to another thread).
+inline void store_pixel(float* dst, __m128 v, int64_t c, bool last) {
+    if (!last) {
+        _mm_storeu_ps(dst, v);
+        return;
+    }
+    alignas(16) float lanes[4];
+    _mm_store_ps(lanes, v);
+    for (int64_t ch = 0; ch < c; ++ch) dst[ch] = lanes[ch];
+}
+
 // The width pass for 2 to 4 channels without gathers: each output pixel is one 4-lane vector, each
 // tap a load of the input pixel (its channels and whatever follows: `row` is padded by 4 floats) times
-// the tap's weight, in the same order as width_rows_body, so the sums are the same bits. The lanes
-// past c land on the next output pixel's first channels, which that pixel's store overwrites; the
-// row's last pixel stores its c lanes alone (the next row may belong to another thread). A camera's
+// the tap's weight, in the same order as width_rows_body, so the sums are the same bits. A camera's
 // 640x480 frame halved for the person model: 1.1-1.4 ms through the per-value gathers, 0.6-0.8 ms
 // so (OpenCV: 0.14 ms, with an integer fast path and its own rounding).
 // kTaps: the taps per output pixel when known at compile time (the small factors: 2 .. 5 taps,
@@ -150,13 +161,7 @@ SEGK_ALWAYS_INLINE void width_rows_pixels_body(const T* x, const WidthCall& call
                 const __m128 term = _mm_mul_ps(_mm_loadu_ps(row_f + idx[k] * c), _mm_set1_ps(wt[k]));
                 acc = _mm_add_ps(acc, term);
             }
-            if (o < last) {
-                _mm_storeu_ps(dst + o * c, acc);
-            } else {
-                alignas(16) float lanes[4];
-                _mm_store_ps(lanes, acc);
-                for (int64_t ch = 0; ch < c; ++ch) dst[o * c + ch] = lanes[ch];
-            }
+            store_pixel(dst + o * c, acc, c, o == last);
         }
     }
 }
@@ -313,14 +318,7 @@ void u8_block_rows(const uint8_t* __restrict x, int64_t w, int64_t c, float* __r
                 __m128 acc = _mm_loadu_ps(block);
 #pragma GCC unroll 8
                 for (int k = 1; k < kFx; ++k) acc = _mm_add_ps(acc, _mm_loadu_ps(block + k * c));
-                acc = _mm_mul_ps(acc, s4);
-                if (p + 1 < out_w) {
-                    _mm_storeu_ps(dst + p * c, acc);
-                } else {
-                    alignas(16) float lanes[4];
-                    _mm_store_ps(lanes, acc);
-                    for (int64_t ch = 0; ch < c; ++ch) dst[p * c + ch] = lanes[ch];
-                }
+                store_pixel(dst + p * c, _mm_mul_ps(acc, s4), c, p + 1 == out_w);
             }
             continue;
         }
