@@ -7,22 +7,22 @@ channel ``64*j + i``; bit = 1 means -1, i.e. ``x < 0``; zero, -0.0 and NaN pack 
 
 The ISA path (AVX-512 VPOPCNTDQ, AVX2, scalar) is chosen at run time; ``SEG_ISA`` forces one at
 import and ``SEG_THREADS`` sets the thread count. The AVX2 path has several ways to count bits
-(``available_popcounts``: nibble lookup "lut", lookup + integer POPCNT "mix1"/"mix2"), chosen per CPU
-by a short calibration at its first call; ``SEG_POPCOUNT`` (or ``set_popcount``) forces one.
+(``available_popcounts``: nibble lookup "lut", lookup + integer POPCNT "mix1"/"mix2"), chosen per
+CPU by a short calibration at its first call; ``SEG_POPCOUNT`` (or ``set_popcount``) forces one.
 ``dispatch_info()`` says which path and method run; ``popcount_ceilings`` measures the in-register
-ceiling of each way on this core (scripts/popcount_speed.py). ``prepare_weights`` arranges a layer's weights
-for the kernels once (a model does it at load time); the conv functions take the result in place of
-the weight array. ``lincomb_group`` runs the float linear combinations between binary convs (a
-Group-Net block's branch sum and soft gates) in one pass; ``upsample_bilinear`` is the graph's
+ceiling of each way on this core (scripts/popcount_speed.py). ``prepare_weights`` arranges a layer's
+weights for the kernels once (a model does it at load time); the conv functions take the result in
+place of the weight array. ``lincomb_group`` runs the float linear combinations between binary convs
+(a Group-Net block's branch sum and soft gates) in one pass; ``upsample_bilinear`` is the graph's
 bilinear resampling; ``conv2d_direct`` is the RGB stem's float convolution; ``conv1x1`` the 1x1
 float convs (projections, classifier) of a map or of the parts of a channel concat, and
 ``pack_bits_concat`` the sign bits of a concat without building it (``pack_bits_into`` and
 ``upsample_bilinear_bits`` write one part's bits into the concat's); ``affine`` a per-channel
-BatchNorm left standing; ``guided_coefficients``, ``guided_apply`` and ``half_logit_difference``
-(the two-class filter's source) run a model's stored guided filter (runtime/refine.py);
-``resize_area`` is the input's area resize and ``normalize_image`` writes the network input (and
-the filter's guide) from the image. ``reference.py`` is a plain numpy version of the same API that
-defines the expected results.
+BatchNorm left standing; ``global_avgpool`` an image-pooling branch's mean; ``guided_coefficients``,
+``guided_apply`` and ``half_logit_difference`` (the two-class filter's source) run a model's stored
+guided filter (runtime/refine.py); ``resize_area`` is the input's area resize and
+``normalize_image`` writes the network input (and the filter's guide) from the image.
+``reference.py`` is a plain numpy version of the same API that defines the expected results.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from seg_service.kernels._core import (
     conv2d_direct,
     dispatch_info,
     get_num_threads,
+    global_avgpool,
     guided_apply,
     guided_coefficients,
     half_logit_difference,
@@ -83,6 +84,7 @@ __all__ = [
     "half_logit_difference",
     "isa",
     "lincomb_group",
+    "global_avgpool",
     "maxpool2d",
     "normalize_image",
     "pack_bits",

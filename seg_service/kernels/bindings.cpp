@@ -769,6 +769,15 @@ py::array_t<float> affine(const py::handle& x_obj, const py::handle& mul_obj, co
     return out;
 }
 
+py::array_t<float> global_avgpool(const py::handle& x_obj) {
+    auto x = checked<float>(x_obj, "x", 3);
+    SEGK_REQUIRE(x.shape(0) >= 1 && x.shape(1) >= 1 && x.shape(2) >= 1,
+                 "x must be a non-empty [H, W, C] map, got " + shape_str(x));
+    py::array_t<float> out({py::ssize_t{1}, py::ssize_t{1}, static_cast<py::ssize_t>(x.shape(2))});
+    segk::global_avgpool(x.data(), x.shape(0) * x.shape(1), x.shape(2), out.mutable_data());
+    return out;
+}
+
 py::array_t<float> maxpool2d(const py::handle& x_obj, int64_t kernel, int64_t stride, int64_t padding) {
     auto x = checked<float>(x_obj, "x", 3);
     SEGK_REQUIRE(x.shape(0) >= 1 && x.shape(1) >= 1 && x.shape(2) >= 1, "x must be a non-empty [H, W, C] map, got " +
@@ -977,6 +986,9 @@ PYBIND11_MODULE(_core, m) {
           py::arg("relu_after"), py::arg("residual"),
           "Per-channel pre(x) * mul + bias (+ residual), pre = ReLU if relu_before, ReLU after if relu_after: "
           "float32 [H, W, C], mul/bias [C], residual [H, W, C] or None; each step rounded to float32 as numpy.");
+    m.def("global_avgpool", &global_avgpool, py::arg("x"),
+          "Mean of float32 [H, W, C] over H and W -> [1, 1, C]: summed in float64 in pixel order, rounded to "
+          "float32 once.");
     m.def("maxpool2d", &maxpool2d, py::arg("x"), py::arg("kernel"), py::arg("stride"), py::arg("padding"),
           "Max pooling of float32 [H, W, C], as torch.nn.MaxPool2d (floor mode; padding never wins).");
     m.def("conv2d_direct", &conv2d_direct, py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("stride"),

@@ -486,6 +486,18 @@ void affine(const float* x, int64_t pixels, int64_t c, const float* mul, const f
     for_row_ranges(pixels, c, int64_t{1} << 15, pixels * c * 3, [&](int64_t p0, int64_t p1) { fn(call, p0, p1); });
 }
 
+void global_avgpool(const float* x, int64_t pixels, int64_t c, float* out) {
+    // On the calling thread: the map is a head's smallest (8x10x256 for a 320x240 frame); numpy's
+    // mean cost 60-100 us there, most of it reaching its own cold code between the kernels' calls.
+    std::vector<double> sums(static_cast<size_t>(c), 0.0);
+    double* __restrict acc = sums.data();
+    for (int64_t p = 0; p < pixels; ++p) {
+        const float* __restrict row = x + p * c;
+        for (int64_t k = 0; k < c; ++k) acc[k] += static_cast<double>(row[k]);
+    }
+    for (int64_t k = 0; k < c; ++k) out[k] = static_cast<float>(acc[k] / static_cast<double>(pixels));
+}
+
 void maxpool2d(const float* x, int64_t h, int64_t w, int64_t c, int64_t kernel, int64_t stride, int64_t padding,
                float* out, int64_t out_h, int64_t out_w) {
     const MaxPoolCall call{x, h, w, c, out, out_w, kernel, stride, padding};

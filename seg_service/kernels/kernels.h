@@ -168,6 +168,10 @@ void argmax_channels(const float* x, int64_t pixels, int64_t channels, const flo
 void affine(const float* x, int64_t pixels, int64_t c, const float* mul, const float* bias, bool relu_before,
             bool relu_after, const float* residual, float* out);
 
+// Mean over the pixels of x [pixels, c] -> out [c] (an ASPP head's image pooling): each channel summed
+// in float64 in pixel order, divided by the pixel count, rounded to float32 once.
+void global_avgpool(const float* x, int64_t pixels, int64_t c, float* out);
+
 // Max pooling of x [h, w, c] -> out [out_h, out_w, c] (sizes as PyTorch's floor mode): padded
 // positions never win, as in torch.nn.MaxPool2d.
 void maxpool2d(const float* x, int64_t h, int64_t w, int64_t c, int64_t kernel, int64_t stride, int64_t padding,

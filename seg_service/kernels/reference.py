@@ -145,6 +145,14 @@ def conv1x1(parts: list[np.ndarray], weight_t: np.ndarray, bias: np.ndarray | No
     return out.astype(np.float32)
 
 
+def global_avgpool(x: np.ndarray) -> np.ndarray:
+    """Mean of [H, W, C] over H and W -> [1, 1, C]: float64 sums (pixel by pixel, as numpy reduces
+    a leading axis), divided by the pixel count, rounded to float32 once."""
+    h, w, c = x.shape
+    sums = np.add.reduce(x.reshape(h * w, c).astype(np.float64), axis=0)
+    return (sums / (h * w)).astype(np.float32).reshape(1, 1, c)
+
+
 def affine(
     x: np.ndarray,
     mul: np.ndarray,

@@ -238,7 +238,10 @@ def conv1x1_of_concat(
         rows = slice(offset, offset + part.shape[2])
         offset += part.shape[2]
         if part.shape[:2] == (1, 1):
-            constant += part.reshape(-1) @ weight_t[rows]
+            # through the kernels, not a numpy matvec: this runs once per frame between kernel calls,
+            # where numpy's and BLAS's cold code cost more than the 16 K multiply-adds
+            pooled = np.ascontiguousarray(part, dtype=np.float32)
+            constant = kernels.conv1x1([pooled], weight_t[rows], constant, False).reshape(-1)
         else:
             full.append(np.ascontiguousarray(part, dtype=np.float32))
             full_rows.append(rows)
@@ -315,8 +318,8 @@ def maxpool2d(x: np.ndarray, kernel: int, stride: int, padding: int = 0) -> np.n
 
 
 def global_avgpool(x: np.ndarray) -> np.ndarray:
-    """Mean over H and W -> [1, 1, C]."""
-    return x.mean(axis=(0, 1), dtype=np.float32, keepdims=True)
+    """Mean over H and W -> [1, 1, C] (``kernels.global_avgpool``: float64 sums, one rounding)."""
+    return kernels.global_avgpool(np.ascontiguousarray(x, dtype=np.float32))
 
 
 def _adaptive_bins(size: int, bins: int) -> list[tuple[int, int]]:

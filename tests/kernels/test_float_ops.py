@@ -1,10 +1,10 @@
 """The float kernels around the binary convs: lincomb_group, upsample_bilinear, conv2d_direct, conv1x1,
-affine.
+affine, global_avgpool.
 
-lincomb_group, upsample_bilinear and affine must equal their numpy definitions in ``kernels.reference``
-bit for bit (each product and sum rounded to float32 in the same order) on every ISA path and
-thread count, at sizes that are not multiples of their chunks; conv2d_direct and conv1x1 sum in
-another order than numpy and are compared to float rounding.
+lincomb_group, upsample_bilinear, affine and global_avgpool must equal their numpy definitions in
+``kernels.reference`` bit for bit (each product and sum rounded to float32 in the same order) on
+every ISA path and thread count, at sizes that are not multiples of their chunks; conv2d_direct and
+conv1x1 sum in another order than numpy and are compared to float rounding.
 """
 
 from __future__ import annotations
@@ -450,3 +450,34 @@ def test_affine_matches_reference(isa: str, threads, shape, n_threads: int) -> N
 def test_affine_bad_arguments(mul, bias, residual, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         kernels.affine(np.zeros((2, 2, 3), np.float32), mul, bias, False, False, residual)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (1, 1, 64), (8, 10, 256), (3, 5, 7), (64, 64, 512)])
+def test_global_avgpool_equals_its_definition(isa: str, shape) -> None:
+    """float64 sums in pixel order, one rounding: the same bits as kernels.reference, on every path;
+    within float32 rounding of numpy's float32 mean."""
+    x = (RNG.standard_normal(shape) * 4 + 1).astype(np.float32)
+    got = kernels.global_avgpool(x)
+    assert got.shape == (1, 1, shape[2]) and got.dtype == np.float32
+    np.testing.assert_array_equal(got, reference.global_avgpool(x))
+    np.testing.assert_allclose(got, x.mean(axis=(0, 1), keepdims=True), rtol=1e-5, atol=1e-6)
+
+
+def test_global_avgpool_keeps_infinities_and_nan() -> None:
+    x = np.zeros((2, 3, 4), np.float32)
+    x[0, 0, 1], x[1, 2, 2], x[0, 1, 3] = np.inf, -np.inf, np.nan
+    got = kernels.global_avgpool(x).reshape(-1)
+    assert got[0] == 0.0 and got[1] == np.inf and got[2] == -np.inf and np.isnan(got[3])
+
+
+@pytest.mark.parametrize(
+    "x, message",
+    [
+        (np.zeros((2, 2), np.float32), "3 dimensions"),
+        (np.zeros((0, 2, 3), np.float32), "non-empty"),
+        (np.zeros((2, 2, 3), np.float64), "float32"),
+    ],
+)
+def test_global_avgpool_bad_arguments(x: np.ndarray, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        kernels.global_avgpool(x)
