@@ -116,10 +116,42 @@ void for_row_ranges(int64_t rows, int64_t row_values, int64_t values_per_item, i
 // the elements of an output row instead: element e = xo * c + k mixes row[left[e]] and
 // row[right[e]] with the weights of output column xo. Plain loads: AVX2/AVX-512 gathers were
 // slower than these on the Xeon of docs/benchmarks.md (256x320x2 logits: 0.22 ms against 0.13).
+// A block of `width` consecutive output elements whose sources all lie in `width` consecutive
+// floats of the row from `base` on: one (masked) load and two in-register permutes replace the
+// 2 x width scalar loads. An upsampling by 2 or more with few channels always qualifies.
+struct PermuteBlocks {
+    int64_t width = 0;
+    int64_t blocks = 0;                // leading blocks of the row that qualify (the rest: scalar loads)
+    std::vector<int32_t> base;         // [blocks]
+    std::vector<int32_t> left, right;  // [blocks * width], relative to base
+};
+
 struct ElementTaps {
     std::vector<int32_t> left, right;
     std::vector<float> left_w, right_w;
+    PermuteBlocks by8, by16;  // for the AVX2 and AVX-512 vector widths
 };
+
+PermuteBlocks permute_blocks(const ElementTaps& t, int64_t width) {
+    PermuteBlocks pb;
+    pb.width = width;
+    const int64_t n = static_cast<int64_t>(t.left.size());
+    for (int64_t e0 = 0; e0 + width <= n; e0 += width) {
+        int32_t lo = t.left[static_cast<size_t>(e0)], hi = lo;
+        for (int64_t e = e0; e < e0 + width; ++e) {
+            lo = std::min(lo, t.left[static_cast<size_t>(e)]);
+            hi = std::max(hi, t.right[static_cast<size_t>(e)]);
+        }
+        if (hi - lo >= width) break;
+        pb.base.push_back(lo);
+        for (int64_t e = e0; e < e0 + width; ++e) {
+            pb.left.push_back(t.left[static_cast<size_t>(e)] - lo);
+            pb.right.push_back(t.right[static_cast<size_t>(e)] - lo);
+        }
+        ++pb.blocks;
+    }
+    return pb;
+}
 
 ElementTaps element_taps(const std::vector<Tap>& col_taps, int64_t c) {
     ElementTaps t;
@@ -136,6 +168,8 @@ ElementTaps element_taps(const std::vector<Tap>& col_taps, int64_t c) {
             t.left_w[e] = 1.0f - col_taps[xo].frac;
             t.right_w[e] = col_taps[xo].frac;
         }
+    t.by8 = permute_blocks(t, 8);
+    t.by16 = permute_blocks(t, 16);
     return t;
 }
 
@@ -148,11 +182,12 @@ SEGK_ALWAYS_INLINE void mix_elements_body(const float* __restrict row, const Ele
 #if defined(__x86_64__) || defined(_M_X64)
 // The AVX paths' version: 8 elements at a time, each vector of sources built from 8 scalar loads.
 // The compiler would vectorise the plain loop with gather instructions, which ran 1.8x slower than
-// this on the Xeon of docs/benchmarks.md (256x320x2 logits: 0.23 ms against 0.13).
+// this on the Xeon of docs/benchmarks.md (256x320x2 logits: 0.23 ms against 0.13). Where the
+// sources of a block of elements lie within one vector's width (PermuteBlocks: an upsampling), the
+// sources come from one load and two permutes instead; the same products and sums either way.
 #define SEGK_MIX_ELEMENTS_BY_8                                                                                  \
     const int32_t* left = t.left.data();                                                                        \
     const int32_t* right = t.right.data();                                                                      \
-    int64_t e = 0;                                                                                              \
     for (; e + 8 <= n; e += 8) {                                                                                \
         const __m256 l = _mm256_setr_ps(row[left[e]], row[left[e + 1]], row[left[e + 2]], row[left[e + 3]],    \
                                         row[left[e + 4]], row[left[e + 5]], row[left[e + 6]], row[left[e + 7]]); \
@@ -164,15 +199,43 @@ SEGK_ALWAYS_INLINE void mix_elements_body(const float* __restrict row, const Ele
         _mm256_storeu_ps(out + e, _mm256_add_ps(a, b));                                                         \
     }                                                                                                           \
     mix_elements_body(row, t, e, n, out);
-SEGK_TARGET("avx512f") void mix_elements_avx512(const float* row, const ElementTaps& t, int64_t n, float* out) {
+// `row_len` floats of row are readable: a block's load is masked at the row's end.
+SEGK_TARGET("avx512f")
+void mix_elements_avx512(const float* row, const ElementTaps& t, int64_t n, int64_t row_len, float* out) {
+    const PermuteBlocks& pb = t.by16;
+    int64_t e = 0;
+    for (int64_t b = 0; b < pb.blocks && e + 16 <= n; ++b, e += 16) {
+        const int64_t base = pb.base[static_cast<size_t>(b)];
+        const int64_t avail = std::min<int64_t>(16, row_len - base);
+        const __m512 src = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << avail) - 1u), row + base);
+        const __m512i li = _mm512_loadu_si512(pb.left.data() + 16 * b);
+        const __m512i ri = _mm512_loadu_si512(pb.right.data() + 16 * b);
+        const __m512 a = _mm512_mul_ps(_mm512_permutexvar_ps(li, src), _mm512_loadu_ps(t.left_w.data() + e));
+        const __m512 c = _mm512_mul_ps(_mm512_permutexvar_ps(ri, src), _mm512_loadu_ps(t.right_w.data() + e));
+        _mm512_storeu_ps(out + e, _mm512_add_ps(a, c));
+    }
     SEGK_MIX_ELEMENTS_BY_8
 }
-SEGK_TARGET("avx2") void mix_elements_avx2(const float* row, const ElementTaps& t, int64_t n, float* out) {
+SEGK_TARGET("avx2")
+void mix_elements_avx2(const float* row, const ElementTaps& t, int64_t n, int64_t row_len, float* out) {
+    const PermuteBlocks& pb = t.by8;
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    int64_t e = 0;
+    for (int64_t b = 0; b < pb.blocks && e + 8 <= n; ++b, e += 8) {
+        const int64_t base = pb.base[static_cast<size_t>(b)];
+        const __m256i in_row = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(row_len - base)), lane);
+        const __m256 src = _mm256_maskload_ps(row + base, in_row);
+        const __m256i li = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pb.left.data() + 8 * b));
+        const __m256i ri = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pb.right.data() + 8 * b));
+        const __m256 a = _mm256_mul_ps(_mm256_permutevar8x32_ps(src, li), _mm256_loadu_ps(t.left_w.data() + e));
+        const __m256 c = _mm256_mul_ps(_mm256_permutevar8x32_ps(src, ri), _mm256_loadu_ps(t.right_w.data() + e));
+        _mm256_storeu_ps(out + e, _mm256_add_ps(a, c));
+    }
     SEGK_MIX_ELEMENTS_BY_8
 }
 #undef SEGK_MIX_ELEMENTS_BY_8
 #endif
-void mix_elements_scalar(const float* row, const ElementTaps& t, int64_t n, float* out) {
+void mix_elements_scalar(const float* row, const ElementTaps& t, int64_t n, int64_t, float* out) {
     mix_elements_body(row, t, 0, n, out);
 }
 
@@ -196,7 +259,7 @@ struct UpsampleCall {
 // Output rows [r0, r1): each is the two source rows mixed (top * (1 - fy) + bottom * fy) into
 // `row`, then each output pixel mixes two pixels of `row` the same way along x. With `u.bits`, each
 // output row goes to `out_row` (out_w * c floats) and is sign-packed from there.
-template <void (*MixElements)(const float*, const ElementTaps&, int64_t, float*)>
+template <void (*MixElements)(const float*, const ElementTaps&, int64_t, int64_t, float*)>
 SEGK_ALWAYS_INLINE void upsample_rows_body(const UpsampleCall& u, int64_t r0, int64_t r1, float* __restrict row,
                                float* __restrict out_row) {
     const int64_t row_len = u.w * u.c;
@@ -208,7 +271,7 @@ SEGK_ALWAYS_INLINE void upsample_rows_body(const UpsampleCall& u, int64_t r0, in
         for (int64_t i = 0; i < row_len; ++i) row[i] = top[i] * top_w + bottom[i] * bottom_w;
         float* __restrict dst = u.bits != nullptr ? out_row : u.out + y * u.out_w * u.c;
         if (u.element_taps != nullptr) {
-            MixElements(row, *u.element_taps, u.out_w * u.c, dst);
+            MixElements(row, *u.element_taps, u.out_w * u.c, row_len, dst);
         } else {
             for (int64_t xo = 0; xo < u.out_w; ++xo) {
                 const Tap tx = u.col_taps[xo];
@@ -518,9 +581,9 @@ void run_upsample(const float* x, int64_t h, int64_t w, int64_t c, float* out, i
         x, w, c, out, out_w, row_taps.data(), col_taps.data(), by_element ? &taps : nullptr, bits, bits_stride};
     const auto fn = for_current_isa(upsample_rows_avx512, upsample_rows_avx2, upsample_rows_scalar);
     // Items of 2^14 values (about 10 us): a helper thread descheduled while it holds one (a busy
-    // CPU) delays the call by at most that. The 256x320x2 logits (164k values, 0.13 ms on one
-    // core) stay on the calling thread: split over 2 threads on a loaded 2-core machine they took
-    // 0.32 ms against 0.17.
+    // CPU) delays the call by at most that. The 256x320x2 logits (164k values, 0.06 ms on one
+    // core with the permuted loads) stay on the calling thread: split over 2 threads on a loaded
+    // 2-core machine they took 0.32 ms against 0.17 (before the permuted loads).
     for_row_ranges(out_h, out_w * c, int64_t{1} << 14, out_h * out_w * c, [&](int64_t r0, int64_t r1) {
         std::vector<float> row(static_cast<size_t>(w * c));
         std::vector<float> out_row(bits != nullptr ? static_cast<size_t>(out_w * c) : 0);

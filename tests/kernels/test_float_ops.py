@@ -98,6 +98,12 @@ def test_bad_arguments_raise_value_error(inputs, program, message: str) -> None:
         (15, 20, 11, 61, 79),  # camvid's classes, odd output size
         (8, 10, 4, 17, 33),  # the most channels that still go element by element
         (8, 10, 5, 64, 80),  # the fewest that do not
+        # few channels, where blocks of elements take their sources from one load and two permutes:
+        (64, 80, 2, 256, 320),  # person's logits, x4
+        (7, 5, 1, 9, 41),  # x8 on a row shorter than a vector: the load is masked at the row's end
+        (10, 13, 3, 20, 19),  # x1.5: blocks whose sources span more than a vector fall back
+        (6, 9, 4, 12, 27),  # x3, four channels
+        (40, 30, 2, 9, 11),  # shrinking: no block qualifies
     ],
 )
 @pytest.mark.parametrize("n_threads", [1, 2, 3])
