@@ -141,6 +141,8 @@ class BinaryConvStep(Step):
         ]
         self.kernel = int(tensors[first["weight"]].shape[1])
         self.pack_input = False
+        self._call: Callable[[Values, Bits], Any] | None = None  # made at the first run
+        self._packs_output = False
 
     def read_input_as(self, packed: bool) -> None:
         """Packing pass: read the input's sign bits (``packed``), or binarise the float input here."""
@@ -150,54 +152,48 @@ class BinaryConvStep(Step):
         else:
             self.reads = (*self.reads, self.binary_in)
 
-    def run(self, values: Values, bits: Bits, keep_all: bool) -> None:
+    def _kernel_call(self) -> Callable[[Values, Bits], Any]:
+        """The kernel call with every argument that does not change between runs bound once, in
+        positional order (a person frame runs 41 of these steps: keyword and dictionary lookups per
+        call added up), made at the first run, after planning has set ``pack_input`` and ``packs``."""
         op = self.op
-        residual = None if self.residual is None else values[self.residual]
+        binary_in, residual_name = self.binary_in, self.residual
         pack_output = bool(self.packs)
+        geometry = (op["stride"], op["padding"], op["dilation"])
         if len(self.bases) > 1:
-            a = kernels.pack_bits(values[self.binary_in]) if self.pack_input else bits[self.binary_in]
-            result = kernels.bconv2d_chain(
-                a,
-                self.bases,
-                op["in_channels"],
-                op["stride"],
-                op["padding"],
-                op["dilation"],
-                residual=residual,
-                pack_output=pack_output,
-            )
-        else:
-            w, mul, bias, relu_before, relu_after = self.bases[0]
-            if self.pack_input:
-                result = kernels.bconv2d_float(
-                    values[self.binary_in],
-                    w,
-                    op["stride"],
-                    op["padding"],
-                    op["dilation"],
-                    mul,
-                    bias,
-                    relu_before,
-                    relu_after,
-                    residual,
-                    pack_output=pack_output,
-                )
-            else:
-                result = kernels.bconv2d(
-                    bits[self.binary_in],
-                    w,
-                    op["in_channels"],
-                    op["stride"],
-                    op["padding"],
-                    op["dilation"],
-                    mul,
-                    bias,
-                    relu_before,
-                    relu_after,
-                    residual,
-                    pack_output=pack_output,
-                )
-        if pack_output:
+            chain = (self.bases, op["in_channels"], *geometry)
+            pack_input = self.pack_input
+
+            def run_chain(values: Values, bits: Bits) -> Any:
+                a = kernels.pack_bits(values[binary_in]) if pack_input else bits[binary_in]
+                residual = None if residual_name is None else values[residual_name]
+                return kernels.bconv2d_chain(a, *chain, residual, pack_output)
+
+            return run_chain
+        w, mul, bias, relu_before, relu_after = self.bases[0]
+        epilogue = (mul, bias, relu_before, relu_after)
+        if self.pack_input:
+            head = (w, *geometry, *epilogue)
+
+            def run_float(values: Values, bits: Bits) -> Any:
+                residual = None if residual_name is None else values[residual_name]
+                return kernels.bconv2d_float(values[binary_in], *head, residual, pack_output)
+
+            return run_float
+        args = (w, op["in_channels"], *geometry, *epilogue)
+
+        def run_bits(values: Values, bits: Bits) -> Any:
+            residual = None if residual_name is None else values[residual_name]
+            return kernels.bconv2d(bits[binary_in], *args, residual, pack_output)
+
+        return run_bits
+
+    def run(self, values: Values, bits: Bits, keep_all: bool) -> None:
+        if self._call is None:
+            self._call = self._kernel_call()
+            self._packs_output = bool(self.packs)
+        result = self._call(values, bits)
+        if self._packs_output:
             values[self.label], bits[self.label] = result
         else:
             values[self.label] = result
@@ -239,19 +235,22 @@ class LincombGroupStep(Step):
         self.group = group
         self.members = members
         self.drop: tuple[int, ...] = ()  # outputs computed but never written (None from the kernel)
+        self._drop: list[int] = []
+        self._pack: list[int] | None = None  # indices of the outputs in packs, made at the first run
 
     def skip_writes(self, unread: set[str]) -> None:
         self.drop = tuple(m for m, name in enumerate(self.group.outputs) if name in unread)
+        self._drop = list(self.drop)
 
     def run(self, values: Values, bits: Bits, keep_all: bool) -> None:
         group = self.group
         inputs = [values[name] for name in group.inputs]
         first = inputs[0]
-        pack = [m for m, name in enumerate(group.outputs) if name in self.packs]
+        if self._pack is None:  # fixed once planning is done
+            self._pack = [m for m, name in enumerate(group.outputs) if name in self.packs]
+        pack = self._pack
         if all(x.dtype == np.float32 and x.shape == first.shape for x in inputs):
-            outs, packed = kernels.lincomb_group(
-                inputs, group.program, pack_outputs=pack, drop_outputs=[] if keep_all else list(self.drop)
-            )
+            outs, packed = kernels.lincomb_group(inputs, group.program, pack, [] if keep_all else self._drop)
             values.update(
                 (name, out) for name, out in zip(group.outputs, outs, strict=True) if out is not None
             )
