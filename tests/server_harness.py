@@ -29,9 +29,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# Environment variables that choose the kernels' code path (seg_service.kernels): passed on to servers.
+KERNEL_PATH_VARIABLES = ("SEG_ISA", "SEG_POPCOUNT")
+
+
 class ServerProcess:
     """`python -m seg_service.api.cli` on 127.0.0.1; ``args``: extra CLI arguments, ``env``: extra
-    environment (every SEG_* variable of the test process is dropped first).
+    environment (every SEG_* variable of the test process is dropped first, except the kernel path
+    it forces: with ``SEG_ISA=avx2`` the server computes what the test's own runtime does, as both
+    would on a CPU without AVX-512).
 
     ``launch()`` starts it, ``start()`` starts it and waits for /ready; ``kill()`` (SIGKILL, a crash)
     or ``stop()`` (SIGTERM) end it, and ``start()`` may run it again on the same port.
@@ -51,7 +57,7 @@ class ServerProcess:
 
     def launch(self) -> ServerProcess:
         """Start the process (no wait)."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SEG_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SEG_") or k in KERNEL_PATH_VARIABLES}
         env.update(
             {
                 "SEG_MODEL_DIR": str(self.model_dir),
