@@ -18,6 +18,14 @@
 #include <memory>
 #include <vector>
 
+#if defined(__x86_64__) || defined(_M_X64)
+// GCC 12 warns inside its own AVX-512 headers (_mm512_undefined_*); not our code.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#include <immintrin.h>
+#endif
+
 #include "isa_dispatch.h"
 #include "kernels.h"
 #include "linear_taps.h"
@@ -226,22 +234,82 @@ SEGK_ALWAYS_INLINE void apply_row_body(const ApplyCall& c, int64_t y, ApplyScrat
     }
 }
 
+#if defined(__x86_64__) || defined(_M_X64)
+// The vector part of spread_row for one side (`col`: each output column's left or right low-res
+// column): blocks of 16 (AVX-512) or 8 (AVX2) output columns whose low-res columns lie within 8
+// (4) consecutive ones take their values from that window by permutes. Returns how many leading
+// columns it wrote; the rest are copied one by one. Copies only: the same values either way.
+SEGK_TARGET("avx512f")
+inline int64_t spread_blocks_avx512(const float* src, int64_t n_src, const int32_t* col, int64_t w,
+                                    float* dst) {
+    int64_t x = 0;
+    for (; x + 16 <= w; x += 16) {
+        const int32_t lo = col[x];
+        if (col[x + 15] - lo > 7) break;  // columns never decrease along x
+        const int64_t avail = std::min<int64_t>(32, n_src - 4 * int64_t{lo});
+        const __m512 t0 = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << std::min<int64_t>(16, avail)) - 1u),
+                                                src + 4 * lo);
+        const __m512 t1 = _mm512_maskz_loadu_ps(
+            static_cast<__mmask16>((1u << std::max<int64_t>(0, avail - 16)) - 1u), src + 4 * lo + 16);
+        const __m512i at = _mm512_slli_epi32(
+            _mm512_sub_epi32(_mm512_loadu_si512(col + x), _mm512_set1_epi32(lo)), 2);
+        for (int p = 0; p < 4; ++p)
+            _mm512_storeu_ps(dst + p * w + x,
+                             _mm512_permutex2var_ps(t0, _mm512_add_epi32(at, _mm512_set1_epi32(p)), t1));
+    }
+    return x;
+}
+
+SEGK_TARGET("avx2")
+inline int64_t spread_blocks_avx2(const float* src, int64_t n_src, const int32_t* col, int64_t w, float* dst) {
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i seven = _mm256_set1_epi32(7);
+    int64_t x = 0;
+    for (; x + 8 <= w; x += 8) {
+        const int32_t lo = col[x];
+        if (col[x + 7] - lo > 3) break;
+        const int avail = static_cast<int>(std::min<int64_t>(16, n_src - 4 * int64_t{lo}));
+        const __m256 t0 = _mm256_maskload_ps(src + 4 * lo, _mm256_cmpgt_epi32(_mm256_set1_epi32(avail), lane));
+        const __m256 t1 =
+            _mm256_maskload_ps(src + 4 * lo + 8, _mm256_cmpgt_epi32(_mm256_set1_epi32(avail - 8), lane));
+        const __m256i at = _mm256_slli_epi32(
+            _mm256_sub_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(col + x)), _mm256_set1_epi32(lo)),
+            2);
+        for (int p = 0; p < 4; ++p) {
+            const __m256i i = _mm256_add_epi32(at, _mm256_set1_epi32(p));
+            const __m256i in_t1 = _mm256_cmpgt_epi32(i, seven);
+            const __m256 v = _mm256_blendv_ps(_mm256_permutevar8x32_ps(t0, i), _mm256_permutevar8x32_ps(t1, i),
+                                              _mm256_castsi256_ps(in_t1));
+            _mm256_storeu_ps(dst + p * w + x, v);
+        }
+    }
+    return x;
+}
+#endif
+
 // Low-res row j of coef (K = 1: a0 a1 a2 b per column) spread out to the output's columns, as 8
 // arrays of w: each coefficient at every pixel's left column, then at its right column. Copies
 // only (no arithmetic), so mixing spread rows gives the general path's values bit for bit.
-const float* spread_row(const ApplyCall& c, int64_t j, ApplyScratch& s) {
+// kVectorWidth: 16 or 8 for the AVX paths' permuted blocks (spread_blocks_*), 0 for copies only.
+template <int kVectorWidth>
+SEGK_ALWAYS_INLINE const float* spread_row(const ApplyCall& c, int64_t j, ApplyScratch& s) {
     for (int slot = 0; slot < 2; ++slot)
         if (s.spread_row[slot] == j) return s.spread[slot].data();
     // the slot not holding the other row of the current pair (rows are visited in order)
     const int slot = s.spread_row[0] < s.spread_row[1] ? 0 : 1;
     float* __restrict dst = s.spread[slot].data();
     const float* __restrict src = c.coef + j * c.wl * 4;
-    for (int64_t x = 0; x < c.w; ++x) {
-        const float* left = src + 4 * c.col_i0[x];
-        const float* right = src + 4 * c.col_i1[x];
-        for (int p = 0; p < 4; ++p) {
-            dst[p * c.w + x] = left[p];
-            dst[(4 + p) * c.w + x] = right[p];
+    for (int side = 0; side < 2; ++side) {
+        const int32_t* col = side == 0 ? c.col_i0 : c.col_i1;
+        float* out = dst + 4 * side * c.w;
+        int64_t x = 0;
+#if defined(__x86_64__) || defined(_M_X64)
+        if constexpr (kVectorWidth == 16) x = spread_blocks_avx512(src, c.wl * 4, col, c.w, out);
+        if constexpr (kVectorWidth == 8) x = spread_blocks_avx2(src, c.wl * 4, col, c.w, out);
+#endif
+        for (; x < c.w; ++x) {
+            const float* from = src + 4 * col[x];
+            for (int p = 0; p < 4; ++p) out[p * c.w + x] = from[p];
         }
     }
     s.spread_row[slot] = j;
@@ -250,11 +318,12 @@ const float* spread_row(const ApplyCall& c, int64_t j, ApplyScratch& s) {
 
 // The two-class path (K = 1, two outputs), output row y: the same arithmetic as apply_row_body on
 // spread rows, so every array is read contiguously and the loop over pixels vectorises.
+template <int kVectorWidth>
 SEGK_ALWAYS_INLINE void apply_row_two_class_body(const ApplyCall& c, int64_t y, ApplyScratch& s) {
     const Tap ty = c.row_taps[y];
     const float top_w = 1.0f - ty.frac, bottom_w = ty.frac;
-    const float* top = spread_row(c, ty.i0, s);
-    const float* bottom = spread_row(c, ty.i1, s);
+    const float* top = spread_row<kVectorWidth>(c, ty.i0, s);
+    const float* bottom = spread_row<kVectorWidth>(c, ty.i1, s);
     const int64_t w = c.w;
     // [8, w] each: left a0 a1 a2 b, then right a0 a1 a2 b
     const float* __restrict t0 = top;
@@ -292,20 +361,23 @@ SEGK_ALWAYS_INLINE void apply_row_two_class_body(const ApplyCall& c, int64_t y, 
 }
 
 using ApplyRowsFn = void (*)(const ApplyCall&, int64_t, int64_t, ApplyScratch&);
+template <int kVectorWidth>
 SEGK_ALWAYS_INLINE void apply_rows_body(const ApplyCall& c, int64_t r0, int64_t r1, ApplyScratch& s) {
     if (c.k == 1 && c.channels == 2) {
-        for (int64_t y = r0; y < r1; ++y) apply_row_two_class_body(c, y, s);
+        for (int64_t y = r0; y < r1; ++y) apply_row_two_class_body<kVectorWidth>(c, y, s);
         return;
     }
     for (int64_t y = r0; y < r1; ++y) apply_row_body(c, y, s);
 }
 SEGK_TARGET("avx512f") void apply_rows_avx512(const ApplyCall& c, int64_t r0, int64_t r1, ApplyScratch& s) {
-    apply_rows_body(c, r0, r1, s);
+    apply_rows_body<16>(c, r0, r1, s);
 }
 SEGK_TARGET("avx2") void apply_rows_avx2(const ApplyCall& c, int64_t r0, int64_t r1, ApplyScratch& s) {
-    apply_rows_body(c, r0, r1, s);
+    apply_rows_body<8>(c, r0, r1, s);
 }
-void apply_rows_scalar(const ApplyCall& c, int64_t r0, int64_t r1, ApplyScratch& s) { apply_rows_body(c, r0, r1, s); }
+void apply_rows_scalar(const ApplyCall& c, int64_t r0, int64_t r1, ApplyScratch& s) {
+    apply_rows_body<0>(c, r0, r1, s);
+}
 
 // Below this many output values the full-resolution step stays on the calling thread: the
 // two-class step costs a few nanoseconds per pixel, less than waking a helper for a 320x240 image.

@@ -130,6 +130,8 @@ def test_half_logit_difference_bad_input() -> None:
         ((6, 5), (6, 5)),  # no upsampling
         ((20, 11), (7, 5)),  # fewer output rows than coefficient rows: the taps skip rows
         ((150, 125), (600, 500)),  # rows split over the threads
+        ((4, 3), (16, 48)),  # x16: whole blocks of columns from a window of one or two coefficients
+        ((8, 64), (30, 20)),  # shrinking columns: no block's window fits a vector
     ],
 )
 @pytest.mark.parametrize("n_threads", [1, 2])
