@@ -166,7 +166,7 @@ def speed(
         if python:
             for m in MEDIAPIPE_MODELS:
                 times[f"mediapipe selfie {m}"] += mediapipe_timing(python, m, image, size, repeats)["ms"]
-    return [
+    rows = [
         {
             "model": name,
             "median_ms": statistics.median(ms),
@@ -175,6 +175,31 @@ def speed(
         }
         for name, ms in times.items()
     ]
+    add_peer_ratios(rows, f"mediapipe selfie {MEDIAPIPE_MODELS[0]}")
+    return rows
+
+
+def add_peer_ratios(rows: list[dict[str, Any]], peer: str) -> None:
+    """Adds to every other row ``ratio_to_peer``: the median over rounds of its round median divided
+    by ``peer``'s in the same round (both timed minutes apart under the same load, which on a
+    shared machine moves more than either engine does), with ``peer`` and the rounds' min and max.
+    Nothing when no row is ``peer``."""
+    reference = next((r for r in rows if r["model"] == peer), None)
+    if reference is None:
+        return
+    for row in rows:
+        if row is reference:
+            continue
+        ratios = [
+            mine / theirs
+            for mine, theirs in zip(row["round_medians"], reference["round_medians"], strict=True)
+        ]
+        row["ratio_to_peer"] = {
+            "peer": peer,
+            "median": statistics.median(ratios),
+            "min": min(ratios),
+            "max": max(ratios),
+        }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -232,6 +257,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"{r['model']:<34} {r['median_ms']:9.2f}  "
                     + " ".join(f"{m:.1f}" for m in r["round_medians"])
                 )
+            for r in rows:
+                if "ratio_to_peer" in r:
+                    q = r["ratio_to_peer"]
+                    print(
+                        f"{r['model']} / {q['peer']}: {q['median']:.2f} (median of the rounds' ratios; "
+                        f"{q['min']:.2f}-{q['max']:.2f})"
+                    )
     except (InputError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

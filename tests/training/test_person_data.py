@@ -130,5 +130,24 @@ def test_peer_comparison_scores_packed_models_by_pooled_person_iou(mix):
     assert rows[0]["model"] == "person.gnpk" and rows[0]["images"] == 6
     assert rows[0]["person_iou"] == pytest.approx(inter / union)
     assert len(rows) == (3 if python else 1)
-    timed = speed([str(weights)], python, str(DATA / "portraits/images/00002.jpg"), (160, 120), 1, 2, 2)
-    assert timed[0]["calls"] == 2 and timed[0]["median_ms"] > 0
+    timed = speed([str(weights)], python, str(DATA / "portraits/images/00002.jpg"), (160, 120), 2, 2, 2)
+    assert timed[0]["calls"] == 4 and timed[0]["median_ms"] > 0
+    assert ("ratio_to_peer" in timed[0]) == bool(python)
+
+
+def test_peer_ratio_is_the_median_of_the_rounds_ratios():
+    """compare speed's ratio to MediaPipe: per round, ours over the peer's round median."""
+    from seg_training.peers.compare import add_peer_ratios
+
+    rows = [
+        {"model": "ours.gnpk", "round_medians": [10.0, 30.0, 9.0]},
+        {"model": "peer", "round_medians": [8.0, 20.0, 10.0]},
+        {"model": "other.gnpk", "round_medians": [4.0, 10.0, 5.0]},
+    ]
+    add_peer_ratios(rows, "peer")
+    assert rows[0]["ratio_to_peer"] == {"peer": "peer", "median": 1.25, "min": 0.9, "max": 1.5}
+    assert rows[2]["ratio_to_peer"]["median"] == 0.5
+    assert "ratio_to_peer" not in rows[1]
+    lone = [{"model": "ours.gnpk", "round_medians": [1.0]}]
+    add_peer_ratios(lone, "peer")
+    assert "ratio_to_peer" not in lone[0]
