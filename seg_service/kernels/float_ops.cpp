@@ -129,7 +129,7 @@ struct PermuteBlocks {
 struct ElementTaps {
     std::vector<int32_t> left, right;
     std::vector<float> left_w, right_w;
-    PermuteBlocks by8, by16;  // for the AVX2 and AVX-512 vector widths
+    PermuteBlocks blocks;  // for the vector width of the ISA path in use (none on the scalar path)
 };
 
 PermuteBlocks permute_blocks(const ElementTaps& t, int64_t width) {
@@ -153,7 +153,7 @@ PermuteBlocks permute_blocks(const ElementTaps& t, int64_t width) {
     return pb;
 }
 
-ElementTaps element_taps(const std::vector<Tap>& col_taps, int64_t c) {
+ElementTaps element_taps(const std::vector<Tap>& col_taps, int64_t c, int64_t vector_width) {
     ElementTaps t;
     const size_t n = col_taps.size() * static_cast<size_t>(c);
     t.left.resize(n);
@@ -168,8 +168,7 @@ ElementTaps element_taps(const std::vector<Tap>& col_taps, int64_t c) {
             t.left_w[e] = 1.0f - col_taps[xo].frac;
             t.right_w[e] = col_taps[xo].frac;
         }
-    t.by8 = permute_blocks(t, 8);
-    t.by16 = permute_blocks(t, 16);
+    if (vector_width > 0) t.blocks = permute_blocks(t, vector_width);
     return t;
 }
 
@@ -202,9 +201,10 @@ SEGK_ALWAYS_INLINE void mix_elements_body(const float* __restrict row, const Ele
 // `row_len` floats of row are readable: a block's load is masked at the row's end.
 SEGK_TARGET("avx512f")
 void mix_elements_avx512(const float* row, const ElementTaps& t, int64_t n, int64_t row_len, float* out) {
-    const PermuteBlocks& pb = t.by16;
+    const PermuteBlocks& pb = t.blocks;
+    const int64_t blocks = pb.width == 16 ? pb.blocks : 0;
     int64_t e = 0;
-    for (int64_t b = 0; b < pb.blocks && e + 16 <= n; ++b, e += 16) {
+    for (int64_t b = 0; b < blocks && e + 16 <= n; ++b, e += 16) {
         const int64_t base = pb.base[static_cast<size_t>(b)];
         const int64_t avail = std::min<int64_t>(16, row_len - base);
         const __m512 src = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << avail) - 1u), row + base);
@@ -218,10 +218,11 @@ void mix_elements_avx512(const float* row, const ElementTaps& t, int64_t n, int6
 }
 SEGK_TARGET("avx2")
 void mix_elements_avx2(const float* row, const ElementTaps& t, int64_t n, int64_t row_len, float* out) {
-    const PermuteBlocks& pb = t.by8;
+    const PermuteBlocks& pb = t.blocks;
+    const int64_t blocks = pb.width == 8 ? pb.blocks : 0;
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     int64_t e = 0;
-    for (int64_t b = 0; b < pb.blocks && e + 8 <= n; ++b, e += 8) {
+    for (int64_t b = 0; b < blocks && e + 8 <= n; ++b, e += 8) {
         const int64_t base = pb.base[static_cast<size_t>(b)];
         const __m256i in_row = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(row_len - base)), lane);
         const __m256 src = _mm256_maskload_ps(row + base, in_row);
@@ -576,7 +577,8 @@ void run_upsample(const float* x, int64_t h, int64_t w, int64_t c, float* out, i
     const std::vector<Tap> row_taps = linear_taps(h, out_h), col_taps = linear_taps(w, out_w);
     // Element indices are int32: a row of the input has far fewer floats.
     const bool by_element = c <= kElementwiseMaxChannels && w * c <= std::numeric_limits<int32_t>::max();
-    const ElementTaps taps = by_element ? element_taps(col_taps, c) : ElementTaps{};
+    const ElementTaps taps =
+        by_element ? element_taps(col_taps, c, for_current_isa<int64_t>(16, 8, 0)) : ElementTaps{};
     const UpsampleCall call{
         x, w, c, out, out_w, row_taps.data(), col_taps.data(), by_element ? &taps : nullptr, bits, bits_stride};
     const auto fn = for_current_isa(upsample_rows_avx512, upsample_rows_avx2, upsample_rows_scalar);

@@ -142,7 +142,6 @@ class BinaryConvStep(Step):
         self.kernel = int(tensors[first["weight"]].shape[1])
         self.pack_input = False
         self._call: Callable[[Values, Bits], Any] | None = None  # made at the first run
-        self._packs_output = False
 
     def read_input_as(self, packed: bool) -> None:
         """Packing pass: read the input's sign bits (``packed``), or binarise the float input here."""
@@ -160,40 +159,34 @@ class BinaryConvStep(Step):
         binary_in, residual_name = self.binary_in, self.residual
         pack_output = bool(self.packs)
         geometry = (op["stride"], op["padding"], op["dilation"])
-        if len(self.bases) > 1:
-            chain = (self.bases, op["in_channels"], *geometry)
-            pack_input = self.pack_input
+        from_floats = self.pack_input  # reads the float input (binarised in this step), else its bits
+        if len(self.bases) > 1:  # a chain takes bits only: it packs a float input first
+            kernel: Callable[..., Any] = kernels.bconv2d_chain
+            fixed: tuple[Any, ...] = (self.bases, op["in_channels"], *geometry)
+            pack_first = from_floats
+        else:
+            w, mul, bias, relu_before, relu_after = self.bases[0]
+            epilogue = (mul, bias, relu_before, relu_after)
+            if from_floats:  # bconv2d_float binarises the float input itself
+                kernel, fixed = kernels.bconv2d_float, (w, *geometry, *epilogue)
+            else:
+                kernel, fixed = kernels.bconv2d, (w, op["in_channels"], *geometry, *epilogue)
+            pack_first = False
 
-            def run_chain(values: Values, bits: Bits) -> Any:
-                a = kernels.pack_bits(values[binary_in]) if pack_input else bits[binary_in]
-                residual = None if residual_name is None else values[residual_name]
-                return kernels.bconv2d_chain(a, *chain, residual, pack_output)
-
-            return run_chain
-        w, mul, bias, relu_before, relu_after = self.bases[0]
-        epilogue = (mul, bias, relu_before, relu_after)
-        if self.pack_input:
-            head = (w, *geometry, *epilogue)
-
-            def run_float(values: Values, bits: Bits) -> Any:
-                residual = None if residual_name is None else values[residual_name]
-                return kernels.bconv2d_float(values[binary_in], *head, residual, pack_output)
-
-            return run_float
-        args = (w, op["in_channels"], *geometry, *epilogue)
-
-        def run_bits(values: Values, bits: Bits) -> Any:
+        def call(values: Values, bits: Bits) -> Any:
+            a = values[binary_in] if from_floats else bits[binary_in]
+            if pack_first:
+                a = kernels.pack_bits(a)
             residual = None if residual_name is None else values[residual_name]
-            return kernels.bconv2d(bits[binary_in], *args, residual, pack_output)
+            return kernel(a, *fixed, residual, pack_output)
 
-        return run_bits
+        return call
 
     def run(self, values: Values, bits: Bits, keep_all: bool) -> None:
         if self._call is None:
             self._call = self._kernel_call()
-            self._packs_output = bool(self.packs)
         result = self._call(values, bits)
-        if self._packs_output:
+        if self.packs:
             values[self.label], bits[self.label] = result
         else:
             values[self.label] = result
@@ -235,12 +228,10 @@ class LincombGroupStep(Step):
         self.group = group
         self.members = members
         self.drop: tuple[int, ...] = ()  # outputs computed but never written (None from the kernel)
-        self._drop: list[int] = []
         self._pack: list[int] | None = None  # indices of the outputs in packs, made at the first run
 
     def skip_writes(self, unread: set[str]) -> None:
         self.drop = tuple(m for m, name in enumerate(self.group.outputs) if name in unread)
-        self._drop = list(self.drop)
 
     def run(self, values: Values, bits: Bits, keep_all: bool) -> None:
         group = self.group
@@ -250,7 +241,7 @@ class LincombGroupStep(Step):
             self._pack = [m for m, name in enumerate(group.outputs) if name in self.packs]
         pack = self._pack
         if all(x.dtype == np.float32 and x.shape == first.shape for x in inputs):
-            outs, packed = kernels.lincomb_group(inputs, group.program, pack, [] if keep_all else self._drop)
+            outs, packed = kernels.lincomb_group(inputs, group.program, pack, () if keep_all else self.drop)
             values.update(
                 (name, out) for name, out in zip(group.outputs, outs, strict=True) if out is not None
             )
