@@ -74,9 +74,10 @@ constexpr int64_t kMaxChannels = int64_t{1} << 24;
 constexpr int64_t kMaxSide = int64_t{1} << 24;  // an output side (resize, upsample)
 
 void require_range(int64_t value, int64_t low, int64_t high, const char* name) {
-    SEGK_REQUIRE(value >= low, std::string(name) + " must be >= " + std::to_string(low) + ", got " + std::to_string(value));
+    SEGK_REQUIRE(value >= low,
+                 std::string(name) + " must be >= " + std::to_string(low) + ", got " + std::to_string(value));
     SEGK_REQUIRE(value <= high,
-            std::string(name) + " must be at most " + std::to_string(high) + ", got " + std::to_string(value));
+                 std::string(name) + " must be at most " + std::to_string(high) + ", got " + std::to_string(value));
 }
 
 void require_geometry(int64_t kernel, int64_t stride, int64_t padding, int64_t dilation) {
@@ -88,8 +89,8 @@ void require_geometry(int64_t kernel, int64_t stride, int64_t padding, int64_t d
 
 void require_out_size(int64_t out_h, int64_t out_w) {
     SEGK_REQUIRE(out_h >= 1 && out_w >= 1 && out_h <= kMaxSide && out_w <= kMaxSide,
-            "output size must be positive and at most " + std::to_string(kMaxSide) + " per side, got " +
-                std::to_string(out_h) + "x" + std::to_string(out_w));
+                 "output size must be positive and at most " + std::to_string(kMaxSide) + " per side, got " +
+                     std::to_string(out_h) + "x" + std::to_string(out_w));
 }
 
 // Validates the convolution arguments shared by every conv entry point and returns the shape.
@@ -99,13 +100,13 @@ segk::ConvShape conv_shape(int64_t in_h, int64_t in_w, int64_t in_words, const p
     require_range(in_channels, 1, kMaxChannels, "in_channels");
     const int64_t words = segk::words_for(in_channels);
     SEGK_REQUIRE(in_words == words, "input has " + std::to_string(in_words) + " words per pixel but in_channels=" +
-                                   std::to_string(in_channels) + " needs " + std::to_string(words));
+                                        std::to_string(in_channels) + " needs " + std::to_string(words));
     SEGK_REQUIRE(w.shape(0) >= 1, "weights must have at least one output channel");
     SEGK_REQUIRE(w.shape(1) == w.shape(2) && w.shape(1) >= 1,
-            "weights must be [out_channels, k, k, words] with a square kernel, got " + shape_str(w));
+                 "weights must be [out_channels, k, k, words] with a square kernel, got " + shape_str(w));
     SEGK_REQUIRE(w.shape(3) == words, "weights have " + std::to_string(w.shape(3)) +
-                                     " words per tap but in_channels=" + std::to_string(in_channels) + " needs " +
-                                     std::to_string(words));
+                                          " words per tap but in_channels=" + std::to_string(in_channels) + " needs " +
+                                          std::to_string(words));
     const int64_t k = w.shape(1);
     require_geometry(k, stride, padding, dilation);
     SEGK_REQUIRE(k * k * in_channels <= std::numeric_limits<int32_t>::max() / 2, "kernel too large for int32 dots");
@@ -122,8 +123,8 @@ segk::ConvShape conv_shape(int64_t in_h, int64_t in_w, int64_t in_words, const p
     s.out_h = segk::conv_out_size(in_h, k, stride, padding, dilation);
     s.out_w = segk::conv_out_size(in_w, k, stride, padding, dilation);
     SEGK_REQUIRE(s.out_h >= 1 && s.out_w >= 1,
-            "kernel " + std::to_string(k) + " (dilation " + std::to_string(dilation) + ") does not fit input " +
-                std::to_string(in_h) + "x" + std::to_string(in_w) + " with padding " + std::to_string(padding));
+                 "kernel " + std::to_string(k) + " (dilation " + std::to_string(dilation) + ") does not fit input " +
+                     std::to_string(in_h) + "x" + std::to_string(in_w) + " with padding " + std::to_string(padding));
     return s;
 }
 
@@ -137,7 +138,7 @@ void require_clean_tail(const uint64_t* data, int64_t vectors, int64_t words, in
     uint64_t stray = 0;
     for (int64_t i = 0; i < vectors; ++i) stray |= data[i * words + words - 1] & unused_mask;
     SEGK_REQUIRE(stray == 0, std::string(name) + " has bits set past in_channels=" + std::to_string(in_channels) +
-                            " in its last word (packed with a different channel count?)");
+                                 " in its last word (packed with a different channel count?)");
 }
 
 // Weights once arranged for the kernels (kernels.prepare_weights); calls reuse the arrangement.
@@ -158,8 +159,8 @@ WeightsArg weights_arg(const py::handle& w_obj, int64_t in_channels) {
     if (py::isinstance<PyPreparedWeights>(w_obj)) {
         const auto& pw = w_obj.cast<const PyPreparedWeights&>();
         SEGK_REQUIRE(pw.in_channels == in_channels, "prepared weights are for in_channels=" +
-                                                   std::to_string(pw.in_channels) + ", got in_channels=" +
-                                                   std::to_string(in_channels));
+                                                        std::to_string(pw.in_channels) + ", got in_channels=" +
+                                                        std::to_string(in_channels));
         out.array = pw.array;
         out.prepared = pw.prepared;
         return out;
@@ -181,12 +182,12 @@ PyPreparedWeights prepare_weights(const py::handle& w_obj, int64_t in_channels) 
     const int64_t words = segk::words_for(in_channels);
     SEGK_REQUIRE(w.shape(0) >= 1, "weights must have at least one output channel");
     SEGK_REQUIRE(w.shape(1) == w.shape(2) && w.shape(1) >= 1 && w.shape(1) <= kMaxKernel,
-            "weights must be [out_channels, k, k, words] with a square kernel of at most " +
-                std::to_string(kMaxKernel) + ", got " + shape_str(w));
+                 "weights must be [out_channels, k, k, words] with a square kernel of at most " +
+                     std::to_string(kMaxKernel) + ", got " + shape_str(w));
     SEGK_REQUIRE(w.shape(3) == words, "weights have " + std::to_string(w.shape(3)) + " words per tap but in_channels=" +
-                                     std::to_string(in_channels) + " needs " + std::to_string(words));
+                                          std::to_string(in_channels) + " needs " + std::to_string(words));
     SEGK_REQUIRE(w.shape(1) * w.shape(1) * in_channels <= std::numeric_limits<int32_t>::max() / 2,
-            "kernel too large for int32 dots");
+                 "kernel too large for int32 dots");
     require_clean_tail(w.data(), w.shape(0) * w.shape(1) * w.shape(1), words, in_channels, "w");
     PyPreparedWeights out;
     out.array = py::array_t<uint64_t, py::array::c_style>(std::vector<py::ssize_t>(w.shape(), w.shape() + 4));
@@ -210,9 +211,9 @@ EpilogueArgs epilogue_args(const segk::ConvShape& s, const py::handle& mul, cons
     e.bias = checked<float>(bias, "bias", 1);
     const std::string per_channel = " entries (one per output channel), got ";
     SEGK_REQUIRE(e.mul.shape(0) == s.out_c,
-            "mul must have " + std::to_string(s.out_c) + per_channel + std::to_string(e.mul.shape(0)));
+                 "mul must have " + std::to_string(s.out_c) + per_channel + std::to_string(e.mul.shape(0)));
     SEGK_REQUIRE(e.bias.shape(0) == s.out_c,
-            "bias must have " + std::to_string(s.out_c) + per_channel + std::to_string(e.bias.shape(0)));
+                 "bias must have " + std::to_string(s.out_c) + per_channel + std::to_string(e.bias.shape(0)));
     e.ep.mul = e.mul.data();
     e.ep.bias = e.bias.data();
     e.ep.relu_before = relu_before;
@@ -220,8 +221,8 @@ EpilogueArgs epilogue_args(const segk::ConvShape& s, const py::handle& mul, cons
     if (!residual.is_none()) {
         e.residual = checked<float>(residual, "residual", 3);
         SEGK_REQUIRE(e.residual.shape(0) == s.out_h && e.residual.shape(1) == s.out_w && e.residual.shape(2) == s.out_c,
-                "residual must have shape (" + std::to_string(s.out_h) + ", " + std::to_string(s.out_w) + ", " +
-                    std::to_string(s.out_c) + "), got " + shape_str(e.residual));
+                     "residual must have shape (" + std::to_string(s.out_h) + ", " + std::to_string(s.out_w) + ", " +
+                         std::to_string(s.out_c) + "), got " + shape_str(e.residual));
         e.ep.residual = e.residual.data();
     }
     return e;
@@ -337,7 +338,7 @@ py::object bconv2d_chain(const py::handle& a_obj, const py::sequence& bases, int
         const segk::ConvShape sj = conv_shape(a.shape(0), a.shape(1), a.shape(2), weights.back().array, in_channels,
                                               stride, padding, dilation);
         SEGK_REQUIRE(weights.size() == 1 || (sj.out_c == s.out_c && sj.kernel == s.kernel),
-                "every base of a chain needs the same output channels and kernel size");
+                     "every base of a chain needs the same output channels and kernel size");
         s = sj;
         finish_weights(weights.back(), s, in_channels);
         epilogues.push_back(epilogue_args(s, base[1], base[2], base[3].cast<bool>(), base[4].cast<bool>(),
@@ -390,8 +391,8 @@ py::tuple lincomb_group(const py::sequence& inputs_obj,
         SEGK_REQUIRE(!program[m].empty(), "output " + std::to_string(m) + " of lincomb_group has no terms");
         for (const auto& [source, coeff] : program[m]) {
             SEGK_REQUIRE(source >= 0 && source < n_inputs + static_cast<int64_t>(m),
-                    "output " + std::to_string(m) + " reads source " + std::to_string(source) +
-                        ": sources are the " + std::to_string(n_inputs) + " inputs, then earlier outputs only");
+                         "output " + std::to_string(m) + " reads source " + std::to_string(source) +
+                             ": sources are the " + std::to_string(n_inputs) + " inputs, then earlier outputs only");
             terms.push_back({source, coeff});
         }
         term_begin.push_back(static_cast<int64_t>(terms.size()));
@@ -401,7 +402,7 @@ py::tuple lincomb_group(const py::sequence& inputs_obj,
     int64_t channels = first.size() > 0 ? 1 : 0, pixels = first.size();
     if (!pack_outputs.empty()) {
         SEGK_REQUIRE(first.ndim() == 3 && first.shape(2) >= 1,
-                "pack_outputs needs [H, W, C] maps, got shape " + shape_str(first));
+                     "pack_outputs needs [H, W, C] maps, got shape " + shape_str(first));
         channels = first.shape(2);
         pixels = first.shape(0) * first.shape(1);
     }
@@ -414,7 +415,7 @@ py::tuple lincomb_group(const py::sequence& inputs_obj,
     std::vector<bool> dropped(program.size(), false);
     for (const int64_t m : drop_outputs) {
         SEGK_REQUIRE(m >= 0 && m < static_cast<int64_t>(program.size()),
-                "drop_outputs names output " + std::to_string(m) + " of " + std::to_string(program.size()));
+                     "drop_outputs names output " + std::to_string(m) + " of " + std::to_string(program.size()));
         dropped[static_cast<size_t>(m)] = true;
     }
     for (size_t m = 0; m < program.size(); ++m) {
@@ -423,7 +424,7 @@ py::tuple lincomb_group(const py::sequence& inputs_obj,
     }
     for (const int64_t m : pack_outputs) {
         SEGK_REQUIRE(m >= 0 && m < static_cast<int64_t>(program.size()),
-                "pack_outputs names output " + std::to_string(m) + " of " + std::to_string(program.size()));
+                     "pack_outputs names output " + std::to_string(m) + " of " + std::to_string(program.size()));
         bits[m] = py::array_t<uint64_t>({first.shape(0), first.shape(1), segk::words_for(channels)});
         bit_ptrs[m] = bits[m].mutable_data();
     }
@@ -463,17 +464,17 @@ ConcatParts concat_parts(const py::sequence& parts_obj) {
         const std::string name = "parts[" + std::to_string(parts.arrays.size()) + "]";
         auto x = checked<float>(item, name.c_str(), 3);
         SEGK_REQUIRE(x.shape(0) >= 1 && x.shape(1) >= 1 && x.shape(2) >= 1,
-                name + " must be a non-empty [H, W, C] map, got " + shape_str(x));
+                     name + " must be a non-empty [H, W, C] map, got " + shape_str(x));
         if (parts.arrays.empty()) {
             parts.h = x.shape(0);
             parts.w = x.shape(1);
         }
         SEGK_REQUIRE(x.shape(0) == parts.h && x.shape(1) == parts.w,
-                name + " has shape " + shape_str(x) + " but parts[0] is " + std::to_string(parts.h) + "x" +
-                    std::to_string(parts.w));
+                     name + " has shape " + shape_str(x) + " but parts[0] is " + std::to_string(parts.h) + "x" +
+                         std::to_string(parts.w));
         parts.total_channels += x.shape(2);
         SEGK_REQUIRE(parts.total_channels <= kMaxChannels, "parts have more than " + std::to_string(kMaxChannels) +
-                                                          " channels in all");
+                                                               " channels in all");
         parts.channels.push_back(x.shape(2));
         parts.data.push_back(x.data());
         parts.arrays.push_back(std::move(x));
@@ -501,11 +502,11 @@ py::array_t<uint64_t, py::array::c_style> bits_target(const py::handle& obj, int
     const auto arr = py::reinterpret_borrow<py::array>(obj);
     SEGK_REQUIRE(out.ptr() == arr.ptr() && arr.writeable(), "out must be a C-contiguous, writeable array");
     SEGK_REQUIRE(out.shape(0) == height && out.shape(1) == width,
-            "out must be [" + std::to_string(height) + ", " + std::to_string(width) + ", words], got " +
-                shape_str(out));
+                 "out must be [" + std::to_string(height) + ", " + std::to_string(width) + ", words], got " +
+                     shape_str(out));
     SEGK_REQUIRE(word_offset >= 0 && word_offset + part_words <= out.shape(2),
-            "words " + std::to_string(word_offset) + " .. " + std::to_string(word_offset + part_words - 1) +
-                " do not fit in out's " + std::to_string(out.shape(2)) + " words per pixel");
+                 "words " + std::to_string(word_offset) + " .. " + std::to_string(word_offset + part_words - 1) +
+                     " do not fit in out's " + std::to_string(out.shape(2)) + " words per pixel");
     return out;
 }
 
@@ -528,7 +529,7 @@ void upsample_bilinear_bits(const py::handle& x_obj, const py::handle& out_obj, 
     const int64_t h = x.shape(0), w = x.shape(1), c = x.shape(2);
     SEGK_REQUIRE(h >= 1 && w >= 1 && c >= 1, "x must be a non-empty [H, W, C] map, got " + shape_str(x));
     SEGK_REQUIRE(py::isinstance<py::array>(out_obj) && py::reinterpret_borrow<py::array>(out_obj).ndim() == 3,
-            "out must be a [H, W, words] uint64 array");
+                 "out must be a [H, W, words] uint64 array");
     const auto out_arr = py::reinterpret_borrow<py::array>(out_obj);
     const int64_t out_h = out_arr.shape(0), out_w = out_arr.shape(1);
     require_out_size(out_h, out_w);
@@ -548,13 +549,13 @@ py::array_t<float> conv1x1(const py::sequence& parts_obj, const py::handle& w_ob
     auto w = checked<float>(w_obj, "weight_t", 2);
     const int64_t out_c = w.shape(1);
     SEGK_REQUIRE(w.shape(0) == parts.total_channels && out_c >= 1,
-            "weight_t must be [" + std::to_string(parts.total_channels) +
-                " (the parts' channels), out_channels >= 1], got " + shape_str(w));
+                 "weight_t must be [" + std::to_string(parts.total_channels) +
+                     " (the parts' channels), out_channels >= 1], got " + shape_str(w));
     py::array_t<float, py::array::c_style> bias;
     if (!bias_obj.is_none()) {
         bias = checked<float>(bias_obj, "bias", 1);
         SEGK_REQUIRE(bias.shape(0) == out_c, "bias must have " + std::to_string(out_c) + " entries, got " +
-                                            std::to_string(bias.shape(0)));
+                                                 std::to_string(bias.shape(0)));
     }
     py::array_t<float> out({parts.h, parts.w, out_c});
     const float* wp = w.data();
@@ -571,7 +572,7 @@ py::array_t<float> conv1x1(const py::sequence& parts_obj, const py::handle& w_ob
 py::array_t<float> upsample_bilinear(const py::handle& x_obj, int64_t out_h, int64_t out_w) {
     auto x = checked<float>(x_obj, "x", 3);
     SEGK_REQUIRE(x.shape(0) >= 1 && x.shape(1) >= 1 && x.shape(2) >= 1, "x must be a non-empty [H, W, C] map, got " +
-                                                                       shape_str(x));
+                                                                            shape_str(x));
     require_out_size(out_h, out_w);
     py::array_t<float> out({out_h, out_w, static_cast<int64_t>(x.shape(2))});
     const float* xp = x.data();
@@ -590,10 +591,10 @@ py::array_t<float> resize_area(const py::handle& x_obj, int64_t out_h, int64_t o
     require_out_size(out_h, out_w);
     auto run = [&](auto x) {
         SEGK_REQUIRE(x.shape(0) >= 1 && x.shape(1) >= 1 && x.shape(2) >= 1,
-                "x must be a non-empty [H, W, C] image, got " + shape_str(x));
+                     "x must be a non-empty [H, W, C] image, got " + shape_str(x));
         const int64_t h = x.shape(0), w = x.shape(1), c = x.shape(2);
         SEGK_REQUIRE(w * c <= std::numeric_limits<int32_t>::max(),
-                "x rows must hold fewer than 2^31 values, got " + shape_str(x));
+                     "x rows must hold fewer than 2^31 values, got " + shape_str(x));
         py::array_t<float> out({out_h, out_w, c});
         const auto* xp = x.data();
         float* op = out.mutable_data();
@@ -619,12 +620,12 @@ py::object normalize_image(const py::handle& image_obj, const py::handle& scale_
         const int64_t h = image.shape(0), w = image.shape(1), c = image.shape(2);
         SEGK_REQUIRE(h >= 1 && w >= 1 && c >= 1, "image must be a non-empty [H, W, C] image, got " + shape_str(image));
         SEGK_REQUIRE(scale.shape(0) == c && offset.shape(0) == c,
-                "scale and offset need one entry per image channel (" + std::to_string(c) + "), got " +
-                    std::to_string(scale.shape(0)) + " and " + std::to_string(offset.shape(0)));
+                     "scale and offset need one entry per image channel (" + std::to_string(c) + "), got " +
+                         std::to_string(scale.shape(0)) + " and " + std::to_string(offset.shape(0)));
         SEGK_REQUIRE(padded_h >= h && padded_w >= w && padded_h <= kMaxSide && padded_w <= kMaxSide,
-                "padded size must hold the image and be at most " + std::to_string(kMaxSide) + " per side, got " +
-                    std::to_string(padded_h) + "x" + std::to_string(padded_w) + " for an image of " +
-                    std::to_string(h) + "x" + std::to_string(w));
+                     "padded size must hold the image and be at most " + std::to_string(kMaxSide) + " per side, got " +
+                         std::to_string(padded_h) + "x" + std::to_string(padded_w) + " for an image of " +
+                         std::to_string(h) + "x" + std::to_string(w));
         py::array_t<float> x({padded_h, padded_w, c});
         py::array_t<float> guide(with_guide ? std::vector<py::ssize_t>{h, w, c} : std::vector<py::ssize_t>{0});
         const auto* ip = image.data();
@@ -648,13 +649,13 @@ py::tuple guided_coefficients(const py::handle& guide_obj, const py::handle& src
     auto src = checked<float>(src_obj, "src", 3);
     const int64_t h = guide.shape(0), w = guide.shape(1), k = src.shape(2);
     SEGK_REQUIRE(h >= 1 && w >= 1 && guide.shape(2) == 3, "guide must be a non-empty [H, W, 3] image, got " +
-                                                         shape_str(guide));
+                                                              shape_str(guide));
     SEGK_REQUIRE(src.shape(0) == h && src.shape(1) == w && k >= 1,
-            "src must be [H, W, K] with the guide's H and W, got " + shape_str(src) + " for guide " +
-                shape_str(guide));
+                 "src must be [H, W, K] with the guide's H and W, got " + shape_str(src) + " for guide " +
+                     shape_str(guide));
     SEGK_REQUIRE(radius >= 1, "radius must be >= 1, got " + std::to_string(radius));
     SEGK_REQUIRE(radius <= kMaxPadding, "radius must be at most " + std::to_string(kMaxPadding) + ", got " +
-                                       std::to_string(radius));
+                                            std::to_string(radius));
     SEGK_REQUIRE(eps > 0, "eps must be positive");
     py::array_t<float> a({h, w, k, int64_t{3}});
     py::array_t<float> b({h, w, k});
@@ -678,12 +679,12 @@ py::array_t<float> guided_apply(const py::handle& a_obj, const py::handle& b_obj
     const int64_t hl = a.shape(0), wl = a.shape(1), k = a.shape(2), h = guide.shape(0), w = guide.shape(1);
     SEGK_REQUIRE(hl >= 1 && wl >= 1 && k >= 1 && a.shape(3) == 3, "a must be [h, w, K, 3], got " + shape_str(a));
     SEGK_REQUIRE(b.shape(0) == hl && b.shape(1) == wl && b.shape(2) == k, "b must be [h, w, K] like a, got " +
-                                                                          shape_str(b));
+                                                                               shape_str(b));
     SEGK_REQUIRE(h >= 1 && w >= 1 && guide.shape(2) == 3, "guide must be a non-empty [H, W, 3] image, got " +
-                                                         shape_str(guide));
+                                                              shape_str(guide));
     const int64_t channels = static_cast<int64_t>(sources.size());
     SEGK_REQUIRE(channels >= 1 && signs.size() == sources.size() && bias.size() == sources.size(),
-            "sources, signs and bias must have one entry per output channel");
+                 "sources, signs and bias must have one entry per output channel");
     for (int64_t s : sources) SEGK_REQUIRE(s >= 0 && s < k, "sources must index the K filtered channels");
     // one coefficient map [hl, wl, 4K]: a then b per pixel, as the kernel reads it
     std::vector<float> coef(static_cast<size_t>(hl * wl * 4 * k));
@@ -727,7 +728,7 @@ py::array_t<uint8_t> argmax_channels(const py::handle& x_obj, const py::handle& 
     if (!bias_obj.is_none()) {
         bias = checked<float>(bias_obj, "bias", 1);
         SEGK_REQUIRE(bias.shape(0) == c, "bias must have " + std::to_string(c) + " entries, got " +
-                                        std::to_string(bias.shape(0)));
+                                             std::to_string(bias.shape(0)));
     }
     py::array_t<uint8_t> out({h, w});
     const float* xp = x.data();
@@ -748,13 +749,13 @@ py::array_t<float> affine(const py::handle& x_obj, const py::handle& mul_obj, co
     auto mul = checked<float>(mul_obj, "mul", 1);
     auto bias = checked<float>(bias_obj, "bias", 1);
     SEGK_REQUIRE(mul.shape(0) == c && bias.shape(0) == c,
-            "mul and bias must have " + std::to_string(c) + " entries, got " + shape_str(mul) + " and " +
-                shape_str(bias));
+                 "mul and bias must have " + std::to_string(c) + " entries, got " + shape_str(mul) + " and " +
+                     shape_str(bias));
     py::array_t<float, py::array::c_style> residual;
     if (!residual_obj.is_none()) {
         residual = checked<float>(residual_obj, "residual", 3);
         SEGK_REQUIRE(residual.shape(0) == h && residual.shape(1) == w && residual.shape(2) == c,
-                "residual must have x's shape " + shape_str(x) + ", got " + shape_str(residual));
+                     "residual must have x's shape " + shape_str(x) + ", got " + shape_str(residual));
     }
     py::array_t<float> out({h, w, c});
     const float* xp = x.data();
@@ -772,7 +773,7 @@ py::array_t<float> affine(const py::handle& x_obj, const py::handle& mul_obj, co
 py::array_t<float> global_avgpool(const py::handle& x_obj) {
     auto x = checked<float>(x_obj, "x", 3);
     SEGK_REQUIRE(x.shape(0) >= 1 && x.shape(1) >= 1 && x.shape(2) >= 1,
-                 "x must be a non-empty [H, W, C] map, got " + shape_str(x));
+                      "x must be a non-empty [H, W, C] map, got " + shape_str(x));
     py::array_t<float> out({py::ssize_t{1}, py::ssize_t{1}, static_cast<py::ssize_t>(x.shape(2))});
     segk::global_avgpool(x.data(), x.shape(0) * x.shape(1), x.shape(2), out.mutable_data());
     return out;
@@ -781,14 +782,15 @@ py::array_t<float> global_avgpool(const py::handle& x_obj) {
 py::array_t<float> maxpool2d(const py::handle& x_obj, int64_t kernel, int64_t stride, int64_t padding) {
     auto x = checked<float>(x_obj, "x", 3);
     SEGK_REQUIRE(x.shape(0) >= 1 && x.shape(1) >= 1 && x.shape(2) >= 1, "x must be a non-empty [H, W, C] map, got " +
-                                                                       shape_str(x));
+                                                                            shape_str(x));
     // Bounded first, so that 2 * padding cannot overflow (kernel 2^63-1 with padding 2^62 passed before).
     require_geometry(kernel, stride, padding, 1);
     SEGK_REQUIRE(2 * padding <= kernel, "maxpool needs 0 <= padding <= kernel / 2, got padding " +
-                                       std::to_string(padding) + " for kernel " + std::to_string(kernel));
+                                            std::to_string(padding) + " for kernel " + std::to_string(kernel));
     const int64_t out_h = segk::conv_out_size(x.shape(0), kernel, stride, padding, 1);
     const int64_t out_w = segk::conv_out_size(x.shape(1), kernel, stride, padding, 1);
-    SEGK_REQUIRE(out_h >= 1 && out_w >= 1, "pooling window " + std::to_string(kernel) + " does not fit input " + shape_str(x));
+    SEGK_REQUIRE(out_h >= 1 && out_w >= 1,
+                 "pooling window " + std::to_string(kernel) + " does not fit input " + shape_str(x));
     py::array_t<float> out({out_h, out_w, static_cast<int64_t>(x.shape(2))});
     const float* xp = x.data();
     float* op = out.mutable_data();
@@ -805,9 +807,10 @@ py::array_t<float> conv2d_direct(const py::handle& x_obj, const py::handle& w_ob
     auto x = checked<float>(x_obj, "x", 3);
     auto w = checked<float>(w_obj, "weight", 4);
     const int64_t c = x.shape(2), out_c = w.shape(0), k = w.shape(1);
-    SEGK_REQUIRE(x.shape(0) >= 1 && x.shape(1) >= 1 && c >= 1, "x must be a non-empty [H, W, C] map, got " + shape_str(x));
+    SEGK_REQUIRE(x.shape(0) >= 1 && x.shape(1) >= 1 && c >= 1,
+                 "x must be a non-empty [H, W, C] map, got " + shape_str(x));
     SEGK_REQUIRE(out_c >= 1 && k >= 1 && w.shape(2) == k && w.shape(3) == c,
-            "weight must be [out_channels, k, k, " + std::to_string(c) + "], got " + shape_str(w));
+                 "weight must be [out_channels, k, k, " + std::to_string(c) + "], got " + shape_str(w));
     require_geometry(k, stride, padding, dilation);
     const int64_t out_h = segk::conv_out_size(x.shape(0), k, stride, padding, dilation);
     const int64_t out_w = segk::conv_out_size(x.shape(1), k, stride, padding, dilation);
@@ -816,7 +819,7 @@ py::array_t<float> conv2d_direct(const py::handle& x_obj, const py::handle& w_ob
     if (!bias_obj.is_none()) {
         bias = checked<float>(bias_obj, "bias", 1);
         SEGK_REQUIRE(bias.shape(0) == out_c, "bias must have " + std::to_string(out_c) + " entries, got " +
-                                            std::to_string(bias.shape(0)));
+                                                 std::to_string(bias.shape(0)));
     }
     py::array_t<float> out({out_h, out_w, out_c});
     const float* xp = x.data();
