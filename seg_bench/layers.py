@@ -25,13 +25,15 @@ thread count.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any
@@ -188,6 +190,43 @@ def torch_call(inputs: LayerInputs) -> Callable[[], Any]:
 # --- OpenVINO ---------------------------------------------------------------------------------
 
 
+class _SignalStack(ctypes.Structure):
+    """``stack_t`` of sigaltstack(2)."""
+
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+def _sigaltstack(new: _SignalStack | None) -> _SignalStack | None:
+    """Set the calling thread's alternate signal stack (if ``new``); the previous one, or None off Linux."""
+    if not sys.platform.startswith("linux"):
+        return None
+    old = _SignalStack()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.sigaltstack(ctypes.byref(new) if new is not None else None, ctypes.byref(old)) != 0:
+        return None
+    return old
+
+
+@contextmanager
+def keep_signal_stack() -> Iterator[None]:
+    """Run OpenVINO work and put back the calling thread's alternate signal stack afterwards.
+
+    OpenVINO's CPU plugin (2026.4) installs an alternate signal stack of its own on the thread that
+    creates its engine (at compile time) and, when the engine dies, restores the one it found.
+    Engines that die in the order they were created leave the thread's stack pointing at freed
+    memory; the next signal handled on it (Python registers its handlers with SA_ONSTACK: Ctrl-C,
+    or the SIGCHLD handler of a torch DataLoader) then kills the process with SIGSEGV. That killed
+    the test suite on an AVX2-only AMD EPYC. Restoring the caller's stack after each compile keeps
+    every engine's saved stack the caller's own, whatever order the engines die in.
+    """
+    saved = _sigaltstack(None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            _sigaltstack(saved)
+
+
 def openvino_available() -> bool:
     try:
         import openvino  # noqa: F401
@@ -279,7 +318,6 @@ def compile_openvino(model, threads: int, core=None, profile: bool = False):
     """Compile for CPU; OpenVinoUnsupported (with OpenVINO's reason) if the plugin refuses a node here."""
     import openvino as ov
 
-    core = core or ov.Core()
     config = {
         "INFERENCE_NUM_THREADS": threads,
         "PERFORMANCE_HINT": "LATENCY",
@@ -289,7 +327,8 @@ def compile_openvino(model, threads: int, core=None, profile: bool = False):
         "PERF_COUNT": profile,
     }
     try:
-        return core.compile_model(model, "CPU", config)
+        with keep_signal_stack():
+            return (core or ov.Core()).compile_model(model, "CPU", config)
     except RuntimeError as error:
         reason = openvino_refusal(error)
         if reason is None:
