@@ -161,6 +161,19 @@ def test_avx2_rows_are_judged_by_the_avx2_goals():
     assert "(goal >= 1.5x)" in ov_line and "MISSED on b 1.30x" in ov_line and "a 1.60" not in ov_line
     assert "worst 90.00 (b)" in macs_line and "popcount_speed.py ceilings" in macs_line
     assert "MISSED" not in macs_line and "goal >=" not in macs_line
+    # With the ceiling measured in the same run: 120 and 90 of 125 are 96 % and 72 % (goal 80 %).
+    share_line = bench_layers.summarize_targets(rows, {"method": "lut", "gbmacs": 125.0})[2]
+    assert "lut, 125 G binary MAC/s" in share_line and "(goal >= 80%)" in share_line
+    assert "MISSED on b 72.00%" in share_line and "a 96" not in share_line
+
+
+def test_popcount_ceiling_is_the_best_methods_median():
+    ceiling = bench_layers.popcount_ceiling(repeats=1, seconds=0.002)
+    if "avx2" not in kernels.available_isas():
+        assert ceiling is None
+        return
+    assert ceiling is not None and ceiling["gbmacs"] > 0
+    assert ceiling["method"] in {row["method"] for row in kernels.popcount_ceilings([], 1, 0.002)}
 
 
 @pytest.mark.slow
