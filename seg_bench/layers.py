@@ -725,9 +725,7 @@ def popcount_ceiling(repeats: int = 9, seconds: float = 0.05) -> dict[str, Any] 
     """The best AVX2 way to count bits on this core: {'method', 'gbmacs'} with the highest median G
     binary MAC/s per core of ``kernels.popcount_ceilings`` (register-only loops, thread CPU time; see
     scripts/popcount_speed.py), or None on a CPU without AVX2 + POPCNT. About repeats x seconds x 10."""
-    measured = (
-        kernels.popcount_ceilings([], repeats, seconds) if hasattr(kernels, "popcount_ceilings") else []
-    )
+    measured = kernels.popcount_ceilings([], repeats, seconds)  # empty without AVX2 + POPCNT
     medians = {row["method"]: statistics.median(row["gbmacs"]) for row in measured if row["gbmacs"]}
     if not medians:
         return None
