@@ -92,6 +92,11 @@ SEG_DEFAULTS: dict[str, Any] = {
         "grad_clip": None,  # max gradient norm
         "amp": True,  # bfloat16/float16 autocast, CUDA only (ignored on CPU)
         "sync_bn": False,  # SyncBatchNorm under torchrun
+        # torch.compile the training step's forward and backward (inductor; needs a C++ compiler):
+        # on a 2-core CPU about 25 % faster steps (person config) after a few minutes of compiling
+        # (the time budget measures the second epoch, so the compile does not shorten the run);
+        # validation and export run the eager model.
+        "compile": False,
         "init_from": None,  # checkpoint to initialise weights from (stage 1, or a classification run)
         "init_scope": "auto",  # auto | all | encoder: auto = all keys, or encoder.* when tasks differ
         # Wall-clock budget: after the second epoch the run shortens train.epochs (and its schedule)

@@ -16,7 +16,7 @@ from .runlog import format_duration
 SHOWN = {
     "model": ("arch", "k", "width", "output_stride", "bpac", "head", "head_channels", "decoder"),
     "data": ("crop_size", "base_size", "scale_range", "batch_size", "workers"),
-    "train": ("epochs", "optimizer", "lr", "schedule", "time_budget_minutes", "init_from", "amp"),
+    "train": ("epochs", "optimizer", "lr", "schedule", "time_budget_minutes", "init_from", "amp", "compile"),
 }
 # A CPU run slower than this (training images per second, measured over the first steps) is told
 # about the CPU-sized starter config; my_data trains several images per second on 2 cores.

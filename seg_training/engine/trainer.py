@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -63,7 +63,7 @@ class TrainingParts:
     """What one optimisation step touches."""
 
     model: nn.Module  # the network itself: checkpoints and evaluation use it
-    ddp_model: nn.Module  # what the training forward pass runs: ``model`` or its DDP wrapper
+    ddp_model: nn.Module  # what the training forward pass runs: ``model``, its DDP wrapper, compiled or not
     criterion: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
@@ -86,8 +86,9 @@ class RunRecord:
 def build_model(
     config: dict[str, Any], model_cfg: dict[str, Any], info: DistInfo, log: Log, init: bool
 ) -> tuple[nn.Module, nn.Module]:
-    """(network on the run's device, the module to train: DDP-wrapped under torchrun); ``init``:
-    apply train.init_from (not on resume, where the checkpoint's weights follow)."""
+    """(network on the run's device, the module to train: DDP-wrapped under torchrun, compiled with
+    train.compile); ``init``: apply train.init_from (not on resume, where the checkpoint's weights
+    follow)."""
     from ..models import create_model
 
     train_cfg = config["train"]
@@ -100,11 +101,18 @@ def build_model(
         else:  # PyTorch's SyncBatchNorm runs on GPUs only
             log("train.sync_bn ignored: SyncBatchNorm needs CUDA; each CPU process keeps its own statistics")
     model.to(info.device)
-    if not info.distributed:
-        return model, model
-    return model, DistributedDataParallel(
-        model, device_ids=[info.local_rank] if info.device.type == "cuda" else None
-    )
+    step_model: nn.Module = model
+    if info.distributed:
+        step_model = DistributedDataParallel(
+            model, device_ids=[info.local_rank] if info.device.type == "cuda" else None
+        )
+    if train_cfg["compile"]:
+        # Only the training step is compiled: checkpoints keep ``model``'s own parameter names and
+        # validation (other image sizes) runs eagerly. Training batches have one shape (fixed crops,
+        # drop_last), so static shapes: inductor's dynamic-shape path failed on this network.
+        log("train.compile: compiling the training step (torch.compile, inductor) at the first batch")
+        step_model = cast(nn.Module, torch.compile(step_model, dynamic=False))
+    return model, step_model
 
 
 def resolve_class_weights(
@@ -377,7 +385,9 @@ def _train(
     )
     save_seconds = 0.0  # the last checkpoint write: an epoch costs its training time plus this
     last_scores: dict[str, Any] = {}
-    watch = SlowStartWatch(log, iters, epochs - start_epoch, info.device.type) if info.is_main else None
+    # The slow-start note judges the first steps' pace; with train.compile they are the compile.
+    watched = info.is_main and not train_cfg["compile"]
+    watch = SlowStartWatch(log, iters, epochs - start_epoch, info.device.type) if watched else None
     while record.epoch < epochs:  # not range(): the time budget may lower `epochs` during the run
         epoch = record.epoch
         bar = scope.bar(
