@@ -106,7 +106,8 @@ def _train_parser(task: str) -> argparse.ArgumentParser:
         const="last",
         metavar="CHECKPOINT",
         help="continue a run: from CHECKPOINT, or from the run's last.pt when no path is given; "
-        "without --config the checkpoint's own config is used",
+        "without --config the checkpoint's own config is used. A run whose time budget fitted its "
+        "epoch count keeps that count unless --train.epochs is given",
     )
     return parser
 
@@ -262,7 +263,10 @@ def _train(task: str, argv: Sequence[str]) -> int:
     else:
         config = load_config(task, config_path, overrides)
         explicit = explicit_keys(config_path, overrides)
-    train(config, resume=args.resume, explicit=explicit)
+    # On resume, a time-budgeted run keeps the epoch count its budget fitted unless the command
+    # line names one (extending or shortening a run is what --train.epochs then asks for).
+    epochs_on_command_line = any(key == "train.epochs" for key, _ in overrides)
+    train(config, resume=args.resume, explicit=explicit, epochs_on_command_line=epochs_on_command_line)
     return 0
 
 

@@ -367,9 +367,27 @@ def export_group_block(
     return ys, g.lincomb(ys, scales, f"{prefix}.sum")
 
 
+def export_stem_pool(g: GraphBuilder, pool: nn.Module, stem: str) -> str:
+    if not isinstance(pool, nn.MaxPool2d):
+        raise ExportError(f"cannot export a stem pool of type {type(pool).__name__}")
+    if pool.ceil_mode or pool.dilation not in (1, (1, 1)):
+        raise ExportError("the stem max pool must use floor mode and no dilation")
+    kernel, stride, padding = pool.kernel_size, pool.stride, pool.padding
+    if not isinstance(kernel, int) or not isinstance(stride, int) or not isinstance(padding, int):
+        raise ExportError("the stem max pool must give kernel, stride and padding as single numbers")
+    return g.op(
+        "maxpool2d",
+        "pool",
+        **{"in": stem},
+        kernel=int(kernel),
+        stride=int(stride),
+        padding=int(padding),
+    )
+
+
 def export_encoder(g: GraphBuilder, encoder: GroupNetEncoder, x: str) -> list[str]:
-    """Stem (float conv + BN, max pool) and the four stages; returns the feature maps as
-    GroupNetEncoder.forward does: [stem, layer1, layer2, layer3, layer4]."""
+    """Stem (float conv + BN, and a max pool unless the conv strides to 4) and the four stages;
+    returns the feature maps as GroupNetEncoder.forward does: [stem, layer1, ..., layer4]."""
     conv = encoder.conv1
     if conv.groups != 1 or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
         raise ExportError("the stem conv must be a plain zero-padded conv")
@@ -388,20 +406,9 @@ def export_encoder(g: GraphBuilder, encoder: GroupNetEncoder, x: str) -> list[st
         conv.dilation[0],
         relu=bool(getattr(encoder, "stem_relu", False)),
     )
+    # The "conv7_s4" stem has no pool (nn.Identity): its conv's stride replaces it.
     pool = encoder.maxpool
-    if pool.ceil_mode or pool.dilation not in (1, (1, 1)):
-        raise ExportError("the stem max pool must use floor mode and no dilation")
-    kernel, stride, padding = pool.kernel_size, pool.stride, pool.padding
-    if not isinstance(kernel, int) or not isinstance(stride, int) or not isinstance(padding, int):
-        raise ExportError("the stem max pool must give kernel, stride and padding as single numbers")
-    aggregate = g.op(
-        "maxpool2d",
-        "pool",
-        **{"in": stem},
-        kernel=int(kernel),
-        stride=int(stride),
-        padding=int(padding),
-    )
+    aggregate = stem if isinstance(pool, nn.Identity) else export_stem_pool(g, pool, stem)
     previous: list[str] | None = None
     features = [stem]
     for s, blocks in enumerate(encoder.stage_blocks(), start=1):

@@ -292,34 +292,50 @@ def train_one_epoch(
 
 
 def train(
-    config: dict[str, Any], resume: str | None = None, explicit: set[str] | None = None
+    config: dict[str, Any],
+    resume: str | None = None,
+    explicit: set[str] | None = None,
+    epochs_on_command_line: bool = False,
 ) -> dict[str, Any]:
     """Run (or resume) the training described by ``config``; returns the summary (rank 0's view).
 
     resume: None, "last" (output_dir/last.pt) or a checkpoint path.
     explicit: the dotted keys the config file and command line set (config.explicit_keys); the
     others are reported as defaults at the start and in defaults.yaml.
+    epochs_on_command_line: ``train.epochs`` was given on the command line; a resumed run whose
+    time budget fitted its epoch count then takes this count instead (and the schedule with it).
     """
     info = distributed.setup(config["device"])
     try:
         # Leaving the scope, however the run ends, closes its bars and stops its loaders' workers
         # before anything (an error line) is printed (progress.py: why a run could hang otherwise).
         with RunScope() as scope:
-            return _train(config, info, resume, explicit, scope)
+            return _train(config, info, resume, explicit, scope, epochs_on_command_line)
     finally:
         distributed.cleanup()
 
 
 def _train(
-    config: dict[str, Any], info: DistInfo, resume: str | None, explicit: set[str] | None, scope: RunScope
+    config: dict[str, Any],
+    info: DistInfo,
+    resume: str | None,
+    explicit: set[str] | None,
+    scope: RunScope,
+    epochs_on_command_line: bool = False,
 ) -> dict[str, Any]:
     task, train_cfg, data_cfg = config["task"], config["train"], config["data"]
     out_dir = output_dir(config)
-    resumed = _resumed_state(config, resume)
-    if resumed is not None and resumed.budget_applied:  # the time budget already fixed the epoch count
-        train_cfg["epochs"] = int(resumed.epochs)
     progress = bool(config["output"]["progress"]) and info.is_main
     log: Log = tqdm.write if info.is_main else (lambda *_a, **_k: None)
+    resumed = _resumed_state(config, resume)
+    if resumed is not None and resumed.budget_applied:  # the time budget already fixed the epoch count
+        if not epochs_on_command_line:
+            train_cfg["epochs"] = int(resumed.epochs)
+        elif int(train_cfg["epochs"]) != int(resumed.epochs):
+            log(
+                f"--train.epochs {train_cfg['epochs']} replaces the {resumed.epochs} epochs the time "
+                "budget fitted; the schedule follows the new count"
+            )
 
     seed = int(config["seed"])
     seed_everything(seed)

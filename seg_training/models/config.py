@@ -23,6 +23,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "head": ("aspp", "fcn", "psp"),
     "decoder": ("none", "skip"),
     "mode": ("sign", "tanh"),
+    "stem": ("conv7_pool", "conv7_s4"),
 }
 
 
@@ -45,6 +46,10 @@ class ModelConfig:
         float 1x1 projection of that stage to ``skip_channels``, then one binary 3x3 conv of
         ``decoder_channels`` and the classifier; DeepLabv3+-style, so coarse output strides keep edges).
     width: channel multiplier on (64, 128, 256, 512); reduced-width models for CPU budgets.
+    stem: "conv7_pool" (ResNet's 7x7 stride-2 conv, then a 3x3 stride-2 max pool) or "conv7_s4"
+        (the same 7x7 conv at stride 4, no pool: a quarter of the stem's multiply-adds and no pool,
+        for webcam-sized models where the float stem is a large share of the time; its weights
+        have the same shape, so a conv7_pool encoder can initialise it).
     mode: "sign" (binary) or "tanh" (stage 1 of the two-stage recipe).
     """
 
@@ -70,6 +75,7 @@ class ModelConfig:
     decoder_channels: int = 64
     width: float = 1.0
     mode: str = "sign"
+    stem: str = "conv7_pool"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -153,8 +153,8 @@ class GroupBlock(nn.Module):
 
 class GroupNetEncoder(nn.Module):
     """Full-precision stem + four stages of GroupBlocks. forward returns the 5 feature maps
-    [stem (stride 2), layer1 (4), layer2 (8), layer3, layer4] (strides of the last two depend on
-    the output stride)."""
+    [stem (stride 2, or 4 for the "conv7_s4" stem), layer1 (4), layer2 (8), layer3, layer4]
+    (strides of the last two depend on the output stride)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -163,9 +163,11 @@ class GroupNetEncoder(nn.Module):
         branch_cls = BasicBranch if block_type == "basic" else BottleneckBranch
         widths = cfg.stage_widths()
         convs = ConvFactory(cfg)
-        self.conv1 = nn.Conv2d(3, widths[0], 7, 2, 3, bias=False)
+        # Both stems reach stride 4 before layer1; "conv7_s4" strides the conv instead of pooling.
+        pooled = cfg.stem == "conv7_pool"
+        self.conv1 = nn.Conv2d(3, widths[0], 7, 2 if pooled else 4, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
-        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.maxpool: nn.Module = nn.MaxPool2d(3, 2, 1) if pooled else nn.Identity()
         cin = widths[0]
         stages = []
         stage_channels: list[int] = []

@@ -32,6 +32,9 @@ class SmpGroupNetEncoder(GroupNetEncoder, EncoderMixin):
         self._out_channels = [3, *self.feature_channels]
         if depth != 5:
             raise ValueError("groupnet encoders support depth=5 only")
+        if cfg.stem != "conv7_pool":
+            # smp's decoders expect the stem's feature at stride 2.
+            raise ValueError(f"smp decoders need the conv7_pool stem, got {cfg.stem!r}")
 
     def make_dilated(self, output_stride: int) -> None:
         # smp's generic patch would re-pad our convs with zeros; binary convs must pad with +1, so

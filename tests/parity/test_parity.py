@@ -49,6 +49,17 @@ CONFIGS = {
         decoder_channels=24,
     ),
     "group_k2_os16_fcn_skip2": dict(k=2, output_stride=16, head="fcn", decoder="skip", skip_stage=2),
+    # The stride-4 stem without a pool (the shipped person model's layout).
+    "group_k2_os32_aspp_skip1_stem4": dict(
+        k=2,
+        output_stride=32,
+        head="aspp",
+        head_channels=48,
+        decoder="skip",
+        skip_stage=1,
+        skip_channels=16,
+        stem="conv7_s4",
+    ),
     # Bottleneck blocks (ResNet-50 layout).
     "group_k2_resnet50_os16_fcn": dict(
         arch="groupnet_resnet50", k=2, output_stride=16, head="fcn", width=0.125

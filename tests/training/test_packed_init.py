@@ -70,10 +70,11 @@ def test_checkpoint_initialises_another_architecture(tmp_path):
     torch.save(ckpt, tmp_path / "enc.pt")
     cfg = dict(gnpk.read_model(tmp_path / "m.gnpk").model["config"])
     cfg.update(k=2, output_stride=32, head="fcn", decoder="skip", bpac_rates=None)
-    model = create_model(cfg)
-    message = init_weights(model, tmp_path / "enc.pt", "seg")
-    assert "encoder" in message
-    for key, value in ckpt["model"].items():
-        assert torch.equal(model.state_dict()[key], value)
+    for stem in ("conv7_pool", "conv7_s4"):  # the stride-4 stem takes the same 7x7 weights
+        model = create_model({**cfg, "stem": stem})
+        message = init_weights(model, tmp_path / "enc.pt", "seg")
+        assert "encoder" in message
+        for key, value in ckpt["model"].items():
+            assert torch.equal(model.state_dict()[key], value)
     with pytest.raises(Exception, match="branches"):
         encoder_checkpoint(tmp_path / "m.gnpk", DATA / "ccp" / "images", branches=4)

@@ -65,6 +65,19 @@ def test_time_budget_shortens_the_run_and_its_schedule(tmp_path, capsys):
     assert lr_factor_fn(train_cfg, 2)(ckpt["step"]) == 0.0
     assert "epochs: 2" in (out / "config.yaml").read_text()
 
+    # Resuming keeps the fitted count; --train.epochs on the command line extends the run, and the
+    # schedule is rebuilt over the new count.
+    resume = ["--config", "smoke_seg", "--resume", "--train.steps_per_epoch", "2", *quiet(runs)]
+    assert train_seg_main(resume) == 0
+    assert load_checkpoint(out / "last.pt")["step"] == ckpt["step"]  # nothing left to train
+    capsys.readouterr()
+    assert train_seg_main([*resume, "--train.epochs", "3"]) == 0
+    assert "--train.epochs 3 replaces the 2 epochs the time budget fitted" in capsys.readouterr().out
+    extended = load_checkpoint(out / "last.pt")
+    assert extended["epochs"] == 3 and extended["step"] == ckpt["step"] + 2
+    assert [int(r["epoch"]) for r in csv.DictReader((out / "log.csv").open())] == [1, 2, 3]
+    assert lr_factor_fn(from_json(extended["config"])["train"], 2)(ckpt["step"]) > 0.0
+
 
 @pytest.mark.slow
 def test_reference_network_trains_through_train_seg(tmp_path):
