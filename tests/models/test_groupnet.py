@@ -227,6 +227,26 @@ def test_smp_registration_builds_and_trains():
     assert deeplab.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 5, 64, 64)
 
 
+def test_stride4_stem_reaches_layer1_at_the_same_stride_without_a_pool():
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 96, 128)
+    shapes = {}
+    for stem in ("conv7_pool", "conv7_s4"):
+        model = create_model(num_classes=2, k=2, width=0.125, head_channels=16, output_stride=32, stem=stem)
+        features = model.eval().encoder(x)
+        shapes[stem] = [tuple(f.shape[2:]) for f in features]
+        assert isinstance(model.encoder.maxpool, torch.nn.Identity) == (stem == "conv7_s4")
+    # Only the stem's own map differs (stride 4 instead of 2); layer1..layer4 are where they were.
+    assert shapes["conv7_pool"][0] == (48, 64) and shapes["conv7_s4"][0] == (24, 32)
+    assert shapes["conv7_pool"][1:] == shapes["conv7_s4"][1:] == [(24, 32), (12, 16), (6, 8), (3, 4)]
+    from seg_training.models.smp_encoders import SmpGroupNetEncoder
+
+    with pytest.raises(ValueError, match="conv7_pool stem"):
+        SmpGroupNetEncoder(out_channels=[], stem="conv7_s4", width=0.125)
+    with pytest.raises(ValueError, match="model.stem must be one of"):
+        create_model(num_classes=2, stem="conv3")
+
+
 def test_reference_models_build():
     for arch in ("smp_deeplabv3_resnet18", "lraspp_mobilenet_v3_large"):
         model = create_model(arch=arch, num_classes=2).eval()

@@ -49,7 +49,8 @@ CONFIGS = {
         decoder_channels=24,
     ),
     "group_k2_os16_fcn_skip2": dict(k=2, output_stride=16, head="fcn", decoder="skip", skip_stage=2),
-    # The stride-4 stem without a pool (the shipped person model's layout).
+    # The stride-4 stem without a pool (model.stem conv7_s4; the cheaper person network tried in
+    # weights/README.md).
     "group_k2_os32_aspp_skip1_stem4": dict(
         k=2,
         output_stride=32,
