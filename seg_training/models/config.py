@@ -47,9 +47,9 @@ class ModelConfig:
         ``decoder_channels`` and the classifier; DeepLabv3+-style, so coarse output strides keep edges).
     width: channel multiplier on (64, 128, 256, 512); reduced-width models for CPU budgets.
     stem: "conv7_pool" (ResNet's 7x7 stride-2 conv, then a 3x3 stride-2 max pool) or "conv7_s4"
-        (the same 7x7 conv at stride 4, no pool: a quarter of the stem's multiply-adds and no pool,
-        for webcam-sized models where the float stem is a large share of the time; its weights
-        have the same shape, so a conv7_pool encoder can initialise it).
+        (the same 7x7 conv at stride 4 and no pool: a quarter of the stem's multiply-adds, for
+        webcam-sized models where the float stem is a large share of the time; its weights have
+        the same shape, so a conv7_pool encoder can initialise it).
     mode: "sign" (binary) or "tanh" (stage 1 of the two-stage recipe).
     """
 

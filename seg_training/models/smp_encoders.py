@@ -25,6 +25,9 @@ class SmpGroupNetEncoder(GroupNetEncoder, EncoderMixin):
         self, out_channels: list[int], depth: int = 5, output_stride: int = 32, **model_kwargs
     ) -> None:
         cfg = ModelConfig(task="seg", output_stride=output_stride, **model_kwargs)
+        if cfg.stem != "conv7_pool":
+            # smp's decoders expect the stem's feature at stride 2 (checked before building).
+            raise ValueError(f"smp decoders need the conv7_pool stem, got {cfg.stem!r}")
         GroupNetEncoder.__init__(self, cfg)
         self._depth = depth
         self._in_channels = 3
@@ -32,9 +35,6 @@ class SmpGroupNetEncoder(GroupNetEncoder, EncoderMixin):
         self._out_channels = [3, *self.feature_channels]
         if depth != 5:
             raise ValueError("groupnet encoders support depth=5 only")
-        if cfg.stem != "conv7_pool":
-            # smp's decoders expect the stem's feature at stride 2.
-            raise ValueError(f"smp decoders need the conv7_pool stem, got {cfg.stem!r}")
 
     def make_dilated(self, output_stride: int) -> None:
         # smp's generic patch would re-pad our convs with zeros; binary convs must pad with +1, so
