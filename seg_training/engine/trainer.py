@@ -565,8 +565,15 @@ def format_summary(
         if best is not None
         else "best    (no validation run)",
         f"last    {out / 'last.pt'}",
-        f"log     {out / 'log.csv'}",
     ]
+    if best is not None and summary["best_epoch"] != summary["epochs"]:
+        # A small validation split can crown a mid-schedule checkpoint by noise (docs/training.md).
+        lines.append(
+            f"note    best.pt is epoch {summary['best_epoch']} of {summary['epochs']}: on a validation "
+            f"split of {summary['val_images']} images that can be noise; score best.pt and last.pt "
+            "on a larger held-out set before exporting one"
+        )
+    lines.append(f"log     {out / 'log.csv'}")
     final = summary["final"]
     if summary["task"] == "cls" and final:
         lines.append(
