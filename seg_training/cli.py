@@ -128,6 +128,19 @@ def _eval_parser() -> argparse.ArgumentParser:
     what.add_argument("--packed", metavar="GNPK", help="packed model file (export-model's output)")
     parser.add_argument("--threads", type=int, help="runtime threads for --packed (default: all cores)")
     parser.add_argument("--output", help="also write the scores as JSON to this file")
+    parser.add_argument(
+        "--worst",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --packed: list the N images with the lowest mIoU of their own "
+        "(default 0; 10 with --overlays)",
+    )
+    parser.add_argument(
+        "--overlays",
+        metavar="DIR",
+        help="with --packed: write a sheet per listed worst image to DIR: prediction | truth | errors in red",
+    )
     _common_args(parser)
     return parser
 
@@ -272,15 +285,26 @@ def _train(task: str, argv: Sequence[str]) -> int:
 
 def _evaluate(argv: Sequence[str]) -> int:
     args, rest = _eval_parser().parse_known_args(argv)
+    from .data.errors import InputError
     from .engine.evaluation import evaluate_checkpoint
 
+    if args.worst < 0:
+        raise InputError(f"--worst must be >= 0, got {args.worst}")
     if args.packed:
         from .engine.packed_eval import evaluate_packed
 
         evaluate_packed(
-            args.packed, find_config(args.config), _overrides(args, rest), args.output, args.threads
+            args.packed,
+            find_config(args.config),
+            _overrides(args, rest),
+            args.output,
+            args.threads,
+            worst=args.worst or (10 if args.overlays else 0),
+            overlays=args.overlays,
         )
         return 0
+    if args.worst or args.overlays:
+        raise InputError("--worst and --overlays score the packed runtime's masks: use them with --packed")
     evaluate_checkpoint(args.checkpoint, find_config(args.config), _overrides(args, rest), args.output)
     return 0
 

@@ -3,6 +3,10 @@
 The validation images are read at full size, with no resizing of our own: the packed file's input
 rules (long side at most ``max_side``, padding to ``size_divisor``) apply exactly as in
 ``seg-service``. Scores come from the same confusion-matrix code as ``train-seg eval``.
+
+Every image is also scored alone (its mIoU over the classes in its truth or prediction), so the
+images a model fails on can be listed (``--worst N``) and looked at (``--overlays DIR``): a data
+set's mean hides whether a model is a little wrong everywhere or wholly wrong on a few images.
 """
 
 from __future__ import annotations
@@ -57,8 +61,12 @@ def evaluate_packed(
     output: str | Path | None = None,
     threads: int | None = None,
     progress: bool | None = None,
+    worst: int = 0,
+    overlays: str | Path | None = None,
 ) -> dict[str, Any]:
-    """mIoU, per-class IoU, pixel accuracy and per-image latency of a packed model on a config's val split."""
+    """mIoU, per-class IoU, pixel accuracy and per-image latency of a packed model on a config's val
+    split, and each image's own mIoU and pixel accuracy (``per_image``, worst first). ``worst``: print
+    that many of the worst images; ``overlays``: write a sheet for each of them to that folder."""
     if config_path is None:
         raise InputError("--config is required with --packed (the packed file holds no data settings)")
     config, model, progress = load_packed_with_config(model_path, config_path, overrides, threads, progress)
@@ -68,12 +76,26 @@ def evaluate_packed(
     cm = torch.zeros(len(classes), len(classes), dtype=torch.int64)
     flip = bool(config["eval"]["flip"])  # --eval.flip true: the runtime's mirrored second pass
     seconds = []
+    per_image = []
     for index in tqdm(range(len(val_set)), desc="packed eval", disable=not progress, dynamic_ncols=True):
         rgb, mask = val_set.load(index)
         start = time.perf_counter()
         pred = model.predict(rgb, flip=flip)
         seconds.append(time.perf_counter() - start)
-        cm += torch.from_numpy(confusion_matrix(pred, mask, len(classes), ignore))
+        image_cm = torch.from_numpy(confusion_matrix(pred, mask, len(classes), ignore))
+        cm += image_cm
+        alone = segmentation_scores(image_cm, classes)
+        if int(image_cm.sum()) == 0:  # every pixel ignored: nothing to score, listed last
+            alone["miou"] = float("nan")
+        per_image.append(
+            {
+                "index": index,
+                "image": val_set.pairs[index][0].name,
+                "miou": alone["miou"],
+                "pixel_acc": alone["pixel_acc"],
+            }
+        )
+    per_image.sort(key=lambda row: (_nan_last(row["miou"]), row["index"]))
     scores = segmentation_scores(cm, classes)
     scores["model"] = str(model_path)
     scores["images"] = len(val_set)
@@ -85,9 +107,58 @@ def evaluate_packed(
         f"median {scores['median_ms_per_image']:.1f} ms per image"
     )
     print(format_seg_report(scores))
+    scores["per_image"] = [{k: v for k, v in row.items() if k != "index"} for row in per_image]
+    shown = per_image[: max(0, worst)]
+    if shown:
+        print(format_worst(shown, len(per_image)))
+    if overlays and shown:
+        folder = write_overlay_sheets(val_set, model, shown, Path(overlays), ignore, flip)
+        print(f"{len(shown)} overlay sheets (prediction | truth | errors in red) in {folder}/")
     if output:
         Path(output).write_text(json.dumps(scores, indent=2, default=_plain))
     return scores
+
+
+def _nan_last(value: float) -> float:
+    return float("inf") if np.isnan(value) else value
+
+
+def format_worst(rows: list[dict[str, Any]], total: int) -> str:
+    """The worst images as a table: rank, per-image mIoU and pixel accuracy, file name."""
+    lines = [f"worst {len(rows)} of {total} images by their own mIoU:", "rank   mIoU  pix_acc  image"]
+    for rank, row in enumerate(rows, 1):
+        lines.append(f"{rank:4d}  {100 * row['miou']:5.1f}  {100 * row['pixel_acc']:7.1f}  {row['image']}")
+    return "\n".join(lines)
+
+
+def write_overlay_sheets(
+    val_set: Any, model: Any, rows: list[dict[str, Any]], folder: Path, ignore: int, flip: bool
+) -> Path:
+    """One PNG per listed image, ``<rank>_<image stem>.png``: the prediction over the image, the truth
+    over the image, and the image greyed with the wrongly labelled pixels in red (ignored pixels
+    left grey). Colours are the packed file's palette, as seg-service draws them."""
+    import cv2
+
+    from seg_service.api.imaging import overlay
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for rank, row in enumerate(rows, 1):
+        rgb, truth = val_set.load(row["index"])
+        pred = model.predict(rgb, flip=flip)
+        shown_truth = np.where(truth == ignore, 0, truth)
+        grey = cv2.cvtColor(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2BGR) // 2
+        grey[(pred != truth) & (truth != ignore)] = (0, 0, 255)
+        sheet = np.hstack(
+            [
+                overlay(rgb, pred, model.palette, bgr=True),
+                overlay(rgb, shown_truth, model.palette, bgr=True),
+                grey,
+            ]
+        )
+        path = folder / f"{rank:03d}_{Path(row['image']).stem}.png"
+        if not cv2.imwrite(str(path), sheet):
+            raise InputError(f"cannot write {path}")
+    return folder
 
 
 def _plain(value: Any) -> Any:
