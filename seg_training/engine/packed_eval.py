@@ -107,7 +107,14 @@ def evaluate_packed(
         f"median {scores['median_ms_per_image']:.1f} ms per image"
     )
     print(format_seg_report(scores))
-    scores["per_image"] = [{k: v for k, v in row.items() if k != "index"} for row in per_image]
+    scores["per_image"] = [  # JSON has no NaN: an image with nothing scored gets null
+        {
+            "image": row["image"],
+            "miou": None if np.isnan(row["miou"]) else row["miou"],
+            "pixel_acc": row["pixel_acc"],
+        }
+        for row in per_image
+    ]
     shown = per_image[: max(0, worst)]
     if shown:
         print(format_worst(shown, len(per_image)))
