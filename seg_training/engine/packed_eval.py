@@ -143,10 +143,8 @@ def write_overlay_sheets(
 ) -> Path:
     """One PNG per listed image, ``<rank>_<image stem>.png``: the prediction over the image, the truth
     over the image, and the image greyed with the wrongly labelled pixels in red (ignored pixels
-    left grey). Colours are the packed file's palette, as seg-service draws them."""
+    left grey). Colours are the packed file's palette; classes coloured black are left unpainted."""
     import cv2
-
-    from seg_service.api.imaging import overlay
 
     folder.mkdir(parents=True, exist_ok=True)
     for rank, row in enumerate(rows, 1):
@@ -157,8 +155,8 @@ def write_overlay_sheets(
         grey[(pred != truth) & (truth != ignore)] = (0, 0, 255)
         sheet = np.hstack(
             [
-                overlay(rgb, pred, model.palette, bgr=True),
-                overlay(rgb, shown_truth, model.palette, bgr=True),
+                _painted_bgr(rgb, pred, model.palette),
+                _painted_bgr(rgb, shown_truth, model.palette),
                 grey,
             ]
         )
@@ -166,6 +164,15 @@ def write_overlay_sheets(
         if not cv2.imwrite(str(path), sheet):
             raise InputError(f"cannot write {path}")
     return folder
+
+
+def _painted_bgr(rgb: np.ndarray, labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """The image half-blended with each pixel's class colour (black classes untouched), in BGR."""
+    palette = np.asarray(palette, dtype=np.uint16).reshape(-1, 3)
+    colour = palette[np.minimum(labels, len(palette) - 1)]
+    painted = colour.any(axis=-1, keepdims=True)
+    out = np.where(painted, (rgb.astype(np.uint16) + colour + 1) // 2, rgb).astype(np.uint8)
+    return np.ascontiguousarray(out[..., ::-1])
 
 
 def _plain(value: Any) -> Any:
