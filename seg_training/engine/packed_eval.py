@@ -148,6 +148,8 @@ def write_overlay_sheets(
 
     folder.mkdir(parents=True, exist_ok=True)
     for rank, row in enumerate(rows, 1):
+        # Read and predicted again rather than kept from the scoring pass: only these few images
+        # are drawn, and keeping every mask of a large validation set would cost its memory.
         rgb, truth = val_set.load(row["index"])
         pred = model.predict(rgb, flip=flip)
         shown_truth = np.where(truth == ignore, 0, truth)

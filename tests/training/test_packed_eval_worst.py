@@ -13,6 +13,13 @@ from train_helpers import REPO
 from seg_training.cli import train_seg_main
 
 
+def _image_and_truth(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """A CCP test image (RGB) and its person mask (label > 0) as 0/1."""
+    rgb = np.asarray(Image.open(REPO / f"tests/data/ccp/images/{name}").convert("RGB"))
+    mask = np.asarray(Image.open(REPO / f"tests/data/ccp/masks/{name.rsplit('.', 1)[0]}.png"))
+    return rgb, (mask > 0).astype(np.uint8)
+
+
 def _own_miou(pred: np.ndarray, truth: np.ndarray) -> float:
     """Two-class mIoU of one image over the classes in its truth or prediction (CCP: person = label > 0)."""
     ious = []
@@ -39,11 +46,10 @@ def test_worst_images_listed_scored_alone_and_drawn(packed_model_path, tmp_path,
 
     # Each row's figure, computed here from the runtime's mask and the CCP mask.
     model = load_model(packed_model_path)
+    preds = {}
     for row in rows:
-        stem = row["image"].rsplit(".", 1)[0]
-        rgb = np.asarray(Image.open(REPO / f"tests/data/ccp/images/{row['image']}").convert("RGB"))
-        truth = (np.asarray(Image.open(REPO / f"tests/data/ccp/masks/{stem}.png")) > 0).astype(np.uint8)
-        pred = model.predict(rgb)
+        rgb, truth = _image_and_truth(row["image"])
+        pred = preds[row["image"]] = model.predict(rgb)
         assert row["miou"] == pytest.approx(_own_miou(pred, truth), abs=1e-9)
         assert row["pixel_acc"] == pytest.approx(float((pred == truth).mean()), abs=1e-9)
 
@@ -54,13 +60,12 @@ def test_worst_images_listed_scored_alone_and_drawn(packed_model_path, tmp_path,
     for rank, row in enumerate(rows[:2], 1):
         stem = row["image"].rsplit(".", 1)[0]
         sheet = cv2.imread(str(sheets / f"{rank:03d}_{stem}.png"))
-        rgb = np.asarray(Image.open(REPO / f"tests/data/ccp/images/{row['image']}").convert("RGB"))
-        truth = (np.asarray(Image.open(REPO / f"tests/data/ccp/masks/{stem}.png")) > 0).astype(np.uint8)
+        truth = _image_and_truth(row["image"])[1]
         height, width = truth.shape
         assert sheet.shape == (height, 3 * width, 3)
         errors = sheet[:, 2 * width :]
         red = (errors[..., 2] == 255) & (errors[..., 0] == 0) & (errors[..., 1] == 0)
-        assert np.array_equal(red, model.predict(rgb) != truth)
+        assert np.array_equal(red, preds[row["image"]] != truth)
     assert len(list(sheets.iterdir())) == 2
 
 
