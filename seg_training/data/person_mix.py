@@ -17,7 +17,14 @@ source (``ccp_0001``, ``portraits_00001``, ``camvid_0001TP_006690``). List files
 quick interleaved subset of both for validation during training), ``train_tune.txt`` (every 5th
 training image, for ``train-seg tune-postprocess``). Usage::
 
-    python -m seg_training.data.person_mix --data ../shared/data --out /work/data/person_mix
+    python -m seg_training.data.person_mix --data ../shared/data --out /work/data/person_mix \\
+        [--mediapipe-python /path/to/mediapipe-env/bin/python]
+
+CCP labels only the photo's subject: bystanders behind her are background in its masks, which would
+teach the model to miss people. With ``--mediapipe-python`` MediaPipe's selfie segmenter (general
+model, run in its own environment) looks at every CCP training image, and each person-like region
+it finds away from the labelled subject becomes ``ignore`` (see ``unlabelled_people``); its masks
+stay in ``<out>/mediapipe/`` for inspection. Validation masks are never changed.
 """
 
 from __future__ import annotations
@@ -35,6 +42,43 @@ from .io import read_mask
 
 CAMVID_PEDESTRIAN, CAMVID_BICYCLIST, CAMVID_VOID = 9, 10, 11
 IGNORE = 255
+
+
+def unlabelled_people(
+    truth: np.ndarray,
+    reference: np.ndarray,
+    gap: float = 0.025,
+    min_area: float = 0.002,
+    min_height: float = 0.06,
+    margin: int = 4,
+) -> np.ndarray:
+    """Where ``reference`` (another segmenter's person mask) sees a person that ``truth`` does not label.
+
+    A connected region of the reference counts when it lies more than ``gap`` x the image diagonal
+    from every labelled person pixel (so disagreements along the subject's outline do not), covers at
+    least ``min_area`` of the image, and stands upright: at least ``min_height`` of the image tall and
+    at least 0.8 times as tall as wide (shadows cast on the ground are wide and flat). Returns a
+    boolean mask of those regions grown by ``margin`` pixels, limited to pixels ``truth`` calls
+    background (0).
+    """
+    import cv2
+
+    if truth.shape != reference.shape:
+        raise InputError(f"reference mask is {reference.shape}, the label mask {truth.shape}")
+    h, w = truth.shape
+    r = max(1, round(gap * float(np.hypot(h, w))))
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    near_subject = cv2.dilate((truth == 1).astype(np.uint8), disc) > 0
+    candidates = ((reference > 0) & ~near_subject).astype(np.uint8)
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(candidates, connectivity=8)
+    area, width = stats[:, cv2.CC_STAT_AREA], stats[:, cv2.CC_STAT_WIDTH]
+    height = stats[:, cv2.CC_STAT_HEIGHT]
+    upright = (area >= min_area * h * w) & (height >= min_height * h) & (height >= 0.8 * width)
+    upright[0] = False  # component 0 is everything else
+    found = upright[labels].astype(np.uint8)
+    if margin > 0 and found.any():
+        found = cv2.dilate(found, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1,) * 2))
+    return (found > 0) & (truth == 0)
 
 
 def _stems(folder: Path) -> list[str]:
@@ -76,9 +120,14 @@ SOURCES = {"ccp": ccp_items, "portraits": portrait_items, "camvid": camvid_items
 
 
 def build(
-    data: Path, out: Path, sources: Sequence[str] = tuple(SOURCES), copy: bool = False
+    data: Path,
+    out: Path,
+    sources: Sequence[str] = tuple(SOURCES),
+    copy: bool = False,
+    mediapipe_python: str | None = None,
 ) -> dict[str, int]:
-    """Write the folder; returns the number of images per list."""
+    """Write the folder; returns the number of images per list (and, with ``mediapipe_python``, of
+    CCP training masks given ignored bystanders, as ``ccp_bystanders``)."""
     import cv2
 
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -106,7 +155,38 @@ def build(
     lists["train_tune"] = lists["train"][::5]
     for split, names in lists.items():
         (out / f"{split}.txt").write_text("".join(f"{n}\n" for n in names))
-    return {split: len(names) for split, names in lists.items()}
+    counts = {split: len(names) for split, names in lists.items()}
+    if mediapipe_python and "ccp" in sources:
+        counts["ccp_bystanders"] = ignore_ccp_bystanders(out, lists["train"], mediapipe_python)
+    return counts
+
+
+def ignore_ccp_bystanders(out: Path, train: Sequence[str], mediapipe_python: str) -> int:
+    """Mark ``unlabelled_people`` found by MediaPipe as ignore in the CCP training masks of ``out``;
+    returns how many masks changed."""
+    import cv2
+
+    # The peer runner lives with the comparison tools; imported here so building without it needs
+    # no MediaPipe environment.
+    from ..peers.compare import mediapipe_masks
+
+    names = [n for n in train if n.startswith("ccp_")]
+    workdir = out / "mediapipe"
+    workdir.mkdir(exist_ok=True)
+    references = mediapipe_masks(
+        mediapipe_python, "general", [str(out / "images" / f"{n}.jpg") for n in names], workdir
+    )
+    changed = 0
+    for name, reference in zip(names, references, strict=True):
+        path = out / "masks" / f"{name}.png"
+        mask = read_mask(path)
+        extra = unlabelled_people(mask, reference)
+        if extra.any():
+            mask[extra] = IGNORE
+            if not cv2.imwrite(str(path), mask):
+                raise InputError(f"cannot write {path}")
+            changed += 1
+    return changed
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -122,13 +202,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="folder to write (images/, masks/, *.txt)")
     parser.add_argument("--sources", default=",".join(SOURCES), help=f"comma list of {list(SOURCES)}")
     parser.add_argument("--copy", action="store_true", help="copy images instead of linking them")
+    parser.add_argument(
+        "--mediapipe-python",
+        help="python of an environment with mediapipe installed: its selfie segmenter finds the "
+        "bystanders CCP leaves unlabelled, which become ignore in CCP training masks",
+    )
     args = parser.parse_args(argv)
     sources = [s.strip() for s in args.sources.split(",") if s.strip()]
     unknown = [s for s in sources if s not in SOURCES]
     if unknown:
         parser.error(f"unknown source(s) {unknown}; choose from {list(SOURCES)}")
     try:
-        counts = build(args.data, args.out, sources, args.copy)
+        counts = build(args.data, args.out, sources, args.copy, args.mediapipe_python)
     except InputError as exc:
         parser.exit(2, f"error: {exc}\n")
     print(f"wrote {args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("albumentations")
 
-from seg_training.data import build_seg_dataset, read_image, read_mask  # noqa: E402
+from seg_training.data import InputError, build_seg_dataset, read_image, read_mask  # noqa: E402
 from seg_training.data.copy_paste import CopyPaste  # noqa: E402
 from seg_training.data.person_mix import build  # noqa: E402
 from seg_training.data.transforms import seg_train_transform  # noqa: E402
@@ -111,7 +112,6 @@ def test_strong_augmentation_keeps_labels_aligned():
 def test_peer_comparison_scores_packed_models_by_pooled_person_iou(mix):
     """seg_training.peers.compare's accuracy rows equal an independent count over predict()'s masks;
     MediaPipe's rows come when an environment with it is named (MEDIAPIPE_PYTHON)."""
-    import os
 
     from seg_service.runtime import load_model
     from seg_training.peers.compare import accuracy, speed
@@ -151,3 +151,54 @@ def test_peer_ratio_is_the_median_of_the_rounds_ratios():
     lone = [{"model": "ours.gnpk", "round_medians": [1.0]}]
     add_peer_ratios(lone, "peer")
     assert "ratio_to_peer" not in lone[0]
+
+
+def test_unlabelled_people_keeps_upright_regions_away_from_the_subject():
+    """Only a reference region that is far from the labelled subject, big enough and upright becomes
+    ignore; outline disagreements, flat shadows, specks and labelled pixels stay as they were."""
+    from seg_training.data.person_mix import unlabelled_people
+
+    truth = np.zeros((200, 300), np.uint8)
+    truth[40:180, 20:70] = 1  # the labelled subject
+    reference = np.zeros_like(truth)
+    reference[38:182, 18:72] = 1  # the subject, outline slightly off
+    reference[60:140, 200:230] = 1  # a bystander: upright, far away
+    reference[185:195, 100:190] = 1  # a shadow on the ground: wide and flat
+    reference[20:24, 260:263] = 1  # a speck
+    reference[50:120, 72:78] = 1  # a bag at her side: within the gap (9 pixels here)
+    extra = unlabelled_people(truth, reference, margin=2)
+    assert extra[60:140, 200:230].all() and extra[58, 215] and not extra[55, 215]  # grown by 2 pixels
+    bystander = np.zeros_like(extra)
+    bystander[58:142, 198:232] = True
+    assert not (extra & ~bystander).any()
+    assert not (extra & (truth != 0)).any()
+    with pytest.raises(InputError, match="reference mask"):
+        unlabelled_people(truth, reference[:, :200])
+
+
+@pytest.mark.skipif(
+    not (os.environ.get("MEDIAPIPE_PYTHON") and Path(os.environ["MEDIAPIPE_PYTHON"]).is_file()),
+    reason="needs MEDIAPIPE_PYTHON, the python of an environment with mediapipe installed",
+)
+def test_ccp_bystanders_from_mediapipe_become_ignore(tmp_path):
+    """With MediaPipe named, only CCP training masks change, only from background to ignore, and
+    exactly where unlabelled_people puts MediaPipe's own saved masks."""
+    from seg_training.data.person_mix import unlabelled_people
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "ccp").symlink_to(DATA / "ccp")
+    out = tmp_path / "mix"
+    counts = build(shared, out, ["ccp"], mediapipe_python=os.environ["MEDIAPIPE_PYTHON"])
+    names = (out / "train.txt").read_text().split()
+    # test copy 0005 has a passer-by behind the subject (MediaPipe 0.10.21 finds her)
+    assert counts["ccp_bystanders"] >= 1 and (read_mask(out / "masks/ccp_0005.png") == 255).any()
+    for i, name in enumerate(names):
+        plain = (read_mask(DATA / f"ccp/masks/{name[4:]}.png") > 0).astype(np.uint8)
+        reference = read_mask(out / "mediapipe" / "general" / f"{i}.png")
+        expected = plain.copy()
+        expected[unlabelled_people(plain, reference)] = 255
+        assert np.array_equal(read_mask(out / "masks" / f"{name}.png"), expected)
+    for name in (out / "val.txt").read_text().split():
+        plain = (read_mask(DATA / f"ccp/masks/{name[4:]}.png") > 0).astype(np.uint8)
+        assert np.array_equal(read_mask(out / "masks" / f"{name}.png"), plain)
