@@ -7,15 +7,17 @@ brought to one mask convention (0 background, 1 person, 255 ignore):
   0905-1004 validation (the project's split);
 - ``portraits``: Flickr head-and-shoulders portraits (EG1800's source), the authors' train/test
   lists; images in neither list go to train;
-- ``camvid``: CamVid street scenes, train split only: pedestrians are person, bicyclists (rider and
-  bike in one label) and void are ignored, every other class is background, so the set also holds
-  many images with no person at all.
+- ``camvid``: CamVid street scenes: pedestrians are person, bicyclists (rider and bike in one label)
+  and void are ignored, every other class is background, so the set also holds many images with no
+  person at all. The train split trains; the val split (when present) is a third validation set,
+  ``val_camvid.txt``, of small distant people (not in ``val.txt``, which stays CCP + portraits).
 
 Images are linked (or copied with ``--copy``), masks written as 8-bit PNGs, names prefixed by
 source (``ccp_0001``, ``portraits_00001``, ``camvid_0001TP_006690``). List files: ``train.txt``,
-``val.txt`` (both validation sets), ``val_ccp.txt``, ``val_portraits.txt``, ``val_mini.txt`` (a
-quick interleaved subset of both for validation during training), ``train_tune.txt`` (every 5th
-training image, for ``train-seg tune-postprocess``). Usage::
+``val.txt`` (CCP and portraits validation), ``val_ccp.txt``, ``val_portraits.txt``,
+``val_camvid.txt``, ``val_mini.txt`` (a quick interleaved subset of CCP and portraits validation
+for progress during training), ``train_tune.txt`` (every 5th training image, for ``train-seg
+tune-postprocess``). Usage::
 
     python -m seg_training.data.person_mix --data ../shared/data --out /work/data/person_mix \\
         [--mediapipe-python /path/to/mediapipe-env/bin/python]
@@ -109,11 +111,12 @@ def portrait_items(root: Path) -> Iterator[tuple[str, str, Path, np.ndarray]]:
 
 
 def camvid_items(root: Path) -> Iterator[tuple[str, str, Path, np.ndarray]]:
-    for stem in _stems(root / "train" / "images"):
-        labels = read_mask(root / "train" / "masks" / f"{stem}.png")
-        mask = (labels == CAMVID_PEDESTRIAN).astype(np.uint8)
-        mask[(labels == CAMVID_BICYCLIST) | (labels >= CAMVID_VOID)] = IGNORE
-        yield "train", f"camvid_{stem}", root / "train" / "images" / f"{stem}.jpg", mask
+    for folder, split in (("train", "train"), ("val", "val_camvid")):
+        for stem in _stems(root / folder / "images"):
+            labels = read_mask(root / folder / "masks" / f"{stem}.png")
+            mask = (labels == CAMVID_PEDESTRIAN).astype(np.uint8)
+            mask[(labels == CAMVID_BICYCLIST) | (labels >= CAMVID_VOID)] = IGNORE
+            yield split, f"camvid_{stem}", root / folder / "images" / f"{stem}.jpg", mask
 
 
 SOURCES = {"ccp": ccp_items, "portraits": portrait_items, "camvid": camvid_items}
@@ -132,7 +135,7 @@ def build(
 
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
-    lists: dict[str, list[str]] = {"train": [], "val_ccp": [], "val_portraits": []}
+    lists: dict[str, list[str]] = {"train": [], "val_ccp": [], "val_portraits": [], "val_camvid": []}
     for source in sources:
         root = data / source
         if not root.is_dir():

@@ -29,10 +29,16 @@ def mix(tmp_path_factory) -> Path:
     (shared / "portraits").symlink_to(DATA / "portraits")
     (shared / "camvid").mkdir()
     (shared / "camvid" / "train").symlink_to(DATA / "camvid")
+    for part, suffix in (("images", "jpg"), ("masks", "png")):  # one CamVid frame as its val split
+        (shared / "camvid" / "val" / part).mkdir(parents=True)
+        (shared / "camvid" / "val" / part / f"val_frame.{suffix}").symlink_to(
+            DATA / "camvid" / part / f"0001TP_006690.{suffix}"
+        )
     out = tmp_path_factory.mktemp("person_mix")
     counts = build(shared, out)
     assert counts["train"] == 6 + 2 + len(list((DATA / "camvid" / "images").iterdir()))
-    assert (counts["val_ccp"], counts["val_portraits"]) == (4, 2)
+    assert (counts["val_ccp"], counts["val_portraits"], counts["val_camvid"]) == (4, 2, 1)
+    assert (out / "val_camvid.txt").read_text().split() == ["camvid_val_frame"]
     return out
 
 
@@ -50,6 +56,10 @@ def test_masks_follow_one_convention(mix):
     val = (mix / "val.txt").read_text().split()
     assert val == (mix / "val_ccp.txt").read_text().split() + (mix / "val_portraits.txt").read_text().split()
     assert not set(val) & set((mix / "train.txt").read_text().split())
+    assert "camvid_val_frame" not in val  # val.txt stays CCP + portraits: the figures quoted so far
+    assert np.array_equal(
+        read_mask(mix / "masks/camvid_val_frame.png"), read_mask(mix / "masks/camvid_0001TP_006690.png")
+    )
 
 
 def _pair():
