@@ -215,6 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = [s for s in sources if s not in SOURCES]
     if unknown:
         parser.error(f"unknown source(s) {unknown}; choose from {list(SOURCES)}")
+    if args.mediapipe_python and not Path(args.mediapipe_python).is_file():
+        parser.error(f"--mediapipe-python: no such file {args.mediapipe_python}")
     try:
         counts = build(args.data, args.out, sources, args.copy, args.mediapipe_python)
     except InputError as exc:

@@ -212,3 +212,21 @@ def test_ccp_bystanders_from_mediapipe_become_ignore(tmp_path):
     for name in (out / "val.txt").read_text().split():
         plain = (read_mask(DATA / f"ccp/masks/{name[4:]}.png") > 0).astype(np.uint8)
         assert np.array_equal(read_mask(out / "masks" / f"{name}.png"), plain)
+
+
+def test_build_refuses_a_missing_mediapipe_python(tmp_path, capsys):
+    from seg_training.data.person_mix import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(
+            [
+                "--data",
+                str(DATA),
+                "--out",
+                str(tmp_path / "mix"),
+                "--mediapipe-python",
+                str(tmp_path / "nope"),
+            ]
+        )
+    assert stop.value.code == 2 and "--mediapipe-python: no such file" in capsys.readouterr().err
+    assert not (tmp_path / "mix").exists()
