@@ -198,6 +198,8 @@ def init_weights(model: nn.Module, path: str | Path, task: str, scope: str = "au
 
     scope "all": every key must match (stage 1 -> stage 2 of the same task).
     scope "encoder": only "encoder.*" keys, all of the model's encoder keys required.
+    scope "encoder_head": "encoder.*" and "head.*" keys, all of them required: a new or resized
+    decoder on a trained encoder and context head (the decoder starts from scratch).
     scope "auto": "all" when the checkpoint's task equals ``task``, else "encoder".
     Returns a one-line description of what was loaded.
     """
@@ -206,9 +208,10 @@ def init_weights(model: nn.Module, path: str | Path, task: str, scope: str = "au
     if scope == "auto":
         scope = "all" if ckpt.get("task") == task else "encoder"
     own = model.state_dict()
-    if scope == "encoder":
-        state = {k: v for k, v in state.items() if k.startswith("encoder.")}
-        wanted = [k for k in own if k.startswith("encoder.")]
+    if scope in ("encoder", "encoder_head"):
+        prefixes = ("encoder.",) if scope == "encoder" else ("encoder.", "head.")
+        state = {k: v for k, v in state.items() if k.startswith(prefixes)}
+        wanted = [k for k in own if k.startswith(prefixes)]
     else:
         wanted = list(own)
     missing = [k for k in wanted if k not in state]

@@ -98,7 +98,8 @@ SEG_DEFAULTS: dict[str, Any] = {
         # run); validation and export run the eager model. docs/training.md
         "compile": False,
         "init_from": None,  # checkpoint to initialise weights from (stage 1, or a classification run)
-        "init_scope": "auto",  # auto | all | encoder: auto = all keys, or encoder.* when tasks differ
+        # auto | all | encoder | encoder_head: auto = all keys, or encoder.* when tasks differ
+        "init_scope": "auto",
         # Wall-clock budget: after the second epoch the run shortens train.epochs (and its schedule)
         # to what fits, so a poly schedule still ends at zero; null trains train.epochs.
         "time_budget_minutes": None,
@@ -419,7 +420,7 @@ def _check_values(config: dict[str, Any]) -> None:
     choices = {
         "train.optimizer": ("adam", "sgd", "adamw"),
         "train.schedule": ("poly", "step", "constant"),
-        "train.init_scope": ("auto", "all", "encoder"),
+        "train.init_scope": ("auto", "all", "encoder", "encoder_head"),
         "device": ("auto", "cpu", "cuda"),
     }
     for dotted, allowed in choices.items():

@@ -111,3 +111,33 @@ def test_init_from_mismatched_model_is_a_clear_error(tmp_path):
         assert "has shape" in str(exc) and "model.width" in str(exc)
     else:
         raise AssertionError("loading a narrower encoder into a wider model did not fail")
+
+
+def test_encoder_head_scope_keeps_the_decoder_fresh(tmp_path):
+    """A wider skip decoder on a trained encoder and head: ``encoder_head`` loads those two exactly,
+    leaves the decoder at its own initialisation, and ``all`` refuses the resized decoder."""
+    from seg_training.engine.checkpoint import FORMAT, VERSION, save_atomic
+
+    decoder = (("model.output_stride", 32), ("model.aspp_rates", [1, 2, 3]), ("model.decoder", "skip"))
+    torch.manual_seed(0)
+    trained = seg_model("smoke_seg", *decoder, ("model.skip_channels", 8))
+    path = tmp_path / "trained.pt"
+    save_atomic({"format": FORMAT, "version": VERSION, "task": "seg", "model": trained.state_dict()}, path)
+
+    torch.manual_seed(1)
+    wider = seg_model("smoke_seg", *decoder, ("model.skip_channels", 24))
+    decoder_before = {k: v.clone() for k, v in wider.state_dict().items() if k.startswith("decoder.")}
+    assert decoder_before
+    message = init_weights(wider, path, task="seg", scope="encoder_head")
+    assert "(encoder_head)" in message
+    state, source = wider.state_dict(), trained.state_dict()
+    loaded = [k for k in state if k.startswith(("encoder.", "head."))]
+    assert loaded and len(loaded) + len(decoder_before) == len(state)
+    for key in loaded:
+        assert torch.equal(state[key], source[key]), key
+    for key, value in decoder_before.items():
+        assert torch.equal(state[key], value), key
+
+    resized = seg_model("smoke_seg", *decoder, ("model.skip_channels", 24))
+    with pytest.raises(Exception, match="decoder.project"):
+        init_weights(resized, path, task="seg", scope="all")
