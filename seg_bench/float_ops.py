@@ -52,6 +52,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from seg_service import format as gnpk
 from seg_service import kernels
 from seg_service.runtime import PackedModel, RunProfile, load_model, set_num_threads
 
@@ -130,11 +131,26 @@ def _torch_float_op(
 ) -> Callable[[], list[torch.Tensor]]:
     """PyTorch's version of a one-op float step (``plan.FloatOpStep``) on the same inputs."""
     op, kind = step.op, step.kind
-    if kind == "conv2d":
-        x = _nchw(values[op["in"]], layout)
-        w = _conv_weight(step.tensors[op["weight"]], layout)
+    if kind in ("conv2d", "conv2d_u8"):
+        source = values[op["in"]]
+        if kind == "conv2d_u8":  # PyTorch gets the image the integer stem sees: its pixels, normalised
+            pixel_scale = np.asarray(op["pixel_scale"], dtype=np.float32)
+            pixel_zero = np.asarray(op["pixel_zero"], dtype=np.float32)
+            pixels = (
+                source
+                if source.dtype == np.uint8
+                else np.clip(np.rint(source * pixel_scale + pixel_zero), 0, 255)
+            )
+            source = ((pixels.astype(np.float32) - pixel_zero) / pixel_scale).astype(np.float32)
+        x = _nchw(source, layout)
+        # the integer stem against the float conv it stands for (docs/format.md): PyTorch's fp32
+        # conv of the normalised image, the op a float model runs there
+        weight = (
+            gnpk.u8_conv_float_weight(op, step.tensors) if kind == "conv2d_u8" else step.tensors[op["weight"]]
+        )
+        w = _conv_weight(weight, layout)
         b = None if op.get("bias") is None else torch.from_numpy(step.tensors[op["bias"]])
-        stride, padding, dilation, relu = op["stride"], op["padding"], op["dilation"], op["relu"]
+        stride, padding, dilation, relu = op["stride"], op["padding"], op.get("dilation", 1), op["relu"]
 
         def conv() -> list[torch.Tensor]:
             y = F.conv2d(x, w, b, stride=stride, padding=padding, dilation=dilation)

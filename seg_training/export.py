@@ -573,8 +573,10 @@ def export_model(
     size_divisor: int = 32,
     max_side: int = 512,
     extra: dict[str, Any] | None = None,
+    stem_u8: bool = False,
 ) -> str:
-    """Write ``model`` as a packed file at ``out``; returns the file's checksum."""
+    """Write ``model`` as a packed file at ``out``; returns the file's checksum. ``stem_u8``: the
+    stem as an integer conv of the image's u8 pixels (``integer_stem``)."""
     if not isinstance(model, GroupNetSegmentation):
         raise ExportError(f"export supports Group-Net segmentation models, got {type(model).__name__}")
     cfg: ModelConfig = model.cfg
@@ -594,6 +596,8 @@ def export_model(
             f"{len(palette)} palette colours given but the model predicts {num_classes} classes"
         )
     graph, tensors = build_graph(model)
+    if stem_u8:
+        graph, tensors = integer_stem(graph, tensors, mean, std)
     description = {
         "name": name or model_name(cfg),
         "arch": cfg.arch,
@@ -616,6 +620,54 @@ def export_model(
         raise ExportError(str(exc)) from None
 
 
+def integer_stem(
+    graph: dict[str, Any], tensors: dict[str, np.ndarray], mean: Sequence[float], std: Sequence[float]
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The graph with its stem, the float conv that reads the normalised image, as a ``conv2d_u8``
+    (docs/format.md): the weights moved to the pixel scale (w / (255 std)) and rounded per output
+    channel to 7-bit integers (-64 .. 63). Everything else is copied."""
+    name = graph["inputs"][0]
+    stems = [i for i, op in enumerate(graph["ops"]) if name in (op.get("in"), *op.get("ins", []))]
+    if len(stems) != 1 or graph["ops"][stems[0]]["op"] != "conv2d":
+        raise ExportError("an integer stem needs exactly one reader of the image, a float conv2d")
+    index = stems[0]
+    op = graph["ops"][index]
+    weight = tensors[op["weight"]].astype(np.float64)
+    if op["dilation"] != 1 or weight.shape[1] != weight.shape[2] or weight.shape[1] > gnpk.U8_CONV_MAX_KERNEL:
+        raise ExportError(
+            f"the stem conv (kernel {weight.shape[1:3]}, dilation {op['dilation']}) has no integer form"
+        )
+    if len(mean) != weight.shape[3] or len(std) != weight.shape[3]:
+        raise ExportError(f"mean and std need {weight.shape[3]} values, one per input channel")
+    pixel_scale = [255.0 * float(v) for v in std]
+    pixel_zero = [255.0 * float(v) for v in mean]
+    per_pixel = weight / np.asarray(pixel_scale)  # the conv of (p - pixel_zero)
+    low, high = gnpk.U8_CONV_WEIGHT_RANGE
+    peak = np.maximum(per_pixel.max(axis=(1, 2, 3)) / high, per_pixel.min(axis=(1, 2, 3)) / low)
+    scale = np.where(peak > 0, peak, 1.0)
+    q = np.clip(np.rint(per_pixel / scale[:, None, None, None]), low, high).astype(np.int8)
+    tensors = dict(tensors)
+    tensors.pop(op["weight"])
+    tensors[op["weight"] + ".q"] = q
+    tensors[op["weight"] + ".scale"] = scale.astype(np.float32)
+    new_op = {
+        "op": "conv2d_u8",
+        "in": op["in"],
+        "out": op["out"],
+        "weight": op["weight"] + ".q",
+        "scale": op["weight"] + ".scale",
+        "bias": op["bias"],
+        "pixel_scale": pixel_scale,
+        "pixel_zero": pixel_zero,
+        "stride": op["stride"],
+        "padding": op["padding"],
+        "relu": op["relu"],
+    }
+    graph = dict(graph)
+    graph["ops"] = [new_op if i == index else op for i, op in enumerate(graph["ops"])]
+    return graph, tensors
+
+
 def repack_model(
     src: str | Path,
     out: str | Path,
@@ -626,10 +678,12 @@ def repack_model(
     size_divisor: int | None = None,
     max_side: int | None = None,
     postprocess: dict[str, Any] | None | bool = False,
+    stem_u8: bool = False,
 ) -> str:
     """Rewrite a packed file's description (name, class names, palette, input rules, post-processing);
     the graph and tensors are copied bit for bit. Trades speed for accuracy (``max_side``) without the
-    checkpoint. ``postprocess``: a new post-processing object, None to remove it, False to keep it."""
+    checkpoint. ``postprocess``: a new post-processing object, None to remove it, False to keep it.
+    ``stem_u8``: also turn the float stem into the integer one (``integer_stem``)."""
     try:
         packed = gnpk.read_model(src)
     except (gnpk.ModelFormatError, OSError) as exc:
@@ -654,8 +708,13 @@ def repack_model(
         description.pop("postprocess", None)
     elif postprocess is not False:
         description["postprocess"] = postprocess
+    graph, tensors = packed.graph, packed.tensors
+    if stem_u8:
+        graph, tensors = integer_stem(
+            graph, tensors, description["input"]["mean"], description["input"]["std"]
+        )
     try:
-        return gnpk.write_model(out, description, packed.graph, packed.tensors)
+        return gnpk.write_model(out, description, graph, tensors)
     except gnpk.ModelFormatError as exc:
         raise ExportError(str(exc)) from None
 
@@ -683,6 +742,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 size_divisor=args.size_divisor,
                 max_side=args.max_side,
                 postprocess=args.postprocess,
+                stem_u8=args.stem_u8,
             )
         except (ExportError, OSError) as exc:
             print(f"export-model: error: {exc}", file=sys.stderr)
@@ -716,6 +776,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             std=ckpt.get("std") or IMAGENET_STD,
             size_divisor=args.size_divisor or 32,
             max_side=args.max_side or 512,
+            stem_u8=args.stem_u8,
         )
     except (ExportError, OSError) as exc:
         print(f"export-model: error: {exc}", file=sys.stderr)

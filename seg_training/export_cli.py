@@ -83,6 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--size-divisor", type=int, help="inputs are padded to a multiple of this (default 32)"
     )
     parser.add_argument(
+        "--stem-u8",
+        action="store_true",
+        help="store the stem (the float conv that reads the image) as an integer conv of the image's "
+        "u8 pixels with 7-bit weights (format version 3): the same network to about 0.1 IoU point, "
+        "its stem 3-4x faster on AVX-512 VNNI CPUs (docs/format.md, docs/benchmarks.md); works "
+        "with --repack",
+    )
+    parser.add_argument(
         "--postprocess",
         type=parse_postprocess,
         default=False,

@@ -12,11 +12,24 @@ from pathlib import Path
 
 import pytest
 
+from seg_service import kernels
+
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
 SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(params=kernels.available_isas())
+def isa(request: pytest.FixtureRequest):
+    """Forces one ISA path for the test (once per path this CPU has), restoring the previous one
+    afterwards."""
+    previous = kernels.isa()
+    kernels.set_isa(request.param)
+    yield request.param
+    kernels.set_isa(previous)
+
 
 TEST_MODELS = {
     # name: (classes, palette, config overrides)

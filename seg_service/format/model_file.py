@@ -30,11 +30,12 @@ from seg_service.format.layout import packed_words
 from seg_service.format.postprocess import validate_postprocess
 
 FORMAT_NAME = "groupnet-packed"
-FORMAT_VERSION = 2  # the newest version this runtime reads and writes
-# Version 2 adds the optional model key "postprocess" (postprocess.py). A file carries the lowest version
-# that describes it, so files without post-processing stay readable by version-1 readers, and a
-# version-1 reader refuses, rather than silently runs without, a model's post-processing.
-READABLE_VERSIONS = ("1", "2")
+FORMAT_VERSION = 3  # the newest version this runtime reads and writes
+# Version 2 adds the optional model key "postprocess" (postprocess.py); version 3 the op "conv2d_u8"
+# (an integer conv of the input image's 8-bit pixels) and the I8 tensor dtype. A file carries the
+# lowest version that describes it, so files without them stay readable by older readers, and an
+# older reader refuses, rather than silently runs without, what it does not know.
+READABLE_VERSIONS = ("1", "2", "3")
 FILE_EXTENSION = ".gnpk"
 
 # Sanity cap on the JSON header: a larger length field means a corrupt or foreign file.
@@ -62,6 +63,7 @@ MAX_POOL_SIZE = 1024
 _DTYPES: dict[str, np.dtype] = {
     "F32": np.dtype("<f4"),
     "F16": np.dtype("<f2"),
+    "I8": np.dtype("i1"),
     "I32": np.dtype("<i4"),
     "I64": np.dtype("<i8"),
     "U8": np.dtype("u1"),
@@ -81,7 +83,7 @@ class ModelFormatError(ValueError):
 # Field kinds:
 #   "value"      name of a value read by the op        "values"  non-empty list of value names
 #   "out"        name of the value the op writes
-#   "f32" / "u64" name of a tensor in the file with that dtype
+#   "f32" / "u64" / "i8" name of a tensor in the file with that dtype
 #   "int" / "bool" / "floats" / "size"  plain JSON fields ("size": int or [h, w])
 _OP_SCHEMAS: dict[str, dict[str, str]] = {
     "conv2d": {
@@ -92,6 +94,21 @@ _OP_SCHEMAS: dict[str, dict[str, str]] = {
         "stride": "int",
         "padding": "int",
         "dilation": "int",
+        "relu": "bool",
+    },
+    # The input image's pixels p (u8, recovered from the normalised input) times 7-bit integer
+    # weights, summed exactly: out = scale * sum(weight * (p - pixel_zero)) + bias over the taps
+    # inside the input (docs/format.md).
+    "conv2d_u8": {
+        "in": "value",
+        "out": "out",
+        "weight": "i8",
+        "scale": "f32",
+        "bias": "f32",
+        "pixel_scale": "floats",
+        "pixel_zero": "floats",
+        "stride": "int",
+        "padding": "int",
         "relu": "bool",
     },
     "bconv2d": {
@@ -129,6 +146,25 @@ _OPTIONAL_FIELDS: dict[str, dict[str, str]] = {
     "affine": {"residual": "value"},
 }
 SUPPORTED_OPS: tuple[str, ...] = tuple(_OP_SCHEMAS)
+# conv2d_u8: the kernel sizes its integer kernels take, and the weight range that lets AVX2's
+# u8 x s8 pair products (vpmaddubsw) run without saturating: 255 * 64 * 2 = 32640 <= 32767.
+U8_CONV_MAX_KERNEL = 11
+U8_CONV_WEIGHT_RANGE = (-64, 63)
+
+
+def u8_conv_float_weight(op: Mapping[str, Any], tensors: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The float conv2d weight [O, k, k, C] on the normalised input that a ``conv2d_u8`` op computes
+    (docs/format.md): weight * scale[o] * pixel_scale[c]; its bias is the op's bias."""
+    q = tensors[op["weight"]].astype(np.float64)
+    scale = tensors[op["scale"]].astype(np.float64)[:, None, None, None]
+    return (q * scale * np.asarray(op["pixel_scale"], dtype=np.float64)).astype(np.float32)
+
+
+def file_version(model: Mapping[str, Any], graph: Mapping[str, Any]) -> int:
+    """The lowest format version that describes a model (see FORMAT_VERSION)."""
+    if any(isinstance(op, dict) and op.get("op") == "conv2d_u8" for op in graph.get("ops", [])):
+        return 3
+    return 2 if model.get("postprocess") is not None else 1
 
 
 @dataclass
@@ -197,7 +233,7 @@ def encode_model(
     checksum = compute_checksum(
         model_json, graph_json, ((n, _DTYPE_NAMES[a.dtype], a.shape, a.tobytes()) for n, a in arrays.items())
     )
-    version = 2 if model.get("postprocess") is not None else 1
+    version = file_version(model, graph)
     metadata = {
         "format": FORMAT_NAME,
         "format_version": str(version),
@@ -313,6 +349,10 @@ def decode_model(data: bytes | bytearray | memoryview, source: str = "<bytes>") 
     if version == "1" and isinstance(model, dict) and model.get("postprocess") is not None:
         raise ModelFormatError(f"{source}: 'postprocess' needs format version 2, the file says version 1")
     validate_graph(graph, tensors, source)
+    if version in ("1", "2") and file_version(model, graph) == 3:
+        raise ModelFormatError(
+            f"{source}: op 'conv2d_u8' needs format version 3, the file says version {version}"
+        )
     return PackedFile(
         model=model, graph=graph, tensors=tensors, checksum=checksum, file_size=size, metadata=dict(metadata)
     )
@@ -461,6 +501,28 @@ def _check_shapes(kind: str, op: Mapping[str, Any], tensors: Mapping[str, np.nda
         if w.ndim != 4:
             raise ModelFormatError(f"{where}: conv2d weight must be [O, kh, kw, I], got shape {w.shape}")
         vec("bias", w.shape[0])
+    elif kind == "conv2d_u8":
+        w = tensors[op["weight"]]
+        if w.ndim != 4 or w.shape[1] != w.shape[2] or not 1 <= w.shape[1] <= U8_CONV_MAX_KERNEL:
+            raise ModelFormatError(
+                f"{where}: conv2d_u8 weight must be [O, k, k, C] with k from 1 to {U8_CONV_MAX_KERNEL}, "
+                f"got shape {w.shape}"
+            )
+        if w.size and (int(w.min()) < U8_CONV_WEIGHT_RANGE[0] or int(w.max()) > U8_CONV_WEIGHT_RANGE[1]):
+            raise ModelFormatError(
+                f"{where}: conv2d_u8 weights must lie in {list(U8_CONV_WEIGHT_RANGE)}, "
+                f"got {int(w.min())} .. {int(w.max())}"
+            )
+        c = w.shape[3]
+        for key in ("pixel_scale", "pixel_zero"):
+            if len(op[key]) != c:
+                raise ModelFormatError(f"{where}: '{key}' has {len(op[key])} entries for {c} input channels")
+        if not all(0 < v < 1e6 for v in op["pixel_scale"]) or not all(
+            0 <= v <= 255 for v in op["pixel_zero"]
+        ):
+            raise ModelFormatError(f"{where}: 'pixel_scale' must be positive and 'pixel_zero' in [0, 255]")
+        vec("scale", w.shape[0])
+        vec("bias", w.shape[0])
     elif kind == "bconv2d":
         w = tensors[op["weight"]]
         k, c = op["kernel"], op["in_channels"]
@@ -529,7 +591,7 @@ def validate_graph(graph: Any, tensors: Mapping[str, np.ndarray], source: str = 
             elif field_kind == "out":
                 if not isinstance(value, str) or not value:
                     raise ModelFormatError(f"{where}: 'out' must be a value name")
-            elif field_kind in ("f32", "u64"):
+            elif field_kind in ("f32", "u64", "i8"):
                 _check_tensor(value, field_kind, tensors, where)
             elif field_kind == "int":
                 low, high = OP_INT_BOUNDS.get(key, (0, 2**31 - 1))
@@ -577,7 +639,7 @@ def infer_channels(
         where = f"{source}: op #{index} ({kind}, out {op['out']!r})"
         ins = [channels[name] for name in op.get("ins", [])] or [channels[op["in"]]]
         c = ins[0]
-        if kind == "conv2d":
+        if kind in ("conv2d", "conv2d_u8"):
             w = tensors[op["weight"]]
             if w.shape[3] != c:
                 raise ModelFormatError(

@@ -28,6 +28,10 @@ template <>
 const char* dtype_name<uint64_t>() { return "uint64"; }
 template <>
 const char* dtype_name<uint8_t>() { return "uint8"; }
+template <>
+const char* dtype_name<int8_t>() { return "int8"; }
+template <>
+const char* dtype_name<int32_t>() { return "int32"; }
 
 std::string shape_str(const py::array& a) {
     std::string s = "(";
@@ -608,6 +612,26 @@ py::array_t<float> resize_area(const py::handle& x_obj, int64_t out_h, int64_t o
     return run(checked<float>(x_obj, "x", 3));  // float32, or a dtype error naming float32
 }
 
+// x: float32 [h, w, C]; pixel_scale, pixel_zero: float32 [C]. Returns uint8 [h, w, C].
+py::array_t<uint8_t> image_pixels(const py::handle& x_obj, const py::handle& scale_obj, const py::handle& zero_obj) {
+    auto x = checked<float>(x_obj, "x", 3);
+    auto scale = checked<float>(scale_obj, "pixel_scale", 1);
+    auto zero = checked<float>(zero_obj, "pixel_zero", 1);
+    const int64_t h = x.shape(0), w = x.shape(1), c = x.shape(2);
+    SEGK_REQUIRE(c >= 1 && scale.shape(0) == c && zero.shape(0) == c,
+                 "pixel_scale and pixel_zero need one entry per channel of x " + shape_str(x));
+    py::array_t<uint8_t> out({h, w, c});
+    const float* xp = x.data();
+    const float* sp = scale.data();
+    const float* zp = zero.data();
+    uint8_t* op = out.mutable_data();
+    if (h * w * c > 0) {
+        py::gil_scoped_release release;
+        segk::image_pixels(xp, h, w, c, sp, zp, op);
+    }
+    return out;
+}
+
 // image: uint8 or float32 [h, w, C]; scale, offset: float32 [C]. Returns x [padded_h, padded_w, C], or
 // (x, guide [h, w, C]) with with_guide.
 py::object normalize_image(const py::handle& image_obj, const py::handle& scale_obj, const py::handle& offset_obj,
@@ -834,6 +858,71 @@ py::array_t<float> conv2d_direct(const py::handle& x_obj, const py::handle& w_ob
     return out;
 }
 
+// Largest kernel side of conv2d_u8: bounds |acc| <= 11 * 11 * 4 * 255 * 64 < 2^24 (float(acc) exact).
+constexpr int64_t kMaxU8Kernel = 11;
+
+py::array_t<float> conv2d_u8(const py::handle& image_obj, const py::handle& w_obj, const py::handle& scale_obj,
+                             const py::handle& row_class_obj, const py::handle& col_class_obj,
+                             const py::handle& bias_obj, int64_t stride, int64_t padding, bool relu) {
+    auto image = checked<uint8_t>(image_obj, "image", 3);
+    auto w = checked<int8_t>(w_obj, "weight", 4);
+    auto scale = checked<float>(scale_obj, "scale", 1);
+    auto row_class = checked<int32_t>(row_class_obj, "row_class", 1);
+    auto col_class = checked<int32_t>(col_class_obj, "col_class", 1);
+    auto bias = checked<float>(bias_obj, "bias_table", 3);
+    const int64_t h = image.shape(0), width = image.shape(1), c = image.shape(2);
+    SEGK_REQUIRE(h >= 1 && width >= 1 && c >= 1 && c <= 4,
+                 "image must be a non-empty [H, W, C] image with 1 to 4 channels, got " + shape_str(image));
+    const int64_t out_c = w.shape(0), k = w.shape(1);
+    SEGK_REQUIRE(out_c >= 1 && k >= 1 && w.shape(2) == k && w.shape(3) == c,
+                 "weight must be [out_channels, k, k, " + std::to_string(c) + "] with a square kernel, got " +
+                     shape_str(w));
+    require_range(k, 1, kMaxU8Kernel, "kernel");
+    require_range(stride, 1, kMaxStride, "stride");
+    require_range(padding, 0, kMaxPadding, "padding");
+    const int8_t* wp = w.data();
+    const int64_t w_size = w.size();
+    int8_t lo = 0, hi = 0;
+    for (int64_t i = 0; i < w_size; ++i) {
+        lo = std::min(lo, wp[i]);
+        hi = std::max(hi, wp[i]);
+    }
+    SEGK_REQUIRE(lo >= -64 && hi <= 63, "weight values must lie in [-64, 63], got [" + std::to_string(lo) + ", " +
+                                            std::to_string(hi) + "]");
+    SEGK_REQUIRE(scale.shape(0) == out_c, "scale must have " + std::to_string(out_c) + " entries, got " +
+                                              std::to_string(scale.shape(0)));
+    const int64_t out_h = row_class.shape(0), out_w = col_class.shape(0);
+    SEGK_REQUIRE(out_h >= 1 && out_w >= 1, "row_class and col_class must be non-empty (the output size), got " +
+                                               std::to_string(out_h) + "x" + std::to_string(out_w));
+    SEGK_REQUIRE(out_h <= std::numeric_limits<int64_t>::max() / 4 / out_w / out_c,
+                 "output " + std::to_string(out_h) + "x" + std::to_string(out_w) + "x" + std::to_string(out_c) +
+                     " is too large");
+    const int64_t classes_r = bias.shape(0), classes_s = bias.shape(1);
+    SEGK_REQUIRE(classes_r >= 1 && classes_s >= 1 && bias.shape(2) == out_c,
+                 "bias_table must be [R, S, " + std::to_string(out_c) + "] with R, S >= 1, got " + shape_str(bias));
+    const int32_t* rp = row_class.data();
+    const int32_t* cp = col_class.data();
+    for (int64_t y = 0; y < out_h; ++y)
+        SEGK_REQUIRE(rp[y] >= 0 && rp[y] < classes_r, "row_class[" + std::to_string(y) + "] = " +
+                                                          std::to_string(rp[y]) + " is not in [0, " +
+                                                          std::to_string(classes_r) + ")");
+    for (int64_t x = 0; x < out_w; ++x)
+        SEGK_REQUIRE(cp[x] >= 0 && cp[x] < classes_s, "col_class[" + std::to_string(x) + "] = " +
+                                                          std::to_string(cp[x]) + " is not in [0, " +
+                                                          std::to_string(classes_s) + ")");
+    py::array_t<float> out({out_h, out_w, out_c});
+    const uint8_t* ip = image.data();
+    const float* sp = scale.data();
+    const float* bp = bias.data();
+    float* op = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        segk::conv2d_u8(ip, h, width, c, wp, out_c, k, sp, rp, out_h, cp, out_w, bp, classes_s, stride, padding,
+                        relu, op);
+    }
+    return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -963,6 +1052,10 @@ PYBIND11_MODULE(_core, m) {
           "Area (box) resampling of uint8 or float32 [H, W, C] to float32 [out_h, out_w, C], as OpenCV's "
           "INTER_AREA when downscaling: width pass, then height pass (equal bit for bit to "
           "kernels.reference.resize_area).");
+    m.def("image_pixels", &image_pixels, py::arg("x"), py::arg("pixel_scale"), py::arg("pixel_zero"),
+          "The u8 pixels of a normalised image float32 [H, W, C] that an integer stem reads: rint(x * "
+          "pixel_scale + pixel_zero) clipped to [0, 255], the product and the sum each rounded to float32 "
+          "(equal to kernels.reference.image_pixels).");
     m.def("normalize_image", &normalize_image, py::arg("image"), py::arg("scale"), py::arg("offset"),
           py::arg("padded_h"), py::arg("padded_w"), py::arg("with_guide") = false,
           "The network input of an image uint8 or float32 [H, W, C]: float32 [padded_h, padded_w, C] = image * "
@@ -998,6 +1091,18 @@ PYBIND11_MODULE(_core, m) {
           py::arg("padding"), py::arg("dilation"), py::arg("relu"),
           "Float convolution with zero padding, computed directly: x float32 [H, W, C], weight [O, k, k, C], bias "
           "[O] or None -> [Ho, Wo, O]. For few input channels (the RGB stem).");
+    m.def("conv2d_u8", &conv2d_u8, py::arg("image"), py::arg("weight"), py::arg("scale"), py::arg("row_class"),
+          py::arg("col_class"), py::arg("bias_table"), py::arg("stride"), py::arg("padding"), py::arg("relu"),
+          "Integer direct convolution of a uint8 image [H, W, C] (C <= 4) with int8 weights [O, k, k, C] in "
+          "[-64, 63] (k <= 11), zero padding -> float32 [len(row_class), len(col_class), O]: the output size is "
+          "the caller's (input pixels past H and W read as 0). acc = int32 sum of weight * input over the window; "
+          "out = fma(float(acc), scale[o], bias_table[row_class[y], col_class[x], o]) rounded once, max(out, 0) "
+          "if relu. scale float32 [O], row_class / col_class int32, bias_table float32 [R, S, O]. Equal bit for "
+          "bit on every ISA path (AVX-512 VNNI, AVX-512 / AVX2 vpmaddubsw, scalar) and thread count.");
+    m.def(
+        "_set_u8_vnni", [](bool enabled) { return segk::set_u8_vnni(enabled); }, py::arg("enabled"),
+        "Tests only: whether conv2d_u8's avx512 path uses VNNI (only where the CPU has it) or its emulation; "
+        "returns the previous setting.");
     m.def("pack_bits_concat", &pack_bits_concat, py::arg("parts"),
           "pack_bits(np.concatenate(parts, axis=2)) without building the concat: parts are float32 [H, W, C_i] "
           "maps of one size -> uint64 [H, W, ceil(sum C_i / 64)].");

@@ -7,6 +7,7 @@
 // Rounding: v * scale and then + offset, each rounded to float32 (contraction into an FMA is off
 // for this file), and v * float32(1 / 255): bit for bit kernels.reference.normalize_image.
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -104,7 +105,62 @@ void normalize_image_impl(const T* image, int64_t h, int64_t w, int64_t channels
     });
 }
 
+// image_pixels: the u8 pixels an integer stem (conv2d_u8) reads from a normalised input,
+// rint(x * pixel_scale + pixel_zero) clipped to [0, 255]: the product and the sum each rounded to
+// float32 (no contraction, see the pragma above), half to even, as numpy in kernels.reference.
+struct PixelsCall {
+    const float* x;
+    int64_t row_values;  // w * channels
+    const float* scale_row;
+    const float* zero_row;
+    uint8_t* out;
+};
+
+SEGK_ALWAYS_INLINE void pixels_rows_body(const PixelsCall& c, int64_t r0, int64_t r1) {
+    const int64_t n = c.row_values;
+    for (int64_t y = r0; y < r1; ++y) {
+        const float* __restrict src = c.x + y * n;
+        uint8_t* __restrict dst = c.out + y * n;
+        const float* __restrict scale = c.scale_row;
+        const float* __restrict zero = c.zero_row;
+        for (int64_t i = 0; i < n; ++i) {
+            const float product = src[i] * scale[i];
+            const float level = std::nearbyint(product + zero[i]);
+            // np.clip's order (maximum, then minimum)
+            const float low = level < 0.0f ? 0.0f : level;
+            dst[i] = static_cast<uint8_t>(static_cast<int32_t>(low > 255.0f ? 255.0f : low));
+        }
+    }
+}
+
+using PixelsFn = void (*)(const PixelsCall&, int64_t, int64_t);
+SEGK_TARGET("avx512f") void pixels_rows_avx512(const PixelsCall& c, int64_t r0, int64_t r1) {
+    pixels_rows_body(c, r0, r1);
+}
+SEGK_TARGET("avx2") void pixels_rows_avx2(const PixelsCall& c, int64_t r0, int64_t r1) {
+    pixels_rows_body(c, r0, r1);
+}
+void pixels_rows_scalar(const PixelsCall& c, int64_t r0, int64_t r1) { pixels_rows_body(c, r0, r1); }
+
 }  // namespace
+
+void image_pixels(const float* x, int64_t h, int64_t w, int64_t channels, const float* pixel_scale,
+                  const float* pixel_zero, uint8_t* out) {
+    const int64_t row_values = w * channels;
+    std::vector<float> scale_row(static_cast<size_t>(row_values)), zero_row(static_cast<size_t>(row_values));
+    for (int64_t i = 0; i < row_values; ++i) {
+        scale_row[static_cast<size_t>(i)] = pixel_scale[i % channels];
+        zero_row[static_cast<size_t>(i)] = pixel_zero[i % channels];
+    }
+    const PixelsCall call{x, row_values, scale_row.data(), zero_row.data(), out};
+    const PixelsFn fn = for_current_isa<PixelsFn>(pixels_rows_avx512, pixels_rows_avx2, pixels_rows_scalar);
+    const int threads = h * row_values < kMinParallelValues ? 1 : get_num_threads();
+    const int64_t rows_per_item = std::max<int64_t>(1, kValuesPerItem / std::max<int64_t>(1, row_values));
+    parallel_for(threads, (h + rows_per_item - 1) / rows_per_item, [&](int64_t item) {
+        const int64_t r0 = item * rows_per_item;
+        fn(call, r0, std::min(h, r0 + rows_per_item));
+    });
+}
 
 void normalize_image(const uint8_t* image, int64_t h, int64_t w, int64_t channels, const float* scale,
                      const float* offset, int64_t padded_h, int64_t padded_w, float* x, float* guide) {

@@ -136,6 +136,10 @@ void resize_area(const float* x, int64_t h, int64_t w, int64_t c, float* out, in
 // resize; input_prep.cpp): x [padded_h, padded_w, channels] = v * scale[c] + offset[c] (two float32
 // roundings) with zeros past h and w, and, when guide is not nullptr, guide [h, w, channels] =
 // clip(v * float32(1 / 255), 0, 1), the guided filter's guide.
+// The u8 pixels rint(x * pixel_scale + pixel_zero) clipped to [0, 255] of a normalised image
+// x [h, w, channels] (what an integer stem reads; kernels.reference.image_pixels).
+void image_pixels(const float* x, int64_t h, int64_t w, int64_t channels, const float* pixel_scale,
+                  const float* pixel_zero, uint8_t* out);
 void normalize_image(const uint8_t* image, int64_t h, int64_t w, int64_t channels, const float* scale,
                      const float* offset, int64_t padded_h, int64_t padded_w, float* x, float* guide);
 void normalize_image(const float* image, int64_t h, int64_t w, int64_t channels, const float* scale,
@@ -183,6 +187,20 @@ void maxpool2d(const float* x, int64_t h, int64_t w, int64_t c, int64_t kernel, 
 void conv2d_direct(const float* x, int64_t h, int64_t w, int64_t c, const float* weight, int64_t out_c,
                    int64_t kernel, const float* bias, int64_t stride, int64_t padding, int64_t dilation, bool relu,
                    float* out);
+
+// Integer direct convolution of a uint8 image with 7-bit weights (stem_u8.cpp): image [h, w, c]
+// (c <= 4), weight [out_c, k, k, c] int8 in [-64, 63] (k <= 11, dilation 1), zero padding, output
+// [out_h, out_w, out_c] of the caller's size (past the natural size the input reads as zeros):
+// acc = the int32 sum of weight * input over the window, out = fma(float(acc), scale[o],
+// bias_table[row_class[y], col_class[x], o]) rounded once (bias_table [R, classes_s, out_c]), then
+// max(out, 0) if relu. Equal bit for bit on every ISA path and thread count.
+void conv2d_u8(const uint8_t* image, int64_t h, int64_t w, int64_t c, const int8_t* weight, int64_t out_c,
+               int64_t kernel, const float* scale, const int32_t* row_class, int64_t out_h, const int32_t* col_class,
+               int64_t out_w, const float* bias_table, int64_t classes_s, int64_t stride, int64_t padding, bool relu,
+               float* out);
+// Whether conv2d_u8's avx512 path uses AVX-512 VNNI (vpdpbusd) or its emulation (vpmaddubsw +
+// vpmaddwd), for tests of the emulation; true only where the CPU has VNNI. Returns the previous setting.
+bool set_u8_vnni(bool enabled);
 
 // 1x1 float convolution of the channel concatenation of `n_parts` maps (pointwise_conv.cpp): part
 // i is [pixels, part_channels[i]] floats, weight_t [sum of channels, out_c] (input-channel major),

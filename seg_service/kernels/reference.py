@@ -145,6 +145,42 @@ def conv1x1(parts: list[np.ndarray], weight_t: np.ndarray, bias: np.ndarray | No
     return out.astype(np.float32)
 
 
+def conv2d_u8(
+    image: np.ndarray,
+    weight: np.ndarray,
+    scale: np.ndarray,
+    row_class: np.ndarray,
+    col_class: np.ndarray,
+    bias_table: np.ndarray,
+    stride: int,
+    padding: int,
+    relu: bool,
+) -> np.ndarray:
+    """Integer direct convolution of a uint8 image [H, W, C] with int8 weights [O, k, k, C] -> float32
+    [len(row_class), len(col_class), O]. Input pixels outside the image read as 0: the zero padding,
+    and everything past H and W when the output is larger than the conv's natural size. acc = the
+    int64 sum of weight * input over the window; out = acc * scale[o] + bias_table[row_class[y],
+    col_class[x], o] in float64, rounded to float32 (the kernel's single-rounded float32 fma can
+    differ in the last bit), then max(out, 0) if relu. With scale 1 and bias 0, out is float(acc)
+    exactly (|acc| < 2^24)."""
+    h, w, c = image.shape
+    out_c, k = weight.shape[0], weight.shape[1]
+    out_h, out_w = len(row_class), len(col_class)
+    span_h, span_w = (out_h - 1) * stride + k, (out_w - 1) * stride + k
+    padded = np.zeros((span_h, span_w, c), dtype=np.int64)
+    ih, iw = max(0, min(h, span_h - padding)), max(0, min(w, span_w - padding))
+    padded[padding : padding + ih, padding : padding + iw] = image[:ih, :iw]
+    wt = weight.astype(np.int64)
+    acc = np.zeros((out_h, out_w, out_c), dtype=np.int64)
+    rows, cols = (out_h - 1) * stride + 1, (out_w - 1) * stride + 1
+    for ky in range(k):
+        for kx in range(k):
+            acc += padded[ky : ky + rows : stride, kx : kx + cols : stride] @ wt[:, ky, kx, :].T
+    bias = bias_table.astype(np.float64)[np.asarray(row_class)][:, np.asarray(col_class)]
+    out = (acc * scale.astype(np.float64) + bias).astype(np.float32)
+    return np.maximum(out, np.float32(0)) if relu else out
+
+
 def global_avgpool(x: np.ndarray) -> np.ndarray:
     """Mean of [H, W, C] over H and W -> [1, 1, C]: float64 sums (pixel by pixel, as numpy reduces
     a leading axis), divided by the pixel count, rounded to float32 once."""
@@ -273,6 +309,17 @@ def normalize_image(
     if not with_guide:
         return x
     return x, np.clip(img * np.float32(1.0 / 255.0), 0.0, 1.0)
+
+
+def image_pixels(x: np.ndarray, pixel_scale: np.ndarray, pixel_zero: np.ndarray) -> np.ndarray:
+    """The u8 pixels an integer stem reads from a normalised image float32 [H, W, C]:
+    rint(x * pixel_scale + pixel_zero) (the product rounded to float32, then the sum; half to even)
+    clipped to [0, 255]. Exact for an image normalised from u8 pixels."""
+    p = np.asarray(x, dtype=np.float32) * np.asarray(pixel_scale, dtype=np.float32)
+    p += np.asarray(pixel_zero, dtype=np.float32)
+    np.rint(p, out=p)
+    np.clip(p, 0, 255, out=p)
+    return p.astype(np.uint8)
 
 
 # ---- guided filter (the C++ kernel: guided_filter.cpp; used by runtime/refine.py) ------------

@@ -15,7 +15,7 @@ import numpy as np
 
 from seg_service import kernels
 from seg_service.format import validate_graph
-from seg_service.runtime.plan import Step, plan_graph
+from seg_service.runtime.plan import Step, op_reads, plan_graph
 
 PROFILE_ENV = "SEG_PROFILE"
 """Set to 1 to profile every run of every executor and print the profile to stderr at exit."""
@@ -125,6 +125,14 @@ class GraphExecutor:
             return prepared[key]
 
         self.steps: list[Step] = plan_graph(graph, tensors, prepare)
+        # Inputs read only by conv2d_u8 ops, which can take the image's u8 pixels instead of floats
+        # (an upsampling's `like` reads only the size).
+        readers: dict[str, set[str]] = {name: set() for name in self.inputs}
+        for op in self.ops:
+            for name in op_reads(op):
+                if name in readers and name != op.get("like"):
+                    readers[name].add(op["op"])
+        self.pixel_inputs = frozenset(name for name, kinds in readers.items() if kinds == {"conv2d_u8"})
         # Ops that run inside another op's step: lincomb group and chain members after the first,
         # fused concats.
         self.computed_elsewhere = frozenset(range(len(self.ops))) - {step.index for step in self.steps}
@@ -155,7 +163,10 @@ class GraphExecutor:
             raise ValueError(f"missing graph inputs: {', '.join(missing)}")
         values: dict[str, np.ndarray] = {}
         for name in self.inputs:
-            x = np.ascontiguousarray(feeds[name], dtype=np.float32)
+            x = np.asarray(feeds[name])
+            # u8 pixels go straight to an integer stem that alone reads them (PackedModel.predict)
+            pixels = name in self.pixel_inputs and x.dtype == np.uint8
+            x = np.ascontiguousarray(x, dtype=np.uint8 if pixels else np.float32)
             if x.ndim != 3:
                 raise ValueError(f"graph input '{name}' must be [H, W, C], got shape {x.shape}")
             values[name] = x

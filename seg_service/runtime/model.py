@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -12,8 +12,8 @@ from seg_service import kernels
 from seg_service.format import ModelFormatError, PackedFile, infer_channels, read_model
 from seg_service.runtime.allocator import retain_freed_memory
 from seg_service.runtime.executor import GraphExecutor, RunProfile
-from seg_service.runtime.ops import upsample_bilinear
-from seg_service.runtime.plan import Step
+from seg_service.runtime.ops import image_pixels, upsample_bilinear
+from seg_service.runtime.plan import Step, op_reads
 from seg_service.runtime.refine import apply_postprocess
 from seg_service.runtime.resize import resize_area, resize_nearest
 from seg_service.runtime.threads import quiet_blas
@@ -51,6 +51,7 @@ class PackedModel:
             raise ModelFormatError(
                 f"{self.name}: a segmentation graph needs exactly one input and one output"
             )
+        self._pixel_pad = self._pixel_padding(packed.graph)
         # Channel inference over the whole graph: every op gets the channels its tensors expect, and
         # the output has one channel per class.
         channels = infer_channels(packed.graph, packed.tensors, 3, self.name)[self._executor.outputs[0]]
@@ -59,6 +60,25 @@ class PackedModel:
                 f"{self.name}: the graph outputs {channels} channels but the model lists "
                 f"{self.num_classes} classes"
             )
+
+    def _pixel_padding(self, graph: Mapping[str, Any]) -> np.ndarray | None:
+        """With an integer stem (``conv2d_u8``) as the input's only reader, ``predict`` hands it the
+        image's u8 pixels instead of normalised floats, padded with the pixel value the stem reads
+        for a normalised zero: this value per channel. None (floats) when the stem's pixel rules do
+        not give back every u8 value of this model's normalisation, so both routes agree exactly."""
+        name = self._executor.inputs[0]
+        if name not in self._executor.pixel_inputs:
+            return None
+        stems = [op for op in graph["ops"] if op["op"] == "conv2d_u8" and name in op_reads(op)]
+        rules = {(tuple(op["pixel_scale"]), tuple(op["pixel_zero"])) for op in stems}
+        if len(rules) != 1:
+            return None
+        pixel_scale, pixel_zero = (np.asarray(v, dtype=np.float32) for v in rules.pop())
+        levels = np.repeat(np.arange(256, dtype=np.uint8)[:, None, None], 3, axis=2)  # [256, 1, 3]
+        normalised = (levels * self._scale + self._offset).astype(np.float32)
+        if not np.array_equal(image_pixels(normalised, pixel_scale, pixel_zero), levels):
+            return None
+        return image_pixels(np.zeros((1, 1, 3), dtype=np.float32), pixel_scale, pixel_zero)[0, 0]
 
     def dry_run(self) -> None:
         """Segment a small blank image, with and without the post-processing: a graph that passes
@@ -136,14 +156,15 @@ class PackedModel:
 
     def preprocess(self, rgb: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
         """RGB uint8 [H, W, 3] -> (normalised, padded float image, (h, w) before padding)."""
-        x, size, _ = self._prepare(rgb, with_guide=False)
+        x, size, _ = self._prepare(rgb, with_guide=False, pixels=False)
         return x, size
 
     def _prepare(
-        self, rgb: np.ndarray, with_guide: bool
+        self, rgb: np.ndarray, with_guide: bool, pixels: bool = True
     ) -> tuple[np.ndarray, tuple[int, int], np.ndarray | None]:
         """(normalised padded input, (h, w) after the input resize, and with ``with_guide`` the guided
-        filter's guide: the resized image f32 [h, w, 3] scaled to [0, 1], else None)."""
+        filter's guide: the resized image f32 [h, w, 3] scaled to [0, 1], else None). With ``pixels``
+        and an integer stem, the input is the padded u8 image instead (the same network output)."""
         rgb = np.asarray(rgb)
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
             raise ValueError(f"expected an RGB uint8 image of shape [H, W, 3], got {rgb.dtype} {rgb.shape}")
@@ -153,6 +174,22 @@ class PackedModel:
         image = rgb if (h, w) == rgb.shape[:2] else resize_area(rgb, h, w)
         div = self.size_divisor
         ph, pw = -(-h // div) * div, -(-w // div) * div
+        if self._pixel_pad is not None:
+            # An integer stem reads u8 pixels. A resized image (fractional values) is rounded to
+            # them first, on both routes, so forward() on preprocess()'s output gives predict's
+            # logits exactly; its guide keeps the unrounded values, as with a float stem.
+            # the guide: image / 255 clipped, from the image before rounding (x's values are unused)
+            guide = self._guide(image) if with_guide else None
+            if image.dtype != np.uint8:
+                image = np.rint(image, out=image).astype(np.uint8)  # area means of u8 lie in [0, 255]
+            if not pixels:
+                return kernels.normalize_image(image, self._scale, self._offset, ph, pw), (h, w), guide
+            # no normalised copy at all: the stem gets the pixels, padded with its zero level
+            padded = np.empty((ph, pw, 3), dtype=np.uint8)
+            padded[:h, :w] = image
+            padded[h:] = self._pixel_pad
+            padded[:h, w:] = self._pixel_pad
+            return padded, (h, w), guide
         # (v / 255 - mean) / std as v * scale + offset, written into the zero-padded input (and v / 255
         # into the guide) in one pass over the image: numpy's float copy and two stride-3 broadcasts
         # cost ten times more (kernels.reference.normalize_image is the same in numpy)
@@ -160,6 +197,12 @@ class PackedModel:
             x, guide = kernels.normalize_image(image, self._scale, self._offset, ph, pw, with_guide=True)
             return x, (h, w), guide
         return kernels.normalize_image(image, self._scale, self._offset, ph, pw), (h, w), None
+
+    def _guide(self, image: np.ndarray) -> np.ndarray:
+        _, guide = kernels.normalize_image(
+            image, self._scale, self._offset, *image.shape[:2], with_guide=True
+        )
+        return guide
 
     def processed_logits(self, rgb: np.ndarray, flip: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Raw logits f32 [h, w, classes] at the processed size (after the input resize, before any
@@ -179,6 +222,8 @@ class PackedModel:
             # Test-time augmentation: the mirrored image's logits, mirrored back, averaged in. The
             # mirror is taken after preprocessing so both passes see the same resized pixels.
             mirrored = np.zeros_like(x)  # padding stays at the right and bottom, as for x
+            if x.dtype == np.uint8:  # u8 pixels for an integer stem: pad with its zero level
+                mirrored[:] = self._pixel_pad
             mirrored[:h, :w] = x[:h, :w][:, ::-1]
             logits = (logits + self.forward(mirrored)[:h, :w][:, ::-1]) * np.float32(0.5)
         return np.ascontiguousarray(logits), guide

@@ -198,6 +198,95 @@ def conv2d(
     return out
 
 
+def image_pixels(x: np.ndarray, pixel_scale: np.ndarray, pixel_zero: np.ndarray) -> np.ndarray:
+    """The u8 pixels of a normalised image f32 [H, W, C]: rint(x * pixel_scale + pixel_zero),
+    clipped to 0..255. Exact for an image normalised from u8 pixels (the float error is far below
+    half a level); zero padding comes back as rint(pixel_zero)."""
+    return kernels.image_pixels(np.ascontiguousarray(x, dtype=np.float32), pixel_scale, pixel_zero)
+
+
+class ImageConv:
+    """A ``conv2d_u8`` op with its integer weights and border bias tables, arranged once.
+
+    out[y, x, o] = scale[o] * sum over the taps inside the input of weight * (p - pixel_zero) + bias[o]
+    (the float conv of the normalised image it was quantised from, zero padding included). The
+    kernel sums weight * p in integers over the taps inside the input (outside reads 0) and adds,
+    per output pixel, bias[o] - scale[o] * sum(weight * pixel_zero) over the same taps: one value
+    per channel for the interior, and a few more for the borders, where the taps inside the input
+    are a smaller rectangle of the kernel. Those sums are indexed by (row class, column class).
+    """
+
+    def __init__(
+        self,
+        weight: np.ndarray,
+        scale: np.ndarray,
+        bias: np.ndarray,
+        pixel_scale: list[float],
+        pixel_zero: list[float],
+        stride: int,
+        padding: int,
+        relu: bool,
+    ) -> None:
+        self.weight = np.ascontiguousarray(weight, dtype=np.int8)
+        self.scale = np.ascontiguousarray(scale, dtype=np.float32)
+        self.bias = np.asarray(bias, dtype=np.float64)
+        self.pixel_scale = np.asarray(pixel_scale, dtype=np.float32)
+        self.pixel_zero = np.asarray(pixel_zero, dtype=np.float32)
+        self.stride, self.padding, self.relu = stride, padding, relu
+        self.kernel = int(self.weight.shape[1])
+        # sum over channels of weight * pixel_zero per (o, ky, kx), as 2-D prefix sums over (ky, kx)
+        zero_taps = (self.weight.astype(np.float64) * np.asarray(pixel_zero, dtype=np.float64)).sum(axis=3)
+        self._zero_prefix = np.zeros((zero_taps.shape[0], self.kernel + 1, self.kernel + 1))
+        self._zero_prefix[:, 1:, 1:] = zero_taps.cumsum(axis=1).cumsum(axis=2)
+        self._tables: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def _tap_ranges(self, size: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        """Per output position along one axis, the index of its range [k0, k1) of kernel taps that
+        fall inside an input of ``size``, and the distinct ranges."""
+        k, s, pad = self.kernel, self.stride, self.padding
+        n = conv_output_size(size, k, s, pad, 1)
+        start = np.arange(n) * s - pad
+        k0 = np.clip(-start, 0, k)
+        k1 = np.clip(size - start, 0, k)
+        pairs = np.stack([k0, k1], axis=1)
+        distinct, index = np.unique(pairs, axis=0, return_inverse=True)
+        return index.reshape(-1).astype(np.int32), [(int(a), int(b)) for a, b in distinct]
+
+    def tables(self, height: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(row classes, column classes, bias table [rows, cols, O]) for an input of this size."""
+        key = (height, width)
+        cached = self._tables.get(key)
+        if cached is None:
+            rows, row_ranges = self._tap_ranges(height)
+            cols, col_ranges = self._tap_ranges(width)
+            table = np.empty((len(row_ranges), len(col_ranges), self.weight.shape[0]), dtype=np.float32)
+            pre = self._zero_prefix
+            for i, (r0, r1) in enumerate(row_ranges):
+                for j, (c0, c1) in enumerate(col_ranges):
+                    inside = pre[:, r1, c1] - pre[:, r0, c1] - pre[:, r1, c0] + pre[:, r0, c0]
+                    table[i, j] = self.bias - self.scale.astype(np.float64) * inside
+            cached = (rows, cols, table)
+            if len(self._tables) < 16:  # a server sees a few frame sizes; do not grow without bound
+                self._tables[key] = cached
+        return cached
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """x: the normalised image f32 [H, W, C], or its u8 pixels [H, W, C] -> f32 [Ho, Wo, O]."""
+        pixels = x if x.dtype == np.uint8 else image_pixels(x, self.pixel_scale, self.pixel_zero)
+        rows, cols, table = self.tables(pixels.shape[0], pixels.shape[1])
+        return kernels.conv2d_u8(
+            np.ascontiguousarray(pixels),
+            self.weight,
+            self.scale,
+            rows,
+            cols,
+            table,
+            self.stride,
+            self.padding,
+            self.relu,
+        )
+
+
 def pointwise_weight(weight: np.ndarray) -> np.ndarray:
     """A 1x1 conv's weight [O, 1, 1, I] as ``kernels.conv1x1`` reads it: float32 [I, O], contiguous."""
     c_out, c_in = weight.shape[0], weight.shape[3]

@@ -262,6 +262,16 @@ _FLOAT_OPS: dict[str, _FloatOp] = {
     "conv2d": lambda op, t, v: ops.conv2d(
         v[op["in"]], t[op["weight"]], t[op["bias"]], op["stride"], op["padding"], op["dilation"], op["relu"]
     ),
+    "conv2d_u8": lambda op, t, v: ops.ImageConv(
+        t[op["weight"]],
+        t[op["scale"]],
+        t[op["bias"]],
+        op["pixel_scale"],
+        op["pixel_zero"],
+        op["stride"],
+        op["padding"],
+        op["relu"],
+    )(v[op["in"]]),
     "affine": lambda op, t, v: ops.affine(
         v[op["in"]],
         t[op["mul"]],
@@ -362,6 +372,37 @@ class PointwiseConvStep(FloatOpStep):
     def run(self, values: Values, bits: Bits, keep_all: bool) -> None:
         values[self.label] = ops.pointwise_conv(
             values[self.op["in"]], self.weight_t, self.bias, self.op["relu"]
+        )
+
+
+class ImageConvStep(FloatOpStep):
+    """A ``conv2d_u8`` (the integer stem): ``ops.ImageConv`` with its weights and bias tables. Reads
+    the normalised image, or its u8 pixels when ``predict`` passes them."""
+
+    def __init__(self, index: int, op: Mapping[str, Any], tensors: Mapping[str, np.ndarray]) -> None:
+        super().__init__(index, op, tensors)
+        self.conv = ops.ImageConv(
+            tensors[op["weight"]],
+            tensors[op["scale"]],
+            tensors[op["bias"]],
+            op["pixel_scale"],
+            op["pixel_zero"],
+            op["stride"],
+            op["padding"],
+            op["relu"],
+        )
+
+    def run(self, values: Values, bits: Bits, keep_all: bool) -> None:
+        values[self.label] = self.conv(values[self.op["in"]])
+
+    def describe(self, values: Values, bits: Bits) -> tuple[str, int]:
+        out = values[self.label].shape
+        weight = self.tensors[self.op["weight"]].shape
+        src = values[self.op["in"]].shape
+        return (
+            f"{src[0]}x{src[1]}x{weight[3]} u8 -> {out[2]} k{weight[1]}"
+            + (f" s{self.op['stride']}" if self.op["stride"] != 1 else ""),
+            out[0] * out[1] * out[2] * weight[1] * weight[1] * weight[3],
         )
 
 
@@ -700,6 +741,8 @@ def plan_graph(
                 by_index[index] = BinaryConvStep((index,), [op], tensors, prepared)
             elif is_pointwise_conv(op, tensors):
                 by_index[index] = PointwiseConvStep(index, op, tensors)
+            elif op["op"] == "conv2d_u8":
+                by_index[index] = ImageConvStep(index, op, tensors)
             else:
                 by_index[index] = FloatOpStep(index, op, tensors)
     steps = [by_index[i] for i in sorted(by_index)]

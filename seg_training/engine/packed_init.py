@@ -109,7 +109,11 @@ def load_packed_encoder(model: nn.Module, packed: gnpk.PackedFile) -> list[_Fold
         )
 
     with torch.no_grad():
-        stem = need("stem.weight")  # [O, kh, kw, I], BatchNorm folded in
+        stem_u8 = [
+            op for op in packed.graph["ops"] if op["op"] == "conv2d_u8" and op["weight"] == "stem.weight.q"
+        ]
+        # [O, kh, kw, I], BatchNorm folded in (an integer stem: the float weights it stands for)
+        stem = gnpk.u8_conv_float_weight(stem_u8[0], t) if stem_u8 else need("stem.weight")
         if stem.shape != tuple(encoder.conv1.weight.permute(0, 2, 3, 1).shape):
             raise InputError(f"stem weight {stem.shape} does not fit the model's stem")
         encoder.conv1.weight.copy_(torch.from_numpy(np.ascontiguousarray(stem.transpose(0, 3, 1, 2))))

@@ -1,19 +1,10 @@
-"""Shared fixtures of the kernel tests: every test that takes `isa` runs once per ISA path this CPU has."""
+"""Shared fixtures of the kernel tests (`isa`, every ISA path this CPU has, is in tests/conftest.py)."""
 
 from __future__ import annotations
 
 import pytest
 
 from seg_service import kernels
-
-
-@pytest.fixture(params=kernels.available_isas())
-def isa(request: pytest.FixtureRequest):
-    """Forces one ISA path for the test, restoring the previous one afterwards."""
-    previous = kernels.isa()
-    kernels.set_isa(request.param)
-    yield request.param
-    kernels.set_isa(previous)
 
 
 @pytest.fixture

@@ -163,8 +163,8 @@ def test_tampered_graph_field(model_file):
 
 
 def test_wrong_version(tmp_path):
-    path = rewrite(tmp_path, {"format_version": "3"})
-    with pytest.raises(ModelFormatError, match=r"unsupported format version '3'.*reads versions 1, 2"):
+    path = rewrite(tmp_path, {"format_version": "4"})
+    with pytest.raises(ModelFormatError, match=r"unsupported format version '4'.*reads versions 1, 2, 3"):
         gnpk.read_model(path)
 
 

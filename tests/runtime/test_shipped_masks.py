@@ -25,6 +25,9 @@ def numpy_mask(model: PackedModel, rgb: np.ndarray, coefficients=kernels.guided_
     guided filter's coefficients, ``coefficients``, are not numpy)."""
     h, w = model.processed_size(*rgb.shape[:2])
     image = rgb.astype(np.float32) if (h, w) == rgb.shape[:2] else reference.resize_area(rgb, h, w)
+    guide_image = image
+    if model._pixel_pad is not None:  # an integer stem reads the resized image rounded to u8 pixels
+        image = np.rint(image)
     div = model.size_divisor
     x = np.zeros((-(-h // div) * div, -(-w // div) * div, 3), dtype=np.float32)
     inner = x[:h, :w]
@@ -36,7 +39,7 @@ def numpy_mask(model: PackedModel, rgb: np.ndarray, coefficients=kernels.guided_
     gf = spec.get("guided_filter")
     if gf:
         assert model.num_classes == 2, "the shipped filtered model is the two-class one"
-        guide = np.clip(image * np.float32(1.0 / 255.0), 0.0, 1.0)
+        guide = np.clip(guide_image * np.float32(1.0 / 255.0), 0.0, 1.0)
         source = np.clip((logits[..., 1:] - logits[..., :1]) * np.float32(0.5), -gf["clip"], gf["clip"])
         low_h, low_w = -(-h // gf["subsample"]), -(-w // gf["subsample"])
         a, b = coefficients(
