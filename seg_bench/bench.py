@@ -112,6 +112,8 @@ def environment(threads: int) -> dict[str, Any]:
         # the binary kernels' popcount method and how it was chosen (fixed, calibrated or forced)
         "popcount": kernels.dispatch_info()["popcount"],
         "popcount_source": kernels.dispatch_info()["popcount_source"],
+        # the integer stem's dot products (conv2d_u8): vnni, maddubs or scalar
+        "u8_dot": kernels.dispatch_info()["u8_dot"],
         "threads": threads,
         "kernel_threads": kernels.get_num_threads(),
         "torch_threads": torch.get_num_threads(),
@@ -451,8 +453,8 @@ def format_report(env: dict[str, Any], result: dict[str, Any]) -> str:
         f"CPU: {env['cpu']} ({', '.join(env['cpu_flags']) or 'no AVX flags'}; "
         f"{env['logical_cores']} logical cores)",
         f"ISA path: {env['isa']} (available: {', '.join(env['available_isas'])}), popcount "
-        f"{env['popcount']} ({env['popcount_source']}); threads: kernels "
-        f"{env['kernel_threads']}, torch {env['torch_threads']}",
+        f"{env['popcount']} ({env['popcount_source']}), integer stem {env.get('u8_dot', '-')}; "
+        f"threads: kernels {env['kernel_threads']}, torch {env['torch_threads']}",
         "load average (1, 5, 15 min) at start: " + ", ".join(f"{v:.2f}" for v in env["load_average_start"]),
         f"model: {result['model']}  packed file {result['packed_file_mb']:.2f} MB, "
         f"float state dict {result['float_file_mb']:.2f} MB",

@@ -973,11 +973,13 @@ PYBIND11_MODULE(_core, m) {
             d["available_isas"] = segk::available_isas();
             d["available_popcounts"] = segk::available_popcounts();
             d["threads"] = info.threads;
+            d["u8_dot"] = segk::u8_dot_method();
             return d;
         },
         "The kernel path and popcount method in use: {'isa', 'popcount', 'popcount_source' ('calibrated' | "
         "'forced' | 'fixed'), 'calibration_us' (avx2 variants' calibration times, once run), 'available_isas', "
-        "'available_popcounts', 'threads'}.");
+        "'available_popcounts', 'threads', 'u8_dot' (the integer stem's dot products: 'vnni' | 'maddubs' | "
+        "'scalar')}.");
     m.def(
         "set_num_threads",
         [](int n) {

@@ -201,6 +201,9 @@ void conv2d_u8(const uint8_t* image, int64_t h, int64_t w, int64_t c, const int8
 // Whether conv2d_u8's avx512 path uses AVX-512 VNNI (vpdpbusd) or its emulation (vpmaddubsw +
 // vpmaddwd), for tests of the emulation; true only where the CPU has VNNI. Returns the previous setting.
 bool set_u8_vnni(bool enabled);
+// How conv2d_u8 forms its u8 x s8 dot products on the path in use: "vnni" (vpdpbusd), "maddubs"
+// (vpmaddubsw + vpmaddwd) or "scalar".
+std::string u8_dot_method();
 
 // 1x1 float convolution of the channel concatenation of `n_parts` maps (pointwise_conv.cpp): part
 // i is [pixels, part_channels[i]] floats, weight_t [sum of channels, out_c] (input-channel major),

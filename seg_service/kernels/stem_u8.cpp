@@ -299,6 +299,13 @@ struct AlignedFree {
 
 }  // namespace
 
+std::string u8_dot_method() {
+    const std::string path = isa();
+    if (path == "avx512") return g_use_vnni.load() ? "vnni" : "maddubs";
+    if (path == "avx2") return "maddubs";
+    return "scalar";
+}
+
 bool set_u8_vnni(bool enabled) {
     const bool previous = g_use_vnni.load();
     g_use_vnni.store(enabled && cpu_has_vnni());

@@ -311,3 +311,18 @@ def test_image_pixels_equals_numpy(isa, shape):
     np.testing.assert_array_equal(kernels.image_pixels(normalised, pixel_scale, pixel_zero), levels)
     with pytest.raises(ValueError, match="one entry per channel"):
         kernels.image_pixels(x, pixel_scale[:-1] if shape[2] > 1 else np.ones(2, np.float32), pixel_zero)
+
+
+def test_dispatch_info_names_the_dot_products(isa):
+    """``dispatch_info()['u8_dot']``: how the integer stem multiplies on the path in use (seg-bench
+    prints it), following the ISA path and the VNNI switch."""
+    previous = _core._set_u8_vnni(True)
+    has_vnni = _core._set_u8_vnni(previous)  # what the first call set: True only with VNNI
+    avx512 = "vnni" if previous and has_vnni else "maddubs"
+    assert kernels.dispatch_info()["u8_dot"] == {"avx512": avx512, "avx2": "maddubs", "scalar": "scalar"}[isa]
+    if isa == "avx512":
+        _core._set_u8_vnni(False)
+        try:
+            assert kernels.dispatch_info()["u8_dot"] == "maddubs"
+        finally:
+            _core._set_u8_vnni(previous)
