@@ -3,7 +3,10 @@
 // a ^ w are the XOR of the nibbles of a and w: weights and input words come pre-split into
 // low/high nibbles (the driver splits the input once per call), so a step broadcasts two words. Byte counts add up for
 // up to 31 steps (<= 8 per byte per step, so at most 248), then VPSADBW folds them into 64-bit lane
-// totals. Tile: 2 pixels x 16 channels (4 ymm): 8 byte accumulators, weights read from L1.
+// totals. Tile ("lut"): 4 pixels x 8 channels, 8 byte counters; a step's 4 weight vectors (8
+// channels' low and high nibbles) are loaded into registers once and serve the 4 pixels, so a step
+// loads 12 vectors for 32 pixel-channels (the previous 2 pixels x 16 channels tile read each weight
+// vector from L1 once per pixel: 20 loads for as many). A channel block of 16 runs as two halves.
 //
 // Popcount methods ("lut" above; chosen per CPU at run time, dispatch.cpp): the vector units are
 // the only ones working in "lut", while the integer units idle. "mix1" and "mix2" give the last
@@ -16,8 +19,11 @@
 
 #include <immintrin.h>
 
+#include <limits>
+
 #include "bitpack.h"
 #include "conv_job.h"
+#include "isa_dispatch.h"
 
 #define SEGK_AVX2 __attribute__((target("avx2,fma,popcnt")))
 
@@ -26,7 +32,6 @@ namespace {
 
 constexpr int64_t kBlock = 16;  // output channels per weight block (4 ymm of 4 x u64)
 constexpr int kVecs = 4;
-constexpr int kPixels = 2;
 constexpr int64_t kFlushSteps = 31;  // 31 * 8 = 248 <= 255
 
 // Epilogue of one pixel's full block of 16 channels straight from registers (the generic
@@ -51,23 +56,7 @@ SEGK_AVX2 inline void store_full_block(const ConvJob& job, int64_t p, int64_t c0
     }
 }
 
-// One pixel's step of the 2-pixel lut tile: broadcast its two nibble words (pixel "j": operand a0
-// or a1), XOR with the block's 4 low-nibble and 4 high-nibble weight vectors (operand w: 8 ymm),
-// look up, add into the pixel's 4 byte counters. Counters stay in registers: 8 counters + the table
-// + 4 scratch = 13 ymm.
-#define SEGK_LUT_VEC(v, c)                                                                       \
-    "vpxor " #v "*32(%[w]), %%ymm12, %%ymm14\n\t"                                                 \
-    "vpxor 128+" #v "*32(%[w]), %%ymm13, %%ymm15\n\t"                                             \
-    "vpshufb %%ymm14, %[lut], %%ymm14\n\t"                                                       \
-    "vpshufb %%ymm15, %[lut], %%ymm15\n\t"                                                       \
-    "vpaddb %%ymm14, %[" c "], %[" c "]\n\t"                                                      \
-    "vpaddb %%ymm15, %[" c "], %[" c "]\n\t"
-#define SEGK_LUT_PIXEL(j, c0, c1, c2, c3)                                                       \
-    "vpbroadcastq (%[a" j "]), %%ymm12\n\t"                                                       \
-    "vpbroadcastq 8(%[a" j "]), %%ymm13\n\t" SEGK_LUT_VEC(0, c0) SEGK_LUT_VEC(1, c1) SEGK_LUT_VEC(2, c2) \
-        SEGK_LUT_VEC(3, c3)
-
-// Steps [s0, s1) of the lut tile (at most kFlushSteps: byte counters) into `acc`, and with kMix the
+// Steps [s0, s1) of the mix tile (at most kFlushSteps: byte counters) into `acc`, and with kMix the
 // last pixel's channels 8 .. 15 into scalar_count.
 template <int P, bool kIndexed, bool kMix>
 SEGK_AVX2 inline void accumulate_steps(const ConvJob& job, const uint64_t* const* a, const uint64_t* a_raw,
@@ -82,18 +71,6 @@ SEGK_AVX2 inline void accumulate_steps(const ConvJob& job, const uint64_t* const
             const int64_t off = offs[s];
             const __m256i* ws =
                 reinterpret_cast<const __m256i*>(w + (kIndexed ? step_weight[s] : s) * wstep);
-            if constexpr (P == 2 && !kMix) {
-                // The full tile's step in asm: GCC hoisted the broadcasts and XORs ahead and spilled
-                // three of the eight byte counters to the stack (a load and a store each per step).
-                asm(SEGK_LUT_PIXEL("0", "c0", "c1", "c2", "c3") SEGK_LUT_PIXEL("1", "c4", "c5", "c6", "c7")
-                    : [c0] "+x"(acc[0][0]), [c1] "+x"(acc[0][1]), [c2] "+x"(acc[0][2]), [c3] "+x"(acc[0][3]),
-                      [c4] "+x"(acc[P - 1][0]), [c5] "+x"(acc[P - 1][1]), [c6] "+x"(acc[P - 1][2]),
-                      [c7] "+x"(acc[P - 1][3])
-                    : [a0] "r"(a[0] + off), [a1] "r"(a[P - 1] + off), [w] "r"(ws), [lut] "x"(lut), "m"(*ws),
-                      "m"(a[0][off]), "m"(a[P - 1][off])
-                    : "xmm12", "xmm13", "xmm14", "xmm15");
-                continue;
-            }
 #pragma GCC unroll 8
             for (int j = 0; j < P; ++j) {
                 const __m256i a_lo = _mm256_set1_epi64x(static_cast<long long>(a[j][off]));
@@ -215,32 +192,248 @@ SEGK_AVX2 inline void tile_avx2(const ConvJob& job, int64_t cb, int64_t p0, Pixe
     }
 }
 
-// kMix: 0 = "lut" (2-pixel tiles), 1 = "mix1" (1-pixel tiles, channels 8 .. 15 by POPCNT), 2 = "mix2"
-// (2-pixel tiles, the second pixel's channels 8 .. 15 by POPCNT).
-template <bool kIndexed, int kMix>
-SEGK_AVX2 void tile_range_avx2(const ConvJob& job, int64_t cb, int64_t p_begin, int64_t p_end) {
-    if (kMix != 0 && job.out_c - cb * kBlock <= 8) {  // no channels 8 .. 15 in this block
-        tile_range_avx2<kIndexed, 0>(job, cb, p_begin, p_end);
+// --- "lut": tiles of 4 pixels x 8 channels ---
+constexpr int kLutPixels = 4;
+
+// The epilogue's loop-invariant job fields, copied out of the job once per pixel range: read
+// through the job reference after each output store, the compiler reloaded them (a store to a
+// float* may alias the job) and spilled the job pointer.
+struct LutOutputs {
+    const int32_t* n_channel;
+    int32_t* out_int;
+    float* out_f;
+    const float* mul;
+    const float* bias;
+    const float* residual;
+    uint64_t* out_bits;
+    int64_t out_c, out_words;
+    bool relu_before, relu_after;
+    explicit LutOutputs(const ConvJob& job)
+        : n_channel(job.n_channel), out_int(job.out_int), out_f(job.out_f), mul(job.mul), bias(job.bias),
+          residual(job.residual), out_bits(job.out_bits), out_c(job.out_c), out_words(job.out_words),
+          relu_before(job.relu_before), relu_after(job.relu_after) {}
+};
+
+// Pixels p0 .. p0 + P - 1, channels c .. c + 7 (`count` of them real), from the 64-bit lane totals
+// of each pixel's two counter vectors (sums[j][0]: channels c .. c + 3, sums[j][1]: c + 4 .. c + 7):
+// s0 | s1 << 32 holds the counts as 32-bit lanes in the order c, c + 4, c + 1, c + 5, ...; one VPERMD
+// puts them in channel order. The epilogue runs stage by stage over the tile's pixels, each optional
+// stage tested once per tile rather than once per pixel.
+template <int P>
+SEGK_AVX2 SEGK_ALWAYS_INLINE void lut_finish(const ConvJob& job, const LutOutputs& o, int64_t p0, int64_t c,
+                                              int64_t count, const __m256i (&sums)[P][2]) {
+    const __m256i order = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+    const __m256i n = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(o.n_channel + c));
+    __m256i dots[P];
+#pragma GCC unroll 4
+    for (int j = 0; j < P; ++j) {
+        const __m256i counts =
+            _mm256_permutevar8x32_epi32(_mm256_or_si256(sums[j][0], _mm256_slli_epi64(sums[j][1], 32)), order);
+        dots[j] = _mm256_sub_epi32(n, _mm256_add_epi32(counts, counts));
+    }
+    if (count < 8) {
+        alignas(32) int32_t tmp[8];
+#pragma GCC unroll 4
+        for (int j = 0; j < P; ++j) {
+            _mm256_store_si256(reinterpret_cast<__m256i*>(tmp), dots[j]);
+            store_dots(job, p0 + j, c, count, tmp);
+        }
         return;
     }
-    constexpr int P = kMix == 1 ? 1 : kPixels;
+    const int64_t at = p0 * o.out_c + c;
+    if (o.out_int != nullptr) {
+#pragma GCC unroll 4
+        for (int j = 0; j < P; ++j)
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(o.out_int + at + j * o.out_c), dots[j]);
+        return;
+    }
+    // relu_before as a floor under the (integer, so never NaN) dots: 0, or -inf for none.
+    const __m256 zero = _mm256_setzero_ps();
+    const __m256 floor = o.relu_before ? zero : _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+    const __m256 mul = _mm256_loadu_ps(o.mul + c), bias = _mm256_loadu_ps(o.bias + c);
+    __m256 y[P];
+#pragma GCC unroll 4
+    for (int j = 0; j < P; ++j) y[j] = _mm256_fmadd_ps(mul, _mm256_max_ps(_mm256_cvtepi32_ps(dots[j]), floor), bias);
+    if (o.residual != nullptr) {
+        const float* r = o.residual + at;
+#pragma GCC unroll 4
+        for (int j = 0; j < P; ++j) y[j] = _mm256_add_ps(y[j], _mm256_loadu_ps(r + j * o.out_c));
+    }
+    if (o.relu_after) {
+#pragma GCC unroll 4
+        for (int j = 0; j < P; ++j) y[j] = _mm256_max_ps(y[j], zero);
+    }
+    float* out = o.out_f + at;
+#pragma GCC unroll 4
+    for (int j = 0; j < P; ++j) _mm256_storeu_ps(out + j * o.out_c, y[j]);
+    if (o.out_bits != nullptr) {
+        uint8_t* bits = reinterpret_cast<uint8_t*>(o.out_bits + p0 * o.out_words) + c / 8;
+        const int64_t stride = 8 * o.out_words;
+#pragma GCC unroll 4
+        for (int j = 0; j < P; ++j)
+            bits[j * stride] = static_cast<uint8_t>(_mm256_movemask_ps(_mm256_cmp_ps(y[j], zero, _CMP_LT_OQ)));
+    }
+}
+
+// One pixel's step of the 4-pixel tile: broadcast its two nibble words, XOR with the 8 channels'
+// low-nibble (w0, w1) and high-nibble (w2, w3) weight vectors held in registers, look up, add into
+// the pixel's 2 byte counters. 8 counters + 4 weights + the table + 3 scratch = 16 ymm.
+#define SEGK_LUT_LOOKUP(w, b, c)                                                                   \
+    "vpxor %[" w "], %%ymm" b ", %%ymm15\n\t"                                                       \
+    "vpshufb %%ymm15, %[lut], %%ymm15\n\t"                                                         \
+    "vpaddb %%ymm15, %[" c "], %[" c "]\n\t"
+#define SEGK_LUT_PIXEL(j, c0, c1)                                                                  \
+    "vpbroadcastq (%[a" j "],%[off],8), %%ymm13\n\t"                                                \
+    "vpbroadcastq 8(%[a" j "],%[off],8), %%ymm14\n\t" SEGK_LUT_LOOKUP("w0", "13", c0)             \
+        SEGK_LUT_LOOKUP("w2", "14", c0) SEGK_LUT_LOOKUP("w1", "13", c1) SEGK_LUT_LOOKUP("w3", "14", c1)
+
+// Steps [s0, s1) (at most kFlushSteps) of P pixels' channels c .. c + 7 into byte counters. `w`:
+// the block's weights at the low nibbles of channel c (a step's 8 channels: w[0 .. 7] low nibbles,
+// w[16 .. 23] high nibbles; steps 2 * kBlock words apart).
+template <int P, bool kIndexed>
+SEGK_AVX2 SEGK_ALWAYS_INLINE void lut_steps(const ConvJob& job, const uint64_t* const* a, const uint64_t* w,
+                                             int64_t s0, int64_t s1, __m256i (&acc)[P][2]) {
+    const int64_t wstep = 2 * kBlock;
+    const int64_t* step_weight = job.step_weight;
+    const int64_t* offs = job.step_offset;
+    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    for (int64_t s = s0; s < s1; ++s) {
+        const int64_t off = offs[s];
+        const __m256i* ws = reinterpret_cast<const __m256i*>(w + (kIndexed ? step_weight[s] : s) * wstep);
+        const __m256i w0 = _mm256_load_si256(ws), w1 = _mm256_load_si256(ws + 1);
+        const __m256i w2 = _mm256_load_si256(ws + 4), w3 = _mm256_load_si256(ws + 5);
+        if constexpr (P == kLutPixels) {
+            // In asm: the compiler does not keep 16 ymm live without spilling some to the stack. It
+            // reads the input words a[j][off], a[j][off + 1], which nothing writes during a conv
+            // (more "m" operands than asm allows would be needed to name them).
+            asm(SEGK_LUT_PIXEL("0", "c0", "c1") SEGK_LUT_PIXEL("1", "c2", "c3") SEGK_LUT_PIXEL("2", "c4", "c5")
+                    SEGK_LUT_PIXEL("3", "c6", "c7")
+                : [c0] "+x"(acc[0][0]), [c1] "+x"(acc[0][1]), [c2] "+x"(acc[1][0]), [c3] "+x"(acc[1][1]),
+                  [c4] "+x"(acc[2][0]), [c5] "+x"(acc[2][1]), [c6] "+x"(acc[3][0]), [c7] "+x"(acc[3][1])
+                : [a0] "r"(a[0]), [a1] "r"(a[1]), [a2] "r"(a[2]), [a3] "r"(a[3]), [off] "r"(off), [w0] "x"(w0),
+                  [w1] "x"(w1), [w2] "x"(w2), [w3] "x"(w3), [lut] "x"(lut)
+                : "xmm13", "xmm14", "xmm15");
+            continue;
+        }
+#pragma GCC unroll 4
+        for (int j = 0; j < P; ++j) {
+            const __m256i lo = _mm256_set1_epi64x(static_cast<long long>(a[j][off]));
+            const __m256i hi = _mm256_set1_epi64x(static_cast<long long>(a[j][off + 1]));
+            acc[j][0] = _mm256_add_epi8(acc[j][0], _mm256_shuffle_epi8(lut, _mm256_xor_si256(lo, w0)));
+            acc[j][0] = _mm256_add_epi8(acc[j][0], _mm256_shuffle_epi8(lut, _mm256_xor_si256(hi, w2)));
+            acc[j][1] = _mm256_add_epi8(acc[j][1], _mm256_shuffle_epi8(lut, _mm256_xor_si256(lo, w1)));
+            acc[j][1] = _mm256_add_epi8(acc[j][1], _mm256_shuffle_epi8(lut, _mm256_xor_si256(hi, w3)));
+        }
+    }
+}
+
+// P pixels (their first taps' words at a[j]) x channels c .. c + 7 of block cb, through the epilogue.
+template <int P, bool kIndexed>
+SEGK_AVX2 SEGK_ALWAYS_INLINE void lut_tile(const ConvJob& job, const LutOutputs& o, const uint64_t* const* a,
+                                            const uint64_t* w, int64_t p0, int64_t c, int64_t count) {
+    const __m256i zero = _mm256_setzero_si256();
+    __m256i sums[P][2];
+    if (job.steps <= kFlushSteps) {
+        __m256i acc[P][2];
+#pragma GCC unroll 4
+        for (int j = 0; j < P; ++j) acc[j][0] = acc[j][1] = zero;
+        lut_steps<P, kIndexed>(job, a, w, 0, job.steps, acc);
+#pragma GCC unroll 4
+        for (int j = 0; j < P; ++j) {
+            sums[j][0] = _mm256_sad_epu8(acc[j][0], zero);
+            sums[j][1] = _mm256_sad_epu8(acc[j][1], zero);
+        }
+    } else {
+        alignas(32) __m256i total[P][2];  // in memory, as in tile_avx2
+#pragma GCC unroll 4
+        for (int j = 0; j < P; ++j) total[j][0] = total[j][1] = zero;
+        for (int64_t s0 = 0; s0 < job.steps; s0 += kFlushSteps) {
+            const int64_t s1 = std::min(job.steps, s0 + kFlushSteps);
+            __m256i acc[P][2];
+#pragma GCC unroll 4
+            for (int j = 0; j < P; ++j) acc[j][0] = acc[j][1] = zero;
+            lut_steps<P, kIndexed>(job, a, w, s0, s1, acc);
+#pragma GCC unroll 4
+            for (int j = 0; j < P; ++j) {
+                total[j][0] = _mm256_add_epi64(total[j][0], _mm256_sad_epu8(acc[j][0], zero));
+                total[j][1] = _mm256_add_epi64(total[j][1], _mm256_sad_epu8(acc[j][1], zero));
+            }
+            asm volatile("" : : "r"(&total[0][0]) : "memory");
+        }
+#pragma GCC unroll 4
+        for (int j = 0; j < P; ++j) {
+            sums[j][0] = total[j][0];
+            sums[j][1] = total[j][1];
+        }
+    }
+    lut_finish<P>(job, o, p0, c, count, sums);
+}
+
+template <int P, bool kIndexed>
+SEGK_AVX2 SEGK_ALWAYS_INLINE void lut_pixels(const ConvJob& job, const LutOutputs& o, const uint64_t* w,
+                                              int64_t c0, int64_t count, int64_t p, PixelWalker& pixels) {
+    const uint64_t* a[P];
+#pragma GCC unroll 4
+    for (int j = 0; j < P; ++j) {
+        a[j] = job.in + pixels.base();
+        pixels.next();
+    }
+    lut_tile<P, kIndexed>(job, o, a, w, p, c0, std::min<int64_t>(8, count));
+    if (count > 8) lut_tile<P, kIndexed>(job, o, a, w + 8, p, c0 + 8, count - 8);
+}
+
+template <bool kIndexed>
+SEGK_AVX2 void lut_range(const ConvJob& job, int64_t cb, int64_t p_begin, int64_t p_end) {
+    const LutOutputs o(job);
+    const int64_t c0 = cb * kBlock;
+    const int64_t count = std::min(kBlock, job.out_c - c0);
+    const uint64_t* w = job.wblk + cb * job.wblk_steps * 2 * kBlock;
+    PixelWalker pixels(job, p_begin);
+    int64_t p = p_begin;
+    for (; p + kLutPixels <= p_end; p += kLutPixels) lut_pixels<kLutPixels, kIndexed>(job, o, w, c0, count, p, pixels);
+    switch (p_end - p) {
+        case 3: lut_pixels<3, kIndexed>(job, o, w, c0, count, p, pixels); break;
+        case 2: lut_pixels<2, kIndexed>(job, o, w, c0, count, p, pixels); break;
+        case 1: lut_pixels<1, kIndexed>(job, o, w, c0, count, p, pixels); break;
+        default: break;
+    }
+}
+
+// kMix: 1 = "mix1" (1-pixel tiles, channels 8 .. 15 by POPCNT), 2 = "mix2" (2-pixel tiles, the
+// second pixel's channels 8 .. 15 by POPCNT).
+template <bool kIndexed, int kMix>
+SEGK_AVX2 void tile_range_avx2(const ConvJob& job, int64_t cb, int64_t p_begin, int64_t p_end) {
+    static_assert(kMix == 1 || kMix == 2, "the lut method runs lut_range");
+    if (job.out_c - cb * kBlock <= 8) {  // no channels 8 .. 15 in this block
+        lut_range<kIndexed>(job, cb, p_begin, p_end);
+        return;
+    }
+    constexpr int P = kMix == 1 ? 1 : 2;
     int64_t p = p_begin;
     PixelWalker pixels(job, p_begin);
     if (job.steps <= kFlushSteps) {
-        for (; p + P <= p_end; p += P) tile_avx2<P, kIndexed, kMix != 0, true>(job, cb, p, pixels);
-        if (p < p_end) tile_avx2<1, kIndexed, kMix != 0, true>(job, cb, p, pixels);
+        for (; p + P <= p_end; p += P) tile_avx2<P, kIndexed, true, true>(job, cb, p, pixels);
+        if (p < p_end) tile_avx2<1, kIndexed, true, true>(job, cb, p, pixels);
         return;
     }
-    for (; p + P <= p_end; p += P) tile_avx2<P, kIndexed, kMix != 0, false>(job, cb, p, pixels);
-    if (p < p_end) tile_avx2<1, kIndexed, kMix != 0, false>(job, cb, p, pixels);
+    for (; p + P <= p_end; p += P) tile_avx2<P, kIndexed, true, false>(job, cb, p, pixels);
+    if (p < p_end) tile_avx2<1, kIndexed, true, false>(job, cb, p, pixels);
 }
 
 template <int kMix>
 SEGK_AVX2 void conv_tile_avx2(const ConvJob& job, int64_t cb, int64_t p_begin, int64_t p_end) {
-    if (job.step_weight != nullptr)
-        tile_range_avx2<true, kMix>(job, cb, p_begin, p_end);
-    else
-        tile_range_avx2<false, kMix>(job, cb, p_begin, p_end);
+    if constexpr (kMix == 0) {
+        if (job.step_weight != nullptr)
+            lut_range<true>(job, cb, p_begin, p_end);
+        else
+            lut_range<false>(job, cb, p_begin, p_end);
+    } else {
+        if (job.step_weight != nullptr)
+            tile_range_avx2<true, kMix>(job, cb, p_begin, p_end);
+        else
+            tile_range_avx2<false, kMix>(job, cb, p_begin, p_end);
+    }
 }
 
 // 8 floats per compare + VMOVMSKPS, the last word's whole groups of 8 channels included (narrow

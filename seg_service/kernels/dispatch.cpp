@@ -159,7 +159,8 @@ const IsaKernels& resolve(const IsaKernels& path) {
 // helper that starts late or runs on a busier core leaves at most a small item to wait for at the
 // end, but every item keeps at least ~2 M binary MACs (a couple of microseconds) so that claiming it
 // and re-reading its weight block stay cheap. The chunks of a block are made equal and whole
-// multiples of the AVX-512 pixel tile (6; the other paths' tiles divide it).
+// multiples of the AVX-512 pixel tile (6; the avx2 tiles are 1, 2 and 4 pixels, and chunks become
+// whole rows of the map anyway, below).
 int64_t pixel_chunk_length(int64_t blocks, int64_t pixels, double macs_per_pixel_block, int threads) {
     if (threads <= 1) return pixels;
     constexpr int64_t kItemsPerThread = 16, kTile = 6;
@@ -249,6 +250,11 @@ constexpr int64_t kPairedMaxDilation = 4;
 constexpr double kMinParallelMacs = 16e6;
 // Inputs of at least this many bytes are packed / padded on all threads.
 constexpr int64_t kMinParallelInputBytes = int64_t{1} << 20;
+// Nibble-split inputs (avx2) of at least this many bytes are written on all threads of a parallel
+// call: the helpers are awake for the conv anyway. On one thread, the split of a 66x82 padded
+// 80-channel map and the paired, split words of a 32-channel one took several percent of their
+// convs' time on two threads; smaller maps (person's 8x10 to 32x40) ran no faster split in two.
+constexpr int64_t kMinParallelSplitBytes = int64_t{64} << 10;
 
 // Pixels per sub-range of a chain: each base's tiles of the same output pixels follow each other
 // while those outputs (48 x 32 floats per channel block) are still in the L1 cache.
@@ -271,10 +277,22 @@ void run_conv(const uint64_t* a, const float* x, const PreparedWeights* const* p
     // Tiny calls stay on one thread: waking a helper costs more than it saves.
     const int threads = binary_macs < kMinParallelMacs ? 1 : requested_threads;
 
+    // 0. Row-packed tails (avx2, 3x3, the input's last word holding at most kTailRowBits channels,
+    //    e.g. 80 channels = one full word and 16 channels): the lookup path spends as long on a
+    //    partial word as on a full one, so the last words of a kernel row's three taps share one word
+    //    (weight_layout.h): 9 * (words - 1) + 3 steps per output pixel instead of 9 * words (80
+    //    channels: 12 instead of 18). The input's last word of each padded pixel becomes its "row"
+    //    word, own | right << kTailRowBits | right of right << 2 kTailRowBits (taken as zero past
+    //    the map's edge, where no tap reads them), written in step 1; the conv runs over every tap,
+    //    the padding included (one region).
+    const int64_t tail_bits = s.in_channels - (words - 1) * 64;
+    const bool tail_rows = &path == &kAvx2Kernels && k == 3 && tail_bits <= kTailRowBits &&
+                           s.dilation <= kPairedMaxDilation;
+
     // 1. Input bits with the +1 padding as zero words around them (packed from floats, or copied). Only
     //    the border is zeroed: every interior word is written.
     const uint64_t* in = a;
-    const bool need_buffer = x != nullptr || pad > 0;
+    const bool need_buffer = x != nullptr || pad > 0 || tail_rows;
     AlignedWords padded(need_buffer ? static_cast<size_t>(padded_h * padded_w * words) : 0, false);
     if (need_buffer) {
         uint64_t* dst = padded.data();
@@ -295,6 +313,15 @@ void run_conv(const uint64_t* a, const float* x, const PreparedWeights* const* p
             else
                 std::memcpy(row + pad * words, a + y * s.in_w * words,
                             static_cast<size_t>(s.in_w * words) * sizeof(uint64_t));
+            if (tail_rows) {  // in place, left to right: a row word reads the words to its right
+                const int64_t d = s.dilation, last = words - 1;
+                for (int64_t px = 0; px < padded_w; ++px) {
+                    uint64_t word = row[px * words + last];
+                    if (px + d < padded_w) word |= row[(px + d) * words + last] << kTailRowBits;
+                    if (px + 2 * d < padded_w) word |= row[(px + 2 * d) * words + last] << (2 * kTailRowBits);
+                    row[px * words + last] = word;
+                }
+            }
         });
         in = dst;
     }
@@ -307,26 +334,44 @@ void run_conv(const uint64_t* a, const float* x, const PreparedWeights* const* p
     //     kPairedSteps (every tap, the padding included: one region). Neighbours past the map's edge
     //     (never read by a tap whose weight half is nonzero) are taken as zero. On avx512 (VPOPCNTQ
     //     counts whole words too) the 64x80x32 -> 32 conv of a webcam model ran 1.2-1.4x faster.
+    //     On avx2, maps of at most kTailRowBits channels take the row-packed tails of step 0 instead
+    //     (3 steps per pixel).
     const bool paired = (&path == &kAvx2Kernels || &path == &kAvx512Kernels) && k == 3 && words == 1 &&
-                        s.in_channels <= 32 && s.dilation <= kPairedMaxDilation;
+                        s.in_channels <= 32 && s.dilation <= kPairedMaxDilation && !tail_rows;
+    //     Nibble-lookup paths without a POPCNT share (avx2 "lut") get the three words split into
+    //     nibbles (step 1b) in the same pass.
+    constexpr uint64_t kLowNibbles = 0x0F0F0F0F0F0F0F0FULL;
+    const bool split_pairs = paired && kern.nibble_weights && kern.raw_layout == nullptr;
     int64_t pixel_words = words;  // words per padded input pixel as the microkernels read them
-    AlignedWords pair_words(paired ? static_cast<size_t>(padded_h * padded_w * 3) : 0, false);
+    AlignedWords pair_words(paired ? static_cast<size_t>(padded_h * padded_w * (split_pairs ? 6 : 3)) : 0, false);
     if (paired) {
         constexpr uint64_t kLow = 0xFFFFFFFFULL;
         const uint64_t* src = in;
         uint64_t* dst = pair_words.data();
         const int64_t d = s.dilation;
-        parallel_for(padded_h * padded_w * 24 >= kMinParallelInputBytes ? threads : 1, padded_h, [&](int64_t py) {
+        const bool parallel = split_pairs ? padded_h * padded_w * 48 >= kMinParallelSplitBytes
+                                          : padded_h * padded_w * 24 >= kMinParallelInputBytes;
+        parallel_for(parallel ? threads : 1, padded_h, [&](int64_t py) {
             const uint64_t* row = src + py * padded_w;
             const uint64_t* below = py + d < padded_h ? row + d * padded_w : nullptr;
-            uint64_t* to = dst + py * padded_w * 3;
+            uint64_t* to = dst + py * padded_w * (split_pairs ? 6 : 3);
             for (int64_t px = 0; px < padded_w; ++px) {
                 const uint64_t self = row[px] & kLow;
                 const uint64_t right = px + d < padded_w ? row[px + d] & kLow : 0;
                 const uint64_t down = below != nullptr ? below[px] & kLow : 0;
-                to[3 * px] = self | right << 32;
-                to[3 * px + 1] = self | down << 32;
-                to[3 * px + 2] = self;
+                const uint64_t pair_row = self | right << 32, pair_column = self | down << 32;
+                if (split_pairs) {
+                    to[6 * px] = pair_row & kLowNibbles;
+                    to[6 * px + 1] = (pair_row >> 4) & kLowNibbles;
+                    to[6 * px + 2] = pair_column & kLowNibbles;
+                    to[6 * px + 3] = (pair_column >> 4) & kLowNibbles;
+                    to[6 * px + 4] = self & kLowNibbles;
+                    to[6 * px + 5] = (self >> 4) & kLowNibbles;
+                } else {
+                    to[3 * px] = pair_row;
+                    to[3 * px + 1] = pair_column;
+                    to[3 * px + 2] = self;
+                }
             }
         });
         in = dst;
@@ -338,13 +383,16 @@ void run_conv(const uint64_t* a, const float* x, const PreparedWeights* const* p
     //     (word, output channel block) in the inner loop.
     const uint64_t* in_raw = in;  // unsplit words, for the scalar POPCNT share of the avx2 mix variants
     int64_t in_words = words, word_stride = 1;
-    AlignedWords split(kern.nibble_weights ? static_cast<size_t>(2 * padded_h * padded_w * pixel_words) : 0, false);
-    if (kern.nibble_weights) {
-        constexpr uint64_t kLowNibbles = 0x0F0F0F0F0F0F0F0FULL;
+    const bool split_now = kern.nibble_weights && !split_pairs;
+    AlignedWords split(split_now ? static_cast<size_t>(2 * padded_h * padded_w * pixel_words) : 0, false);
+    if (split_pairs) {
+        in_words = 2 * pixel_words;
+        word_stride = 2;
+    } else if (split_now) {
         const uint64_t* src = in;
         uint64_t* dst = split.data();
         const int64_t row_words = padded_w * pixel_words;
-        parallel_for(padded_h * row_words * 8 >= kMinParallelInputBytes ? threads : 1, padded_h, [&](int64_t py) {
+        parallel_for(2 * padded_h * row_words * 8 >= kMinParallelSplitBytes ? threads : 1, padded_h, [&](int64_t py) {
             const uint64_t* from = src + py * row_words;
             uint64_t* to = dst + 2 * py * row_words;
             for (int64_t i = 0; i < row_words; ++i) {
@@ -366,13 +414,14 @@ void run_conv(const uint64_t* a, const float* x, const PreparedWeights* const* p
     //    only its valid taps and starts from that constant (ConvJob::n_channel).
     //    A region narrower than the map is walked row by row, so splitting columns costs more than
     //    splitting rows.
-    //    Paired taps: one region with every tap.
+    //    Paired taps and row-packed tails: one region with every tap.
+    const bool one_region = paired || tail_rows;
     const std::vector<TapRun> row_runs =
-        paired ? std::vector<TapRun>{{0, s.out_h, 0, k}}
-               : merge_runs(tap_runs(s.out_h, s.in_h, k, s.stride, pad, s.dilation), kRowRunCost);
+        one_region ? std::vector<TapRun>{{0, s.out_h, 0, k}}
+                   : merge_runs(tap_runs(s.out_h, s.in_h, k, s.stride, pad, s.dilation), kRowRunCost);
     const std::vector<TapRun> col_runs =
-        paired ? std::vector<TapRun>{{0, s.out_w, 0, k}}
-               : merge_runs(tap_runs(s.out_w, s.in_w, k, s.stride, pad, s.dilation), kColumnRunCost);
+        one_region ? std::vector<TapRun>{{0, s.out_w, 0, k}}
+                   : merge_runs(tap_runs(s.out_w, s.in_w, k, s.stride, pad, s.dilation), kColumnRunCost);
     const int64_t n_all = k * k * s.in_channels;
 
     struct Region {
@@ -400,6 +449,18 @@ void run_conv(const uint64_t* a, const float* x, const PreparedWeights* const* p
                 regions.push_back(std::move(r));
                 continue;
             }
+            if (tail_rows) {  // weight_layout.h's row-packed tail steps
+                const int64_t d = s.dilation, full = words - 1;
+                for (int64_t tap = 0; tap < 9; ++tap)
+                    for (int64_t wd = 0; wd < full; ++wd)
+                        r.step_offset.push_back(((tap / 3) * d * padded_w + (tap % 3) * d) * in_words +
+                                                wd * word_stride);
+                for (int64_t ky = 0; ky < 3; ++ky)
+                    r.step_offset.push_back(ky * d * padded_w * in_words + full * word_stride);
+                for (size_t i = 0; i < r.step_offset.size(); ++i) r.step_weight.push_back(static_cast<int64_t>(i));
+                regions.push_back(std::move(r));
+                continue;
+            }
             for (int64_t ky = ry.k0; ky < ry.k1; ++ky)
                 for (int64_t kx = rx.k0; kx < rx.k1; ++kx)
                     for (int64_t wd = 0; wd < words; ++wd) {
@@ -414,7 +475,9 @@ void run_conv(const uint64_t* a, const float* x, const PreparedWeights* const* p
     int64_t blocks = 0, block = 1;
     for (int64_t j = 0; j < bases; ++j) {
         // 3. weights in this ISA's channel blocks
-        const BlockedWeights& wb = paired ? pws[j]->for_isa_paired(path, threads) : pws[j]->for_isa(path, threads);
+        const BlockedWeights& wb = paired      ? pws[j]->for_isa_paired(path, threads)
+                                   : tail_rows ? pws[j]->for_isa_tail_rows(path, threads)
+                                               : pws[j]->for_isa(path, threads);
         blocks = wb.blocks;
         block = wb.block;
         const int64_t n_padded = wb.blocks * wb.block + 64;
@@ -429,11 +492,12 @@ void run_conv(const uint64_t* a, const float* x, const PreparedWeights* const* p
         base.wblk = wb.words.data();
         base.block = wb.block;
         base.wblk_step = wb.wblk_step;
-        base.wblk_steps = paired ? kPairedSteps : k * k * words;
+        base.wblk_steps = paired ? kPairedSteps : tail_rows ? tail_row_steps(words) : k * k * words;
         if (kern.raw_layout != nullptr) {
             base.in_raw = in_raw;
-            base.wraw = (paired ? pws[j]->for_isa_paired(*kern.raw_layout, threads)
-                                : pws[j]->for_isa(*kern.raw_layout, threads))
+            base.wraw = (paired      ? pws[j]->for_isa_paired(*kern.raw_layout, threads)
+                         : tail_rows ? pws[j]->for_isa_tail_rows(*kern.raw_layout, threads)
+                                     : pws[j]->for_isa(*kern.raw_layout, threads))
                             .words.data();
         }
         base.out_int = out_int;

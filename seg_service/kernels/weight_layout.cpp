@@ -46,6 +46,21 @@ void pair_tap_weights(const uint64_t* w, int64_t out_c, uint64_t* out) {
     }
 }
 
+void tail_row_weights(const uint64_t* w, int64_t out_c, int64_t words, uint64_t* out) {
+    const int64_t full = words - 1, steps = tail_row_steps(words);
+    for (int64_t c = 0; c < out_c; ++c) {
+        const uint64_t* t = w + c * 9 * words;  // t[tap * words + word]
+        uint64_t* o = out + c * steps;
+        for (int64_t tap = 0; tap < 9; ++tap)
+            for (int64_t i = 0; i < full; ++i) o[tap * full + i] = t[tap * words + i];
+        for (int64_t ky = 0; ky < 3; ++ky) {
+            uint64_t row = 0;
+            for (int64_t kx = 0; kx < 3; ++kx) row |= t[(ky * 3 + kx) * words + full] << (kTailRowBits * kx);
+            o[9 * full + ky] = row;
+        }
+    }
+}
+
 PreparedWeights::PreparedWeights(const uint64_t* w, int64_t out_c, int64_t kernel, int64_t words, bool copy)
     : out_c_(out_c), kernel_(kernel), words_(words), raw_(w) {
     if (copy) {
@@ -74,6 +89,19 @@ const BlockedWeights& PreparedWeights::for_isa_paired(const IsaKernels& kern, in
     arrange_weights(kern, paired.data(), out_c_, kPairedSteps, threads, *blocked);
     arranged_paired_.emplace_back(&kern, std::move(blocked));
     return *arranged_paired_.back().second;
+}
+
+const BlockedWeights& PreparedWeights::for_isa_tail_rows(const IsaKernels& kern, int threads) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& entry : arranged_tail_rows_)
+        if (entry.first == &kern) return *entry.second;
+    const int64_t steps = tail_row_steps(words_);
+    std::vector<uint64_t> packed(static_cast<size_t>(out_c_ * steps));
+    tail_row_weights(raw_, out_c_, words_, packed.data());
+    auto blocked = std::make_unique<BlockedWeights>();
+    arrange_weights(kern, packed.data(), out_c_, steps, threads, *blocked);
+    arranged_tail_rows_.emplace_back(&kern, std::move(blocked));
+    return *arranged_tail_rows_.back().second;
 }
 
 const std::vector<int32_t>& PreparedWeights::padded_tap_ones(int64_t ky0, int64_t ky1, int64_t kx0,

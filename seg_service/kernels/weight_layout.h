@@ -60,6 +60,19 @@ constexpr int64_t kPairedSteps = 5;
 // Raw weights [out_c, 9] -> [out_c, kPairedSteps] as above (upper halves of the taps masked off).
 void pair_tap_weights(const uint64_t* w, int64_t out_c, uint64_t* out);
 
+// Row-packed tails of a 3x3 kernel whose input's last word holds at most kTailRowBits channels
+// (e.g. 80 channels: one full word and 16 channels): the three taps of a kernel row share one word
+// for their last words, tap (ky, kx)'s at bit kTailRowBits * kx, so a pixel's 9 taps take
+// 9 * (words - 1) + 3 steps instead of 9 * words:
+//   step (ky * 3 + kx) * (words - 1) + i: word i < words - 1 of tap (ky, kx), as in the plain layout
+//   step 9 * (words - 1) + ky:            last words of taps (ky, 0), (ky, 1), (ky, 2) (the input's
+//                                          "row" word: its own last word and the two to its right)
+constexpr int64_t kTailRowBits = 21;
+constexpr int64_t kTailRowSteps = 3;
+inline int64_t tail_row_steps(int64_t words) { return 9 * (words - 1) + kTailRowSteps; }
+// Raw weights [out_c, 9, words] (last words clean past kTailRowBits) -> [out_c, tail_row_steps(words)].
+void tail_row_weights(const uint64_t* w, int64_t out_c, int64_t words, uint64_t* out);
+
 // Arranges raw weights [out_c, steps] (steps = k * k * words) for `kern`, on up to `threads` threads.
 void arrange_weights(const IsaKernels& kern, const uint64_t* w, int64_t out_c, int64_t steps, int threads,
                      BlockedWeights& out);
@@ -84,6 +97,11 @@ public:
     // and cached like for_isa.
     const BlockedWeights& for_isa_paired(const IsaKernels& kern, int threads) const;
 
+    // 3x3 layers whose input's last word holds at most kTailRowBits channels: the weights of the
+    // row-packed tail steps (tail_row_weights above) arranged for `kern`, built on first use and
+    // cached like for_isa.
+    const BlockedWeights& for_isa_tail_rows(const IsaKernels& kern, int threads) const;
+
     // Per output channel, the mismatches of the +1 padding with the weights of every tap outside
     // rows [ky0, ky1) x columns [kx0, kx1) (the ones of those taps' weight words): what those taps
     // add to the count of a pixel for which they all lie on the padding. Cached per tap window.
@@ -96,6 +114,7 @@ private:
     mutable std::mutex mu_;
     mutable std::vector<std::pair<const IsaKernels*, std::unique_ptr<BlockedWeights>>> arranged_;
     mutable std::vector<std::pair<const IsaKernels*, std::unique_ptr<BlockedWeights>>> arranged_paired_;
+    mutable std::vector<std::pair<const IsaKernels*, std::unique_ptr<BlockedWeights>>> arranged_tail_rows_;
     mutable std::vector<int32_t> tap_ones_;  // [out_c * k * k]: ones of each (channel, tap)'s words
     mutable std::map<std::array<int64_t, 4>, std::vector<int32_t>> padded_tap_ones_;
 };
