@@ -137,9 +137,7 @@ def _torch_float_op(
             pixel_scale = np.asarray(op["pixel_scale"], dtype=np.float32)
             pixel_zero = np.asarray(op["pixel_zero"], dtype=np.float32)
             pixels = (
-                source
-                if source.dtype == np.uint8
-                else np.clip(np.rint(source * pixel_scale + pixel_zero), 0, 255)
+                source if source.dtype == np.uint8 else kernels.image_pixels(source, pixel_scale, pixel_zero)
             )
             source = ((pixels.astype(np.float32) - pixel_zero) / pixel_scale).astype(np.float32)
         x = _nchw(source, layout)

@@ -25,6 +25,26 @@ namespace {
 constexpr int64_t kMinParallelValues = int64_t{1} << 20;
 constexpr int64_t kValuesPerItem = int64_t{1} << 16;
 
+// A per-channel value repeated along a row of `row_values` interleaved values, so the row loops
+// have no channel index.
+std::vector<float> channel_row(const float* per_channel, int64_t row_values, int64_t channels) {
+    std::vector<float> row(static_cast<size_t>(row_values));
+    for (int64_t i = 0; i < row_values; ++i) row[static_cast<size_t>(i)] = per_channel[i % channels];
+    return row;
+}
+
+// fn(r0, r1) over `rows` rows of `row_values` values, in items of about kValuesPerItem values,
+// on all threads once the whole holds kMinParallelValues values or more.
+template <typename Fn>
+void for_row_items(int64_t rows, int64_t row_values, const Fn& fn) {
+    const int threads = rows * row_values < kMinParallelValues ? 1 : get_num_threads();
+    const int64_t rows_per_item = std::max<int64_t>(1, kValuesPerItem / std::max<int64_t>(1, row_values));
+    parallel_for(threads, (rows + rows_per_item - 1) / rows_per_item, [&](int64_t item) {
+        const int64_t r0 = item * rows_per_item;
+        fn(r0, std::min(rows, r0 + rows_per_item));
+    });
+}
+
 template <typename T>
 struct NormalizeCall {
     const T* image;
@@ -87,22 +107,13 @@ template <typename T>
 void normalize_image_impl(const T* image, int64_t h, int64_t w, int64_t channels, const float* scale,
                           const float* offset, int64_t padded_h, int64_t padded_w, float* x, float* guide) {
     const int64_t row_values = w * channels;
-    std::vector<float> scale_row(static_cast<size_t>(row_values)), offset_row(static_cast<size_t>(row_values));
-    for (int64_t i = 0; i < row_values; ++i) {
-        scale_row[static_cast<size_t>(i)] = scale[i % channels];
-        offset_row[static_cast<size_t>(i)] = offset[i % channels];
-    }
+    const std::vector<float> scale_row = channel_row(scale, row_values, channels);
+    const std::vector<float> offset_row = channel_row(offset, row_values, channels);
     const NormalizeCall<T> call{image,          h, row_values, scale_row.data(), offset_row.data(),
                                 1.0f / 255.0f,  x, padded_w * channels, guide};
     const NormalizeFn<T> fn =
         for_current_isa<NormalizeFn<T>>(normalize_rows_avx512<T>, normalize_rows_avx2<T>, normalize_rows_scalar<T>);
-    const int64_t values = padded_h * padded_w * channels;
-    const int threads = values < kMinParallelValues ? 1 : get_num_threads();
-    const int64_t rows_per_item = std::max<int64_t>(1, kValuesPerItem / std::max<int64_t>(1, padded_w * channels));
-    parallel_for(threads, (padded_h + rows_per_item - 1) / rows_per_item, [&](int64_t item) {
-        const int64_t r0 = item * rows_per_item;
-        fn(call, r0, std::min(padded_h, r0 + rows_per_item));
-    });
+    for_row_items(padded_h, padded_w * channels, [&](int64_t r0, int64_t r1) { fn(call, r0, r1); });
 }
 
 // image_pixels: the u8 pixels an integer stem (conv2d_u8) reads from a normalised input,
@@ -147,19 +158,11 @@ void pixels_rows_scalar(const PixelsCall& c, int64_t r0, int64_t r1) { pixels_ro
 void image_pixels(const float* x, int64_t h, int64_t w, int64_t channels, const float* pixel_scale,
                   const float* pixel_zero, uint8_t* out) {
     const int64_t row_values = w * channels;
-    std::vector<float> scale_row(static_cast<size_t>(row_values)), zero_row(static_cast<size_t>(row_values));
-    for (int64_t i = 0; i < row_values; ++i) {
-        scale_row[static_cast<size_t>(i)] = pixel_scale[i % channels];
-        zero_row[static_cast<size_t>(i)] = pixel_zero[i % channels];
-    }
+    const std::vector<float> scale_row = channel_row(pixel_scale, row_values, channels);
+    const std::vector<float> zero_row = channel_row(pixel_zero, row_values, channels);
     const PixelsCall call{x, row_values, scale_row.data(), zero_row.data(), out};
     const PixelsFn fn = for_current_isa<PixelsFn>(pixels_rows_avx512, pixels_rows_avx2, pixels_rows_scalar);
-    const int threads = h * row_values < kMinParallelValues ? 1 : get_num_threads();
-    const int64_t rows_per_item = std::max<int64_t>(1, kValuesPerItem / std::max<int64_t>(1, row_values));
-    parallel_for(threads, (h + rows_per_item - 1) / rows_per_item, [&](int64_t item) {
-        const int64_t r0 = item * rows_per_item;
-        fn(call, r0, std::min(h, r0 + rows_per_item));
-    });
+    for_row_items(h, row_values, [&](int64_t r0, int64_t r1) { fn(call, r0, r1); });
 }
 
 void normalize_image(const uint8_t* image, int64_t h, int64_t w, int64_t channels, const float* scale,

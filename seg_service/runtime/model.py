@@ -177,8 +177,7 @@ class PackedModel:
         if self._pixel_pad is not None:
             # An integer stem reads u8 pixels. A resized image (fractional values) is rounded to
             # them first, on both routes, so forward() on preprocess()'s output gives predict's
-            # logits exactly; its guide keeps the unrounded values, as with a float stem.
-            # the guide: image / 255 clipped, from the image before rounding (x's values are unused)
+            # logits exactly; its guide is taken before rounding, as with a float stem.
             guide = self._guide(image) if with_guide else None
             if image.dtype != np.uint8:
                 image = np.rint(image, out=image).astype(np.uint8)  # area means of u8 lie in [0, 255]

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 
@@ -239,6 +240,20 @@ class ImageConv:
         self._zero_prefix = np.zeros((zero_taps.shape[0], self.kernel + 1, self.kernel + 1))
         self._zero_prefix[:, 1:, 1:] = zero_taps.cumsum(axis=1).cumsum(axis=2)
         self._tables: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    @classmethod
+    def from_op(cls, op: Mapping[str, Any], tensors: Mapping[str, np.ndarray]) -> ImageConv:
+        """The ``conv2d_u8`` op ``op`` of a graph whose tensors are ``tensors``."""
+        return cls(
+            tensors[op["weight"]],
+            tensors[op["scale"]],
+            tensors[op["bias"]],
+            op["pixel_scale"],
+            op["pixel_zero"],
+            op["stride"],
+            op["padding"],
+            op["relu"],
+        )
 
     def _tap_ranges(self, size: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
         """Per output position along one axis, the index of its range [k0, k1) of kernel taps that

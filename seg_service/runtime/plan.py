@@ -262,16 +262,7 @@ _FLOAT_OPS: dict[str, _FloatOp] = {
     "conv2d": lambda op, t, v: ops.conv2d(
         v[op["in"]], t[op["weight"]], t[op["bias"]], op["stride"], op["padding"], op["dilation"], op["relu"]
     ),
-    "conv2d_u8": lambda op, t, v: ops.ImageConv(
-        t[op["weight"]],
-        t[op["scale"]],
-        t[op["bias"]],
-        op["pixel_scale"],
-        op["pixel_zero"],
-        op["stride"],
-        op["padding"],
-        op["relu"],
-    )(v[op["in"]]),
+    "conv2d_u8": lambda op, t, v: ops.ImageConv.from_op(op, t)(v[op["in"]]),
     "affine": lambda op, t, v: ops.affine(
         v[op["in"]],
         t[op["mul"]],
@@ -381,16 +372,7 @@ class ImageConvStep(FloatOpStep):
 
     def __init__(self, index: int, op: Mapping[str, Any], tensors: Mapping[str, np.ndarray]) -> None:
         super().__init__(index, op, tensors)
-        self.conv = ops.ImageConv(
-            tensors[op["weight"]],
-            tensors[op["scale"]],
-            tensors[op["bias"]],
-            op["pixel_scale"],
-            op["pixel_zero"],
-            op["stride"],
-            op["padding"],
-            op["relu"],
-        )
+        self.conv = ops.ImageConv.from_op(op, tensors)  # arranged once, not per call as _FLOAT_OPS does
 
     def run(self, values: Values, bits: Bits, keep_all: bool) -> None:
         values[self.label] = self.conv(values[self.op["in"]])
