@@ -1,4 +1,4 @@
-"""Encoder warm start from a packed model: the rebuilt encoder computes the packed function."""
+"""Warm start from a packed model: the rebuilt encoder (or whole network) computes the packed function."""
 
 from __future__ import annotations
 
@@ -15,11 +15,14 @@ from seg_training.engine.packed_init import (  # noqa: E402
     calibrate,
     encoder_checkpoint,
     load_packed_encoder,
+    load_packed_head,
+    packed_checkpoint,
     sign_weights,
 )
 from seg_training.export import export_model, weight_sign_bits  # noqa: E402
+from seg_service.runtime import load_model  # noqa: E402
 from seg_training.models import create_model  # noqa: E402
-from tests.parity.helpers import load_rgb, normalise, small_model  # noqa: E402
+from tests.parity.helpers import assert_parity, load_rgb, normalise, small_model  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -78,3 +81,54 @@ def test_checkpoint_initialises_another_architecture(tmp_path):
             assert torch.equal(model.state_dict()[key], value)
     with pytest.raises(Exception, match="branches"):
         encoder_checkpoint(tmp_path / "m.gnpk", DATA / "ccp" / "images", branches=4)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        dict(k=2, output_stride=32, head="aspp", decoder="skip"),  # the shipped person network's kind
+        dict(k=3, output_stride=8, head="aspp"),
+        dict(k=2, output_stride=16, head="fcn"),
+        dict(k=2, output_stride=8, head="psp"),
+    ],
+)
+def test_whole_network_from_a_packed_file(config, tmp_path):
+    """--scope all: encoder, head, decoder and classifier rebuilt compute the file's logits, in
+    PyTorch eval mode, before and after the BatchNorm calibration; the checkpoint loads with
+    --train.init_scope all."""
+    original = small_model(seed=6, **config)
+    original.eval()
+    export_model(original, tmp_path / "m.gnpk")
+    packed = gnpk.read_model(tmp_path / "m.gnpk")
+    rebuilt = create_model(dict(packed.model["config"]))
+    folded = load_packed_encoder(rebuilt, packed) + load_packed_head(rebuilt, packed)
+    x = _images()
+    runtime = load_model(tmp_path / "m.gnpk")
+    with torch.no_grad():
+        want = original(x)
+        rebuilt.eval()
+        exact = rebuilt(x)
+        calibrate(rebuilt, folded, x)
+        after = rebuilt(x)
+    for got in (exact, after):
+        for i in range(len(x)):
+            ref = want[i].permute(1, 2, 0).numpy()
+            assert_parity(got[i].permute(1, 2, 0).numpy(), ref, rel_tol=1e-3, what="rebuilt vs original")
+            image = np.ascontiguousarray(x[i].permute(1, 2, 0).numpy())
+            assert_parity(got[i].permute(1, 2, 0).numpy(), runtime.forward(image), rel_tol=1e-3)
+
+    ckpt = packed_checkpoint(tmp_path / "m.gnpk", DATA / "ccp" / "images", count=4, size=64, scope="all")
+    assert ckpt["task"] == "seg"
+    torch.save(ckpt, tmp_path / "all.pt")
+    model = create_model(dict(packed.model["config"]))
+    assert "(all)" in init_weights(model, tmp_path / "all.pt", "seg", "all")
+    model.eval()
+    with torch.no_grad():
+        for i, got in enumerate(model(x)):
+            assert_parity(got.permute(1, 2, 0).numpy(), want[i].permute(1, 2, 0).numpy(), rel_tol=1e-3)
+
+
+def test_whole_network_scope_refuses_fewer_branches(tmp_path):
+    export_model(small_model(seed=7, k=2, output_stride=32, head="fcn"), tmp_path / "m.gnpk")
+    with pytest.raises(Exception, match="--branches changes the encoder only"):
+        packed_checkpoint(tmp_path / "m.gnpk", DATA / "ccp" / "images", branches=1, scope="all")
