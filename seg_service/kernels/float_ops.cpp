@@ -317,9 +317,51 @@ struct MaxPoolCall {
     int64_t out_w, kernel, stride, padding;
 };
 
+// numpy's maximum(acc, v) as the pooling applies it: v wins when larger or NaN, so the first NaN
+// of a window (in tap order) is kept.
+SEGK_ALWAYS_INLINE float max_keep_nan(float acc, float v) { return (v > acc || v != v) ? v : acc; }
+
+// One output pixel, channels in vectors of V held in registers over all taps (c % V == 0): the
+// generic loop below stores and reloads the output after every tap. v replaces acc where
+// max_keep_nan would take it: v > acc (ordered) or v is NaN.
+struct PoolWindow {
+    const float* x;  // the window's first tap
+    int64_t rows, cols, row_stride, c;
+};
+
+#if defined(__x86_64__) || defined(_M_X64)
+SEGK_TARGET("avx512f") SEGK_ALWAYS_INLINE void maxpool_pixel_avx512(const PoolWindow& win, float* o) {
+    for (int64_t k0 = 0; k0 < win.c; k0 += 16) {
+        __m512 acc = _mm512_loadu_ps(win.x + k0);
+        for (int64_t r = 0; r < win.rows; ++r)
+            for (int64_t q = (r == 0 ? 1 : 0); q < win.cols; ++q) {
+                const __m512 v = _mm512_loadu_ps(win.x + r * win.row_stride + q * win.c + k0);
+                const __mmask16 take = _mm512_cmp_ps_mask(v, acc, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+                acc = _mm512_mask_mov_ps(acc, take, v);
+            }
+        _mm512_storeu_ps(o + k0, acc);
+    }
+}
+
+SEGK_TARGET("avx2") SEGK_ALWAYS_INLINE void maxpool_pixel_avx2(const PoolWindow& win, float* o) {
+    for (int64_t k0 = 0; k0 < win.c; k0 += 8) {
+        __m256 acc = _mm256_loadu_ps(win.x + k0);
+        for (int64_t r = 0; r < win.rows; ++r)
+            for (int64_t q = (r == 0 ? 1 : 0); q < win.cols; ++q) {
+                const __m256 v = _mm256_loadu_ps(win.x + r * win.row_stride + q * win.c + k0);
+                const __m256 take = _mm256_or_ps(_mm256_cmp_ps(v, acc, _CMP_GT_OQ), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+                acc = _mm256_blendv_ps(acc, v, take);
+            }
+        _mm256_storeu_ps(o + k0, acc);
+    }
+}
+#endif
+
 // Output rows [r0, r1): the maximum over each window's taps inside the map (padding never wins,
-// as in PyTorch), taken in row-major tap order.
-SEGK_ALWAYS_INLINE void maxpool_rows_body(const MaxPoolCall& m, int64_t r0, int64_t r1) {
+// as in PyTorch), taken in row-major tap order. V > 0: the register-block path when c % V == 0.
+template <int V, typename PixelFn>
+SEGK_ALWAYS_INLINE void maxpool_rows_body(const MaxPoolCall& m, int64_t r0, int64_t r1, PixelFn&& vector_pixel) {
+    const bool blocks = V > 0 && m.c % (V > 0 ? V : 1) == 0;
     for (int64_t y = r0; y < r1; ++y) {
         const int64_t iy0 = std::max<int64_t>(0, y * m.stride - m.padding);
         const int64_t iy1 = std::min(m.h, y * m.stride - m.padding + m.kernel);
@@ -327,31 +369,38 @@ SEGK_ALWAYS_INLINE void maxpool_rows_body(const MaxPoolCall& m, int64_t r0, int6
             const int64_t ix0 = std::max<int64_t>(0, xo * m.stride - m.padding);
             const int64_t ix1 = std::min(m.w, xo * m.stride - m.padding + m.kernel);
             float* __restrict o = m.out + (y * m.out_w + xo) * m.c;
-            bool first = true;
-            for (int64_t iy = iy0; iy < iy1; ++iy)
-                for (int64_t ix = ix0; ix < ix1; ++ix) {
-                    const float* __restrict src = m.x + (iy * m.w + ix) * m.c;
-                    if (first) {
-                        std::memcpy(o, src, static_cast<size_t>(m.c) * sizeof(float));
-                        first = false;
-                    } else {
-                        // NaN propagates, as in numpy's maximum and PyTorch.
-                        for (int64_t k = 0; k < m.c; ++k) o[k] = (src[k] > o[k] || src[k] != src[k]) ? src[k] : o[k];
-                    }
-                }
-            if (first)  // a window entirely on the padding (only with padding >= kernel)
+            if (iy0 >= iy1 || ix0 >= ix1) {  // a window entirely on the padding (only with padding >= kernel)
                 std::fill(o, o + m.c, -std::numeric_limits<float>::infinity());
+                continue;
+            }
+            if (blocks) {
+                vector_pixel(PoolWindow{m.x + (iy0 * m.w + ix0) * m.c, iy1 - iy0, ix1 - ix0, m.w * m.c, m.c}, o);
+                continue;
+            }
+            std::memcpy(o, m.x + (iy0 * m.w + ix0) * m.c, static_cast<size_t>(m.c) * sizeof(float));
+            for (int64_t iy = iy0; iy < iy1; ++iy)
+                for (int64_t ix = (iy == iy0 ? ix0 + 1 : ix0); ix < ix1; ++ix) {
+                    const float* __restrict src = m.x + (iy * m.w + ix) * m.c;
+                    for (int64_t k = 0; k < m.c; ++k) o[k] = max_keep_nan(o[k], src[k]);
+                }
         }
     }
 }
 
+void maxpool_rows_scalar(const MaxPoolCall& m, int64_t r0, int64_t r1) {
+    maxpool_rows_body<0>(m, r0, r1, [](const PoolWindow&, float*) {});
+}
+#if defined(__x86_64__) || defined(_M_X64)
 SEGK_TARGET("avx512f") void maxpool_rows_avx512(const MaxPoolCall& m, int64_t r0, int64_t r1) {
-    maxpool_rows_body(m, r0, r1);
+    maxpool_rows_body<16>(m, r0, r1, maxpool_pixel_avx512);
 }
 SEGK_TARGET("avx2") void maxpool_rows_avx2(const MaxPoolCall& m, int64_t r0, int64_t r1) {
-    maxpool_rows_body(m, r0, r1);
+    maxpool_rows_body<8>(m, r0, r1, maxpool_pixel_avx2);
 }
-void maxpool_rows_scalar(const MaxPoolCall& m, int64_t r0, int64_t r1) { maxpool_rows_body(m, r0, r1); }
+#else
+void maxpool_rows_avx512(const MaxPoolCall& m, int64_t r0, int64_t r1) { maxpool_rows_scalar(m, r0, r1); }
+void maxpool_rows_avx2(const MaxPoolCall& m, int64_t r0, int64_t r1) { maxpool_rows_scalar(m, r0, r1); }
+#endif
 
 // --- Per-channel affine (a BatchNorm left standing) ---------------------------------------------
 

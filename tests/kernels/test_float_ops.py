@@ -287,6 +287,8 @@ def test_conv2d_direct_bad_arguments() -> None:
     "h, w, c, k, stride, padding",
     [
         (256, 256, 64, 3, 2, 1),
+        (128, 160, 32, 3, 2, 1),  # the stem's pool of the person model (register blocks)
+        (6, 9, 8, 3, 2, 1),  # blocks of 8 on avx2, the generic loop on avx512
         (9, 11, 5, 3, 2, 1),
         (1, 7, 3, 1, 1, 0),
         (7, 7, 3, 3, 1, 1),
@@ -299,6 +301,7 @@ def test_maxpool2d_matches_reference(isa: str, threads, h, w, c, k, stride, padd
     kernels.set_num_threads(n_threads)
     x = RNG.standard_normal((h, w, c)).astype(np.float32)
     x[0, 0, 0] = np.nan  # propagates like numpy's maximum
+    x[h // 2, w // 2, c - 1] = np.nan  # a NaN that is not the first tap of its window
     got = kernels.maxpool2d(x, k, stride, padding)
     np.testing.assert_array_equal(got, reference.maxpool2d(x, k, stride, padding))
 
