@@ -10,6 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from seg_service import format as gnpk  # noqa: E402
+from seg_service.runtime import load_model  # noqa: E402
 from seg_training.engine.checkpoint import init_weights  # noqa: E402
 from seg_training.engine.packed_init import (  # noqa: E402
     calibrate,
@@ -20,7 +21,6 @@ from seg_training.engine.packed_init import (  # noqa: E402
     sign_weights,
 )
 from seg_training.export import export_model, weight_sign_bits  # noqa: E402
-from seg_service.runtime import load_model  # noqa: E402
 from seg_training.models import create_model  # noqa: E402
 from tests.parity.helpers import assert_parity, load_rgb, normalise, small_model  # noqa: E402
 
