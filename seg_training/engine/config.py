@@ -90,7 +90,7 @@ SEG_DEFAULTS: dict[str, Any] = {
         "poly_power": 0.9,
         "warmup_epochs": 0.0,
         "grad_clip": None,  # max gradient norm
-        "amp": True,  # autocast: CUDA (bfloat16/float16), CPUs with native bfloat16 (else ignored)
+        "amp": True,  # bfloat16/float16 autocast, CUDA only (ignored on CPU)
         "sync_bn": False,  # SyncBatchNorm under torchrun
         # torch.compile the training step's forward and backward (inductor; needs a C++ compiler):
         # on a 2-core CPU 8 % (2 threads) to 24 % (1 thread) faster person steps after minutes of

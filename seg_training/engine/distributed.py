@@ -78,25 +78,10 @@ def broadcast_object(obj: Any, info: DistInfo) -> Any:
     return box[0]
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 in hardware (AVX-512 BF16 or AMX): there bfloat16
-    autocast makes convolutions faster; elsewhere oneDNN emulates it, slower than float32."""
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
-
-
-def autocast_enabled(device: torch.device, wanted: bool) -> bool:
-    """Whether ``train.amp`` takes effect on ``device``: CUDA, or a CPU with native bfloat16."""
-    return wanted and (device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()))
-
-
 def autocast(info: DistInfo, enabled: bool) -> contextlib.AbstractContextManager[Any]:
-    """bfloat16 autocast on CUDA when supported (no loss scaling needed), else float16; on a CPU
-    with native bfloat16 (see :func:`cpu_has_native_bf16`), bfloat16; other CPUs: none."""
-    if not autocast_enabled(info.device, enabled):
+    """bfloat16 autocast on CUDA when supported (no loss scaling needed), else float16; CPU: none."""
+    if not enabled or info.device.type != "cuda":
         return contextlib.nullcontext()
-    if info.device.type == "cpu":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.autocast("cuda", dtype=dtype)
 

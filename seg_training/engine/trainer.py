@@ -29,7 +29,7 @@ from ..data.errors import InputError
 from . import distributed
 from .checkpoint import CheckpointState, init_weights, load_checkpoint, rng_state, save_atomic, set_rng_state
 from .config import dump_yaml, model_config_for, to_json
-from .distributed import DistInfo, all_gather_objects, all_reduce_sum, autocast, autocast_enabled, unwrap
+from .distributed import DistInfo, all_gather_objects, all_reduce_sum, autocast, unwrap
 from .evaluation import METRIC, METRIC_LABEL, evaluate, without_confusion
 from .loaders import TrainLoader, build_datasets, device_batches, train_loader, val_loader
 from .metrics import SegmentationLoss
@@ -68,7 +68,7 @@ class TrainingParts:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
-    amp: bool  # autocast: CUDA, or a CPU with native bfloat16
+    amp: bool  # autocast on CUDA
     grad_clip: float  # 0: none
 
 
@@ -160,14 +160,11 @@ def build_criterion(config: dict[str, Any], class_weights: list[float] | None = 
     return nn.CrossEntropyLoss(label_smoothing=float(loss_cfg["label_smoothing"]))
 
 
-def precision_of(amp: bool, info: DistInfo) -> str:
-    """How the forward pass computes: the run's first line says it, since train.amp is ignored
-    on CPUs without native bfloat16."""
+def precision_of(amp: bool) -> str:
+    """How the forward pass computes (the run's first lines say it: train.amp is ignored on CPU)."""
     if not amp:
         return "float32"
-    if info.device.type == "cpu" or torch.cuda.is_bf16_supported():
-        return "bfloat16 autocast"
-    return "float16 autocast"
+    return "bfloat16 autocast" if torch.cuda.is_bf16_supported() else "float16 autocast"
 
 
 def build_training_parts(
@@ -180,8 +177,8 @@ def build_training_parts(
 ) -> TrainingParts:
     train_cfg = config["train"]
     optimizer = build_optimizer(model, train_cfg)
-    amp = autocast_enabled(info.device, bool(train_cfg["amp"]))
-    fp16 = amp and info.device.type == "cuda" and not torch.cuda.is_bf16_supported()  # bf16: no scaling
+    amp = bool(train_cfg["amp"]) and info.device.type == "cuda"
+    fp16 = amp and not torch.cuda.is_bf16_supported()  # bfloat16 needs no loss scaling
     return TrainingParts(
         model,
         ddp_model,
@@ -396,7 +393,7 @@ def _train(
     log(describe_settings(config, model_cfg, explicit, out_dir, info.device.type))
     log(
         f"{task}: {len(train_set)} train / {len(val_set)} val images, {len(classes)} classes, "
-        f"world size {info.world_size} on {info.device.type} ({precision_of(parts.amp, info)}), "
+        f"world size {info.world_size} on {info.device.type} ({precision_of(parts.amp)}), "
         f"{iters} steps/epoch -> {out_dir}"
     )
 
