@@ -93,12 +93,9 @@ def load_packed_encoder(model: nn.Module, packed: gnpk.PackedFile) -> list[_Fold
     folded: list[_Folded] = []
 
     def need(name: str) -> np.ndarray:
-        if name not in t:
-            raise InputError(
-                f"{packed.path}: no tensor {name!r}; only group-wise Group-Net encoders with one "
-                "binary conv per branch can be read"
-            )
-        return t[name]
+        return _tensor(
+            packed, name, "only group-wise Group-Net encoders with one binary conv per branch can be read"
+        )
 
     def binary(conv: nn.Module, bn: nn.BatchNorm2d, prefix: str) -> None:
         weight = getattr(conv, "weight", None)
@@ -155,9 +152,12 @@ def load_packed_encoder(model: nn.Module, packed: gnpk.PackedFile) -> list[_Fold
     return folded
 
 
-def _tensor(packed: gnpk.PackedFile, name: str) -> np.ndarray:
+def _tensor(
+    packed: gnpk.PackedFile, name: str, why: str = "the file's head or decoder is not the model's"
+) -> np.ndarray:
+    """A tensor of the file, or an InputError saying which one is missing and ``why``."""
     if name not in packed.tensors:
-        raise InputError(f"{packed.path}: no tensor {name!r}; the file's head or decoder is not the model's")
+        raise InputError(f"{packed.path}: no tensor {name!r}; {why}")
     return packed.tensors[name]
 
 
