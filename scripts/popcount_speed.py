@@ -1,4 +1,4 @@
-"""Popcount methods without AVX-512: in-register ceilings and per-layer speed (not a test).
+"""Popcount methods: in-register ceilings of each kernel path and per-layer speed (not a test).
 
     .venv/bin/python scripts/popcount_speed.py ceilings [--repeats 9] [--seconds 0.05] [--rounds 3]
     .venv/bin/python scripts/popcount_speed.py layers [--isa avx2] [--method lut --method mix2 ...]
@@ -6,7 +6,8 @@
 
 `ceilings` runs kernels.popcount_ceilings: register-only loops of each way to count bits with AVX2
 and the integer units (nibble-table VPSHUFB as the avx2 microkernel does it, the textbook unsplit
-table, Harley-Seal carry-save adders, 64-bit POPCNT, vector + POPCNT mixes), G binary MAC/s per
+table, Harley-Seal carry-save adders, 64-bit POPCNT, vector + POPCNT mixes) and, on a CPU with
+AVX-512 VPOPCNTDQ, the avx512 microkernel's VPXORQ + VPOPCNTQ + VPADDQ step; G binary MAC/s per
 core by the thread's CPU time, median (and range) over `repeats` x `rounds` runs.
 
 `layers` times kernels.bconv2d_float (prepared weights, float in and out, as seg-bench layers
@@ -61,18 +62,24 @@ def cpu_model() -> str:
 def ceilings(args: argparse.Namespace) -> None:
     runs: dict[str, list[float]] = {}
     details: dict[str, str] = {}
+    paths: dict[str, str] = {}
     for _ in range(args.rounds):
         for row in kernels.popcount_ceilings(args.method or [], args.repeats, args.seconds):
             runs.setdefault(row["method"], []).extend(row["gbmacs"])
             details[row["method"]] = row["detail"]
+            paths[row["method"]] = row["isa"]
     if not runs:
-        print("this CPU has no AVX2 + POPCNT: no ceilings")
+        print("this CPU has neither AVX2 + POPCNT nor AVX-512 VPOPCNTDQ: no ceilings")
         return
     print(f"CPU: {cpu_model()}; load average {open('/proc/loadavg').read().split()[:3]}")
-    print(f"{'method':12s} {'median':>8s} {'min':>8s} {'max':>8s}  G binary MAC/s per core (thread CPU time)")
+    print(
+        f"{'method':12s} {'path':6s} {'median':>8s} {'min':>8s} {'max':>8s}  "
+        "G binary MAC/s per core (thread CPU time)"
+    )
     for name, values in runs.items():
         med = statistics.median(values)
-        print(f"{name:12s} {med:8.1f} {min(values):8.1f} {max(values):8.1f}  {details[name]}")
+        spread = f"{med:8.1f} {min(values):8.1f} {max(values):8.1f}"
+        print(f"{name:12s} {paths[name]:6s} {spread}  {details[name]}")
 
 
 def layers(args: argparse.Namespace) -> None:

@@ -10,7 +10,8 @@ import and ``SEG_THREADS`` sets the thread count. The AVX2 path has several ways
 (``available_popcounts``: nibble lookup "lut", lookup + integer POPCNT "mix1"/"mix2"), chosen per
 CPU by a short calibration at its first call; ``SEG_POPCOUNT`` (or ``set_popcount``) forces one.
 ``dispatch_info()`` says which path and method run; ``popcount_ceilings`` measures the in-register
-ceiling of each way on this core (scripts/popcount_speed.py). ``prepare_weights`` arranges a layer's
+ceiling of each way on this core, the AVX-512 path's ``vpopcntq`` step included
+(scripts/popcount_speed.py). ``prepare_weights`` arranges a layer's
 weights for the kernels once (a model does it at load time); the conv functions take the result in
 place of the weight array. ``lincomb_group`` runs the float linear combinations between binary convs
 (a Group-Net block's branch sum and soft gates) in one pass; ``upsample_bilinear`` is the graph's

@@ -1002,6 +1002,7 @@ PYBIND11_MODULE(_core, m) {
             for (const auto& c : res) {
                 py::dict d;
                 d["method"] = c.method;
+                d["isa"] = c.isa;
                 d["detail"] = c.detail;
                 d["gbmacs"] = c.gbmacs;
                 out.append(d);
@@ -1009,8 +1010,9 @@ PYBIND11_MODULE(_core, m) {
             return out;
         },
         py::arg("methods") = std::vector<std::string>{}, py::arg("repeats") = 7, py::arg("seconds") = 0.05,
-        "In-register ceilings of the AVX2-era popcount methods on this core: [{'method', 'detail', 'gbmacs': "
-        "[G binary MAC/s per repeat, by thread CPU time]}]; empty without AVX2 + POPCNT.");
+        "In-register ceilings of the ways to count bits on this core: [{'method', 'isa' (the kernel path it "
+        "bounds: 'avx2' or 'avx512'), 'detail', 'gbmacs': [G binary MAC/s per repeat, by thread CPU time]}]; the "
+        "avx2 methods need AVX2 + POPCNT, 'vpopcntq' AVX-512 VPOPCNTDQ (empty on a CPU with neither).");
     py::class_<PyPreparedWeights>(
         m, "PreparedWeights",
         "Binary conv weights arranged once for the kernels (kernels.prepare_weights); pass it as `w` to the "

@@ -34,11 +34,12 @@ DispatchInfo dispatch_info();
 void set_num_threads(int n);
 int get_num_threads();
 
-// In-register ceilings of the ways to count bits without AVX-512 (popcount_probe.cpp): per method,
-// G binary MAC/s on one core (thread CPU time), one value per repeat of about `seconds`. `names`
-// empty: every method. Empty result where the CPU lacks AVX2 + POPCNT.
+// In-register ceilings of the ways to count bits (popcount_probe.cpp): per method, G binary MAC/s
+// on one core (thread CPU time), one value per repeat of about `seconds`. `names` empty: every
+// method this CPU runs (the avx2 path's with AVX2 + POPCNT, the avx512 path's with AVX-512
+// VPOPCNTDQ); `isa` is the kernel path a method's ceiling is for.
 struct PopcountCeiling {
-    std::string method, detail;
+    std::string method, isa, detail;
     std::vector<double> gbmacs;
 };
 std::vector<PopcountCeiling> popcount_ceilings(const std::vector<std::string>& names, int repeats, double seconds);

@@ -1,4 +1,4 @@
-// In-register ceilings of the AVX2-era ways to count bits (kernels.popcount_ceilings): each method
+// In-register ceilings of the ways to count bits (kernels.popcount_ceilings): each method
 // runs a loop that only XORs "activation" words with "weight" words held in registers and counts the
 // bits of the result, as a binary conv's inner loop does, with no memory traffic. The activation
 // registers go through an empty asm statement before each use, so the compiler must treat them as
@@ -6,7 +6,7 @@
 // instruction. One XOR-popcount bit = one binary MAC. Timed by this thread's CPU time (the machine
 // may be shared), several repeats each, so the caller can take medians.
 //
-// Methods (each x86-64 one needs AVX2 + POPCNT):
+// Methods of the avx2 path (measured where that path runs: AVX2, FMA, POPCNT):
 //   lut     the AVX2 microkernel's way: inputs pre-split into nibbles, per 256 bits 2 VPXOR +
 //           2 VPSHUFB (16-entry table) + 2 VPADDB into byte counters, VPSADBW every 31 steps.
 //           Tile as the kernel: 8 ymm counters (2 pixels x 16 channels).
@@ -18,6 +18,9 @@
 //   mix_V+S the lut loop on V ymm counters and S scalar POPCNT words in the same loop body, so the
 //           vector and integer units work at once; several ratios, among them the avx2 "mix1"
 //           (2+8) and "mix2" (6+8) microkernels' steps.
+// Method of the avx512 path (measured where that path runs: AVX-512 F/BW/VL/DQ + VPOPCNTDQ):
+//   vpopcntq the avx512 microkernel's step: per pixel a broadcast activation XOR 4 weight zmm,
+//           VPOPCNTQ, VPADDQ into 24 zmm counters (6 pixels x 32 channels).
 #include "kernels.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -210,8 +213,42 @@ SEGK_PROBE uint64_t run_scalar(int64_t iters) {
     return s0 + s1 + s2 + s3;
 }
 
+// --- vpopcntq: the avx512 tile (bconv_avx512.cpp) in registers, 6 pixels x 4 zmm of 8 channels.
+// Bits per call: iters * 6 * 4 * 512.
+#define SEGK_PROBE_AVX512 __attribute__((target("avx512f,avx512vpopcntdq"), noinline))
+#define SEGK_FRESH_Z(x) asm volatile("" : "+v"(x))
+
+SEGK_PROBE_AVX512 uint64_t run_vpopcntq(int64_t iters) {
+    constexpr int kPixels = 6, kVecs = 4;
+    __m512i w[kVecs];
+    for (int v = 0; v < kVecs; ++v)
+        w[v] = _mm512_set1_epi64(static_cast<long long>(0x0123456789abcdefULL * static_cast<uint64_t>(v + 1)));
+    __m512i a = _mm512_set1_epi64(static_cast<long long>(0x9e3779b97f4a7c15ULL));
+    __m512i acc[kPixels][kVecs];
+    for (int j = 0; j < kPixels; ++j)
+        for (int v = 0; v < kVecs; ++v) acc[j][v] = _mm512_setzero_si512();
+    for (int64_t it = 0; it < iters; ++it) {
+#pragma GCC unroll 6
+        for (int j = 0; j < kPixels; ++j) {
+            SEGK_FRESH_Z(a);  // the next pixel's broadcast
+#pragma GCC unroll 4
+            for (int v = 0; v < kVecs; ++v)
+                acc[j][v] = _mm512_add_epi64(acc[j][v], _mm512_popcnt_epi64(_mm512_xor_si512(a, w[v])));
+        }
+    }
+    __m512i total = _mm512_setzero_si512();
+    for (int j = 0; j < kPixels; ++j)
+        for (int v = 0; v < kVecs; ++v) total = _mm512_add_epi64(total, acc[j][v]);
+    alignas(64) uint64_t lanes[8];
+    _mm512_store_si512(lanes, total);
+    uint64_t sum = 0;
+    for (const uint64_t lane : lanes) sum += lane;
+    return sum;
+}
+
 struct Method {
     const char* name;
+    const char* isa;  // the kernel path whose ceiling it is; measured where that path runs
     const char* detail;
     double bits_per_iter;
     uint64_t (*run)(int64_t);
@@ -219,26 +256,23 @@ struct Method {
 
 const std::vector<Method>& methods() {
     static const std::vector<Method> list = {
-        {"lut", "nibble-split VPSHUFB, 8 ymm counters (2 px x 16 ch) per step: the avx2 'lut' microkernel's loop",
+        {"lut", "avx2", "nibble-split VPSHUFB, 8 ymm counters (2 px x 16 ch) per step: the avx2 'lut' microkernel's loop",
          31.0 * 8 * 256, run_lut_mix<8, 0>},
-        {"lut8", "VPSHUFB on unsplit words (shift + 2 AND per vector), 4 ymm per step", 31.0 * 4 * 256, run_lut8},
-        {"hs", "Harley-Seal CSA over 16 ymm, VPSHUFB for the 16s only", 16.0 * 256, run_hs},
-        {"scalar", "64-bit POPCNT on the integer units (XOR + POPCNT + ADD per word)", 8.0 * 64, run_scalar},
-        {"mix_2+8", "lut 2 ymm + 8 POPCNT words per step: the 'mix1' microkernel's loop", 31.0 * (2 * 256 + 8 * 64),
+        {"lut8", "avx2", "VPSHUFB on unsplit words (shift + 2 AND per vector), 4 ymm per step", 31.0 * 4 * 256, run_lut8},
+        {"hs", "avx2", "Harley-Seal CSA over 16 ymm, VPSHUFB for the 16s only", 16.0 * 256, run_hs},
+        {"scalar", "avx2", "64-bit POPCNT on the integer units (XOR + POPCNT + ADD per word)", 8.0 * 64, run_scalar},
+        {"mix_2+8", "avx2", "lut 2 ymm + 8 POPCNT words per step: the 'mix1' microkernel's loop", 31.0 * (2 * 256 + 8 * 64),
          run_lut_mix<2, 8>},
-        {"mix_6+8", "lut 6 ymm + 8 POPCNT words per step: the 'mix2' microkernel's loop", 31.0 * (6 * 256 + 8 * 64),
+        {"mix_6+8", "avx2", "lut 6 ymm + 8 POPCNT words per step: the 'mix2' microkernel's loop", 31.0 * (6 * 256 + 8 * 64),
          run_lut_mix<6, 8>},
-        {"mix_4+4", "lut 4 ymm + 4 POPCNT words per step", 31.0 * (4 * 256 + 4 * 64), run_lut_mix<4, 4>},
-        {"mix_4+8", "lut 4 ymm + 8 POPCNT words per step", 31.0 * (4 * 256 + 8 * 64), run_lut_mix<4, 8>},
-        {"mix_2+16", "lut 2 ymm + 16 POPCNT words per step", 31.0 * (2 * 256 + 16 * 64), run_lut_mix<2, 16>},
-        {"mix_8+8", "lut 8 ymm + 8 POPCNT words per step", 31.0 * (8 * 256 + 8 * 64), run_lut_mix<8, 8>},
+        {"mix_4+4", "avx2", "lut 4 ymm + 4 POPCNT words per step", 31.0 * (4 * 256 + 4 * 64), run_lut_mix<4, 4>},
+        {"mix_4+8", "avx2", "lut 4 ymm + 8 POPCNT words per step", 31.0 * (4 * 256 + 8 * 64), run_lut_mix<4, 8>},
+        {"mix_2+16", "avx2", "lut 2 ymm + 16 POPCNT words per step", 31.0 * (2 * 256 + 16 * 64), run_lut_mix<2, 16>},
+        {"mix_8+8", "avx2", "lut 8 ymm + 8 POPCNT words per step", 31.0 * (8 * 256 + 8 * 64), run_lut_mix<8, 8>},
+        {"vpopcntq", "avx512", "VPXORQ + VPOPCNTQ + VPADDQ per zmm, 24 zmm counters (6 px x 32 ch): the avx512 microkernel's step",
+         6.0 * 4 * 512, run_vpopcntq},
     };
     return list;
-}
-
-bool cpu_ok() {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt");
 }
 
 #endif  // x86-64
@@ -248,12 +282,14 @@ bool cpu_ok() {
 std::vector<PopcountCeiling> popcount_ceilings(const std::vector<std::string>& names, int repeats, double seconds) {
     std::vector<PopcountCeiling> out;
 #if defined(__x86_64__) || defined(_M_X64)
-    if (!cpu_ok()) return out;
+    const std::vector<std::string> paths = available_isas();  // the CPU checks of the kernel paths
     volatile uint64_t sink = 0;
     for (const Method& m : methods()) {
+        if (std::find(paths.begin(), paths.end(), m.isa) == paths.end()) continue;
         if (!names.empty() && std::find(names.begin(), names.end(), m.name) == names.end()) continue;
         PopcountCeiling c;
         c.method = m.name;
+        c.isa = m.isa;
         c.detail = m.detail;
         // Size the call so one repeat takes about `seconds` of CPU time.
         int64_t iters = 64;

@@ -251,8 +251,11 @@ def test_popcount_ceilings_probe() -> None:
     names = [r["method"] for r in rows]
     assert {"lut", "lut8", "hs", "scalar"} <= set(names)
     assert any(n.startswith("mix") for n in names)
+    # The avx512 path's step is measured exactly where that path runs.
+    assert ("vpopcntq" in names) == ("avx512" in kernels.available_isas())
     for r in rows:
         assert len(r["gbmacs"]) == 2 and all(g > 0 for g in r["gbmacs"]) and r["detail"]
+        assert r["isa"] == ("avx512" if r["method"] == "vpopcntq" else "avx2")
     only = kernels.popcount_ceilings(["scalar"], repeats=1, seconds=0.001)
     assert [r["method"] for r in only] == ["scalar"]
     with pytest.raises(ValueError):
