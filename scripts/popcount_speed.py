@@ -61,13 +61,11 @@ def cpu_model() -> str:
 
 def ceilings(args: argparse.Namespace) -> None:
     runs: dict[str, list[float]] = {}
-    details: dict[str, str] = {}
-    paths: dict[str, str] = {}
+    rows: dict[str, dict] = {}  # method -> its last row (path, detail)
     for _ in range(args.rounds):
         for row in kernels.popcount_ceilings(args.method or [], args.repeats, args.seconds):
             runs.setdefault(row["method"], []).extend(row["gbmacs"])
-            details[row["method"]] = row["detail"]
-            paths[row["method"]] = row["isa"]
+            rows[row["method"]] = row
     if not runs:
         print("this CPU has neither AVX2 + POPCNT nor AVX-512 VPOPCNTDQ: no ceilings")
         return
@@ -79,7 +77,7 @@ def ceilings(args: argparse.Namespace) -> None:
     for name, values in runs.items():
         med = statistics.median(values)
         spread = f"{med:8.1f} {min(values):8.1f} {max(values):8.1f}"
-        print(f"{name:12s} {paths[name]:6s} {spread}  {details[name]}")
+        print(f"{name:12s} {rows[name]['isa']:6s} {spread}  {rows[name]['detail']}")
 
 
 def layers(args: argparse.Namespace) -> None:

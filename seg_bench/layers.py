@@ -772,7 +772,7 @@ def summarize_targets(
             OPENVINO_GOALS.get(str(best_isa), 1.0),
             "x",
         )
-    for path in ("avx512", "avx2"):
+    for path in CEILING_SHARE_GOALS:
         large = [
             (r["name"], r["gmacs_per_core"])
             for r in rows

@@ -216,6 +216,7 @@ SEGK_PROBE uint64_t run_scalar(int64_t iters) {
 // --- vpopcntq: the avx512 tile (bconv_avx512.cpp) in registers, 6 pixels x 4 zmm of 8 channels.
 // Bits per call: iters * 6 * 4 * 512.
 #define SEGK_PROBE_AVX512 __attribute__((target("avx512f,avx512vpopcntdq"), noinline))
+// As SEGK_FRESH_V, for a zmm that may live in registers 16-31 (constraint "v", not "x").
 #define SEGK_FRESH_Z(x) asm volatile("" : "+v"(x))
 
 SEGK_PROBE_AVX512 uint64_t run_vpopcntq(int64_t iters) {
@@ -269,7 +270,8 @@ const std::vector<Method>& methods() {
         {"mix_4+8", "avx2", "lut 4 ymm + 8 POPCNT words per step", 31.0 * (4 * 256 + 8 * 64), run_lut_mix<4, 8>},
         {"mix_2+16", "avx2", "lut 2 ymm + 16 POPCNT words per step", 31.0 * (2 * 256 + 16 * 64), run_lut_mix<2, 16>},
         {"mix_8+8", "avx2", "lut 8 ymm + 8 POPCNT words per step", 31.0 * (8 * 256 + 8 * 64), run_lut_mix<8, 8>},
-        {"vpopcntq", "avx512", "VPXORQ + VPOPCNTQ + VPADDQ per zmm, 24 zmm counters (6 px x 32 ch): the avx512 microkernel's step",
+        {"vpopcntq", "avx512",
+         "VPXORQ + VPOPCNTQ + VPADDQ per zmm, 24 zmm counters (6 px x 32 ch): the avx512 microkernel's step",
          6.0 * 4 * 512, run_vpopcntq},
     };
     return list;
