@@ -679,11 +679,13 @@ def repack_model(
     max_side: int | None = None,
     postprocess: dict[str, Any] | None | bool = False,
     stem_u8: bool = False,
+    test_time: dict[str, Any] | None | bool = False,
 ) -> str:
     """Rewrite a packed file's description (name, class names, palette, input rules, post-processing);
     the graph and tensors are copied bit for bit. Trades speed for accuracy (``max_side``) without the
-    checkpoint. ``postprocess``: a new post-processing object, None to remove it, False to keep it.
-    ``stem_u8``: also turn the float stem into the integer one (``integer_stem``)."""
+    checkpoint. ``postprocess``: a new post-processing object, None to remove it, False to keep it;
+    ``test_time`` (the default test-time augmentation) likewise. ``stem_u8``: also turn the float
+    stem into the integer one (``integer_stem``)."""
     try:
         packed = gnpk.read_model(src)
     except (gnpk.ModelFormatError, OSError) as exc:
@@ -708,6 +710,10 @@ def repack_model(
         description.pop("postprocess", None)
     elif postprocess is not False:
         description["postprocess"] = postprocess
+    if test_time is None:
+        description.pop("test_time", None)
+    elif test_time is not False:
+        description["test_time"] = test_time
     graph, tensors = packed.graph, packed.tensors
     if stem_u8:
         graph, tensors = integer_stem(
@@ -729,6 +735,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(
             "--postprocess needs --repack (fit it with train-seg tune-postprocess on an exported file)"
         )
+    if args.test_time is not False and not args.repack:
+        parser.error("--test-time needs --repack (set it on an exported file)")
     classes = args.classes
     if args.repack:
         try:
@@ -743,6 +751,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 max_side=args.max_side,
                 postprocess=args.postprocess,
                 stem_u8=args.stem_u8,
+                test_time=args.test_time,
             )
         except (ExportError, OSError) as exc:
             print(f"export-model: error: {exc}", file=sys.stderr)

@@ -50,6 +50,19 @@ def parse_postprocess(text: str) -> dict[str, Any] | None:
     return value
 
 
+def parse_test_time(text: str) -> dict[str, Any] | None:
+    """'none' or a test-time augmentation object, e.g. '{"flip": true, "scales": [0.75, 1, 1.25]}'."""
+    from seg_service.format import augmentation_from_json
+
+    spec = parse_postprocess(text)  # the same 'none' | JSON object rule
+    if spec is not None:
+        try:
+            augmentation_from_json(spec, "--test-time")
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return spec
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="export-model", description=DESCRIPTION)
     source = parser.add_mutually_exclusive_group(required=True)
@@ -98,5 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --repack: the post-processing to store (docs/format.md), e.g. "
         "'{\"logit_bias\": [0, -0.25]}', or 'none' to remove it; train-seg tune-postprocess "
         "fits one on training images",
+    )
+    parser.add_argument(
+        "--test-time",
+        type=parse_test_time,
+        default=False,
+        metavar="JSON|none",
+        help="with --repack: the test-time augmentation predictions run with by default "
+        '(docs/format.md, format version 4), e.g. \'{"flip": true, "scales": [0.75, 1, 1.25]}\' '
+        "(the mean of 6 network passes: more accurate, 6x the time), or 'none' for one pass; "
+        "callers can still ask for other passes (predict(flip=, scales=), /segment?flip=&scales=)",
     )
     return parser

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -67,10 +67,15 @@ class InferenceGate:
 
 
 def timed_predict(
-    model: PackedModel, rgb: np.ndarray, flip: bool = False, refine: bool = True
+    model: PackedModel,
+    rgb: np.ndarray,
+    flip: bool | None = None,
+    refine: bool = True,
+    scales: Sequence[float] | None = None,
 ) -> tuple[np.ndarray, float]:
-    """The model's label mask and the inference time in milliseconds (``flip``: mirrored second pass;
-    ``refine=False``: skip the model's stored post-processing)."""
+    """The model's label mask and the inference time in milliseconds (``flip``, ``scales``: the
+    test-time augmentation, None for the model's own; ``refine=False``: skip the model's stored
+    post-processing)."""
     start = time.perf_counter()
-    mask = model.predict(rgb, flip=flip, refine=refine)
+    mask = model.predict(rgb, flip=flip, refine=refine, scales=scales)
     return mask, (time.perf_counter() - start) * 1e3

@@ -38,6 +38,10 @@ class ModelInfo(BaseModel):
         "unless refine=false: guided_filter (radius, eps, subsample, clip) and/or "
         "logit_bias; null when the model has none.",
     )
+    test_time: dict = Field(
+        description="The test-time augmentation /segment runs unless told otherwise (flip, scales): "
+        "one network pass per scale, two with flip. Video and WebSocket frames run one scale.",
+    )
     default: bool
 
 

@@ -9,7 +9,8 @@ everything else starts from ``PackedModel.processed_scores`` at the model's reso
 from __future__ import annotations
 
 import time
-from typing import Literal
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import numpy as np
 
@@ -20,6 +21,9 @@ from seg_service.runtime.temporal import TemporalSmoother
 MaskKind = Literal["labels", "alpha", "probability"]
 # The API's format names for the masks: "png" is the label mask.
 MASK_FORMATS: dict[str, MaskKind] = {"png": "labels", "alpha": "alpha", "probability": "probability"}
+# Video and WebSocket frames run one pass at the model's size, whatever test-time augmentation the
+# model stores for still images: frame rate first (a client can still ask for flip).
+STREAM_SCALES: tuple[float, ...] = (1.0,)
 FOREGROUND_DESCRIPTION = (
     "format=alpha/probability: the foreground class name(s), comma-separated (their probabilities add "
     "up). Default: the model's 'person' class, else class 1 of a two-class model; required otherwise."
@@ -45,19 +49,26 @@ class StreamState:
     def __init__(self, smooth: bool = True) -> None:
         self.smooth = smooth
         self.smoother = TemporalSmoother()
-        self._key: tuple[str, bool, bool] | None = None
+        self._key: tuple[Any, ...] | None = None
 
     def set_smooth(self, smooth: bool) -> None:
         if smooth != self.smooth:
             self.smooth = smooth
             self.smoother.reset()
 
-    def scores(self, model: PackedModel, rgb: np.ndarray, flip: bool, refine: bool) -> np.ndarray:
+    def scores(
+        self,
+        model: PackedModel,
+        rgb: np.ndarray,
+        flip: bool | None,
+        refine: bool,
+        scales: Sequence[float] | None = STREAM_SCALES,
+    ) -> np.ndarray:
         """This frame's scores at the processed size, smoothed over the stream when ``smooth`` is on."""
-        scores, image = model.processed_scores(rgb, flip=flip, refine=refine)
+        scores, image = model.processed_scores(rgb, flip=flip, refine=refine, scales=scales)
         if not self.smooth:
             return scores
-        key = (model.checksum, flip, refine)
+        key = (model.checksum, flip, refine, None if scales is None else tuple(scales))
         if key != self._key:
             self.smoother.reset()
             self._key = key
@@ -67,25 +78,27 @@ class StreamState:
 def frame_mask(
     model: PackedModel,
     rgb: np.ndarray,
-    flip: bool,
+    flip: bool | None,
     refine: bool,
     kind: MaskKind,
     foreground: list[str] | None = None,
     stream: StreamState | None = None,
+    scales: Sequence[float] | None = STREAM_SCALES,
 ) -> tuple[np.ndarray, float]:
     """(u8 [H, W] mask at the image's size, inference milliseconds). ``kind``: "labels" (class index
     per pixel), "alpha" or "probability" (0-255, softmask.py) of the ``foreground`` classes;
-    ``stream``: the stream's state (None for a still image: no smoothing). ValueError for a bad
-    ``foreground``, before any inference."""
+    ``stream``: the stream's state (None for a still image: no smoothing). ``flip`` and ``scales``:
+    the test-time augmentation (None: the model's own); frames run at one scale unless told
+    otherwise. ValueError for a bad ``foreground``, before any inference."""
     indices = resolve_foreground(model.classes, foreground) if kind != "labels" else []
     start = time.perf_counter()
     if kind == "labels" and (stream is None or not stream.smooth):
-        mask = model.predict(rgb, flip=flip, refine=refine)
+        mask = model.predict(rgb, flip=flip, refine=refine, scales=scales)
     else:
         scores = (
-            stream.scores(model, rgb, flip, refine)
+            stream.scores(model, rgb, flip, refine, scales)
             if stream is not None
-            else model.processed_scores(rgb, flip=flip, refine=refine)[0]
+            else model.processed_scores(rgb, flip=flip, refine=refine, scales=scales)[0]
         )
         if kind == "labels":
             mask = model.labels_from_scores(scores, rgb.shape[0], rgb.shape[1])

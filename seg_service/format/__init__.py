@@ -46,6 +46,15 @@ from seg_service.format.model_file import (
     write_model,
 )
 from seg_service.format.postprocess import GUIDED_FILTER_KEYS, POSTPROCESS_KEYS, validate_postprocess
+from seg_service.format.tta import (
+    SINGLE_PASS,
+    TEST_TIME_KEYS,
+    Augmentation,
+    augmentation_from_json,
+    check_scales,
+    parse_scales,
+    validate_test_time,
+)
 
 __all__ = [
     "FILE_EXTENSION",
@@ -61,12 +70,17 @@ __all__ = [
     "OP_INT_BOUNDS",
     "POSTPROCESS_KEYS",
     "READABLE_VERSIONS",
+    "SINGLE_PASS",
     "SUPPORTED_OPS",
+    "TEST_TIME_KEYS",
     "U8_CONV_MAX_KERNEL",
     "U8_CONV_WEIGHT_RANGE",
     "WORD_BITS",
+    "Augmentation",
     "ModelFormatError",
     "PackedFile",
+    "augmentation_from_json",
+    "check_scales",
     "compute_checksum",
     "conv_output_size",
     "decode_model",
@@ -75,11 +89,13 @@ __all__ = [
     "infer_channels",
     "pack_sign_bits",
     "packed_words",
+    "parse_scales",
     "read_model",
     "u8_conv_float_weight",
     "unpack_sign_bits",
     "validate_graph",
     "validate_model_description",
     "validate_postprocess",
+    "validate_test_time",
     "write_model",
 ]

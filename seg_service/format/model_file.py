@@ -28,14 +28,16 @@ import numpy as np
 
 from seg_service.format.layout import packed_words
 from seg_service.format.postprocess import validate_postprocess
+from seg_service.format.tta import validate_test_time
 
 FORMAT_NAME = "groupnet-packed"
-FORMAT_VERSION = 3  # the newest version this runtime reads and writes
+FORMAT_VERSION = 4  # the newest version this runtime reads and writes
 # Version 2 adds the optional model key "postprocess" (postprocess.py); version 3 the op "conv2d_u8"
-# (an integer conv of the input image's 8-bit pixels) and the I8 tensor dtype. A file carries the
+# (an integer conv of the input image's 8-bit pixels) and the I8 tensor dtype; version 4 the optional
+# model key "test_time" (tta.py: the model's default test-time augmentation). A file carries the
 # lowest version that describes it, so files without them stay readable by older readers, and an
 # older reader refuses, rather than silently runs without, what it does not know.
-READABLE_VERSIONS = ("1", "2", "3")
+READABLE_VERSIONS = ("1", "2", "3", "4")
 FILE_EXTENSION = ".gnpk"
 
 # Sanity cap on the JSON header: a larger length field means a corrupt or foreign file.
@@ -162,6 +164,8 @@ def u8_conv_float_weight(op: Mapping[str, Any], tensors: Mapping[str, np.ndarray
 
 def file_version(model: Mapping[str, Any], graph: Mapping[str, Any]) -> int:
     """The lowest format version that describes a model (see FORMAT_VERSION)."""
+    if model.get("test_time") is not None:
+        return 4
     if any(isinstance(op, dict) and op.get("op") == "conv2d_u8" for op in graph.get("ops", [])):
         return 3
     return 2 if model.get("postprocess") is not None else 1
@@ -349,7 +353,12 @@ def decode_model(data: bytes | bytearray | memoryview, source: str = "<bytes>") 
     if version == "1" and isinstance(model, dict) and model.get("postprocess") is not None:
         raise ModelFormatError(f"{source}: 'postprocess' needs format version 2, the file says version 1")
     validate_graph(graph, tensors, source)
-    if version in ("1", "2") and file_version(model, graph) == 3:
+    if version in ("1", "2", "3") and model.get("test_time") is not None:
+        raise ModelFormatError(
+            f"{source}: 'test_time' needs format version 4, the file says version {version}"
+        )
+    uses_u8 = any(isinstance(op, dict) and op.get("op") == "conv2d_u8" for op in graph.get("ops", []))
+    if version in ("1", "2") and uses_u8:
         raise ModelFormatError(
             f"{source}: op 'conv2d_u8' needs format version 3, the file says version {version}"
         )
@@ -462,6 +471,11 @@ def validate_model_description(model: Any, source: str = "model") -> None:
     if model.get("postprocess") is not None:
         try:
             validate_postprocess(model["postprocess"], len(classes), source)
+        except ValueError as exc:
+            raise ModelFormatError(str(exc)) from None
+    if model.get("test_time") is not None:
+        try:
+            validate_test_time(model["test_time"], source)
         except ValueError as exc:
             raise ModelFormatError(str(exc)) from None
 

@@ -9,7 +9,15 @@ from typing import Any
 import numpy as np
 
 from seg_service import kernels
-from seg_service.format import ModelFormatError, PackedFile, infer_channels, read_model
+from seg_service.format import (
+    Augmentation,
+    ModelFormatError,
+    PackedFile,
+    augmentation_from_json,
+    check_scales,
+    infer_channels,
+    read_model,
+)
 from seg_service.runtime.allocator import retain_freed_memory
 from seg_service.runtime.executor import GraphExecutor, RunProfile
 from seg_service.runtime.ops import image_pixels, upsample_bilinear
@@ -37,6 +45,9 @@ class PackedModel:
         self.config: dict[str, Any] = dict(model.get("config", {}))
         # optional post-processing fitted for this model (refine.py); {} when the file has none
         self.postprocess: dict[str, Any] = dict(model.get("postprocess") or {})
+        # the test-time augmentation predictions run with unless told otherwise (a single pass when
+        # the file has none)
+        self.test_time: Augmentation = augmentation_from_json(model.get("test_time"))
         self.checksum: str = packed.checksum
         self.file_size: int = packed.file_size
         self.path: str | None = packed.path
@@ -165,13 +176,25 @@ class PackedModel:
         """(normalised padded input, (h, w) after the input resize, and with ``with_guide`` the guided
         filter's guide: the resized image f32 [h, w, 3] scaled to [0, 1], else None). With ``pixels``
         and an integer stem, the input is the padded u8 image instead (the same network output)."""
+        return self._network_input(self._processed_image(rgb), with_guide, pixels)
+
+    def _processed_image(self, rgb: np.ndarray) -> np.ndarray:
+        """The checked RGB u8 image after the input resize (itself when no resize is due, else the
+        area resize's float32)."""
         rgb = np.asarray(rgb)
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
             raise ValueError(f"expected an RGB uint8 image of shape [H, W, 3], got {rgb.dtype} {rgb.shape}")
         if rgb.shape[0] < 1 or rgb.shape[1] < 1:
             raise ValueError(f"image is empty: shape {rgb.shape}")
         h, w = self.processed_size(rgb.shape[0], rgb.shape[1])
-        image = rgb if (h, w) == rgb.shape[:2] else resize_area(rgb, h, w)
+        return rgb if (h, w) == rgb.shape[:2] else resize_area(rgb, h, w)
+
+    def _network_input(
+        self, image: np.ndarray, with_guide: bool, pixels: bool = True
+    ) -> tuple[np.ndarray, tuple[int, int], np.ndarray | None]:
+        """``_prepare`` after the input resize: ``image`` (u8, or the resize's float32) at the size
+        the network sees. A float image may be rounded in place (integer stem)."""
+        h, w = image.shape[:2]
         div = self.size_divisor
         ph, pw = -(-h // div) * div, -(-w // div) * div
         if self._pixel_pad is not None:
@@ -203,78 +226,166 @@ class PackedModel:
         )
         return guide
 
-    def processed_logits(self, rgb: np.ndarray, flip: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def processed_logits(
+        self, rgb: np.ndarray, flip: bool | None = None, scales: Sequence[float] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Raw logits f32 [h, w, classes] at the processed size (after the input resize, before any
         post-processing) and the resized image itself, f32 [h, w, 3] in [0, 1] (the guide of the
         model's guided filter). ``train-seg tune-postprocess`` fits the post-processing on these."""
-        logits, guide = self._forward_processed(rgb, flip, with_guide=True)
+        logits, guide = self._forward_processed(rgb, flip, with_guide=True, scales=scales)
         assert guide is not None
         return logits, guide
 
-    def _forward_processed(
-        self, rgb: np.ndarray, flip: bool, with_guide: bool
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """(logits cropped to the processed size, the guide when ``with_guide``, else None)."""
-        x, (h, w), guide = self._prepare(rgb, with_guide)
+    def augmentation(self, flip: bool | None = None, scales: Sequence[float] | None = None) -> Augmentation:
+        """The network passes of a prediction: the model's ``test_time`` (one pass when the file has
+        none), with ``flip`` and ``scales`` replacing its parts where given."""
+        default = self.test_time
+        return Augmentation(
+            flip=default.flip if flip is None else bool(flip),
+            scales=default.scales if scales is None else check_scales(list(scales)),
+        )
+
+    def _passes(self, x: np.ndarray, h: int, w: int, flip: bool) -> np.ndarray:
+        """Logits of one prepared input cropped to [h, w]; with ``flip`` plus those of the mirrored
+        input, mirrored back (a sum of two passes)."""
         logits = self.forward(x)[:h, :w]
         if flip:
-            # Test-time augmentation: the mirrored image's logits, mirrored back, averaged in. The
-            # mirror is taken after preprocessing so both passes see the same resized pixels.
+            # The mirror is taken after preprocessing so both passes see the same resized pixels.
             mirrored = np.zeros_like(x)  # padding stays at the right and bottom, as for x
             if x.dtype == np.uint8:  # u8 pixels for an integer stem: pad with its zero level
                 mirrored[:] = self._pixel_pad
             mirrored[:h, :w] = x[:h, :w][:, ::-1]
-            logits = (logits + self.forward(mirrored)[:h, :w][:, ::-1]) * np.float32(0.5)
+            logits = logits + self.forward(mirrored)[:h, :w][:, ::-1]
+        return logits
+
+    def _forward_processed(
+        self, rgb: np.ndarray, flip: bool | None, with_guide: bool, scales: Sequence[float] | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """(logits cropped to the processed size, the guide when ``with_guide``, else None): the mean
+        of the passes ``augmentation(flip, scales)`` names (docs/format.md, test-time augmentation)."""
+        tta = self.augmentation(flip, scales)
+        if tta.scales == (1.0,):
+            x, (h, w), guide = self._prepare(rgb, with_guide)
+            logits = self._passes(x, h, w, tta.flip)
+        else:
+            logits, guide = self._multiscale(rgb, tta, with_guide)
+        if tta.passes > 1:
+            logits = logits * np.float32(1.0 / tta.passes)
         return np.ascontiguousarray(logits), guide
 
-    def _logits_processed(self, rgb: np.ndarray, flip: bool, refine: bool) -> np.ndarray:
+    def _multiscale(
+        self, rgb: np.ndarray, tta: Augmentation, with_guide: bool
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The sum of the passes' logits over ``tta.scales`` at the processed size [h, w], and the guide.
+        At scale s the resized image is resized again to round(h * s) x round(w * s) (area when
+        smaller, bilinear when larger) and its logits resized back to [h, w] bilinearly."""
+        image = self._processed_image(rgb)
+        h, w = image.shape[:2]
+        guide = None
+        # every scaled copy first: the scale-1 input may round a float image in place
+        inputs: dict[float, tuple[np.ndarray, int, int]] = {}
+        for s in tta.scales:
+            if s == 1.0:
+                continue
+            hs, ws = max(1, round(h * s)), max(1, round(w * s))
+            if hs * ws <= h * w:
+                scaled = resize_area(image, hs, ws)
+            else:
+                scaled = upsample_bilinear(np.ascontiguousarray(image, dtype=np.float32), hs, ws)
+            inputs[s] = (self._network_input(scaled, with_guide=False)[0], hs, ws)
+        if 1.0 in tta.scales:
+            x, _, guide = self._network_input(image, with_guide)
+            inputs[1.0] = (x, h, w)
+        elif with_guide:
+            guide = self._guide(image)
+        total: np.ndarray | None = None
+        for s in tta.scales:
+            x, hs, ws = inputs[s]
+            logits = self._passes(x, hs, ws, tta.flip)
+            if (hs, ws) != (h, w):
+                logits = upsample_bilinear(np.ascontiguousarray(logits), h, w)
+            total = logits if total is None else total + logits
+        assert total is not None
+        return total, guide
+
+    def _logits_processed(
+        self, rgb: np.ndarray, flip: bool | None, refine: bool, scales: Sequence[float] | None = None
+    ) -> np.ndarray:
         # the guide is only built when the stored post-processing filters with it
         with_guide = refine and bool(self.postprocess.get("guided_filter"))
-        logits, guide = self._forward_processed(rgb, flip, with_guide)
+        logits, guide = self._forward_processed(rgb, flip, with_guide, scales)
         if refine and self.postprocess:
             logits = apply_postprocess(logits, guide, self.postprocess)
         return logits
 
-    def predict_logits(self, rgb: np.ndarray, flip: bool = False, refine: bool = True) -> np.ndarray:
+    def predict_logits(
+        self,
+        rgb: np.ndarray,
+        flip: bool | None = None,
+        refine: bool = True,
+        scales: Sequence[float] | None = None,
+    ) -> np.ndarray:
         """Scores f32 [H, W, classes] at the original image size (bilinear if the image was resized);
-        their argmax is ``predict``'s mask. ``flip``: average with the horizontally mirrored image's
-        logits (two network passes). ``refine``: apply the model's stored post-processing, if it has
-        any (``postprocess``); the scores are then the filtered, biased logits, not the raw ones."""
-        logits = self._logits_processed(rgb, flip, refine)
+        their argmax is ``predict``'s mask. ``flip`` and ``scales``: the test-time augmentation (see
+        ``predict``). ``refine``: apply the model's stored post-processing, if it has any
+        (``postprocess``); the scores are then the filtered, biased logits, not the raw ones."""
+        logits = self._logits_processed(rgb, flip, refine, scales)
         if logits.shape[:2] != rgb.shape[:2]:
             logits = upsample_bilinear(np.ascontiguousarray(logits), rgb.shape[0], rgb.shape[1])
         return logits
 
     def processed_scores(
-        self, rgb: np.ndarray, flip: bool = False, refine: bool = True
+        self,
+        rgb: np.ndarray,
+        flip: bool | None = None,
+        refine: bool = True,
+        scales: Sequence[float] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Scores f32 [h, w, classes] at the processed size, post-processed unless ``refine=False``
         (their argmax, resized by nearest neighbour, is ``predict``'s mask), and the resized image
         f32 [h, w, 3] in [0, 1]. For per-stream work at the model's resolution (temporal smoothing)."""
-        logits, guide = self._forward_processed(rgb, flip, with_guide=True)
+        logits, guide = self._forward_processed(rgb, flip, with_guide=True, scales=scales)
         assert guide is not None
         if refine and self.postprocess:
             logits = apply_postprocess(logits, guide, self.postprocess)
         return logits, guide
 
-    def predict_probabilities(self, rgb: np.ndarray, flip: bool = False, refine: bool = True) -> np.ndarray:
+    def predict_probabilities(
+        self,
+        rgb: np.ndarray,
+        flip: bool | None = None,
+        refine: bool = True,
+        scales: Sequence[float] | None = None,
+    ) -> np.ndarray:
         """Class probabilities f32 [H, W, classes] at the original image size: the softmax of
         ``predict_logits`` (so the stored post-processing shapes them unless ``refine=False``)."""
         from seg_service.runtime.softmask import softmax
 
-        return softmax(self.predict_logits(rgb, flip=flip, refine=refine))
+        return softmax(self.predict_logits(rgb, flip=flip, refine=refine, scales=scales))
 
-    def predict(self, rgb: np.ndarray, flip: bool = False, refine: bool = True) -> np.ndarray:
+    def predict(
+        self,
+        rgb: np.ndarray,
+        flip: bool | None = None,
+        refine: bool = True,
+        scales: Sequence[float] | None = None,
+    ) -> np.ndarray:
         """Label mask u8 [H, W] at the original image size (nearest-neighbour if the image was resized).
-        ``flip``: test-time augmentation with the mirrored image (twice the time, usually a little
-        more accurate; see predict_logits). ``refine=False`` skips the model's stored post-processing
-        (edge-aware guided filter, decision bias) and returns the plain argmax of the logits."""
+
+        Test-time augmentation: ``flip`` adds the mirrored image's pass (twice the time, usually a
+        little more accurate), ``scales`` runs the image at each of these sizes relative to the
+        processed size (e.g. ``(0.75, 1.0, 1.25)``), the logits of all passes averaged. None (the
+        default) takes the model's stored ``test_time`` (``augmentation()``; one pass when the file
+        has none). ``refine=False`` skips the model's stored post-processing (edge-aware guided
+        filter, decision bias) and returns the plain argmax of the logits."""
         if refine and set(self.postprocess) == {"logit_bias"}:
             # decision biases alone: added inside the argmax instead of in a pass of their own (the
             # same float32 sums; 2.3 ms of a CamVid frame's 41 ms went to that pass)
-            logits, _ = self._forward_processed(rgb, flip, with_guide=False)
+            logits, _ = self._forward_processed(rgb, flip, with_guide=False, scales=scales)
             return self.labels_from_scores(logits, rgb.shape[0], rgb.shape[1], self.postprocess["logit_bias"])
-        return self.labels_from_scores(self._logits_processed(rgb, flip, refine), rgb.shape[0], rgb.shape[1])
+        return self.labels_from_scores(
+            self._logits_processed(rgb, flip, refine, scales), rgb.shape[0], rgb.shape[1]
+        )
 
     @staticmethod
     def labels_from_scores(

@@ -110,8 +110,10 @@ SEG_DEFAULTS: dict[str, Any] = {
     "eval": {
         "every": 1,  # epochs between validations
         "max_batches": None,  # cap on validation batches (smoke runs)
-        "scales": [1.0],  # multi-scale testing
-        "flip": False,  # add horizontally flipped inputs
+        # multi-scale testing and horizontally flipped inputs; None: [1.0] / false for checkpoints,
+        # a packed file's own test_time (docs/format.md) for train-seg eval --packed
+        "scales": None,
+        "flip": None,
     },
 }
 

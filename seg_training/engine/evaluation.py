@@ -105,8 +105,8 @@ def evaluate(
             list(classes),
             int(config["data"].get("ignore_index", 255)),
             info,
-            eval_cfg["scales"],
-            eval_cfg["flip"],
+            eval_cfg["scales"] or [1.0],
+            bool(eval_cfg["flip"]),
             eval_cfg["max_batches"],
             amp,
             progress,
@@ -153,7 +153,7 @@ def evaluate_checkpoint(
             eval_cfg = config["eval"]
             print(
                 f"{checkpoint}: epoch {ckpt['epoch']}, {len(val_set)} val images, scales "
-                f"{eval_cfg['scales']}{' + flip' if eval_cfg['flip'] else ''}"
+                f"{eval_cfg['scales'] or [1.0]}{' + flip' if eval_cfg['flip'] else ''}"
             )
             print(format_seg_report(scores))
             if output is not None:

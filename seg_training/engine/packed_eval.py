@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,13 +74,18 @@ def evaluate_packed(
     val_set = datasets.build_seg_dataset(config["data"], "val")
     ignore = int(config["data"]["ignore_index"])
     cm = torch.zeros(len(classes), len(classes), dtype=torch.int64)
-    flip = bool(config["eval"]["flip"])  # --eval.flip true: the runtime's mirrored second pass
+    # The file's own test-time augmentation unless --eval.flip / --eval.scales replace a part of it.
+    eval_cfg = config["eval"]
+    try:
+        tta = model.augmentation(eval_cfg["flip"], eval_cfg["scales"])
+    except ValueError as exc:
+        raise InputError(f"--eval.scales: {exc}") from None
     seconds = []
     per_image = []
     for index in tqdm(range(len(val_set)), desc="packed eval", disable=not progress, dynamic_ncols=True):
         rgb, mask = val_set.load(index)
         start = time.perf_counter()
-        pred = model.predict(rgb, flip=flip)
+        pred = model.predict(rgb, flip=tta.flip, scales=tta.scales)
         seconds.append(time.perf_counter() - start)
         image_cm = torch.from_numpy(confusion_matrix(pred, mask, len(classes), ignore))
         cm += image_cm
@@ -100,10 +105,13 @@ def evaluate_packed(
     scores["model"] = str(model_path)
     scores["images"] = len(val_set)
     scores["median_ms_per_image"] = 1000 * statistics.median(seconds)
-    scores["flip"] = flip
+    scores["flip"] = tta.flip
+    scores["scales"] = list(tta.scales)
+    listed = ", ".join(f"{s:g}" for s in tta.scales)
+    passes = f" ({tta.passes} passes: scales {listed}{' + flip' if tta.flip else ''})"
     print(
         f"{model_path}: {len(val_set)} val images at full size through the packed runtime"
-        f"{' with flip test-time augmentation' if flip else ''}, "
+        f"{passes if tta.passes > 1 else ''}, "
         f"median {scores['median_ms_per_image']:.1f} ms per image"
     )
     print(format_seg_report(scores))
@@ -119,7 +127,7 @@ def evaluate_packed(
     if shown:
         print(format_worst(shown, len(per_image)))
     if overlays and shown:
-        folder = write_overlay_sheets(val_set, model, shown, Path(overlays), ignore, flip)
+        folder = write_overlay_sheets(val_set, model, shown, Path(overlays), ignore, tta.flip, tta.scales)
         print(f"{len(shown)} overlay sheets (prediction | truth | errors in red) in {folder}/")
     if output:
         Path(output).write_text(json.dumps(scores, indent=2, default=_plain))
@@ -139,7 +147,13 @@ def format_worst(rows: list[dict[str, Any]], total: int) -> str:
 
 
 def write_overlay_sheets(
-    val_set: Any, model: Any, rows: list[dict[str, Any]], folder: Path, ignore: int, flip: bool
+    val_set: Any,
+    model: Any,
+    rows: list[dict[str, Any]],
+    folder: Path,
+    ignore: int,
+    flip: bool | None = None,
+    scales: Sequence[float] | None = None,
 ) -> Path:
     """One PNG per listed image, ``<rank>_<image stem>.png``: the prediction over the image, the truth
     over the image, and the image greyed with the wrongly labelled pixels in red (ignored pixels
@@ -151,7 +165,7 @@ def write_overlay_sheets(
         # Read and predicted again rather than kept from the scoring pass: only these few images
         # are drawn, and keeping every mask of a large validation set would cost its memory.
         rgb, truth = val_set.load(row["index"])
-        pred = model.predict(rgb, flip=flip)
+        pred = model.predict(rgb, flip=flip, scales=scales)
         shown_truth = np.where(truth == ignore, 0, truth)
         grey = cv2.cvtColor(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2BGR) // 2
         grey[(pred != truth) & (truth != ignore)] = (0, 0, 255)

@@ -48,12 +48,19 @@ def read_video(path: Path, limit: int | None = None) -> list[np.ndarray]:
 
 
 def server_mattes(url: str, frames: list[np.ndarray]) -> list[np.ndarray]:
-    """The alpha mattes the server computes for these frames one by one (POST /segment?format=alpha)."""
+    """The alpha mattes the server computes for these frames one by one (POST /segment?format=alpha),
+    in the one pass that stream frames run (camvid's stored test-time augmentation is for stills)."""
     mattes = []
     with httpx.Client(base_url=url, headers={"X-API-Key": API_KEY}, timeout=60) as http:
         for frame in frames:
             jpeg = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])[1].tobytes()
-            params = {"format": "alpha", "model": "camvid", "foreground": "pedestrian,bicyclist"}
+            params = {
+                "format": "alpha",
+                "model": "camvid",
+                "foreground": "pedestrian,bicyclist",
+                "flip": "false",
+                "scales": "1",
+            }
             r = http.post("/segment", params=params, files={"file": ("f.jpg", jpeg, "image/jpeg")})
             r.raise_for_status()
             mattes.append(cv2.imdecode(np.frombuffer(r.content, np.uint8), cv2.IMREAD_UNCHANGED))

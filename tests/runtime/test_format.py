@@ -163,9 +163,57 @@ def test_tampered_graph_field(model_file):
 
 
 def test_wrong_version(tmp_path):
-    path = rewrite(tmp_path, {"format_version": "4"})
-    with pytest.raises(ModelFormatError, match=r"unsupported format version '4'.*reads versions 1, 2, 3"):
+    path = rewrite(tmp_path, {"format_version": "5"})
+    with pytest.raises(ModelFormatError, match=r"unsupported format version '5'.*reads versions 1, 2, 3, 4"):
         gnpk.read_model(path)
+
+
+def test_version_4_only_for_files_with_test_time(tmp_path):
+    """A stored test-time augmentation makes the file version 4; an older version that claims one is
+    refused, so an older reader cannot silently run a single pass."""
+    model, graph, tensors = tiny_model()
+    spec = {"flip": True, "scales": [0.75, 1.0, 1.25]}
+    path = tmp_path / "tta.gnpk"
+    gnpk.write_model(path, dict(model, test_time=spec), graph, tensors)
+    packed = gnpk.read_model(path)
+    assert packed.metadata["format_version"] == "4" and packed.model["test_time"] == spec
+    for version in ("1", "2", "3"):
+        edited = rewrite(tmp_path, {"format_version": version}, model=dict(model, test_time=spec))
+        with pytest.raises(
+            ModelFormatError, match=f"'test_time' needs format version 4, the file says version {version}"
+        ):
+            gnpk.read_model(edited)
+
+
+@pytest.mark.parametrize(
+    ("spec", "problem"),
+    [
+        ([0.75, 1.0], "must be a JSON object"),
+        ({"flip": True}, "must be a JSON object with exactly"),
+        ({"flip": True, "scales": [1.0], "mode": "mean"}, "must be a JSON object with exactly"),
+        ({"flip": 1, "scales": [1.0]}, "'flip' must be true or false"),
+        ({"flip": False, "scales": []}, "give 1 to 6 scales"),
+        ({"flip": False, "scales": "1.0"}, "give 1 to 6 scales"),
+        ({"flip": False, "scales": [1.0] * 7}, "give 1 to 6 scales"),
+        ({"flip": False, "scales": [0.2]}, "each scale must be a number from 0.25 to 2.0"),
+        ({"flip": False, "scales": [1.0, True]}, "each scale must be a number"),
+        ({"flip": False, "scales": [1.0, float("nan")]}, "each scale must be a number"),
+        ({"flip": False, "scales": [1.0, 1]}, "must not repeat"),
+    ],
+)
+def test_bad_test_time_is_refused(tmp_path, spec, problem):
+    model, graph, tensors = tiny_model()
+    path = rewrite(tmp_path, {"format_version": "4"}, model=dict(model, test_time=spec))
+    with pytest.raises(ModelFormatError, match=problem):
+        gnpk.read_model(path)
+
+
+def test_parse_scales():
+    assert gnpk.parse_scales("1") == (1.0,)
+    assert gnpk.parse_scales("0.75, 1,1.25") == (0.75, 1.0, 1.25)
+    for text, problem in (("", "expected numbers"), ("1,a", "expected numbers"), ("3", "from 0.25 to 2.0")):
+        with pytest.raises(ValueError, match=problem):
+            gnpk.parse_scales(text)
 
 
 def test_version_2_only_for_files_with_postprocess(tmp_path):

@@ -171,3 +171,58 @@ def test_flip_averages_the_mirrored_pass(tiny):
     np.testing.assert_allclose(
         logits, ops.upsample_bilinear(np.ascontiguousarray(averaged), *rgb.shape[:2]), rtol=1e-5, atol=1e-5
     )
+
+
+def expected_multiscale(model: PackedModel, rgb: np.ndarray, scales: list[float], flip: bool) -> np.ndarray:
+    """docs/format.md's test-time augmentation from its definition, with the numpy kernel reference:
+    for an image below max_side, at each scale s the image resized to round(h * s) x round(w * s)
+    (area down, bilinear up), normalised, padded, run (and mirrored, run, mirrored back), its
+    logits resized bilinearly to h x w; the mean of all passes."""
+    h, w = rgb.shape[:2]
+    total = np.zeros((h, w, model.num_classes), np.float64)
+    for s in scales:
+        hs, ws = round(h * s), round(w * s)
+        if s == 1.0:
+            image = rgb.astype(np.float32)
+        elif hs * ws <= h * w:
+            image = reference.resize_area(rgb, hs, ws)
+        else:
+            image = reference.upsample_bilinear(rgb.astype(np.float32), hs, ws)
+        x = np.zeros((-(-hs // 8) * 8, -(-ws // 8) * 8, 3), np.float32)
+        x[:hs, :ws] = (image / np.float32(255.0) - np.float32(0.5)) / np.float32(0.25)
+        passes = [expected_forward(x)[:hs, :ws]]
+        if flip:
+            mirror = np.zeros_like(x)
+            mirror[:hs, :ws] = x[:hs, :ws][:, ::-1]
+            passes.append(expected_forward(mirror)[:hs, :ws][:, ::-1])
+        for logits in passes:
+            total += reference.upsample_bilinear(np.ascontiguousarray(logits), h, w)
+    return (total / (len(scales) * (2 if flip else 1))).astype(np.float32)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+@pytest.mark.parametrize("scales", [[0.75, 1.0, 1.5], [0.5, 1.25], [1.0]])
+def test_multiscale_matches_its_definition(tiny, scales, flip):
+    rgb = read_rgb(DATA / "camvid/images/0016E5_01470.jpg")[100:137, 200:250]  # 37x50, below max_side
+    got = tiny.predict_logits(np.ascontiguousarray(rgb), flip=flip, scales=scales)
+    np.testing.assert_allclose(got, expected_multiscale(tiny, rgb, scales, flip), rtol=1e-4, atol=1e-4)
+    assert tiny.augmentation(flip, scales).passes == len(scales) * (2 if flip else 1)
+
+
+def test_stored_test_time_is_the_default(tmp_path, tiny):
+    """A file's test_time is what predict runs unless flip / scales say otherwise; bad scales are a
+    ValueError naming them."""
+    model, graph, tensors = tiny_model()
+    spec = {"flip": True, "scales": [0.75, 1.0]}
+    gnpk.write_model(tmp_path / "tta.gnpk", dict(model, test_time=spec), graph, tensors)
+    tta = load_model(tmp_path / "tta.gnpk")
+    assert tta.test_time == gnpk.Augmentation(flip=True, scales=(0.75, 1.0)) and tta.test_time.passes == 4
+    assert tiny.test_time == gnpk.SINGLE_PASS and tiny.augmentation() == gnpk.SINGLE_PASS
+    rgb = read_rgb(DATA / "camvid/images/0016E5_01470.jpg")  # resized to max_side first
+    assert np.array_equal(tta.predict(rgb), tiny.predict(rgb, flip=True, scales=[0.75, 1.0]))
+    assert not np.array_equal(tta.predict(rgb), tiny.predict(rgb))
+    assert np.array_equal(tta.predict(rgb, flip=False, scales=[1.0]), tiny.predict(rgb))
+    assert np.array_equal(tta.predict(rgb, flip=False), tiny.predict(rgb, scales=[0.75, 1.0]))
+    np.testing.assert_array_equal(tta.predict_logits(rgb, scales=[1.0]), tiny.predict_logits(rgb, flip=True))
+    with pytest.raises(ValueError, match="from 0.25 to 2.0"):
+        tta.predict(rgb, scales=[3.0])

@@ -72,6 +72,11 @@ def shipped(request) -> PackedModel:
     return shipped_model(request.param)
 
 
+# One pass: the numpy pipeline is the single-pass definition (a stored test_time's passes are
+# checked against their definition in test_model.py).
+ONE_PASS = {"flip": False, "scales": [1.0]}
+
+
 def test_predict_gives_the_numpy_pipelines_masks(shipped: PackedModel) -> None:
     folders = ["portraits", "ccp"] if shipped.name == "person" else ["camvid"]
     images = [rgb for folder in folders for rgb in photos(folder, 2)]
@@ -80,7 +85,7 @@ def test_predict_gives_the_numpy_pipelines_masks(shipped: PackedModel) -> None:
         larger = np.asarray(Image.fromarray(rgb).resize((side * 5 // 4, side * 15 // 16)))
         at_size = np.asarray(Image.fromarray(rgb).resize((side, side * 3 // 4)))
         for image in (rgb, larger, at_size, np.ascontiguousarray(rgb[:101, 7:84])):
-            mask = shipped.predict(image)
+            mask = shipped.predict(image, **ONE_PASS)
             assert mask.shape == image.shape[:2] and mask.dtype == np.uint8
             np.testing.assert_array_equal(mask, numpy_mask(shipped, image))
 
@@ -90,7 +95,9 @@ def test_filtered_masks_barely_depend_on_the_coefficients_precision() -> None:
     pixels at most (the kernel sums in double)."""
     model = shipped_model("person")
     for rgb in photos("portraits", 2) + photos("ccp", 2):
-        changed = (model.predict(rgb) != numpy_mask(model, rgb, reference.guided_coefficients)).mean()
+        changed = (
+            model.predict(rgb, **ONE_PASS) != numpy_mask(model, rgb, reference.guided_coefficients)
+        ).mean()
         assert changed < 1e-4
 
 
@@ -100,7 +107,8 @@ def test_predict_on_images_no_larger_than_the_network_stride(shipped: PackedMode
     still gets a mask, the numpy pipeline's: the ASPP head's 1x1 branches used to stop predict."""
     folder = "portraits" if shipped.name == "person" else "camvid"
     rgb = np.ascontiguousarray(photos(folder, 1)[0][100 : 100 + size[0], 100 : 100 + size[1]])
-    mask = shipped.predict(rgb)
+    mask = shipped.predict(rgb, **ONE_PASS)
     assert mask.shape == size and mask.dtype == np.uint8
     np.testing.assert_array_equal(mask, numpy_mask(shipped, rgb))
     assert shipped.predict(rgb, flip=True, refine=False).shape == size
+    assert shipped.predict(rgb, flip=True, scales=[0.5, 1.0, 2.0]).shape == size

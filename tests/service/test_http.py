@@ -305,3 +305,62 @@ def test_segment_flip_runs_the_mirrored_pass(server, packed_model_dir):
     assert np.array_equal(plain, model.predict(rgb))
     assert not np.array_equal(flipped, plain)
     assert post_image(server.url, data, flip="sideways").status_code == 422
+
+
+def test_segment_runs_the_model_test_time(packed_model_dir, tmp_path):
+    """A model file's stored test-time augmentation is what /segment runs by default (its passes in
+    X-Network-Passes, its settings in /models); flip= and scales= replace it per request; video
+    frames run one pass at one scale. Bad scales are a 422."""
+    from server_harness import start_server
+
+    from seg_service import format as gnpk
+    from seg_service.runtime import load_model
+
+    source = gnpk.read_model(packed_model_dir / "street.gnpk")
+    folder = tmp_path / "models"
+    folder.mkdir()
+    spec = {"flip": True, "scales": [0.75, 1.0, 1.25]}
+    gnpk.write_model(folder / "street.gnpk", dict(source.model, test_time=spec), source.graph, source.tensors)
+    model, plain = load_model(folder / "street.gnpk"), load_model(packed_model_dir / "street.gnpk")
+    srv = start_server(folder, tmp_path / "server.log")
+    try:
+        info = httpx.get(srv.url + "/models").json()["models"][0]
+        assert info["name"] == "street" and info["test_time"] == spec
+        path = STREET_IMAGES[0]
+        data = path.read_bytes()
+        rgb = np.asarray(Image.open(path).convert("RGB"))
+        r = post_image(srv.url, data)
+        assert r.status_code == 200, r.text
+        assert r.headers["X-Network-Passes"] == "6"
+        assert np.array_equal(decode_png(r.content), model.predict(rgb))
+        assert np.array_equal(model.predict(rgb), plain.predict(rgb, flip=True, scales=[0.75, 1.0, 1.25]))
+        one = post_image(srv.url, data, flip="false", scales="1")
+        assert one.headers["X-Network-Passes"] == "1"
+        assert np.array_equal(decode_png(one.content), plain.predict(rgb))
+        assert not np.array_equal(decode_png(one.content), decode_png(r.content))
+        two = post_image(srv.url, data, scales="0.5,1", flip="false")
+        assert two.headers["X-Network-Passes"] == "2"
+        assert np.array_equal(decode_png(two.content), plain.predict(rgb, scales=[0.5, 1.0]))
+        soft = post_image(srv.url, data, scales="1", format="probability", foreground="car")
+        assert soft.status_code == 200 and soft.headers["X-Network-Passes"] == "2"
+        for bad in ("3", "0.5,x", "", "1,1"):
+            bad_reply = post_image(srv.url, data, scales=bad)
+            assert bad_reply.status_code == 422 and "scales" in bad_reply.json()["detail"], bad
+        video = httpx.post(
+            srv.url + "/segment/video",
+            params={"format": "json", "smooth": "false"},
+            files={"file": ("v.mp4", VIDEO.read_bytes())},
+            timeout=300,
+        )
+        assert video.status_code == 200, video.text
+        cap = cv2.VideoCapture(str(VIDEO))
+        for frame in video.json()["frames"][:3]:
+            ok, bgr = cap.read()
+            assert ok
+            single = plain.predict(np.ascontiguousarray(bgr[:, :, ::-1]))
+            assert [c["pixels"] for c in frame["classes"]] == np.bincount(
+                single.ravel(), minlength=11
+            ).tolist()
+        cap.release()
+    finally:
+        srv.stop()

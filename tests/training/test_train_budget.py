@@ -184,7 +184,7 @@ def test_packed_model_scored_through_the_runtime(packed_model_path, tmp_path, ca
         == 0
     )
     captured = capsys.readouterr()
-    assert "with flip test-time augmentation" in captured.out
+    assert "(2 passes: scales 1 + flip)" in captured.out
     assert "packed eval" not in captured.err  # --output.progress false silences the progress bar
     model = load_model(packed_model_path)
     for path, flip in ((out, False), (flipped, True)):
@@ -199,6 +199,41 @@ def test_packed_model_scored_through_the_runtime(packed_model_path, tmp_path, ca
         assert scores["flip"] is flip
         assert scores["iou"]["person"] == pytest.approx(inter / union, abs=1e-9)
     assert config["data"]["classes"] == ["background", "person"]
+
+
+def test_packed_eval_runs_the_file_test_time(packed_model_path, tmp_path, capsys):
+    """train-seg eval --packed scores a file with its stored test-time augmentation; --eval.flip and
+    --eval.scales replace its parts; bad scales are a one-line error."""
+    from seg_service import format as gnpk
+
+    source = gnpk.read_model(packed_model_path)
+    tta = tmp_path / "tta.gnpk"
+    gnpk.write_model(
+        tta, dict(source.model, test_time={"flip": True, "scales": [0.75, 1.0]}), source.graph, source.tensors
+    )
+    common = [
+        "eval",
+        "--packed",
+        str(tta),
+        "--config",
+        "smoke_seg",
+        "--threads",
+        "1",
+        "--output.progress",
+        "false",
+    ]
+    runs = (
+        ([], True, [0.75, 1.0], "(4 passes: scales 0.75, 1 + flip)"),
+        (["--eval.flip", "false", "--eval.scales", "[1.0]"], False, [1.0], "runtime, median"),
+    )
+    for extra, flip, scales, said in runs:
+        out = tmp_path / "scores.json"
+        assert train_seg_main([*common, "--output", str(out), *extra]) == 0
+        assert said in capsys.readouterr().out
+        scores = json.loads(out.read_text())
+        assert scores["flip"] is flip and scores["scales"] == scales
+    assert train_seg_main([*common, "--eval.scales", "[5.0]"]) == 2
+    assert "--eval.scales" in capsys.readouterr().err
 
 
 def test_packed_eval_needs_a_config(packed_model_path, capsys):

@@ -71,6 +71,7 @@ async def models(service: ServiceDep) -> ModelsResponse:
                 file_size=int(m.file_size),
                 checksum=m.checksum,
                 postprocess=dict(m.postprocess) or None,
+                test_time=m.test_time.to_json(),
                 default=name == registry.default_name,
             )
             for name, m in sorted(registry.models.items())

@@ -14,6 +14,7 @@ from seg_service.api.inference import Busy, timed_predict
 from seg_service.api.masks import class_counts, coco_rle
 from seg_service.api.schemas import RLE, ClassStats, ErrorResponse, SegmentResponse
 from seg_service.api.streams import FOREGROUND_DESCRIPTION, MASK_FORMATS, frame_mask, parse_foreground
+from seg_service.format import parse_scales
 from seg_service.runtime import PackedModel
 from seg_service.runtime.softmask import resolve_foreground
 
@@ -80,17 +81,18 @@ def _segment_job(
     max_pixels: int,
     output: str,
     with_rle: bool,
-    flip: bool,
+    flip: bool | None,
     refine: bool,
     foreground: list[str] | None = None,
+    scales: tuple[float, ...] | None = None,
 ) -> tuple[bytes | SegmentResponse, float]:
     max_side, what = MAX_SIDE_FOR_OUTPUT[output]
     rgb = imaging.decode_image(data, max_pixels, max_side, what)
     if output in ("alpha", "probability"):
-        soft, ms = frame_mask(model, rgb, flip, refine, MASK_FORMATS[output], foreground)
+        soft, ms = frame_mask(model, rgb, flip, refine, MASK_FORMATS[output], foreground, scales=scales)
         del rgb
         return imaging.encode_mask_png(soft, soft=True), ms
-    mask, ms = timed_predict(model, rgb, flip, refine)
+    mask, ms = timed_predict(model, rgb, flip, refine, scales)
     if output == "png":
         del rgb  # free the decoded image before the encoder allocates
         return imaging.encode_mask_png(mask), ms
@@ -119,7 +121,8 @@ def _segment_job(
             "format=alpha: 8-bit alpha matte of the foreground class(es) (0 background, "
             "255 foreground, soft across edges); format=probability: 8-bit "
             "round(255 * P(foreground)); "
-            "format=json: the statistics below. Header X-Inference-Time-Ms.",
+            "format=json: the statistics below. Headers X-Inference-Time-Ms and X-Network-Passes "
+            "(test-time augmentation: scales x flip).",
         },
         **ERROR_RESPONSES,
     },
@@ -137,23 +140,44 @@ async def segment(
     ] = "png",
     rle: Annotated[bool, Query(description="format=json: add COCO RLE per class.")] = False,
     flip: Annotated[
-        bool,
+        bool | None,
         Query(
             description="Test-time augmentation: also run the mirrored image and "
-            "average the two (twice the time, usually a little more "
-            "accurate)."
+            "average the passes (twice the time, usually a little more "
+            "accurate). Default: the model's own setting (GET /models, test_time)."
         ),
-    ] = False,
+    ] = None,
+    scales: Annotated[
+        str | None,
+        Query(
+            description="Test-time augmentation: run the image at these sizes relative to the model's "
+            "input size, comma-separated (e.g. 0.75,1,1.25), and average the passes (one pass per "
+            "scale, two with flip). 1 for a single pass. Default: the model's own setting."
+        ),
+    ] = None,
     refine: RefineQuery = True,
     foreground: Annotated[str | None, Query(description=FOREGROUND_DESCRIPTION)] = None,
 ) -> Response:
     """Segment one image. Grayscale, RGBA, 16-bit, CMYK, animated (first frame) and EXIF-rotated
     images are accepted; the mask always matches the upright image's size."""
     names = check_foreground(model, foreground, output in ("alpha", "probability"))
+    try:
+        tta = model.augmentation(flip, None if scales is None else parse_scales(scales))
+    except ValueError as e:
+        raise HTTPException(422, str(e)) from None
     data = await file.read()
     try:
         result, ms = await service.gate.run_now(
-            _segment_job, data, model, service.settings.max_image_pixels, output, rle, flip, refine, names
+            _segment_job,
+            data,
+            model,
+            service.settings.max_image_pixels,
+            output,
+            rle,
+            tta.flip,
+            refine,
+            names,
+            tta.scales,
         )
     except Busy as e:
         raise HTTPException(503, str(e), headers={"Retry-After": "1"}) from None
@@ -164,10 +188,11 @@ async def segment(
         "model": model.name,
         "inference_ms": round(ms, 2),
         "format": output,
-        "flip": flip,
+        "flip": tta.flip,
+        "scales": list(tta.scales),
         "refine": refine,
     }
-    headers = {"X-Inference-Time-Ms": f"{ms:.3f}", "X-Model": model.name}
+    headers = {"X-Inference-Time-Ms": f"{ms:.3f}", "X-Model": model.name, "X-Network-Passes": str(tta.passes)}
     if isinstance(result, SegmentResponse):
         return JSONResponse(result.model_dump(exclude_none=True), headers=headers)
     media_type = "image/jpeg" if output == "overlay" else "image/png"
