@@ -162,11 +162,15 @@ def u8_conv_float_weight(op: Mapping[str, Any], tensors: Mapping[str, np.ndarray
     return (q * scale * np.asarray(op["pixel_scale"], dtype=np.float64)).astype(np.float32)
 
 
+def _has_u8_conv(graph: Mapping[str, Any]) -> bool:
+    return any(isinstance(op, dict) and op.get("op") == "conv2d_u8" for op in graph.get("ops", []))
+
+
 def file_version(model: Mapping[str, Any], graph: Mapping[str, Any]) -> int:
     """The lowest format version that describes a model (see FORMAT_VERSION)."""
     if model.get("test_time") is not None:
         return 4
-    if any(isinstance(op, dict) and op.get("op") == "conv2d_u8" for op in graph.get("ops", [])):
+    if _has_u8_conv(graph):
         return 3
     return 2 if model.get("postprocess") is not None else 1
 
@@ -357,8 +361,7 @@ def decode_model(data: bytes | bytearray | memoryview, source: str = "<bytes>") 
         raise ModelFormatError(
             f"{source}: 'test_time' needs format version 4, the file says version {version}"
         )
-    uses_u8 = any(isinstance(op, dict) and op.get("op") == "conv2d_u8" for op in graph.get("ops", []))
-    if version in ("1", "2") and uses_u8:
+    if version in ("1", "2") and _has_u8_conv(graph):
         raise ModelFormatError(
             f"{source}: op 'conv2d_u8' needs format version 3, the file says version {version}"
         )

@@ -264,21 +264,18 @@ class PackedModel:
         """(logits cropped to the processed size, the guide when ``with_guide``, else None): the mean
         of the passes ``augmentation(flip, scales)`` names (docs/format.md, test-time augmentation)."""
         tta = self.augmentation(flip, scales)
-        if tta.scales == (1.0,):
-            x, (h, w), guide = self._prepare(rgb, with_guide)
-            logits = self._passes(x, h, w, tta.flip)
-        else:
-            logits, guide = self._multiscale(rgb, tta, with_guide)
+        logits, guide = self._summed_passes(rgb, tta, with_guide)
         if tta.passes > 1:
             logits = logits * np.float32(1.0 / tta.passes)
         return np.ascontiguousarray(logits), guide
 
-    def _multiscale(
+    def _summed_passes(
         self, rgb: np.ndarray, tta: Augmentation, with_guide: bool
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """The sum of the passes' logits over ``tta.scales`` at the processed size [h, w], and the guide.
         At scale s the resized image is resized again to round(h * s) x round(w * s) (area when
-        smaller, bilinear when larger) and its logits resized back to [h, w] bilinearly."""
+        smaller, bilinear when larger) and its logits resized back to [h, w] bilinearly; scale 1 is
+        ``_prepare``'s input itself."""
         image = self._processed_image(rgb)
         h, w = image.shape[:2]
         guide = None
