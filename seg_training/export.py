@@ -725,6 +725,41 @@ def repack_model(
         raise ExportError(str(exc)) from None
 
 
+SILENT_CONTRIBUTION = 1e-3  # largest output change of a binary conv channel below which it is silent
+
+
+def silent_binary_channels(path: str | Path) -> tuple[dict[str, float], int, int]:
+    """The packed file's binary conv output channels that cannot move their output by
+    SILENT_CONTRIBUTION (|mul| times the fan-in): (share of such channels per conv that has any,
+    silent channels, all binary conv channels). Their latent weights collapsed to zero in training
+    (weight decay, docs/training.md): they cost run time and add nothing."""
+    packed = gnpk.read_model(path)
+    shares: dict[str, float] = {}
+    silent = total = 0
+    for op in packed.graph["ops"]:
+        if op["op"] != "bconv2d":
+            continue
+        fan_in = int(op["in_channels"]) * int(op["kernel"]) ** 2
+        quiet = np.abs(packed.tensors[op["mul"]]) * fan_in < SILENT_CONTRIBUTION
+        silent, total = silent + int(quiet.sum()), total + quiet.size
+        if quiet.any():
+            shares[str(op["weight"]).removesuffix(".weight")] = float(quiet.mean())
+    return shares, silent, total
+
+
+def _warn_silent(path: str | Path) -> None:
+    shares, silent, total = silent_binary_channels(path)
+    if silent:
+        worst = sorted(shares.items(), key=lambda item: -item[1])[:5]
+        shown = ", ".join(f"{name} {100 * share:.0f} %" for name, share in worst)
+        print(
+            f"warning: {silent} of {total} binary conv output channels ({100 * silent / total:.1f} %) are "
+            f"silent: their weights collapsed in training (docs/training.md, train.binary_weight_decay); "
+            f"most in {shown}",
+            file=sys.stderr,
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``export-model``: checkpoint -> packed .gnpk file (arguments: seg_training.export_cli)."""
     from .export_cli import build_parser
@@ -757,6 +792,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"export-model: error: {exc}", file=sys.stderr)
             return 2
         print(f"wrote {args.out} ({Path(args.out).stat().st_size / 1e6:.2f} MB, sha256 {checksum[:16]}...)")
+        _warn_silent(args.out)
         return 0
     from .data.errors import InputError
     from .engine.checkpoint import load_checkpoint, model_from_checkpoint
@@ -792,6 +828,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     size = Path(args.out).stat().st_size
     print(f"wrote {args.out} ({size / 1e6:.2f} MB, sha256 {checksum[:16]}...)")
+    _warn_silent(args.out)
     return 0
 
 

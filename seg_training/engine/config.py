@@ -84,6 +84,9 @@ SEG_DEFAULTS: dict[str, Any] = {
         "head_lr_mult": 10.0,  # head learning rate = lr * head_lr_mult
         "momentum": 0.9,
         "weight_decay": 1.0e-4,
+        # weight decay of the latent weights of binary convs (docs/training.md): 0, because decay
+        # drags them to zero, where the BatchNorm epsilon stops normalising and the conv goes dead
+        "binary_weight_decay": 0.0,
         "schedule": "poly",  # poly | step | constant
         "milestones": [],  # epochs, for the step schedule
         "gamma": 0.1,

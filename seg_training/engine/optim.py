@@ -8,31 +8,61 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..binary.layers import BinaryConv2d
 
-def param_groups(model: nn.Module, lr: float, head_lr_mult: float) -> list[dict[str, Any]]:
-    """Encoder parameters ("encoder.*") at ``lr``; everything else (head, classifier) at lr * head_lr_mult."""
-    encoder: list[nn.Parameter] = []
-    head: list[nn.Parameter] = []
+
+def _is_binary_weight(model: nn.Module, name: str) -> bool:
+    owner, _, leaf = name.rpartition(".")
+    module = model.get_submodule(owner) if owner else model
+    return leaf == "weight" and isinstance(module, BinaryConv2d) and module.weight_quantizer.binary
+
+
+def param_groups(
+    model: nn.Module,
+    lr: float,
+    head_lr_mult: float,
+    weight_decay: float = 0.0,
+    binary_weight_decay: float = 0.0,
+) -> list[dict[str, Any]]:
+    """Encoder parameters ("encoder.*") at ``lr``; everything else (head, classifier) at lr * head_lr_mult.
+
+    The latent weights of binary convs form groups of their own with ``binary_weight_decay``: their
+    scale is divided out by the BatchNorm after them, so decay only shrinks them, and once a conv's
+    output variance falls below the BatchNorm's epsilon the conv stops contributing and its
+    gradient vanishes (the eighth session's person model lost most of layer4 that way).
+    """
+    groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
-            (encoder if name.startswith("encoder.") else head).append(param)
-    groups = [
-        {"params": encoder, "lr": lr, "name": "encoder"},
-        {"params": head, "lr": lr * head_lr_mult, "name": "head"},
-    ]
-    return [g for g in groups if g["params"]]
+            part = "encoder" if name.startswith("encoder.") else "head"
+            # equal decays keep the two-group layout of runs started before the split (resume)
+            binary = binary_weight_decay != weight_decay and _is_binary_weight(model, name)
+            groups.setdefault((part, binary), []).append(param)
+    out = []
+    for part in ("encoder", "head"):
+        for binary in (False, True):
+            params = groups.get((part, binary))
+            if params:
+                out.append(
+                    {
+                        "params": params,
+                        "lr": lr * (1.0 if part == "encoder" else head_lr_mult),
+                        "weight_decay": binary_weight_decay if binary else weight_decay,
+                        "name": f"{part}_binary" if binary else part,
+                    }
+                )
+    return out
 
 
 def build_optimizer(model: nn.Module, train: dict[str, Any]) -> torch.optim.Optimizer:
-    groups = param_groups(model, float(train["lr"]), float(train["head_lr_mult"]))
     wd = float(train["weight_decay"])
+    binary_wd = float(train.get("binary_weight_decay") or 0.0)
+    groups = param_groups(model, float(train["lr"]), float(train["head_lr_mult"]), wd, binary_wd)
     if train["optimizer"] == "sgd":
-        return torch.optim.SGD(
-            groups, lr=float(train["lr"]), momentum=float(train["momentum"]), weight_decay=wd
-        )
+        return torch.optim.SGD(groups, lr=float(train["lr"]), momentum=float(train["momentum"]))
     if train["optimizer"] == "adamw":
-        return torch.optim.AdamW(groups, lr=float(train["lr"]), weight_decay=wd)
-    return torch.optim.Adam(groups, lr=float(train["lr"]), weight_decay=wd)
+        return torch.optim.AdamW(groups, lr=float(train["lr"]))
+    return torch.optim.Adam(groups, lr=float(train["lr"]))
 
 
 def lr_factor_fn(train: dict[str, Any], iters_per_epoch: int):

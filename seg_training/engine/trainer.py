@@ -194,6 +194,13 @@ def build_training_parts(
 def resume_from(parts: TrainingParts, state: CheckpointState, info: DistInfo) -> RunRecord:
     """Restore weights, optimizer, schedule, scaler and this rank's RNG streams from a checkpoint."""
     parts.model.load_state_dict(state.model)
+    saved_groups = len(state.optimizer.get("param_groups", []))
+    if saved_groups != len(parts.optimizer.param_groups):
+        raise InputError(
+            f"the checkpoint's optimizer has {saved_groups} parameter groups, this run's "
+            f"{len(parts.optimizer.param_groups)}: a run started before binary weights had their own "
+            "decay resumes with --train.binary_weight_decay set to its train.weight_decay"
+        )
     parts.optimizer.load_state_dict(state.optimizer)
     parts.scheduler.load_state_dict(state.scheduler)
     if state.scaler:

@@ -81,3 +81,23 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     resumed_training = sum(r["seconds"] for r in res["history"][killed_at:])
     assert summary["seconds"] >= killed_elapsed + resumed_training
     assert res["elapsed"] >= killed_elapsed + resumed_training
+
+
+def test_run_started_with_one_decay_for_all_weights_resumes_only_with_that_setting(tmp_path):
+    """A checkpoint whose optimizer has the old two-group layout (binary weights decayed like the
+    rest) stops a resume under the new default with the advice, and resumes with the old setting."""
+    legacy = ["--train.weight_decay", "1e-4", "--train.binary_weight_decay", "1e-4"]
+    args = [a if a != str(EPOCHS) else "2" for a in ARGS]
+    first = run_module([*args, *quiet(tmp_path), *legacy, "--train.epochs", "1"], cwd=REPO)
+    assert first.returncode == 0, first.stderr
+    last = tmp_path / "smoke_seg" / "last.pt"
+    assert len(load_checkpoint(last)["optimizer"]["param_groups"]) == 2
+
+    refused = run_module([*args, *quiet(tmp_path), "--train.binary_weight_decay", "0", "--resume"], cwd=REPO)
+    assert refused.returncode != 0
+    assert "--train.binary_weight_decay set to its train.weight_decay" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+    resumed = run_module([*args, *quiet(tmp_path), *legacy, "--resume"], cwd=REPO)
+    assert resumed.returncode == 0, resumed.stderr
+    assert load_checkpoint(last)["epoch"] == 2
