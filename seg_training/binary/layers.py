@@ -131,6 +131,24 @@ def binary_convs(module: nn.Module) -> list[BinaryConv2d]:
     return [m for m in module.modules() if isinstance(m, BinaryConv2d)]
 
 
+COLLAPSED_LATENT = 1e-6  # mean |latent weight| of an output channel below which it has collapsed
+
+
+def collapsed_channels(module: nn.Module) -> tuple[int, int]:
+    """(output channels of binary convs whose latent weights collapsed towards zero, all of them).
+
+    Healthy latent weights sit around 1e-3 to 1e-1; weight decay on them can drive a channel's to
+    1e-38, where the BatchNorm after it no longer normalises and the channel is silent
+    (docs/training.md, "Binary weights and weight decay")."""
+    collapsed = total = 0
+    for conv in binary_convs(module):
+        if conv.weight_quantizer.binary:
+            scale = conv.weight.detach().abs().flatten(1).mean(dim=1)
+            collapsed += int((scale < COLLAPSED_LATENT).sum())
+            total += scale.numel()
+    return collapsed, total
+
+
 def set_mode(model: nn.Module, mode: str) -> nn.Module:
     """Switch every binary layer's activation quantizer: "sign" (binary) or "tanh" (stage 1).
 

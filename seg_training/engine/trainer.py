@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from ..binary.layers import collapsed_channels
 from ..data.errors import InputError
 from . import distributed
 from .checkpoint import CheckpointState, init_weights, load_checkpoint, rng_state, save_atomic, set_rng_state
@@ -505,6 +506,12 @@ def _train(
             f"  val {METRIC_LABEL[metric_name]} {100 * row[metric_name]:.2f}" if metric_name in row else ""
         )
         log(f"epoch {epoch + 1}/{epochs}  loss {row['train_loss']:.4f}{shown}  {row['img_per_s']:.1f} img/s")
+        collapsed, channels = collapsed_channels(model)
+        if collapsed:
+            log(
+                f"warning: {collapsed} of {channels} binary conv output channels have collapsed latent "
+                "weights (mean |w| < 1e-6): they are silent; see docs/training.md, train.binary_weight_decay"
+            )
         if budget_note:
             log(budget_note)
 

@@ -13,7 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
-from seg_training.binary.layers import BinaryConv2d, binary_convs  # noqa: E402
+from seg_training.binary.layers import BinaryConv2d, binary_convs, collapsed_channels  # noqa: E402
 from seg_training.engine.config import DEFAULTS  # noqa: E402
 from seg_training.engine.optim import build_optimizer, param_groups  # noqa: E402
 from seg_training.export import export_model, main, silent_binary_channels  # noqa: E402
@@ -88,3 +88,13 @@ def test_export_reports_silent_binary_channels(tmp_path, capsys):
     assert f"{silent} of {total} binary conv output channels" in err and "layer4.1.b0.1" in err
     assert main(["--repack", str(tmp_path / "healthy.gnpk"), "--out", str(tmp_path / "again2.gnpk")]) == 0
     assert "silent" not in capsys.readouterr().err
+
+
+def test_collapsed_channels_counts_latent_weights_near_zero():
+    model = small_model(**SKIP_OS32)
+    total = sum(c.out_channels for c in binary_convs(model))
+    assert collapsed_channels(model) == (0, total)
+    conv = model.encoder.layer3[0].branches[1].conv2
+    with torch.no_grad():
+        conv.weight[:5].mul_(1e-12)
+    assert collapsed_channels(model) == (5, total)
