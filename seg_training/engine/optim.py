@@ -29,7 +29,8 @@ def param_groups(
     The latent weights of binary convs form groups of their own with ``binary_weight_decay``: their
     scale is divided out by the BatchNorm after them, so decay only shrinks them, and once a conv's
     output variance falls below the BatchNorm's epsilon the conv stops contributing and its
-    gradient vanishes (the eighth session's person model lost most of layer4 that way).
+    gradient vanishes (docs/training.md: a person model trained about 60 epochs with decay 1e-4 on
+    every weight lost 57 % of its binary channels that way).
     """
     groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
