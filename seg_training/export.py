@@ -747,7 +747,9 @@ def silent_binary_channels(path: str | Path) -> tuple[dict[str, float], int, int
     return shares, silent, total
 
 
-def _warn_silent(path: str | Path) -> None:
+def _report_written(path: str | Path, checksum: str) -> None:
+    """export-model's last words: the file written, then a warning if it has silent channels."""
+    print(f"wrote {path} ({Path(path).stat().st_size / 1e6:.2f} MB, sha256 {checksum[:16]}...)")
     shares, silent, total = silent_binary_channels(path)
     if silent:
         worst = sorted(shares.items(), key=lambda item: -item[1])[:5]
@@ -791,8 +793,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (ExportError, OSError) as exc:
             print(f"export-model: error: {exc}", file=sys.stderr)
             return 2
-        print(f"wrote {args.out} ({Path(args.out).stat().st_size / 1e6:.2f} MB, sha256 {checksum[:16]}...)")
-        _warn_silent(args.out)
+        _report_written(args.out, checksum)
         return 0
     from .data.errors import InputError
     from .engine.checkpoint import load_checkpoint, model_from_checkpoint
@@ -826,9 +827,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ExportError, OSError) as exc:
         print(f"export-model: error: {exc}", file=sys.stderr)
         return 2
-    size = Path(args.out).stat().st_size
-    print(f"wrote {args.out} ({size / 1e6:.2f} MB, sha256 {checksum[:16]}...)")
-    _warn_silent(args.out)
+    _report_written(args.out, checksum)
     return 0
 
 

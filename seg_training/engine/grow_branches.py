@@ -63,13 +63,15 @@ class GrowReport:
         )
 
 
-def _grown_state(old: nn.Module, new: nn.Module, k_old: int, k_new: int) -> dict[str, torch.Tensor]:
-    """The grown network's state dict: every tensor of ``new`` from its counterpart in ``old``."""
+def _grown_state(
+    old: nn.Module, new: nn.Module, blocks: dict[str, int], k_old: int, k_new: int
+) -> dict[str, torch.Tensor]:
+    """The grown network's state dict: every tensor of ``new`` from its counterpart in ``old``
+    (``blocks``: the original's Group-Net blocks and their branch counts)."""
     # Group-wise networks copy whole branches (a block of K branches); layer-wise ones (one branch
     # per block) copy the K convs of each ensemble. Either way each sum's scales are divided by m.
     m = k_new // k_old
     old_state, state = old.state_dict(), new.state_dict()
-    blocks = {name: len(mod.branches) for name, mod in old.named_modules() if isinstance(mod, GroupBlock)}
     ensembles = {name for name, mod in new.named_modules() if isinstance(mod, BinaryConvEnsemble)}
     for key in state:
         # a branch of a grown block reads its source branch (j % K); then the ensemble and
@@ -96,29 +98,29 @@ def _grown_state(old: nn.Module, new: nn.Module, k_old: int, k_new: int) -> dict
     return state
 
 
-def _check_dilations(old: nn.Module, new: nn.Module) -> None:
-    old_blocks = dict((n, b) for n, b in old.named_modules() if isinstance(b, GroupBlock))
-    for name, block in new.named_modules():
-        if isinstance(block, GroupBlock):
-            before, after = old_blocks[name].dilations, block.dilations
-            if any(after[j] != before[j % len(before)] for j in range(len(after))):
-                raise InputError(
-                    f"{name}: branch dilations {after} do not repeat the original's {before}; BPAC gives "
-                    "each branch its own rate, so grow with model.bpac false or at output stride 32"
-                )
+def _group_blocks(model: nn.Module) -> dict[str, GroupBlock]:
+    return {name: mod for name, mod in model.named_modules() if isinstance(mod, GroupBlock)}
+
+
+def _check_dilations(old_blocks: dict[str, GroupBlock], new: nn.Module) -> None:
+    for name, block in _group_blocks(new).items():
+        before, after = old_blocks[name].dilations, block.dilations
+        if any(after[j] != before[j % len(before)] for j in range(len(after))):
+            raise InputError(
+                f"{name}: branch dilations {after} do not repeat the original's {before}; BPAC gives "
+                "each branch its own rate, so grow with model.bpac false or at output stride 32"
+            )
 
 
 def _copy_masks(new: nn.Module, branches_old: dict[str, int], k_old: int) -> dict[str, torch.Tensor]:
     """For each binary weight of ``new`` that holds copies: a mask of the copied entries."""
     masks: dict[str, torch.Tensor] = {}
-    for name, mod in new.named_modules():
-        if isinstance(mod, GroupBlock):
-            for j, branch in list(enumerate(mod.branch_modules()))[branches_old[name] :]:
-                for conv_name, conv in branch.named_modules():
-                    if isinstance(conv, BinaryConv2d):
-                        masks[f"{name}.branches.{j}.{conv_name}.weight"] = torch.ones_like(
-                            conv.weight, dtype=torch.bool
-                        )
+    for name, block in _group_blocks(new).items():
+        for j, branch in list(enumerate(block.branch_modules()))[branches_old[name] :]:
+            for conv_name, conv in branch.named_modules():
+                if isinstance(conv, BinaryConv2d):
+                    key = f"{name}.branches.{j}.{conv_name}.weight"
+                    masks[key] = torch.ones_like(conv.weight, dtype=torch.bool)
     for name, mod in new.named_modules():
         key = f"{name}.conv.weight"
         if isinstance(mod, BinaryConvEnsemble) and key not in masks:
@@ -140,12 +142,14 @@ def grow_branches(
     k_old = int(cfg["k"])
     if k <= k_old or k % k_old:
         raise InputError(f"--k must be a multiple of the network's K = {k_old} larger than it, got {k}")
-    grown_cfg = dataclasses.asdict(ModelConfig(**{**cfg, "k": k, "bpac_rates": None}))
     if cfg.get("bpac_rates"):
         raise InputError("a network with explicit model.bpac_rates cannot grow (the rates name K branches)")
+    grown_cfg = dataclasses.asdict(ModelConfig(**{**cfg, "k": k, "bpac_rates": None}))
     new = create_model(grown_cfg).eval()
-    _check_dilations(old, new)
-    state = _grown_state(old, new, k_old, k)
+    old_blocks = _group_blocks(old)
+    _check_dilations(old_blocks, new)
+    branches_old = {name: len(block.branches) for name, block in old_blocks.items()}
+    state = _grown_state(old, new, branches_old, k_old, k)
     new.load_state_dict(state)
 
     generator = torch.Generator().manual_seed(seed)
@@ -154,9 +158,6 @@ def grow_branches(
         difference = float((old(x) - new(x)).abs().max())
 
     flipped = total = 0
-    branches_old = {
-        name: len(mod.branches) for name, mod in old.named_modules() if isinstance(mod, GroupBlock)
-    }
     for key, mask in _copy_masks(new, branches_old, k_old).items():
         w = state[key]
         scale = float(w.abs().mean())

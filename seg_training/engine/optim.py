@@ -8,13 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..binary.layers import BinaryConv2d
-
-
-def _is_binary_weight(model: nn.Module, name: str) -> bool:
-    owner, _, leaf = name.rpartition(".")
-    module = model.get_submodule(owner) if owner else model
-    return leaf == "weight" and isinstance(module, BinaryConv2d) and module.weight_quantizer.binary
+from ..binary.layers import binary_convs
 
 
 def param_groups(
@@ -32,12 +26,13 @@ def param_groups(
     gradient vanishes (docs/training.md: a person model trained about 60 epochs with decay 1e-4 on
     every weight lost 57 % of its binary channels that way).
     """
+    latent = {id(c.weight) for c in binary_convs(model) if c.weight_quantizer.binary}
     groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
             part = "encoder" if name.startswith("encoder.") else "head"
             # equal decays keep the two-group layout of runs started before the split (resume)
-            binary = binary_weight_decay != weight_decay and _is_binary_weight(model, name)
+            binary = binary_weight_decay != weight_decay and id(param) in latent
             groups.setdefault((part, binary), []).append(param)
     out = []
     for part in ("encoder", "head"):
