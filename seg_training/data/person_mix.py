@@ -10,7 +10,14 @@ brought to one mask convention (0 background, 1 person, 255 ignore):
 - ``camvid``: CamVid street scenes: pedestrians are person, bicyclists (rider and bike in one label)
   and void are ignored, every other class is background, so the set also holds many images with no
   person at all. The train split trains; the val split (when present) is a third validation set,
-  ``val_camvid.txt``, of small distant people (not in ``val.txt``, which stays CCP + portraits).
+  ``val_camvid.txt``, of small distant people (not in ``val.txt``, which stays CCP + portraits);
+- ``scenes``: people-free photos, every pixel background: Imagenette (``imagenette96/``) images of
+  the classes that rarely show a person (cassette player, church, garbage truck, gas pump),
+  upscaled to 288x288. CCP and portraits each hold a person in every photo, and a model that
+  learns only from them marks colourful walls, shop fronts and machines as person; these teach it
+  that a photo may hold no one (and copy-paste puts people on them). 200 training images per class;
+  50 validation images per class form ``val_scenes.txt``, where the share of pixels marked person
+  measures false alarms (not in ``val.txt``).
 
 Images are linked (or copied with ``--copy``), masks written as 8-bit PNGs, names prefixed by
 source (``ccp_0001``, ``portraits_00001``, ``camvid_0001TP_006690``). List files: ``train.txt``,
@@ -26,7 +33,10 @@ CCP labels only the photo's subject: bystanders behind her are background in its
 teach the model to miss people. With ``--mediapipe-python`` MediaPipe's selfie segmenter (general
 model, run in its own environment) looks at every CCP training image, and each person-like region
 it finds away from the labelled subject becomes ``ignore`` (see ``unlabelled_people``); its masks
-stay in ``<out>/mediapipe/`` for inspection. Validation masks are never changed.
+stay in ``<out>/mediapipe/`` for inspection. CCP and portraits validation masks are never changed.
+It also looks at the ``scenes`` images, training and validation: what it takes for a person there
+(a rare passer-by, or a person-like shape) becomes ``ignore``, so neither training nor the false-alarm
+figure counts it as background.
 """
 
 from __future__ import annotations
@@ -44,6 +54,15 @@ from .io import read_mask
 
 CAMVID_PEDESTRIAN, CAMVID_BICYCLIST, CAMVID_VOID = 9, 10, 11
 IGNORE = 255
+# Imagenette classes whose photos rarely show a person: the people-free scenes of the mix.
+SCENE_CLASSES = {
+    "n02979186": "cassette player",
+    "n03028079": "church",
+    "n03417042": "garbage truck",
+    "n03425413": "gas pump",
+}
+SCENE_SIDE = 288  # Imagenette here is 96x96: upscaled once (bicubic) rather than by the loader
+SCENES_PER_CLASS = {"train": 200, "val": 50}
 
 
 def unlabelled_people(
@@ -119,7 +138,26 @@ def camvid_items(root: Path) -> Iterator[tuple[str, str, Path, np.ndarray]]:
             yield split, f"camvid_{stem}", root / folder / "images" / f"{stem}.jpg", mask
 
 
-SOURCES = {"ccp": ccp_items, "portraits": portrait_items, "camvid": camvid_items}
+def scene_items(root: Path) -> Iterator[tuple[str, str, Path | np.ndarray, np.ndarray]]:
+    """Imagenette photos of ``SCENE_CLASSES`` as people-free scenes: an even spread of
+    ``SCENES_PER_CLASS`` files per class and split, upscaled to ``SCENE_SIDE``, masks all background."""
+    import cv2
+
+    for folder, split in (("train", "train"), ("val", "val_scenes")):
+        for wnid in SCENE_CLASSES:
+            files = sorted((root / folder / wnid).glob("*.jpg"))
+            limit = SCENES_PER_CLASS[folder]
+            for path in files[:: max(1, len(files) // limit)][:limit]:
+                image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+                if image is None:
+                    raise InputError(f"cannot read image {path}")
+                image = cv2.resize(image, (SCENE_SIDE, SCENE_SIDE), interpolation=cv2.INTER_CUBIC)
+                yield split, f"scenes_{wnid}_{path.stem}", image, np.zeros((SCENE_SIDE, SCENE_SIDE), np.uint8)
+
+
+SOURCES = {"ccp": ccp_items, "portraits": portrait_items, "camvid": camvid_items, "scenes": scene_items}
+# A source's folder under --data where it is not the source's name.
+SOURCE_FOLDERS = {"scenes": "imagenette96"}
 
 
 def build(
@@ -130,21 +168,31 @@ def build(
     mediapipe_python: str | None = None,
 ) -> dict[str, int]:
     """Write the folder; returns the number of images per list (and, with ``mediapipe_python``, of
-    CCP training masks given ignored bystanders, as ``ccp_bystanders``)."""
+    CCP training masks given ignored bystanders, as ``ccp_bystanders``, and of scene masks given
+    ignored people, as ``scene_people``)."""
     import cv2
 
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
-    lists: dict[str, list[str]] = {"train": [], "val_ccp": [], "val_portraits": [], "val_camvid": []}
+    lists: dict[str, list[str]] = {
+        "train": [],
+        "val_ccp": [],
+        "val_portraits": [],
+        "val_camvid": [],
+        "val_scenes": [],
+    }
     for source in sources:
-        root = data / source
+        root = data / SOURCE_FOLDERS.get(source, source)
         if not root.is_dir():
             raise InputError(f"data set folder not found: {root}")
         for split, name, image, mask in SOURCES[source](root):
             target = out / "images" / f"{name}.jpg"
             if target.is_symlink() or target.exists():
                 target.unlink()
-            if copy:
+            if isinstance(image, np.ndarray):  # made here (resized): written, not linked
+                if not cv2.imwrite(str(target), image, [cv2.IMWRITE_JPEG_QUALITY, 95]):
+                    raise InputError(f"cannot write {target}")
+            elif copy:
                 shutil.copyfile(image, target)
             else:
                 os.symlink(image.resolve(), target)
@@ -161,7 +209,45 @@ def build(
     counts = {split: len(names) for split, names in lists.items()}
     if mediapipe_python and "ccp" in sources:
         counts["ccp_bystanders"] = ignore_ccp_bystanders(out, lists["train"], mediapipe_python)
+    if mediapipe_python and "scenes" in sources:
+        scenes = [n for n in lists["train"] + lists["val_scenes"] if n.startswith("scenes_")]
+        counts["scene_people"] = ignore_scene_people(out, scenes, mediapipe_python)
     return counts
+
+
+def _reference_masks(out: Path, names: Sequence[str], mediapipe_python: str, folder: str) -> list[np.ndarray]:
+    """MediaPipe general's person masks of images ``names`` of ``out``, kept in ``out/<folder>/general``
+    (mask i for names[i])."""
+    # The peer runner lives with the comparison tools; imported here so building without it needs
+    # no MediaPipe environment.
+    from ..peers.compare import mediapipe_masks
+
+    workdir = out / folder
+    workdir.mkdir(parents=True, exist_ok=True)
+    return mediapipe_masks(
+        mediapipe_python, "general", [str(out / "images" / f"{n}.jpg") for n in names], workdir
+    )
+
+
+def ignore_scene_people(out: Path, names: Sequence[str], mediapipe_python: str, grow: int = 4) -> int:
+    """Mark what MediaPipe takes for a person in the people-free scenes ``names`` of ``out`` as
+    ignore, grown by ``grow`` pixels; returns how many masks changed."""
+    import cv2
+
+    changed = 0
+    kernel = np.ones((2 * grow + 1, 2 * grow + 1), np.uint8)
+    for name, reference in zip(
+        names, _reference_masks(out, names, mediapipe_python, "mediapipe/scenes"), strict=True
+    ):
+        if not reference.any():
+            continue
+        path = out / "masks" / f"{name}.png"
+        mask = read_mask(path)
+        mask[cv2.dilate((reference > 0).astype(np.uint8), kernel) > 0] = IGNORE
+        if not cv2.imwrite(str(path), mask):
+            raise InputError(f"cannot write {path}")
+        changed += 1
+    return changed
 
 
 def ignore_ccp_bystanders(out: Path, train: Sequence[str], mediapipe_python: str) -> int:
@@ -169,18 +255,11 @@ def ignore_ccp_bystanders(out: Path, train: Sequence[str], mediapipe_python: str
     returns how many masks changed."""
     import cv2
 
-    # The peer runner lives with the comparison tools; imported here so building without it needs
-    # no MediaPipe environment.
-    from ..peers.compare import mediapipe_masks
-
     names = [n for n in train if n.startswith("ccp_")]
-    workdir = out / "mediapipe"
-    workdir.mkdir(exist_ok=True)
-    references = mediapipe_masks(
-        mediapipe_python, "general", [str(out / "images" / f"{n}.jpg") for n in names], workdir
-    )
     changed = 0
-    for name, reference in zip(names, references, strict=True):
+    for name, reference in zip(
+        names, _reference_masks(out, names, mediapipe_python, "mediapipe"), strict=True
+    ):
         path = out / "masks" / f"{name}.png"
         mask = read_mask(path)
         extra = unlabelled_people(mask, reference)
@@ -200,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--data",
         type=Path,
         default=Path("../shared/data"),
-        help="folder holding ccp/, portraits/, camvid/ (default ../shared/data)",
+        help="folder holding ccp/, portraits/, camvid/, imagenette96/ (default ../shared/data)",
     )
     parser.add_argument("--out", type=Path, required=True, help="folder to write (images/, masks/, *.txt)")
     parser.add_argument("--sources", default=",".join(SOURCES), help=f"comma list of {list(SOURCES)}")
@@ -208,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--mediapipe-python",
         help="python of an environment with mediapipe installed: its selfie segmenter finds the "
-        "bystanders CCP leaves unlabelled, which become ignore in CCP training masks",
+        "bystanders CCP leaves unlabelled and the rare people in the scenes, which become ignore",
     )
     args = parser.parse_args(argv)
     sources = [s.strip() for s in args.sources.split(",") if s.strip()]

@@ -33,8 +33,9 @@ MEDIAPIPE_MODELS = ("general", "landscape")
 
 
 def _scores(cm: np.ndarray) -> dict[str, float]:
-    """Person (class 1) IoU, precision, recall and the 2-class mIoU of a 2x2 confusion matrix
-    (rows: truth, columns: prediction)."""
+    """Person (class 1) IoU, precision, recall, the 2-class mIoU and ``false_alarm`` (the share of
+    background pixels marked person: on a set with no person, e.g. person_mix's ``val_scenes.txt``,
+    the one figure that means anything) of a 2x2 confusion matrix (rows: truth, columns: prediction)."""
     tp, fp, fn = float(cm[1, 1]), float(cm[0, 1]), float(cm[1, 0])
     tn = float(cm[0, 0])
     iou = tp / max(tp + fp + fn, 1.0)
@@ -44,6 +45,7 @@ def _scores(cm: np.ndarray) -> dict[str, float]:
         "precision": tp / max(tp + fp, 1.0),
         "recall": tp / max(tp + fn, 1.0),
         "miou": (iou + background) / 2,
+        "false_alarm": fp / max(tn + fp, 1.0),
     }
 
 
@@ -232,11 +234,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows = accuracy(
                 args.config, args.split, args.data_root, args.packed, args.mediapipe_python, args.threads
             )
-            print(f"{'model':<34} {'person IoU':>10} {'precision':>9} {'recall':>7} {'mIoU':>6}  images")
+            print(
+                f"{'model':<34} {'person IoU':>10} {'precision':>9} {'recall':>7} {'mIoU':>6} "
+                f"{'false alarm':>11}  images"
+            )
             for r in rows:
                 print(
                     f"{r['model']:<34} {100 * r['person_iou']:10.1f} {100 * r['precision']:9.1f} "
-                    f"{100 * r['recall']:7.1f} {100 * r['miou']:6.1f}  {r['images']}"
+                    f"{100 * r['recall']:7.1f} {100 * r['miou']:6.1f} {100 * r['false_alarm']:11.1f}  "
+                    f"{r['images']}"
                 )
         else:
             w, h = (int(v) for v in args.size.lower().split("x"))

@@ -23,10 +23,12 @@ PERSON_CONFIG = Path(__file__).resolve().parents[2] / "seg_training/configs/pers
 
 @pytest.fixture(scope="module")
 def mix(tmp_path_factory) -> Path:
-    """person_mix built from the test copies of CCP, portraits and CamVid (CamVid as its train split)."""
+    """person_mix built from the test copies of CCP, portraits, CamVid (as its train split) and
+    Imagenette (its church photos are people-free scenes)."""
     shared = tmp_path_factory.mktemp("shared")
     (shared / "ccp").symlink_to(DATA / "ccp")
     (shared / "portraits").symlink_to(DATA / "portraits")
+    (shared / "imagenette96").symlink_to(DATA / "imagenette")
     (shared / "camvid").mkdir()
     (shared / "camvid" / "train").symlink_to(DATA / "camvid")
     for part, suffix in (("images", "jpg"), ("masks", "png")):  # one CamVid frame as its val split
@@ -36,8 +38,13 @@ def mix(tmp_path_factory) -> Path:
         )
     out = tmp_path_factory.mktemp("person_mix")
     counts = build(shared, out)
-    assert counts["train"] == 6 + 2 + len(list((DATA / "camvid" / "images").iterdir()))
-    assert (counts["val_ccp"], counts["val_portraits"], counts["val_camvid"]) == (4, 2, 1)
+    assert counts["train"] == 6 + 2 + len(list((DATA / "camvid" / "images").iterdir())) + 6
+    assert (counts["val_ccp"], counts["val_portraits"], counts["val_camvid"], counts["val_scenes"]) == (
+        4,
+        2,
+        1,
+        2,
+    )
     assert (out / "val_camvid.txt").read_text().split() == ["camvid_val_frame"]
     return out
 
@@ -60,6 +67,39 @@ def test_masks_follow_one_convention(mix):
     assert np.array_equal(
         read_mask(mix / "masks/camvid_val_frame.png"), read_mask(mix / "masks/camvid_0001TP_006690.png")
     )
+
+
+def test_scenes_are_people_free_photos_upscaled_once(mix):
+    """Imagenette's church photos (a SCENE_CLASSES class) join training as all-background masks of
+    SCENE_SIDE; its other classes (tench, parachute: often with people) stay out; the validation
+    photos form val_scenes.txt, outside val.txt."""
+    from seg_training.data.person_mix import SCENE_SIDE
+
+    church = sorted(p.stem for p in (DATA / "imagenette/train/n03028079").glob("*.jpg"))
+    train = (mix / "train.txt").read_text().split()
+    scenes = [n for n in train if n.startswith("scenes_")]
+    assert scenes == [f"scenes_n03028079_{stem}" for stem in church]
+    assert (mix / "val_scenes.txt").read_text().split() == [
+        f"scenes_n03028079_{p.stem}" for p in sorted((DATA / "imagenette/val/n03028079").glob("*.jpg"))
+    ]
+    assert not set((mix / "val_scenes.txt").read_text().split()) & set((mix / "val.txt").read_text().split())
+    for name in scenes + (mix / "val_scenes.txt").read_text().split():
+        image = read_image(mix / "images" / f"{name}.jpg")
+        assert (
+            image.shape == (SCENE_SIDE, SCENE_SIDE, 3) and not (mix / "images" / f"{name}.jpg").is_symlink()
+        )
+        assert np.array_equal(
+            read_mask(mix / "masks" / f"{name}.png"), np.zeros((SCENE_SIDE, SCENE_SIDE), np.uint8)
+        )
+    source = read_image(DATA / f"imagenette/train/n03028079/{church[0]}.jpg").astype(np.float32)
+    import cv2
+
+    # the same photo, upscaled: its 96x96 downscale is close to the original (JPEG aside)
+    back = cv2.resize(read_image(mix / "images" / f"{scenes[0]}.jpg"), (96, 96), interpolation=cv2.INTER_AREA)
+    assert np.abs(back.astype(np.float32) - source).mean() < 6
+    assert any(
+        n.startswith("scenes_") for n in (mix / "train_tune.txt").read_text().split()
+    )  # tuned on them too
 
 
 def _pair():
@@ -143,6 +183,14 @@ def test_peer_comparison_scores_packed_models_by_pooled_person_iou(mix):
     timed = speed([str(weights)], python, str(DATA / "portraits/images/00002.jpg"), (160, 120), 2, 2, 2)
     assert timed[0]["calls"] == 4 and timed[0]["median_ms"] > 0
     assert ("ratio_to_peer" in timed[0]) == bool(python)
+    # on people-free scenes the false-alarm share is the figure: person pixels over all pixels
+    scenes = accuracy(str(PERSON_CONFIG), "val_scenes.txt", str(mix), [str(weights)], None, threads=2)
+    marked = total = 0
+    for name in (mix / "val_scenes.txt").read_text().split():
+        pred = model.predict(read_image(mix / "images" / f"{name}.jpg")) == 1
+        marked, total = marked + int(pred.sum()), total + pred.size
+    assert scenes[0]["false_alarm"] == pytest.approx(marked / total)
+    assert scenes[0]["person_iou"] == 0.0 and scenes[0]["images"] == 2
 
 
 def test_peer_ratio_is_the_median_of_the_rounds_ratios():
@@ -230,3 +278,25 @@ def test_build_refuses_a_missing_mediapipe_python(tmp_path, capsys):
         )
     assert stop.value.code == 2 and "--mediapipe-python: no such file" in capsys.readouterr().err
     assert not (tmp_path / "mix").exists()
+
+
+@pytest.mark.skipif(
+    not (os.environ.get("MEDIAPIPE_PYTHON") and Path(os.environ["MEDIAPIPE_PYTHON"]).is_file()),
+    reason="needs MEDIAPIPE_PYTHON, the python of an environment with mediapipe installed",
+)
+def test_people_mediapipe_sees_in_scenes_become_ignore(tmp_path):
+    """With MediaPipe named, a scene mask is ignore exactly where MediaPipe's saved mask, grown by 4
+    pixels, marks a person, and background everywhere else."""
+    import cv2
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "imagenette96").symlink_to(DATA / "imagenette")
+    out = tmp_path / "mix"
+    counts = build(shared, out, ["scenes"], mediapipe_python=os.environ["MEDIAPIPE_PYTHON"])
+    names = (out / "train.txt").read_text().split() + (out / "val_scenes.txt").read_text().split()
+    assert len(names) == 8 and 0 <= counts["scene_people"] <= 8
+    for i, name in enumerate(names):
+        reference = read_mask(out / "mediapipe/scenes/general" / f"{i}.png") > 0
+        expected = np.where(cv2.dilate(reference.astype(np.uint8), np.ones((9, 9), np.uint8)) > 0, 255, 0)
+        assert np.array_equal(read_mask(out / "masks" / f"{name}.png"), expected.astype(np.uint8))
