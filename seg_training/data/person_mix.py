@@ -184,7 +184,9 @@ def build(
     for source in sources:
         root = data / SOURCE_FOLDERS.get(source, source)
         if not root.is_dir():
-            raise InputError(f"data set folder not found: {root}")
+            others = ",".join(x for x in sources if x != source)
+            hint = f" (or leave that source out: --sources {others})" if others else ""
+            raise InputError(f"data set folder not found: {root}{hint}")
         for split, name, image, mask in SOURCES[source](root):
             target = out / "images" / f"{name}.jpg"
             if target.is_symlink() or target.exists():

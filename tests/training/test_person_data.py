@@ -300,3 +300,16 @@ def test_people_mediapipe_sees_in_scenes_become_ignore(tmp_path):
         reference = read_mask(out / "mediapipe/scenes/general" / f"{i}.png") > 0
         expected = np.where(cv2.dilate(reference.astype(np.uint8), np.ones((9, 9), np.uint8)) > 0, 255, 0)
         assert np.array_equal(read_mask(out / "masks" / f"{name}.png"), expected.astype(np.uint8))
+
+
+def test_build_names_a_missing_source_folder_and_how_to_leave_it_out(tmp_path, capsys):
+    from seg_training.data.person_mix import main
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "ccp").symlink_to(DATA / "ccp")
+    with pytest.raises(SystemExit) as stop:
+        main(["--data", str(shared), "--out", str(tmp_path / "mix"), "--sources", "ccp,scenes"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "imagenette96" in err and "--sources ccp" in err and len(err.strip().splitlines()) == 1
