@@ -160,6 +160,14 @@ SOURCES = {"ccp": ccp_items, "portraits": portrait_items, "camvid": camvid_items
 SOURCE_FOLDERS = {"scenes": "imagenette96"}
 
 
+def _write(path: Path, array: np.ndarray, params: Sequence[int] = ()) -> None:
+    """An image or mask file (format by suffix), or InputError."""
+    import cv2
+
+    if not cv2.imwrite(str(path), array, list(params)):
+        raise InputError(f"cannot write {path}")
+
+
 def build(
     data: Path,
     out: Path,
@@ -192,14 +200,12 @@ def build(
             if target.is_symlink() or target.exists():
                 target.unlink()
             if isinstance(image, np.ndarray):  # made here (resized): written, not linked
-                if not cv2.imwrite(str(target), image, [cv2.IMWRITE_JPEG_QUALITY, 95]):
-                    raise InputError(f"cannot write {target}")
+                _write(target, image, [cv2.IMWRITE_JPEG_QUALITY, 95])
             elif copy:
                 shutil.copyfile(image, target)
             else:
                 os.symlink(image.resolve(), target)
-            if not cv2.imwrite(str(out / "masks" / f"{name}.png"), mask):
-                raise InputError(f"cannot write {out / 'masks' / f'{name}.png'}")
+            _write(out / "masks" / f"{name}.png", mask)
             lists[split].append(name)
     lists["val"] = lists["val_ccp"] + lists["val_portraits"]
     # A quick validation set for progress during training: every 4th image of each set, interleaved.
@@ -246,8 +252,7 @@ def ignore_scene_people(out: Path, names: Sequence[str], mediapipe_python: str, 
         path = out / "masks" / f"{name}.png"
         mask = read_mask(path)
         mask[cv2.dilate((reference > 0).astype(np.uint8), kernel) > 0] = IGNORE
-        if not cv2.imwrite(str(path), mask):
-            raise InputError(f"cannot write {path}")
+        _write(path, mask)
         changed += 1
     return changed
 
@@ -255,7 +260,6 @@ def ignore_scene_people(out: Path, names: Sequence[str], mediapipe_python: str, 
 def ignore_ccp_bystanders(out: Path, train: Sequence[str], mediapipe_python: str) -> int:
     """Mark ``unlabelled_people`` found by MediaPipe as ignore in the CCP training masks of ``out``;
     returns how many masks changed."""
-    import cv2
 
     names = [n for n in train if n.startswith("ccp_")]
     changed = 0
@@ -267,8 +271,7 @@ def ignore_ccp_bystanders(out: Path, train: Sequence[str], mediapipe_python: str
         extra = unlabelled_people(mask, reference)
         if extra.any():
             mask[extra] = IGNORE
-            if not cv2.imwrite(str(path), mask):
-                raise InputError(f"cannot write {path}")
+            _write(path, mask)
             changed += 1
     return changed
 
