@@ -3,6 +3,8 @@ through one metric, and latency side by side in one run.
 
     python -m seg_training.peers.compare accuracy --config person --split val_portraits.txt \\
         --packed weights/person.gnpk --mediapipe-python /path/to/mediapipe-env/bin/python
+    python -m seg_training.peers.compare accuracy --config person --split val_ccp.txt \\
+        --packed weights/person.gnpk --sheet worst.png      # and a picture of its worst images
     python -m seg_training.peers.compare speed --packed weights/person.gnpk \\
         --mediapipe-python /path/to/mediapipe-env/bin/python --size 320x240 --threads 2
 
@@ -20,7 +22,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -104,32 +106,132 @@ def mediapipe_timing(
     return json.loads(run_subprocess(command + ["--size", f"{size[0]}x{size[1]}", "--repeats", str(repeats)]))
 
 
+def image_iou(cm: np.ndarray) -> float | None:
+    """Person IoU of one image's 2x2 confusion matrix; None when its truth holds no person pixel
+    (a people-free image has no IoU: its errors show in ``false_alarm``)."""
+    tp, fp, fn = float(cm[1, 1]), float(cm[0, 1]), float(cm[1, 0])
+    return tp / (tp + fp + fn) if tp + fn > 0 else None
+
+
+def _per_image_scores(ious: list[float | None]) -> dict[str, Any]:
+    """The issue's view of a set, next to the pooled IoU: the median image and how many images fail
+    (person IoU under 0.5), over the images whose truth holds a person."""
+    scored = [v for v in ious if v is not None]
+    return {
+        "image_iou": ious,
+        "median_image_iou": statistics.median(scored) if scored else None,
+        "images_under_half": sum(v < 0.5 for v in scored),
+        "images_with_person": len(scored),
+    }
+
+
 def accuracy(
-    config: str, split: str | None, root: str | None, packed: Sequence[str], python: str | None, threads: int
+    config: str,
+    split: str | None,
+    root: str | None,
+    packed: Sequence[str],
+    python: str | None,
+    threads: int,
+    sheet: str | None = None,
+    worst: int = 12,
 ) -> list[dict[str, Any]]:
+    """One row per model: the pooled scores of ``_scores``, the per-image ones of
+    ``_per_image_scores`` (``image_iou`` in the order of ``names``) and ``names``. With ``sheet``,
+    also writes there a picture of the ``worst`` images of the first model (``failure_sheet``)."""
     from seg_service.runtime import load_model, set_num_threads
 
     set_num_threads(threads)
     val_set, ignore = _val_pairs(config, split, root)
     truths = [val_set.load(i)[1] for i in range(len(val_set))]
-    rows = []
+    names = [Path(image).stem for image, _ in val_set.pairs]
+    rows: list[dict[str, Any]] = []
+    masks: list[Callable[[int], np.ndarray]] = []  # per model: image index -> its mask, for the sheet
     for path in packed:
         model = load_model(path)
         cm = np.zeros((2, 2), np.int64)
+        ious = []
         for i, truth in enumerate(truths):
-            cm += _confusion(model.predict(val_set.load(i)[0]), truth, ignore)
-        rows.append({"model": Path(path).name, **_scores(cm)})
+            one = _confusion(model.predict(val_set.load(i)[0]), truth, ignore)
+            cm += one
+            ious.append(image_iou(one))
+        rows.append({"model": Path(path).name, **_scores(cm), **_per_image_scores(ious)})
+        masks.append(_predictor(model, val_set))  # again, for the sheet's few images only
     if python:
         files = [str(image) for image, _ in val_set.pairs]
         with tempfile.TemporaryDirectory() as tmp:
             for name in MEDIAPIPE_MODELS:
                 cm = np.zeros((2, 2), np.int64)
-                for pred, truth in zip(mediapipe_masks(python, name, files, Path(tmp)), truths, strict=True):
-                    cm += _confusion(pred, truth, ignore)
-                rows.append({"model": f"mediapipe selfie {name}", **_scores(cm)})
+                ious = []
+                found = mediapipe_masks(python, name, files, Path(tmp))
+                for pred, truth in zip(found, truths, strict=True):
+                    one = _confusion(pred, truth, ignore)
+                    cm += one
+                    ious.append(image_iou(one))
+                rows.append({"model": f"mediapipe selfie {name}", **_scores(cm), **_per_image_scores(ious)})
+                masks.append(found.__getitem__)
     for row in rows:
         row["images"] = len(truths)
+        row["names"] = names
+    if sheet and rows:
+        picture = failure_sheet(lambda i: val_set.load(i)[0], truths, masks, rows, ignore, worst)
+        import cv2
+
+        if not cv2.imwrite(sheet, np.ascontiguousarray(picture[:, :, ::-1])):
+            raise InputError(f"cannot write the sheet to {sheet}")
     return rows
+
+
+def _predictor(model: Any, val_set: Any) -> Callable[[int], np.ndarray]:
+    return lambda i: model.predict(val_set.load(i)[0])
+
+
+def failure_sheet(
+    image: Callable[[int], np.ndarray],
+    truths: Sequence[np.ndarray],
+    masks: Sequence[Callable[[int], np.ndarray]],
+    rows: Sequence[dict[str, Any]],
+    ignore: int,
+    worst: int,
+    tile: int = 200,
+) -> np.ndarray:
+    """An RGB picture, one line per image: the ``worst`` images of the first model (lowest person
+    IoU first), each as its truth (green; ignored pixels grey) and then every model's mask (red;
+    ``masks[m](i)``: model m's mask of image i, non-zero = person),
+    each tile captioned with the model's name and its IoU on that image. Where the first model
+    fails, and whether the others fail there too, at a glance."""
+    import cv2
+
+    first = rows[0]["image_iou"]
+    ranked = sorted((i for i, v in enumerate(first) if v is not None), key=lambda i: first[i])[:worst]
+
+    def fit(rgb: np.ndarray, caption: str) -> np.ndarray:
+        h, w = rgb.shape[:2]
+        scale = tile / max(h, w)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+        box = np.full((tile + 18, tile, 3), 40, np.uint8)
+        box[18 : 18 + small.shape[0], : small.shape[1]] = small
+        white = (255, 255, 255)
+        cv2.putText(box, caption[:30], (3, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, white, 1, cv2.LINE_AA)
+        return box
+
+    def tint(rgb: np.ndarray, where: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:
+        out = rgb.copy()
+        out[where] = (0.45 * out[where] + 0.55 * np.array(colour)).astype(np.uint8)
+        return out
+
+    lines = []
+    for i in ranked:
+        rgb, truth = image(i), truths[i]
+        shown = tint(tint(rgb, truth == 1, (0, 200, 0)), truth == ignore, (128, 128, 128))
+        tiles = [fit(shown, "truth")]
+        for row, mask in zip(rows, masks, strict=True):
+            caption = f"{row['model']} {row['image_iou'][i]:.2f}"
+            tiles.append(fit(tint(rgb, mask(i) > 0, (220, 20, 20)), caption))
+        lines.append(np.hstack(tiles))
+    if not lines:
+        return np.full((tile + 18, tile, 3), 40, np.uint8)
+    return np.vstack(lines)
 
 
 def speed(
@@ -204,6 +306,22 @@ def add_peer_ratios(rows: list[dict[str, Any]], peer: str) -> None:
         }
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _check_picture_path(path: str) -> None:
+    """Before the long part: a sheet path OpenCV can write (its suffix) into a folder that exists."""
+    target = Path(path)
+    if target.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+        raise InputError(f"--sheet {path}: the picture must be a .png or .jpg file")
+    if not target.resolve().parent.is_dir():
+        raise InputError(f"--sheet {path}: the folder {target.resolve().parent} does not exist")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m seg_training.peers.compare", description=__doc__.split("\n\n")[0]
@@ -220,6 +338,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     acc.add_argument("--config", required=True, help="a person/background training config (its val split)")
     acc.add_argument("--split", help="override data.val_split (e.g. val_portraits.txt)")
     acc.add_argument("--data-root", help="override data.root")
+    acc.add_argument(
+        "--sheet",
+        help="also write a picture (.png or .jpg) of the first model's worst images: truth, then "
+        "every model's mask, with its IoU on each",
+    )
+    acc.add_argument("--worst", type=_positive_int, default=12, help="images on the sheet (default 12)")
     spd.add_argument(
         "--image",
         default=str(Path(__file__).resolve().parents[2] / "tests/data/ccp/images/0003.jpg"),
@@ -231,19 +355,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "accuracy":
+            if args.sheet:
+                _check_picture_path(args.sheet)
             rows = accuracy(
-                args.config, args.split, args.data_root, args.packed, args.mediapipe_python, args.threads
+                args.config,
+                args.split,
+                args.data_root,
+                args.packed,
+                args.mediapipe_python,
+                args.threads,
+                args.sheet,
+                args.worst,
             )
             print(
                 f"{'model':<34} {'person IoU':>10} {'precision':>9} {'recall':>7} {'mIoU':>6} "
-                f"{'false alarm':>11}  images"
+                f"{'false alarm':>11} {'median image':>12} {'under 0.5':>9}  images"
             )
             for r in rows:
+                median = r["median_image_iou"]
                 print(
                     f"{r['model']:<34} {100 * r['person_iou']:10.1f} {100 * r['precision']:9.1f} "
-                    f"{100 * r['recall']:7.1f} {100 * r['miou']:6.1f} {100 * r['false_alarm']:11.1f}  "
-                    f"{r['images']}"
+                    f"{100 * r['recall']:7.1f} {100 * r['miou']:6.1f} {100 * r['false_alarm']:11.1f} "
+                    f"{'-' if median is None else f'{100 * median:.1f}':>12} "
+                    f"{r['images_under_half']:>9}  {r['images']}"
                 )
+            print(
+                "median image / under 0.5: person IoU of the median image and the count of images under "
+                "0.5, over the images with a person"
+            )
+            if args.sheet:
+                print(f"worst images of {rows[0]['model']}: {args.sheet}")
         else:
             w, h = (int(v) for v in args.size.lower().split("x"))
             rows = speed(

@@ -193,6 +193,56 @@ def test_peer_comparison_scores_packed_models_by_pooled_person_iou(mix):
     assert scenes[0]["person_iou"] == 0.0 and scenes[0]["images"] == 2
 
 
+def test_peer_comparison_counts_failing_images_and_draws_the_worst(mix, tmp_path, capsys):
+    """Per image: the person IoU of each image with a person (None without one), the median image and
+    the count under 0.5, as an independent count says; --sheet draws the first model's worst images,
+    lowest IoU first: one line per image, a truth tile and one tile per model."""
+    import cv2
+
+    from seg_service.runtime import load_model
+    from seg_training.peers.compare import accuracy, main
+
+    weights = Path(__file__).resolve().parents[2] / "weights" / "person.gnpk"
+    rows = accuracy(str(PERSON_CONFIG), "val.txt", str(mix), [str(weights)] * 2, None, threads=2)
+    model = load_model(weights)
+    expected = []
+    for name in rows[0]["names"]:
+        truth = read_mask(mix / "masks" / f"{name}.png")
+        pred = model.predict(read_image(mix / "images" / f"{name}.jpg")) == 1
+        keep, person = truth != 255, truth == 1
+        inter, union = int((pred & person & keep).sum()), int(((pred | person) & keep).sum())
+        expected.append(inter / union if (person & keep).any() else None)
+    assert rows[0]["names"] == (mix / "val.txt").read_text().split()
+    assert rows[0]["image_iou"] == pytest.approx(expected)
+    scored = sorted(v for v in expected if v is not None)
+    assert rows[0]["images_with_person"] == len(scored) == 6
+    assert rows[0]["median_image_iou"] == pytest.approx(float(np.median(scored)))
+    assert rows[0]["images_under_half"] == sum(v < 0.5 for v in scored)
+
+    sheet = tmp_path / "worst.png"
+    argv = ["accuracy", "--config", str(PERSON_CONFIG), "--split", "val.txt", "--data-root", str(mix)]
+    argv += ["--packed", str(weights), "--packed", str(weights), "--sheet", str(sheet), "--worst", "4"]
+    assert main(argv) == 0
+    assert "under 0.5" in capsys.readouterr().out
+    picture = cv2.imread(str(sheet))
+    assert picture.shape == (4 * 218, 3 * 200, 3)  # 4 lines of 200 px tiles under 18 px captions
+    # the truth tile of the first line is the worst image's mask: its green pixels there
+    worst = int(np.argmin([v if v is not None else 2.0 for v in expected]))
+    truth = read_mask(mix / "masks" / f"{rows[0]['names'][worst]}.png") == 1
+    tile = picture[18:218, :200].astype(int)
+    greenish = (tile[:, :, 1] > tile[:, :, 2] + 40) & (tile[:, :, 1] > tile[:, :, 0] + 40)
+    h, w = truth.shape
+    scale = 200 / max(h, w)
+    size = (round(w * scale), round(h * scale))
+    shown = cv2.resize(truth.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
+    region = greenish[: shown.shape[0], : shown.shape[1]]
+    assert (region & (shown == 1)).sum() > 0.5 * (shown == 1).sum()
+    assert (region & (shown == 0)).sum() < 0.05 * max((shown == 0).sum(), 1)
+    # a sheet that cannot be written is refused before any model runs
+    assert main(argv[:-4] + ["--sheet", str(tmp_path / "worst.gif")]) == 2
+    assert "must be a .png or .jpg" in capsys.readouterr().err
+
+
 def test_peer_ratio_is_the_median_of_the_rounds_ratios():
     """compare speed's ratio to MediaPipe: per round, ours over the peer's round median."""
     from seg_training.peers.compare import add_peer_ratios
