@@ -17,6 +17,7 @@ the ``train-seg eval`` convention; every image is scored at its own full size by
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
@@ -123,6 +124,51 @@ def _per_image_scores(ious: list[float | None]) -> dict[str, Any]:
         "images_under_half": sum(v < 0.5 for v in scored),
         "images_with_person": len(scored),
     }
+
+
+class MediaPipeTimer:
+    """MediaPipe's selfie models kept loaded and warm in one ``mediapipe_runner.py serve`` process
+    of ``python``'s environment, timed on ``image`` resized to ``size`` (W, H) when asked, so that
+    their rounds interleave with ours seconds apart, each engine warm as in steady use."""
+
+    def __init__(self, python: str, image: str, size: tuple[int, int]) -> None:
+        command = [python, str(RUNNER), "serve", "--image", image, "--size", f"{size[0]}x{size[1]}"]
+        try:
+            self._process = subprocess.Popen(
+                command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        except OSError as exc:
+            raise InputError(f"cannot run {python}: {exc.strerror}") from exc
+
+    def time(self, model: str, repeats: int) -> list[float]:
+        """ms of each of ``repeats`` ``process()`` calls of ``model`` (general | landscape)."""
+        assert self._process.stdin is not None and self._process.stdout is not None
+        try:
+            self._process.stdin.write(json.dumps({"model": model, "repeats": repeats}) + "\n")
+            self._process.stdin.flush()
+        except BrokenPipeError:
+            pass  # it has exited: its error is read below
+        line = self._process.stdout.readline()
+        if not line:
+            self._process.wait()
+            lines = (self._process.stderr.read() if self._process.stderr else "").strip().splitlines()
+            raise InputError(f"MediaPipe ({RUNNER.name} serve) stopped: {(lines or ['(no output)'])[-1]}")
+        return list(json.loads(line)["ms"])
+
+    def close(self) -> None:
+        if self._process.stdin:
+            self._process.stdin.close()
+        try:
+            self._process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+
+    def __enter__(self) -> MediaPipeTimer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def accuracy(
@@ -261,15 +307,17 @@ def speed(
         times.update({f"mediapipe selfie {m}": [] for m in MEDIAPIPE_MODELS})
     for model in models.values():
         model.predict(frame)  # warm-up
-    for _ in range(rounds):
-        for name, model in models.items():
-            for _ in range(repeats):
-                start = time.perf_counter()
-                model.predict(frame)
-                times[name].append(1000.0 * (time.perf_counter() - start))
-        if python:
-            for m in MEDIAPIPE_MODELS:
-                times[f"mediapipe selfie {m}"] += mediapipe_timing(python, m, image, size, repeats)["ms"]
+    with contextlib.ExitStack() as stack:
+        peer = stack.enter_context(MediaPipeTimer(python, image, size)) if python else None
+        for _ in range(rounds):
+            for name, model in models.items():
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    model.predict(frame)
+                    times[name].append(1000.0 * (time.perf_counter() - start))
+            if peer:
+                for m in MEDIAPIPE_MODELS:
+                    times[f"mediapipe selfie {m}"] += peer.time(m, repeats)
     rows = [
         {
             "model": name,

@@ -5,6 +5,10 @@
     python mediapipe_runner.py time --model general|landscape --image F --size 320x240 --repeats N
         prints {"ms": [...], "file_bytes": N}: the time of each process() call on that frame and the
         size of the model's .tflite file
+    python mediapipe_runner.py serve --image F --size 320x240
+        keeps both models loaded and warm; each stdin line {"model": "general", "repeats": N} is
+        answered by one stdout line {"ms": [...]}: rounds interleaved with another engine's, each
+        engine warm as in steady use (a new process per round would time a cold one, minutes apart)
 
 Requires ``pip install mediapipe`` (0.10.21 ships both selfie models as .tflite in the wheel).
 """
@@ -55,18 +59,43 @@ def masks(model: str, files: list[str], out: Path) -> None:
             cv2.imwrite(str(out / f"{i}.png"), (confidence >= 0.5).astype(np.uint8))
 
 
-def timing(model: str, image: str, size: tuple[int, int], repeats: int) -> list[float]:
+def _frame(image: str, size: tuple[int, int]):
     import cv2
 
-    frame = cv2.resize(_read_rgb(image), size, interpolation=cv2.INTER_AREA)
+    return cv2.resize(_read_rgb(image), size, interpolation=cv2.INTER_AREA)
+
+
+def _timed_calls(seg, frame, repeats: int) -> list[float]:
     ms = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        seg.process(frame)
+        ms.append(1000.0 * (time.perf_counter() - start))
+    return ms
+
+
+def timing(model: str, image: str, size: tuple[int, int], repeats: int) -> list[float]:
+    frame = _frame(image, size)
     with _segmenter(model) as seg:
         seg.process(frame)  # warm-up: graph start and first inference
-        for _ in range(repeats):
-            start = time.perf_counter()
-            seg.process(frame)
-            ms.append(1000.0 * (time.perf_counter() - start))
-    return ms
+        return _timed_calls(seg, frame, repeats)
+
+
+def serve(image: str, size: tuple[int, int]) -> None:
+    frame = _frame(image, size)
+    segmenters = {}
+    try:
+        for line in sys.stdin:
+            request = json.loads(line)
+            model = request["model"]
+            if model not in segmenters:
+                segmenters[model] = _segmenter(model)
+                segmenters[model].process(frame)  # warm-up: graph start and first inference
+            ms = _timed_calls(segmenters[model], frame, int(request["repeats"]))
+            print(json.dumps({"ms": ms}), flush=True)
+    finally:
+        for seg in segmenters.values():
+            seg.close()
 
 
 def main() -> int:
@@ -81,9 +110,15 @@ def main() -> int:
     t.add_argument("--image", required=True)
     t.add_argument("--size", default="320x240")
     t.add_argument("--repeats", type=int, default=20)
+    s = sub.add_parser("serve")
+    s.add_argument("--image", required=True)
+    s.add_argument("--size", default="320x240")
     args = parser.parse_args()
     if args.command == "masks":
         masks(args.model, Path(args.list).read_text().splitlines(), args.out)
+    elif args.command == "serve":
+        w, h = (int(v) for v in args.size.lower().split("x"))
+        serve(args.image, (w, h))
     else:
         w, h = (int(v) for v in args.size.lower().split("x"))
         ms = timing(args.model, args.image, (w, h), args.repeats)

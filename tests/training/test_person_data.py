@@ -243,6 +243,20 @@ def test_peer_comparison_counts_failing_images_and_draws_the_worst(mix, tmp_path
     assert "must be a .png or .jpg" in capsys.readouterr().err
 
 
+def test_peer_timer_without_mediapipe_says_why_in_one_line():
+    """compare speed keeps MediaPipe in one serving process; a python without mediapipe makes it
+    stop with the runner's own last error line, not a hang or a traceback of ours."""
+    import sys
+
+    from seg_training.peers.compare import MediaPipeTimer
+
+    with pytest.raises(InputError, match="stopped: .*mediapipe"):
+        with MediaPipeTimer(sys.executable, str(DATA / "portraits/images/00002.jpg"), (160, 120)) as peer:
+            peer.time("general", 2)
+    with pytest.raises(InputError, match="cannot run"):
+        MediaPipeTimer("/nonexistent/python", str(DATA / "portraits/images/00002.jpg"), (160, 120))
+
+
 def test_peer_ratio_is_the_median_of_the_rounds_ratios():
     """compare speed's ratio to MediaPipe: per round, ours over the peer's round median."""
     from seg_training.peers.compare import add_peer_ratios
