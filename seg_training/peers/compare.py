@@ -258,7 +258,7 @@ def failure_sheet(
         box = np.full((tile + 18, tile, 3), 40, np.uint8)
         box[18 : 18 + small.shape[0], : small.shape[1]] = small
         white = (255, 255, 255)
-        cv2.putText(box, caption[:30], (3, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, white, 1, cv2.LINE_AA)
+        cv2.putText(box, caption, (3, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.36, white, 1, cv2.LINE_AA)
         return box
 
     def tint(rgb: np.ndarray, where: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:
@@ -272,7 +272,7 @@ def failure_sheet(
         shown = tint(tint(rgb, truth == 1, (0, 200, 0)), truth == ignore, (128, 128, 128))
         tiles = [fit(shown, "truth")]
         for row, mask in zip(rows, masks, strict=True):
-            caption = f"{row['model']} {row['image_iou'][i]:.2f}"
+            caption = f"{row['model'][:26]} {row['image_iou'][i]:.2f}"  # the name cut, not the IoU
             tiles.append(fit(tint(rgb, mask(i) > 0, (220, 20, 20)), caption))
         lines.append(np.hstack(tiles))
     if not lines:
