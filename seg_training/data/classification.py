@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 
 from .errors import InputError
 from .io import IMAGE_EXTENSIONS, read_image
+from .transforms import seed_pipeline
 
 
 def scan_image_folder(
@@ -63,7 +64,7 @@ class ImageFolderDataset(Dataset):
         image: np.ndarray | torch.Tensor = read_image(path)
         if self.transform is not None:
             if seed is not None and hasattr(self.transform, "set_random_seed"):
-                self.transform.set_random_seed(seed)
+                seed_pipeline(self.transform, seed)
             image = self.transform(image=image)["image"]
         if not isinstance(image, torch.Tensor):
             image = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))

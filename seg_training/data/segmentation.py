@@ -18,6 +18,7 @@ from .errors import InputError
 from .io import IMAGE_EXTENSIONS, read_image, read_mask
 from .labels import apply_label_map
 from .names import RANGE_FORMS, select_range
+from .transforms import seed_pipeline
 
 Pair = tuple[Path, Path]
 
@@ -72,7 +73,7 @@ class SegmentationDataset(Dataset):
             image, mask = self.mix(image, mask, np.random.default_rng([seed, 1]), self.load, len(self))
         if self.transform is not None:
             if seed is not None and hasattr(self.transform, "set_random_seed"):
-                self.transform.set_random_seed(seed)
+                seed_pipeline(self.transform, seed)
             out = self.transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
         if not isinstance(image, torch.Tensor):

@@ -67,7 +67,9 @@ SEG_DEFAULTS: dict[str, Any] = {
         "base_size": None,  # short side before scale jitter; null jitters the original size
         "scale_range": [0.5, 2.0],
         "hflip": True,
-        "augment": "basic",  # basic (scale, crop, flip) | strong (+ rotation, colour, blur, noise, JPEG)
+        # basic (scale, crop, flip) | strong (+ rotation, colour, blur, noise, JPEG) | strong_colour
+        # (strong, with grey images and large hue turns more often: data/transforms.py)
+        "augment": "basic",
         "copy_paste": 0.0,  # probability of pasting objects of class 1 from other training images
         "mean": list(IMAGENET_MEAN),
         "std": list(IMAGENET_STD),

@@ -14,7 +14,7 @@ pytest.importorskip("albumentations")
 from seg_training.data import InputError, build_seg_dataset, read_image, read_mask  # noqa: E402
 from seg_training.data.copy_paste import CopyPaste  # noqa: E402
 from seg_training.data.person_mix import build  # noqa: E402
-from seg_training.data.transforms import seg_train_transform  # noqa: E402
+from seg_training.data.transforms import seed_pipeline, seg_train_transform  # noqa: E402
 from seg_training.engine.config import load_config  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -149,14 +149,56 @@ def test_strong_augmentation_keeps_labels_aligned():
     mask[100:200, 100:200] = 1
     t = seg_train_transform(224, 256, (1.0, 1.0), False, 255, augment="strong")
     for seed in range(10):
-        t.set_random_seed(seed)
+        seed_pipeline(t, seed)
         out = t(image=image, mask=mask)
-        bright = out["image"].numpy().mean(axis=0) > 0.5
+        grey = out["image"].numpy().mean(axis=0)
+        bright = grey > (np.percentile(grey, 5) + np.percentile(grey, 95)) / 2  # any brightness or contrast
         labelled = out["mask"].numpy() == 1
         # colour changes move intensities but not where the square is
         assert (bright == labelled).mean() > 0.95
     with pytest.raises(ValueError, match="augment"):
         seg_train_transform(224, 256, augment="heavy")
+
+
+def test_colour_free_augmentation_greys_and_turns_hues_more_often():
+    """strong_colour: grey images in about 20 % of the samples (strong: 5 %) and hue turns that move
+    a skin-coloured square's hue far (more than 40 degrees) in some of the rest; labels stay put."""
+    import cv2
+
+    from seg_training.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    image = np.zeros((300, 300, 3), np.uint8)
+    image[:] = (90, 140, 60)  # RGB: a green background
+    image[100:200, 100:200] = (225, 170, 140)  # RGB: skin
+    mask = np.zeros((300, 300), np.uint8)
+    mask[100:200, 100:200] = 1
+
+    def rates(augment: str) -> tuple[float, float]:
+        t = seg_train_transform(224, 256, (1.0, 1.0), False, 255, augment=augment)
+        grey = turned = 0
+        for seed in range(200):
+            seed_pipeline(t, seed)
+            out = t(image=image, mask=mask)
+            rgb = out["image"].numpy().transpose(1, 2, 0) * IMAGENET_STD + IMAGENET_MEAN
+            rgb8 = np.clip(rgb * 255, 0, 255).astype(np.uint8)
+            labelled = out["mask"].numpy() == 1
+            ys, xs = np.nonzero(labelled)
+            centre = rgb8[ys.min() + 10 : ys.max() - 10, xs.min() + 10 : xs.max() - 10]
+            # grey: the square's mean colour (noise and JPEG averaged out) has equal channels
+            mean = centre.reshape(-1, 3).mean(axis=0)
+            if mean.max() - mean.min() < 4:
+                grey += 1
+                continue
+            # the square's hue (OpenCV: 0-180) against skin's, the shorter way round
+            hue = np.median(cv2.cvtColor(np.ascontiguousarray(centre), cv2.COLOR_RGB2HSV)[:, :, 0])
+            skin = cv2.cvtColor(np.uint8([[[225, 170, 140]]]), cv2.COLOR_RGB2HSV)[0, 0, 0]
+            turned += min(abs(int(hue) - int(skin)), 180 - abs(int(hue) - int(skin))) > 20
+        return grey / 200, turned / 200
+
+    grey, turned = rates("strong_colour")
+    assert 0.12 < grey < 0.3 and 0.04 < turned < 0.2
+    grey, turned = rates("strong")
+    assert grey < 0.1 and turned < 0.02
 
 
 def test_peer_comparison_scores_packed_models_by_pooled_person_iou(mix):

@@ -132,6 +132,37 @@ def test_augmented_batches_depend_only_on_seed_and_epoch():
     assert not all(torch.equal(a[0], b[0]) for a, b in zip(first, other, strict=True))
 
 
+def test_each_augmentation_step_draws_its_own_numbers():
+    """A sample's pipeline is seeded step by step (seed_pipeline): whether one step applies says
+    nothing of another. albumentations' own set_random_seed gives all steps the same draws, so with it
+    a rotated image was always a mirrored one (the check below fails with it: no rotation alone)."""
+    from collections import Counter
+
+    from seg_training.data.transforms import seed_pipeline
+
+    image, mask = np.zeros((300, 300, 3), np.uint8), np.zeros((300, 300), np.uint8)
+    pipeline = seg_train_transform(160, 256, (1.0, 2.0), True, 255, augment="strong")
+    pipeline.save_applied_params = True
+
+    def applied(seeding) -> Counter:
+        seen: Counter = Counter()
+        for seed in range(300):
+            seeding(pipeline, seed)
+            steps = {name for name, _ in pipeline(image=image, mask=mask)["applied_transforms"]}
+            seen["HorizontalFlip" in steps, "Affine" in steps] += 1
+        return seen
+
+    seen = applied(seed_pipeline)
+    # flip p = 0.5, rotation p = 0.3, independent: each of the four combinations 15-35 %
+    assert all(30 <= seen[flip, rotated] <= 110 for flip in (False, True) for rotated in (False, True))
+    assert applied(lambda pipeline, seed: pipeline.set_random_seed(seed))[False, True] == 0
+    # still a function of the seed
+    seed_pipeline(pipeline, 5)
+    first = pipeline(image=image, mask=mask)["applied_transforms"]
+    seed_pipeline(pipeline, 5)
+    assert repr(pipeline(image=image, mask=mask)["applied_transforms"]) == repr(first)
+
+
 def test_pad_collate_mixed_sizes():
     batch = [
         (torch.ones(3, 4, 5), torch.zeros(4, 5, dtype=torch.int64)),
