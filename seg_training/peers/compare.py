@@ -180,15 +180,22 @@ def accuracy(
     threads: int,
     sheet: str | None = None,
     worst: int = 12,
+    recolour: str | None = None,
 ) -> list[dict[str, Any]]:
     """One row per model: the pooled scores of ``_scores``, the per-image ones of
     ``_per_image_scores`` (``image_iou`` in the order of ``names``) and ``names``. With ``sheet``,
-    also writes there a picture of the ``worst`` images of the first model (``failure_sheet``)."""
+    also writes there a picture of the ``worst`` images of the first model (``failure_sheet``).
+    ``recolour`` (``recolour_image``): every model sees the images so changed."""
     from seg_service.runtime import load_model, set_num_threads
 
     set_num_threads(threads)
     val_set, ignore = _val_pairs(config, split, root)
     truths = [val_set.load(i)[1] for i in range(len(val_set))]
+
+    def image(i: int) -> np.ndarray:
+        rgb = val_set.load(i)[0]
+        return recolour_image(rgb, recolour) if recolour else rgb
+
     names = [Path(image).stem for image, _ in val_set.pairs]
     rows: list[dict[str, Any]] = []
     masks: list[Callable[[int], np.ndarray]] = []  # per model: image index -> its mask, for the sheet
@@ -197,14 +204,20 @@ def accuracy(
         cm = np.zeros((2, 2), np.int64)
         ious = []
         for i, truth in enumerate(truths):
-            one = _confusion(model.predict(val_set.load(i)[0]), truth, ignore)
+            one = _confusion(model.predict(image(i)), truth, ignore)
             cm += one
             ious.append(image_iou(one))
         rows.append({"model": Path(path).name, **_scores(cm), **_per_image_scores(ious)})
-        masks.append(_predictor(model, val_set))  # again, for the sheet's few images only
+        masks.append(_predictor(model, image))  # again, for the sheet's few images only
     if python:
-        files = [str(image) for image, _ in val_set.pairs]
         with tempfile.TemporaryDirectory() as tmp:
+            files = [str(path) for path, _ in val_set.pairs]
+            if recolour:  # MediaPipe reads files: the changed images, written losslessly
+                import cv2
+
+                files = [f"{tmp}/{i}.png" for i in range(len(truths))]
+                for i, file in enumerate(files):
+                    cv2.imwrite(file, np.ascontiguousarray(image(i)[:, :, ::-1]))
             for name in MEDIAPIPE_MODELS:
                 cm = np.zeros((2, 2), np.int64)
                 ious = []
@@ -219,7 +232,7 @@ def accuracy(
         row["images"] = len(truths)
         row["names"] = names
     if sheet and rows:
-        picture = failure_sheet(lambda i: val_set.load(i)[0], truths, masks, rows, ignore, worst)
+        picture = failure_sheet(image, truths, masks, rows, ignore, worst)
         import cv2
 
         if not cv2.imwrite(sheet, np.ascontiguousarray(picture[:, :, ::-1])):
@@ -227,8 +240,37 @@ def accuracy(
     return rows
 
 
-def _predictor(model: Any, val_set: Any) -> Callable[[int], np.ndarray]:
-    return lambda i: model.predict(val_set.load(i)[0])
+def _predictor(model: Any, image: Callable[[int], np.ndarray]) -> Callable[[int], np.ndarray]:
+    return lambda i: model.predict(image(i))
+
+
+def recolour_image(rgb: np.ndarray, how: str) -> np.ndarray:
+    """The same photo without its colours as a cue: ``grey`` (OpenCV's luma, in all three
+    channels) or ``hue:DEG`` (every hue turned DEG degrees, saturation and value kept). A model
+    that finds people by their shape scores about the same on both; one that leans on skin and
+    clothing colours does not."""
+    import cv2
+
+    if how == "grey":
+        return np.ascontiguousarray(np.repeat(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)[:, :, None], 3, axis=2))
+    degrees = parse_recolour(how)
+    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
+    hsv[:, :, 0] = ((hsv[:, :, 0].astype(np.int32) + round(degrees / 2)) % 180).astype(np.uint8)  # 0-180
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+
+
+def parse_recolour(how: str) -> float:
+    """The hue turn of ``hue:DEG`` (0 for ``grey``); anything else is an InputError."""
+    if how == "grey":
+        return 0.0
+    kind, _, value = how.partition(":")
+    try:
+        degrees = float(value)
+    except ValueError:
+        degrees = float("nan")
+    if kind != "hue" or not np.isfinite(degrees):
+        raise InputError(f"--recolour {how}: use 'grey' or 'hue:DEG' (e.g. hue:60)")
+    return degrees
 
 
 def failure_sheet(
@@ -392,6 +434,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "every model's mask, with its IoU on each",
     )
     acc.add_argument("--worst", type=_positive_int, default=12, help="images on the sheet (default 12)")
+    acc.add_argument(
+        "--recolour",
+        help="score every model on the images turned grey ('grey') or with every hue turned DEG "
+        "degrees ('hue:DEG'): how much each leans on colour",
+    )
     spd.add_argument(
         "--image",
         default=str(Path(__file__).resolve().parents[2] / "tests/data/ccp/images/0003.jpg"),
@@ -405,6 +452,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "accuracy":
             if args.sheet:
                 _check_picture_path(args.sheet)
+            if args.recolour:
+                parse_recolour(args.recolour)
             rows = accuracy(
                 args.config,
                 args.split,
@@ -414,6 +463,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.threads,
                 args.sheet,
                 args.worst,
+                args.recolour,
             )
             print(
                 f"{'model':<34} {'person IoU':>10} {'precision':>9} {'recall':>7} {'mIoU':>6} "

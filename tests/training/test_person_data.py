@@ -285,6 +285,39 @@ def test_peer_comparison_counts_failing_images_and_draws_the_worst(mix, tmp_path
     assert "must be a .png or .jpg" in capsys.readouterr().err
 
 
+def test_peer_comparison_on_recoloured_photos(mix, capsys):
+    """--recolour: every model scores the photos turned grey or hue-turned, as an independent count
+    over predict() of the changed photos says; a bad spec stops before any model runs."""
+    import cv2
+
+    from seg_service.runtime import load_model
+    from seg_training.peers.compare import accuracy, main, recolour_image
+
+    photo = read_image(mix / "images" / f"{(mix / 'val.txt').read_text().split()[0]}.jpg")
+    grey = recolour_image(photo, "grey")
+    assert grey.shape == photo.shape and (grey[:, :, 0] == grey[:, :, 2]).all()
+    assert np.array_equal(grey[:, :, 1], cv2.cvtColor(photo, cv2.COLOR_RGB2GRAY))
+    hsv, turned = (cv2.cvtColor(x, cv2.COLOR_RGB2HSV) for x in (photo, recolour_image(photo, "hue:60")))
+    coloured = hsv[:, :, 1] > 60  # hue means little on nearly grey pixels
+    shift = (turned[:, :, 0].astype(int) - hsv[:, :, 0].astype(int)) % 180
+    assert np.median(shift[coloured]) == 30  # OpenCV's hue runs 0-180
+
+    weights = Path(__file__).resolve().parents[2] / "weights" / "person.gnpk"
+    rows = accuracy(str(PERSON_CONFIG), "val.txt", str(mix), [str(weights)], None, 2, recolour="grey")
+    model = load_model(weights)
+    inter = union = 0
+    for name in rows[0]["names"]:
+        truth = read_mask(mix / "masks" / f"{name}.png")
+        pred = model.predict(recolour_image(read_image(mix / "images" / f"{name}.jpg"), "grey")) == 1
+        keep = truth != 255
+        inter += int((pred & (truth == 1) & keep).sum())
+        union += int(((pred | (truth == 1)) & keep).sum())
+    assert rows[0]["person_iou"] == pytest.approx(inter / union)
+    argv = ["accuracy", "--config", str(PERSON_CONFIG), "--split", "val.txt", "--data-root", str(mix)]
+    assert main(argv + ["--packed", str(weights), "--recolour", "sepia"]) == 2
+    assert "use 'grey' or 'hue:DEG'" in capsys.readouterr().err
+
+
 def test_peer_timer_without_mediapipe_says_why_in_one_line():
     """compare speed keeps MediaPipe in one serving process; a python without mediapipe makes it
     stop with the runner's own last error line, not a hang or a traceback of ours."""
