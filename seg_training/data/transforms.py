@@ -61,7 +61,7 @@ def seg_train_transform(
     augment "strong" adds what cheap cameras and casual photos do to an image (see photometric_steps);
     "strong_colour" also takes colour away as a cue (grey images and large hue turns more often), for
     a model that must find people by shape: the person model of 2026-12-06, trained "strong", lost
-    9 IoU points on grey CCP photos and 28 on portraits turned 60 degrees in hue, MediaPipe 1-2.
+    10 IoU points on grey CCP photos and 28 on portraits turned 60 degrees in hue, MediaPipe 1-2.
     """
     if base_size:
         rescale = A.SmallestMaxSize(max_size=jitter_sizes(base_size, scale_range), p=1.0)
