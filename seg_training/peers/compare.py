@@ -196,7 +196,7 @@ def accuracy(
         rgb = val_set.load(i)[0]
         return recolour_image(rgb, recolour) if recolour else rgb
 
-    names = [Path(image).stem for image, _ in val_set.pairs]
+    names = [Path(path).stem for path, _ in val_set.pairs]
     rows: list[dict[str, Any]] = []
     masks: list[Callable[[int], np.ndarray]] = []  # per model: image index -> its mask, for the sheet
     for path in packed:
