@@ -23,7 +23,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -201,14 +201,9 @@ def accuracy(
     masks: list[Callable[[int], np.ndarray]] = []  # per model: image index -> its mask, for the sheet
     for path in packed:
         model = load_model(path)
-        cm = np.zeros((2, 2), np.int64)
-        ious = []
-        for i, truth in enumerate(truths):
-            one = _confusion(model.predict(image(i)), truth, ignore)
-            cm += one
-            ious.append(image_iou(one))
-        rows.append({"model": Path(path).name, **_scores(cm), **_per_image_scores(ious)})
-        masks.append(_predictor(model, image))  # again, for the sheet's few images only
+        predictor = _predictor(model, image)
+        rows.append(_row(Path(path).name, (predictor(i) for i in range(len(truths))), truths, ignore))
+        masks.append(predictor)  # again, for the sheet's few images only
     if python:
         with tempfile.TemporaryDirectory() as tmp:
             files = [str(path) for path, _ in val_set.pairs]
@@ -219,14 +214,8 @@ def accuracy(
                 for i, file in enumerate(files):
                     cv2.imwrite(file, np.ascontiguousarray(image(i)[:, :, ::-1]))
             for name in MEDIAPIPE_MODELS:
-                cm = np.zeros((2, 2), np.int64)
-                ious = []
                 found = mediapipe_masks(python, name, files, Path(tmp))
-                for pred, truth in zip(found, truths, strict=True):
-                    one = _confusion(pred, truth, ignore)
-                    cm += one
-                    ious.append(image_iou(one))
-                rows.append({"model": f"mediapipe selfie {name}", **_scores(cm), **_per_image_scores(ious)})
+                rows.append(_row(f"mediapipe selfie {name}", found, truths, ignore))
                 masks.append(found.__getitem__)
     for row in rows:
         row["images"] = len(truths)
@@ -238,6 +227,19 @@ def accuracy(
         if not cv2.imwrite(sheet, np.ascontiguousarray(picture[:, :, ::-1])):
             raise InputError(f"cannot write the sheet to {sheet}")
     return rows
+
+
+def _row(
+    label: str, preds: Iterable[np.ndarray], truths: Sequence[np.ndarray], ignore: int
+) -> dict[str, Any]:
+    """A model's row: pooled and per-image scores of its masks (``preds``, in the order of ``truths``)."""
+    cm = np.zeros((2, 2), np.int64)
+    ious = []
+    for pred, truth in zip(preds, truths, strict=True):
+        one = _confusion(pred, truth, ignore)
+        cm += one
+        ious.append(image_iou(one))
+    return {"model": label, **_scores(cm), **_per_image_scores(ious)}
 
 
 def _predictor(model: Any, image: Callable[[int], np.ndarray]) -> Callable[[int], np.ndarray]:

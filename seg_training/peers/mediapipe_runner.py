@@ -98,6 +98,11 @@ def serve(image: str, size: tuple[int, int]) -> None:
             seg.close()
 
 
+def _size(text: str) -> tuple[int, int]:
+    w, h = (int(v) for v in text.lower().split("x"))
+    return w, h
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -108,20 +113,18 @@ def main() -> int:
     t = sub.add_parser("time")
     t.add_argument("--model", choices=list(MODELS), required=True)
     t.add_argument("--image", required=True)
-    t.add_argument("--size", default="320x240")
+    t.add_argument("--size", type=_size, default="320x240")
     t.add_argument("--repeats", type=int, default=20)
     s = sub.add_parser("serve")
     s.add_argument("--image", required=True)
-    s.add_argument("--size", default="320x240")
+    s.add_argument("--size", type=_size, default="320x240")
     args = parser.parse_args()
     if args.command == "masks":
         masks(args.model, Path(args.list).read_text().splitlines(), args.out)
     elif args.command == "serve":
-        w, h = (int(v) for v in args.size.lower().split("x"))
-        serve(args.image, (w, h))
+        serve(args.image, args.size)
     else:
-        w, h = (int(v) for v in args.size.lower().split("x"))
-        ms = timing(args.model, args.image, (w, h), args.repeats)
+        ms = timing(args.model, args.image, args.size, args.repeats)
         json.dump({"ms": ms, "file_bytes": model_file_bytes(args.model)}, sys.stdout)
     return 0
 
