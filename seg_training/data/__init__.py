@@ -41,6 +41,7 @@ def build_seg_dataset(data: dict[str, Any], split: str) -> SegmentationDataset:
             data["mean"],
             data["std"],
             str(data.get("augment", "basic")),
+            float(data.get("low_resolution") or 0.0),
         )
     else:
         transform = seg_eval_transform(data["mean"], data["std"])

@@ -18,13 +18,23 @@ brought to one mask convention (0 background, 1 person, 255 ignore):
   that a photo may hold no one (and copy-paste puts people on them). 200 training images per class;
   50 validation images per class form ``val_scenes.txt``, where the share of pixels marked person
   measures false alarms (not in ``val.txt``).
+- ``everyday`` (only with ``--mediapipe-python``): Imagenette photos of people, the everyday
+  pictures the other sources lack (anglers holding a tench, players of French horns, men with chain
+  saws, golfers, parachutists: seated, in groups, half in frame, small and soft), upscaled like the
+  scenes and labelled by MediaPipe's selfie segmenter, with a band of ignore along its outline
+  (``pseudo_label``). Only photos where it marks 5-85 % of the pixels are kept, at most 200 per class
+  for training and 40 per class for ``val_everyday.txt`` (not in ``val.txt``), drawn with a fixed seed.
+  These labels are MediaPipe's, not a person's: it marks what people hold (a fish, a horn) as person
+  and takes dogs for people (so no dog class is used), and its outline at 96 pixels is coarse.
+  ``val_everyday`` therefore measures agreement with MediaPipe on such photos, not accuracy; on it
+  the person model of 2026-12-06 found 23 % of what MediaPipe marks.
 
 Images are linked (or copied with ``--copy``), masks written as 8-bit PNGs, names prefixed by
 source (``ccp_0001``, ``portraits_00001``, ``camvid_0001TP_006690``). List files: ``train.txt``,
 ``val.txt`` (CCP and portraits validation), ``val_ccp.txt``, ``val_portraits.txt``,
-``val_camvid.txt``, ``val_mini.txt`` (a quick interleaved subset of CCP and portraits validation
-for progress during training), ``train_tune.txt`` (every 5th training image, for ``train-seg
-tune-postprocess``). Usage::
+``val_camvid.txt``, ``val_everyday.txt``, ``val_mini.txt`` (a quick interleaved subset of CCP and
+portraits validation for progress during training), ``train_tune.txt`` (every 5th training image,
+for ``train-seg tune-postprocess``). Usage::
 
     python -m seg_training.data.person_mix --data ../shared/data --out /work/data/person_mix \\
         [--mediapipe-python /path/to/mediapipe-env/bin/python]
@@ -63,6 +73,18 @@ SCENE_CLASSES = {
 }
 SCENE_SIDE = 288  # Imagenette here is 96x96: upscaled once (bicubic) rather than by the loader
 SCENES_PER_CLASS = {"train": 200, "val": 50}
+# Imagenette classes whose photos often show people: the ``everyday`` source (English springer is
+# left out: MediaPipe takes the dogs for people).
+EVERYDAY_CLASSES = {
+    "n01440764": "tench",
+    "n03000684": "chain saw",
+    "n03394916": "French horn",
+    "n03445777": "golf ball",
+    "n03888257": "parachute",
+}
+EVERYDAY_PER_CLASS = {"train": 200, "val": 40}
+EVERYDAY_SHARE = (0.05, 0.85)  # share of pixels MediaPipe marks: fewer is no one, more is a mistake
+EVERYDAY_BAND = 3  # pixels of ignore on each side of MediaPipe's outline
 
 
 def unlabelled_people(
@@ -155,9 +177,65 @@ def scene_items(root: Path) -> Iterator[tuple[str, str, Path | np.ndarray, np.nd
                 yield split, f"scenes_{wnid}_{path.stem}", image, np.zeros((SCENE_SIDE, SCENE_SIDE), np.uint8)
 
 
+def pseudo_label(reference: np.ndarray, band: int = EVERYDAY_BAND) -> np.ndarray:
+    """A training mask from another segmenter's person mask ``reference`` (> 0 person): person
+    where the mask eroded by ``band`` pixels is, background beyond the mask grown by ``band``, and
+    ignore (255) in the band between, where a coarse outline would teach wrong edges."""
+    import cv2
+
+    person = (reference > 0).astype(np.uint8)
+    kernel = np.ones((2 * band + 1, 2 * band + 1), np.uint8)
+    label = np.zeros_like(person)
+    label[cv2.dilate(person, kernel) > 0] = IGNORE
+    label[cv2.erode(person, kernel) > 0] = 1
+    return label
+
+
+def add_everyday_people(
+    root: Path, out: Path, mediapipe_python: str, lists: dict[str, list[str]], seed: int = 0
+) -> None:
+    """The ``everyday`` source: Imagenette (``root``) photos of ``EVERYDAY_CLASSES``, upscaled to
+    ``SCENE_SIDE`` and written to ``out``, labelled by MediaPipe (``pseudo_label``), kept where its
+    mask covers ``EVERYDAY_SHARE`` of the photo, ``EVERYDAY_PER_CLASS`` drawn per class and split;
+    their names go to ``lists["train"]`` and ``lists["val_everyday"]``."""
+    import cv2
+
+    from ..peers.compare import mediapipe_masks
+
+    rng = np.random.default_rng(seed)
+    for folder, split in (("train", "train"), ("val", "val_everyday")):
+        names = []
+        for wnid in EVERYDAY_CLASSES:
+            for path in sorted((root / folder / wnid).glob("*.jpg")):
+                image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+                if image is None:
+                    raise InputError(f"cannot read image {path}")
+                name = f"everyday_{wnid}_{path.stem}"
+                image = cv2.resize(image, (SCENE_SIDE, SCENE_SIDE), interpolation=cv2.INTER_CUBIC)
+                _write(out / "images" / f"{name}.jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 95])
+                names.append(name)
+        workdir = out / "mediapipe" / f"everyday_{folder}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        files = [str(out / "images" / f"{n}.jpg") for n in names]
+        kept: dict[str, list[str]] = {wnid: [] for wnid in EVERYDAY_CLASSES}
+        references = mediapipe_masks(mediapipe_python, "general", files, workdir)
+        for name, reference in zip(names, references, strict=True):
+            share = float((reference > 0).mean())
+            if EVERYDAY_SHARE[0] <= share <= EVERYDAY_SHARE[1]:
+                _write(out / "masks" / f"{name}.png", pseudo_label(reference))
+                kept[name.split("_")[1]].append(name)
+            else:  # not used: no mask, so no image either
+                (out / "images" / f"{name}.jpg").unlink()
+        for pool in kept.values():
+            take = min(EVERYDAY_PER_CLASS[folder], len(pool))
+            lists[split] += [pool[i] for i in sorted(rng.choice(len(pool), take, replace=False))]
+
+
 SOURCES = {"ccp": ccp_items, "portraits": portrait_items, "camvid": camvid_items, "scenes": scene_items}
+# Sources labelled by MediaPipe: used only when --mediapipe-python names it.
+PSEUDO_SOURCES = ("everyday",)
 # A source's folder under --data where it is not the source's name.
-SOURCE_FOLDERS = {"scenes": "imagenette96"}
+SOURCE_FOLDERS = {"scenes": "imagenette96", "everyday": "imagenette96"}
 
 
 def _write(path: Path, array: np.ndarray, params: Sequence[int] = ()) -> None:
@@ -171,13 +249,14 @@ def _write(path: Path, array: np.ndarray, params: Sequence[int] = ()) -> None:
 def build(
     data: Path,
     out: Path,
-    sources: Sequence[str] = tuple(SOURCES),
+    sources: Sequence[str] = (*SOURCES, *PSEUDO_SOURCES),
     copy: bool = False,
     mediapipe_python: str | None = None,
 ) -> dict[str, int]:
     """Write the folder; returns the number of images per list (and, with ``mediapipe_python``, of
     CCP training masks given ignored bystanders, as ``ccp_bystanders``, and of scene masks given
-    ignored people, as ``scene_people``)."""
+    ignored people, as ``scene_people``). The ``PSEUDO_SOURCES`` are left out without
+    ``mediapipe_python``."""
     import cv2
 
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -188,13 +267,19 @@ def build(
         "val_portraits": [],
         "val_camvid": [],
         "val_scenes": [],
+        "val_everyday": [],
     }
     for source in sources:
+        if source in PSEUDO_SOURCES and not mediapipe_python:
+            continue
         root = data / SOURCE_FOLDERS.get(source, source)
         if not root.is_dir():
             others = ",".join(x for x in sources if x != source)
             hint = f" (or leave that source out: --sources {others})" if others else ""
             raise InputError(f"data set folder not found: {root}{hint}")
+        if source == "everyday":
+            add_everyday_people(root, out, str(mediapipe_python), lists)
+            continue
         for split, name, image, mask in SOURCES[source](root):
             target = out / "images" / f"{name}.jpg"
             if target.is_symlink() or target.exists():
@@ -287,18 +372,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="folder holding ccp/, portraits/, camvid/, imagenette96/ (default ../shared/data)",
     )
     parser.add_argument("--out", type=Path, required=True, help="folder to write (images/, masks/, *.txt)")
-    parser.add_argument("--sources", default=",".join(SOURCES), help=f"comma list of {list(SOURCES)}")
+    parser.add_argument(
+        "--sources",
+        default=",".join((*SOURCES, *PSEUDO_SOURCES)),
+        help=f"comma list of {[*SOURCES, *PSEUDO_SOURCES]} (everyday only with --mediapipe-python)",
+    )
     parser.add_argument("--copy", action="store_true", help="copy images instead of linking them")
     parser.add_argument(
         "--mediapipe-python",
         help="python of an environment with mediapipe installed: its selfie segmenter finds the "
-        "bystanders CCP leaves unlabelled and the rare people in the scenes, which become ignore",
+        "bystanders CCP leaves unlabelled and the rare people in the scenes, which become ignore, "
+        "and labels the everyday photos of people (without it they are left out)",
     )
     args = parser.parse_args(argv)
     sources = [s.strip() for s in args.sources.split(",") if s.strip()]
-    unknown = [s for s in sources if s not in SOURCES]
+    unknown = [s for s in sources if s not in SOURCES and s not in PSEUDO_SOURCES]
     if unknown:
-        parser.error(f"unknown source(s) {unknown}; choose from {list(SOURCES)}")
+        parser.error(f"unknown source(s) {unknown}; choose from {[*SOURCES, *PSEUDO_SOURCES]}")
     if args.mediapipe_python and not Path(args.mediapipe_python).is_file():
         parser.error(f"--mediapipe-python: no such file {args.mediapipe_python}")
     try:

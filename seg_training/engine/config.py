@@ -71,6 +71,9 @@ SEG_DEFAULTS: dict[str, Any] = {
         # (strong, with grey images and large hue turns more often: data/transforms.py)
         "augment": "basic",
         "copy_paste": 0.0,  # probability of pasting objects of class 1 from other training images
+        # probability of a low-resolution image (detail of 1/4 to 3/5 of the crop, upscaled back):
+        # small, soft and upscaled photos (data/transforms.py)
+        "low_resolution": 0.0,
         "mean": list(IMAGENET_MEAN),
         "std": list(IMAGENET_STD),
         "batch_size": 8,  # per process

@@ -181,11 +181,13 @@ def accuracy(
     sheet: str | None = None,
     worst: int = 12,
     recolour: str | None = None,
+    shrink: int | None = None,
 ) -> list[dict[str, Any]]:
     """One row per model: the pooled scores of ``_scores``, the per-image ones of
     ``_per_image_scores`` (``image_iou`` in the order of ``names``) and ``names``. With ``sheet``,
     also writes there a picture of the ``worst`` images of the first model (``failure_sheet``).
-    ``recolour`` (``recolour_image``): every model sees the images so changed."""
+    ``recolour`` (``recolour_image``) and ``shrink`` (``shrink_image``): every model sees the images
+    so changed."""
     from seg_service.runtime import load_model, set_num_threads
 
     set_num_threads(threads)
@@ -194,7 +196,8 @@ def accuracy(
 
     def image(i: int) -> np.ndarray:
         rgb = val_set.load(i)[0]
-        return recolour_image(rgb, recolour) if recolour else rgb
+        rgb = recolour_image(rgb, recolour) if recolour else rgb
+        return shrink_image(rgb, shrink) if shrink else rgb
 
     names = [Path(path).stem for path, _ in val_set.pairs]
     rows: list[dict[str, Any]] = []
@@ -207,7 +210,7 @@ def accuracy(
     if python:
         with tempfile.TemporaryDirectory() as tmp:
             files = [str(path) for path, _ in val_set.pairs]
-            if recolour:  # MediaPipe reads files: the changed images, written losslessly
+            if recolour or shrink:  # MediaPipe reads files: the changed images, written losslessly
                 import cv2
 
                 files = [f"{tmp}/{i}.png" for i in range(len(truths))]
@@ -259,6 +262,21 @@ def recolour_image(rgb: np.ndarray, how: str) -> np.ndarray:
     hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
     hsv[:, :, 0] = ((hsv[:, :, 0].astype(np.int32) + round(degrees / 2)) % 180).astype(np.uint8)  # 0-180
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+
+
+def shrink_image(rgb: np.ndarray, side: int) -> np.ndarray:
+    """The same photo with the detail of one whose long side is ``side`` pixels: shrunk (area
+    averaging) and enlarged back to its size (bicubic), as a small or soft photo reaches a model
+    that upscales it. Images already that small are returned as they are."""
+    import cv2
+
+    h, w = rgb.shape[:2]
+    scale = side / max(h, w)
+    if scale >= 1.0:
+        return rgb
+    small_size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    small = cv2.resize(rgb, small_size, interpolation=cv2.INTER_AREA)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
 
 
 def parse_recolour(how: str) -> float:
@@ -441,6 +459,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="score every model on the images turned grey ('grey') or with every hue turned DEG "
         "degrees ('hue:DEG'): how much each leans on colour",
     )
+    acc.add_argument(
+        "--shrink",
+        type=_positive_int,
+        metavar="SIDE",
+        help="score every model on the images shrunk to a long side of SIDE pixels and enlarged "
+        "back: how much each leans on fine detail (small, soft or upscaled photos)",
+    )
     spd.add_argument(
         "--image",
         default=str(Path(__file__).resolve().parents[2] / "tests/data/ccp/images/0003.jpg"),
@@ -466,6 +491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.sheet,
                 args.worst,
                 args.recolour,
+                args.shrink,
             )
             print(
                 f"{'model':<34} {'person IoU':>10} {'precision':>9} {'recall':>7} {'mIoU':>6} "

@@ -452,3 +452,116 @@ def test_build_names_a_missing_source_folder_and_how_to_leave_it_out(tmp_path, c
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert "imagenette96" in err and "--sources ccp" in err and len(err.strip().splitlines()) == 1
+
+
+def test_pseudo_label_trusts_only_the_inside_and_the_far_outside_of_an_outline():
+    """pseudo_label: person inside the outline less the band, background beyond it, ignore in the
+    2 x band strip between, nothing else; an empty reference is all background."""
+    import cv2
+
+    from seg_training.data.person_mix import pseudo_label
+
+    reference = np.zeros((100, 100), np.uint8)
+    cv2.circle(reference, (50, 50), 30, 255, -1)
+    label = pseudo_label(reference, band=3)
+    assert set(np.unique(label)) == {0, 1, 255}
+    assert label[50, 50] == 1 and label[50, 50 - 26] == 1  # 4 px inside the edge
+    assert label[50, 50 - 30] == 255 and label[50, 50 - 32] == 255  # on the edge, 2 px outside
+    assert label[50, 50 - 35] == 0 and label[0, 0] == 0  # 5 px outside, far away
+    inside, band = (label == 1).sum(), (label == 255).sum()
+    assert 0.8 * np.pi * 26**2 < inside < 1.2 * np.pi * 27**2
+    assert 0.8 * 2 * np.pi * 30 * 6 < band < 1.25 * 2 * np.pi * 30 * 7
+    assert not pseudo_label(np.zeros((20, 20), np.uint8)).any()
+
+
+@pytest.mark.skipif(
+    not (os.environ.get("MEDIAPIPE_PYTHON") and Path(os.environ["MEDIAPIPE_PYTHON"]).is_file()),
+    reason="needs MEDIAPIPE_PYTHON, the python of an environment with mediapipe installed",
+)
+def test_everyday_photos_are_labelled_by_mediapipe_and_kept_where_it_sees_a_person(tmp_path):
+    """With MediaPipe named, the everyday source keeps exactly the tench and parachute photos where
+    MediaPipe's saved mask covers 5-85 % of the pixels, each with pseudo_label of that mask; without
+    it the source is left out."""
+    from seg_training.data.person_mix import EVERYDAY_SHARE, pseudo_label
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "imagenette96").symlink_to(DATA / "imagenette")
+    assert build(shared, tmp_path / "plain", ["everyday"])["train"] == 0
+    out = tmp_path / "mix"
+    counts = build(shared, out, ["everyday"], mediapipe_python=os.environ["MEDIAPIPE_PYTHON"])
+    files = (out / "mediapipe/everyday_train/files.txt").read_text().split()
+    assert len(files) == 12  # the test copies: 6 tench, 6 parachute photos
+    kept = set((out / "train.txt").read_text().split())
+    assert counts["train"] == len(kept) >= 3  # anglers hold most of the tench
+    for i, file in enumerate(files):
+        name = Path(file).stem
+        reference = read_mask(out / "mediapipe/everyday_train/general" / f"{i}.png")
+        share = (reference > 0).mean()
+        assert (name in kept) == (EVERYDAY_SHARE[0] <= share <= EVERYDAY_SHARE[1])
+        if name in kept:
+            assert np.array_equal(read_mask(out / "masks" / f"{name}.png"), pseudo_label(reference))
+            assert read_image(out / "images" / f"{name}.jpg").shape == (288, 288, 3)
+        else:
+            assert not (out / "masks" / f"{name}.png").exists()
+
+
+def test_low_resolution_augmentation_blurs_images_not_masks():
+    """data.low_resolution: in about that share of the samples the image loses its fine detail (a
+    checkerboard of 2-pixel squares averages out to grey) while the mask stays sharp; 0 adds
+    nothing and a share outside [0, 1] is refused."""
+    image = np.zeros((256, 256, 3), np.uint8)
+    image[(np.add.outer(np.arange(256) // 2, np.arange(256) // 2) % 2) == 1] = 255
+    mask = np.zeros((256, 256), np.uint8)
+    mask[64:192, 64:192] = 1
+
+    def blurred_share(low_resolution: float) -> float:
+        t = seg_train_transform(224, 256, (1.0, 1.0), False, 255, low_resolution=low_resolution)
+        blurred = 0
+        for seed in range(100):
+            seed_pipeline(t, seed)
+            out = t(image=image, mask=mask)
+            grey = out["image"].numpy().mean(axis=0)
+            blurred += grey.std() < 0.5 * 2.2  # the board's normalised std is about 2.2
+            labels = out["mask"].numpy()
+            assert set(np.unique(labels)) == {0, 1} and (labels == 1).sum() == 128 * 128
+        return blurred / 100
+
+    assert 0.15 < blurred_share(0.3) < 0.45
+    assert blurred_share(0.0) == 0
+    assert "Downscale" not in str(seg_train_transform(224, 256))
+    with pytest.raises(ValueError, match="low_resolution"):
+        seg_train_transform(224, 256, low_resolution=1.5)
+
+
+def test_peer_comparison_on_shrunk_photos(mix, capsys):
+    """--shrink SIDE: every model scores the photos with the detail of a SIDE-pixel image, as an
+    independent count over predict() of the changed photos says; a bad SIDE is argparse's error."""
+    from seg_service.runtime import load_model
+    from seg_training.peers.compare import accuracy, main, shrink_image
+
+    photo = read_image(mix / "images" / f"{(mix / 'val.txt').read_text().split()[0]}.jpg")
+    small = shrink_image(photo, 48)
+    assert small.shape == photo.shape and small.dtype == np.uint8
+    assert (
+        np.abs(np.diff(small.astype(float), axis=1)).mean()
+        < 0.6 * np.abs(np.diff(photo.astype(float), axis=1)).mean()
+    )
+    assert shrink_image(photo, 4 * max(photo.shape)) is photo
+
+    weights = Path(__file__).resolve().parents[2] / "weights" / "person.gnpk"
+    rows = accuracy(str(PERSON_CONFIG), "val.txt", str(mix), [str(weights)], None, 2, shrink=64)
+    model = load_model(weights)
+    inter = union = 0
+    for name in rows[0]["names"]:
+        truth = read_mask(mix / "masks" / f"{name}.png")
+        pred = model.predict(shrink_image(read_image(mix / "images" / f"{name}.jpg"), 64)) == 1
+        keep = truth != 255
+        inter += int((pred & (truth == 1) & keep).sum())
+        union += int(((pred | (truth == 1)) & keep).sum())
+    assert rows[0]["person_iou"] == pytest.approx(inter / union)
+    argv = ["accuracy", "--config", str(PERSON_CONFIG), "--split", "val.txt", "--data-root", str(mix)]
+    with pytest.raises(SystemExit) as stop:
+        main(argv + ["--packed", str(weights), "--shrink", "0"])
+    assert stop.value.code == 2
+    assert "argument --shrink: must be at least 1, got 0" in capsys.readouterr().err.strip().splitlines()[-1]
