@@ -396,6 +396,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as exc:
         parser.exit(2, f"error: {exc}\n")
     print(f"wrote {args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    skipped = [s for s in sources if s in PSEUDO_SOURCES and not args.mediapipe_python]
+    if skipped:
+        print(f"left out {', '.join(skipped)}: its labels come from MediaPipe (--mediapipe-python)")
     return 0
 
 

@@ -565,3 +565,15 @@ def test_peer_comparison_on_shrunk_photos(mix, capsys):
         main(argv + ["--packed", str(weights), "--shrink", "0"])
     assert stop.value.code == 2
     assert "argument --shrink: must be at least 1, got 0" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_build_without_mediapipe_says_it_left_the_everyday_photos_out(tmp_path, capsys):
+    from seg_training.data.person_mix import main
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "imagenette96").symlink_to(DATA / "imagenette")
+    assert main(["--data", str(shared), "--out", str(tmp_path / "mix"), "--sources", "scenes,everyday"]) == 0
+    out = capsys.readouterr().out
+    assert "val_everyday 0" in out and "left out everyday" in out
+    assert not any(n.startswith("everyday_") for n in (tmp_path / "mix" / "train.txt").read_text().split())
