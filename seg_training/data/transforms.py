@@ -65,8 +65,8 @@ def seg_train_transform(
     10 IoU points on grey CCP photos and 28 on portraits turned 60 degrees in hue, MediaPipe 1-2.
 
     ``low_resolution``: the probability of a crop whose detail is that of an image 1/4 to 3/5 its
-    size, upscaled back (``low_resolution_step``). The same person model lost 15 IoU points on
-    portraits and 41 on CCP photos shrunk to 96 pixels and enlarged again, MediaPipe 0-3: it had
+    size, upscaled back (``low_resolution_step``). The twelfth session's person file lost 15 IoU
+    points on portraits and 41 on CCP photos shrunk to 96 pixels and enlarged again, MediaPipe 0-3: it had
     learnt to find people by fine texture, which small, soft and upscaled photos do not have.
     """
     if base_size:
