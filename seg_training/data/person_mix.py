@@ -160,21 +160,26 @@ def camvid_items(root: Path) -> Iterator[tuple[str, str, Path, np.ndarray]]:
             yield split, f"camvid_{stem}", root / folder / "images" / f"{stem}.jpg", mask
 
 
+def _upscaled(path: Path) -> np.ndarray:
+    """An Imagenette photo (BGR) upscaled once to ``SCENE_SIDE`` (bicubic), or InputError."""
+    import cv2
+
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise InputError(f"cannot read image {path}")
+    return cv2.resize(image, (SCENE_SIDE, SCENE_SIDE), interpolation=cv2.INTER_CUBIC)
+
+
 def scene_items(root: Path) -> Iterator[tuple[str, str, Path | np.ndarray, np.ndarray]]:
     """Imagenette photos of ``SCENE_CLASSES`` as people-free scenes: an even spread of
     ``SCENES_PER_CLASS`` files per class and split, upscaled to ``SCENE_SIDE``, masks all background."""
-    import cv2
-
     for folder, split in (("train", "train"), ("val", "val_scenes")):
         for wnid in SCENE_CLASSES:
             files = sorted((root / folder / wnid).glob("*.jpg"))
             limit = SCENES_PER_CLASS[folder]
             for path in files[:: max(1, len(files) // limit)][:limit]:
-                image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-                if image is None:
-                    raise InputError(f"cannot read image {path}")
-                image = cv2.resize(image, (SCENE_SIDE, SCENE_SIDE), interpolation=cv2.INTER_CUBIC)
-                yield split, f"scenes_{wnid}_{path.stem}", image, np.zeros((SCENE_SIDE, SCENE_SIDE), np.uint8)
+                background = np.zeros((SCENE_SIDE, SCENE_SIDE), np.uint8)
+                yield split, f"scenes_{wnid}_{path.stem}", _upscaled(path), background
 
 
 def pseudo_label(reference: np.ndarray, band: int = EVERYDAY_BAND) -> np.ndarray:
@@ -200,30 +205,22 @@ def add_everyday_people(
     their names go to ``lists["train"]`` and ``lists["val_everyday"]``."""
     import cv2
 
-    from ..peers.compare import mediapipe_masks
-
     rng = np.random.default_rng(seed)
     for folder, split in (("train", "train"), ("val", "val_everyday")):
-        names = []
+        names, wnids = [], []
         for wnid in EVERYDAY_CLASSES:
             for path in sorted((root / folder / wnid).glob("*.jpg")):
-                image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-                if image is None:
-                    raise InputError(f"cannot read image {path}")
                 name = f"everyday_{wnid}_{path.stem}"
-                image = cv2.resize(image, (SCENE_SIDE, SCENE_SIDE), interpolation=cv2.INTER_CUBIC)
-                _write(out / "images" / f"{name}.jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 95])
+                _write(out / "images" / f"{name}.jpg", _upscaled(path), [cv2.IMWRITE_JPEG_QUALITY, 95])
                 names.append(name)
-        workdir = out / "mediapipe" / f"everyday_{folder}"
-        workdir.mkdir(parents=True, exist_ok=True)
-        files = [str(out / "images" / f"{n}.jpg") for n in names]
+                wnids.append(wnid)
         kept: dict[str, list[str]] = {wnid: [] for wnid in EVERYDAY_CLASSES}
-        references = mediapipe_masks(mediapipe_python, "general", files, workdir)
-        for name, reference in zip(names, references, strict=True):
+        references = _reference_masks(out, names, mediapipe_python, f"mediapipe/everyday_{folder}")
+        for name, wnid, reference in zip(names, wnids, references, strict=True):
             share = float((reference > 0).mean())
             if EVERYDAY_SHARE[0] <= share <= EVERYDAY_SHARE[1]:
                 _write(out / "masks" / f"{name}.png", pseudo_label(reference))
-                kept[name.split("_")[1]].append(name)
+                kept[wnid].append(name)
             else:  # not used: no mask, so no image either
                 (out / "images" / f"{name}.jpg").unlink()
         for pool in kept.values():
@@ -232,8 +229,9 @@ def add_everyday_people(
 
 
 SOURCES = {"ccp": ccp_items, "portraits": portrait_items, "camvid": camvid_items, "scenes": scene_items}
-# Sources labelled by MediaPipe: used only when --mediapipe-python names it.
-PSEUDO_SOURCES = ("everyday",)
+# Sources labelled by MediaPipe, used only when --mediapipe-python names it: each adds its images
+# to the folder and its names to the lists itself.
+PSEUDO_SOURCES = {"everyday": add_everyday_people}
 # A source's folder under --data where it is not the source's name.
 SOURCE_FOLDERS = {"scenes": "imagenette96", "everyday": "imagenette96"}
 
@@ -277,8 +275,8 @@ def build(
             others = ",".join(x for x in sources if x != source)
             hint = f" (or leave that source out: --sources {others})" if others else ""
             raise InputError(f"data set folder not found: {root}{hint}")
-        if source == "everyday":
-            add_everyday_people(root, out, str(mediapipe_python), lists)
+        if source in PSEUDO_SOURCES:
+            PSEUDO_SOURCES[source](root, out, str(mediapipe_python), lists)
             continue
         for split, name, image, mask in SOURCES[source](root):
             target = out / "images" / f"{name}.jpg"
