@@ -19,15 +19,15 @@ brought to one mask convention (0 background, 1 person, 255 ignore):
   50 validation images per class form ``val_scenes.txt``, where the share of pixels marked person
   measures false alarms (not in ``val.txt``).
 - ``everyday`` (only with ``--mediapipe-python``): Imagenette photos of people, the everyday
-  pictures the other sources lack (anglers holding a tench, players of French horns, men with chain
-  saws, golfers, parachutists: seated, in groups, half in frame, small and soft), upscaled like the
-  scenes and labelled by MediaPipe's selfie segmenter, with a band of ignore along its outline
-  (``pseudo_label``). Only photos where it marks 5-85 % of the pixels are kept, at most 200 per class
-  for training and 40 per class for ``val_everyday.txt`` (not in ``val.txt``), drawn with a fixed seed.
-  These labels are MediaPipe's, not a person's: it marks what people hold (a fish, a horn) as person
-  and takes dogs for people (so no dog class is used), and its outline at 96 pixels is coarse.
-  ``val_everyday`` therefore measures agreement with MediaPipe on such photos, not accuracy; on it
-  the person model of 2026-12-06 found 23 % of what MediaPipe marks.
+  pictures the other sources lack (men with chain saws, players of French horns, a few golfers and
+  parachutists: seated, in groups, half in frame, small and soft), upscaled like the scenes and
+  labelled by MediaPipe's selfie segmenter, with a band of ignore along its outline
+  (``pseudo_label``). Only the photos of ``everyday_checked.txt`` are used (``--everyday-list``
+  names another): unchecked, MediaPipe's masks on these classes were mostly wrong (it marks held
+  fish, horns and saws, golf balls, parachute canopies and dogs as person), and a first version of
+  this source that trusted them taught the model those mistakes. The list's ``val`` photos form
+  ``val_everyday.txt`` (not in ``val.txt``): 159 checked masks, MediaPipe's outline at 96 pixels
+  (so still coarse at the edges, which the ignore band leaves out of the score).
 
 Images are linked (or copied with ``--copy``), masks written as 8-bit PNGs, names prefixed by
 source (``ccp_0001``, ``portraits_00001``, ``camvid_0001TP_006690``). List files: ``train.txt``,
@@ -73,16 +73,9 @@ SCENE_CLASSES = {
 }
 SCENE_SIDE = 288  # Imagenette here is 96x96: upscaled once (bicubic) rather than by the loader
 SCENES_PER_CLASS = {"train": 200, "val": 50}
-# Imagenette classes whose photos often show people: the ``everyday`` source (English springer is
-# left out: MediaPipe takes the dogs for people).
-EVERYDAY_CLASSES = {
-    "n01440764": "tench",
-    "n03000684": "chain saw",
-    "n03394916": "French horn",
-    "n03445777": "golf ball",
-    "n03888257": "parachute",
-}
-EVERYDAY_PER_CLASS = {"train": 200, "val": 40}
+# Imagenette photos of people whose MediaPipe mask was checked by eye (the file's header says how):
+# the ``everyday`` source. Unchecked, most of MediaPipe's masks on these classes were wrong.
+EVERYDAY_CHECKED = Path(__file__).with_name("everyday_checked.txt")
 EVERYDAY_SHARE = (0.05, 0.85)  # share of pixels MediaPipe marks: fewer is no one, more is a mistake
 EVERYDAY_BAND = 3  # pixels of ignore on each side of MediaPipe's outline
 
@@ -196,41 +189,60 @@ def pseudo_label(reference: np.ndarray, band: int = EVERYDAY_BAND) -> np.ndarray
     return label
 
 
+def checked_photos(path: Path) -> dict[str, list[str]]:
+    """The lines of a checked-photo list such as ``EVERYDAY_CHECKED``: Imagenette folder (``train``
+    or ``val``) -> ``class/stem`` entries in file order; ``#`` lines are comments. InputError on a
+    line of another form."""
+    photos: dict[str, list[str]] = {"train": [], "val": []}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        parts = line.split()
+        if len(parts) != 2 or parts[0] not in photos or parts[1].count("/") != 1:
+            raise InputError(f"{path}:{number}: expected 'train|val CLASS/STEM', got {line!r}")
+        photos[parts[0]].append(parts[1])
+    return photos
+
+
 def add_everyday_people(
-    root: Path, out: Path, mediapipe_python: str, lists: dict[str, list[str]], seed: int = 0
+    root: Path,
+    out: Path,
+    mediapipe_python: str,
+    lists: dict[str, list[str]],
+    checked: Path = EVERYDAY_CHECKED,
 ) -> None:
-    """The ``everyday`` source: Imagenette (``root``) photos of ``EVERYDAY_CLASSES``, upscaled to
+    """The ``everyday`` source: the Imagenette (``root``) photos listed in ``checked``, upscaled to
     ``SCENE_SIDE`` and written to ``out``, labelled by MediaPipe (``pseudo_label``), kept where its
-    mask covers ``EVERYDAY_SHARE`` of the photo, ``EVERYDAY_PER_CLASS`` drawn per class and split;
-    their names go to ``lists["train"]`` and ``lists["val_everyday"]``."""
+    mask covers ``EVERYDAY_SHARE`` of the photo (a MediaPipe release that sees a listed photo
+    differently drops it rather than teach its new mistake); their names go to ``lists["train"]``
+    and ``lists["val_everyday"]`` by the folder the list gives."""
     import cv2
 
-    rng = np.random.default_rng(seed)
-    for folder, split in (("train", "train"), ("val", "val_everyday")):
-        names, wnids = [], []
-        for wnid in EVERYDAY_CLASSES:
-            for path in sorted((root / folder / wnid).glob("*.jpg")):
-                name = f"everyday_{wnid}_{path.stem}"
-                _write(out / "images" / f"{name}.jpg", _upscaled(path), [cv2.IMWRITE_JPEG_QUALITY, 95])
-                names.append(name)
-                wnids.append(wnid)
-        kept: dict[str, list[str]] = {wnid: [] for wnid in EVERYDAY_CLASSES}
+    for folder, entries in checked_photos(checked).items():
+        names = []
+        for entry in entries:
+            wnid, stem = entry.split("/")
+            path = root / folder / wnid / f"{stem}.jpg"
+            if not path.is_file():
+                raise InputError(f"{path}: listed in {checked} but missing")
+            name = f"everyday_{wnid}_{stem}"
+            _write(out / "images" / f"{name}.jpg", _upscaled(path), [cv2.IMWRITE_JPEG_QUALITY, 95])
+            names.append(name)
+        if not names:
+            continue
         references = _reference_masks(out, names, mediapipe_python, f"mediapipe/everyday_{folder}")
-        for name, wnid, reference in zip(names, wnids, references, strict=True):
+        for name, reference in zip(names, references, strict=True):
             share = float((reference > 0).mean())
             if EVERYDAY_SHARE[0] <= share <= EVERYDAY_SHARE[1]:
                 _write(out / "masks" / f"{name}.png", pseudo_label(reference))
-                kept[wnid].append(name)
+                lists["train" if folder == "train" else "val_everyday"].append(name)
             else:  # not used: no mask, so no image either
                 (out / "images" / f"{name}.jpg").unlink()
-        for pool in kept.values():
-            take = min(EVERYDAY_PER_CLASS[folder], len(pool))
-            lists[split] += [pool[i] for i in sorted(rng.choice(len(pool), take, replace=False))]
 
 
 SOURCES = {"ccp": ccp_items, "portraits": portrait_items, "camvid": camvid_items, "scenes": scene_items}
 # Sources labelled by MediaPipe, used only when --mediapipe-python names it: each adds its images
-# to the folder and its names to the lists itself.
+# to the folder and its names to the lists itself, from the checked-photo list build() passes.
 PSEUDO_SOURCES = {"everyday": add_everyday_people}
 # A source's folder under --data where it is not the source's name.
 SOURCE_FOLDERS = {"scenes": "imagenette96", "everyday": "imagenette96"}
@@ -250,11 +262,12 @@ def build(
     sources: Sequence[str] = (*SOURCES, *PSEUDO_SOURCES),
     copy: bool = False,
     mediapipe_python: str | None = None,
+    everyday_list: Path = EVERYDAY_CHECKED,
 ) -> dict[str, int]:
     """Write the folder; returns the number of images per list (and, with ``mediapipe_python``, of
     CCP training masks given ignored bystanders, as ``ccp_bystanders``, and of scene masks given
     ignored people, as ``scene_people``). The ``PSEUDO_SOURCES`` are left out without
-    ``mediapipe_python``."""
+    ``mediapipe_python``; ``everyday_list`` names the checked photos the everyday source uses."""
     import cv2
 
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -276,7 +289,7 @@ def build(
             hint = f" (or leave that source out: --sources {others})" if others else ""
             raise InputError(f"data set folder not found: {root}{hint}")
         if source in PSEUDO_SOURCES:
-            PSEUDO_SOURCES[source](root, out, str(mediapipe_python), lists)
+            PSEUDO_SOURCES[source](root, out, str(mediapipe_python), lists, everyday_list)
             continue
         for split, name, image, mask in SOURCES[source](root):
             target = out / "images" / f"{name}.jpg"
@@ -382,6 +395,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "bystanders CCP leaves unlabelled and the rare people in the scenes, which become ignore, "
         "and labels the everyday photos of people (without it they are left out)",
     )
+    parser.add_argument(
+        "--everyday-list",
+        type=Path,
+        default=EVERYDAY_CHECKED,
+        help="the checked photos the everyday source uses, one 'train|val CLASS/STEM' per line "
+        "(default: the list shipped with this package, everyday_checked.txt)",
+    )
     args = parser.parse_args(argv)
     sources = [s.strip() for s in args.sources.split(",") if s.strip()]
     unknown = [s for s in sources if s not in SOURCES and s not in PSEUDO_SOURCES]
@@ -389,8 +409,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown source(s) {unknown}; choose from {[*SOURCES, *PSEUDO_SOURCES]}")
     if args.mediapipe_python and not Path(args.mediapipe_python).is_file():
         parser.error(f"--mediapipe-python: no such file {args.mediapipe_python}")
+    if not args.everyday_list.is_file():
+        parser.error(f"--everyday-list: no such file {args.everyday_list}")
     try:
-        counts = build(args.data, args.out, sources, args.copy, args.mediapipe_python)
+        counts = build(args.data, args.out, sources, args.copy, args.mediapipe_python, args.everyday_list)
     except InputError as exc:
         parser.exit(2, f"error: {exc}\n")
     print(f"wrote {args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
