@@ -373,6 +373,107 @@ def test_unlabelled_people_keeps_upright_regions_away_from_the_subject():
         unlabelled_people(truth, reference[:, :200])
 
 
+@pytest.mark.skipif(
+    not (os.environ.get("MEDIAPIPE_PYTHON") and Path(os.environ["MEDIAPIPE_PYTHON"]).is_file()),
+    reason="needs MEDIAPIPE_PYTHON, the python of an environment with mediapipe installed",
+)
+def test_ccp_bystanders_from_mediapipe_become_ignore(tmp_path):
+    """With MediaPipe named, only CCP training masks change, only from background to ignore, and
+    exactly where unlabelled_people puts MediaPipe's own saved masks."""
+    from seg_training.data.person_mix import unlabelled_people
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "ccp").symlink_to(DATA / "ccp")
+    out = tmp_path / "mix"
+    counts = build(shared, out, ["ccp"], mediapipe_python=os.environ["MEDIAPIPE_PYTHON"])
+    names = (out / "train.txt").read_text().split()
+    # test copy 0005 has a passer-by behind the subject (MediaPipe 0.10.21 finds her)
+    assert counts["ccp_bystanders"] >= 1 and (read_mask(out / "masks/ccp_0005.png") == 255).any()
+    for i, name in enumerate(names):
+        plain = (read_mask(DATA / f"ccp/masks/{name[4:]}.png") > 0).astype(np.uint8)
+        reference = read_mask(out / "mediapipe" / "general" / f"{i}.png")
+        expected = plain.copy()
+        expected[unlabelled_people(plain, reference)] = 255
+        assert np.array_equal(read_mask(out / "masks" / f"{name}.png"), expected)
+    for name in (out / "val.txt").read_text().split():
+        plain = (read_mask(DATA / f"ccp/masks/{name[4:]}.png") > 0).astype(np.uint8)
+        assert np.array_equal(read_mask(out / "masks" / f"{name}.png"), plain)
+
+
+def test_build_refuses_a_missing_mediapipe_python(tmp_path, capsys):
+    from seg_training.data.person_mix import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(
+            [
+                "--data",
+                str(DATA),
+                "--out",
+                str(tmp_path / "mix"),
+                "--mediapipe-python",
+                str(tmp_path / "nope"),
+            ]
+        )
+    assert stop.value.code == 2 and "--mediapipe-python: no such file" in capsys.readouterr().err
+    assert not (tmp_path / "mix").exists()
+
+
+@pytest.mark.skipif(
+    not (os.environ.get("MEDIAPIPE_PYTHON") and Path(os.environ["MEDIAPIPE_PYTHON"]).is_file()),
+    reason="needs MEDIAPIPE_PYTHON, the python of an environment with mediapipe installed",
+)
+def test_people_mediapipe_sees_in_scenes_become_ignore(tmp_path):
+    """With MediaPipe named, a scene mask is ignore exactly where MediaPipe's saved mask, grown by 4
+    pixels, marks a person, and background everywhere else."""
+    import cv2
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "imagenette96").symlink_to(DATA / "imagenette")
+    out = tmp_path / "mix"
+    counts = build(shared, out, ["scenes"], mediapipe_python=os.environ["MEDIAPIPE_PYTHON"])
+    names = (out / "train.txt").read_text().split() + (out / "val_scenes.txt").read_text().split()
+    assert len(names) == 8 and 0 <= counts["scene_people"] <= 8
+    for i, name in enumerate(names):
+        reference = read_mask(out / "mediapipe/scenes/general" / f"{i}.png") > 0
+        expected = np.where(cv2.dilate(reference.astype(np.uint8), np.ones((9, 9), np.uint8)) > 0, 255, 0)
+        assert np.array_equal(read_mask(out / "masks" / f"{name}.png"), expected.astype(np.uint8))
+
+
+def test_build_names_a_missing_source_folder_and_how_to_leave_it_out(tmp_path, capsys):
+    from seg_training.data.person_mix import main
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "ccp").symlink_to(DATA / "ccp")
+    with pytest.raises(SystemExit) as stop:
+        main(["--data", str(shared), "--out", str(tmp_path / "mix"), "--sources", "ccp,scenes"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "imagenette96" in err and "--sources ccp" in err and len(err.strip().splitlines()) == 1
+
+
+def test_pseudo_label_trusts_only_the_inside_and_the_far_outside_of_an_outline():
+    """pseudo_label: person inside the outline less the band, background beyond it, ignore in the
+    2 x band strip between, nothing else; an empty reference is all background."""
+    import cv2
+
+    from seg_training.data.person_mix import pseudo_label
+
+    reference = np.zeros((100, 100), np.uint8)
+    cv2.circle(reference, (50, 50), 30, 255, -1)
+    label = pseudo_label(reference, band=3)
+    assert set(np.unique(label)) == {0, 1, 255}
+    assert label[50, 50] == 1 and label[50, 50 - 26] == 1  # 4 px inside the edge
+    assert label[50, 50 - 30] == 255 and label[50, 50 - 32] == 255  # on the edge, 2 px outside
+    assert label[50, 50 - 35] == 0 and label[0, 0] == 0  # 5 px outside, far away
+    inside, band = (label == 1).sum(), (label == 255).sum()
+    assert 0.8 * np.pi * 26**2 < inside < 1.2 * np.pi * 27**2
+    assert 0.8 * 2 * np.pi * 30 * 6 < band < 1.25 * 2 * np.pi * 30 * 7
+    assert not pseudo_label(np.zeros((20, 20), np.uint8)).any()
+
+
 def _everyday_list(path: Path) -> tuple[Path, dict[str, list[str]]]:
     """A checked-photo list naming half of the test copies of each folder and class (tench, parachute)."""
     listed: dict[str, list[str]] = {"train": [], "val": []}
