@@ -76,6 +76,7 @@ SCENES_PER_CLASS = {"train": 200, "val": 50}
 # Imagenette photos of people whose MediaPipe mask was checked by eye (the file's header says how):
 # the ``everyday`` source. Unchecked, most of MediaPipe's masks on these classes were wrong.
 EVERYDAY_CHECKED = Path(__file__).with_name("everyday_checked.txt")
+EVERYDAY_SPLITS = {"train": "train", "val": "val_everyday"}  # list's Imagenette folder -> person_mix list
 EVERYDAY_SHARE = (0.05, 0.85)  # share of pixels MediaPipe marks: fewer is no one, more is a mistake
 EVERYDAY_BAND = 3  # pixels of ignore on each side of MediaPipe's outline
 
@@ -193,7 +194,7 @@ def checked_photos(path: Path) -> dict[str, list[str]]:
     """The lines of a checked-photo list such as ``EVERYDAY_CHECKED``: Imagenette folder (``train``
     or ``val``) -> ``class/stem`` entries in file order; ``#`` lines are comments. InputError on a
     line of another form."""
-    photos: dict[str, list[str]] = {"train": [], "val": []}
+    photos: dict[str, list[str]] = {folder: [] for folder in EVERYDAY_SPLITS}
     for number, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip() or line.startswith("#"):
             continue
@@ -235,7 +236,7 @@ def add_everyday_people(
             share = float((reference > 0).mean())
             if EVERYDAY_SHARE[0] <= share <= EVERYDAY_SHARE[1]:
                 _write(out / "masks" / f"{name}.png", pseudo_label(reference))
-                lists["train" if folder == "train" else "val_everyday"].append(name)
+                lists[EVERYDAY_SPLITS[folder]].append(name)
             else:  # not used: no mask, so no image either
                 (out / "images" / f"{name}.jpg").unlink()
 
