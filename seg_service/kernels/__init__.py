@@ -16,10 +16,10 @@ weights for the kernels once (a model does it at load time); the conv functions 
 place of the weight array. ``lincomb_group`` runs the float linear combinations between binary convs
 (a Group-Net block's branch sum and soft gates) in one pass; ``upsample_bilinear`` is the graph's
 bilinear resampling; ``conv2d_direct`` is the RGB stem's float convolution and ``conv2d_u8`` its
-integer version (uint8 image, 7-bit weights, AVX-512 VNNI where the CPU has it, a per-class bias
-table; every ISA path gives the same bits), whose u8 pixels ``image_pixels`` recovers from a
-normalised input; ``conv1x1`` the 1x1
-float convs (projections, classifier) of a map or of the parts of a channel concat, and
+integer version (uint8 image, 7-bit weights, AVX-512 VNNI or AVX-VNNI where the CPU has it, a
+per-class bias table; every ISA path gives the same bits), whose u8 pixels ``image_pixels``
+recovers from a normalised input; ``conv1x1`` the 1x1 float convs (projections, classifier) of
+a map or of the parts of a channel concat, and
 ``pack_bits_concat`` the sign bits of a concat without building it (``pack_bits_into`` and
 ``upsample_bilinear_bits`` write one part's bits into the concat's); ``affine`` a per-channel
 BatchNorm left standing; ``global_avgpool`` an image-pooling branch's mean; ``guided_coefficients``,

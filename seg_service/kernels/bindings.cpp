@@ -1102,11 +1102,11 @@ PYBIND11_MODULE(_core, m) {
           "the caller's (input pixels past H and W read as 0). acc = int32 sum of weight * input over the window; "
           "out = fma(float(acc), scale[o], bias_table[row_class[y], col_class[x], o]) rounded once, max(out, 0) "
           "if relu. scale float32 [O], row_class / col_class int32, bias_table float32 [R, S, O]. Equal bit for "
-          "bit on every ISA path (AVX-512 VNNI, AVX-512 / AVX2 vpmaddubsw, scalar) and thread count.");
+          "bit on every ISA path (AVX-512 VNNI, AVX-VNNI, AVX-512 / AVX2 vpmaddubsw, scalar) and thread count.");
     m.def(
         "_set_u8_vnni", [](bool enabled) { return segk::set_u8_vnni(enabled); }, py::arg("enabled"),
-        "Tests only: whether conv2d_u8's avx512 path uses VNNI (only where the CPU has it) or its emulation; "
-        "returns the previous setting.");
+        "Tests only: whether conv2d_u8 may use VNNI's vpdpbusd (AVX-512 VNNI on the avx512 path, AVX-VNNI on the "
+        "avx2 path, each where the CPU has it) or must use its emulation; returns the previous setting.");
     m.def("pack_bits_concat", &pack_bits_concat, py::arg("parts"),
           "pack_bits(np.concatenate(parts, axis=2)) without building the concat: parts are float32 [H, W, C_i] "
           "maps of one size -> uint64 [H, W, ceil(sum C_i / 64)].");

@@ -199,8 +199,9 @@ void conv2d_u8(const uint8_t* image, int64_t h, int64_t w, int64_t c, const int8
                int64_t kernel, const float* scale, const int32_t* row_class, int64_t out_h, const int32_t* col_class,
                int64_t out_w, const float* bias_table, int64_t classes_s, int64_t stride, int64_t padding, bool relu,
                float* out);
-// Whether conv2d_u8's avx512 path uses AVX-512 VNNI (vpdpbusd) or its emulation (vpmaddubsw +
-// vpmaddwd), for tests of the emulation; true only where the CPU has VNNI. Returns the previous setting.
+// Whether conv2d_u8 may use vpdpbusd (AVX-512 VNNI on the avx512 path, AVX-VNNI on the avx2 path, each
+// only where the CPU has it) or must use its emulation (vpmaddubsw + vpmaddwd): off only for tests of
+// the emulation. Returns the previous setting.
 bool set_u8_vnni(bool enabled);
 // How conv2d_u8 forms its u8 x s8 dot products on the path in use: "vnni" (vpdpbusd), "maddubs"
 // (vpmaddubsw + vpmaddwd) or "scalar".

@@ -13,8 +13,10 @@
 //   avx512: NB = 32 (2 zmm of int32), P <= 12 -> 24 accumulators. vpdpbusd where the CPU has VNNI,
 //           else vpmaddubsw + vpmaddwd(1) + vpaddd (exact: weights in [-64, 63] keep vpmaddubsw's
 //           int16 pair sums within |255 * 64 * 2| = 32640, no saturation).
-//   avx2:   the same emulation on ymm: NB = 16 (2 ymm), P <= 5 (10 accumulators; the 2 weights, the
-//           broadcast, the ones and the products take the other 6 registers).
+//   avx2:   the same on ymm, NB = 16 (2 ymm): vpdpbusd of AVX-VNNI (VEX-encoded, 256-bit) where the CPU
+//           has it (Intel client CPUs since the 12th generation, which have AVX2 and no AVX-512; AMD
+//           Zen 5), P <= 6 (12 accumulators, the 2 weights and the broadcast); else the emulation, P <= 5
+//           (10 accumulators; the ones and the products take the registers of the sixth pixel).
 //   scalar: the same tile in plain C++ (P <= 4 x 16 channels).
 // Integer sums are exact and the epilogue is one fma(float(acc), scale, bias) rounded once on every
 // path (|acc| <= 11 * 11 * 4 * 255 * 64 < 2^24, so float(acc) is exact), so all paths give the same
@@ -39,6 +41,7 @@
 #include <vector>
 
 #if defined(__x86_64__) || defined(_M_X64)
+#include <cpuid.h>
 #include <immintrin.h>
 #endif
 
@@ -139,45 +142,64 @@ struct I {
 }  // namespace avx512
 #undef SEGK_AVX512_FLOAT_OPS
 
+// Shared by the avx2 variants: the operands' loads and the int32 -> float epilogue of 8 lanes.
+#define SEGK_AVX2_OPS                                                                                            \
+    using F = __m256;                                                                                            \
+    SEGK_FN static V zero() { return V{}; }                                                                      \
+    SEGK_FN static W load_w(const int8_t* p) { return _mm256_load_si256(reinterpret_cast<const __m256i*>(p)); }  \
+    SEGK_FN static X bcast(const uint8_t* p) {                                                                   \
+        int32_t v;                                                                                               \
+        std::memcpy(&v, p, 4);                                                                                   \
+        return _mm256_set1_epi32(v);                                                                             \
+    }                                                                                                            \
+    SEGK_FN static F loadf(const float* p) { return _mm256_loadu_ps(p); }                                        \
+    SEGK_FN static F loadf_first(const float* p, int64_t n) {                                                    \
+        float tmp[kLanes] = {};                                                                                  \
+        std::memcpy(tmp, p, static_cast<size_t>(n) * sizeof(float));                                             \
+        return _mm256_loadu_ps(tmp);                                                                             \
+    }                                                                                                            \
+    SEGK_FN static F epilogue(V acc, F scale, F bias) {                                                          \
+        return _mm256_fmadd_ps(_mm256_cvtepi32_ps((__m256i)acc), scale, bias);                                   \
+    }                                                                                                            \
+    SEGK_FN static F relu(F r) { return _mm256_max_ps(_mm256_setzero_ps(), r); }                                 \
+    SEGK_FN static void store(float* p, F r) { _mm256_storeu_ps(p, r); }                                         \
+    SEGK_FN static void store_first(float* p, F r, int64_t n) {                                                  \
+        float tmp[kLanes];                                                                                       \
+        _mm256_storeu_ps(tmp, r);                                                                                \
+        std::memcpy(p, tmp, static_cast<size_t>(n) * sizeof(float));                                             \
+    }
+
+namespace avx2vnni {
+#define SEGK_FN __attribute__((target("avx2,fma,avxvnni"))) inline
+struct I {
+    using V = __v8si;
+    using W = __m256i;
+    using X = __m256i;
+    static constexpr int kLanes = 8, kVectors = 2, kPixels = 6;
+    SEGK_AVX2_OPS
+    SEGK_FN static V dot(V acc, X x, W w) { return (V)_mm256_dpbusd_avx_epi32((__m256i)acc, x, w); }
+};
+#include "stem_u8_tile.h"
+#undef SEGK_FN
+}  // namespace avx2vnni
+
 namespace avx2 {
 #define SEGK_FN __attribute__((target("avx2,fma"))) inline
 struct I {
     using V = __v8si;
     using W = __m256i;
     using X = __m256i;
-    using F = __m256;
     static constexpr int kLanes = 8, kVectors = 2, kPixels = 5;
-    SEGK_FN static V zero() { return V{}; }
-    SEGK_FN static W load_w(const int8_t* p) { return _mm256_load_si256(reinterpret_cast<const __m256i*>(p)); }
-    SEGK_FN static X bcast(const uint8_t* p) {
-        int32_t v;
-        std::memcpy(&v, p, 4);
-        return _mm256_set1_epi32(v);
-    }
+    SEGK_AVX2_OPS
     SEGK_FN static V dot(V acc, X x, W w) {
         const __m256i pairs = _mm256_maddubs_epi16(x, w);  // no saturation: |w| <= 64
         return acc + (V)_mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
-    }
-    SEGK_FN static F loadf(const float* p) { return _mm256_loadu_ps(p); }
-    SEGK_FN static F loadf_first(const float* p, int64_t n) {
-        float tmp[kLanes] = {};
-        std::memcpy(tmp, p, static_cast<size_t>(n) * sizeof(float));
-        return _mm256_loadu_ps(tmp);
-    }
-    SEGK_FN static F epilogue(V acc, F scale, F bias) {
-        return _mm256_fmadd_ps(_mm256_cvtepi32_ps((__m256i)acc), scale, bias);
-    }
-    SEGK_FN static F relu(F r) { return _mm256_max_ps(_mm256_setzero_ps(), r); }
-    SEGK_FN static void store(float* p, F r) { _mm256_storeu_ps(p, r); }
-    SEGK_FN static void store_first(float* p, F r, int64_t n) {
-        float tmp[kLanes];
-        _mm256_storeu_ps(tmp, r);
-        std::memcpy(p, tmp, static_cast<size_t>(n) * sizeof(float));
     }
 };
 #include "stem_u8_tile.h"
 #undef SEGK_FN
 }  // namespace avx2
+#undef SEGK_AVX2_OPS
 #endif
 
 // Portable path: one int32 per lane, 16 lanes per block; the same sums and the same fma.
@@ -204,9 +226,9 @@ struct I {
 #undef SEGK_FN
 }  // namespace scalar
 
-// The avx512 path's dot products: vpdpbusd where the CPU has AVX-512 VNNI (unless turned off for a
-// test of the emulation, set_u8_vnni).
-bool cpu_has_vnni() {
+// The dot products: vpdpbusd where the CPU has it for the path in use (AVX-512 VNNI for avx512,
+// AVX-VNNI for avx2), unless turned off for a test of the emulation (set_u8_vnni).
+bool cpu_has_avx512_vnni() {
 #if defined(__x86_64__) || defined(_M_X64)
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512vnni");
@@ -214,16 +236,36 @@ bool cpu_has_vnni() {
     return false;
 #endif
 }
-std::atomic<bool> g_use_vnni{cpu_has_vnni()};
+bool cpu_has_avx_vnni() {
+#if defined(__x86_64__) || defined(_M_X64)
+    // AVX-VNNI is CPUID leaf 7 sub-leaf 1, EAX bit 4 (GCC 12's __builtin_cpu_supports does not know it);
+    // its VEX instructions need the OS to save the ymm state, which AVX2's presence already says.
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    if (!__get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx)) return false;
+    __builtin_cpu_init();
+    return (eax & (1u << 4)) != 0 && __builtin_cpu_supports("avx2");
+#else
+    return false;
+#endif
+}
+const bool g_has_avx512_vnni = cpu_has_avx512_vnni();
+const bool g_has_avx_vnni = cpu_has_avx_vnni();
+std::atomic<bool> g_use_vnni{true};
+
+// Whether the integer stem multiplies with vpdpbusd on ISA path `path`.
+bool vnni_on(const std::string& path) {
+    if (!g_use_vnni.load()) return false;
+    return (path == "avx512" && g_has_avx512_vnni) || (path == "avx2" && g_has_avx_vnni);
+}
 
 TileSet select_tiles(int64_t c, int64_t kernel, int64_t stride) {
     const bool stem = c == 3 && kernel == 7 && stride == 2;
 #if defined(__x86_64__) || defined(_M_X64)
     const std::string path = isa();
-    if (path == "avx512" && g_use_vnni.load()) {
-        return stem ? avx512vnni::tile_set<Stem2>() : avx512vnni::tile_set<Generic>();
-    }
+    const bool vnni = vnni_on(path);
+    if (path == "avx512" && vnni) return stem ? avx512vnni::tile_set<Stem2>() : avx512vnni::tile_set<Generic>();
     if (path == "avx512") return stem ? avx512::tile_set<Stem2>() : avx512::tile_set<Generic>();
+    if (path == "avx2" && vnni) return stem ? avx2vnni::tile_set<Stem2>() : avx2vnni::tile_set<Generic>();
     if (path == "avx2") return stem ? avx2::tile_set<Stem2>() : avx2::tile_set<Generic>();
 #endif
     return stem ? scalar::tile_set<Stem2>() : scalar::tile_set<Generic>();
@@ -301,16 +343,11 @@ struct AlignedFree {
 
 std::string u8_dot_method() {
     const std::string path = isa();
-    if (path == "avx512") return g_use_vnni.load() ? "vnni" : "maddubs";
-    if (path == "avx2") return "maddubs";
+    if (path == "avx512" || path == "avx2") return vnni_on(path) ? "vnni" : "maddubs";
     return "scalar";
 }
 
-bool set_u8_vnni(bool enabled) {
-    const bool previous = g_use_vnni.load();
-    g_use_vnni.store(enabled && cpu_has_vnni());
-    return previous;
-}
+bool set_u8_vnni(bool enabled) { return g_use_vnni.exchange(enabled); }
 
 void conv2d_u8(const uint8_t* image, int64_t h, int64_t w, int64_t c, const int8_t* weight, int64_t out_c,
                int64_t kernel, const float* scale, const int32_t* row_class, int64_t out_h, const int32_t* col_class,
