@@ -1,7 +1,8 @@
 // Colour guided filter (He, Sun and Tang, TPAMI 2013) for a model's stored post-processing
 // (seg_service/runtime/refine.py): the two-class filter's source, the coefficients, fitted on the
-// fast guided filter's subsampled image (some thousands of pixels: one thread), and the
-// full-resolution step that upsamples and applies them (rows split over the threads when large).
+// fast guided filter's subsampled image (pixel ranges or planes split over the threads from some
+// thousands of pixels), and the full-resolution step that upsamples and applies them (rows split
+// over the threads when large).
 //
 // Window means are over (2r+1) x (2r+1) windows clipped at the border (fewer pixels there), summed
 // in double with running sums, so the cost does not grow with the radius and the variance (a small
@@ -62,12 +63,12 @@ SEGK_ALWAYS_INLINE void box_pass_transposed(const double* __restrict in, int64_t
     }
 }
 
-// In place: each of the n_planes planes [h, w] (plane-major) becomes its clipped-window mean.
-SEGK_ALWAYS_INLINE void box_mean_planes(double* planes, int64_t n_planes, int64_t h, int64_t w, int64_t r) {
+// In place: planes [p0, p1) of a plane-major stack of [h, w] planes become their clipped-window means.
+SEGK_ALWAYS_INLINE void box_mean_planes(double* planes, int64_t p0, int64_t p1, int64_t h, int64_t w, int64_t r) {
     const std::unique_ptr<double[]> scratch(new double[static_cast<size_t>(h * w + std::max(h, w))]);
     double* transposed = scratch.get();
     double* colsum = transposed + h * w;
-    for (int64_t p = 0; p < n_planes; ++p) {
+    for (int64_t p = p0; p < p1; ++p) {
         double* plane = planes + p * h * w;
         box_pass_transposed(plane, h, w, r, transposed, colsum);  // along y -> [w, h]
         box_pass_transposed(transposed, w, h, r, plane, colsum);  // along x -> [h, w]
@@ -75,6 +76,10 @@ SEGK_ALWAYS_INLINE void box_mean_planes(double* planes, int64_t n_planes, int64_
 }
 
 // --- Coefficients ------------------------------------------------------------------------------
+//
+// Four phases, each split over the threads when the image is large enough (pixel ranges, or planes
+// for the box means); every value is computed by the same operations whoever computes it, so the
+// thread count does not change a bit.
 
 struct CoefficientCall {
     const float* guide;
@@ -83,18 +88,17 @@ struct CoefficientCall {
     double eps;
     float* a_out;
     float* b_out;
+    double* m;   // [9 + 4k, n]: guide (3), the 6 distinct guide products (00 01 02 11 12 22), then per
+                 // source channel j: the source and source x guide (3)
+    double* ab;  // [4k, n]: a (3 per channel), then b (one per channel)
 };
 
-SEGK_ALWAYS_INLINE void guided_coefficients_body(const CoefficientCall& c) {
+// Phase 1, pixels [i0, i1): the planes whose window means the fit needs.
+SEGK_ALWAYS_INLINE void coefficient_planes(const CoefficientCall& c, int64_t i0, int64_t i1) {
     const int64_t n = c.h * c.w, k = c.k;
-    // Planes: guide (3), the 6 distinct guide products (00 01 02 11 12 22), then per source channel
-    // j: the source and source x guide (3).
-    const int64_t n_planes = 9 + 4 * k;
-    // uninitialised: every value is written before it is read (zeroing 0.5 MB showed in the profile)
-    const std::unique_ptr<double[]> m(new double[static_cast<size_t>(n_planes * n)]);
-    double* __restrict mg = m.get();
+    double* __restrict mg = c.m;
 #pragma GCC ivdep
-    for (int64_t i = 0; i < n; ++i) {
+    for (int64_t i = i0; i < i1; ++i) {
         const double g0 = c.guide[3 * i], g1 = c.guide[3 * i + 1], g2 = c.guide[3 * i + 2];
         mg[i] = g0;
         mg[n + i] = g1;
@@ -107,8 +111,8 @@ SEGK_ALWAYS_INLINE void guided_coefficients_body(const CoefficientCall& c) {
         mg[8 * n + i] = g2 * g2;
     }
     for (int64_t j = 0; j < k; ++j) {
-        double* __restrict ms = m.get() + (9 + 4 * j) * n;
-        for (int64_t i = 0; i < n; ++i) {
+        double* __restrict ms = c.m + (9 + 4 * j) * n;
+        for (int64_t i = i0; i < i1; ++i) {
             const double s = c.src[i * k + j];
             ms[i] = s;
             ms[n + i] = s * static_cast<double>(c.guide[3 * i]);
@@ -116,55 +120,60 @@ SEGK_ALWAYS_INLINE void guided_coefficients_body(const CoefficientCall& c) {
             ms[3 * n + i] = s * static_cast<double>(c.guide[3 * i + 2]);
         }
     }
-    box_mean_planes(m.get(), n_planes, c.h, c.w, c.radius);
+}
 
-    // Per pixel and channel: a = cov(I, p) (Sigma + eps I)^-1, b = mean(p) - a . mean(I); planes a
-    // (3 per channel) then b (one per channel). The inverse is recomputed per channel (K is 1 for
-    // two classes), which keeps the loop over pixels free of per-pixel scratch, so it vectorises.
-    const std::unique_ptr<double[]> ab(new double[static_cast<size_t>(4 * k * n)]);
+// Phase 3, pixels [i0, i1), from the window means: a = cov(I, p) (Sigma + eps I)^-1,
+// b = mean(p) - a . mean(I). The inverse is recomputed per channel (K is 1 for two classes), which
+// keeps the loop over pixels free of per-pixel scratch, so it vectorises.
+SEGK_ALWAYS_INLINE void coefficient_solve(const CoefficientCall& c, int64_t i0, int64_t i1) {
+    const int64_t n = c.h * c.w, k = c.k;
     const double eps = c.eps;
-    const double* __restrict mi0 = mg;
-    const double* __restrict mi1 = mg + n;
-    const double* __restrict mi2 = mg + 2 * n;
-    const double* __restrict m00 = mg + 3 * n;
-    const double* __restrict m01 = mg + 4 * n;
-    const double* __restrict m02 = mg + 5 * n;
-    const double* __restrict m11 = mg + 6 * n;
-    const double* __restrict m12 = mg + 7 * n;
-    const double* __restrict m22 = mg + 8 * n;
+    const double* __restrict mi0 = c.m;
+    const double* __restrict mi1 = c.m + n;
+    const double* __restrict mi2 = c.m + 2 * n;
+    const double* __restrict m00 = c.m + 3 * n;
+    const double* __restrict m01 = c.m + 4 * n;
+    const double* __restrict m02 = c.m + 5 * n;
+    const double* __restrict m11 = c.m + 6 * n;
+    const double* __restrict m12 = c.m + 7 * n;
+    const double* __restrict m22 = c.m + 8 * n;
     for (int64_t j = 0; j < k; ++j) {
-        const double* __restrict mp = m.get() + (9 + 4 * j) * n;
+        const double* __restrict mp = c.m + (9 + 4 * j) * n;
         const double* __restrict mp0 = mp + n;
         const double* __restrict mp1 = mp + 2 * n;
         const double* __restrict mp2 = mp + 3 * n;
-        double* __restrict a0 = ab.get() + 3 * j * n;
+        double* __restrict a0 = c.ab + 3 * j * n;
         double* __restrict a1 = a0 + n;
         double* __restrict a2 = a0 + 2 * n;
-        double* __restrict bj = ab.get() + (3 * k + j) * n;
-        for (int64_t i = 0; i < n; ++i) {
-            const double i0 = mi0[i], i1 = mi1[i], i2 = mi2[i];
-            const double s00 = m00[i] - i0 * i0 + eps, s01 = m01[i] - i0 * i1, s02 = m02[i] - i0 * i2;
-            const double s11 = m11[i] - i1 * i1 + eps, s12 = m12[i] - i1 * i2, s22 = m22[i] - i2 * i2 + eps;
+        double* __restrict bj = c.ab + (3 * k + j) * n;
+        for (int64_t i = i0; i < i1; ++i) {
+            const double i0v = mi0[i], i1v = mi1[i], i2v = mi2[i];
+            const double s00 = m00[i] - i0v * i0v + eps, s01 = m01[i] - i0v * i1v, s02 = m02[i] - i0v * i2v;
+            const double s11 = m11[i] - i1v * i1v + eps, s12 = m12[i] - i1v * i2v, s22 = m22[i] - i2v * i2v + eps;
             // inverse of the symmetric matrix by its adjugate
             const double c00 = s11 * s22 - s12 * s12, c01 = s02 * s12 - s01 * s22, c02 = s01 * s12 - s02 * s11;
             const double c11 = s00 * s22 - s02 * s02, c12 = s01 * s02 - s00 * s12, c22 = s00 * s11 - s01 * s01;
             const double inv_det = 1.0 / (s00 * c00 + s01 * c01 + s02 * c02);
             const double p = mp[i];
-            const double v0 = mp0[i] - p * i0, v1 = mp1[i] - p * i1, v2 = mp2[i] - p * i2;
+            const double v0 = mp0[i] - p * i0v, v1 = mp1[i] - p * i1v, v2 = mp2[i] - p * i2v;
             const double x0 = (v0 * c00 + v1 * c01 + v2 * c02) * inv_det;
             const double x1 = (v0 * c01 + v1 * c11 + v2 * c12) * inv_det;
             const double x2 = (v0 * c02 + v1 * c12 + v2 * c22) * inv_det;
             a0[i] = x0;
             a1[i] = x1;
             a2[i] = x2;
-            bj[i] = p - x0 * i0 - x1 * i1 - x2 * i2;
+            bj[i] = p - x0 * i0v - x1 * i1v - x2 * i2v;
         }
     }
-    box_mean_planes(ab.get(), 4 * k, c.h, c.w, c.radius);
+}
+
+// Phase 5, pixels [i0, i1): the mean coefficients to float, [n, k, 3] and [n, k].
+SEGK_ALWAYS_INLINE void coefficient_store(const CoefficientCall& c, int64_t i0, int64_t i1) {
+    const int64_t n = c.h * c.w, k = c.k;
     for (int64_t j = 0; j < k; ++j) {
-        const double* __restrict a0 = ab.get() + 3 * j * n;
-        const double* __restrict bj = ab.get() + (3 * k + j) * n;
-        for (int64_t i = 0; i < n; ++i) {
+        const double* __restrict a0 = c.ab + 3 * j * n;
+        const double* __restrict bj = c.ab + (3 * k + j) * n;
+        for (int64_t i = i0; i < i1; ++i) {
             float* __restrict a = c.a_out + (i * k + j) * 3;
             a[0] = static_cast<float>(a0[i]);
             a[1] = static_cast<float>(a0[n + i]);
@@ -174,10 +183,28 @@ SEGK_ALWAYS_INLINE void guided_coefficients_body(const CoefficientCall& c) {
     }
 }
 
-using CoefficientFn = void (*)(const CoefficientCall&);
-SEGK_TARGET("avx512f") void guided_coefficients_avx512(const CoefficientCall& c) { guided_coefficients_body(c); }
-SEGK_TARGET("avx2") void guided_coefficients_avx2(const CoefficientCall& c) { guided_coefficients_body(c); }
-void guided_coefficients_scalar(const CoefficientCall& c) { guided_coefficients_body(c); }
+// Phase (0: planes, 1: box means of m, 2: solve, 3: box means of ab, 4: store) over items [t0, t1):
+// pixels for 0, 2 and 4, planes for 1 and 3.
+SEGK_ALWAYS_INLINE void coefficient_phase(const CoefficientCall& c, int phase, int64_t t0, int64_t t1) {
+    switch (phase) {
+        case 0: coefficient_planes(c, t0, t1); break;
+        case 1: box_mean_planes(c.m, t0, t1, c.h, c.w, c.radius); break;
+        case 2: coefficient_solve(c, t0, t1); break;
+        case 3: box_mean_planes(c.ab, t0, t1, c.h, c.w, c.radius); break;
+        default: coefficient_store(c, t0, t1); break;
+    }
+}
+
+using CoefficientFn = void (*)(const CoefficientCall&, int, int64_t, int64_t);
+SEGK_TARGET("avx512f") void coefficient_phase_avx512(const CoefficientCall& c, int phase, int64_t t0, int64_t t1) {
+    coefficient_phase(c, phase, t0, t1);
+}
+SEGK_TARGET("avx2") void coefficient_phase_avx2(const CoefficientCall& c, int phase, int64_t t0, int64_t t1) {
+    coefficient_phase(c, phase, t0, t1);
+}
+void coefficient_phase_scalar(const CoefficientCall& c, int phase, int64_t t0, int64_t t1) {
+    coefficient_phase(c, phase, t0, t1);
+}
 
 // --- Full-resolution step ----------------------------------------------------------------------
 
@@ -407,11 +434,31 @@ void half_difference_scalar(const float* s, int64_t p0, int64_t p1, float clip, 
 
 }  // namespace
 
+// Fewer values than this (pixels x planes) run on the calling thread: a 60x80 fit (the fast filter's
+// subsampled 240x320 frame, 13 planes) takes about 0.15 ms alone and gains from a second thread.
+constexpr int64_t kMinParallelCoefficientValues = int64_t{1} << 15;
+
 void guided_coefficients(const float* guide, const float* src, int64_t h, int64_t w, int64_t k, int64_t radius,
                          double eps, float* a_out, float* b_out) {
-    const CoefficientCall call{guide, src, h, w, k, radius, eps, a_out, b_out};
-    for_current_isa<CoefficientFn>(guided_coefficients_avx512, guided_coefficients_avx2,
-                                   guided_coefficients_scalar)(call);
+    const int64_t n = h * w, n_planes = 9 + 4 * k;
+    // uninitialised: every value is written before it is read (zeroing 0.5 MB showed in the profile)
+    const std::unique_ptr<double[]> m(new double[static_cast<size_t>(n_planes * n)]);
+    const std::unique_ptr<double[]> ab(new double[static_cast<size_t>(4 * k * n)]);
+    const CoefficientCall call{guide, src, h, w, k, radius, eps, a_out, b_out, m.get(), ab.get()};
+    const CoefficientFn fn =
+        for_current_isa<CoefficientFn>(coefficient_phase_avx512, coefficient_phase_avx2, coefficient_phase_scalar);
+    const int threads = n * n_planes < kMinParallelCoefficientValues ? 1 : get_num_threads();
+    const int64_t planes[5] = {0, n_planes, 0, 4 * k, 0};  // per phase: planes, or 0 for pixel ranges
+    for (int phase = 0; phase < 5; ++phase) {
+        // pixel phases: one contiguous range per thread; box phases: one plane per item
+        const int64_t items = planes[phase] > 0 ? planes[phase] : threads;
+        const int64_t total = planes[phase] > 0 ? planes[phase] : n;
+        parallel_for(threads, items, [&](int64_t item) {
+            const int64_t t0 = planes[phase] > 0 ? item : total * item / items;
+            const int64_t t1 = planes[phase] > 0 ? item + 1 : total * (item + 1) / items;
+            fn(call, phase, t0, t1);
+        });
+    }
 }
 
 void guided_apply(const float* coef, int64_t hl, int64_t wl, int64_t k, const float* guide, int64_t h, int64_t w,

@@ -146,18 +146,24 @@ def test_two_class_apply_equals_numpy(isa: str, threads, low, size, n_threads: i
         np.testing.assert_array_equal(out, reference.guided_apply(a, b, guide, [0, 0], signs, bias))
 
 
-@pytest.mark.parametrize("h, w, k, radius", [(60, 80, 1, 4), (1, 23, 1, 3), (19, 1, 2, 2), (7, 9, 3, 20)])
+@pytest.mark.parametrize(
+    "h, w, k, radius", [(60, 80, 1, 4), (1, 23, 1, 3), (19, 1, 2, 2), (7, 9, 3, 20), (121, 97, 2, 5)]
+)
 def test_coefficients_agree_on_every_isa_path(h: int, w: int, k: int, radius: int) -> None:
+    """Every ISA path and thread count (the larger fits split pixels and planes over the threads)."""
     guide = RNG.random((h, w, 3), dtype=np.float32)
     src = (RNG.standard_normal((h, w, k)) * 2).astype(np.float32)
-    previous = kernels.isa()
+    previous, previous_threads = kernels.isa(), kernels.get_num_threads()
     results = []
     try:
         for name in kernels.available_isas():
             kernels.set_isa(name)
-            results.append(kernels.guided_coefficients(guide, src, radius, 1e-3))
+            for n_threads in (1, 2, 3):
+                kernels.set_num_threads(n_threads)
+                results.append(kernels.guided_coefficients(guide, src, radius, 1e-3))
     finally:
         kernels.set_isa(previous)
+        kernels.set_num_threads(previous_threads)
     for a, b in results[1:]:
         np.testing.assert_array_equal(a, results[0][0])
         np.testing.assert_array_equal(b, results[0][1])
