@@ -343,6 +343,131 @@ void resize_area_u8_blocks(const uint8_t* x, int64_t w, int64_t c, float* out, i
     });
 }
 
+// float32 images shrunk by a power of two per axis (the guided filter's subsampling: the 320x240
+// guide and logits to 80x60). Here every tap weight is 1 / f and the sums do round, so the taps run
+// exactly as area_taps lays them out and resize_area_impl sums them: f taps of weight 1 / f in order,
+// then the one past the block with weight 0 (index clamped to the input; adding its zero keeps the
+// sign of a zero sum the same as the reference's), width pass first; only the gathers go (the offsets
+// are fixed). 0.04 -> 0.01 ms for the person model's guide.
+
+// One input row's width pass into `dst` [out_w * c]; kFx: the width factor (1, 2, 4 or 8).
+template <int kFx>
+SEGK_ALWAYS_INLINE void float_block_width(const float* __restrict src, int64_t w, int64_t c, int64_t out_w, float wx,
+                                          float* __restrict dst) {
+    // the last output pixel's zero tap is clamped to the input's last pixel (the others: the next
+    // block's first)
+    auto one_value = [&](int64_t p, int64_t ch) {
+        const float* block = src + p * kFx * c + ch;
+        float acc = block[0] * wx;
+        for (int k = 1; k < kFx; ++k) {
+            const float term = block[k * c] * wx;
+            acc = acc + term;
+        }
+        const float zero_term = src[std::min<int64_t>((p + 1) * kFx, w - 1) * c + ch] * 0.0f;
+        return acc + zero_term;
+    };
+    if (c == 1) {  // one value per pixel: a loop over pixels with fixed strides, which GCC vectorises
+        for (int64_t p = 0; p + 1 < out_w; ++p) {
+            const float* __restrict block = src + p * kFx;
+            float acc = block[0] * wx;
+#pragma GCC unroll 8
+            for (int k = 1; k < kFx; ++k) {
+                const float term = block[k] * wx;
+                acc = acc + term;
+            }
+            const float zero_term = block[kFx] * 0.0f;
+            dst[p] = acc + zero_term;
+        }
+        dst[out_w - 1] = one_value(out_w - 1, 0);
+        return;
+    }
+#if defined(__x86_64__) || defined(_M_X64)
+    if (c <= 4) {  // a pixel per 4-lane vector but the row's last (its loads would pass the row's end)
+        const __m128 w4 = _mm_set1_ps(wx), zero = _mm_setzero_ps();
+        for (int64_t p = 0; p + 1 < out_w; ++p) {
+            const float* block = src + p * kFx * c;
+            __m128 acc = _mm_mul_ps(_mm_loadu_ps(block), w4);
+#pragma GCC unroll 8
+            for (int k = 1; k < kFx; ++k) acc = _mm_add_ps(acc, _mm_mul_ps(_mm_loadu_ps(block + k * c), w4));
+            acc = _mm_add_ps(acc, _mm_mul_ps(_mm_loadu_ps(block + kFx * c), zero));
+            _mm_storeu_ps(dst + p * c, acc);  // lanes past c: the next pixel's, which it overwrites
+        }
+        for (int64_t ch = 0; ch < c; ++ch) dst[(out_w - 1) * c + ch] = one_value(out_w - 1, ch);
+        return;
+    }
+#endif
+    for (int64_t p = 0; p < out_w; ++p)
+        for (int64_t ch = 0; ch < c; ++ch) dst[p * c + ch] = one_value(p, ch);
+}
+
+// Output rows [o0, o1): the width pass of the fy + 1 input rows each reads (the last, clamped, with
+// weight 0), then their weighted sum in order.
+template <int kFx>
+SEGK_ALWAYS_INLINE void float_block_rows(const float* x, int64_t h, int64_t w, int64_t c, float* out, int64_t out_w,
+                                         int64_t fy, float wx, float wy, int64_t o0, int64_t o1) {
+    const int64_t out_len = out_w * c;
+    std::vector<float> narrow(static_cast<size_t>((fy + 1) * out_len + 4));  // + 4: the vector stores
+    float* __restrict n = narrow.data();
+    for (int64_t o = o0; o < o1; ++o) {
+        for (int64_t k = 0; k <= fy; ++k)
+            float_block_width<kFx>(x + std::min(o * fy + k, h - 1) * w * c, w, c, out_w, wx, n + k * out_len);
+        float* __restrict dst = out + o * out_len;
+        for (int64_t v = 0; v < out_len; ++v) dst[v] = n[v] * wy;
+        for (int64_t k = 1; k < fy; ++k) {
+            const float* __restrict row = n + k * out_len;
+            for (int64_t v = 0; v < out_len; ++v) {
+                const float term = row[v] * wy;
+                dst[v] = dst[v] + term;
+            }
+        }
+        const float* __restrict past = n + fy * out_len;
+        for (int64_t v = 0; v < out_len; ++v) {
+            const float term = past[v] * 0.0f;
+            dst[v] = dst[v] + term;
+        }
+    }
+}
+
+using FloatBlockFn = void (*)(const float*, int64_t, int64_t, int64_t, float*, int64_t, int64_t, float, float, int64_t,
+                              int64_t);
+template <int kFx>
+SEGK_TARGET("avx512f")
+void float_block_rows_avx512(const float* x, int64_t h, int64_t w, int64_t c, float* out, int64_t out_w, int64_t fy,
+                             float wx, float wy, int64_t o0, int64_t o1) {
+    float_block_rows<kFx>(x, h, w, c, out, out_w, fy, wx, wy, o0, o1);
+}
+template <int kFx>
+SEGK_TARGET("avx2")
+void float_block_rows_avx2(const float* x, int64_t h, int64_t w, int64_t c, float* out, int64_t out_w, int64_t fy,
+                           float wx, float wy, int64_t o0, int64_t o1) {
+    float_block_rows<kFx>(x, h, w, c, out, out_w, fy, wx, wy, o0, o1);
+}
+template <int kFx>
+void float_block_rows_scalar(const float* x, int64_t h, int64_t w, int64_t c, float* out, int64_t out_w, int64_t fy,
+                             float wx, float wy, int64_t o0, int64_t o1) {
+    float_block_rows<kFx>(x, h, w, c, out, out_w, fy, wx, wy, o0, o1);
+}
+template <int kFx>
+FloatBlockFn float_block_fn() {
+    return for_current_isa<FloatBlockFn>(float_block_rows_avx512<kFx>, float_block_rows_avx2<kFx>,
+                                         float_block_rows_scalar<kFx>);
+}
+
+void resize_area_float_blocks(const float* x, int64_t h, int64_t w, int64_t c, float* out, int64_t out_h,
+                              int64_t out_w, int64_t fy, int64_t fx) {
+    // the weights area_taps computes for a whole-number factor: 1 / f, exact for a power of two
+    const float wx = static_cast<float>(1.0 / static_cast<double>(fx));
+    const float wy = static_cast<float>(1.0 / static_cast<double>(fy));
+    const FloatBlockFn fn = fx == 1   ? float_block_fn<1>()
+                            : fx == 2 ? float_block_fn<2>()
+                            : fx == 4 ? float_block_fn<4>()
+                                      : float_block_fn<8>();
+    const int threads = h * w * c < kMinParallelValues ? 1 : get_num_threads();
+    parallel_for(threads, (out_h + kRowsPerItem - 1) / kRowsPerItem, [&](int64_t item) {
+        fn(x, h, w, c, out, out_w, fy, wx, wy, item * kRowsPerItem, std::min(out_h, (item + 1) * kRowsPerItem));
+    });
+}
+
 }  // namespace
 
 void resize_area(const uint8_t* x, int64_t h, int64_t w, int64_t c, float* out, int64_t out_h, int64_t out_w) {
@@ -356,6 +481,12 @@ void resize_area(const uint8_t* x, int64_t h, int64_t w, int64_t c, float* out, 
 }
 
 void resize_area(const float* x, int64_t h, int64_t w, int64_t c, float* out, int64_t out_h, int64_t out_w) {
+    const int64_t fy = out_h > 0 ? h / out_h : 0, fx = out_w > 0 ? w / out_w : 0;
+    if (fy * out_h == h && fx * out_w == w && is_small_power_of_two(fy) && is_small_power_of_two(fx) &&
+        fy * fx > 1) {
+        resize_area_float_blocks(x, h, w, c, out, out_h, out_w, fy, fx);
+        return;
+    }
     resize_area_impl(x, h, w, c, out, out_h, out_w);
 }
 

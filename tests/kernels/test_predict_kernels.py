@@ -298,3 +298,35 @@ def test_resize_area_equals_numpy(isa: str, threads, src, dst, dtype, n_threads:
     else:
         x = (RNG.standard_normal(src) * 3).astype(np.float32)
     np.testing.assert_array_equal(kernels.resize_area(x, *dst), reference.resize_area(x, *dst))
+
+
+@pytest.mark.parametrize(
+    "src, dst",
+    [
+        ((240, 320, 3), (60, 80)),  # the guide of the person model's filter
+        ((240, 320, 1), (60, 80)),  # ... and its source
+        ((16, 24, 2), (8, 3)),
+        ((8, 8, 4), (1, 8)),  # factor 1 along x
+        ((12, 32, 5), (12, 4)),  # more than 4 channels; factor 1 along y
+        ((2048, 1024, 1), (256, 512)),  # above the size split over the threads
+    ],
+)
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_resize_area_float_power_of_two_is_the_definition_bit_for_bit(
+    isa: str, threads, src, dst, n_threads: int
+) -> None:
+    """float32 images shrunk by a power of two per axis take their own path (the guided filter's
+    subsampling); it rounds every sum as the definition does, and gives a zero the same sign: a block
+    of -0.0 (and tiny negatives whose weighted terms round to -0.0) next to positive pixels."""
+    kernels.set_num_threads(n_threads)
+    x = (RNG.standard_normal(src) * 3).astype(np.float32)
+    x[::5, ::3] = -0.0
+    x[1::7] = -1e-45
+    # a whole output block of -0.0 whose next pixels (the zero-weight taps) are positive: the
+    # definition's sum ends +0.0
+    fy, fx = src[0] // dst[0], src[1] // dst[1]
+    x[:fy, : 2 * fx] = -0.0
+    x[:fy, 2 * fx :] = np.abs(x[:fy, 2 * fx :]) + 1.0
+    x[fy : 2 * fy] = np.abs(x[fy : 2 * fy]) + 1.0
+    ours, ref = kernels.resize_area(x, *dst), reference.resize_area(x, *dst)
+    np.testing.assert_array_equal(ours.view(np.uint32), ref.view(np.uint32))
