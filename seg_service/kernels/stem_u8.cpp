@@ -169,6 +169,9 @@ struct I {
         std::memcpy(p, tmp, static_cast<size_t>(n) * sizeof(float));                                             \
     }
 
+// AVX-VNNI's intrinsics and target name: GCC 11 and clang 12 on (older compilers build without the path).
+#if (defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 11)
+#define SEGK_HAVE_AVX_VNNI 1
 namespace avx2vnni {
 #define SEGK_FN __attribute__((target("avx2,fma,avxvnni"))) inline
 struct I {
@@ -182,6 +185,7 @@ struct I {
 #include "stem_u8_tile.h"
 #undef SEGK_FN
 }  // namespace avx2vnni
+#endif
 
 namespace avx2 {
 #define SEGK_FN __attribute__((target("avx2,fma"))) inline
@@ -237,7 +241,7 @@ bool cpu_has_avx512_vnni() {
 #endif
 }
 bool cpu_has_avx_vnni() {
-#if defined(__x86_64__) || defined(_M_X64)
+#if defined(SEGK_HAVE_AVX_VNNI)
     // AVX-VNNI is CPUID leaf 7 sub-leaf 1, EAX bit 4 (GCC 12's __builtin_cpu_supports does not know it);
     // its VEX instructions need the OS to save the ymm state, which AVX2's presence already says.
     unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
@@ -265,7 +269,9 @@ TileSet select_tiles(int64_t c, int64_t kernel, int64_t stride) {
     const bool vnni = vnni_on(path);
     if (path == "avx512" && vnni) return stem ? avx512vnni::tile_set<Stem2>() : avx512vnni::tile_set<Generic>();
     if (path == "avx512") return stem ? avx512::tile_set<Stem2>() : avx512::tile_set<Generic>();
+#if defined(SEGK_HAVE_AVX_VNNI)
     if (path == "avx2" && vnni) return stem ? avx2vnni::tile_set<Stem2>() : avx2vnni::tile_set<Generic>();
+#endif
     if (path == "avx2") return stem ? avx2::tile_set<Stem2>() : avx2::tile_set<Generic>();
 #endif
     return stem ? scalar::tile_set<Stem2>() : scalar::tile_set<Generic>();
