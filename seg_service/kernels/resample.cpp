@@ -382,9 +382,13 @@ SEGK_ALWAYS_INLINE void float_block_width(const float* __restrict src, int64_t w
         return;
     }
 #if defined(__x86_64__) || defined(_M_X64)
-    if (c <= 4) {  // a pixel per 4-lane vector but the row's last (its loads would pass the row's end)
+    if (c <= 4) {
+        // A pixel per 4-lane vector while its loads (up to the zero tap's 4 lanes at the next block)
+        // stay inside the row; the last pixel or two one value at a time.
         const __m128 w4 = _mm_set1_ps(wx), zero = _mm_setzero_ps();
-        for (int64_t p = 0; p + 1 < out_w; ++p) {
+        const int64_t row_len = w * c;
+        int64_t p = 0;
+        for (; p + 1 < out_w && (p + 1) * kFx * c + 4 <= row_len; ++p) {
             const float* block = src + p * kFx * c;
             __m128 acc = _mm_mul_ps(_mm_loadu_ps(block), w4);
 #pragma GCC unroll 8
@@ -392,7 +396,8 @@ SEGK_ALWAYS_INLINE void float_block_width(const float* __restrict src, int64_t w
             acc = _mm_add_ps(acc, _mm_mul_ps(_mm_loadu_ps(block + kFx * c), zero));
             _mm_storeu_ps(dst + p * c, acc);  // lanes past c: the next pixel's, which it overwrites
         }
-        for (int64_t ch = 0; ch < c; ++ch) dst[(out_w - 1) * c + ch] = one_value(out_w - 1, ch);
+        for (; p < out_w; ++p)
+            for (int64_t ch = 0; ch < c; ++ch) dst[p * c + ch] = one_value(p, ch);
         return;
     }
 #endif

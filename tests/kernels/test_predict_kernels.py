@@ -307,6 +307,8 @@ def test_resize_area_equals_numpy(isa: str, threads, src, dst, dtype, n_threads:
         ((240, 320, 1), (60, 80)),  # ... and its source
         ((16, 24, 2), (8, 3)),
         ((8, 8, 4), (1, 8)),  # factor 1 along x
+        ((16, 5, 3), (4, 5)),  # factor 1 along x, 3 and 2 channels: the vector loads stop short of
+        ((8, 7, 2), (2, 7)),  # the row's end a pixel early
         ((12, 32, 5), (12, 4)),  # more than 4 channels; factor 1 along y
         ((2048, 1024, 1), (256, 512)),  # above the size split over the threads
     ],
