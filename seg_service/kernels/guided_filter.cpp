@@ -448,16 +448,14 @@ void guided_coefficients(const float* guide, const float* src, int64_t h, int64_
     const CoefficientFn fn =
         for_current_isa<CoefficientFn>(coefficient_phase_avx512, coefficient_phase_avx2, coefficient_phase_scalar);
     const int threads = n * n_planes < kMinParallelCoefficientValues ? 1 : get_num_threads();
-    const int64_t planes[5] = {0, n_planes, 0, 4 * k, 0};  // per phase: planes, or 0 for pixel ranges
+    // Phases 1 and 3 (box means) take a plane per item, the others a contiguous pixel range per thread.
+    const int64_t box_planes[5] = {0, n_planes, 0, 4 * k, 0};
     for (int phase = 0; phase < 5; ++phase) {
-        // pixel phases: one contiguous range per thread; box phases: one plane per item
-        const int64_t items = planes[phase] > 0 ? planes[phase] : threads;
-        const int64_t total = planes[phase] > 0 ? planes[phase] : n;
-        parallel_for(threads, items, [&](int64_t item) {
-            const int64_t t0 = planes[phase] > 0 ? item : total * item / items;
-            const int64_t t1 = planes[phase] > 0 ? item + 1 : total * (item + 1) / items;
-            fn(call, phase, t0, t1);
-        });
+        if (box_planes[phase] > 0) {
+            parallel_for(threads, box_planes[phase], [&](int64_t p) { fn(call, phase, p, p + 1); });
+        } else {
+            parallel_for(threads, threads, [&](int64_t t) { fn(call, phase, n * t / threads, n * (t + 1) / threads); });
+        }
     }
 }
 
