@@ -46,7 +46,11 @@ def build_seg_dataset(data: dict[str, Any], split: str) -> SegmentationDataset:
     else:
         transform = seg_eval_transform(data["mean"], data["std"])
     what = f"{split} split {split_value!r} of {data['layout']} data at {root}"
-    dataset = SegmentationDataset(pairs, table, len(classes), transform, description=what)
+    teacher = data.get("teacher_dir") if split == "train" else None
+    teacher_dir = None if not teacher else root / str(teacher)  # an absolute path stays absolute
+    dataset = SegmentationDataset(
+        pairs, table, len(classes), transform, description=what, teacher_dir=teacher_dir
+    )
     if split == "train" and float(data.get("copy_paste") or 0.0) > 0.0:
         dataset.mix = CopyPaste(float(data["copy_paste"]), ignore_index=int(data["ignore_index"]))
     return dataset

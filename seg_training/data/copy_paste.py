@@ -25,7 +25,9 @@ class CopyPaste:
     Each cut-out is the bounding box of the label in its source image, scaled so its height is a
     fraction ``scale`` of the target's height (aspect kept), and placed at a random position that
     may run over the frame edge. Target pixels under the cut-out become ``label``; pixels the source
-    marks as ignore stay as they were.
+    marks as ignore stay as they were. A mask may carry more planes ([H, W, C], the labels first:
+    a teacher map, SegmentationDataset.load_with_teacher): each takes the source's values under the
+    cut-out.
     """
 
     def __init__(
@@ -63,7 +65,8 @@ class CopyPaste:
         src_mask: np.ndarray,
         rng: np.random.Generator,
     ) -> None:
-        ys, xs = np.nonzero(src_mask == self.label)
+        labels = src_mask[..., 0] if src_mask.ndim == 3 else src_mask
+        ys, xs = np.nonzero(labels == self.label)
         if len(ys) < 64:  # no object worth pasting in this source
             return
         y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
@@ -78,11 +81,11 @@ class CopyPaste:
         cut = cv2.resize(
             np.ascontiguousarray(src_image[y0:y1, x0:x1]), (out_w, out_h), interpolation=cv2.INTER_AREA
         )
-        obj = cv2.resize(
-            np.ascontiguousarray(src_mask[y0:y1, x0:x1] == self.label).astype(np.uint8),
-            (out_w, out_h),
-            interpolation=cv2.INTER_NEAREST,
-        )
+        # nearest neighbour: the label (and teacher) values of the source, at the cut-out's size
+        cut_mask = cv2.resize(
+            np.ascontiguousarray(src_mask[y0:y1, x0:x1]), (out_w, out_h), interpolation=cv2.INTER_NEAREST
+        ).reshape(out_h, out_w, *src_mask.shape[2:])
+        obj = ((cut_mask[..., 0] if cut_mask.ndim == 3 else cut_mask) == self.label).astype(np.uint8)
         # Anywhere from flush with an edge to half outside the frame, so people cut by the frame appear.
         top = int(rng.integers(-out_h // 3, max(1, h - out_h // 2)))
         left = int(rng.integers(-out_w // 2, max(1, w - out_w // 2)))
@@ -92,7 +95,8 @@ class CopyPaste:
         sy0, sx0 = ty0 - top, tx0 - left
         obj = obj[sy0 : sy0 + ty1 - ty0, sx0 : sx0 + tx1 - tx0]
         cut = cut[sy0 : sy0 + ty1 - ty0, sx0 : sx0 + tx1 - tx0]
+        cut_mask = cut_mask[sy0 : sy0 + ty1 - ty0, sx0 : sx0 + tx1 - tx0]
         alpha = cv2.GaussianBlur(obj.astype(np.float32), (5, 5), 0)[..., None]
         region = image[ty0:ty1, tx0:tx1]
         region[:] = (alpha * cut + (1.0 - alpha) * region + 0.5).astype(np.uint8)
-        mask[ty0:ty1, tx0:tx1][obj > 0] = self.label
+        mask[ty0:ty1, tx0:tx1][obj > 0] = cut_mask[obj > 0]

@@ -56,18 +56,23 @@ def seed_worker(worker_id: int) -> None:
 
 
 def pad_collate(
-    batch: list[tuple[torch.Tensor, torch.Tensor]], ignore_index: int = 255, size_divisor: int = 32
-) -> tuple[torch.Tensor, torch.Tensor]:
+    batch: list[tuple[torch.Tensor, ...]], ignore_index: int = 255, size_divisor: int = 32
+) -> tuple[torch.Tensor, ...]:
     """Stack (image, mask) pairs of different sizes, padding bottom/right (image 0, mask ignore).
 
     The padded size is a multiple of ``size_divisor``, as the packed runtime pads its inputs, and
-    as networks with fixed strides (smp's DeepLabV3 wants multiples of 8) require.
+    as networks with fixed strides (smp's DeepLabV3 wants multiples of 8) require. Items with a
+    third tensor (a teacher map, SegmentationDataset) get it stacked too, padded with 255 ("no
+    value").
     """
-    height = -(-max(image.shape[-2] for image, _ in batch) // size_divisor) * size_divisor
-    width = -(-max(image.shape[-1] for image, _ in batch) // size_divisor) * size_divisor
+    height = -(-max(item[0].shape[-2] for item in batch) // size_divisor) * size_divisor
+    width = -(-max(item[0].shape[-1] for item in batch) // size_divisor) * size_divisor
     images = batch[0][0].new_zeros((len(batch), batch[0][0].shape[0], height, width))
     masks = torch.full((len(batch), height, width), ignore_index, dtype=torch.int64)
-    for i, (image, mask) in enumerate(batch):
+    extra = [torch.full((len(batch), height, width), 255, dtype=t.dtype) for t in batch[0][2:]]
+    for i, (image, mask, *rest) in enumerate(batch):
         images[i, :, : image.shape[-2], : image.shape[-1]] = image
         masks[i, : mask.shape[-2], : mask.shape[-1]] = mask
-    return images, masks
+        for stacked, plane in zip(extra, rest, strict=True):
+            stacked[i, : plane.shape[-2], : plane.shape[-1]] = plane
+    return (images, masks, *extra)

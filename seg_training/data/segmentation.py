@@ -21,10 +21,16 @@ from .names import RANGE_FORMS, select_range
 from .transforms import seed_pipeline
 
 Pair = tuple[Path, Path]
+NO_TEACHER = 255  # a teacher map's "no value" (data/teacher_maps.py)
 
 
 class SegmentationDataset(Dataset):
     """(image, mask) pairs -> (float image [3, H, W], int64 mask [H, W]) after remap and augmentation.
+
+    With ``teacher_dir`` (a folder of ``<image stem>.png`` maps, data/teacher_maps.py) items are
+    (image, mask, uint8 teacher [H, W]): a teacher's person probability x 254, 255 where it has no
+    value (an image without a map, padding, rotation), augmented with the mask, for
+    ``loss.distill``.
 
     Items are indexed by ``(index, seed)`` pairs from SeededSampler so that the augmentation of every
     sample is a function of (run seed, epoch, index) alone: independent of workers and of resuming.
@@ -38,6 +44,7 @@ class SegmentationDataset(Dataset):
         num_classes: int,
         transform: Callable[..., dict[str, Any]] | None = None,
         description: str = "segmentation data set",
+        teacher_dir: Path | None = None,
     ) -> None:
         if not pairs:
             raise InputError(f"empty data set: no images found for {description}")
@@ -48,6 +55,11 @@ class SegmentationDataset(Dataset):
         # Optional mixing with other samples before augmentation (copy_paste.CopyPaste); seeded per
         # sample like the transform, so it is reproducible too.
         self.mix: Callable[..., tuple[np.ndarray, np.ndarray]] | None = None
+        if teacher_dir is not None and not Path(teacher_dir).is_dir():
+            raise InputError(
+                f"data.teacher_dir not found: {teacher_dir} (python -m seg_training.data.teacher_maps)"
+            )
+        self.teacher_dir = None if teacher_dir is None else Path(teacher_dir)
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -64,13 +76,28 @@ class SegmentationDataset(Dataset):
             )
         return image, apply_label_map(mask, self.label_map, str(mask_path), self.num_classes)
 
-    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def load_with_teacher(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Image and [H, W, 2] uint8 mask: the remapped labels, then the teacher map (all 255 for an
+        image without one). One array, so that copy-paste and every augmentation move both alike."""
+        image, mask = self.load(index)
+        assert self.teacher_dir is not None
+        path = self.teacher_dir / f"{self.pairs[index][0].stem}.png"
+        teacher = read_mask(path) if path.is_file() else np.full(mask.shape, NO_TEACHER, np.uint8)
+        if teacher.shape != mask.shape:
+            raise InputError(
+                f"size mismatch: teacher map {path} is {teacher.shape[1]}x{teacher.shape[0]} but its "
+                f"image is {mask.shape[1]}x{mask.shape[0]}"
+            )
+        return image, np.dstack([mask, teacher])
+
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, ...]:
         index, seed = item if isinstance(item, tuple) else (item, None)
         image: np.ndarray | torch.Tensor
         mask: np.ndarray | torch.Tensor
-        image, mask = self.load(index)
+        load = self.load if self.teacher_dir is None else self.load_with_teacher
+        image, mask = load(index)
         if self.mix is not None and seed is not None:
-            image, mask = self.mix(image, mask, np.random.default_rng([seed, 1]), self.load, len(self))
+            image, mask = self.mix(image, mask, np.random.default_rng([seed, 1]), load, len(self))
         if self.transform is not None:
             if seed is not None and hasattr(self.transform, "set_random_seed"):
                 seed_pipeline(self.transform, seed)
@@ -78,8 +105,11 @@ class SegmentationDataset(Dataset):
             image, mask = out["image"], out["mask"]
         if not isinstance(image, torch.Tensor):
             image = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
-        mask = torch.as_tensor(np.asarray(mask), dtype=torch.int64)
-        return image, mask
+        planes = np.asarray(mask)
+        if self.teacher_dir is None:
+            return image, torch.as_tensor(planes, dtype=torch.int64)
+        labels = torch.as_tensor(np.ascontiguousarray(planes[..., 0]), dtype=torch.int64)
+        return image, labels, torch.as_tensor(np.ascontiguousarray(planes[..., 1]), dtype=torch.uint8)
 
 
 # ----------------------------------------------------------------------------- splits

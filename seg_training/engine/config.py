@@ -71,6 +71,9 @@ SEG_DEFAULTS: dict[str, Any] = {
         # (strong, with grey images and large hue turns more often: data/transforms.py)
         "augment": "basic",
         "copy_paste": 0.0,  # probability of pasting objects of class 1 from other training images
+        # folder (under root, or a path) of a teacher's probability maps for loss.distill
+        # (python -m seg_training.data.teacher_maps); null: none
+        "teacher_dir": None,
         # probability of a low-resolution image (detail of 1/4 to 3/5 of the crop, upscaled back):
         # small, soft and upscaled photos (data/transforms.py)
         "low_resolution": 0.0,
@@ -114,7 +117,15 @@ SEG_DEFAULTS: dict[str, Any] = {
     },
     # class_weights (cross-entropy only): null, "median_frequency" (SegNet's, from the training
     # masks) or one number per class
-    "loss": {"ce": 1.0, "dice": 0.0, "lovasz": 0.0, "label_smoothing": 0.0, "class_weights": None},
+    # distill: weight of a distillation term against data.teacher_dir's soft targets (metrics.py)
+    "loss": {
+        "ce": 1.0,
+        "dice": 0.0,
+        "lovasz": 0.0,
+        "label_smoothing": 0.0,
+        "class_weights": None,
+        "distill": 0.0,
+    },
     "eval": {
         "every": 1,  # epochs between validations
         "max_batches": None,  # cap on validation batches (smoke runs)
@@ -427,6 +438,19 @@ def _check_values(config: dict[str, Any]) -> None:
                     f"loss.class_weights must be null, median_frequency or {len(data['classes'])} "
                     f"non-negative numbers (one per class), got {weights!r}"
                 )
+        distill = config["loss"].get("distill") or 0.0
+        if not isinstance(distill, (int, float)) or isinstance(distill, bool) or distill < 0:
+            raise ConfigError(f"loss.distill must be a number >= 0, got {distill!r}")
+        if distill > 0 and not data.get("teacher_dir"):
+            raise ConfigError(
+                "loss.distill needs data.teacher_dir, a folder of teacher maps "
+                "(python -m seg_training.data.teacher_maps)"
+            )
+        if distill > 0 and len(data["classes"]) != 2:
+            raise ConfigError(
+                f"loss.distill needs two classes (its teacher maps give the probability of class 1), "
+                f"got {len(data['classes'])}"
+            )
     choices = {
         "train.optimizer": ("adam", "sgd", "adamw"),
         "train.schedule": ("poly", "step", "constant"),

@@ -108,16 +108,16 @@ def train_loader(config: dict[str, Any], train_set: Any, info: DistInfo) -> Trai
 
 def device_batches(
     loader: DataLoader, device: torch.device, limit: int | None = None, bar: Any = None
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(inputs, targets) of the first ``limit`` batches (None: all), on ``device``.
+) -> Iterator[tuple[torch.Tensor, ...]]:
+    """(inputs, targets[, teacher maps]) of the first ``limit`` batches (None: all), on ``device``.
 
     ``bar`` (a tqdm bar) advances once the caller is done with a batch. The batch after the last one
     is still fetched, as the loops this replaced did, so a run consumes its data (and any RNG the
     data sets touch) exactly as before: checkpoints of earlier runs resume bit for bit.
     """
-    for i, (inputs, targets) in enumerate(loader):
+    for i, batch in enumerate(loader):
         if limit is not None and i >= limit:
             break
-        yield inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        yield tuple(t.to(device, non_blocking=True) for t in batch)
         if bar is not None:
             bar.update()

@@ -18,6 +18,12 @@ class SegmentationLoss(nn.Module):
     ``class_weights`` (one per class) weight the cross-entropy only: the class-balanced loss of SegNet
     (median-frequency weights) that lets thin, rare classes count; Dice and Lovasz already average
     over classes.
+
+    ``distill`` weighs a distillation term: with a teacher map (uint8, the teacher's probability of
+    class 1 x 254, 255 = no value; data/teacher_maps.py) the cross-entropy against the teacher's
+    soft two-class target, over the pixels that have both a teacher value and a label. Soft targets
+    carry what hard labels cannot (how sure a stronger network is near an outline, on a hand or
+    hair), which a small binary network learns from more easily than from hard edges alone.
     """
 
     def __init__(
@@ -28,11 +34,15 @@ class SegmentationLoss(nn.Module):
         ignore_index: int = 255,
         label_smoothing: float = 0.0,
         class_weights: Sequence[float] | None = None,
+        distill: float = 0.0,
     ) -> None:
         super().__init__()
         if ce <= 0 and dice <= 0 and lovasz <= 0:
             raise ValueError("at least one of loss.ce, loss.dice, loss.lovasz must be positive")
-        self.weights = {"ce": ce, "dice": dice, "lovasz": lovasz}
+        if distill < 0:
+            raise ValueError(f"loss.distill must be >= 0, got {distill}")
+        self.weights = {"ce": ce, "dice": dice, "lovasz": lovasz, "distill": distill}
+        self.ignore_index = ignore_index
         weight = None if class_weights is None else torch.tensor(list(class_weights), dtype=torch.float32)
         self.ce = nn.CrossEntropyLoss(
             weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing
@@ -40,9 +50,13 @@ class SegmentationLoss(nn.Module):
         self.dice = smp.losses.DiceLoss("multiclass", ignore_index=ignore_index) if dice > 0 else None
         self.lovasz = smp.losses.LovaszLoss("multiclass", ignore_index=ignore_index) if lovasz > 0 else None
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, teacher: torch.Tensor | None = None
+    ) -> torch.Tensor:
         logits = logits.float()
         total = logits.new_zeros(())
+        if self.weights["distill"] > 0 and teacher is not None:
+            total = total + self.weights["distill"] * self.distillation(logits, target, teacher)
         if self.weights["ce"] > 0:
             total = total + self.weights["ce"] * self.ce(logits, target)
         if self.dice is not None:
@@ -50,6 +64,18 @@ class SegmentationLoss(nn.Module):
         if self.lovasz is not None:
             total = total + self.weights["lovasz"] * self.lovasz(logits, target)
         return total
+
+    def distillation(self, logits: torch.Tensor, target: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of the two-class softmax against the teacher's probabilities, over
+        the pixels with a teacher value and a label (0 when there are none)."""
+        if logits.shape[1] != 2:
+            raise ValueError(f"loss.distill needs a two-class network, got {logits.shape[1]} classes")
+        valid = (teacher != 255) & (target != self.ignore_index)
+        if not bool(valid.any()):
+            return logits.new_zeros(())
+        p = teacher[valid].float() / 254.0
+        log_probs = F.log_softmax(logits, dim=1)
+        return -(p * log_probs[:, 1][valid] + (1.0 - p) * log_probs[:, 0][valid]).mean()
 
 
 @overload

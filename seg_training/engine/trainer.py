@@ -157,6 +157,7 @@ def build_criterion(config: dict[str, Any], class_weights: list[float] | None = 
             int(config["data"].get("ignore_index", 255)),
             loss_cfg["label_smoothing"],
             class_weights,
+            float(loss_cfg.get("distill") or 0.0),
         )
     return nn.CrossEntropyLoss(label_smoothing=float(loss_cfg["label_smoothing"]))
 
@@ -251,10 +252,10 @@ def train_one_epoch(
     parts.ddp_model.train()
     sums = torch.zeros(4, dtype=torch.float64)  # loss sum, correct, counted (pixels/images), images
     epoch_start = time.perf_counter()
-    for i, (images, targets) in enumerate(device_batches(data.loader, info.device, iters, bar)):
+    for i, (images, targets, *teacher) in enumerate(device_batches(data.loader, info.device, iters, bar)):
         with autocast(info, parts.amp):
             logits = parts.ddp_model(images)
-            loss = parts.criterion(logits.float(), targets)
+            loss = parts.criterion(logits.float(), targets, *teacher)  # teacher maps: loss.distill
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"loss is {float(loss)} at epoch {epoch + 1} step {i + 1}; lower train.lr"

@@ -75,13 +75,17 @@ def _val_pairs(config_path: str, split: str | None, root: str | None) -> tuple[A
     return datasets.build_seg_dataset(config["data"], "val"), int(config["data"]["ignore_index"])
 
 
-def mediapipe_masks(python: str, model: str, files: Sequence[str], workdir: Path) -> list[np.ndarray]:
+def mediapipe_masks(
+    python: str, model: str, files: Sequence[str], workdir: Path, kind: str = "masks"
+) -> list[np.ndarray]:
+    """MediaPipe's output for each of ``files``, run in its own environment (``python``): 0/1 masks,
+    or with ``kind="probabilities"`` the person confidence as 0-254 (mediapipe_runner.py)."""
     import cv2
 
     listing = workdir / "files.txt"
     listing.write_text("\n".join(files))
     out = workdir / model
-    command = [python, str(RUNNER), "masks", "--model", model, "--list", str(listing), "--out", str(out)]
+    command = [python, str(RUNNER), kind, "--model", model, "--list", str(listing), "--out", str(out)]
     run_subprocess(command)
     masks = [cv2.imread(str(out / f"{i}.png"), cv2.IMREAD_GRAYSCALE) for i in range(len(files))]
     unread = [i for i, mask in enumerate(masks) if mask is None]

@@ -2,6 +2,9 @@
 
     python mediapipe_runner.py masks --model general|landscape --list FILES.txt --out DIR
         writes DIR/<i>.png: 0/1 person mask (confidence >= 0.5) of the i-th listed image, at its size
+    python mediapipe_runner.py probabilities --model general|landscape --list FILES.txt --out DIR
+        writes DIR/<i>.png: the person confidence as 0-254 (255 is left free for "no value"), the
+        mean of the image's pass and its mirror's, at the image's size (distillation targets)
     python mediapipe_runner.py time --model general|landscape --image F --size 320x240 --repeats N
         prints {"ms": [...], "file_bytes": N}: the time of each process() call on that frame and the
         size of the model's .tflite file
@@ -59,6 +62,20 @@ def masks(model: str, files: list[str], out: Path) -> None:
             cv2.imwrite(str(out / f"{i}.png"), (confidence >= 0.5).astype(np.uint8))
 
 
+def probabilities(model: str, files: list[str], out: Path) -> None:
+    import cv2
+    import numpy as np
+
+    out.mkdir(parents=True, exist_ok=True)
+    with _segmenter(model) as seg:
+        for i, path in enumerate(files):
+            rgb = _read_rgb(path)
+            plain = seg.process(rgb).segmentation_mask
+            mirrored = seg.process(np.ascontiguousarray(rgb[:, ::-1])).segmentation_mask[:, ::-1]
+            confidence = np.clip(0.5 * (plain + mirrored), 0.0, 1.0)
+            cv2.imwrite(str(out / f"{i}.png"), np.round(confidence * 254.0).astype(np.uint8))
+
+
 def _frame(image: str, size: tuple[int, int]):
     import cv2
 
@@ -110,6 +127,10 @@ def main() -> int:
     m.add_argument("--model", choices=list(MODELS), required=True)
     m.add_argument("--list", required=True)
     m.add_argument("--out", required=True, type=Path)
+    pr = sub.add_parser("probabilities")
+    pr.add_argument("--model", choices=list(MODELS), required=True)
+    pr.add_argument("--list", required=True)
+    pr.add_argument("--out", required=True, type=Path)
     t = sub.add_parser("time")
     t.add_argument("--model", choices=list(MODELS), required=True)
     t.add_argument("--image", required=True)
@@ -121,6 +142,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.command == "masks":
         masks(args.model, Path(args.list).read_text().splitlines(), args.out)
+    elif args.command == "probabilities":
+        probabilities(args.model, Path(args.list).read_text().splitlines(), args.out)
     elif args.command == "serve":
         serve(args.image, args.size)
     else:

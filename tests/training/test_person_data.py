@@ -21,34 +21,6 @@ DATA = Path(__file__).resolve().parents[1] / "data"
 PERSON_CONFIG = Path(__file__).resolve().parents[2] / "seg_training/configs/person.yaml"
 
 
-@pytest.fixture(scope="module")
-def mix(tmp_path_factory) -> Path:
-    """person_mix built from the test copies of CCP, portraits, CamVid (as its train split) and
-    Imagenette (its church photos are people-free scenes)."""
-    shared = tmp_path_factory.mktemp("shared")
-    (shared / "ccp").symlink_to(DATA / "ccp")
-    (shared / "portraits").symlink_to(DATA / "portraits")
-    (shared / "imagenette96").symlink_to(DATA / "imagenette")
-    (shared / "camvid").mkdir()
-    (shared / "camvid" / "train").symlink_to(DATA / "camvid")
-    for part, suffix in (("images", "jpg"), ("masks", "png")):  # one CamVid frame as its val split
-        (shared / "camvid" / "val" / part).mkdir(parents=True)
-        (shared / "camvid" / "val" / part / f"val_frame.{suffix}").symlink_to(
-            DATA / "camvid" / part / f"0001TP_006690.{suffix}"
-        )
-    out = tmp_path_factory.mktemp("person_mix")
-    counts = build(shared, out)
-    assert counts["train"] == 6 + 2 + len(list((DATA / "camvid" / "images").iterdir())) + 6
-    assert (counts["val_ccp"], counts["val_portraits"], counts["val_camvid"], counts["val_scenes"]) == (
-        4,
-        2,
-        1,
-        2,
-    )
-    assert (out / "val_camvid.txt").read_text().split() == ["camvid_val_frame"]
-    return out
-
-
 def test_masks_follow_one_convention(mix):
     ccp = read_mask(DATA / "ccp/masks/0003.png")
     assert np.array_equal(read_mask(mix / "masks/ccp_0003.png"), (ccp > 0).astype(np.uint8))
