@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import DistributedSampler, Sampler
 
+from .segmentation import NO_TEACHER
+
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """A 32-bit augmentation seed for one sample of one epoch."""
@@ -69,7 +71,7 @@ def pad_collate(
     width = -(-max(item[0].shape[-1] for item in batch) // size_divisor) * size_divisor
     images = batch[0][0].new_zeros((len(batch), batch[0][0].shape[0], height, width))
     masks = torch.full((len(batch), height, width), ignore_index, dtype=torch.int64)
-    extra = [torch.full((len(batch), height, width), 255, dtype=t.dtype) for t in batch[0][2:]]
+    extra = [torch.full((len(batch), height, width), NO_TEACHER, dtype=t.dtype) for t in batch[0][2:]]
     for i, (image, mask, *rest) in enumerate(batch):
         images[i, :, : image.shape[-2], : image.shape[-1]] = image
         masks[i, : mask.shape[-2], : mask.shape[-1]] = mask

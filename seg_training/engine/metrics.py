@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.segmentation import NO_TEACHER
+
 
 class SegmentationLoss(nn.Module):
     """Weighted sum of cross-entropy, Dice and Lovasz-softmax, all ignoring ``ignore_index`` pixels.
@@ -21,9 +23,10 @@ class SegmentationLoss(nn.Module):
 
     ``distill`` weighs a distillation term: with a teacher map (uint8, the teacher's probability of
     class 1 x 254, 255 = no value; data/teacher_maps.py) the cross-entropy against the teacher's
-    soft two-class target, over the pixels that have both a teacher value and a label. Soft targets
-    carry what hard labels cannot (how sure a stronger network is near an outline, on a hand or
-    hair), which a small binary network learns from more easily than from hard edges alone.
+    soft two-class target, over the pixels that have both a teacher value and a label: what a
+    stronger network is sure of and where it hesitates (near an outline, on hands and hair), which
+    hard labels do not say. For the person model with MediaPipe as teacher it bought nothing at
+    equal false alarms (docs/training.md).
     """
 
     def __init__(
@@ -70,7 +73,7 @@ class SegmentationLoss(nn.Module):
         the pixels with a teacher value and a label (0 when there are none)."""
         if logits.shape[1] != 2:
             raise ValueError(f"loss.distill needs a two-class network, got {logits.shape[1]} classes")
-        valid = (teacher != 255) & (target != self.ignore_index)
+        valid = (teacher != NO_TEACHER) & (target != self.ignore_index)
         if not bool(valid.any()):
             return logits.new_zeros(())
         p = teacher[valid].float() / 254.0
