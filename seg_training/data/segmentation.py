@@ -148,7 +148,8 @@ def select_stems(stems: Sequence[str], split: Any, root: Path, what: str) -> lis
     raise InputError(f"split {split!r} for {what} is not {RANGE_FORMS}")
 
 
-def _images_in(directory: Path) -> dict[str, Path]:
+def images_by_stem(directory: Path) -> dict[str, Path]:
+    """The images of a folder by file stem (every IMAGE_EXTENSIONS file)."""
     if not directory.is_dir():
         raise InputError(f"image folder not found: {directory}")
     return {p.stem: p for p in sorted(directory.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS}
@@ -182,7 +183,7 @@ def folder_pairs(
     missing: list[Pair] | None = None,
 ) -> list[Pair]:
     """Generic layout: root/images/<stem>.<ext> with root/masks/<stem>.png; split by name range or list."""
-    images = _images_in(root / image_dir)
+    images = images_by_stem(root / image_dir)
     stems = select_stems(sorted(images), split, root, str(root / image_dir))
     return _pair_with_masks(images, stems, root / mask_dir, missing)
 
@@ -199,7 +200,7 @@ def camvid_pairs(
     if (root / split / image_dir).is_dir():
         return folder_pairs(root / split, None, image_dir, mask_dir, missing)
     if (root / split).is_dir() and (root / f"{split}annot").is_dir():
-        images = _images_in(root / split)
+        images = images_by_stem(root / split)
         return _pair_with_masks(images, sorted(images), root / f"{split}annot", missing)
     raise InputError(
         f"CamVid split {split!r} not found: expected {root / split / image_dir} or {root / split}annot"

@@ -20,22 +20,12 @@ IoU 2 on CamVid val). Usage::
 from __future__ import annotations
 
 import argparse
-import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-import cv2
-
 from .errors import InputError
-from .io import IMAGE_EXTENSIONS
-from .segmentation import select_stems
-
-
-def images_by_stem(folder: Path) -> dict[str, Path]:
-    if not folder.is_dir():
-        raise InputError(f"image folder not found: {folder}")
-    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS}
+from .segmentation import images_by_stem, select_stems
 
 
 def write_teacher_maps(
@@ -50,22 +40,21 @@ def write_teacher_maps(
     """Write ``root/out/<stem>.png`` for the images of ``split`` (each stem once); returns how many."""
     # The peer runner lives with the comparison tools; imported here so the data package needs no
     # MediaPipe environment.
-    from ..peers.compare import mediapipe_masks
+    from ..peers.compare import mediapipe_outputs
 
     images = images_by_stem(root / image_dir)
     stems = list(dict.fromkeys(select_stems(sorted(images), split, root, str(root / image_dir))))
     stems = [s for s in stems if not s.startswith(tuple(skip_prefixes))]
     target = root / out
     target.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="teacher_") as work:
-        maps = mediapipe_masks(
+    # MediaPipe writes into a folder beside the maps, so that each map arrives by a rename: a killed
+    # run leaves no half-written one behind.
+    with tempfile.TemporaryDirectory(prefix=".teacher_", dir=root) as work:
+        written = mediapipe_outputs(
             mediapipe_python, model, [str(images[s]) for s in stems], Path(work), kind="probabilities"
         )
-        for stem, probability in zip(stems, maps, strict=True):
-            # written beside, then moved: a killed run leaves no half-written map behind
-            partial = Path(work) / f"{stem}.png"
-            cv2.imwrite(str(partial), probability)
-            shutil.move(partial, target / f"{stem}.png")
+        for stem, path in zip(stems, written, strict=True):
+            path.replace(target / f"{stem}.png")
     return len(stems)
 
 

@@ -75,19 +75,30 @@ def _val_pairs(config_path: str, split: str | None, root: str | None) -> tuple[A
     return datasets.build_seg_dataset(config["data"], "val"), int(config["data"]["ignore_index"])
 
 
-def mediapipe_masks(
+def mediapipe_outputs(
     python: str, model: str, files: Sequence[str], workdir: Path, kind: str = "masks"
-) -> list[np.ndarray]:
-    """MediaPipe's output for each of ``files``, run in its own environment (``python``): 0/1 masks,
-    or with ``kind="probabilities"`` the person confidence as 0-254 (mediapipe_runner.py)."""
-    import cv2
-
+) -> list[Path]:
+    """Run MediaPipe in its own environment (``python``) on each of ``files``; the PNG it wrote for
+    each, in order, under ``workdir``: 0/1 masks, or with ``kind="probabilities"`` the person
+    confidence as 0-254 (mediapipe_runner.py)."""
     listing = workdir / "files.txt"
     listing.write_text("\n".join(files))
     out = workdir / model
     command = [python, str(RUNNER), kind, "--model", model, "--list", str(listing), "--out", str(out)]
     run_subprocess(command)
-    masks = [cv2.imread(str(out / f"{i}.png"), cv2.IMREAD_GRAYSCALE) for i in range(len(files))]
+    outputs = [out / f"{i}.png" for i in range(len(files))]
+    missing = [i for i, path in enumerate(outputs) if not path.is_file()]
+    if missing:
+        raise RuntimeError(f"MediaPipe ({model}) wrote no {kind} for {files[missing[0]]}")
+    return outputs
+
+
+def mediapipe_masks(python: str, model: str, files: Sequence[str], workdir: Path) -> list[np.ndarray]:
+    import cv2
+
+    masks = [
+        cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in mediapipe_outputs(python, model, files, workdir)
+    ]
     unread = [i for i, mask in enumerate(masks) if mask is None]
     if unread:
         raise RuntimeError(f"MediaPipe ({model}) wrote no readable mask for {files[unread[0]]}")
