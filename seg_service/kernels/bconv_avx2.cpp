@@ -187,7 +187,7 @@ SEGK_AVX2 inline void tile_avx2(const ConvJob& job, int64_t cb, int64_t p0, Pixe
             alignas(32) int32_t tmp[kBlock];
 #pragma GCC unroll 2
             for (int h = 0; h < kVecs / 2; ++h) _mm256_store_si256(reinterpret_cast<__m256i*>(tmp + 8 * h), dots[h]);
-            store_dots(job, p0 + j, c0, count, tmp);
+            store_dots<true>(job, p0 + j, c0, count, tmp);
         }
     }
 }
@@ -236,7 +236,7 @@ SEGK_AVX2 SEGK_ALWAYS_INLINE void lut_finish(const ConvJob& job, const LutOutput
 #pragma GCC unroll 4
         for (int j = 0; j < P; ++j) {
             _mm256_store_si256(reinterpret_cast<__m256i*>(tmp), dots[j]);
-            store_dots(job, p0 + j, c, count, tmp);
+            store_dots<true>(job, p0 + j, c, count, tmp);
         }
         return;
     }

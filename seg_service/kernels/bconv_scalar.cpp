@@ -32,7 +32,7 @@ __attribute__((always_inline)) inline void tile_scalar(const ConvJob& job, int64
     for (int j = 0; j < P; ++j) {
         int32_t dots[kBlock];
         for (int64_t c = 0; c < kBlock; ++c) dots[c] = job.n_channel[c0 + c] - 2 * static_cast<int32_t>(acc[j][c]);
-        store_dots(job, p0 + j, c0, count, dots);
+        store_dots<false>(job, p0 + j, c0, count, dots);
     }
 }
 

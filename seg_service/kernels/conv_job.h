@@ -104,7 +104,9 @@ private:
 
 // Writes `count` finished dot products of pixel p, channels [c0, c0 + count), through the epilogue.
 // Header-inline on purpose: it is inlined into each ISA's target-attributed tile function and so is
-// vectorised with that ISA.
+// vectorised with that ISA. kFused: mul * pre + bias rounded once, as the ISA's full blocks do with
+// FMA (spelled out, not left to the compiler's contraction, which differed between inlining sites).
+template <bool kFused>
 inline void store_dots(const ConvJob& job, int64_t p, int64_t c0, int64_t count, const int32_t* dots) {
     const int64_t at = p * job.out_c + c0;
     if (job.out_int != nullptr) {
@@ -120,11 +122,11 @@ inline void store_dots(const ConvJob& job, int64_t p, int64_t c0, int64_t count,
         const float v = static_cast<float>(dots[i]);
         pre[i] = job.relu_before ? std::max(v, 0.0f) : v;
     }
-    if (job.residual != nullptr) {
-        const float* r = job.residual + at;
-        for (int64_t i = 0; i < count; ++i) o[i] = m[i] * pre[i] + b[i] + r[i];
-    } else {
-        for (int64_t i = 0; i < count; ++i) o[i] = m[i] * pre[i] + b[i];
+    // The residual may be this output itself (a chain adds up in place): read before the write.
+    const float* r = job.residual != nullptr ? job.residual + at : nullptr;
+    for (int64_t i = 0; i < count; ++i) {
+        const float y = kFused ? __builtin_fmaf(m[i], pre[i], b[i]) : m[i] * pre[i] + b[i];
+        o[i] = r != nullptr ? y + r[i] : y;
     }
     if (job.relu_after) {
         for (int64_t i = 0; i < count; ++i) o[i] = std::max(o[i], 0.0f);
@@ -162,6 +164,7 @@ extern const IsaKernels kScalarKernels;
 extern const IsaKernels kAvx2Kernels;      // nibble lookup ("lut")
 extern const IsaKernels kAvx2Mix1Kernels;  // lut + scalar POPCNT, 1-pixel tile ("mix1")
 extern const IsaKernels kAvx2Mix2Kernels;  // lut + scalar POPCNT, 2-pixel tile ("mix2")
+extern const IsaKernels kAvx2Mix5Kernels;  // lut 4 pixels + scalar POPCNT 1 pixel ("mix5")
 extern const IsaKernels kAvx512Kernels;
 #endif
 
