@@ -1,11 +1,13 @@
 """The demo page in real headless Chromium (Debian's package, driven by Playwright): the fake camera
 plays the test video (converted to Y4M), frames go over the WebSocket, and the live class overlay,
-background blur and background replacement are drawn; screenshots of each go to docs/img/."""
+background blur and background replacement are drawn; screenshots of each go to test-artifacts/, or to
+docs/img/ (the README's pictures) with SEG_UPDATE_DOC_IMAGES=1."""
 
 from __future__ import annotations
 
 import base64
 import json
+import os
 import time
 from pathlib import Path
 
@@ -155,7 +157,8 @@ def test_demo_page_live_overlay_and_upload(server, browser):
 
 # ---- the webcam effects on the shipped street model, composited in the page ----------------------
 
-DOCS_IMG = ROOT / "docs" / "img"
+# A test run leaves the work tree as it found it: the README's pictures are rewritten only on request.
+DOCS_IMG = ROOT / "docs" / "img" if os.environ.get("SEG_UPDATE_DOC_IMAGES") == "1" else ARTIFACTS
 BACKGROUND_IMAGE = (
     ROOT / "tests" / "data" / "imagenette" / "val" / "n03888257" / "ILSVRC2012_val_00001440.jpg"
 )
@@ -265,7 +268,7 @@ def test_webcam_effects_blur_and_replace(shipped_server, browser):
         "document.getElementById('stats').dataset.drawnMode === 'overlay'", timeout=120_000
     )
     section = page.locator("section").nth(1)
-    DOCS_IMG.mkdir(exist_ok=True)
+    DOCS_IMG.mkdir(parents=True, exist_ok=True)
     section.screenshot(path=str(DOCS_IMG / "webcam_overlay.png"))
 
     # Blur: the kept people are the frame itself, the rest the frame blurred with the chosen strength.
