@@ -46,12 +46,12 @@ def test_shipped_files_load_with_the_expected_classes():
     assert person.name == "person" and person.classes == ["background", "person"]
     assert camvid.name == "camvid" and camvid.classes == CAMVID_CLASSES
     assert person.arch == camvid.arch == "groupnet_resnet18"
-    # person: the webcam-sized network (stride 32, skip decoder); camvid: K = 4 at stride 16 with the
-    # skip decoder, and one decision bias per class (fitted by tune-postprocess)
+    # person and camvid: the webcam-sized network (K = 2, stride 32, skip decoder); camvid with one
+    # decision bias per class (fitted by tune-postprocess)
     assert person.config["output_stride"] == 32 and person.config["decoder"] == "skip"
     assert (
-        camvid.config["k"] == 4
-        and camvid.config["output_stride"] == 16
+        camvid.config["k"] == 2
+        and camvid.config["output_stride"] == 32
         and camvid.config["decoder"] == "skip"
     )
     assert (
