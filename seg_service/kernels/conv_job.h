@@ -164,7 +164,6 @@ extern const IsaKernels kScalarKernels;
 extern const IsaKernels kAvx2Kernels;      // nibble lookup ("lut")
 extern const IsaKernels kAvx2Mix1Kernels;  // lut + scalar POPCNT, 1-pixel tile ("mix1")
 extern const IsaKernels kAvx2Mix2Kernels;  // lut + scalar POPCNT, 2-pixel tile ("mix2")
-extern const IsaKernels kAvx2Mix5Kernels;  // lut 4 pixels + scalar POPCNT 1 pixel ("mix5")
 extern const IsaKernels kAvx512Kernels;
 #endif
 
