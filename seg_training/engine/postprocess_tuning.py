@@ -3,8 +3,16 @@
 ``train-seg tune-postprocess --packed F --config C --out G`` runs the packed model once per image of
 the config's *training* split (full size, no augmentation, exactly as the service sees images),
 scores every candidate of a small grid on the same logits, and writes the best one by mIoU into a
-copy of the file (``export-model --repack`` semantics: graph and weights copied bit for bit). The
-validation split is never looked at, so ``train-seg eval --packed G`` stays an honest score.
+copy of the file (``export-model --repack`` semantics: graph and weights copied bit for bit). By
+default the validation split is never looked at, so ``train-seg eval --packed G`` stays an honest score.
+
+``--split val`` fits on images the network never trained on instead. A network is more confident
+on its own training images than on new ones, most of all on thin classes it has half memorised, so
+biases fitted on training images under-bias those classes on new images: CamVid's sign class kept
+3 IoU on val with training-fitted biases and 25 with biases fitted on the other half of val
+(docs/training.md). The validation score of such a file is then in-sample; ``--folds K`` gives the
+honest figure: the images in K contiguous blocks (consecutive video frames stay together), each
+block scored with the post-processing fitted on the others.
 
 Two-class models get a bias on the foreground from one sorted pass per filter. Models of more
 classes get one bias per class, fitted after the filter by coordinate ascent on the mIoU: a network
@@ -122,6 +130,40 @@ def _miou(cm: np.ndarray) -> float:
     return float(100 * np.mean(inter[present] / union[present])) if present.any() else 0.0
 
 
+def fold_blocks(count: int, folds: int) -> np.ndarray:
+    """Block index of each of ``count`` images: ``folds`` contiguous blocks of near-equal size (all 0
+    when ``folds`` is 0). Contiguous, because a data set's consecutive images are often consecutive
+    frames of one video, and a frame's neighbour in the fitting set would flatter the estimate."""
+    if not folds:
+        return np.zeros(count, dtype=np.int64)
+    return np.arange(count) * folds // count
+
+
+def _iou_percent(cm: np.ndarray) -> list[float]:
+    return (np.diag(cm) / np.maximum(cm.sum(0) + cm.sum(1) - np.diag(cm), 1) * 100).tolist()
+
+
+def _held_out_grid(block_cms: np.ndarray, zero_bias: int) -> dict[str, Any]:
+    """Held-out scores of the grid search: each block scored with the (filter, bias) candidate that
+    scores best on the other blocks, against no post-processing (no filter, bias index
+    ``zero_bias``). ``block_cms`` [K, filters, biases, n, n]."""
+    total = block_cms.sum(axis=0)
+    held = np.zeros(total.shape[2:], dtype=np.int64)
+    for k in range(block_cms.shape[0]):
+        others = total - block_cms[k]
+        f, b = max(np.ndindex(*others.shape[:2]), key=lambda fb: _miou(others[fb]))
+        held += block_cms[k][f, b]
+    return _held_out_row(block_cms.shape[0], total[0, zero_bias], held)
+
+
+def _held_out_row(folds: int, base: np.ndarray, held: np.ndarray) -> dict[str, Any]:
+    return {
+        "folds": folds,
+        "none": {"miou": _miou(base), "iou": _iou_percent(base)},
+        "fitted": {"miou": _miou(held), "iou": _iou_percent(held)},
+    }
+
+
 def tune_postprocess(
     model_path: str | Path,
     config_path: str | Path | None,
@@ -132,9 +174,12 @@ def tune_postprocess(
     report: str | Path | None = None,
     progress: bool | None = None,
     filters: bool = True,
+    split: str | None = None,
+    folds: int = 0,
 ) -> dict[str, Any]:
-    """Grid-search the post-processing on the training split; write the best into ``out``.
-    ``filters=False``: no guided filter is tried (the bias only).
+    """Grid-search the post-processing on the training split (or ``split``); write the best into
+    ``out``. ``filters=False``: no guided filter is tried (the bias only). ``folds`` >= 2 adds the
+    held-out estimate (``held_out`` in the report; see the module docstring).
 
     Returns the report: every candidate's mIoU on the images used, the chosen spec and the baseline.
     """
@@ -144,26 +189,36 @@ def tune_postprocess(
         raise InputError("--config is required (it names the data the post-processing is fitted on)")
     if Path(out).resolve() == Path(model_path).resolve():
         raise InputError("--out must differ from --packed (the input file is never overwritten)")
+    if folds == 1 or folds < 0:
+        raise InputError(f"--folds must be 0 (no held-out estimate) or at least 2, not {folds}")
     config, model, progress = load_packed_with_config(model_path, config_path, overrides, threads, progress)
     classes = list(config["data"]["classes"])
-    # the training images, read as validation images are (full size, no augmentation)
-    data = dict(config["data"], val_split=config["data"]["train_split"])
+    # the fitting images (the training split unless told), read as validation images are (full size,
+    # no augmentation)
+    named = {"train": config["data"]["train_split"], "val": config["data"]["val_split"], None: None}
+    data = dict(config["data"], val_split=named.get(split, split) or config["data"]["train_split"])
     images = datasets.build_seg_dataset(data, "val")
     count = len(images) if not limit else min(int(limit), len(images))
+    if folds > count:
+        raise InputError(f"--folds {folds} needs at least {folds} images; the split has {count}")
+    blocks = fold_blocks(count, folds)
     ignore = int(data["ignore_index"])
     n = len(classes)
     candidates = candidate_filters() if filters else [None]
     biases = BIASES if n == 2 else (0.0,)
-    cms = np.zeros((len(candidates), len(biases), n, n), dtype=np.int64)
+    # one set of confusion matrices per block of images, for the held-out estimate
+    block_cms = np.zeros((max(folds, 1), len(candidates), len(biases), n, n), dtype=np.int64)
     for index in tqdm(range(count), desc="tune postprocess", disable=not progress, dynamic_ncols=True):
         rgb, target = images.load(index)
         logits, guide = model.processed_logits(rgb)
+        cms = block_cms[blocks[index]]
         for fi, gf in enumerate(candidates):
             scores = _scores_at(logits, guide, {"guided_filter": gf} if gf else {}, target.shape)
             if n == 2:
                 cms[fi] += _binary_confusions(scores[..., 1] - scores[..., 0], target, biases)
             else:
                 cms[fi, 0] += confusion_matrix(scores.argmax(axis=2), target, n, ignore)
+    cms = block_cms.sum(axis=0)
     rows = [
         _iou_row(cms[fi, bi], gf, float(bias))
         for (fi, gf), (bi, bias) in itertools.product(enumerate(candidates), enumerate(biases))
@@ -175,12 +230,17 @@ def tune_postprocess(
         spec["guided_filter"] = best["guided_filter"]
     if n == 2 and best["bias"] != 0.0:
         spec["logit_bias"] = [0.0, best["bias"]]
+    held_out = _held_out_grid(block_cms, biases.index(0.0)) if folds else None
     if n > 2:
-        fitted = _fit_multiclass_bias(model, images, count, ignore, spec, progress)
+        fitted, held_out_bias = _fit_multiclass_bias(
+            model, images, count, ignore, spec, progress, blocks, folds
+        )
         if fitted is not None and fitted["miou"] > best["miou"]:
             rows.append(fitted)
             best = fitted
             spec["logit_bias"] = fitted["bias"]
+        if folds:
+            held_out = held_out_bias
     try:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         checksum = repack_model(model_path, out, postprocess=spec or None)
@@ -195,6 +255,7 @@ def tune_postprocess(
         "baseline": baseline,
         "best": best,
         "postprocess": spec or None,
+        "held_out": held_out,
         "candidates": sorted(rows, key=lambda r: -r["miou"]),
     }
     _print_summary(result, classes)
@@ -217,18 +278,27 @@ def _scores_at(
 
 
 def _iou_row(cm: np.ndarray, guided_filter: dict[str, Any] | None, bias: Any) -> dict[str, Any]:
-    iou = np.diag(cm) / np.maximum(cm.sum(0) + cm.sum(1) - np.diag(cm), 1) * 100
-    return {"guided_filter": guided_filter, "bias": bias, "miou": _miou(cm), "iou": iou.tolist()}
+    return {"guided_filter": guided_filter, "bias": bias, "miou": _miou(cm), "iou": _iou_percent(cm)}
 
 
 def _fit_multiclass_bias(
-    model: Any, images: Any, count: int, ignore: int, spec: dict[str, Any], progress: bool
-) -> dict[str, Any] | None:
-    """The candidate row of ``spec`` plus one bias per class, or None when no bias helps.
+    model: Any,
+    images: Any,
+    count: int,
+    ignore: int,
+    spec: dict[str, Any],
+    progress: bool,
+    blocks: np.ndarray,
+    folds: int,
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(The candidate row of ``spec`` plus one bias per class, or None when no bias helps; the
+    held-out estimate when ``folds``, else None).
 
     Pass 1 keeps every BIAS_PIXEL_STRIDE-th pixel's scores (after ``spec``'s filter) and fits the
     biases on them; pass 2 scores the result on every pixel through the runtime's own
     post-processing, so the row's mIoU is the one ``predict`` gives, comparable with the grid's.
+    The held-out estimate fits each block's biases on the other blocks' kept pixels and scores the
+    block's kept pixels (``spec``'s filter, when there is one, stays the one chosen on all images).
     """
     n = len(model.classes)
     stride = BIAS_PIXEL_STRIDE
@@ -241,10 +311,11 @@ def _fit_multiclass_bias(
         keep = sub_target != ignore
         kept_scores.append(scores[::stride, ::stride].reshape(-1, n)[keep].astype(np.float32))
         kept_targets.append(sub_target[keep].astype(np.int64))
+    held_out = _held_out_biases(kept_scores, kept_targets, blocks, folds, n) if folds else None
     bias, _ = fit_class_biases(np.concatenate(kept_scores), np.concatenate(kept_targets))
     del kept_scores, kept_targets
     if not bias.any():
-        return None
+        return None, held_out
     with_bias = dict(spec, logit_bias=[float(b) for b in bias])
     cm = np.zeros((n, n), dtype=np.int64)
     for index in tqdm(range(count), desc="score biases", disable=not progress, dynamic_ncols=True):
@@ -252,7 +323,28 @@ def _fit_multiclass_bias(
         logits, guide = model.processed_logits(rgb)
         scores = _scores_at(logits, guide, with_bias, target.shape)
         cm += confusion_matrix(scores.argmax(axis=2), target, n, ignore)
-    return _iou_row(cm, spec.get("guided_filter"), with_bias["logit_bias"])
+    return _iou_row(cm, spec.get("guided_filter"), with_bias["logit_bias"]), held_out
+
+
+def _held_out_biases(
+    scores: list[np.ndarray], targets: list[np.ndarray], blocks: np.ndarray, folds: int, n: int
+) -> dict[str, Any]:
+    """Each block's kept pixels scored with biases fitted on the other blocks, against no bias."""
+    base = np.zeros((n, n), dtype=np.int64)
+    held = np.zeros((n, n), dtype=np.int64)
+    for k in range(folds):
+        inside = [i for i in range(len(scores)) if blocks[i] == k]
+        outside = [i for i in range(len(scores)) if blocks[i] != k]
+        bias, _ = fit_class_biases(
+            np.concatenate([scores[i] for i in outside]), np.concatenate([targets[i] for i in outside])
+        )
+        block_scores = np.concatenate([scores[i] for i in inside])
+        block_targets = np.concatenate([targets[i] for i in inside])
+        base += confusion_matrix(block_scores.argmax(axis=1), block_targets, n, -1)
+        held += confusion_matrix(
+            (block_scores + bias.astype(np.float32)).argmax(axis=1), block_targets, n, -1
+        )
+    return _held_out_row(folds, base, held)
 
 
 def _print_summary(result: dict[str, Any], classes: list[str]) -> None:
@@ -268,12 +360,21 @@ def _print_summary(result: dict[str, Any], classes: list[str]) -> None:
             return what + ", class biases " + " ".join(f"{b:+g}" for b in bias)
         return what + (f", bias {bias:+g}" if bias else "")
 
-    print(f"{result['images']} training images ({result['split']}), mIoU through the packed runtime:")
+    print(f"{result['images']} images of split {result['split']}, mIoU through the packed runtime:")
     for row in result["candidates"][:5]:
         print(f"  {row['miou']:6.2f}  {describe(row)}")
     base, best = result["baseline"], result["best"]
     per_class = ", ".join(f"{c} {b:.2f} -> {a:.2f}" for c, b, a in zip(classes, base["iou"], best["iou"]))
     print(f"baseline {base['miou']:.2f} -> chosen {best['miou']:.2f} ({describe(best)}); {per_class}")
+    held = result["held_out"]
+    if held:
+        per_class = ", ".join(
+            f"{c} {b:.2f} -> {a:.2f}" for c, b, a in zip(classes, held["none"]["iou"], held["fitted"]["iou"])
+        )
+        print(
+            f"held out ({held['folds']} contiguous blocks, each scored with what the others fitted): "
+            f"{held['none']['miou']:.2f} -> {held['fitted']['miou']:.2f}; {per_class}"
+        )
     print(
         f"wrote {result['out']} (sha256 {result['sha256'][:16]}...) "
         f"with postprocess {json.dumps(result['postprocess'])}"

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from train_helpers import REPO, TEST_DATA, quiet
 
-from seg_service.runtime import load_model
+from seg_service.runtime import load_model, resize_nearest
 from seg_training.cli import train_seg_main
 from seg_training.data import read_image, read_mask
 from seg_training.data.check import check_before_training, check_pairs, median_frequency_weights
@@ -21,7 +21,13 @@ from seg_training.data.segmentation import folder_pairs
 from seg_training.engine.config import ConfigError, load_config
 from seg_training.engine.loaders import build_datasets
 from seg_training.engine.metrics import SegmentationLoss, confusion_matrix
-from seg_training.engine.postprocess_tuning import BIASES, _class_bias_confusions, fit_class_biases
+from seg_training.engine.postprocess_tuning import (
+    BIASES,
+    _class_bias_confusions,
+    _held_out_grid,
+    fit_class_biases,
+    fold_blocks,
+)
 from seg_training.engine.trainer import resolve_class_weights
 
 CAMVID = TEST_DATA / "camvid"
@@ -221,3 +227,86 @@ def test_tuning_a_multiclass_model_writes_class_biases_scored_by_the_runtime(tmp
         cm += confusion_matrix(tuned.predict(read_image(image_path)), mask, 11, 255)
     iou = np.diag(cm) / np.maximum(cm.sum(0) + cm.sum(1) - np.diag(cm), 1) * 100
     np.testing.assert_allclose(iou, best["iou"], atol=1e-9)
+
+
+# --------------------------------------------------------------------------- held-out estimate (--folds)
+
+
+def test_fold_blocks_are_contiguous_and_balanced():
+    blocks = fold_blocks(7, 2)
+    assert blocks.tolist() == [0, 0, 0, 0, 1, 1, 1]
+    assert fold_blocks(6, 3).tolist() == [0, 0, 1, 1, 2, 2]
+    assert fold_blocks(5, 0).tolist() == [0] * 5
+
+
+def test_held_out_grid_scores_each_block_with_what_the_other_blocks_chose():
+    """Block 0 favours candidate 1 and block 1 candidate 0: held out, each block gets the other's
+    choice, so the estimate is worse than either block's own best (what an in-sample fit reports)."""
+    good, bad = np.array([[90, 10], [10, 90]]), np.array([[50, 50], [50, 50]])
+    block_cms = np.zeros((2, 1, 2, 2, 2), dtype=np.int64)  # [block, filter, bias, n, n]
+    block_cms[0, 0, 0], block_cms[0, 0, 1] = bad, good
+    block_cms[1, 0, 0], block_cms[1, 0, 1] = good * 3, bad  # block 1 outweighs block 0
+    held = _held_out_grid(block_cms, zero_bias=0)
+    assert held["folds"] == 2
+    # block 0 is scored with candidate 0 (block 1's best), block 1 with candidate 1 (block 0's best)
+    expected = bad + bad
+    assert held["fitted"]["iou"] == pytest.approx(
+        list(np.diag(expected) / (expected.sum(0) + expected.sum(1) - np.diag(expected)) * 100)
+    )
+    none = block_cms[:, 0, 0].sum(axis=0)
+    assert held["none"]["iou"] == pytest.approx(
+        list(np.diag(none) / (none.sum(0) + none.sum(1) - np.diag(none)) * 100)
+    )
+
+
+def test_tuning_on_the_validation_split_reports_a_held_out_estimate(tmp_path):
+    """``--split val --folds 2`` fits on the config's validation split (the training split here names
+    a folder that does not exist, so it cannot have been read) and the report's held-out figure is
+    recomputed by hand: biases fitted on frames 1-3 score frames 4-6 and the other way round."""
+    out, report_path = tmp_path / "camvid_val.gnpk", tmp_path / "report.json"
+    overrides = dict(camvid_overrides(), **{"data.train_split": "no_such_split"})
+    args = ["tune-postprocess", "--packed", str(REPO / "weights" / "camvid.gnpk"), "--config", "camvid_w05k4"]
+    args += [f"--{key}={value}" for key, value in overrides.items()]
+    args += ["--out", str(out), "--threads", "1", "--no-filter", "--split", "val", "--folds", "2"]
+    assert train_seg_main([*args, "--report", str(report_path), "--output.progress", "false"]) == 0
+    report = json.loads(report_path.read_text())
+    assert report["split"] == "all" and report["images"] == 6
+    held = report["held_out"]
+    assert held["folds"] == 2
+
+    model = load_model(REPO / "weights" / "camvid.gnpk")
+    scores, targets = [], []
+    for image_path, mask_path in folder_pairs(CAMVID, "all"):
+        mask = read_mask(mask_path).astype(np.int64)
+        logits = model.processed_logits(read_image(image_path))[0]  # as the tool: nearest to the mask
+        logits = resize_nearest(logits, *mask.shape)[::2, ::2].reshape(-1, 11)
+        mask = mask[::2, ::2].ravel()
+        keep = mask != VOID
+        scores.append(logits[keep]), targets.append(mask[keep])
+    base, fitted = np.zeros((11, 11), np.int64), np.zeros((11, 11), np.int64)
+    for inside, outside in (([0, 1, 2], [3, 4, 5]), ([3, 4, 5], [0, 1, 2])):
+        bias, _ = fit_class_biases(
+            np.concatenate([scores[i] for i in outside]), np.concatenate([targets[i] for i in outside])
+        )
+        block_scores, block_targets = (
+            np.concatenate([scores[i] for i in inside]),
+            np.concatenate([targets[i] for i in inside]),
+        )
+        base += confusion_matrix(block_scores.argmax(1), block_targets, 11, -1)
+        fitted += confusion_matrix((block_scores + bias.astype(np.float32)).argmax(1), block_targets, 11, -1)
+    iou = lambda c: list(np.diag(c) / np.maximum(c.sum(0) + c.sum(1) - np.diag(c), 1) * 100)  # noqa: E731
+    assert held["none"]["iou"] == pytest.approx(iou(base), abs=1e-9)
+    assert held["fitted"]["iou"] == pytest.approx(iou(fitted), abs=1e-9)
+    # the in-sample fit is what the file stores, and it is never below its own held-out estimate here
+    assert load_model(out).postprocess["logit_bias"] == report["best"]["bias"]
+    assert report["best"]["miou"] >= held["fitted"]["miou"]
+
+
+@pytest.mark.parametrize("folds", ["1", "7"])
+def test_bad_fold_counts_are_one_line_errors(tmp_path, capsys, folds):
+    args = ["tune-postprocess", "--packed", str(REPO / "weights" / "camvid.gnpk"), "--config", "camvid_w05k4"]
+    args += [f"--{key}={value}" for key, value in camvid_overrides()]
+    args += ["--out", str(tmp_path / "x.gnpk"), "--no-filter", "--folds", folds, "--output.progress", "false"]
+    assert train_seg_main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--folds" in err and len(err.splitlines()) == 1
