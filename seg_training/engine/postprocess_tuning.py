@@ -239,7 +239,7 @@ def tune_postprocess(
             rows.append(fitted)
             best = fitted
             spec["logit_bias"] = fitted["bias"]
-        if folds:
+        if "logit_bias" in spec:  # else the file stores no biases: the grid's estimate stands
             held_out = held_out_bias
     try:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
