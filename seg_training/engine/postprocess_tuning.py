@@ -195,8 +195,8 @@ def tune_postprocess(
     classes = list(config["data"]["classes"])
     # the fitting images (the training split unless told), read as validation images are (full size,
     # no augmentation)
-    named = {"train": config["data"]["train_split"], "val": config["data"]["val_split"], None: None}
-    data = dict(config["data"], val_split=named.get(split, split) or config["data"]["train_split"])
+    named = {"train": config["data"]["train_split"], "val": config["data"]["val_split"]}
+    data = dict(config["data"], val_split=named.get(split or "train", split))
     images = datasets.build_seg_dataset(data, "val")
     count = len(images) if not limit else min(int(limit), len(images))
     if folds > count:

@@ -232,6 +232,11 @@ def test_tuning_a_multiclass_model_writes_class_biases_scored_by_the_runtime(tmp
 # --------------------------------------------------------------------------- held-out estimate (--folds)
 
 
+def iou_percent(cm: np.ndarray) -> list[float]:
+    """Per-class IoU in percent of a confusion matrix (0 for a class in neither truth nor prediction)."""
+    return list(np.diag(cm) / np.maximum(cm.sum(0) + cm.sum(1) - np.diag(cm), 1) * 100)
+
+
 def test_fold_blocks_are_contiguous_and_balanced():
     blocks = fold_blocks(7, 2)
     assert blocks.tolist() == [0, 0, 0, 0, 1, 1, 1]
@@ -249,14 +254,8 @@ def test_held_out_grid_scores_each_block_with_what_the_other_blocks_chose():
     held = _held_out_grid(block_cms, zero_bias=0)
     assert held["folds"] == 2
     # block 0 is scored with candidate 0 (block 1's best), block 1 with candidate 1 (block 0's best)
-    expected = bad + bad
-    assert held["fitted"]["iou"] == pytest.approx(
-        list(np.diag(expected) / (expected.sum(0) + expected.sum(1) - np.diag(expected)) * 100)
-    )
-    none = block_cms[:, 0, 0].sum(axis=0)
-    assert held["none"]["iou"] == pytest.approx(
-        list(np.diag(none) / (none.sum(0) + none.sum(1) - np.diag(none)) * 100)
-    )
+    assert held["fitted"]["iou"] == pytest.approx(iou_percent(bad + bad))
+    assert held["none"]["iou"] == pytest.approx(iou_percent(block_cms[:, 0, 0].sum(axis=0)))
 
 
 def test_tuning_on_the_validation_split_reports_a_held_out_estimate(tmp_path):
@@ -294,9 +293,8 @@ def test_tuning_on_the_validation_split_reports_a_held_out_estimate(tmp_path):
         )
         base += confusion_matrix(block_scores.argmax(1), block_targets, 11, -1)
         fitted += confusion_matrix((block_scores + bias.astype(np.float32)).argmax(1), block_targets, 11, -1)
-    iou = lambda c: list(np.diag(c) / np.maximum(c.sum(0) + c.sum(1) - np.diag(c), 1) * 100)  # noqa: E731
-    assert held["none"]["iou"] == pytest.approx(iou(base), abs=1e-9)
-    assert held["fitted"]["iou"] == pytest.approx(iou(fitted), abs=1e-9)
+    assert held["none"]["iou"] == pytest.approx(iou_percent(base), abs=1e-9)
+    assert held["fitted"]["iou"] == pytest.approx(iou_percent(fitted), abs=1e-9)
     # the in-sample fit is what the file stores, and it is never below its own held-out estimate here
     assert load_model(out).postprocess["logit_bias"] == report["best"]["bias"]
     assert report["best"]["miou"] >= held["fitted"]["miou"]
