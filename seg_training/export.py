@@ -34,7 +34,7 @@ from seg_service import format as gnpk
 from .binary import BinaryConv2d, BinaryConvEnsemble, get_mode
 from .models import ModelConfig, model_name
 from .models.groupnet import BasicBranch, BottleneckBranch, GroupBlock, GroupNetEncoder
-from .models.heads import ASPPHead, FCNHead, PSPHead, SkipDecoder
+from .models.heads import ASPPHead, FCNHead, PSPHead, SkipDecoder, StemRefine
 from .models.wrappers import GroupNetSegmentation
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -433,7 +433,7 @@ def export_conv_bn_relu(g: GraphBuilder, block: nn.Module, x: str, prefix: str) 
     return emit_conv_bn(g, x, prefix, conv, bn, relu_between=False, relu_after=True)
 
 
-def export_classifier(g: GraphBuilder, classifier: nn.Module, x: str) -> str:
+def export_classifier(g: GraphBuilder, classifier: nn.Module, x: str, prefix: str = "classifier") -> str:
     if isinstance(classifier, nn.Identity):  # a head under a decoder: the decoder classifies
         return x
     # Its last module; the Dropout before it is the identity in eval.
@@ -443,7 +443,7 @@ def export_classifier(g: GraphBuilder, classifier: nn.Module, x: str) -> str:
     bias = conv.bias.detach() if conv.bias is not None else torch.zeros(conv.out_channels)
     return g.float_conv(
         x,
-        "classifier",
+        prefix,
         conv.weight.detach().double().cpu().numpy(),
         bias.double().cpu().numpy(),
         1,
@@ -493,26 +493,41 @@ def export_psp_head(g: GraphBuilder, head: PSPHead, x: str) -> str:
     )
 
 
-def export_skip_decoder(g: GraphBuilder, decoder: SkipDecoder, x: str, skip: str) -> str:
-    """Mirror SkipDecoder.forward: upsample to the skip, float 1x1 projection + BN, concat, BN, binary 3x3.
+def export_skip_join(g: GraphBuilder, stage: SkipDecoder | StemRefine, x: str, skip: str, prefix: str) -> str:
+    """Mirror a decoder stage's join: upsample ``x`` to the skip, float 1x1 projection + BN of the
+    skip, concat, BN, binary 3x3 conv + BN + ReLU; returns the conv's output.
 
     The BatchNorm on the joined map is per channel, so it folds into what feeds it: into an affine on
-    the head's features before the upsampling (bilinear weights sum to one, so the two commute), at
-    1/16 of the pixels, and into the projection's weights. The full-resolution map is never touched
+    ``x`` before the upsampling (bilinear weights sum to one, so the two commute), at a quarter or
+    less of the pixels, and into the projection's weights. The full-resolution map is never touched
     twice."""
-    conv, bn = decoder.project
+    conv, bn = stage.project
     if not isinstance(conv, nn.Conv2d) or not isinstance(bn, nn.BatchNorm2d):
-        raise ExportError("decoder.project: expected Conv2d -> BatchNorm2d")
-    norm_scale, norm_shift = bn_fold(decoder.norm)
-    c = decoder.norm.num_features - conv.out_channels
-    head = g.affine(x, "decoder.norm", norm_scale[:c], norm_shift[:c], False, False, None)
-    up = g.op("upsample_bilinear", "decoder.up", **{"in": head}, like=skip)
+        raise ExportError(f"{prefix}.project: expected Conv2d -> BatchNorm2d")
+    norm_scale, norm_shift = bn_fold(stage.norm)
+    c = stage.norm.num_features - conv.out_channels
+    head = g.affine(x, f"{prefix}.norm", norm_scale[:c], norm_shift[:c], False, False, None)
+    up = g.op("upsample_bilinear", f"{prefix}.up", **{"in": head}, like=skip)
     scale, shift = bn_fold(bn)
     scale, shift = scale * norm_scale[c:], shift * norm_scale[c:] + norm_shift[c:]
     weight = conv.weight.detach().double().cpu().numpy() * scale[:, None, None, None]
-    projected = g.float_conv(skip, "decoder.project", weight, shift, 1, 0, 1, relu=False)
-    cat = g.op("concat", "decoder.cat", ins=[up, projected])
-    return export_classifier(g, decoder.classifier, export_conv_bn_relu(g, decoder.fuse, cat, "decoder.fuse"))
+    projected = g.float_conv(skip, f"{prefix}.project", weight, shift, 1, 0, 1, relu=False)
+    cat = g.op("concat", f"{prefix}.cat", ins=[up, projected])
+    return export_conv_bn_relu(g, stage.fuse, cat, f"{prefix}.fuse")
+
+
+def export_skip_decoder(g: GraphBuilder, decoder: SkipDecoder, x: str, skip: str, stem: str) -> str:
+    """Mirror SkipDecoder.forward: the join at the skip's stride, the classifier, and the stem stage
+    when the decoder has one (its logits added to the first stage's, both at the stem's stride)."""
+    fused = export_skip_join(g, decoder, x, skip, "decoder")
+    logits = export_classifier(g, decoder.classifier, fused)
+    refine = decoder.stem_refine
+    if refine is None:
+        return logits
+    fine = export_skip_join(g, refine, fused, stem, "decoder.stem")
+    fine_logits = export_classifier(g, refine.classifier, fine, "decoder.stem.classifier")
+    coarse = g.op("upsample_bilinear", "decoder.stem.coarse", **{"in": logits}, like=stem)
+    return g.op("lincomb", "decoder.stem.logits", ins=[coarse, fine_logits], coeffs=[1.0, 1.0])
 
 
 # Head class -> its exporter, which takes an instance of exactly that class (not expressible as a type).
@@ -535,7 +550,9 @@ def build_graph(model: nn.Module) -> tuple[dict[str, Any], dict[str, np.ndarray]
         features = export_encoder(g, model.encoder, "input")
         logits = head_exporter(g, model.head, features[-1])
         if model.decoder is not None:
-            logits = export_skip_decoder(g, model.decoder, logits, features[model.cfg.skip_stage])
+            logits = export_skip_decoder(
+                g, model.decoder, logits, features[model.cfg.skip_stage], features[0]
+            )
     g.ops.append({"op": "upsample_bilinear", "out": "logits", "in": logits, "like": "input"})
     graph = {"inputs": ["input"], "outputs": ["logits"], "ops": g.ops}
     return graph, g.tensors

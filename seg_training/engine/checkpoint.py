@@ -200,6 +200,9 @@ def init_weights(model: nn.Module, path: str | Path, task: str, scope: str = "au
     scope "encoder": only "encoder.*" keys, all of the model's encoder keys required.
     scope "encoder_head": "encoder.*" and "head.*" keys, all of them required: a new or resized
     decoder on a trained encoder and context head (the decoder starts from scratch).
+    scope "extend": every weight of the checkpoint loads into the same weight of the model; the
+    model's weights the checkpoint lacks (a stage added since, such as model.stem_skip_channels)
+    keep their initialisation. The encoder's and head's weights are all required.
     scope "auto": "all" when the checkpoint's task equals ``task``, else "encoder".
     Returns a one-line description of what was loaded.
     """
@@ -208,7 +211,15 @@ def init_weights(model: nn.Module, path: str | Path, task: str, scope: str = "au
     if scope == "auto":
         scope = "all" if ckpt.get("task") == task else "encoder"
     own = model.state_dict()
-    if scope in ("encoder", "encoder_head"):
+    if scope == "extend":
+        unknown = [k for k in state if k not in own]
+        if unknown:
+            raise InputError(
+                f"checkpoint {path} has {len(unknown)} weight(s) the model lacks (first: {unknown[0]}); "
+                "scope 'extend' only adds to a network"
+            )
+        wanted = [k for k in own if k in state or k.startswith(("encoder.", "head."))]
+    elif scope in ("encoder", "encoder_head"):
         prefixes = ("encoder.",) if scope == "encoder" else ("encoder.", "head.")
         state = {k: v for k, v in state.items() if k.startswith(prefixes)}
         wanted = [k for k in own if k.startswith(prefixes)]
@@ -227,4 +238,6 @@ def init_weights(model: nn.Module, path: str | Path, task: str, scope: str = "au
                 f"{tuple(own[key].shape)}; check model.arch, model.k and model.width"
             )
     model.load_state_dict({k: state[k] for k in wanted}, strict=(scope == "all"))
-    return f"initialised {len(wanted)} tensors ({scope}) from {path} (epoch {ckpt.get('epoch')})"
+    fresh = len(own) - len(wanted)
+    note = f"; {fresh} start fresh" if scope == "extend" else ""
+    return f"initialised {len(wanted)} tensors ({scope}) from {path} (epoch {ckpt.get('epoch')}){note}"

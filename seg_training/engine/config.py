@@ -454,7 +454,7 @@ def _check_values(config: dict[str, Any]) -> None:
     choices = {
         "train.optimizer": ("adam", "sgd", "adamw"),
         "train.schedule": ("poly", "step", "constant"),
-        "train.init_scope": ("auto", "all", "encoder", "encoder_head"),
+        "train.init_scope": ("auto", "all", "encoder", "encoder_head", "extend"),
         "device": ("auto", "cpu", "cuda"),
     }
     for dotted, allowed in choices.items():

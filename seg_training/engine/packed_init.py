@@ -48,7 +48,7 @@ from ..data import read_image
 from ..data.errors import InputError
 from ..models import ModelConfig, create_model
 from ..models.groupnet import BasicBranch, GroupNetEncoder
-from ..models.heads import ASPPHead, FCNHead, PSPHead, SkipDecoder
+from ..models.heads import ASPPHead, FCNHead, PSPHead, SkipDecoder, StemRefine
 from .checkpoint import FORMAT, VERSION, save_atomic
 
 LATENT = 0.05  # magnitude of the rebuilt latent binary weights
@@ -244,23 +244,36 @@ def _read_head(model: nn.Module, packed: gnpk.PackedFile) -> list[_Folded]:
     else:
         raise InputError(f"cannot read a {type(head).__name__} head from a packed file")
     if isinstance(decoder, SkipDecoder):
-        # The exporter folded decoder.norm into an affine on the head's channels and into the
-        # projection's weights; here the projection's BatchNorm takes the folded shift and
-        # decoder.norm is the identity on the projection's channels.
-        bias = _load_float_conv(decoder.project[0], packed, "decoder.project")
-        folded.append(_Folded(_batchnorm(decoder.project[1], "decoder.project"), np.ones_like(bias), bias))
-        extra = len(bias)
-        mul = np.concatenate([_tensor(packed, "decoder.norm.mul").astype(np.float64), np.ones(extra)])
-        shift = np.concatenate([_tensor(packed, "decoder.norm.bias").astype(np.float64), np.zeros(extra)])
-        if len(mul) != decoder.norm.num_features:
-            raise InputError("decoder.norm: the file's channels do not fit the model's decoder")
-        folded.append(_Folded(decoder.norm, mul, shift))
-        folded.append(_load_head_conv(decoder.fuse, packed, "decoder.fuse"))
+        folded += _read_skip_join(decoder, packed, "decoder")
     classifier = model.classifier if hasattr(model, "classifier") else None
     final = classifier[-1] if isinstance(classifier, nn.Sequential) else None
     if not isinstance(final, nn.Conv2d) or final.bias is None:
         raise InputError("the model's classifier must end in a 1x1 Conv2d with a bias")
     final.bias.copy_(torch.from_numpy(_load_float_conv(final, packed, "classifier")).float())
+    refine = decoder.stem_refine if isinstance(decoder, SkipDecoder) else None
+    if refine is not None:
+        folded += _read_skip_join(refine, packed, "decoder.stem")
+        final = refine.classifier[-1]
+        bias = _load_float_conv(final, packed, "decoder.stem.classifier")
+        final.bias.copy_(torch.from_numpy(bias).float())  # type: ignore[operator]
+    return folded
+
+
+def _read_skip_join(stage: SkipDecoder | StemRefine, packed: gnpk.PackedFile, prefix: str) -> list[_Folded]:
+    """A decoder stage's projection, joined-map BatchNorm and binary conv (export_skip_join's inverse).
+
+    The exporter folded the stage's norm into an affine on the upsampled input's channels and into
+    the projection's weights; here the projection's BatchNorm takes the folded shift and the norm is
+    the identity on the projection's channels."""
+    bias = _load_float_conv(stage.project[0], packed, f"{prefix}.project")
+    folded = [_Folded(_batchnorm(stage.project[1], f"{prefix}.project"), np.ones_like(bias), bias)]
+    extra = len(bias)
+    mul = np.concatenate([_tensor(packed, f"{prefix}.norm.mul").astype(np.float64), np.ones(extra)])
+    shift = np.concatenate([_tensor(packed, f"{prefix}.norm.bias").astype(np.float64), np.zeros(extra)])
+    if len(mul) != stage.norm.num_features:
+        raise InputError(f"{prefix}.norm: the file's channels do not fit the model's decoder")
+    folded.append(_Folded(stage.norm, mul, shift))
+    folded.append(_load_head_conv(stage.fuse, packed, f"{prefix}.fuse"))
     return folded
 
 

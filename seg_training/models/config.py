@@ -45,6 +45,12 @@ class ModelConfig:
         head's features, upsampled to the resolution of encoder stage ``skip_stage``, joined with a
         float 1x1 projection of that stage to ``skip_channels``, then one binary 3x3 conv of
         ``decoder_channels`` and the classifier; DeepLabv3+-style, so coarse output strides keep edges).
+    stem_skip_channels: 0, or (with decoder "skip" and stem "conv7_pool") a second decoder stage at
+        the stem's stride 2: the decoder's features upsampled, joined with a float 1x1 projection of
+        the stem to this many channels, one binary 3x3 conv of ``stem_decoder_channels`` and a
+        classifier whose logits are added to the first stage's (upsampled). It starts at zero, so a
+        trained skip-decoder network grows the stage without losing what it knows; thin structures
+        (a pole 3 pixels wide) are under one cell of the stride-4 skip, not of the stem's.
     width: channel multiplier on (64, 128, 256, 512); reduced-width models for CPU budgets.
     stem: "conv7_pool" (ResNet's 7x7 stride-2 conv, then a 3x3 stride-2 max pool) or "conv7_s4"
         (the same 7x7 conv at stride 4 and no pool: a quarter of the stem's multiply-adds, for
@@ -73,6 +79,8 @@ class ModelConfig:
     skip_stage: int = 1
     skip_channels: int = 32
     decoder_channels: int = 64
+    stem_skip_channels: int = 0
+    stem_decoder_channels: int = 32
     width: float = 1.0
     mode: str = "sign"
     stem: str = "conv7_pool"
@@ -97,6 +105,13 @@ class ModelConfig:
             raise ValueError(f"model.skip_stage must be 1, 2 or 3 (layer1..layer3), got {self.skip_stage}")
         if self.skip_channels < 1 or self.decoder_channels < 1:
             raise ValueError("model.skip_channels and model.decoder_channels must be >= 1")
+        if self.stem_skip_channels < 0 or self.stem_decoder_channels < 1:
+            raise ValueError("model.stem_skip_channels must be >= 0 and model.stem_decoder_channels >= 1")
+        if self.stem_skip_channels and (self.decoder != "skip" or self.stem != "conv7_pool"):
+            raise ValueError(
+                "model.stem_skip_channels needs model.decoder 'skip' and model.stem 'conv7_pool' "
+                "(the stage refines the skip decoder at the stem's stride 2)"
+            )
         if self.bpac_rates is not None:
             l3, l4 = (tuple(int(r) for r in rates) for rates in self.bpac_rates)
             if len(l3) != self.k or len(l4) != self.k:

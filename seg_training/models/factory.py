@@ -71,7 +71,7 @@ def model_name(cfg: ModelConfig) -> str:
             parts.append("bpac")
         parts += [f"os{cfg.output_stride}", cfg.head]
         if cfg.decoder == "skip":
-            parts.append(f"skip{cfg.skip_stage}")
+            parts.append(f"skip{cfg.skip_stage}" + ("_stemskip" if cfg.stem_skip_channels else ""))
     if cfg.width != 1.0:
         parts.append(f"w{cfg.width:g}")
     return "_".join(parts)

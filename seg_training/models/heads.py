@@ -113,17 +113,54 @@ class SkipDecoder(nn.Module):
     output is all +1 and would carry nothing.
     """
 
-    def __init__(self, cfg: ModelConfig, head_channels: int, skip_in: int) -> None:
+    def __init__(self, cfg: ModelConfig, head_channels: int, skip_in: int, stem_in: int = 0) -> None:
         super().__init__()
         c = cfg.skip_channels
         self.project = nn.Sequential(nn.Conv2d(skip_in, c, 1, bias=False), nn.BatchNorm2d(c))
         self.norm = nn.BatchNorm2d(head_channels + c)
         self.fuse = ConvBNReLU(ConvFactory(cfg), head_channels + c, cfg.decoder_channels, 3)
         self.classifier = Classifier(cfg.decoder_channels, cfg.num_classes, cfg.dropout)
+        self.stem_refine: StemRefine | None = None
+        if cfg.stem_skip_channels:
+            self.stem_refine = StemRefine(cfg, cfg.decoder_channels, stem_in)
 
-    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, skip: torch.Tensor, stem: torch.Tensor | None = None) -> torch.Tensor:
         x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-        return self.classifier(self.fuse(self.norm(torch.cat([x, self.project(skip)], dim=1))))
+        fused = self.fuse(self.norm(torch.cat([x, self.project(skip)], dim=1)))
+        logits = self.classifier(fused)
+        if self.stem_refine is not None:
+            if stem is None:
+                raise ValueError("this decoder has a stem stage: pass the stem's features")
+            logits = self.stem_refine(fused, logits, stem)
+        return logits
+
+
+class StemRefine(nn.Module):
+    """The skip decoder's second stage, at the stem's stride 2: its features upsampled, joined with a
+    float 1x1 projection of the stem, one binary 3x3 conv and a classifier whose logits are added to
+    the first stage's upsampled logits.
+
+    The stage's classifier starts at zero, so the network it is added to predicts what it did and
+    the stage learns only a correction: the fine edges the stride-4 map cannot place.
+    """
+
+    def __init__(self, cfg: ModelConfig, decoder_channels: int, stem_in: int) -> None:
+        super().__init__()
+        c = cfg.stem_skip_channels
+        self.project = nn.Sequential(nn.Conv2d(stem_in, c, 1, bias=False), nn.BatchNorm2d(c))
+        self.norm = nn.BatchNorm2d(decoder_channels + c)
+        self.fuse = ConvBNReLU(ConvFactory(cfg), decoder_channels + c, cfg.stem_decoder_channels, 3)
+        self.classifier = Classifier(cfg.stem_decoder_channels, cfg.num_classes, cfg.dropout)
+        final = self.classifier[-1]
+        assert isinstance(final, nn.Conv2d)
+        nn.init.zeros_(final.weight)
+        nn.init.zeros_(final.bias)
+
+    def forward(self, fused: torch.Tensor, logits: torch.Tensor, stem: torch.Tensor) -> torch.Tensor:
+        size = stem.shape[-2:]
+        x = F.interpolate(fused, size=size, mode="bilinear", align_corners=False)
+        coarse = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        return coarse + self.classifier(self.fuse(self.norm(torch.cat([x, self.project(stem)], dim=1))))
 
 
 # A context head: its classifier is nn.Identity under a decoder (create_head).

@@ -24,14 +24,17 @@ class GroupNetSegmentation(nn.Module):
         self.decoder: SkipDecoder | None = None
         if cfg.decoder == "skip":
             self.decoder = SkipDecoder(
-                cfg, self.head.out_channels, self.encoder.feature_channels[cfg.skip_stage]
+                cfg,
+                self.head.out_channels,
+                self.encoder.feature_channels[cfg.skip_stage],
+                self.encoder.feature_channels[0],
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.encoder(x)
         logits = self.head(features[-1])
         if self.decoder is not None:
-            logits = self.decoder(logits, features[self.cfg.skip_stage])
+            logits = self.decoder(logits, features[self.cfg.skip_stage], features[0])
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
     @property

@@ -10,6 +10,7 @@ from torch import nn
 
 from seg_training.binary import BinaryConvEnsemble
 from seg_training.models import GroupBlock, create_model
+from seg_training.models.heads import StemRefine
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -21,7 +22,8 @@ SMALL = {"num_classes": 5, "width": 0.25, "head_channels": 32}
 
 def randomize(model: nn.Module, seed: int) -> nn.Module:
     """Non-trivial eval state: random BN statistics and affine parameters (some BN scales negative),
-    random branch scales (one negative), gates and ensemble weights. Returns the model in eval mode."""
+    random branch scales (one negative), gates and ensemble weights, and a decoder stem stage's
+    classifier. Returns the model in eval mode."""
     gen = torch.Generator().manual_seed(seed)
 
     def uniform(shape, lo, hi):
@@ -45,6 +47,9 @@ def randomize(model: nn.Module, seed: int) -> nn.Module:
                     m.gate.copy_(uniform(1, -2.0, 2.0))
             elif isinstance(m, BinaryConvEnsemble) and isinstance(m.scales, nn.Parameter):
                 m.scales.copy_(uniform(m.scales.shape, -0.2, 0.8))
+            elif isinstance(m, StemRefine):  # its classifier starts at zero: the stage would add nothing
+                for p in m.classifier.parameters():
+                    p.copy_(uniform(p.shape, -0.5, 0.5))
     return model.eval()
 
 

@@ -61,6 +61,18 @@ CONFIGS = {
         skip_channels=16,
         stem="conv7_s4",
     ),
+    # The skip decoder's second stage at the stem's stride 2 (model.stem_skip_channels).
+    "group_k2_os32_aspp_skip1_stemskip": dict(
+        k=2,
+        output_stride=32,
+        head="aspp",
+        head_channels=48,
+        decoder="skip",
+        skip_stage=1,
+        skip_channels=16,
+        stem_skip_channels=8,
+        stem_decoder_channels=16,
+    ),
     # Bottleneck blocks (ResNet-50 layout).
     "group_k2_resnet50_os16_fcn": dict(
         arch="groupnet_resnet50", k=2, output_stride=16, head="fcn", width=0.125
@@ -177,3 +189,24 @@ def test_export_refuses_stage1_tanh_models(tmp_path):
         export_model(
             small_model(seed=1, k=2, output_stride=32, head="fcn"), tmp_path / "m.gnpk", classes=["a"]
         )
+
+
+def test_stem_stage_is_in_the_graph_and_changes_the_logits(tmp_path):
+    """The stem stage reads the stride-2 stem map and adds to the logits there: with its classifier
+    at zero (as a new stage starts) the packed model gives other logits, the first stage's."""
+    model = small_model(seed=5, **CONFIGS["group_k2_os32_aspp_skip1_stemskip"])
+    size, image = INPUTS[0]
+    x = normalise(load_rgb(image, size))
+    runtime = export_and_load(model, tmp_path, "trained")
+    ops = runtime._executor.ops
+    stem_out = next(op["out"] for op in ops if op["op"] == "conv2d" and op["out"].startswith("stem"))
+    readers = [op["out"] for op in ops if stem_out in (op.get("in"), *op.get("ins", []))]
+    assert any(name.startswith("decoder.stem.project") for name in readers), readers
+    got = runtime.forward(x)
+    assert_parity(got, torch_logits(model, x), what="stem stage")
+    with torch.no_grad():
+        for p in model.decoder.stem_refine.classifier.parameters():
+            p.zero_()
+    plain = export_and_load(model, tmp_path, "zero").forward(x)
+    assert_parity(plain, torch_logits(model, x), what="stem stage at zero")
+    assert float(np.abs(got - plain).max()) > 0.1

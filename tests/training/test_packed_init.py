@@ -87,6 +87,7 @@ def test_checkpoint_initialises_another_architecture(tmp_path):
     "config",
     [
         dict(k=2, output_stride=32, head="aspp", decoder="skip"),  # the shipped person network's kind
+        dict(k=2, output_stride=32, head="aspp", decoder="skip", stem_skip_channels=8),  # + the stem stage
         dict(k=3, output_stride=8, head="aspp"),
         dict(k=2, output_stride=16, head="fcn"),
         dict(k=2, output_stride=8, head="psp"),

@@ -8,6 +8,7 @@ from train_helpers import quiet
 
 from seg_training.binary import get_mode
 from seg_training.cli import train_cls_main, train_seg_main
+from seg_training.data.errors import InputError
 from seg_training.engine.checkpoint import init_weights, load_checkpoint
 from seg_training.engine.config import load_config, model_config_for
 from seg_training.models import create_model
@@ -141,3 +142,52 @@ def test_encoder_head_scope_keeps_the_decoder_fresh(tmp_path):
     resized = seg_model("smoke_seg", *decoder, ("model.skip_channels", 24))
     with pytest.raises(Exception, match="decoder.project"):
         init_weights(resized, path, task="seg", scope="all")
+
+
+def test_extend_scope_adds_the_stem_stage_without_changing_the_network(tmp_path):
+    """``extend`` loads every weight of a trained skip-decoder network into the same network with a
+    stem stage (model.stem_skip_channels); the stage starts at zero, so the grown network predicts
+    exactly what the trained one did. A checkpoint with weights the model lacks is refused."""
+    from seg_training.engine.checkpoint import FORMAT, VERSION, save_atomic
+
+    decoder = (("model.output_stride", 32), ("model.aspp_rates", [1, 2, 3]), ("model.decoder", "skip"))
+    torch.manual_seed(0)
+    trained = seg_model("smoke_seg", *decoder).eval()
+    path = tmp_path / "trained.pt"
+    save_atomic({"format": FORMAT, "version": VERSION, "task": "seg", "model": trained.state_dict()}, path)
+
+    torch.manual_seed(1)
+    grown = seg_model("smoke_seg", *decoder, ("model.stem_skip_channels", 8))
+    stage = [k for k in grown.state_dict() if k.startswith("decoder.stem_refine.")]
+    assert stage
+    message = init_weights(grown, path, task="seg", scope="extend")
+    assert "(extend)" in message and f"{len(stage)} start fresh" in message
+    with pytest.raises(Exception, match="decoder.stem_refine"):
+        init_weights(seg_model("smoke_seg", *decoder, ("model.stem_skip_channels", 8)), path, "seg", "all")
+
+    grown.eval()
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        got, want = grown(x), trained(x)
+    assert float((got - want).abs().max()) < 0.1 * float(want.abs().max())
+    assert float((got.argmax(1) == want.argmax(1)).float().mean()) > 0.97
+
+    path_grown = tmp_path / "grown.pt"
+    save_atomic(
+        {"format": FORMAT, "version": VERSION, "task": "seg", "model": grown.state_dict()}, path_grown
+    )
+    with pytest.raises(Exception, match="only adds"):
+        init_weights(seg_model("smoke_seg", *decoder), path_grown, task="seg", scope="extend")
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        (("model.stem_skip_channels", 8),),  # no skip decoder to refine
+        (("model.decoder", "skip"), ("model.stem", "conv7_s4"), ("model.stem_skip_channels", 8)),
+        (("model.decoder", "skip"), ("model.stem_skip_channels", -1)),
+    ],
+)
+def test_stem_stage_settings_are_checked(overrides):
+    with pytest.raises(InputError, match="stem_skip_channels"):
+        seg_model("smoke_seg", *overrides)
