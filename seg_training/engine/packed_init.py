@@ -254,8 +254,9 @@ def _read_head(model: nn.Module, packed: gnpk.PackedFile) -> list[_Folded]:
     if refine is not None:
         folded += _read_skip_join(refine, packed, "decoder.stem")
         final = refine.classifier[-1]
-        bias = _load_float_conv(final, packed, "decoder.stem.classifier")
-        final.bias.copy_(torch.from_numpy(bias).float())  # type: ignore[operator]
+        if not isinstance(final, nn.Conv2d) or final.bias is None:
+            raise InputError("the decoder's stem stage must end in a 1x1 Conv2d with a bias")
+        final.bias.copy_(torch.from_numpy(_load_float_conv(final, packed, "decoder.stem.classifier")).float())
     return folded
 
 

@@ -151,10 +151,8 @@ class StemRefine(nn.Module):
         self.norm = nn.BatchNorm2d(decoder_channels + c)
         self.fuse = ConvBNReLU(ConvFactory(cfg), decoder_channels + c, cfg.stem_decoder_channels, 3)
         self.classifier = Classifier(cfg.stem_decoder_channels, cfg.num_classes, cfg.dropout)
-        final = self.classifier[-1]
-        assert isinstance(final, nn.Conv2d)
-        nn.init.zeros_(final.weight)
-        nn.init.zeros_(final.bias)
+        for p in self.classifier[-1].parameters():
+            nn.init.zeros_(p)
 
     def forward(self, fused: torch.Tensor, logits: torch.Tensor, stem: torch.Tensor) -> torch.Tensor:
         size = stem.shape[-2:]
