@@ -34,7 +34,7 @@ from seg_service import format as gnpk
 from .binary import BinaryConv2d, BinaryConvEnsemble, get_mode
 from .models import ModelConfig, model_name
 from .models.groupnet import BasicBranch, BottleneckBranch, GroupBlock, GroupNetEncoder
-from .models.heads import ASPPHead, FCNHead, PSPHead, SkipDecoder, StemRefine
+from .models.heads import ASPPHead, FCNHead, PSPHead, SkipDecoder, SkipJoin
 from .models.wrappers import GroupNetSegmentation
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -493,7 +493,7 @@ def export_psp_head(g: GraphBuilder, head: PSPHead, x: str) -> str:
     )
 
 
-def export_skip_join(g: GraphBuilder, stage: SkipDecoder | StemRefine, x: str, skip: str, prefix: str) -> str:
+def export_skip_join(g: GraphBuilder, stage: SkipJoin, x: str, skip: str, prefix: str) -> str:
     """Mirror a decoder stage's join: upsample ``x`` to the skip, float 1x1 projection + BN of the
     skip, concat, BN, binary 3x3 conv + BN + ReLU; returns the conv's output.
 

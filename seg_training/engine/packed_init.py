@@ -48,7 +48,7 @@ from ..data import read_image
 from ..data.errors import InputError
 from ..models import ModelConfig, create_model
 from ..models.groupnet import BasicBranch, GroupNetEncoder
-from ..models.heads import ASPPHead, FCNHead, PSPHead, SkipDecoder, StemRefine
+from ..models.heads import ASPPHead, FCNHead, PSPHead, SkipDecoder, SkipJoin
 from .checkpoint import FORMAT, VERSION, save_atomic
 
 LATENT = 0.05  # magnitude of the rebuilt latent binary weights
@@ -260,7 +260,7 @@ def _read_head(model: nn.Module, packed: gnpk.PackedFile) -> list[_Folded]:
     return folded
 
 
-def _read_skip_join(stage: SkipDecoder | StemRefine, packed: gnpk.PackedFile, prefix: str) -> list[_Folded]:
+def _read_skip_join(stage: SkipJoin, packed: gnpk.PackedFile, prefix: str) -> list[_Folded]:
     """A decoder stage's projection, joined-map BatchNorm and binary conv (export_skip_join's inverse).
 
     The exporter folded the stage's norm into an affine on the upsampled input's channels and into

@@ -103,30 +103,43 @@ class PSPHead(nn.Module):
         return self.classifier(self.bottleneck(torch.cat(pyramid, dim=1)))
 
 
-class SkipDecoder(nn.Module):
-    """DeepLabv3+-style decoder for coarse output strides: the context head's features, upsampled to
-    an early encoder stage, joined with a float 1x1 projection of that stage, one binary 3x3 conv,
-    the float classifier.
+class SkipJoin(nn.Module):
+    """One decoder stage: a map upsampled to an earlier, finer one, joined with a float 1x1
+    projection of that map, one binary 3x3 conv, the float classifier.
 
-    The head's features come out of a ReLU and the projection is left signed: a BatchNorm on the
+    The upsampled map comes out of a ReLU and the projection is left signed: a BatchNorm on the
     joined map re-centres every channel before the binary conv binarizes it, since sign() of a ReLU
     output is all +1 and would carry nothing.
     """
 
-    def __init__(self, cfg: ModelConfig, head_channels: int, skip_in: int, stem_in: int = 0) -> None:
+    def __init__(
+        self, cfg: ModelConfig, in_channels: int, skip_in: int, skip_channels: int, out: int
+    ) -> None:
         super().__init__()
-        c = cfg.skip_channels
+        c = skip_channels
         self.project = nn.Sequential(nn.Conv2d(skip_in, c, 1, bias=False), nn.BatchNorm2d(c))
-        self.norm = nn.BatchNorm2d(head_channels + c)
-        self.fuse = ConvBNReLU(ConvFactory(cfg), head_channels + c, cfg.decoder_channels, 3)
-        self.classifier = Classifier(cfg.decoder_channels, cfg.num_classes, cfg.dropout)
+        self.norm = nn.BatchNorm2d(in_channels + c)
+        self.fuse = ConvBNReLU(ConvFactory(cfg), in_channels + c, out, 3)
+        self.classifier = Classifier(out, cfg.num_classes, cfg.dropout)
+
+    def join(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """The binary conv's output (before the classifier) at the skip's resolution."""
+        x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        return self.fuse(self.norm(torch.cat([x, self.project(skip)], dim=1)))
+
+
+class SkipDecoder(SkipJoin):
+    """DeepLabv3+-style decoder for coarse output strides: the context head's features joined with an
+    early encoder stage (``skip_stage``), and optionally a second stage at the stem's stride."""
+
+    def __init__(self, cfg: ModelConfig, head_channels: int, skip_in: int, stem_in: int = 0) -> None:
+        super().__init__(cfg, head_channels, skip_in, cfg.skip_channels, cfg.decoder_channels)
         self.stem_refine: StemRefine | None = None
         if cfg.stem_skip_channels:
             self.stem_refine = StemRefine(cfg, cfg.decoder_channels, stem_in)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor, stem: torch.Tensor | None = None) -> torch.Tensor:
-        x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-        fused = self.fuse(self.norm(torch.cat([x, self.project(skip)], dim=1)))
+        fused = self.join(x, skip)
         logits = self.classifier(fused)
         if self.stem_refine is not None:
             if stem is None:
@@ -135,30 +148,22 @@ class SkipDecoder(nn.Module):
         return logits
 
 
-class StemRefine(nn.Module):
-    """The skip decoder's second stage, at the stem's stride 2: its features upsampled, joined with a
-    float 1x1 projection of the stem, one binary 3x3 conv and a classifier whose logits are added to
-    the first stage's upsampled logits.
+class StemRefine(SkipJoin):
+    """The skip decoder's second stage, at the stem's stride 2: the first stage's features joined
+    with the stem, and a classifier whose logits are added to the first stage's upsampled logits.
 
     The stage's classifier starts at zero, so the network it is added to predicts what it did and
     the stage learns only a correction: the fine edges the stride-4 map cannot place.
     """
 
     def __init__(self, cfg: ModelConfig, decoder_channels: int, stem_in: int) -> None:
-        super().__init__()
-        c = cfg.stem_skip_channels
-        self.project = nn.Sequential(nn.Conv2d(stem_in, c, 1, bias=False), nn.BatchNorm2d(c))
-        self.norm = nn.BatchNorm2d(decoder_channels + c)
-        self.fuse = ConvBNReLU(ConvFactory(cfg), decoder_channels + c, cfg.stem_decoder_channels, 3)
-        self.classifier = Classifier(cfg.stem_decoder_channels, cfg.num_classes, cfg.dropout)
+        super().__init__(cfg, decoder_channels, stem_in, cfg.stem_skip_channels, cfg.stem_decoder_channels)
         for p in self.classifier[-1].parameters():
             nn.init.zeros_(p)
 
     def forward(self, fused: torch.Tensor, logits: torch.Tensor, stem: torch.Tensor) -> torch.Tensor:
-        size = stem.shape[-2:]
-        x = F.interpolate(fused, size=size, mode="bilinear", align_corners=False)
-        coarse = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-        return coarse + self.classifier(self.fuse(self.norm(torch.cat([x, self.project(stem)], dim=1))))
+        coarse = F.interpolate(logits, size=stem.shape[-2:], mode="bilinear", align_corners=False)
+        return coarse + self.classifier(self.join(fused, stem))
 
 
 # A context head: its classifier is nn.Identity under a decoder (create_head).
