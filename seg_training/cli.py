@@ -202,6 +202,8 @@ def _check_data(argv: Sequence[str]) -> int:
 
 
 def _tune_parser() -> argparse.ArgumentParser:
+    from .export_cli import parse_test_time
+
     parser = argparse.ArgumentParser(
         prog="train-seg tune-postprocess",
         allow_abbrev=False,
@@ -237,6 +239,17 @@ def _tune_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--report", help="also write every candidate's scores as JSON to this file")
     parser.add_argument(
+        "--test-time",
+        action="append",
+        type=parse_test_time,
+        metavar="SPEC",
+        help="also choose the stored test-time augmentation: a candidate, as export-model's --test-time "
+        "(a JSON object like '{\"flip\": true, \"scales\": [1.0, 1.5]}', or 'none' for one pass); "
+        "repeat it for more. The post-processing is fitted for each candidate's passes and the file "
+        "written stores the candidate with the best held-out mIoU (with --folds), else the best fitted "
+        "mIoU; a table gives each candidate's score and pixel cost (default: keep the file's passes)",
+    )
+    parser.add_argument(
         "--no-filter",
         action="store_true",
         help="skip the guided-filter grid (its 18 candidates are most of the time on many-class models, "
@@ -248,20 +261,16 @@ def _tune_parser() -> argparse.ArgumentParser:
 
 def _tune(argv: Sequence[str]) -> int:
     args, rest = _tune_parser().parse_known_args(argv)
-    from .engine.postprocess_tuning import tune_postprocess
+    from .engine.postprocess_tuning import choose_test_time, tune_postprocess
 
-    tune_postprocess(
-        args.packed,
-        find_config(args.config),
-        _overrides(args, rest),
-        args.out,
-        args.threads,
-        args.limit,
-        args.report,
-        filters=not args.no_filter,
-        split=args.split,
-        folds=args.folds,
+    config, overrides = find_config(args.config), _overrides(args, rest)
+    fit = dict(
+        threads=args.threads, limit=args.limit, filters=not args.no_filter, split=args.split, folds=args.folds
     )
+    if args.test_time:
+        choose_test_time(args.packed, config, overrides, args.out, args.test_time, report=args.report, **fit)
+    else:
+        tune_postprocess(args.packed, config, overrides, args.out, report=args.report, **fit)
     return 0
 
 

@@ -27,6 +27,19 @@ class Augmentation:
         """Network passes per image."""
         return len(self.scales) * (2 if self.flip else 1)
 
+    @property
+    def pixel_cost(self) -> float:
+        """Pixels the passes run the network on, relative to one pass at scale 1: about their time."""
+        return sum(s * s for s in self.scales) * (2 if self.flip else 1)
+
+    def describe(self) -> str:
+        """'4 passes: scales 1, 1.5 + flip', '1 pass: scale 1'."""
+        listed = ", ".join(f"{s:g}" for s in self.scales)
+        plural = "es" if self.passes > 1 else ""
+        return f"{self.passes} pass{plural}: scale{'s' if len(self.scales) > 1 else ''} {listed}" + (
+            " + flip" if self.flip else ""
+        )
+
     def to_json(self) -> dict[str, Any]:
         return {"flip": self.flip, "scales": list(self.scales)}
 

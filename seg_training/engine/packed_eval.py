@@ -107,8 +107,7 @@ def evaluate_packed(
     scores["median_ms_per_image"] = 1000 * statistics.median(seconds)
     scores["flip"] = tta.flip
     scores["scales"] = list(tta.scales)
-    listed = ", ".join(f"{s:g}" for s in tta.scales)
-    passes = f" ({tta.passes} passes: scales {listed}{' + flip' if tta.flip else ''})"
+    passes = f" ({tta.describe()})"
     print(
         f"{model_path}: {len(val_set)} val images at full size through the packed runtime"
         f"{passes if tta.passes > 1 else ''}, "

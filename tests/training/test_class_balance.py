@@ -29,6 +29,7 @@ from seg_training.engine.postprocess_tuning import (
     fold_blocks,
 )
 from seg_training.engine.trainer import resolve_class_weights
+from seg_training.export import repack_model
 
 CAMVID = TEST_DATA / "camvid"
 CAMVID_CLASSES = "sky,building,pole,road,pavement,tree,signsymbol,fence,car,pedestrian,bicyclist"
@@ -298,6 +299,65 @@ def test_tuning_on_the_validation_split_reports_a_held_out_estimate(tmp_path):
     # the in-sample fit is what the file stores, and it is never below its own held-out estimate here
     assert load_model(out).postprocess["logit_bias"] == report["best"]["bias"]
     assert report["best"]["miou"] >= held["fitted"]["miou"]
+
+
+def test_test_time_candidates_are_each_fitted_and_the_best_held_out_is_written(tmp_path):
+    """``--test-time`` twice: each candidate's scores are those of a plain tune-postprocess of the file
+    repacked with its passes, and the file written stores the candidate with the best held-out mIoU:
+    its passes and its biases. No candidate file is left behind."""
+    shipped = REPO / "weights" / "camvid.gnpk"
+    common = ["--config", "camvid_w05k4", *[f"--{key}={value}" for key, value in camvid_overrides()]]
+    common += [
+        "--threads",
+        "1",
+        "--no-filter",
+        "--split",
+        "val",
+        "--folds",
+        "2",
+        "--output.progress",
+        "false",
+    ]
+    specs = [None, {"flip": False, "scales": [1.0, 1.5]}]
+    out, report_path = tmp_path / "chosen" / "camvid.gnpk", tmp_path / "report.json"
+    args = [
+        "tune-postprocess",
+        "--packed",
+        str(shipped),
+        *common,
+        "--out",
+        str(out),
+        "--report",
+        str(report_path),
+    ]
+    for spec in specs:
+        args += ["--test-time", "none" if spec is None else json.dumps(spec)]
+    assert train_seg_main(args) == 0
+    rows = json.loads(report_path.read_text())["test_time_candidates"]
+
+    alone = []
+    for index, spec in enumerate(specs):
+        repacked, report_alone = tmp_path / f"in{index}.gnpk", tmp_path / f"alone{index}.json"
+        repack_model(shipped, repacked, test_time=spec)
+        args = [
+            "tune-postprocess",
+            "--packed",
+            str(repacked),
+            *common,
+            "--out",
+            str(tmp_path / f"alone{index}.gnpk"),
+        ]
+        assert train_seg_main([*args, "--report", str(report_alone)]) == 0
+        alone.append(json.loads(report_alone.read_text()))
+    assert [row["held_out_miou"] for row in rows] == [a["held_out"]["fitted"]["miou"] for a in alone]
+    assert [row["miou"] for row in rows] == [a["best"]["miou"] for a in alone]
+    assert [row["passes"] for row in rows] == [1, 2] and rows[1]["pixel_cost"] == pytest.approx(3.25)
+    winner = int(np.argmax([row["held_out_miou"] for row in rows]))
+    assert [row["chosen"] for row in rows] == [index == winner for index in range(len(specs))]
+    written = load_model(out)
+    assert written.test_time.to_json() == rows[winner]["test_time"]
+    assert (written.postprocess or None) == alone[winner]["postprocess"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["camvid.gnpk"]
 
 
 @pytest.mark.parametrize("folds", ["1", "7"])

@@ -184,7 +184,7 @@ def test_packed_model_scored_through_the_runtime(packed_model_path, tmp_path, ca
         == 0
     )
     captured = capsys.readouterr()
-    assert "(2 passes: scales 1 + flip)" in captured.out
+    assert "(2 passes: scale 1 + flip)" in captured.out
     assert "packed eval" not in captured.err  # --output.progress false silences the progress bar
     model = load_model(packed_model_path)
     for path, flip in ((out, False), (flipped, True)):
