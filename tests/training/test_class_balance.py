@@ -307,29 +307,11 @@ def test_test_time_candidates_are_each_fitted_and_the_best_held_out_is_written(t
     its passes and its biases. No candidate file is left behind."""
     shipped = REPO / "weights" / "camvid.gnpk"
     common = ["--config", "camvid_w05k4", *[f"--{key}={value}" for key, value in camvid_overrides()]]
-    common += [
-        "--threads",
-        "1",
-        "--no-filter",
-        "--split",
-        "val",
-        "--folds",
-        "2",
-        "--output.progress",
-        "false",
-    ]
+    common += "--threads 1 --no-filter --split val --folds 2 --output.progress false".split()
     specs = [None, {"flip": False, "scales": [1.0, 1.5]}]
     out, report_path = tmp_path / "chosen" / "camvid.gnpk", tmp_path / "report.json"
-    args = [
-        "tune-postprocess",
-        "--packed",
-        str(shipped),
-        *common,
-        "--out",
-        str(out),
-        "--report",
-        str(report_path),
-    ]
+    args = ["tune-postprocess", "--packed", str(shipped), *common, "--out", str(out)]
+    args += ["--report", str(report_path)]
     for spec in specs:
         args += ["--test-time", "none" if spec is None else json.dumps(spec)]
     assert train_seg_main(args) == 0
@@ -339,15 +321,8 @@ def test_test_time_candidates_are_each_fitted_and_the_best_held_out_is_written(t
     for index, spec in enumerate(specs):
         repacked, report_alone = tmp_path / f"in{index}.gnpk", tmp_path / f"alone{index}.json"
         repack_model(shipped, repacked, test_time=spec)
-        args = [
-            "tune-postprocess",
-            "--packed",
-            str(repacked),
-            *common,
-            "--out",
-            str(tmp_path / f"alone{index}.gnpk"),
-        ]
-        assert train_seg_main([*args, "--report", str(report_alone)]) == 0
+        args = ["tune-postprocess", "--packed", str(repacked), *common, "--report", str(report_alone)]
+        assert train_seg_main([*args, "--out", str(tmp_path / f"alone{index}.gnpk")]) == 0
         alone.append(json.loads(report_alone.read_text()))
     assert [row["held_out_miou"] for row in rows] == [a["held_out"]["fitted"]["miou"] for a in alone]
     assert [row["miou"] for row in rows] == [a["best"]["miou"] for a in alone]
