@@ -208,7 +208,8 @@ def _tune_parser() -> argparse.ArgumentParser:
         prog="train-seg tune-postprocess",
         allow_abbrev=False,
         description="Fit a packed model's post-processing on the config's training images: an edge-aware "
-        "guided filter on the logits (radius, eps, clip from a small grid) and a decision bias (on the "
+        "guided filter on the logits (radius, eps, clip from a small grid; two-class models unless "
+        "--filter) and a decision bias (on the "
         "foreground for two-class models, one per class for more), chosen by mIoU through the packed "
         "runtime. Writes a copy of the model with the best "
         "one stored in it (graph and weights unchanged); the validation images are not used, so "
@@ -249,11 +250,20 @@ def _tune_parser() -> argparse.ArgumentParser:
         "written stores the candidate with the best held-out mIoU (with --folds), else the best fitted "
         "mIoU; a table gives each candidate's score and pixel cost (default: keep the file's passes)",
     )
-    parser.add_argument(
+    grid = parser.add_mutually_exclusive_group()
+    grid.add_argument(
         "--no-filter",
+        dest="filters",
+        action="store_false",
+        default=None,
+        help="skip the guided-filter grid: fit the bias only (the default for models of more than two "
+        "classes, where no filter paid on camvid and its 18 candidates were most of the run)",
+    )
+    grid.add_argument(
+        "--filter",
+        dest="filters",
         action="store_true",
-        help="skip the guided-filter grid (its 18 candidates are most of the time on many-class models, "
-        "whose thin classes a filter smooths away): fit the bias only",
+        help="try the guided-filter grid whatever the number of classes (default: two-class models only)",
     )
     _common_args(parser)
     return parser
@@ -265,7 +275,7 @@ def _tune(argv: Sequence[str]) -> int:
 
     config, overrides = find_config(args.config), _overrides(args, rest)
     fit = dict(
-        threads=args.threads, limit=args.limit, filters=not args.no_filter, split=args.split, folds=args.folds
+        threads=args.threads, limit=args.limit, filters=args.filters, split=args.split, folds=args.folds
     )
     if args.test_time:
         choose_test_time(args.packed, config, overrides, args.out, args.test_time, report=args.report, **fit)

@@ -25,6 +25,7 @@ from seg_training.engine.postprocess_tuning import (
     BIASES,
     _class_bias_confusions,
     _held_out_grid,
+    candidate_filters,
     fit_class_biases,
     fold_blocks,
 )
@@ -190,9 +191,10 @@ def test_fitted_biases_recover_a_class_the_scores_hold_back():
     assert iou(cm)[2] > iou(before)[2] + 0.3
 
 
-def test_tuning_a_multiclass_model_writes_class_biases_scored_by_the_runtime(tmp_path):
-    """The shipped camvid model tuned (bias only) on the six CamVid frames of tests/data: the biases
-    are chosen and the written file's own predict() gives exactly the reported per-class IoU."""
+def test_tuning_a_multiclass_model_writes_class_biases_scored_by_the_runtime(tmp_path, capsys):
+    """The shipped camvid model tuned on the six CamVid frames of tests/data, with no filter flag: a
+    model of 11 classes gets the bias only, the biases are chosen and the written file's own
+    predict() gives exactly the reported per-class IoU."""
     out, report_path = tmp_path / "camvid_tuned.gnpk", tmp_path / "report.json"
     code = train_seg_main(
         [
@@ -206,7 +208,6 @@ def test_tuning_a_multiclass_model_writes_class_biases_scored_by_the_runtime(tmp
             str(out),
             "--threads",
             "1",
-            "--no-filter",
             "--report",
             str(report_path),
             "--output.progress",
@@ -214,8 +215,9 @@ def test_tuning_a_multiclass_model_writes_class_biases_scored_by_the_runtime(tmp
         ]
     )
     assert code == 0
+    assert "11 classes: no guided-filter grid" in capsys.readouterr().out
     report = json.loads(report_path.read_text())
-    assert all(row["guided_filter"] is None for row in report["candidates"])  # --no-filter
+    assert all(row["guided_filter"] is None for row in report["candidates"])  # the many-class default
     best = report["best"]
     assert best["miou"] >= report["baseline"]["miou"]
     tuned = load_model(out)
@@ -228,6 +230,26 @@ def test_tuning_a_multiclass_model_writes_class_biases_scored_by_the_runtime(tmp
         cm += confusion_matrix(tuned.predict(read_image(image_path)), mask, 11, 255)
     iou = np.diag(cm) / np.maximum(cm.sum(0) + cm.sum(1) - np.diag(cm), 1) * 100
     np.testing.assert_allclose(iou, best["iou"], atol=1e-9)
+
+
+def test_filter_flag_tries_the_grid_on_a_multiclass_model(tmp_path):
+    """--filter scores every guided filter of the grid on a many-class model too (one frame)."""
+    report_path = tmp_path / "report.json"
+    args = ["tune-postprocess", "--packed", str(REPO / "weights" / "camvid.gnpk"), "--config", "camvid_w05k4"]
+    args += [f"--{key}={value}" for key, value in camvid_overrides()]
+    args += ["--out", str(tmp_path / "x.gnpk"), "--threads", "1", "--limit", "1", "--filter"]
+    assert train_seg_main([*args, "--report", str(report_path), "--output.progress", "false"]) == 0
+    filters = [row["guided_filter"] for row in json.loads(report_path.read_text())["candidates"]]
+    as_text = lambda spec: json.dumps(spec, sort_keys=True)  # noqa: E731
+    # a set: the fitted-bias row repeats the best filter
+    assert set(map(as_text, filters)) == set(map(as_text, candidate_filters()))
+
+
+def test_filter_flags_exclude_each_other(capsys):
+    args = ["tune-postprocess", "--packed", "x.gnpk", "--out", "y.gnpk", "--filter", "--no-filter"]
+    with pytest.raises(SystemExit):
+        train_seg_main(args)
+    assert "not allowed with argument" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- held-out estimate (--folds)
