@@ -209,8 +209,8 @@ def _tune_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
         description="Fit a packed model's post-processing on the config's training images: an edge-aware "
         "guided filter on the logits (radius, eps, clip from a small grid; two-class models unless "
-        "--filter) and a decision bias (on the "
-        "foreground for two-class models, one per class for more), chosen by mIoU through the packed "
+        "--filter) and a decision bias (on the foreground for two-class models, one per class for "
+        "more), chosen by mIoU through the packed "
         "runtime. Writes a copy of the model with the best "
         "one stored in it (graph and weights unchanged); the validation images are not used, so "
         "'train-seg eval --packed' on the result stays an honest score. --split val fits on images the "
