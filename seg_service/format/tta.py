@@ -34,11 +34,9 @@ class Augmentation:
 
     def describe(self) -> str:
         """'4 passes: scales 1, 1.5 + flip', '1 pass: scale 1'."""
-        listed = ", ".join(f"{s:g}" for s in self.scales)
-        plural = "es" if self.passes > 1 else ""
-        return f"{self.passes} pass{plural}: scale{'s' if len(self.scales) > 1 else ''} {listed}" + (
-            " + flip" if self.flip else ""
-        )
+        passes = f"{self.passes} pass" + ("es" if self.passes > 1 else "")
+        scales = ("scales " if len(self.scales) > 1 else "scale ") + ", ".join(f"{s:g}" for s in self.scales)
+        return f"{passes}: {scales}" + (" + flip" if self.flip else "")
 
     def to_json(self) -> dict[str, Any]:
         return {"flip": self.flip, "scales": list(self.scales)}

@@ -60,6 +60,11 @@ BIAS_PIXEL_STRIDE = 2
 BIAS_ROUNDS = 3
 
 
+def _check_out(model_path: str | Path, out: str | Path) -> None:
+    if Path(out).resolve() == Path(model_path).resolve():
+        raise InputError("--out must differ from --packed (the input file is never overwritten)")
+
+
 def filters_by_default(classes: int) -> bool:
     """Whether the guided-filter grid is tried unless told: for two-class models only. On camvid's
     11 classes no filter paid (docs/training.md): the grid's clips tie the centred logits of the
@@ -204,8 +209,7 @@ def tune_postprocess(
 
     if config_path is None:
         raise InputError("--config is required (it names the data the post-processing is fitted on)")
-    if Path(out).resolve() == Path(model_path).resolve():
-        raise InputError("--out must differ from --packed (the input file is never overwritten)")
+    _check_out(model_path, out)
     if folds == 1 or folds < 0:
         raise InputError(f"--folds must be 0 (no held-out estimate) or at least 2, not {folds}")
     config, model, progress = load_packed_with_config(model_path, config_path, overrides, threads, progress)
@@ -421,8 +425,7 @@ def choose_test_time(
 
     if not candidates:
         raise InputError("--test-time needs at least one candidate")
-    if Path(out).resolve() == Path(model_path).resolve():
-        raise InputError("--out must differ from --packed (the input file is never overwritten)")
+    _check_out(model_path, out)
     augmentations = []
     for spec in candidates:
         try:
