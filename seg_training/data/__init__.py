@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from .classification import ImageFolderDataset, scan_image_folder
-from .copy_paste import CopyPaste
+from .copy_paste import CopyPaste, Mix, PasteInPlace, chain
 from .errors import InputError, one_line
 from .io import read_image, read_mask
 from .labels import apply_label_map, build_label_map
@@ -51,9 +51,30 @@ def build_seg_dataset(data: dict[str, Any], split: str) -> SegmentationDataset:
     dataset = SegmentationDataset(
         pairs, table, len(classes), transform, description=what, teacher_dir=teacher_dir
     )
-    if split == "train" and float(data.get("copy_paste") or 0.0) > 0.0:
-        dataset.mix = CopyPaste(float(data["copy_paste"]), ignore_index=int(data["ignore_index"]))
+    if split == "train":
+        mixes: list[Mix] = []
+        if float(data.get("copy_paste") or 0.0) > 0.0:
+            mixes.append(CopyPaste(float(data["copy_paste"]), ignore_index=int(data["ignore_index"])))
+        paste_classes = data.get("paste_in_place") or []
+        if paste_classes and float(data.get("paste_in_place_p") or 0.0) > 0.0:
+            mixes.append(PasteInPlace(float(data["paste_in_place_p"]), class_indices(paste_classes, classes)))
+        if mixes:
+            dataset.mix = mixes[0] if len(mixes) == 1 else chain(*mixes)
     return dataset
+
+
+def class_indices(names: list[Any], classes: list[str]) -> list[int]:
+    """Indices of ``names`` (class names, or indices) among ``classes``; a clear error for an unknown one."""
+    out = []
+    for name in names:
+        if isinstance(name, int) and not isinstance(name, bool) and 0 <= name < len(classes):
+            out.append(name)
+        elif str(name) in classes:
+            out.append(classes.index(str(name)))
+        else:
+            known = ", ".join(classes)
+            raise InputError(f"data.paste_in_place: unknown class {name!r}; the classes are {known}")
+    return out
 
 
 def build_cls_dataset(

@@ -71,6 +71,10 @@ SEG_DEFAULTS: dict[str, Any] = {
         # (strong, with grey images and large hue turns more often: data/transforms.py)
         "augment": "basic",
         "copy_paste": 0.0,  # probability of pasting objects of class 1 from other training images
+        # classes (names or indices) whose objects are pasted from other training frames at their own
+        # place, for fixed-camera data (CamVid: pole, signsymbol, bicyclist), with this probability
+        "paste_in_place": [],
+        "paste_in_place_p": 0.5,
         # folder (under root, or a path) of a teacher's probability maps for loss.distill
         # (python -m seg_training.data.teacher_maps); null: none
         "teacher_dir": None,
