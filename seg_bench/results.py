@@ -227,9 +227,11 @@ def plot_examples(model_path: Path, pairs: list[tuple[np.ndarray, np.ndarray]], 
         pred = model.predict(rgb)
         palette = model.palette
         truth_rgb = np.where((truth == 255)[..., None], 0, palette[np.minimum(truth, len(palette) - 1)])
+        # two classes: the mask over the photo shows its edges; more: solid colours, as the labels
+        shown = (0.5 * rgb + 0.5 * palette[pred]).astype(np.uint8) if len(palette) == 2 else palette[pred]
         for ax, img, title in zip(
             row,
-            (rgb, truth_rgb, (0.5 * rgb + 0.5 * palette[pred]).astype(np.uint8)),
+            (rgb, truth_rgb, shown),
             ("image", "ground truth", "prediction (packed runtime)"),
             strict=True,
         ):
@@ -239,6 +241,48 @@ def plot_examples(model_path: Path, pairs: list[tuple[np.ndarray, np.ndarray]], 
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
+
+
+# Validation pictures of the shipped models: (model, [(config, data folder, overrides, indices)]).
+EXAMPLES: list[tuple[str, list[tuple[str, str, list[tuple[str, Any]], tuple[int, ...]]]]] = [
+    (
+        "person",
+        [
+            ("ccp_person_w05k4", "ccp", [], (3, 41)),
+            # the portraits' own test list (../shared/data/portraits/val.txt), labels 0/1 as stored
+            ("person", "portraits", [("data.layout", "folder"), ("data.val_split", "val.txt")], (10, 120)),
+        ],
+    ),
+    ("camvid", [("camvid_w05k4", "camvid", [], (5, 50, 90))]),
+]
+
+
+def plot_shipped_examples(
+    data: Path,
+    weights: Path,
+    out: Path,
+    examples: list[tuple[str, list[tuple[str, str, list[tuple[str, Any]], tuple[int, ...]]]]] = EXAMPLES,
+) -> list[Path]:
+    """<out>/examples_<model>.png: validation images, their labels and the shipped file's
+    prediction at its default settings (stored post-processing and passes included)."""
+    from seg_training.data import build_seg_dataset
+    from seg_training.engine.config import load_config
+
+    configs = REPO / "seg_training" / "configs"
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, sources in examples:
+        pairs = []
+        for config, folder, overrides, picks in sources:
+            cfg = load_config(
+                "seg", configs / f"{config}.yaml", [("data.root", str(data / folder)), *overrides]
+            )
+            val = build_seg_dataset(cfg["data"], "val")
+            pairs += [val.load(i) for i in picks]
+        path = out / f"examples_{name}.png"
+        plot_examples(weights / f"{name}.gnpk", pairs, path)
+        written.append(path)
+    return written
 
 
 def plot_tradeoff(rows: list[dict[str, Any]], size: str, out: Path) -> None:
@@ -298,7 +342,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", default=str(REPO / "docs"), help="writes <out>/img/*.png and <out>/results/results.json"
     )
+    parser.add_argument(
+        "--pictures",
+        action="store_true",
+        help="only redraw the shipped models' validation pictures (<out>/img/examples_*.png): "
+        "no accuracy runs, no timing",
+    )
     args = parser.parse_args(argv)
+    data, weights, out = Path(args.data), Path(args.weights), Path(args.out)
+    if args.pictures:
+        for path in plot_shipped_examples(data, weights, out / "img"):
+            print(path)
+        return 0
 
     import torch
 
@@ -307,7 +362,6 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     set_num_threads(args.threads)
-    data, weights, out = Path(args.data), Path(args.weights), Path(args.out)
     (out / "img").mkdir(parents=True, exist_ok=True)
     (out / "results").mkdir(parents=True, exist_ok=True)
     configs = REPO / "seg_training" / "configs"
@@ -368,21 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         out / "img" / "curves_camvid.png",
     )
 
-    # Validation examples.
-    from seg_training.data import build_seg_dataset
-    from seg_training.engine.config import load_config
-
-    for name, config, picks in (
-        ("person", "ccp_person_w05k4", (3, 41, 77)),
-        ("camvid", "camvid_w05k4", (5, 50, 90)),
-    ):
-        cfg = load_config(
-            "seg", configs / f"{config}.yaml", [("data.root", str(data / config.split("_")[0]))]
-        )
-        val = build_seg_dataset(cfg["data"], "val")
-        plot_examples(
-            weights / f"{name}.gnpk", [val.load(i) for i in picks], out / "img" / f"examples_{name}.png"
-        )
+    plot_shipped_examples(data, weights, out / "img")
 
     # Ablation and the full-precision alternatives: accuracy from the runs, latency measured here.
     abl_gnpk = Path(args.ablation_gnpk) if args.ablation_gnpk else None
