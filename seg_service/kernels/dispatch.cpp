@@ -250,10 +250,11 @@ constexpr int64_t kPairedMaxDilation = 4;
 constexpr double kMinParallelMacs = 16e6;
 // Inputs of at least this many bytes are packed / padded on all threads.
 constexpr int64_t kMinParallelInputBytes = int64_t{1} << 20;
-// Nibble-split inputs (avx2) of at least this many bytes are written on all threads of a parallel
-// call: the helpers are awake for the conv anyway. On one thread, the split of a 66x82 padded
-// 80-channel map and the paired, split words of a 32-channel one took several percent of their
-// convs' time on two threads; smaller maps (person's 8x10 to 32x40) ran no faster split in two.
+// Nibble-split inputs (avx2) and paired-tap words (avx2 and avx512) of at least this many bytes are
+// written on all threads of a parallel call: the helpers are awake for the conv anyway. On one
+// thread, the split of a 66x82 padded 80-channel map and the paired words of a 32-channel one took
+// several percent of their convs' time on two threads (avx512, the person model at 320x240: about
+// 1 % of predict); smaller maps (person's 8x10 to 32x40) ran no faster split in two.
 constexpr int64_t kMinParallelSplitBytes = int64_t{64} << 10;
 
 // Pixels per sub-range of a chain: each base's tiles of the same output pixels follow each other
@@ -349,8 +350,7 @@ void run_conv(const uint64_t* a, const float* x, const PreparedWeights* const* p
         const uint64_t* src = in;
         uint64_t* dst = pair_words.data();
         const int64_t d = s.dilation;
-        const bool parallel = split_pairs ? padded_h * padded_w * 48 >= kMinParallelSplitBytes
-                                          : padded_h * padded_w * 24 >= kMinParallelInputBytes;
+        const bool parallel = padded_h * padded_w * (split_pairs ? 48 : 24) >= kMinParallelSplitBytes;
         parallel_for(parallel ? threads : 1, padded_h, [&](int64_t py) {
             const uint64_t* row = src + py * padded_w;
             const uint64_t* below = py + d < padded_h ? row + d * padded_w : nullptr;
