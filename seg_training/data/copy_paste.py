@@ -20,7 +20,39 @@ Loader = Callable[[int], tuple[np.ndarray, np.ndarray]]
 Mix = Callable[..., tuple[np.ndarray, np.ndarray]]
 
 
-class CopyPaste:
+class PasteFromOthers:
+    """A mix that, with probability ``probability``, takes 1..``max_sources`` other samples of the
+    data set and pastes something of each into the sample (``_paste``, in place on copies)."""
+
+    def __init__(self, probability: float, max_sources: int) -> None:
+        if not 0.0 <= probability <= 1.0:
+            raise ValueError(f"paste probability must be in [0, 1], got {probability}")
+        self.probability = probability
+        self.max_sources = max_sources
+
+    def __call__(
+        self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, load: Loader, size: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if size < 2 or rng.random() >= self.probability:
+            return image, mask
+        image, mask = image.copy(), mask.copy()
+        for _ in range(int(rng.integers(1, self.max_sources + 1))):
+            src_image, src_mask = load(int(rng.integers(size)))
+            self._paste(image, mask, src_image, src_mask, rng)
+        return image, mask
+
+    def _paste(
+        self,
+        image: np.ndarray,
+        mask: np.ndarray,
+        src_image: np.ndarray,
+        src_mask: np.ndarray,
+        rng: np.random.Generator,
+    ) -> None:
+        raise NotImplementedError
+
+
+class CopyPaste(PasteFromOthers):
     """With probability ``probability``, paste 1..``max_objects`` cut-outs of class ``label`` from
     other samples of the data set into the sample.
 
@@ -40,24 +72,10 @@ class CopyPaste:
         max_objects: int = 2,
         ignore_index: int = 255,
     ) -> None:
-        if not 0.0 <= probability <= 1.0:
-            raise ValueError(f"copy-paste probability must be in [0, 1], got {probability}")
-        self.probability = probability
+        super().__init__(probability, max_objects)
         self.label = label
         self.scale = scale
-        self.max_objects = max_objects
         self.ignore_index = ignore_index
-
-    def __call__(
-        self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, load: Loader, size: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        if size < 2 or rng.random() >= self.probability:
-            return image, mask
-        image, mask = image.copy(), mask.copy()
-        for _ in range(int(rng.integers(1, self.max_objects + 1))):
-            src_image, src_mask = load(int(rng.integers(size)))
-            self._paste(image, mask, src_image, src_mask, rng)
-        return image, mask
 
     def _paste(
         self,
@@ -104,7 +122,7 @@ class CopyPaste:
         mask[ty0:ty1, tx0:tx1][obj > 0] = cut_mask[obj > 0]
 
 
-class PasteInPlace:
+class PasteInPlace(PasteFromOthers):
     """With probability ``probability``, paste the objects of ``classes`` from 1..``max_sources``
     other training frames into the sample *where they stand in their own frame* (shifted sideways by
     at most ``max_shift`` of the width, the source mirrored half of the time).
@@ -128,27 +146,13 @@ class PasteInPlace:
         max_shift: float = 0.1,
         min_pixels: int = 16,
     ) -> None:
-        if not 0.0 <= probability <= 1.0:
-            raise ValueError(f"paste probability must be in [0, 1], got {probability}")
+        super().__init__(probability, max_sources)
         if not classes:
             raise ValueError("paste in place needs at least one class")
-        self.probability = probability
         self.classes = [int(c) for c in classes]
-        self.max_sources = max_sources
         self.keep = keep
         self.max_shift = max_shift
         self.min_pixels = min_pixels
-
-    def __call__(
-        self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, load: Loader, size: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        if size < 2 or rng.random() >= self.probability:
-            return image, mask
-        image, mask = image.copy(), mask.copy()
-        for _ in range(int(rng.integers(1, self.max_sources + 1))):
-            src_image, src_mask = load(int(rng.integers(size)))
-            self._paste(image, mask, src_image, src_mask, rng)
-        return image, mask
 
     def objects(self, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Boolean map of the objects taken from a source's labels."""
