@@ -56,8 +56,13 @@ def build_seg_dataset(data: dict[str, Any], split: str) -> SegmentationDataset:
         if float(data.get("copy_paste") or 0.0) > 0.0:
             mixes.append(CopyPaste(float(data["copy_paste"]), ignore_index=int(data["ignore_index"])))
         paste_classes = data.get("paste_in_place") or []
-        if paste_classes and float(data.get("paste_in_place_p") or 0.0) > 0.0:
-            mixes.append(PasteInPlace(float(data["paste_in_place_p"]), class_indices(paste_classes, classes)))
+        if isinstance(paste_classes, str):  # "pole,signsymbol" from a command line
+            paste_classes = [name.strip() for name in paste_classes.split(",") if name.strip()]
+        paste_p = float(data.get("paste_in_place_p") or 0.0)
+        if not 0.0 <= paste_p <= 1.0:
+            raise InputError(f"data.paste_in_place_p must be in [0, 1], got {paste_p}")
+        if paste_classes and paste_p > 0.0:
+            mixes.append(PasteInPlace(paste_p, class_indices(paste_classes, classes)))
         if mixes:
             dataset.mix = mixes[0] if len(mixes) == 1 else chain(*mixes)
     return dataset

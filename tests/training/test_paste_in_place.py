@@ -189,3 +189,10 @@ def test_unknown_class_is_a_clear_error():
     config = camvid_config(paste_in_place=["lamppost"])
     with pytest.raises(InputError, match="unknown class 'lamppost'.*sky, building, pole"):
         build_seg_dataset(config["data"], "train")
+
+
+def test_a_comma_list_names_the_classes_and_a_bad_probability_is_a_clear_error():
+    train = build_seg_dataset(camvid_config(paste_in_place="pole, bicyclist")["data"], "train")
+    assert isinstance(train.mix, PasteInPlace) and train.mix.classes == [POLE, BICYCLIST]
+    with pytest.raises(InputError, match=r"data.paste_in_place_p must be in \[0, 1\], got 1.5"):
+        build_seg_dataset(camvid_config(paste_in_place=["pole"], paste_in_place_p=1.5)["data"], "train")
