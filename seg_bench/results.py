@@ -244,7 +244,8 @@ def plot_examples(model_path: Path, pairs: list[tuple[np.ndarray, np.ndarray]], 
 
 
 # Validation pictures of the shipped models: (model, [(config, data folder, overrides, indices)]).
-EXAMPLES: list[tuple[str, list[tuple[str, str, list[tuple[str, Any]], tuple[int, ...]]]]] = [
+Examples = list[tuple[str, list[tuple[str, str, list[tuple[str, Any]], tuple[int, ...]]]]]
+EXAMPLES: Examples = [
     (
         "person",
         [
@@ -261,7 +262,7 @@ def plot_shipped_examples(
     data: Path,
     weights: Path,
     out: Path,
-    examples: list[tuple[str, list[tuple[str, str, list[tuple[str, Any]], tuple[int, ...]]]]] = EXAMPLES,
+    examples: Examples = EXAMPLES,
 ) -> list[Path]:
     """<out>/examples_<model>.png: validation images, their labels and the shipped file's
     prediction at its default settings (stored post-processing and passes included)."""

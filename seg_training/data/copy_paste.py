@@ -194,8 +194,10 @@ class PasteInPlace(PasteFromOthers):
                 obj[:, shift:] = False
         if not obj.any():
             return
-        alpha = cv2.GaussianBlur(obj.astype(np.float32), (3, 3), 0)[..., None]
-        image[:] = (alpha * src_image + (1.0 - alpha) * image + 0.5).astype(np.uint8)
+        alpha = cv2.GaussianBlur(obj.astype(np.float32), (3, 3), 0)
+        near = alpha > 0  # the objects and their blurred rim: the rest of the frame stays as it is
+        a = alpha[near][:, None]
+        image[near] = (a * src_image[near] + (1.0 - a) * image[near] + 0.5).astype(np.uint8)
         mask[obj] = src_mask[obj]
 
 
