@@ -122,6 +122,9 @@ SEG_DEFAULTS: dict[str, Any] = {
     # class_weights (cross-entropy only): null, "median_frequency" (SegNet's, from the training
     # masks) or one number per class
     # distill: weight of a distillation term against data.teacher_dir's soft targets (metrics.py)
+    # ohem_thresh: null, or online hard example mining for the cross-entropy: only pixels whose
+    # probability of their own class is at most this count, and at least ohem_min_kept of the
+    # labelled pixels (a fraction, least certain first)
     "loss": {
         "ce": 1.0,
         "dice": 0.0,
@@ -129,6 +132,8 @@ SEG_DEFAULTS: dict[str, Any] = {
         "label_smoothing": 0.0,
         "class_weights": None,
         "distill": 0.0,
+        "ohem_thresh": None,
+        "ohem_min_kept": 0.0625,
     },
     "eval": {
         "every": 1,  # epochs between validations
@@ -450,6 +455,14 @@ def _check_values(config: dict[str, Any]) -> None:
                 "loss.distill needs data.teacher_dir, a folder of teacher maps "
                 "(python -m seg_training.data.teacher_maps)"
             )
+        ohem = config["loss"].get("ohem_thresh")
+        if ohem is not None and (
+            not isinstance(ohem, (int, float)) or isinstance(ohem, bool) or not 0 < ohem <= 1
+        ):
+            raise ConfigError(f"loss.ohem_thresh must be null or a number in (0, 1], got {ohem!r}")
+        kept = config["loss"].get("ohem_min_kept", 0.0625)
+        if not isinstance(kept, (int, float)) or isinstance(kept, bool) or not 0 <= kept <= 1:
+            raise ConfigError(f"loss.ohem_min_kept must be a fraction in [0, 1], got {kept!r}")
         if distill > 0 and len(data["classes"]) != 2:
             raise ConfigError(
                 f"loss.distill needs two classes (its teacher maps give the probability of class 1), "

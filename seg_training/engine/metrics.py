@@ -27,6 +27,12 @@ class SegmentationLoss(nn.Module):
     stronger network is sure of and where it hesitates (near an outline, on hands and hair), which
     hard labels do not say. For the person model with MediaPipe as teacher it bought nothing at
     equal false alarms (docs/training.md).
+
+    ``ohem_thresh`` turns the cross-entropy into online hard example mining (as in the bootstrapped
+    losses of street-scene networks): it averages over the labelled pixels whose softmax probability
+    of their own class is below the threshold, and over at least ``ohem_min_kept`` of the labelled
+    pixels (a fraction; the least certain first), so the easy road and sky pixels stop drowning the
+    edges of thin objects once they are learnt. Class weights still weight the kept pixels.
     """
 
     def __init__(
@@ -38,12 +44,20 @@ class SegmentationLoss(nn.Module):
         label_smoothing: float = 0.0,
         class_weights: Sequence[float] | None = None,
         distill: float = 0.0,
+        ohem_thresh: float | None = None,
+        ohem_min_kept: float = 0.0625,
     ) -> None:
         super().__init__()
         if ce <= 0 and dice <= 0 and lovasz <= 0:
             raise ValueError("at least one of loss.ce, loss.dice, loss.lovasz must be positive")
         if distill < 0:
             raise ValueError(f"loss.distill must be >= 0, got {distill}")
+        if ohem_thresh is not None and not 0.0 < ohem_thresh <= 1.0:
+            raise ValueError(f"loss.ohem_thresh must be in (0, 1] or null, got {ohem_thresh}")
+        if not 0.0 <= ohem_min_kept <= 1.0:
+            raise ValueError(f"loss.ohem_min_kept must be in [0, 1], got {ohem_min_kept}")
+        self.ohem_thresh = ohem_thresh
+        self.ohem_min_kept = ohem_min_kept
         self.weights = {"ce": ce, "dice": dice, "lovasz": lovasz, "distill": distill}
         self.ignore_index = ignore_index
         weight = None if class_weights is None else torch.tensor(list(class_weights), dtype=torch.float32)
@@ -61,12 +75,43 @@ class SegmentationLoss(nn.Module):
         if self.weights["distill"] > 0 and teacher is not None:
             total = total + self.weights["distill"] * self.distillation(logits, target, teacher)
         if self.weights["ce"] > 0:
-            total = total + self.weights["ce"] * self.ce(logits, target)
+            ce = self.ce(logits, target) if self.ohem_thresh is None else self.hard_pixel_ce(logits, target)
+            total = total + self.weights["ce"] * ce
         if self.dice is not None:
             total = total + self.weights["dice"] * self.dice(logits, target)
         if self.lovasz is not None:
             total = total + self.weights["lovasz"] * self.lovasz(logits, target)
         return total
+
+    def hard_pixel_ce(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The (class-weighted) cross-entropy over the hard pixels only (``ohem_thresh``)."""
+        assert self.ohem_thresh is not None
+        per_pixel = F.cross_entropy(
+            logits,
+            target,
+            weight=self.ce.weight,
+            ignore_index=self.ignore_index,
+            label_smoothing=self.ce.label_smoothing,
+            reduction="none",
+        )
+        valid = target != self.ignore_index
+        count = int(valid.sum())
+        if count == 0:
+            return logits.new_zeros(())
+        with torch.no_grad():
+            safe_target = torch.where(valid, target, torch.zeros_like(target)).long()
+            p_true = F.softmax(logits, dim=1).gather(1, safe_target.unsqueeze(1)).squeeze(1)[valid]
+            threshold = torch.tensor(self.ohem_thresh, dtype=p_true.dtype, device=p_true.device)
+            min_kept = min(count, max(1, int(round(self.ohem_min_kept * count))))
+            # the min_kept-th least certain pixel: when fewer than min_kept pixels are below the
+            # threshold, it becomes the threshold
+            threshold = torch.maximum(threshold, p_true.kthvalue(min_kept).values)
+            keep = p_true <= threshold
+            pixel_weight = (
+                torch.ones_like(p_true) if self.ce.weight is None else self.ce.weight[target[valid].long()]
+            )
+            denominator = (pixel_weight * keep).sum().clamp(min=1e-12)
+        return (per_pixel[valid] * keep).sum() / denominator
 
     def distillation(self, logits: torch.Tensor, target: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of the two-class softmax against the teacher's probabilities, over
