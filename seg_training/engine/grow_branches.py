@@ -142,6 +142,8 @@ def grow_branches(
     k_old = int(cfg["k"])
     if k <= k_old or k % k_old:
         raise InputError(f"--k must be a multiple of the network's K = {k_old} larger than it, got {k}")
+    if cfg.get("stage_k"):
+        raise InputError("a network with model.stage_k (branches per stage) cannot grow to one K")
     if cfg.get("bpac_rates"):
         raise InputError("a network with explicit model.bpac_rates cannot grow (the rates name K branches)")
     grown_cfg = dataclasses.asdict(ModelConfig(**{**cfg, "k": k, "bpac_rates": None}))

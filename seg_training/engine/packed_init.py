@@ -363,6 +363,8 @@ def packed_checkpoint(
         if not 1 <= branches <= int(cfg["k"]):
             raise InputError(f"--branches must be in 1..{cfg['k']} for {packed_path}, got {branches}")
         cfg.update(k=branches, bpac_rates=None)
+        if cfg.get("stage_k") is not None:
+            cfg["stage_k"] = [min(branches, int(k)) for k in cfg["stage_k"]]
     model = create_model(ModelConfig.from_dict(cfg))
     folded = load_packed_encoder(model, packed)
     if scope == "all":

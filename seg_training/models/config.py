@@ -33,6 +33,9 @@ class ModelConfig:
 
     arch: "groupnet_resnet18" | "groupnet_resnet34" | "groupnet_resnet50".
     k: number of binary branches (bases) per group; for layer-wise decomposition, binary convs per conv.
+    stage_k: None, or Group-Net's branches per stage (layer1..layer4), in place of K everywhere: fewer
+        where the maps are largest (layer1 at stride 4 is a third of a webcam network's binary work).
+        A block whose predecessor has another branch count takes the plain aggregate (no gate).
     decomposition: "group" (Group-Net) or "layer" (each conv rebuilt by K binary convs; baseline).
     precision: "binary", or "full" for the full-precision network on the same code.
     aggregation: "learned" per-branch scales (conference version) or plain "mean" (journal version).
@@ -63,6 +66,7 @@ class ModelConfig:
     task: str = "seg"
     num_classes: int = 21
     k: int = 5
+    stage_k: tuple[int, int, int, int] | None = None
     decomposition: str = "group"
     precision: str = "binary"
     aggregation: str = "learned"
@@ -112,10 +116,22 @@ class ModelConfig:
                 "model.stem_skip_channels needs model.decoder 'skip' and model.stem 'conv7_pool' "
                 "(the stage refines the skip decoder at the stem's stride 2)"
             )
+        if self.stage_k is not None:
+            ks = tuple(self.stage_k)
+            if len(ks) != 4 or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in ks):
+                raise ValueError(
+                    f"model.stage_k must be 4 integers >= 1 (layer1..layer4), got {self.stage_k!r}"
+                )
+            if self.decomposition != "group":
+                raise ValueError("model.stage_k applies to Group-Net (model.decomposition 'group') only")
+            self.stage_k = ks  # type: ignore[assignment]
         if self.bpac_rates is not None:
             l3, l4 = (tuple(int(r) for r in rates) for rates in self.bpac_rates)
-            if len(l3) != self.k or len(l4) != self.k:
-                raise ValueError(f"model.bpac_rates needs {self.k} rates per layer, got {self.bpac_rates}")
+            k3, k4 = self.stage_branches()[2:]
+            if len(l3) != k3 or len(l4) != k4:
+                raise ValueError(
+                    f"model.bpac_rates needs {k3} and {k4} rates (layer3, layer4), got {self.bpac_rates}"
+                )
             self.bpac_rates = (l3, l4)
         self.aspp_rates = tuple(int(r) for r in self.aspp_rates)  # type: ignore[assignment]
         self.psp_bins = tuple(int(b) for b in self.psp_bins)
@@ -129,6 +145,12 @@ class ModelConfig:
         """Parallel branches per block: K for Group-Net, 1 for layer-wise decomposition."""
         return self.k if self.decomposition == "group" else 1
 
+    def stage_branches(self) -> tuple[int, int, int, int]:
+        """Parallel branches per block of layer1..layer4: ``stage_k``, else ``branches`` in each."""
+        if self.stage_k is not None:
+            return self.stage_k
+        return (self.branches,) * 4  # type: ignore[return-value]
+
     def stage_widths(self) -> tuple[int, int, int, int]:
         return tuple(max(8, int(round(c * self.width))) for c in (64, 128, 256, 512))  # type: ignore[return-value]
 
@@ -136,6 +158,8 @@ class ModelConfig:
         d = dataclasses.asdict(self)
         d["aspp_rates"] = list(self.aspp_rates)
         d["psp_bins"] = list(self.psp_bins)
+        if self.stage_k is not None:
+            d["stage_k"] = list(self.stage_k)
         if self.bpac_rates is not None:
             d["bpac_rates"] = [list(r) for r in self.bpac_rates]
         return d

@@ -65,7 +65,10 @@ def model_name(cfg: ModelConfig) -> str:
     if cfg.precision == "full":
         parts.append("fp")
     else:
-        parts.append(f"k{cfg.k}" + ("_layerwise" if cfg.decomposition == "layer" else ""))
+        if cfg.stage_k is not None:
+            parts.append("k" + "".join(str(k) for k in cfg.stage_k))  # e.g. k1222: K = 1 in layer1 only
+        else:
+            parts.append(f"k{cfg.k}" + ("_layerwise" if cfg.decomposition == "layer" else ""))
     if cfg.task == "seg":
         if cfg.output_stride == 8 and cfg.bpac and cfg.branches > 1:
             parts.append("bpac")

@@ -171,18 +171,22 @@ class GroupNetEncoder(nn.Module):
         cin = widths[0]
         stages = []
         stage_channels: list[int] = []
+        stage_k = cfg.stage_branches()
         for i, (channels, depth) in enumerate(zip(widths, depths)):
             blocks: list[GroupBlock] = []
             for j in range(depth):
+                # a gate mixes each branch's input with its predecessor's same branch, so it needs
+                # a predecessor with as many branches
+                same_as_before = j > 0 or (i > 0 and stage_k[i - 1] == stage_k[i])
                 block = GroupBlock(
                     convs,
                     branch_cls,
                     cin,
                     channels,
                     stride=2 if (i > 0 and j == 0) else 1,
-                    branches=cfg.branches,
+                    branches=stage_k[i],
                     aggregation=cfg.aggregation,
-                    gated=cfg.gates and cfg.branches > 1 and (i, j) != (0, 0),
+                    gated=cfg.gates and stage_k[i] > 1 and same_as_before,
                 )
                 blocks.append(block)
                 cin = block.out_channels
@@ -202,16 +206,16 @@ class GroupNetEncoder(nn.Module):
 
     def stage_plan(self, output_stride: int) -> list[tuple[int, list[int]]]:
         """(stride of the first block, dilation per branch) for layer1..layer4."""
-        k = self.cfg.branches
-        plan = [(1, [1] * k), (2, [1] * k), (2, [1] * k), (2, [1] * k)]
+        k1, k2, k3, k4 = self.cfg.stage_branches()
+        plan = [(1, [1] * k1), (2, [1] * k2), (2, [1] * k3), (2, [1] * k4)]
         if output_stride == 16:
-            plan[3] = (1, [2] * k)
+            plan[3] = (1, [2] * k4)
         elif output_stride == 8:
-            if self.cfg.bpac and k > 1:
-                rates3, rates4 = self.cfg.bpac_rates or bpac_rates(k)
+            if self.cfg.bpac and k3 > 1 and k4 > 1:
+                rates3, rates4 = self.cfg.bpac_rates or (bpac_rates(k3)[0], bpac_rates(k4)[1])
                 plan[2], plan[3] = (1, list(rates3)), (1, list(rates4))
             else:
-                plan[2], plan[3] = (1, [2] * k), (1, [4] * k)
+                plan[2], plan[3] = (1, [2] * k3), (1, [4] * k4)
         elif output_stride != 32:
             raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
         return plan

@@ -7,7 +7,7 @@ from torch.overrides import TorchFunctionMode
 
 import seg_training.models  # noqa: F401  (registers the smp encoders)
 from seg_training.binary import BinaryConv2d, binary_convs, binary_param_count, get_mode, set_mode
-from seg_training.models import ModelConfig, bpac_rates, create_model
+from seg_training.models import ModelConfig, bpac_rates, create_model, model_name
 
 
 class ConvRecorder(TorchFunctionMode):
@@ -132,6 +132,36 @@ def test_explicit_bpac_rates_are_validated():
         ModelConfig(k=2, bpac_rates=((2, 3, 4), (5, 6, 7)))
     model = small(k=2, bpac_rates=((3, 5), (7, 9)))
     assert model.encoder.layer3[0].dilations == [3, 5] and model.encoder.layer4[1].dilations == [7, 9]
+
+
+def test_branches_per_stage():
+    """model.stage_k: K per stage; a gate only where the block before has as many branches."""
+    model = small(k=2, stage_k=[1, 2, 3, 2], output_stride=8)
+    counts = [[len(b.branches) for b in stage] for stage in model.encoder.stages]
+    assert counts == [[1, 1], [2, 2], [3, 3], [2, 2]]
+    gated = [[b.gate is not None for b in stage] for stage in model.encoder.stages]
+    assert gated == [[False, False], [False, True], [False, True], [False, True]]
+    # BPAC takes each stage's own count of rates
+    assert model.encoder.layer3[0].dilations == list(bpac_rates(3)[0])
+    assert model.encoder.layer4[0].dilations == list(bpac_rates(2)[1])
+    assert model_name(ModelConfig(k=2, stage_k=[1, 2, 3, 2])).startswith("groupnet_resnet18_k1232_")
+    assert ModelConfig(stage_k=[1, 2, 2, 2]).to_dict()["stage_k"] == [1, 2, 2, 2]
+    model(torch.randn(2, 3, 64, 64)).sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    # the same counts everywhere build the plain K network, key for key
+    same = small(k=2, stage_k=[2, 2, 2, 2])
+    assert same.state_dict().keys() == small(k=2).state_dict().keys()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [dict(stage_k=[1, 2, 2]), dict(stage_k=[0, 2, 2, 2]), dict(stage_k=[1, 2, 2, 2], decomposition="layer")],
+)
+def test_bad_branches_per_stage_are_clear_errors(bad):
+    with pytest.raises(ValueError, match="model.stage_k"):
+        ModelConfig(**bad)
+    with pytest.raises(ValueError, match="bpac_rates"):
+        ModelConfig(k=3, stage_k=[1, 2, 2, 2], bpac_rates=((2, 3, 4), (5, 6)))
 
 
 def test_baselines_on_the_same_code():

@@ -73,6 +73,12 @@ CONFIGS = {
         stem_skip_channels=8,
         stem_decoder_channels=16,
     ),
+    # Branches per stage (model.stage_k): one in layer1, where a webcam network's maps are largest,
+    # and at output stride 8 with BPAC different counts in layer3 and layer4.
+    "group_k1222_os32_aspp_skip1": dict(
+        k=2, stage_k=(1, 2, 2, 2), output_stride=32, head="aspp", decoder="skip", skip_stage=1
+    ),
+    "group_k1233_os8_aspp_bpac": dict(k=3, stage_k=(1, 2, 3, 2), output_stride=8, head="aspp"),
     # Bottleneck blocks (ResNet-50 layout).
     "group_k2_resnet50_os16_fcn": dict(
         arch="groupnet_resnet50", k=2, output_stride=16, head="fcn", width=0.125

@@ -88,6 +88,8 @@ def test_refusals():
     # BPAC gives every branch its own dilation: copies would run at other rates
     with pytest.raises(InputError, match="BPAC"):
         grow_branches(_checkpoint(k=2, output_stride=8, bpac=True, head="aspp"), 4)
+    with pytest.raises(InputError, match="stage_k"):
+        grow_branches(_checkpoint(**{**SKIP_OS32, "stage_k": (1, 2, 2, 2)}), 4)
 
 
 def test_cli(tmp_path, capsys):

@@ -88,6 +88,7 @@ def test_checkpoint_initialises_another_architecture(tmp_path):
     [
         dict(k=2, output_stride=32, head="aspp", decoder="skip"),  # the shipped person network's kind
         dict(k=2, output_stride=32, head="aspp", decoder="skip", stem_skip_channels=8),  # + the stem stage
+        dict(k=2, stage_k=(1, 2, 2, 2), output_stride=32, head="aspp", decoder="skip"),  # branches per stage
         dict(k=3, output_stride=8, head="aspp"),
         dict(k=2, output_stride=16, head="fcn"),
         dict(k=2, output_stride=8, head="psp"),
@@ -127,6 +128,18 @@ def test_whole_network_from_a_packed_file(config, tmp_path):
     with torch.no_grad():
         for i, got in enumerate(model(x)):
             assert_parity(got.permute(1, 2, 0).numpy(), want[i].permute(1, 2, 0).numpy(), rel_tol=1e-3)
+
+
+def test_fewer_branches_from_a_file_with_branches_per_stage(tmp_path):
+    export_model(
+        small_model(seed=8, k=3, stage_k=(1, 3, 3, 2), output_stride=32, head="fcn"), tmp_path / "m.gnpk"
+    )
+    ckpt = encoder_checkpoint(tmp_path / "m.gnpk", DATA / "ccp" / "images", count=4, size=64, branches=2)
+    assert ckpt["model_config"]["stage_k"] == [1, 2, 2, 2]
+    torch.save(ckpt, tmp_path / "enc.pt")
+    model = create_model(dict(ckpt["model_config"]))
+    assert "encoder" in init_weights(model, tmp_path / "enc.pt", "seg")
+    assert [len(stage[0].branches) for stage in model.encoder.stages] == [1, 2, 2, 2]
 
 
 def test_whole_network_scope_refuses_fewer_branches(tmp_path):
