@@ -155,11 +155,13 @@ class MediaPipeTimer:
         except OSError as exc:
             raise InputError(f"cannot run {python}: {exc.strerror}") from exc
 
-    def time(self, model: str, repeats: int) -> list[float]:
-        """ms of each of ``repeats`` ``process()`` calls of ``model`` (general | landscape)."""
+    def time(self, model: str, repeats: int, pace_ms: float = 0.0) -> list[float]:
+        """ms of each of ``repeats`` ``process()`` calls of ``model`` (general | landscape), each
+        after a pause of ``pace_ms`` (not timed)."""
         assert self._process.stdin is not None and self._process.stdout is not None
+        request = {"model": model, "repeats": repeats, "pace_ms": pace_ms}
         try:
-            self._process.stdin.write(json.dumps({"model": model, "repeats": repeats}) + "\n")
+            self._process.stdin.write(json.dumps(request) + "\n")
             self._process.stdin.flush()
         except BrokenPipeError:
             pass  # it has exited: its error is read below
@@ -365,8 +367,13 @@ def speed(
     rounds: int,
     repeats: int,
     threads: int,
+    pace_ms: float = 0.0,
 ) -> list[dict[str, Any]]:
-    """Median ms per call, rounds interleaved so every engine sees the same machine load."""
+    """Median ms per call, rounds interleaved so every engine sees the same machine load.
+
+    ``pace_ms`` > 0 pauses that long before every timed call, as frames come from a camera (33 ms
+    at 30 fps): between frames the engines' helper threads fall asleep and the cores' caches and
+    clocks go cold, which back-to-back calls never show."""
     import time
 
     import cv2
@@ -389,12 +396,14 @@ def speed(
         for _ in range(rounds):
             for name, model in models.items():
                 for _ in range(repeats):
+                    if pace_ms > 0:
+                        time.sleep(pace_ms / 1000.0)
                     start = time.perf_counter()
                     model.predict(frame)
                     times[name].append(1000.0 * (time.perf_counter() - start))
             if peer:
                 for m in MEDIAPIPE_MODELS:
-                    times[f"mediapipe selfie {m}"] += peer.time(m, repeats)
+                    times[f"mediapipe selfie {m}"] += peer.time(m, repeats, pace_ms)
     rows = [
         {
             "model": name,
@@ -435,6 +444,16 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
     return value
 
 
@@ -489,6 +508,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     spd.add_argument("--size", default="320x240", help="frame size WxH (default 320x240)")
     spd.add_argument("--rounds", type=int, default=5)
     spd.add_argument("--repeats", type=int, default=20)
+    spd.add_argument(
+        "--pace-ms",
+        type=_non_negative_float,
+        default=0.0,
+        metavar="MS",
+        help="pause this long before every timed call, as a camera paces frames (33 at 30 fps): "
+        "threads and caches go cold between frames, which back-to-back calls (the default, 0) hide",
+    )
     args = parser.parse_args(argv)
     try:
         if args.command == "accuracy":
@@ -536,9 +563,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.rounds,
                 args.repeats,
                 args.threads,
+                args.pace_ms,
             )
+            paced = f", one call every {args.pace_ms:g} ms + its own time" if args.pace_ms else ""
             print(
-                f"{'model':<34} {'median ms':>9}  per-round medians   ({args.size}, {args.threads} threads)"
+                f"{'model':<34} {'median ms':>9}  per-round medians   "
+                f"({args.size}, {args.threads} threads{paced})"
             )
             for r in rows:
                 print(

@@ -82,9 +82,11 @@ def _frame(image: str, size: tuple[int, int]):
     return cv2.resize(_read_rgb(image), size, interpolation=cv2.INTER_AREA)
 
 
-def _timed_calls(seg, frame, repeats: int) -> list[float]:
+def _timed_calls(seg, frame, repeats: int, pace_ms: float = 0.0) -> list[float]:
     ms = []
     for _ in range(repeats):
+        if pace_ms > 0:  # frames paced as a camera delivers them; the pause is not timed
+            time.sleep(pace_ms / 1000.0)
         start = time.perf_counter()
         seg.process(frame)
         ms.append(1000.0 * (time.perf_counter() - start))
@@ -108,7 +110,9 @@ def serve(image: str, size: tuple[int, int]) -> None:
             if model not in segmenters:
                 segmenters[model] = _segmenter(model)
                 segmenters[model].process(frame)  # warm-up: graph start and first inference
-            ms = _timed_calls(segmenters[model], frame, int(request["repeats"]))
+            ms = _timed_calls(
+                segmenters[model], frame, int(request["repeats"]), float(request.get("pace_ms", 0))
+            )
             print(json.dumps({"ms": ms}), flush=True)
     finally:
         for seg in segmenters.values():

@@ -304,6 +304,49 @@ def test_peer_timer_without_mediapipe_says_why_in_one_line():
         MediaPipeTimer("/nonexistent/python", str(DATA / "portraits/images/00002.jpg"), (160, 120))
 
 
+def test_paced_timing_pauses_between_calls_and_times_only_the_calls(capsys):
+    """compare speed --pace-ms: each timed call follows a pause, as camera frames do; the pause is
+    not in the figure. A bad value is a one-line error."""
+    import time
+
+    from seg_training.peers.compare import main, speed
+
+    weights = Path(__file__).resolve().parents[2] / "weights" / "person.gnpk"
+    image = str(DATA / "portraits/images/00002.jpg")
+    start = time.perf_counter()
+    paced = speed([str(weights)], None, image, (160, 120), 1, 4, 1, pace_ms=150.0)
+    elapsed = time.perf_counter() - start
+    assert paced[0]["calls"] == 4
+    assert elapsed >= 4 * 0.150  # the pauses happened ...
+    assert paced[0]["median_ms"] < 150.0  # ... and are not in the time of a call
+    for bad in ("-5", "soon"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["speed", "--packed", str(weights), "--pace-ms", bad])
+        assert exit_info.value.code == 2
+        assert f"--pace-ms: must be a number >= 0, got '{bad}'" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "speed",
+                "--packed",
+                str(weights),
+                "--size",
+                "96x64",
+                "--rounds",
+                "1",
+                "--repeats",
+                "2",
+                "--threads",
+                "1",
+                "--pace-ms",
+                "5",
+            ]
+        )
+        == 0
+    )
+    assert "one call every 5 ms + its own time" in capsys.readouterr().out
+
+
 def test_peer_ratio_is_the_median_of_the_rounds_ratios():
     """compare speed's ratio to MediaPipe: per round, ours over the peer's round median."""
     from seg_training.peers.compare import add_peer_ratios
