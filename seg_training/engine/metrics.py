@@ -30,7 +30,7 @@ class SegmentationLoss(nn.Module):
 
     ``ohem_thresh`` turns the cross-entropy into online hard example mining (as in the bootstrapped
     losses of street-scene networks): it averages over the labelled pixels whose softmax probability
-    of their own class is below the threshold, and over at least ``ohem_min_kept`` of the labelled
+    of their own class is at most the threshold, and over at least ``ohem_min_kept`` of the labelled
     pixels (a fraction; the least certain first), so the easy road and sky pixels stop drowning the
     edges of thin objects once they are learnt. Class weights still weight the kept pixels.
     """

@@ -70,7 +70,7 @@ def model_name(cfg: ModelConfig) -> str:
         else:
             parts.append(f"k{cfg.k}" + ("_layerwise" if cfg.decomposition == "layer" else ""))
     if cfg.task == "seg":
-        if cfg.output_stride == 8 and cfg.bpac and cfg.branches > 1:
+        if cfg.output_stride == 8 and cfg.bpac and min(cfg.stage_branches()[2:]) > 1:
             parts.append("bpac")
         parts += [f"os{cfg.output_stride}", cfg.head]
         if cfg.decoder == "skip":

@@ -144,7 +144,11 @@ def test_branches_per_stage():
     # BPAC takes each stage's own count of rates
     assert model.encoder.layer3[0].dilations == list(bpac_rates(3)[0])
     assert model.encoder.layer4[0].dilations == list(bpac_rates(2)[1])
-    assert model_name(ModelConfig(k=2, stage_k=[1, 2, 3, 2])).startswith("groupnet_resnet18_k1232_")
+    assert model_name(ModelConfig(k=2, stage_k=[1, 2, 3, 2])).startswith("groupnet_resnet18_k1232_bpac_os8")
+    # BPAC needs several branches in layer3 and layer4; with one there, both take plain dilation
+    plain = small(k=2, stage_k=[2, 2, 1, 2], output_stride=8)
+    assert plain.encoder.layer3[0].dilations == [2] and plain.encoder.layer4[0].dilations == [4, 4]
+    assert "bpac" not in model_name(ModelConfig(k=2, stage_k=[2, 2, 1, 2]))
     assert ModelConfig(stage_k=[1, 2, 2, 2]).to_dict()["stage_k"] == [1, 2, 2, 2]
     model(torch.randn(2, 3, 64, 64)).sum().backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
