@@ -455,12 +455,12 @@ def _check_values(config: dict[str, Any]) -> None:
                 "loss.distill needs data.teacher_dir, a folder of teacher maps "
                 "(python -m seg_training.data.teacher_maps)"
             )
-        ohem = config["loss"].get("ohem_thresh")
+        ohem = config["loss"]["ohem_thresh"]
         if ohem is not None and (
             not isinstance(ohem, (int, float)) or isinstance(ohem, bool) or not 0 < ohem <= 1
         ):
             raise ConfigError(f"loss.ohem_thresh must be null or a number in (0, 1], got {ohem!r}")
-        kept = config["loss"].get("ohem_min_kept", 0.0625)
+        kept = config["loss"]["ohem_min_kept"]
         if not isinstance(kept, (int, float)) or isinstance(kept, bool) or not 0 <= kept <= 1:
             raise ConfigError(f"loss.ohem_min_kept must be a fraction in [0, 1], got {kept!r}")
         if distill > 0 and len(data["classes"]) != 2:

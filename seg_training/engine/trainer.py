@@ -158,8 +158,8 @@ def build_criterion(config: dict[str, Any], class_weights: list[float] | None = 
             loss_cfg["label_smoothing"],
             class_weights,
             float(loss_cfg.get("distill") or 0.0),
-            None if loss_cfg.get("ohem_thresh") is None else float(loss_cfg["ohem_thresh"]),
-            float(loss_cfg.get("ohem_min_kept", 0.0625)),
+            None if loss_cfg["ohem_thresh"] is None else float(loss_cfg["ohem_thresh"]),
+            float(loss_cfg["ohem_min_kept"]),
         )
     return nn.CrossEntropyLoss(label_smoothing=float(loss_cfg["label_smoothing"]))
 
