@@ -5,7 +5,9 @@
 // time slice. Here items are claimed from atomic counters and a call returns as soon as all items
 // are *done*; a helper that wakes late finds nothing left and goes back to sleep. Each thread takes
 // the items of its own contiguous share first (the same share op after op, so it re-reads the rows
-// it wrote from its own cache), then what is left of the others'. It also needs no
+// it wrote from its own cache), then what is left of the others'. On Linux a helper woken from
+// sleep (after a pause between frames) is kept off the caller's current CPU, so that it does not
+// wait behind the caller there (threadpool.cpp, steer_sleeping_helpers). It also needs no
 // compiler flag and survives fork() (a child process just runs its items on the calling thread).
 #pragma once
 

@@ -6,7 +6,10 @@ their shares are taken over), nor on calls made from several Python threads at o
 
 from __future__ import annotations
 
+import os
 import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -87,3 +90,46 @@ def test_calls_from_several_python_threads_at_once() -> None:
     for t in workers:
         t.join()
     assert not failures
+
+
+def pool_helper_affinity(name: str) -> set[int] | None:
+    """The CPUs the kernels' pool thread ``name`` (seg-pool-N) may run on, or None if there is none."""
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            if (task / "comm").read_text().strip() != name:
+                continue
+            status = (task / "status").read_text()
+        except OSError:  # the thread ended while listing
+            continue
+        allowed = next(line for line in status.splitlines() if line.startswith("Cpus_allowed_list:"))
+        cpus: set[int] = set()
+        for part in allowed.split(":", 1)[1].strip().split(","):
+            first, _, last = part.partition("-")
+            cpus.update(range(int(first), int(last or first) + 1))
+        return cpus
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread affinity from Linux /proc")
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="steering needs two CPUs to choose from")
+@pytest.mark.usefixtures("threads")
+def test_a_helper_woken_after_a_pause_is_kept_off_the_callers_cpu() -> None:
+    """After a pause between frames the caller takes its current CPU out of the sleeping helper's
+    affinity before waking it (a helper left to wait behind the caller there took part in half the
+    calls of a paced frame). The rest of the caller's CPUs stay allowed: it is not pinning. And the
+    outputs stay those of one thread."""
+    call = sample_calls()[0]
+    kernels.set_num_threads(1)
+    expected = flatten(call())
+    kernels.set_num_threads(2)
+    caller_cpus = os.sched_getaffinity(0)
+    allowed = None
+    for _ in range(5):  # the helper sleeps once it has spun (well under a millisecond) with no call
+        time.sleep(0.2)
+        for got, ref in zip(flatten(call()), expected, strict=True):
+            np.testing.assert_array_equal(got, ref)
+        allowed = pool_helper_affinity("seg-pool-0")
+        if allowed is not None and allowed != caller_cpus:
+            break
+    assert allowed is not None, "no kernel pool thread named seg-pool-0"
+    assert allowed < caller_cpus and len(caller_cpus - allowed) == 1, (allowed, caller_cpus)
