@@ -5,6 +5,7 @@
     seg-bench all    [--quick] [--json FILE]          (both parts with their defaults; also: no subcommand)
     seg-bench postprocess [--packed weights/person.gnpk] [--sizes ...] [--repeats 40] [--json FILE]
     seg-bench ops [--packed FILE ...] [--size 320x240] [--threads 1,2] [--repeats 7] [--json FILE]
+    seg-bench as-avx2 [--keep-avx-vnni] -- CMD [ARGS...]   (CMD as on an AVX2-only CPU, every engine)
 
 **layers** (``seg_bench.layers``): one binary 3x3 convolution at ResNet-18 and segmentation
 shapes, float in to float out: our kernels (every ISA path) against PyTorch fp32 ``conv2d`` and
@@ -65,6 +66,7 @@ from seg_service.runtime import RunProfile, load_model, set_num_threads
 from seg_training.export import export_model
 from seg_training.models import ModelConfig, create_model, model_name
 
+from . import cpu_mask
 from . import layers as bench_layers
 
 DEFAULT_SIZES = ("512x512", "320x240")  # width x height
@@ -663,13 +665,14 @@ def build_parser() -> argparse.ArgumentParser:
         "  seg-bench model --sizes 512x512 --json model.json   # whole networks only\n"
         "  seg-bench all --json bench.json                      # both (also: plain seg-bench)\n"
         "  seg-bench ops --threads 1,2 --json ops.json          # runtime float ops vs PyTorch oneDNN\n"
+        "  seg-bench as-avx2 -- seg-bench model                 # every engine as on an AVX2-only CPU\n"
         "Each subcommand has its own --help; every one takes --json FILE. See docs/benchmarks.md\n"
         "for what each column means.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     from . import float_ops  # imported here: float_ops imports this module
 
-    sub = parser.add_subparsers(dest="part", metavar="{layers,model,all,postprocess,ops}")
+    sub = parser.add_subparsers(dest="part", metavar="{layers,model,all,postprocess,ops,as-avx2}")
     layers = sub.add_parser(
         "layers",
         help="one binary 3x3 conv at ResNet-18 and segmentation shapes",
@@ -722,15 +725,27 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     float_ops.add_arguments(ops)
+    as_avx2 = sub.add_parser(
+        "as-avx2",
+        help="run a command with AVX-512 hidden from every engine (an AVX2-only CPU's code paths)",
+        description=cpu_mask.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cpu_mask.add_arguments(as_avx2)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    if not argv or argv[0] not in ("layers", "model", "all", "postprocess", "ops", "-h", "--help"):
+    if not argv or argv[0] not in ("layers", "model", "all", "postprocess", "ops", "as-avx2", "-h", "--help"):
         argv = ["all", *argv]
     args = parser.parse_args(argv)
+    if args.part == "as-avx2":
+        try:
+            return cpu_mask.run_from_args(args)
+        except cpu_mask.CpuMaskError as error:
+            parser.error(str(error))
     command = " ".join(["seg-bench", *argv])
     output: dict[str, Any] = {"command": command}
     if args.part in ("layers", "all"):
