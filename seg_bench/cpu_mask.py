@@ -91,6 +91,24 @@ def masked_env(keep_avx_vnni: bool = False, base: dict[str, str] | None = None) 
     return env
 
 
+def active_description() -> str | None:
+    """What this process's CPUID hides, when it runs under ``seg-bench as-avx2``; else None.
+    (/proc/cpuinfo still lists every flag: it is the kernel's view, not CPUID's.)"""
+    if "hide_cpu_features-" not in os.environ.get("LD_PRELOAD", ""):
+        return None
+    keep = os.environ.get(KEEP_AVX_VNNI_ENV) == "1"
+    return "seg-bench as-avx2: AVX-512" + ("" if keep else " and AVX-VNNI") + " hidden from CPUID"
+
+
+def visible_flags(flags: list[str]) -> list[str]:
+    """``flags`` (names as /proc/cpuinfo spells them) less those CPUID hides in this process."""
+    description = active_description()
+    if description is None:
+        return flags
+    keep = os.environ.get(KEEP_AVX_VNNI_ENV) == "1"
+    return [f for f in flags if not f.startswith("avx512") and (keep or f != "avx_vnni")]
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--keep-avx-vnni",

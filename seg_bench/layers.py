@@ -42,6 +42,8 @@ import numpy as np
 
 from seg_service import kernels
 
+from . import cpu_mask
+
 KERNEL = 3
 TIMING_ROUNDS = 5  # repeats are split over this many rounds of per-engine blocks
 SETTLE_SECONDS = 0.05  # pause before each block with several threads (see time_in_blocks)
@@ -406,7 +408,8 @@ def cpu_model() -> str:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
                 if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                    masked = cpu_mask.active_description()
+                    return line.split(":", 1)[1].strip() + (f" [{masked}]" if masked else "")
     except OSError:
         pass
     return platform.processor() or platform.machine()
@@ -419,7 +422,7 @@ def cpu_flags(
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
                 if line.startswith("flags"):
-                    present = set(line.split(":", 1)[1].split())
+                    present = set(cpu_mask.visible_flags(line.split(":", 1)[1].split()))
                     return [flag for flag in wanted if flag in present]
     except OSError:
         pass

@@ -117,3 +117,15 @@ def test_the_command_line(shim_env: dict[str, str]) -> None:
     assert "avx512" not in done.stdout and "hidden from CPUID" in done.stderr
     missing = subprocess.run([*run], env=env, capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "no command given" in missing.stderr
+
+
+def test_reports_say_the_cpu_is_masked(shim_env: dict[str, str]) -> None:
+    """/proc/cpuinfo still lists AVX-512 under the mask; the benchmark headers must not."""
+    code = "from seg_bench import layers; print(layers.cpu_model()); print(' '.join(layers.cpu_flags()))"
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=shim_env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    model, flags = done.stdout.strip().splitlines()[-2:]
+    assert "[seg-bench as-avx2: AVX-512 and AVX-VNNI hidden from CPUID]" in model
+    assert "avx2" in flags.split() and not any(flag.startswith("avx512") for flag in flags.split())
