@@ -575,6 +575,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"{r['model']:<34} {r['median_ms']:9.2f}  "
                     + " ".join(f"{m:.1f}" for m in r["round_medians"])
                 )
+            from seg_service import kernels
+
+            info = kernels.dispatch_info()
+            print(
+                f"our kernels: {info['isa']} path (this CPU as seen by CPUID: "
+                f"{', '.join(info['available_isas'])}), popcount {info['popcount']}, "
+                f"integer stem {info['u8_dot']}"
+            )
             for r in rows:
                 if "ratio_to_peer" in r:
                     q = r["ratio_to_peer"]

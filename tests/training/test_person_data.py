@@ -344,7 +344,11 @@ def test_paced_timing_pauses_between_calls_and_times_only_the_calls(capsys):
         )
         == 0
     )
-    assert "one call every 5 ms + its own time" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "one call every 5 ms + its own time" in out
+    from seg_service import kernels
+
+    assert f"our kernels: {kernels.isa()} path" in out  # which code the figures are of
 
 
 def test_peer_ratio_is_the_median_of_the_rounds_ratios():
