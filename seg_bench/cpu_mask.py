@@ -79,14 +79,23 @@ def shim_path() -> Path:
     return target
 
 
+def hidden_in_child(env: dict[str, str]) -> bool:
+    """Whether a Python started with ``env`` finds no AVX-512 through our kernels' own CPUID check."""
+    probe = "from seg_service import kernels; print('avx512' in kernels.available_isas())"
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    return done.returncode == 0 and done.stdout.strip().endswith("False")
+
+
 def masked_env(keep_avx_vnni: bool = False, base: dict[str, str] | None = None) -> dict[str, str]:
     """A copy of ``base`` (default: this environment) whose processes see an AVX2-only CPU."""
     reason = unsupported_reason()
     if reason:
         raise CpuMaskError(reason)
     env = dict(os.environ if base is None else base)
-    preload = env.get("LD_PRELOAD", "")
-    env["LD_PRELOAD"] = f"{shim_path()} {preload}".strip()
+    shim = str(shim_path())
+    if " " in shim or ":" in shim:  # LD_PRELOAD splits on both
+        raise CpuMaskError(f"the shim's path {shim!r} has a space or colon; set XDG_CACHE_HOME elsewhere")
+    env["LD_PRELOAD"] = f"{shim} {env.get('LD_PRELOAD', '')}".strip()
     env[KEEP_AVX_VNNI_ENV] = "1" if keep_avx_vnni else "0"
     return env
 
@@ -124,6 +133,15 @@ def run_from_args(args: argparse.Namespace) -> int:
     if not command:
         raise CpuMaskError("no command given: seg-bench as-avx2 -- CMD [ARGS...]")
     env = masked_env(args.keep_avx_vnni)
+    from seg_service import kernels
+
+    if "avx512" not in kernels.available_isas():
+        print(
+            "seg-bench as-avx2: this CPU has no AVX-512 to hide; running the command as it is",
+            file=sys.stderr,
+        )
+    elif not hidden_in_child(env):
+        raise CpuMaskError("the CPUID shim did not take effect here (a seccomp filter or an old kernel?)")
     hidden = "AVX-512" if args.keep_avx_vnni else "AVX-512 and AVX-VNNI"
     print(f"seg-bench as-avx2: {hidden} hidden from CPUID for {command[0]} and its children", file=sys.stderr)
     try:
