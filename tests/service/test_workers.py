@@ -40,5 +40,9 @@ def test_two_workers_each_load_the_models_and_answer(packed_model_dir, tmp_path)
         assert len(loaded) == 2, log[-3000:]
         # --threads 2 split over 2 workers: one kernel thread each.
         assert len(re.findall(r"kernel threads per process: 1\b", log)) == 2, log[-3000:]
+        # ... and which code path the CPU gets (the test's environment is the server's).
+        from seg_service import kernels
+
+        assert len(re.findall(rf"kernel path {kernels.isa()} \(popcount \w+", log)) == 2, log[-3000:]
     finally:
         assert srv.stop() == 0
