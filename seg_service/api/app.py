@@ -45,7 +45,7 @@ def _validation_detail(exc: RequestValidationError) -> str:
     return _one_line("; ".join(parts) or "invalid request")
 
 
-def _configure_threads(threads: int) -> None:
+def _configure_kernels(threads: int) -> None:
     from seg_service import kernels
     from seg_service.runtime.threads import set_num_threads
 
@@ -71,7 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        _configure_threads(settings.threads)
+        _configure_kernels(settings.threads)
         registry = ModelRegistry(settings.model_dir, settings.default_model)
         registry.load_all()  # StartupRefused: a one-line error (OneLineStartupError), then uvicorn exits
         gate = InferenceGate(settings.max_in_flight, metrics)
