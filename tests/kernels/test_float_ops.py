@@ -306,6 +306,25 @@ def test_maxpool2d_matches_reference(isa: str, threads, h, w, c, k, stride, padd
     np.testing.assert_array_equal(got, reference.maxpool2d(x, k, stride, padding))
 
 
+@pytest.mark.parametrize("h, w, c", [(128, 160, 32), (6, 9, 8), (9, 11, 5)])
+def test_maxpool2d_keeps_numpys_nan_payloads_and_zero_signs(isa: str, threads, h, w, c) -> None:
+    """Bit for bit as numpy's maximum, tap by tap: of two NaNs in a window the first (its payload),
+    of +0 and -0 the first. Channel 0 holds NaNs of three payloads among finite values, channel 1
+    only zeros of either sign."""
+    kernels.set_num_threads(2)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((h, w, c)).astype(np.float32)
+    payloads = np.array([0x7FC00001, 0x7FC00002, 0xFFC00003], dtype=np.uint32).view(np.float32)
+    nan_at = rng.random((h, w)) < 0.3
+    x[..., 0][nan_at] = payloads[rng.integers(0, 3, nan_at.sum())]
+    x[..., 1] = np.where(rng.random((h, w)) < 0.5, np.float32(-0.0), np.float32(0.0))
+    got = kernels.maxpool2d(x, 3, 2, 1)
+    want = reference.maxpool2d(x, 3, 2, 1)
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+    assert len(np.unique(want[..., 0][np.isnan(want[..., 0])].view(np.uint32))) > 1  # payloads differ
+    assert np.signbit(want[..., 1]).any() and not np.signbit(want[..., 1]).all()  # both signs
+
+
 def test_maxpool2d_bad_arguments() -> None:
     with pytest.raises(ValueError, match="padding"):
         kernels.maxpool2d(np.zeros((4, 4, 1), np.float32), 3, 2, 2)
