@@ -335,11 +335,15 @@ struct PoolWindow {
 };
 
 #if defined(__x86_64__) || defined(_M_X64)
-SEGK_TARGET("avx512f") SEGK_ALWAYS_INLINE void maxpool_pixel_avx512(const PoolWindow& win, float* o) {
+// kRows, kCols > 0: a window of that fixed size, its tap loops unrolled (the 3x3 pools of a ResNet
+// stem away from the border: the variable-count loops cost the AVX2 path a third of its time).
+template <int kRows, int kCols>
+SEGK_TARGET("avx512f") SEGK_ALWAYS_INLINE void maxpool_taps_avx512(const PoolWindow& win, float* o) {
+    const int64_t rows = kRows > 0 ? kRows : win.rows, cols = kCols > 0 ? kCols : win.cols;
     for (int64_t k0 = 0; k0 < win.c; k0 += 16) {
         __m512 m = _mm512_loadu_ps(win.x + k0), f = m;
-        for (int64_t r = 0; r < win.rows; ++r)
-            for (int64_t q = (r == 0 ? 1 : 0); q < win.cols; ++q) {
+        for (int64_t r = 0; r < rows; ++r)
+            for (int64_t q = (r == 0 ? 1 : 0); q < cols; ++q) {
                 const __m512 v = _mm512_loadu_ps(win.x + r * win.row_stride + q * win.c + k0);
                 m = _mm512_max_ps(m, v);
                 f = _mm512_mask_mov_ps(f, _mm512_cmp_ps_mask(f, f, _CMP_ORD_Q), v);
@@ -348,17 +352,33 @@ SEGK_TARGET("avx512f") SEGK_ALWAYS_INLINE void maxpool_pixel_avx512(const PoolWi
     }
 }
 
-SEGK_TARGET("avx2") SEGK_ALWAYS_INLINE void maxpool_pixel_avx2(const PoolWindow& win, float* o) {
+template <int kRows, int kCols>
+SEGK_TARGET("avx2") SEGK_ALWAYS_INLINE void maxpool_taps_avx2(const PoolWindow& win, float* o) {
+    const int64_t rows = kRows > 0 ? kRows : win.rows, cols = kCols > 0 ? kCols : win.cols;
     for (int64_t k0 = 0; k0 < win.c; k0 += 8) {
         __m256 m = _mm256_loadu_ps(win.x + k0), f = m;
-        for (int64_t r = 0; r < win.rows; ++r)
-            for (int64_t q = (r == 0 ? 1 : 0); q < win.cols; ++q) {
+        for (int64_t r = 0; r < rows; ++r)
+            for (int64_t q = (r == 0 ? 1 : 0); q < cols; ++q) {
                 const __m256 v = _mm256_loadu_ps(win.x + r * win.row_stride + q * win.c + k0);
                 m = _mm256_max_ps(m, v);
                 f = _mm256_blendv_ps(f, v, _mm256_cmp_ps(f, f, _CMP_ORD_Q));
             }
         _mm256_storeu_ps(o + k0, _mm256_blendv_ps(m, f, _mm256_cmp_ps(f, f, _CMP_UNORD_Q)));
     }
+}
+
+SEGK_TARGET("avx512f") SEGK_ALWAYS_INLINE void maxpool_pixel_avx512(const PoolWindow& win, float* o) {
+    if (win.rows == 3 && win.cols == 3)
+        maxpool_taps_avx512<3, 3>(win, o);
+    else
+        maxpool_taps_avx512<0, 0>(win, o);
+}
+
+SEGK_TARGET("avx2") SEGK_ALWAYS_INLINE void maxpool_pixel_avx2(const PoolWindow& win, float* o) {
+    if (win.rows == 3 && win.cols == 3)
+        maxpool_taps_avx2<3, 3>(win, o);
+    else
+        maxpool_taps_avx2<0, 0>(win, o);
 }
 #endif
 
