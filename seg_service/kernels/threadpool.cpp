@@ -48,6 +48,7 @@ struct Helper {
     bool asleep = false;  // waiting on the condvar (guarded by Pool::mu_)
 #if defined(__linux__)
     pthread_t handle{};
+    cpu_set_t home;  // the CPUs it may use as created (its creator's affinity then)
 #endif
 };
 
@@ -99,6 +100,10 @@ private:
         while (static_cast<int>(helpers_.size()) < helpers) {
             auto helper = std::make_unique<Helper>();
             helper->index = static_cast<int>(helpers_.size());
+#if defined(__linux__)
+            CPU_ZERO(&helper->home);
+            if (sched_getaffinity(0, sizeof(helper->home), &helper->home) != 0) CPU_ZERO(&helper->home);
+#endif
             Helper* self = helper.get();
             std::thread thread([this, self] { helper_loop(*self); });
 #if defined(__linux__)
@@ -119,7 +124,9 @@ private:
     // waiting behind the caller on the caller's own CPU: measured on a 2-vCPU VM with 320x240 frames
     // 33 ms apart, it took part in 40-55 % of a frame's calls instead of 99 %, and two threads ran
     // slower than one. So before waking sleeping helpers, the caller takes its current CPU out of
-    // their affinity (the rest of the caller's own mask, so a process's CPU limits still hold).
+    // their affinity: the rest of the caller's own mask, so a process's CPU limits still hold; or,
+    // when the caller alone is held to that one CPU, the rest of the helper's mask as created, so that
+    // pinning the calling thread does not pin its helpers there too; with no other CPU, nothing.
     // One syscall per sleeping helper, only when one sleeps, so back-to-back calls pay nothing. The
     // mask is not pinning: it is set again at the next wake, from wherever the caller then runs.
     void steer_sleeping_helpers(int helpers) {
@@ -127,17 +134,23 @@ private:
         const int cpu = sched_getcpu();
         if (cpu < 0 || cpu >= CPU_SETSIZE) return;
         bool mask_read = false;
-        cpu_set_t mask;
+        cpu_set_t callers;
         for (int h = 0; h < helpers && h < static_cast<int>(helpers_.size()); ++h) {
-            if (!helpers_[h]->asleep) continue;
+            Helper& helper = *helpers_[h];
+            if (!helper.asleep) continue;
             if (!mask_read) {
-                CPU_ZERO(&mask);
-                if (sched_getaffinity(0, sizeof(mask), &mask) != 0) return;
-                // With one CPU left to the caller, helpers follow it there (as they would unsteered).
-                if (CPU_COUNT(&mask) > 1 && CPU_ISSET(cpu, &mask)) CPU_CLR(cpu, &mask);
+                CPU_ZERO(&callers);
+                if (sched_getaffinity(0, sizeof(callers), &callers) != 0) return;
+                CPU_CLR(cpu, &callers);
                 mask_read = true;
             }
-            pthread_setaffinity_np(helpers_[h]->handle, sizeof(mask), &mask);  // best effort
+            cpu_set_t mask = callers;
+            if (CPU_COUNT(&mask) == 0) {
+                mask = helper.home;
+                CPU_CLR(cpu, &mask);
+                if (CPU_COUNT(&mask) == 0) continue;  // one CPU in all: leave it be
+            }
+            pthread_setaffinity_np(helper.handle, sizeof(mask), &mask);  // best effort
         }
 #else
         (void)helpers;  // elsewhere helpers go wherever the OS puts them

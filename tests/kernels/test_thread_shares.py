@@ -133,3 +133,39 @@ def test_a_helper_woken_after_a_pause_is_kept_off_the_callers_cpu() -> None:
             break
     assert allowed is not None, "no kernel pool thread named seg-pool-0"
     assert allowed < caller_cpus and len(caller_cpus - allowed) == 1, (allowed, caller_cpus)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread affinity from Linux /proc")
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="steering needs two CPUs to choose from")
+@pytest.mark.usefixtures("threads")
+def test_a_caller_pinned_to_one_cpu_does_not_pin_its_helper_there() -> None:
+    """A calling thread held to one CPU (os.sched_setaffinity in that thread only) leaves no CPU of
+    its own mask to the helper: the helper then keeps the CPUs it was created with, less the
+    caller's, instead of joining the caller on its one CPU (two threads would then run slower than
+    one). The outputs stay those of one thread."""
+    call = sample_calls()[0]
+    kernels.set_num_threads(1)
+    expected = flatten(call())
+    kernels.set_num_threads(2)
+    call()  # the helper exists, created with this (the main) thread's CPUs
+    home = os.sched_getaffinity(0)
+    seen: dict[str, object] = {}
+
+    def pinned_caller() -> None:
+        cpu = min(home)
+        os.sched_setaffinity(0, {cpu})  # this thread only
+        for _ in range(5):
+            time.sleep(0.2)
+            seen["outputs_equal"] = all(
+                np.array_equal(g, r) for g, r in zip(flatten(call()), expected, strict=True)
+            )
+            seen["allowed"] = pool_helper_affinity("seg-pool-0")
+            if seen["allowed"] == home - {cpu}:
+                break
+        seen["cpu"] = cpu
+
+    worker = threading.Thread(target=pinned_caller)
+    worker.start()
+    worker.join()
+    assert seen["outputs_equal"] is True
+    assert seen["allowed"] == home - {seen["cpu"]}, seen
