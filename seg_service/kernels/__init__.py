@@ -25,7 +25,8 @@ a map or of the parts of a channel concat, and
 BatchNorm left standing; ``global_avgpool`` an image-pooling branch's mean; ``guided_coefficients``,
 ``guided_apply`` and ``half_logit_difference`` (the two-class filter's source) run a model's stored
 guided filter (runtime/refine.py); ``resize_area`` is the input's area resize and
-``normalize_image`` writes the network input (and the filter's guide) from the image.
+``normalize_image`` writes the network input (and the filter's guide) from the image,
+``image_guide`` the guide alone (for an integer stem, which reads the pixels themselves).
 ``reference.py`` is a plain numpy version of the same API that defines the expected results.
 """
 
@@ -52,6 +53,7 @@ from seg_service.kernels._core import (
     guided_apply,
     guided_coefficients,
     half_logit_difference,
+    image_guide,
     image_pixels,
     isa,
     lincomb_group,
@@ -87,6 +89,7 @@ __all__ = [
     "dispatch_info",
     "get_num_threads",
     "guided_apply",
+    "image_guide",
     "image_pixels",
     "guided_coefficients",
     "half_logit_difference",

@@ -668,6 +668,26 @@ py::object normalize_image(const py::handle& image_obj, const py::handle& scale_
     return run(checked<float>(image_obj, "image", 3));  // float32, or a dtype error naming float32
 }
 
+// image: uint8 or float32 [h, w, C]. Returns the guide [h, w, C] alone.
+py::array_t<float> image_guide(const py::handle& image_obj) {
+    SEGK_REQUIRE(py::isinstance<py::array>(image_obj), "image must be a numpy array");
+    const bool is_u8 = py::reinterpret_borrow<py::array>(image_obj).dtype().is(py::dtype::of<uint8_t>());
+    auto run = [&](auto image) -> py::array_t<float> {
+        const int64_t h = image.shape(0), w = image.shape(1), c = image.shape(2);
+        SEGK_REQUIRE(h >= 1 && w >= 1 && c >= 1, "image must be a non-empty [H, W, C] image, got " + shape_str(image));
+        py::array_t<float> guide({h, w, c});
+        const auto* ip = image.data();
+        float* gp = guide.mutable_data();
+        {
+            py::gil_scoped_release release;
+            segk::image_guide(ip, h, w, c, gp);
+        }
+        return guide;
+    };
+    if (is_u8) return run(checked<uint8_t>(image_obj, "image", 3));
+    return run(checked<float>(image_obj, "image", 3));  // float32, or a dtype error naming float32
+}
+
 py::tuple guided_coefficients(const py::handle& guide_obj, const py::handle& src_obj, int64_t radius, double eps) {
     auto guide = checked<float>(guide_obj, "guide", 3);
     auto src = checked<float>(src_obj, "src", 3);
@@ -1065,6 +1085,9 @@ PYBIND11_MODULE(_core, m) {
           "The network input of an image uint8 or float32 [H, W, C]: float32 [padded_h, padded_w, C] = image * "
           "scale + offset (two float32 roundings, per channel) with zeros past H and W; with with_guide, also the "
           "guided filter's guide clip(image * float32(1 / 255), 0, 1) [H, W, C], from the same pass: (x, guide).");
+    m.def("image_guide", &image_guide, py::arg("image"),
+          "The guided filter's guide of an image uint8 or float32 [H, W, C] alone: clip(image * float32(1 / 255), "
+          "0, 1) [H, W, C], as normalize_image(..., with_guide=True) gives it, without the network input.");
     m.def("guided_coefficients", &guided_coefficients, py::arg("guide"), py::arg("src"), py::arg("radius"),
           py::arg("eps"),
           "Colour guided filter coefficients, window-averaged: guide float32 [H, W, 3], src [H, W, K] -> (a [H, W, "

@@ -52,7 +52,7 @@ struct NormalizeCall {
     const float* scale_row;   // [row_values]: scale repeated along the row, so the loop has no channel index
     const float* offset_row;  // [row_values]
     float inv_255;
-    float* x;                 // [padded_h, padded_w * channels]
+    float* x;                 // [padded_h, padded_w * channels], or nullptr: the guide alone
     int64_t padded_row_values;
     float* guide;             // [h, row_values] or nullptr
 };
@@ -61,19 +61,21 @@ template <typename T>
 SEGK_ALWAYS_INLINE void normalize_rows_body(const NormalizeCall<T>& c, int64_t r0, int64_t r1) {
     const int64_t n = c.row_values;
     for (int64_t y = r0; y < r1; ++y) {
-        float* __restrict dst = c.x + y * c.padded_row_values;
-        if (y >= c.h) {  // padding rows
-            std::fill(dst, dst + c.padded_row_values, 0.0f);
-            continue;
-        }
         const T* __restrict src = c.image + y * n;
-        const float* __restrict scale = c.scale_row;
-        const float* __restrict offset = c.offset_row;
-        for (int64_t i = 0; i < n; ++i) {
-            const float product = static_cast<float>(src[i]) * scale[i];
-            dst[i] = product + offset[i];
+        if (c.x != nullptr) {
+            float* __restrict dst = c.x + y * c.padded_row_values;
+            if (y >= c.h) {  // padding rows
+                std::fill(dst, dst + c.padded_row_values, 0.0f);
+                continue;
+            }
+            const float* __restrict scale = c.scale_row;
+            const float* __restrict offset = c.offset_row;
+            for (int64_t i = 0; i < n; ++i) {
+                const float product = static_cast<float>(src[i]) * scale[i];
+                dst[i] = product + offset[i];
+            }
+            std::fill(dst + n, dst + c.padded_row_values, 0.0f);
         }
-        std::fill(dst + n, dst + c.padded_row_values, 0.0f);
         if (c.guide != nullptr) {
             float* __restrict g = c.guide + y * n;
             const float inv = c.inv_255;
@@ -107,8 +109,11 @@ template <typename T>
 void normalize_image_impl(const T* image, int64_t h, int64_t w, int64_t channels, const float* scale,
                           const float* offset, int64_t padded_h, int64_t padded_w, float* x, float* guide) {
     const int64_t row_values = w * channels;
-    const std::vector<float> scale_row = channel_row(scale, row_values, channels);
-    const std::vector<float> offset_row = channel_row(offset, row_values, channels);
+    std::vector<float> scale_row, offset_row;  // read only for the network input
+    if (x != nullptr) {
+        scale_row = channel_row(scale, row_values, channels);
+        offset_row = channel_row(offset, row_values, channels);
+    }
     const NormalizeCall<T> call{image,          h, row_values, scale_row.data(), offset_row.data(),
                                 1.0f / 255.0f,  x, padded_w * channels, guide};
     const NormalizeFn<T> fn =
@@ -173,6 +178,16 @@ void normalize_image(const uint8_t* image, int64_t h, int64_t w, int64_t channel
 void normalize_image(const float* image, int64_t h, int64_t w, int64_t channels, const float* scale,
                      const float* offset, int64_t padded_h, int64_t padded_w, float* x, float* guide) {
     normalize_image_impl(image, h, w, channels, scale, offset, padded_h, padded_w, x, guide);
+}
+
+// The guide alone (an integer stem reads the u8 pixels, so no normalised copy is needed): the rows
+// of normalize_image with x == nullptr; scale and offset are then never read.
+void image_guide(const uint8_t* image, int64_t h, int64_t w, int64_t channels, float* guide) {
+    normalize_image_impl(image, h, w, channels, nullptr, nullptr, h, w, nullptr, guide);
+}
+
+void image_guide(const float* image, int64_t h, int64_t w, int64_t channels, float* guide) {
+    normalize_image_impl(image, h, w, channels, nullptr, nullptr, h, w, nullptr, guide);
 }
 
 }  // namespace segk

@@ -145,6 +145,10 @@ void normalize_image(const uint8_t* image, int64_t h, int64_t w, int64_t channel
                      const float* offset, int64_t padded_h, int64_t padded_w, float* x, float* guide);
 void normalize_image(const float* image, int64_t h, int64_t w, int64_t channels, const float* scale,
                      const float* offset, int64_t padded_h, int64_t padded_w, float* x, float* guide);
+// The guide alone, guide [h, w, channels] = clip(v * float32(1 / 255), 0, 1): normalize_image's
+// guide without the network input (an integer stem reads the u8 pixels themselves).
+void image_guide(const uint8_t* image, int64_t h, int64_t w, int64_t channels, float* guide);
+void image_guide(const float* image, int64_t h, int64_t w, int64_t channels, float* guide);
 
 // Colour guided filter coefficients, window-averaged (guided_filter.cpp): guide [h, w, 3], src
 // [h, w, k] -> a_out [h, w, k, 3], b_out [h, w, k], so that channel j's filtered value is

@@ -308,7 +308,13 @@ def normalize_image(
     inner += np.asarray(offset, dtype=np.float32)
     if not with_guide:
         return x
-    return x, np.clip(img * np.float32(1.0 / 255.0), 0.0, 1.0)
+    return x, image_guide(img)
+
+
+def image_guide(image: np.ndarray) -> np.ndarray:
+    """The guided filter's guide of an image [H, W, C] (uint8 or float32):
+    clip(image * float32(1 / 255), 0, 1)."""
+    return np.clip(np.asarray(image).astype(np.float32) * np.float32(1.0 / 255.0), 0.0, 1.0)
 
 
 def image_pixels(x: np.ndarray, pixel_scale: np.ndarray, pixel_zero: np.ndarray) -> np.ndarray:

@@ -221,10 +221,7 @@ class PackedModel:
         return kernels.normalize_image(image, self._scale, self._offset, ph, pw), (h, w), None
 
     def _guide(self, image: np.ndarray) -> np.ndarray:
-        _, guide = kernels.normalize_image(
-            image, self._scale, self._offset, *image.shape[:2], with_guide=True
-        )
-        return guide
+        return kernels.image_guide(image)
 
     def processed_logits(
         self, rgb: np.ndarray, flip: bool | None = None, scales: Sequence[float] | None = None

@@ -60,6 +60,41 @@ def test_normalize_image_from_float_equals_numpy(isa: str, h: int, w: int, c: in
     assert np.isnan(guide).sum() == np.isnan(image).sum()
 
 
+@pytest.mark.parametrize("h, w", SIZES)
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_image_guide_equals_normalize_images_guide(isa: str, threads, h: int, w: int, n_threads: int) -> None:
+    """The guide alone (what predict builds for an integer stem) is normalize_image's guide, bit for bit,
+    from u8 pixels and from a float image with values past 0..255 and NaN."""
+    kernels.set_num_threads(n_threads)
+    rgb = RNG.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    rgb[0, 0] = (0, 255, 128)
+    image = (RNG.standard_normal((h, w, 3)) * 200 + 100).astype(np.float32)
+    image.flat[::7] = np.nan
+    for src in (rgb, image):
+        got = kernels.image_guide(src)
+        assert got.shape == (h, w, 3) and got.dtype == np.float32
+        np.testing.assert_array_equal(got, reference.image_guide(src))
+        _, guide = kernels.normalize_image(src, SCALE, OFFSET, h, w, with_guide=True)
+        np.testing.assert_array_equal(got, guide)
+
+
+def test_image_guide_of_a_large_image_on_threads(threads) -> None:
+    rgb = RNG.integers(0, 256, (601, 1000, 3), dtype=np.uint8)
+    want = reference.image_guide(rgb)
+    for n_threads in (1, 2, 3):
+        kernels.set_num_threads(n_threads)
+        np.testing.assert_array_equal(kernels.image_guide(rgb), want)
+
+
+def test_image_guide_refuses_what_is_not_an_image() -> None:
+    with pytest.raises(ValueError, match="non-empty"):
+        kernels.image_guide(np.zeros((0, 4, 3), dtype=np.uint8))
+    with pytest.raises(ValueError):
+        kernels.image_guide(np.zeros((4, 4), dtype=np.uint8))
+    with pytest.raises(ValueError, match="numpy array"):
+        kernels.image_guide([[1, 2, 3]])
+
+
 def test_normalize_image_large_image_on_threads(threads) -> None:
     """Above the size where the rows are split over the threads (a 1080p-sized frame)."""
     rgb = RNG.integers(0, 256, (601, 1000, 3), dtype=np.uint8)
