@@ -458,6 +458,7 @@ def format_report(env: dict[str, Any], result: dict[str, Any]) -> str:
         f"{env['popcount']} ({env['popcount_source']}), integer stem {env.get('u8_dot', '-')}; "
         f"threads: kernels {env['kernel_threads']}, torch {env['torch_threads']}",
         "load average (1, 5, 15 min) at start: " + ", ".join(f"{v:.2f}" for v in env["load_average_start"]),
+        *([kernels.cpu_round_trip_note(*env["cpu_round_trip_ns"])] if "cpu_round_trip_ns" in env else []),
         f"model: {result['model']}  packed file {result['packed_file_mb']:.2f} MB, "
         f"float state dict {result['float_file_mb']:.2f} MB",
         *(f"note: {n}" for n in result["notes"]),
@@ -557,6 +558,7 @@ def _model_part(args: argparse.Namespace, parser: argparse.ArgumentParser) -> di
     )
     log = (lambda message: print(message, file=sys.stderr, flush=True)) if args.verbose else None
     load_start = load_average()
+    hand_off_start = kernels.cpu_round_trip_ns()
     result = run_model_benchmark(
         cfg,
         sizes,
@@ -572,6 +574,8 @@ def _model_part(args: argparse.Namespace, parser: argparse.ArgumentParser) -> di
     env = environment(args.threads)
     env["load_average_start"] = load_start
     env["load_average_end"] = load_average()
+    # the host's placement of the CPUs, which decides what a second thread buys (kernels.cpu_round_trip_note)
+    env["cpu_round_trip_ns"] = [hand_off_start, kernels.cpu_round_trip_ns()]
     result["targets"] = summarize_model_targets(result, args.threads)
     print(format_report(env, result))
     print()
@@ -626,12 +630,14 @@ def _postprocess_part(args: argparse.Namespace, parser: argparse.ArgumentParser)
         parser.error("--threads and --repeats must be >= 1")
     sizes = args.sizes or [parse_size(s) for s in ("320x240", "338x512", "512x512")]
     load_start = load_average()
+    hand_off_start = kernels.cpu_round_trip_ns()
     try:
         result = run_postprocess_benchmark(args.packed, sizes, args.repeats, args.threads)
     except (ValueError, OSError) as error:
         parser.error(str(error))
     env = environment(args.threads)
     env["load_average_start"], env["load_average_end"] = load_start, load_average()
+    env["cpu_round_trip_ns"] = [hand_off_start, kernels.cpu_round_trip_ns()]
     print(f"post-processing cost of {result['model']}: {json.dumps(result['postprocess'])}")
     print(
         f"PackedModel.predict on a photo, {args.threads} thread(s), "
@@ -651,6 +657,7 @@ def _postprocess_part(args: argparse.Namespace, parser: argparse.ArgumentParser)
         + " / "
         + ", ".join(f"{v:.2f}" for v in env["load_average_end"])
     )
+    print(kernels.cpu_round_trip_note(*env["cpu_round_trip_ns"]))
     return {"environment": env, "postprocess": result}
 
 

@@ -738,6 +738,7 @@ def run_from_args(args: argparse.Namespace, command: str) -> dict[str, Any]:
     if env["load_average_start"] and env["load_average_start"][0] > 0.5:
         print("WARNING: other processes are running; the figures are noisy")
     log = (lambda message: print(message, flush=True)) if args.verbose else None
+    hand_off_start = kernels.cpu_round_trip_ns()
     result = run_float_op_benchmark(
         args.packed,
         (h, w),
@@ -752,6 +753,7 @@ def run_from_args(args: argparse.Namespace, command: str) -> dict[str, Any]:
         log=log,
     )
     env["load_average_end"] = bench.load_average()
+    env["cpu_round_trip_ns"] = [hand_off_start, kernels.cpu_round_trip_ns()]
     result["targets"] = summarize_targets(result)
     print(
         f"\nfloat ops at {w}x{h}: medians of {args.repeats} samples per engine, ours and PyTorch "
@@ -771,6 +773,7 @@ def run_from_args(args: argparse.Namespace, command: str) -> dict[str, Any]:
     print()
     print("\n".join(result["targets"]))
     print("load average (1, 5, 15 min) at end: " + ", ".join(f"{v:.2f}" for v in env["load_average_end"]))
+    print(kernels.cpu_round_trip_note(*env["cpu_round_trip_ns"]))
     return {"environment": env, "command": command, "repeats": args.repeats, **result}
 
 

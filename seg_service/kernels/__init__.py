@@ -47,6 +47,7 @@ from seg_service.kernels._core import (
     conv1x1,
     conv2d_direct,
     conv2d_u8,
+    cpu_round_trip_ns,
     dispatch_info,
     get_num_threads,
     global_avgpool,
@@ -89,6 +90,7 @@ __all__ = [
     "dispatch_info",
     "get_num_threads",
     "guided_apply",
+    "cpu_round_trip_ns",
     "image_guide",
     "image_pixels",
     "guided_coefficients",
@@ -110,7 +112,21 @@ __all__ = [
     "set_popcount",
     "upsample_bilinear",
     "upsample_bilinear_bits",
+    "cpu_round_trip_note",
 ]
+
+
+def cpu_round_trip_note(before_ns: float, after_ns: float) -> str:
+    """A benchmark report's line on the CPU hand-off (``cpu_round_trip_ns``) measured before and after
+    its run: several hundred ns or more mean two dies or sockets (a VM's host moves its CPUs), where
+    a two-thread time may lose to one thread, so two-thread figures compare only at similar values."""
+    if before_ns != before_ns or after_ns != after_ns:  # NaN: a single CPU, or not Linux
+        return "CPU hand-off: not measured (one CPU, or not Linux)"
+    return (
+        f"CPU hand-off: {before_ns:.0f} ns before the run, {after_ns:.0f} ns after (a cache line's round "
+        "trip between two of this process's CPUs; two-thread times compare only at similar figures, and "
+        "a few hundred ns or more means two dies, where two threads can lose to one)"
+    )
 
 
 def _apply_environment() -> None:

@@ -1033,6 +1033,19 @@ PYBIND11_MODULE(_core, m) {
         "In-register ceilings of the ways to count bits on this core: [{'method', 'isa' (the kernel path it "
         "bounds: 'avx2' or 'avx512'), 'detail', 'gbmacs': [G binary MAC/s per repeat, by thread CPU time]}]; the "
         "avx2 methods need AVX2 + POPCNT, 'vpopcntq' AVX-512 VPOPCNTDQ (empty on a CPU with neither).");
+    m.def(
+        "cpu_round_trip_ns",
+        [](int64_t rounds, int batches) {
+            SEGK_REQUIRE(rounds >= 1 && rounds <= 10'000'000, "rounds must be in 1 .. 10000000");
+            SEGK_REQUIRE(batches >= 1 && batches <= 1000, "batches must be in 1 .. 1000");
+            py::gil_scoped_release release;
+            return segk::cpu_round_trip_ns(rounds, batches);
+        },
+        py::arg("rounds") = 20000, py::arg("batches") = 5,
+        "Nanoseconds for a cache line to go from this thread's CPU to another CPU this process may use and "
+        "back (median of `batches` means of `rounds` round trips): the least a hand-off between two kernel "
+        "threads costs. Low on two cores of one die, several times higher across dies or sockets (a VM's "
+        "host may move its CPUs between them). NaN with one CPU or off Linux.");
     py::class_<PyPreparedWeights>(
         m, "PreparedWeights",
         "Binary conv weights arranged once for the kernels (kernels.prepare_weights); pass it as `w` to the "

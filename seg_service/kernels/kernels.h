@@ -44,6 +44,11 @@ struct PopcountCeiling {
 };
 std::vector<PopcountCeiling> popcount_ceilings(const std::vector<std::string>& names, int repeats, double seconds);
 
+// Median over `batches` of the mean time, in ns, for a cache line to go from the calling thread's
+// CPU to another CPU the process may use and back (cpu_probe.cpp): what each hand-off of a
+// parallel call costs at least. NaN with a single CPU or off Linux.
+double cpu_round_trip_ns(int64_t rounds, int batches);
+
 // x: [pixels, channels] floats -> out: [pixels, ceil(channels / 64)] words, bit = 1 where x < 0.
 void pack_bits(const float* x, int64_t pixels, int64_t channels, uint64_t* out);
 // The same on the calling thread only (for callers that already split the work).

@@ -554,7 +554,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.sheet:
                 print(f"worst images of {rows[0]['model']}: {args.sheet}")
         else:
+            from seg_service import kernels
+
             w, h = (int(v) for v in args.size.lower().split("x"))
+            hand_off_before = kernels.cpu_round_trip_ns()
             rows = speed(
                 args.packed,
                 args.mediapipe_python,
@@ -575,14 +578,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"{r['model']:<34} {r['median_ms']:9.2f}  "
                     + " ".join(f"{m:.1f}" for m in r["round_medians"])
                 )
-            from seg_service import kernels
-
             info = kernels.dispatch_info()
             print(
                 f"our kernels: {info['isa']} path (this CPU as seen by CPUID: "
                 f"{', '.join(info['available_isas'])}), popcount {info['popcount']}, "
                 f"integer stem {info['u8_dot']}"
             )
+            print(kernels.cpu_round_trip_note(hand_off_before, kernels.cpu_round_trip_ns()))
             for r in rows:
                 if "ratio_to_peer" in r:
                     q = r["ratio_to_peer"]

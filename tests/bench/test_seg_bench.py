@@ -108,6 +108,7 @@ def test_model_part_with_shipped_model_and_memory(tmp_path, capsys, packed_model
     printed = capsys.readouterr().out
     assert "shipped person.gnpk (packed runtime)" in printed and f"no shipped model at {missing}" in printed
     assert "peak RSS MB" in printed and "profile:" in printed
+    assert "CPU hand-off: " in printed  # where the host placed the CPUs, beside the times
     data = json.loads(out.read_text())
     entry = data["model"]["sizes"][0]
     engines = [r["engine"] for r in entry["rows"]]
@@ -167,7 +168,7 @@ def test_postprocess_part_times_the_shipped_person_model_both_ways(tmp_path, cap
         == 0
     )
     text = capsys.readouterr().out
-    assert "| 64x48 |" in text and "paired difference" in text
+    assert "| 64x48 |" in text and "paired difference" in text and "CPU hand-off: " in text
     result = json.loads(out.read_text())
     assert result["command"].startswith("seg-bench postprocess")
     post = result["postprocess"]

@@ -349,6 +349,7 @@ def test_paced_timing_pauses_between_calls_and_times_only_the_calls(capsys):
     from seg_service import kernels
 
     assert f"our kernels: {kernels.isa()} path" in out  # which code the figures are of
+    assert "CPU hand-off: " in out  # and where the host placed the CPUs they ran on
 
 
 def test_peer_ratio_is_the_median_of_the_rounds_ratios():
