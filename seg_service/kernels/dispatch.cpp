@@ -246,8 +246,11 @@ constexpr int64_t kColumnRunCost = 4;
 // padding, which the paired steps compute while the per-region steps leave them out.
 constexpr int64_t kPairedMaxDilation = 4;
 
-// Below this many binary MACs (~15 us on one AVX-512 core) a call runs on the calling thread only.
-constexpr double kMinParallelMacs = 16e6;
+// Binary MACs per thread at least (~1-2 us on one core; threads_for): the person model's 1x1
+// stride-2 shortcuts go to two threads. With a single 16 M threshold (until the twenty-fifth
+// session) they and the small float ops ran on one; lowering them all made two-thread predict
+// 2-3 % faster (docs/benchmarks.md).
+constexpr double kMinMacsPerThread = 1e6;
 // Inputs of at least this many bytes are packed / padded on all threads.
 constexpr int64_t kMinParallelInputBytes = int64_t{1} << 20;
 // Nibble-split inputs (avx2) and paired-tap words (avx2 and avx512) of at least this many bytes are
@@ -275,8 +278,7 @@ void run_conv(const uint64_t* a, const float* x, const PreparedWeights* const* p
     const int64_t pixels = s.out_h * s.out_w;
     const double binary_macs =
         static_cast<double>(pixels) * static_cast<double>(bases * s.out_c * k * k * s.in_channels);
-    // Tiny calls stay on one thread: waking a helper costs more than it saves.
-    const int threads = binary_macs < kMinParallelMacs ? 1 : requested_threads;
+    const int threads = threads_for(binary_macs, kMinMacsPerThread, requested_threads);
 
     // 0. Row-packed tails (avx2, 3x3, the input's last word holding at most kTailRowBits channels,
     //    e.g. 80 channels = one full word and 16 channels): the lookup path spends as long on a
@@ -678,13 +680,16 @@ void pack_pixels(const float* x, int64_t pixels, int64_t channels, uint64_t* out
     g_kernels.load()->pack_pixels(x, pixels, channels, channels, out, words_for(channels));
 }
 
+// Float values per thread at least when sign-packing a map (threads_for).
+constexpr double kMinPackValuesPerThread = 1 << 14;
+
 void pack_pixels_strided(const float* x, int64_t pixels, int64_t channels, uint64_t* out, int64_t out_stride) {
     g_kernels.load()->pack_pixels(x, pixels, channels, channels, out, out_stride);
 }
 
 void pack_bits_strided(const float* x, int64_t pixels, int64_t channels, uint64_t* out, int64_t out_stride) {
     const IsaKernels& kern = *g_kernels.load();
-    const int threads = pixels * channels < (int64_t{1} << 18) ? 1 : g_threads.load();
+    const int threads = threads_for(static_cast<double>(pixels * channels), kMinPackValuesPerThread, g_threads.load());
     const int64_t chunk = 1024;
     parallel_for(threads, (pixels + chunk - 1) / chunk, [&](int64_t item) {
         const int64_t p0 = item * chunk, count = std::min(chunk, pixels - p0);
@@ -704,7 +709,7 @@ void pack_bits_concat(const float* const* parts, const int64_t* part_channels, i
     const int64_t words = words_for(channels);
     // Otherwise a chunk of pixels is gathered into a small scratch buffer (it stays in L1), then packed.
     const int64_t chunk = word_aligned ? 1024 : std::max<int64_t>(1, 4096 / channels);
-    const int threads = pixels * channels < (int64_t{1} << 18) ? 1 : g_threads.load();
+    const int threads = threads_for(static_cast<double>(pixels * channels), kMinPackValuesPerThread, g_threads.load());
     parallel_for(threads, (pixels + chunk - 1) / chunk, [&](int64_t item) {
         const int64_t p0 = item * chunk, count = std::min(chunk, pixels - p0);
         uint64_t* dst = out + p0 * words;

@@ -32,8 +32,8 @@ namespace {
 // Elements per work item: one chunk of every map of a group (up to ~12 maps for K = 5) stays in
 // the L1/L2 cache while the group's combinations read back the outputs they just wrote.
 constexpr int64_t kLincombChunk = 2048;
-// Below this many float operations a call stays on the calling thread.
-constexpr int64_t kMinParallelFlops = int64_t{1} << 19;
+// Float operations per thread at least (threads_for): 16 K of these ops take a few microseconds.
+constexpr double kMinFlopsPerThread = 1 << 15;
 
 struct LincombCall {
     const float* const* inputs;
@@ -97,11 +97,11 @@ void lincomb_chunk_scalar(const LincombCall& c, float* const* dst, int64_t e0, i
 }
 
 // Calls body(r0, r1) on consecutive ranges of output rows holding about `values_per_item` output
-// values each, over the kernels' threads unless the op is small (`work` under kMinParallelFlops).
+// values each, over as many of the kernels' threads as `work` float operations keep busy.
 template <typename Body>
 void for_row_ranges(int64_t rows, int64_t row_values, int64_t values_per_item, int64_t work, Body&& body) {
     const int64_t rows_per_item = std::max<int64_t>(1, values_per_item / std::max<int64_t>(1, row_values));
-    const int threads = work < kMinParallelFlops ? 1 : get_num_threads();
+    const int threads = threads_for(static_cast<double>(work), kMinFlopsPerThread, get_num_threads());
     parallel_for(threads, (rows + rows_per_item - 1) / rows_per_item, [&](int64_t item) {
         const int64_t r0 = item * rows_per_item;
         body(r0, std::min(rows, r0 + rows_per_item));
@@ -608,7 +608,7 @@ void argmax_scalar(const float* x, int64_t p0, int64_t p1, int64_t c, const floa
 }  // namespace
 
 void argmax_channels(const float* x, int64_t pixels, int64_t channels, const float* bias, uint8_t* out) {
-    const int threads = pixels * channels < kMinParallelFlops ? 1 : get_num_threads();
+    const int threads = threads_for(static_cast<double>(pixels * channels), kMinFlopsPerThread, get_num_threads());
     constexpr int64_t kPixelsPerItem = 4096;
     const ArgmaxFn fn = for_current_isa<ArgmaxFn>(argmax_avx512, argmax_avx2, argmax_scalar);
     parallel_for(threads, (pixels + kPixelsPerItem - 1) / kPixelsPerItem, [&](int64_t item) {
@@ -688,7 +688,7 @@ void lincomb_group(const float* const* inputs, int64_t n_inputs, float* const* o
     const ChunkFn fn = for_current_isa(lincomb_chunk_avx512, lincomb_chunk_avx2, lincomb_chunk_scalar);
     const int64_t n = pixels * channels;
     const int64_t flops = 2 * n * term_begin[n_outputs];
-    const int threads = flops < kMinParallelFlops ? 1 : get_num_threads();
+    const int threads = threads_for(static_cast<double>(flops), kMinFlopsPerThread, get_num_threads());
     const int64_t chunk = std::max<int64_t>(1, kLincombChunk / channels) * channels;
     const int64_t chunks = (n + chunk - 1) / chunk;
     parallel_for(threads, chunks, [&](int64_t item) {

@@ -406,9 +406,9 @@ void apply_rows_scalar(const ApplyCall& c, int64_t r0, int64_t r1, ApplyScratch&
     apply_rows_body<0>(c, r0, r1, s);
 }
 
-// Below this many output values the full-resolution step stays on the calling thread: the
-// two-class step costs a few nanoseconds per pixel, less than waking a helper for a 320x240 image.
-constexpr int64_t kMinParallelApplyValues = int64_t{1} << 19;
+// Output values per thread at least in the full-resolution step (threads_for). It runs right after
+// the network, whose calls leave the helpers awake: a 320x240 image's 150 K values go to two.
+constexpr double kMinApplyValuesPerThread = 1 << 15;
 
 // --- Two-class source --------------------------------------------------------------------------
 
@@ -477,7 +477,7 @@ void guided_apply(const float* coef, int64_t hl, int64_t wl, int64_t k, const fl
                          sources,      signs, bias,  channels,       out,
                          row_taps.data(), col_i0.data(), col_i1.data(), col_left_w.data(), col_right_w.data()};
     const ApplyRowsFn fn = for_current_isa<ApplyRowsFn>(apply_rows_avx512, apply_rows_avx2, apply_rows_scalar);
-    const int threads = h * w * channels < kMinParallelApplyValues ? 1 : get_num_threads();
+    const int threads = threads_for(static_cast<double>(h * w * channels), kMinApplyValuesPerThread, get_num_threads());
     // Each item spreads the low-res rows it needs once (two-class path): one item per thread's share
     // of rows, cut in a few pieces when several threads share them.
     const int64_t rows_per_item = threads == 1 ? h : std::max<int64_t>(8, h / (4 * threads));
@@ -498,7 +498,7 @@ void half_logit_difference(const float* scores, int64_t pixels, float clip, floa
     const HalfDiffFn fn = for_current_isa<HalfDiffFn>(half_difference_avx512, half_difference_avx2,
                                                       half_difference_scalar);
     constexpr int64_t kPixelsPerItem = int64_t{1} << 15;
-    const int threads = pixels < kMinParallelApplyValues ? 1 : get_num_threads();
+    const int threads = threads_for(static_cast<double>(pixels), kMinApplyValuesPerThread, get_num_threads());
     parallel_for(threads, (pixels + kPixelsPerItem - 1) / kPixelsPerItem, [&](int64_t item) {
         fn(scores, item * kPixelsPerItem, std::min(pixels, (item + 1) * kPixelsPerItem), clip, out);
     });

@@ -58,9 +58,9 @@ struct Pointwise {
 // input channels (few_tile): along the output channels most lanes would compute nothing.
 constexpr int64_t kFewOutputs = 4;
 
-// Below this many multiply-adds (pixels x input channels x output channels padded to whole
-// blocks) a call stays on the calling thread: handing work to the pool costs more than it saves.
-constexpr int64_t kMinParallelMacs = int64_t{1} << 21;
+// Multiply-adds (pixels x input channels x output channels padded to whole blocks) per thread at
+// least (threads_for): an ASPP projection of an 8x10 map (1.3 M) goes to two threads.
+constexpr double kMinMacsPerThread = 1 << 17;
 // About this many multiply-adds per work item (a range of pixels of one channel block).
 constexpr int64_t kMacsPerItem = int64_t{1} << 18;
 
@@ -236,7 +236,7 @@ void conv1x1(const float* const* parts, const int64_t* part_channels, int64_t n_
                       weights_by_output.data(), in_c};
     // Work in multiply-adds over whole blocks (the lanes a tile computes), per pixel and in all.
     const int64_t macs_per_pixel = std::max<int64_t>(1, in_c * nb);
-    const int threads = pixels * in_c * ldw < kMinParallelMacs ? 1 : get_num_threads();
+    const int threads = threads_for(static_cast<double>(pixels * in_c * ldw), kMinMacsPerThread, get_num_threads());
     // Items: ranges of pixels of one channel block, block-major (a thread keeps one block's weights
     // in L1); at least a few items per thread so that a helper that starts late costs little.
     int64_t item_pixels = std::max<int64_t>(16, kMacsPerItem / macs_per_pixel);

@@ -33,4 +33,15 @@ void parallel_for(int threads, int64_t items, F&& body) {
 // Number of processors this process may run on (sched affinity where available), >= 1.
 int available_processors();
 
+// Threads for a call of `work` units when each thread should get at least `min_per_thread` of them:
+// 1 .. requested. A share per thread rather than one threshold for the whole call, so that a small
+// op goes to two threads but not to sixteen. Between the calls of a frame the helpers are awake
+// (they spin after each call), so the shares are sized to a few microseconds of work: below that,
+// handing a helper its items costs as much as it saves.
+inline int threads_for(double work, double min_per_thread, int requested) {
+    const double fit = work / min_per_thread;
+    if (requested <= 1 || fit < 2.0) return 1;
+    return fit >= requested ? requested : static_cast<int>(fit);
+}
+
 }  // namespace segk
