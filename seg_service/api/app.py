@@ -62,6 +62,16 @@ def _configure_kernels(threads: int) -> None:
         info["u8_dot"],
         ", ".join(info["available_isas"]),
     )
+    if kernels.get_num_threads() > 1:
+        # On a VM whose host puts the CPUs on different dies, a second thread slows each request
+        # (docs/service.md): the hand-off figure tells an operator which case this is.
+        ns = kernels.cpu_round_trip_ns()
+        if ns == ns:  # not NaN: this process may use a second CPU
+            log.info(
+                "CPU hand-off between two of this process's CPUs: %.0f ns round trip (about 100: one die; "
+                "several hundred: different dies, where --threads 1 may be faster)",
+                ns,
+            )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import re
 
 import cv2
 import numpy as np
@@ -147,3 +149,28 @@ def test_kernel_geometry_is_bounded_before_any_size_is_computed(kernel, stride, 
     w = np.zeros((1, 3, 3, 2), np.float32)
     with pytest.raises(ValueError, match="must be at most"):
         kernels.conv2d_direct(x, w, None, stride, padding, 1, False)
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+    reason="the CPU hand-off needs a second CPU this process may use (Linux affinity)",
+)
+def test_start_up_log_gives_the_cpu_hand_off_with_two_threads_only(caplog):
+    """With a second kernel thread the server logs the round trip between two CPUs (what decides
+    whether that thread helps); with one thread it measures nothing."""
+    import logging
+
+    from seg_service import kernels
+    from seg_service.api.app import _configure_kernels
+    from seg_service.runtime.threads import set_num_threads
+
+    before = kernels.get_num_threads()
+    try:
+        with caplog.at_level(logging.INFO, logger="seg_service"):
+            _configure_kernels(2)
+            assert re.search(r"CPU hand-off between two of this process's CPUs: \d+ ns", caplog.text)
+            caplog.clear()
+            _configure_kernels(1)
+            assert "kernel threads per process: 1" in caplog.text and "CPU hand-off" not in caplog.text
+    finally:
+        set_num_threads(before)
