@@ -32,7 +32,7 @@ namespace {
 // Elements per work item: one chunk of every map of a group (up to ~12 maps for K = 5) stays in
 // the L1/L2 cache while the group's combinations read back the outputs they just wrote.
 constexpr int64_t kLincombChunk = 2048;
-// Float operations per thread at least (threads_for): 16 K of these ops take a few microseconds.
+// Float operations per thread at least (threads_for): 32 K of them take a few microseconds.
 constexpr double kMinFlopsPerThread = 1 << 15;
 
 struct LincombCall {
