@@ -37,7 +37,9 @@ projections and classifier, pooling, bilinear upsampling, the branch linear comb
 from the shipped models' plans, against the same op in PyTorch (oneDNN) at the same shapes and
 threads, alternating call blocks; and the share of each model's forward time in float ops.
 
-The CPU model, the kernels' ISA path, thread counts and the load average (start and end) are
+The CPU model, the kernels' ISA path, thread counts, the load average (start and end) and the
+round trip of a cache line between two CPUs before and after (``kernels.cpu_round_trip_ns``: on a
+VM it says whether the host put them on one die, which decides what a second thread buys) are
 printed; ``--json FILE`` writes everything.
 """
 

@@ -886,6 +886,7 @@ def run_from_args(args: argparse.Namespace, command: str) -> dict:
         raise ValueError("--repeats must be >= 1 and --warmup >= 0")
     environment = environment_lines()
     print("\n".join(environment), flush=True)
+    hand_off_start = kernels.cpu_round_trip_ns()
     log = (lambda message: print(message, flush=True)) if args.verbose else None
     shapes = [shape for shape in DEFAULT_SHAPES if args.group in ("all", shape.group)]
     rows = run_layer_benchmark(
@@ -907,9 +908,10 @@ def run_from_args(args: argparse.Namespace, command: str) -> dict:
     targets = summarize_targets(rows, ceilings)
     print("\n".join(targets))
     load_end = "load average (1, 5, 15 min) at end: " + ", ".join(f"{v:.2f}" for v in os.getloadavg())
-    print(load_end, flush=True)
+    hand_off = kernels.cpu_round_trip_note(hand_off_start, kernels.cpu_round_trip_ns())
+    print(load_end, hand_off, sep="\n", flush=True)
     return {
-        "environment": [*environment, load_end],
+        "environment": [*environment, load_end, hand_off],
         "command": command,
         "repeats": repeats,
         "warmup": warmup,

@@ -74,7 +74,7 @@ def test_layers_part_writes_json(tmp_path, capsys):
         == 0
     )
     printed = capsys.readouterr().out
-    assert "| 7x7x512->512" in printed and "load average" in printed
+    assert "| 7x7x512->512" in printed and "load average" in printed and "CPU hand-off: " in printed
     data = json.loads(out.read_text())
     assert data["command"].startswith("seg-bench layers")
     assert len(data["layers"]["rows"]) == 4 and data["layers"]["targets"]
