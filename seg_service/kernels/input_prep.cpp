@@ -61,13 +61,13 @@ template <typename T>
 SEGK_ALWAYS_INLINE void normalize_rows_body(const NormalizeCall<T>& c, int64_t r0, int64_t r1) {
     const int64_t n = c.row_values;
     for (int64_t y = r0; y < r1; ++y) {
+        if (y >= c.h) {  // padding rows of the network input (the guide has none)
+            std::fill(c.x + y * c.padded_row_values, c.x + (y + 1) * c.padded_row_values, 0.0f);
+            continue;
+        }
         const T* __restrict src = c.image + y * n;
         if (c.x != nullptr) {
             float* __restrict dst = c.x + y * c.padded_row_values;
-            if (y >= c.h) {  // padding rows
-                std::fill(dst, dst + c.padded_row_values, 0.0f);
-                continue;
-            }
             const float* __restrict scale = c.scale_row;
             const float* __restrict offset = c.offset_row;
             for (int64_t i = 0; i < n; ++i) {
