@@ -36,6 +36,7 @@ import os
 
 from seg_service.kernels._core import (
     PreparedWeights,
+    add_mirrored,
     affine,
     argmax_channels,
     available_isas,
@@ -75,6 +76,7 @@ from seg_service.kernels._core import (
 )
 
 __all__ = [
+    "add_mirrored",
     "PreparedWeights",
     "affine",
     "argmax_channels",

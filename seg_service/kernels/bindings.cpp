@@ -814,6 +814,27 @@ py::array_t<float> affine(const py::handle& x_obj, const py::handle& mul_obj, co
     return out;
 }
 
+py::array_t<float> add_mirrored(const py::handle& a_obj, const py::handle& b_obj, int64_t h, int64_t w) {
+    auto a = checked<float>(a_obj, "a", 3);
+    auto b = checked<float>(b_obj, "b", 3);
+    const int64_t c = a.shape(2);
+    SEGK_REQUIRE(b.shape(2) == c, "a and b need the same channel count, got " + shape_str(a) + " and " + shape_str(b));
+    SEGK_REQUIRE(h >= 1 && w >= 1 && c >= 1 && h <= a.shape(0) && h <= b.shape(0) && w <= a.shape(1) &&
+                     w <= b.shape(1),
+                 "h x w must be a non-empty top-left part of both maps, got " + std::to_string(h) + "x" +
+                     std::to_string(w) + " for " + shape_str(a) + " and " + shape_str(b));
+    py::array_t<float> out({h, w, c});
+    const float* ap = a.data();
+    const float* bp = b.data();
+    float* op = out.mutable_data();
+    const int64_t wa = a.shape(1), wb = b.shape(1);
+    {
+        py::gil_scoped_release release;
+        segk::add_mirrored(ap, wa, bp, wb, h, w, c, op);
+    }
+    return out;
+}
+
 py::array_t<float> global_avgpool(const py::handle& x_obj) {
     auto x = checked<float>(x_obj, "x", 3);
     SEGK_REQUIRE(x.shape(0) >= 1 && x.shape(1) >= 1 && x.shape(2) >= 1,
@@ -1122,6 +1143,9 @@ PYBIND11_MODULE(_core, m) {
           py::arg("relu_after"), py::arg("residual"),
           "Per-channel pre(x) * mul + bias (+ residual), pre = ReLU if relu_before, ReLU after if relu_after: "
           "float32 [H, W, C], mul/bias [C], residual [H, W, C] or None; each step rounded to float32 as numpy.");
+    m.def("add_mirrored", &add_mirrored, py::arg("a"), py::arg("b"), py::arg("h"), py::arg("w"),
+          "a[:h, :w] + b[:h, :w][:, ::-1] for float32 [H, W, C] maps (a prediction's pass and its mirrored "
+          "pass), as numpy computes it, in one pass over the threads.");
     m.def("global_avgpool", &global_avgpool, py::arg("x"),
           "Mean of float32 [H, W, C] over H and W -> [1, 1, C]: summed in float64 in pixel order, rounded to "
           "float32 once.");

@@ -624,6 +624,22 @@ void affine(const float* x, int64_t pixels, int64_t c, const float* mul, const f
     for_row_ranges(pixels, c, int64_t{1} << 15, pixels * c * 3, [&](int64_t p0, int64_t p1) { fn(call, p0, p1); });
 }
 
+void add_mirrored(const float* a, int64_t wa, const float* b, int64_t wb, int64_t h, int64_t w, int64_t c,
+                  float* out) {
+    // Rows over the threads; within a row pixel x of `a` meets pixel w - 1 - x of `b`, channels in order.
+    for_row_ranges(h, w * c, int64_t{1} << 15, h * w * c, [&](int64_t r0, int64_t r1) {
+        for (int64_t y = r0; y < r1; ++y) {
+            const float* __restrict ar = a + y * wa * c;
+            const float* __restrict br = b + y * wb * c;
+            float* __restrict o = out + y * w * c;
+            for (int64_t x = 0; x < w; ++x) {
+                const float* __restrict bp = br + (w - 1 - x) * c;
+                for (int64_t k = 0; k < c; ++k) o[x * c + k] = ar[x * c + k] + bp[k];
+            }
+        }
+    });
+}
+
 void global_avgpool(const float* x, int64_t pixels, int64_t c, float* out) {
     // On the calling thread: the map is a head's smallest (8x10x256 for a 320x240 frame); numpy's
     // mean cost 60-100 us there, most of it reaching its own cold code between the kernels' calls.

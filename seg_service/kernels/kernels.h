@@ -182,6 +182,11 @@ void argmax_channels(const float* x, int64_t pixels, int64_t channels, const flo
 void affine(const float* x, int64_t pixels, int64_t c, const float* mul, const float* bias, bool relu_before,
             bool relu_after, const float* residual, float* out);
 
+// The flip pass of a prediction: out [h, w, c] = a[y, x] + b[y, w - 1 - x] over the top-left h x w of
+// a [ha, wa, c] and b [hb, wb, c] (each sum one float32 addition, as numpy's a + b[:, ::-1]).
+void add_mirrored(const float* a, int64_t wa, const float* b, int64_t wb, int64_t h, int64_t w, int64_t c,
+                  float* out);
+
 // Mean over the pixels of x [pixels, c] -> out [c] (an ASPP head's image pooling): each channel summed
 // in float64 in pixel order, divided by the pixel count, rounded to float32 once.
 void global_avgpool(const float* x, int64_t pixels, int64_t c, float* out);

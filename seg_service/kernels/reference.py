@@ -181,6 +181,11 @@ def conv2d_u8(
     return np.maximum(out, np.float32(0)) if relu else out
 
 
+def add_mirrored(a: np.ndarray, b: np.ndarray, h: int, w: int) -> np.ndarray:
+    """A prediction's pass plus its mirrored pass mirrored back: a[:h, :w] + b[:h, :w][:, ::-1]."""
+    return np.ascontiguousarray(a[:h, :w] + b[:h, :w][:, ::-1], dtype=np.float32)
+
+
 def global_avgpool(x: np.ndarray) -> np.ndarray:
     """Mean of [H, W, C] over H and W -> [1, 1, C]: float64 sums (pixel by pixel, as numpy reduces
     a leading axis), divided by the pixel count, rounded to float32 once."""

@@ -245,15 +245,17 @@ class PackedModel:
     def _passes(self, x: np.ndarray, h: int, w: int, flip: bool) -> np.ndarray:
         """Logits of one prepared input cropped to [h, w]; with ``flip`` plus those of the mirrored
         input, mirrored back (a sum of two passes)."""
-        logits = self.forward(x)[:h, :w]
-        if flip:
-            # The mirror is taken after preprocessing so both passes see the same resized pixels.
-            mirrored = np.zeros_like(x)  # padding stays at the right and bottom, as for x
-            if x.dtype == np.uint8:  # u8 pixels for an integer stem: pad with its zero level
-                mirrored[:] = self._pixel_pad
-            mirrored[:h, :w] = x[:h, :w][:, ::-1]
-            logits = logits + self.forward(mirrored)[:h, :w][:, ::-1]
-        return logits
+        logits = self.forward(x)
+        if not flip:
+            return logits[:h, :w]
+        # The mirror is taken after preprocessing so both passes see the same resized pixels.
+        mirrored = np.zeros_like(x)  # padding stays at the right and bottom, as for x
+        if x.dtype == np.uint8:  # u8 pixels for an integer stem: pad with its zero level
+            mirrored[:] = self._pixel_pad
+        mirrored[:h, :w] = x[:h, :w][:, ::-1]
+        # logits[:h, :w] + the mirrored pass mirrored back, in one threaded pass (numpy's add of a
+        # reversed view took 1.7 ms at 480x360x11, 3.4 at 720x540x11)
+        return kernels.add_mirrored(logits, self.forward(mirrored), h, w)
 
     def _forward_processed(
         self, rgb: np.ndarray, flip: bool | None, with_guide: bool, scales: Sequence[float] | None = None

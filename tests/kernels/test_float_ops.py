@@ -480,6 +480,38 @@ def test_affine_bad_arguments(mul, bias, residual, message: str) -> None:
         kernels.affine(np.zeros((2, 2, 3), np.float32), mul, bias, False, False, residual)
 
 
+@pytest.mark.parametrize(
+    "h, w, c, pad", [(1, 1, 1, 0), (1, 7, 2, 3), (9, 1, 11, 2), (37, 53, 11, 11), (360, 480, 11, 32)]
+)
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+def test_add_mirrored_equals_numpy_on_padded_passes(isa: str, threads, h, w, c, pad, n_threads) -> None:
+    """A prediction's flip pass: a[:h, :w] + b[:h, :w][:, ::-1] over padded outputs, bit for bit
+    (one float32 addition each), infinities and NaN included, on every path and thread count."""
+    kernels.set_num_threads(n_threads)
+    a = RNG.standard_normal((h + pad, w + pad + 1, c)).astype(np.float32)
+    b = RNG.standard_normal((h + pad // 2, w + pad, c)).astype(np.float32)
+    a.flat[::13] = np.inf
+    b.flat[::17] = -np.inf
+    b.flat[::19] = np.nan
+    got = kernels.add_mirrored(a, b, h, w)
+    assert got.shape == (h, w, c) and got.dtype == np.float32 and got.flags.c_contiguous
+    with np.errstate(invalid="ignore"):  # inf + -inf is NaN, as it should be
+        want = reference.add_mirrored(a, b, h, w)
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+def test_add_mirrored_refuses_what_it_cannot_add() -> None:
+    a = np.zeros((4, 6, 3), np.float32)
+    with pytest.raises(ValueError, match="same channel count"):
+        kernels.add_mirrored(a, np.zeros((4, 6, 2), np.float32), 4, 6)
+    with pytest.raises(ValueError, match="top-left part"):
+        kernels.add_mirrored(a, np.zeros((3, 6, 3), np.float32), 4, 6)
+    with pytest.raises(ValueError, match="top-left part"):
+        kernels.add_mirrored(a, a, 0, 6)
+    with pytest.raises(ValueError, match="float32"):
+        kernels.add_mirrored(a.astype(np.float64), a, 4, 6)
+
+
 @pytest.mark.parametrize("shape", [(1, 1, 1), (1, 1, 64), (8, 10, 256), (3, 5, 7), (64, 64, 512)])
 def test_global_avgpool_equals_its_definition(isa: str, shape) -> None:
     """float64 sums in pixel order, one rounding: the same bits as kernels.reference, on every path;
