@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -65,8 +66,9 @@ def _configure_kernels(threads: int) -> None:
     if kernels.get_num_threads() > 1:
         # On a VM whose host puts the CPUs on different dies, a second thread slows each request
         # (docs/service.md): the hand-off figure tells an operator which case this is.
-        ns = kernels.cpu_round_trip_ns()
-        if ns == ns:  # not NaN: this process may use a second CPU
+        # 6,000 round trips: a few ms at start-up even across dies, enough for the order of magnitude
+        ns = kernels.cpu_round_trip_ns(2000, 3)
+        if not math.isnan(ns):  # NaN: no second CPU for this process
             log.info(
                 "CPU hand-off between two of this process's CPUs: %.0f ns round trip (about 100: one die; "
                 "several hundred: different dies, where --threads 1 may be faster)",

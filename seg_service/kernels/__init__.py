@@ -32,6 +32,7 @@ guided filter (runtime/refine.py); ``resize_area`` is the input's area resize an
 
 from __future__ import annotations
 
+import math
 import os
 
 from seg_service.kernels._core import (
@@ -122,7 +123,7 @@ def cpu_round_trip_note(before_ns: float, after_ns: float) -> str:
     """A benchmark report's line on the CPU hand-off (``cpu_round_trip_ns``) measured before and after
     its run: several hundred ns or more mean two dies or sockets (a VM's host moves its CPUs), where
     a two-thread time may lose to one thread, so two-thread figures compare only at similar values."""
-    if before_ns != before_ns or after_ns != after_ns:  # NaN: a single CPU, or not Linux
+    if math.isnan(before_ns) or math.isnan(after_ns):  # a single CPU, or not Linux
         return "CPU hand-off: not measured (one CPU, or not Linux)"
     return (
         f"CPU hand-off: {before_ns:.0f} ns before the run, {after_ns:.0f} ns after (a cache line's round "

@@ -589,9 +589,17 @@ py::array_t<float> upsample_bilinear(const py::handle& x_obj, int64_t out_h, int
     return out;
 }
 
+// run(image) with obj, a numpy array [H, W, C], as C-contiguous uint8 when its dtype is uint8, else
+// as float32 (any other dtype: checked's error naming float32). For the kernels that take either.
+template <typename Run>
+auto run_u8_or_float(const py::handle& obj, const char* name, Run&& run) {
+    if (py::reinterpret_borrow<py::array>(obj).dtype().is(py::dtype::of<uint8_t>()))
+        return run(checked<uint8_t>(obj, name, 3));
+    return run(checked<float>(obj, name, 3));
+}
+
 py::array_t<float> resize_area(const py::handle& x_obj, int64_t out_h, int64_t out_w) {
     SEGK_REQUIRE(py::isinstance<py::array>(x_obj), "x must be a numpy array");
-    const bool is_u8 = py::reinterpret_borrow<py::array>(x_obj).dtype().is(py::dtype::of<uint8_t>());
     require_out_size(out_h, out_w);
     auto run = [&](auto x) {
         SEGK_REQUIRE(x.shape(0) >= 1 && x.shape(1) >= 1 && x.shape(2) >= 1,
@@ -608,8 +616,7 @@ py::array_t<float> resize_area(const py::handle& x_obj, int64_t out_h, int64_t o
         }
         return out;
     };
-    if (is_u8) return run(checked<uint8_t>(x_obj, "x", 3));
-    return run(checked<float>(x_obj, "x", 3));  // float32, or a dtype error naming float32
+    return run_u8_or_float(x_obj, "x", run);
 }
 
 // x: float32 [h, w, C]; pixel_scale, pixel_zero: float32 [C]. Returns uint8 [h, w, C].
@@ -637,7 +644,6 @@ py::array_t<uint8_t> image_pixels(const py::handle& x_obj, const py::handle& sca
 py::object normalize_image(const py::handle& image_obj, const py::handle& scale_obj, const py::handle& offset_obj,
                            int64_t padded_h, int64_t padded_w, bool with_guide) {
     SEGK_REQUIRE(py::isinstance<py::array>(image_obj), "image must be a numpy array");
-    const bool is_u8 = py::reinterpret_borrow<py::array>(image_obj).dtype().is(py::dtype::of<uint8_t>());
     auto scale = checked<float>(scale_obj, "scale", 1);
     auto offset = checked<float>(offset_obj, "offset", 1);
     auto run = [&](auto image) -> py::object {
@@ -664,14 +670,12 @@ py::object normalize_image(const py::handle& image_obj, const py::handle& scale_
         if (!with_guide) return std::move(x);
         return py::make_tuple(x, guide);
     };
-    if (is_u8) return run(checked<uint8_t>(image_obj, "image", 3));
-    return run(checked<float>(image_obj, "image", 3));  // float32, or a dtype error naming float32
+    return run_u8_or_float(image_obj, "image", run);
 }
 
 // image: uint8 or float32 [h, w, C]. Returns the guide [h, w, C] alone.
 py::array_t<float> image_guide(const py::handle& image_obj) {
     SEGK_REQUIRE(py::isinstance<py::array>(image_obj), "image must be a numpy array");
-    const bool is_u8 = py::reinterpret_borrow<py::array>(image_obj).dtype().is(py::dtype::of<uint8_t>());
     auto run = [&](auto image) -> py::array_t<float> {
         const int64_t h = image.shape(0), w = image.shape(1), c = image.shape(2);
         SEGK_REQUIRE(h >= 1 && w >= 1 && c >= 1, "image must be a non-empty [H, W, C] image, got " + shape_str(image));
@@ -684,8 +688,7 @@ py::array_t<float> image_guide(const py::handle& image_obj) {
         }
         return guide;
     };
-    if (is_u8) return run(checked<uint8_t>(image_obj, "image", 3));
-    return run(checked<float>(image_obj, "image", 3));  // float32, or a dtype error naming float32
+    return run_u8_or_float(image_obj, "image", run);
 }
 
 py::tuple guided_coefficients(const py::handle& guide_obj, const py::handle& src_obj, int64_t radius, double eps) {
@@ -1066,7 +1069,8 @@ PYBIND11_MODULE(_core, m) {
         "Nanoseconds for a cache line to go from this thread's CPU to another CPU this process may use and "
         "back (median of `batches` means of `rounds` round trips): the least a hand-off between two kernel "
         "threads costs. Low on two cores of one die, several times higher across dies or sockets (a VM's "
-        "host may move its CPUs between them). NaN with one CPU or off Linux.");
+        "host may move its CPUs between them). Stops after about a second of batches; NaN with one CPU, when "
+        "the other CPU cannot be reached, or off Linux.");
     py::class_<PyPreparedWeights>(
         m, "PreparedWeights",
         "Binary conv weights arranged once for the kernels (kernels.prepare_weights); pass it as `w` to the "
