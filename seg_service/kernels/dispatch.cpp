@@ -3,6 +3,7 @@
 
 #include <atomic>
 #include <cstring>
+#include <memory>
 #include <mutex>
 #include <vector>
 
@@ -264,6 +265,153 @@ constexpr int64_t kMinParallelSplitBytes = int64_t{64} << 10;
 // while those outputs (48 x 32 floats per channel block) are still in the L1 cache.
 constexpr int64_t kChainPixels = 48;
 
+// Everything of a convolution call that depends only on its geometry, its weights, the ISA path and
+// the thread count: the input's layout flags, the output regions with their steps and per-channel
+// constants, and the work items. A model runs the same convs on every frame, and building these
+// took some 5 us per call (a person frame makes 41 conv calls), so conv_plan keeps them with the
+// first base's weights, per key, and run_conv only fills in the call's buffers.
+struct ConvPlan {
+    int threads = 1;
+    bool tail_rows = false, paired = false, split_pairs = false, split_now = false;
+    int64_t padded_h = 0, padded_w = 0;
+    int64_t pixel_words = 0;  // words per padded input pixel as the microkernels read them
+    int64_t in_words = 0, word_stride = 1;
+    std::vector<TapRun> row_runs, col_runs;
+    struct Region {
+        int64_t y0, y1, x0, x1;
+        bool all_taps;  // no tap of the region on the padding: the weight steps run in order
+        std::vector<int64_t> step_offset, step_weight;
+        std::vector<std::vector<int32_t>> n_channel;  // per base
+    };
+    std::vector<Region> regions;
+    struct Item {
+        int64_t region, cb, y0, y1;
+    };
+    std::vector<Item> items;
+    int64_t blocks = 0, block = 1;
+};
+
+// The weights of base `pw` as `path` arranges them for a plan's layout (paired taps, row-packed tails
+// or plain).
+const BlockedWeights& plan_weights(const ConvPlan& plan, const PreparedWeights& pw, const IsaKernels& path) {
+    return plan.paired      ? pw.for_isa_paired(path, plan.threads)
+           : plan.tail_rows ? pw.for_isa_tail_rows(path, plan.threads)
+                            : pw.for_isa(path, plan.threads);
+}
+
+std::shared_ptr<const ConvPlan> make_conv_plan(const PreparedWeights* const* pws, int64_t bases, const ConvShape& s,
+                                               const IsaKernels& path, const IsaKernels& kern, int requested_threads) {
+    auto plan = std::make_shared<ConvPlan>();
+    ConvPlan& p = *plan;
+    const int64_t words = s.words, k = s.kernel, pad = s.padding;
+    p.padded_h = s.in_h + 2 * pad;
+    p.padded_w = s.in_w + 2 * pad;
+    const double binary_macs =
+        static_cast<double>(s.out_h * s.out_w) * static_cast<double>(bases * s.out_c * k * k * s.in_channels);
+    p.threads = threads_for(binary_macs, kMinMacsPerThread, requested_threads);
+
+    // Input layouts (run_conv steps 0, 1a and 1b say what each means).
+    const int64_t tail_bits = s.in_channels - (words - 1) * 64;
+    p.tail_rows = &path == &kAvx2Kernels && k == 3 && tail_bits <= kTailRowBits && s.dilation <= kPairedMaxDilation;
+    p.paired = (&path == &kAvx2Kernels || &path == &kAvx512Kernels) && k == 3 && words == 1 && s.in_channels <= 32 &&
+               s.dilation <= kPairedMaxDilation && !p.tail_rows;
+    p.split_pairs = p.paired && kern.nibble_weights && kern.raw_layout == nullptr;
+    p.split_now = kern.nibble_weights && !p.split_pairs;
+    p.pixel_words = p.paired ? 3 : words;
+    p.in_words = p.split_pairs || p.split_now ? 2 * p.pixel_words : p.pixel_words;
+    p.word_stride = p.split_pairs || p.split_now ? 2 : 1;
+    const int64_t in_words = p.in_words, word_stride = p.word_stride, padded_w = p.padded_w;
+
+    // Regions of the output whose pixels share the same valid taps (run_conv step 2).
+    const bool one_region = p.paired || p.tail_rows;
+    p.row_runs = one_region ? std::vector<TapRun>{{0, s.out_h, 0, k}}
+                            : merge_runs(tap_runs(s.out_h, s.in_h, k, s.stride, pad, s.dilation), kRowRunCost);
+    p.col_runs = one_region ? std::vector<TapRun>{{0, s.out_w, 0, k}}
+                            : merge_runs(tap_runs(s.out_w, s.in_w, k, s.stride, pad, s.dilation), kColumnRunCost);
+    p.regions.reserve(p.row_runs.size() * p.col_runs.size());
+    for (const TapRun& ry : p.row_runs) {
+        for (const TapRun& rx : p.col_runs) {
+            ConvPlan::Region r{ry.o0, ry.o1, rx.o0, rx.o1, covers_all_taps(ry, rx, k), {}, {}, {}};
+            if (p.paired) {  // word offsets of weight_layout.h's kPairedSteps (3 words per pixel)
+                const int64_t d = s.dilation;
+                const int64_t pair_at[kPairedSteps][3] = {{0, 0, 0}, {d, 0, 0}, {2 * d, 0, 0}, {0, 2 * d, 1}, {2 * d, 2 * d, 2}};
+                for (const auto& at : pair_at) {
+                    r.step_offset.push_back((at[0] * padded_w + at[1]) * in_words + at[2] * word_stride);
+                    r.step_weight.push_back(static_cast<int64_t>(r.step_weight.size()));
+                }
+            } else if (p.tail_rows) {  // weight_layout.h's row-packed tail steps
+                const int64_t d = s.dilation, full = words - 1;
+                for (int64_t tap = 0; tap < 9; ++tap)
+                    for (int64_t wd = 0; wd < full; ++wd)
+                        r.step_offset.push_back(((tap / 3) * d * padded_w + (tap % 3) * d) * in_words +
+                                                wd * word_stride);
+                for (int64_t ky = 0; ky < 3; ++ky)
+                    r.step_offset.push_back(ky * d * padded_w * in_words + full * word_stride);
+                for (size_t i = 0; i < r.step_offset.size(); ++i) r.step_weight.push_back(static_cast<int64_t>(i));
+            } else {
+                for (int64_t ky = ry.k0; ky < ry.k1; ++ky)
+                    for (int64_t kx = rx.k0; kx < rx.k1; ++kx)
+                        for (int64_t wd = 0; wd < words; ++wd) {
+                            r.step_offset.push_back((ky * s.dilation * padded_w + kx * s.dilation) * in_words +
+                                                    wd * word_stride);
+                            r.step_weight.push_back((ky * k + kx) * words + wd);
+                        }
+            }
+            p.regions.push_back(std::move(r));
+        }
+    }
+
+    // Per base and region, the count every pixel starts from (run_conv step 3).
+    const int64_t n_all = k * k * s.in_channels;
+    for (int64_t j = 0; j < bases; ++j) {
+        const BlockedWeights& wb = plan_weights(p, *pws[j], path);
+        p.blocks = wb.blocks;
+        p.block = wb.block;
+        const int64_t n_padded = wb.blocks * wb.block + 64;
+        for (size_t ri = 0; ri < p.regions.size(); ++ri) {
+            const TapRun& ry = p.row_runs[ri / p.col_runs.size()];
+            const TapRun& rx = p.col_runs[ri % p.col_runs.size()];
+            std::vector<int32_t> n_channel(static_cast<size_t>(n_padded), static_cast<int32_t>(n_all));
+            if (!covers_all_taps(ry, rx, k)) {
+                const std::vector<int32_t>& padded = pws[j]->padded_tap_ones(ry.k0, ry.k1, rx.k0, rx.k1);
+                for (int64_t c = 0; c < s.out_c; ++c) n_channel[static_cast<size_t>(c)] -= 2 * padded[static_cast<size_t>(c)];
+            }
+            p.regions[ri].n_channel.push_back(std::move(n_channel));
+        }
+    }
+
+    // Work items (run_conv step 4).
+    for (int64_t ri = 0; ri < static_cast<int64_t>(p.regions.size()); ++ri) {
+        const ConvPlan::Region& r = p.regions[static_cast<size_t>(ri)];
+        const int64_t width = r.x1 - r.x0, rows = r.y1 - r.y0;
+        const double macs_per_pixel_block =
+            static_cast<double>(bases * p.block * 64) * static_cast<double>(std::max<size_t>(1, r.step_offset.size()));
+        const int64_t chunk_pixels = pixel_chunk_length(p.blocks, rows * width, macs_per_pixel_block, p.threads);
+        const int64_t chunk_rows = std::max<int64_t>(1, chunk_pixels / width);
+        // Rows outermost: each thread's share of the items (threadpool.h) is then a band of rows,
+        // the band the ops before and after this one give it too.
+        for (int64_t y = r.y0; y < r.y1; y += chunk_rows)
+            for (int64_t cb = 0; cb < p.blocks; ++cb) p.items.push_back({ri, cb, y, std::min(r.y1, y + chunk_rows)});
+    }
+    return plan;
+}
+
+// The plan of a call: kept with pws[0], keyed by everything make_conv_plan reads (the other bases
+// by their ids, which no other weights ever take).
+std::shared_ptr<const ConvPlan> conv_plan(const PreparedWeights* const* pws, int64_t bases, const ConvShape& s,
+                                          const IsaKernels& path, const IsaKernels& kern, int requested_threads) {
+    std::vector<int64_t> key = {s.in_h,     s.in_w,    s.words,   s.out_c, s.kernel, s.in_channels,
+                                s.stride,   s.padding, s.dilation, s.out_h, s.out_w,  bases,
+                                requested_threads,
+                                static_cast<int64_t>(reinterpret_cast<intptr_t>(&path)),
+                                static_cast<int64_t>(reinterpret_cast<intptr_t>(&kern))};
+    for (int64_t j = 1; j < bases; ++j) key.push_back(static_cast<int64_t>(pws[j]->id()));
+    if (std::shared_ptr<const void> kept = pws[0]->plan(key)) return std::static_pointer_cast<const ConvPlan>(kept);
+    std::shared_ptr<const ConvPlan> plan = make_conv_plan(pws, bases, s, path, kern, requested_threads);
+    pws[0]->keep_plan(std::move(key), plan);
+    return plan;
+}
+
 // A convolution, or a chain of `bases` convolutions of one input and shape whose epilogues add up:
 // base j's epilogue takes base j - 1's output as its residual (base 0 takes eps[0].residual), and
 // only the last one's output is stored (intermediate ones live in cache only). ep == nullptr: raw
@@ -272,13 +420,11 @@ void run_conv(const uint64_t* a, const float* x, const PreparedWeights* const* p
               int32_t* out_int, float* out_f, const Epilogue* eps) {
     const IsaKernels& path = *g_kernels.load();  // weight layout (shared by a path's popcount variants)
     const IsaKernels& kern = resolve(path);         // microkernels
-    const int requested_threads = g_threads.load();
-    const int64_t words = s.words, k = s.kernel, pad = s.padding;
-    const int64_t padded_h = s.in_h + 2 * pad, padded_w = s.in_w + 2 * pad;
-    const int64_t pixels = s.out_h * s.out_w;
-    const double binary_macs =
-        static_cast<double>(pixels) * static_cast<double>(bases * s.out_c * k * k * s.in_channels);
-    const int threads = threads_for(binary_macs, kMinMacsPerThread, requested_threads);
+    const std::shared_ptr<const ConvPlan> plan_ptr = conv_plan(pws, bases, s, path, kern, g_threads.load());
+    const ConvPlan& plan = *plan_ptr;
+    const int threads = plan.threads;
+    const int64_t words = s.words, pad = s.padding;
+    const int64_t padded_h = plan.padded_h, padded_w = plan.padded_w;
 
     // 0. Row-packed tails (avx2, 3x3, the input's last word holding at most kTailRowBits channels,
     //    e.g. 80 channels = one full word and 16 channels): the lookup path spends as long on a
@@ -288,9 +434,7 @@ void run_conv(const uint64_t* a, const float* x, const PreparedWeights* const* p
     //    word, own | right << kTailRowBits | right of right << 2 kTailRowBits (taken as zero past
     //    the map's edge, where no tap reads them), written in step 1; the conv runs over every tap,
     //    the padding included (one region).
-    const int64_t tail_bits = s.in_channels - (words - 1) * 64;
-    const bool tail_rows = &path == &kAvx2Kernels && k == 3 && tail_bits <= kTailRowBits &&
-                           s.dilation <= kPairedMaxDilation;
+    const bool tail_rows = plan.tail_rows;
 
     // 1. Input bits with the +1 padding as zero words around them (packed from floats, or copied). Only
     //    the border is zeroed: every interior word is written.
@@ -339,13 +483,11 @@ void run_conv(const uint64_t* a, const float* x, const PreparedWeights* const* p
     //     counts whole words too) the 64x80x32 -> 32 conv of a webcam model ran 1.2-1.4x faster.
     //     On avx2, maps of at most kTailRowBits channels take the row-packed tails of step 0 instead
     //     (3 steps per pixel).
-    const bool paired = (&path == &kAvx2Kernels || &path == &kAvx512Kernels) && k == 3 && words == 1 &&
-                        s.in_channels <= 32 && s.dilation <= kPairedMaxDilation && !tail_rows;
+    const bool paired = plan.paired;
     //     Nibble-lookup paths without a POPCNT share (avx2 "lut") get the three words split into
     //     nibbles (step 1b) in the same pass.
     constexpr uint64_t kLowNibbles = 0x0F0F0F0F0F0F0F0FULL;
-    const bool split_pairs = paired && kern.nibble_weights && kern.raw_layout == nullptr;
-    int64_t pixel_words = words;  // words per padded input pixel as the microkernels read them
+    const bool split_pairs = plan.split_pairs;
     AlignedWords pair_words(paired ? static_cast<size_t>(padded_h * padded_w * (split_pairs ? 6 : 3)) : 0, false);
     if (paired) {
         constexpr uint64_t kLow = 0xFFFFFFFFULL;
@@ -377,20 +519,15 @@ void run_conv(const uint64_t* a, const float* x, const PreparedWeights* const* p
             }
         });
         in = dst;
-        pixel_words = 3;
     }
 
     // 1b. Nibble-lookup paths read each input word split into its low and high nibbles (two words,
     //     like their weights), so the split is done once per input word here instead of once per
     //     (word, output channel block) in the inner loop.
     const uint64_t* in_raw = in;  // unsplit words, for the scalar POPCNT share of the avx2 mix variants
-    int64_t in_words = words, word_stride = 1;
-    const bool split_now = kern.nibble_weights && !split_pairs;
-    AlignedWords split(split_now ? static_cast<size_t>(2 * padded_h * padded_w * pixel_words) : 0, false);
-    if (split_pairs) {
-        in_words = 2 * pixel_words;
-        word_stride = 2;
-    } else if (split_now) {
+    const int64_t pixel_words = plan.pixel_words;
+    AlignedWords split(plan.split_now ? static_cast<size_t>(2 * padded_h * padded_w * pixel_words) : 0, false);
+    if (plan.split_now) {
         const uint64_t* src = in;
         uint64_t* dst = split.data();
         const int64_t row_words = padded_w * pixel_words;
@@ -403,90 +540,23 @@ void run_conv(const uint64_t* a, const float* x, const PreparedWeights* const* p
             }
         });
         in = dst;
-        in_words = 2 * pixel_words;
-        word_stride = 2;
-    } else {
-        in_words = pixel_words;
     }
 
-    // 2. Regions of the output whose pixels share the same valid taps. With large dilations much of
-    //    a map's taps fall on the padding (ASPP's rate 36 on a 64x64 map: 61% of them), and a padded
-    //    tap contributes the same to every pixel of a region, a per-channel constant: the ones of its
-    //    weight words (+1 padding against a weight bit 1 is a mismatch). So each region computes
-    //    only its valid taps and starts from that constant (ConvJob::n_channel).
+    // 2. Regions of the output whose pixels share the same valid taps (the plan's). With large
+    //    dilations much of a map's taps fall on the padding (ASPP's rate 36 on a 64x64 map: 61% of
+    //    them), and a padded tap contributes the same to every pixel of a region, a per-channel
+    //    constant: the ones of its weight words (+1 padding against a weight bit 1 is a mismatch). So
+    //    each region computes only its valid taps and starts from that constant (ConvJob::n_channel).
     //    A region narrower than the map is walked row by row, so splitting columns costs more than
-    //    splitting rows.
-    //    Paired taps and row-packed tails: one region with every tap.
-    const bool one_region = paired || tail_rows;
-    const std::vector<TapRun> row_runs =
-        one_region ? std::vector<TapRun>{{0, s.out_h, 0, k}}
-                   : merge_runs(tap_runs(s.out_h, s.in_h, k, s.stride, pad, s.dilation), kRowRunCost);
-    const std::vector<TapRun> col_runs =
-        one_region ? std::vector<TapRun>{{0, s.out_w, 0, k}}
-                   : merge_runs(tap_runs(s.out_w, s.in_w, k, s.stride, pad, s.dilation), kColumnRunCost);
-    const int64_t n_all = k * k * s.in_channels;
-
-    struct Region {
-        int64_t y0, y1, x0, x1;
-        std::vector<int64_t> step_offset, step_weight;
-        std::vector<std::vector<int32_t>> n_channel;  // per base
-        std::vector<ConvJob> jobs;                    // per base
-    };
-    std::vector<Region> regions;
-    regions.reserve(row_runs.size() * col_runs.size());
-    for (const TapRun& ry : row_runs) {
-        for (const TapRun& rx : col_runs) {
-            Region r;
-            r.y0 = ry.o0;
-            r.y1 = ry.o1;
-            r.x0 = rx.o0;
-            r.x1 = rx.o1;
-            if (paired) {  // word offsets of weight_layout.h's kPairedSteps (3 words per pixel)
-                const int64_t d = s.dilation;
-                const int64_t pair_at[kPairedSteps][3] = {{0, 0, 0}, {d, 0, 0}, {2 * d, 0, 0}, {0, 2 * d, 1}, {2 * d, 2 * d, 2}};
-                for (const auto& at : pair_at) {
-                    r.step_offset.push_back((at[0] * padded_w + at[1]) * in_words + at[2] * word_stride);
-                    r.step_weight.push_back(static_cast<int64_t>(r.step_weight.size()));
-                }
-                regions.push_back(std::move(r));
-                continue;
-            }
-            if (tail_rows) {  // weight_layout.h's row-packed tail steps
-                const int64_t d = s.dilation, full = words - 1;
-                for (int64_t tap = 0; tap < 9; ++tap)
-                    for (int64_t wd = 0; wd < full; ++wd)
-                        r.step_offset.push_back(((tap / 3) * d * padded_w + (tap % 3) * d) * in_words +
-                                                wd * word_stride);
-                for (int64_t ky = 0; ky < 3; ++ky)
-                    r.step_offset.push_back(ky * d * padded_w * in_words + full * word_stride);
-                for (size_t i = 0; i < r.step_offset.size(); ++i) r.step_weight.push_back(static_cast<int64_t>(i));
-                regions.push_back(std::move(r));
-                continue;
-            }
-            for (int64_t ky = ry.k0; ky < ry.k1; ++ky)
-                for (int64_t kx = rx.k0; kx < rx.k1; ++kx)
-                    for (int64_t wd = 0; wd < words; ++wd) {
-                        r.step_offset.push_back((ky * s.dilation * padded_w + kx * s.dilation) * in_words +
-                                                wd * word_stride);
-                        r.step_weight.push_back((ky * k + kx) * words + wd);
-                    }
-            regions.push_back(std::move(r));
-        }
-    }
-
-    int64_t blocks = 0, block = 1;
+    //    splitting rows. Paired taps and row-packed tails: one region with every tap.
+    // 3. Per base, its weights in this ISA's channel blocks and this call's buffers.
+    std::vector<ConvJob> jobs(plan.regions.size() * static_cast<size_t>(bases));  // [region][base]
     for (int64_t j = 0; j < bases; ++j) {
-        // 3. weights in this ISA's channel blocks
-        const BlockedWeights& wb = paired      ? pws[j]->for_isa_paired(path, threads)
-                                   : tail_rows ? pws[j]->for_isa_tail_rows(path, threads)
-                                               : pws[j]->for_isa(path, threads);
-        blocks = wb.blocks;
-        block = wb.block;
-        const int64_t n_padded = wb.blocks * wb.block + 64;
+        const BlockedWeights& wb = plan_weights(plan, *pws[j], path);
         ConvJob base;
         base.in = in;
         base.in_w = padded_w;
-        base.words = in_words;
+        base.words = plan.in_words;
         base.out_h = s.out_h;
         base.out_w = s.out_w;
         base.out_c = s.out_c;
@@ -494,13 +564,10 @@ void run_conv(const uint64_t* a, const float* x, const PreparedWeights* const* p
         base.wblk = wb.words.data();
         base.block = wb.block;
         base.wblk_step = wb.wblk_step;
-        base.wblk_steps = paired ? kPairedSteps : tail_rows ? tail_row_steps(words) : k * k * words;
+        base.wblk_steps = paired ? kPairedSteps : tail_rows ? tail_row_steps(words) : s.kernel * s.kernel * words;
         if (kern.raw_layout != nullptr) {
             base.in_raw = in_raw;
-            base.wraw = (paired      ? pws[j]->for_isa_paired(*kern.raw_layout, threads)
-                         : tail_rows ? pws[j]->for_isa_tail_rows(*kern.raw_layout, threads)
-                                     : pws[j]->for_isa(*kern.raw_layout, threads))
-                            .words.data();
+            base.wraw = plan_weights(plan, *pws[j], *kern.raw_layout).words.data();
         }
         base.out_int = out_int;
         base.out_f = out_f;
@@ -514,68 +581,39 @@ void run_conv(const uint64_t* a, const float* x, const PreparedWeights* const* p
             base.out_bits = j == bases - 1 ? ep.out_bits : nullptr;
             base.out_words = words_for(s.out_c);
         }
-        for (size_t ri = 0; ri < regions.size(); ++ri) {
-            Region& r = regions[ri];
-            const TapRun& ry = row_runs[ri / col_runs.size()];
-            const TapRun& rx = col_runs[ri % col_runs.size()];
-            std::vector<int32_t> n_channel(static_cast<size_t>(n_padded), static_cast<int32_t>(n_all));
-            if (!covers_all_taps(ry, rx, k)) {
-                const std::vector<int32_t>& padded = pws[j]->padded_tap_ones(ry.k0, ry.k1, rx.k0, rx.k1);
-                for (int64_t c = 0; c < s.out_c; ++c) n_channel[static_cast<size_t>(c)] -= 2 * padded[static_cast<size_t>(c)];
-            }
-            r.n_channel.push_back(std::move(n_channel));
-            r.jobs.push_back(base);
-        }
-    }
-    for (size_t ri = 0; ri < regions.size(); ++ri)
-        for (int64_t j = 0; j < bases; ++j) {
-            Region& r = regions[ri];
-            const TapRun& ry = row_runs[ri / col_runs.size()];
-            const TapRun& rx = col_runs[ri % col_runs.size()];
-            ConvJob& job = r.jobs[static_cast<size_t>(j)];
+        for (size_t ri = 0; ri < plan.regions.size(); ++ri) {
+            const ConvPlan::Region& r = plan.regions[ri];
+            ConvJob& job = jobs[ri * static_cast<size_t>(bases) + static_cast<size_t>(j)];
+            job = base;
             job.step_offset = r.step_offset.data();
             // Every tap: the weight steps run in order (no index table in the inner loop).
-            job.step_weight = covers_all_taps(ry, rx, k) ? nullptr : r.step_weight.data();
+            job.step_weight = r.all_taps ? nullptr : r.step_weight.data();
             job.steps = static_cast<int64_t>(r.step_offset.size());
             job.n_channel = r.n_channel[static_cast<size_t>(j)].data();
         }
+    }
 
-    // 4. Work items: (region, channel block, rows of the region). A region as wide as the map is one
+    // 4. Work items (region, channel block, rows of the region). A region as wide as the map is one
     //    run of pixels; a narrower one is walked row by row within its columns. A chain runs its
     //    bases one after another on each short run of pixels.
-    struct Item {
-        int64_t region, cb, y0, y1;
-    };
-    std::vector<Item> items;
-    for (int64_t ri = 0; ri < static_cast<int64_t>(regions.size()); ++ri) {
-        const Region& r = regions[static_cast<size_t>(ri)];
-        const int64_t width = r.x1 - r.x0, rows = r.y1 - r.y0;
-        const double macs_per_pixel_block =
-            static_cast<double>(bases * block * std::max<int64_t>(1, r.jobs[0].steps) * 64);
-        const int64_t chunk_pixels = pixel_chunk_length(blocks, rows * width, macs_per_pixel_block, threads);
-        const int64_t chunk_rows = std::max<int64_t>(1, chunk_pixels / width);
-        // Rows outermost: each thread's share of the items (threadpool.h) is then a band of rows,
-        // the band the ops before and after this one give it too.
-        for (int64_t y = r.y0; y < r.y1; y += chunk_rows)
-            for (int64_t cb = 0; cb < blocks; ++cb) items.push_back({ri, cb, y, std::min(r.y1, y + chunk_rows)});
-    }
-    auto run_range = [&](const Region& r, int64_t cb, int64_t p0, int64_t p1) {
+    auto run_range = [&](const ConvJob* region_jobs, int64_t cb, int64_t p0, int64_t p1) {
         if (bases == 1) {
-            kern.conv_tile(r.jobs[0], cb, p0, p1);
+            kern.conv_tile(region_jobs[0], cb, p0, p1);
             return;
         }
         for (int64_t q0 = p0; q0 < p1; q0 += kChainPixels)
             for (int64_t j = 0; j < bases; ++j)
-                kern.conv_tile(r.jobs[static_cast<size_t>(j)], cb, q0, std::min(p1, q0 + kChainPixels));
+                kern.conv_tile(region_jobs[j], cb, q0, std::min(p1, q0 + kChainPixels));
     };
-    parallel_for(threads, static_cast<int64_t>(items.size()), [&](int64_t i) {
-        const Item& it = items[static_cast<size_t>(i)];
-        const Region& r = regions[static_cast<size_t>(it.region)];
+    parallel_for(threads, static_cast<int64_t>(plan.items.size()), [&](int64_t i) {
+        const ConvPlan::Item& it = plan.items[static_cast<size_t>(i)];
+        const ConvPlan::Region& r = plan.regions[static_cast<size_t>(it.region)];
+        const ConvJob* region_jobs = jobs.data() + it.region * bases;
         if (r.x0 == 0 && r.x1 == s.out_w) {
-            run_range(r, it.cb, it.y0 * s.out_w, it.y1 * s.out_w);
+            run_range(region_jobs, it.cb, it.y0 * s.out_w, it.y1 * s.out_w);
             return;
         }
-        for (int64_t y = it.y0; y < it.y1; ++y) run_range(r, it.cb, y * s.out_w + r.x0, y * s.out_w + r.x1);
+        for (int64_t y = it.y0; y < it.y1; ++y) run_range(region_jobs, it.cb, y * s.out_w + r.x0, y * s.out_w + r.x1);
     });
 }
 

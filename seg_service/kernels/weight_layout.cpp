@@ -1,6 +1,7 @@
 #include "weight_layout.h"
 
 #include <algorithm>
+#include <atomic>
 
 #include "threadpool.h"
 
@@ -61,8 +62,12 @@ void tail_row_weights(const uint64_t* w, int64_t out_c, int64_t words, uint64_t*
     }
 }
 
+namespace {
+std::atomic<uint64_t> g_next_weights_id{1};
+}  // namespace
+
 PreparedWeights::PreparedWeights(const uint64_t* w, int64_t out_c, int64_t kernel, int64_t words, bool copy)
-    : out_c_(out_c), kernel_(kernel), words_(words), raw_(w) {
+    : out_c_(out_c), kernel_(kernel), words_(words), id_(g_next_weights_id.fetch_add(1)), raw_(w) {
     if (copy) {
         owned_.assign(w, w + out_c * kernel * kernel * words);
         raw_ = owned_.data();
@@ -127,6 +132,25 @@ const std::vector<int32_t>& PreparedWeights::padded_tap_ones(int64_t ky0, int64_
                         ones[static_cast<size_t>(c)] += tap_ones_[static_cast<size_t>(c * taps + ky * k + kx)];
     }
     return it->second;  // std::map nodes stay put when others are added
+}
+
+std::shared_ptr<const void> PreparedWeights::plan(const std::vector<int64_t>& key) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (size_t i = 0; i < plans_.size(); ++i) {
+        if (plans_[i].first != key) continue;
+        const auto at = plans_.begin() + static_cast<std::ptrdiff_t>(i);
+        std::rotate(at, at + 1, plans_.end());  // now the most recently used
+        return plans_.back().second;
+    }
+    return nullptr;
+}
+
+void PreparedWeights::keep_plan(std::vector<int64_t> key, std::shared_ptr<const void> plan) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& entry : plans_)
+        if (entry.first == key) return;  // another thread kept the same plan first
+    if (plans_.size() >= kMaxPlans) plans_.erase(plans_.begin());
+    plans_.emplace_back(std::move(key), std::move(plan));
 }
 
 }  // namespace segk

@@ -107,8 +107,19 @@ public:
     // add to the count of a pixel for which they all lie on the padding. Cached per tap window.
     const std::vector<int32_t>& padded_tap_ones(int64_t ky0, int64_t ky1, int64_t kx0, int64_t kx1) const;
 
+    // A number no other PreparedWeights of this process ever has (addresses are reused; these are not).
+    uint64_t id() const { return id_; }
+
+    // The conv driver's plans of calls on these weights (dispatch.cpp: regions, per-channel constants,
+    // work items), by a key of the call's geometry, path and threads; type-erased, so this header
+    // need not know them. The kMaxPlans most recently used are kept; nullptr when none matches.
+    std::shared_ptr<const void> plan(const std::vector<int64_t>& key) const;
+    void keep_plan(std::vector<int64_t> key, std::shared_ptr<const void> plan) const;
+    static constexpr size_t kMaxPlans = 4;
+
 private:
     int64_t out_c_, kernel_, words_;
+    uint64_t id_;
     std::vector<uint64_t> owned_;
     const uint64_t* raw_;
     mutable std::mutex mu_;
@@ -117,6 +128,7 @@ private:
     mutable std::vector<std::pair<const IsaKernels*, std::unique_ptr<BlockedWeights>>> arranged_tail_rows_;
     mutable std::vector<int32_t> tap_ones_;  // [out_c * k * k]: ones of each (channel, tap)'s words
     mutable std::map<std::array<int64_t, 4>, std::vector<int32_t>> padded_tap_ones_;
+    mutable std::vector<std::pair<std::vector<int64_t>, std::shared_ptr<const void>>> plans_;  // oldest first
 };
 
 }  // namespace segk
