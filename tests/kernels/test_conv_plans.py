@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import itertools
+import threading
 
 import numpy as np
 import pytest
@@ -98,3 +99,36 @@ def test_a_chain_plan_follows_its_other_bases() -> None:
         want = kernels.bconv2d(a, second_wt, channels, 1, 1, 1, m1, b1, True, False, step)
         np.testing.assert_array_equal(got, want, err_msg=f"threads={threads} turn {turn}")
         del second
+
+
+@pytest.mark.usefixtures("threads")
+def test_plans_shared_by_concurrent_callers() -> None:
+    """Python threads calling one PreparedWeights at once (the kernels release the GIL), each with
+    its own geometry, more geometries than are kept: plans are looked up, built and evicted
+    concurrently, and every result is still the one fresh weights give."""
+    rng = np.random.default_rng(13)
+    channels, out_c = 96, 24
+    wt = random_weights(rng, out_c, 3, channels)
+    prepared = kernels.prepare_weights(wt, channels)
+    kernels.set_num_threads(2)
+    cases = []
+    for h, w, stride, padding, dilation in GEOMETRIES[:5]:
+        a = kernels.pack_bits(rng.standard_normal((h, w, channels)).astype(np.float32))
+        geometry = (stride, padding, dilation)
+        cases.append((a, geometry, kernels.bconv2d_int(a, wt, channels, *geometry)))
+    failures: list[str] = []
+
+    def call(case: int) -> None:
+        a, geometry, want = cases[case]
+        for _ in range(60):
+            got = kernels.bconv2d_int(a, prepared, channels, *geometry)
+            if not np.array_equal(got, want):
+                failures.append(f"case {case} {geometry}")
+                return
+
+    workers = [threading.Thread(target=call, args=(i % len(cases),)) for i in range(8)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert not failures
