@@ -276,7 +276,7 @@ struct ConvPlan {
     int64_t padded_h = 0, padded_w = 0;
     int64_t pixel_words = 0;  // words per padded input pixel as the microkernels read them
     int64_t in_words = 0, word_stride = 1;
-    std::vector<TapRun> row_runs, col_runs;
+    int64_t weight_steps = 0;  // (tap, word) weight steps per channel block in this layout
     struct Region {
         int64_t y0, y1, x0, x1;
         bool all_taps;  // no tap of the region on the padding: the weight steps run in order
@@ -320,17 +320,26 @@ std::shared_ptr<const ConvPlan> make_conv_plan(const PreparedWeights* const* pws
     p.pixel_words = p.paired ? 3 : words;
     p.in_words = p.split_pairs || p.split_now ? 2 * p.pixel_words : p.pixel_words;
     p.word_stride = p.split_pairs || p.split_now ? 2 : 1;
+    p.weight_steps = p.paired ? kPairedSteps : p.tail_rows ? tail_row_steps(words) : k * k * words;
     const int64_t in_words = p.in_words, word_stride = p.word_stride, padded_w = p.padded_w;
+    // Channel blocks: the same for every base (one out_c, one path).
+    const BlockedWeights& first = plan_weights(p, *pws[0], path);
+    p.blocks = first.blocks;
+    p.block = first.block;
+    const int64_t n_padded = p.blocks * p.block + 64, n_all = k * k * s.in_channels;
 
-    // Regions of the output whose pixels share the same valid taps (run_conv step 2).
+    // Regions of the output whose pixels share the same valid taps (run_conv step 2), each with its
+    // steps and, per base, the count every pixel starts from (step 3).
     const bool one_region = p.paired || p.tail_rows;
-    p.row_runs = one_region ? std::vector<TapRun>{{0, s.out_h, 0, k}}
-                            : merge_runs(tap_runs(s.out_h, s.in_h, k, s.stride, pad, s.dilation), kRowRunCost);
-    p.col_runs = one_region ? std::vector<TapRun>{{0, s.out_w, 0, k}}
-                            : merge_runs(tap_runs(s.out_w, s.in_w, k, s.stride, pad, s.dilation), kColumnRunCost);
-    p.regions.reserve(p.row_runs.size() * p.col_runs.size());
-    for (const TapRun& ry : p.row_runs) {
-        for (const TapRun& rx : p.col_runs) {
+    const std::vector<TapRun> row_runs =
+        one_region ? std::vector<TapRun>{{0, s.out_h, 0, k}}
+                   : merge_runs(tap_runs(s.out_h, s.in_h, k, s.stride, pad, s.dilation), kRowRunCost);
+    const std::vector<TapRun> col_runs =
+        one_region ? std::vector<TapRun>{{0, s.out_w, 0, k}}
+                   : merge_runs(tap_runs(s.out_w, s.in_w, k, s.stride, pad, s.dilation), kColumnRunCost);
+    p.regions.reserve(row_runs.size() * col_runs.size());
+    for (const TapRun& ry : row_runs) {
+        for (const TapRun& rx : col_runs) {
             ConvPlan::Region r{ry.o0, ry.o1, rx.o0, rx.o1, covers_all_taps(ry, rx, k), {}, {}, {}};
             if (p.paired) {  // word offsets of weight_layout.h's kPairedSteps (3 words per pixel)
                 const int64_t d = s.dilation;
@@ -357,26 +366,16 @@ std::shared_ptr<const ConvPlan> make_conv_plan(const PreparedWeights* const* pws
                             r.step_weight.push_back((ky * k + kx) * words + wd);
                         }
             }
-            p.regions.push_back(std::move(r));
-        }
-    }
-
-    // Per base and region, the count every pixel starts from (run_conv step 3).
-    const int64_t n_all = k * k * s.in_channels;
-    for (int64_t j = 0; j < bases; ++j) {
-        const BlockedWeights& wb = plan_weights(p, *pws[j], path);
-        p.blocks = wb.blocks;
-        p.block = wb.block;
-        const int64_t n_padded = wb.blocks * wb.block + 64;
-        for (size_t ri = 0; ri < p.regions.size(); ++ri) {
-            const TapRun& ry = p.row_runs[ri / p.col_runs.size()];
-            const TapRun& rx = p.col_runs[ri % p.col_runs.size()];
-            std::vector<int32_t> n_channel(static_cast<size_t>(n_padded), static_cast<int32_t>(n_all));
-            if (!covers_all_taps(ry, rx, k)) {
-                const std::vector<int32_t>& padded = pws[j]->padded_tap_ones(ry.k0, ry.k1, rx.k0, rx.k1);
-                for (int64_t c = 0; c < s.out_c; ++c) n_channel[static_cast<size_t>(c)] -= 2 * padded[static_cast<size_t>(c)];
+            for (int64_t j = 0; j < bases; ++j) {
+                std::vector<int32_t> n_channel(static_cast<size_t>(n_padded), static_cast<int32_t>(n_all));
+                if (!r.all_taps) {
+                    const std::vector<int32_t>& padded = pws[j]->padded_tap_ones(ry.k0, ry.k1, rx.k0, rx.k1);
+                    for (int64_t c = 0; c < s.out_c; ++c)
+                        n_channel[static_cast<size_t>(c)] -= 2 * padded[static_cast<size_t>(c)];
+                }
+                r.n_channel.push_back(std::move(n_channel));
             }
-            p.regions[ri].n_channel.push_back(std::move(n_channel));
+            p.regions.push_back(std::move(r));
         }
     }
 
@@ -564,7 +563,7 @@ void run_conv(const uint64_t* a, const float* x, const PreparedWeights* const* p
         base.wblk = wb.words.data();
         base.block = wb.block;
         base.wblk_step = wb.wblk_step;
-        base.wblk_steps = paired ? kPairedSteps : tail_rows ? tail_row_steps(words) : s.kernel * s.kernel * words;
+        base.wblk_steps = plan.weight_steps;
         if (kern.raw_layout != nullptr) {
             base.in_raw = in_raw;
             base.wraw = plan_weights(plan, *pws[j], *kern.raw_layout).words.data();
