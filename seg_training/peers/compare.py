@@ -199,49 +199,56 @@ def accuracy(
     worst: int = 12,
     recolour: str | None = None,
     shrink: int | None = None,
+    frame: tuple[int, int] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per model: the pooled scores of ``_scores``, the per-image ones of
     ``_per_image_scores`` (``image_iou`` in the order of ``names``) and ``names``. With ``sheet``,
     also writes there a picture of the ``worst`` images of the first model (``failure_sheet``).
     ``recolour`` (``recolour_image``) and ``shrink`` (``shrink_image``): every model sees the images
-    so changed."""
+    so changed. ``frame`` (W, H): every model sees each photo resized to a camera frame of that
+    size (``frame_image``) and its mask is scored after a nearest-neighbour resize back to the
+    photo's size."""
     from seg_service.runtime import load_model, set_num_threads
 
     set_num_threads(threads)
     val_set, ignore = _val_pairs(config, split, root)
     truths = [val_set.load(i)[1] for i in range(len(val_set))]
 
-    def image(i: int) -> np.ndarray:
+    def shown(i: int) -> np.ndarray:  # the photo as changed, at its own size (the sheet's)
         rgb = val_set.load(i)[0]
         rgb = recolour_image(rgb, recolour) if recolour else rgb
         return shrink_image(rgb, shrink) if shrink else rgb
+
+    def image(i: int) -> np.ndarray:  # what the models see
+        return frame_image(shown(i), frame) if frame else shown(i)
 
     names = [Path(path).stem for path, _ in val_set.pairs]
     rows: list[dict[str, Any]] = []
     masks: list[Callable[[int], np.ndarray]] = []  # per model: image index -> its mask, for the sheet
     for path in packed:
         model = load_model(path)
-        predictor = _predictor(model, image)
+        predictor = _predictor(model, image, truths)
         rows.append(_row(Path(path).name, (predictor(i) for i in range(len(truths))), truths, ignore))
         masks.append(predictor)  # again, for the sheet's few images only
     if python:
         with tempfile.TemporaryDirectory() as tmp:
             files = [str(path) for path, _ in val_set.pairs]
-            if recolour or shrink:  # MediaPipe reads files: the changed images, written losslessly
+            if recolour or shrink or frame:  # MediaPipe reads files: the changed images, written losslessly
                 import cv2
 
                 files = [f"{tmp}/{i}.png" for i in range(len(truths))]
                 for i, file in enumerate(files):
                     cv2.imwrite(file, np.ascontiguousarray(image(i)[:, :, ::-1]))
             for name in MEDIAPIPE_MODELS:
-                found = mediapipe_masks(python, name, files, Path(tmp))
+                masks_found = mediapipe_masks(python, name, files, Path(tmp))
+                found = [_at_size(m, t.shape[:2]) for m, t in zip(masks_found, truths, strict=True)]
                 rows.append(_row(f"mediapipe selfie {name}", found, truths, ignore))
                 masks.append(found.__getitem__)
     for row in rows:
         row["images"] = len(truths)
         row["names"] = names
     if sheet and rows:
-        picture = failure_sheet(image, truths, masks, rows, ignore, worst)
+        picture = failure_sheet(shown, truths, masks, rows, ignore, worst)
         import cv2
 
         if not cv2.imwrite(sheet, np.ascontiguousarray(picture[:, :, ::-1])):
@@ -262,8 +269,35 @@ def _row(
     return {"model": label, **_scores(cm), **_per_image_scores(ious)}
 
 
-def _predictor(model: Any, image: Callable[[int], np.ndarray]) -> Callable[[int], np.ndarray]:
-    return lambda i: model.predict(image(i))
+def _predictor(
+    model: Any, image: Callable[[int], np.ndarray], truths: Sequence[np.ndarray]
+) -> Callable[[int], np.ndarray]:
+    return lambda i: _at_size(model.predict(image(i)), truths[i].shape[:2])
+
+
+def _at_size(mask: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
+    """A mask at the truth's size: itself, or resized by nearest neighbour (``--frame``)."""
+    if mask.shape[:2] == tuple(size):
+        return mask
+    from seg_service.runtime import resize_nearest
+
+    return resize_nearest(mask, int(size[0]), int(size[1]))
+
+
+def frame_image(rgb: np.ndarray, frame: tuple[int, int]) -> np.ndarray:
+    """The photo as a camera of ``frame`` (W, H) would deliver it: resized (area averaging, or
+    bilinear when enlarging) to W x H, or to H x W for a portrait photo, its aspect ratio not kept,
+    as a webcam-sized input reaches a model."""
+    import cv2
+
+    w, h = frame
+    h_in, w_in = rgb.shape[:2]
+    if h_in > w_in:
+        w, h = h, w
+    if (h, w) == (h_in, w_in):
+        return rgb
+    shrinking = h * w < h_in * w_in
+    return cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
 
 def recolour_image(rgb: np.ndarray, how: str) -> np.ndarray:
@@ -457,6 +491,14 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _frame_size(text: str) -> tuple[int, int]:
+    """``WxH`` (two positive integers) as (W, H)."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"use WxH with two positive integers (e.g. 320x240), got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
 def _check_picture_path(path: str) -> None:
     """Before the long part: a sheet path OpenCV can write (its suffix) into a folder that exists."""
     target = Path(path)
@@ -500,6 +542,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="score every model on the images shrunk to a long side of SIDE pixels and enlarged "
         "back: how much each leans on fine detail (small, soft or upscaled photos)",
     )
+    acc.add_argument(
+        "--frame",
+        type=_frame_size,
+        metavar="WxH",
+        help="score every model on each photo resized to a camera frame of this size (e.g. "
+        "320x240; H x W for portrait photos, aspect not kept), its mask resized back: how each "
+        "does at webcam sizes",
+    )
     spd.add_argument(
         "--image",
         default=str(Path(__file__).resolve().parents[2] / "tests/data/ccp/images/0003.jpg"),
@@ -534,6 +584,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.worst,
                 args.recolour,
                 args.shrink,
+                args.frame,
             )
             print(
                 f"{'model':<34} {'person IoU':>10} {'precision':>9} {'recall':>7} {'mIoU':>6} "

@@ -635,3 +635,38 @@ def test_build_without_mediapipe_says_it_left_the_everyday_photos_out(tmp_path, 
     out = capsys.readouterr().out
     assert "val_everyday 0" in out and "left out everyday" in out
     assert not any(n.startswith("everyday_") for n in (tmp_path / "mix" / "train.txt").read_text().split())
+
+
+def test_peer_comparison_at_webcam_frame_size(mix, capsys):
+    """--frame WxH: every model sees each photo resized to a camera frame (H x W for portrait
+    photos), its mask scored after a nearest resize back to the photo, as an independent count over
+    predict() says; a bad size is argparse's error."""
+    import cv2
+
+    from seg_service.runtime import load_model, resize_nearest
+    from seg_training.peers.compare import accuracy, frame_image, main
+
+    photo = read_image(mix / "images" / f"{(mix / 'val.txt').read_text().split()[0]}.jpg")
+    framed = frame_image(photo, (64, 48))
+    assert framed.shape == ((64, 48, 3) if photo.shape[0] > photo.shape[1] else (48, 64, 3))
+    assert frame_image(framed, (64, 48)) is framed
+
+    weights = Path(__file__).resolve().parents[2] / "weights" / "person.gnpk"
+    rows = accuracy(str(PERSON_CONFIG), "val.txt", str(mix), [str(weights)], None, 2, frame=(80, 60))
+    model = load_model(weights)
+    inter = union = 0
+    for name in rows[0]["names"]:
+        truth = read_mask(mix / "masks" / f"{name}.png")
+        rgb = read_image(mix / "images" / f"{name}.jpg")
+        h, w = (80, 60) if rgb.shape[0] > rgb.shape[1] else (60, 80)
+        small = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
+        pred = resize_nearest(model.predict(small), *truth.shape) == 1
+        keep = truth != 255
+        inter += int((pred & (truth == 1) & keep).sum())
+        union += int(((pred | (truth == 1)) & keep).sum())
+    assert rows[0]["person_iou"] == pytest.approx(inter / union)
+    argv = ["accuracy", "--config", str(PERSON_CONFIG), "--split", "val.txt", "--data-root", str(mix)]
+    with pytest.raises(SystemExit) as stop:
+        main(argv + ["--packed", str(weights), "--frame", "320"])
+    assert stop.value.code == 2
+    assert "argument --frame: use WxH" in capsys.readouterr().err.strip().splitlines()[-1]
