@@ -206,6 +206,8 @@ class PackedModel:
                 image = np.rint(image, out=image).astype(np.uint8)  # area means of u8 lie in [0, 255]
             if not pixels:
                 return kernels.normalize_image(image, self._scale, self._offset, ph, pw), (h, w), guide
+            if (ph, pw) == (h, w) and image.flags.c_contiguous:
+                return image, (h, w), guide  # nothing to pad: the stem reads the pixels as they are
             # no normalised copy at all: the stem gets the pixels, padded with its zero level
             padded = np.empty((ph, pw, 3), dtype=np.uint8)
             padded[:h, :w] = image
