@@ -264,7 +264,8 @@ void coefficient_phase_scalar(const CoefficientCall& c, int phase, int64_t t0, i
 // --- Full-resolution step ----------------------------------------------------------------------
 
 struct ApplyCall {
-    const float* coef;  // [hl, wl, 4k]
+    const float* a;  // [hl, wl, k, 3]
+    const float* b;  // [hl, wl, k]
     int64_t wl, k;
     const float* guide;  // [h, w, 3]
     int64_t w;
@@ -293,13 +294,20 @@ struct ApplyScratch {
 // per pixel the two columns mixed the same way, filtered_j = a_j . guide + b_j summed left to right,
 // and the outputs.
 SEGK_ALWAYS_INLINE void apply_row_body(const ApplyCall& c, int64_t y, ApplyScratch& s) {
-    const int64_t stride = 4 * c.k, row_len = c.wl * stride;
+    const int64_t k = c.k, stride = 4 * k;
     const Tap ty = c.row_taps[y];
     const float top_w = 1.0f - ty.frac, bottom_w = ty.frac;
-    const float* __restrict top = c.coef + ty.i0 * row_len;
-    const float* __restrict bottom = c.coef + ty.i1 * row_len;
-    float* __restrict row = s.row.data();
-    for (int64_t i = 0; i < row_len; ++i) row[i] = top[i] * top_w + bottom[i] * bottom_w;
+    const float* __restrict a_top = c.a + ty.i0 * c.wl * 3 * k;
+    const float* __restrict a_bottom = c.a + ty.i1 * c.wl * 3 * k;
+    const float* __restrict b_top = c.b + ty.i0 * c.wl * k;
+    const float* __restrict b_bottom = c.b + ty.i1 * c.wl * k;
+    float* __restrict row = s.row.data();  // [wl, 4k]: a then b per column
+    for (int64_t i = 0; i < c.wl; ++i) {
+        for (int64_t q = 0; q < 3 * k; ++q)
+            row[i * stride + q] = a_top[i * 3 * k + q] * top_w + a_bottom[i * 3 * k + q] * bottom_w;
+        for (int64_t j = 0; j < k; ++j)
+            row[i * stride + 3 * k + j] = b_top[i * k + j] * top_w + b_bottom[i * k + j] * bottom_w;
+    }
     const float* __restrict g = c.guide + y * c.w * 3;
     float* __restrict o = c.out + y * c.w * c.channels;
     float* __restrict value = s.value.data();
@@ -416,14 +424,17 @@ using ApplyRowsFn = void (*)(const ApplyCall&, int64_t, int64_t, ApplyScratch&);
 template <bool kVector>
 SEGK_ALWAYS_INLINE void apply_rows_body(const ApplyCall& c, int64_t r0, int64_t r1, ApplyScratch& s) {
     if (c.k == 1 && c.channels == 2) {
-        // the low-res rows these output rows read (the taps never decrease), made planar: [4, wl] each
+        // the low-res rows these output rows read (the taps never decrease), made planar: a0 a1 a2 b,
+        // [4, wl] per row
         const int64_t wl = c.wl, j0 = c.row_taps[r0].i0, j1 = c.row_taps[r1 - 1].i1;
         s.planar.resize(static_cast<size_t>((j1 - j0 + 1) * 4 * wl));
-        const float* __restrict from = c.coef + j0 * wl * 4;
-        float* __restrict to = s.planar.data();
-        for (int64_t j = 0; j <= j1 - j0; ++j)
+        for (int64_t j = 0; j <= j1 - j0; ++j) {
+            const float* __restrict a = c.a + (j0 + j) * wl * 3;
+            float* __restrict to = s.planar.data() + j * 4 * wl;
             for (int64_t i = 0; i < wl; ++i)
-                for (int64_t p = 0; p < 4; ++p) to[(j * 4 + p) * wl + i] = from[(j * wl + i) * 4 + p];
+                for (int64_t p = 0; p < 3; ++p) to[p * wl + i] = a[3 * i + p];
+            std::copy(c.b + (j0 + j) * wl, c.b + (j0 + j + 1) * wl, to + 3 * wl);
+        }
         for (int64_t y = r0; y < r1; ++y) apply_row_two_class_body<kVector>(c, y, j0, s);
         return;
     }
@@ -492,10 +503,11 @@ void guided_coefficients(const float* guide, const float* src, int64_t h, int64_
     }
 }
 
-void guided_apply(const float* coef, int64_t hl, int64_t wl, int64_t k, const float* guide, int64_t h, int64_t w,
-                  const int64_t* sources, const float* signs, const float* bias, int64_t channels, float* out) {
-    // coef [hl, wl, 4k]: a (3 per channel) then b (k); upsampled exactly as upsample_bilinear would
-    // (rows mixed first, then columns), applied to the guide, then mapped to the output channels.
+void guided_apply(const float* a, const float* b, int64_t hl, int64_t wl, int64_t k, const float* guide, int64_t h,
+                  int64_t w, const int64_t* sources, const float* signs, const float* bias, int64_t channels,
+                  float* out) {
+    // a and b upsampled exactly as upsample_bilinear would (rows mixed first, then columns), applied
+    // to the guide, then mapped to the output channels.
     const std::vector<Tap> row_taps = linear_taps(hl, h), col_taps = linear_taps(wl, w);
     std::vector<int32_t> col_i0(static_cast<size_t>(w)), col_i1(static_cast<size_t>(w));
     std::vector<float> col_left_w(static_cast<size_t>(w)), col_right_w(static_cast<size_t>(w));
@@ -510,12 +522,9 @@ void guided_apply(const float* coef, int64_t hl, int64_t wl, int64_t k, const fl
         col_from0[i] = col_i0[i] - col_i0[i & ~size_t{3}];
         col_from1[i] = col_i1[i] - col_i0[i & ~size_t{3}];
     }
-    const ApplyCall call{coef,          wl,           k,
-                         guide,         w,            sources,
-                         signs,         bias,         channels,
-                         out,           row_taps.data(), col_i0.data(),
-                         col_i1.data(), col_left_w.data(), col_right_w.data(),
-                         col_from0.data(), col_from1.data()};
+    const ApplyCall call{a,     b,    wl,       k,   guide,           w,             sources,       signs,
+                         bias,  channels, out,  row_taps.data(), col_i0.data(), col_i1.data(),
+                         col_left_w.data(), col_right_w.data(), col_from0.data(), col_from1.data()};
     const ApplyRowsFn fn = for_current_isa<ApplyRowsFn>(apply_rows_avx512, apply_rows_avx2, apply_rows_scalar);
     const int threads = threads_for(static_cast<double>(h * w * channels), kMinApplyValuesPerThread, get_num_threads());
     // One item per thread's share of rows (each sets up its scratch once), cut in a few pieces when
