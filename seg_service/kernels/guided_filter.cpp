@@ -40,8 +40,8 @@ namespace {
 // --- Box means ---------------------------------------------------------------------------------
 
 // Rows of a pass kept before they are stored transposed: a column's values for this many
-// consecutive rows are contiguous in the output, so they go out as one vector store (scalar
-// strided stores, one per value, were most of the filter's time).
+// consecutive rows are contiguous in the output, so the AVX paths store them as one vector (4x4
+// transposes) rather than one value at a time.
 constexpr int64_t kBoxRowBlock = 4;
 
 // colsum[x] (+ add[x]) (- sub[x]) for the window's new and leaving rows (either may be absent), in
@@ -60,12 +60,11 @@ SEGK_ALWAYS_INLINE void box_step(const double* __restrict add, const double* __r
 
 #if defined(__x86_64__) || defined(_M_X64)
 // block [4, cols] stored transposed, out[x * rows + i] = block[i * cols + x], by 4x4 transposes of
-// 4 columns at a time (copies only). Returns how many leading columns it stored.
+// 4 columns at a time (copies only); cols: a multiple of 4.
 SEGK_TARGET("avx2")
-inline int64_t store_block_transposed_avx2(const double* block, int64_t cols, int64_t rows, double* out) {
+inline void store_block_transposed_avx2(const double* block, int64_t cols, int64_t rows, double* out) {
     static_assert(kBoxRowBlock == 4, "one 4x4 transpose per 4 columns");
-    int64_t x = 0;
-    for (; x + 4 <= cols; x += 4) {
+    for (int64_t x = 0; x < cols; x += 4) {
         const __m256d r0 = _mm256_loadu_pd(block + x), r1 = _mm256_loadu_pd(block + cols + x);
         const __m256d r2 = _mm256_loadu_pd(block + 2 * cols + x), r3 = _mm256_loadu_pd(block + 3 * cols + x);
         const __m256d lo01 = _mm256_unpacklo_pd(r0, r1), hi01 = _mm256_unpackhi_pd(r0, r1);  // x, x+1 | x+2, x+3
@@ -75,28 +74,26 @@ inline int64_t store_block_transposed_avx2(const double* block, int64_t cols, in
         _mm256_storeu_pd(out + (x + 2) * rows, _mm256_permute2f128_pd(lo01, lo23, 0x31));
         _mm256_storeu_pd(out + (x + 3) * rows, _mm256_permute2f128_pd(hi01, hi23, 0x31));
     }
-    return x;
 }
 #endif
 
-// One pass: out [cols, rows] (transposed) = the mean of `in` [rows, cols] over the rows
-// [y - r, y + r] clipped to the plane, for every column. Scratch: colsum [cols], block
-// [kBoxRowBlock, cols]. kVector: the AVX paths' transposed stores (store_block_transposed_avx2).
-template <bool kVector>
-SEGK_ALWAYS_INLINE void box_pass_transposed(const double* __restrict in, int64_t rows, int64_t cols, int64_t r,
-                                            double* __restrict out, double* __restrict colsum,
-                                            double* __restrict block) {
+// Columns [0, cols) of one pass (box_pass_transposed; `in` rows `stride` apart): a running sum
+// per column in colsum [cols], kBoxRowBlock rows at a time in block [kBoxRowBlock, cols], then
+// stored transposed.
+SEGK_ALWAYS_INLINE void box_columns_transposed(const double* __restrict in, int64_t rows, int64_t cols,
+                                               int64_t stride, int64_t r, double* __restrict out,
+                                               double* __restrict colsum, double* __restrict block) {
     std::fill(colsum, colsum + cols, 0.0);
     for (int64_t y = 0; y < std::min(r, rows); ++y) {
-        const double* __restrict row = in + y * cols;
+        const double* __restrict row = in + y * stride;
         for (int64_t x = 0; x < cols; ++x) colsum[x] += row[x];
     }
     for (int64_t y0 = 0; y0 < rows; y0 += kBoxRowBlock) {
         const int64_t n_block = std::min(kBoxRowBlock, rows - y0);
         for (int64_t i = 0; i < n_block; ++i) {
             const int64_t y = y0 + i;
-            const double* add = y + r < rows ? in + (y + r) * cols : nullptr;  // the window's new last row
-            const double* sub = y - r - 1 >= 0 ? in + (y - r - 1) * cols : nullptr;  // the row that left it
+            const double* add = y + r < rows ? in + (y + r) * stride : nullptr;  // the window's new last row
+            const double* sub = y - r - 1 >= 0 ? in + (y - r - 1) * stride : nullptr;  // the row that left it
             const double inv_count =
                 1.0 / static_cast<double>(std::min(y + r, rows - 1) - std::max<int64_t>(y - r, 0) + 1);
             double* row_block = block + i * cols;
@@ -110,15 +107,79 @@ SEGK_ALWAYS_INLINE void box_pass_transposed(const double* __restrict in, int64_t
                 box_step<false, false>(add, sub, cols, inv_count, colsum, row_block);
             }
         }
-        int64_t x = 0;
-#if defined(__x86_64__) || defined(_M_X64)
-        if constexpr (kVector) {
-            if (n_block == kBoxRowBlock) x = store_block_transposed_avx2(block, cols, rows, out + y0);
-        }
-#endif
-        for (; x < cols; ++x)
+        for (int64_t x = 0; x < cols; ++x)
             for (int64_t i = 0; i < n_block; ++i) out[x * rows + y0 + i] = block[i * cols + x];
     }
+}
+
+#if defined(__x86_64__) || defined(_M_X64)
+// box_columns_transposed for the strip of columns [x0, x0 + 4 kVectors), the same operations in the
+// same order for every value. The strip goes through the whole plane with its running sums in
+// registers (box_columns_transposed keeps them in memory, a load and a store more per value),
+// reading and writing a few KB that stay in L1.
+template <int kVectors>
+SEGK_TARGET("avx2")
+inline void box_strip_transposed_avx2(const double* in, int64_t rows, int64_t cols, int64_t r, int64_t x0,
+                                      double* out) {
+    constexpr int64_t kBoxStrip = 4 * kVectors;
+    __m256d sum[kVectors];
+    for (int v = 0; v < kVectors; ++v) sum[v] = _mm256_setzero_pd();
+    for (int64_t y = 0; y < std::min(r, rows); ++y)
+        for (int v = 0; v < kVectors; ++v)
+            sum[v] = _mm256_add_pd(sum[v], _mm256_loadu_pd(in + y * cols + x0 + 4 * v));
+    alignas(32) double block[kBoxRowBlock * kBoxStrip];
+    for (int64_t y0 = 0; y0 < rows; y0 += kBoxRowBlock) {
+        const int64_t n_block = std::min(kBoxRowBlock, rows - y0);
+        for (int64_t i = 0; i < n_block; ++i) {
+            const int64_t y = y0 + i;
+            if (y + r < rows) {
+                const double* add = in + (y + r) * cols + x0;
+                for (int v = 0; v < kVectors; ++v) sum[v] = _mm256_add_pd(sum[v], _mm256_loadu_pd(add + 4 * v));
+            }
+            if (y - r - 1 >= 0) {
+                const double* sub = in + (y - r - 1) * cols + x0;
+                for (int v = 0; v < kVectors; ++v) sum[v] = _mm256_sub_pd(sum[v], _mm256_loadu_pd(sub + 4 * v));
+            }
+            const __m256d inv_count = _mm256_set1_pd(
+                1.0 / static_cast<double>(std::min(y + r, rows - 1) - std::max<int64_t>(y - r, 0) + 1));
+            for (int v = 0; v < kVectors; ++v)
+                _mm256_store_pd(block + i * kBoxStrip + 4 * v, _mm256_mul_pd(sum[v], inv_count));
+        }
+        double* o = out + x0 * rows + y0;
+        if (n_block == kBoxRowBlock) {
+            store_block_transposed_avx2(block, kBoxStrip, rows, o);
+        } else {
+            for (int64_t x = 0; x < kBoxStrip; ++x)
+                for (int64_t i = 0; i < n_block; ++i) o[x * rows + i] = block[i * kBoxStrip + x];
+        }
+    }
+}
+#endif
+
+// One pass: out [cols, rows] (transposed) = the mean of `in` [rows, cols] over the rows
+// [y - r, y + r] clipped to the plane, for every column. Scratch: colsum [cols], block
+// [kBoxRowBlock, cols]. kVector: the AVX paths' strips (box_strip_transposed_avx2), all but the
+// last cols % 4 columns.
+template <bool kVector>
+SEGK_ALWAYS_INLINE void box_pass_transposed(const double* __restrict in, int64_t rows, int64_t cols, int64_t r,
+                                            double* __restrict out, double* __restrict colsum,
+                                            double* __restrict block) {
+    int64_t x0 = 0;
+#if defined(__x86_64__) || defined(_M_X64)
+    if constexpr (kVector) {
+        // 16 columns (4 independent chains of sums) where they fit, then 8 and 4
+        for (; x0 + 16 <= cols; x0 += 16) box_strip_transposed_avx2<4>(in, rows, cols, r, x0, out);
+        if (x0 + 8 <= cols) {
+            box_strip_transposed_avx2<2>(in, rows, cols, r, x0, out);
+            x0 += 8;
+        }
+        if (x0 + 4 <= cols) {
+            box_strip_transposed_avx2<1>(in, rows, cols, r, x0, out);
+            x0 += 4;
+        }
+    }
+#endif
+    if (x0 < cols) box_columns_transposed(in + x0, rows, cols - x0, cols, r, out + x0 * rows, colsum, block);
 }
 
 // In place: planes [p0, p1) of a plane-major stack of [h, w] planes become their clipped-window means.
@@ -385,12 +446,12 @@ inline int64_t two_class_blocks_avx2(const ApplyCall& c, const float* mixed, con
         const __m256 g0 = _mm256_permute_ps(_mm256_blend_ps(_mm256_blend_ps(v0, v1, 0x44), v2, 0x22), 0x6c);
         const __m256 g1 = _mm256_permute_ps(_mm256_blend_ps(_mm256_blend_ps(v0, v1, 0x99), v2, 0x44), 0xb1);
         const __m256 g2 = _mm256_permute_ps(_mm256_blend_ps(_mm256_blend_ps(v0, v1, 0x22), v2, 0x99), 0xc6);
-        const __m256 f = _mm256_add_ps(
-            _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(coef[0], g0), _mm256_mul_ps(coef[1], g1)), _mm256_mul_ps(coef[2], g2)),
-            coef[3]);
+        const __m256 f01 = _mm256_add_ps(_mm256_mul_ps(coef[0], g0), _mm256_mul_ps(coef[1], g1));
+        const __m256 f = _mm256_add_ps(_mm256_add_ps(f01, _mm256_mul_ps(coef[2], g2)), coef[3]);
         const __m256 out0 = _mm256_add_ps(_mm256_mul_ps(sign0, f), bias0);
         const __m256 out1 = _mm256_add_ps(_mm256_mul_ps(sign1, f), bias1);
-        const __m256 low = _mm256_unpacklo_ps(out0, out1), high = _mm256_unpackhi_ps(out0, out1);  // pixels 0 1 4 5, 2 3 6 7
+        // pixels 0 1 4 5 and 2 3 6 7, each value of out0 followed by out1's
+        const __m256 low = _mm256_unpacklo_ps(out0, out1), high = _mm256_unpackhi_ps(out0, out1);
         _mm256_storeu2_m128(o + 2 * x + 8, o + 2 * x, low);
         _mm256_storeu2_m128(o + 2 * x + 12, o + 2 * x + 4, high);
     }
