@@ -172,7 +172,7 @@ def test_half_logit_difference_bad_input() -> None:
         ((5, 2), (9, 19)),  # two low-res columns: windows read past the row's end
     ],
 )
-@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
 def test_two_class_apply_equals_numpy(isa: str, threads, low, size, n_threads: int) -> None:
     kernels.set_num_threads(n_threads)
     a = RNG.standard_normal((*low, 1, 3)).astype(np.float32)
