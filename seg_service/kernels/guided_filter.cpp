@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <memory>
+#include <new>
 #include <vector>
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -38,6 +39,18 @@ namespace segk {
 namespace {
 
 // --- Box means ---------------------------------------------------------------------------------
+
+// Planes of doubles on a cache line's boundary: the box passes' vector loads and stores then do not
+// straddle lines wherever a plane's rows are whole vectors. With a plain new[] the alignment was
+// the allocator's, and the same build took 1.15-1.2x the time per fit in some processes.
+struct AlignedDelete {
+    void operator()(double* p) const { ::operator delete[](p, std::align_val_t{64}); }
+};
+using AlignedDoubles = std::unique_ptr<double[], AlignedDelete>;
+inline AlignedDoubles aligned_doubles(int64_t count) {
+    return AlignedDoubles(
+        static_cast<double*>(::operator new[](static_cast<size_t>(count) * sizeof(double), std::align_val_t{64})));
+}
 
 // Rows of a pass kept before they are stored transposed: a column's values for this many
 // consecutive rows are contiguous in the output, so the AVX paths store them as one vector (4x4
@@ -186,7 +199,7 @@ SEGK_ALWAYS_INLINE void box_pass_transposed(const double* __restrict in, int64_t
 template <bool kVector>
 SEGK_ALWAYS_INLINE void box_mean_planes(double* planes, int64_t p0, int64_t p1, int64_t h, int64_t w, int64_t r) {
     const int64_t longer = std::max(h, w);
-    const std::unique_ptr<double[]> scratch(new double[static_cast<size_t>(h * w + (1 + kBoxRowBlock) * longer)]);
+    const AlignedDoubles scratch = aligned_doubles(h * w + (1 + kBoxRowBlock) * longer);
     double* transposed = scratch.get();
     double* colsum = transposed + h * w;
     double* block = colsum + longer;
@@ -547,8 +560,8 @@ void guided_coefficients(const float* guide, const float* src, int64_t h, int64_
                          double eps, float* a_out, float* b_out) {
     const int64_t n = h * w, n_planes = 9 + 4 * k;
     // uninitialised: every value is written before it is read (zeroing 0.5 MB showed in the profile)
-    const std::unique_ptr<double[]> m(new double[static_cast<size_t>(n_planes * n)]);
-    const std::unique_ptr<double[]> ab(new double[static_cast<size_t>(4 * k * n)]);
+    const AlignedDoubles m = aligned_doubles(n_planes * n);
+    const AlignedDoubles ab = aligned_doubles(4 * k * n);
     const CoefficientCall call{guide, src, h, w, k, radius, eps, a_out, b_out, m.get(), ab.get()};
     const CoefficientFn fn =
         for_current_isa<CoefficientFn>(coefficient_phase_avx512, coefficient_phase_avx2, coefficient_phase_scalar);
