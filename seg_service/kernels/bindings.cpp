@@ -733,20 +733,14 @@ py::array_t<float> guided_apply(const py::handle& a_obj, const py::handle& b_obj
     SEGK_REQUIRE(channels >= 1 && signs.size() == sources.size() && bias.size() == sources.size(),
                  "sources, signs and bias must have one entry per output channel");
     for (int64_t s : sources) SEGK_REQUIRE(s >= 0 && s < k, "sources must index the K filtered channels");
-    // one coefficient map [hl, wl, 4K]: a then b per pixel, as the kernel reads it
-    std::vector<float> coef(static_cast<size_t>(hl * wl * 4 * k));
+    py::array_t<float> out({h, w, channels});
     const float* ap = a.data();
     const float* bp = b.data();
-    for (int64_t i = 0; i < hl * wl; ++i) {
-        std::copy(ap + i * 3 * k, ap + (i + 1) * 3 * k, coef.data() + i * 4 * k);
-        std::copy(bp + i * k, bp + (i + 1) * k, coef.data() + i * 4 * k + 3 * k);
-    }
-    py::array_t<float> out({h, w, channels});
     const float* gp = guide.data();
     float* op = out.mutable_data();
     {
         py::gil_scoped_release release;
-        segk::guided_apply(coef.data(), hl, wl, k, gp, h, w, sources.data(), signs.data(), bias.data(), channels, op);
+        segk::guided_apply(ap, bp, hl, wl, k, gp, h, w, sources.data(), signs.data(), bias.data(), channels, op);
     }
     return out;
 }

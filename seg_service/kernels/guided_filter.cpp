@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <memory>
+#include <new>
 #include <vector>
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -39,39 +40,173 @@ namespace {
 
 // --- Box means ---------------------------------------------------------------------------------
 
-// One pass: out [cols, rows] (transposed) = the mean of `in` [rows, cols] over the rows
-// [y - r, y + r] clipped to the plane, for every column. colsum: scratch [cols].
-SEGK_ALWAYS_INLINE void box_pass_transposed(const double* __restrict in, int64_t rows, int64_t cols, int64_t r,
-                                double* __restrict out, double* __restrict colsum) {
-    std::fill(colsum, colsum + cols, 0.0);
-    for (int64_t y = 0; y < std::min(r, rows); ++y) {
-        const double* __restrict row = in + y * cols;
-        for (int64_t x = 0; x < cols; ++x) colsum[x] += row[x];
-    }
-    for (int64_t y = 0; y < rows; ++y) {
-        if (y + r < rows) {  // the window's new last row
-            const double* __restrict row = in + (y + r) * cols;
-            for (int64_t x = 0; x < cols; ++x) colsum[x] += row[x];
-        }
-        if (y - r - 1 >= 0) {  // the row that left the window
-            const double* __restrict row = in + (y - r - 1) * cols;
-            for (int64_t x = 0; x < cols; ++x) colsum[x] -= row[x];
-        }
-        const double inv_count =
-            1.0 / static_cast<double>(std::min(y + r, rows - 1) - std::max<int64_t>(y - r, 0) + 1);
-        for (int64_t x = 0; x < cols; ++x) out[x * rows + y] = colsum[x] * inv_count;
+// Planes of doubles on a cache line's boundary: the box passes' vector loads and stores then do not
+// straddle lines wherever a plane's rows are whole vectors. With a plain new[] the alignment was
+// the allocator's, and the same build took 1.15-1.2x the time per fit in some processes.
+struct AlignedDelete {
+    void operator()(double* p) const { ::operator delete[](p, std::align_val_t{64}); }
+};
+using AlignedDoubles = std::unique_ptr<double[], AlignedDelete>;
+inline AlignedDoubles aligned_doubles(int64_t count) {
+    return AlignedDoubles(
+        static_cast<double*>(::operator new[](static_cast<size_t>(count) * sizeof(double), std::align_val_t{64})));
+}
+
+// Rows of a pass kept before they are stored transposed: a column's values for this many
+// consecutive rows are contiguous in the output, so the AVX paths store them as one vector (4x4
+// transposes) rather than one value at a time.
+constexpr int64_t kBoxRowBlock = 4;
+
+// colsum[x] (+ add[x]) (- sub[x]) for the window's new and leaving rows (either may be absent), in
+// that order, and the row's means block[x] = colsum[x] * inv_count.
+template <bool kAdd, bool kSub>
+SEGK_ALWAYS_INLINE void box_step(const double* __restrict add, const double* __restrict sub, int64_t cols,
+                                 double inv_count, double* __restrict colsum, double* __restrict block) {
+    for (int64_t x = 0; x < cols; ++x) {
+        double s = colsum[x];
+        if constexpr (kAdd) s += add[x];
+        if constexpr (kSub) s -= sub[x];
+        colsum[x] = s;
+        block[x] = s * inv_count;
     }
 }
 
+#if defined(__x86_64__) || defined(_M_X64)
+// block [4, cols] stored transposed, out[x * rows + i] = block[i * cols + x], by 4x4 transposes of
+// 4 columns at a time (copies only); cols: a multiple of 4.
+SEGK_TARGET("avx2")
+inline void store_block_transposed_avx2(const double* block, int64_t cols, int64_t rows, double* out) {
+    static_assert(kBoxRowBlock == 4, "one 4x4 transpose per 4 columns");
+    for (int64_t x = 0; x < cols; x += 4) {
+        const __m256d r0 = _mm256_loadu_pd(block + x), r1 = _mm256_loadu_pd(block + cols + x);
+        const __m256d r2 = _mm256_loadu_pd(block + 2 * cols + x), r3 = _mm256_loadu_pd(block + 3 * cols + x);
+        const __m256d lo01 = _mm256_unpacklo_pd(r0, r1), hi01 = _mm256_unpackhi_pd(r0, r1);  // x, x+1 | x+2, x+3
+        const __m256d lo23 = _mm256_unpacklo_pd(r2, r3), hi23 = _mm256_unpackhi_pd(r2, r3);
+        _mm256_storeu_pd(out + x * rows, _mm256_permute2f128_pd(lo01, lo23, 0x20));
+        _mm256_storeu_pd(out + (x + 1) * rows, _mm256_permute2f128_pd(hi01, hi23, 0x20));
+        _mm256_storeu_pd(out + (x + 2) * rows, _mm256_permute2f128_pd(lo01, lo23, 0x31));
+        _mm256_storeu_pd(out + (x + 3) * rows, _mm256_permute2f128_pd(hi01, hi23, 0x31));
+    }
+}
+#endif
+
+// Columns [0, cols) of one pass (box_pass_transposed; `in` rows `stride` apart): a running sum
+// per column in colsum [cols], kBoxRowBlock rows at a time in block [kBoxRowBlock, cols], then
+// stored transposed.
+SEGK_ALWAYS_INLINE void box_columns_transposed(const double* __restrict in, int64_t rows, int64_t cols,
+                                               int64_t stride, int64_t r, double* __restrict out,
+                                               double* __restrict colsum, double* __restrict block) {
+    std::fill(colsum, colsum + cols, 0.0);
+    for (int64_t y = 0; y < std::min(r, rows); ++y) {
+        const double* __restrict row = in + y * stride;
+        for (int64_t x = 0; x < cols; ++x) colsum[x] += row[x];
+    }
+    for (int64_t y0 = 0; y0 < rows; y0 += kBoxRowBlock) {
+        const int64_t n_block = std::min(kBoxRowBlock, rows - y0);
+        for (int64_t i = 0; i < n_block; ++i) {
+            const int64_t y = y0 + i;
+            const double* add = y + r < rows ? in + (y + r) * stride : nullptr;  // the window's new last row
+            const double* sub = y - r - 1 >= 0 ? in + (y - r - 1) * stride : nullptr;  // the row that left it
+            const double inv_count =
+                1.0 / static_cast<double>(std::min(y + r, rows - 1) - std::max<int64_t>(y - r, 0) + 1);
+            double* row_block = block + i * cols;
+            if (add && sub) {
+                box_step<true, true>(add, sub, cols, inv_count, colsum, row_block);
+            } else if (add) {
+                box_step<true, false>(add, sub, cols, inv_count, colsum, row_block);
+            } else if (sub) {
+                box_step<false, true>(add, sub, cols, inv_count, colsum, row_block);
+            } else {
+                box_step<false, false>(add, sub, cols, inv_count, colsum, row_block);
+            }
+        }
+        for (int64_t x = 0; x < cols; ++x)
+            for (int64_t i = 0; i < n_block; ++i) out[x * rows + y0 + i] = block[i * cols + x];
+    }
+}
+
+#if defined(__x86_64__) || defined(_M_X64)
+// box_columns_transposed for the strip of columns [x0, x0 + 4 kVectors), the same operations in the
+// same order for every value. The strip goes through the whole plane with its running sums in
+// registers (box_columns_transposed keeps them in memory, a load and a store more per value),
+// reading and writing a few KB that stay in L1.
+template <int kVectors>
+SEGK_TARGET("avx2")
+inline void box_strip_transposed_avx2(const double* in, int64_t rows, int64_t cols, int64_t r, int64_t x0,
+                                      double* out) {
+    constexpr int64_t kBoxStrip = 4 * kVectors;
+    __m256d sum[kVectors];
+    for (int v = 0; v < kVectors; ++v) sum[v] = _mm256_setzero_pd();
+    for (int64_t y = 0; y < std::min(r, rows); ++y)
+        for (int v = 0; v < kVectors; ++v)
+            sum[v] = _mm256_add_pd(sum[v], _mm256_loadu_pd(in + y * cols + x0 + 4 * v));
+    alignas(32) double block[kBoxRowBlock * kBoxStrip];
+    for (int64_t y0 = 0; y0 < rows; y0 += kBoxRowBlock) {
+        const int64_t n_block = std::min(kBoxRowBlock, rows - y0);
+        for (int64_t i = 0; i < n_block; ++i) {
+            const int64_t y = y0 + i;
+            if (y + r < rows) {
+                const double* add = in + (y + r) * cols + x0;
+                for (int v = 0; v < kVectors; ++v) sum[v] = _mm256_add_pd(sum[v], _mm256_loadu_pd(add + 4 * v));
+            }
+            if (y - r - 1 >= 0) {
+                const double* sub = in + (y - r - 1) * cols + x0;
+                for (int v = 0; v < kVectors; ++v) sum[v] = _mm256_sub_pd(sum[v], _mm256_loadu_pd(sub + 4 * v));
+            }
+            const __m256d inv_count = _mm256_set1_pd(
+                1.0 / static_cast<double>(std::min(y + r, rows - 1) - std::max<int64_t>(y - r, 0) + 1));
+            for (int v = 0; v < kVectors; ++v)
+                _mm256_store_pd(block + i * kBoxStrip + 4 * v, _mm256_mul_pd(sum[v], inv_count));
+        }
+        double* o = out + x0 * rows + y0;
+        if (n_block == kBoxRowBlock) {
+            store_block_transposed_avx2(block, kBoxStrip, rows, o);
+        } else {
+            for (int64_t x = 0; x < kBoxStrip; ++x)
+                for (int64_t i = 0; i < n_block; ++i) o[x * rows + i] = block[i * kBoxStrip + x];
+        }
+    }
+}
+#endif
+
+// One pass: out [cols, rows] (transposed) = the mean of `in` [rows, cols] over the rows
+// [y - r, y + r] clipped to the plane, for every column. Scratch: colsum [cols], block
+// [kBoxRowBlock, cols]. kVector: the AVX paths' strips (box_strip_transposed_avx2), all but the
+// last cols % 4 columns.
+template <bool kVector>
+SEGK_ALWAYS_INLINE void box_pass_transposed(const double* __restrict in, int64_t rows, int64_t cols, int64_t r,
+                                            double* __restrict out, double* __restrict colsum,
+                                            double* __restrict block) {
+    int64_t x0 = 0;
+#if defined(__x86_64__) || defined(_M_X64)
+    if constexpr (kVector) {
+        // 16 columns (4 independent chains of sums) where they fit, then 8 and 4
+        for (; x0 + 16 <= cols; x0 += 16) box_strip_transposed_avx2<4>(in, rows, cols, r, x0, out);
+        if (x0 + 8 <= cols) {
+            box_strip_transposed_avx2<2>(in, rows, cols, r, x0, out);
+            x0 += 8;
+        }
+        if (x0 + 4 <= cols) {
+            box_strip_transposed_avx2<1>(in, rows, cols, r, x0, out);
+            x0 += 4;
+        }
+    }
+#endif
+    if (x0 < cols) box_columns_transposed(in + x0, rows, cols - x0, cols, r, out + x0 * rows, colsum, block);
+}
+
 // In place: planes [p0, p1) of a plane-major stack of [h, w] planes become their clipped-window means.
+template <bool kVector>
 SEGK_ALWAYS_INLINE void box_mean_planes(double* planes, int64_t p0, int64_t p1, int64_t h, int64_t w, int64_t r) {
-    const std::unique_ptr<double[]> scratch(new double[static_cast<size_t>(h * w + std::max(h, w))]);
+    const int64_t longer = std::max(h, w);
+    const AlignedDoubles scratch = aligned_doubles(h * w + (1 + kBoxRowBlock) * longer);
     double* transposed = scratch.get();
     double* colsum = transposed + h * w;
+    double* block = colsum + longer;
     for (int64_t p = p0; p < p1; ++p) {
         double* plane = planes + p * h * w;
-        box_pass_transposed(plane, h, w, r, transposed, colsum);  // along y -> [w, h]
-        box_pass_transposed(transposed, w, h, r, plane, colsum);  // along x -> [h, w]
+        box_pass_transposed<kVector>(plane, h, w, r, transposed, colsum, block);  // along y -> [w, h]
+        box_pass_transposed<kVector>(transposed, w, h, r, plane, colsum, block);  // along x -> [h, w]
     }
 }
 
@@ -122,48 +257,41 @@ SEGK_ALWAYS_INLINE void coefficient_planes(const CoefficientCall& c, int64_t i0,
     }
 }
 
-// Phase 3, pixels [i0, i1), from the window means: a = cov(I, p) (Sigma + eps I)^-1,
-// b = mean(p) - a . mean(I). The inverse is recomputed per channel (K is 1 for two classes), which
-// keeps the loop over pixels free of per-pixel scratch, so it vectorises.
+// Phase 3 for source channel j, pixels [i0, i1): a = cov(I, p) (Sigma + eps I)^-1,
+// b = mean(p) - a . mean(I), from the guide's window means m (the first 9 planes of c.m) and the
+// channel's mp (its 4 planes). Restrict parameters rather than pointers into c.m and c.ab, which
+// GCC cannot tell apart (it left this loop scalar).
+SEGK_ALWAYS_INLINE void solve_channel(const double* __restrict m, const double* __restrict mp, int64_t n, double eps,
+                                     double* __restrict a0, double* __restrict a1, double* __restrict a2,
+                                     double* __restrict bj, int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+        const double i0v = m[i], i1v = m[n + i], i2v = m[2 * n + i];
+        const double s00 = m[3 * n + i] - i0v * i0v + eps, s01 = m[4 * n + i] - i0v * i1v;
+        const double s02 = m[5 * n + i] - i0v * i2v, s11 = m[6 * n + i] - i1v * i1v + eps;
+        const double s12 = m[7 * n + i] - i1v * i2v, s22 = m[8 * n + i] - i2v * i2v + eps;
+        // inverse of the symmetric matrix by its adjugate
+        const double c00 = s11 * s22 - s12 * s12, c01 = s02 * s12 - s01 * s22, c02 = s01 * s12 - s02 * s11;
+        const double c11 = s00 * s22 - s02 * s02, c12 = s01 * s02 - s00 * s12, c22 = s00 * s11 - s01 * s01;
+        const double inv_det = 1.0 / (s00 * c00 + s01 * c01 + s02 * c02);
+        const double p = mp[i];
+        const double v0 = mp[n + i] - p * i0v, v1 = mp[2 * n + i] - p * i1v, v2 = mp[3 * n + i] - p * i2v;
+        const double x0 = (v0 * c00 + v1 * c01 + v2 * c02) * inv_det;
+        const double x1 = (v0 * c01 + v1 * c11 + v2 * c12) * inv_det;
+        const double x2 = (v0 * c02 + v1 * c12 + v2 * c22) * inv_det;
+        a0[i] = x0;
+        a1[i] = x1;
+        a2[i] = x2;
+        bj[i] = p - x0 * i0v - x1 * i1v - x2 * i2v;
+    }
+}
+
+// Phase 3, pixels [i0, i1), every channel. The inverse is recomputed per channel (K is 1 for two
+// classes), which keeps the loop over pixels free of per-pixel scratch, so it vectorises.
 SEGK_ALWAYS_INLINE void coefficient_solve(const CoefficientCall& c, int64_t i0, int64_t i1) {
     const int64_t n = c.h * c.w, k = c.k;
-    const double eps = c.eps;
-    const double* __restrict mi0 = c.m;
-    const double* __restrict mi1 = c.m + n;
-    const double* __restrict mi2 = c.m + 2 * n;
-    const double* __restrict m00 = c.m + 3 * n;
-    const double* __restrict m01 = c.m + 4 * n;
-    const double* __restrict m02 = c.m + 5 * n;
-    const double* __restrict m11 = c.m + 6 * n;
-    const double* __restrict m12 = c.m + 7 * n;
-    const double* __restrict m22 = c.m + 8 * n;
     for (int64_t j = 0; j < k; ++j) {
-        const double* __restrict mp = c.m + (9 + 4 * j) * n;
-        const double* __restrict mp0 = mp + n;
-        const double* __restrict mp1 = mp + 2 * n;
-        const double* __restrict mp2 = mp + 3 * n;
-        double* __restrict a0 = c.ab + 3 * j * n;
-        double* __restrict a1 = a0 + n;
-        double* __restrict a2 = a0 + 2 * n;
-        double* __restrict bj = c.ab + (3 * k + j) * n;
-        for (int64_t i = i0; i < i1; ++i) {
-            const double i0v = mi0[i], i1v = mi1[i], i2v = mi2[i];
-            const double s00 = m00[i] - i0v * i0v + eps, s01 = m01[i] - i0v * i1v, s02 = m02[i] - i0v * i2v;
-            const double s11 = m11[i] - i1v * i1v + eps, s12 = m12[i] - i1v * i2v, s22 = m22[i] - i2v * i2v + eps;
-            // inverse of the symmetric matrix by its adjugate
-            const double c00 = s11 * s22 - s12 * s12, c01 = s02 * s12 - s01 * s22, c02 = s01 * s12 - s02 * s11;
-            const double c11 = s00 * s22 - s02 * s02, c12 = s01 * s02 - s00 * s12, c22 = s00 * s11 - s01 * s01;
-            const double inv_det = 1.0 / (s00 * c00 + s01 * c01 + s02 * c02);
-            const double p = mp[i];
-            const double v0 = mp0[i] - p * i0v, v1 = mp1[i] - p * i1v, v2 = mp2[i] - p * i2v;
-            const double x0 = (v0 * c00 + v1 * c01 + v2 * c02) * inv_det;
-            const double x1 = (v0 * c01 + v1 * c11 + v2 * c12) * inv_det;
-            const double x2 = (v0 * c02 + v1 * c12 + v2 * c22) * inv_det;
-            a0[i] = x0;
-            a1[i] = x1;
-            a2[i] = x2;
-            bj[i] = p - x0 * i0v - x1 * i1v - x2 * i2v;
-        }
+        double* a0 = c.ab + 3 * j * n;
+        solve_channel(c.m, c.m + (9 + 4 * j) * n, n, c.eps, a0, a0 + n, a0 + 2 * n, c.ab + (3 * k + j) * n, i0, i1);
     }
 }
 
@@ -184,32 +312,34 @@ SEGK_ALWAYS_INLINE void coefficient_store(const CoefficientCall& c, int64_t i0, 
 }
 
 // Phase (0: planes, 1: box means of m, 2: solve, 3: box means of ab, 4: store) over items [t0, t1):
-// pixels for 0, 2 and 4, planes for 1 and 3.
+// pixels for 0, 2 and 4, planes for 1 and 3. kVector: the AVX paths' box passes.
+template <bool kVector>
 SEGK_ALWAYS_INLINE void coefficient_phase(const CoefficientCall& c, int phase, int64_t t0, int64_t t1) {
     switch (phase) {
         case 0: coefficient_planes(c, t0, t1); break;
-        case 1: box_mean_planes(c.m, t0, t1, c.h, c.w, c.radius); break;
+        case 1: box_mean_planes<kVector>(c.m, t0, t1, c.h, c.w, c.radius); break;
         case 2: coefficient_solve(c, t0, t1); break;
-        case 3: box_mean_planes(c.ab, t0, t1, c.h, c.w, c.radius); break;
+        case 3: box_mean_planes<kVector>(c.ab, t0, t1, c.h, c.w, c.radius); break;
         default: coefficient_store(c, t0, t1); break;
     }
 }
 
 using CoefficientFn = void (*)(const CoefficientCall&, int, int64_t, int64_t);
 SEGK_TARGET("avx512f") void coefficient_phase_avx512(const CoefficientCall& c, int phase, int64_t t0, int64_t t1) {
-    coefficient_phase(c, phase, t0, t1);
+    coefficient_phase<true>(c, phase, t0, t1);
 }
 SEGK_TARGET("avx2") void coefficient_phase_avx2(const CoefficientCall& c, int phase, int64_t t0, int64_t t1) {
-    coefficient_phase(c, phase, t0, t1);
+    coefficient_phase<true>(c, phase, t0, t1);
 }
 void coefficient_phase_scalar(const CoefficientCall& c, int phase, int64_t t0, int64_t t1) {
-    coefficient_phase(c, phase, t0, t1);
+    coefficient_phase<false>(c, phase, t0, t1);
 }
 
 // --- Full-resolution step ----------------------------------------------------------------------
 
 struct ApplyCall {
-    const float* coef;  // [hl, wl, 4k]
+    const float* a;  // [hl, wl, k, 3]
+    const float* b;  // [hl, wl, k]
     int64_t wl, k;
     const float* guide;  // [h, w, 3]
     int64_t w;
@@ -223,27 +353,35 @@ struct ApplyCall {
     const int32_t* col_i1;
     const float* col_left_w;
     const float* col_right_w;
+    const int32_t* col_from0;  // col_i0 and col_i1 less col_i0 of the first column of their 4
+    const int32_t* col_from1;  // (the AVX two-class path's windows)
 };
 
-// One thread's buffers: the two source rows of coef mixed and one pixel's values (general path);
-// for the two-class path, low-res rows of coef spread out to the output's columns (two slots).
+// One thread's buffers: the two source rows of coef mixed (the two-class path: planar, [4, wl],
+// plus a vector's padding), one pixel's values and filtered values (the general path), and the
+// two-class path's rows of coef made planar.
 struct ApplyScratch {
-    std::vector<float> row, value, filtered;
-    std::vector<float> spread[2];
-    int64_t spread_row[2] = {-1, -1};
+    std::vector<float> row, value, filtered, planar;
 };
 
 // The general path, output row y: the two low-res rows mixed (top * (1 - fy) + bottom * fy), then
 // per pixel the two columns mixed the same way, filtered_j = a_j . guide + b_j summed left to right,
 // and the outputs.
 SEGK_ALWAYS_INLINE void apply_row_body(const ApplyCall& c, int64_t y, ApplyScratch& s) {
-    const int64_t stride = 4 * c.k, row_len = c.wl * stride;
+    const int64_t k = c.k, stride = 4 * k;
     const Tap ty = c.row_taps[y];
     const float top_w = 1.0f - ty.frac, bottom_w = ty.frac;
-    const float* __restrict top = c.coef + ty.i0 * row_len;
-    const float* __restrict bottom = c.coef + ty.i1 * row_len;
-    float* __restrict row = s.row.data();
-    for (int64_t i = 0; i < row_len; ++i) row[i] = top[i] * top_w + bottom[i] * bottom_w;
+    const float* __restrict a_top = c.a + ty.i0 * c.wl * 3 * k;
+    const float* __restrict a_bottom = c.a + ty.i1 * c.wl * 3 * k;
+    const float* __restrict b_top = c.b + ty.i0 * c.wl * k;
+    const float* __restrict b_bottom = c.b + ty.i1 * c.wl * k;
+    float* __restrict row = s.row.data();  // [wl, 4k]: a then b per column
+    for (int64_t i = 0; i < c.wl; ++i) {
+        for (int64_t q = 0; q < 3 * k; ++q)
+            row[i * stride + q] = a_top[i * 3 * k + q] * top_w + a_bottom[i * 3 * k + q] * bottom_w;
+        for (int64_t j = 0; j < k; ++j)
+            row[i * stride + 3 * k + j] = b_top[i * k + j] * top_w + b_bottom[i * k + j] * bottom_w;
+    }
     const float* __restrict g = c.guide + y * c.w * 3;
     float* __restrict o = c.out + y * c.w * c.channels;
     float* __restrict value = s.value.data();
@@ -261,149 +399,129 @@ SEGK_ALWAYS_INLINE void apply_row_body(const ApplyCall& c, int64_t y, ApplyScrat
     }
 }
 
-#if defined(__x86_64__) || defined(_M_X64)
-// The vector part of spread_row for one side (`col`: each output column's left or right low-res
-// column): blocks of 16 (AVX-512) or 8 (AVX2) output columns whose low-res columns lie within 8
-// (4) consecutive ones take their values from that window by permutes. Returns how many leading
-// columns it wrote; the rest are copied one by one. Copies only: the same values either way.
-SEGK_TARGET("avx512f")
-inline int64_t spread_blocks_avx512(const float* src, int64_t n_src, const int32_t* col, int64_t w,
-                                    float* dst) {
-    int64_t x = 0;
-    for (; x + 16 <= w; x += 16) {
-        const int32_t lo = col[x];
-        if (col[x + 15] - lo > 7) break;  // columns never decrease along x
-        const int64_t avail = std::min<int64_t>(32, n_src - 4 * int64_t{lo});
-        const __m512 t0 = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << std::min<int64_t>(16, avail)) - 1u),
-                                                src + 4 * lo);
-        const __m512 t1 = _mm512_maskz_loadu_ps(
-            static_cast<__mmask16>((1u << std::max<int64_t>(0, avail - 16)) - 1u), src + 4 * lo + 16);
-        const __m512i at = _mm512_slli_epi32(
-            _mm512_sub_epi32(_mm512_loadu_si512(col + x), _mm512_set1_epi32(lo)), 2);
-        for (int p = 0; p < 4; ++p)
-            _mm512_storeu_ps(dst + p * w + x,
-                             _mm512_permutex2var_ps(t0, _mm512_add_epi32(at, _mm512_set1_epi32(p)), t1));
-    }
-    return x;
+// The two-class path's one pixel x of an output row, from the row's mixed coefficients (planar,
+// [4, wl]): the general path's arithmetic for K = 1.
+SEGK_ALWAYS_INLINE void two_class_pixel(const ApplyCall& c, const float* __restrict mixed, const float* __restrict g,
+                                        float* __restrict o, int64_t x) {
+    const int64_t wl = c.wl, left = c.col_i0[x], right = c.col_i1[x];
+    const float lw = c.col_left_w[x], rw = c.col_right_w[x];
+    const float a0 = mixed[left] * lw + mixed[right] * rw;
+    const float a1 = mixed[wl + left] * lw + mixed[wl + right] * rw;
+    const float a2 = mixed[2 * wl + left] * lw + mixed[2 * wl + right] * rw;
+    const float b = mixed[3 * wl + left] * lw + mixed[3 * wl + right] * rw;
+    const float f = a0 * g[3 * x] + a1 * g[3 * x + 1] + a2 * g[3 * x + 2] + b;
+    o[2 * x] = c.signs[0] * f + c.bias[0];
+    o[2 * x + 1] = c.signs[1] * f + c.bias[1];
 }
 
+#if defined(__x86_64__) || defined(_M_X64)
+// A vector of 4 floats from low and 4 from high: broadcast loads and a blend, which keep the
+// shuffle units (the two-class blocks' bottleneck) free, where vinsertf128 would take one.
+SEGK_TARGET("avx2") inline __m256 load_halves(const float* low, const float* high) {
+    return _mm256_blend_ps(_mm256_broadcast_ps(reinterpret_cast<const __m128*>(low)),
+                           _mm256_broadcast_ps(reinterpret_cast<const __m128*>(high)), 0xf0);
+}
+
+// two_class_pixel for blocks of 8 output columns where each half's 4 columns take their low-res
+// columns from 4 consecutive ones (any upsampling by about 1.5 or more). Only in-lane shuffles,
+// which cost a third of a cross-lane permute on Zen 3: each half of a coefficient's vector comes
+// from its own 4-value window of the mixed row (vpermilps), the guide's channels from 128-bit loads
+// of 4 pixels each, blends and vpermilps, and the two outputs are interleaved by unpacks. The
+// arithmetic is two_class_pixel's, operation for operation. Returns how many leading columns it
+// wrote (up to the first block that does not fit; the rest go to two_class_pixel).
 SEGK_TARGET("avx2")
-inline int64_t spread_blocks_avx2(const float* src, int64_t n_src, const int32_t* col, int64_t w, float* dst) {
-    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    const __m256i seven = _mm256_set1_epi32(7);
+inline int64_t two_class_blocks_avx2(const ApplyCall& c, const float* mixed, const float* g, float* o) {
+    // locals: the intrinsics' stores may alias anything, so fields of c would be read again each block
+    const int64_t wl = c.wl, w = c.w;
+    const int32_t *col_i0 = c.col_i0, *from0 = c.col_from0, *from1 = c.col_from1;
+    const float *col_left_w = c.col_left_w, *col_right_w = c.col_right_w;
+    const __m256 sign0 = _mm256_set1_ps(c.signs[0]), sign1 = _mm256_set1_ps(c.signs[1]);
+    const __m256 bias0 = _mm256_set1_ps(c.bias[0]), bias1 = _mm256_set1_ps(c.bias[1]);
     int64_t x = 0;
     for (; x + 8 <= w; x += 8) {
-        const int32_t lo = col[x];
-        if (col[x + 7] - lo > 3) break;
-        const int avail = static_cast<int>(std::min<int64_t>(16, n_src - 4 * int64_t{lo}));
-        const __m256 t0 = _mm256_maskload_ps(src + 4 * lo, _mm256_cmpgt_epi32(_mm256_set1_epi32(avail), lane));
-        const __m256 t1 =
-            _mm256_maskload_ps(src + 4 * lo + 8, _mm256_cmpgt_epi32(_mm256_set1_epi32(avail - 8), lane));
-        const __m256i at = _mm256_slli_epi32(
-            _mm256_sub_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(col + x)), _mm256_set1_epi32(lo)),
-            2);
+        if (from1[x + 3] > 3 || from1[x + 7] > 3) break;  // columns never decrease along x
+        const int32_t lo = col_i0[x], hi = col_i0[x + 4];
+        const __m256i at0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(from0 + x));
+        const __m256i at1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(from1 + x));
+        const __m256 lw = _mm256_loadu_ps(col_left_w + x), rw = _mm256_loadu_ps(col_right_w + x);
+        __m256 coef[4];
         for (int p = 0; p < 4; ++p) {
-            const __m256i i = _mm256_add_epi32(at, _mm256_set1_epi32(p));
-            const __m256i in_t1 = _mm256_cmpgt_epi32(i, seven);
-            const __m256 v = _mm256_blendv_ps(_mm256_permutevar8x32_ps(t0, i), _mm256_permutevar8x32_ps(t1, i),
-                                              _mm256_castsi256_ps(in_t1));
-            _mm256_storeu_ps(dst + p * w + x, v);
+            const float* plane = mixed + p * wl;
+            const __m256 window = load_halves(plane + lo, plane + hi);  // may read into the padding
+            coef[p] = _mm256_add_ps(_mm256_mul_ps(_mm256_permutevar_ps(window, at0), lw),
+                                    _mm256_mul_ps(_mm256_permutevar_ps(window, at1), rw));
         }
+        // per half, 4 pixels' 12 values r0 g0 b0 r1 | g1 b1 r2 g2 | b2 r3 g3 b3: a blend takes every lane
+        // from the load holding that channel there, a vpermilps puts the pixels in order
+        const float* gx = g + 3 * x;
+        const __m256 v0 = load_halves(gx, gx + 12), v1 = load_halves(gx + 4, gx + 16);
+        const __m256 v2 = load_halves(gx + 8, gx + 20);
+        const __m256 g0 = _mm256_permute_ps(_mm256_blend_ps(_mm256_blend_ps(v0, v1, 0x44), v2, 0x22), 0x6c);
+        const __m256 g1 = _mm256_permute_ps(_mm256_blend_ps(_mm256_blend_ps(v0, v1, 0x99), v2, 0x44), 0xb1);
+        const __m256 g2 = _mm256_permute_ps(_mm256_blend_ps(_mm256_blend_ps(v0, v1, 0x22), v2, 0x99), 0xc6);
+        const __m256 f01 = _mm256_add_ps(_mm256_mul_ps(coef[0], g0), _mm256_mul_ps(coef[1], g1));
+        const __m256 f = _mm256_add_ps(_mm256_add_ps(f01, _mm256_mul_ps(coef[2], g2)), coef[3]);
+        const __m256 out0 = _mm256_add_ps(_mm256_mul_ps(sign0, f), bias0);
+        const __m256 out1 = _mm256_add_ps(_mm256_mul_ps(sign1, f), bias1);
+        // pixels 0 1 4 5 and 2 3 6 7, each value of out0 followed by out1's
+        const __m256 low = _mm256_unpacklo_ps(out0, out1), high = _mm256_unpackhi_ps(out0, out1);
+        _mm256_storeu2_m128(o + 2 * x + 8, o + 2 * x, low);
+        _mm256_storeu2_m128(o + 2 * x + 12, o + 2 * x + 4, high);
     }
     return x;
 }
 #endif
 
-// Low-res row j of coef (K = 1: a0 a1 a2 b per column) spread out to the output's columns, as 8
-// arrays of w: each coefficient at every pixel's left column, then at its right column. Copies
-// only (no arithmetic), so mixing spread rows gives the general path's values bit for bit.
-// kVectorWidth: 16 or 8 for the AVX paths' permuted blocks (spread_blocks_*), 0 for copies only.
-template <int kVectorWidth>
-SEGK_ALWAYS_INLINE const float* spread_row(const ApplyCall& c, int64_t j, ApplyScratch& s) {
-    for (int slot = 0; slot < 2; ++slot)
-        if (s.spread_row[slot] == j) return s.spread[slot].data();
-    // the slot not holding the other row of the current pair (rows are visited in order)
-    const int slot = s.spread_row[0] < s.spread_row[1] ? 0 : 1;
-    float* __restrict dst = s.spread[slot].data();
-    const float* __restrict src = c.coef + j * c.wl * 4;
-    for (int side = 0; side < 2; ++side) {
-        const int32_t* col = side == 0 ? c.col_i0 : c.col_i1;
-        float* out = dst + 4 * side * c.w;
-        int64_t x = 0;
-#if defined(__x86_64__) || defined(_M_X64)
-        if constexpr (kVectorWidth == 16) x = spread_blocks_avx512(src, c.wl * 4, col, c.w, out);
-        if constexpr (kVectorWidth == 8) x = spread_blocks_avx2(src, c.wl * 4, col, c.w, out);
-#endif
-        for (; x < c.w; ++x) {
-            const float* from = src + 4 * col[x];
-            for (int p = 0; p < 4; ++p) out[p * c.w + x] = from[p];
-        }
-    }
-    s.spread_row[slot] = j;
-    return dst;
-}
-
-// The two-class path (K = 1, two outputs), output row y: the same arithmetic as apply_row_body on
-// spread rows, so every array is read contiguously and the loop over pixels vectorises.
-template <int kVectorWidth>
-SEGK_ALWAYS_INLINE void apply_row_two_class_body(const ApplyCall& c, int64_t y, ApplyScratch& s) {
+// The two-class path (K = 1, two outputs), output row y: the two low-res rows mixed once for the
+// row, as the general path does, but planar ([4, wl] from planar rows of coef, s.planar from
+// low-res row j0 on), so that the mixing vectorises and the AVX paths take a block's coefficients
+// from a window of each plane (two_class_blocks_avx2).
+template <bool kVector>
+SEGK_ALWAYS_INLINE void apply_row_two_class_body(const ApplyCall& c, int64_t y, int64_t j0, ApplyScratch& s) {
     const Tap ty = c.row_taps[y];
     const float top_w = 1.0f - ty.frac, bottom_w = ty.frac;
-    const float* top = spread_row<kVectorWidth>(c, ty.i0, s);
-    const float* bottom = spread_row<kVectorWidth>(c, ty.i1, s);
-    const int64_t w = c.w;
-    // [8, w] each: left a0 a1 a2 b, then right a0 a1 a2 b
-    const float* __restrict t0 = top;
-    const float* __restrict t1 = top + w;
-    const float* __restrict t2 = top + 2 * w;
-    const float* __restrict t3 = top + 3 * w;
-    const float* __restrict t4 = top + 4 * w;
-    const float* __restrict t5 = top + 5 * w;
-    const float* __restrict t6 = top + 6 * w;
-    const float* __restrict t7 = top + 7 * w;
-    const float* __restrict b0 = bottom;
-    const float* __restrict b1 = bottom + w;
-    const float* __restrict b2 = bottom + 2 * w;
-    const float* __restrict b3 = bottom + 3 * w;
-    const float* __restrict b4 = bottom + 4 * w;
-    const float* __restrict b5 = bottom + 5 * w;
-    const float* __restrict b6 = bottom + 6 * w;
-    const float* __restrict b7 = bottom + 7 * w;
-    const float* __restrict lw = c.col_left_w;
-    const float* __restrict rw = c.col_right_w;
-    const float* __restrict g = c.guide + y * w * 3;
-    float* __restrict o = c.out + y * w * 2;
-    const float sign0 = c.signs[0], sign1 = c.signs[1], bias0 = c.bias[0], bias1 = c.bias[1];
-    // the output never overlaps the inputs (too many arrays for the compiler's run-time alias checks)
-#pragma GCC ivdep
-    for (int64_t x = 0; x < w; ++x) {
-        const float a0 = (t0[x] * top_w + b0[x] * bottom_w) * lw[x] + (t4[x] * top_w + b4[x] * bottom_w) * rw[x];
-        const float a1 = (t1[x] * top_w + b1[x] * bottom_w) * lw[x] + (t5[x] * top_w + b5[x] * bottom_w) * rw[x];
-        const float a2 = (t2[x] * top_w + b2[x] * bottom_w) * lw[x] + (t6[x] * top_w + b6[x] * bottom_w) * rw[x];
-        const float b = (t3[x] * top_w + b3[x] * bottom_w) * lw[x] + (t7[x] * top_w + b7[x] * bottom_w) * rw[x];
-        const float f = a0 * g[3 * x] + a1 * g[3 * x + 1] + a2 * g[3 * x + 2] + b;
-        o[2 * x] = sign0 * f + bias0;
-        o[2 * x + 1] = sign1 * f + bias1;
-    }
+    const int64_t wl = c.wl;
+    const float* __restrict top = s.planar.data() + (ty.i0 - j0) * 4 * wl;
+    const float* __restrict bottom = s.planar.data() + (ty.i1 - j0) * 4 * wl;
+    float* __restrict mixed = s.row.data();
+    for (int64_t i = 0; i < 4 * wl; ++i) mixed[i] = top[i] * top_w + bottom[i] * bottom_w;
+    const float* g = c.guide + y * c.w * 3;
+    float* o = c.out + y * c.w * 2;
+    int64_t x = 0;
+#if defined(__x86_64__) || defined(_M_X64)
+    if constexpr (kVector) x = two_class_blocks_avx2(c, mixed, g, o);
+#endif
+    for (; x < c.w; ++x) two_class_pixel(c, mixed, g, o, x);
 }
 
 using ApplyRowsFn = void (*)(const ApplyCall&, int64_t, int64_t, ApplyScratch&);
-template <int kVectorWidth>
+template <bool kVector>
 SEGK_ALWAYS_INLINE void apply_rows_body(const ApplyCall& c, int64_t r0, int64_t r1, ApplyScratch& s) {
     if (c.k == 1 && c.channels == 2) {
-        for (int64_t y = r0; y < r1; ++y) apply_row_two_class_body<kVectorWidth>(c, y, s);
+        // the low-res rows these output rows read (the taps never decrease), made planar: a0 a1 a2 b,
+        // [4, wl] per row
+        const int64_t wl = c.wl, j0 = c.row_taps[r0].i0, j1 = c.row_taps[r1 - 1].i1;
+        s.planar.resize(static_cast<size_t>((j1 - j0 + 1) * 4 * wl));
+        for (int64_t j = 0; j <= j1 - j0; ++j) {
+            const float* __restrict a = c.a + (j0 + j) * wl * 3;
+            float* __restrict to = s.planar.data() + j * 4 * wl;
+            for (int64_t i = 0; i < wl; ++i)
+                for (int64_t p = 0; p < 3; ++p) to[p * wl + i] = a[3 * i + p];
+            std::copy(c.b + (j0 + j) * wl, c.b + (j0 + j + 1) * wl, to + 3 * wl);
+        }
+        for (int64_t y = r0; y < r1; ++y) apply_row_two_class_body<kVector>(c, y, j0, s);
         return;
     }
     for (int64_t y = r0; y < r1; ++y) apply_row_body(c, y, s);
 }
 SEGK_TARGET("avx512f") void apply_rows_avx512(const ApplyCall& c, int64_t r0, int64_t r1, ApplyScratch& s) {
-    apply_rows_body<16>(c, r0, r1, s);
+    apply_rows_body<true>(c, r0, r1, s);
 }
 SEGK_TARGET("avx2") void apply_rows_avx2(const ApplyCall& c, int64_t r0, int64_t r1, ApplyScratch& s) {
-    apply_rows_body<8>(c, r0, r1, s);
+    apply_rows_body<true>(c, r0, r1, s);
 }
 void apply_rows_scalar(const ApplyCall& c, int64_t r0, int64_t r1, ApplyScratch& s) {
-    apply_rows_body<0>(c, r0, r1, s);
+    apply_rows_body<false>(c, r0, r1, s);
 }
 
 // Output values per thread at least in the full-resolution step (threads_for). It runs right after
@@ -442,8 +560,8 @@ void guided_coefficients(const float* guide, const float* src, int64_t h, int64_
                          double eps, float* a_out, float* b_out) {
     const int64_t n = h * w, n_planes = 9 + 4 * k;
     // uninitialised: every value is written before it is read (zeroing 0.5 MB showed in the profile)
-    const std::unique_ptr<double[]> m(new double[static_cast<size_t>(n_planes * n)]);
-    const std::unique_ptr<double[]> ab(new double[static_cast<size_t>(4 * k * n)]);
+    const AlignedDoubles m = aligned_doubles(n_planes * n);
+    const AlignedDoubles ab = aligned_doubles(4 * k * n);
     const CoefficientCall call{guide, src, h, w, k, radius, eps, a_out, b_out, m.get(), ab.get()};
     const CoefficientFn fn =
         for_current_isa<CoefficientFn>(coefficient_phase_avx512, coefficient_phase_avx2, coefficient_phase_scalar);
@@ -459,32 +577,37 @@ void guided_coefficients(const float* guide, const float* src, int64_t h, int64_
     }
 }
 
-void guided_apply(const float* coef, int64_t hl, int64_t wl, int64_t k, const float* guide, int64_t h, int64_t w,
-                  const int64_t* sources, const float* signs, const float* bias, int64_t channels, float* out) {
-    // coef [hl, wl, 4k]: a (3 per channel) then b (k); upsampled exactly as upsample_bilinear would
-    // (rows mixed first, then columns), applied to the guide, then mapped to the output channels.
+void guided_apply(const float* a, const float* b, int64_t hl, int64_t wl, int64_t k, const float* guide, int64_t h,
+                  int64_t w, const int64_t* sources, const float* signs, const float* bias, int64_t channels,
+                  float* out) {
+    // a and b upsampled exactly as upsample_bilinear would (rows mixed first, then columns), applied
+    // to the guide, then mapped to the output channels.
     const std::vector<Tap> row_taps = linear_taps(hl, h), col_taps = linear_taps(wl, w);
     std::vector<int32_t> col_i0(static_cast<size_t>(w)), col_i1(static_cast<size_t>(w));
     std::vector<float> col_left_w(static_cast<size_t>(w)), col_right_w(static_cast<size_t>(w));
+    std::vector<int32_t> col_from0(static_cast<size_t>(w)), col_from1(static_cast<size_t>(w));
     for (int64_t x = 0; x < w; ++x) {
         const Tap& t = col_taps[static_cast<size_t>(x)];
-        col_i0[static_cast<size_t>(x)] = static_cast<int32_t>(t.i0);
-        col_i1[static_cast<size_t>(x)] = static_cast<int32_t>(t.i1);
-        col_left_w[static_cast<size_t>(x)] = 1.0f - t.frac;
-        col_right_w[static_cast<size_t>(x)] = t.frac;
+        const size_t i = static_cast<size_t>(x);
+        col_i0[i] = static_cast<int32_t>(t.i0);
+        col_i1[i] = static_cast<int32_t>(t.i1);
+        col_left_w[i] = 1.0f - t.frac;
+        col_right_w[i] = t.frac;
+        col_from0[i] = col_i0[i] - col_i0[i & ~size_t{3}];
+        col_from1[i] = col_i1[i] - col_i0[i & ~size_t{3}];
     }
-    const ApplyCall call{coef,         wl,   k,      guide,          w,
-                         sources,      signs, bias,  channels,       out,
-                         row_taps.data(), col_i0.data(), col_i1.data(), col_left_w.data(), col_right_w.data()};
+    const ApplyCall call{a,     b,    wl,       k,   guide,           w,             sources,       signs,
+                         bias,  channels, out,  row_taps.data(), col_i0.data(), col_i1.data(),
+                         col_left_w.data(), col_right_w.data(), col_from0.data(), col_from1.data()};
     const ApplyRowsFn fn = for_current_isa<ApplyRowsFn>(apply_rows_avx512, apply_rows_avx2, apply_rows_scalar);
     const int threads = threads_for(static_cast<double>(h * w * channels), kMinApplyValuesPerThread, get_num_threads());
-    // Each item spreads the low-res rows it needs once (two-class path): one item per thread's share
-    // of rows, cut in a few pieces when several threads share them.
+    // One item per thread's share of rows (each sets up its scratch once), cut in a few pieces when
+    // several threads share them.
     const int64_t rows_per_item = threads == 1 ? h : std::max<int64_t>(8, h / (4 * threads));
     parallel_for(threads, (h + rows_per_item - 1) / rows_per_item, [&](int64_t item) {
         ApplyScratch scratch;
         if (k == 1 && channels == 2) {
-            for (auto& spread : scratch.spread) spread.resize(static_cast<size_t>(8 * w));
+            scratch.row.resize(static_cast<size_t>(4 * wl + 8));  // zeroed padding: read, never used
         } else {
             scratch.row.resize(static_cast<size_t>(wl * 4 * k));
             scratch.value.resize(static_cast<size_t>(4 * k));

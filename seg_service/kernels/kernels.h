@@ -161,11 +161,12 @@ void image_guide(const float* image, int64_t h, int64_t w, int64_t channels, flo
 void guided_coefficients(const float* guide, const float* src, int64_t h, int64_t w, int64_t k, int64_t radius,
                          double eps, float* a_out, float* b_out);
 
-// The fast guided filter's full-resolution step: coef [hl, wl, 4k] (a: 3 per filtered channel, then
-// b: one per channel) upsampled bilinearly to [h, w] (as upsample_bilinear), filtered_j = a_j . guide
-// + b_j, then out[..., c] = signs[c] * filtered[sources[c]] + bias[c] for `channels` outputs.
-void guided_apply(const float* coef, int64_t hl, int64_t wl, int64_t k, const float* guide, int64_t h, int64_t w,
-                  const int64_t* sources, const float* signs, const float* bias, int64_t channels, float* out);
+// The fast guided filter's full-resolution step: a [hl, wl, k, 3] and b [hl, wl, k] upsampled
+// bilinearly to [h, w] (as upsample_bilinear), filtered_j = a_j . guide + b_j, then
+// out[..., c] = signs[c] * filtered[sources[c]] + bias[c] for `channels` outputs.
+void guided_apply(const float* a, const float* b, int64_t hl, int64_t wl, int64_t k, const float* guide, int64_t h,
+                  int64_t w, const int64_t* sources, const float* signs, const float* bias, int64_t channels,
+                  float* out);
 
 // The two-class guided filter's source (guided_filter.cpp): out[p] = clip((scores[p, 1] - scores[p, 0]) *
 // 0.5, -clip, clip) for scores [pixels, 2], the class-1 logit centred over the two classes.

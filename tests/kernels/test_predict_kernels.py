@@ -167,9 +167,12 @@ def test_half_logit_difference_bad_input() -> None:
         ((150, 125), (600, 500)),  # rows split over the threads
         ((4, 3), (16, 48)),  # x16: whole blocks of columns from a window of one or two coefficients
         ((8, 64), (30, 20)),  # shrinking columns: no block's window fits a vector
+        ((61, 83), (243, 331)),  # vector blocks, then a tail of columns (331 = 41 x 8 + 3)
+        ((12, 70), (30, 90)),  # x1.3: blocks fit at first, then not
+        ((5, 2), (9, 19)),  # two low-res columns: windows read past the row's end
     ],
 )
-@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
 def test_two_class_apply_equals_numpy(isa: str, threads, low, size, n_threads: int) -> None:
     kernels.set_num_threads(n_threads)
     a = RNG.standard_normal((*low, 1, 3)).astype(np.float32)
@@ -207,6 +210,85 @@ def test_coefficients_agree_on_every_isa_path(h: int, w: int, k: int, radius: in
     exact_a, exact_b = coefficients_in_float64(guide, src, radius, 1e-3)
     np.testing.assert_allclose(results[0][0], exact_a, rtol=1e-6, atol=2e-6)
     np.testing.assert_allclose(results[0][1], exact_b, rtol=1e-6, atol=2e-6)
+
+
+@pytest.mark.parametrize(
+    "h, w, k, radius",
+    [
+        (60, 80, 1, 4),  # the person model's fit
+        (61, 83, 1, 4),  # neither side a multiple of 4 (the box passes' blocks of rows)
+        (64, 80, 1, 8),
+        (1, 1, 1, 2),
+        (1, 23, 1, 3),
+        (19, 1, 2, 2),
+        (2, 3, 2, 1),
+        (7, 9, 3, 20),  # the radius beyond the plane
+        (33, 35, 4, 3),
+        (121, 97, 2, 5),  # split over the threads
+    ],
+)
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_coefficients_are_their_double_arithmetic(isa: str, threads, h, w, k, radius, n_threads) -> None:
+    """guided_coefficients equals, bit for bit, its sums and products in double in the kernel's order."""
+    kernels.set_num_threads(n_threads)
+    guide = RNG.random((h, w, 3), dtype=np.float32)
+    src = (RNG.standard_normal((h, w, k)) * 2).astype(np.float32)
+    a, b = kernels.guided_coefficients(guide, src, radius, 1e-3)
+    exact_a, exact_b = coefficients_in_kernel_order(guide, src, radius, 1e-3)
+    np.testing.assert_array_equal(a, exact_a)
+    np.testing.assert_array_equal(b, exact_b)
+
+
+def running_box_mean(x: np.ndarray, radius: int) -> np.ndarray:
+    """The kernel's box mean of x float64 [H, W, ...]: per axis (rows, then columns) a running sum
+    (the first `radius` values added to 0.0 in order, then per position the window's new value
+    added and the one that left it subtracted) times 1 / count."""
+    out = np.asarray(x, dtype=np.float64)
+    for axis in (0, 1):
+        v = np.moveaxis(out, axis, 0)
+        n = v.shape[0]
+        total = np.zeros_like(v[0])
+        for i in range(min(radius, n)):
+            total = total + v[i]
+        result = np.empty_like(v)
+        for i in range(n):
+            if i + radius < n:
+                total = total + v[i + radius]
+            if i - radius - 1 >= 0:
+                total = total - v[i - radius - 1]
+            result[i] = total * (1.0 / float(min(i + radius, n - 1) - max(i - radius, 0) + 1))
+        out = np.moveaxis(result, 0, axis)
+    return out
+
+
+def coefficients_in_kernel_order(
+    guide: np.ndarray, src: np.ndarray, radius: int, eps: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """guided_coefficients' arithmetic in numpy float64, operation for operation (guided_filter.cpp)."""
+    g = [guide[..., c].astype(np.float64) for c in range(3)]
+    m0, m1, m2 = (running_box_mean(v, radius) for v in g)
+    m00, m01, m02 = (running_box_mean(g[0] * v, radius) for v in g)
+    m11, m12, m22 = (
+        running_box_mean(g[1] * g[1], radius),
+        running_box_mean(g[1] * g[2], radius),
+        running_box_mean(g[2] * g[2], radius),
+    )
+    s00, s01, s02 = m00 - m0 * m0 + eps, m01 - m0 * m1, m02 - m0 * m2
+    s11, s12, s22 = m11 - m1 * m1 + eps, m12 - m1 * m2, m22 - m2 * m2 + eps
+    c00, c01, c02 = s11 * s22 - s12 * s12, s02 * s12 - s01 * s22, s01 * s12 - s02 * s11
+    c11, c12, c22 = s00 * s22 - s02 * s02, s01 * s02 - s00 * s12, s00 * s11 - s01 * s01
+    inv_det = 1.0 / (s00 * c00 + s01 * c01 + s02 * c02)
+    a, b = [], []
+    for j in range(src.shape[2]):
+        s = src[..., j].astype(np.float64)
+        p = running_box_mean(s, radius)
+        v0, v1, v2 = (running_box_mean(s * gc, radius) - p * mc for gc, mc in zip(g, (m0, m1, m2)))
+        x0 = (v0 * c00 + v1 * c01 + v2 * c02) * inv_det
+        x1 = (v0 * c01 + v1 * c11 + v2 * c12) * inv_det
+        x2 = (v0 * c02 + v1 * c12 + v2 * c22) * inv_det
+        a.append(np.stack([running_box_mean(x, radius) for x in (x0, x1, x2)], axis=-1))
+        b.append(running_box_mean(p - x0 * m0 - x1 * m1 - x2 * m2, radius))
+    return np.stack(a, axis=2).astype(np.float32), np.stack(b, axis=2).astype(np.float32)
 
 
 def box_mean_in_float64(x: np.ndarray, radius: int) -> np.ndarray:
