@@ -592,6 +592,19 @@ def test_low_resolution_augmentation_blurs_images_not_masks():
         seg_train_transform(224, 256, low_resolution=1.5)
 
 
+def _pooled_iou(mix: Path, names: list[str], mask_of) -> float:
+    """Person IoU pooled over the named photos of a built mix, counted here from the masks
+    ``mask_of(rgb, truth_shape)`` gives (an independent check of compare.accuracy)."""
+    inter = union = 0
+    for name in names:
+        truth = read_mask(mix / "masks" / f"{name}.png")
+        pred = mask_of(read_image(mix / "images" / f"{name}.jpg"), truth.shape) == 1
+        keep = truth != 255
+        inter += int((pred & (truth == 1) & keep).sum())
+        union += int(((pred | (truth == 1)) & keep).sum())
+    return inter / union
+
+
 def test_peer_comparison_on_shrunk_photos(mix, capsys):
     """--shrink SIDE: every model scores the photos with the detail of a SIDE-pixel image, as an
     independent count over predict() of the changed photos says; a bad SIDE is argparse's error."""
@@ -610,14 +623,8 @@ def test_peer_comparison_on_shrunk_photos(mix, capsys):
     weights = Path(__file__).resolve().parents[2] / "weights" / "person.gnpk"
     rows = accuracy(str(PERSON_CONFIG), "val.txt", str(mix), [str(weights)], None, 2, shrink=64)
     model = load_model(weights)
-    inter = union = 0
-    for name in rows[0]["names"]:
-        truth = read_mask(mix / "masks" / f"{name}.png")
-        pred = model.predict(shrink_image(read_image(mix / "images" / f"{name}.jpg"), 64)) == 1
-        keep = truth != 255
-        inter += int((pred & (truth == 1) & keep).sum())
-        union += int(((pred | (truth == 1)) & keep).sum())
-    assert rows[0]["person_iou"] == pytest.approx(inter / union)
+    expected = _pooled_iou(mix, rows[0]["names"], lambda rgb, shape: model.predict(shrink_image(rgb, 64)))
+    assert rows[0]["person_iou"] == pytest.approx(expected)
     argv = ["accuracy", "--config", str(PERSON_CONFIG), "--split", "val.txt", "--data-root", str(mix)]
     with pytest.raises(SystemExit) as stop:
         main(argv + ["--packed", str(weights), "--shrink", "0"])
@@ -654,17 +661,13 @@ def test_peer_comparison_at_webcam_frame_size(mix, capsys):
     weights = Path(__file__).resolve().parents[2] / "weights" / "person.gnpk"
     rows = accuracy(str(PERSON_CONFIG), "val.txt", str(mix), [str(weights)], None, 2, frame=(80, 60))
     model = load_model(weights)
-    inter = union = 0
-    for name in rows[0]["names"]:
-        truth = read_mask(mix / "masks" / f"{name}.png")
-        rgb = read_image(mix / "images" / f"{name}.jpg")
+
+    def framed(rgb: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         h, w = (80, 60) if rgb.shape[0] > rgb.shape[1] else (60, 80)
         small = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
-        pred = resize_nearest(model.predict(small), *truth.shape) == 1
-        keep = truth != 255
-        inter += int((pred & (truth == 1) & keep).sum())
-        union += int(((pred | (truth == 1)) & keep).sum())
-    assert rows[0]["person_iou"] == pytest.approx(inter / union)
+        return resize_nearest(model.predict(small), *shape[:2])
+
+    assert rows[0]["person_iou"] == pytest.approx(_pooled_iou(mix, rows[0]["names"], framed))
     argv = ["accuracy", "--config", str(PERSON_CONFIG), "--split", "val.txt", "--data-root", str(mix)]
     with pytest.raises(SystemExit) as stop:
         main(argv + ["--packed", str(weights), "--frame", "320"])
