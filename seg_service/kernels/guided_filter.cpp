@@ -71,6 +71,13 @@ SEGK_ALWAYS_INLINE void box_step(const double* __restrict add, const double* __r
     }
 }
 
+// Rows [0, n_rows) of block [n_rows, cols] stored transposed into out [cols, rows]:
+// out[x * rows + i] = block[i * cols + x] (copies only).
+inline void store_rows_transposed(const double* block, int64_t n_rows, int64_t cols, int64_t rows, double* out) {
+    for (int64_t x = 0; x < cols; ++x)
+        for (int64_t i = 0; i < n_rows; ++i) out[x * rows + i] = block[i * cols + x];
+}
+
 #if defined(__x86_64__) || defined(_M_X64)
 // block [4, cols] stored transposed, out[x * rows + i] = block[i * cols + x], by 4x4 transposes of
 // 4 columns at a time (copies only); cols: a multiple of 4.
@@ -120,8 +127,7 @@ SEGK_ALWAYS_INLINE void box_columns_transposed(const double* __restrict in, int6
                 box_step<false, false>(add, sub, cols, inv_count, colsum, row_block);
             }
         }
-        for (int64_t x = 0; x < cols; ++x)
-            for (int64_t i = 0; i < n_block; ++i) out[x * rows + y0 + i] = block[i * cols + x];
+        store_rows_transposed(block, n_block, cols, rows, out + y0);
     }
 }
 
@@ -162,8 +168,7 @@ inline void box_strip_transposed_avx2(const double* in, int64_t rows, int64_t co
         if (n_block == kBoxRowBlock) {
             store_block_transposed_avx2(block, kBoxStrip, rows, o);
         } else {
-            for (int64_t x = 0; x < kBoxStrip; ++x)
-                for (int64_t i = 0; i < n_block; ++i) o[x * rows + i] = block[i * kBoxStrip + x];
+            store_rows_transposed(block, n_block, kBoxStrip, rows, o);
         }
     }
 }

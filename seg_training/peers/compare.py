@@ -491,7 +491,7 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
-def _frame_size(text: str) -> tuple[int, int]:
+def _size_wxh(text: str) -> tuple[int, int]:
     """``WxH`` (two positive integers) as (W, H)."""
     parts = text.lower().split("x")
     if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
@@ -544,7 +544,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     acc.add_argument(
         "--frame",
-        type=_frame_size,
+        type=_size_wxh,
         metavar="WxH",
         help="score every model on each photo resized to a camera frame of this size (e.g. "
         "320x240; H x W for portrait photos, aspect not kept), its mask resized back: how each "
@@ -555,7 +555,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=str(Path(__file__).resolve().parents[2] / "tests/data/ccp/images/0003.jpg"),
         help="the photo to time on (resized to --size)",
     )
-    spd.add_argument("--size", default="320x240", help="frame size WxH (default 320x240)")
+    spd.add_argument("--size", type=_size_wxh, default="320x240", help="frame size WxH (default 320x240)")
     spd.add_argument("--rounds", type=int, default=5)
     spd.add_argument("--repeats", type=int, default=20)
     spd.add_argument(
@@ -607,13 +607,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             from seg_service import kernels
 
-            w, h = (int(v) for v in args.size.lower().split("x"))
             hand_off_before = kernels.cpu_round_trip_ns()
             rows = speed(
                 args.packed,
                 args.mediapipe_python,
                 args.image,
-                (w, h),
+                args.size,
                 args.rounds,
                 args.repeats,
                 args.threads,
@@ -622,7 +621,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             paced = f", one call every {args.pace_ms:g} ms + its own time" if args.pace_ms else ""
             print(
                 f"{'model':<34} {'median ms':>9}  per-round medians   "
-                f"({args.size}, {args.threads} threads{paced})"
+                f"({args.size[0]}x{args.size[1]}, {args.threads} threads{paced})"
             )
             for r in rows:
                 print(
